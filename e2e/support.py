@@ -1,0 +1,203 @@
+"""Helpers shared by end-to-end tests: clients per cluster, polling, raw traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+from kubefleet.layout import ROOT, Layout
+
+from kubelbd.kube import DEPLOYMENTS, NAMESPACES, SERVICES, Kube, Obj
+
+T = TypeVar("T")
+
+FLEET = str(ROOT / "hack" / "fleet")
+
+
+class FleetHandle:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.kube: dict[str, Kube] = {}
+
+    async def open(self) -> None:
+        for c in self.layout.clusters:
+            self.kube[c.name] = await Kube.from_file(self.layout.kubeconfig(c.name), c.name)
+
+    async def aclose(self) -> None:
+        for k in self.kube.values():
+            await k.aclose()
+
+    @property
+    def tenants(self) -> list[str]:
+        return [c.name for c in self.layout.tenant_clusters]
+
+    def node_ips(self, cluster: str) -> list[str]:
+        return [n.ip for n in self.layout.cluster(cluster).nodes]
+
+
+def fleet(*args: str) -> None:
+    """Run hack/fleet; fail the test with its error line if it fails."""
+    r = subprocess.run([FLEET, *args], text=True, capture_output=True)
+    assert r.returncode == 0, f"hack/fleet {' '.join(args)}: {r.stderr.strip()}"
+
+
+async def run_fleet(*args: str) -> None:
+    await asyncio.to_thread(fleet, *args)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll until `check` returns a truthy value without raising; the last failure is reported."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+            last = None
+        except (TimeoutError, AssertionError, OSError, aiohttp.ClientError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}")
+        await asyncio.sleep(interval)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+async def create_namespace(kube: Kube, name: str) -> None:
+    await kube.create(
+        NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+
+
+async def delete_namespace(kube: Kube, name: str) -> None:
+    await kube.delete(NAMESPACES, name)
+
+
+def echo_deployment(name: str, replicas: int = 3, ports: list[Obj] | None = None) -> Obj:
+    ports = ports or [{"name": "http", "containerPort": 8080}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "echo",
+                            "image": "registry.k8s.io/echo-basic:emulated",
+                            "ports": ports,
+                        }
+                    ],
+                    "terminationGracePeriodSeconds": 1,
+                },
+            },
+        },
+    }
+
+
+def service(name: str, ports: list[Obj], type_: str = "ClusterIP", **spec: Any) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": type_, "selector": {"app": name}, "ports": ports, **spec},
+    }
+
+
+async def deploy_echo(
+    kube: Kube, ns: str, name: str, replicas: int = 3, svc_type: str = "ClusterIP", **svc_spec: Any
+) -> Obj:
+    """An echo Deployment and its Service; returns the Service as created."""
+    await kube.create(DEPLOYMENTS, echo_deployment(name, replicas), ns)
+    svc = service(name, [{"name": "http", "port": 80, "targetPort": 8080}], svc_type, **svc_spec)
+    return await kube.create(SERVICES, svc, ns)
+
+
+async def ready_pods(kube: Kube, ns: str, app: str) -> set[str]:
+    from kubelbd.kube import PODS
+
+    pods, _ = await kube.list(PODS, ns, labelSelector=f"app={app}")
+    out = set()
+    for p in pods:
+        if p["metadata"].get("deletionTimestamp"):
+            continue
+        conds = {c["type"]: c["status"] for c in (p.get("status") or {}).get("conditions") or []}
+        if conds.get("Ready") == "True":
+            out.add(p["metadata"]["name"])
+    return out
+
+
+async def http_get(
+    url: str, host: str | None = None, timeout: float = 3.0, **kw: Any
+) -> tuple[int, Any, dict[str, str]]:
+    """One request on a fresh connection: status, decoded JSON (or text), headers."""
+    headers = dict(kw.pop("headers", {}))
+    if host is not None:
+        headers["Host"] = host
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+        s.get(url, headers=headers, allow_redirects=False, **kw) as r,
+    ):
+        text = await r.text()
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        return r.status, body, dict(r.headers)
+
+
+async def tcp_echo(host: str, port: int, payload: bytes, timeout: float = 3.0) -> bytes:
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(payload)
+            await writer.drain()
+            got = b""
+            while len(got) < len(payload):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+        finally:
+            writer.close()
+
+
+async def udp_echo(host: str, port: int, payload: bytes, timeout: float = 2.0) -> bytes:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[bytes] = loop.create_future()
+
+    class P(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            if not fut.done():
+                fut.set_result(data)
+
+        def error_received(self, exc: Exception) -> None:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    transport, _ = await loop.create_datagram_endpoint(P, remote_addr=(host, port))
+    try:
+        transport.sendto(payload)
+        return await asyncio.wait_for(fut, timeout)
+    finally:
+        transport.close()

@@ -1,0 +1,75 @@
+"""One emulated node: kubelet (Node, Lease, pods) and kube-proxy (NodePorts) in one process.
+
+SIGTERM stops it the way a node shuts down gracefully: ports close, its pods and the Node turn
+NotReady, then it exits. SIGKILL leaves that to the node lifecycle controller, as in life.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from kubelbd.kube import Kube
+
+from .kubelet import Kubelet
+from .proxy import KubeProxy
+
+
+async def run(args: argparse.Namespace) -> None:
+    kube = await Kube.from_file(args.kubeconfig, name=f"{args.cluster}/{args.node}")
+    kubelet = Kubelet(kube, args.cluster, args.node, args.ip, args.pod_cidr)
+    proxy = KubeProxy(kube, args.node, args.ip)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await kubelet.register()
+    logging.info("node %s/%s registered at %s", args.cluster, args.node, args.ip)
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(kubelet.heartbeat()),
+        asyncio.create_task(kubelet.pods.run()),
+        asyncio.create_task(kubelet.sync_pods()),
+        asyncio.create_task(proxy.run()),
+    ]
+    waiter: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+    everything: list[asyncio.Task[Any]] = [waiter, *tasks]
+    done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
+    done.discard(waiter)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await proxy.close()
+    await kubelet.stop_all()
+    if stop.is_set():
+        logging.info("node %s/%s stopping", args.cluster, args.node)
+        try:
+            async with asyncio.timeout(5):
+                await kubelet.mark_all_not_ready()
+                await kubelet.post_status(False, "KubeletStopped", "node emulator stopped")
+        except Exception as e:  # best effort on the way out
+            logging.warning("could not report shutdown: %s", e)
+    else:
+        for t in done:
+            t.result()
+    await kube.aclose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="kubefleet.nodeemu")
+    ap.add_argument("--kubeconfig", required=True)
+    ap.add_argument("--cluster", required=True)
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--ip", required=True)
+    ap.add_argument("--pod-cidr", required=True)
+    args = ap.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""URL building for the API client: every path kubelbd requests comes from here."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubelbd.kube import INGRESSES, NAMESPACES, NODES, SERVICES, ApiError, Resource, _api_error, key
+
+
+@pytest.mark.parametrize(
+    ("res", "args", "want"),
+    [
+        (SERVICES, ("ns1", None, None), "/api/v1/namespaces/ns1/services"),
+        (SERVICES, (None, None, None), "/api/v1/services"),
+        (SERVICES, ("ns1", "web", "status"), "/api/v1/namespaces/ns1/services/web/status"),
+        (INGRESSES, ("a", "b", None), "/apis/networking.k8s.io/v1/namespaces/a/ingresses/b"),
+        (NODES, ("ignored", "node-1", None), "/api/v1/nodes/node-1"),
+        (NAMESPACES, (None, "tenant-alpha", None), "/api/v1/namespaces/tenant-alpha"),
+        (
+            Resource("kubelb.io/v1alpha1", "routes"),
+            ("t", "r/x", None),
+            "/apis/kubelb.io/v1alpha1/namespaces/t/routes/r%2Fx",
+        ),
+    ],
+)
+def test_resource_paths(
+    res: Resource, args: tuple[str | None, str | None, str | None], want: str
+) -> None:
+    assert res.path(*args) == want
+
+
+def test_key_is_namespace_slash_name_or_name() -> None:
+    assert key({"metadata": {"namespace": "a", "name": "b"}}) == "a/b"
+    assert key({"metadata": {"name": "node-1"}}) == "node-1"
+
+
+def test_api_error_carries_the_status_reason() -> None:
+    e = _api_error(
+        409, "Conflict", b'{"kind":"Status","reason":"AlreadyExists","message":"x exists"}'
+    )
+    assert isinstance(e, ApiError)
+    assert e.conflict and e.reason == "AlreadyExists" and e.message == "x exists"
+    e = _api_error(502, "Bad Gateway", b"<html>nope</html>")
+    assert e.status == 502 and "nope" in e.message
