@@ -22,7 +22,7 @@ import anyio
 import orjson
 import yaml
 from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio.config import kube_config
+from kubernetes_asyncio.config import incluster_config, kube_config
 
 Obj = dict[str, Any]
 
@@ -154,6 +154,15 @@ class Kube:
         except Exception as e:  # bad certificate or key data surfaces here, from ssl
             raise KubeconfigError(f"kubeconfig credentials are unusable: {e}") from e
         return cls(api, name, tmpdir)
+
+    @classmethod
+    async def in_cluster(cls, name: str = "") -> Kube:
+        """The API server this pod runs under, via its service account."""
+        configuration = k8s_client.Configuration()
+        incluster_config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+        return cls(k8s_client.ApiClient(configuration), name)
 
     @classmethod
     async def from_file(cls, path: str | os.PathLike[str], name: str = "") -> Kube:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import certs
+from . import certs, lb
 from .layout import NODE_PORT_RANGE, ROOT, SERVICE_CIDR, Cluster, Layout, Node
 from .procs import Proc, alive, spawn, stop, tail
 
@@ -128,7 +128,7 @@ class Fleet:
         self._check_ports()
         lay = self.layout
         if lay.dir.exists():
-            for sub in ("etcd", "pki", "kubeconfig", "state.json", "fleet.env", "run"):
+            for sub in ("etcd", "pki", "kubeconfig", "state.json", "fleet.env", "envoy"):
                 p = lay.dir / sub
                 if p.is_dir():
                     shutil.rmtree(p)
@@ -143,18 +143,19 @@ class Fleet:
             if os.environ.get("KUBEFLEET_INJECT_FAILURE") == "after-etcd":
                 raise FleetError("injected failure after etcd started (KUBEFLEET_INJECT_FAILURE)")
             for c in lay.clusters:
-                self._spawn(self._apiserver(c))
+                self.spawn(self._apiserver(c))
             for c in lay.clusters:
                 self._wait_apiserver(c)
             for c in lay.clusters:
-                self._spawn(self._controller_manager(c))
-                self._spawn(self._scheduler(c))
+                self.spawn(self._controller_manager(c))
+                self.spawn(self._scheduler(c))
                 for n in c.nodes:
-                    self._spawn(self._node(n))
+                    self.spawn(self._node(n))
             for c in lay.tenant_clusters:
                 self._wait_nodes_ready(c)
             for c in lay.clusters:
                 self._wait_default_service_account(c)
+            lb.start(self)
             self.write_env()
         except BaseException as e:
             self.down(quiet=True)
@@ -170,6 +171,7 @@ class Fleet:
             lay.etcd_client_port: "etcd client",
             lay.etcd_peer_port: "etcd peer",
             **{c.apiserver_port: f"{c.name} kube-apiserver" for c in lay.clusters},
+            **lb.ports(self),
         }
         for port, what in sorted(wanted.items()):
             if port_in_use(port):
@@ -186,7 +188,7 @@ class Fleet:
         assert self.state is not None
         return str(Path(self.state.bin_dir) / name)
 
-    def _spawn(self, p: Proc) -> Proc:
+    def spawn(self, p: Proc) -> Proc:
         assert self.state is not None
         spawn(p, ROOT)
         self.state.procs[p.name] = p
@@ -280,7 +282,7 @@ class Fleet:
             ],
             self._log("etcd"),
         )
-        self._spawn(p)
+        self.spawn(p)
         self.wait_for("etcd", lambda: _http_ok(f"{client}/health"), ["etcd"])
 
     def _apiserver(self, c: Cluster) -> Proc:
@@ -368,13 +370,32 @@ class Fleet:
 
     def api(self, cluster: str, path: str, timeout: float = 5.0) -> Any:
         """GET a path on a cluster as admin; JSON in, JSON out."""
+        return self.request(cluster, "GET", path, timeout=timeout)
+
+    def request(
+        self,
+        cluster: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 5.0,
+        ok_if_exists: bool = False,
+    ) -> Any:
         d = self.layout.pki(cluster)
         ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
         ctx.load_cert_chain(str(d / "admin.crt"), str(d / "admin.key"))
         url = self.layout.cluster(cluster).server + path
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
-            body = r.read()
-        return json.loads(body) if body[:1] in (b"{", b"[") else body.decode()
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
+                answer = r.read()
+        except urllib.error.HTTPError as e:
+            if ok_if_exists and e.code == 409:
+                return None
+            raise
+        return json.loads(answer) if answer[:1] in (b"{", b"[") else answer.decode()
 
     def _wait_apiserver(self, c: Cluster) -> None:
         self.wait_for(
@@ -417,6 +438,7 @@ class Fleet:
         for c in lay.clusters:
             out[f"KUBECONFIG_{c.name.upper()}"] = str(lay.kubeconfig(c.name))
         out["FLEET_TENANTS"] = ",".join(c.name for c in lay.tenant_clusters)
+        out.update(lb.env(self))
         return out
 
     def write_env(self) -> None:
@@ -438,6 +460,7 @@ class Fleet:
             if alive(p):
                 stop(p)
                 stopped.append(name)
+        lb.stop_orphan(self)
         self.layout.state_file.unlink(missing_ok=True)
         self.layout.env_file.unlink(missing_ok=True)
         self.state = None
@@ -460,6 +483,11 @@ class Fleet:
     def stop_component(self, component: str, cluster: str | None) -> None:
         if self.state is None:
             raise FleetError("the fleet is not up")
+        if component == lb.ENVOY:
+            if not lb.envoy_pid(self):
+                raise FleetError("envoy is not running")
+            lb.stop_envoy(self)
+            return
         name = self.component_name(component, cluster)
         p = self.state.procs[name]
         if not alive(p):
@@ -470,6 +498,11 @@ class Fleet:
     def start_component(self, component: str, cluster: str | None) -> None:
         if self.state is None:
             raise FleetError("the fleet is not up")
+        if component == lb.ENVOY:
+            if lb.envoy_pid(self):
+                raise FleetError("envoy is already running")
+            lb.start_envoy(self)
+            return
         name = self.component_name(component, cluster)
         p = self.state.procs[name]
         if alive(p):
@@ -487,6 +520,8 @@ class Fleet:
             self._wait_apiserver(self.layout.cluster(cluster))
         elif comp.startswith("node-"):
             self._wait_nodes_ready(self.layout.cluster(cluster), [comp])
+        elif name == lb.KUBELBD:
+            lb.wait_ready(self)
         else:
             self.wait_for(f"{name} to stay up", lambda: True, [name])
 
@@ -523,5 +558,9 @@ def describe(fleet: Fleet) -> str:
         total += rss
         what = "running" if up else "stopped"
         rows.append(f"  {name:<28} {what:<8} pid {p.pid or '-':<8} {rss // 1024:>5} MiB")
+    if lb.KUBELBD in fleet.state.procs:
+        row, rss = lb.describe(fleet)
+        rows.append(row)
+        total += rss
     head = f"fleet: {fleet.layout.tenants} tenants, state in {fleet.layout.dir}"
     return "\n".join([head, *rows, f"  {'total RSS':<28} {'':<8} {'':<12} {total // 1024:>5} MiB"])

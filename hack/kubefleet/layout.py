@@ -93,7 +93,7 @@ class Layout:
         return self.base_port + 90
 
     @property
-    def kubelbd_metrics_port(self) -> int:
+    def kubelbd_health_port(self) -> int:
         return self.base_port + 91
 
     @property

@@ -1,0 +1,179 @@
+"""The load balancer in the fleet: kubelbd (running Envoy as its child) on the mgmt cluster,
+with every tenant cluster registered to it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .procs import Proc
+
+if TYPE_CHECKING:
+    from .fleet import Fleet
+
+NAMESPACE = "kubelb"
+KUBELBD = "kubelbd"
+ENVOY = "envoy"
+
+
+def config_dir(fleet: Fleet) -> Path:
+    return fleet.layout.dir / "envoy"
+
+
+def ports(fleet: Fleet) -> dict[int, str]:
+    lay = fleet.layout
+    return {
+        lay.envoy_http_port: "Envoy HTTP listener",
+        lay.envoy_admin_port: "Envoy admin",
+        lay.kubelbd_health_port: "kubelbd health",
+    }
+
+
+def env(fleet: Fleet) -> dict[str, str]:
+    lay = fleet.layout
+    return {
+        "KUBELB_HTTP_ADDR": f"127.0.0.1:{lay.envoy_http_port}",
+        "ENVOY_ADMIN_ADDR": f"127.0.0.1:{lay.envoy_admin_port}",
+        "KUBELBD_HEALTH_ADDR": f"127.0.0.1:{lay.kubelbd_health_port}",
+    }
+
+
+def kubelbd_proc(fleet: Fleet) -> Proc:
+    lay = fleet.layout
+    return Proc(
+        KUBELBD,
+        [
+            sys.executable,
+            "-m",
+            "kubelbd",
+            f"--kubeconfig={lay.kubeconfig('mgmt')}",
+            f"--namespace={NAMESPACE}",
+            f"--config-dir={config_dir(fleet)}",
+            f"--http-listen=127.0.0.1:{lay.envoy_http_port}",
+            "--public-address=127.0.0.1",
+            f"--envoy-admin=127.0.0.1:{lay.envoy_admin_port}",
+            "--run-envoy",
+            "--keep-envoy",
+            f"--envoy-log={lay.logs / 'envoy.log'}",
+            f"--health-listen=127.0.0.1:{lay.kubelbd_health_port}",
+        ],
+        str(lay.logs / "kubelbd.log"),
+    )
+
+
+def start(fleet: Fleet) -> None:
+    """Register the tenants, start kubelbd, wait until every tenant is connected and synced."""
+    register_tenants(fleet)
+    fleet.spawn(kubelbd_proc(fleet))
+    wait_ready(fleet)
+
+
+def register_tenants(fleet: Fleet) -> None:
+    fleet.request("mgmt", "POST", "/api/v1/namespaces", namespace_doc(), ok_if_exists=True)
+    for c in fleet.layout.tenant_clusters:
+        kubeconfig = fleet.layout.kubeconfig(c.name).read_bytes()
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": c.name, "labels": {"kubelb.io/tenant": c.name}},
+            "data": {"kubeconfig": base64.b64encode(kubeconfig).decode()},
+        }
+        fleet.request(
+            "mgmt", "POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", secret, ok_if_exists=True
+        )
+
+
+def namespace_doc() -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def tenants_synced(fleet: Fleet) -> bool:
+    for c in fleet.layout.tenant_clusters:
+        path = f"/apis/kubelb.io/v1alpha1/namespaces/tenant-{c.name}/tenants/{c.name}"
+        obj = fleet.api("mgmt", path)
+        conds = {x["type"]: x["status"] for x in (obj.get("status") or {}).get("conditions", [])}
+        if conds.get("Connected") != "True" or conds.get("Synced") != "True":
+            return False
+        if not (obj.get("spec") or {}).get("nodeAddresses"):
+            return False
+    return True
+
+
+def wait_ready(fleet: Fleet) -> None:
+    lay = fleet.layout
+    health = f"http://127.0.0.1:{lay.kubelbd_health_port}/readyz"
+    admin = f"http://127.0.0.1:{lay.envoy_admin_port}/ready"
+    fleet.wait_for("kubelbd to be ready", lambda: _http_status(health) == 200, [KUBELBD])
+    fleet.wait_for("Envoy to be ready", lambda: _http_status(admin) == 200, [KUBELBD])
+    fleet.wait_for(
+        "every tenant to be connected and synced", lambda: tenants_synced(fleet), [KUBELBD]
+    )
+
+
+def envoy_pid(fleet: Fleet) -> int:
+    try:
+        pid = int((config_dir(fleet) / "envoy.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return 0
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+        return 0
+    return pid
+
+
+def stop_envoy(fleet: Fleet) -> None:
+    """Hold Envoy down: kubelbd stops its child and does not restart it until `start_envoy`."""
+    hold = config_dir(fleet) / "envoy.hold"
+    hold.write_text("held by hack/fleet stop envoy\n")
+    deadline = time.monotonic() + 20
+    while envoy_pid(fleet) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = envoy_pid(fleet)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+
+
+def start_envoy(fleet: Fleet) -> None:
+    (config_dir(fleet) / "envoy.hold").unlink(missing_ok=True)
+    admin = f"http://127.0.0.1:{fleet.layout.envoy_admin_port}/ready"
+    fleet.wait_for("Envoy to be ready", lambda: _http_status(admin) == 200, [KUBELBD])
+
+
+def describe(fleet: Fleet) -> tuple[str, int]:
+    from .fleet import proc_rss_kib
+
+    pid = envoy_pid(fleet)
+    rss = proc_rss_kib(pid) if pid else 0
+    what = "running" if pid else "stopped"
+    return f"  {ENVOY:<28} {what:<8} pid {pid or '-':<8} {rss // 1024:>5} MiB", rss
+
+
+def stop_orphan(fleet: Fleet) -> None:
+    """Envoy outlives kubelbd on purpose (like a sidecar); `down` must still stop it."""
+    pid = envoy_pid(fleet)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while envoy_pid(fleet) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if envoy_pid(fleet):
+            os.kill(pid, signal.SIGKILL)

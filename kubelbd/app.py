@@ -1,0 +1,191 @@
+"""kubelbd's process: flags, start-up order, and the task group everything runs in."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+from aiohttp import web
+
+from . import crds, envoy_config
+from .dataplane import DataPlane
+from .envoy_admin import EnvoyAdmin
+from .envoy_process import EnvoyProcess, write_bootstrap
+from .kube import Kube
+from .publisher import Publisher
+from .registry import Registry
+from .tenant import TenantSettings
+
+log = logging.getLogger("kubelbd")
+
+
+@dataclass(frozen=True)
+class Config:
+    kubeconfig: str | None
+    namespace: str
+    config_dir: Path
+    http_listen: str
+    public_address: str
+    node_address_type: str
+    envoy_admin: str
+    run_envoy: bool
+    keep_envoy: bool
+    envoy_log: str | None
+    route_shards: int
+    health_listen: str | None
+    install_crds: bool
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    ap = argparse.ArgumentParser(
+        prog="kubelbd", description="Load balancing for a fleet of clusters"
+    )
+    ap.add_argument("--kubeconfig", help="management cluster kubeconfig (default: in-cluster)")
+    ap.add_argument("--namespace", default="kubelb", help="where tenant Secrets are registered")
+    ap.add_argument("--config-dir", default="/var/run/kubelbd/envoy", type=Path,
+                    help="Envoy's config volume, shared with the Envoy sidecar")  # fmt: skip
+    ap.add_argument("--http-listen", default="0.0.0.0:8080", help="Envoy's HTTP listener")
+    ap.add_argument("--public-address", default="",
+                    help="IP or hostname written into tenant Ingress status")  # fmt: skip
+    address_types = ["InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"]
+    ap.add_argument("--node-address-type", default="InternalIP", choices=address_types)
+    ap.add_argument("--envoy-admin", default="127.0.0.1:9901",
+                    help="Envoy admin address; must stay on loopback")  # fmt: skip
+    ap.add_argument("--run-envoy", action="store_true",
+                    help="run Envoy as a supervised child (outside a cluster)")  # fmt: skip
+    ap.add_argument("--envoy-log", default=None, help="file for the child Envoy's output")
+    ap.add_argument("--keep-envoy", action="store_true",
+                    help="leave the child Envoy running on exit; adopt it on start")  # fmt: skip
+    ap.add_argument("--route-shards", type=int, default=16,
+                    help="route tables the hosts are spread over")  # fmt: skip
+    ap.add_argument("--health-listen", default=None, help="host:port for /healthz and /readyz")
+    ap.add_argument("--no-install-crds", dest="install_crds", action="store_false")
+    ap.add_argument("--log-level", default="info")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    admin_host = args.envoy_admin.rpartition(":")[0]
+    if admin_host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
+        ap.error("--envoy-admin must be a loopback address: the admin API must never be exposed")
+    if args.route_shards < 1:
+        ap.error("--route-shards must be at least 1")
+    return Config(
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        config_dir=args.config_dir,
+        http_listen=args.http_listen,
+        public_address=args.public_address,
+        node_address_type=args.node_address_type,
+        envoy_admin=args.envoy_admin,
+        run_envoy=args.run_envoy,
+        keep_envoy=args.keep_envoy,
+        envoy_log=args.envoy_log,
+        route_shards=args.route_shards,
+        health_listen=args.health_listen,
+        install_crds=args.install_crds,
+    )
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def serve_health(listen: str, dataplane: DataPlane) -> None:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = dataplane.first_publish.is_set()
+        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "starting\n")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = split_host_port(listen)
+    await web.TCPSite(runner, host, port).start()
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+async def run(cfg: Config) -> None:
+    mgmt = await (
+        Kube.from_file(cfg.kubeconfig, "mgmt") if cfg.kubeconfig else Kube.in_cluster("mgmt")
+    )
+    admin = EnvoyAdmin(cfg.envoy_admin)
+    try:
+        if cfg.install_crds:
+            await crds.install(mgmt)
+        await anyio.to_thread.run_sync(
+            lambda: (cfg.config_dir / "rds").mkdir(parents=True, exist_ok=True)
+        )
+        bootstrap = await anyio.to_thread.run_sync(
+            write_bootstrap, cfg.config_dir, cfg.envoy_admin, socket.gethostname()
+        )
+        http_host, http_port = split_host_port(cfg.http_listen)
+        settings = envoy_config.Settings(
+            config_dir=str(cfg.config_dir),
+            http_address=http_host,
+            http_port=http_port,
+            shards=cfg.route_shards,
+        )
+        registry: Registry | None = None
+        dataplane = DataPlane(
+            mgmt,
+            settings,
+            Publisher(cfg.config_dir),
+            admin,
+            lambda tenant: registry.get(tenant) if registry is not None else None,
+            cfg.public_address,
+        )
+        registry = Registry(
+            mgmt,
+            cfg.namespace,
+            dataplane,
+            TenantSettings(cfg.node_address_type, cfg.public_address),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            tg.start_soon(dataplane.run)
+            tg.start_soon(registry.run)
+            if cfg.health_listen:
+                tg.start_soon(serve_health, cfg.health_listen, dataplane)
+            if cfg.run_envoy:
+                # Envoy needs its files to start: those of a previous run, or our first publish.
+                have_files = (cfg.config_dir / "lds.json").exists() and (
+                    cfg.config_dir / "cds.json"
+                ).exists()
+                if not have_files:
+                    await dataplane.first_publish.wait()
+                envoy = EnvoyProcess(
+                    bootstrap,
+                    log_path=Path(cfg.envoy_log) if cfg.envoy_log else None,
+                    hold_file=cfg.config_dir / "envoy.hold",
+                    pid_file=cfg.config_dir / "envoy.pid",
+                    keep_on_exit=cfg.keep_envoy,
+                )
+                tg.start_soon(envoy.run)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await admin.aclose()
+            await mgmt.aclose()
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for sig in signals:
+            log.info("received %s, shutting down", signal.Signals(sig).name)
+            scope.cancel()
+            return

@@ -1,0 +1,248 @@
+"""The data plane loop: records in the management cluster → IR → Envoy files → status.
+
+Records arrive two ways: from a watch on every Route and Tenant record (which is all there is
+after a restart, even with every tenant unreachable), and straight from the tenant loops the
+moment they have written one (saving a watch round trip on the way to Envoy). Both feed the same
+incremental model; duplicates are recognised by uid and generation.
+
+After each publish, a separate task waits until Envoy's admin interface reports the new file
+versions applied, then writes the results back: conditions on the Route records, the address
+in the tenant Ingress's status, and an Event where a host was refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+
+from . import conditions, envoy_config, ir, records
+from .envoy_admin import EnvoyAdmin
+from .informer import Informer
+from .kube import ApiError, Kube, Obj
+from .publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+STATUS_MANAGER = "kubelbd-dataplane"
+STATUS_CONCURRENCY = 16
+
+
+class TenantHandle(Protocol):
+    async def set_ingress_address(self, namespace: str, name: str, served: bool) -> None: ...
+    def ingress(self, namespace: str, name: str) -> Obj | None: ...
+    async def event(self, obj: Obj, type_: str, reason: str, message: str) -> None: ...
+
+
+class DataPlane:
+    def __init__(
+        self,
+        mgmt: Kube,
+        settings: envoy_config.Settings,
+        publisher: Publisher,
+        admin: EnvoyAdmin,
+        tenants: Callable[[str], TenantHandle | None],
+        public_address: str = "",
+    ) -> None:
+        self.mgmt = mgmt
+        self.settings = settings
+        self.publisher = publisher
+        self.admin = admin
+        self.tenants = tenants
+        self.public_address = public_address
+        self.model = ir.Model()
+        self.renderer = envoy_config.Renderer(settings)
+        self.first_publish = anyio.Event()
+        self._upserts: dict[str, ir.RouteRecord] = {}
+        self._deletes: set[str] = set()
+        self._tenant_records: dict[str, ir.TenantRecord] = {}
+        self._tenants_changed = True
+        self._seen: dict[str, tuple[str, int]] = {}  # route id -> (uid, generation)
+        self._wake = anyio.Event()
+        self._published = anyio.Event()
+        self._status_pending: set[str] = set()
+        self._status_written: dict[str, Any] = {}
+
+    # ---- record intake (RecordSink) ----------------------------------------------------------
+
+    def upsert(self, obj: Obj) -> None:
+        rec = records.route_record(obj)
+        if rec is None:
+            return
+        uid = obj["metadata"].get("uid", "")
+        seen = self._seen.get(rec.id)
+        if seen is not None and seen[0] == uid and seen[1] >= rec.generation:
+            self._status_pending.add(rec.id)  # status-only update: maybe rewrite it
+            return
+        self._seen[rec.id] = (uid, rec.generation)
+        self._deletes.discard(rec.id)
+        self._upserts[rec.id] = rec
+        self._wake.set()
+
+    def delete(self, tenant: str, name: str, uid: str | None = None) -> None:
+        rid = f"{tenant}/{name}"
+        seen = self._seen.get(rid)
+        if uid is not None and seen is not None and seen[0] != uid:
+            return  # a stale delete of an object already replaced
+        self._seen.pop(rid, None)
+        self._upserts.pop(rid, None)
+        self._deletes.add(rid)
+        self._status_written.pop(rid, None)
+        self._wake.set()
+
+    def tenant(self, obj: Obj) -> None:
+        rec = records.tenant_record(obj)
+        if rec is not None and self._tenant_records.get(rec.name) != rec:
+            self._tenant_records[rec.name] = rec
+            self._tenants_changed = True
+            self._wake.set()
+
+    def _on_route(self, kind: str, obj: Obj) -> None:
+        if kind == "DELETED":
+            tenant = records.tenant_of(obj)
+            if tenant is not None:
+                self.delete(tenant, obj["metadata"]["name"], obj["metadata"].get("uid"))
+        else:
+            self.upsert(obj)
+
+    def _on_tenant(self, kind: str, obj: Obj) -> None:
+        if kind == "DELETED":
+            name = records.tenant_of(obj)
+            if name is not None and self._tenant_records.pop(name, None) is not None:
+                self._tenants_changed = True
+                self._wake.set()
+        else:
+            self.tenant(obj)
+
+    # ---- render loop -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.publisher.load_async()
+        selector = f"{records.MANAGED_BY}={records.MANAGER}"
+        routes = Informer(self.mgmt, records.ROUTES, self._on_route, label_selector=selector)
+        tenants = Informer(self.mgmt, records.TENANTS, self._on_tenant, label_selector=selector)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(routes.run)
+            tg.start_soon(tenants.run)
+            tg.start_soon(self._status_loop)
+            await routes.synced.wait()
+            await tenants.synced.wait()
+            log.info(
+                "data plane: %d routes, %d tenants in the records",
+                len(routes.cache),
+                len(tenants.cache),
+            )
+            while True:
+                await self._render_once()
+                self.first_publish.set()
+                await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def _render_once(self) -> None:
+        upserts, self._upserts = self._upserts, {}
+        deletes, self._deletes = self._deletes, set()
+        tenant_set = None
+        if self._tenants_changed:
+            self._tenants_changed = False
+            tenant_set = list(self._tenant_records.values())
+        delta = self.model.apply(upserts.values(), deletes, tenant_set)
+        files = self.renderer.update(self.model.ir, delta)
+        written = await self.publisher.publish(files)
+        if written:
+            log.debug("published %s", ", ".join(f"{k}@{v}" for k, v in sorted(written.items())))
+        self._status_pending |= delta.routes | set(upserts)
+        if self._status_pending:
+            self._published.set()
+
+    # ---- status after Envoy applied ----------------------------------------------------------
+
+    async def wait_applied(self, timeout: float | None = None) -> bool:
+        """True once Envoy reports every file version kubelbd has published."""
+        delay = 0.002
+        with anyio.move_on_after(timeout):
+            while True:
+                versions = await self.admin.versions()
+                if versions and all(
+                    versions.get(f) == v for f, v in self.publisher.published.items()
+                ):
+                    return True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        return False
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._published.wait()
+            self._published = anyio.Event()
+            await self.wait_applied()
+            pending, self._status_pending = self._status_pending, set()
+            limit = anyio.Semaphore(STATUS_CONCURRENCY)
+            async with anyio.create_task_group() as tg:
+                for rid in sorted(pending):
+                    tg.start_soon(self._report_guarded, rid, limit)
+
+    async def _report_guarded(self, rid: str, limit: anyio.Semaphore) -> None:
+        async with limit:
+            try:
+                await self._report(rid)
+            except (ApiError, ConnectionError) as e:
+                log.warning("status of route %s: %s", rid, e)
+                self._status_pending.add(rid)
+                self._published.set()
+
+    async def _report(self, rid: str) -> None:
+        route = self.model.routes.get(rid)
+        if route is None:
+            return
+        served = self.model.ir.served.get(rid, [])
+        lost = self.model.ir.conflicts.get(rid, [])
+        where = f" at {self.public_address}" if self.public_address else ""
+        programmed = (
+            conditions.condition(
+                "Programmed", True, "Programmed", f"serving {', '.join(served)}{where}",
+                route.generation,
+            )
+            if served
+            else conditions.condition(
+                "Programmed", False, "NoHosts", "no host of this route is served",
+                route.generation,
+            )
+        )  # fmt: skip
+        conflict_msg = "; ".join(f"host {h} is held by tenant {t}" for h, t in lost)
+        conflict = (
+            conditions.condition("Conflict", True, "HostConflict", conflict_msg, route.generation)
+            if lost
+            else conditions.condition("Conflict", False, "NoConflict", "", route.generation)
+        )
+        status = {"hosts": ",".join(served), "conditions": [programmed, conflict]}
+        fingerprint = (route.generation, tuple(served), tuple(lost))
+        if self._status_written.get(rid) != fingerprint:
+            await self.mgmt.apply(
+                records.ROUTES,
+                {
+                    "apiVersion": records.API_VERSION,
+                    "kind": "Route",
+                    "metadata": {
+                        "name": route.name,
+                        "namespace": records.namespace_of(route.tenant),
+                    },
+                    "status": {**status, "observedGeneration": route.generation},
+                },
+                subresource="status",
+                field_manager=STATUS_MANAGER,
+            )
+        tenant = self.tenants(route.tenant)
+        if tenant is None:
+            self._status_written[rid] = fingerprint
+            return
+        source = route.spec.get("source") or {}
+        ns, name = source.get("namespace", ""), source.get("name", "")
+        await tenant.set_ingress_address(ns, name, bool(served))
+        if lost and self._status_written.get(rid) != fingerprint:
+            obj = tenant.ingress(ns, name)
+            if obj is not None:
+                log.warning("tenant %s: ingress %s/%s: %s", route.tenant, ns, name, conflict_msg)
+                await tenant.event(obj, "Warning", "HostConflict", conflict_msg)
+        self._status_written[rid] = fingerprint

@@ -1,0 +1,393 @@
+"""Stage 3: the intermediate representation becomes Envoy resources, grouped by file.
+
+Pure functions only; field names are Envoy's own (v3 API, JSON form).
+
+How the configuration is split, and why: Envoy rebuilds a whole route table whenever its file
+changes, so the time to apply one change follows the size of the table it lands in. One table
+for everything grows linearly with the fleet. Instead:
+
+- the public HTTP listener has a small *front* table: one virtual host per shard, listing that
+  shard's domains, whose only route hands the request to the shard's internal listener;
+- hosts are spread over a fixed number of internal listeners (`shards`) by a stable hash of
+  the host; each has its own route table (RDS) in its own file, holding the real rules;
+- the catch-all (host-less rules, defaultBackend) has an internal listener of its own.
+
+A change to one Ingress rewrites one small shard table, plus the front table only when the set
+of hosts changes (a domain list is cheap for Envoy to rebuild). Listeners never change with
+routes, so route changes never drain a listener. The shard count is fixed rather than per
+tenant because every file subscription costs Envoy an inotify instance, and those are limited
+(128 per user by default).
+
+Clusters cannot be split that way: Envoy reads all of them from one CDS file and pays about
+0.1-0.2 ms per cluster on every CDS update, so CDS is rewritten only when a backend Service
+appears or goes, or a tenant's nodes change; route-only changes never touch it.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from .ir import IR, Cluster, Delta, PathRule, Target, VirtualHost
+
+Resource = dict[str, Any]
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_CONFIG = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+HCM = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+
+FRONT = "http"
+DEFAULT_SHARD = "shard.default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the renderer needs from kubelbd's flags."""
+
+    config_dir: str
+    http_address: str = "0.0.0.0"
+    http_port: int = 8080
+    shards: int = 16
+    route_timeout: str = "60s"
+    health_check_interval: str = "2s"
+
+
+def shard_of(host: str, shards: int) -> str:
+    """Stable (not Python's salted hash): the same host lands in the same file across restarts."""
+    if host == "":
+        return DEFAULT_SHARD
+    return f"shard.{zlib.crc32(host.encode()) % shards}"
+
+
+def rds_path(settings: Settings, name: str) -> str:
+    return f"{settings.config_dir}/rds/{name}.json"
+
+
+def rds_file(name: str) -> str:
+    return f"rds/{name}.json"
+
+
+def _config_source(path: str) -> Resource:
+    return {"resource_api_version": "V3", "path_config_source": {"path": path}}
+
+
+def _hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) -> Resource:
+    hcm: Resource = {
+        "@type": HCM,
+        "stat_prefix": stat_prefix,
+        "rds": {
+            "route_config_name": route_config,
+            "config_source": _config_source(rds_path(settings, route_config)),
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "common_http_protocol_options": {"idle_timeout": "300s"},
+    }
+    if front:
+        hcm.update(
+            {
+                "use_remote_address": True,
+                "normalize_path": True,
+                "strip_any_host_port": True,
+                "request_timeout": "0s",
+            }
+        )
+    else:
+        # The front listener already set X-Forwarded-For/-Proto; keep what it sent.
+        hcm["use_remote_address"] = False
+        hcm["xff_num_trusted_hops"] = 1
+    return hcm
+
+
+def _listener(name: str, hcm: Resource, address: Resource | None) -> Resource:
+    out: Resource = {"@type": LISTENER, "name": name}
+    if address is None:
+        out["internal_listener"] = {}
+    else:
+        out["address"] = address
+    out["filter_chains"] = [
+        {
+            "filters": [
+                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+            ]
+        }
+    ]
+    return out
+
+
+def _socket(address: str, port: int) -> Resource:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def shard_names(settings: Settings) -> list[str]:
+    return [DEFAULT_SHARD] + [f"shard.{k}" for k in range(settings.shards)]
+
+
+def listeners(settings: Settings) -> list[Resource]:
+    front = _listener(
+        FRONT,
+        _hcm(FRONT, FRONT, settings, front=True),
+        _socket(settings.http_address, settings.http_port),
+    )
+    out = [front]
+    for name in shard_names(settings):
+        out.append(_listener(name, _hcm(name.removeprefix("shard."), name, settings, False), None))
+    return out
+
+
+def shard_clusters(settings: Settings) -> list[Resource]:
+    return [
+        {
+            "@type": CLUSTER,
+            "name": name,
+            "connect_timeout": "1s",
+            "type": "STATIC",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "envoy_internal_address": {"server_listener_name": name}
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+        for name in shard_names(settings)
+    ]
+
+
+@lru_cache(maxsize=65536)
+def backend_cluster(c: Cluster, settings: Settings) -> Resource:
+    return {
+        "@type": CLUSTER,
+        "name": c.name,
+        "connect_timeout": "2s",
+        "type": "STATIC",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": c.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket(a, c.port)}} for a in c.addresses
+                    ]
+                }
+            ],
+        },
+        "health_checks": [
+            {
+                "timeout": "1s",
+                "interval": settings.health_check_interval,
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "tcp_health_check": {},
+            }
+        ],
+        "outlier_detection": {"consecutive_gateway_failure": 3, "interval": "5s"},
+        "ignore_health_on_host_removal": True,
+    }
+
+
+def _action(target: Target | None, settings: Settings, not_found: bool = False) -> Resource:
+    if target is None:
+        return {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
+    if target.cluster is None:
+        return {
+            "direct_response": {"status": 503, "body": {"inline_string": "backend unavailable\n"}}
+        }
+    return {
+        "route": {
+            "cluster": target.cluster,
+            "timeout": settings.route_timeout,
+            "retry_policy": {
+                "retry_on": "connect-failure,refused-stream",
+                "num_retries": 2,
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {"@type": PREVIOUS_HOSTS},
+                    }
+                ],
+                "host_selection_retry_max_attempts": 3,
+            },
+        }
+    }
+
+
+def _match(rule: PathRule) -> Resource:
+    if rule.exact:
+        return {"path": rule.path}
+    if rule.path == "/":
+        return {"prefix": "/"}
+    return {"path_separated_prefix": rule.path}
+
+
+def _authority_guard(host: str) -> list[Resource]:
+    """Ingress wildcards match exactly one label; Envoy's `*.` suffix matches any number."""
+    suffix = re.escape(host[1:])
+    return [
+        {
+            "name": ":authority",
+            "string_match": {"safe_regex": {"regex": f"(?i)^[^.]+{suffix}(:[0-9]+)?$"}},
+        }
+    ]
+
+
+def _named(route: Resource, target: Target | None) -> Resource:
+    return {"name": target.route, **route} if target is not None else route
+
+
+@lru_cache(maxsize=65536)
+def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) -> Resource:
+    guard = _authority_guard(vh.host) if vh.wildcard else None
+    routes = []
+    for rule in vh.rules:
+        match = _match(rule)
+        if guard:
+            match["headers"] = guard
+        routes.append(_named({"match": match, **_action(rule.target, settings)}, rule.target))
+    fallback_match: Resource = {"prefix": "/"}
+    if guard:
+        fallback_match["headers"] = guard
+    routes.append(_named({"match": fallback_match, **_action(vh.fallback, settings)}, vh.fallback))
+    if guard:
+        # Deeper names (a.b.example.com) are not this host's: send them where unknown hosts go.
+        beyond = Target(DEFAULT_SHARD, "catch-all") if catch_all_exists else None
+        routes.append({"match": {"prefix": "/"}, **_action(beyond, settings)})
+    return {
+        "name": f"{vh.tenant}/{vh.host or '*'}",
+        "domains": [vh.host or "*"],
+        "routes": routes,
+    }
+
+
+def route_config(name: str, vhosts: list[Resource]) -> Resource:
+    return {"@type": ROUTE_CONFIG, "name": name, "virtual_hosts": vhosts}
+
+
+def front_table(shard_domains: dict[str, list[str]], catch_all: bool) -> Resource:
+    vhosts = [
+        {
+            "name": shard,
+            "domains": domains,
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}],
+        }
+        for shard, domains in sorted(shard_domains.items())
+        if domains
+    ]
+    default: Resource = (
+        {"route": {"cluster": DEFAULT_SHARD, "timeout": "0s"}}
+        if catch_all
+        else {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
+    )
+    vhosts.append(
+        {"name": "*", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **default}]}
+    )
+    return route_config(FRONT, vhosts)
+
+
+def shard_table(
+    shard: str, vhosts: list[VirtualHost], settings: Settings, catch_all: bool
+) -> Resource:
+    return route_config(shard, [virtual_host(v, settings, catch_all) for v in vhosts])
+
+
+def render(ir: IR, settings: Settings) -> dict[str, list[Resource]]:
+    """Every file Envoy reads, by path relative to the config directory, as resource lists."""
+    renderer = Renderer(settings)
+    return renderer.update(
+        ir, Delta(hosts=set(ir.vhosts), catch_all=True, clusters=set(ir.clusters))
+    )
+
+
+class Renderer:
+    """Keeps the rendered files and rewrites only those a Delta touches.
+
+    Owns no decisions: every resource comes from the pure functions above, so a full `render`
+    and a long series of updates give byte-identical files.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._shard_hosts: dict[str, dict[str, VirtualHost]] = {
+            n: {} for n in shard_names(settings)
+        }
+        self._catch_all = False
+        self._clusters: dict[str, Resource] = {}
+        self._started = False
+
+    def update(self, ir: IR, delta: Delta) -> dict[str, list[Resource]]:
+        """Files whose content may have changed (the publisher skips identical ones)."""
+        s = self.settings
+        files: dict[str, list[Resource]] = {}
+        dirty: set[str] = set()
+        front_dirty = not self._started
+        if not self._started:
+            dirty |= set(self._shard_hosts)
+            files["lds.json"] = listeners(s)
+        for host in delta.hosts:
+            shard = shard_of(host, s.shards)
+            vh = ir.vhosts.get(host)
+            hosts = self._shard_hosts[shard]
+            if (host in hosts) != (vh is not None):
+                front_dirty = True
+            if vh is None:
+                hosts.pop(host, None)
+            else:
+                hosts[host] = vh
+            dirty.add(shard)
+        catch_all = ir.catch_all is not None
+        if delta.catch_all:
+            if ir.catch_all is None:
+                self._shard_hosts[DEFAULT_SHARD].pop("", None)
+            else:
+                self._shard_hosts[DEFAULT_SHARD][""] = ir.catch_all
+            dirty.add(DEFAULT_SHARD)
+        if catch_all != self._catch_all:
+            # Wildcard hosts send deeper names to the catch-all: their tables change with it.
+            front_dirty = True
+            for shard, hosts in self._shard_hosts.items():
+                if any(h.startswith("*.") for h in hosts):
+                    dirty.add(shard)
+            self._catch_all = catch_all
+        for shard in sorted(dirty):
+            hosts = self._shard_hosts[shard]
+            files[rds_file(shard)] = [
+                shard_table(shard, [hosts[h] for h in sorted(hosts)], s, catch_all)
+            ]
+        if front_dirty:
+            domains = {
+                shard: sorted(hosts)
+                for shard, hosts in self._shard_hosts.items()
+                if shard != DEFAULT_SHARD
+            }
+            files[rds_file(FRONT)] = [front_table(domains, catch_all)]
+        if delta.clusters or not self._started:
+            for name in delta.clusters:
+                c = ir.clusters.get(name)
+                if c is None:
+                    self._clusters.pop(name, None)
+                else:
+                    self._clusters[name] = backend_cluster(c, s)
+            files["cds.json"] = shard_clusters(s) + [
+                self._clusters[n] for n in sorted(self._clusters)
+            ]
+        self._started = True
+        return files

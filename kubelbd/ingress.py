@@ -1,0 +1,230 @@
+"""Stage 1: a tenant Ingress (plus the tenant's Services) becomes a normalized Route spec.
+
+Pure functions only. Everything about the tenant cluster that the data plane needs is resolved
+here, once: hosts lower-cased, paths normalized, Service ports resolved to the nodePorts Envoy
+will dial. What cannot be resolved is kept in the record with a `problem`, so that path answers
+503 instead of silently falling through to a shorter, wrong match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kube import Obj
+
+INGRESS_CLASS = "kubelb"
+CONTROLLER = "kubelb.io/ingress-controller"
+CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+
+# Envoy's own constraint on path_separated_prefix (and what any sane prefix must satisfy).
+_PATH_CHARS = re.compile(r"^/[^?#\s\x00-\x1f\x7f]*$")
+_HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+ServiceLookup = Callable[[str, str], Obj | None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why part of an Ingress cannot be served; becomes a condition and an Event."""
+
+    reason: str
+    message: str
+
+
+@dataclass
+class Translation:
+    spec: Obj
+    problems: list[Problem] = field(default_factory=list)
+
+
+def ingress_class_of(ingress: Obj) -> str | None:
+    spec = ingress.get("spec") or {}
+    name = spec.get("ingressClassName")
+    if name:
+        return str(name)
+    legacy = (ingress["metadata"].get("annotations") or {}).get(CLASS_ANNOTATION)
+    return str(legacy) if legacy else None
+
+
+def is_ours(ingress: Obj, classes: Iterable[Obj]) -> bool:
+    """Whether kubelbd serves this Ingress: its class is ours, or it has none and ours is the
+    default."""
+    ours = {
+        c["metadata"]["name"]: c
+        for c in classes
+        if (c.get("spec") or {}).get("controller") == CONTROLLER
+    }
+    cls = ingress_class_of(ingress)
+    if cls is not None:
+        return cls == INGRESS_CLASS or cls in ours
+    return any(
+        (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
+        for c in ours.values()
+    )
+
+
+def route_name(namespace: str, name: str) -> str:
+    """Namespaces cannot contain dots, so `<namespace>.<name>` is unique and readable."""
+    full = f"{namespace}.{name}"
+    if len(full) <= 253:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:10]
+    return f"{full[:242]}-{digest}"
+
+
+def normalize_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+def normalize_path(path: str | None, path_type: str) -> str:
+    """Prefix matching is element-wise, so a trailing slash carries no meaning there."""
+    path = path or "/"
+    if path_type in ("Prefix", "ImplementationSpecific"):
+        stripped = path.rstrip("/")
+        return stripped or "/"
+    return path
+
+
+def service_port(svc: Obj, port: Mapping[str, Any]) -> Obj | None:
+    for p in (svc.get("spec") or {}).get("ports") or []:
+        if "number" in port and p.get("port") == port["number"]:
+            return dict(p)
+        if "name" in port and p.get("name") == port["name"]:
+            return dict(p)
+    return None
+
+
+def port_label(port: Mapping[str, Any]) -> str:
+    return str(port["number"]) if "number" in port else str(port.get("name", ""))
+
+
+def needs_nodeport(svc: Obj) -> bool:
+    """A Service Envoy cannot reach as it is: it must get a kubelbd-owned NodePort twin."""
+    return bool((svc.get("spec") or {}).get("type", "ClusterIP") == "ClusterIP")
+
+
+def resolve_backend(
+    namespace: str,
+    backend: Obj,
+    services: ServiceLookup,
+    twins: ServiceLookup,
+    problems: list[Problem],
+) -> Obj:
+    svc_ref = backend.get("service")
+    if not svc_ref:
+        problems.append(Problem("UnsupportedBackend", "resource backends are not supported"))
+        return {"service": "", "port": "", "problem": "resource backends are not supported"}
+    name = svc_ref.get("name", "")
+    port_ref = svc_ref.get("port") or {}
+    out: Obj = {"service": name, "port": port_label(port_ref)}
+
+    def fail(reason: str, message: str) -> Obj:
+        problems.append(Problem(reason, message))
+        out["problem"] = message
+        return out
+
+    svc = services(namespace, name)
+    if svc is None:
+        return fail("BackendNotFound", f"Service {namespace}/{name} not found")
+    svc_type = (svc.get("spec") or {}).get("type", "ClusterIP")
+    if svc_type == "ExternalName":
+        return fail("UnsupportedBackend", f"Service {namespace}/{name} is of type ExternalName")
+    port = service_port(svc, port_ref)
+    if port is None:
+        return fail(
+            "BackendPortNotFound", f"Service {namespace}/{name} has no port {port_label(port_ref)}"
+        )
+    if port.get("protocol", "TCP") != "TCP":
+        return fail("UnsupportedBackend", f"Service port {port_label(port_ref)} is not TCP")
+    if not needs_nodeport(svc):
+        if port.get("nodePort"):
+            out["nodePort"] = port["nodePort"]
+            return out
+        return fail("BackendPending", f"Service {namespace}/{name} has no nodePort yet")
+    twin = twins(namespace, name)
+    twin_port = service_port(twin, {"number": port["port"]}) if twin else None
+    if twin_port is None or not twin_port.get("nodePort"):
+        return fail("BackendPending", f"NodePort for Service {namespace}/{name} not allocated yet")
+    out["nodePort"] = twin_port["nodePort"]
+    return out
+
+
+def translate(ingress: Obj, services: ServiceLookup, twins: ServiceLookup) -> Translation:
+    """The Route spec for one Ingress of ours; `twins` finds the NodePort twin of a Service."""
+    meta = ingress["metadata"]
+    ns = meta["namespace"]
+    spec = ingress.get("spec") or {}
+    problems: list[Problem] = []
+    rules: list[Obj] = []
+    for rule in spec.get("rules") or []:
+        host = normalize_host(rule.get("host") or "")
+        if host and not _HOST.match(host):
+            problems.append(Problem("InvalidHost", f"host {host!r} is not a DNS name"))
+            continue
+        paths = []
+        for p in (rule.get("http") or {}).get("paths") or []:
+            path_type = p.get("pathType") or "ImplementationSpecific"
+            raw = p.get("path") or "/"
+            if path_type not in ("Exact", "Prefix", "ImplementationSpecific"):
+                problems.append(Problem("InvalidPath", f"pathType {path_type!r} is unknown"))
+                continue
+            if not _PATH_CHARS.match(raw):
+                problems.append(Problem("InvalidPath", f"path {raw!r} cannot be matched"))
+                continue
+            paths.append(
+                {
+                    "path": normalize_path(raw, path_type),
+                    "pathType": path_type,
+                    "backend": resolve_backend(
+                        ns, p.get("backend") or {}, services, twins, problems
+                    ),
+                }
+            )
+        if paths:
+            rules.append({"host": host, "paths": paths})
+    out: Obj = {
+        "source": {
+            "kind": "Ingress",
+            "namespace": ns,
+            "name": meta["name"],
+            "uid": meta.get("uid", ""),
+            "generation": meta.get("generation", 0),
+            "creationTimestamp": meta.get("creationTimestamp", ""),
+        },
+        "rules": rules,
+    }
+    if spec.get("defaultBackend"):
+        out["defaultBackend"] = resolve_backend(
+            ns, spec["defaultBackend"], services, twins, problems
+        )
+    tls = [
+        {
+            "hosts": sorted({normalize_host(h) for h in t.get("hosts") or []}),
+            "secretName": t.get("secretName", ""),
+        }
+        for t in spec.get("tls") or []
+    ]
+    if tls:
+        out["tls"] = tls
+    if not rules and "defaultBackend" not in out and not problems:
+        problems.append(Problem("NoRules", "the Ingress has neither rules nor a defaultBackend"))
+    return Translation(out, problems)
+
+
+def referenced_services(ingress: Obj) -> set[str]:
+    """Names of Services (in the Ingress's namespace) that its backends point at."""
+    spec = ingress.get("spec") or {}
+    names = set()
+    backends = [spec.get("defaultBackend") or {}]
+    for rule in spec.get("rules") or []:
+        backends += [p.get("backend") or {} for p in (rule.get("http") or {}).get("paths") or []]
+    for b in backends:
+        name = (b.get("service") or {}).get("name")
+        if name:
+            names.add(name)
+    return names

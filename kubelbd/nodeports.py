@@ -1,0 +1,71 @@
+"""The NodePort twin kubelbd creates for a ClusterIP Service, so Envoy can reach its pods.
+
+Users change nothing: the twin selects the same pods and exposes the same ports. It is labelled
+as kubelbd's, owned by the original Service (deleting that deletes the twin) and removed by
+kubelbd when no Ingress of ours needs it any more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .kube import Obj
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "kubelbd"
+TWIN_OF = "kubelb.io/nodeport-for"
+PREFIX = "kubelb-"
+
+
+def twin_name(service: str) -> str:
+    name = PREFIX + service
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(service.encode()).hexdigest()[:8]
+    return f"{name[:54]}-{digest}"
+
+
+def twin(svc: Obj) -> Obj:
+    meta = svc["metadata"]
+    spec = svc.get("spec") or {}
+    ports = [
+        {
+            k: v
+            for k, v in {
+                "name": p.get("name"),
+                "port": p["port"],
+                "targetPort": p.get("targetPort", p["port"]),
+                "protocol": p.get("protocol", "TCP"),
+            }.items()
+            if v is not None
+        }
+        for p in spec.get("ports") or []
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": twin_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {MANAGED_BY: MANAGER, TWIN_OF: meta["name"]},
+            "annotations": {"kubelb.io/description": "NodePort for the kubelbd load balancer"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                }
+            ],
+        },
+        "spec": {
+            "type": "NodePort",
+            "selector": dict(spec.get("selector") or {}),
+            "ports": ports,
+        },
+    }
+
+
+def is_twin(svc: Obj) -> bool:
+    labels = svc["metadata"].get("labels") or {}
+    return labels.get(MANAGED_BY) == MANAGER and TWIN_OF in labels

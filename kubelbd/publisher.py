@@ -1,0 +1,100 @@
+"""Stage 4: write Envoy's files, only those that changed, each atomically.
+
+Each file is a DiscoveryResponse whose version_info is a hash of its resources, so the version
+Envoy reports back says exactly which content it applied, and a restart of kubelbd rewrites
+nothing that Envoy already has. Writes go to a temp file in the same directory, are fsynced,
+then renamed over the target: Envoy, watching for moves, never sees a half-written file.
+
+Order matters because files reference each other: clusters first, then route tables, then
+listeners (a listener naming a route table file that does not exist yet is rejected).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+log = logging.getLogger(__name__)
+
+Resources = list[dict[str, Any]]
+
+
+def version_of(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def encode(resources: Resources) -> tuple[str, bytes]:
+    """(version, file bytes) for a resource list; the same resources always give the same bytes."""
+    body = orjson.dumps(resources, option=orjson.OPT_SORT_KEYS)
+    version = version_of(body)
+    return version, b'{"version_info":"' + version.encode() + b'","resources":' + body + b"}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def _order(name: str) -> int:
+    if name == "cds.json":
+        return 0
+    if name == "lds.json":
+        return 2
+    return 1
+
+
+@dataclass
+class Publisher:
+    config_dir: Path
+    #: relative path -> version currently on disk
+    published: dict[str, str] = field(default_factory=dict)
+
+    def load(self) -> None:
+        """Learn what a previous run left on disk, so identical content is not rewritten."""
+        top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
+        for path in [*top, *sorted((self.config_dir / "rds").glob("*.json"))]:
+            try:
+                data = orjson.loads(path.read_bytes())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            rel = str(path.relative_to(self.config_dir))
+            self.published[rel] = str(data.get("version_info", ""))
+
+    async def load_async(self) -> None:
+        await anyio.to_thread.run_sync(self.load)
+
+    async def publish(self, files: dict[str, Resources]) -> dict[str, str]:
+        """Write the given files whose content differs from disk; return {path: version} written."""
+        encoded = {name: encode(res) for name, res in files.items()}
+        changed = {
+            name: (version, data)
+            for name, (version, data) in encoded.items()
+            if self.published.get(name) != version
+        }
+        if changed:
+            await anyio.to_thread.run_sync(self._write, changed)
+        for name, (version, _) in changed.items():
+            self.published[name] = version
+        return {name: version for name, (version, _) in changed.items()}
+
+    def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
+        for name in sorted(changed, key=lambda n: (_order(n), n)):
+            write_atomically(self.config_dir / name, changed[name][1])
+        log.debug("wrote %s", ", ".join(sorted(changed)))

@@ -1,0 +1,254 @@
+"""Tenant registration: one Secret per tenant, one task per tenant.
+
+A tenant is a Secret in kubelbd's namespace labelled `kubelb.io/tenant: <name>` holding a
+kubeconfig under `kubeconfig`. Adding it starts the tenant's loops; changing the kubeconfig
+restarts them; deleting it stops them and removes everything kubelbd made for the tenant. A
+finalizer on the Secret makes that cleanup happen even if the Secret is deleted while kubelbd
+is down (and lets it use the kubeconfig one last time to tidy up the tenant cluster).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.abc
+
+from . import ingress, nodeports, records
+from .events import Recorder
+from .informer import Backoff, Informer
+from .kube import (
+    INGRESS_CLASSES,
+    NAMESPACES,
+    SECRETS,
+    SERVICES,
+    ApiError,
+    Kube,
+    KubeconfigError,
+    Obj,
+    parse_kubeconfig,
+)
+from .tenant import RecordSink, TenantSettings, TenantSync
+
+log = logging.getLogger(__name__)
+
+KUBECONFIG_KEY = "kubeconfig"
+CLEANUP_TIMEOUT = 20.0
+
+
+@dataclass
+class _Running:
+    sync: TenantSync
+    fingerprint: str
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+def kubeconfig_of(secret: Obj) -> bytes:
+    raw = (secret.get("data") or {}).get(KUBECONFIG_KEY)
+    if raw is None:
+        return b""
+    try:
+        return base64.b64decode(raw)
+    except ValueError:
+        return b""
+
+
+class Registry:
+    def __init__(
+        self, mgmt: Kube, namespace: str, sink: RecordSink, settings: TenantSettings
+    ) -> None:
+        self.mgmt = mgmt
+        self.namespace = namespace
+        self.sink = sink
+        self.settings = settings
+        self.recorder = Recorder(mgmt)
+        self._running: dict[str, _Running] = {}
+        self._cleaning: set[str] = set()
+        self._wake = anyio.Event()
+        self._invalid_reported: set[str] = set()
+
+    def get(self, tenant: str) -> TenantSync | None:
+        entry = self._running.get(tenant)
+        return entry.sync if entry is not None else None
+
+    async def run(self) -> None:
+        self.secrets = Informer(
+            self.mgmt,
+            SECRETS,
+            lambda *_: self._wake.set(),
+            namespace=self.namespace,
+            label_selector=records.TENANT_LABEL,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.secrets.run)
+            await self.secrets.synced.wait()
+            tg.start_soon(self._collect_orphans)
+            while True:
+                await self._reconcile(tg)
+                await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def _reconcile(self, tg: anyio.abc.TaskGroup) -> None:
+        desired: dict[str, tuple[Obj, str]] = {}
+        for secret in self.secrets.cache.values():
+            meta = secret["metadata"]
+            tenant = (meta.get("labels") or {}).get(records.TENANT_LABEL, "")
+            if not records.valid_tenant_name(tenant):
+                if meta["name"] not in self._invalid_reported:
+                    self._invalid_reported.add(meta["name"])
+                    msg = f"tenant name {tenant!r} is not a DNS label of at most 56 characters"
+                    log.error("secret %s/%s: %s", self.namespace, meta["name"], msg)
+                    await self.recorder.emit(
+                        {"apiVersion": "v1", "kind": "Secret", **secret},
+                        "Warning",
+                        "InvalidTenant",
+                        msg,
+                    )
+                continue
+            if meta.get("deletionTimestamp"):
+                ours = records.CLEANUP_FINALIZER in (meta.get("finalizers") or [])
+                if ours and tenant not in self._cleaning:
+                    self._cleaning.add(tenant)
+                    tg.start_soon(self._finalize, tenant, secret)
+                continue
+            if tenant in desired:
+                log.error("tenant %s is registered by more than one Secret; using %s",
+                          tenant, desired[tenant][0]["metadata"]["name"])  # fmt: skip
+                continue
+            raw = kubeconfig_of(secret)
+            desired[tenant] = (secret, hashlib.sha256(raw).hexdigest())
+            if records.CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
+                await self._add_finalizer(secret)
+
+        for tenant in list(self._running):
+            if tenant not in desired and tenant not in self._cleaning:
+                await self._stop(tenant)
+                # Deleted without our finalizer (or it was removed by hand): tidy what we can.
+                tg.start_soon(self._remove_records, tenant)
+        for tenant, (secret, fingerprint) in desired.items():
+            running = self._running.get(tenant)
+            if running is not None and running.fingerprint == fingerprint:
+                continue
+            if running is not None:
+                log.info("tenant %s: kubeconfig changed, restarting", tenant)
+                await self._stop(tenant)
+            self._start(tg, tenant, kubeconfig_of(secret), fingerprint)
+
+    def _start(self, tg: anyio.abc.TaskGroup, tenant: str, kubeconfig: bytes, fp: str) -> None:
+        sync = TenantSync(tenant, kubeconfig, self.mgmt, self.sink, self.settings)
+        entry = _Running(sync, fp)
+        self._running[tenant] = entry
+        tg.start_soon(self._supervise, entry)
+
+    async def _supervise(self, entry: _Running) -> None:
+        """Run one tenant; a bug in it is logged and retried, never fatal to the others."""
+        backoff = Backoff(initial=1, maximum=60)
+        try:
+            with entry.scope:
+                while True:
+                    try:
+                        await entry.sync.run()
+                    except Exception:
+                        log.exception("tenant %s: loop failed; restarting", entry.sync.name)
+                    await anyio.sleep(backoff.next())
+        finally:
+            entry.done.set()
+
+    async def _stop(self, tenant: str) -> None:
+        entry = self._running.pop(tenant, None)
+        if entry is None:
+            return
+        log.info("tenant %s: stopping", tenant)
+        entry.scope.cancel()
+        await entry.done.wait()
+
+    async def _add_finalizer(self, secret: Obj) -> None:
+        meta = secret["metadata"]
+        finalizers = [*(meta.get("finalizers") or []), records.CLEANUP_FINALIZER]
+        try:
+            await self.mgmt.patch(
+                SECRETS,
+                meta["name"],
+                {
+                    "metadata": {
+                        "finalizers": finalizers,
+                        "resourceVersion": meta["resourceVersion"],
+                    }
+                },
+                self.namespace,
+            )
+        except (ApiError, ConnectionError) as e:
+            log.warning("secret %s: cannot add finalizer: %s", meta["name"], e)
+
+    async def _finalize(self, tenant: str, secret: Obj) -> None:
+        try:
+            await self._stop(tenant)
+            log.info("tenant %s: registration deleted, removing everything made for it", tenant)
+            with anyio.move_on_after(CLEANUP_TIMEOUT):
+                await self._clean_tenant_cluster(tenant, kubeconfig_of(secret))
+            await self._remove_records(tenant)
+            await self.mgmt.patch(
+                SECRETS,
+                secret["metadata"]["name"],
+                {"metadata": {"$deleteFromPrimitiveList/finalizers": [records.CLEANUP_FINALIZER]}},
+                self.namespace,
+                patch_type="strategic",
+            )
+        except (ApiError, ConnectionError) as e:
+            log.warning("tenant %s: cleanup incomplete, will retry: %s", tenant, e)
+            await anyio.sleep(2)
+            self._wake.set()
+        finally:
+            self._cleaning.discard(tenant)
+
+    async def _clean_tenant_cluster(self, tenant: str, kubeconfig: bytes) -> None:
+        """Best effort: the tenant may be unreachable; its records go regardless."""
+        try:
+            kube = await Kube.from_kubeconfig(parse_kubeconfig(kubeconfig), tenant)
+        except KubeconfigError as e:
+            log.warning("tenant %s: cannot clean the tenant cluster: %s", tenant, e)
+            return
+        try:
+            twins, _ = await kube.list(
+                SERVICES, labelSelector=f"{nodeports.MANAGED_BY}={nodeports.MANAGER}"
+            )
+            for svc in twins:
+                if nodeports.is_twin(svc):
+                    await kube.delete(
+                        SERVICES, svc["metadata"]["name"], svc["metadata"]["namespace"]
+                    )
+            cls = await kube.get_or_none(INGRESS_CLASSES, ingress.INGRESS_CLASS)
+            labels = ((cls or {}).get("metadata") or {}).get("labels") or {}
+            if labels.get(nodeports.MANAGED_BY) == nodeports.MANAGER:
+                await kube.delete(INGRESS_CLASSES, ingress.INGRESS_CLASS)
+        except (ApiError, ConnectionError) as e:
+            log.warning("tenant %s: cleaning the tenant cluster: %s", tenant, e)
+        finally:
+            await kube.aclose()
+
+    async def _remove_records(self, tenant: str) -> None:
+        await self.mgmt.delete(NAMESPACES, records.namespace_of(tenant))
+
+    async def _collect_orphans(self) -> None:
+        """Tenant namespaces whose Secret is gone (deleted while kubelbd was away, unfinalized)."""
+        backoff = Backoff(maximum=30)
+        while True:
+            try:
+                namespaces, _ = await self.mgmt.list(NAMESPACES, labelSelector=records.TENANT_LABEL)
+                break
+            except (ApiError, ConnectionError) as e:
+                log.warning("listing tenant namespaces: %s", e)
+                await anyio.sleep(backoff.next())
+        registered = {
+            (s["metadata"].get("labels") or {}).get(records.TENANT_LABEL)
+            for s in self.secrets.cache.values()
+        }
+        for ns in namespaces:
+            tenant = (ns["metadata"].get("labels") or {}).get(records.TENANT_LABEL)
+            if tenant and tenant not in registered and not ns["metadata"].get("deletionTimestamp"):
+                log.info("tenant %s: no registration Secret any more, removing its records", tenant)
+                await self._remove_records(tenant)

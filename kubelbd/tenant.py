@@ -1,0 +1,551 @@
+"""Everything kubelbd does for one tenant cluster, for as long as its registration Secret exists.
+
+Watches the tenant's Ingresses, Services, Nodes and IngressClasses; makes the NodePort twins
+ClusterIP backends need; keeps one Route record per Ingress of ours and the Tenant record (node
+addresses, health) in the management cluster; reports problems as conditions and Events; and,
+when the data plane says a route is served, writes the address into the Ingress status.
+
+One tenant's failures stay here: a bad kubeconfig, an unreachable or unauthorized API server
+become conditions on its Tenant record and log lines, never exceptions that leave this task.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from . import conditions, ingress, nodeports, records
+from .events import Recorder
+from .informer import Backoff, Informer
+from .kube import (
+    INGRESS_CLASSES,
+    INGRESSES,
+    NAMESPACES,
+    NODES,
+    SERVICES,
+    ApiError,
+    Kube,
+    KubeconfigError,
+    Obj,
+    key,
+    parse_kubeconfig,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS_MANAGER = "kubelbd-tenant"
+ROUTE_WRITE_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    node_address_type: str = "InternalIP"
+    public_address: str = ""
+
+
+class RecordSink(Protocol):
+    """Where fresh records go as soon as they are written (the data plane, in-process)."""
+
+    def upsert(self, obj: Obj) -> None: ...
+    def delete(self, tenant: str, name: str, uid: str | None = None) -> None: ...
+    def tenant(self, obj: Obj) -> None: ...
+
+
+def node_addresses(nodes: list[Obj], address_type: str) -> list[str]:
+    """Addresses of Ready nodes, of the configured type, sorted: what Envoy dials."""
+    out = set()
+    for node in nodes:
+        status = node.get("status") or {}
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        if not ready:
+            continue
+        for a in status.get("addresses") or []:
+            if a.get("type") == address_type and a.get("address"):
+                out.add(a["address"])
+                break
+    return sorted(out)
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """(reason, message) for a condition, from whatever went wrong talking to the tenant."""
+    if isinstance(error, KubeconfigError):
+        return "InvalidKubeconfig", str(error)
+    if isinstance(error, ApiError):
+        if error.status in (401, 403):
+            return "Unauthorized", f"the tenant API server refused kubelbd: {error}"
+        return "APIError", str(error)
+    if isinstance(error, (ConnectionError, OSError, TimeoutError)):
+        return "Unreachable", str(error)
+    return "Error", repr(error)
+
+
+class TenantSync:
+    def __init__(
+        self,
+        name: str,
+        kubeconfig: bytes,
+        mgmt: Kube,
+        sink: RecordSink,
+        settings: TenantSettings,
+    ) -> None:
+        self.name = name
+        self.namespace = records.namespace_of(name)
+        self._kubeconfig = kubeconfig
+        self.mgmt = mgmt
+        self.sink = sink
+        self.settings = settings
+        self.kube: Kube | None = None
+        self.recorder: Recorder | None = None
+        # Health, as shown on the Tenant record.
+        self._informer_errors: dict[str, str] = {}
+        self._connected: tuple[bool | None, str, str] = (None, "Connecting", "connecting")
+        self._synced: tuple[bool | None, str, str] = (None, "Pending", "not synced yet")
+        self._last_error = ""
+        self._written_status: Obj | None = None
+        self._status_wake = anyio.Event()
+        # What needs reconciling.
+        self._wake = anyio.Event()
+        self._dirty: set[str] = set()
+        self._all_dirty = True
+        self._nodes_dirty = True
+        self._by_service: dict[tuple[str, str], set[str]] = {}
+        self._refs: dict[str, set[tuple[str, str]]] = {}
+        # What is written.
+        self._records: dict[str, Obj] = {}  # route name -> spec as applied
+        self._accepted: dict[str, tuple[Any, ...]] = {}  # route name -> (generation, problems)
+        self._fresh_twins: dict[tuple[str, str], Obj] = {}
+        self._addresses: list[str] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        log.info("tenant %s: starting", self.name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._status_writer)
+            await self._ensure_namespace()
+            try:
+                self.kube = await Kube.from_kubeconfig(
+                    parse_kubeconfig(self._kubeconfig), self.name
+                )
+            except KubeconfigError as e:
+                self._fail_connect(e)
+                log.error("tenant %s: %s", self.name, e)
+                await anyio.sleep_forever()
+            assert self.kube is not None
+            self.recorder = Recorder(self.kube)
+            try:
+                await self._run_informers(tg)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.kube.aclose()
+
+    async def _ensure_namespace(self) -> None:
+        backoff = Backoff(maximum=10)
+        while True:
+            try:
+                await self.mgmt.apply(NAMESPACES, records.namespace_object(self.name))
+                return
+            except (ApiError, ConnectionError) as e:
+                log.warning(
+                    "tenant %s: cannot create namespace %s: %s", self.name, self.namespace, e
+                )
+                await anyio.sleep(backoff.next())
+
+    async def _run_informers(self, tg: anyio.abc.TaskGroup) -> None:
+        assert self.kube is not None
+        self.ingresses = Informer(
+            self.kube, INGRESSES, self._on_ingress, on_error=self._informer_health("ingresses")
+        )
+        self.services = Informer(
+            self.kube, SERVICES, self._on_service, on_error=self._informer_health("services")
+        )
+        self.nodes = Informer(
+            self.kube, NODES, self._on_node, on_error=self._informer_health("nodes")
+        )
+        self.classes = Informer(
+            self.kube, INGRESS_CLASSES, self._on_class, on_error=self._informer_health("classes")
+        )
+        for inf in (self.ingresses, self.services, self.nodes, self.classes):
+            tg.start_soon(inf.run)
+        await self._reconcile_loop()
+
+    def _informer_health(self, which: str) -> Callable[[Exception | None], None]:
+        def report(error: Exception | None) -> None:
+            if error is None:
+                self._informer_errors.pop(which, None)
+            else:
+                reason, message = classify(error)
+                self._informer_errors[which] = f"{reason}: {message}"
+                if which == "ingresses":
+                    log.error("tenant %s: %s", self.name, message)
+            if self._informer_errors:
+                reason = next(iter(self._informer_errors.values())).split(":", 1)[0]
+                msg = "; ".join(f"{k}: {v}" for k, v in sorted(self._informer_errors.items()))
+                self._connected = (False, reason, msg)
+                self._last_error = msg
+            else:
+                self._connected = (True, "Connected", "watching the tenant API server")
+            self._status_wake.set()
+
+        return report
+
+    def _fail_connect(self, error: BaseException) -> None:
+        reason, message = classify(error)
+        self._connected = (False, reason, message)
+        self._last_error = message
+        self._status_wake.set()
+
+    # ---- change tracking ---------------------------------------------------------------------
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    def _on_ingress(self, _kind: str, obj: Obj) -> None:
+        k = key(obj)
+        self._dirty.add(k)
+        for ref in self._refs.pop(k, set()):
+            self._by_service.get(ref, set()).discard(k)
+        ns = obj["metadata"]["namespace"]
+        refs = {(ns, s) for s in ingress.referenced_services(obj)}
+        self._refs[k] = refs
+        for ref in refs:
+            self._by_service.setdefault(ref, set()).add(k)
+        self._wake_up()
+
+    def _on_service(self, _kind: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        name = meta["name"]
+        if nodeports.is_twin(obj):
+            name = (meta.get("labels") or {}).get(nodeports.TWIN_OF, name)
+            self._fresh_twins.pop((meta["namespace"], meta["name"]), None)
+        users = self._by_service.get((meta["namespace"], name), set())
+        if users:
+            self._dirty |= users
+            self._wake_up()
+
+    def _on_node(self, _kind: str, _obj: Obj) -> None:
+        self._nodes_dirty = True
+        self._wake_up()
+
+    def _on_class(self, _kind: str, _obj: Obj) -> None:
+        self._all_dirty = True
+        self._wake_up()
+
+    # ---- reconcile ---------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        for inf in (self.ingresses, self.services, self.nodes, self.classes):
+            await inf.synced.wait()
+        await self._load_records()
+        backoff = Backoff(maximum=30)
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self._reconcile()
+            except (ApiError, ConnectionError) as e:
+                reason, message = classify(e)
+                self._synced = (False, reason, message)
+                self._last_error = message
+                self._status_wake.set()
+                log.warning("tenant %s: reconcile failed: %s", self.name, message)
+                self._wake.set()
+                await anyio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            self._synced = (True, "Synced", f"{len(self._records)} routes in sync")
+            self._status_wake.set()
+
+    async def _load_records(self) -> None:
+        backoff = Backoff(maximum=10)
+        while True:
+            try:
+                items, _ = await self.mgmt.list(records.ROUTES, self.namespace)
+                break
+            except (ApiError, ConnectionError) as e:
+                log.warning("tenant %s: cannot list routes: %s", self.name, e)
+                await anyio.sleep(backoff.next())
+        self._records = {o["metadata"]["name"]: o.get("spec") or {} for o in items}
+        self._all_dirty = True
+        self._wake.set()
+
+    async def _reconcile(self) -> None:
+        assert self.kube is not None
+        if self._all_dirty:
+            self._all_dirty = False
+            await self._ensure_ingress_class()
+            self._dirty |= set(self.ingresses.cache)
+            # Records whose Ingress is gone (deleted while we were away).
+            live = {
+                ingress.route_name(o["metadata"]["namespace"], o["metadata"]["name"])
+                for o in self.ingresses.cache.values()
+            }
+            for name in [n for n in self._records if n not in live]:
+                await self._delete_record(name)
+        if self._nodes_dirty:
+            self._nodes_dirty = False
+            await self._sync_nodes()
+        batch, self._dirty = self._dirty, set()
+        try:
+            async with anyio.create_task_group() as tg:
+                limit = anyio.Semaphore(ROUTE_WRITE_CONCURRENCY)
+                for k in sorted(batch):
+                    tg.start_soon(self._reconcile_one, k, limit)
+        except BaseException:
+            self._dirty |= batch
+            raise
+        await self._collect_twins()
+
+    async def _ensure_ingress_class(self) -> None:
+        assert self.kube is not None
+        await self.kube.apply(
+            INGRESS_CLASSES,
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "IngressClass",
+                "metadata": {
+                    "name": ingress.INGRESS_CLASS,
+                    "labels": {nodeports.MANAGED_BY: nodeports.MANAGER},
+                },
+                "spec": {"controller": ingress.CONTROLLER},
+            },
+        )
+
+    async def _sync_nodes(self) -> None:
+        addresses = node_addresses(list(self.nodes.cache.values()), self.settings.node_address_type)
+        if addresses == self._addresses:
+            return
+        obj = await self.mgmt.apply(
+            records.TENANTS,
+            records.tenant_object(self.name, addresses, self.settings.node_address_type),
+        )
+        self._addresses = addresses
+        self.sink.tenant(obj)
+        log.info("tenant %s: node addresses %s", self.name, ", ".join(addresses) or "(none)")
+
+    async def _reconcile_one(self, k: str, limit: anyio.Semaphore) -> None:
+        async with limit:
+            ns, _, name = k.partition("/")
+            route = ingress.route_name(ns, name)
+            obj = self.ingresses.cache.get(k)
+            if obj is None or not ingress.is_ours(obj, self.classes.cache.values()):
+                if route in self._records:
+                    await self._delete_record(route)
+                return
+            for svc_name in sorted(ingress.referenced_services(obj)):
+                await self._ensure_twin(ns, svc_name)
+            result = ingress.translate(obj, self._service, self._twin)
+            if self._records.get(route) != result.spec:
+                written = await self.mgmt.apply(
+                    records.ROUTES, records.route_object(self.name, route, result.spec)
+                )
+                self._records[route] = result.spec
+                self.sink.upsert(written)
+            await self._report_accepted(obj, route, result.problems)
+
+    def _service(self, ns: str, name: str) -> Obj | None:
+        return self.services.cache.get(f"{ns}/{name}")
+
+    def _twin(self, ns: str, name: str) -> Obj | None:
+        twin_name = nodeports.twin_name(name)
+        fresh = self._fresh_twins.get((ns, twin_name))
+        if fresh is not None:
+            return fresh
+        svc = self.services.cache.get(f"{ns}/{twin_name}")
+        return svc if svc is not None and nodeports.is_twin(svc) else None
+
+    async def _ensure_twin(self, ns: str, name: str) -> None:
+        assert self.kube is not None
+        svc = self._service(ns, name)
+        if svc is None or not ingress.needs_nodeport(svc):
+            return
+        desired = nodeports.twin(svc)
+        twin_name = desired["metadata"]["name"]
+        existing = self.services.cache.get(f"{ns}/{twin_name}")
+        if existing is not None and not nodeports.is_twin(existing):
+            log.warning("tenant %s: %s/%s exists and is not kubelbd's", self.name, ns, twin_name)
+            return
+        if existing is not None and _same_twin(existing, desired):
+            return
+        self._fresh_twins[(ns, twin_name)] = await self.kube.apply(SERVICES, desired)
+
+    async def _collect_twins(self) -> None:
+        """Delete NodePort twins that no Ingress of ours needs any more."""
+        assert self.kube is not None
+        needed: set[tuple[str, str]] = set()
+        ours = [
+            o
+            for o in self.ingresses.cache.values()
+            if ingress.is_ours(o, self.classes.cache.values())
+        ]
+        for o in ours:
+            ns = o["metadata"]["namespace"]
+            needed |= {(ns, nodeports.twin_name(s)) for s in ingress.referenced_services(o)}
+        for svc in list(self.services.cache.values()):
+            meta = svc["metadata"]
+            if nodeports.is_twin(svc) and (meta["namespace"], meta["name"]) not in needed:
+                log.info("tenant %s: deleting unused NodePort %s", self.name, key(svc))
+                await self.kube.delete(SERVICES, meta["name"], meta["namespace"])
+
+    async def _delete_record(self, route: str) -> None:
+        await self.mgmt.delete(records.ROUTES, route, self.namespace)
+        self._records.pop(route, None)
+        self._accepted.pop(route, None)
+        self.sink.delete(self.name, route)
+
+    async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
+        generation = obj["metadata"].get("generation", 0)
+        fingerprint = (generation, tuple(problems))
+        if self._accepted.get(route) == fingerprint:
+            return
+        if problems:
+            cond = conditions.condition(
+                "Accepted",
+                False,
+                problems[0].reason,
+                "; ".join(p.message for p in problems),
+                generation,
+            )
+        else:
+            cond = conditions.condition("Accepted", True, "Accepted", "translated", generation)
+        await self.mgmt.apply(
+            records.ROUTES,
+            {
+                "apiVersion": records.API_VERSION,
+                "kind": "Route",
+                "metadata": {"name": route, "namespace": self.namespace},
+                "status": {"conditions": [cond]},
+            },
+            subresource="status",
+            field_manager=STATUS_MANAGER,
+        )
+        self._accepted[route] = fingerprint
+        for p in problems:
+            log.warning("tenant %s: ingress %s: %s", self.name, key(obj), p.message)
+            await self.event(obj, "Warning", p.reason, p.message)
+
+    # ---- called by the data plane ------------------------------------------------------------
+
+    async def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+        if self.recorder is not None:
+            await self.recorder.emit(
+                {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", **obj},
+                type_,
+                reason,
+                message,
+            )
+
+    def ingress(self, namespace: str, name: str) -> Obj | None:
+        cache = getattr(self, "ingresses", None)
+        return cache.cache.get(f"{namespace}/{name}") if cache is not None else None
+
+    async def set_ingress_address(self, namespace: str, name: str, served: bool) -> None:
+        """Publish (or withdraw) the load balancer's address in the tenant Ingress's status."""
+        obj = self.ingress(namespace, name)
+        if obj is None or self.kube is None:
+            return
+        want: list[Obj] = []
+        if served and self.settings.public_address:
+            field_ = "ip" if _is_ip(self.settings.public_address) else "hostname"
+            want = [{field_: self.settings.public_address}]
+        have = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        if have == want:
+            return
+        await self.kube.patch(
+            INGRESSES,
+            name,
+            {"status": {"loadBalancer": {"ingress": want}}},
+            namespace,
+            subresource="status",
+        )
+
+    # ---- Tenant record status ----------------------------------------------------------------
+
+    async def _status_writer(self) -> None:
+        backoff = Backoff(maximum=10)
+        while True:
+            await self._status_wake.wait()
+            self._status_wake = anyio.Event()
+            connected, synced = self._connected, self._synced
+            status: Obj = {
+                "conditions": [
+                    conditions.condition("Connected", *connected),
+                    conditions.condition("Synced", *synced),
+                ],
+                "lastError": self._last_error,
+            }
+            if (
+                self._written_status is not None
+                and conditions.same(self._written_status["conditions"], status["conditions"])
+                and self._written_status["lastError"] == status["lastError"]
+            ):
+                continue
+            try:
+                await self.mgmt.apply(
+                    records.TENANTS,
+                    {
+                        "apiVersion": records.API_VERSION,
+                        "kind": "Tenant",
+                        "metadata": {"name": self.name, "namespace": self.namespace},
+                        "status": status,
+                    },
+                    subresource="status",
+                    field_manager=STATUS_MANAGER,
+                )
+                self._written_status = status
+                backoff.reset()
+            except ApiError as e:
+                if e.not_found:
+                    # Status needs the object: create it (node addresses come once nodes sync).
+                    await self._create_tenant_record()
+                else:
+                    log.warning("tenant %s: cannot write status: %s", self.name, e)
+                self._status_wake.set()
+                await anyio.sleep(backoff.next())
+            except ConnectionError as e:
+                log.warning("tenant %s: cannot write status: %s", self.name, e)
+                self._status_wake.set()
+                await anyio.sleep(backoff.next())
+
+    async def _create_tenant_record(self) -> None:
+        obj = records.tenant_object(self.name, [], self.settings.node_address_type)
+        del obj["spec"]["nodeAddresses"]
+        try:
+            await self.mgmt.create(records.TENANTS, obj)
+        except ApiError as e:
+            if not e.conflict:
+                log.warning("tenant %s: cannot create Tenant record: %s", self.name, e)
+
+
+def _same_twin(existing: Obj, desired: Obj) -> bool:
+    def shape(svc: Obj) -> tuple[Any, ...]:
+        spec = svc.get("spec") or {}
+        ports = sorted(
+            (
+                p.get("name", ""),
+                p["port"],
+                str(p.get("targetPort", p["port"])),
+                p.get("protocol", "TCP"),
+            )
+            for p in spec.get("ports") or []
+        )
+        return (spec.get("type"), tuple(sorted((spec.get("selector") or {}).items())), tuple(ports))
+
+    return shape(existing) == shape(desired)
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
