@@ -201,3 +201,81 @@ async def udp_echo(host: str, port: int, payload: bytes, timeout: float = 2.0) -
         return await asyncio.wait_for(fut, timeout)
     finally:
         transport.close()
+
+
+# ---- the load balancer ----------------------------------------------------------------------
+
+
+def lb_addr(layout: Layout) -> str:
+    return f"127.0.0.1:{layout.envoy_http_port}"
+
+
+async def lb_get(
+    layout: Layout, host: str, path: str = "/", timeout: float = 3.0
+) -> tuple[int, Any]:
+    """One request through Envoy's HTTP listener: (status, JSON body or text)."""
+    status, body, _ = await http_get(f"http://{lb_addr(layout)}{path}", host=host, timeout=timeout)
+    return status, body
+
+
+async def until_served(
+    layout: Layout,
+    host: str,
+    path: str = "/",
+    status: int = 200,
+    timeout: float = 30.0,
+    check: Callable[[Any], bool] | None = None,
+) -> Any:
+    """Poll through Envoy until host+path answers `status` (and `check(body)` holds)."""
+
+    async def probe() -> Any:
+        got, body = await lb_get(layout, host, path)
+        assert got == status, f"{host}{path}: {got} {str(body)[:200]}"
+        if check is not None:
+            assert check(body), f"{host}{path}: unexpected body {str(body)[:300]}"
+        return body if body else True
+
+    return await eventually(probe, timeout=timeout, what=f"{host}{path} -> {status}")
+
+
+def ingress_obj(
+    name: str,
+    rules: list[Obj] | None = None,
+    default_backend: Obj | None = None,
+    class_name: str | None = "kubelb",
+    annotations: dict[str, str] | None = None,
+    tls: list[Obj] | None = None,
+) -> Obj:
+    spec: Obj = {}
+    if class_name:
+        spec["ingressClassName"] = class_name
+    if rules is not None:
+        spec["rules"] = rules
+    if default_backend is not None:
+        spec["defaultBackend"] = default_backend
+    if tls is not None:
+        spec["tls"] = tls
+    meta: Obj = {"name": name}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec}
+
+
+def backend(service: str, port: int | str = 80) -> Obj:
+    ref = {"number": port} if isinstance(port, int) else {"name": port}
+    return {"service": {"name": service, "port": ref}}
+
+
+def rule(host: str | None, *paths: tuple[str, str, Obj]) -> Obj:
+    """rule("a.example", ("/", "Prefix", backend("web")), ...)"""
+    out: Obj = {"http": {"paths": [{"path": p, "pathType": t, "backend": b} for p, t, b in paths]}}
+    if host:
+        out["host"] = host
+    return out
+
+
+async def deploy_app(kube: Kube, ns: str, name: str, replicas: int = 1) -> None:
+    """An echo Deployment with a ClusterIP Service on port 80 (named http) -> 8080."""
+    await kube.create(DEPLOYMENTS, echo_deployment(name, replicas), ns)
+    svc = service(name, [{"name": "http", "port": 80, "targetPort": 8080}])
+    await kube.create(SERVICES, svc, ns)

@@ -205,30 +205,29 @@ def backend_cluster(c: Cluster, settings: Settings) -> Resource:
     }
 
 
-def _action(target: Target | None, settings: Settings, not_found: bool = False) -> Resource:
+def _action(target: Target | None, settings: Settings) -> Resource:
     if target is None:
         return {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
     if target.cluster is None:
         return {
             "direct_response": {"status": 503, "body": {"inline_string": "backend unavailable\n"}}
         }
-    return {
-        "route": {
-            "cluster": target.cluster,
-            "timeout": settings.route_timeout,
-            "retry_policy": {
-                "retry_on": "connect-failure,refused-stream",
-                "num_retries": 2,
-                "retry_host_predicate": [
-                    {
-                        "name": "envoy.retry_host_predicates.previous_hosts",
-                        "typed_config": {"@type": PREVIOUS_HOSTS},
-                    }
-                ],
-                "host_selection_retry_max_attempts": 3,
-            },
+    return {"route": {"cluster": target.cluster, "timeout": settings.route_timeout}}
+
+
+# Retries only where no byte reached the backend: safe for any method. They let a request
+# survive a node that died since the last health check.
+RETRY_POLICY: Resource = {
+    "retry_on": "connect-failure,refused-stream",
+    "num_retries": 2,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": PREVIOUS_HOSTS},
         }
-    }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
 
 
 def _match(rule: PathRule) -> Resource:
@@ -263,10 +262,14 @@ def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) ->
         if guard:
             match["headers"] = guard
         routes.append(_named({"match": match, **_action(rule.target, settings)}, rule.target))
-    fallback_match: Resource = {"prefix": "/"}
-    if guard:
-        fallback_match["headers"] = guard
-    routes.append(_named({"match": fallback_match, **_action(vh.fallback, settings)}, vh.fallback))
+    catches_all = bool(vh.rules) and vh.rules[-1].path == "/" and not vh.rules[-1].exact
+    if not catches_all:  # otherwise nothing could ever reach the fallback
+        fallback_match: Resource = {"prefix": "/"}
+        if guard:
+            fallback_match["headers"] = guard
+        routes.append(
+            _named({"match": fallback_match, **_action(vh.fallback, settings)}, vh.fallback)
+        )
     if guard:
         # Deeper names (a.b.example.com) are not this host's: send them where unknown hosts go.
         beyond = Target(DEFAULT_SHARD, "catch-all") if catch_all_exists else None
@@ -275,6 +278,7 @@ def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) ->
         "name": f"{vh.tenant}/{vh.host or '*'}",
         "domains": [vh.host or "*"],
         "routes": routes,
+        "retry_policy": RETRY_POLICY,
     }
 
 

@@ -24,7 +24,7 @@ ErrorHandler = Callable[[Exception | None], None]
 class Backoff:
     """Exponential backoff with a ceiling; reset after a success."""
 
-    def __init__(self, initial: float = 0.2, maximum: float = 30.0) -> None:
+    def __init__(self, initial: float = 0.2, maximum: float = 5.0) -> None:
         self.initial = initial
         self.maximum = maximum
         self.current = initial

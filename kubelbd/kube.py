@@ -173,6 +173,7 @@ class Kube:
         with anyio.CancelScope(shield=True):
             await self._api.close()
             if self._tmpdir:
+                _forget_temp_files(self._tmpdir)
                 await anyio.to_thread.run_sync(shutil.rmtree, self._tmpdir, True)
 
     async def __aenter__(self) -> Kube:
@@ -369,6 +370,16 @@ class Kube:
             raise ConnectionError(f"{self.name or self.host}: watch {res.plural}: {e}") from e
         finally:
             resp.release()
+
+
+def _forget_temp_files(directory: str) -> None:
+    """kubernetes-asyncio caches the temp files it writes certificates to, by content, in a
+    module global; once we delete a client's directory, those entries must go too, or the next
+    client for the same cluster is handed paths that no longer exist."""
+    cache: dict[str, str] = kube_config._temp_files
+    for content, path in list(cache.items()):
+        if path.startswith(directory + os.sep):
+            del cache[content]
 
 
 def _query_value(v: Any) -> str:

@@ -75,10 +75,16 @@ def node_addresses(nodes: list[Obj], address_type: str) -> list[str]:
     return sorted(out)
 
 
+class RetryLater(Exception):
+    """Part of a reconcile failed; what failed is queued again."""
+
+
 def classify(error: BaseException) -> tuple[str, str]:
     """(reason, message) for a condition, from whatever went wrong talking to the tenant."""
     if isinstance(error, KubeconfigError):
         return "InvalidKubeconfig", str(error)
+    if isinstance(error, RetryLater):
+        return "IngressErrors", str(error)
     if isinstance(error, ApiError):
         if error.status in (401, 403):
             return "Unauthorized", f"the tenant API server refused kubelbd: {error}"
@@ -124,6 +130,7 @@ class TenantSync:
         self._accepted: dict[str, tuple[Any, ...]] = {}  # route name -> (generation, problems)
         self._fresh_twins: dict[tuple[str, str], Obj] = {}
         self._addresses: list[str] | None = None
+        self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -252,7 +259,7 @@ class TenantSync:
             self._wake = anyio.Event()
             try:
                 await self._reconcile()
-            except (ApiError, ConnectionError) as e:
+            except (ApiError, ConnectionError, RetryLater) as e:
                 reason, message = classify(e)
                 self._synced = (False, reason, message)
                 self._last_error = message
@@ -295,15 +302,15 @@ class TenantSync:
             self._nodes_dirty = False
             await self._sync_nodes()
         batch, self._dirty = self._dirty, set()
-        try:
-            async with anyio.create_task_group() as tg:
-                limit = anyio.Semaphore(ROUTE_WRITE_CONCURRENCY)
-                for k in sorted(batch):
-                    tg.start_soon(self._reconcile_one, k, limit)
-        except BaseException:
-            self._dirty |= batch
-            raise
+        async with anyio.create_task_group() as tg:
+            limit = anyio.Semaphore(ROUTE_WRITE_CONCURRENCY)
+            for k in sorted(batch):
+                tg.start_soon(self._reconcile_one, k, limit)
         await self._collect_twins()
+        if self._failed:
+            self._dirty |= set(self._failed)
+            first = next(iter(sorted(self._failed.items())))
+            raise RetryLater(f"{len(self._failed)} ingresses failed, e.g. {first[0]}: {first[1]}")
 
     async def _ensure_ingress_class(self) -> None:
         assert self.kube is not None
@@ -333,24 +340,35 @@ class TenantSync:
         log.info("tenant %s: node addresses %s", self.name, ", ".join(addresses) or "(none)")
 
     async def _reconcile_one(self, k: str, limit: anyio.Semaphore) -> None:
+        """One Ingress; its failure is retried later and never blocks the others."""
         async with limit:
-            ns, _, name = k.partition("/")
-            route = ingress.route_name(ns, name)
-            obj = self.ingresses.cache.get(k)
-            if obj is None or not ingress.is_ours(obj, self.classes.cache.values()):
-                if route in self._records:
-                    await self._delete_record(route)
+            try:
+                await self._reconcile_ingress(k)
+            except (ApiError, ConnectionError) as e:
+                message = classify(e)[1]
+                log.warning("tenant %s: ingress %s: %s", self.name, k, message)
+                self._failed[k] = message
                 return
-            for svc_name in sorted(ingress.referenced_services(obj)):
-                await self._ensure_twin(ns, svc_name)
-            result = ingress.translate(obj, self._service, self._twin)
-            if self._records.get(route) != result.spec:
-                written = await self.mgmt.apply(
-                    records.ROUTES, records.route_object(self.name, route, result.spec)
-                )
-                self._records[route] = result.spec
-                self.sink.upsert(written)
-            await self._report_accepted(obj, route, result.problems)
+            self._failed.pop(k, None)
+
+    async def _reconcile_ingress(self, k: str) -> None:
+        ns, _, name = k.partition("/")
+        route = ingress.route_name(ns, name)
+        obj = self.ingresses.cache.get(k)
+        if obj is None or not ingress.is_ours(obj, self.classes.cache.values()):
+            if route in self._records:
+                await self._delete_record(route)
+            return
+        for svc_name in sorted(ingress.referenced_services(obj)):
+            await self._ensure_twin(ns, svc_name)
+        result = ingress.translate(obj, self._service, self._twin)
+        if self._records.get(route) != result.spec:
+            written = await self.mgmt.apply(
+                records.ROUTES, records.route_object(self.name, route, result.spec)
+            )
+            self._records[route] = result.spec
+            self.sink.upsert(written)
+        await self._report_accepted(obj, route, result.problems)
 
     def _service(self, ns: str, name: str) -> Obj | None:
         return self.services.cache.get(f"{ns}/{name}")

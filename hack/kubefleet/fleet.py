@@ -521,7 +521,8 @@ class Fleet:
         elif comp.startswith("node-"):
             self._wait_nodes_ready(self.layout.cluster(cluster), [comp])
         elif name == lb.KUBELBD:
-            lb.wait_ready(self)
+            # A tenant may be down on purpose (fault tests): do not wait for it to sync.
+            lb.wait_ready(self, tenants=False)
         else:
             self.wait_for(f"{name} to stay up", lambda: True, [name])
 
