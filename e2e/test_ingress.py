@@ -113,9 +113,8 @@ async def test_path_types_and_precedence(fleet: FleetHandle, ns: str) -> None:
         "/": "root",
     }
     for path, app in expected.items():
-        status, body = await lb_get(lay, h, path)
-        assert status == 200, (path, body)
-        assert body["pod"].startswith(f"{app}-"), f"{path} served by {body['pod']}, want {app}"
+        # Each backend's pods come up on their own schedule; the routing must then be exact.
+        await until_served(lay, h, path, check=from_app(app))
 
 
 async def test_wildcard_host_matches_exactly_one_label(fleet: FleetHandle, ns: str) -> None:
@@ -155,6 +154,10 @@ async def test_default_backend_ports_by_name_and_shared_hosts(fleet: FleetHandle
     await until_served(lay, h, "/b/1", check=from_app("b"))
     # A path no rule matches goes to the defaultBackend of an Ingress of that host.
     await until_served(lay, h, "/elsewhere", check=from_app("fallback"))
+    # The defaultBackend also made alpha the owner of the catch-all; give it back before the
+    # next test, so unknown hosts answer 404 again.
+    await kube.delete(INGRESSES, "second", ns)
+    await until_served(lay, host("unknown"), status=404)
 
 
 async def test_backend_problems_are_reported_and_isolated(fleet: FleetHandle, ns: str) -> None:

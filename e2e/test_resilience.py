@@ -4,6 +4,7 @@ keep every route served. Traffic runs in the background and every failure is cou
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -47,10 +48,14 @@ class Traffic:
                 if status == 200:
                     self.ok += 1
                 else:
-                    self.failures.append(f"{status} {str(body)[:100]}")
+                    self.failures.append(f"{_now()} {status} {str(body)[:100]}")
             except Exception as e:  # any failure counts
-                self.failures.append(repr(e))
+                self.failures.append(f"{_now()} {e!r}")
             await asyncio.sleep(0.02)
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
 
 
 @asynccontextmanager

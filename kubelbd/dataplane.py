@@ -13,6 +13,7 @@ in the tenant Ingress's status, and an Event where a host was refused.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -74,8 +75,7 @@ class DataPlane:
         uid = obj["metadata"].get("uid", "")
         seen = self._seen.get(rec.id)
         if seen is not None and seen[0] == uid and seen[1] >= rec.generation:
-            self._status_pending.add(rec.id)  # status-only update: maybe rewrite it
-            return
+            return  # our own status write, or an event older than a record we already have
         self._seen[rec.id] = (uid, rec.generation)
         self._deletes.discard(rec.id)
         self._upserts[rec.id] = rec
@@ -147,11 +147,19 @@ class DataPlane:
         if self._tenants_changed:
             self._tenants_changed = False
             tenant_set = list(self._tenant_records.values())
+        start = time.perf_counter()
         delta = self.model.apply(upserts.values(), deletes, tenant_set)
         files = self.renderer.update(self.model.ir, delta)
+        rendered = time.perf_counter()
         written = await self.publisher.publish(files)
         if written:
-            log.debug("published %s", ", ".join(f"{k}@{v}" for k, v in sorted(written.items())))
+            log.debug(
+                "rendered %d changes in %.1f ms, published %s in %.1f ms",
+                len(upserts) + len(deletes),
+                (rendered - start) * 1000,
+                ", ".join(sorted(written)),
+                (time.perf_counter() - rendered) * 1000,
+            )
         self._status_pending |= delta.routes | set(upserts)
         if self._status_pending:
             self._published.set()

@@ -163,7 +163,7 @@ def translate(ingress: Obj, services: ServiceLookup, twins: ServiceLookup) -> Tr
     rules: list[Obj] = []
     for rule in spec.get("rules") or []:
         host = normalize_host(rule.get("host") or "")
-        if host and not _HOST.match(host):
+        if host and not _HOST.fullmatch(host):
             problems.append(Problem("InvalidHost", f"host {host!r} is not a DNS name"))
             continue
         paths = []
@@ -173,7 +173,7 @@ def translate(ingress: Obj, services: ServiceLookup, twins: ServiceLookup) -> Tr
             if path_type not in ("Exact", "Prefix", "ImplementationSpecific"):
                 problems.append(Problem("InvalidPath", f"pathType {path_type!r} is unknown"))
                 continue
-            if not _PATH_CHARS.match(raw):
+            if not _PATH_CHARS.fullmatch(raw):
                 problems.append(Problem("InvalidPath", f"path {raw!r} cannot be matched"))
                 continue
             paths.append(

@@ -210,9 +210,12 @@ class Model:
     ) -> Delta:
         """Upsert routes, delete route ids, and (if given) replace the tenant set."""
         delta = Delta()
+        clusters_before = dict(self.ir.clusters)
+        tenant_clusters: set[str] = set()  # clusters whose tenant's addresses changed
         touched: set[str] = set()  # hosts whose claims changed
         hostless_tenants: set[str] = set()  # tenants whose host-less rules/default changed
         gone: set[str] = set()
+        updated: set[str] = set()
         for route_id in deletes:
             old = self.routes.pop(route_id, None)
             if old is not None:
@@ -224,10 +227,16 @@ class Model:
                 self._unindex(old, touched, hostless_tenants, delta)
             self.routes[route.id] = route
             self._index(route, touched, hostless_tenants, delta)
+            updated.add(route.id)
         if tenants is not None:
-            self._set_tenants(list(tenants), delta)
+            tenant_clusters = self._set_tenants(list(tenants))
+            delta.clusters |= tenant_clusters
         self._hostless_cache = {}
-        self._reevaluate(touched, hostless_tenants, gone, delta)
+        self._reevaluate(touched, hostless_tenants, gone | updated, delta)
+        # An upsert unindexes then indexes: only clusters whose existence changed count.
+        delta.clusters = {
+            c for c in delta.clusters if (c in self.ir.clusters) != (c in clusters_before)
+        } | {c for c in delta.clusters if c in tenant_clusters}
         return delta
 
     def _index(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
@@ -280,17 +289,17 @@ class Model:
         rec = self.tenants.get(tenant)
         self.ir.clusters[name] = Cluster(name, tenant, rec.addresses if rec else (), port)
 
-    def _set_tenants(self, tenants: list[TenantRecord], delta: Delta) -> None:
+    def _set_tenants(self, tenants: list[TenantRecord]) -> set[str]:
+        """Replace the tenant set; return the clusters whose endpoints changed."""
         new = {t.name: t for t in tenants}
-        for name in set(self.tenants) | set(new):
-            if self.tenants.get(name) != new.get(name):
-                for cluster, (tenant, _) in self._cluster_ports.items():
-                    if tenant == name:
-                        delta.clusters.add(cluster)
+        changed = {
+            name for name in set(self.tenants) | set(new) if self.tenants.get(name) != new.get(name)
+        }
         self.tenants = new
-        for cluster in delta.clusters:
-            if cluster in self._cluster_ports:
-                self._put_cluster(cluster)
+        clusters = {c for c, (tenant, _) in self._cluster_ports.items() if tenant in changed}
+        for cluster in clusters:
+            self._put_cluster(cluster)
+        return clusters
 
     # ---- ownership and virtual hosts -----------------------------------------------------------
 
@@ -304,7 +313,7 @@ class Model:
         return None
 
     def _reevaluate(
-        self, touched: set[str], hostless: set[str], gone: set[str], delta: Delta
+        self, touched: set[str], hostless: set[str], changed: set[str], delta: Delta
     ) -> None:
         # Wildcards first: exact hosts under a wildcard depend on who holds it.
         pending = sorted(touched, key=lambda h: (not h.startswith("*."), h))
@@ -329,7 +338,7 @@ class Model:
         for host in rebuild:
             self._rebuild_host(host, delta)
         affected_routes = {rid for h in rebuild for rid in self._claims.get(h, {})}
-        affected_routes |= gone
+        affected_routes |= changed
         for rid in affected_routes:
             self._update_route_status(rid, delta)
 

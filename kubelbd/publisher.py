@@ -97,4 +97,3 @@ class Publisher:
     def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
         for name in sorted(changed, key=lambda n: (_order(n), n)):
             write_atomically(self.config_dir / name, changed[name][1])
-        log.debug("wrote %s", ", ".join(sorted(changed)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -131,6 +132,8 @@ class TenantSync:
         self._fresh_twins: dict[tuple[str, str], Obj] = {}
         self._addresses: list[str] | None = None
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
+        self._seen_ingress: dict[str, tuple[Any, ...]] = {}
+        self._twin_candidates: set[tuple[str, str]] = set()  # services that may lose their twin
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -216,13 +219,25 @@ class TenantSync:
     def _wake_up(self) -> None:
         self._wake.set()
 
-    def _on_ingress(self, _kind: str, obj: Obj) -> None:
+    def _on_ingress(self, kind: str, obj: Obj) -> None:
         k = key(obj)
+        meta = obj["metadata"]
+        # Our own status writes come back as events: spec and annotations are what matter
+        # (the legacy class annotation does not bump the generation).
+        fingerprint = (meta.get("uid"), meta.get("generation"), str(meta.get("annotations")))
+        if kind != "DELETED" and self._seen_ingress.get(k) == fingerprint:
+            return
+        if kind == "DELETED":
+            self._seen_ingress.pop(k, None)
+        else:
+            self._seen_ingress[k] = fingerprint
         self._dirty.add(k)
-        for ref in self._refs.pop(k, set()):
+        old = self._refs.pop(k, set())
+        for ref in old:
             self._by_service.get(ref, set()).discard(k)
-        ns = obj["metadata"]["namespace"]
-        refs = {(ns, s) for s in ingress.referenced_services(obj)}
+        self._twin_candidates |= old
+        ns = meta["namespace"]
+        refs = {(ns, s) for s in ingress.referenced_services(obj)} if kind != "DELETED" else set()
         self._refs[k] = refs
         for ref in refs:
             self._by_service.setdefault(ref, set()).add(k)
@@ -291,6 +306,11 @@ class TenantSync:
             self._all_dirty = False
             await self._ensure_ingress_class()
             self._dirty |= set(self.ingresses.cache)
+            self._twin_candidates |= {
+                (svc["metadata"]["namespace"], svc["metadata"]["labels"][nodeports.TWIN_OF])
+                for svc in self.services.cache.values()
+                if nodeports.is_twin(svc)
+            }
             # Records whose Ingress is gone (deleted while we were away).
             live = {
                 ingress.route_name(o["metadata"]["namespace"], o["metadata"]["name"])
@@ -363,11 +383,18 @@ class TenantSync:
             await self._ensure_twin(ns, svc_name)
         result = ingress.translate(obj, self._service, self._twin)
         if self._records.get(route) != result.spec:
+            start = time.perf_counter()
             written = await self.mgmt.apply(
                 records.ROUTES, records.route_object(self.name, route, result.spec)
             )
             self._records[route] = result.spec
             self.sink.upsert(written)
+            log.debug(
+                "tenant %s: route %s written in %.1f ms",
+                self.name,
+                route,
+                (time.perf_counter() - start) * 1000,
+            )
         await self._report_accepted(obj, route, result.problems)
 
     def _service(self, ns: str, name: str) -> Obj | None:
@@ -397,22 +424,26 @@ class TenantSync:
         self._fresh_twins[(ns, twin_name)] = await self.kube.apply(SERVICES, desired)
 
     async def _collect_twins(self) -> None:
-        """Delete NodePort twins that no Ingress of ours needs any more."""
+        """Delete NodePort twins that no Ingress of ours needs any more.
+
+        Only Services that an Ingress stopped referencing since the last pass are looked at
+        (plus every twin on a full resync), so this costs what changed, not what exists.
+        """
         assert self.kube is not None
-        needed: set[tuple[str, str]] = set()
-        ours = [
-            o
-            for o in self.ingresses.cache.values()
-            if ingress.is_ours(o, self.classes.cache.values())
-        ]
-        for o in ours:
-            ns = o["metadata"]["namespace"]
-            needed |= {(ns, nodeports.twin_name(s)) for s in ingress.referenced_services(o)}
-        for svc in list(self.services.cache.values()):
-            meta = svc["metadata"]
-            if nodeports.is_twin(svc) and (meta["namespace"], meta["name"]) not in needed:
-                log.info("tenant %s: deleting unused NodePort %s", self.name, key(svc))
-                await self.kube.delete(SERVICES, meta["name"], meta["namespace"])
+        candidates, self._twin_candidates = self._twin_candidates, set()
+        classes = list(self.classes.cache.values())
+        for ns, name in sorted(candidates):
+            users = self._by_service.get((ns, name), set())
+            if any(
+                (o := self.ingresses.cache.get(u)) is not None and ingress.is_ours(o, classes)
+                for u in users
+            ):
+                continue
+            twin = self._twin(ns, name)
+            if twin is not None:
+                log.info("tenant %s: deleting unused NodePort %s", self.name, key(twin))
+                await self.kube.delete(SERVICES, twin["metadata"]["name"], ns)
+                self._fresh_twins.pop((ns, twin["metadata"]["name"]), None)
 
     async def _delete_record(self, route: str) -> None:
         await self.mgmt.delete(records.ROUTES, route, self.namespace)

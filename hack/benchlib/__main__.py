@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
-from . import fleet
+from . import convergence, fleet
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,11 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--tenants", type=int, default=2)
     up.add_argument("--base-port", type=int, default=18400)
     sub.add_parser("build", help="cold build of the Kubernetes binaries (empty caches)")
+    conv = sub.add_parser("convergence", help="Ingress write → first 200 through Envoy")
+    conv.add_argument("--scales", default="10,100,1000", help="routes present, comma-separated")
+    conv.add_argument("--changes", type=int, default=100, help="changes measured per scale")
+    conv.add_argument("--kinds", default="route,backend", help="route (existing backend), backend")
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
     elif args.cmd == "build":
         fleet.bench_build()
+    elif args.cmd == "convergence":
+        scales = [int(x) for x in args.scales.split(",")]
+        layout = convergence.ensure_fleet()
+        asyncio.run(convergence.run(layout, scales, args.changes, args.kinds.split(",")))
     return 0
 
 

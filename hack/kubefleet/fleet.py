@@ -135,6 +135,7 @@ class Fleet:
                 elif p.exists():
                     p.unlink()
         lay.dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(lb.config_dir(lay).parent, ignore_errors=True)
         self.state = State(lay.tenants, lay.base_port, str(bin_dir))
         self._save()
         try:

@@ -1,0 +1,222 @@
+"""Tenant registration: Secrets in, loops and records out; bad kubeconfigs stay contained."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+import yaml
+from kubefleet import certs
+
+from kubelbd.kube import INGRESS_CLASSES, INGRESSES, NAMESPACES, SECRETS, SERVICES, Kube, Obj
+from kubelbd.records import TENANTS
+
+from .support import (
+    FleetHandle,
+    backend,
+    create_namespace,
+    delete_namespace,
+    deploy_app,
+    eventually,
+    ingress_obj,
+    lb_get,
+    rule,
+    unique,
+    until_served,
+)
+
+pytestmark = pytest.mark.e2e
+
+NAMESPACE = "kubelb"
+
+
+def secret(name: str, tenant: str, kubeconfig: bytes) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"kubelb.io/tenant": tenant}},
+        "data": {"kubeconfig": base64.b64encode(kubeconfig).decode()},
+    }
+
+
+async def tenant_condition(mgmt: Kube, tenant: str, type_: str) -> Obj:
+    obj = await mgmt.get_or_none(TENANTS, tenant, f"tenant-{tenant}") or {}
+    conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+    return conds.get(type_, {})
+
+
+@pytest.fixture
+async def alpha_route(fleet: FleetHandle) -> AsyncIterator[str]:
+    """A host served from alpha, to prove other tenants keep working."""
+    kube = fleet.kube["alpha"]
+    ns = unique("reg")
+    await create_namespace(kube, ns)
+    await deploy_app(kube, ns, "keep")
+    h = f"{unique('keep')}.example.test"
+    await kube.create(
+        INGRESSES, ingress_obj("keep", [rule(h, ("/", "Prefix", backend("keep")))]), ns
+    )
+    await until_served(fleet.layout, h)
+    yield h
+    await delete_namespace(kube, ns)
+
+
+def unauthorized_kubeconfig(fleet: FleetHandle) -> bytes:
+    """alpha's real server and CA, but a client certificate from a CA alpha does not trust."""
+    real = yaml.safe_load(fleet.layout.kubeconfig("alpha").read_text())
+    rogue_ca = certs.new_ca("rogue")
+    client = certs.issue(rogue_ca, "intruder", ("system:masters",))
+    doc = yaml.safe_load(
+        certs.kubeconfig("alpha", real["clusters"][0]["cluster"]["server"], rogue_ca, client, "x")
+    )
+    doc["clusters"][0]["cluster"]["certificate-authority-data"] = real["clusters"][0]["cluster"][
+        "certificate-authority-data"
+    ]
+    return yaml.safe_dump(doc).encode()
+
+
+async def test_bad_kubeconfigs_are_reported_and_contained(
+    fleet: FleetHandle, alpha_route: str
+) -> None:
+    mgmt, lay = fleet.kube["mgmt"], fleet.layout
+    tenant = unique("broken")
+    await mgmt.create(SECRETS, secret(tenant, tenant, b"this: [is not: a kubeconfig"), NAMESPACE)
+    try:
+        # Adding the Secret makes the tenant's namespace and record, with the cause.
+        async def reason_is(want: str) -> bool:
+            cond = await tenant_condition(mgmt, tenant, "Connected")
+            assert cond.get("status") == "False" and cond.get("reason") == want, cond
+            return True
+
+        await eventually(lambda: reason_is("InvalidKubeconfig"), what="InvalidKubeconfig")
+
+        # Changing the Secret restarts the tenant's loops with the new kubeconfig.
+        unreachable = yaml.safe_load(lay.kubeconfig("alpha").read_text())
+        unreachable["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
+        await mgmt.patch(
+            SECRETS,
+            tenant,
+            {
+                "data": {
+                    "kubeconfig": base64.b64encode(yaml.safe_dump(unreachable).encode()).decode()
+                }
+            },
+            NAMESPACE,
+        )
+        await eventually(lambda: reason_is("Unreachable"), what="Unreachable")
+
+        await mgmt.patch(
+            SECRETS,
+            tenant,
+            {"data": {"kubeconfig": base64.b64encode(unauthorized_kubeconfig(fleet)).decode()}},
+            NAMESPACE,
+        )
+        await eventually(lambda: reason_is("Unauthorized"), what="Unauthorized")
+        obj = await mgmt.get(TENANTS, tenant, f"tenant-{tenant}")
+        assert "401" in obj["status"]["lastError"] or "Unauthorized" in obj["status"]["lastError"]
+
+        # Meanwhile every other tenant is served as before.
+        for _ in range(5):
+            status, _ = await lb_get(lay, alpha_route)
+            assert status == 200
+    finally:
+        await mgmt.delete(SECRETS, tenant, NAMESPACE)
+
+    # Deleting the Secret removes everything made for the tenant, then the Secret itself.
+    async def gone() -> bool:
+        assert await mgmt.get_or_none(SECRETS, tenant, NAMESPACE) is None
+        ns = await mgmt.get_or_none(NAMESPACES, f"tenant-{tenant}")
+        assert ns is None or ns["metadata"].get("deletionTimestamp"), ns
+        return True
+
+    await eventually(gone, timeout=60, what="the tenant's Secret and namespace to go")
+
+
+async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> None:
+    beta, mgmt, lay = fleet.kube["beta"], fleet.kube["mgmt"], fleet.layout
+    ns = unique("rereg")
+    await create_namespace(beta, ns)
+    try:
+        await deploy_app(beta, ns, "app")
+        h = f"{unique('beta')}.example.test"
+        await beta.create(
+            INGRESSES, ingress_obj("app", [rule(h, ("/", "Prefix", backend("app")))]), ns
+        )
+        await until_served(lay, h)
+        original = await mgmt.get(SECRETS, "beta", NAMESPACE)
+
+        await mgmt.delete(SECRETS, "beta", NAMESPACE)
+        await until_served(lay, h, status=404)
+
+        async def cleaned() -> bool:
+            assert await mgmt.get_or_none(SECRETS, "beta", NAMESPACE) is None
+            assert await beta.get_or_none(SERVICES, "kubelb-app", ns) is None
+            assert await beta.get_or_none(INGRESS_CLASSES, "kubelb") is None
+            ns_obj = await mgmt.get_or_none(NAMESPACES, "tenant-beta")
+            assert ns_obj is None or ns_obj["metadata"].get("deletionTimestamp")
+            return True
+
+        await eventually(cleaned, timeout=60, what="beta's objects to be removed")
+    finally:
+        data = (await mgmt.get_or_none(SECRETS, "beta", NAMESPACE)) is None
+        if data:
+            kubeconfig = lay.kubeconfig("beta").read_bytes()
+            await eventually(
+                lambda: _recreate(mgmt, secret("beta", "beta", kubeconfig)),
+                timeout=60,
+                what="re-registering beta",
+            )
+
+    # Registered again: the same Ingress is served again, with a fresh IngressClass.
+    await until_served(lay, h, timeout=60)
+    assert (await beta.get(INGRESS_CLASSES, "kubelb"))["spec"]["controller"] == (
+        "kubelb.io/ingress-controller"
+    )
+    assert original["metadata"]["finalizers"] == ["kubelb.io/cleanup"]
+
+    async def synced() -> bool:
+        cond = await tenant_condition(mgmt, "beta", "Synced")
+        assert cond.get("status") == "True", cond
+        return True
+
+    await eventually(synced, timeout=60, what="beta synced again")
+    await delete_namespace(beta, ns)
+
+
+async def _recreate(mgmt: Kube, obj: Obj) -> bool:
+    # The old tenant namespace must be fully gone before the new one can be made.
+    ns = await mgmt.get_or_none(NAMESPACES, "tenant-beta")
+    assert ns is None, "tenant-beta still terminating"
+    await mgmt.create(SECRETS, obj, NAMESPACE)
+    return True
+
+
+async def test_default_ingress_class_annotation_is_honoured(fleet: FleetHandle) -> None:
+    kube, lay = fleet.kube["alpha"], fleet.layout
+    ns = unique("dflt")
+    await create_namespace(kube, ns)
+    annotation = "ingressclass.kubernetes.io/is-default-class"
+    try:
+        await deploy_app(kube, ns, "plain")
+        h = f"{unique('classless')}.example.test"
+        await kube.create(
+            INGRESSES,
+            ingress_obj("plain", [rule(h, ("/", "Prefix", backend("plain")))], class_name=None),
+            ns,
+        )
+        status, _ = await lb_get(lay, h)
+        assert status == 404  # no class, and ours is not the default
+        await kube.patch(
+            INGRESS_CLASSES, "kubelb", {"metadata": {"annotations": {annotation: "true"}}}
+        )
+        await until_served(lay, h)
+        await kube.patch(
+            INGRESS_CLASSES, "kubelb", {"metadata": {"annotations": {annotation: None}}}
+        )
+        await until_served(lay, h, status=404)
+    finally:
+        await kube.patch(
+            INGRESS_CLASSES, "kubelb", {"metadata": {"annotations": {annotation: None}}}
+        )
+        await delete_namespace(kube, ns)

