@@ -143,21 +143,13 @@ async def run(cfg: Config) -> None:
             http_port=http_port,
             shards=cfg.route_shards,
         )
-        registry: Registry | None = None
-        dataplane = DataPlane(
-            mgmt,
-            settings,
-            Publisher(cfg.config_dir),
-            admin,
-            lambda tenant: registry.get(tenant) if registry is not None else None,
-            cfg.public_address,
-        )
         registry = Registry(
-            mgmt,
-            cfg.namespace,
-            dataplane,
-            TenantSettings(cfg.node_address_type, cfg.public_address),
+            mgmt, cfg.namespace, TenantSettings(cfg.node_address_type, cfg.public_address)
         )
+        dataplane = DataPlane(
+            mgmt, settings, Publisher(cfg.config_dir), admin, registry, cfg.public_address
+        )
+        registry.sink = dataplane
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
             tg.start_soon(_settle_gc, dataplane)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
@@ -37,6 +36,13 @@ class TenantHandle(Protocol):
     async def event(self, obj: Obj, type_: str, reason: str, message: str) -> None: ...
 
 
+class TenantDirectory(Protocol):
+    """The registry, as the data plane sees it."""
+
+    def get(self, tenant: str) -> TenantHandle | None: ...
+    async def settled(self, timeout: float = ...) -> None: ...
+
+
 class DataPlane:
     def __init__(
         self,
@@ -44,7 +50,7 @@ class DataPlane:
         settings: envoy_config.Settings,
         publisher: Publisher,
         admin: EnvoyAdmin,
-        tenants: Callable[[str], TenantHandle | None],
+        tenants: TenantDirectory,
         public_address: str = "",
     ) -> None:
         self.mgmt = mgmt
@@ -68,6 +74,14 @@ class DataPlane:
 
     # ---- record intake (RecordSink) ----------------------------------------------------------
 
+    def provisional(self, tenant: str, name: str, spec: Obj) -> None:
+        """A record being written right now: render it without waiting for the write."""
+        rec = ir.RouteRecord(tenant, name, spec, 0)
+        self._seen[rec.id] = ("", 0)
+        self._deletes.discard(rec.id)
+        self._upserts[rec.id] = rec
+        self._wake.set()
+
     def upsert(self, obj: Obj) -> None:
         rec = records.route_record(obj)
         if rec is None:
@@ -78,6 +92,17 @@ class DataPlane:
             return  # our own status write, or an event older than a record we already have
         self._seen[rec.id] = (uid, rec.generation)
         self._deletes.discard(rec.id)
+        pending = self._upserts.get(rec.id) or self.model.routes.get(rec.id)
+        if pending is not None and pending.spec == rec.spec:
+            # The confirmation of a provisional record: same content, now with a generation,
+            # which only the status needs; the model's indexes do not change.
+            if rec.id in self._upserts:
+                self._upserts[rec.id] = rec
+            else:
+                self.model.routes[rec.id] = rec
+            self._status_pending.add(rec.id)
+            self._published.set()
+            return
         self._upserts[rec.id] = rec
         self._wake.set()
 
@@ -129,6 +154,9 @@ class DataPlane:
             tg.start_soon(self._status_loop)
             await routes.synced.wait()
             await tenants.synced.wait()
+            # After a restart, let every reachable tenant resync before the first publish:
+            # Envoy keeps serving the previous files meanwhile, then gets the full picture.
+            await self.tenants.settled()
             log.info(
                 "data plane: %d routes, %d tenants in the records",
                 len(routes.cache),
@@ -241,7 +269,7 @@ class DataPlane:
                 subresource="status",
                 field_manager=STATUS_MANAGER,
             )
-        tenant = self.tenants(route.tenant)
+        tenant = self.tenants.get(route.tenant)
         if tenant is None:
             self._status_written[rid] = fingerprint
             return

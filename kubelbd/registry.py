@@ -59,17 +59,29 @@ def kubeconfig_of(secret: Obj) -> bytes:
 
 class Registry:
     def __init__(
-        self, mgmt: Kube, namespace: str, sink: RecordSink, settings: TenantSettings
+        self,
+        mgmt: Kube,
+        namespace: str,
+        settings: TenantSettings,
+        sink: RecordSink | None = None,
     ) -> None:
         self.mgmt = mgmt
         self.namespace = namespace
-        self.sink = sink
+        self.sink = sink  # the data plane; set before run()
         self.settings = settings
         self.recorder = Recorder(mgmt)
         self._running: dict[str, _Running] = {}
         self._cleaning: set[str] = set()
         self._wake = anyio.Event()
         self._invalid_reported: set[str] = set()
+        self.secrets_synced = anyio.Event()
+
+    async def settled(self, timeout: float = 10.0) -> None:
+        """Until every registered tenant has synced once or is known unreachable."""
+        with anyio.move_on_after(timeout):
+            await self.secrets_synced.wait()
+            for entry in list(self._running.values()):
+                await entry.sync.settled.wait()
 
     def get(self, tenant: str) -> TenantSync | None:
         entry = self._running.get(tenant)
@@ -89,6 +101,7 @@ class Registry:
             tg.start_soon(self._collect_orphans)
             while True:
                 await self._reconcile(tg)
+                self.secrets_synced.set()
                 await self._wake.wait()
                 self._wake = anyio.Event()
 
@@ -139,6 +152,7 @@ class Registry:
             self._start(tg, tenant, kubeconfig_of(secret), fingerprint)
 
     def _start(self, tg: anyio.abc.TaskGroup, tenant: str, kubeconfig: bytes, fp: str) -> None:
+        assert self.sink is not None
         sync = TenantSync(tenant, kubeconfig, self.mgmt, self.sink, self.settings)
         entry = _Running(sync, fp)
         self._running[tenant] = entry

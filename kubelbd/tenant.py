@@ -53,6 +53,7 @@ class TenantSettings:
 class RecordSink(Protocol):
     """Where fresh records go as soon as they are written (the data plane, in-process)."""
 
+    def provisional(self, tenant: str, name: str, spec: Obj) -> None: ...
     def upsert(self, obj: Obj) -> None: ...
     def delete(self, tenant: str, name: str, uid: str | None = None) -> None: ...
     def tenant(self, obj: Obj) -> None: ...
@@ -132,6 +133,9 @@ class TenantSync:
         self._fresh_twins: dict[tuple[str, str], Obj] = {}
         self._addresses: list[str] | None = None
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
+        #: set once this tenant has reconciled, or is known to be unreachable: the data plane
+        #: waits for every tenant to settle before its first publish after a restart
+        self.settled = anyio.Event()
         self._seen_ingress: dict[str, tuple[Any, ...]] = {}
         self._twin_candidates: set[tuple[str, str]] = set()  # services that may lose their twin
 
@@ -198,6 +202,7 @@ class TenantSync:
                 if which == "ingresses":
                     log.error("tenant %s: %s", self.name, message)
             if self._informer_errors:
+                self.settled.set()  # nothing better to wait for: serve what the records hold
                 reason = next(iter(self._informer_errors.values())).split(":", 1)[0]
                 msg = "; ".join(f"{k}: {v}" for k, v in sorted(self._informer_errors.items()))
                 self._connected = (False, reason, msg)
@@ -209,6 +214,7 @@ class TenantSync:
         return report
 
     def _fail_connect(self, error: BaseException) -> None:
+        self.settled.set()
         reason, message = classify(error)
         self._connected = (False, reason, message)
         self._last_error = message
@@ -232,6 +238,7 @@ class TenantSync:
         else:
             self._seen_ingress[k] = fingerprint
         self._dirty.add(k)
+        log.debug("tenant %s: ingress %s %s", self.name, k, kind.lower())
         old = self._refs.pop(k, set())
         for ref in old:
             self._by_service.get(ref, set()).discard(k)
@@ -286,6 +293,7 @@ class TenantSync:
             backoff.reset()
             self._synced = (True, "Synced", f"{len(self._records)} routes in sync")
             self._status_wake.set()
+            self.settled.set()
 
     async def _load_records(self) -> None:
         backoff = Backoff(maximum=10)
@@ -383,6 +391,11 @@ class TenantSync:
             await self._ensure_twin(ns, svc_name)
         result = ingress.translate(obj, self._service, self._twin)
         if self._records.get(route) != result.spec:
+            # The data plane renders while the record is being written: the write is the
+            # slowest step of a change, and the Ingress itself is the truth until it lands.
+            # A failed write is retried; a restart waits for tenants to resync before its
+            # first publish, so a record lost in a crash is rewritten before it is missed.
+            self.sink.provisional(self.name, route, result.spec)
             start = time.perf_counter()
             written = await self.mgmt.apply(
                 records.ROUTES, records.route_object(self.name, route, result.spec)
@@ -446,10 +459,10 @@ class TenantSync:
                 self._fresh_twins.pop((ns, twin["metadata"]["name"]), None)
 
     async def _delete_record(self, route: str) -> None:
+        self.sink.delete(self.name, route)
         await self.mgmt.delete(records.ROUTES, route, self.namespace)
         self._records.pop(route, None)
         self._accepted.pop(route, None)
-        self.sink.delete(self.name, route)
 
     async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
         generation = obj["metadata"].get("generation", 0)
