@@ -105,7 +105,6 @@ def _hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) -
     else:
         # The front listener already set X-Forwarded-For/-Proto; keep what it sent.
         hcm["use_remote_address"] = False
-        hcm["xff_num_trusted_hops"] = 1
     return hcm
 
 

@@ -434,7 +434,12 @@ class TenantSync:
             return
         if existing is not None and _same_twin(existing, desired):
             return
+        start = time.perf_counter()
         self._fresh_twins[(ns, twin_name)] = await self.kube.apply(SERVICES, desired)
+        log.debug(
+            "tenant %s: NodePort %s/%s applied in %.1f ms",
+            self.name, ns, twin_name, (time.perf_counter() - start) * 1000,
+        )  # fmt: skip
 
     async def _collect_twins(self) -> None:
         """Delete NodePort twins that no Ingress of ours needs any more.
