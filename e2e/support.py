@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import aiohttp
 from kubefleet.layout import ROOT, Layout
 
-from kubelbd.kube import DEPLOYMENTS, NAMESPACES, SERVICES, Kube, Obj
+from kubelbd.kube import DEPLOYMENTS, NAMESPACES, SERVICES, ApiError, Kube, Obj
 
 T = TypeVar("T")
 
@@ -66,8 +66,8 @@ async def eventually(
             if result:
                 return result
             last = None
-        except (TimeoutError, AssertionError, OSError, aiohttp.ClientError) as e:
-            last = e
+        except (TimeoutError, AssertionError, OSError, aiohttp.ClientError, ApiError) as e:
+            last = e  # ApiError: e.g. the object under test does not exist yet
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}: {last!r}")
         await asyncio.sleep(interval)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from . import crds, envoy_config
 from .dataplane import DataPlane
+from .dataplane_l4 import L4Settings
 from .envoy_admin import EnvoyAdmin
 from .envoy_process import EnvoyProcess, write_bootstrap
 from .kube import Kube
@@ -41,6 +43,7 @@ class Config:
     route_shards: int
     health_listen: str | None
     install_crds: bool
+    l4: L4Settings
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -67,6 +70,29 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="route tables the hosts are spread over")  # fmt: skip
     ap.add_argument("--health-listen", default=None, help="host:port for /healthz and /readyz")
     ap.add_argument("--no-install-crds", dest="install_crds", action="store_false")
+    ap.add_argument(
+        "--l4-mode",
+        choices=["pool", "service"],
+        default="pool",
+        help="how LoadBalancer Services get an address (see docs/architecture.md)",
+    )
+    ap.add_argument(
+        "--l4-address-pool",
+        default="",
+        help="pool mode: CIDR of addresses Envoy listens on, one per LoadBalancer",
+    )
+    ap.add_argument(
+        "--l4-listen-address",
+        default="",
+        help="service mode: where Envoy's L4 listeners bind (default: HTTP's)",
+    )
+    ap.add_argument(
+        "--l4-port-range",
+        default="20000-29999",
+        help="service mode: Envoy listener ports to allocate from",
+    )
+    ap.add_argument("--l4-envoy-selector", default="app=kubelbd",
+                    help="service mode: labels of the Envoy pods, k=v[,k=v]")  # fmt: skip
     ap.add_argument("--log-level", default=os.environ.get("KUBELBD_LOG_LEVEL", "info"))
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -78,6 +104,17 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ap.error("--envoy-admin must be a loopback address: the admin API must never be exposed")
     if args.route_shards < 1:
         ap.error("--route-shards must be at least 1")
+    try:
+        if args.l4_address_pool:
+            ipaddress.ip_network(args.l4_address_pool, strict=False)
+        first, _, last = args.l4_port_range.partition("-")
+        port_range = (int(first), int(last))
+        selector = tuple(tuple(kv.split("=", 1)) for kv in args.l4_envoy_selector.split(",") if kv)
+    except ValueError as e:
+        ap.error(f"bad Layer 4 setting: {e}")
+    if not all(len(kv) == 2 for kv in selector):
+        ap.error("--l4-envoy-selector takes k=v[,k=v]")
+    http_host = args.http_listen.rpartition(":")[0].strip("[]")
     return Config(
         kubeconfig=args.kubeconfig,
         namespace=args.namespace,
@@ -92,6 +129,13 @@ def parse_args(argv: list[str] | None = None) -> Config:
         route_shards=args.route_shards,
         health_listen=args.health_listen,
         install_crds=args.install_crds,
+        l4=L4Settings(
+            mode=args.l4_mode,
+            pool=args.l4_address_pool,
+            listen_address=args.l4_listen_address or http_host,
+            port_range=port_range,
+            envoy_selector=selector,
+        ),
     )
 
 
@@ -147,7 +191,7 @@ async def run(cfg: Config) -> None:
             mgmt, cfg.namespace, TenantSettings(cfg.node_address_type, cfg.public_address)
         )
         dataplane = DataPlane(
-            mgmt, settings, Publisher(cfg.config_dir), admin, registry, cfg.public_address
+            mgmt, settings, Publisher(cfg.config_dir), admin, registry, cfg.public_address, cfg.l4
         )
         registry.sink = dataplane
         async with anyio.create_task_group() as tg:

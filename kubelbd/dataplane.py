@@ -17,8 +17,10 @@ import time
 from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from . import conditions, envoy_config, ir, records
+from .dataplane_l4 import L4Settings, LoadBalancers, ServiceHandle
 from .envoy_admin import EnvoyAdmin
 from .informer import Informer
 from .kube import ApiError, Kube, Obj
@@ -30,10 +32,9 @@ STATUS_MANAGER = "kubelbd-dataplane"
 STATUS_CONCURRENCY = 16
 
 
-class TenantHandle(Protocol):
+class TenantHandle(ServiceHandle, Protocol):
     async def set_ingress_address(self, namespace: str, name: str, served: bool) -> None: ...
     def ingress(self, namespace: str, name: str) -> Obj | None: ...
-    async def event(self, obj: Obj, type_: str, reason: str, message: str) -> None: ...
 
 
 class TenantDirectory(Protocol):
@@ -52,6 +53,7 @@ class DataPlane:
         admin: EnvoyAdmin,
         tenants: TenantDirectory,
         public_address: str = "",
+        l4: L4Settings | None = None,
     ) -> None:
         self.mgmt = mgmt
         self.settings = settings
@@ -61,6 +63,8 @@ class DataPlane:
         self.public_address = public_address
         self.model = ir.Model()
         self.renderer = envoy_config.Renderer(settings)
+        self.l4 = LoadBalancers(mgmt, l4 or L4Settings())
+        self.l4.wake = self._wake_up
         self.first_publish = anyio.Event()
         self._upserts: dict[str, ir.RouteRecord] = {}
         self._deletes: set[str] = set()
@@ -71,6 +75,7 @@ class DataPlane:
         self._published = anyio.Event()
         self._status_pending: set[str] = set()
         self._status_written: dict[str, Any] = {}
+        self._task_group: anyio.abc.TaskGroup | None = None
 
     # ---- record intake (RecordSink) ----------------------------------------------------------
 
@@ -117,6 +122,15 @@ class DataPlane:
         self._status_written.pop(rid, None)
         self._wake.set()
 
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    def upsert_lb(self, obj: Obj) -> None:
+        self.l4.upsert(obj)
+
+    def delete_lb(self, tenant: str, name: str, uid: str | None = None) -> None:
+        self.l4.delete(tenant, name, uid)
+
     def tenant(self, obj: Obj) -> None:
         rec = records.tenant_record(obj)
         if rec is not None and self._tenant_records.get(rec.name) != rec:
@@ -148,12 +162,14 @@ class DataPlane:
         selector = f"{records.MANAGED_BY}={records.MANAGER}"
         routes = Informer(self.mgmt, records.ROUTES, self._on_route, label_selector=selector)
         tenants = Informer(self.mgmt, records.TENANTS, self._on_tenant, label_selector=selector)
+        l4_informers = self.l4.informers()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(routes.run)
-            tg.start_soon(tenants.run)
+            for inf in (routes, tenants, *l4_informers):
+                tg.start_soon(inf.run)
             tg.start_soon(self._status_loop)
-            await routes.synced.wait()
-            await tenants.synced.wait()
+            self._task_group = tg
+            for inf in (routes, tenants, *l4_informers):
+                await inf.synced.wait()
             # After a restart, let every reachable tenant resync before the first publish:
             # Envoy keeps serving the previous files meanwhile, then gets the full picture.
             await self.tenants.settled()
@@ -175,9 +191,18 @@ class DataPlane:
         if self._tenants_changed:
             self._tenants_changed = False
             tenant_set = list(self._tenant_records.values())
+            self.l4.dirty = True  # node addresses are in every L4 cluster too
         start = time.perf_counter()
         delta = self.model.apply(upserts.values(), deletes, tenant_set)
         files = self.renderer.update(self.model.ir, delta)
+        if self.l4.dirty:
+            try:
+                l4_listeners, l4_clusters = await self.l4.reconcile(self._tenant_records)
+                files.update(self.renderer.update_l4(l4_listeners, l4_clusters))
+            except (ApiError, ConnectionError) as e:
+                log.warning("load balancers: %s; retrying", e)
+                self.l4.dirty = True
+                self._retry_soon()
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
         if written:
@@ -189,8 +214,16 @@ class DataPlane:
                 (time.perf_counter() - rendered) * 1000,
             )
         self._status_pending |= delta.routes | set(upserts)
-        if self._status_pending:
+        if self._status_pending or self.l4.pending_status:
             self._published.set()
+
+    def _retry_soon(self) -> None:
+        async def later() -> None:
+            await anyio.sleep(1)
+            self._wake.set()
+
+        if self._task_group is not None:
+            self._task_group.start_soon(later)
 
     # ---- status after Envoy applied ----------------------------------------------------------
 
@@ -214,10 +247,13 @@ class DataPlane:
             self._published = anyio.Event()
             await self.wait_applied()
             pending, self._status_pending = self._status_pending, set()
+            lb_pending, self.l4.pending_status = self.l4.pending_status, set()
             limit = anyio.Semaphore(STATUS_CONCURRENCY)
             async with anyio.create_task_group() as tg:
                 for rid in sorted(pending):
                     tg.start_soon(self._report_guarded, rid, limit)
+                for rid in sorted(lb_pending):
+                    tg.start_soon(self._report_lb_guarded, rid, limit)
 
     async def _report_guarded(self, rid: str, limit: anyio.Semaphore) -> None:
         async with limit:
@@ -226,6 +262,15 @@ class DataPlane:
             except (ApiError, ConnectionError) as e:
                 log.warning("status of route %s: %s", rid, e)
                 self._status_pending.add(rid)
+                self._published.set()
+
+    async def _report_lb_guarded(self, rid: str, limit: anyio.Semaphore) -> None:
+        async with limit:
+            try:
+                await self.l4.report(rid, self.tenants.get(rid.split("/", 1)[0]))
+            except (ApiError, ConnectionError) as e:
+                log.warning("status of load balancer %s: %s", rid, e)
+                self.l4.pending_status.add(rid)
                 self._published.set()
 
     async def _report(self, rid: str) -> None:

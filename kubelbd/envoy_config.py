@@ -32,6 +32,7 @@ from functools import lru_cache
 from typing import Any
 
 from .ir import IR, Cluster, Delta, PathRule, Target, VirtualHost
+from .l4ir import L4Cluster, L4Listener
 
 Resource = dict[str, Any]
 
@@ -43,6 +44,14 @@ HCM = (
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+UDP_PROXY = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
+UDP_ROUTE = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route"
+UPSTREAM_PROXY_PROTOCOL = (
+    "type.googleapis.com/"
+    "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport"
+)
+RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
@@ -124,8 +133,11 @@ def _listener(name: str, hcm: Resource, address: Resource | None) -> Resource:
     return out
 
 
-def _socket(address: str, port: int) -> Resource:
-    return {"socket_address": {"address": address, "port_value": port}}
+def _socket(address: str, port: int, protocol: str = "TCP") -> Resource:
+    out: Resource = {"address": address, "port_value": port}
+    if protocol == "UDP":
+        out["protocol"] = "UDP"
+    return {"socket_address": out}
 
 
 def shard_names(settings: Settings) -> list[str]:
@@ -172,6 +184,106 @@ def shard_clusters(settings: Settings) -> list[Resource]:
     ]
 
 
+def _health_check(settings: Settings) -> Resource:
+    return {
+        "timeout": "1s",
+        "interval": settings.health_check_interval,
+        "unhealthy_threshold": 2,
+        "healthy_threshold": 1,
+        "tcp_health_check": {},
+    }
+
+
+@lru_cache(maxsize=16384)
+def l4_cluster(c: L4Cluster, settings: Settings) -> Resource:
+    """Tenant nodes at one nodePort. TCP gets TCP health checks; Envoy has no UDP health
+    checker, so UDP relies on the tenant's Ready nodes (the Tenant record) alone."""
+    out: Resource = {
+        "@type": CLUSTER,
+        "name": c.name,
+        "connect_timeout": "2s",
+        "type": "STATIC",
+        # ClientIP affinity: the listener hashes the source address onto a ring of nodes.
+        "lb_policy": "RING_HASH" if c.affinity else "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": c.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket(a, c.port, c.protocol)}}
+                        for a in c.addresses
+                    ]
+                }
+            ],
+        },
+    }
+    if c.protocol == "TCP":
+        # Envoy counts only HTTP requests as "traffic": without this a TCP-only cluster is
+        # checked at no_traffic_interval (60 s) and a dead node stays in rotation for a minute.
+        out["health_checks"] = [
+            {**_health_check(settings), "no_traffic_interval": settings.health_check_interval}
+        ]
+    if c.proxy_protocol:
+        out["transport_socket"] = {
+            "name": "envoy.transport_sockets.upstream_proxy_protocol",
+            "typed_config": {
+                "@type": UPSTREAM_PROXY_PROTOCOL,
+                "config": {"version": "V2"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {"@type": RAW_BUFFER},
+                },
+            },
+        }
+    return out
+
+
+@lru_cache(maxsize=16384)
+def l4_listener(listener: L4Listener) -> Resource:
+    stat = listener.name.replace("/", "_")
+    if listener.protocol == "UDP":
+        proxy: Resource = {
+            "@type": UDP_PROXY,
+            "stat_prefix": stat,
+            "matcher": {
+                "on_no_match": {
+                    "action": {
+                        "name": "route",
+                        "typed_config": {"@type": UDP_ROUTE, "cluster": listener.cluster},
+                    }
+                }
+            },
+        }
+        if listener.affinity:
+            proxy["hash_policies"] = [{"source_ip": True}]
+        return {
+            "@type": LISTENER,
+            "name": listener.name,
+            "address": _socket(listener.address, listener.port, "UDP"),
+            "udp_listener_config": {},
+            "listener_filters": [
+                {"name": "envoy.filters.udp_listener.udp_proxy", "typed_config": proxy}
+            ],
+        }
+    # A node that died since the last health check refuses the connection: try another.
+    tcp: Resource = {
+        "@type": TCP_PROXY,
+        "stat_prefix": stat,
+        "cluster": listener.cluster,
+        "max_connect_attempts": 3,
+    }
+    if listener.affinity:
+        tcp["hash_policy"] = [{"source_ip": {}}]
+    return {
+        "@type": LISTENER,
+        "name": listener.name,
+        "address": _socket(listener.address, listener.port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]}
+        ],
+    }
+
+
 @lru_cache(maxsize=65536)
 def backend_cluster(c: Cluster, settings: Settings) -> Resource:
     return {
@@ -190,15 +302,7 @@ def backend_cluster(c: Cluster, settings: Settings) -> Resource:
                 }
             ],
         },
-        "health_checks": [
-            {
-                "timeout": "1s",
-                "interval": settings.health_check_interval,
-                "unhealthy_threshold": 2,
-                "healthy_threshold": 1,
-                "tcp_health_check": {},
-            }
-        ],
+        "health_checks": [_health_check(settings)],
         "outlier_detection": {"consecutive_gateway_failure": 3, "interval": "5s"},
         "ignore_health_on_host_removal": True,
     }
@@ -334,7 +438,34 @@ class Renderer:
         }
         self._catch_all = False
         self._clusters: dict[str, Resource] = {}
+        self._l4_listeners: list[Resource] = []
+        self._l4_clusters: list[Resource] = []
         self._started = False
+
+    def update_l4(
+        self, listeners: list[L4Listener], clusters: list[L4Cluster]
+    ) -> dict[str, list[Resource]]:
+        """The listener and cluster files, if Layer 4 changed them."""
+        new_listeners = [l4_listener(x) for x in sorted(listeners, key=lambda x: x.name)]
+        new_clusters = [l4_cluster(c, self.settings) for c in clusters]
+        files: dict[str, list[Resource]] = {}
+        if new_listeners != self._l4_listeners:
+            self._l4_listeners = new_listeners
+            files["lds.json"] = self._lds()
+        if new_clusters != self._l4_clusters:
+            self._l4_clusters = new_clusters
+            files["cds.json"] = self._cds()
+        return files
+
+    def _lds(self) -> list[Resource]:
+        return listeners(self.settings) + self._l4_listeners
+
+    def _cds(self) -> list[Resource]:
+        return (
+            shard_clusters(self.settings)
+            + [self._clusters[n] for n in sorted(self._clusters)]
+            + self._l4_clusters
+        )
 
     def update(self, ir: IR, delta: Delta) -> dict[str, list[Resource]]:
         """Files whose content may have changed (the publisher skips identical ones)."""
@@ -344,7 +475,7 @@ class Renderer:
         front_dirty = not self._started
         if not self._started:
             dirty |= set(self._shard_hosts)
-            files["lds.json"] = listeners(s)
+            files["lds.json"] = self._lds()
         for host in delta.hosts:
             shard = shard_of(host, s.shards)
             vh = ir.vhosts.get(host)
@@ -389,8 +520,6 @@ class Renderer:
                     self._clusters.pop(name, None)
                 else:
                     self._clusters[name] = backend_cluster(c, s)
-            files["cds.json"] = shard_clusters(s) + [
-                self._clusters[n] for n in sorted(self._clusters)
-            ]
+            files["cds.json"] = self._cds()
         self._started = True
         return files

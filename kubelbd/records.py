@@ -12,12 +12,14 @@ from typing import Any
 
 from .ir import RouteRecord, TenantRecord
 from .kube import Obj, Resource
+from .l4ir import LBRecord
 
 GROUP = "kubelb.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 ROUTES = Resource(API_VERSION, "routes")
+LOADBALANCERS = Resource(API_VERSION, "loadbalancers")
 TENANTS = Resource(API_VERSION, "tenants")
 
 TENANT_LABEL = "kubelb.io/tenant"
@@ -41,17 +43,26 @@ def labels(tenant: str) -> dict[str, str]:
     return {TENANT_LABEL: tenant, MANAGED_BY: MANAGER}
 
 
-def route_object(tenant: str, name: str, spec: Obj) -> Obj:
+def record_object(kind: str, tenant: str, name: str, spec: Obj) -> Obj:
+    """A Route or LoadBalancer record for `spec` (made from the tenant object it names)."""
     source = spec.get("source") or {}
     meta_labels = labels(tenant) | {
         "kubelb.io/source-namespace": str(source.get("namespace", ""))[:63],
     }
     return {
         "apiVersion": API_VERSION,
-        "kind": "Route",
+        "kind": kind,
         "metadata": {"name": name, "namespace": namespace_of(tenant), "labels": meta_labels},
         "spec": spec,
     }
+
+
+def lb_record(obj: Obj) -> LBRecord | None:
+    tenant = tenant_of(obj)
+    if tenant is None:
+        return None
+    meta = obj["metadata"]
+    return LBRecord(tenant, meta["name"], obj.get("spec") or {}, int(meta.get("generation", 0)))
 
 
 def tenant_object(tenant: str, addresses: list[str], address_type: str) -> Obj:

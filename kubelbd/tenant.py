@@ -34,9 +34,11 @@ from .kube import (
     Kube,
     KubeconfigError,
     Obj,
+    Resource,
     key,
     parse_kubeconfig,
 )
+from .tenant_l4 import ServiceLoadBalancers
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class RecordSink(Protocol):
     def provisional(self, tenant: str, name: str, spec: Obj) -> None: ...
     def upsert(self, obj: Obj) -> None: ...
     def delete(self, tenant: str, name: str, uid: str | None = None) -> None: ...
+    def upsert_lb(self, obj: Obj) -> None: ...
+    def delete_lb(self, tenant: str, name: str, uid: str | None = None) -> None: ...
     def tenant(self, obj: Obj) -> None: ...
 
 
@@ -136,6 +140,7 @@ class TenantSync:
         #: set once this tenant has reconciled, or is known to be unreachable: the data plane
         #: waits for every tenant to settle before its first publish after a restart
         self.settled = anyio.Event()
+        self.lbs = ServiceLoadBalancers(self)
         self._seen_ingress: dict[str, tuple[Any, ...]] = {}
         self._twin_candidates: set[tuple[str, str]] = set()  # services that may lose their twin
 
@@ -260,6 +265,8 @@ class TenantSync:
         if users:
             self._dirty |= users
             self._wake_up()
+        if self.lbs.on_service(obj):
+            self._wake_up()
 
     def _on_node(self, _kind: str, _obj: Obj) -> None:
         self._nodes_dirty = True
@@ -300,6 +307,7 @@ class TenantSync:
         while True:
             try:
                 items, _ = await self.mgmt.list(records.ROUTES, self.namespace)
+                await self.lbs.load()
                 break
             except (ApiError, ConnectionError) as e:
                 log.warning("tenant %s: cannot list routes: %s", self.name, e)
@@ -326,6 +334,7 @@ class TenantSync:
             }
             for name in [n for n in self._records if n not in live]:
                 await self._delete_record(name)
+            self.lbs.resync()
         if self._nodes_dirty:
             self._nodes_dirty = False
             await self._sync_nodes()
@@ -335,10 +344,12 @@ class TenantSync:
             for k in sorted(batch):
                 tg.start_soon(self._reconcile_one, k, limit)
         await self._collect_twins()
-        if self._failed:
+        await self.lbs.reconcile()
+        failed = {**self._failed, **self.lbs.failed}
+        if failed:
             self._dirty |= set(self._failed)
-            first = next(iter(sorted(self._failed.items())))
-            raise RetryLater(f"{len(self._failed)} ingresses failed, e.g. {first[0]}: {first[1]}")
+            first = next(iter(sorted(failed.items())))
+            raise RetryLater(f"{len(failed)} objects failed, e.g. {first[0]}: {first[1]}")
 
     async def _ensure_ingress_class(self) -> None:
         assert self.kube is not None
@@ -398,7 +409,7 @@ class TenantSync:
             self.sink.provisional(self.name, route, result.spec)
             start = time.perf_counter()
             written = await self.mgmt.apply(
-                records.ROUTES, records.route_object(self.name, route, result.spec)
+                records.ROUTES, records.record_object("Route", self.name, route, result.spec)
             )
             self._records[route] = result.spec
             self.sink.upsert(written)
@@ -467,12 +478,24 @@ class TenantSync:
         self.sink.delete(self.name, route)
         await self.mgmt.delete(records.ROUTES, route, self.namespace)
         self._records.pop(route, None)
-        self._accepted.pop(route, None)
+        self._accepted.pop(f"Route/{route}", None)
 
     async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
+        await self.report_accepted(records.ROUTES, "Route", "Ingress", obj, route, problems)
+
+    async def report_accepted(
+        self,
+        resource: Resource,
+        kind: str,
+        source_kind: str,
+        obj: Obj,
+        name: str,
+        problems: list[ingress.Problem],
+    ) -> None:
+        """The Accepted condition on a record, and an Event on the tenant object per problem."""
         generation = obj["metadata"].get("generation", 0)
-        fingerprint = (generation, tuple(problems))
-        if self._accepted.get(route) == fingerprint:
+        fingerprint = (kind, obj["metadata"].get("uid"), generation, tuple(problems))
+        if self._accepted.get(f"{kind}/{name}") == fingerprint:
             return
         if problems:
             cond = conditions.condition(
@@ -485,30 +508,30 @@ class TenantSync:
         else:
             cond = conditions.condition("Accepted", True, "Accepted", "translated", generation)
         await self.mgmt.apply(
-            records.ROUTES,
+            resource,
             {
                 "apiVersion": records.API_VERSION,
-                "kind": "Route",
-                "metadata": {"name": route, "namespace": self.namespace},
+                "kind": kind,
+                "metadata": {"name": name, "namespace": self.namespace},
                 "status": {"conditions": [cond]},
             },
             subresource="status",
             field_manager=STATUS_MANAGER,
         )
-        self._accepted[route] = fingerprint
+        self._accepted[f"{kind}/{name}"] = fingerprint
         for p in problems:
-            log.warning("tenant %s: ingress %s: %s", self.name, key(obj), p.message)
-            await self.event(obj, "Warning", p.reason, p.message)
+            log.warning("tenant %s: %s %s: %s", self.name, source_kind.lower(), key(obj), p.message)
+            await self.event(obj, "Warning", p.reason, p.message, source_kind)
 
     # ---- called by the data plane ------------------------------------------------------------
 
-    async def event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+    async def event(
+        self, obj: Obj, type_: str, reason: str, message: str, kind: str = "Ingress"
+    ) -> None:
         if self.recorder is not None:
+            api_version = "networking.k8s.io/v1" if kind == "Ingress" else "v1"
             await self.recorder.emit(
-                {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", **obj},
-                type_,
-                reason,
-                message,
+                {"apiVersion": api_version, "kind": kind, **obj}, type_, reason, message
             )
 
     def ingress(self, namespace: str, name: str) -> Obj | None:
@@ -534,6 +557,15 @@ class TenantSync:
             namespace,
             subresource="status",
         )
+
+    async def set_service_address(
+        self, namespace: str, name: str, ingress: list[dict[str, Any]]
+    ) -> None:
+        await self.lbs.set_address(namespace, name, ingress)
+
+    def service(self, namespace: str, name: str) -> Obj | None:
+        cache = getattr(self, "services", None)
+        return cache.cache.get(f"{namespace}/{name}") if cache is not None else None
 
     # ---- Tenant record status ----------------------------------------------------------------
 

@@ -223,11 +223,12 @@ def static_bootstrap(files: Files) -> dict[str, Any]:
     listeners = []
     for resource in files["lds.json"]:
         listener = _typeless(resource)
-        for chain in listener["filter_chains"]:
+        for chain in listener.get("filter_chains", []):  # UDP listeners have none
             for network_filter in chain["filters"]:
                 hcm = network_filter["typed_config"]
-                rds = hcm.pop("rds")
-                hcm["route_config"] = tables[rds["route_config_name"]]
+                if "rds" in hcm:  # TCP proxies have no route table
+                    rds = hcm.pop("rds")
+                    hcm["route_config"] = tables[rds["route_config_name"]]
         listeners.append(listener)
     bootstrap = yaml.safe_load(
         envoy_process.render_bootstrap(

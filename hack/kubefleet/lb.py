@@ -49,6 +49,7 @@ def env(fleet: Fleet) -> dict[str, str]:
         "KUBELB_HTTP_ADDR": f"127.0.0.1:{lay.envoy_http_port}",
         "ENVOY_ADMIN_ADDR": f"127.0.0.1:{lay.envoy_admin_port}",
         "KUBELBD_HEALTH_ADDR": f"127.0.0.1:{lay.kubelbd_health_port}",
+        "KUBELB_L4_POOL": lay.l4_pool,
     }
 
 
@@ -68,6 +69,7 @@ def kubelbd_proc(fleet: Fleet) -> Proc:
             f"--envoy-admin=127.0.0.1:{lay.envoy_admin_port}",
             "--run-envoy",
             "--keep-envoy",
+            f"--l4-address-pool={lay.l4_pool}",
             f"--envoy-log={lay.logs / 'envoy.log'}",
             f"--health-listen=127.0.0.1:{lay.kubelbd_health_port}",
         ],

@@ -17,6 +17,9 @@ from kubelbd.kube import Kube
 from .kubelet import Kubelet
 from .proxy import KubeProxy
 
+#: Seconds between a graceful stop marking pods NotReady and the ports closing.
+SHUTDOWN_DRAIN = 1.0
+
 
 async def run(args: argparse.Namespace) -> None:
     kube = await Kube.from_file(args.kubeconfig, name=f"{args.cluster}/{args.node}")
@@ -38,20 +41,27 @@ async def run(args: argparse.Namespace) -> None:
     everything: list[asyncio.Task[Any]] = [waiter, *tasks]
     done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
     done.discard(waiter)
+    if stop.is_set():
+        # Like a graceful node shutdown: pods go NotReady first, the endpoint change reaches
+        # every other node's kube-proxy, and only then do the ports close. The kubelet side
+        # stops first so it does not mark the pods Ready again; kube-proxy keeps serving.
+        logging.info("node %s/%s stopping", args.cluster, args.node)
+        for t in tasks[:3]:
+            t.cancel()
+        await asyncio.gather(*tasks[:3], return_exceptions=True)
+        try:
+            async with asyncio.timeout(5):
+                await kubelet.mark_all_not_ready()
+                await kubelet.post_status(False, "KubeletStopped", "node emulator stopped")
+            await asyncio.sleep(SHUTDOWN_DRAIN)
+        except Exception as e:  # best effort on the way out
+            logging.warning("could not report shutdown: %s", e)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await proxy.close()
     await kubelet.stop_all()
-    if stop.is_set():
-        logging.info("node %s/%s stopping", args.cluster, args.node)
-        try:
-            async with asyncio.timeout(5):
-                await kubelet.mark_all_not_ready()
-                await kubelet.post_status(False, "KubeletStopped", "node emulator stopped")
-        except Exception as e:  # best effort on the way out
-            logging.warning("could not report shutdown: %s", e)
-    else:
+    if not stop.is_set():
         for t in done:
             t.result()
     await kube.aclose()

@@ -1,0 +1,163 @@
+"""Layer 4, pure parts: which Services are ours, their translation, and allocation."""
+
+from __future__ import annotations
+
+from kubelbd import allocator, l4, l4ir
+from kubelbd.allocator import AddressRequest, PortRequest
+from kubelbd.envoy_config import Settings, l4_cluster, l4_listener
+from kubelbd.ir import TenantRecord
+
+
+def svc(name: str = "web", **spec: object) -> dict:  # type: ignore[type-arg]
+    base = {
+        "type": "LoadBalancer",
+        "ports": [{"name": "https", "port": 443, "protocol": "TCP", "nodePort": 31443}],
+    }
+    return {
+        "metadata": {"name": name, "namespace": "default", "uid": "u1",
+                     "creationTimestamp": "2026-01-01T00:00:00Z", "annotations": {}},
+        "spec": {**base, **spec},
+    }  # fmt: skip
+
+
+def test_only_our_load_balancer_class_is_served() -> None:
+    assert l4.is_ours(svc())
+    assert l4.is_ours(svc(loadBalancerClass="kubelb.io/lb"))
+    assert not l4.is_ours(svc(loadBalancerClass="service.k8s.aws/nlb"))
+    assert not l4.is_ours(svc(type="NodePort"))
+
+
+def test_translation_keeps_ports_and_reports_what_cannot_be_served() -> None:
+    s = svc(
+        ports=[
+            {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+            {"name": "https", "port": 443, "protocol": "TCP", "nodePort": 31443},
+            {"name": "sig", "port": 3868, "protocol": "SCTP", "nodePort": 31868},
+            {"name": "nonode", "port": 80, "protocol": "TCP"},
+        ],
+        sessionAffinity="ClientIP",
+        loadBalancerIP="127.0.200.9",
+    )
+    s["metadata"]["annotations"]["kubelb.io/proxy-protocol"] = "v2"
+    t = l4.translate(s)
+    assert t.spec["ports"] == [
+        {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+        {"name": "https", "port": 443, "protocol": "TCP", "nodePort": 31443},
+    ]
+    assert t.spec["sessionAffinity"] == "ClientIP"
+    assert t.spec["proxyProtocol"] == "v2"
+    assert t.spec["requestedAddress"] == "127.0.200.9"
+    assert [p.reason for p in t.problems] == ["UnsupportedProtocol", "NoNodePort"]
+
+
+def req(
+    key: str, age: str, requested: str | None = None, current: str | None = None
+) -> AddressRequest:
+    return AddressRequest(key, (age, key), requested, current)
+
+
+def test_pool_allocation_is_stable_and_honours_requests() -> None:
+    pool = "127.0.200.0/29"  # 6 usable addresses
+    r = allocator.allocate_addresses([req("a", "1"), req("b", "2")], pool)
+    assert r.assigned == {"a": "127.0.200.1", "b": "127.0.200.2"}
+    # Existing allocations never move, whatever arrives and in whatever order.
+    r = allocator.allocate_addresses(
+        [req("c", "0"), req("b", "2", current="127.0.200.2"), req("a", "1", current="127.0.200.1")],
+        pool,
+    )
+    assert r.assigned == {"a": "127.0.200.1", "b": "127.0.200.2", "c": "127.0.200.3"}
+    # A requested address is honoured when free, refused when taken or outside the pool.
+    r = allocator.allocate_addresses(
+        [req("a", "1", current="127.0.200.1"), req("d", "3", requested="127.0.200.5"),
+         req("e", "4", requested="127.0.200.1"), req("f", "5", requested="10.0.0.1")],
+        pool,
+    )  # fmt: skip
+    assert r.assigned["d"] == "127.0.200.5"
+    assert r.failed["e"].reason == "AddressInUse"
+    assert r.failed["f"].reason == "AddressNotInPool"
+
+
+def test_pool_exhaustion_is_reported_for_the_youngest() -> None:
+    reqs = [req(f"lb{i}", f"{i:02d}") for i in range(8)]
+    r = allocator.allocate_addresses(reqs, "127.0.200.0/29")
+    assert len(r.assigned) == 6
+    assert set(r.failed) == {"lb6", "lb7"}
+    assert {e.reason for e in r.failed.values()} == {"PoolExhausted"}
+
+
+def test_listener_ports_are_unique_per_protocol_and_stable() -> None:
+    a = PortRequest("a", ("1", "a"), ((443, "TCP"), (53, "UDP")))
+    b = PortRequest("b", ("2", "b"), ((443, "TCP"), (53, "UDP")))
+    r = allocator.allocate_ports([b, a], 20000, 20010)
+    assert r.assigned["a"] == {(443, "TCP"): 20000, (53, "UDP"): 20000}
+    assert r.assigned["b"] == {(443, "TCP"): 20001, (53, "UDP"): 20001}
+    b_now = PortRequest("b", ("2", "b"), ((443, "TCP"),), ((443, "TCP", 20001),))
+    r = allocator.allocate_ports([b_now], 20000, 20010)
+    assert r.assigned["b"] == {(443, "TCP"): 20001}
+    r = allocator.allocate_ports([a, b], 20000, 20000)
+    assert r.failed["b"].reason == "PortsExhausted" and "b" not in r.assigned
+
+
+def test_l4_resources_use_envoy_field_names() -> None:
+    rec = l4ir.LBRecord(
+        "alpha",
+        "default.web",
+        {"source": {"namespace": "default", "name": "web"}, "sessionAffinity": "ClientIP",
+         "proxyProtocol": "v2",
+         "ports": [{"port": 443, "protocol": "TCP", "nodePort": 31443},
+                   {"port": 53, "protocol": "UDP", "nodePort": 30053}]},
+    )  # fmt: skip
+    placements = {rec.id: l4ir.Placement("127.0.200.1", ((443, "TCP", 443), (53, "UDP", 53)))}
+    listeners, clusters = l4ir.build(
+        [rec], {"alpha": TenantRecord("alpha", ("127.0.1.1",))}, placements
+    )
+    by_proto = {x.protocol: x for x in listeners}
+    tcp = l4_listener(by_proto["TCP"])
+    assert tcp["address"]["socket_address"] == {"address": "127.0.200.1", "port_value": 443}
+    proxy = tcp["filter_chains"][0]["filters"][0]["typed_config"]
+    assert proxy["hash_policy"] == [{"source_ip": {}}]
+    udp = l4_listener(by_proto["UDP"])
+    assert udp["address"]["socket_address"]["protocol"] == "UDP"
+    assert udp["listener_filters"][0]["typed_config"]["hash_policies"] == [{"source_ip": True}]
+    settings = Settings(config_dir="/c")
+    rendered = {c.protocol: l4_cluster(c, settings) for c in clusters}
+    assert rendered["TCP"]["lb_policy"] == "RING_HASH"
+    assert "health_checks" in rendered["TCP"] and "health_checks" not in rendered["UDP"]
+    assert rendered["TCP"]["transport_socket"]["typed_config"]["config"] == {"version": "V2"}
+    assert "transport_socket" not in rendered["UDP"]  # PROXY protocol is TCP only
+
+
+def test_unplaced_records_get_no_listener() -> None:
+    ports = [{"port": 1, "protocol": "TCP", "nodePort": 30001}]
+    rec = l4ir.LBRecord("alpha", "x", {"source": {}, "ports": ports})
+    listeners, clusters = l4ir.build([rec], {}, {})
+    assert listeners == [] and clusters == []
+
+
+def test_envoy_accepts_layer4_listeners_and_clusters() -> None:
+    from kubelbd import ir
+    from kubelbd.envoy_config import Renderer
+
+    from .test_properties import _fails, envoy_validate, static_bootstrap
+
+    recs = []
+    placements = {}
+    for i, (affinity, pp) in enumerate([("None", ""), ("ClientIP", "v2"), ("ClientIP", "")]):
+        spec = {
+            "source": {"namespace": "default", "name": f"s{i}"},
+            "sessionAffinity": affinity,
+            "proxyProtocol": pp,
+            "ports": [{"port": 443, "protocol": "TCP", "nodePort": 31000 + i},
+                      {"port": 53, "protocol": "UDP", "nodePort": 32000 + i}],
+        }  # fmt: skip
+        rec = l4ir.LBRecord("alpha", f"default.s{i}", spec)
+        recs.append(rec)
+        address = f"127.0.200.{i + 1}"
+        placements[rec.id] = l4ir.Placement(address, ((443, "TCP", 443), (53, "UDP", 53)))
+    tenants = {"alpha": TenantRecord("alpha", ("127.0.1.1", "127.0.1.2"))}
+    renderer = Renderer(Settings(config_dir="/config", shards=2))
+    files = renderer.update(ir.IR(), ir.Delta())
+    files.update(renderer.update_l4(*l4ir.build(recs, tenants, placements)))
+    assert sum(1 for x in files["lds.json"] if x["name"].startswith("l4/")) == 6
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)
