@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import convergence, fleet
+from . import convergence, fleet, l4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--scales", default="10,100,1000", help="routes present, comma-separated")
     conv.add_argument("--changes", type=int, default=100, help="changes measured per scale")
     conv.add_argument("--kinds", default="route,backend", help="route (existing backend), backend")
+    l4b = sub.add_parser("l4", help="LoadBalancer Service write → first echo through Envoy")
+    l4b.add_argument("--changes", type=int, default=100)
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         scales = [int(x) for x in args.scales.split(",")]
         layout = convergence.ensure_fleet()
         asyncio.run(convergence.run(layout, scales, args.changes, args.kinds.split(",")))
+    elif args.cmd == "l4":
+        asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0
 
 
