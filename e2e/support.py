@@ -279,3 +279,73 @@ async def deploy_app(kube: Kube, ns: str, name: str, replicas: int = 1) -> None:
     await kube.create(DEPLOYMENTS, echo_deployment(name, replicas), ns)
     svc = service(name, [{"name": "http", "port": 80, "targetPort": 8080}])
     await kube.create(SERVICES, svc, ns)
+
+
+# ---- TLS ----------------------------------------------------------------------------------
+
+
+async def https_request(
+    addr: str,
+    sni: str,
+    path: str = "/",
+    cafile: str | None = None,
+    timeout: float = 3.0,
+) -> tuple[int, Any, dict[str, Any]]:
+    """One HTTPS request with SNI; (status, JSON body or text, the server's certificate)."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=cafile)
+    host, _, port = addr.rpartition(":")
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(
+            host, int(port), ssl=ctx, server_hostname=sni
+        )
+        try:
+            cert = writer.get_extra_info("peercert") or {}
+            status, body = await _http_exchange(reader, writer, sni, path)
+            return status, body, cert
+        finally:
+            writer.close()
+
+
+async def _http_exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str
+) -> tuple[int, Any]:
+    """HTTP/1.1 on an open connection, which stays open for the next request."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    text = body.decode(errors="replace")
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+class KeptConnection:
+    """An HTTPS connection kept open across changes, to prove it survives them."""
+
+    def __init__(self, addr: str, sni: str, cafile: str) -> None:
+        self.addr, self.sni, self.cafile = addr, sni, cafile
+
+    async def __aenter__(self) -> KeptConnection:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.cafile)
+        host, _, port = self.addr.rpartition(":")
+        self.reader, self.writer = await asyncio.open_connection(
+            host, int(port), ssl=ctx, server_hostname=self.sni
+        )
+        self.cert = self.writer.get_extra_info("peercert") or {}
+        return self
+
+    async def get(self, path: str = "/") -> tuple[int, Any]:
+        async with asyncio.timeout(5):
+            return await _http_exchange(self.reader, self.writer, self.sni, path)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()

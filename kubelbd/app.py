@@ -34,6 +34,8 @@ class Config:
     namespace: str
     config_dir: Path
     http_listen: str
+    https_listen: str
+    https_redirect_port: int
     public_address: str
     node_address_type: str
     envoy_admin: str
@@ -55,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--config-dir", default="/var/run/kubelbd/envoy", type=Path,
                     help="Envoy's config volume, shared with the Envoy sidecar")  # fmt: skip
     ap.add_argument("--http-listen", default="0.0.0.0:8080", help="Envoy's HTTP listener")
+    ap.add_argument(
+        "--https-listen", default="0.0.0.0:8443", help="Envoy's HTTPS listener; empty for none"
+    )
+    ap.add_argument("--https-redirect-port", type=int, default=443,
+                    help="the public HTTPS port HTTP requests are redirected to")  # fmt: skip
     ap.add_argument("--public-address", default="",
                     help="IP or hostname written into tenant Ingress status")  # fmt: skip
     address_types = ["InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"]
@@ -120,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         namespace=args.namespace,
         config_dir=args.config_dir,
         http_listen=args.http_listen,
+        https_listen=args.https_listen,
+        https_redirect_port=args.https_redirect_port,
         public_address=args.public_address,
         node_address_type=args.node_address_type,
         envoy_admin=args.envoy_admin,
@@ -181,10 +190,14 @@ async def run(cfg: Config) -> None:
             write_bootstrap, cfg.config_dir, cfg.envoy_admin, socket.gethostname()
         )
         http_host, http_port = split_host_port(cfg.http_listen)
+        https_host, https_port = split_host_port(cfg.https_listen) if cfg.https_listen else ("", 0)
         settings = envoy_config.Settings(
             config_dir=str(cfg.config_dir),
             http_address=http_host,
             http_port=http_port,
+            https_address=https_host,
+            https_port=https_port,
+            https_redirect_port=cfg.https_redirect_port,
             shards=cfg.route_shards,
         )
         registry = Registry(

@@ -12,6 +12,7 @@ in the tenant Ingress's status, and an Event where a host was refused.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Any, Protocol
@@ -19,12 +20,13 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from . import conditions, envoy_config, ir, records
+from . import conditions, envoy_config, ir, records, tls
 from .dataplane_l4 import L4Settings, LoadBalancers, ServiceHandle
 from .envoy_admin import EnvoyAdmin
 from .informer import Informer
-from .kube import ApiError, Kube, Obj
+from .kube import SECRETS, ApiError, Kube, Obj
 from .publisher import Publisher
+from .tenant_tls import TLS_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,12 @@ class DataPlane:
         self.renderer = envoy_config.Renderer(settings)
         self.l4 = LoadBalancers(mgmt, l4 or L4Settings())
         self.l4.wake = self._wake_up
+        self.certificates: dict[str, tls.CertificateData] = {}  # secret id -> content
+        #: ACME HTTP-01 answers being served: token -> key authorization
+        self.challenges: dict[str, str] = {}
+        self.tls_plan = tls.TLSPlan()
+        self._tls_dirty = True
+        self._tls_routes: set[str] = set()
         self.first_publish = anyio.Event()
         self._upserts: dict[str, ir.RouteRecord] = {}
         self._deletes: set[str] = set()
@@ -125,6 +133,26 @@ class DataPlane:
     def _wake_up(self) -> None:
         self._wake.set()
 
+    def _on_secret(self, kind: str, obj: Obj) -> None:
+        tenant = records.tenant_of(obj)
+        if tenant is None:
+            return
+        sid = f"{tenant}/{obj['metadata']['name']}"
+        if kind == "DELETED":
+            self.certificates.pop(sid, None)
+        else:
+            crt, key = tls.secret_data(obj)
+            self.certificates[sid] = tls.CertificateData(sid, crt, key)
+        self._tls_dirty = True
+        self._wake.set()
+
+    def set_challenges(self, challenges: dict[str, str]) -> None:
+        """ACME HTTP-01: the answers Envoy should serve on plain HTTP, for any host."""
+        if challenges != self.challenges:
+            self.challenges = dict(challenges)
+            self._tls_dirty = True
+            self._wake.set()
+
     def upsert_lb(self, obj: Obj) -> None:
         self.l4.upsert(obj)
 
@@ -162,8 +190,10 @@ class DataPlane:
         selector = f"{records.MANAGED_BY}={records.MANAGER}"
         routes = Informer(self.mgmt, records.ROUTES, self._on_route, label_selector=selector)
         tenants = Informer(self.mgmt, records.TENANTS, self._on_tenant, label_selector=selector)
-        l4_informers = self.l4.informers()
+        secrets = Informer(self.mgmt, SECRETS, self._on_secret, label_selector=f"{TLS_LABEL}=true")
+        l4_informers = [secrets, *self.l4.informers()]
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._recheck_certificates)
             for inf in (routes, tenants, *l4_informers):
                 tg.start_soon(inf.run)
             tg.start_soon(self._status_loop)
@@ -195,6 +225,33 @@ class DataPlane:
         start = time.perf_counter()
         delta = self.model.apply(upserts.values(), deletes, tenant_set)
         files = self.renderer.update(self.model.ir, delta)
+        stale: set[str] = set()
+        for rid in set(upserts) | deletes:
+            route = self.model.routes.get(rid)
+            if route is not None and route.spec.get("tls"):
+                self._tls_routes.add(rid)
+                self._tls_dirty = True
+            elif rid in self._tls_routes:
+                self._tls_routes.discard(rid)
+                self._tls_dirty = True
+        if self._tls_routes and (delta.hosts or delta.catch_all):
+            self._tls_dirty = True  # ownership may have moved a TLS host
+        if self._tls_dirty:
+            self._tls_dirty = False
+            before = self.tls_plan.problems
+            self.tls_plan = tls.plan(
+                self.model.ir,
+                [self.model.routes[r] for r in self._tls_routes],
+                self.certificates,
+                datetime.datetime.now(datetime.UTC),
+            )
+            tls_files, stale = self.renderer.update_tls(
+                self.tls_plan, self.challenges, self.model.ir.catch_all is not None
+            )
+            files.update(tls_files)
+            changed = set(before) ^ set(self.tls_plan.problems)
+            changed |= {r for r in before if before.get(r) != self.tls_plan.problems.get(r)}
+            self._status_pending |= changed | (self._tls_routes & set(upserts))
         if self.l4.dirty:
             try:
                 l4_listeners, l4_clusters = await self.l4.reconcile(self._tenant_records)
@@ -205,6 +262,7 @@ class DataPlane:
                 self._retry_soon()
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
+        await self.publisher.remove(stale)
         if written:
             log.debug(
                 "rendered %d changes in %.1f ms, published %s in %.1f ms",
@@ -217,6 +275,14 @@ class DataPlane:
         if self._status_pending or self.l4.pending_status:
             self._published.set()
 
+    async def _recheck_certificates(self) -> None:
+        """Certificates expire while being served: look again every minute."""
+        while True:
+            await anyio.sleep(60)
+            if self._tls_routes:
+                self._tls_dirty = True
+                self._wake.set()
+
     def _retry_soon(self) -> None:
         async def later() -> None:
             await anyio.sleep(1)
@@ -228,14 +294,21 @@ class DataPlane:
     # ---- status after Envoy applied ----------------------------------------------------------
 
     async def wait_applied(self, timeout: float | None = None) -> bool:
-        """True once Envoy reports every file version kubelbd has published."""
+        """True once Envoy reports every file version kubelbd has published.
+
+        Only files Envoy subscribes to count (a route table no listener names yet is never
+        read); a new listener's route tables and secrets are loaded while it warms, before
+        the listener file's version is reported as applied."""
         delay = 0.002
         with anyio.move_on_after(timeout):
             while True:
                 versions = await self.admin.versions()
-                if versions and all(
-                    versions.get(f) == v for f, v in self.publisher.published.items()
-                ):
+                if (
+                    versions
+                    and all(versions.get(f) == self.publisher.published.get(f)
+                            for f in ("lds.json", "cds.json"))
+                    and all(versions.get(f, v) == v for f, v in self.publisher.published.items())
+                ):  # fmt: skip
                     return True
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.2)
@@ -297,8 +370,22 @@ class DataPlane:
             if lost
             else conditions.condition("Conflict", False, "NoConflict", "", route.generation)
         )
-        status = {"hosts": ",".join(served), "conditions": [programmed, conflict]}
-        fingerprint = (route.generation, tuple(served), tuple(lost))
+        conds = [programmed, conflict]
+        tls_problems = self.tls_plan.problems.get(rid, [])
+        if route.spec.get("tls"):
+            conds.append(
+                conditions.condition(
+                    "CertificateReady", False, tls_problems[0].reason,
+                    "; ".join(p.message for p in tls_problems), route.generation,
+                )
+                if tls_problems
+                else conditions.condition(
+                    "CertificateReady", True, "CertificateReady",
+                    "every TLS host is served with a valid certificate", route.generation,
+                )
+            )  # fmt: skip
+        status = {"hosts": ",".join(served), "conditions": conds}
+        fingerprint = (route.generation, tuple(served), tuple(lost), tuple(tls_problems))
         if self._status_written.get(rid) != fingerprint:
             await self.mgmt.apply(
                 records.ROUTES,
@@ -321,9 +408,13 @@ class DataPlane:
         source = route.spec.get("source") or {}
         ns, name = source.get("namespace", ""), source.get("name", "")
         await tenant.set_ingress_address(ns, name, bool(served))
-        if lost and self._status_written.get(rid) != fingerprint:
+        if (lost or tls_problems) and self._status_written.get(rid) != fingerprint:
             obj = tenant.ingress(ns, name)
-            if obj is not None:
+            if obj is not None and lost:
                 log.warning("tenant %s: ingress %s/%s: %s", route.tenant, ns, name, conflict_msg)
                 await tenant.event(obj, "Warning", "HostConflict", conflict_msg)
+            for p in tls_problems:
+                log.warning("tenant %s: ingress %s/%s: %s", route.tenant, ns, name, p.message)
+                if obj is not None:
+                    await tenant.event(obj, "Warning", p.reason, p.message)
         self._status_written[rid] = fingerprint

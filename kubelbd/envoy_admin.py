@@ -12,6 +12,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from .envoy_config import secret_file
+
 log = logging.getLogger(__name__)
 
 
@@ -24,6 +26,8 @@ def file_of_stat(name: str) -> str | None:
     if name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
         route_config = name.split(".rds.", 1)[1].removesuffix(".version_text")
         return f"rds/{route_config}.json"
+    if name.startswith("sds.") and name.endswith(".version_text"):
+        return secret_file(name.removeprefix("sds.").removesuffix(".version_text"))
     return None
 
 

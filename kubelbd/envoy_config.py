@@ -25,6 +25,7 @@ appears or goes, or a tenant's nodes change; route-only changes never touch it.
 
 from __future__ import annotations
 
+import base64
 import re
 import zlib
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any
 
 from .ir import IR, Cluster, Delta, PathRule, Target, VirtualHost
 from .l4ir import L4Cluster, L4Listener
+from .tls import CertificateData, TLSPlan
 
 Resource = dict[str, Any]
 
@@ -52,11 +54,20 @@ UPSTREAM_PROXY_PROTOCOL = (
     "envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport"
 )
 RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+TLS_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+DOWNSTREAM_TLS = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+)
+SDS_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+ACME_PREFIX = "/.well-known/acme-challenge/"
 PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
 
 FRONT = "http"
+FRONT_TLS = "https"
 DEFAULT_SHARD = "shard.default"
 
 
@@ -67,6 +78,9 @@ class Settings:
     config_dir: str
     http_address: str = "0.0.0.0"
     http_port: int = 8080
+    https_address: str = "0.0.0.0"
+    https_port: int = 0  # 0: no HTTPS listener
+    https_redirect_port: int = 443  # where HTTP→HTTPS redirects point
     shards: int = 16
     route_timeout: str = "60s"
     health_check_interval: str = "2s"
@@ -389,25 +403,114 @@ def route_config(name: str, vhosts: list[Resource]) -> Resource:
     return {"@type": ROUTE_CONFIG, "name": name, "virtual_hosts": vhosts}
 
 
-def front_table(shard_domains: dict[str, list[str]], catch_all: bool) -> Resource:
-    vhosts = [
+def front_table(
+    name: str,
+    shard_domains: dict[str, list[str]],
+    catch_all: bool,
+    redirect: tuple[str, ...] = (),
+    challenges: tuple[tuple[str, str], ...] = (),
+    redirect_port: int = 443,
+) -> Resource:
+    """Host → shard. On plain HTTP, hosts served over HTTPS are redirected there instead, and
+    ACME HTTP-01 challenges (token, key authorization) are answered first, for every host."""
+    answers = [
         {
-            "name": shard,
-            "domains": domains,
-            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}],
+            "match": {"path": ACME_PREFIX + token},
+            "direct_response": {"status": 200, "body": {"inline_string": key_authorization}},
         }
-        for shard, domains in sorted(shard_domains.items())
-        if domains
+        for token, key_authorization in challenges
     ]
+    moved = set(redirect)
+    vhosts = []
+    for shard, domains in sorted(shard_domains.items()):
+        kept = [d for d in domains if d not in moved]
+        if kept:
+            route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
+            vhosts.append({"name": shard, "domains": kept, "routes": [*answers, route]})
+    if redirect:
+        https: Resource = {"https_redirect": True}
+        if redirect_port != 443:
+            https["port_redirect"] = redirect_port
+        vhosts.append(
+            {
+                "name": "redirect-to-https",
+                "domains": sorted(redirect),
+                "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
+            }
+        )
     default: Resource = (
         {"route": {"cluster": DEFAULT_SHARD, "timeout": "0s"}}
         if catch_all
         else {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
     )
     vhosts.append(
-        {"name": "*", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, **default}]}
+        {"name": "*", "domains": ["*"], "routes": [*answers, {"match": {"prefix": "/"}, **default}]}
     )
-    return route_config(FRONT, vhosts)
+    return route_config(name, vhosts)
+
+
+def secret_file(secret_id: str) -> str:
+    return "secrets/" + secret_id.replace("/", ".") + ".json"
+
+
+def sds_secret(data: CertificateData) -> Resource:
+    return {
+        "@type": SDS_SECRET,
+        "name": data.name,
+        "tls_certificate": {
+            "certificate_chain": {"inline_bytes": base64.b64encode(data.cert_pem).decode()},
+            "private_key": {"inline_bytes": base64.b64encode(data.key_pem).decode()},
+        },
+    }
+
+
+def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
+    """One filter chain per certificate, chosen by SNI; certificates come from SDS files, so
+    rotating one never touches the listener or its connections. None without TLS hosts
+    (Envoy refuses a listener with no filter chain)."""
+    by_secret: dict[str, list[str]] = {}
+    for h in plan.hosts.values():
+        by_secret.setdefault(h.secret, []).append(h.host)
+    if not by_secret or not settings.https_port:
+        return None
+    hcm = _hcm(FRONT_TLS, FRONT_TLS, settings, front=True)
+    chains = []
+    for secret, hosts in sorted(by_secret.items()):
+        sds = {
+            "name": secret,
+            "sds_config": _config_source(f"{settings.config_dir}/{secret_file(secret)}"),
+        }
+        chains.append(
+            {
+                "name": secret,
+                "filter_chain_match": {"server_names": sorted(hosts)},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": DOWNSTREAM_TLS,
+                        "common_tls_context": {
+                            "tls_certificate_sds_secret_configs": [sds],
+                            "alpn_protocols": ["http/1.1"],
+                        },
+                    },
+                },
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ],
+            }
+        )
+    return {
+        "@type": LISTENER,
+        "name": FRONT_TLS,
+        "address": _socket(settings.https_address, settings.https_port),
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR},
+            }
+        ],
+        "filter_chains": chains,
+    }
 
 
 def shard_table(
@@ -440,7 +543,46 @@ class Renderer:
         self._clusters: dict[str, Resource] = {}
         self._l4_listeners: list[Resource] = []
         self._l4_clusters: list[Resource] = []
+        self._domains: dict[str, list[str]] = {}
+        self._redirect: tuple[str, ...] = ()
+        self._challenges: tuple[tuple[str, str], ...] = ()
+        self._https: Resource | None = None
+        self._secrets: dict[str, str] = {}  # secret id -> digest rendered
         self._started = False
+
+    def _front_tables(self, catch_all: bool) -> dict[str, list[Resource]]:
+        s = self.settings
+        files = {
+            rds_file(FRONT): [
+                front_table(FRONT, self._domains, catch_all, self._redirect, self._challenges,
+                            s.https_redirect_port)
+            ]
+        }  # fmt: skip
+        if s.https_port:
+            files[rds_file(FRONT_TLS)] = [front_table(FRONT_TLS, self._domains, catch_all)]
+        return files
+
+    def update_tls(
+        self, plan: TLSPlan, challenges: dict[str, str], catch_all: bool
+    ) -> tuple[dict[str, list[Resource]], set[str]]:
+        """Files TLS changed, and secret files no longer referenced (to delete after LDS)."""
+        files: dict[str, list[Resource]] = {}
+        redirect = tuple(sorted(h.host for h in plan.hosts.values() if h.redirect))
+        answers = tuple(sorted(challenges.items()))
+        if redirect != self._redirect or answers != self._challenges:
+            self._redirect, self._challenges = redirect, answers
+            files.update(self._front_tables(catch_all))
+        for sid, data in plan.secrets.items():
+            if self._secrets.get(sid) != data.digest:
+                files[secret_file(sid)] = [sds_secret(data)]
+                self._secrets[sid] = data.digest
+        stale = {secret_file(sid) for sid in self._secrets if sid not in plan.secrets}
+        self._secrets = {k: v for k, v in self._secrets.items() if k in plan.secrets}
+        https = https_listener(plan, self.settings)
+        if https != self._https:
+            self._https = https
+            files["lds.json"] = self._lds()
+        return files, stale
 
     def update_l4(
         self, listeners: list[L4Listener], clusters: list[L4Cluster]
@@ -458,7 +600,8 @@ class Renderer:
         return files
 
     def _lds(self) -> list[Resource]:
-        return listeners(self.settings) + self._l4_listeners
+        https = [self._https] if self._https is not None else []
+        return listeners(self.settings) + https + self._l4_listeners
 
     def _cds(self) -> list[Resource]:
         return (
@@ -512,7 +655,8 @@ class Renderer:
                 for shard, hosts in self._shard_hosts.items()
                 if shard != DEFAULT_SHARD
             }
-            files[rds_file(FRONT)] = [front_table(domains, catch_all)]
+            self._domains = domains
+            files.update(self._front_tables(catch_all))
         if delta.clusters or not self._started:
             for name in delta.clusters:
                 c = ir.clusters.get(name)

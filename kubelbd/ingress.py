@@ -25,7 +25,22 @@ DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 _PATH_CHARS = re.compile(r"^/[^?#\s\x00-\x1f\x7f]*$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
+SSL_REDIRECT_ANNOTATION = "kubelb.io/ssl-redirect"
+ACME_ANNOTATION = "kubelb.io/tls-acme"
+CERT_MANAGER_CLUSTER_ISSUER = "cert-manager.io/cluster-issuer"
+CERT_MANAGER_ISSUER = "cert-manager.io/issuer"
+
 ServiceLookup = Callable[[str, str], Obj | None]
+
+
+def certificate_source(annotations: Mapping[str, str]) -> str:
+    """Who provides an Ingress's certificates: the tenant's Secret, kubelbd's ACME client, or
+    cert-manager in the management cluster."""
+    if str(annotations.get(ACME_ANNOTATION, "")).lower() == "true":
+        return "acme"
+    if annotations.get(CERT_MANAGER_CLUSTER_ISSUER) or annotations.get(CERT_MANAGER_ISSUER):
+        return "cert-manager"
+    return "tenant"
 
 
 @dataclass(frozen=True)
@@ -202,15 +217,28 @@ def translate(ingress: Obj, services: ServiceLookup, twins: ServiceLookup) -> Tr
         out["defaultBackend"] = resolve_backend(
             ns, spec["defaultBackend"], services, twins, problems
         )
-    tls = [
-        {
-            "hosts": sorted({normalize_host(h) for h in t.get("hosts") or []}),
-            "secretName": t.get("secretName", ""),
-        }
-        for t in spec.get("tls") or []
-    ]
+    annotations = meta.get("annotations") or {}
+    issuer = certificate_source(annotations)
+    tls = []
+    for t in spec.get("tls") or []:
+        hosts = sorted({normalize_host(h) for h in t.get("hosts") or []})
+        secret_name = t.get("secretName") or ""
+        if not secret_name:
+            if issuer == "tenant":
+                problems.append(Problem("NoSecretName", "a tls entry has no secretName"))
+                continue
+            secret_name = f"{meta['name']}-tls"  # issued certificates need a name to live in
+        tls.append({"hosts": hosts, "secretName": secret_name, "source": issuer})
     if tls:
         out["tls"] = tls
+    options = {}
+    if annotations.get(SSL_REDIRECT_ANNOTATION, "").lower() == "false":
+        options["sslRedirect"] = "false"
+    for key_ in (CERT_MANAGER_CLUSTER_ISSUER, CERT_MANAGER_ISSUER):
+        if annotations.get(key_):
+            options[key_] = annotations[key_]
+    if options:
+        out["options"] = options
     if not rules and "defaultBackend" not in out and not problems:
         problems.append(Problem("NoRules", "the Ingress has neither rules nor a defaultBackend"))
     return Translation(out, problems)

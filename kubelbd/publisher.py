@@ -37,10 +37,10 @@ def encode(resources: Resources) -> tuple[str, bytes]:
     return version, b'{"version_info":"' + version.encode() + b'","resources":' + body + b"}"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         view = memoryview(data)
         while view:
@@ -69,7 +69,9 @@ class Publisher:
     def load(self) -> None:
         """Learn what a previous run left on disk, so identical content is not rewritten."""
         top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
-        for path in [*top, *sorted((self.config_dir / "rds").glob("*.json"))]:
+        tables = sorted((self.config_dir / "rds").glob("*.json"))
+        secrets = sorted((self.config_dir / "secrets").glob("*.json"))
+        for path in [*top, *tables, *secrets]:
             try:
                 data = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
@@ -94,6 +96,22 @@ class Publisher:
             self.published[name] = version
         return {name: version for name, (version, _) in changed.items()}
 
+    async def remove(self, paths: set[str]) -> None:
+        """Delete files nothing refers to any more (called once the listeners stopped naming
+        them): a private key should not outlive its use on the volume."""
+        gone = [p for p in paths if p in self.published]
+
+        def unlink_all() -> None:
+            for p in gone:
+                (self.config_dir / p).unlink(missing_ok=True)
+
+        if gone:
+            await anyio.to_thread.run_sync(unlink_all)
+        for p in gone:
+            self.published.pop(p, None)
+
     def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
         for name in sorted(changed, key=lambda n: (_order(n), n)):
-            write_atomically(self.config_dir / name, changed[name][1])
+            # Private keys: readable by the group (the Envoy sidecar shares it), not the world.
+            mode = 0o640 if name.startswith("secrets/") else 0o644
+            write_atomically(self.config_dir / name, changed[name][1], mode)

@@ -29,6 +29,7 @@ from .kube import (
     INGRESSES,
     NAMESPACES,
     NODES,
+    SECRETS,
     SERVICES,
     ApiError,
     Kube,
@@ -39,6 +40,7 @@ from .kube import (
     parse_kubeconfig,
 )
 from .tenant_l4 import ServiceLoadBalancers
+from .tenant_tls import SecretCopies
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class TenantSync:
         #: waits for every tenant to settle before its first publish after a restart
         self.settled = anyio.Event()
         self.lbs = ServiceLoadBalancers(self)
+        self.tls = SecretCopies(self)
         self._seen_ingress: dict[str, tuple[Any, ...]] = {}
         self._twin_candidates: set[tuple[str, str]] = set()  # services that may lose their twin
 
@@ -193,7 +196,15 @@ class TenantSync:
         self.classes = Informer(
             self.kube, INGRESS_CLASSES, self._on_class, on_error=self._informer_health("classes")
         )
-        for inf in (self.ingresses, self.services, self.nodes, self.classes):
+        # TLS Secrets only: kubelbd never lists or watches any other kind of Secret.
+        self.secrets = Informer(
+            self.kube,
+            SECRETS,
+            self.tls.on_secret,
+            field_selector="type=kubernetes.io/tls",
+            on_error=self._informer_health("secrets"),
+        )
+        for inf in self._informers():
             tg.start_soon(inf.run)
         await self._reconcile_loop()
 
@@ -278,8 +289,14 @@ class TenantSync:
 
     # ---- reconcile ---------------------------------------------------------------------------
 
+    def _informers(self) -> tuple[Informer, ...]:
+        return (self.ingresses, self.services, self.nodes, self.classes, self.secrets)
+
+    def wake(self) -> None:
+        self._wake_up()
+
     async def _reconcile_loop(self) -> None:
-        for inf in (self.ingresses, self.services, self.nodes, self.classes):
+        for inf in self._informers():
             await inf.synced.wait()
         await self._load_records()
         backoff = Backoff(maximum=30)
@@ -308,6 +325,7 @@ class TenantSync:
             try:
                 items, _ = await self.mgmt.list(records.ROUTES, self.namespace)
                 await self.lbs.load()
+                await self.tls.load()
                 break
             except (ApiError, ConnectionError) as e:
                 log.warning("tenant %s: cannot list routes: %s", self.name, e)
@@ -344,6 +362,7 @@ class TenantSync:
             for k in sorted(batch):
                 tg.start_soon(self._reconcile_one, k, limit)
         await self._collect_twins()
+        await self.tls.reconcile()
         await self.lbs.reconcile()
         failed = {**self._failed, **self.lbs.failed}
         if failed:
@@ -395,11 +414,13 @@ class TenantSync:
         route = ingress.route_name(ns, name)
         obj = self.ingresses.cache.get(k)
         if obj is None or not ingress.is_ours(obj, self.classes.cache.values()):
+            self.tls.on_ingress(k, None)
             if route in self._records:
                 await self._delete_record(route)
             return
         for svc_name in sorted(ingress.referenced_services(obj)):
             await self._ensure_twin(ns, svc_name)
+        self.tls.on_ingress(k, obj)
         result = ingress.translate(obj, self._service, self._twin)
         if self._records.get(route) != result.spec:
             # The data plane renders while the record is being written: the write is the

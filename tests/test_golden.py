@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubelbd import envoy_config, ingress, ir, nodeports
+from kubelbd import crds, envoy_config, ingress, ir, nodeports
 
 GOLDEN = Path(__file__).parent / "golden"
 SETTINGS = envoy_config.Settings(config_dir="/config", http_address="0.0.0.0", shards=4)
@@ -37,6 +37,34 @@ def _with_twins(services: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 n += 1
             out.append(twin)
     return out
+
+
+def _crd_schema(kind: str) -> dict[str, Any]:
+    for doc in crds.load():
+        if doc["spec"]["names"]["kind"] == kind:
+            return dict(doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    raise KeyError(kind)
+
+
+def conforms(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Fields the CRD's schema does not declare: the API server would refuse the record."""
+    errors = []
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for k, v in value.items():
+            if props is not None and k in props:
+                errors += conforms(v, props[k], f"{path}.{k}")
+            elif isinstance(extra, dict):
+                errors += conforms(v, extra, f"{path}.{k}")
+            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+                errors.append(f"{path}.{k}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            errors += conforms(v, schema["items"], f"{path}[{i}]")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}={value!r} not in {schema['enum']}")
+    return errors
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +99,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                 translations[f"{name}/{route_name}"] = "not ours"
                 continue
             result = ingress.translate(obj, lookup, twin)
+            schema = _crd_schema("Route")["properties"]["spec"]
+            assert conforms(result.spec, schema) == [], conforms(result.spec, schema)
             translations[f"{name}/{route_name}"] = {
                 "spec": result.spec,
                 "problems": [f"{p.reason}: {p.message}" for p in result.problems],

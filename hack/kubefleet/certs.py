@@ -5,6 +5,7 @@ Generated fresh on every `fleet up`; they live under .fleet/ and never leave the
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ def issue(
     dns: tuple[str, ...] = (),
     ips: tuple[str, ...] = (),
     server: bool = False,
+    valid_from: dt.datetime | None = None,
+    valid_until: dt.datetime | None = None,
 ) -> KeyPair:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -96,8 +99,8 @@ def issue(
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_before(valid_from or now - dt.timedelta(minutes=5))
+        .not_valid_after(valid_until or now + VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
     )
@@ -129,7 +132,6 @@ def write_service_account_key(directory: Path) -> tuple[Path, Path]:
 
 def kubeconfig(cluster: str, server: str, ca: KeyPair, client: KeyPair, user: str) -> str:
     """A self-contained kubeconfig (certificates inline), so it can travel inside a Secret."""
-    import base64
 
     def b64(data: bytes) -> str:
         return base64.b64encode(data).decode()

@@ -38,6 +38,7 @@ def ports(fleet: Fleet) -> dict[int, str]:
     lay = fleet.layout
     return {
         lay.envoy_http_port: "Envoy HTTP listener",
+        lay.envoy_https_port: "Envoy HTTPS listener",
         lay.envoy_admin_port: "Envoy admin",
         lay.kubelbd_health_port: "kubelbd health",
     }
@@ -47,6 +48,7 @@ def env(fleet: Fleet) -> dict[str, str]:
     lay = fleet.layout
     return {
         "KUBELB_HTTP_ADDR": f"127.0.0.1:{lay.envoy_http_port}",
+        "KUBELB_HTTPS_ADDR": f"127.0.0.1:{lay.envoy_https_port}",
         "ENVOY_ADMIN_ADDR": f"127.0.0.1:{lay.envoy_admin_port}",
         "KUBELBD_HEALTH_ADDR": f"127.0.0.1:{lay.kubelbd_health_port}",
         "KUBELB_L4_POOL": lay.l4_pool,
@@ -65,6 +67,8 @@ def kubelbd_proc(fleet: Fleet) -> Proc:
             f"--namespace={NAMESPACE}",
             f"--config-dir={config_dir(fleet.layout)}",
             f"--http-listen=127.0.0.1:{lay.envoy_http_port}",
+            f"--https-listen=127.0.0.1:{lay.envoy_https_port}",
+            f"--https-redirect-port={lay.envoy_https_port}",
             "--public-address=127.0.0.1",
             f"--envoy-admin=127.0.0.1:{lay.envoy_admin_port}",
             "--run-envoy",

@@ -1,0 +1,265 @@
+"""TLS termination end to end: real handshakes through Envoy's HTTPS listener, per SNI."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from kubefleet import certs
+
+from kubelbd.kube import EVENTS, INGRESSES, SECRETS, Kube, Obj
+from kubelbd.records import ROUTES
+
+from .support import (
+    FleetHandle,
+    KeptConnection,
+    backend,
+    create_namespace,
+    delete_namespace,
+    deploy_app,
+    eventually,
+    http_get,
+    https_request,
+    ingress_obj,
+    rule,
+    unique,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[certs.KeyPair, str]]:
+    authority = certs.new_ca("kubelbd-e2e-ca")
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    path.write_bytes(authority.cert_pem())
+    yield authority, str(path)
+
+
+def tls_secret(name: str, pair: certs.KeyPair | None = None, crt: bytes | None = None,
+               key: bytes | None = None) -> Obj:  # fmt: skip
+    crt = crt if crt is not None else pair.cert_pem()  # type: ignore[union-attr]
+    key = key if key is not None else pair.key_pem()  # type: ignore[union-attr]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name},
+        "data": {
+            "tls.crt": base64.b64encode(crt).decode(),
+            "tls.key": base64.b64encode(key).decode(),
+        },
+    }
+
+
+def https_addr(fleet: FleetHandle) -> str:
+    return f"127.0.0.1:{fleet.layout.envoy_https_port}"
+
+
+def sans(cert: dict) -> set[str]:  # type: ignore[type-arg]
+    return {v for k, v in cert.get("subjectAltName", ()) if k == "DNS"}
+
+
+@pytest.fixture
+async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
+    name = unique("tls")
+    for t in fleet.tenants:
+        await create_namespace(fleet.kube[t], name)
+    yield name
+    for t in fleet.tenants:
+        await delete_namespace(fleet.kube[t], name)
+
+
+async def tls_site(
+    kube: Kube, ns: str, name: str, host: str, secret: str, **annotations: str
+) -> None:
+    await deploy_app(kube, ns, name)
+    ing = ingress_obj(
+        name,
+        [rule(host, ("/", "Prefix", backend(name)))],
+        tls=[{"hosts": [host], "secretName": secret}],
+        annotations=annotations or None,
+    )
+    await kube.create(INGRESSES, ing, ns)
+
+
+async def served_over_tls(fleet: FleetHandle, host: str, cafile: str, app: str) -> dict:  # type: ignore[type-arg]
+    async def check() -> dict:  # type: ignore[type-arg]
+        status, body, cert = await https_request(https_addr(fleet), host, "/secure", cafile)
+        assert status == 200, body
+        assert body["pod"].startswith(f"{app}-") and body["path"] == "/secure", body
+        assert host in sans(cert), cert
+        return cert
+
+    return await eventually(check, what=f"https://{host} with its own certificate")
+
+
+async def test_sni_per_host_and_per_tenant(
+    fleet: FleetHandle, ns: str, ca: tuple[certs.KeyPair, str]
+) -> None:
+    authority, cafile = ca
+    hosts = {"alpha": f"{unique('a')}.tls.test", "beta": f"{unique('b')}.tls.test"}
+    for tenant, host in hosts.items():
+        kube = fleet.kube[tenant]
+        await kube.create(
+            SECRETS,
+            tls_secret("site-tls", certs.issue(authority, host, dns=(host,), server=True)),
+            ns,
+        )
+        await tls_site(kube, ns, f"site-{tenant}", host, "site-tls")
+    for tenant, host in hosts.items():
+        await served_over_tls(fleet, host, cafile, f"site-{tenant}")
+
+    # The certificate came from the tenant and lives only in that tenant's namespace.
+    copy = await fleet.kube["mgmt"].get(SECRETS, f"{ns}.site-tls", "tenant-alpha")
+    assert copy["type"] == "kubernetes.io/tls"
+    assert await fleet.kube["mgmt"].get_or_none(SECRETS, f"{ns}.site-tls", "tenant-gamma") is None
+
+    async def ready() -> bool:
+        route = await fleet.kube["mgmt"].get(ROUTES, f"{ns}.site-alpha", "tenant-alpha")
+        conds = {c["type"]: c for c in route["status"].get("conditions", [])}
+        assert conds.get("CertificateReady", {}).get("status") == "True", conds
+        return True
+
+    await eventually(ready, what="CertificateReady=True")
+
+
+async def test_http_redirects_to_https_unless_disabled(
+    fleet: FleetHandle, ns: str, ca: tuple[certs.KeyPair, str]
+) -> None:
+    authority, cafile = ca
+    kube = fleet.kube["alpha"]
+    secure, plain = f"{unique('r')}.tls.test", f"{unique('p')}.tls.test"
+    for name, host, extra in (
+        ("secure", secure, {}),
+        ("plain", plain, {"kubelb.io/ssl-redirect": "false"}),
+    ):
+        await kube.create(
+            SECRETS,
+            tls_secret(f"{name}-tls", certs.issue(authority, host, dns=(host,), server=True)),
+            ns,
+        )
+        await tls_site(kube, ns, name, host, f"{name}-tls", **extra)
+    await served_over_tls(fleet, secure, cafile, "secure")
+    await served_over_tls(fleet, plain, cafile, "plain")
+    http = f"http://127.0.0.1:{fleet.layout.envoy_http_port}/a/b?c=d"
+
+    async def redirected() -> bool:
+        status, _, headers = await http_get(http, host=secure)
+        assert status == 301, status
+        location = {k.lower(): v for k, v in headers.items()}["location"]
+        assert location == f"https://{secure}:{fleet.layout.envoy_https_port}/a/b?c=d"
+        return True
+
+    await eventually(redirected, what="HTTP → HTTPS redirect")
+    status, body, _ = await http_get(http, host=plain)
+    assert status == 200 and body["pod"].startswith("plain-")
+
+
+async def test_rotation_keeps_established_connections(
+    fleet: FleetHandle, ns: str, ca: tuple[certs.KeyPair, str]
+) -> None:
+    authority, cafile = ca
+    kube = fleet.kube["alpha"]
+    host = f"{unique('rot')}.tls.test"
+    first = certs.issue(authority, host, dns=(host,), server=True)
+    await kube.create(SECRETS, tls_secret("rot-tls", first), ns)
+    await tls_site(kube, ns, "rot", host, "rot-tls")
+    cert = await served_over_tls(fleet, host, cafile, "rot")
+    first_serial = cert["serialNumber"]
+    async with KeptConnection(https_addr(fleet), host, cafile) as kept:
+        assert kept.cert["serialNumber"] == first_serial
+        status, _ = await kept.get("/before")
+        assert status == 200
+        second = certs.issue(authority, host, dns=(host,), server=True)
+        await kube.patch(SECRETS, "rot-tls", {"data": tls_secret("x", second)["data"]}, ns)
+
+        async def rotated() -> bool:
+            _, _, now = await https_request(https_addr(fleet), host, "/", cafile)
+            assert now["serialNumber"] != first_serial, "still the old certificate"
+            return True
+
+        await eventually(rotated, timeout=10, what="the new certificate on new handshakes")
+        status, body = await kept.get("/after")  # the established connection lives on
+        assert status == 200 and body["path"] == "/after"
+
+
+async def test_bad_certificates_are_refused_and_contained(
+    fleet: FleetHandle, ns: str, ca: tuple[certs.KeyPair, str]
+) -> None:
+    authority, cafile = ca
+    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
+    good = f"{unique('good')}.tls.test"
+    await kube.create(
+        SECRETS, tls_secret("good-tls", certs.issue(authority, good, dns=(good,), server=True)), ns
+    )
+    await tls_site(kube, ns, "good", good, "good-tls")
+    await served_over_tls(fleet, good, cafile, "good")
+
+    now = dt.datetime.now(dt.UTC)
+    cases: dict[str, tuple[str, Obj | None]] = {}
+    h = f"{unique('malformed')}.tls.test"
+    cases["malformed"] = (
+        "InvalidCertificate",
+        tls_secret(
+            "malformed-tls",
+            crt=b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n",
+            key=b"x",
+        ),
+    )
+    h_exp = f"{unique('expired')}.tls.test"
+    month_ago, yesterday = now - dt.timedelta(days=30), now - dt.timedelta(days=1)
+    expired = certs.issue(
+        authority, h_exp, dns=(h_exp,), server=True, valid_from=month_ago, valid_until=yesterday
+    )
+    cases["expired"] = ("CertificateExpired", tls_secret("expired-tls", expired))
+    h_mis = f"{unique('mismatch')}.tls.test"
+    a, b = (
+        certs.issue(authority, h_mis, dns=(h_mis,), server=True),
+        certs.issue(authority, h_mis, dns=(h_mis,), server=True),
+    )
+    cases["mismatch"] = (
+        "KeyMismatch",
+        tls_secret("mismatch-tls", crt=a.cert_pem(), key=b.key_pem()),
+    )
+    cases["missing"] = ("SecretNotFound", None)
+    hosts = {
+        "malformed": h,
+        "expired": h_exp,
+        "mismatch": h_mis,
+        "missing": f"{unique('missing')}.tls.test",
+    }
+    for name, (_, secret) in cases.items():
+        if secret is not None:
+            await kube.create(SECRETS, secret, ns)
+        await tls_site(kube, ns, name, hosts[name], f"{name}-tls")
+
+    for name, (reason, _) in cases.items():
+
+        async def refused(name: str = name, reason: str = reason) -> bool:
+            route = await mgmt.get(ROUTES, f"{ns}.{name}", "tenant-alpha")
+            conds = {c["type"]: c for c in (route.get("status") or {}).get("conditions", [])}
+            assert conds.get("CertificateReady", {}).get("reason") == reason, conds
+            events, _ = await kube.list(EVENTS, ns, fieldSelector=f"involvedObject.name={name}")
+            assert reason in {e["reason"] for e in events}, [e["reason"] for e in events]
+            return True
+
+        await eventually(refused, what=f"{name}: {reason} on the Route and the Ingress")
+        # No bad certificate is ever served: the handshake for that name finds nothing.
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            await https_request(https_addr(fleet), hosts[name], "/", cafile)
+        # And the host is not redirected to an HTTPS that would not work.
+        status, _, _ = await http_get(
+            f"http://127.0.0.1:{fleet.layout.envoy_http_port}/", host=hosts[name]
+        )
+        assert status == 200
+
+    await served_over_tls(fleet, good, cafile, "good")
+    status, text, _ = await http_get(
+        f"http://127.0.0.1:{fleet.layout.envoy_admin_port}/stats?filter=update_rejected"
+    )
+    rejected = [line for line in str(text).splitlines() if not line.endswith(": 0")]
+    assert rejected == [], rejected
