@@ -20,6 +20,7 @@ from .dataplane import DataPlane
 from .dataplane_l4 import L4Settings
 from .envoy_admin import EnvoyAdmin
 from .envoy_process import EnvoyProcess, write_bootstrap
+from .issuers import ACMESettings
 from .kube import Kube
 from .publisher import Publisher
 from .registry import Registry
@@ -46,6 +47,7 @@ class Config:
     health_listen: str | None
     install_crds: bool
     l4: L4Settings
+    acme: ACMESettings
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -100,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     ap.add_argument("--l4-envoy-selector", default="app=kubelbd",
                     help="service mode: labels of the Envoy pods, k=v[,k=v]")  # fmt: skip
+    ap.add_argument(
+        "--acme-directory", default="", help="ACME directory URL for kubelb.io/tls-acme"
+    )
+    ap.add_argument("--acme-email", default="", help="contact address for the ACME account")
+    ap.add_argument("--acme-ca-bundle", default=None,
+                    help="CA bundle for the ACME server's HTTPS (default: system)")  # fmt: skip
     ap.add_argument("--log-level", default=os.environ.get("KUBELBD_LOG_LEVEL", "info"))
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -138,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         route_shards=args.route_shards,
         health_listen=args.health_listen,
         install_crds=args.install_crds,
+        acme=ACMESettings(
+            directory=args.acme_directory,
+            email=args.acme_email,
+            ca_bundle=args.acme_ca_bundle,
+            namespace=args.namespace,
+        ),
         l4=L4Settings(
             mode=args.l4_mode,
             pool=args.l4_address_pool,
@@ -204,7 +218,14 @@ async def run(cfg: Config) -> None:
             mgmt, cfg.namespace, TenantSettings(cfg.node_address_type, cfg.public_address)
         )
         dataplane = DataPlane(
-            mgmt, settings, Publisher(cfg.config_dir), admin, registry, cfg.public_address, cfg.l4
+            mgmt,
+            settings,
+            Publisher(cfg.config_dir),
+            admin,
+            registry,
+            cfg.public_address,
+            cfg.l4,
+            cfg.acme,
         )
         registry.sink = dataplane
         async with anyio.create_task_group() as tg:

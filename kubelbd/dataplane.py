@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from . import conditions, envoy_config, ir, records, tls
+from . import conditions, envoy_config, ir, issuers, records, tls
 from .dataplane_l4 import L4Settings, LoadBalancers, ServiceHandle
 from .envoy_admin import EnvoyAdmin
 from .informer import Informer
+from .issuers import ACMESettings, Issuers
 from .kube import SECRETS, ApiError, Kube, Obj
 from .publisher import Publisher
 from .tenant_tls import TLS_LABEL
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATUS_MANAGER = "kubelbd-dataplane"
 STATUS_CONCURRENCY = 16
+PROGRESS_REASONS = frozenset({"Issuing", "WaitingForCertManager"})
 
 
 class TenantHandle(ServiceHandle, Protocol):
@@ -56,6 +58,7 @@ class DataPlane:
         tenants: TenantDirectory,
         public_address: str = "",
         l4: L4Settings | None = None,
+        acme: ACMESettings | None = None,
     ) -> None:
         self.mgmt = mgmt
         self.settings = settings
@@ -73,6 +76,14 @@ class DataPlane:
         self.tls_plan = tls.TLSPlan()
         self._tls_dirty = True
         self._tls_routes: set[str] = set()
+        self._challenges_published = anyio.Event()
+        self.issuers = Issuers(
+            mgmt,
+            acme or ACMESettings(),
+            lambda: self.certificates,
+            self.publish_challenges,
+            self._tls_changed,
+        )
         self.first_publish = anyio.Event()
         self._upserts: dict[str, ir.RouteRecord] = {}
         self._deletes: set[str] = set()
@@ -146,12 +157,20 @@ class DataPlane:
         self._tls_dirty = True
         self._wake.set()
 
-    def set_challenges(self, challenges: dict[str, str]) -> None:
-        """ACME HTTP-01: the answers Envoy should serve on plain HTTP, for any host."""
-        if challenges != self.challenges:
-            self.challenges = dict(challenges)
-            self._tls_dirty = True
-            self._wake.set()
+    async def publish_challenges(self, challenges: dict[str, str]) -> bool:
+        """ACME HTTP-01: serve these answers on plain HTTP, for any host; True once Envoy
+        reports them applied."""
+        self.challenges = dict(challenges)
+        self._challenges_published = anyio.Event()
+        self._tls_changed()
+        with anyio.move_on_after(30):
+            await self._challenges_published.wait()
+            return await self.wait_applied(30)
+        return False
+
+    def _tls_changed(self) -> None:
+        self._tls_dirty = True
+        self._wake.set()
 
     def upsert_lb(self, obj: Obj) -> None:
         self.l4.upsert(obj)
@@ -194,6 +213,7 @@ class DataPlane:
         l4_informers = [secrets, *self.l4.informers()]
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._recheck_certificates)
+            tg.start_soon(self.issuers.run)
             for inf in (routes, tenants, *l4_informers):
                 tg.start_soon(inf.run)
             tg.start_soon(self._status_loop)
@@ -236,15 +256,20 @@ class DataPlane:
                 self._tls_dirty = True
         if self._tls_routes and (delta.hosts or delta.catch_all):
             self._tls_dirty = True  # ownership may have moved a TLS host
+        published_challenges = False
         if self._tls_dirty:
             self._tls_dirty = False
             before = self.tls_plan.problems
+            tls_routes = [self.model.routes[r] for r in self._tls_routes]
+            self.issuers.update(issuers.wanted(self.model.ir, tls_routes))
             self.tls_plan = tls.plan(
                 self.model.ir,
-                [self.model.routes[r] for r in self._tls_routes],
+                tls_routes,
                 self.certificates,
                 datetime.datetime.now(datetime.UTC),
+                self.issuers.pending(),
             )
+            published_challenges = True
             tls_files, stale = self.renderer.update_tls(
                 self.tls_plan, self.challenges, self.model.ir.catch_all is not None
             )
@@ -263,6 +288,8 @@ class DataPlane:
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
         await self.publisher.remove(stale)
+        if published_challenges:
+            self._challenges_published.set()
         if written:
             log.debug(
                 "rendered %d changes in %.1f ms, published %s in %.1f ms",
@@ -414,7 +441,11 @@ class DataPlane:
                 log.warning("tenant %s: ingress %s/%s: %s", route.tenant, ns, name, conflict_msg)
                 await tenant.event(obj, "Warning", "HostConflict", conflict_msg)
             for p in tls_problems:
-                log.warning("tenant %s: ingress %s/%s: %s", route.tenant, ns, name, p.message)
+                # Waiting for an issuer is progress, not a fault.
+                progress = p.reason in PROGRESS_REASONS
+                level = logging.INFO if progress else logging.WARNING
+                log.log(level, "tenant %s: ingress %s/%s: %s", route.tenant, ns, name, p.message)
                 if obj is not None:
-                    await tenant.event(obj, "Warning", p.reason, p.message)
+                    kind = "Normal" if progress else "Warning"
+                    await tenant.event(obj, kind, p.reason, p.message)
         self._status_written[rid] = fingerprint

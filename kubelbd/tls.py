@@ -139,8 +139,10 @@ def plan(
     routes: Iterable[RouteRecord],
     secrets: dict[str, CertificateData],
     now: dt.datetime,
+    pending: dict[str, Problem] | None = None,
 ) -> TLSPlan:
-    """Which owned hosts get HTTPS, with which certificate; problems per route."""
+    """Which owned hosts get HTTPS, with which certificate; problems per route. `pending`
+    says, per secret id, why an issued certificate is not there yet (Issuing, Failed...)."""
     out = TLSPlan()
     for route in sorted(routes, key=lambda r: r.age_key):
         redirect = (route.spec.get("options") or {}).get("sslRedirect", "true") != "false"
@@ -151,6 +153,8 @@ def plan(
                 if vh is None or vh.tenant != route.tenant or host in out.hosts:
                     continue  # not this tenant's host (conflict), or an older route's TLS wins
                 problem = check(secrets.get(sid), host, now, sid.split("/", 1)[1])
+                if problem is not None and pending and sid in pending:
+                    problem = pending[sid]
                 if problem is not None:
                     out.problems.setdefault(route.id, []).append(problem)
                     continue

@@ -89,6 +89,22 @@ class Layout:
         return self.base_port + 81
 
     @property
+    def pebble_port(self) -> int:
+        return self.base_port + 70
+
+    @property
+    def pebble_management_port(self) -> int:
+        return self.base_port + 71
+
+    @property
+    def pebble_dns_port(self) -> int:
+        return self.base_port + 72
+
+    @property
+    def pebble_challtestsrv_port(self) -> int:
+        return self.base_port + 73
+
+    @property
     def envoy_admin_port(self) -> int:
         return self.base_port + 90
 

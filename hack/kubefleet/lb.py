@@ -4,8 +4,11 @@ with every tenant cluster registered to it."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
+import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -13,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .layout import Layout
+from .layout import ROOT, Layout
 from .procs import Proc
 
 if TYPE_CHECKING:
@@ -41,7 +44,65 @@ def ports(fleet: Fleet) -> dict[int, str]:
         lay.envoy_https_port: "Envoy HTTPS listener",
         lay.envoy_admin_port: "Envoy admin",
         lay.kubelbd_health_port: "kubelbd health",
+        lay.pebble_port: "Pebble ACME server",
+        lay.pebble_management_port: "Pebble management",
+        lay.pebble_challtestsrv_port: "Pebble DNS management",
     }
+
+
+#: Issued certificates live 45 s, so that renewal (at two thirds of the lifetime) happens
+#: within a test.
+ACME_CERT_SECONDS = 45
+
+
+def build_pebble() -> Path:
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-pebble")], check=True, stdout=subprocess.PIPE, text=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def pebble_procs(fleet: Fleet, bin_dir: Path) -> list[Proc]:
+    """Pebble (an ACME CA for tests) and its DNS server, which answers 127.0.0.1 for every
+    name, so Pebble validates HTTP-01 challenges against Envoy's HTTP listener."""
+    lay = fleet.layout
+    conf_dir = lay.dir / "pebble"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{lay.pebble_port}",
+            "managementListenAddress": f"127.0.0.1:{lay.pebble_management_port}",
+            "certificate": str(bin_dir / "cert.pem"),
+            "privateKey": str(bin_dir / "key.pem"),
+            "httpPort": lay.envoy_http_port,
+            "tlsPort": lay.envoy_https_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+            "keyAlgorithm": "ecdsa",
+            "profiles": {"default": {"description": "fleet", "validityPeriod": ACME_CERT_SECONDS}},
+        }
+    }
+    (conf_dir / "pebble.json").write_text(json.dumps(config, indent=2))
+    dns = f"127.0.0.1:{lay.pebble_dns_port}"
+    return [
+        Proc(
+            "pebble-dns",
+            [str(bin_dir / "pebble-challtestsrv"), f"-dnsserver={dns}", "-defaultIPv4=127.0.0.1",
+             "-defaultIPv6=", "-http01=", "-https01=", "-tlsalpn01=", "-doh=",
+             f"-management=127.0.0.1:{lay.pebble_challtestsrv_port}"],
+            str(lay.logs / "pebble-dns.log"),
+        ),
+        Proc(
+            "pebble",
+            [str(bin_dir / "pebble"), f"-config={conf_dir / 'pebble.json'}", f"-dnsserver={dns}"],
+            str(lay.logs / "pebble.log"),
+            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+        ),
+    ]  # fmt: skip
+
+
+def acme_directory(layout: Layout) -> str:
+    return f"https://127.0.0.1:{layout.pebble_port}/dir"
 
 
 def env(fleet: Fleet) -> dict[str, str]:
@@ -52,10 +113,12 @@ def env(fleet: Fleet) -> dict[str, str]:
         "ENVOY_ADMIN_ADDR": f"127.0.0.1:{lay.envoy_admin_port}",
         "KUBELBD_HEALTH_ADDR": f"127.0.0.1:{lay.kubelbd_health_port}",
         "KUBELB_L4_POOL": lay.l4_pool,
+        "ACME_DIRECTORY": acme_directory(lay),
+        "PEBBLE_MANAGEMENT_ADDR": f"127.0.0.1:{lay.pebble_management_port}",
     }
 
 
-def kubelbd_proc(fleet: Fleet) -> Proc:
+def kubelbd_proc(fleet: Fleet, pebble_bin: Path) -> Proc:
     lay = fleet.layout
     return Proc(
         KUBELBD,
@@ -74,6 +137,9 @@ def kubelbd_proc(fleet: Fleet) -> Proc:
             "--run-envoy",
             "--keep-envoy",
             f"--l4-address-pool={lay.l4_pool}",
+            f"--acme-directory={acme_directory(lay)}",
+            f"--acme-ca-bundle={pebble_bin / 'pebble.minica.pem'}",
+            "--acme-email=fleet@example.test",
             f"--envoy-log={lay.logs / 'envoy.log'}",
             f"--health-listen=127.0.0.1:{lay.kubelbd_health_port}",
         ],
@@ -82,10 +148,21 @@ def kubelbd_proc(fleet: Fleet) -> Proc:
 
 
 def start(fleet: Fleet) -> None:
-    """Register the tenants, start kubelbd, wait until every tenant is connected and synced."""
+    """Pebble, the tenants' registration, kubelbd; wait until every tenant is synced."""
+    pebble_bin = build_pebble()
+    for p in pebble_procs(fleet, pebble_bin):
+        fleet.spawn(p)
+    directory = acme_directory(fleet.layout)
+    fleet.wait_for("Pebble", lambda: _https_ok(directory, pebble_bin), ["pebble", "pebble-dns"])
     register_tenants(fleet)
-    fleet.spawn(kubelbd_proc(fleet))
+    fleet.spawn(kubelbd_proc(fleet, pebble_bin))
     wait_ready(fleet)
+
+
+def _https_ok(url: str, bin_dir: Path) -> bool:
+    ctx = ssl.create_default_context(cafile=str(bin_dir / "pebble.minica.pem"))
+    with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+        return bool(r.status == 200)
 
 
 def register_tenants(fleet: Fleet) -> None:

@@ -1,0 +1,220 @@
+"""Issued certificates: ACME HTTP-01 against Pebble (a real ACME server, built from its Go
+module and started by the fleet), and cert-manager Certificates (the test plays cert-manager)."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from kubefleet import certs
+
+from kubelbd.kube import CRDS, INGRESSES, SECRETS, Obj, Resource
+from kubelbd.records import ROUTES
+
+from .support import (
+    FleetHandle,
+    backend,
+    create_namespace,
+    delete_namespace,
+    deploy_app,
+    eventually,
+    http_get,
+    https_request,
+    ingress_obj,
+    rule,
+    unique,
+)
+
+pytestmark = pytest.mark.e2e
+
+CERTIFICATES = Resource("cert-manager.io/v1", "certificates")
+
+
+@pytest.fixture
+async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
+    name = unique("cert")
+    await create_namespace(fleet.kube["alpha"], name)
+    yield name
+    await delete_namespace(fleet.kube["alpha"], name)
+
+
+@pytest.fixture
+def pebble_root(fleet: FleetHandle) -> Iterator[str]:
+    """Pebble's issuing root, from its management API (it makes a new one at every start)."""
+    import urllib.request
+
+    from kubefleet.lb import build_pebble
+
+    minica = ssl.create_default_context(cafile=str(build_pebble() / "pebble.minica.pem"))
+    url = f"https://127.0.0.1:{fleet.layout.pebble_management_port}/roots/0"
+    with urllib.request.urlopen(url, context=minica, timeout=5) as r:
+        pem = r.read()
+    with tempfile.NamedTemporaryFile(suffix=".pem") as f:
+        f.write(pem)
+        f.flush()
+        yield f.name
+
+
+async def test_acme_issues_through_envoy_and_renews(
+    fleet: FleetHandle, ns: str, pebble_root: str
+) -> None:
+    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
+    host = f"{unique('acme')}.alpha.test"
+    await deploy_app(kube, ns, "web")
+    await kube.create(
+        INGRESSES,
+        ingress_obj(
+            "web",
+            [rule(host, ("/", "Prefix", backend("web")))],
+            tls=[{"hosts": [host], "secretName": "web-tls"}],
+            annotations={"kubelb.io/tls-acme": "true"},
+        ),
+        ns,
+    )
+    https = f"127.0.0.1:{fleet.layout.envoy_https_port}"
+
+    async def issued() -> dict:  # type: ignore[type-arg]
+        status, body, cert = await https_request(https, host, "/acme", pebble_root)
+        assert status == 200 and body["pod"].startswith("web-"), body
+        return cert
+
+    # Pebble fetched the challenge from Envoy's HTTP listener, so this proves that path too.
+    first = await eventually(issued, timeout=60, what="a certificate issued by Pebble")
+    secret = await mgmt.get(SECRETS, f"{ns}.web-tls", "tenant-alpha")
+    assert secret["metadata"]["labels"]["kubelb.io/tls-source"] == "acme"
+
+    async def ready() -> bool:
+        route = await mgmt.get(ROUTES, f"{ns}.web", "tenant-alpha")
+        conds = {c["type"]: c for c in route["status"].get("conditions", [])}
+        assert conds.get("CertificateReady", {}).get("status") == "True", conds
+        return True
+
+    await eventually(ready, what="CertificateReady on the Route")
+
+    # The fleet's Pebble issues 45-second certificates: renewal comes at two thirds of that.
+    async def renewed() -> bool:
+        cert = await issued()
+        assert cert["serialNumber"] != first["serialNumber"], "not renewed yet"
+        return True
+
+    await eventually(renewed, timeout=90, interval=2, what="the certificate to be renewed")
+
+
+CERT_MANAGER_CRD: Obj = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "certificates.cert-manager.io"},
+    "spec": {
+        "group": "cert-manager.io",
+        "scope": "Namespaced",
+        "names": {"kind": "Certificate", "plural": "certificates", "singular": "certificate"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture
+async def cert_manager(fleet: FleetHandle) -> AsyncIterator[None]:
+    """cert-manager's Certificate kind, installed for one test (cert-manager cannot run here)."""
+    mgmt = fleet.kube["mgmt"]
+    await mgmt.apply(CRDS, CERT_MANAGER_CRD)
+
+    async def served() -> bool:
+        await mgmt.list(CERTIFICATES)
+        return True
+
+    await eventually(served, what="the Certificate kind to be served")
+    yield
+    await mgmt.delete(CRDS, "certificates.cert-manager.io")
+
+
+async def test_cert_manager_certificate_is_requested_and_served(
+    fleet: FleetHandle, ns: str, cert_manager: None
+) -> None:
+    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
+    host = f"{unique('cm')}.alpha.test"
+    await deploy_app(kube, ns, "cm")
+    await kube.create(
+        INGRESSES,
+        ingress_obj(
+            "cm",
+            [rule(host, ("/", "Prefix", backend("cm")))],
+            tls=[{"hosts": [host], "secretName": "cm-tls"}],
+            annotations={"cert-manager.io/cluster-issuer": "letsencrypt-prod"},
+        ),
+        ns,
+    )
+
+    async def requested() -> Obj:
+        return await mgmt.get(CERTIFICATES, f"{ns}.cm-tls", "tenant-alpha")
+
+    cert_request = await eventually(requested, what="a Certificate in tenant-alpha")
+    spec = cert_request["spec"]
+    assert spec["dnsNames"] == [host]
+    assert spec["secretName"] == f"{ns}.cm-tls"
+    assert spec["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer",
+                                 "name": "letsencrypt-prod"}  # fmt: skip
+
+    # Until the Secret exists, the Route says it waits for cert-manager; HTTP is not redirected.
+    async def waiting() -> bool:
+        route = await mgmt.get(ROUTES, f"{ns}.cm", "tenant-alpha")
+        conds = {c["type"]: c for c in (route.get("status") or {}).get("conditions", [])}
+        assert conds.get("CertificateReady", {}).get("reason") == "WaitingForCertManager", conds
+        return True
+
+    await eventually(waiting, what="WaitingForCertManager")
+    status, _, _ = await http_get(f"http://127.0.0.1:{fleet.layout.envoy_http_port}/", host=host)
+    assert status == 200
+
+    # Play cert-manager: write the Secret it would write, with the template's labels.
+    authority = certs.new_ca("fake-cert-manager-issuer")
+    pair = certs.issue(authority, host, dns=(host,), server=True)
+    template = spec["secretTemplate"]
+    await mgmt.create(
+        SECRETS,
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": spec["secretName"], "labels": template["labels"]},
+            "data": {
+                "tls.crt": base64.b64encode(pair.cert_pem()).decode(),
+                "tls.key": base64.b64encode(pair.key_pem()).decode(),
+            },
+        },
+        "tenant-alpha",
+    )
+    with tempfile.NamedTemporaryFile(suffix=".pem") as ca:
+        ca.write(authority.cert_pem())
+        ca.flush()
+
+        async def served() -> bool:
+            https = f"127.0.0.1:{fleet.layout.envoy_https_port}"
+            status, body, _ = await https_request(https, host, "/cm", ca.name)
+            assert status == 200 and body["pod"].startswith("cm-"), body
+            return True
+
+        await eventually(served, what="the cert-manager Secret served over HTTPS")
+    # The Ingress going away takes its Certificate with it.
+    await kube.delete(INGRESSES, "cm", ns)
+
+    async def gone() -> bool:
+        assert await mgmt.get_or_none(CERTIFICATES, f"{ns}.cm-tls", "tenant-alpha") is None
+        return True
+
+    await eventually(gone, what="the Certificate to be deleted")
