@@ -7,7 +7,8 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
@@ -349,3 +350,24 @@ class KeptConnection:
 
     async def __aexit__(self, *exc: object) -> None:
         self.writer.close()
+
+
+@asynccontextmanager
+async def namespace_in(
+    fleet: FleetHandle, prefix: str, tenants: list[str] | None = None
+) -> AsyncIterator[str]:
+    """A fresh namespace of the same name in each of `tenants` (default: all), removed after."""
+    name = unique(prefix)
+    where = tenants if tenants is not None else fleet.tenants
+    for t in where:
+        await create_namespace(fleet.kube[t], name)
+    try:
+        yield name
+    finally:
+        for t in where:
+            await delete_namespace(fleet.kube[t], name)
+
+
+def conditions(obj: Obj | None) -> dict[str, Obj]:
+    """An object's status conditions by type."""
+    return {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}

@@ -17,13 +17,13 @@ from kubelbd.records import ROUTES
 from .support import (
     FleetHandle,
     backend,
-    create_namespace,
-    delete_namespace,
+    conditions,
     deploy_app,
     eventually,
     http_get,
     https_request,
     ingress_obj,
+    namespace_in,
     rule,
     unique,
 )
@@ -35,10 +35,8 @@ CERTIFICATES = Resource("cert-manager.io/v1", "certificates")
 
 @pytest.fixture
 async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
-    name = unique("cert")
-    await create_namespace(fleet.kube["alpha"], name)
-    yield name
-    await delete_namespace(fleet.kube["alpha"], name)
+    async with namespace_in(fleet, "cert", ["alpha"]) as name:
+        yield name
 
 
 @pytest.fixture
@@ -88,7 +86,7 @@ async def test_acme_issues_through_envoy_and_renews(
 
     async def ready() -> bool:
         route = await mgmt.get(ROUTES, f"{ns}.web", "tenant-alpha")
-        conds = {c["type"]: c for c in route["status"].get("conditions", [])}
+        conds = conditions(route)
         assert conds.get("CertificateReady", {}).get("status") == "True", conds
         return True
 
@@ -173,7 +171,7 @@ async def test_cert_manager_certificate_is_requested_and_served(
     # Until the Secret exists, the Route says it waits for cert-manager; HTTP is not redirected.
     async def waiting() -> bool:
         route = await mgmt.get(ROUTES, f"{ns}.cm", "tenant-alpha")
-        conds = {c["type"]: c for c in (route.get("status") or {}).get("conditions", [])}
+        conds = conditions(route)
         assert conds.get("CertificateReady", {}).get("reason") == "WaitingForCertManager", conds
         return True
 

@@ -15,12 +15,12 @@ from kubelbd.kube import INGRESSES, SERVICES, Obj
 from .support import (
     FleetHandle,
     backend,
-    create_namespace,
-    delete_namespace,
+    conditions,
     deploy_app,
     eventually,
     ingress_obj,
     lb_get,
+    namespace_in,
     rule,
     unique,
     until_served,
@@ -32,12 +32,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
     """The same fresh namespace in every tenant."""
-    name = unique("ing")
-    for t in fleet.tenants:
-        await create_namespace(fleet.kube[t], name)
-    yield name
-    for t in fleet.tenants:
-        await delete_namespace(fleet.kube[t], name)
+    async with namespace_in(fleet, "ing") as name:
+        yield name
 
 
 def host(label: str) -> str:
@@ -188,7 +184,7 @@ async def test_backend_problems_are_reported_and_isolated(fleet: FleetHandle, ns
 
     async def accepted_false() -> Obj:
         route = await mgmt.get(ROUTES, f"{ns}.mixed", "tenant-alpha")
-        conds = {c["type"]: c for c in route.get("status", {}).get("conditions", [])}
+        conds = conditions(route)
         assert conds.get("Accepted", {}).get("status") == "False", conds
         return conds["Accepted"]
 
@@ -242,7 +238,7 @@ async def test_host_belongs_to_the_first_tenant(fleet: FleetHandle, ns: str) -> 
 
     async def conflict() -> Obj:
         route = await mgmt.get(ROUTES, f"{ns}.site", "tenant-beta")
-        conds = {c["type"]: c for c in route.get("status", {}).get("conditions", [])}
+        conds = conditions(route)
         assert conds.get("Conflict", {}).get("status") == "True", conds
         return conds["Conflict"]
 

@@ -15,15 +15,14 @@ from kubelbd.records import LOADBALANCERS
 
 from .support import (
     FleetHandle,
-    create_namespace,
-    delete_namespace,
+    conditions,
     echo_deployment,
     eventually,
     http_get,
+    namespace_in,
     run_fleet,
     tcp_echo,
     udp_echo,
-    unique,
 )
 
 pytestmark = pytest.mark.e2e
@@ -46,12 +45,9 @@ def lb_service(name: str, ports: list[Obj], **spec: object) -> Obj:
 
 @pytest.fixture
 async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
-    name = unique("l4")
-    for t in fleet.tenants:
-        await create_namespace(fleet.kube[t], name)
-    yield name
-    for t in fleet.tenants:
-        await delete_namespace(fleet.kube[t], name)
+    """The same fresh namespace in every tenant."""
+    async with namespace_in(fleet, "l4") as name:
+        yield name
 
 
 async def deploy(
@@ -159,14 +155,14 @@ async def test_failures_are_reported_on_the_record_and_the_service(
     ports = [{"name": "sig", "port": 3868, "protocol": "SCTP"}, {"name": "raw", "port": 9000}]
     await deploy(kube, ns, "sctp", ports, loadBalancerIP="10.1.2.3")
 
-    async def conditions() -> dict[str, Obj]:
+    async def record_conditions() -> dict[str, Obj]:
         rec = await mgmt.get(LOADBALANCERS, f"{ns}.sctp", "tenant-alpha")
-        conds = {c["type"]: c for c in (rec.get("status") or {}).get("conditions", [])}
+        conds = conditions(rec)
         assert conds.get("Accepted", {}).get("reason") == "UnsupportedProtocol", conds
         assert conds.get("Programmed", {}).get("reason") == "AddressNotInPool", conds
         return conds
 
-    await eventually(conditions, what="conditions on the LoadBalancer record")
+    await eventually(record_conditions, what="conditions on the LoadBalancer record")
 
     async def events() -> bool:
         found, _ = await kube.list(EVENTS, ns, fieldSelector="involvedObject.name=sctp")
@@ -188,7 +184,7 @@ async def test_requested_address_taken_and_released_on_delete(fleet: FleetHandle
 
     async def in_use() -> bool:
         rec = await mgmt.get(LOADBALANCERS, f"{ns}.wants", "tenant-beta")
-        conds = {c["type"]: c for c in (rec.get("status") or {}).get("conditions", [])}
+        conds = conditions(rec)
         assert conds.get("Programmed", {}).get("reason") == "AddressInUse", conds
         return True
 

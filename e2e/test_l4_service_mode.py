@@ -17,13 +17,11 @@ from kubelbd.records import LOADBALANCERS
 
 from .support import (
     FleetHandle,
-    create_namespace,
-    delete_namespace,
     echo_deployment,
     eventually,
     fleet,
+    namespace_in,
     tcp_echo,
-    unique,
 )
 
 pytestmark = pytest.mark.e2e
@@ -56,12 +54,9 @@ def service_mode(fleet_layout) -> Iterator[None]:  # type: ignore[no-untyped-def
 
 @pytest.fixture
 async def ns(fleet: FleetHandle, service_mode: None) -> AsyncIterator[str]:
-    name = unique("svcmode")
-    for t in fleet.tenants:
-        await create_namespace(fleet.kube[t], name)
-    yield name
-    for t in fleet.tenants:
-        await delete_namespace(fleet.kube[t], name)
+    """The same fresh namespace in every tenant."""
+    async with namespace_in(fleet, "svcmode") as name:
+        yield name
 
 
 def lb(name: str) -> Obj:

@@ -17,6 +17,7 @@ from kubelbd.records import ROUTES, TENANTS
 from .support import (
     FleetHandle,
     backend,
+    conditions,
     create_namespace,
     delete_namespace,
     deploy_app,
@@ -139,7 +140,7 @@ async def test_tenant_apiserver_down_keeps_routes_even_across_kubelbd_restart(
 
             async def disconnected() -> bool:
                 obj = await mgmt.get(TENANTS, "alpha", "tenant-alpha")
-                conds = {c["type"]: c for c in obj["status"]["conditions"]}
+                conds = conditions(obj)
                 assert conds["Connected"]["status"] == "False", conds
                 assert conds["Connected"]["reason"] == "Unreachable", conds
                 return True

@@ -15,6 +15,7 @@ from kubelbd.records import TENANTS
 from .support import (
     FleetHandle,
     backend,
+    conditions,
     create_namespace,
     delete_namespace,
     deploy_app,
@@ -42,7 +43,7 @@ def secret(name: str, tenant: str, kubeconfig: bytes) -> Obj:
 
 async def tenant_condition(mgmt: Kube, tenant: str, type_: str) -> Obj:
     obj = await mgmt.get_or_none(TENANTS, tenant, f"tenant-{tenant}") or {}
-    conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+    conds = conditions(obj)
     return conds.get(type_, {})
 
 

@@ -17,13 +17,13 @@ from .support import (
     FleetHandle,
     KeptConnection,
     backend,
-    create_namespace,
-    delete_namespace,
+    conditions,
     deploy_app,
     eventually,
     http_get,
     https_request,
     ingress_obj,
+    namespace_in,
     rule,
     unique,
 )
@@ -65,12 +65,9 @@ def sans(cert: dict) -> set[str]:  # type: ignore[type-arg]
 
 @pytest.fixture
 async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
-    name = unique("tls")
-    for t in fleet.tenants:
-        await create_namespace(fleet.kube[t], name)
-    yield name
-    for t in fleet.tenants:
-        await delete_namespace(fleet.kube[t], name)
+    """The same fresh namespace in every tenant."""
+    async with namespace_in(fleet, "tls") as name:
+        yield name
 
 
 async def tls_site(
@@ -120,7 +117,7 @@ async def test_sni_per_host_and_per_tenant(
 
     async def ready() -> bool:
         route = await fleet.kube["mgmt"].get(ROUTES, f"{ns}.site-alpha", "tenant-alpha")
-        conds = {c["type"]: c for c in route["status"].get("conditions", [])}
+        conds = conditions(route)
         assert conds.get("CertificateReady", {}).get("status") == "True", conds
         return True
 
@@ -241,7 +238,7 @@ async def test_bad_certificates_are_refused_and_contained(
 
         async def refused(name: str = name, reason: str = reason) -> bool:
             route = await mgmt.get(ROUTES, f"{ns}.{name}", "tenant-alpha")
-            conds = {c["type"]: c for c in (route.get("status") or {}).get("conditions", [])}
+            conds = conditions(route)
             assert conds.get("CertificateReady", {}).get("reason") == reason, conds
             events, _ = await kube.list(EVENTS, ns, fieldSelector=f"involvedObject.name={name}")
             assert reason in {e["reason"] for e in events}, [e["reason"] for e in events]

@@ -186,12 +186,7 @@ class DataPlane:
             self._wake.set()
 
     def _on_route(self, kind: str, obj: Obj) -> None:
-        if kind == "DELETED":
-            tenant = records.tenant_of(obj)
-            if tenant is not None:
-                self.delete(tenant, obj["metadata"]["name"], obj["metadata"].get("uid"))
-        else:
-            self.upsert(obj)
+        records.dispatch(kind, obj, self.upsert, self.delete)
 
     def _on_tenant(self, kind: str, obj: Obj) -> None:
         if kind == "DELETED":

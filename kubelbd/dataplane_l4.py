@@ -126,12 +126,7 @@ class LoadBalancers:
         self._changed()
 
     def on_event(self, kind: str, obj: Obj) -> None:
-        if kind == "DELETED":
-            tenant = records.tenant_of(obj)
-            if tenant is not None:
-                self.delete(tenant, obj["metadata"]["name"], obj["metadata"].get("uid"))
-        else:
-            self.upsert(obj)
+        records.dispatch(kind, obj, self.upsert, self.delete)
 
     def on_management_service(self, kind: str, obj: Obj) -> None:
         """Service mode: the management cluster's LB wrote (or changed) an address."""

@@ -73,14 +73,3 @@ class EnvoyAdmin:
                 # Several listeners may share one route table; any of them reports it.
                 out[path] = str(s["value"])
         return out
-
-    async def rejected(self) -> dict[str, int]:
-        """update_rejected counters: must stay zero, since kubelbd never writes invalid config."""
-        try:
-            status, body = await self._get("/stats?format=json&filter=update_rejected$")
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return {}
-        if status != 200:
-            return {}
-        stats: list[dict[str, Any]] = orjson.loads(body).get("stats", [])
-        return {s["name"]: int(s.get("value", 0)) for s in stats if "name" in s}

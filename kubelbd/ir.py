@@ -26,7 +26,9 @@ AgeKey = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
-class RouteRecord:
+class Record:
+    """A record of the management cluster, by tenant: its spec names the tenant object."""
+
     tenant: str
     name: str
     spec: dict[str, Any] = field(compare=False, hash=False)
@@ -37,13 +39,19 @@ class RouteRecord:
         return f"{self.tenant}/{self.name}"
 
     @property
-    def age_key(self) -> AgeKey:
-        created = (self.spec.get("source") or {}).get("creationTimestamp") or "9999"
-        return (created, self.tenant, self.name)
+    def created(self) -> str:
+        return str((self.spec.get("source") or {}).get("creationTimestamp") or "9999")
 
     @property
     def namespace(self) -> str:
         return str((self.spec.get("source") or {}).get("namespace", ""))
+
+
+@dataclass(frozen=True)
+class RouteRecord(Record):
+    @property
+    def age_key(self) -> AgeKey:
+        return (self.created, self.tenant, self.name)
 
 
 @dataclass(frozen=True)

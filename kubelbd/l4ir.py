@@ -7,30 +7,16 @@ so every (address, port, protocol) appears once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from .ir import TenantRecord
+from .ir import Record, TenantRecord
 
 
 @dataclass(frozen=True)
-class LBRecord:
-    tenant: str
-    name: str
-    spec: dict[str, Any] = field(compare=False, hash=False)
-    generation: int = 0
-
-    @property
-    def id(self) -> str:
-        return f"{self.tenant}/{self.name}"
-
+class LBRecord(Record):
     @property
     def age(self) -> tuple[str, str]:
-        return ((self.spec.get("source") or {}).get("creationTimestamp") or "9999", self.id)
-
-    @property
-    def namespace(self) -> str:
-        return str((self.spec.get("source") or {}).get("namespace", ""))
+        return (self.created, self.id)
 
     @property
     def service(self) -> str:

@@ -8,6 +8,7 @@ serve everything after a restart even while a tenant's API server is unreachable
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from .ir import RouteRecord, TenantRecord
@@ -105,3 +106,18 @@ def tenant_record(obj: Obj) -> TenantRecord | None:
         return None
     addresses = (obj.get("spec") or {}).get("nodeAddresses") or []
     return TenantRecord(tenant, tuple(str(a) for a in addresses))
+
+
+def dispatch(
+    kind: str,
+    obj: Obj,
+    upsert: Callable[[Obj], None],
+    delete: Callable[[str, str, str | None], None],
+) -> None:
+    """Route a watch event on a record to upsert(obj) or delete(tenant, name, uid)."""
+    if kind != "DELETED":
+        upsert(obj)
+        return
+    tenant = tenant_of(obj)
+    if tenant is not None:
+        delete(tenant, obj["metadata"]["name"], obj["metadata"].get("uid"))
