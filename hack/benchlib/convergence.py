@@ -178,9 +178,25 @@ class Bench:
             await kube.create(INGRESSES, ingress(f"fill{i}", host, backing), self.ns)
             made.append(host)
             self.present += 1
-        # Converged when the last one is served (records are processed in order per tenant).
+        # Converged when the last one is served (records are processed in order per tenant),
+        # and quiet once every Ingress shows its address: the status writes that follow a bulk
+        # change would otherwise compete with the changes being timed.
         for host in made[-len(self.tenants) :]:
             await self.until(host, 200, timeout=300)
+        await self.settled()
+
+    async def settled(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        for t in self.tenants:
+            while True:
+                items, _ = await self.kube[t].list(INGRESSES, self.ns)
+                if all(
+                    (i.get("status") or {}).get("loadBalancer", {}).get("ingress") for i in items
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("Ingress statuses never settled")
+                await asyncio.sleep(0.5)
 
     async def measure(self, kind: str) -> Series:
         series = Series(f"{self.present} routes, {kind} change")
@@ -231,10 +247,11 @@ class Bench:
         return series
 
 
-async def envoy_floor(layout: Layout, changes: int, label: str) -> Series:
-    """A second Envoy on a copy of kubelbd's files: rename one changed shard+front → 200."""
+async def envoy_floor(layout: Layout, changes: int, label: str, kind: str = "route") -> Series:
+    """A second Envoy on a copy of kubelbd's files: rename one changed shard+front → 200.
+    For a `backend` change, the cluster file with one more cluster is renamed in first."""
     src = lb.config_dir(layout)
-    series = Series(f"floor: Envoy applies the same files ({label})")
+    series = Series(f"floor: Envoy applies the same files ({label}, {kind} change)")
     # The same kind of filesystem as kubelbd's config volume.
     with tempfile.TemporaryDirectory(prefix="bench-envoy-", dir=src.parent.parent) as d:
         dst = Path(d)
@@ -273,14 +290,25 @@ async def envoy_floor(layout: Layout, changes: int, label: str) -> Series:
                 front = json.loads((dst / "rds" / "http.json").read_text())
                 shards = sorted((dst / "rds").glob("shard.[0-9]*.json"))
                 cluster = _some_cluster(json.loads((dst / "cds.json").read_text()))
+                cds = json.loads((dst / "cds.json").read_text())
+                template = next(c for c in cds["resources"] if c["name"] == cluster)
                 for n in range(changes):
                     shard_path = shards[n % len(shards)]
                     shard = json.loads(shard_path.read_text())
                     host = f"floor{n}.envoy.test"
+                    target = cluster
+                    cds_bytes = b""
+                    if kind == "backend":
+                        target = f"{cluster}-floor{n}"
+                        new = json.loads(json.dumps(template))
+                        new["name"] = new["load_assignment"]["cluster_name"] = target
+                        cds["resources"].append(new)
+                        cds["version_info"] = f"f{n}"
+                        cds_bytes = json.dumps(cds).encode()
                     shard["version_info"] = f"f{n}"
                     shard["resources"][0]["virtual_hosts"].append(
                         {"name": host, "domains": [host],
-                         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}
+                         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
                     )  # fmt: skip
                     f = json.loads(json.dumps(front))
                     f["version_info"] = f"f{n}"
@@ -299,6 +327,8 @@ async def envoy_floor(layout: Layout, changes: int, label: str) -> Series:
                     shard_bytes = json.dumps(shard).encode()
                     front_bytes = json.dumps(f).encode()
                     start = time.monotonic()
+                    if cds_bytes:
+                        write_atomically(dst / "cds.json", cds_bytes)
                     write_atomically(shard_path, shard_bytes)
                     write_atomically(dst / "rds" / "http.json", front_bytes)
                     while await status(host) != 200:
