@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 STATUS_MANAGER = "kubelbd-dataplane"
 STATUS_CONCURRENCY = 16
 PROGRESS_REASONS = frozenset({"Issuing", "WaitingForCertManager"})
+STATUS_DELAY = 0.05
 
 
 class TenantHandle(ServiceHandle, Protocol):
@@ -339,6 +340,9 @@ class DataPlane:
     async def _status_loop(self) -> None:
         while True:
             await self._published.wait()
+            # Status is for people, traffic is for clients: let Envoy apply the change without
+            # this loop's requests (and the API writes that follow) competing for the CPU.
+            await anyio.sleep(STATUS_DELAY)
             self._published = anyio.Event()
             await self.wait_applied()
             pending, self._status_pending = self._status_pending, set()

@@ -138,21 +138,27 @@ class Kube:
     async def from_kubeconfig(cls, config: Obj, name: str = "") -> Kube:
         """Build a client; certificate data is written to a private temp dir by the loader."""
         configuration = k8s_client.Configuration()
+        tmpdir = await anyio.to_thread.run_sync(tempfile.mkdtemp, "", "kubelbd-kc-")
         try:
-            tmpdir = await anyio.to_thread.run_sync(tempfile.mkdtemp, "", "kubelbd-kc-")
-            loader = kube_config.KubeConfigLoader(
-                config_dict=config, config_base_path=None, temp_file_path=tmpdir
-            )
-            await loader.load_and_set(configuration)
-        except Exception as e:  # the loader raises assorted types for bad input
-            raise KubeconfigError(f"kubeconfig cannot be loaded: {e}") from e
-        configuration.connection_pool_maxsize = 32
-        try:
-            # Builds an aiohttp session, which must happen on the loop; it reads the small
-            # certificate files the loader just wrote, once per cluster connection.
-            api = k8s_client.ApiClient(configuration)
-        except Exception as e:  # bad certificate or key data surfaces here, from ssl
-            raise KubeconfigError(f"kubeconfig credentials are unusable: {e}") from e
+            try:
+                loader = kube_config.KubeConfigLoader(
+                    config_dict=config, config_base_path=None, temp_file_path=tmpdir
+                )
+                await loader.load_and_set(configuration)
+            except Exception as e:  # the loader raises assorted types for bad input
+                raise KubeconfigError(f"kubeconfig cannot be loaded: {e}") from e
+            configuration.connection_pool_maxsize = 32
+            try:
+                # Builds an aiohttp session, which must happen on the loop; it reads the small
+                # certificate files the loader just wrote, once per cluster connection.
+                api = k8s_client.ApiClient(configuration)
+            except Exception as e:  # bad certificate or key data surfaces here, from ssl
+                raise KubeconfigError(f"kubeconfig credentials are unusable: {e}") from e
+        except KubeconfigError:
+            # Key material must not outlive a client that was never made.
+            _forget_temp_files(tmpdir)
+            await anyio.to_thread.run_sync(shutil.rmtree, tmpdir, True)
+            raise
         return cls(api, name, tmpdir)
 
     @classmethod

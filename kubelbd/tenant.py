@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 STATUS_MANAGER = "kubelbd-tenant"
 ROUTE_WRITE_CONCURRENCY = 8
+ACCEPTED_DELAY = 0.05
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class TenantSync:
         self._fresh_twins: dict[tuple[str, str], Obj] = {}
         self._addresses: list[str] | None = None
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
+        self._accepted_queue: dict[str, tuple[Obj, list[ingress.Problem]]] = {}
+        self._accepted_wake = anyio.Event()
         #: set once this tenant has reconciled, or is known to be unreachable: the data plane
         #: waits for every tenant to settle before its first publish after a restart
         self.settled = anyio.Event()
@@ -153,6 +156,7 @@ class TenantSync:
         log.info("tenant %s: starting", self.name)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._status_writer)
+            tg.start_soon(self._accepted_writer)
             await self._ensure_namespace()
             try:
                 self.kube = await Kube.from_kubeconfig(
@@ -440,7 +444,9 @@ class TenantSync:
                 route,
                 (time.perf_counter() - start) * 1000,
             )
-        await self._report_accepted(obj, route, result.problems)
+        # The condition waits a moment (see _accepted_writer) so Envoy gets the CPU first.
+        self._accepted_queue[route] = (obj, result.problems)
+        self._accepted_wake.set()
 
     def _service(self, ns: str, name: str) -> Obj | None:
         return self.services.cache.get(f"{ns}/{name}")
@@ -500,6 +506,22 @@ class TenantSync:
         await self.mgmt.delete(records.ROUTES, route, self.namespace)
         self._records.pop(route, None)
         self._accepted.pop(f"Route/{route}", None)
+
+    async def _accepted_writer(self) -> None:
+        """Accepted conditions and Events, written shortly after the records they describe:
+        people read them, clients do not, so they yield the CPU to Envoy's reconfiguration."""
+        while True:
+            await self._accepted_wake.wait()
+            await anyio.sleep(ACCEPTED_DELAY)
+            self._accepted_wake = anyio.Event()
+            batch, self._accepted_queue = self._accepted_queue, {}
+            for route, (obj, problems) in sorted(batch.items(), key=lambda kv: kv[0]):
+                try:
+                    await self._report_accepted(obj, route, problems)
+                except (ApiError, ConnectionError) as e:
+                    log.warning("tenant %s: status of route %s: %s", self.name, route, e)
+                    self._accepted_queue.setdefault(route, (obj, problems))
+                    self._accepted_wake.set()
 
     async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
         await self.report_accepted(records.ROUTES, "Route", "Ingress", obj, route, problems)

@@ -375,13 +375,13 @@ async def run(layout: Layout, scales: list[int], changes: int, kinds: list[str])
             w = await bench.watch_floor()
             rows.append(w.row())
             print(rows[-1], flush=True)
-            e = await envoy_floor(layout, changes, f"{bench.present} routes")
-            rows.append(e.row())
-            print(rows[-1], flush=True)
-            floor = statistics.median(w.values) + statistics.median(e.values)
-            print(
-                f"   floor (median watch + median Envoy apply): {floor * 1000:.1f} ms", flush=True
-            )
+            for kind in kinds:
+                e = await envoy_floor(layout, changes, f"{bench.present} routes", kind)
+                rows.append(e.row())
+                print(rows[-1], flush=True)
+                floor = statistics.median(w.values) + statistics.median(e.values)
+                print(f"   {kind} floor (median watch + median Envoy apply): {floor * 1000:.1f} ms",
+                      flush=True)  # fmt: skip
     finally:
         await bench.close()
     print("\n| series | n | median ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|")

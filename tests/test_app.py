@@ -1,0 +1,34 @@
+"""Flags that protect the deployment: Envoy's admin API stays on loopback."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kubelbd.app import parse_args
+from kubelbd.envoy_process import TEMPLATE, render_bootstrap
+
+
+@pytest.mark.parametrize("admin", ["0.0.0.0:9901", "10.0.0.5:9901", "[::]:9901"])
+def test_admin_address_must_be_loopback(admin: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--envoy-admin", admin])
+
+
+def test_loopback_admin_is_accepted_and_rendered_as_given() -> None:
+    cfg = parse_args(["--envoy-admin", "127.0.0.1:19000", "--l4-mode", "service"])
+    assert cfg.envoy_admin == "127.0.0.1:19000"
+    assert cfg.l4.mode == "service" and cfg.l4.listen_address == "0.0.0.0"
+    boot = yaml.safe_load(render_bootstrap(TEMPLATE.read_text(), "/cfg", cfg.envoy_admin, "n"))
+    assert boot["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 19000,
+    }
+    assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/cfg/lds.json"
+
+
+def test_bad_layer4_settings_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--l4-address-pool", "not-a-cidr"])
+    with pytest.raises(SystemExit):
+        parse_args(["--l4-envoy-selector", "novalue"])
