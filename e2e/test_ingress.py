@@ -122,7 +122,8 @@ async def test_wildcard_host_matches_exactly_one_label(fleet: FleetHandle, ns: s
     )
     await until_served(lay, f"a.{domain}", check=from_app("wild"))
     # Hosts are case-insensitive (polled: every node's kube-proxy must know the pod first).
-    await until_served(lay, f"B.{domain.upper()}", check=from_app("wild"))
+    body = await until_served(lay, f"B.{domain.upper()}")
+    assert body["pod"].startswith("wild-"), body
     for miss in (domain, f"a.b.{domain}"):
         status, body = await lb_get(lay, miss)
         assert not (status == 200 and body["pod"].startswith("wild-")), f"{miss} matched *.{domain}"
@@ -244,8 +245,9 @@ async def test_host_belongs_to_the_first_tenant(fleet: FleetHandle, ns: str) -> 
 
     cond = await eventually(conflict, what="Conflict=True on beta's Route")
     assert h in cond["message"] and "alpha" in cond["message"]
-    for _ in range(5):  # never beta's pod: only the owner's (polled past pod start-up)
-        await until_served(lay, h, check=from_app("owner"))
+    for _ in range(5):  # polled past pod start-up, then never beta's pod
+        body = await until_served(lay, h)
+        assert body["pod"].startswith("owner-"), body
 
     async def conflict_event() -> bool:
         from kubelbd.kube import EVENTS
