@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import aiohttp
 from kubefleet.layout import ROOT, Layout
 
-from kubelbd.kube import DEPLOYMENTS, NAMESPACES, SERVICES, ApiError, Kube, Obj
+from kubelbd.kube import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, ApiError, Kube, Obj
 
 T = TypeVar("T")
 
@@ -371,3 +371,17 @@ async def namespace_in(
 def conditions(obj: Obj | None) -> dict[str, Obj]:
     """An object's status conditions by type."""
     return {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+
+
+async def tls_site(
+    kube: Kube, ns: str, name: str, host: str, secret: str, **annotations: str
+) -> None:
+    """An echo app behind an Ingress whose one host is served over TLS with `secret`."""
+    await deploy_app(kube, ns, name)
+    ing = ingress_obj(
+        name,
+        [rule(host, ("/", "Prefix", backend(name)))],
+        tls=[{"hosts": [host], "secretName": secret}],
+        annotations=annotations or None,
+    )
+    await kube.create(INGRESSES, ing, ns)

@@ -16,15 +16,12 @@ from kubelbd.records import ROUTES
 
 from .support import (
     FleetHandle,
-    backend,
     conditions,
-    deploy_app,
     eventually,
     http_get,
     https_request,
-    ingress_obj,
     namespace_in,
-    rule,
+    tls_site,
     unique,
 )
 
@@ -61,17 +58,7 @@ async def test_acme_issues_through_envoy_and_renews(
 ) -> None:
     kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
     host = f"{unique('acme')}.alpha.test"
-    await deploy_app(kube, ns, "web")
-    await kube.create(
-        INGRESSES,
-        ingress_obj(
-            "web",
-            [rule(host, ("/", "Prefix", backend("web")))],
-            tls=[{"hosts": [host], "secretName": "web-tls"}],
-            annotations={"kubelb.io/tls-acme": "true"},
-        ),
-        ns,
-    )
+    await tls_site(kube, ns, "web", host, "web-tls", **{"kubelb.io/tls-acme": "true"})
     https = f"127.0.0.1:{fleet.layout.envoy_https_port}"
 
     async def issued() -> dict:  # type: ignore[type-arg]
@@ -146,16 +133,8 @@ async def test_cert_manager_certificate_is_requested_and_served(
 ) -> None:
     kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
     host = f"{unique('cm')}.alpha.test"
-    await deploy_app(kube, ns, "cm")
-    await kube.create(
-        INGRESSES,
-        ingress_obj(
-            "cm",
-            [rule(host, ("/", "Prefix", backend("cm")))],
-            tls=[{"hosts": [host], "secretName": "cm-tls"}],
-            annotations={"cert-manager.io/cluster-issuer": "letsencrypt-prod"},
-        ),
-        ns,
+    await tls_site(
+        kube, ns, "cm", host, "cm-tls", **{"cert-manager.io/cluster-issuer": "letsencrypt-prod"}
     )
 
     async def requested() -> Obj:

@@ -57,7 +57,8 @@ async def test_create_update_delete_converge(fleet: FleetHandle, ns: str) -> Non
     # Status: the public address, once Envoy serves it.
     async def address() -> bool:
         obj = await kube.get(INGRESSES, "app", ns)
-        return obj.get("status", {}).get("loadBalancer", {}).get("ingress") == [{"ip": "127.0.0.1"}]
+        ingress = obj.get("status", {}).get("loadBalancer", {}).get("ingress")
+        return bool(ingress == [{"ip": "127.0.0.1"}])
 
     await eventually(address, what="Ingress status address")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator
+from functools import partial
 
 import pytest
 from kubefleet.fleet import State
@@ -135,7 +136,7 @@ async def test_proxy_protocol_and_client_ip_affinity(fleet: FleetHandle, ns: str
         status, body, _ = await http_get(f"http://{addr}:80/pp")
         assert status == 200, body
         assert body.get("proxyProtocol", {}).get("version") == 2, body
-        return body
+        return dict(body)
 
     body = await eventually(proxied, what="a PROXY v2 header at the backend")
     assert body["proxyProtocol"]["source"].startswith("127.0.0.1:")
@@ -216,7 +217,7 @@ async def test_allocations_survive_a_kubelbd_restart(fleet: FleetHandle, ns: str
     assert after not in before.values()
     for n in names:
         assert await lb_address(kube, ns, n) == before[n]
-        await eventually(lambda a=before[n]: echoes(a, 9000), what=f"{n} still served")
+        await eventually(partial(echoes, before[n], 9000), what=f"{n} still served")
 
 
 async def test_dead_node_is_taken_out_of_rotation_by_health_checks(

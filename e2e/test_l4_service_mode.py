@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 
 import pytest
 from kubefleet.fleet import State
@@ -95,7 +96,7 @@ async def test_service_mode_end_to_end(fleet: FleetHandle, ns: str) -> None:
         listener_ports[tenant] = port["targetPort"]
         # Envoy listens on the allocated port and forwards to the tenant's pods.
         await eventually(
-            lambda p=port["targetPort"]: _echoes("127.0.0.1", p), what=f"{tenant} via Envoy"
+            partial(_echoes, "127.0.0.1", port["targetPort"]), what=f"{tenant} via Envoy"
         )
     assert listener_ports["alpha"] != listener_ports["beta"]  # both use 443: no collision
 

@@ -10,21 +10,18 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubefleet import certs
 
-from kubelbd.kube import EVENTS, INGRESSES, SECRETS, Kube, Obj
+from kubelbd.kube import EVENTS, SECRETS, Obj
 from kubelbd.records import ROUTES
 
 from .support import (
     FleetHandle,
     KeptConnection,
-    backend,
     conditions,
-    deploy_app,
     eventually,
     http_get,
     https_request,
-    ingress_obj,
     namespace_in,
-    rule,
+    tls_site,
     unique,
 )
 
@@ -68,19 +65,6 @@ async def ns(fleet: FleetHandle) -> AsyncIterator[str]:
     """The same fresh namespace in every tenant."""
     async with namespace_in(fleet, "tls") as name:
         yield name
-
-
-async def tls_site(
-    kube: Kube, ns: str, name: str, host: str, secret: str, **annotations: str
-) -> None:
-    await deploy_app(kube, ns, name)
-    ing = ingress_obj(
-        name,
-        [rule(host, ("/", "Prefix", backend(name)))],
-        tls=[{"hosts": [host], "secretName": secret}],
-        annotations=annotations or None,
-    )
-    await kube.create(INGRESSES, ing, ns)
 
 
 async def served_over_tls(fleet: FleetHandle, host: str, cafile: str, app: str) -> dict:  # type: ignore[type-arg]

@@ -230,6 +230,52 @@ class DataPlane:
                 await self._wake.wait()
                 self._wake = anyio.Event()
 
+    def _render_tls(
+        self, upserts: set[str], deletes: set[str], delta: ir.Delta, files: dict[str, Any]
+    ) -> tuple[set[str], bool]:
+        """Certificates, SNI chains, redirects and ACME answers, when anything TLS changed;
+        returns the secret files nothing refers to any more, and whether it rendered."""
+        for rid in upserts | deletes:
+            route = self.model.routes.get(rid)
+            if route is not None and route.spec.get("tls"):
+                self._tls_routes.add(rid)
+                self._tls_dirty = True
+            elif rid in self._tls_routes:
+                self._tls_routes.discard(rid)
+                self._tls_dirty = True
+        if self._tls_routes and (delta.hosts or delta.catch_all):
+            self._tls_dirty = True  # ownership may have moved a TLS host
+        if not self._tls_dirty:
+            return set(), False
+        self._tls_dirty = False
+        before = self.tls_plan.problems
+        tls_routes = [self.model.routes[r] for r in self._tls_routes]
+        self.issuers.update(issuers.wanted(self.model.ir, tls_routes))
+        self.tls_plan = tls.plan(
+            self.model.ir,
+            tls_routes,
+            self.certificates,
+            datetime.datetime.now(datetime.UTC),
+            self.issuers.pending(),
+        )
+        tls_files, stale = self.renderer.update_tls(
+            self.tls_plan, self.challenges, self.model.ir.catch_all is not None
+        )
+        files.update(tls_files)
+        changed = set(before) ^ set(self.tls_plan.problems)
+        changed |= {r for r in before if before.get(r) != self.tls_plan.problems.get(r)}
+        self._status_pending |= changed | (self._tls_routes & upserts)
+        return stale, True
+
+    async def _render_l4(self, files: dict[str, Any]) -> None:
+        try:
+            l4_listeners, l4_clusters = await self.l4.reconcile(self._tenant_records)
+            files.update(self.renderer.update_l4(l4_listeners, l4_clusters))
+        except (ApiError, ConnectionError) as e:
+            log.warning("load balancers: %s; retrying", e)
+            self.l4.dirty = True
+            self._retry_soon()
+
     async def _render_once(self) -> None:
         upserts, self._upserts = self._upserts, {}
         deletes, self._deletes = self._deletes, set()
@@ -241,46 +287,9 @@ class DataPlane:
         start = time.perf_counter()
         delta = self.model.apply(upserts.values(), deletes, tenant_set)
         files = self.renderer.update(self.model.ir, delta)
-        stale: set[str] = set()
-        for rid in set(upserts) | deletes:
-            route = self.model.routes.get(rid)
-            if route is not None and route.spec.get("tls"):
-                self._tls_routes.add(rid)
-                self._tls_dirty = True
-            elif rid in self._tls_routes:
-                self._tls_routes.discard(rid)
-                self._tls_dirty = True
-        if self._tls_routes and (delta.hosts or delta.catch_all):
-            self._tls_dirty = True  # ownership may have moved a TLS host
-        published_challenges = False
-        if self._tls_dirty:
-            self._tls_dirty = False
-            before = self.tls_plan.problems
-            tls_routes = [self.model.routes[r] for r in self._tls_routes]
-            self.issuers.update(issuers.wanted(self.model.ir, tls_routes))
-            self.tls_plan = tls.plan(
-                self.model.ir,
-                tls_routes,
-                self.certificates,
-                datetime.datetime.now(datetime.UTC),
-                self.issuers.pending(),
-            )
-            published_challenges = True
-            tls_files, stale = self.renderer.update_tls(
-                self.tls_plan, self.challenges, self.model.ir.catch_all is not None
-            )
-            files.update(tls_files)
-            changed = set(before) ^ set(self.tls_plan.problems)
-            changed |= {r for r in before if before.get(r) != self.tls_plan.problems.get(r)}
-            self._status_pending |= changed | (self._tls_routes & set(upserts))
+        stale, published_challenges = self._render_tls(set(upserts), deletes, delta, files)
         if self.l4.dirty:
-            try:
-                l4_listeners, l4_clusters = await self.l4.reconcile(self._tenant_records)
-                files.update(self.renderer.update_l4(l4_listeners, l4_clusters))
-            except (ApiError, ConnectionError) as e:
-                log.warning("load balancers: %s; retrying", e)
-                self.l4.dirty = True
-                self._retry_soon()
+            await self._render_l4(files)
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
         await self.publisher.remove(stale)

@@ -67,7 +67,7 @@ def paths(draw: st.DrawFn) -> dict[str, Any]:
     path_type = draw(st.sampled_from(PATH_TYPES))
     parts = draw(st.lists(segments, max_size=3))
     raw = "/" + "/".join(parts)
-    if parts and draw(st.booleans()):
+    if parts and draw(st.booleans()):  # type: ignore[arg-type]
         raw += "/"
     assert ingress._PATH_CHARS.fullmatch(raw), raw
     return {

@@ -143,7 +143,7 @@ def _web(tenant: str, created: str, rules: list[dict[str, Any]], **extra: Any) -
 
 
 BACKEND = {"service": "web", "port": "80", "nodePort": 30080}
-ROOT_RULE = {
+ROOT_RULE: dict[str, Any] = {
     "host": "a.example.com",
     "paths": [{"path": "/", "pathType": "Prefix", "backend": BACKEND}],
 }
@@ -230,7 +230,7 @@ def static_bootstrap(files: Files) -> dict[str, Any]:
                     rds = hcm.pop("rds")
                     hcm["route_config"] = tables[rds["route_config_name"]]
         listeners.append(listener)
-    bootstrap = yaml.safe_load(
+    bootstrap: dict[str, Any] = yaml.safe_load(
         envoy_process.render_bootstrap(
             envoy_process.TEMPLATE.read_text(), "/config", "127.0.0.1:19901", "properties"
         )
