@@ -291,8 +291,10 @@ async def https_request(
     path: str = "/",
     cafile: str | None = None,
     timeout: float = 3.0,
+    host_header: str | None = None,
 ) -> tuple[int, Any, dict[str, Any]]:
-    """One HTTPS request with SNI; (status, JSON body or text, the server's certificate)."""
+    """One HTTPS request with SNI (and the same Host, unless `host_header` says otherwise);
+    (status, JSON body or text, the server's certificate)."""
     import ssl
 
     ctx = ssl.create_default_context(cafile=cafile)
@@ -303,7 +305,7 @@ async def https_request(
         )
         try:
             cert = writer.get_extra_info("peercert") or {}
-            status, body = await _http_exchange(reader, writer, sni, path)
+            status, body = await _http_exchange(reader, writer, host_header or sni, path)
             return status, body, cert
         finally:
             writer.close()

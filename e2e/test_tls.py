@@ -10,17 +10,21 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubefleet import certs
 
-from kubelbd.kube import EVENTS, SECRETS, Obj
+from kubelbd.kube import EVENTS, INGRESSES, SECRETS, Obj
 from kubelbd.records import ROUTES
 
 from .support import (
     FleetHandle,
     KeptConnection,
+    backend,
     conditions,
     eventually,
     http_get,
     https_request,
+    ingress_obj,
+    lb_addr,
     namespace_in,
+    rule,
     tls_site,
     unique,
 )
@@ -91,8 +95,23 @@ async def test_sni_per_host_and_per_tenant(
             ns,
         )
         await tls_site(kube, ns, f"site-{tenant}", host, "site-tls")
+    plain = f"{unique('plain')}.tls.test"
+    await fleet.kube["alpha"].create(
+        INGRESSES, ingress_obj("plain", [rule(plain, ("/", "Prefix", backend("site-alpha")))]), ns
+    )
     for tenant, host in hosts.items():
         await served_over_tls(fleet, host, cafile, f"site-{tenant}")
+
+    # A host without a certificate is not reachable over TLS, even behind another host's SNI.
+    async def plain_served() -> bool:
+        status, _, _ = await http_get(f"http://{lb_addr(fleet.layout)}/", host=plain)
+        return status == 200
+
+    await eventually(plain_served, what=f"http://{plain}")
+    status, body, _ = await https_request(
+        https_addr(fleet), hosts["alpha"], "/", cafile, host_header=plain
+    )
+    assert status == 404, body
 
     # The certificate came from the tenant and lives only in that tenant's namespace.
     copy = await fleet.kube["mgmt"].get(SECRETS, f"{ns}.site-tls", "tenant-alpha")

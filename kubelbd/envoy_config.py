@@ -545,12 +545,17 @@ class Renderer:
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
         self._redirect: tuple[str, ...] = ()
+        self._tls_hosts: frozenset[str] = frozenset()
+        self._https_front: tuple[dict[str, list[str]], bool] | None = None
         self._challenges: tuple[tuple[str, str], ...] = ()
         self._https: Resource | None = None
         self._secrets: dict[str, str] = {}  # secret id -> digest rendered
         self._started = False
 
     def _front_tables(self, catch_all: bool) -> dict[str, list[Resource]]:
+        """The plain HTTP front table, and the HTTPS one if its hosts changed: it lists only
+        the hosts served with a certificate, so most route changes leave it (and Envoy's
+        rebuild of it) alone, and a request over TLS never reaches a plain-HTTP host."""
         s = self.settings
         files = {
             rds_file(FRONT): [
@@ -559,7 +564,13 @@ class Renderer:
             ]
         }  # fmt: skip
         if s.https_port:
-            files[rds_file(FRONT_TLS)] = [front_table(FRONT_TLS, self._domains, catch_all)]
+            https = {
+                shard: [d for d in domains if d in self._tls_hosts]
+                for shard, domains in self._domains.items()
+            }
+            if (https, catch_all) != self._https_front:
+                self._https_front = (https, catch_all)
+                files[rds_file(FRONT_TLS)] = [front_table(FRONT_TLS, https, catch_all)]
         return files
 
     def update_tls(
@@ -569,8 +580,9 @@ class Renderer:
         files: dict[str, list[Resource]] = {}
         redirect = tuple(sorted(h.host for h in plan.hosts.values() if h.redirect))
         answers = tuple(sorted(challenges.items()))
-        if redirect != self._redirect or answers != self._challenges:
-            self._redirect, self._challenges = redirect, answers
+        tls_hosts = frozenset(plan.hosts)
+        if (redirect, answers, tls_hosts) != (self._redirect, self._challenges, self._tls_hosts):
+            self._redirect, self._challenges, self._tls_hosts = redirect, answers, tls_hosts
             files.update(self._front_tables(catch_all))
         for sid, data in plan.secrets.items():
             if self._secrets.get(sid) != data.digest:

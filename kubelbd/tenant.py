@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 STATUS_MANAGER = "kubelbd-tenant"
 ROUTE_WRITE_CONCURRENCY = 8
 ACCEPTED_DELAY = 0.05
+ACCEPTED_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -506,22 +507,32 @@ class TenantSync:
         await self.mgmt.delete(records.ROUTES, route, self.namespace)
         self._records.pop(route, None)
         self._accepted.pop(f"Route/{route}", None)
+        self._accepted_queue.pop(route, None)
 
     async def _accepted_writer(self) -> None:
         """Accepted conditions and Events, written shortly after the records they describe:
         people read them, clients do not, so they yield the CPU to Envoy's reconfiguration."""
+        delay = ACCEPTED_DELAY
         while True:
             await self._accepted_wake.wait()
-            await anyio.sleep(ACCEPTED_DELAY)
+            await anyio.sleep(delay)
             self._accepted_wake = anyio.Event()
             batch, self._accepted_queue = self._accepted_queue, {}
+            delay = ACCEPTED_DELAY
             for route, (obj, problems) in sorted(batch.items(), key=lambda kv: kv[0]):
                 try:
                     await self._report_accepted(obj, route, problems)
-                except (ApiError, ConnectionError) as e:
+                except ApiError as e:
+                    if e.not_found:
+                        continue  # the record went away meanwhile: nothing left to describe
                     log.warning("tenant %s: status of route %s: %s", self.name, route, e)
-                    self._accepted_queue.setdefault(route, (obj, problems))
-                    self._accepted_wake.set()
+                except ConnectionError as e:
+                    log.warning("tenant %s: status of route %s: %s", self.name, route, e)
+                else:
+                    continue
+                self._accepted_queue.setdefault(route, (obj, problems))
+                self._accepted_wake.set()
+                delay = ACCEPTED_RETRY
 
     async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
         await self.report_accepted(records.ROUTES, "Route", "Ingress", obj, route, problems)
