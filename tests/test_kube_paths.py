@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from kubelbd.kube import INGRESSES, NAMESPACES, NODES, SERVICES, ApiError, Resource, _api_error, key
+from kubelbd.kube import (
+    INGRESSES,
+    NAMESPACES,
+    NODES,
+    SERVICES,
+    ApiError,
+    Resource,
+    _api_error,
+    _env_proxy,
+    key,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,3 +52,14 @@ def test_api_error_carries_the_status_reason() -> None:
     assert e.conflict and e.reason == "AlreadyExists" and e.message == "x exists"
     e = _api_error(502, "Bad Gateway", b"<html>nope</html>")
     assert e.status == 502 and "nope" in e.message
+
+
+def test_proxy_from_the_environment_is_decided_per_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert _env_proxy("https://10.0.0.1:6443") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    assert _env_proxy("https://10.0.0.1:6443") == "http://proxy.example:3128"
+    assert _env_proxy("https://api.internal.example:6443") is None
+    assert _env_proxy("http://10.0.0.1:8080") is None  # no HTTP_PROXY
