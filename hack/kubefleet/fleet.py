@@ -502,6 +502,10 @@ class Fleet:
         if component == lb.ENVOY:
             if lb.envoy_pid(self):
                 raise FleetError("envoy is already running")
+            if not alive(self.state.procs[lb.KUBELBD]):
+                # kubelbd supervises Envoy: released now, it starts when kubelbd does.
+                lb.release_envoy(self)
+                raise FleetError("kubelbd is not running; Envoy starts with it: start kubelbd")
             lb.start_envoy(self)
             return
         name = self.component_name(component, cluster)

@@ -244,8 +244,13 @@ def stop_envoy(fleet: Fleet) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def start_envoy(fleet: Fleet) -> None:
+def release_envoy(fleet: Fleet) -> None:
+    """Let kubelbd (re)start Envoy again."""
     (config_dir(fleet.layout) / "envoy.hold").unlink(missing_ok=True)
+
+
+def start_envoy(fleet: Fleet) -> None:
+    release_envoy(fleet)
     admin = f"http://127.0.0.1:{fleet.layout.envoy_admin_port}/ready"
     fleet.wait_for("Envoy to be ready", lambda: _http_status(admin) == 200, [KUBELBD])
 
