@@ -2,8 +2,9 @@
 
 Pool mode gives each LoadBalancer an address of its own from the pool (so every tenant may use
 port 443); service mode gives each (port, protocol) of each LoadBalancer an Envoy listener port
-of its own. Existing allocations are never moved; requests are served oldest first, so the
-outcome does not depend on the order records were seen in.
+of its own. Existing allocations are never moved or lost to a failed change; requests are
+served oldest first, so the outcome does not depend on the order records were seen in. A
+request may end up both assigned (what it keeps serving) and failed (what it asked for).
 """
 
 from __future__ import annotations
@@ -34,43 +35,61 @@ class AddressResult:
     failed: dict[str, AllocationError] = field(default_factory=dict)
 
 
-def pool_addresses(pool: str) -> list[str]:
-    """Usable host addresses of a CIDR, in order (network and broadcast excluded)."""
-    net = ipaddress.ip_network(pool, strict=False)
-    return [str(a) for a in net.hosts()]
+def _usable(address: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str | None:
+    """The address in canonical form if it is a usable host address of `net`, else None."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if ip.version != net.version or ip not in net:
+        return None
+    if net.num_addresses > 2 and ip == net.network_address:
+        return None
+    if net.version == 4 and net.num_addresses > 2 and ip == net.broadcast_address:
+        return None
+    return str(ip)
 
 
 def allocate_addresses(requests: Iterable[AddressRequest], pool: str) -> AddressResult:
+    """Addresses are compared in canonical form and the pool is walked lazily, so a large pool
+    (a /8, an IPv6 /64) costs what is allocated, not its size. A load balancer that asks to
+    move keeps its current address until the move succeeds: a refused move is reported, and
+    the address it serves on is neither dropped nor handed to someone else."""
+    net = ipaddress.ip_network(pool, strict=False)
     reqs = sorted(requests, key=lambda r: r.age)
-    usable = pool_addresses(pool)
-    in_pool = set(usable)
     result = AddressResult()
     taken: dict[str, str] = {}
-    # Keep what is already allocated (and valid), oldest first.
+    held: dict[str, str] = {}
     for r in reqs:
-        keep = r.current if r.current in in_pool and r.current not in taken else None
-        if keep and r.requested and r.requested != keep:
-            keep = None  # the user asked for another address: try to move there
-        if keep:
-            taken[keep] = r.key
-            result.assigned[r.key] = keep
+        current = _usable(r.current, net) if r.current else None
+        if current and current not in taken:
+            taken[current] = r.key
+            held[r.key] = current
     for r in reqs:
-        if r.key in result.assigned:
-            continue
-        if r.requested:
-            if r.requested not in in_pool:
+        current = held.get(r.key)
+        requested = (_usable(r.requested, net) or r.requested) if r.requested else None
+        if requested and requested != current:
+            if _usable(requested, net) is None:
                 result.failed[r.key] = AllocationError(
                     "AddressNotInPool", f"requested address {r.requested} is not in pool {pool}"
                 )
-            elif r.requested in taken:
+            elif requested in taken:
                 result.failed[r.key] = AllocationError(
                     "AddressInUse", f"requested address {r.requested} is already taken"
                 )
             else:
-                taken[r.requested] = r.key
-                result.assigned[r.key] = r.requested
+                if current:
+                    del taken[current]
+                taken[requested] = r.key
+                result.assigned[r.key] = requested
+                continue
+            if current:
+                result.assigned[r.key] = current
             continue
-        free = next((a for a in usable if a not in taken), None)
+        if current:
+            result.assigned[r.key] = current
+            continue
+        free = next((str(a) for a in net.hosts() if str(a) not in taken), None)
         if free is None:
             result.failed[r.key] = AllocationError(
                 "PoolExhausted", f"no free address left in pool {pool}"
@@ -113,6 +132,7 @@ def allocate_ports(requests: Iterable[PortRequest], first: int, last: int) -> Po
         result.assigned[r.key] = keep
     for r in reqs:
         got = result.assigned[r.key]
+        new: dict[tuple[int, str], int] = {}
         for port, proto in r.ports:
             if (port, proto) in got:
                 continue
@@ -122,8 +142,14 @@ def allocate_ports(requests: Iterable[PortRequest], first: int, last: int) -> Po
                     "PortsExhausted", f"no free listener port left in {first}-{last}"
                 )
                 break
-            got[(port, proto)] = free
+            new[(port, proto)] = free
             taken.add((free, proto))
-    for key in result.failed:
-        result.assigned.pop(key, None)
+        if r.key in result.failed:
+            # All or nothing for the new ports, so a younger request is not starved by a
+            # half-served one; the ports already served stay served.
+            taken -= {(lp, proto) for (_, proto), lp in new.items()}
+            if not got:
+                del result.assigned[r.key]
+        else:
+            got.update(new)
     return result

@@ -228,9 +228,8 @@ class LoadBalancers:
             if self.settings.mode == "service":
                 await self._ensure_management_service(rid, placement)
         for rid, error in failures.items():
-            if (self.status.get(rid) or {}).get("address") or (self.status.get(rid) or {}).get(
-                "listenerPorts"
-            ):
+            status = self.status.get(rid) or {}
+            if rid not in placements and (status.get("address") or status.get("listenerPorts")):
                 await self._write_allocation(rid, None)
             log.warning("load balancer %s: %s", rid, error.message)
         if self.settings.mode == "service":

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -122,6 +123,7 @@ def _hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) -
                 "use_remote_address": True,
                 "normalize_path": True,
                 "strip_any_host_port": True,
+                "strip_trailing_host_dot": True,
                 "request_timeout": "0s",
             }
         )
@@ -410,9 +412,12 @@ def front_table(
     redirect: tuple[str, ...] = (),
     challenges: tuple[tuple[str, str], ...] = (),
     redirect_port: int = 443,
+    misdirected: Sequence[str] = (),
 ) -> Resource:
     """Host → shard. On plain HTTP, hosts served over HTTPS are redirected there instead, and
-    ACME HTTP-01 challenges (token, key authorization) are answered first, for every host."""
+    ACME HTTP-01 challenges (token, key authorization) are answered first, for every host.
+    `misdirected` hosts get 421: on HTTPS, hosts this connection's certificate may not speak
+    for. The HTTPS table has no catch-all: only hosts with a certificate are served there."""
     answers = [
         {
             "match": {"path": ACME_PREFIX + token},
@@ -436,6 +441,22 @@ def front_table(
                 "name": "redirect-to-https",
                 "domains": sorted(redirect),
                 "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
+            }
+        )
+    if misdirected:
+        vhosts.append(
+            {
+                "name": "no-certificate",
+                "domains": list(misdirected),
+                "routes": [
+                    {
+                        "match": {"prefix": "/"},
+                        "direct_response": {
+                            "status": 421,
+                            "body": {"inline_string": "no certificate for this host\n"},
+                        },
+                    }
+                ],
             }
         )
     default: Resource = (
@@ -546,7 +567,7 @@ class Renderer:
         self._domains: dict[str, list[str]] = {}
         self._redirect: tuple[str, ...] = ()
         self._tls_hosts: frozenset[str] = frozenset()
-        self._https_front: tuple[dict[str, list[str]], bool] | None = None
+        self._https_front: tuple[dict[str, list[str]], list[str]] | None = None
         self._challenges: tuple[tuple[str, str], ...] = ()
         self._https: Resource | None = None
         self._secrets: dict[str, str] = {}  # secret id -> digest rendered
@@ -568,9 +589,20 @@ class Renderer:
                 shard: [d for d in domains if d in self._tls_hosts]
                 for shard, domains in self._domains.items()
             }
-            if (https, catch_all) != self._https_front:
-                self._https_front = (https, catch_all)
-                files[rds_file(FRONT_TLS)] = [front_table(FRONT_TLS, https, catch_all)]
+            # A TLS wildcard's SNI chain also takes names under it that another route owns
+            # without a certificate; Envoy's `*.` would send them to the wildcard's routes.
+            suffixes = tuple(h[1:] for h in self._tls_hosts if h.startswith("*."))
+            misdirected = sorted(
+                d
+                for domains in self._domains.values()
+                for d in domains
+                if d not in self._tls_hosts and suffixes and d.endswith(suffixes)
+            )
+            if (https, misdirected) != self._https_front:
+                self._https_front = (https, misdirected)
+                files[rds_file(FRONT_TLS)] = [
+                    front_table(FRONT_TLS, https, catch_all=False, misdirected=misdirected)
+                ]
         return files
 
     def update_tls(

@@ -161,3 +161,47 @@ def test_envoy_accepts_layer4_listeners_and_clusters() -> None:
     assert sum(1 for x in files["lds.json"] if x["name"].startswith("l4/")) == 6
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
+
+
+def test_a_refused_move_keeps_the_address_served() -> None:
+    pool = "127.0.200.0/29"
+    r = allocator.allocate_addresses(
+        [req("x", "1", requested="127.0.200.2", current="127.0.200.1"),
+         req("y", "2", current="127.0.200.2"), req("z", "3")],
+        pool,
+    )  # fmt: skip
+    assert r.failed["x"].reason == "AddressInUse"
+    assert r.assigned["x"] == "127.0.200.1"  # still served there, and not handed to z
+    assert r.assigned["z"] == "127.0.200.3"
+    # A move to a free address releases the old one.
+    r = allocator.allocate_addresses(
+        [req("x", "1", requested="127.0.200.4", current="127.0.200.1"), req("z", "3")], pool
+    )
+    assert r.assigned == {"x": "127.0.200.4", "z": "127.0.200.1"} and not r.failed
+
+
+def test_pool_addresses_are_compared_canonically_and_large_pools_are_cheap() -> None:
+    r = allocator.allocate_addresses(
+        [req("a", "1", requested="fd00::0005"), req("b", "2", requested="fd00::"),
+         req("c", "3")],
+        "fd00::/64",
+    )  # fmt: skip
+    assert r.assigned["a"] == "fd00::5" and r.assigned["c"] == "fd00::1"
+    assert r.failed["b"].reason == "AddressNotInPool"  # the subnet-router anycast address
+    r = allocator.allocate_addresses([req("a", "1", requested="10.255.255.255")], "10.0.0.0/8")
+    assert r.failed["a"].reason == "AddressNotInPool"  # broadcast
+    r = allocator.allocate_addresses([req("a", "1", requested="not-an-ip")], "10.0.0.0/8")
+    assert r.failed["a"].reason == "AddressNotInPool"
+
+
+def test_a_failed_port_request_neither_starves_others_nor_loses_its_ports() -> None:
+    x = PortRequest("x", ("1", "x"), ((80, "TCP"), (443, "TCP"), (8443, "TCP")))
+    y = PortRequest("y", ("2", "y"), ((80, "TCP"),))
+    r = allocator.allocate_ports([x, y], 30000, 30001)
+    assert r.failed["x"].reason == "PortsExhausted" and "x" not in r.assigned
+    assert r.assigned["y"] == {(80, "TCP"): 30000}
+    # One more port on a Service that already has its listeners, in a full range.
+    grown = PortRequest("x", ("1", "x"), ((80, "TCP"), (443, "TCP")), ((80, "TCP", 30000),))
+    r = allocator.allocate_ports([grown], 30000, 30000)
+    assert r.failed["x"].reason == "PortsExhausted"
+    assert r.assigned["x"] == {(80, "TCP"): 30000}

@@ -61,3 +61,24 @@ def test_https_front_lists_only_hosts_with_a_certificate() -> None:
     # The secure host goes: the HTTPS table loses it at once, before the TLS plan catches up.
     gone = renderer.update(model.ir, model.apply((), ["alpha/default.secure"]))
     assert _domains(gone[rds_file(FRONT_TLS)][0]) == set()
+
+
+def test_https_refuses_plain_hosts_under_a_tls_wildcard() -> None:
+    authority = certs.new_ca("test-ca")
+    pair = certs.issue(authority, "*.example.com", dns=("*.example.com",), server=True)
+    secrets = {SECRET: tls.CertificateData(SECRET, pair.cert_pem(), pair.key_pem())}
+    model, renderer = Model(), Renderer(SETTINGS)
+    wild = _route("wild", "*.example.com", with_tls=True)
+    tenants = [TenantRecord("alpha", ("10.0.0.1",)), TenantRecord("beta", ("10.0.0.2",))]
+    older = {**_route("plain", "foo.example.com").spec}
+    older["source"] = {**older["source"], "creationTimestamp": "2025-01-01T00:00:00Z"}
+    plain = RouteRecord("beta", "default.plain", older, 1)  # older: beta holds foo
+    files = renderer.update(model.ir, model.apply([wild, plain], (), tenants))
+    plan = tls.plan(model.ir, [wild], secrets, dt.datetime.now(dt.UTC))
+    files.update(renderer.update_tls(plan, {}, catch_all=True)[0])
+    table = files[rds_file(FRONT_TLS)][0]
+    by_name = {vh["name"]: vh for vh in table["virtual_hosts"]}
+    assert by_name["no-certificate"]["domains"] == ["foo.example.com"]
+    assert by_name["no-certificate"]["routes"][0]["direct_response"]["status"] == 421
+    # No catch-all over HTTPS: a host without a certificate is not served there.
+    assert by_name["*"]["routes"][-1]["direct_response"]["status"] == 404
