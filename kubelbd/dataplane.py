@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import anyio
@@ -23,7 +24,7 @@ import anyio.abc
 from . import conditions, envoy_config, ir, issuers, records, tls
 from .dataplane_l4 import L4Settings, LoadBalancers, ServiceHandle
 from .envoy_admin import EnvoyAdmin
-from .informer import Informer
+from .informer import Backoff, Informer
 from .issuers import ACMESettings, Issuers
 from .kube import SECRETS, ApiError, Kube, Obj
 from .publisher import Publisher
@@ -35,6 +36,8 @@ STATUS_MANAGER = "kubelbd-dataplane"
 STATUS_CONCURRENCY = 16
 PROGRESS_REASONS = frozenset({"Issuing", "WaitingForCertManager"})
 STATUS_DELAY = 0.05
+STATUS_APPLY_TIMEOUT = 30
+STATUS_WRITE_TIMEOUT = 15
 
 
 class TenantHandle(ServiceHandle, Protocol):
@@ -96,6 +99,7 @@ class DataPlane:
         self._status_pending: set[str] = set()
         self._status_written: dict[str, Any] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._status_backoff = Backoff(initial=1, maximum=30)
 
     # ---- record intake (RecordSink) ----------------------------------------------------------
 
@@ -353,33 +357,61 @@ class DataPlane:
             # this loop's requests (and the API writes that follow) competing for the CPU.
             await anyio.sleep(STATUS_DELAY)
             self._published = anyio.Event()
-            await self.wait_applied()
+            if not await self.wait_applied(STATUS_APPLY_TIMEOUT):
+                log.warning(
+                    "Envoy has not applied the published files within %d s; status waits",
+                    STATUS_APPLY_TIMEOUT,
+                )
+                self._published.set()
+                continue
             pending, self._status_pending = self._status_pending, set()
             lb_pending, self.l4.pending_status = self.l4.pending_status, set()
+            failed: set[str] = set()
+            lb_failed: set[str] = set()
             limit = anyio.Semaphore(STATUS_CONCURRENCY)
             async with anyio.create_task_group() as tg:
                 for rid in sorted(pending):
-                    tg.start_soon(self._report_guarded, rid, limit)
+                    tg.start_soon(self._report_guarded, self._report, rid, failed, limit)
                 for rid in sorted(lb_pending):
-                    tg.start_soon(self._report_lb_guarded, rid, limit)
+                    tg.start_soon(self._report_guarded, self._report_lb, rid, lb_failed, limit)
+            if failed or lb_failed:
+                # Retried with backoff, without holding up anyone else's status.
+                assert self._task_group is not None
+                delay = self._status_backoff.next()
+                self._task_group.start_soon(self._retry_status, failed, lb_failed, delay)
+            else:
+                self._status_backoff.reset()
 
-    async def _report_guarded(self, rid: str, limit: anyio.Semaphore) -> None:
+    async def _retry_status(self, failed: set[str], lb_failed: set[str], delay: float) -> None:
+        await anyio.sleep(delay)
+        self._status_pending |= failed
+        self.l4.pending_status |= lb_failed
+        self._published.set()
+
+    async def _report_lb(self, rid: str) -> None:
+        await self.l4.report(rid, self.tenants.get(rid.split("/", 1)[0]))
+
+    async def _report_guarded(
+        self,
+        report: Callable[[str], Awaitable[None]],
+        rid: str,
+        failed: set[str],
+        limit: anyio.Semaphore,
+    ) -> None:
+        """One status write; a failure is retried later, a vanished object is forgotten."""
         async with limit:
             try:
-                await self._report(rid)
-            except (ApiError, ConnectionError) as e:
-                log.warning("status of route %s: %s", rid, e)
-                self._status_pending.add(rid)
-                self._published.set()
-
-    async def _report_lb_guarded(self, rid: str, limit: anyio.Semaphore) -> None:
-        async with limit:
-            try:
-                await self.l4.report(rid, self.tenants.get(rid.split("/", 1)[0]))
-            except (ApiError, ConnectionError) as e:
-                log.warning("status of load balancer %s: %s", rid, e)
-                self.l4.pending_status.add(rid)
-                self._published.set()
+                with anyio.fail_after(STATUS_WRITE_TIMEOUT):
+                    await report(rid)
+            except ApiError as e:
+                if e.not_found:
+                    log.debug("status of %s: %s; gone meanwhile", rid, e)
+                    return
+                log.warning("status of %s: %s", rid, e)
+                failed.add(rid)
+            except (ConnectionError, TimeoutError) as e:
+                log.warning("status of %s: %s", rid, e or "timed out")
+                failed.add(rid)
 
     async def _report(self, rid: str) -> None:
         route = self.model.routes.get(rid)

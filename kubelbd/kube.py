@@ -230,6 +230,10 @@ class Kube:
             extra["server_hostname"] = rest.server_hostname
         if not isinstance(timeout, aiohttp.ClientTimeout):
             timeout = aiohttp.ClientTimeout(total=timeout)
+        if self._session.closed:
+            # A tenant client closed by a kubeconfig change, still held by someone: an error
+            # to retry, not a crash.
+            raise ConnectionError(f"{self.name or self.host}: {method} {path}: client closed")
         try:
             resp = await self._session.request(
                 method,

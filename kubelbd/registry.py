@@ -141,7 +141,7 @@ class Registry:
             if tenant not in desired and tenant not in self._cleaning:
                 await self._stop(tenant)
                 # Deleted without our finalizer (or it was removed by hand): tidy what we can.
-                tg.start_soon(self._remove_records, tenant)
+                tg.start_soon(self._remove_records_retrying, tenant)
         for tenant, (secret, fingerprint) in desired.items():
             running = self._running.get(tenant)
             if running is not None and running.fingerprint == fingerprint:
@@ -247,6 +247,17 @@ class Registry:
     async def _remove_records(self, tenant: str) -> None:
         await self.mgmt.delete(NAMESPACES, records.namespace_of(tenant))
 
+    async def _remove_records_retrying(self, tenant: str) -> None:
+        """Outside the finalizer's own retry: a management API error must not end kubelbd."""
+        backoff = Backoff(maximum=60)
+        while True:
+            try:
+                await self._remove_records(tenant)
+                return
+            except (ApiError, ConnectionError) as e:
+                log.warning("tenant %s: cannot remove its records yet: %s", tenant, e)
+                await anyio.sleep(backoff.next())
+
     async def _collect_orphans(self) -> None:
         """Tenant namespaces whose Secret is gone (deleted while kubelbd was away, unfinalized)."""
         backoff = Backoff(maximum=30)
@@ -265,4 +276,4 @@ class Registry:
             tenant = (ns["metadata"].get("labels") or {}).get(records.TENANT_LABEL)
             if tenant and tenant not in registered and not ns["metadata"].get("deletionTimestamp"):
                 log.info("tenant %s: no registration Secret any more, removing its records", tenant)
-                await self._remove_records(tenant)
+                await self._remove_records_retrying(tenant)

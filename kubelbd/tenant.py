@@ -142,6 +142,8 @@ class TenantSync:
         self._addresses: list[str] | None = None
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
         self._accepted_queue: dict[str, tuple[Obj, list[ingress.Problem]]] = {}
+        #: routes handed to the data plane whose record write has not succeeded (yet)
+        self._unwritten: set[str] = set()
         self._accepted_wake = anyio.Event()
         #: set once this tenant has reconciled, or is known to be unreachable: the data plane
         #: waits for every tenant to settle before its first publish after a restart
@@ -266,7 +268,8 @@ class TenantSync:
         self._twin_candidates |= old
         ns = meta["namespace"]
         refs = {(ns, s) for s in ingress.referenced_services(obj)} if kind != "DELETED" else set()
-        self._refs[k] = refs
+        if refs:
+            self._refs[k] = refs
         for ref in refs:
             self._by_service.setdefault(ref, set()).add(k)
         self._wake_up()
@@ -343,7 +346,11 @@ class TenantSync:
         assert self.kube is not None
         if self._all_dirty:
             self._all_dirty = False
-            await self._ensure_ingress_class()
+            try:
+                await self._ensure_ingress_class()
+            except BaseException:
+                self._all_dirty = True  # the whole resync is retried, not skipped
+                raise
             self._dirty |= set(self.ingresses.cache)
             self._twin_candidates |= {
                 (svc["metadata"]["namespace"], svc["metadata"]["labels"][nodeports.TWIN_OF])
@@ -360,7 +367,11 @@ class TenantSync:
             self.lbs.resync()
         if self._nodes_dirty:
             self._nodes_dirty = False
-            await self._sync_nodes()
+            try:
+                await self._sync_nodes()
+            except BaseException:
+                self._nodes_dirty = True
+                raise
         batch, self._dirty = self._dirty, set()
         async with anyio.create_task_group() as tg:
             limit = anyio.Semaphore(ROUTE_WRITE_CONCURRENCY)
@@ -420,7 +431,7 @@ class TenantSync:
         obj = self.ingresses.cache.get(k)
         if obj is None or not ingress.is_ours(obj, self.classes.cache.values()):
             self.tls.on_ingress(k, None)
-            if route in self._records:
+            if route in self._records or route in self._unwritten:
                 await self._delete_record(route)
             return
         for svc_name in sorted(ingress.referenced_services(obj)):
@@ -433,10 +444,12 @@ class TenantSync:
             # A failed write is retried; a restart waits for tenants to resync before its
             # first publish, so a record lost in a crash is rewritten before it is missed.
             self.sink.provisional(self.name, route, result.spec)
+            self._unwritten.add(route)  # served already: must be withdrawn even if never written
             start = time.perf_counter()
             written = await self.mgmt.apply(
                 records.ROUTES, records.record_object("Route", self.name, route, result.spec)
             )
+            self._unwritten.discard(route)
             self._records[route] = result.spec
             self.sink.upsert(written)
             log.debug(
@@ -496,15 +509,22 @@ class TenantSync:
                 for u in users
             ):
                 continue
+            if not users:
+                self._by_service.pop((ns, name), None)
             twin = self._twin(ns, name)
             if twin is not None:
                 log.info("tenant %s: deleting unused NodePort %s", self.name, key(twin))
-                await self.kube.delete(SERVICES, twin["metadata"]["name"], ns)
+                try:
+                    await self.kube.delete(SERVICES, twin["metadata"]["name"], ns)
+                except BaseException:
+                    self._twin_candidates.add((ns, name))  # looked at again next pass
+                    raise
                 self._fresh_twins.pop((ns, twin["metadata"]["name"]), None)
 
     async def _delete_record(self, route: str) -> None:
         self.sink.delete(self.name, route)
         await self.mgmt.delete(records.ROUTES, route, self.namespace)
+        self._unwritten.discard(route)
         self._records.pop(route, None)
         self._accepted.pop(f"Route/{route}", None)
         self._accepted_queue.pop(route, None)

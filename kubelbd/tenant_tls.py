@@ -88,6 +88,13 @@ class SecretCopies:
         if not self.dirty:
             return
         self.dirty = False
+        try:
+            await self._copy_wanted()
+        except BaseException:
+            self.dirty = True  # retried with the tenant's next reconcile
+            raise
+
+    async def _copy_wanted(self) -> None:
         wanted: set[tuple[str, str]] = set().union(*self.refs.values()) if self.refs else set()
         keep = set()
         for ns, name in sorted(wanted):

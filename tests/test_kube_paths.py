@@ -10,6 +10,7 @@ from kubelbd.kube import (
     NODES,
     SERVICES,
     ApiError,
+    Kube,
     Resource,
     _api_error,
     _env_proxy,
@@ -63,3 +64,16 @@ def test_proxy_from_the_environment_is_decided_per_server(monkeypatch: pytest.Mo
     assert _env_proxy("https://10.0.0.1:6443") == "http://proxy.example:3128"
     assert _env_proxy("https://api.internal.example:6443") is None
     assert _env_proxy("http://10.0.0.1:8080") is None  # no HTTP_PROXY
+
+
+async def test_a_closed_client_fails_like_a_connection_not_a_crash() -> None:
+    config = {
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    kube = await Kube.from_kubeconfig(config, "gone")
+    await kube.aclose()
+    with pytest.raises(ConnectionError, match="client closed"):
+        await kube.get(NAMESPACES, "default")
