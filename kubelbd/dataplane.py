@@ -275,6 +275,8 @@ class DataPlane:
         try:
             l4_listeners, l4_clusters = await self.l4.reconcile(self._tenant_records)
             files.update(self.renderer.update_l4(l4_listeners, l4_clusters))
+            if self.l4.dirty:
+                self._retry_soon()  # some allocation could not be recorded
         except (ApiError, ConnectionError) as e:
             log.warning("load balancers: %s; retrying", e)
             self.l4.dirty = True

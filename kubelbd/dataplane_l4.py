@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from . import allocator, conditions, l4ir, records
 from .informer import Informer
 from .ir import TenantRecord
-from .kube import SERVICES, Kube, Obj
+from .kube import SERVICES, ApiError, Kube, Obj
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +222,40 @@ class LoadBalancers:
         """Allocate, persist allocations, then return what Envoy should serve."""
         self.dirty = False
         placements, failures = self._allocate()
+        unwritten: set[str] = set()
         for rid, placement in placements.items():
-            if self._status_allocation(rid) != _allocation(placement, self.settings.mode):
-                await self._write_allocation(rid, placement)
+            try:
+                if self._status_allocation(rid) != _allocation(placement, self.settings.mode):
+                    await self._write_allocation(rid, placement)
+            except (ApiError, ConnectionError) as e:
+                # Not served until its allocation is durable; the others go on regardless.
+                log.warning("load balancer %s: cannot record its allocation: %s", rid, e)
+                unwritten.add(rid)
+                continue
             if self.settings.mode == "service":
-                await self._ensure_management_service(rid, placement)
+                try:
+                    await self._ensure_management_service(rid, placement)
+                except (ApiError, ConnectionError) as e:
+                    log.warning("load balancer %s: management Service: %s", rid, e)
+                    self.dirty = True
         for rid, error in failures.items():
             status = self.status.get(rid) or {}
             if rid not in placements and (status.get("address") or status.get("listenerPorts")):
-                await self._write_allocation(rid, None)
+                try:
+                    await self._write_allocation(rid, None)
+                except (ApiError, ConnectionError) as e:
+                    log.warning("load balancer %s: cannot release its allocation: %s", rid, e)
+                    unwritten.add(rid)
             log.warning("load balancer %s: %s", rid, error.message)
         if self.settings.mode == "service":
-            await self._collect_management_services()
+            try:
+                await self._collect_management_services()
+            except (ApiError, ConnectionError) as e:
+                log.warning("load balancers: cannot delete a management Service: %s", e)
+                self.dirty = True
+        if unwritten:
+            self.dirty = True  # the data plane retries soon
+            placements = {r: p for r, p in placements.items() if r not in unwritten}
         changed = (set(placements) ^ set(self.placements)) | set(failures) ^ set(self.failures)
         changed |= {r for r in placements if self.placements.get(r) != placements[r]}
         self.placements, self.failures = placements, failures
@@ -291,9 +313,9 @@ class LoadBalancers:
 
     async def _collect_management_services(self) -> None:
         for rid in [r for r in self.mgmt_services if r not in self.records]:
-            svc = self.mgmt_services.pop(rid)
-            meta = svc["metadata"]
+            meta = self.mgmt_services[rid]["metadata"]
             await self.mgmt.delete(SERVICES, meta["name"], meta["namespace"])
+            self.mgmt_services.pop(rid, None)  # its DELETED event may have come first
 
     # ---- status after Envoy applied ----------------------------------------------------------
 
