@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubefleet import lb
 from kubefleet.layout import ROOT, Layout
 from kubefleet.procs import Proc, alive, spawn
 
@@ -143,7 +144,10 @@ def test_down_leaves_nothing_and_up_after_down_works(fleet_dir: Path) -> None:
         env_text = layout.env_file.read_text()
         assert "KUBECONFIG_ALPHA=" in env_text and "KUBECTL=" in env_text
         assert processes_mentioning(str(fleet_dir))
+        config = lb.config_dir(layout)
+        assert (config / "lds.json").exists()
         r = run([FLEET, "down"], env=env)
         assert r.returncode == 0, r.stderr
         assert processes_mentioning(str(fleet_dir)) == []
+        assert not config.exists()  # Envoy's files (and any private key) go with the fleet
         assert run([FLEET, "status"], env=env).returncode == 1

@@ -462,6 +462,8 @@ class Fleet:
                 stop(p)
                 stopped.append(name)
         lb.stop_orphan(self)
+        # The config volume lives in memory and holds private keys: it goes with the fleet.
+        shutil.rmtree(lb.config_dir(self.layout).parent, ignore_errors=True)
         self.layout.state_file.unlink(missing_ok=True)
         self.layout.env_file.unlink(missing_ok=True)
         self.state = None
