@@ -426,20 +426,35 @@ def front_table(
         for token, key_authorization in challenges
     ]
     moved = set(redirect)
+    https: Resource = {"https_redirect": True}
+    if redirect_port != 443:
+        https["port_redirect"] = redirect_port
     vhosts = []
     for shard, domains in sorted(shard_domains.items()):
+        route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
         kept = [d for d in domains if d not in moved]
         if kept:
-            route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
             vhosts.append({"name": shard, "domains": kept, "routes": [*answers, route]})
-    if redirect:
-        https: Resource = {"https_redirect": True}
-        if redirect_port != 443:
-            https["port_redirect"] = redirect_port
+        for wildcard in sorted(d for d in domains if d in moved and d.startswith("*.")):
+            # Only the one-label names its certificate covers are redirected; deeper names
+            # go on as plain HTTP would (the shard's own guard sends them to the catch-all).
+            redirect_one_label = {
+                "match": {"prefix": "/", "headers": _authority_guard(wildcard)},
+                "redirect": https,
+            }
+            vhosts.append(
+                {
+                    "name": f"redirect-to-https:{wildcard}",
+                    "domains": [wildcard],
+                    "routes": [*answers, redirect_one_label, route],
+                }
+            )
+    exact = sorted(h for h in redirect if not h.startswith("*."))
+    if exact:
         vhosts.append(
             {
                 "name": "redirect-to-https",
-                "domains": sorted(redirect),
+                "domains": exact,
                 "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
             }
         )

@@ -11,6 +11,8 @@ from kubelbd import tls
 from kubelbd.envoy_config import FRONT, FRONT_TLS, Renderer, Settings, rds_file
 from kubelbd.ir import Model, RouteRecord, TenantRecord
 
+from .test_properties import envoy_validate, needs_envoy, static_bootstrap
+
 SETTINGS = Settings(config_dir="/config", shards=3, https_port=8443)
 BACKEND = {"service": "web", "port": "80", "nodePort": 30080}
 SECRET = "alpha/default.site-tls"
@@ -82,3 +84,28 @@ def test_https_refuses_plain_hosts_under_a_tls_wildcard() -> None:
     assert by_name["no-certificate"]["routes"][0]["direct_response"]["status"] == 421
     # No catch-all over HTTPS: a host without a certificate is not served there.
     assert by_name["*"]["routes"][-1]["direct_response"]["status"] == 404
+
+
+@needs_envoy
+def test_wildcard_redirects_only_what_the_certificate_covers() -> None:
+    authority = certs.new_ca("test-ca")
+    pair = certs.issue(authority, "*.example.com", dns=("*.example.com",), server=True)
+    secrets = {SECRET: tls.CertificateData(SECRET, pair.cert_pem(), pair.key_pem())}
+    settings = Settings(
+        config_dir="/config", http_address="127.0.0.1", http_port=18080, https_port=18443, shards=2
+    )
+    model, renderer = Model(), Renderer(settings)
+    wild = _route("wild", "*.example.com", with_tls=True)
+    tenants = [TenantRecord("alpha", ("10.0.0.1",))]
+    files = renderer.update(model.ir, model.apply([wild], (), tenants))
+    plan = tls.plan(model.ir, [wild], secrets, dt.datetime.now(dt.UTC))
+    files.update(renderer.update_tls(plan, {}, catch_all=False)[0])
+    http = {vh["name"]: vh for vh in files[rds_file(FRONT)][0]["virtual_hosts"]}
+    vhost = http["redirect-to-https:*.example.com"]
+    guarded, fallback = vhost["routes"]
+    assert guarded["redirect"]["https_redirect"] and guarded["match"]["headers"]
+    assert fallback["route"]["cluster"].startswith("shard.")  # deeper names: as plain HTTP
+    # Envoy accepts it (the HTTPS listener, with its SDS files, is left out of the check).
+    files["lds.json"] = [x for x in files["lds.json"] if x["name"] != FRONT_TLS]
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, result.stderr[-3000:]
