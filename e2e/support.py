@@ -375,6 +375,18 @@ def conditions(obj: Obj | None) -> dict[str, Obj]:
     return {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
 
 
+async def served_over_plain_http(layout: Layout, host: str) -> None:
+    """Plain HTTP answers 200 for `host` (once its pod is ready) and never redirects it."""
+
+    async def plain() -> bool:
+        status, _, headers = await http_get(f"http://{lb_addr(layout)}/", host=host)
+        if 300 <= status < 400:
+            raise RuntimeError(f"{host} redirected to {headers.get('Location')}")
+        return status == 200
+
+    await eventually(plain, what=f"{host} over plain HTTP, not redirected")
+
+
 async def tls_site(
     kube: Kube, ns: str, name: str, host: str, secret: str, **annotations: str
 ) -> None:

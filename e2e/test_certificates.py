@@ -18,9 +18,9 @@ from .support import (
     FleetHandle,
     conditions,
     eventually,
-    http_get,
     https_request,
     namespace_in,
+    served_over_plain_http,
     tls_site,
     unique,
 )
@@ -155,8 +155,7 @@ async def test_cert_manager_certificate_is_requested_and_served(
         return True
 
     await eventually(waiting, what="WaitingForCertManager")
-    status, _, _ = await http_get(f"http://127.0.0.1:{fleet.layout.envoy_http_port}/", host=host)
-    assert status == 200
+    await served_over_plain_http(fleet.layout, host)
 
     # Play cert-manager: write the Secret it would write, with the template's labels.
     authority = certs.new_ca("fake-cert-manager-issuer")

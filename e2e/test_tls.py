@@ -25,6 +25,7 @@ from .support import (
     lb_addr,
     namespace_in,
     rule,
+    served_over_plain_http,
     tls_site,
     unique,
 )
@@ -251,15 +252,14 @@ async def test_bad_certificates_are_refused_and_contained(
         # No bad certificate is ever served: the handshake for that name finds nothing.
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
             await https_request(https_addr(fleet), hosts[name], "/", cafile)
+
         # And the host is not redirected to an HTTPS that would not work.
-        status, _, _ = await http_get(
-            f"http://127.0.0.1:{fleet.layout.envoy_http_port}/", host=hosts[name]
-        )
-        assert status == 200
+        await served_over_plain_http(fleet.layout, hosts[name])
 
     await served_over_tls(fleet, good, cafile, "good")
     status, text, _ = await http_get(
         f"http://127.0.0.1:{fleet.layout.envoy_admin_port}/stats?filter=update_rejected"
     )
+    assert status == 200, text
     rejected = [line for line in str(text).splitlines() if not line.endswith(": 0")]
     assert rejected == [], rejected

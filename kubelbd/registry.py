@@ -74,6 +74,7 @@ class Registry:
         self._cleaning: set[str] = set()
         self._wake = anyio.Event()
         self._invalid_reported: set[str] = set()
+        self._cleanup_backoff: dict[str, Backoff] = {}
         self.secrets_synced = anyio.Event()
 
     async def settled(self, timeout: float = 10.0) -> None:
@@ -107,12 +108,15 @@ class Registry:
 
     async def _reconcile(self, tg: anyio.abc.TaskGroup) -> None:
         desired: dict[str, tuple[Obj, str]] = {}
+        invalid: set[str] = set()
         for secret in self.secrets.cache.values():
             meta = secret["metadata"]
             tenant = (meta.get("labels") or {}).get(records.TENANT_LABEL, "")
             if not records.valid_tenant_name(tenant):
-                if meta["name"] not in self._invalid_reported:
-                    self._invalid_reported.add(meta["name"])
+                report_key = f"{meta['name']}/{tenant}"  # a new bad name is reported again
+                invalid.add(report_key)
+                if report_key not in self._invalid_reported:
+                    self._invalid_reported.add(report_key)
                     msg = f"tenant name {tenant!r} is not a DNS label of at most 56 characters"
                     log.error("secret %s/%s: %s", self.namespace, meta["name"], msg)
                     await self.recorder.emit(
@@ -137,6 +141,7 @@ class Registry:
             if records.CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
                 await self._add_finalizer(secret)
 
+        self._invalid_reported &= invalid
         for tenant in list(self._running):
             if tenant not in desired and tenant not in self._cleaning:
                 await self._stop(tenant)
@@ -212,9 +217,12 @@ class Registry:
                 self.namespace,
                 patch_type="strategic",
             )
+            self._cleanup_backoff.pop(tenant, None)
         except (ApiError, ConnectionError) as e:
-            log.warning("tenant %s: cleanup incomplete, will retry: %s", tenant, e)
-            await anyio.sleep(2)
+            backoff = self._cleanup_backoff.setdefault(tenant, Backoff(initial=2, maximum=120))
+            delay = backoff.next()
+            log.warning("tenant %s: cleanup incomplete, retrying in %.0f s: %s", tenant, delay, e)
+            await anyio.sleep(delay)
             self._wake.set()
         finally:
             self._cleaning.discard(tenant)

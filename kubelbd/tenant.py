@@ -526,7 +526,7 @@ class TenantSync:
         await self.mgmt.delete(records.ROUTES, route, self.namespace)
         self._unwritten.discard(route)
         self._records.pop(route, None)
-        self._accepted.pop(f"Route/{route}", None)
+        self.forget_accepted("Route", route)
         self._accepted_queue.pop(route, None)
 
     async def _accepted_writer(self) -> None:
@@ -556,6 +556,10 @@ class TenantSync:
 
     async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
         await self.report_accepted(records.ROUTES, "Route", "Ingress", obj, route, problems)
+
+    def forget_accepted(self, kind: str, name: str) -> None:
+        """The record is gone: a new one of the same name must be reported afresh."""
+        self._accepted.pop(f"{kind}/{name}", None)
 
     async def report_accepted(
         self,

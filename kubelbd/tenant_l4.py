@@ -66,6 +66,7 @@ class ServiceLoadBalancers:
                 self.t.sink.delete_lb(self.t.name, name)
                 await self.t.mgmt.delete(records.LOADBALANCERS, name, self.t.namespace)
                 self.records.pop(name, None)
+                self.t.forget_accepted("LoadBalancer", name)
                 if svc is not None:
                     await self.set_address(ns, svc_name, [])  # it changed type or class
             return
