@@ -127,11 +127,10 @@ def parse_kubeconfig(raw: bytes | str) -> Obj:
 
 def _env_proxy(url: str) -> str | None:
     """The proxy the environment names for `url` (HTTPS_PROXY, NO_PROXY...), or None."""
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if not host or urllib.request.proxy_bypass(host):
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
         return None
-    proxies = urllib.request.getproxies()
-    return proxies.get(urllib.parse.urlsplit(url).scheme) or None
+    return urllib.request.getproxies().get(parts.scheme) or None
 
 
 class Kube:

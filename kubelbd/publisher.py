@@ -88,7 +88,7 @@ class Publisher:
     #: are memory copies that never wait for a device: they run in the event loop, because
     #: handing them to a thread cost 3-15 ms per publish on a busy 2-core machine, most of
     #: a route change's own time. On any other filesystem they go to a worker thread.
-    in_memory: bool = False
+    in_memory: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.in_memory = on_tmpfs(self.config_dir)

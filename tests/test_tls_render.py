@@ -35,21 +35,38 @@ def _domains(table: dict[str, Any]) -> set[str]:
     return {d for vh in table["virtual_hosts"] if vh["name"] != "*" for d in vh["domains"]}
 
 
-def test_https_front_lists_only_hosts_with_a_certificate() -> None:
-    authority = certs.new_ca("test-ca")
-    pair = certs.issue(authority, "secure.example.com", dns=("secure.example.com",), server=True)
-    secrets = {SECRET: tls.CertificateData(SECRET, pair.cert_pem(), pair.key_pem())}
-    model, renderer = Model(), Renderer(SETTINGS)
-    secure = _route("secure", "secure.example.com", with_tls=True)
-    tenants = [TenantRecord("alpha", ("10.0.0.1",))]
-    files = renderer.update(
-        model.ir, model.apply([secure, _route("plain", "plain.example.com")], (), tenants)
-    )
-    plan = tls.plan(model.ir, [secure], secrets, dt.datetime.now(dt.UTC))
-    assert set(plan.hosts) == {"secure.example.com"}
-    tls_files, stale = renderer.update_tls(plan, {}, catch_all=False)
-    files.update(tls_files)
+def _certificate_for(host: str) -> dict[str, tls.CertificateData]:
+    pair = certs.issue(certs.new_ca("test-ca"), host, dns=(host,), server=True)
+    return {SECRET: tls.CertificateData(SECRET, pair.cert_pem(), pair.key_pem())}
+
+
+def _render(
+    settings: Settings,
+    routes: list[RouteRecord],
+    tenants: list[TenantRecord],
+    tls_routes: list[RouteRecord],
+    secrets: dict[str, tls.CertificateData],
+    catch_all: bool = False,
+) -> tuple[Model, Renderer, dict[str, list[dict[str, Any]]]]:
+    """Routes, then their TLS plan, through one renderer, as the data plane does."""
+    model, renderer = Model(), Renderer(settings)
+    files = renderer.update(model.ir, model.apply(routes, (), tenants))
+    plan = tls.plan(model.ir, tls_routes, secrets, dt.datetime.now(dt.UTC))
+    tls_files, stale = renderer.update_tls(plan, {}, catch_all)
     assert not stale
+    files.update(tls_files)
+    return model, renderer, files
+
+
+def test_https_front_lists_only_hosts_with_a_certificate() -> None:
+    secure = _route("secure", "secure.example.com", with_tls=True)
+    model, renderer, files = _render(
+        SETTINGS,
+        [secure, _route("plain", "plain.example.com")],
+        [TenantRecord("alpha", ("10.0.0.1",))],
+        [secure],
+        _certificate_for("secure.example.com"),
+    )
     assert _domains(files[rds_file(FRONT_TLS)][0]) == {"secure.example.com"}
     # Plain HTTP still serves the plain host and redirects the secure one.
     http = files[rds_file(FRONT)][0]
@@ -66,18 +83,14 @@ def test_https_front_lists_only_hosts_with_a_certificate() -> None:
 
 
 def test_https_refuses_plain_hosts_under_a_tls_wildcard() -> None:
-    authority = certs.new_ca("test-ca")
-    pair = certs.issue(authority, "*.example.com", dns=("*.example.com",), server=True)
-    secrets = {SECRET: tls.CertificateData(SECRET, pair.cert_pem(), pair.key_pem())}
-    model, renderer = Model(), Renderer(SETTINGS)
     wild = _route("wild", "*.example.com", with_tls=True)
     tenants = [TenantRecord("alpha", ("10.0.0.1",)), TenantRecord("beta", ("10.0.0.2",))]
     older = {**_route("plain", "foo.example.com").spec}
     older["source"] = {**older["source"], "creationTimestamp": "2025-01-01T00:00:00Z"}
     plain = RouteRecord("beta", "default.plain", older, 1)  # older: beta holds foo
-    files = renderer.update(model.ir, model.apply([wild, plain], (), tenants))
-    plan = tls.plan(model.ir, [wild], secrets, dt.datetime.now(dt.UTC))
-    files.update(renderer.update_tls(plan, {}, catch_all=True)[0])
+    _, _, files = _render(
+        SETTINGS, [wild, plain], tenants, [wild], _certificate_for("*.example.com"), catch_all=True
+    )
     table = files[rds_file(FRONT_TLS)][0]
     by_name = {vh["name"]: vh for vh in table["virtual_hosts"]}
     assert by_name["no-certificate"]["domains"] == ["foo.example.com"]
@@ -88,18 +101,12 @@ def test_https_refuses_plain_hosts_under_a_tls_wildcard() -> None:
 
 @needs_envoy
 def test_wildcard_redirects_only_what_the_certificate_covers() -> None:
-    authority = certs.new_ca("test-ca")
-    pair = certs.issue(authority, "*.example.com", dns=("*.example.com",), server=True)
-    secrets = {SECRET: tls.CertificateData(SECRET, pair.cert_pem(), pair.key_pem())}
     settings = Settings(
         config_dir="/config", http_address="127.0.0.1", http_port=18080, https_port=18443, shards=2
     )
-    model, renderer = Model(), Renderer(settings)
     wild = _route("wild", "*.example.com", with_tls=True)
     tenants = [TenantRecord("alpha", ("10.0.0.1",))]
-    files = renderer.update(model.ir, model.apply([wild], (), tenants))
-    plan = tls.plan(model.ir, [wild], secrets, dt.datetime.now(dt.UTC))
-    files.update(renderer.update_tls(plan, {}, catch_all=False)[0])
+    _, _, files = _render(settings, [wild], tenants, [wild], _certificate_for("*.example.com"))
     http = {vh["name"]: vh for vh in files[rds_file(FRONT)][0]["virtual_hosts"]}
     vhost = http["redirect-to-https:*.example.com"]
     guarded, fallback = vhost["routes"]
