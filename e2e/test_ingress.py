@@ -6,11 +6,12 @@ Service) answered. Each test uses its own namespace and hostnames.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 
 import pytest
 
-from kubelbd.kube import INGRESSES, SERVICES, Obj
+from kubelbd.kube import INGRESSES, SECRETS, SERVICES, Obj
 
 from .support import (
     FleetHandle,
@@ -288,3 +289,31 @@ async def test_other_classes_are_ignored_and_clusterip_twin_is_collected(
         return await kube.get_or_none(SERVICES, "kubelb-svc", ns) is None
 
     await eventually(twin_gone, what="the NodePort twin to be garbage-collected")
+
+
+async def test_a_very_large_tenant_object_breaks_nothing(fleet: FleetHandle, ns: str) -> None:
+    """Watch events arrive one per line, and aiohttp refuses lines over its read limit
+    (512 KiB here). A tenant TLS Secret of ~900 KB (under the API's 1 MiB) must be read like
+    any other event: no failed watch, no restarted tenant, and changes still flow."""
+    kube, lay = fleet.kube["alpha"], fleet.layout
+    log = lay.logs / "kubelbd.log"
+    seen = log.stat().st_size
+    await deploy_app(kube, ns, "big")
+    blob = base64.b64encode(b"x" * 700_000).decode()
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "huge"},
+        "data": {"tls.crt": blob, "tls.key": base64.b64encode(b"k").decode()},
+    }
+    await kube.create(SECRETS, secret, ns)
+    h = host("after-huge")
+    await kube.create(
+        INGRESSES, ingress_obj("after", [rule(h, ("/", "Prefix", backend("big")))]), ns
+    )
+    await until_served(lay, h, "/", check=from_app("big"))
+    with log.open("rb") as f:
+        f.seek(seen)
+        since = f.read().decode(errors="replace")
+    assert "Traceback" not in since and "loop failed" not in since, since[-3000:]

@@ -23,6 +23,7 @@ import aiohttp
 import anyio
 import orjson
 import yaml
+from aiohttp.http_exceptions import HttpProcessingError
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio.config import incluster_config, kube_config
 
@@ -32,6 +33,8 @@ FIELD_MANAGER = "kubelbd"
 
 #: Server-side watch timeout range; spreading it avoids every watch reconnecting at once.
 WATCH_TIMEOUT_RANGE = (240, 360)
+#: etcd stores objects up to 1.5 MiB; their JSON in a watch event stays well below this.
+MAX_WATCH_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -388,7 +391,13 @@ class Kube:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s + 30)
         resp = await self._open("GET", res.path(namespace), query, timeout=timeout)
         try:
-            async for line in resp.content:
+            while True:
+                # One event per line. aiohttp's line iterator refuses lines over 128 KiB, and
+                # a tenant's Ingress or Secret may legitimately be larger: read up to etcd's
+                # own object limit, with room for the JSON around it.
+                line = await resp.content.readuntil(b"\n", max_size=MAX_WATCH_EVENT_BYTES)
+                if not line:
+                    return  # the server ended the watch (timeoutSeconds)
                 if not line.strip():
                     continue
                 event = orjson.loads(line)
@@ -399,6 +408,11 @@ class Kube:
                 yield kind, obj
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise ConnectionError(f"{self.name or self.host}: watch {res.plural}: {e}") from e
+        except (HttpProcessingError, orjson.JSONDecodeError) as e:
+            # A line cut short by a dropped connection, or beyond any sane size: rewatch.
+            raise ConnectionError(
+                f"{self.name or self.host}: watch {res.plural}: unreadable event: {e}"
+            ) from e
         finally:
             resp.release()
 
