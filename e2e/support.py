@@ -15,6 +15,7 @@ import aiohttp
 from kubefleet.layout import ROOT, Layout
 
 from kubelbd.kube import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, ApiError, Kube, Obj
+from kubelbd.records import ROUTES
 
 T = TypeVar("T")
 
@@ -373,6 +374,19 @@ async def namespace_in(
 def conditions(obj: Obj | None) -> dict[str, Obj]:
     """An object's status conditions by type."""
     return {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+
+
+async def route_condition(mgmt: Kube, tenant: str, route: str, cond_type: str, **want: str) -> None:
+    """Wait until the Route record `route` of `tenant` has a `cond_type` condition whose
+    fields equal `want` (e.g. status="True", reason="...")."""
+
+    async def check() -> bool:
+        conds = conditions(await mgmt.get(ROUTES, route, f"tenant-{tenant}"))
+        cond = conds.get(cond_type, {})
+        assert all(cond.get(k) == v for k, v in want.items()), conds
+        return True
+
+    await eventually(check, what=f"{cond_type} {want} on Route {tenant}/{route}")
 
 
 async def served_over_plain_http(layout: Layout, host: str) -> None:

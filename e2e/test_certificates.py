@@ -12,14 +12,13 @@ import pytest
 from kubefleet import certs
 
 from kubelbd.kube import CRDS, INGRESSES, SECRETS, Obj, Resource
-from kubelbd.records import ROUTES
 
 from .support import (
     FleetHandle,
-    conditions,
     eventually,
     https_request,
     namespace_in,
+    route_condition,
     served_over_plain_http,
     tls_site,
     unique,
@@ -71,13 +70,7 @@ async def test_acme_issues_through_envoy_and_renews(
     secret = await mgmt.get(SECRETS, f"{ns}.web-tls", "tenant-alpha")
     assert secret["metadata"]["labels"]["kubelb.io/tls-source"] == "acme"
 
-    async def ready() -> bool:
-        route = await mgmt.get(ROUTES, f"{ns}.web", "tenant-alpha")
-        conds = conditions(route)
-        assert conds.get("CertificateReady", {}).get("status") == "True", conds
-        return True
-
-    await eventually(ready, what="CertificateReady on the Route")
+    await route_condition(mgmt, "alpha", f"{ns}.web", "CertificateReady", status="True")
 
     # The fleet's Pebble issues 45-second certificates: renewal comes at two thirds of that.
     async def renewed() -> bool:
@@ -148,13 +141,9 @@ async def test_cert_manager_certificate_is_requested_and_served(
                                  "name": "letsencrypt-prod"}  # fmt: skip
 
     # Until the Secret exists, the Route says it waits for cert-manager; HTTP is not redirected.
-    async def waiting() -> bool:
-        route = await mgmt.get(ROUTES, f"{ns}.cm", "tenant-alpha")
-        conds = conditions(route)
-        assert conds.get("CertificateReady", {}).get("reason") == "WaitingForCertManager", conds
-        return True
-
-    await eventually(waiting, what="WaitingForCertManager")
+    await route_condition(
+        mgmt, "alpha", f"{ns}.cm", "CertificateReady", reason="WaitingForCertManager"
+    )
     await served_over_plain_http(fleet.layout, host)
 
     # Play cert-manager: write the Secret it would write, with the template's labels.

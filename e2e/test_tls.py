@@ -24,6 +24,7 @@ from .support import (
     ingress_obj,
     lb_addr,
     namespace_in,
+    route_condition,
     rule,
     served_over_plain_http,
     tls_site,
@@ -119,13 +120,9 @@ async def test_sni_per_host_and_per_tenant(
     assert copy["type"] == "kubernetes.io/tls"
     assert await fleet.kube["mgmt"].get_or_none(SECRETS, f"{ns}.site-tls", "tenant-gamma") is None
 
-    async def ready() -> bool:
-        route = await fleet.kube["mgmt"].get(ROUTES, f"{ns}.site-alpha", "tenant-alpha")
-        conds = conditions(route)
-        assert conds.get("CertificateReady", {}).get("status") == "True", conds
-        return True
-
-    await eventually(ready, what="CertificateReady=True")
+    await route_condition(
+        fleet.kube["mgmt"], "alpha", f"{ns}.site-alpha", "CertificateReady", status="True"
+    )
 
 
 async def test_http_redirects_to_https_unless_disabled(
