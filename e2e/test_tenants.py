@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
 import yaml
 from kubefleet import certs
@@ -220,4 +221,42 @@ async def test_default_ingress_class_annotation_is_honoured(fleet: FleetHandle) 
         await kube.patch(
             INGRESS_CLASSES, "kubelb", {"metadata": {"annotations": {annotation: None}}}
         )
+        await delete_namespace(kube, ns)
+
+
+async def test_route_changes_do_not_rewrite_the_tenant_status_each_time(
+    fleet: FleetHandle,
+) -> None:
+    """The Synced message counts routes; writing it on every change would cost the management
+    API server as much as the route records: message-only changes are coalesced (10 s)."""
+    kube, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
+    ns = unique("churn")
+    await create_namespace(kube, ns)
+    try:
+        await deploy_app(kube, ns, "app")
+        before = await tenant_condition(mgmt, "alpha", "Synced")
+        assert before.get("status") == "True", before
+        _, rv = await mgmt.list(TENANTS, "tenant-alpha")
+        writes: list[Obj] = []
+
+        async def watch() -> None:
+            async for kind, obj in mgmt.watch(TENANTS, rv, "tenant-alpha"):
+                if kind == "MODIFIED":
+                    writes.append(obj)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            for i in range(3):
+                h = f"{unique(f'churn{i}')}.example.test"
+                await kube.create(
+                    INGRESSES, ingress_obj(f"r{i}", [rule(h, ("/", "Prefix", backend("app")))]), ns
+                )
+                await until_served(lay, h)
+            tg.cancel_scope.cancel()
+        # At most one immediate write (when the last was long ago) during three quick changes;
+        # before, each change rewrote the status, and moved lastTransitionTime with it.
+        assert len(writes) <= 1, [conditions(w).get("Synced") for w in writes]
+        after = await tenant_condition(mgmt, "alpha", "Synced")
+        assert after["lastTransitionTime"] == before["lastTransitionTime"], (before, after)
+    finally:
         await delete_namespace(kube, ns)

@@ -36,13 +36,24 @@ def condition(
     return out
 
 
-def same(a: list[Condition], b: list[Condition]) -> bool:
-    """Equal apart from timestamps: whether a status write would change anything."""
+def accepted(problems: list[tuple[str, str]], generation: int) -> Condition:
+    """Accepted: whether the whole source object could be translated; else each problem's
+    message, under the first problem's reason."""
+    if problems:
+        return condition(
+            "Accepted", False, problems[0][0], "; ".join(m for _, m in problems), generation
+        )
+    return condition("Accepted", True, "Accepted", "translated", generation)
+
+
+def same(a: list[Condition], b: list[Condition], messages: bool = True) -> bool:
+    """Equal apart from timestamps (and messages, unless `messages`): whether a status write
+    would change anything (anything a client acts on)."""
 
     def strip(cs: list[Condition]) -> list[tuple[Any, ...]]:
         return sorted(
-            (c.get("type"), c.get("status"), c.get("reason"), c.get("message"),
-             c.get("observedGeneration"))
+            (c.get("type"), c.get("status"), c.get("reason"),
+             c.get("message") if messages else None, c.get("observedGeneration"))
             for c in cs
         )  # fmt: skip
 

@@ -433,13 +433,15 @@ class DataPlane:
                 route.generation,
             )
         )  # fmt: skip
+        problems = [(p["reason"], p["message"]) for p in route.spec.get("problems", [])]
+        accepted = conditions.accepted(problems, route.generation)
         conflict_msg = "; ".join(f"host {h} is held by tenant {t}" for h, t in lost)
         conflict = (
             conditions.condition("Conflict", True, "HostConflict", conflict_msg, route.generation)
             if lost
             else conditions.condition("Conflict", False, "NoConflict", "", route.generation)
         )
-        conds = [programmed, conflict]
+        conds = [accepted, programmed, conflict]
         tls_problems = self.tls_plan.problems.get(rid, [])
         if route.spec.get("tls"):
             conds.append(
@@ -454,7 +456,9 @@ class DataPlane:
                 )
             )  # fmt: skip
         status = {"hosts": ",".join(served), "conditions": conds}
-        fingerprint = (route.generation, tuple(served), tuple(lost), tuple(tls_problems))
+        fingerprint = (
+            route.generation, tuple(problems), tuple(served), tuple(lost), tuple(tls_problems)
+        )  # fmt: skip
         if self._status_written.get(rid) != fingerprint:
             await self.mgmt.apply(
                 records.ROUTES,

@@ -241,6 +241,10 @@ def translate(ingress: Obj, services: ServiceLookup, twins: ServiceLookup) -> Tr
         out["options"] = options
     if not rules and "defaultBackend" not in out and not problems:
         problems.append(Problem("NoRules", "the Ingress has neither rules nor a defaultBackend"))
+    if problems:
+        # In the record, so the data plane reports them (as the Accepted condition) in the
+        # same status write as Programmed, from what survives a restart.
+        out["problems"] = [{"reason": p.reason, "message": p.message} for p in problems]
     return Translation(out, problems)
 
 

@@ -48,6 +48,7 @@ STATUS_MANAGER = "kubelbd-tenant"
 ROUTE_WRITE_CONCURRENCY = 8
 ACCEPTED_DELAY = 0.05
 ACCEPTED_RETRY = 1.0
+STATUS_MESSAGE_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class TenantSync:
         self._synced: tuple[bool | None, str, str] = (None, "Pending", "not synced yet")
         self._last_error = ""
         self._written_status: Obj | None = None
+        self._status_written_at = 0.0
         self._status_wake = anyio.Event()
         # What needs reconciling.
         self._wake = anyio.Event()
@@ -555,7 +557,11 @@ class TenantSync:
                 delay = ACCEPTED_RETRY
 
     async def _report_accepted(self, obj: Obj, route: str, problems: list[ingress.Problem]) -> None:
-        await self.report_accepted(records.ROUTES, "Route", "Ingress", obj, route, problems)
+        # A Route's Accepted condition comes from the problems in its record, written by the
+        # data plane with the rest of its status: one status write per change, not two.
+        await self.report_accepted(
+            records.ROUTES, "Route", "Ingress", obj, route, problems, condition=False
+        )
 
     def forget_accepted(self, kind: str, name: str) -> None:
         """The record is gone: a new one of the same name must be reported afresh."""
@@ -569,22 +575,30 @@ class TenantSync:
         obj: Obj,
         name: str,
         problems: list[ingress.Problem],
+        condition: bool = True,
     ) -> None:
-        """The Accepted condition on a record, and an Event on the tenant object per problem."""
+        """The Accepted condition on a record (unless not `condition`), and an Event on the
+        tenant object per problem."""
         generation = obj["metadata"].get("generation", 0)
         fingerprint = (kind, obj["metadata"].get("uid"), generation, tuple(problems))
         if self._accepted.get(f"{kind}/{name}") == fingerprint:
             return
-        if problems:
-            cond = conditions.condition(
-                "Accepted",
-                False,
-                problems[0].reason,
-                "; ".join(p.message for p in problems),
-                generation,
-            )
-        else:
-            cond = conditions.condition("Accepted", True, "Accepted", "translated", generation)
+        if condition:
+            await self._write_accepted(resource, kind, name, problems, generation)
+        self._accepted[f"{kind}/{name}"] = fingerprint
+        for p in problems:
+            log.warning("tenant %s: %s %s: %s", self.name, source_kind.lower(), key(obj), p.message)
+            await self.event(obj, "Warning", p.reason, p.message, source_kind)
+
+    async def _write_accepted(
+        self,
+        resource: Resource,
+        kind: str,
+        name: str,
+        problems: list[ingress.Problem],
+        generation: int,
+    ) -> None:
+        cond = conditions.accepted([(p.reason, p.message) for p in problems], generation)
         await self.mgmt.apply(
             resource,
             {
@@ -596,10 +610,6 @@ class TenantSync:
             subresource="status",
             field_manager=STATUS_MANAGER,
         )
-        self._accepted[f"{kind}/{name}"] = fingerprint
-        for p in problems:
-            log.warning("tenant %s: %s %s: %s", self.name, source_kind.lower(), key(obj), p.message)
-            await self.event(obj, "Warning", p.reason, p.message, source_kind)
 
     # ---- called by the data plane ------------------------------------------------------------
 
@@ -653,19 +663,27 @@ class TenantSync:
             await self._status_wake.wait()
             self._status_wake = anyio.Event()
             connected, synced = self._connected, self._synced
+            written = self._written_status
+            previous = written["conditions"] if written is not None else None
             status: Obj = {
                 "conditions": [
-                    conditions.condition("Connected", *connected),
-                    conditions.condition("Synced", *synced),
+                    conditions.condition("Connected", *connected, previous=previous),
+                    conditions.condition("Synced", *synced, previous=previous),
                 ],
                 "lastError": self._last_error,
             }
-            if (
-                self._written_status is not None
-                and conditions.same(self._written_status["conditions"], status["conditions"])
-                and self._written_status["lastError"] == status["lastError"]
-            ):
-                continue
+            if written is not None and written["lastError"] == status["lastError"]:
+                if conditions.same(written["conditions"], status["conditions"]):
+                    continue
+                if conditions.same(written["conditions"], status["conditions"], messages=False):
+                    # Only a message moved (the route count does with every change): those
+                    # writes cost the management API server as much as the route records
+                    # themselves, so they are coalesced, at most one per interval.
+                    wait = self._status_written_at + STATUS_MESSAGE_INTERVAL - anyio.current_time()
+                    if wait > 0:
+                        await anyio.sleep(wait)
+                        self._status_wake.set()
+                        continue
             try:
                 await self.mgmt.apply(
                     records.TENANTS,
@@ -679,6 +697,7 @@ class TenantSync:
                     field_manager=STATUS_MANAGER,
                 )
                 self._written_status = status
+                self._status_written_at = anyio.current_time()
                 backoff.reset()
             except ApiError as e:
                 if e.not_found:
