@@ -8,6 +8,8 @@ kubelbd when no Ingress of ours needs it any more.
 from __future__ import annotations
 
 import hashlib
+import random
+from collections.abc import Iterable
 
 from .kube import Obj
 
@@ -15,6 +17,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "kubelbd"
 TWIN_OF = "kubelb.io/nodeport-for"
 PREFIX = "kubelb-"
+NODE_PORT_RANGE = (30000, 32768)  # Kubernetes' default --service-node-port-range, end excluded
 
 
 def twin_name(service: str) -> str:
@@ -69,3 +72,11 @@ def twin(svc: Obj) -> Obj:
 def is_twin(svc: Obj) -> bool:
     labels = svc["metadata"].get("labels") or {}
     return labels.get(MANAGED_BY) == MANAGER and TWIN_OF in labels
+
+
+def free_node_ports(services: Iterable[Obj], count: int, rng: random.Random) -> list[int]:
+    """`count` distinct ports of the default NodePort range that none of `services` uses (as
+    far as kubelbd knows; the API server has the last word), or [] if there are not enough."""
+    used = {p.get("nodePort") for s in services for p in (s.get("spec") or {}).get("ports") or []}
+    free = [p for p in range(*NODE_PORT_RANGE) if p not in used]
+    return rng.sample(free, count) if 0 < count <= len(free) else []

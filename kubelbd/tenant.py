@@ -11,8 +11,10 @@ become conditions on its Tenant record and log lines, never exceptions that leav
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +143,9 @@ class TenantSync:
         self._records: dict[str, Obj] = {}  # route name -> spec as applied
         self._accepted: dict[str, tuple[Any, ...]] = {}  # route name -> (generation, problems)
         self._fresh_twins: dict[tuple[str, str], Obj] = {}
+        #: choose a new twin's nodePorts (off when the tenant's NodePort range is not the default)
+        self._choose_node_ports = True
+        self._rng = random.Random()
         self._addresses: list[str] | None = None
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
         self._accepted_queue: dict[str, tuple[Obj, list[ingress.Problem]]] = {}
@@ -436,16 +441,32 @@ class TenantSync:
             if route in self._records or route in self._unwritten:
                 await self._delete_record(route)
             return
+        creating = []
         for svc_name in sorted(ingress.referenced_services(obj)):
-            await self._ensure_twin(ns, svc_name)
+            new = await self._ensure_twin(ns, svc_name)
+            if new is not None:
+                creating.append(new)
         self.tls.on_ingress(k, obj)
         result = ingress.translate(obj, self._service, self._twin)
+        sent = None
+        if creating and self._records.get(route) != result.spec:
+            # The new twins' nodePorts are chosen already: Envoy gets the route and its
+            # clusters while the tenant API server creates them, not after.
+            self.sink.provisional(self.name, route, result.spec)
+            self._unwritten.add(route)
+            sent = result.spec
+        moved = False
+        for desired in creating:
+            moved |= await self._create_twin(desired)
+        if moved:
+            result = ingress.translate(obj, self._service, self._twin)
         if self._records.get(route) != result.spec:
             # The data plane renders while the record is being written: the write is the
             # slowest step of a change, and the Ingress itself is the truth until it lands.
             # A failed write is retried; a restart waits for tenants to resync before its
             # first publish, so a record lost in a crash is rewritten before it is missed.
-            self.sink.provisional(self.name, route, result.spec)
+            if result.spec != sent:
+                self.sink.provisional(self.name, route, result.spec)
             self._unwritten.add(route)  # served already: must be withdrawn even if never written
             start = time.perf_counter()
             written = await self.mgmt.apply(
@@ -475,25 +496,93 @@ class TenantSync:
         svc = self.services.cache.get(f"{ns}/{twin_name}")
         return svc if svc is not None and nodeports.is_twin(svc) else None
 
-    async def _ensure_twin(self, ns: str, name: str) -> None:
+    async def _ensure_twin(self, ns: str, name: str) -> Obj | None:
+        """Bring the NodePort twin of a ClusterIP Service up to date. A twin that does not exist
+        yet is returned instead, with its nodePorts chosen here (see _create_twin)."""
         assert self.kube is not None
         svc = self._service(ns, name)
         if svc is None or not ingress.needs_nodeport(svc):
-            return
+            return None
         desired = nodeports.twin(svc)
         twin_name = desired["metadata"]["name"]
         existing = self.services.cache.get(f"{ns}/{twin_name}")
         if existing is not None and not nodeports.is_twin(existing):
             log.warning("tenant %s: %s/%s exists and is not kubelbd's", self.name, ns, twin_name)
-            return
+            return None
         if existing is not None and _same_twin(existing, desired):
-            return
+            return None
+        if existing is None:
+            fresh = self._fresh_twins.get((ns, twin_name))
+            if fresh is not None and _same_twin(fresh, desired):
+                return None  # being created, or created and not seen by the watch yet
+            ports = desired["spec"]["ports"]
+            chosen = []
+            if self._choose_node_ports:
+                known = [*self.services.cache.values(), *self._fresh_twins.values()]
+                chosen = nodeports.free_node_ports(known, len(ports), self._rng)
+            if chosen:
+                for port, node_port in zip(ports, chosen, strict=True):
+                    port["nodePort"] = node_port
+                self._fresh_twins[(ns, twin_name)] = desired
+                return desired
+        if existing is not None:
+            # Keep the nodePorts Envoy sends to (the fields are ours since we chose them).
+            have = {
+                (p["port"], p.get("protocol", "TCP")): p.get("nodePort")
+                for p in existing["spec"].get("ports") or []
+            }
+            for port in desired["spec"]["ports"]:
+                if have.get((port["port"], port["protocol"])):
+                    port["nodePort"] = have[(port["port"], port["protocol"])]
         start = time.perf_counter()
         self._fresh_twins[(ns, twin_name)] = await self.kube.apply(SERVICES, desired)
         log.debug(
             "tenant %s: NodePort %s/%s applied in %.1f ms",
             self.name, ns, twin_name, (time.perf_counter() - start) * 1000,
         )  # fmt: skip
+        return None
+
+    async def _create_twin(self, desired: Obj) -> bool:
+        """Create a twin whose nodePorts kubelbd chose (a create, with the API server's
+        nodePort allocation, is the slowest step of a route to a new backend: it now runs
+        while Envoy loads the route). Falls back to allocated ports when the API server
+        refuses the chosen ones; returns whether the nodePorts differ from those chosen."""
+        assert self.kube is not None
+        meta = desired["metadata"]
+        twin_key = (meta["namespace"], meta["name"])
+        start = time.perf_counter()
+        try:
+            try:
+                created = await self.kube.apply(SERVICES, desired)
+            except ApiError as e:
+                if e.status != 422:
+                    raise
+                if "range" in str(e):
+                    self._choose_node_ports = False  # a cluster with its own NodePort range
+                log.info("tenant %s: NodePort %s/%s: %s", self.name, *twin_key, e)
+                chosen = copy.deepcopy(desired)
+                for port in chosen["spec"]["ports"]:
+                    port.pop("nodePort", None)
+                created = await self.kube.apply(SERVICES, chosen)
+        except BaseException:
+            if self._fresh_twins.get(twin_key) is desired:
+                del self._fresh_twins[twin_key]
+            raise
+        self._fresh_twins[twin_key] = created
+        log.debug(
+            "tenant %s: NodePort %s/%s created in %.1f ms",
+            self.name, *twin_key, (time.perf_counter() - start) * 1000,
+        )  # fmt: skip
+
+        def node_ports(svc: Obj) -> list[Any]:
+            return [p.get("nodePort") for p in svc["spec"]["ports"]]
+
+        if node_ports(created) == node_ports(desired):
+            return False
+        # Other Ingresses may have been translated with the chosen ports meanwhile.
+        self._dirty |= self._by_service.get((meta["namespace"], _twin_of(created)), set())
+        self._wake_up()
+        return True
 
     async def _collect_twins(self) -> None:
         """Delete NodePort twins that no Ingress of ours needs any more.
@@ -720,6 +809,10 @@ class TenantSync:
         except ApiError as e:
             if not e.conflict:
                 log.warning("tenant %s: cannot create Tenant record: %s", self.name, e)
+
+
+def _twin_of(twin: Obj) -> str:
+    return str(twin["metadata"]["labels"][nodeports.TWIN_OF])
 
 
 def _same_twin(existing: Obj, desired: Obj) -> bool:
