@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from . import conditions, ingress, nodeports, records
 from .events import Recorder
@@ -467,6 +468,9 @@ class TenantSync:
             # first publish, so a record lost in a crash is rewritten before it is missed.
             if result.spec != sent:
                 self.sink.provisional(self.name, route, result.spec)
+                # Let the data plane render and write Envoy's files before this task spends
+                # the CPU on sending the record.
+                await anyio.lowlevel.checkpoint()
             self._unwritten.add(route)  # served already: must be withdrawn even if never written
             start = time.perf_counter()
             written = await self.mgmt.apply(
