@@ -529,15 +529,16 @@ class TenantSync:
                     port["nodePort"] = node_port
                 self._fresh_twins[(ns, twin_name)] = desired
                 return desired
-        if existing is not None:
+        else:
             # Keep the nodePorts Envoy sends to (the fields are ours since we chose them).
             have = {
                 (p["port"], p.get("protocol", "TCP")): p.get("nodePort")
                 for p in existing["spec"].get("ports") or []
             }
             for port in desired["spec"]["ports"]:
-                if have.get((port["port"], port["protocol"])):
-                    port["nodePort"] = have[(port["port"], port["protocol"])]
+                kept = have.get((port["port"], port["protocol"]))
+                if kept:
+                    port["nodePort"] = kept
         start = time.perf_counter()
         self._fresh_twins[(ns, twin_name)] = await self.kube.apply(SERVICES, desired)
         log.debug(
@@ -564,10 +565,10 @@ class TenantSync:
                 if "range" in str(e):
                     self._choose_node_ports = False  # a cluster with its own NodePort range
                 log.info("tenant %s: NodePort %s/%s: %s", self.name, *twin_key, e)
-                chosen = copy.deepcopy(desired)
-                for port in chosen["spec"]["ports"]:
+                allocated = copy.deepcopy(desired)
+                for port in allocated["spec"]["ports"]:
                     port.pop("nodePort", None)
-                created = await self.kube.apply(SERVICES, chosen)
+                created = await self.kube.apply(SERVICES, allocated)
         except BaseException:
             if self._fresh_twins.get(twin_key) is desired:
                 del self._fresh_twins[twin_key]
@@ -584,7 +585,9 @@ class TenantSync:
         if node_ports(created) == node_ports(desired):
             return False
         # Other Ingresses may have been translated with the chosen ports meanwhile.
-        self._dirty |= self._by_service.get((meta["namespace"], _twin_of(created)), set())
+        self._dirty |= self._by_service.get(
+            (meta["namespace"], meta["labels"][nodeports.TWIN_OF]), set()
+        )
         self._wake_up()
         return True
 
@@ -813,10 +816,6 @@ class TenantSync:
         except ApiError as e:
             if not e.conflict:
                 log.warning("tenant %s: cannot create Tenant record: %s", self.name, e)
-
-
-def _twin_of(twin: Obj) -> str:
-    return str(twin["metadata"]["labels"][nodeports.TWIN_OF])
 
 
 def _same_twin(existing: Obj, desired: Obj) -> bool:
