@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 from . import conditions, ingress, nodeports, records
 from .events import Recorder
@@ -52,6 +51,7 @@ ROUTE_WRITE_CONCURRENCY = 8
 ACCEPTED_DELAY = 0.05
 ACCEPTED_RETRY = 1.0
 STATUS_MESSAGE_INTERVAL = 10.0
+RECORD_DELAY = 0.05
 
 
 @dataclass(frozen=True)
@@ -422,71 +422,83 @@ class TenantSync:
         log.info("tenant %s: node addresses %s", self.name, ", ".join(addresses) or "(none)")
 
     async def _reconcile_one(self, k: str, limit: anyio.Semaphore) -> None:
-        """One Ingress; its failure is retried later and never blocks the others."""
-        async with limit:
-            try:
-                await self._reconcile_ingress(k)
-            except (ApiError, ConnectionError) as e:
-                message = classify(e)[1]
-                log.warning("tenant %s: ingress %s: %s", self.name, k, message)
-                self._failed[k] = message
-                return
-            self._failed.pop(k, None)
+        """One Ingress; its failure is retried later and never blocks the others. `limit`
+        bounds the API calls in flight, not the Ingresses being handled."""
+        try:
+            await self._reconcile_ingress(k, limit)
+        except (ApiError, ConnectionError) as e:
+            message = classify(e)[1]
+            log.warning("tenant %s: ingress %s: %s", self.name, k, message)
+            self._failed[k] = message
+            return
+        self._failed.pop(k, None)
 
-    async def _reconcile_ingress(self, k: str) -> None:
+    async def _reconcile_ingress(self, k: str, limit: anyio.Semaphore) -> None:
         ns, _, name = k.partition("/")
         route = ingress.route_name(ns, name)
         obj = self.ingresses.cache.get(k)
         if obj is None or not ingress.is_ours(obj, self.classes.cache.values()):
             self.tls.on_ingress(k, None)
             if route in self._records or route in self._unwritten:
-                await self._delete_record(route)
+                async with limit:
+                    await self._delete_record(route)
             return
         creating = []
-        for svc_name in sorted(ingress.referenced_services(obj)):
-            new = await self._ensure_twin(ns, svc_name)
-            if new is not None:
-                creating.append(new)
+        async with limit:
+            for svc_name in sorted(ingress.referenced_services(obj)):
+                new = await self._ensure_twin(ns, svc_name)
+                if new is not None:
+                    creating.append(new)
         self.tls.on_ingress(k, obj)
         result = ingress.translate(obj, self._service, self._twin)
-        sent = None
-        if creating and self._records.get(route) != result.spec:
+        if self._records.get(route) == result.spec and not creating:
+            self._queue_accepted(route, obj, result.problems)
+            return
+        # The data plane renders from the Ingress at once; the record (the durable copy) is
+        # written a moment later. A failed write is retried; a restart waits for tenants to
+        # resync before its first publish, so a record lost in a crash is rewritten before
+        # it is missed.
+        self.sink.provisional(self.name, route, result.spec)
+        self._unwritten.add(route)  # served already: must be withdrawn even if never written
+        sent, served_at = result.spec, anyio.current_time()
+        if creating:
             # The new twins' nodePorts are chosen already: Envoy gets the route and its
             # clusters while the tenant API server creates them, not after.
-            self.sink.provisional(self.name, route, result.spec)
-            self._unwritten.add(route)
-            sent = result.spec
-        moved = False
-        for desired in creating:
-            moved |= await self._create_twin(desired)
-        if moved:
-            result = ingress.translate(obj, self._service, self._twin)
+            moved = False
+            async with limit:
+                for desired in creating:
+                    moved |= await self._create_twin(desired)
+            if moved:
+                result = ingress.translate(obj, self._service, self._twin)
+                if result.spec != sent:
+                    self.sink.provisional(self.name, route, result.spec)
         if self._records.get(route) != result.spec:
-            # The data plane renders while the record is being written: the write is the
-            # slowest step of a change, and the Ingress itself is the truth until it lands.
-            # A failed write is retried; a restart waits for tenants to resync before its
-            # first publish, so a record lost in a crash is rewritten before it is missed.
-            if result.spec != sent:
-                self.sink.provisional(self.name, route, result.spec)
-                # Let the data plane render and write Envoy's files before this task spends
-                # the CPU on sending the record.
-                await anyio.lowlevel.checkpoint()
-            self._unwritten.add(route)  # served already: must be withdrawn even if never written
-            start = time.perf_counter()
-            written = await self.mgmt.apply(
-                records.ROUTES, records.record_object("Route", self.name, route, result.spec)
-            )
-            self._unwritten.discard(route)
-            self._records[route] = result.spec
-            self.sink.upsert(written)
-            log.debug(
-                "tenant %s: route %s written in %.1f ms",
-                self.name,
-                route,
-                (time.perf_counter() - start) * 1000,
-            )
-        # The condition waits a moment (see _accepted_writer) so Envoy gets the CPU first.
-        self._accepted_queue[route] = (obj, result.problems)
+            # The record write costs the management API server and etcd as much CPU as Envoy
+            # needs to apply the change: on a busy machine, writing it at once delays the
+            # traffic it records. It waits until Envoy has most likely applied.
+            await anyio.sleep_until(served_at + RECORD_DELAY)
+            async with limit:
+                await self._write_record(route, result.spec)
+        else:
+            self._unwritten.discard(route)  # only its twins were missing
+        self._queue_accepted(route, obj, result.problems)
+
+    async def _write_record(self, route: str, spec: Obj) -> None:
+        start = time.perf_counter()
+        written = await self.mgmt.apply(
+            records.ROUTES, records.record_object("Route", self.name, route, spec)
+        )
+        self._unwritten.discard(route)
+        self._records[route] = spec
+        self.sink.upsert(written)
+        log.debug(
+            "tenant %s: route %s written in %.1f ms",
+            self.name, route, (time.perf_counter() - start) * 1000,
+        )  # fmt: skip
+
+    def _queue_accepted(self, route: str, obj: Obj, problems: list[ingress.Problem]) -> None:
+        # The Events wait a moment (see _accepted_writer) so Envoy gets the CPU first.
+        self._accepted_queue[route] = (obj, problems)
         self._accepted_wake.set()
 
     def _service(self, ns: str, name: str) -> Obj | None:
