@@ -1,9 +1,10 @@
 """The data plane loop: records in the management cluster → IR → Envoy files → status.
 
 Records arrive two ways: from a watch on every Route and Tenant record (which is all there is
-after a restart, even with every tenant unreachable), and straight from the tenant loops the
-moment they have written one (saving a watch round trip on the way to Envoy). Both feed the same
-incremental model; duplicates are recognised by uid and generation.
+after a restart, even with every tenant unreachable), and straight from the tenant loops: the
+moment they have translated an Ingress (`provisional`, before the record is written), and again
+once it is written. Both feed the same incremental model; duplicates are recognised by uid and
+generation.
 
 After each publish, a separate task waits until Envoy's admin interface reports the new file
 versions applied, then writes the results back: conditions on the Route records, the address
