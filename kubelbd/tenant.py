@@ -475,8 +475,10 @@ class TenantSync:
         if self._records.get(route) != result.spec:
             # The record write costs the management API server and etcd as much CPU as Envoy
             # needs to apply the change: on a busy machine, writing it at once delays the
-            # traffic it records. It waits until Envoy has most likely applied.
-            await anyio.sleep_until(served_at + RECORD_DELAY)
+            # traffic it records. It waits until Envoy has most likely applied, unless more
+            # changes wait for this batch to finish.
+            with anyio.move_on_after(served_at + RECORD_DELAY - anyio.current_time()):
+                await self._wake.wait()
             async with limit:
                 await self._write_record(route, result.spec)
         else:
