@@ -789,9 +789,11 @@ class TenantSync:
                     # Only a message moved (the route count does with every change): those
                     # writes cost the management API server as much as the route records
                     # themselves, so they are coalesced, at most one per interval.
+                    # A real change meanwhile (a condition's status or reason) ends the wait.
                     wait = self._status_written_at + STATUS_MESSAGE_INTERVAL - anyio.current_time()
                     if wait > 0:
-                        await anyio.sleep(wait)
+                        with anyio.move_on_after(wait):
+                            await self._status_wake.wait()
                         self._status_wake.set()
                         continue
             try:
