@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -101,6 +102,7 @@ class DataPlane:
         self._status_written: dict[str, Any] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._status_backoff = Backoff(initial=1, maximum=30)
+        self._removal_wake = math.inf  # when a render is due for unused clusters
 
     # ---- record intake (RecordSink) ----------------------------------------------------------
 
@@ -293,7 +295,8 @@ class DataPlane:
             self.l4.dirty = True  # node addresses are in every L4 cluster too
         start = time.perf_counter()
         delta = self.model.apply(upserts.values(), deletes, tenant_set)
-        files = self.renderer.update(self.model.ir, delta)
+        files = self.renderer.update(self.model.ir, delta, anyio.current_time())
+        self._wake_for_removal()
         stale, published_challenges = self._render_tls(set(upserts), deletes, delta, files)
         if self.l4.dirty:
             await self._render_l4(files)
@@ -321,6 +324,21 @@ class DataPlane:
             if self._tls_routes:
                 self._tls_dirty = True
                 self._wake.set()
+
+    def _wake_for_removal(self) -> None:
+        """Render again when unused clusters are due to leave Envoy (see Renderer.update)."""
+        at = self.renderer.next_removal()
+        if at is None or self._task_group is None or self._removal_wake <= at:
+            return
+        self._removal_wake = at
+
+        async def later() -> None:
+            await anyio.sleep_until(at)
+            if self._removal_wake == at:
+                self._removal_wake = math.inf
+                self._wake.set()
+
+        self._task_group.start_soon(later)
 
     def _retry_soon(self) -> None:
         async def later() -> None:

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from kubelbd import envoy_config, envoy_process, publisher
 from kubelbd.envoy_config import FRONT, Renderer, Settings, rds_file, render
-from kubelbd.ir import CATCH_ALL, IR, Model, RouteRecord, TenantRecord, build
+from kubelbd.ir import CATCH_ALL, IR, Delta, Model, RouteRecord, TenantRecord, build
 
 from . import strategies as gen
 
@@ -96,13 +96,16 @@ class Step:
 
     number: int
     model: Model
+    renderer: Renderer
+    now: float  # the clock the Renderer was given for this batch
     on_disk: dict[str, bytes]  # latest content of every file the Renderer returned so far
     routes: dict[str, RouteRecord]  # what the model should hold, tracked independently
     want: IR  # build() of that, from scratch
 
 
 def replay(batches: list[gen.Batch]) -> Iterator[Step]:
-    """Feed the batches to one Model and one Renderer, as dataplane.py does."""
+    """Feed the batches to one Model and one Renderer, as dataplane.py does: half a cluster
+    grace period apart, so unused clusters linger for a batch or two."""
     model = Model()
     renderer = Renderer(SETTINGS)
     on_disk: dict[str, bytes] = {}
@@ -116,14 +119,22 @@ def replay(batches: list[gen.Batch]) -> Iterator[Step]:
         if batch.tenants is not None:
             tenants = list(batch.tenants)
         delta = model.apply(batch.upserts, batch.deletes, batch.tenants)
-        on_disk.update(encoded(renderer.update(model.ir, delta)))
+        now = number * SETTINGS.cluster_grace / 2
+        on_disk.update(encoded(renderer.update(model.ir, delta, now)))
         note(f"after batch {number}: {delta}")
-        yield Step(number, model, on_disk, dict(routes), build(routes.values(), tenants))
+        yield Step(
+            number, model, renderer, now, on_disk, dict(routes), build(routes.values(), tenants)
+        )
+
+
+def _clusters(cds: bytes) -> dict[str, Any]:
+    return {c["name"]: c for c in json.loads(cds)["resources"]}
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(batches=gen.batch_sequences())
 def test_incremental_updates_match_a_full_render(batches: list[gen.Batch]) -> None:
+    last = None
     for step in replay(batches):
         assert step.model.routes == step.routes
         got = step.model.ir
@@ -136,8 +147,18 @@ def test_incremental_updates_match_a_full_render(batches: list[gen.Batch]) -> No
 
         want = encoded(render(step.want, SETTINGS))
         assert step.on_disk.keys() == want.keys()
-        for path in want:
+        for path in want.keys() - {"cds.json"}:
             assert step.on_disk[path] == want[path], f"after batch {step.number}: {path}"
+        # Unused clusters linger for a grace period: the file has every wanted cluster as
+        # rendered, and extras only for clusters no route uses.
+        have, wanted = _clusters(step.on_disk["cds.json"]), _clusters(want["cds.json"])
+        assert {n: have.get(n) for n in wanted} == wanted
+        assert not (have.keys() - wanted.keys()) & set(step.want.clusters)
+        last = step
+    # Once the grace period is over, exactly a full render's clusters.
+    assert last is not None
+    last.on_disk.update(encoded(last.renderer.update(last.model.ir, Delta(), last.now + 60)))
+    assert last.on_disk == encoded(render(last.want, SETTINGS))
 
 
 def _web(tenant: str, created: str, rules: list[dict[str, Any]], **extra: Any) -> RouteRecord:

@@ -30,6 +30,7 @@ from kubefleet import lb
 from kubefleet.fleet import State
 from kubefleet.layout import ROOT, Layout, fleet_dir
 
+from kubelbd import nodeports
 from kubelbd.kube import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Kube, Obj
 from kubelbd.publisher import write_atomically
 
@@ -215,7 +216,19 @@ class Bench:
             series.values.append(end - start)
             await kube.delete(INGRESSES, name, self.ns)
             await self.until(host, 404)
+            if kind == "backend":
+                await self.gone(kube, nodeports.twin_name(service))
         return series
+
+    async def gone(self, kube: Kube, service: str, timeout: float = 60) -> None:
+        """Wait until kubelbd has deleted a NodePort twin: each change starts on a settled
+        tenant, not while the previous change's clean-up still runs (the floor's Envoy, too,
+        applies each change on a settled fleet)."""
+        deadline = time.monotonic() + timeout
+        while await kube.get_or_none(SERVICES, service, self.ns) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service} was never deleted")
+            await asyncio.sleep(0.005)
 
     async def watch_floor(self) -> Series:
         """Write an Ingress of another class (kubelbd ignores it) and time its watch event."""
