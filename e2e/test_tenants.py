@@ -10,7 +10,17 @@ import pytest
 import yaml
 from kubefleet import certs
 
-from kubelbd.kube import INGRESS_CLASSES, INGRESSES, NAMESPACES, SECRETS, SERVICES, Kube, Obj
+from kubelbd.kube import (
+    INGRESS_CLASSES,
+    INGRESSES,
+    NAMESPACES,
+    SECRETS,
+    SERVICES,
+    ApiError,
+    Kube,
+    Obj,
+    Resource,
+)
 from kubelbd.records import TENANTS
 
 from .support import (
@@ -260,3 +270,77 @@ async def test_route_changes_do_not_rewrite_the_tenant_status_each_time(
         assert after["lastTransitionTime"] == before["lastTransitionTime"], (before, after)
     finally:
         await delete_namespace(kube, ns)
+
+
+VAP = Resource("admissionregistration.k8s.io/v1", "validatingadmissionpolicies", namespaced=False)
+VAP_BINDINGS = Resource(
+    "admissionregistration.k8s.io/v1", "validatingadmissionpolicybindings", namespaced=False
+)
+
+
+async def test_an_object_the_tenant_refuses_does_not_hold_up_other_changes(
+    fleet: FleetHandle,
+) -> None:
+    """One Ingress whose NodePort twin the tenant API server refuses is retried with a backoff
+    on its own; the tenant's other changes go on at once. The reconcile loop used to sleep out
+    that backoff itself (0.2 s doubling to 30 s), holding every change of the tenant behind it."""
+    kube, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
+    ns, policy = unique("refused"), unique("kubelb-test-refuse")
+    # An admission policy (CEL, inside the API server) refusing the twin of one Service.
+    rule_ = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+             "resources": ["services"]}  # fmt: skip
+    await kube.create(VAP, {
+        "metadata": {"name": policy},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [rule_]},
+            "validations": [{
+                "expression": f"object.metadata.namespace != '{ns}' || "
+                              "!object.metadata.name.startsWith('kubelb-refused')",
+                "message": "refused by the test's admission policy",
+            }],
+        },
+    })  # fmt: skip
+    await kube.create(VAP_BINDINGS, {
+        "metadata": {"name": policy},
+        "spec": {"policyName": policy, "validationActions": ["Deny"]},
+    })  # fmt: skip
+    await create_namespace(kube, ns)
+    try:
+        probe = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubelb-refused-x"},
+                 "spec": {"ports": [{"port": 80}]}}  # fmt: skip
+
+        async def policy_active() -> bool:
+            try:
+                await kube.create(SERVICES, probe, ns)
+            except ApiError:
+                return True
+            await kube.delete(SERVICES, "kubelb-refused-x", ns)
+            return False
+
+        await eventually(policy_active, what="the admission policy to refuse")
+        await deploy_app(kube, ns, "refused")
+        await deploy_app(kube, ns, "app")
+        await kube.create(
+            INGRESSES,
+            ingress_obj("bad", [rule(f"{unique('bad')}.example.test", ("/", "Prefix",
+                                                                          backend("refused")))]),
+            ns,
+        )  # fmt: skip
+
+        async def failing() -> bool:
+            synced = await tenant_condition(mgmt, "alpha", "Synced")
+            return synced.get("status") == "False" and f"{ns}/bad" in synced.get("message", "")
+
+        await eventually(failing, what="alpha to report the refused Ingress")
+        for i in range(6):
+            h = f"{unique(f'next{i}')}.example.test"
+            await kube.create(
+                INGRESSES, ingress_obj(f"ok{i}", [rule(h, ("/", "Prefix", backend("app")))]), ns
+            )
+            await until_served(lay, h, timeout=5)
+        assert (await tenant_condition(mgmt, "alpha", "Synced")).get("status") == "False"
+    finally:
+        await delete_namespace(kube, ns)
+        await kube.delete(VAP_BINDINGS, policy)
+        await kube.delete(VAP, policy)

@@ -32,9 +32,41 @@ def version_of(body: bytes) -> str:
 
 def encode(resources: Resources) -> tuple[str, bytes]:
     """(version, file bytes) for a resource list; the same resources always give the same bytes."""
-    body = orjson.dumps(resources, option=orjson.OPT_SORT_KEYS)
+    return _file(orjson.dumps(resources, option=orjson.OPT_SORT_KEYS))
+
+
+def _file(body: bytes) -> tuple[str, bytes]:
     version = version_of(body)
     return version, b'{"version_info":"' + version.encode() + b'","resources":' + body + b"}"
+
+
+class Encoder:
+    """`encode`, remembering each resource's bytes between calls for the same file.
+
+    The renderer memoizes resources and never mutates them, so an unchanged cluster is the
+    same object from one cluster file to the next: its bytes are reused rather than
+    serialized again (at 1,000 routes, 1.5 ms of a new backend's path to Envoy). Holding the
+    resource itself keeps its id from being reused by another object.
+    """
+
+    def __init__(self) -> None:
+        self._pieces: dict[str, dict[int, tuple[Any, bytes]]] = {}
+
+    def encode(self, name: str, resources: Resources) -> tuple[str, bytes]:
+        known = self._pieces.get(name, {})
+        kept: dict[int, tuple[Any, bytes]] = {}
+        parts = []
+        for resource in resources:
+            piece = known.get(id(resource))
+            if piece is None or piece[0] is not resource:
+                piece = (resource, orjson.dumps(resource, option=orjson.OPT_SORT_KEYS))
+            kept[id(resource)] = piece
+            parts.append(piece[1])
+        self._pieces[name] = kept
+        return _file(b"[" + b",".join(parts) + b"]")
+
+    def forget(self, name: str) -> None:
+        self._pieces.pop(name, None)
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -89,6 +121,7 @@ class Publisher:
     #: handing them to a thread cost 3-15 ms per publish on a busy 2-core machine, most of
     #: a route change's own time. On any other filesystem they go to a worker thread.
     in_memory: bool = field(init=False, default=False)
+    encoder: Encoder = field(init=False, default_factory=Encoder)
 
     def __post_init__(self) -> None:
         self.in_memory = on_tmpfs(self.config_dir)
@@ -111,7 +144,7 @@ class Publisher:
 
     async def publish(self, files: dict[str, Resources]) -> dict[str, str]:
         """Write the given files whose content differs from disk; return {path: version} written."""
-        encoded = {name: encode(res) for name, res in files.items()}
+        encoded = {name: self.encoder.encode(name, res) for name, res in files.items()}
         changed = {
             name: (version, data)
             for name, (version, data) in encoded.items()
@@ -138,6 +171,7 @@ class Publisher:
             await anyio.to_thread.run_sync(unlink_all)
         for p in gone:
             self.published.pop(p, None)
+            self.encoder.forget(p)
 
     def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
         for name in sorted(changed, key=lambda n: (_order(n), n)):

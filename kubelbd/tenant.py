@@ -90,7 +90,7 @@ def node_addresses(nodes: list[Obj], address_type: str) -> list[str]:
 
 
 class RetryLater(Exception):
-    """Part of a reconcile failed; what failed is queued again."""
+    """Part of a reconcile failed; what failed is retried after a backoff (_retry_failed)."""
 
 
 def classify(error: BaseException) -> tuple[str, str]:
@@ -149,6 +149,8 @@ class TenantSync:
         self._rng = random.Random()
         self._addresses: list[str] | None = None
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
+        self._retry_wake = anyio.Event()  # set: retry what failed, after _retry_backoff
+        self._retry_backoff = Backoff(maximum=30)
         self._accepted_queue: dict[str, tuple[Obj, list[ingress.Problem]]] = {}
         #: routes handed to the data plane whose record write has not succeeded (yet)
         self._unwritten: set[str] = set()
@@ -221,6 +223,7 @@ class TenantSync:
         )
         for inf in self._informers():
             tg.start_soon(inf.run)
+        tg.start_soon(self._retry_failed)
         await self._reconcile_loop()
 
     def _informer_health(self, which: str) -> Callable[[Exception | None], None]:
@@ -324,16 +327,35 @@ class TenantSync:
             except (ApiError, ConnectionError, RetryLater) as e:
                 reason, message = classify(e)
                 self._synced = (False, reason, message)
+                if message != self._last_error:  # not again on every pass while it fails
+                    log.warning("tenant %s: reconcile failed: %s", self.name, message)
                 self._last_error = message
                 self._status_wake.set()
-                log.warning("tenant %s: reconcile failed: %s", self.name, message)
+                if isinstance(e, RetryLater):
+                    # The pass went through; what failed is retried on its own schedule.
+                    self._retry_wake.set()
+                    self.settled.set()
+                    continue
                 self._wake.set()
                 await anyio.sleep(backoff.next())
                 continue
             backoff.reset()
+            self._retry_backoff.reset()
             self._synced = (True, "Synced", f"{len(self._records)} routes in sync")
             self._status_wake.set()
             self.settled.set()
+
+    async def _retry_failed(self) -> None:
+        """Objects whose reconcile failed are tried again after a backoff, while every other
+        change goes on at once: a reconcile loop that slept out the backoff itself held all of
+        a tenant's changes behind one object the API server refused (for up to 30 s)."""
+        while True:
+            await self._retry_wake.wait()
+            self._retry_wake = anyio.Event()
+            await anyio.sleep(self._retry_backoff.next())
+            self._dirty |= set(self._failed)
+            self.lbs.dirty |= set(self.lbs.failed)
+            self._wake_up()
 
     async def _load_records(self) -> None:
         backoff = Backoff(maximum=10)
@@ -390,7 +412,6 @@ class TenantSync:
         await self.lbs.reconcile()
         failed = {**self._failed, **self.lbs.failed}
         if failed:
-            self._dirty |= set(self._failed)
             first = next(iter(sorted(failed.items())))
             raise RetryLater(f"{len(failed)} objects failed, e.g. {first[0]}: {first[1]}")
 

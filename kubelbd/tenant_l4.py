@@ -55,7 +55,6 @@ class ServiceLoadBalancers:
             except (ApiError, ConnectionError) as e:
                 log.warning("tenant %s: service %s: %s", self.t.name, k, e)
                 self.failed[k] = str(e)
-        self.dirty |= set(self.failed)
 
     async def _reconcile_one(self, k: str) -> None:
         ns, _, svc_name = k.partition("/")

@@ -161,6 +161,17 @@ def test_incremental_updates_match_a_full_render(batches: list[gen.Batch]) -> No
     assert last.on_disk == encoded(render(last.want, SETTINGS))
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(batches=gen.batch_sequences())
+def test_the_publishers_encoder_writes_what_a_fresh_encode_writes(batches: list[gen.Batch]) -> None:
+    """The Encoder reuses the bytes of unchanged (memoized) resources between files."""
+    model, renderer, encoder = Model(), Renderer(SETTINGS), publisher.Encoder()
+    for number, batch in enumerate(batches):
+        delta = model.apply(batch.upserts, batch.deletes, batch.tenants)
+        for path, resources in renderer.update(model.ir, delta, float(number)).items():
+            assert encoder.encode(path, resources) == publisher.encode(resources)
+
+
 def _web(tenant: str, created: str, rules: list[dict[str, Any]], **extra: Any) -> RouteRecord:
     """Route default.web of `tenant`."""
     source = {"namespace": "default", "name": "web", "creationTimestamp": created}

