@@ -37,6 +37,7 @@ from kubelbd.publisher import write_atomically
 from .stats import percentile
 
 FLEET = str(ROOT / "hack" / "fleet")
+SETTLE = 0.1  # seconds of quiet before each change and each pair of floor samples
 CLASS = "kubelb"
 
 
@@ -200,9 +201,10 @@ class Bench:
                 await asyncio.sleep(0.5)
 
     async def change(self, kind: str, n: int) -> float:
-        """One change: a new Ingress (and, for `backend`, a new Service) until its first 200;
-        then its delete until the 404, and, for `backend`, until its NodePort twin is gone, so
-        the next change does not race this one's clean-up."""
+        """One change: a new Ingress (and, for `backend`, a new Service) until its first 200.
+        Untimed after that: until kubelbd wrote its status, then its delete until the 404 and,
+        for `backend`, until its NodePort twin is gone, so what follows does not race this
+        change's trailing writes and clean-up."""
         tenant = self.tenants[n % len(self.tenants)]
         kube = self.kube[tenant]
         name = f"m{self.present}-{kind}-{n}"
@@ -214,11 +216,24 @@ class Bench:
         start = time.monotonic()
         await kube.create(INGRESSES, ingress(name, host, service), self.ns)
         end = await self.until(host, 200)
+        await self.addressed(kube, name)
         await kube.delete(INGRESSES, name, self.ns)
         await self.until(host, 404)
         if kind == "backend":
             await self.gone(kube, nodeports.twin_name(service))
         return end - start
+
+    async def addressed(self, kube: Kube, name: str, timeout: float = 60) -> None:
+        """Wait for kubelbd's last step of a change, the Ingress status, so its status and
+        record writes do not land in the floor samples that follow."""
+        deadline = time.monotonic() + timeout
+        while True:
+            obj = await kube.get(INGRESSES, name, self.ns)
+            if (obj.get("status") or {}).get("loadBalancer", {}).get("ingress"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} never got its address")
+            await asyncio.sleep(0.005)
 
     async def gone(self, kube: Kube, service: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -408,14 +423,18 @@ async def run(layout: Layout, scales: list[int], changes: int, kinds: list[str])
 async def measure(bench: Bench, kind: str) -> list[str]:
     """Changes of one kind, each followed by a sample of both floors: the three series see the
     same machine (a floor measured minutes apart from the changes can differ by 2x at small
-    scales on this 2-core machine, as other work comes and goes)."""
+    scales on this 2-core machine, as other work comes and goes). A pause before a change and
+    before the floors lets the previous step's background work (the tenant's controllers,
+    the node emulators) finish, so each is measured alone, as the floor is defined."""
     label = f"{bench.present} routes"
     live = Series(f"{label}, {kind} change")
     watch = Series(f"floor: API write → watch event ({label}, {kind} change)")
     envoy = Series(f"floor: Envoy applies the same files ({label}, {kind} change)")
     async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout) as ef:
         for n in range(bench.changes):
+            await asyncio.sleep(SETTLE)
             live.values.append(await bench.change(kind, n))
+            await asyncio.sleep(SETTLE)
             watch.values.append(await wf.sample())
             envoy.values.append(await ef.change(kind))
     rows = [live.row(), watch.row(), envoy.row()]
