@@ -102,7 +102,7 @@ class DataPlane:
         self._status_written: dict[str, Any] = {}
         self._task_group: anyio.abc.TaskGroup | None = None
         self._status_backoff = Backoff(initial=1, maximum=30)
-        self._removal_wake = math.inf  # when a render is due for unused clusters
+        self._next_render = math.inf  # when a timer wakes the render loop (_render_at)
 
     # ---- record intake (RecordSink) ----------------------------------------------------------
 
@@ -296,7 +296,9 @@ class DataPlane:
         start = time.perf_counter()
         delta = self.model.apply(upserts.values(), deletes, tenant_set)
         files = self.renderer.update(self.model.ir, delta, anyio.current_time())
-        self._wake_for_removal()
+        removal = self.renderer.next_removal()
+        if removal is not None:
+            self._render_at(removal)  # an unused cluster's grace period ends
         stale, published_challenges = self._render_tls(set(upserts), deletes, delta, files)
         if self.l4.dirty:
             await self._render_l4(files)
@@ -325,28 +327,23 @@ class DataPlane:
                 self._tls_dirty = True
                 self._wake.set()
 
-    def _wake_for_removal(self) -> None:
-        """Render again when unused clusters are due to leave Envoy (see Renderer.update)."""
-        at = self.renderer.next_removal()
-        if at is None or self._task_group is None or self._removal_wake <= at:
+    def _render_at(self, at: float) -> None:
+        """Render again at `at` (anyio's clock). One timer, for the earliest time asked: every
+        render asks again for what it still needs (a retry, an unused cluster's removal)."""
+        if self._task_group is None or self._next_render <= at:
             return
-        self._removal_wake = at
+        self._next_render = at
 
         async def later() -> None:
             await anyio.sleep_until(at)
-            if self._removal_wake == at:
-                self._removal_wake = math.inf
+            if self._next_render == at:
+                self._next_render = math.inf
                 self._wake.set()
 
         self._task_group.start_soon(later)
 
     def _retry_soon(self) -> None:
-        async def later() -> None:
-            await anyio.sleep(1)
-            self._wake.set()
-
-        if self._task_group is not None:
-            self._task_group.start_soon(later)
+        self._render_at(anyio.current_time() + 1)
 
     # ---- status after Envoy applied ----------------------------------------------------------
 

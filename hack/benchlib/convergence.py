@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,24 +224,30 @@ class Bench:
             await self.gone(kube, nodeports.twin_name(service))
         return end - start
 
-    async def addressed(self, kube: Kube, name: str, timeout: float = 60) -> None:
+    async def addressed(self, kube: Kube, name: str) -> None:
         """Wait for kubelbd's last step of a change, the Ingress status, so its status and
         record writes do not land in the floor samples that follow."""
-        deadline = time.monotonic() + timeout
-        while True:
-            obj = await kube.get(INGRESSES, name, self.ns)
-            if (obj.get("status") or {}).get("loadBalancer", {}).get("ingress"):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} never got its address")
-            await asyncio.sleep(0.005)
 
-    async def gone(self, kube: Kube, service: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while await kube.get_or_none(SERVICES, service, self.ns) is not None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{service} was never deleted")
-            await asyncio.sleep(0.005)
+        async def has_address() -> bool:
+            obj = await kube.get(INGRESSES, name, self.ns)
+            return bool((obj.get("status") or {}).get("loadBalancer", {}).get("ingress"))
+
+        await _poll(has_address, f"{name} to get its address")
+
+    async def gone(self, kube: Kube, service: str) -> None:
+        async def deleted() -> bool:
+            return await kube.get_or_none(SERVICES, service, self.ns) is None
+
+        await _poll(deleted, f"{service} to be deleted")
+
+
+async def _poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
+    """Untimed waits between measurements: every 5 ms, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        await asyncio.sleep(0.005)
 
 
 class WatchFloor:
