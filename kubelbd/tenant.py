@@ -151,6 +151,7 @@ class TenantSync:
         self._failed: dict[str, str] = {}  # ingress key -> why its last reconcile failed
         self._retry_wake = anyio.Event()  # set: retry what failed, after _retry_backoff
         self._retry_backoff = Backoff(maximum=30)
+        self._retry_sleep = anyio.CancelScope()
         self._accepted_queue: dict[str, tuple[Obj, list[ingress.Problem]]] = {}
         #: routes handed to the data plane whose record write has not succeeded (yet)
         self._unwritten: set[str] = set()
@@ -341,6 +342,7 @@ class TenantSync:
                 continue
             backoff.reset()
             self._retry_backoff.reset()
+            self._retry_sleep.cancel()
             self._synced = (True, "Synced", f"{len(self._records)} routes in sync")
             self._status_wake.set()
             self.settled.set()
@@ -352,10 +354,14 @@ class TenantSync:
         while True:
             await self._retry_wake.wait()
             self._retry_wake = anyio.Event()
-            await anyio.sleep(self._retry_backoff.next())
-            self._dirty |= set(self._failed)
-            self.lbs.dirty |= set(self.lbs.failed)
-            self._wake_up()
+            # Cut short when everything succeeded meanwhile: a new failure then starts over
+            # at the shortest backoff rather than waiting out an old, long one.
+            with anyio.CancelScope() as self._retry_sleep:
+                await anyio.sleep(self._retry_backoff.next())
+            if self._failed or self.lbs.failed:
+                self._dirty |= set(self._failed)
+                self.lbs.dirty |= set(self.lbs.failed)
+                self._wake_up()
 
     async def _load_records(self) -> None:
         backoff = Backoff(maximum=10)
