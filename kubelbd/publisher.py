@@ -30,18 +30,13 @@ def version_of(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-def encode(resources: Resources) -> tuple[str, bytes]:
-    """(version, file bytes) for a resource list; the same resources always give the same bytes."""
-    return _file(orjson.dumps(resources, option=orjson.OPT_SORT_KEYS))
-
-
 def _file(body: bytes) -> tuple[str, bytes]:
     version = version_of(body)
     return version, b'{"version_info":"' + version.encode() + b'","resources":' + body + b"}"
 
 
 class Encoder:
-    """`encode`, remembering each resource's bytes between calls for the same file.
+    """Files' bytes, remembering each resource's bytes between calls for the same file.
 
     The renderer memoizes resources and never mutates them, so an unchanged cluster is the
     same object from one cluster file to the next: its bytes are reused rather than
@@ -53,6 +48,8 @@ class Encoder:
         self._pieces: dict[str, dict[int, tuple[Any, bytes]]] = {}
 
     def encode(self, name: str, resources: Resources) -> tuple[str, bytes]:
+        """(version, file bytes) of file `name`: the same resources always give the same
+        bytes, remembered or not, so a restarted kubelbd rewrites nothing Envoy has."""
         known = self._pieces.get(name, {})
         kept: dict[int, tuple[Any, bytes]] = {}
         parts = []

@@ -33,7 +33,7 @@ def clusters(files: dict[str, Any]) -> set[str] | None:
     """Backend cluster names in the cluster file, or None when it was not rewritten."""
     if "cds.json" not in files:
         return None
-    body = json.loads(publisher.encode(files["cds.json"])[1])
+    body = json.loads(publisher.Encoder().encode("cds.json", files["cds.json"])[1])
     return {c["name"] for c in body["resources"] if c["name"].startswith("alpha")}
 
 

@@ -44,7 +44,7 @@ Fleet = tuple[list[RouteRecord], list[TenantRecord]]
 
 def encoded(files: Files) -> dict[str, bytes]:
     """What the publisher would write, by relative path."""
-    return {path: publisher.encode(resources)[1] for path, resources in files.items()}
+    return {path: publisher.Encoder().encode(path, res)[1] for path, res in files.items()}
 
 
 def full_render(routes: list[RouteRecord], tenants: list[TenantRecord], s: Settings) -> Files:
@@ -164,12 +164,13 @@ def test_incremental_updates_match_a_full_render(batches: list[gen.Batch]) -> No
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(batches=gen.batch_sequences())
 def test_the_publishers_encoder_writes_what_a_fresh_encode_writes(batches: list[gen.Batch]) -> None:
-    """The Encoder reuses the bytes of unchanged (memoized) resources between files."""
+    """A long-lived Encoder reuses the bytes of unchanged (memoized) resources between files;
+    a fresh one (a restarted kubelbd) must write the same bytes."""
     model, renderer, encoder = Model(), Renderer(SETTINGS), publisher.Encoder()
     for number, batch in enumerate(batches):
         delta = model.apply(batch.upserts, batch.deletes, batch.tenants)
         for path, resources in renderer.update(model.ir, delta, float(number)).items():
-            assert encoder.encode(path, resources) == publisher.encode(resources)
+            assert encoder.encode(path, resources) == publisher.Encoder().encode(path, resources)
 
 
 def _web(tenant: str, created: str, rules: list[dict[str, Any]], **extra: Any) -> RouteRecord:
