@@ -251,7 +251,7 @@ class Issuers:
         self._on_progress()
 
     async def _order(self, w: Wanted) -> tuple[bytes, bytes]:
-        from acme import challenges, crypto_util
+        from acme import challenges, crypto_util, messages
 
         acme = await self._acme()
         key = ec.generate_private_key(ec.SECP256R1())
@@ -264,6 +264,10 @@ class Issuers:
         order = await anyio.to_thread.run_sync(acme.new_order, csr)
         answers = []
         for authz in order.authorizations:
+            if authz.body.status == messages.STATUS_VALID:
+                # The CA reused an authorization it validated before (RFC 8555 7.1.4; Let's
+                # Encrypt does for 30 days): answering its challenge again is refused.
+                continue
             for chall in authz.body.challenges:
                 if isinstance(chall.chall, challenges.HTTP01):
                     response, validation = chall.response_and_validation(acme.net.key)
@@ -272,7 +276,7 @@ class Issuers:
                     break
             else:
                 raise RuntimeError(f"no http-01 challenge offered for {authz.body.identifier}")
-        if not await self._publish_challenges(dict(self._challenges)):
+        if answers and not await self._publish_challenges(dict(self._challenges)):
             raise RuntimeError("Envoy did not apply the challenge answers in 30 s")
         for chall, response in answers:
             await anyio.to_thread.run_sync(acme.answer_challenge, chall, response)

@@ -96,7 +96,10 @@ def pebble_procs(fleet: Fleet, bin_dir: Path) -> list[Proc]:
             "pebble",
             [str(bin_dir / "pebble"), f"-config={conf_dir / 'pebble.json'}", f"-dnsserver={dns}"],
             str(lay.logs / "pebble.log"),
-            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+            # Always reuse a valid authorization for a renewal, as Let's Encrypt does for 30
+            # days (Pebble's default is a coin toss, which made the renewal test flaky).
+            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+                 "PEBBLE_AUTHZREUSE": "100"},
         ),
     ]  # fmt: skip
 
