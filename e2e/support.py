@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import aiohttp
 from kubefleet.layout import ROOT, Layout
 
-from kubelbd.kube import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, ApiError, Kube, Obj
-from kubelbd.records import ROUTES
+from kubelbd.kube import ApiError, Kube
+from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
+from kubelbd.records.names import ROUTES
 
 T = TypeVar("T")
 
@@ -134,7 +135,7 @@ async def deploy_echo(
 
 
 async def ready_pods(kube: Kube, ns: str, app: str) -> set[str]:
-    from kubelbd.kube import PODS
+    from kubelbd.objects import PODS
 
     pods, _ = await kube.list(PODS, ns, labelSelector=f"app={app}")
     out = set()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubefleet import certs
 
-from kubelbd.kube import CRDS, INGRESSES, SECRETS, Obj, Resource
+from kubelbd.objects import CRDS, INGRESSES, SECRETS, Obj, Resource
 
 from .support import (
     FleetHandle,

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kubelbd.kube import DEPLOYMENTS, NODES, PODS, SERVICES, Kube
+from kubelbd.kube import Kube
+from kubelbd.objects import DEPLOYMENTS, NODES, PODS, SERVICES
 
 from .support import (
     FleetHandle,

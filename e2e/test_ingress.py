@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from kubelbd.kube import INGRESSES, SECRETS, SERVICES, Obj
+from kubelbd.objects import INGRESSES, SECRETS, SERVICES, Obj
 
 from .support import (
     FleetHandle,
@@ -183,7 +183,7 @@ async def test_backend_problems_are_reported_and_isolated(fleet: FleetHandle, ns
     await until_served(lay, h, "/missing/x", status=503)
     await until_served(lay, h, "/badport", status=503)
 
-    from kubelbd.records import ROUTES
+    from kubelbd.records.names import ROUTES
 
     async def accepted_false() -> Obj:
         route = await mgmt.get(ROUTES, f"{ns}.mixed", "tenant-alpha")
@@ -195,7 +195,7 @@ async def test_backend_problems_are_reported_and_isolated(fleet: FleetHandle, ns
     assert "nope" in cond["message"] and "grpc" in cond["message"]
 
     async def warning_events() -> set[str]:
-        from kubelbd.kube import EVENTS
+        from kubelbd.objects import EVENTS
 
         events, _ = await kube.list(EVENTS, ns, fieldSelector="involvedObject.name=mixed")
         reasons = {e["reason"] for e in events if e["type"] == "Warning"}
@@ -237,7 +237,7 @@ async def test_host_belongs_to_the_first_tenant(fleet: FleetHandle, ns: str) -> 
     )
     await until_served(lay, beta_only, check=from_app("thief"))  # its other host works
 
-    from kubelbd.records import ROUTES
+    from kubelbd.records.names import ROUTES
 
     async def conflict() -> Obj:
         route = await mgmt.get(ROUTES, f"{ns}.site", "tenant-beta")
@@ -252,7 +252,7 @@ async def test_host_belongs_to_the_first_tenant(fleet: FleetHandle, ns: str) -> 
         assert body["pod"].startswith("owner-"), body
 
     async def conflict_event() -> bool:
-        from kubelbd.kube import EVENTS
+        from kubelbd.objects import EVENTS
 
         events, _ = await beta.list(EVENTS, ns, fieldSelector="involvedObject.name=site")
         assert any(e["reason"] == "HostConflict" for e in events), events

@@ -11,8 +11,9 @@ from functools import partial
 import pytest
 from kubefleet.fleet import State
 
-from kubelbd.kube import DEPLOYMENTS, EVENTS, SERVICES, Kube, Obj
-from kubelbd.records import LOADBALANCERS
+from kubelbd.kube import Kube
+from kubelbd.objects import DEPLOYMENTS, EVENTS, SERVICES, Obj
+from kubelbd.records.names import LOADBALANCERS
 
 from .support import (
     FleetHandle,

@@ -13,8 +13,8 @@ from functools import partial
 import pytest
 from kubefleet.fleet import State
 
-from kubelbd.kube import DEPLOYMENTS, SERVICES, Obj
-from kubelbd.records import LOADBALANCERS
+from kubelbd.objects import DEPLOYMENTS, SERVICES, Obj
+from kubelbd.records.names import LOADBALANCERS
 
 from .support import (
     FleetHandle,

@@ -11,8 +11,8 @@ from contextlib import asynccontextmanager
 import pytest
 from kubefleet.layout import Layout
 
-from kubelbd.kube import INGRESSES
-from kubelbd.records import ROUTES, TENANTS
+from kubelbd.objects import INGRESSES
+from kubelbd.records.names import ROUTES, TENANTS
 
 from .support import (
     FleetHandle,

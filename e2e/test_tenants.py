@@ -10,18 +10,9 @@ import pytest
 import yaml
 from kubefleet import certs
 
-from kubelbd.kube import (
-    INGRESS_CLASSES,
-    INGRESSES,
-    NAMESPACES,
-    SECRETS,
-    SERVICES,
-    ApiError,
-    Kube,
-    Obj,
-    Resource,
-)
-from kubelbd.records import TENANTS
+from kubelbd.kube import ApiError, Kube
+from kubelbd.objects import INGRESS_CLASSES, INGRESSES, NAMESPACES, SECRETS, SERVICES, Obj, Resource
+from kubelbd.records.names import TENANTS
 
 from .support import (
     FleetHandle,

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from kubefleet import certs
 
-from kubelbd.kube import EVENTS, INGRESSES, SECRETS, Obj
-from kubelbd.records import ROUTES
+from kubelbd.objects import EVENTS, INGRESSES, SECRETS, Obj
+from kubelbd.records.names import ROUTES
 
 from .support import (
     FleetHandle,

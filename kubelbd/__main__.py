@@ -6,7 +6,8 @@ import sys
 
 import anyio
 
-from .app import parse_args, run
+from .app import run
+from .config import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:

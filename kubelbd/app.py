@@ -1,192 +1,50 @@
-"""kubelbd's process: flags, start-up order, and the task group everything runs in."""
+"""kubelbd's process: every component built once, wired in one direction, run in one task group.
+
+    registry ─▶ tenant tasks ─(hub.RecordSink)─▶ data plane ─▶ Envoy files
+        ▲                                            │
+        └────────────(hub.StatusBoard)───────────────┘ status, after Envoy applied
+
+Start-up order: CRDs, Envoy's bootstrap, the data plane (it waits for the tenants to settle
+before its first publish), the registry, and Envoy as a child once it has files to load.
+"""
 
 from __future__ import annotations
 
-import argparse
 import gc
-import ipaddress
 import logging
-import os
 import signal
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from aiohttp import web
 
-from . import crds, envoy_config
-from .dataplane import DataPlane
-from .dataplane_l4 import L4Settings
-from .envoy_admin import EnvoyAdmin
-from .envoy_process import EnvoyProcess, write_bootstrap
-from .issuers import ACMESettings
-from .kube import Kube
-from .publisher import Publisher
-from .registry import Registry
-from .tenant import TenantSettings
+from .config import Config, split_host_port
+from .dataplane.plane import DataPlane
+from .envoy.admin import EnvoyAdmin
+from .envoy.process import EnvoyProcess, write_bootstrap
+from .envoy.publisher import Publisher
+from .envoy.settings import Settings
+from .health import serve_health
+from .hub import Settling, StatusBoard
+from .kube import Kube, crds
+from .tenant.registry import Registry
+from .tenant.sync import TenantSettings
 
 log = logging.getLogger("kubelbd")
 
 
-@dataclass(frozen=True)
-class Config:
-    kubeconfig: str | None
-    namespace: str
-    config_dir: Path
-    http_listen: str
-    https_listen: str
-    https_redirect_port: int
-    public_address: str
-    node_address_type: str
-    envoy_admin: str
-    run_envoy: bool
-    keep_envoy: bool
-    envoy_log: str | None
-    route_shards: int
-    health_listen: str | None
-    install_crds: bool
-    l4: L4Settings
-    acme: ACMESettings
-
-
-def parse_args(argv: list[str] | None = None) -> Config:
-    ap = argparse.ArgumentParser(
-        prog="kubelbd", description="Load balancing for a fleet of clusters"
+def envoy_settings(cfg: Config) -> Settings:
+    http_host, http_port = split_host_port(cfg.http_listen)
+    https_host, https_port = split_host_port(cfg.https_listen) if cfg.https_listen else ("", 0)
+    return Settings(
+        config_dir=str(cfg.config_dir),
+        http_address=http_host,
+        http_port=http_port,
+        https_address=https_host,
+        https_port=https_port,
+        https_redirect_port=cfg.https_redirect_port,
+        shards=cfg.route_shards,
     )
-    ap.add_argument("--kubeconfig", help="management cluster kubeconfig (default: in-cluster)")
-    ap.add_argument("--namespace", default="kubelb", help="where tenant Secrets are registered")
-    ap.add_argument("--config-dir", default="/var/run/kubelbd/envoy", type=Path,
-                    help="Envoy's config volume, shared with the Envoy sidecar")  # fmt: skip
-    ap.add_argument("--http-listen", default="0.0.0.0:8080", help="Envoy's HTTP listener")
-    ap.add_argument(
-        "--https-listen", default="0.0.0.0:8443", help="Envoy's HTTPS listener; empty for none"
-    )
-    ap.add_argument("--https-redirect-port", type=int, default=443,
-                    help="the public HTTPS port HTTP requests are redirected to")  # fmt: skip
-    ap.add_argument("--public-address", default="",
-                    help="IP or hostname written into tenant Ingress status")  # fmt: skip
-    address_types = ["InternalIP", "ExternalIP", "Hostname", "InternalDNS", "ExternalDNS"]
-    ap.add_argument("--node-address-type", default="InternalIP", choices=address_types)
-    ap.add_argument("--envoy-admin", default="127.0.0.1:9901",
-                    help="Envoy admin address; must stay on loopback")  # fmt: skip
-    ap.add_argument("--run-envoy", action="store_true",
-                    help="run Envoy as a supervised child (outside a cluster)")  # fmt: skip
-    ap.add_argument("--envoy-log", default=None, help="file for the child Envoy's output")
-    ap.add_argument("--keep-envoy", action="store_true",
-                    help="leave the child Envoy running on exit; adopt it on start")  # fmt: skip
-    ap.add_argument("--route-shards", type=int, default=16,
-                    help="route tables the hosts are spread over")  # fmt: skip
-    ap.add_argument("--health-listen", default=None, help="host:port for /healthz and /readyz")
-    ap.add_argument("--no-install-crds", dest="install_crds", action="store_false")
-    ap.add_argument(
-        "--l4-mode",
-        choices=["pool", "service"],
-        default="pool",
-        help="how LoadBalancer Services get an address (see docs/architecture.md)",
-    )
-    ap.add_argument(
-        "--l4-address-pool",
-        default="",
-        help="pool mode: CIDR of addresses Envoy listens on, one per LoadBalancer",
-    )
-    ap.add_argument(
-        "--l4-listen-address",
-        default="",
-        help="service mode: where Envoy's L4 listeners bind (default: HTTP's)",
-    )
-    ap.add_argument(
-        "--l4-port-range",
-        default="20000-29999",
-        help="service mode: Envoy listener ports to allocate from",
-    )
-    ap.add_argument("--l4-envoy-selector", default="app=kubelbd",
-                    help="service mode: labels of the Envoy pods, k=v[,k=v]")  # fmt: skip
-    ap.add_argument(
-        "--acme-directory", default="", help="ACME directory URL for kubelb.io/tls-acme"
-    )
-    ap.add_argument("--acme-email", default="", help="contact address for the ACME account")
-    ap.add_argument("--acme-ca-bundle", default=None,
-                    help="CA bundle for the ACME server's HTTPS (default: system)")  # fmt: skip
-    ap.add_argument("--log-level", default=os.environ.get("KUBELBD_LOG_LEVEL", "info"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    admin_host = args.envoy_admin.rpartition(":")[0]
-    if admin_host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-        ap.error("--envoy-admin must be a loopback address: the admin API must never be exposed")
-    if args.route_shards < 1:
-        ap.error("--route-shards must be at least 1")
-    try:
-        if args.l4_address_pool:
-            ipaddress.ip_network(args.l4_address_pool, strict=False)
-        first, _, last = args.l4_port_range.partition("-")
-        port_range = (int(first), int(last))
-        selector = tuple(tuple(kv.split("=", 1)) for kv in args.l4_envoy_selector.split(",") if kv)
-    except ValueError as e:
-        ap.error(f"bad Layer 4 setting: {e}")
-    if not all(len(kv) == 2 for kv in selector):
-        ap.error("--l4-envoy-selector takes k=v[,k=v]")
-    http_host = args.http_listen.rpartition(":")[0].strip("[]")
-    return Config(
-        kubeconfig=args.kubeconfig,
-        namespace=args.namespace,
-        config_dir=args.config_dir,
-        http_listen=args.http_listen,
-        https_listen=args.https_listen,
-        https_redirect_port=args.https_redirect_port,
-        public_address=args.public_address,
-        node_address_type=args.node_address_type,
-        envoy_admin=args.envoy_admin,
-        run_envoy=args.run_envoy,
-        keep_envoy=args.keep_envoy,
-        envoy_log=args.envoy_log,
-        route_shards=args.route_shards,
-        health_listen=args.health_listen,
-        install_crds=args.install_crds,
-        acme=ACMESettings(
-            directory=args.acme_directory,
-            email=args.acme_email,
-            ca_bundle=args.acme_ca_bundle,
-            namespace=args.namespace,
-        ),
-        l4=L4Settings(
-            mode=args.l4_mode,
-            pool=args.l4_address_pool,
-            listen_address=args.l4_listen_address or http_host,
-            port_range=port_range,
-            envoy_selector=selector,
-        ),
-    )
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-async def serve_health(listen: str, dataplane: DataPlane) -> None:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(_: web.Request) -> web.Response:
-        ok = dataplane.first_publish.is_set()
-        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "starting\n")
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    host, port = split_host_port(listen)
-    await web.TCPSite(runner, host, port).start()
-    try:
-        await anyio.sleep_forever()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
 
 
 async def run(cfg: Config) -> None:
@@ -196,45 +54,42 @@ async def run(cfg: Config) -> None:
     admin = EnvoyAdmin(cfg.envoy_admin)
     try:
         if cfg.install_crds:
-            await crds.install(mgmt)
+            await crds.install(mgmt, await anyio.to_thread.run_sync(crds.load))
         await anyio.to_thread.run_sync(
             lambda: (cfg.config_dir / "rds").mkdir(parents=True, exist_ok=True)
         )
         bootstrap = await anyio.to_thread.run_sync(
             write_bootstrap, cfg.config_dir, cfg.envoy_admin, socket.gethostname()
         )
-        http_host, http_port = split_host_port(cfg.http_listen)
-        https_host, https_port = split_host_port(cfg.https_listen) if cfg.https_listen else ("", 0)
-        settings = envoy_config.Settings(
-            config_dir=str(cfg.config_dir),
-            http_address=http_host,
-            http_port=http_port,
-            https_address=https_host,
-            https_port=https_port,
-            https_redirect_port=cfg.https_redirect_port,
-            shards=cfg.route_shards,
-        )
-        registry = Registry(
-            mgmt, cfg.namespace, TenantSettings(cfg.node_address_type, cfg.public_address)
-        )
+        board, settling = StatusBoard(), Settling()
         dataplane = DataPlane(
             mgmt,
-            settings,
+            envoy_settings(cfg),
             Publisher(cfg.config_dir),
             admin,
-            registry,
+            board,
+            settling,
             cfg.public_address,
             cfg.l4,
             cfg.acme,
         )
-        registry.sink = dataplane
+        registry = Registry(
+            mgmt,
+            cfg.namespace,
+            TenantSettings(cfg.node_address_type),
+            dataplane.intake,
+            board,
+            settling,
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope)
-            tg.start_soon(_settle_gc, dataplane)
+            tg.start_soon(_settle_gc, dataplane.first_publish)
             tg.start_soon(dataplane.run)
             tg.start_soon(registry.run)
             if cfg.health_listen:
-                tg.start_soon(serve_health, cfg.health_listen, dataplane)
+                tg.start_soon(
+                    serve_health, *split_host_port(cfg.health_listen), dataplane.first_publish
+                )
             if cfg.run_envoy:
                 # Envoy needs its files to start: those of a previous run, or our first publish.
                 have_files = (cfg.config_dir / "lds.json").exists() and (
@@ -256,12 +111,12 @@ async def run(cfg: Config) -> None:
             await mgmt.aclose()
 
 
-async def _settle_gc(dataplane: DataPlane) -> None:
+async def _settle_gc(first_publish: anyio.Event) -> None:
     """Keep the collector off the latency path: the caches are large and long-lived, and a
     full collection walking them stalls the event loop for tens of milliseconds. Collect
     young objects less often, and freeze what start-up loaded so later passes skip it."""
     gc.set_threshold(50_000, 20, 20)
-    await dataplane.first_publish.wait()
+    await first_publish.wait()
     gc.collect()
     gc.freeze()
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from kubelbd import ingress
-from kubelbd.ir import RouteRecord, TenantRecord
+from kubelbd.records import parse
+from kubelbd.records.types import RouteRecord, TenantRecord
+from kubelbd.sources import ingress
 
 TENANTS = ("alpha", "beta", "gamma")
 NAMESPACES = ("default", "prod")
@@ -51,7 +52,7 @@ ODD_CHARS = "-._~!$&'()*+,;=:@%\u00e9\u6f22\u0080\U0001f600"
 
 def _odd_segment(text: str) -> bool:
     # fullmatch, not match: with match() the `$` of _PATH_CHARS also accepts "/a\n"
-    return bool(ingress._PATH_CHARS.fullmatch("/" + text))
+    return bool(ingress.PATH_CHARS.fullmatch("/" + text))
 
 
 #: segments made of those, rarely equal to one another
@@ -69,12 +70,14 @@ def paths(draw: st.DrawFn) -> dict[str, Any]:
     raw = "/" + "/".join(parts)
     if parts and draw(st.booleans()):  # type: ignore[arg-type]
         raw += "/"
-    assert ingress._PATH_CHARS.fullmatch(raw), raw
+    assert ingress.PATH_CHARS.fullmatch(raw), raw
     return {
         "path": ingress.normalize_path(raw, path_type),
         "pathType": path_type,
-        "backend": draw(backends()),
-    }
+        # Mostly one backend, as an Ingress has; now and then several, weighted.
+        "backends": draw(st.one_of(st.lists(backends(), min_size=1, max_size=1),
+                                   st.lists(weighted_backends(), min_size=2, max_size=3))),
+    }  # fmt: skip
 
 
 @st.composite
@@ -85,6 +88,12 @@ def backends(draw: st.DrawFn) -> dict[str, Any]:
     if node_port is None:
         return {"service": service, "port": "80", "problem": f"Service {service} not found"}
     return {"service": service, "port": "80", "nodePort": node_port}
+
+
+@st.composite
+def weighted_backends(draw: st.DrawFn) -> dict[str, Any]:
+    """A backend with a weight (0 takes no requests)."""
+    return {**draw(backends()), "weight": draw(st.sampled_from((0, 1, 3)))}
 
 
 rules = st.builds(
@@ -118,7 +127,7 @@ def route_records(
 ) -> RouteRecord:
     """A Route record; `ids` picks (tenant, namespace, ingress name), by default any of them."""
     tenant, namespace, name = draw(ids if ids is not None else st.sampled_from(ROUTE_IDS))
-    spec = draw(route_specs(namespace, name))
+    spec = parse.route_spec(draw(route_specs(namespace, name)))
     return RouteRecord(tenant, ingress.route_name(namespace, name), spec, draw(st.integers(1, 3)))
 
 

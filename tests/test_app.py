@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kubelbd.app import parse_args
-from kubelbd.envoy_process import TEMPLATE, render_bootstrap
+from kubelbd.config import parse_args
+from kubelbd.envoy.process import TEMPLATE, render_bootstrap
 
 
 @pytest.mark.parametrize("admin", ["0.0.0.0:9901", "10.0.0.5:9901", "[::]:9901"])

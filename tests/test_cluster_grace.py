@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubelbd import publisher
-from kubelbd.envoy_config import Renderer, Settings
-from kubelbd.ir import Delta, Model, RouteRecord, TenantRecord
+from kubelbd.envoy import publisher
+from kubelbd.envoy.renderer import Renderer
+from kubelbd.envoy.settings import Settings
+from kubelbd.ir.http import Delta, Model
+from kubelbd.records.types import RouteRecord, TenantRecord
+
+from . import records
 
 SETTINGS = Settings(config_dir="/config", shards=2, cluster_grace=1.0)
 TENANTS = [TenantRecord("alpha", ("10.0.0.1", "10.0.0.2"))]
@@ -23,10 +27,9 @@ def route(name: str, node_port: int) -> RouteRecord:
     backend = {"service": f"svc{node_port}", "port": "80", "nodePort": node_port}
     rule = {
         "host": f"{name}.example.com",
-        "paths": [{"path": "/", "pathType": "Prefix", "backend": backend}],
+        "paths": [{"path": "/", "pathType": "Prefix", "backends": [backend]}],
     }
-    source = {"namespace": "default", "name": name, "creationTimestamp": "2026-01-01T00:00:00Z"}
-    return RouteRecord("alpha", f"default.{name}", {"source": source, "rules": [rule]}, 1)
+    return records.route("alpha", f"default.{name}", [rule])
 
 
 def clusters(files: dict[str, Any]) -> set[str] | None:

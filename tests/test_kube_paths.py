@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kubelbd.kube import (
-    INGRESSES,
-    NAMESPACES,
-    NODES,
-    SERVICES,
-    ApiError,
-    Kube,
-    Resource,
-    _api_error,
-    _env_proxy,
-    key,
-)
+from kubelbd.kube import ApiError, Kube
+from kubelbd.kube.client import _api_error
+from kubelbd.kube.transport import _env_proxy
+from kubelbd.objects import INGRESSES, NAMESPACES, NODES, SERVICES, Resource, key
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from kubelbd import allocator, l4, l4ir
-from kubelbd.allocator import AddressRequest, PortRequest
-from kubelbd.envoy_config import Settings, l4_cluster, l4_listener
-from kubelbd.ir import TenantRecord
+from typing import Any
+
+from kubelbd.envoy.l4 import l4_cluster, l4_listener
+from kubelbd.envoy.settings import Settings
+from kubelbd.ir import allocation as allocator
+from kubelbd.ir import l4 as l4ir
+from kubelbd.ir.allocation import AddressRequest, PortRequest
+from kubelbd.records.types import L4Port, LBRecord, LoadBalancerSpec, TenantRecord
+from kubelbd.sources import loadbalancer as l4
+
+
+def lb_spec(name: str, ports: list[L4Port], **extra: Any) -> LoadBalancerSpec:
+    spec: LoadBalancerSpec = {
+        "source": {
+            "kind": "Service",
+            "namespace": "default",
+            "name": name,
+            "uid": f"uid-{name}",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "ports": ports,
+        "sessionAffinity": extra.get("sessionAffinity", "None"),
+        "proxyProtocol": extra.get("proxyProtocol", ""),
+    }
+    return spec
 
 
 def svc(name: str = "web", **spec: object) -> dict:  # type: ignore[type-arg]
@@ -99,13 +120,12 @@ def test_listener_ports_are_unique_per_protocol_and_stable() -> None:
 
 
 def test_l4_resources_use_envoy_field_names() -> None:
-    rec = l4ir.LBRecord(
+    rec = LBRecord(
         "alpha",
         "default.web",
-        {"source": {"namespace": "default", "name": "web"}, "sessionAffinity": "ClientIP",
-         "proxyProtocol": "v2",
-         "ports": [{"port": 443, "protocol": "TCP", "nodePort": 31443},
-                   {"port": 53, "protocol": "UDP", "nodePort": 30053}]},
+        lb_spec("web", [{"port": 443, "protocol": "TCP", "nodePort": 31443},
+                        {"port": 53, "protocol": "UDP", "nodePort": 30053}],
+                sessionAffinity="ClientIP", proxyProtocol="v2"),
     )  # fmt: skip
     placements = {rec.id: l4ir.Placement("127.0.200.1", ((443, "TCP", 443), (53, "UDP", 53)))}
     listeners, clusters = l4ir.build(
@@ -128,29 +148,27 @@ def test_l4_resources_use_envoy_field_names() -> None:
 
 
 def test_unplaced_records_get_no_listener() -> None:
-    ports = [{"port": 1, "protocol": "TCP", "nodePort": 30001}]
-    rec = l4ir.LBRecord("alpha", "x", {"source": {}, "ports": ports})
+    rec = LBRecord("alpha", "x", lb_spec("x", [{"port": 1, "protocol": "TCP", "nodePort": 30001}]))
     listeners, clusters = l4ir.build([rec], {}, {})
     assert listeners == [] and clusters == []
 
 
 def test_envoy_accepts_layer4_listeners_and_clusters() -> None:
-    from kubelbd import ir
-    from kubelbd.envoy_config import Renderer
+    from kubelbd.envoy.renderer import Renderer
+    from kubelbd.ir import http as ir
 
     from .test_properties import _fails, envoy_validate, static_bootstrap
 
     recs = []
     placements = {}
     for i, (affinity, pp) in enumerate([("None", ""), ("ClientIP", "v2"), ("ClientIP", "")]):
-        spec = {
-            "source": {"namespace": "default", "name": f"s{i}"},
-            "sessionAffinity": affinity,
-            "proxyProtocol": pp,
-            "ports": [{"port": 443, "protocol": "TCP", "nodePort": 31000 + i},
-                      {"port": 53, "protocol": "UDP", "nodePort": 32000 + i}],
-        }  # fmt: skip
-        rec = l4ir.LBRecord("alpha", f"default.s{i}", spec)
+        spec = lb_spec(
+            f"s{i}",
+            [{"port": 443, "protocol": "TCP", "nodePort": 31000 + i},
+             {"port": 53, "protocol": "UDP", "nodePort": 32000 + i}],
+            sessionAffinity=affinity, proxyProtocol=pp,
+        )  # fmt: skip
+        rec = LBRecord("alpha", f"default.s{i}", spec)
         recs.append(rec)
         address = f"127.0.200.{i + 1}"
         placements[rec.id] = l4ir.Placement(address, ((443, "TCP", 443), (53, "UDP", 53)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from kubelbd import nodeports
+from kubelbd.sources import twins as nodeports
 
 
 def svc(*node_ports: int) -> dict[str, object]:

@@ -29,10 +29,15 @@ import yaml
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
-from kubelbd import envoy_config, envoy_process, publisher
-from kubelbd.envoy_config import FRONT, Renderer, Settings, rds_file, render
-from kubelbd.ir import CATCH_ALL, IR, Delta, Model, RouteRecord, TenantRecord, build
+from kubelbd.envoy import process as envoy_process
+from kubelbd.envoy import publisher
+from kubelbd.envoy import settings as envoy_config
+from kubelbd.envoy.renderer import Renderer, render
+from kubelbd.envoy.settings import FRONT, Settings, rds_file
+from kubelbd.ir.http import CATCH_ALL, IR, Delta, Model, build
+from kubelbd.records.types import RouteRecord, TenantRecord
 
+from . import records
 from . import strategies as gen
 
 SETTINGS = Settings(config_dir="/config", shards=3)
@@ -175,14 +180,13 @@ def test_the_publishers_encoder_writes_what_a_fresh_encode_writes(batches: list[
 
 def _web(tenant: str, created: str, rules: list[dict[str, Any]], **extra: Any) -> RouteRecord:
     """Route default.web of `tenant`."""
-    source = {"namespace": "default", "name": "web", "creationTimestamp": created}
-    return RouteRecord(tenant, "default.web", {"source": source, "rules": rules, **extra}, 1)
+    return records.route(tenant, "default.web", rules, created, **extra)
 
 
 BACKEND = {"service": "web", "port": "80", "nodePort": 30080}
 ROOT_RULE: dict[str, Any] = {
     "host": "a.example.com",
-    "paths": [{"path": "/", "pathType": "Prefix", "backend": BACKEND}],
+    "paths": [{"path": "/", "pathType": "Prefix", "backends": [BACKEND]}],
 }
 
 
@@ -313,13 +317,11 @@ def test_envoy_accepts_the_rendered_config(fleet: Fleet) -> None:
 def _two_tenant_fleet() -> Fleet:
     def route(tenant: str, host: str) -> RouteRecord:
         backend = {"service": "web", "port": "80", "nodePort": 30080}
-        path = {"path": "/", "pathType": "Prefix", "backend": backend}
-        spec = {
-            "source": {"namespace": "default", "name": "web", "creationTimestamp": "2026-01-01"},
-            "rules": [{"host": host, "paths": [path]}],
-            "defaultBackend": backend,
-        }
-        return RouteRecord(tenant, "default.web", spec, 1)
+        path = {"path": "/", "pathType": "Prefix", "backends": [backend]}
+        return records.route(
+            tenant, "default.web", [{"host": host, "paths": [path]}], "2026-01-01",
+            defaultBackend=backend,
+        )  # fmt: skip
 
     return (
         [route("alpha", "a.example.com"), route("beta", "*.example.com")],
@@ -527,8 +529,7 @@ def test_owner_oracle_on_a_known_case() -> None:
 
     def route(tenant: str, name: str, created: str, *hosts: str) -> RouteRecord:
         rules = [{"host": h, "paths": []} for h in hosts]
-        spec = {"source": {"namespace": "default", "creationTimestamp": created}, "rules": rules}
-        return RouteRecord(tenant, name, spec)
+        return records.route(tenant, name, rules, created, generation=0)
 
     routes = [
         route("alpha", "default.shop", "2026-01-01", "shop.example.com", "*.apps.example.com"),

@@ -7,10 +7,13 @@ from typing import Any
 
 from kubefleet import certs
 
-from kubelbd import tls
-from kubelbd.envoy_config import FRONT, FRONT_TLS, Renderer, Settings, rds_file
-from kubelbd.ir import Model, RouteRecord, TenantRecord
+from kubelbd.envoy.renderer import Renderer
+from kubelbd.envoy.settings import FRONT, FRONT_TLS, Settings, rds_file
+from kubelbd.ir import tls
+from kubelbd.ir.http import Model
+from kubelbd.records.types import RouteRecord, TenantRecord
 
+from . import records
 from .test_properties import envoy_validate, needs_envoy, static_bootstrap
 
 SETTINGS = Settings(config_dir="/config", shards=3, https_port=8443)
@@ -19,16 +22,11 @@ SECRET = "alpha/default.site-tls"
 
 
 def _route(name: str, host: str, with_tls: bool = False) -> RouteRecord:
-    source = {"namespace": "default", "name": name, "creationTimestamp": "2026-01-01T00:00:00Z"}
-    spec: dict[str, Any] = {
-        "source": source,
-        "rules": [
-            {"host": host, "paths": [{"path": "/", "pathType": "Prefix", "backend": BACKEND}]}
-        ],
-    }
-    if with_tls:
-        spec["tls"] = [{"hosts": [host], "secretName": "site-tls"}]
-    return RouteRecord("alpha", f"default.{name}", spec, 1)
+    rules = [{"host": host, "paths": [{"path": "/", "pathType": "Prefix", "backends": [BACKEND]}]}]
+    if not with_tls:
+        return records.route("alpha", f"default.{name}", rules)
+    tls = [{"hosts": [host], "secretName": "site-tls", "source": "tenant"}]
+    return records.route("alpha", f"default.{name}", rules, tls=tls)
 
 
 def _domains(table: dict[str, Any]) -> set[str]:
@@ -85,9 +83,9 @@ def test_https_front_lists_only_hosts_with_a_certificate() -> None:
 def test_https_refuses_plain_hosts_under_a_tls_wildcard() -> None:
     wild = _route("wild", "*.example.com", with_tls=True)
     tenants = [TenantRecord("alpha", ("10.0.0.1",)), TenantRecord("beta", ("10.0.0.2",))]
-    older = {**_route("plain", "foo.example.com").spec}
-    older["source"] = {**older["source"], "creationTimestamp": "2025-01-01T00:00:00Z"}
-    plain = RouteRecord("beta", "default.plain", older, 1)  # older: beta holds foo
+    rules = _route("plain", "foo.example.com").spec["rules"]
+    plain = records.route("beta", "default.plain", list(rules), "2025-01-01T00:00:00Z")
+    # older: beta holds foo
     _, _, files = _render(
         SETTINGS, [wild, plain], tenants, [wild], _certificate_for("*.example.com"), catch_all=True
     )

@@ -31,9 +31,10 @@ from kubefleet import lb
 from kubefleet.fleet import State
 from kubefleet.layout import ROOT, Layout, fleet_dir
 
-from kubelbd import nodeports
-from kubelbd.kube import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Kube, Obj
-from kubelbd.publisher import write_atomically
+from kubelbd.envoy.publisher import write_atomically
+from kubelbd.kube import Kube
+from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
+from kubelbd.sources import twins as nodeports
 
 from .stats import percentile
 

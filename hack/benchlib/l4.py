@@ -14,7 +14,8 @@ import time
 
 from kubefleet.layout import Layout
 
-from kubelbd.kube import DEPLOYMENTS, NAMESPACES, SERVICES, Kube, Obj
+from kubelbd.kube import Kube
+from kubelbd.objects import DEPLOYMENTS, NAMESPACES, SERVICES, Obj
 
 from .convergence import Series
 

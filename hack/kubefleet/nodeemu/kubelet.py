@@ -13,8 +13,9 @@ import ipaddress
 import logging
 import uuid
 
-from kubelbd.informer import Informer
-from kubelbd.kube import LEASES, NODES, PODS, ApiError, Kube, Obj, key
+from kubelbd.kube import ApiError, Kube
+from kubelbd.kube.informer import Informer
+from kubelbd.objects import LEASES, NODES, PODS, Obj, key
 
 from ..layout import pod_listen_ip
 from .echo import PodIdentity, PortServer

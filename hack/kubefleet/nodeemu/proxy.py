@@ -14,8 +14,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from kubelbd.informer import Informer
-from kubelbd.kube import ENDPOINT_SLICES, SERVICES, Kube
+from kubelbd.kube import Kube
+from kubelbd.kube.informer import Informer
+from kubelbd.objects import ENDPOINT_SLICES, SERVICES
 
 from ..layout import pod_listen_ip
 

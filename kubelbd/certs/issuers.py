@@ -1,0 +1,134 @@
+"""The certificates routes want issued: ordered over ACME, requested from cert-manager, renewed.
+
+Both write a `kubernetes.io/tls` Secret named `<namespace>.<secretName>` into the tenant's
+namespace of the management cluster, labelled `kubelb.io/tls=true`, which the data plane then
+serves like a copied tenant Secret (and refuses like one, if it is bad). ACME certificates are
+renewed when less than a third of their lifetime is left. While a certificate is on its way
+(or its issuance failed), `pending()` says why, for the Route's CertificateReady condition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..ir.tls import CertificateData, Wanted, needs_issuing
+from ..kube import ApiError, Kube
+from ..objects import SECRETS
+from ..records.names import TLS_SOURCE_LABEL, secret_id, tenant_of
+from ..records.problems import Problem
+from ..retry import Backoff
+from .acme import ACMEClient, ACMESettings, PublishChallenges, issued_secret
+from .cert_manager import CertManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    problem: Problem | None = None  # shown on the Route while there is no good certificate
+    retry_at: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=5, maximum=300))
+
+
+class Issuers:
+    """Keeps the issued certificates the routes want: ACME orders and cert-manager requests."""
+
+    def __init__(
+        self,
+        mgmt: Kube,
+        settings: ACMESettings,
+        certificates: Callable[[], dict[str, CertificateData]],
+        publish_challenges: PublishChallenges,
+        on_progress: Callable[[], None],
+    ) -> None:
+        self.mgmt = mgmt
+        self.settings = settings
+        self._certificates = certificates
+        self._on_progress = on_progress
+        self.acme = ACMEClient(mgmt, settings, publish_challenges)
+        self.cert_manager = CertManager(mgmt)
+        self.wanted: dict[str, Wanted] = {}
+        self.progress: dict[str, Progress] = {}
+        self._wake = anyio.Event()
+
+    def update(self, wanted_now: dict[str, Wanted]) -> None:
+        if wanted_now != self.wanted:
+            self.wanted = wanted_now
+            self._wake.set()
+
+    def pending(self) -> dict[str, Problem]:
+        """Per secret id: what to show on the Route while its certificate is not there yet."""
+        return {sid: p.problem for sid, p in self.progress.items() if p.problem is not None}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._pass()
+            except (ApiError, ConnectionError) as e:
+                log.warning("certificates: %s; retrying", e)
+            with anyio.move_on_after(10):  # also re-check expiry now and then
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    def _set(self, sid: str, problem: Problem | None) -> None:
+        progress = self.progress.setdefault(sid, Progress())
+        if progress.problem != problem:
+            progress.problem = problem
+            self._on_progress()
+
+    async def _pass(self) -> None:
+        requested = await self.cert_manager.sync(
+            {sid: w for sid, w in self.wanted.items() if w.source == "cert-manager"}
+        )
+        for sid, problem in requested.items():
+            self._set(sid, problem)
+        now = dt.datetime.now(dt.UTC)
+        certs = self._certificates()
+        for sid, w in sorted(self.wanted.items()):
+            if w.source != "acme":
+                continue
+            progress = self.progress.setdefault(sid, Progress())
+            if not needs_issuing(certs.get(sid), w.hosts, now, self.settings.renew_fraction):
+                self._set(sid, None)
+                continue
+            if anyio.current_time() < progress.retry_at:
+                continue
+            await self._issue(w, progress)
+        for sid in [s for s in self.progress if s not in self.wanted]:
+            del self.progress[sid]
+        await self._collect_acme_secrets()
+
+    async def _issue(self, w: Wanted, progress: Progress) -> None:
+        if not self.settings.directory:
+            self._set(w.secret_id, Problem("NoACMEDirectory", "kubelbd has no --acme-directory"))
+            progress.retry_at = anyio.current_time() + 60
+            return
+        self._set(
+            w.secret_id,
+            Problem("Issuing", f"requesting a certificate for {', '.join(w.hosts)} over ACME"),
+        )
+        try:
+            fullchain, key = await self.acme.order(w.hosts)
+            await self.mgmt.apply(
+                SECRETS, issued_secret(w, fullchain, key, self.settings.directory)
+            )
+            log.info("certificate %s issued for %s", w.secret_id, ", ".join(w.hosts))
+            self._set(w.secret_id, None)
+            progress.backoff.reset()
+        except Exception as e:  # the protocol library raises many kinds; all mean "retry"
+            log.warning("certificate %s: ACME issuance failed: %s", w.secret_id, e)
+            self._set(w.secret_id, Problem("IssuanceFailed", f"ACME: {e}"))
+            progress.retry_at = anyio.current_time() + progress.backoff.next()
+
+    async def _collect_acme_secrets(self) -> None:
+        """Issued Secrets no Route wants any more."""
+        items, _ = await self.mgmt.list(SECRETS, labelSelector=f"{TLS_SOURCE_LABEL}=acme")
+        for s in items:
+            tenant = tenant_of(s)
+            if tenant and secret_id(tenant, s["metadata"]["name"]) not in self.wanted:
+                await self.mgmt.delete(SECRETS, s["metadata"]["name"], s["metadata"]["namespace"])

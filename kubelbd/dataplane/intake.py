@@ -1,0 +1,167 @@
+"""Records as they reach the data plane, from two places into one queue.
+
+From a watch on every record (all there is after a restart, even with every tenant
+unreachable), and straight from the tenant tasks (kubelbd.hub.RecordSink): the moment they
+have translated an object (`provisional`, before the record is written), and again once it
+is written. Duplicates are recognised by uid and generation; a record that does not parse
+is refused with a log line and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..objects import Obj
+from ..records import parse
+from ..records.names import LOADBALANCER, ROUTE, TENANT, RecordKind, tenant_of
+from ..records.parse import RecordError
+from ..records.types import RouteRecord, TenantRecord
+from .l4 import LoadBalancers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """What changed since the last render."""
+
+    upserts: dict[str, RouteRecord] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+    tenants: list[TenantRecord] | None = None  # the whole tenant set, when it changed
+
+
+class Intake:
+    def __init__(
+        self,
+        wake: Callable[[], None],
+        current: Callable[[str], RouteRecord | None],
+        l4: LoadBalancers,
+    ) -> None:
+        self._wake = wake
+        self._current = current  # the model's record of a route id
+        self.l4 = l4
+        self._upserts: dict[str, RouteRecord] = {}
+        self._deletes: set[str] = set()
+        self._tenants: dict[str, TenantRecord] = {}
+        self._tenants_changed = True
+        self._seen: dict[str, tuple[str, int]] = {}  # route id -> (uid, generation)
+        self._refused: dict[str, str] = {}  # record id -> why it was refused, as logged
+        #: records confirmed (written) without a change to render: the model takes them as
+        #: they are (they carry the generation the status reports), and their status is due
+        self.confirmed: dict[str, RouteRecord] = {}
+        #: conditions each record carries, as last seen: lastTransitionTime survives restarts
+        self.conditions: dict[str, list[Any]] = {}
+        self.on_confirmed: Callable[[], None] = lambda: None
+
+    def take(self) -> Batch:
+        batch = Batch(self._upserts, self._deletes)
+        self._upserts, self._deletes = {}, set()
+        if self._tenants_changed:
+            self._tenants_changed = False
+            batch.tenants = list(self._tenants.values())
+        return batch
+
+    # ---- in-process (hub.RecordSink) --------------------------------------------------------
+
+    def provisional(self, record: RouteRecord) -> None:
+        self._seen[record.id] = ("", 0)
+        self._deletes.discard(record.id)
+        self._upserts[record.id] = record
+        self._wake()
+
+    def written(self, kind: RecordKind, obj: Obj) -> None:
+        if kind == ROUTE:
+            self._route(obj)
+        elif kind == LOADBALANCER:
+            self.l4.upsert(obj)
+        elif kind == TENANT:
+            self._tenant(obj)
+
+    def deleted(self, kind: RecordKind, tenant: str, name: str) -> None:
+        if kind == ROUTE:
+            self._delete_route(tenant, name)
+        elif kind == LOADBALANCER:
+            self.l4.delete(tenant, name)
+
+    # ---- the watches -------------------------------------------------------------------------
+
+    def on_route(self, kind: str, obj: Obj) -> None:
+        parse.dispatch(kind, obj, self._route, self._delete_route)
+
+    def on_tenant(self, kind: str, obj: Obj) -> None:
+        if kind != "DELETED":
+            self._tenant(obj)
+            return
+        name = tenant_of(obj)
+        if name is not None and self._tenants.pop(name, None) is not None:
+            self._tenants_changed = True
+            self._wake()
+
+    def on_loadbalancer(self, kind: str, obj: Obj) -> None:
+        parse.dispatch(kind, obj, self.l4.upsert, self.l4.delete)
+
+    # ---- records -----------------------------------------------------------------------------
+
+    def _parse(self, obj: Obj, parser: Callable[[Obj], Any]) -> Any:
+        rid = f"{tenant_of(obj)}/{obj['metadata'].get('name')}"
+        try:
+            out = parser(obj)
+        except RecordError as e:
+            if self._refused.get(rid) != str(e):
+                self._refused[rid] = str(e)
+                log.error("record %s %s refused: %s", obj.get("kind", ""), rid, e)
+            return None
+        self._refused.pop(rid, None)
+        return out
+
+    def _route(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        uid = meta.get("uid", "")
+        tenant = tenant_of(obj)
+        if tenant is None:
+            return
+        rid = f"{tenant}/{meta['name']}"
+        if "status" in obj:
+            self.conditions[rid] = (obj.get("status") or {}).get("conditions") or []
+        generation = int(meta.get("generation") or 0)
+        seen = self._seen.get(rid)
+        if seen is not None and seen[0] == uid and seen[1] >= generation:
+            return  # our own status write, or an event older than a record we already have
+        rec: RouteRecord | None = self._parse(obj, parse.route_record)
+        if rec is None:
+            return
+        self._seen[rid] = (uid, rec.generation)
+        self._deletes.discard(rid)
+        pending = self._upserts.get(rid) or self._current(rid)
+        if pending is not None and pending.spec == rec.spec:
+            # The confirmation of a provisional record: same content, now with a generation,
+            # which only the status needs; the model's indexes do not change.
+            if rid in self._upserts:
+                self._upserts[rid] = rec
+            else:
+                self.confirmed[rid] = rec
+            self.on_confirmed()
+            return
+        self._upserts[rid] = rec
+        self._wake()
+
+    def _delete_route(self, tenant: str, name: str, uid: str | None = None) -> None:
+        rid = f"{tenant}/{name}"
+        seen = self._seen.get(rid)
+        if uid is not None and seen is not None and seen[0] != uid:
+            return  # a stale delete of an object already replaced (or being written anew)
+        self._seen.pop(rid, None)
+        self._upserts.pop(rid, None)
+        self._deletes.add(rid)
+        self.conditions.pop(rid, None)
+        self._wake()
+
+    def _tenant(self, obj: Obj) -> None:
+        rec: TenantRecord | None = self._parse(obj, parse.tenant_record)
+        if rec is not None and self._tenants.get(rec.name) != rec:
+            self._tenants[rec.name] = rec
+            self._tenants_changed = True
+            self._wake()

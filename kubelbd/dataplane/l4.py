@@ -1,0 +1,337 @@
+"""Layer 4 in the data plane: LoadBalancer records → allocations → listeners and clusters.
+
+Allocations are made here because only here are all tenants visible at once, and they are
+written into the record's status *before* Envoy listens on them, so what Envoy serves can
+always be rebuilt from the records after a restart.
+
+- pool mode: each LoadBalancer gets an address of its own from `--l4-address-pool`, and Envoy
+  listens on it at the Service's own ports;
+- service mode: each Service port gets an Envoy listener port, and a Service of type
+  LoadBalancer in the management cluster (selecting the Envoy pods) maps the tenant's port to
+  it; whatever address the management cluster's load balancer writes into that Service's status
+  is handed on to the tenant Service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..ir.allocation import AllocationError
+from ..ir.l4 import L4Cluster, L4Listener, Placement, Pool, PortRange, build, place
+from ..ir.status import Report, lb_report
+from ..kube import ApiError, Kube
+from ..kube.informer import Informer
+from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj
+from ..records import parse
+from ..records.names import (
+    L4_RECORD_LABEL,
+    LOADBALANCERS,
+    labels,
+    namespace_of,
+    tenant_of,
+)
+from ..records.objects import LOADBALANCER, status_object
+from ..records.parse import RecordError
+from ..records.types import (
+    LBRecord,
+    ListenerPort,
+    LoadBalancerIngress,
+    LoadBalancerStatus,
+    TenantRecord,
+)
+
+log = logging.getLogger(__name__)
+
+#: the field manager of allocations (address, listenerPorts, portsSummary)
+ALLOCATION_MANAGER = "kubelbd-dataplane"
+
+
+@dataclass(frozen=True)
+class L4Settings:
+    mode: str = "pool"  # or "service"
+    pool: str = ""
+    listen_address: str = "0.0.0.0"
+    port_range: tuple[int, int] = (20000, 29999)
+    envoy_selector: tuple[tuple[str, str], ...] = (("app", "kubelbd"),)
+
+
+def management_service_name(rec: LBRecord) -> str:
+    """A DNS label, readable where possible: lb-<namespace>-<name>, hashed when too long."""
+    base = f"lb-{rec.namespace}-{rec.service}"
+    if len(base) <= 63:
+        return base
+    digest = hashlib.sha256(rec.id.encode()).hexdigest()[:8]
+    return f"{base[:54]}-{digest}"
+
+
+def management_service(rec: LBRecord, placement: Placement, settings: L4Settings) -> Obj:
+    ports = [
+        {
+            "name": f"{proto.lower()}-{port}",
+            "port": port,
+            "targetPort": listener,
+            "protocol": proto,
+        }
+        for port, proto, listener in placement.ports
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": management_service_name(rec),
+            "namespace": namespace_of(rec.tenant),
+            "labels": labels(rec.tenant) | {L4_RECORD_LABEL: rec.name},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": dict(settings.envoy_selector),
+            "ports": ports,
+        },
+    }
+
+
+class LoadBalancers:
+    def __init__(self, mgmt: Kube, settings: L4Settings, wake: Callable[[], None]) -> None:
+        self.mgmt = mgmt
+        self.settings = settings
+        self._wake = wake  # the data plane's render loop
+        self.records: dict[str, LBRecord] = {}
+        self.status: dict[str, LoadBalancerStatus] = {}  # record id -> as last seen or written
+        self.placements: dict[str, Placement] = {}
+        self.failures: dict[str, AllocationError] = {}
+        self.mgmt_services: dict[str, Obj] = {}  # record id -> management Service (service mode)
+        self.dirty = True
+        self.pending_status: set[str] = set()
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._refused: dict[str, str] = {}
+        self._deleted: set[str] = set()
+
+    # ---- intake ------------------------------------------------------------------------------
+
+    def upsert(self, obj: Obj) -> None:
+        tenant = tenant_of(obj)
+        if tenant is None:
+            return
+        rid = f"{tenant}/{obj['metadata']['name']}"
+        if obj.get("status"):
+            self.status[rid] = parse.lb_status(obj["status"])
+        uid = obj["metadata"].get("uid", "")
+        generation = int(obj["metadata"].get("generation") or 0)
+        if self._seen.get(rid) == (uid, generation):
+            return
+        try:
+            rec = parse.lb_record(obj)
+        except RecordError as e:
+            if self._refused.get(rid) != str(e):
+                self._refused[rid] = str(e)
+                log.error("record LoadBalancer %s refused: %s", rid, e)
+            return
+        self._refused.pop(rid, None)
+        if rec is None:
+            return
+        self._seen[rid] = (uid, generation)
+        self.records[rid] = rec
+        self._changed()
+
+    def delete(self, tenant: str, name: str, uid: str | None = None) -> None:
+        rid = f"{tenant}/{name}"
+        seen = self._seen.get(rid)
+        if uid is not None and seen is not None and seen[0] != uid:
+            return
+        self._seen.pop(rid, None)
+        self.records.pop(rid, None)
+        self.status.pop(rid, None)
+        self._deleted.add(rid)
+        self._changed()
+
+    def take_deleted(self) -> set[str]:
+        """Records deleted since the last call (their status is nobody's business now)."""
+        deleted, self._deleted = self._deleted, set()
+        return deleted
+
+    def on_management_service(self, kind: str, obj: Obj) -> None:
+        """Service mode: the management cluster's LB wrote (or changed) an address."""
+        tenant = tenant_of(obj)
+        name = (obj["metadata"].get("labels") or {}).get(L4_RECORD_LABEL)
+        if tenant is None or name is None:
+            return
+        rid = f"{tenant}/{name}"
+        if kind == "DELETED":
+            self.mgmt_services.pop(rid, None)
+            self._changed()
+            return
+        self.mgmt_services[rid] = obj
+        self.pending_status.add(rid)
+        self._wake()
+
+    def _changed(self) -> None:
+        self.dirty = True
+        self._wake()
+
+    def informers(self, on_record: Callable[[str, Obj], None]) -> list[Informer]:
+        selector = f"{MANAGED_BY}={MANAGER}"
+        out = [Informer(self.mgmt, LOADBALANCERS, on_record, label_selector=selector)]
+        if self.settings.mode == "service":
+            out.append(
+                Informer(
+                    self.mgmt,
+                    SERVICES,
+                    self.on_management_service,
+                    label_selector=f"{selector},{L4_RECORD_LABEL}",
+                )
+            )
+        return out
+
+    # ---- allocation and rendering ------------------------------------------------------------
+
+    def _where(self) -> Pool | PortRange:
+        if self.settings.mode == "pool":
+            return Pool(self.settings.pool)
+        first, last = self.settings.port_range
+        return PortRange(self.settings.listen_address, first, last)
+
+    async def reconcile(
+        self, tenants: dict[str, TenantRecord]
+    ) -> tuple[list[L4Listener], list[L4Cluster]]:
+        """Allocate, persist allocations, then return what Envoy should serve."""
+        self.dirty = False
+        placements, failures = place(self.records.values(), self.status, self._where())
+        unwritten: set[str] = set()
+        for rid, placement in placements.items():
+            try:
+                if self._status_allocation(rid) != _allocation(placement, self.settings.mode):
+                    await self._write_allocation(rid, placement)
+            except (ApiError, ConnectionError) as e:
+                # Not served until its allocation is durable; the others go on regardless.
+                log.warning("load balancer %s: cannot record its allocation: %s", rid, e)
+                unwritten.add(rid)
+                continue
+            if self.settings.mode == "service":
+                try:
+                    await self._ensure_management_service(rid, placement)
+                except (ApiError, ConnectionError) as e:
+                    log.warning("load balancer %s: management Service: %s", rid, e)
+                    self.dirty = True
+        for rid, error in failures.items():
+            status = self.status.get(rid, {})
+            if rid not in placements and (status.get("address") or status.get("listenerPorts")):
+                try:
+                    await self._write_allocation(rid, None)
+                except (ApiError, ConnectionError) as e:
+                    log.warning("load balancer %s: cannot release its allocation: %s", rid, e)
+                    unwritten.add(rid)
+            log.warning("load balancer %s: %s", rid, error.message)
+        if self.settings.mode == "service":
+            try:
+                await self._collect_management_services()
+            except (ApiError, ConnectionError) as e:
+                log.warning("load balancers: cannot delete a management Service: %s", e)
+                self.dirty = True
+        if unwritten:
+            self.dirty = True  # the data plane retries soon
+            placements = {r: p for r, p in placements.items() if r not in unwritten}
+        changed = (set(placements) ^ set(self.placements)) | set(failures) ^ set(self.failures)
+        changed |= {r for r in placements if self.placements.get(r) != placements[r]}
+        self.placements, self.failures = placements, failures
+        self.pending_status |= changed | set(failures) | set(placements)
+        return build(list(self.records.values()), tenants, placements)
+
+    def _status_allocation(self, rid: str) -> Any:
+        status = self.status.get(rid, {})
+        if self.settings.mode == "pool":
+            return status.get("address") or None
+        return (
+            sorted(
+                (x["port"], x["protocol"], x["listenerPort"])
+                for x in status.get("listenerPorts", [])
+            )
+            or None
+        )
+
+    async def _write_allocation(self, rid: str, placement: Placement | None) -> None:
+        rec = self.records[rid]
+        status: LoadBalancerStatus = {}
+        if placement is not None and self.settings.mode == "pool":
+            status["address"] = placement.address
+        elif placement is not None:
+            status["listenerPorts"] = [
+                ListenerPort(port=p, protocol="UDP" if proto == "UDP" else "TCP", listenerPort=lp)
+                for p, proto, lp in placement.ports
+            ]
+        # A field this manager no longer applies is removed: that is how an allocation is freed.
+        status["portsSummary"] = ", ".join(
+            f"{p}/{proto}" for p, proto, _ in (placement.ports if placement else ())
+        )
+        written = await self.mgmt.apply(
+            LOADBALANCERS,
+            status_object(LOADBALANCER, rec.tenant, rec.name, status),
+            subresource="status",
+            field_manager=ALLOCATION_MANAGER,
+        )
+        self.status[rid] = parse.lb_status(written.get("status"))
+        log.info("load balancer %s: allocated %s", rid, _allocation(placement, self.settings.mode))
+
+    async def _ensure_management_service(self, rid: str, placement: Placement) -> None:
+        rec = self.records[rid]
+        want = management_service(rec, placement, self.settings)
+        have = self.mgmt_services.get(rid)
+        if have is not None and _same_ports(have, want):
+            return
+        self.mgmt_services[rid] = await self.mgmt.apply(SERVICES, want)
+
+    async def _collect_management_services(self) -> None:
+        for rid in [r for r in self.mgmt_services if r not in self.records]:
+            meta = self.mgmt_services[rid]["metadata"]
+            await self.mgmt.delete(SERVICES, meta["name"], meta["namespace"])
+            self.mgmt_services.pop(rid, None)  # its DELETED event may have come first
+
+    # ---- status after Envoy applied ----------------------------------------------------------
+
+    def ingress_of(self, rid: str) -> list[LoadBalancerIngress]:
+        placement = self.placements.get(rid)
+        if placement is None:
+            return []
+        if self.settings.mode == "pool":
+            return [{"ip": placement.address}]
+        svc = self.mgmt_services.get(rid) or {}
+        lb = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        out: list[LoadBalancerIngress] = []
+        for i in lb:
+            entry: LoadBalancerIngress = {}
+            if i.get("ip"):
+                entry["ip"] = str(i["ip"])
+            if i.get("hostname"):
+                entry["hostname"] = str(i["hostname"])
+            out.append(entry)
+        return out
+
+    def report(self, rid: str, applied: bool) -> Report | None:
+        rec = self.records.get(rid)
+        if rec is None:
+            return None
+        awaiting = management_service_name(rec) if self.settings.mode == "service" else None
+        return lb_report(rec, self.ingress_of(rid), self.failures.get(rid), awaiting, applied)
+
+
+def _allocation(placement: Placement | None, mode: str) -> Any:
+    if placement is None:
+        return None
+    if mode == "pool":
+        return placement.address
+    return sorted(placement.ports)
+
+
+def _same_ports(have: Obj, want: Obj) -> bool:
+    def shape(svc: Obj) -> list[tuple[Any, ...]]:
+        return sorted(
+            (p.get("port"), p.get("protocol", "TCP"), p.get("targetPort"))
+            for p in (svc.get("spec") or {}).get("ports") or []
+        )
+
+    return shape(have) == shape(want) and (have.get("spec") or {}).get("selector") == (
+        want.get("spec") or {}
+    ).get("selector")

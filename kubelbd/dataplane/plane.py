@@ -1,0 +1,206 @@
+"""The data plane loop: records → IR → Envoy files, then status once Envoy applied them.
+
+    intake (records) ─▶ ir.http.Model ─▶ envoy.Renderer ─▶ envoy.Publisher ─▶ files
+                          │  tls (certificates, issuers) and l4 (allocations) on the side
+                          └────────────▶ status: ir.status reports, after Envoy applied
+
+Every render costs what changed: the model reports a Delta, the renderer rewrites only the
+files it touches, the publisher writes only files whose content changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import anyio
+import anyio.abc
+
+from ..certs.acme import ACMESettings
+from ..envoy.admin import EnvoyAdmin
+from ..envoy.publisher import Publisher
+from ..envoy.renderer import Files, Renderer
+from ..envoy.settings import Settings
+from ..hub import Settling, StatusBoard
+from ..ir.http import Model
+from ..ir.status import Report, route_report
+from ..kube import ApiError, Kube
+from ..kube.informer import Informer
+from ..objects import MANAGED_BY, MANAGER, SECRETS
+from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL
+from .intake import Intake
+from .l4 import L4Settings, LoadBalancers
+from .status import StatusReporter
+from .tls import TLSState
+
+log = logging.getLogger(__name__)
+
+#: how long the first publish after a start waits for the tenants to resync
+SETTLE_TIMEOUT = 10.0
+L4_RETRY = 1.0
+
+
+class DataPlane:
+    def __init__(
+        self,
+        mgmt: Kube,
+        settings: Settings,
+        publisher: Publisher,
+        admin: EnvoyAdmin,
+        board: StatusBoard,
+        settling: Settling,
+        public_address: str = "",
+        l4: L4Settings | None = None,
+        acme: ACMESettings | None = None,
+    ) -> None:
+        self.mgmt = mgmt
+        self.settings = settings
+        self.publisher = publisher
+        self.admin = admin
+        self.board = board
+        self.settling = settling
+        self.public_address = public_address
+        self.model = Model()
+        self.renderer = Renderer(settings)
+        self.l4 = LoadBalancers(mgmt, l4 or L4Settings(), self._wake_up)
+        self.intake = Intake(self._wake_up, self.model.routes.get, self.l4)
+        self.intake.on_confirmed = self._confirmed
+        self.tls = TLSState(mgmt, acme or ACMESettings(), self._wake_up, self.wait_applied)
+        self.status = StatusReporter(
+            mgmt, board, self.wait_applied, self._reports, self.intake.conditions.get
+        )
+        self.first_publish = anyio.Event()
+        self._wake = anyio.Event()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._next_render = math.inf  # when a timer wakes the render loop (_render_at)
+
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    def _confirmed(self) -> None:
+        """Provisional records came back written: the model takes them, their status is due."""
+        confirmed, self.intake.confirmed = self.intake.confirmed, {}
+        for rec in confirmed.values():
+            self.model.confirm(rec)
+        self.status.due(routes=confirmed)
+
+    async def wait_applied(self, timeout: float | None = None) -> bool:
+        """True once Envoy reports every file version kubelbd has published."""
+        return await self.admin.wait_applied(self.publisher.published, timeout)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.publisher.load_async()
+        selector = f"{MANAGED_BY}={MANAGER}"
+        routes = Informer(self.mgmt, ROUTES, self.intake.on_route, label_selector=selector)
+        tenants = Informer(self.mgmt, TENANTS, self.intake.on_tenant, label_selector=selector)
+        secrets = Informer(
+            self.mgmt, SECRETS, self.tls.on_secret, label_selector=f"{TLS_LABEL}=true"
+        )
+        informers = [routes, tenants, secrets, *self.l4.informers(self.intake.on_loadbalancer)]
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            tg.start_soon(self.tls.recheck)
+            tg.start_soon(self.tls.issuers.run)
+            tg.start_soon(self.status.run)
+            tg.start_soon(self.status.writer.run)
+            for inf in informers:
+                tg.start_soon(inf.run)
+            for inf in informers:
+                await inf.synced.wait()
+            # After a restart, let every reachable tenant resync before the first publish:
+            # Envoy keeps serving the previous files meanwhile, then gets the full picture.
+            await self.settling.wait(SETTLE_TIMEOUT)
+            log.info(
+                "data plane: %d routes, %d tenants in the records",
+                len(routes.cache),
+                len(tenants.cache),
+            )
+            while True:
+                await self._render_once()
+                self.first_publish.set()
+                await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def _render_once(self) -> None:
+        batch = self.intake.take()
+        if batch.tenants is not None:
+            self.l4.dirty = True  # node addresses are in every L4 cluster too
+        for rid in batch.deletes:
+            self.status.forget(ROUTE.kind, rid)
+        start = time.perf_counter()
+        delta = self.model.apply(batch.upserts.values(), batch.deletes, batch.tenants)
+        files = self.renderer.update(self.model.ir, delta, anyio.current_time())
+        removal = self.renderer.next_removal()
+        if removal is not None:
+            self._render_at(removal)  # an unused cluster's grace period ends
+        changed = set(batch.upserts) | batch.deletes
+        stale, tls_moved = self.tls.render(self.model, changed, delta, self.renderer, files)
+        if self.l4.dirty:
+            await self._render_l4(files)
+        rendered = time.perf_counter()
+        written = await self.publisher.publish(files)
+        await self.publisher.remove(stale)
+        self.tls.published()
+        if written:
+            log.debug(
+                "rendered %d changes in %.1f ms, published %s in %.1f ms",
+                len(batch.upserts) + len(batch.deletes),
+                (rendered - start) * 1000,
+                ", ".join(sorted(written)),
+                (time.perf_counter() - rendered) * 1000,
+            )
+        tls_upserts = self.tls.routes & set(batch.upserts)
+        lbs, self.l4.pending_status = self.l4.pending_status, set()
+        for rid in self.l4.take_deleted():
+            self.status.forget(LOADBALANCER.kind, rid)
+        self.status.due(routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts, lbs=lbs)
+
+    async def _render_l4(self, files: Files) -> None:
+        try:
+            listeners, clusters = await self.l4.reconcile(self.model.tenants)
+            files.update(self.renderer.update_l4(listeners, clusters))
+            if self.l4.dirty:
+                self._retry_l4()  # some allocation could not be recorded
+        except (ApiError, ConnectionError) as e:
+            log.warning("load balancers: %s; retrying", e)
+            self.l4.dirty = True
+            self._retry_l4()
+
+    def _render_at(self, at: float) -> None:
+        """Render again at `at` (anyio's clock). One timer, for the earliest time asked: every
+        render asks again for what it still needs (a retry, an unused cluster's removal)."""
+        if self._task_group is None or self._next_render <= at:
+            return
+        self._next_render = at
+
+        async def later() -> None:
+            await anyio.sleep_until(at)
+            if self._next_render == at:
+                self._next_render = math.inf
+                self._wake.set()
+
+        self._task_group.start_soon(later)
+
+    def _retry_l4(self) -> None:
+        self._render_at(anyio.current_time() + L4_RETRY)
+
+    # ---- status ------------------------------------------------------------------------------
+
+    def _reports(self, routes: set[str], lbs: set[str], applied: bool) -> list[Report]:
+        """The status of these records, from the model as it is now (see ir.status)."""
+        out = []
+        for rid in sorted(routes):
+            route = self.model.routes.get(rid)
+            if route is not None:
+                problems = self.tls.plan.problems.get(rid, [])
+                out.append(
+                    route_report(route, self.model.ir, problems, self.public_address, applied)
+                )
+        for rid in sorted(lbs):
+            report = self.l4.report(rid, applied)
+            if report is not None:
+                out.append(report)
+        return out

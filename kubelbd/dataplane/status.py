@@ -1,0 +1,106 @@
+"""Status after Envoy applied: the one place the data plane's statuses leave from.
+
+After each publish this task waits until Envoy's admin interface reports the new file
+versions applied, asks the data plane for the Reports of everything the publish touched
+(computed by the pure kubelbd.ir.status), and hands them on: the record's status to a
+StatusWriter (dedup, backoff, forgetting), the tenant object's to the StatusBoard, from
+which each tenant task writes its own. Status is for people, traffic is for clients: the
+wait lets Envoy apply the change without these writes competing for the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Any
+
+import anyio
+
+from ..hub import StatusBoard
+from ..ir.status import Report
+from ..kube import Kube
+from ..kube.status import StatusWriter
+from ..records import conditions
+from ..records.names import LOADBALANCERS, ROUTES
+from ..records.objects import LOADBALANCER, status_object
+
+log = logging.getLogger(__name__)
+
+STATUS_DELAY = 0.05
+APPLY_TIMEOUT = 30.0
+#: field managers, one per kind of status write (so each owns its fields)
+MANAGERS = {"Route": "kubelbd-dataplane", LOADBALANCER: "kubelbd-dataplane-report"}
+RESOURCES = {"Route": ROUTES, LOADBALANCER: LOADBALANCERS}
+
+Reports = Callable[[set[str], set[str], bool], list[Report]]
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        mgmt: Kube,
+        board: StatusBoard,
+        wait_applied: Callable[[float], Awaitable[bool]],
+        reports: Reports,
+        route_conditions: Callable[[str], list[Any] | None] = lambda _: None,
+    ) -> None:
+        self.mgmt = mgmt
+        self.board = board
+        self._wait_applied = wait_applied
+        self._reports = reports
+        self._route_conditions = route_conditions  # as the record carried them when seen
+        self.writer = StatusWriter("records")
+        self._routes: set[str] = set()
+        self._lbs: set[str] = set()
+        self._published = anyio.Event()
+        self._previous: dict[str, list[Any]] = {}
+
+    def due(self, routes: Iterable[str] = (), lbs: Iterable[str] = ()) -> None:
+        """These records' status may have changed with the files just published."""
+        self._routes.update(routes)
+        self._lbs.update(lbs)
+        if self._routes or self._lbs:
+            self._published.set()
+
+    def forget(self, kind: str, record_id: str) -> None:
+        self.writer.forget(f"{kind}/{record_id}")
+        self._previous.pop(f"{kind}/{record_id}", None)
+
+    async def run(self) -> None:
+        while True:
+            await self._published.wait()
+            await anyio.sleep(STATUS_DELAY)
+            self._published = anyio.Event()
+            applied = await self._wait_applied(APPLY_TIMEOUT)
+            routes, lbs = self._routes, self._lbs
+            if applied:
+                self._routes, self._lbs = set(), set()
+            else:
+                log.warning(
+                    "Envoy has not applied the published files within %.0f s; %d statuses"
+                    " say Pending until it does", APPLY_TIMEOUT, len(routes) + len(lbs),
+                )  # fmt: skip
+                self._published.set()  # and wait again
+            for report in self._reports(routes, lbs, applied):
+                self._want(report)
+
+    def _want(self, report: Report) -> None:
+        key = f"{report.kind}/{report.id}"
+        self.writer.want(key, repr(report.status), partial(self._write, key, report))
+        if report.source is not None:
+            self.board.want(report.tenant, report.source)
+
+    async def _write(self, key: str, report: Report) -> None:
+        previous = self._previous.get(key)
+        if previous is None and report.kind == "Route":
+            previous = self._route_conditions(report.id)
+        status = dict(report.status)
+        status["conditions"] = conditions.stamp(report.conditions, previous)
+        written = await self.mgmt.apply(
+            RESOURCES[report.kind],
+            status_object(report.kind, report.tenant, report.name, status),
+            subresource="status",
+            field_manager=MANAGERS[report.kind],
+        )
+        self._previous[key] = (written.get("status") or {}).get("conditions") or []

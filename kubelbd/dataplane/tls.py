@@ -1,0 +1,126 @@
+"""TLS in the data plane: certificates in the management cluster, which hosts are served over
+HTTPS with which one, what kubelbd must have issued, and the ACME answers Envoy gives.
+
+Certificates come from Secrets labelled `kubelb.io/tls=true` in the tenants' namespaces
+(copies of tenant Secrets, ACME issued, cert-manager written). Every one is checked
+(kubelbd.ir.tls) before it reaches Envoy; a bad one keeps its host off HTTPS alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+import anyio
+
+from ..certs.acme import ACMESettings
+from ..certs.issuers import Issuers
+from ..envoy.renderer import Files, Renderer
+from ..ir import tls
+from ..ir.http import Delta, Model
+from ..kube import Kube
+from ..objects import Obj
+from ..records.names import secret_id, tenant_of
+
+log = logging.getLogger(__name__)
+
+RECHECK_INTERVAL = 60.0
+
+
+class TLSState:
+    def __init__(
+        self,
+        mgmt: Kube,
+        acme: ACMESettings,
+        wake: Callable[[], None],
+        wait_applied: Callable[[float], Awaitable[bool]],
+    ) -> None:
+        self._wake = wake
+        self._wait_applied = wait_applied
+        self.certificates: dict[str, tls.CertificateData] = {}  # secret id -> content
+        #: ACME HTTP-01 answers being served: token -> key authorization
+        self.challenges: dict[str, str] = {}
+        self.plan = tls.TLSPlan()
+        self.dirty = True
+        self.routes: set[str] = set()  # ids of routes with a tls section
+        self._challenges_published = anyio.Event()
+        self._challenges_rendered = False
+        self.issuers = Issuers(
+            mgmt, acme, lambda: self.certificates, self.publish_challenges, self.changed
+        )
+
+    def changed(self) -> None:
+        self.dirty = True
+        self._wake()
+
+    def on_secret(self, kind: str, obj: Obj) -> None:
+        tenant = tenant_of(obj)
+        if tenant is None:
+            return
+        sid = secret_id(tenant, obj["metadata"]["name"])
+        if kind == "DELETED":
+            self.certificates.pop(sid, None)
+        else:
+            crt, key = tls.secret_data(obj)
+            self.certificates[sid] = tls.CertificateData(sid, crt, key)
+        self.changed()
+
+    async def publish_challenges(self, challenges: dict[str, str]) -> bool:
+        """ACME HTTP-01: serve these answers on plain HTTP, for any host; True once Envoy
+        reports them applied."""
+        self.challenges = dict(challenges)
+        self._challenges_published = anyio.Event()
+        self.changed()
+        with anyio.move_on_after(30):
+            await self._challenges_published.wait()
+            return await self._wait_applied(30)
+        return False
+
+    def published(self) -> None:
+        """The files of the last render are written."""
+        if self._challenges_rendered:
+            self._challenges_rendered = False
+            self._challenges_published.set()
+
+    def render(
+        self, model: Model, changed: Iterable[str], delta: Delta, renderer: Renderer, files: Files
+    ) -> tuple[set[str], set[str]]:
+        """Certificates, SNI chains, redirects and ACME answers into `files`, when anything
+        TLS changed. Returns the secret files nothing refers to any more, and the routes whose
+        certificate problems changed."""
+        for rid in changed:
+            route = model.routes.get(rid)
+            if route is not None and route.spec.get("tls"):
+                self.routes.add(rid)
+                self.dirty = True
+            elif rid in self.routes:
+                self.routes.discard(rid)
+                self.dirty = True
+        if self.routes and (delta.hosts or delta.catch_all):
+            self.dirty = True  # ownership may have moved a TLS host
+        if not self.dirty:
+            return set(), set()
+        self.dirty = False
+        before = self.plan.problems
+        routes = [model.routes[r] for r in self.routes]
+        self.issuers.update(tls.wanted(model.ir, routes))
+        self.plan = tls.plan(
+            model.ir, routes, self.certificates, dt.datetime.now(dt.UTC), self.issuers.pending()
+        )
+        tls_files, stale = renderer.update_tls(
+            self.plan, self.challenges, model.ir.catch_all is not None
+        )
+        files.update(tls_files)
+        self._challenges_rendered = True
+        problems = self.plan.problems
+        moved = set(before) ^ set(problems)
+        moved |= {r for r in before if before.get(r) != problems.get(r)}
+        return stale, moved
+
+    async def recheck(self) -> None:
+        """Certificates expire while being served: look again every minute."""
+        while True:
+            await anyio.sleep(RECHECK_INTERVAL)
+            if self.routes:
+                self.changed()

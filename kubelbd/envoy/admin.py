@@ -1,0 +1,104 @@
+"""Reading Envoy's admin interface: is it ready, and which version of each file has it applied.
+
+Every xDS subscription exposes a `version_text` text readout in /stats; our files carry their
+content hash as version_info, so comparing the two says exactly what Envoy serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import anyio
+import orjson
+
+from .settings import secret_file
+
+log = logging.getLogger(__name__)
+
+
+def file_of_stat(name: str) -> str | None:
+    """Map a version_text stat to the config file it reports on."""
+    if name == "cluster_manager.cds.version_text":
+        return "cds.json"
+    if name == "listener_manager.lds.version_text":
+        return "lds.json"
+    if name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
+        route_config = name.split(".rds.", 1)[1].removesuffix(".version_text")
+        return f"rds/{route_config}.json"
+    if name.startswith("sds.") and name.endswith(".version_text"):
+        return secret_file(name.removeprefix("sds.").removesuffix(".version_text"))
+    return None
+
+
+def all_applied(published: Mapping[str, str], reported: Mapping[str, str]) -> bool:
+    """Whether Envoy reports every published file version applied.
+
+    Only files Envoy subscribes to count (a route table no listener names yet is never read);
+    a new listener's route tables and secrets are loaded while it warms, before the listener
+    file's version is reported as applied. Listeners and clusters must always be reported."""
+    return (
+        bool(reported)
+        and all(reported.get(f) == published.get(f) for f in ("lds.json", "cds.json"))
+        and all(reported.get(f, v) == v for f, v in published.items())
+    )
+
+
+class EnvoyAdmin:
+    def __init__(self, address: str) -> None:
+        self.base = f"http://{address}"
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        async with self._client().get(self.base + path) as r:
+            return r.status, await r.read()
+
+    async def ready(self) -> bool:
+        try:
+            status, _ = await self._get("/ready")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        return status == 200
+
+    async def versions(self) -> dict[str, str]:
+        """{config file: version Envoy applied}; empty when Envoy cannot be reached."""
+        try:
+            # Text readouts only, and no filter: a regex filter walks every stat on Envoy's
+            # main thread (over a second at a few thousand stats), delaying the very config
+            # updates this is waiting for; the text readouts are a handful.
+            status, body = await self._get("/stats?format=json&type=TextReadouts")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return {}
+        if status != 200:
+            return {}
+        out: dict[str, str] = {}
+        stats: list[dict[str, Any]] = orjson.loads(body).get("stats", [])
+        for s in stats:
+            name = s.get("name", "")
+            path = file_of_stat(name)
+            if path is not None and s.get("value"):
+                # Several listeners may share one route table; any of them reports it.
+                out[path] = str(s["value"])
+        return out
+
+    async def wait_applied(self, published: Mapping[str, str], timeout: float | None) -> bool:
+        """True once Envoy reports `published` (file -> version) applied; False on timeout."""
+        delay = 0.002
+        with anyio.move_on_after(timeout):
+            while True:
+                if all_applied(published, await self.versions()):
+                    return True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        return False

@@ -1,0 +1,326 @@
+"""HTTP: the front and shard listeners, route tables, and backend clusters (IR → Envoy).
+
+Pure functions with Envoy's own field names (v3 API, JSON form); memoized, and never
+mutated after, so the publisher can reuse an unchanged resource's bytes.
+
+How the configuration is split, and why: Envoy rebuilds a whole route table whenever its file
+changes, so the time to apply one change follows the size of the table it lands in. One table
+for everything grows linearly with the fleet. Instead:
+
+- the public HTTP listener has a small *front* table: one virtual host per shard, listing that
+  shard's domains, whose only route hands the request to the shard's internal listener;
+- hosts are spread over a fixed number of internal listeners (`shards`) by a stable hash of
+  the host; each has its own route table (RDS) in its own file, holding the real rules;
+- the catch-all (host-less rules, defaultBackend) has an internal listener of its own.
+
+A change to one route rewrites one small shard table, plus the front table only when the set
+of hosts changes (a domain list is cheap for Envoy to rebuild). Listeners never change with
+routes, so route changes never drain a listener. The shard count is fixed rather than per
+tenant because every file subscription costs Envoy an inotify instance, and those are limited
+(128 per user by default).
+
+Clusters cannot be split that way: Envoy reads all of them from one CDS file and pays about
+0.1-0.2 ms per cluster on every CDS update, so CDS is rewritten only when a backend Service
+appears or goes, or a tenant's nodes change; route-only changes never touch it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from ..ir.http import Cluster, PathRule, Target, VirtualHost
+from .common import Resource, config_source, health_check, socket_address
+from .settings import DEFAULT_SHARD, FRONT, Settings, rds_path, shard_names
+from .type_urls import CLUSTER, HCM, LISTENER, PREVIOUS_HOSTS, ROUTE_CONFIG, ROUTER
+
+ACME_PREFIX = "/.well-known/acme-challenge/"
+
+
+def hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) -> Resource:
+    """An HTTP connection manager reading its routes from one RDS file. The front listeners
+    (HTTP, HTTPS) normalize what clients send; the internal shard listeners keep it."""
+    out: Resource = {
+        "@type": HCM,
+        "stat_prefix": stat_prefix,
+        "rds": {
+            "route_config_name": route_config,
+            "config_source": config_source(rds_path(settings, route_config)),
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "common_http_protocol_options": {"idle_timeout": "300s"},
+    }
+    if front:
+        out.update(
+            {
+                "use_remote_address": True,
+                "normalize_path": True,
+                "strip_any_host_port": True,
+                "strip_trailing_host_dot": True,
+                "request_timeout": "0s",
+            }
+        )
+    else:
+        # The front listener already set X-Forwarded-For/-Proto; keep what it sent.
+        out["use_remote_address"] = False
+    return out
+
+
+def http_filter_chain(manager: Resource) -> Resource:
+    return {
+        "filters": [
+            {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
+        ]
+    }
+
+
+def _listener(name: str, manager: Resource, address: Resource | None) -> Resource:
+    out: Resource = {"@type": LISTENER, "name": name}
+    if address is None:
+        out["internal_listener"] = {}
+    else:
+        out["address"] = address
+    out["filter_chains"] = [http_filter_chain(manager)]
+    return out
+
+
+def listeners(settings: Settings) -> list[Resource]:
+    front = _listener(
+        FRONT,
+        hcm(FRONT, FRONT, settings, front=True),
+        socket_address(settings.http_address, settings.http_port),
+    )
+    out = [front]
+    for name in shard_names(settings):
+        out.append(_listener(name, hcm(name.removeprefix("shard."), name, settings, False), None))
+    return out
+
+
+def shard_clusters(settings: Settings) -> list[Resource]:
+    return [
+        {
+            "@type": CLUSTER,
+            "name": name,
+            "connect_timeout": "1s",
+            "type": "STATIC",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "envoy_internal_address": {"server_listener_name": name}
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+        for name in shard_names(settings)
+    ]
+
+
+@lru_cache(maxsize=65536)
+def backend_cluster(c: Cluster, settings: Settings) -> Resource:
+    return {
+        "@type": CLUSTER,
+        "name": c.name,
+        "connect_timeout": "2s",
+        "type": "STATIC",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": c.name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": socket_address(a, c.port)}} for a in c.addresses
+                    ]
+                }
+            ],
+        },
+        "health_checks": [health_check(settings)],
+        "outlier_detection": {"consecutive_gateway_failure": 3, "interval": "5s"},
+        "ignore_health_on_host_removal": True,
+    }
+
+
+def _action(target: Target | None, settings: Settings) -> Resource:
+    if target is None:
+        return {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
+    clusters = target.clusters
+    if not clusters:
+        return {
+            "direct_response": {"status": 503, "body": {"inline_string": "backend unavailable\n"}}
+        }
+    if len(clusters) == 1:
+        return {"route": {"cluster": clusters[0][0], "timeout": settings.route_timeout}}
+    # Several backends share the requests by weight; one that cannot be resolved takes none.
+    weighted = [{"name": c, "weight": w} for c, w in clusters]
+    return {
+        "route": {"weighted_clusters": {"clusters": weighted}, "timeout": settings.route_timeout}
+    }
+
+
+# Retries only where no byte reached the backend: safe for any method. They let a request
+# survive a node that died since the last health check. Each retry goes to another node, so
+# there is nothing to back off from: Envoy's default back-off (25 ms base, up to 75 ms for the
+# second retry) held requests for up to 100 ms while a new NodePort was still closed.
+RETRY_POLICY: Resource = {
+    "retry_on": "connect-failure,refused-stream",
+    "num_retries": 2,
+    "retry_back_off": {"base_interval": "0.002s", "max_interval": "0.010s"},
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": PREVIOUS_HOSTS},
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
+
+
+def _match(rule: PathRule) -> Resource:
+    if rule.exact:
+        return {"path": rule.path}
+    if rule.path == "/":
+        return {"prefix": "/"}
+    return {"path_separated_prefix": rule.path}
+
+
+def _authority_guard(host: str) -> list[Resource]:
+    """Ingress wildcards match exactly one label; Envoy's `*.` suffix matches any number."""
+    suffix = re.escape(host[1:])
+    return [
+        {
+            "name": ":authority",
+            "string_match": {"safe_regex": {"regex": f"(?i)^[^.]+{suffix}(:[0-9]+)?$"}},
+        }
+    ]
+
+
+def _named(route: Resource, target: Target | None) -> Resource:
+    return {"name": target.route, **route} if target is not None else route
+
+
+@lru_cache(maxsize=65536)
+def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) -> Resource:
+    guard = _authority_guard(vh.host) if vh.wildcard else None
+    routes = []
+    for rule in vh.rules:
+        match = _match(rule)
+        if guard:
+            match["headers"] = guard
+        routes.append(_named({"match": match, **_action(rule.target, settings)}, rule.target))
+    catches_all = bool(vh.rules) and vh.rules[-1].path == "/" and not vh.rules[-1].exact
+    if not catches_all:  # otherwise nothing could ever reach the fallback
+        fallback_match: Resource = {"prefix": "/"}
+        if guard:
+            fallback_match["headers"] = guard
+        routes.append(
+            _named({"match": fallback_match, **_action(vh.fallback, settings)}, vh.fallback)
+        )
+    if guard:
+        # Deeper names (a.b.example.com) are not this host's: send them where unknown hosts go.
+        beyond = Target(((DEFAULT_SHARD, 1),), "catch-all") if catch_all_exists else None
+        routes.append({"match": {"prefix": "/"}, **_action(beyond, settings)})
+    return {
+        "name": f"{vh.tenant}/{vh.host or '*'}",
+        "domains": [vh.host or "*"],
+        "routes": routes,
+        "retry_policy": RETRY_POLICY,
+    }
+
+
+def route_config(name: str, vhosts: list[Resource]) -> Resource:
+    return {"@type": ROUTE_CONFIG, "name": name, "virtual_hosts": vhosts}
+
+
+def front_table(
+    name: str,
+    shard_domains: dict[str, list[str]],
+    catch_all: bool,
+    redirect: tuple[str, ...] = (),
+    challenges: tuple[tuple[str, str], ...] = (),
+    redirect_port: int = 443,
+    misdirected: Sequence[str] = (),
+) -> Resource:
+    """Host → shard. On plain HTTP, hosts served over HTTPS are redirected there instead, and
+    ACME HTTP-01 challenges (token, key authorization) are answered first, for every host.
+    `misdirected` hosts get 421: on HTTPS, hosts this connection's certificate may not speak
+    for. The HTTPS table has no catch-all: only hosts with a certificate are served there."""
+    answers = [
+        {
+            "match": {"path": ACME_PREFIX + token},
+            "direct_response": {"status": 200, "body": {"inline_string": key_authorization}},
+        }
+        for token, key_authorization in challenges
+    ]
+    moved = set(redirect)
+    https: Resource = {"https_redirect": True}
+    if redirect_port != 443:
+        https["port_redirect"] = redirect_port
+    vhosts = []
+    for shard, domains in sorted(shard_domains.items()):
+        route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
+        kept = [d for d in domains if d not in moved]
+        if kept:
+            vhosts.append({"name": shard, "domains": kept, "routes": [*answers, route]})
+        for wildcard in sorted(d for d in domains if d in moved and d.startswith("*.")):
+            # Only the one-label names its certificate covers are redirected; deeper names
+            # go on as plain HTTP would (the shard's own guard sends them to the catch-all).
+            redirect_one_label = {
+                "match": {"prefix": "/", "headers": _authority_guard(wildcard)},
+                "redirect": https,
+            }
+            vhosts.append(
+                {
+                    "name": f"redirect-to-https:{wildcard}",
+                    "domains": [wildcard],
+                    "routes": [*answers, redirect_one_label, route],
+                }
+            )
+    exact = sorted(h for h in redirect if not h.startswith("*."))
+    if exact:
+        vhosts.append(
+            {
+                "name": "redirect-to-https",
+                "domains": exact,
+                "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
+            }
+        )
+    if misdirected:
+        vhosts.append(
+            {
+                "name": "no-certificate",
+                "domains": list(misdirected),
+                "routes": [
+                    {
+                        "match": {"prefix": "/"},
+                        "direct_response": {
+                            "status": 421,
+                            "body": {"inline_string": "no certificate for this host\n"},
+                        },
+                    }
+                ],
+            }
+        )
+    default: Resource = (
+        {"route": {"cluster": DEFAULT_SHARD, "timeout": "0s"}}
+        if catch_all
+        else {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
+    )
+    vhosts.append(
+        {"name": "*", "domains": ["*"], "routes": [*answers, {"match": {"prefix": "/"}, **default}]}
+    )
+    return route_config(name, vhosts)
+
+
+def shard_table(
+    shard: str, vhosts: list[VirtualHost], settings: Settings, catch_all: bool
+) -> Resource:
+    return route_config(shard, [virtual_host(v, settings, catch_all) for v in vhosts])

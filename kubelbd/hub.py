@@ -1,0 +1,130 @@
+"""Where the tenant side and the data plane meet in-process; neither imports the other.
+
+Records go one way, statuses the other, each through something defined here:
+
+    tenant side ──RecordSink──▶ data plane ──StatusBoard──▶ tenant side
+
+- `RecordSink`: records the moment a tenant task has them (before the management API server
+  has them back through the data plane's watch, which is all there is after a restart);
+- `StatusBoard`: the status every tenant object should show, as the data plane decided it;
+  each tenant task writes its own tenant's, with its own client;
+- `Settling`: after a restart the data plane waits (briefly) for every registered tenant to
+  resync before its first publish, so Envoy is never handed a partial picture.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import anyio
+
+from .objects import Obj
+from .records.names import RecordKind
+from .records.status import SourceStatus
+from .records.types import RouteRecord
+
+
+class RecordSink(Protocol):
+    """The data plane's intake, as the tenant side sees it."""
+
+    def provisional(self, record: RouteRecord) -> None:
+        """A Route translated right now, whose record is being written: render it already."""
+        ...
+
+    def written(self, kind: RecordKind, obj: Obj) -> None:
+        """A record as the API server stored it."""
+        ...
+
+    def deleted(self, kind: RecordKind, tenant: str, name: str) -> None: ...
+
+
+class StatusBoard:
+    """The latest wanted status of every tenant object, by tenant; the tenant task of each
+    tenant takes its own (again from the start when it restarts)."""
+
+    def __init__(self) -> None:
+        self._wanted: dict[str, dict[str, SourceStatus]] = {}
+        self._changed: dict[str, set[str]] = {}
+        self._wake: dict[str, anyio.Event] = {}
+
+    def want(self, tenant: str, status: SourceStatus) -> None:
+        wanted = self._wanted.setdefault(tenant, {})
+        if wanted.get(status.key) == status:
+            return
+        wanted[status.key] = status
+        self._changed.setdefault(tenant, set()).add(status.key)
+        self._notify(tenant)
+
+    def withdraw(self, tenant: str, kind: str, namespace: str, name: str) -> None:
+        """The record is gone: its object's status is the tenant side's business again."""
+        key = f"{kind}/{namespace}/{name}"
+        if self._wanted.get(tenant, {}).pop(key, None) is not None:
+            self._changed.get(tenant, set()).discard(key)
+
+    def forget_tenant(self, tenant: str) -> None:
+        self._wanted.pop(tenant, None)
+        self._changed.pop(tenant, None)
+
+    def subscribe(self, tenant: str) -> None:
+        """A tenant task (re)starts: everything wanted for it counts as changed."""
+        self._changed[tenant] = set(self._wanted.get(tenant, {}))
+        self._notify(tenant)
+
+    def take(self, tenant: str) -> list[SourceStatus]:
+        """What changed for `tenant` since the last take."""
+        keys = self._changed.pop(tenant, set())
+        wanted = self._wanted.get(tenant, {})
+        return [wanted[k] for k in sorted(keys) if k in wanted]
+
+    async def wait(self, tenant: str) -> None:
+        """Until something changed for `tenant`."""
+        while not self._changed.get(tenant):
+            event = self._wake.setdefault(tenant, anyio.Event())
+            await event.wait()
+            self._wake.pop(tenant, None)
+
+    def _notify(self, tenant: str) -> None:
+        event = self._wake.get(tenant)
+        if event is not None:
+            event.set()
+
+
+class Settling:
+    """Which registered tenants have synced since this process started."""
+
+    def __init__(self) -> None:
+        self._expected: set[str] = set()
+        self._done: set[str] = set()
+        self._changed = anyio.Event()
+        self.registrations_known = False
+
+    def expect(self, tenant: str) -> None:
+        self._expected.add(tenant)
+        self._changed.set()
+
+    def done(self, tenant: str) -> None:
+        """Synced once, or known unreachable: nothing better to wait for."""
+        self._done.add(tenant)
+        self._changed.set()
+
+    def forget(self, tenant: str) -> None:
+        self._expected.discard(tenant)
+        self._done.discard(tenant)
+        self._changed.set()
+
+    def known(self) -> None:
+        """Every registration has been read."""
+        self.registrations_known = True
+        self._changed.set()
+
+    @property
+    def settled(self) -> bool:
+        return self.registrations_known and self._expected <= self._done
+
+    async def wait(self, timeout: float = 10.0) -> None:
+        """Until every registered tenant settled, or `timeout` (a tenant that hangs must not
+        keep Envoy from the rest)."""
+        with anyio.move_on_after(timeout):
+            while not self.settled:
+                self._changed = anyio.Event()
+                await self._changed.wait()

@@ -1,0 +1,122 @@
+"""List-then-watch one resource into a local cache, forever, with bookmarks and backoff.
+
+Consumers never talk to the API server to read: they read the cache and are told, through a
+synchronous callback, that something changed. The callback must be cheap (mark dirty, wake a
+reconciler); all real work happens in the consumer's own task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ..objects import Obj, Resource, key
+from ..retry import Backoff
+from .client import ApiError, Kube
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[str, Obj], None]
+ErrorHandler = Callable[[Exception | None], None]
+
+
+class Informer:
+    """Keeps `cache` equal to the server's view of one resource (optionally filtered)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        on_event: EventHandler | None = None,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        on_error: ErrorHandler | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.kube = kube
+        self.resource = resource
+        self.namespace = namespace
+        self.cache: dict[str, Obj] = {}
+        self.synced = anyio.Event()
+        self.resource_version = ""
+        self._on_event = on_event
+        self._on_error = on_error
+        self._params: dict[str, Any] = {}
+        if label_selector:
+            self._params["labelSelector"] = label_selector
+        if field_selector:
+            self._params["fieldSelector"] = field_selector
+        self._backoff = backoff or Backoff()
+
+    def __repr__(self) -> str:
+        return f"Informer({self.kube.name}:{self.resource.plural})"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._list()
+                self._report(None)
+                self._backoff.reset()
+                while True:
+                    await self._watch_once()
+            except ApiError as e:
+                if e.gone:
+                    log.debug("%r: resourceVersion too old, relisting", self)
+                    continue
+                self._report(e)
+            except (ConnectionError, OSError, TimeoutError) as e:
+                self._report(e)
+            delay = self._backoff.next()
+            log.debug("%r: retrying in %.1fs", self, delay)
+            await anyio.sleep(delay)
+
+    def _report(self, error: Exception | None) -> None:
+        if error is not None:
+            log.warning("%r: %s", self, error)
+        if self._on_error is not None:
+            self._on_error(error)
+
+    async def _list(self) -> None:
+        items, rv = await self.kube.list(self.resource, self.namespace, **self._params)
+        fresh = {key(o): o for o in items}
+        old = self.cache
+        self.cache = fresh
+        self.resource_version = rv
+        for k, o in fresh.items():
+            prev = old.get(k)
+            if prev is None:
+                self._emit("ADDED", o)
+            elif prev.get("metadata", {}).get("resourceVersion") != o["metadata"].get(
+                "resourceVersion"
+            ):
+                self._emit("MODIFIED", o)
+        for k, o in old.items():
+            if k not in fresh:
+                self._emit("DELETED", o)
+        self.synced.set()
+
+    async def _watch_once(self) -> None:
+        async for kind, obj in self.kube.watch(
+            self.resource, self.resource_version, self.namespace, **self._params
+        ):
+            rv = obj.get("metadata", {}).get("resourceVersion")
+            if rv:
+                self.resource_version = rv
+            if kind == "BOOKMARK":
+                continue
+            k = key(obj)
+            if kind == "DELETED":
+                self.cache.pop(k, None)
+            else:
+                self.cache[k] = obj
+            self._emit(kind, obj)
+            self._backoff.reset()
+
+    def _emit(self, kind: str, obj: Obj) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, obj)

@@ -1,0 +1,147 @@
+"""The status writer: every status kubelbd reports goes through one of these.
+
+Status is computed as data elsewhere (kubelbd.ir.status, the tenant's health); a writer
+only gets it onto objects, with the rules every status write needs:
+
+- latest wins: a key's newer wanted status replaces one not written yet;
+- dedup: a status equal to the one last written for that key is not written again;
+- backoff: a failed write is retried after a growing delay, without holding up other keys;
+- forgetting: an object that is gone (404) is dropped, and a new one of the same key is
+  written afresh;
+- coalescing: a minor change (say, only a message moved) waits until `coalesce` seconds
+  after the key's last write, unless something more important comes meanwhile.
+
+One writer per API server and field manager; `run()` is its task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from ..retry import Backoff
+from .client import ApiError
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class _Wanted:
+    fingerprint: Hashable
+    write: Write
+    seq: int
+    not_before: float = 0.0
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        name: str,
+        concurrency: int = 16,
+        timeout: float = 15.0,
+        backoff: Backoff | None = None,
+        coalesce: float = 0.0,
+    ) -> None:
+        self.name = name
+        self._limit = anyio.Semaphore(concurrency)
+        self._timeout = timeout
+        self._backoff = backoff or Backoff(initial=1, maximum=30)
+        self._coalesce = coalesce
+        self._wanted: dict[str, _Wanted] = {}
+        self._written: dict[str, Hashable] = {}
+        self._written_at: dict[str, float] = {}
+        self._seq: dict[str, int] = {}  # key -> the number of its latest want()
+        self._wake = anyio.Event()
+        #: set whenever the writer has nothing left to do (tests and shutdown wait on it)
+        self.idle = anyio.Event()
+        self.writes = 0  # successful writes, for tests and metrics
+
+    # ---- what callers say ------------------------------------------------------------------
+
+    def want(self, key: str, fingerprint: Hashable, write: Write, minor: bool = False) -> None:
+        """Write `fingerprint`'s status for `key` with `write()`, unless it is written already.
+        `minor`: only a detail changed; it may wait for the coalescing interval."""
+        seq = self._seq[key] = self._seq.get(key, 0) + 1
+        if self._written.get(key) == fingerprint:
+            self._wanted.pop(key, None)
+            return
+        not_before = 0.0
+        if minor and self._coalesce and key in self._written_at:
+            not_before = self._written_at[key] + self._coalesce
+        self._wanted[key] = _Wanted(fingerprint, write, seq, not_before)
+        self.idle = anyio.Event()
+        self._wake.set()
+
+    def forget(self, key: str) -> None:
+        """The object is gone: nothing more to write, and a new one starts afresh."""
+        self._wanted.pop(key, None)
+        self._written.pop(key, None)
+        self._written_at.pop(key, None)
+        self._seq.pop(key, None)
+
+    def written(self, key: str) -> Hashable | None:
+        return self._written.get(key)
+
+    # ---- the task ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while True:
+                if not self._wanted:
+                    self.idle.set()
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                now = anyio.current_time()
+                due = {k: w for k, w in self._wanted.items() if w.not_before <= now}
+                if not due:
+                    later = min(w.not_before for w in self._wanted.values())
+                    with anyio.move_on_after(later - now):
+                        await self._wake.wait()
+                    continue
+                for k in due:
+                    del self._wanted[k]
+                failed: dict[str, _Wanted] = {}
+                async with anyio.create_task_group() as batch:
+                    for k, w in sorted(due.items()):
+                        batch.start_soon(self._write_one, k, w, failed)
+                if failed:
+                    tg.start_soon(self._retry_later, failed, self._backoff.next())
+                else:
+                    self._backoff.reset()
+
+    async def _write_one(self, key: str, wanted: _Wanted, failed: dict[str, _Wanted]) -> None:
+        async with self._limit:
+            try:
+                with anyio.fail_after(self._timeout):
+                    await wanted.write()
+            except ApiError as e:
+                if e.not_found:
+                    log.debug("%s: status of %s: %s; gone meanwhile", self.name, key, e)
+                    self.forget(key)
+                    return
+                log.warning("%s: status of %s: %s", self.name, key, e)
+                failed[key] = wanted
+                return
+            except (ConnectionError, TimeoutError) as e:
+                log.warning("%s: status of %s: %s", self.name, key, e or "timed out")
+                failed[key] = wanted
+                return
+        self._written[key] = wanted.fingerprint
+        self._written_at[key] = anyio.current_time()
+        self.writes += 1
+
+    async def _retry_later(self, failed: dict[str, _Wanted], delay: float) -> None:
+        await anyio.sleep(delay)
+        for k, w in failed.items():
+            # Unless a newer status was wanted for the key meanwhile (it wins), or the
+            # object went away.
+            if self._seq.get(k) == w.seq:
+                self._wanted[k] = _Wanted(w.fingerprint, w.write, w.seq)
+        self.idle = anyio.Event()
+        self._wake.set()

@@ -1,0 +1,96 @@
+"""Where records live and what they are called: API group, namespaces, labels, names.
+
+A tenant's records live in namespace `tenant-<name>` of the management cluster: one Tenant
+(its node addresses and health), one Route per HTTP source object, one LoadBalancer per
+Service of type LoadBalancer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from ..objects import MANAGED_BY, MANAGER, Obj, Resource
+
+GROUP = "kubelb.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+ROUTES = Resource(API_VERSION, "routes")
+LOADBALANCERS = Resource(API_VERSION, "loadbalancers")
+TENANTS = Resource(API_VERSION, "tenants")
+
+TENANT_LABEL = "kubelb.io/tenant"
+SOURCE_NAMESPACE_LABEL = "kubelb.io/source-namespace"
+NAMESPACE_PREFIX = "tenant-"
+CLEANUP_FINALIZER = "kubelb.io/cleanup"
+#: a management cluster copy of a certificate the data plane serves
+TLS_LABEL = "kubelb.io/tls"
+#: who made that copy: tenant (copied from the tenant), acme, cert-manager
+TLS_SOURCE_LABEL = "kubelb.io/tls-source"
+#: service mode: the management Service that fronts one LoadBalancer record
+L4_RECORD_LABEL = "kubelb.io/l4-record"
+
+MAX_NAME = 253
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def valid_tenant_name(name: str) -> bool:
+    return bool(_DNS_LABEL.match(name)) and len(NAMESPACE_PREFIX + name) <= 63
+
+
+def namespace_of(tenant: str) -> str:
+    return NAMESPACE_PREFIX + tenant
+
+
+def labels(tenant: str) -> dict[str, str]:
+    return {TENANT_LABEL: tenant, MANAGED_BY: MANAGER}
+
+
+def tenant_of(obj: Obj) -> str | None:
+    """The tenant a management cluster object belongs to: by label, else by namespace."""
+    meta: Obj = obj.get("metadata") or {}
+    t = (meta.get("labels") or {}).get(TENANT_LABEL)
+    if t:
+        return str(t)
+    ns = str(meta.get("namespace", ""))
+    return ns.removeprefix(NAMESPACE_PREFIX) if ns.startswith(NAMESPACE_PREFIX) else None
+
+
+def dotted(namespace: str, name: str) -> str:
+    """`<namespace>.<name>`: unique, since namespaces cannot contain dots, and readable;
+    hashed at the end when longer than an object name may be."""
+    full = f"{namespace}.{name}"
+    if len(full) <= MAX_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:10]
+    return f"{full[: MAX_NAME - 11]}-{digest}"
+
+
+def secret_id(tenant: str, name: str) -> str:
+    """How the data plane names a certificate Secret: `<tenant>/<secret name>`."""
+    return f"{tenant}/{name}"
+
+
+def split_id(record_id: str) -> tuple[str, str]:
+    """(tenant, name) of a record or secret id."""
+    tenant, _, name = record_id.partition("/")
+    return tenant, name
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """A kind of record, and how the tenant side hands it to the data plane."""
+
+    kind: str
+    resource: Resource
+    #: rendered from the translation before the record is written (a Route: the write waits
+    #: until Envoy has most likely applied). A LoadBalancer is written first: the data plane
+    #: records its allocation in the record's status before Envoy listens on it.
+    provisional: bool
+
+
+ROUTE = RecordKind("Route", ROUTES, provisional=True)
+LOADBALANCER = RecordKind("LoadBalancer", LOADBALANCERS, provisional=False)
+TENANT = RecordKind("Tenant", TENANTS, provisional=False)

@@ -1,0 +1,45 @@
+"""What kubelbd reports back about a tenant object, as data.
+
+The data plane decides it (kubelbd.ir.status, from the IR and what Envoy applied) and the
+tenant side writes it (through the object's Source, which knows where its kind keeps it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .types import LoadBalancerIngress
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """The status kubelbd wants on one tenant object, and the Events that explain it."""
+
+    kind: str  # the source kind: Ingress, Service
+    namespace: str
+    name: str
+    uid: str
+    #: where the object is served: status.loadBalancer.ingress; () while it is not
+    addresses: tuple[tuple[str, str], ...] = ()  # (ip|hostname, value)
+    events: tuple[Event, ...] = ()
+    #: the object's generation the events were found at: the same problem is reported again
+    #: after the object changed
+    generation: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    def ingress(self) -> list[LoadBalancerIngress]:
+        out: list[LoadBalancerIngress] = []
+        for field_, value in self.addresses:
+            out.append({"hostname": value} if field_ == "hostname" else {"ip": value})
+        return out

@@ -1,0 +1,223 @@
+"""The shapes of the records, as mypy sees them: every spec and status kubelbd writes.
+
+These TypedDicts are the contract between the tenant side (which writes records) and the data
+plane (which renders Envoy from them): the API server stores them as JSON, so they stay plain
+dicts, and the CRDs in `crds/` declare the same fields. `parse.py` checks a record read back
+from the API against them before anything else looks at it.
+
+A Route is kind-neutral: `source` names the tenant object it was made from (an Ingress today,
+an HTTPRoute or GRPCRoute tomorrow), every path carries a list of weighted backends, and the
+optional match and filter fields a later source kind needs can be added without breaking
+what is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, Literal, NotRequired, TypeVar
+
+from typing_extensions import TypedDict
+
+# ---- shared ---------------------------------------------------------------------------------
+
+
+class SourceRef(TypedDict):
+    """The tenant object a record was made from."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    creationTimestamp: str
+    generation: NotRequired[int]
+
+
+class ProblemSpec(TypedDict):
+    """Why part of the source object cannot be served: the Accepted condition and an Event."""
+
+    reason: str
+    message: str
+
+
+class Condition(TypedDict):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    lastTransitionTime: str
+    observedGeneration: NotRequired[int]
+
+
+# ---- Route ----------------------------------------------------------------------------------
+
+PathType = Literal["Exact", "Prefix", "ImplementationSpecific"]
+CertificateSource = Literal["tenant", "acme", "cert-manager"]
+
+
+class Backend(TypedDict):
+    """A tenant Service port resolved to the nodePort Envoy dials; without nodePort the
+    backend cannot be resolved and `problem` says why (its share of requests answers 503)."""
+
+    service: str
+    port: str  # number or name, as the source object gave it
+    nodePort: NotRequired[int]
+    weight: NotRequired[int]  # relative share among the path's backends; 1 when absent
+    problem: NotRequired[str]
+
+
+class HTTPPath(TypedDict):
+    path: str
+    pathType: PathType
+    backends: list[Backend]
+
+
+class HTTPRule(TypedDict):
+    host: str  # "" matches every host (the catch-all)
+    paths: list[HTTPPath]
+
+
+class TLSEntry(TypedDict):
+    hosts: list[str]
+    secretName: str
+    source: CertificateSource
+
+
+RouteOptions = TypedDict(
+    "RouteOptions",
+    {
+        "sslRedirect": str,
+        "cert-manager.io/cluster-issuer": str,
+        "cert-manager.io/issuer": str,
+    },
+    total=False,
+)
+
+
+class RouteSpec(TypedDict):
+    source: SourceRef
+    rules: list[HTTPRule]
+    defaultBackend: NotRequired[Backend]
+    tls: NotRequired[list[TLSEntry]]
+    options: NotRequired[RouteOptions]
+    problems: NotRequired[list[ProblemSpec]]
+
+
+class RouteStatus(TypedDict, total=False):
+    observedGeneration: int
+    hosts: str
+    conditions: list[Condition]
+
+
+# ---- LoadBalancer ---------------------------------------------------------------------------
+
+L4Protocol = Literal["TCP", "UDP"]
+
+
+class L4Port(TypedDict):
+    port: int
+    protocol: L4Protocol
+    nodePort: int
+    name: NotRequired[str]
+
+
+class LoadBalancerSpec(TypedDict):
+    source: SourceRef
+    ports: list[L4Port]
+    sessionAffinity: str
+    proxyProtocol: str
+    requestedAddress: NotRequired[str]
+    problems: NotRequired[list[ProblemSpec]]
+
+
+class ListenerPort(TypedDict):
+    port: int
+    protocol: L4Protocol
+    listenerPort: int
+
+
+class LoadBalancerIngress(TypedDict, total=False):
+    ip: str
+    hostname: str
+
+
+class LoadBalancerStatus(TypedDict, total=False):
+    # the allocation, written before Envoy listens on it
+    address: str
+    listenerPorts: list[ListenerPort]
+    portsSummary: str
+    # the report, written after Envoy applied it
+    observedGeneration: int
+    ingress: list[LoadBalancerIngress]
+    conditions: list[Condition]
+
+
+# ---- Tenant ---------------------------------------------------------------------------------
+
+
+class TenantSpec(TypedDict, total=False):
+    nodeAddressType: str
+    nodeAddresses: list[str]
+
+
+class TenantStatus(TypedDict):
+    conditions: list[Condition]
+    lastError: str
+
+
+# ---- records as the data plane holds them ---------------------------------------------------
+
+AgeKey = tuple[str, str, str]
+
+
+SpecT = TypeVar("SpecT", RouteSpec, LoadBalancerSpec)
+
+
+@dataclass(frozen=True)
+class Record(Generic[SpecT]):
+    """A record of one tenant; equal records have equal ids and generations."""
+
+    tenant: str
+    name: str
+    spec: SpecT = field(compare=False, hash=False)
+    generation: int = 0
+
+    @property
+    def id(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+    @property
+    def namespace(self) -> str:
+        """The source object's namespace in the tenant."""
+        return self.spec["source"]["namespace"]
+
+    @property
+    def created(self) -> str:
+        """The source object's creation time ("9999" when unknown: youngest of all)."""
+        return self.spec["source"].get("creationTimestamp") or "9999"
+
+
+@dataclass(frozen=True)
+class RouteRecord(Record[RouteSpec]):
+    @property
+    def age_key(self) -> AgeKey:
+        """Oldest first; ties broken by tenant and record name, so the order is total."""
+        return (self.created, self.tenant, self.name)
+
+
+@dataclass(frozen=True)
+class LBRecord(Record[LoadBalancerSpec]):
+    @property
+    def service(self) -> str:
+        return self.spec["source"]["name"]
+
+    @property
+    def age(self) -> tuple[str, str]:
+        return (self.created, self.id)
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    """What the data plane needs of a tenant: where its nodes are."""
+
+    name: str
+    addresses: tuple[str, ...] = ()

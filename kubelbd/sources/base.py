@@ -1,0 +1,105 @@
+"""What every tenant object kind that kubelbd serves has to say about itself: the Source.
+
+A Source is pure: it reads tenant objects (and, through a TenantView, the tenant's caches)
+and returns data. The tenant side (kubelbd.tenant) does everything effectful for every
+source alike: watching, reverse indexes, NodePort twins, certificate copies, record writes,
+status writes. Adding a kind is a module here plus one line in `sources/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..objects import Obj, Resource
+from ..records.names import RecordKind
+from ..records.problems import Translation
+from ..records.status import SourceStatus
+from ..records.types import LoadBalancerSpec, RouteSpec
+
+#: (namespace, name) of a namespaced object
+Ref = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class References:
+    """The other tenant objects one source object uses.
+
+    A change to any of them translates the object again. `backends` are Services whose pods
+    Envoy must reach (kubelbd gives a ClusterIP one a NodePort twin); `tls_secrets` are the
+    tenant's TLS Secrets it is served with (copied into the management cluster);
+    `others` are anything else a translation reads, by resource."""
+
+    backends: frozenset[Ref] = frozenset()
+    tls_secrets: frozenset[Ref] = frozenset()
+    others: frozenset[tuple[Resource, Ref]] = field(default_factory=frozenset)
+
+    def indexed(self, services: Resource, secrets: Resource) -> set[tuple[Resource, Ref]]:
+        """Every reference, by resource: what the tenant side's reverse index holds."""
+        out = set(self.others)
+        out |= {(services, r) for r in self.backends}
+        out |= {(secrets, r) for r in self.tls_secrets}
+        return out
+
+
+class TenantView(Protocol):
+    """What a Source may read of its tenant: the caches, never the API server."""
+
+    def get(self, resource: Resource, namespace: str, name: str) -> Obj | None: ...
+
+    def all(self, resource: Resource) -> Iterable[Obj]: ...
+
+    def twin(self, namespace: str, name: str) -> Obj | None:
+        """The NodePort twin of a ClusterIP Service (also one being created right now)."""
+        ...
+
+
+class Source(Protocol):
+    """One kind of tenant object that kubelbd serves, and the record it becomes."""
+
+    #: the tenant kind, e.g. "Ingress", and its apiVersion (for Events on it)
+    kind: str
+    api_version: str
+    #: what to watch in every tenant
+    resource: Resource
+    #: a change of any object of these kinds translates every object of this source again
+    #: (IngressClass for Ingress: which Ingresses are ours may change)
+    depends_on: tuple[Resource, ...]
+    #: which record an object of ours becomes
+    record: RecordKind
+
+    def is_ours(self, obj: Obj, view: TenantView) -> bool:
+        """Whether kubelbd serves this object (its class, or lack of one)."""
+        ...
+
+    def record_name(self, namespace: str, name: str) -> str:
+        """The record's name in the tenant's namespace: unique across source kinds."""
+        ...
+
+    def references(self, obj: Obj) -> References: ...
+
+    def translate(self, obj: Obj, view: TenantView) -> Translation[Any]:
+        """The record spec (RouteSpec or LoadBalancerSpec) and what could not be served."""
+        ...
+
+    def status_patch(self, obj: Obj, status: SourceStatus) -> Obj | None:
+        """The status to write into the tenant object, or None when it holds it already."""
+        ...
+
+    def tenant_objects(self) -> list[tuple[Resource, Obj]]:
+        """Objects kubelbd keeps in every tenant for this kind (its IngressClass)."""
+        ...
+
+
+RecordSpec = RouteSpec | LoadBalancerSpec
+
+
+def load_balancer_status_patch(obj: Obj, status: SourceStatus) -> Obj | None:
+    """`status.loadBalancer.ingress`, where Ingress and Service keep their address; None
+    when the object holds it already (the API server adds ipMode: compared without it)."""
+    want = status.ingress()
+    have = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    if [{k: v for k, v in i.items() if k in ("ip", "hostname")} for i in have] == want:
+        return None
+    return {"status": {"loadBalancer": {"ingress": want}}}

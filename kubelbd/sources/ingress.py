@@ -1,0 +1,301 @@
+"""The Ingress source: a tenant Ingress (plus the tenant's Services) becomes a Route spec.
+
+Everything about the tenant cluster that the data plane needs is resolved here, once: hosts
+lower-cased, paths normalized, Service ports resolved to the nodePorts Envoy will dial. What
+cannot be resolved is kept in the record with a `problem`, so that path answers 503 instead of
+silently falling through to a shorter, wrong match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..objects import (
+    INGRESS_CLASSES,
+    INGRESSES,
+    MANAGED_BY,
+    MANAGER,
+    SERVICES,
+    Obj,
+    Resource,
+    annotations_of,
+)
+from ..records.names import ROUTE, dotted
+from ..records.problems import Problem, Translation
+from ..records.status import SourceStatus
+from ..records.types import (
+    Backend,
+    CertificateSource,
+    HTTPPath,
+    HTTPRule,
+    PathType,
+    RouteOptions,
+    RouteSpec,
+    TLSEntry,
+)
+from . import twins
+from .base import References, TenantView, load_balancer_status_patch
+
+INGRESS_CLASS = "kubelb"
+CONTROLLER = "kubelb.io/ingress-controller"
+CLASS_ANNOTATION = "kubernetes.io/ingress.class"
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
+
+# Envoy's own constraint on path_separated_prefix (and what any sane prefix must satisfy).
+PATH_CHARS = re.compile(r"^/[^?#\s\x00-\x1f\x7f]*$")
+HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+PATH_TYPES: tuple[PathType, ...] = ("Exact", "Prefix", "ImplementationSpecific")
+
+SSL_REDIRECT_ANNOTATION = "kubelb.io/ssl-redirect"
+ACME_ANNOTATION = "kubelb.io/tls-acme"
+CERT_MANAGER_CLUSTER_ISSUER = "cert-manager.io/cluster-issuer"
+CERT_MANAGER_ISSUER = "cert-manager.io/issuer"
+
+
+def certificate_source(annotations: Mapping[str, str]) -> CertificateSource:
+    """Who provides an Ingress's certificates: the tenant's Secret, kubelbd's ACME client, or
+    cert-manager in the management cluster."""
+    if str(annotations.get(ACME_ANNOTATION, "")).lower() == "true":
+        return "acme"
+    if annotations.get(CERT_MANAGER_CLUSTER_ISSUER) or annotations.get(CERT_MANAGER_ISSUER):
+        return "cert-manager"
+    return "tenant"
+
+
+def ingress_class_of(ingress: Obj) -> str | None:
+    spec = ingress.get("spec") or {}
+    name = spec.get("ingressClassName")
+    if name:
+        return str(name)
+    legacy = annotations_of(ingress).get(CLASS_ANNOTATION)
+    return str(legacy) if legacy else None
+
+
+def is_ours(ingress: Obj, classes: Iterable[Obj]) -> bool:
+    """Whether kubelbd serves this Ingress: its class is ours, or it has none and ours is the
+    default."""
+    ours = {
+        c["metadata"]["name"]: c
+        for c in classes
+        if (c.get("spec") or {}).get("controller") == CONTROLLER
+    }
+    cls = ingress_class_of(ingress)
+    if cls is not None:
+        return cls == INGRESS_CLASS or cls in ours
+    return any(annotations_of(c).get(DEFAULT_CLASS_ANNOTATION) == "true" for c in ours.values())
+
+
+def route_name(namespace: str, name: str) -> str:
+    return dotted(namespace, name)
+
+
+def normalize_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+def normalize_path(path: str | None, path_type: str) -> str:
+    """Prefix matching is element-wise, so a trailing slash carries no meaning there."""
+    path = path or "/"
+    if path_type in ("Prefix", "ImplementationSpecific"):
+        stripped = path.rstrip("/")
+        return stripped or "/"
+    return path
+
+
+def service_port(svc: Obj, port: Mapping[str, Any]) -> Obj | None:
+    for p in (svc.get("spec") or {}).get("ports") or []:
+        if "number" in port and p.get("port") == port["number"]:
+            return dict(p)
+        if "name" in port and p.get("name") == port["name"]:
+            return dict(p)
+    return None
+
+
+def port_label(port: Mapping[str, Any]) -> str:
+    return str(port["number"]) if "number" in port else str(port.get("name", ""))
+
+
+def resolve_backend(
+    namespace: str, backend: Obj, view: TenantView, problems: list[Problem]
+) -> Backend:
+    svc_ref = backend.get("service")
+    if not svc_ref:
+        problems.append(Problem("UnsupportedBackend", "resource backends are not supported"))
+        return {"service": "", "port": "", "problem": "resource backends are not supported"}
+    name = svc_ref.get("name", "")
+    port_ref = svc_ref.get("port") or {}
+    out: Backend = {"service": name, "port": port_label(port_ref)}
+
+    def fail(reason: str, message: str) -> Backend:
+        problems.append(Problem(reason, message))
+        out["problem"] = message
+        return out
+
+    svc = view.get(SERVICES, namespace, name)
+    if svc is None:
+        return fail("BackendNotFound", f"Service {namespace}/{name} not found")
+    svc_type = (svc.get("spec") or {}).get("type", "ClusterIP")
+    if svc_type == "ExternalName":
+        return fail("UnsupportedBackend", f"Service {namespace}/{name} is of type ExternalName")
+    port = service_port(svc, port_ref)
+    if port is None:
+        return fail(
+            "BackendPortNotFound", f"Service {namespace}/{name} has no port {port_label(port_ref)}"
+        )
+    if port.get("protocol", "TCP") != "TCP":
+        return fail("UnsupportedBackend", f"Service port {port_label(port_ref)} is not TCP")
+    if not twins.needs_twin(svc):
+        if port.get("nodePort"):
+            out["nodePort"] = port["nodePort"]
+            return out
+        return fail("BackendPending", f"Service {namespace}/{name} has no nodePort yet")
+    twin = view.twin(namespace, name)
+    twin_port = service_port(twin, {"number": port["port"]}) if twin else None
+    if twin_port is None or not twin_port.get("nodePort"):
+        return fail("BackendPending", f"NodePort for Service {namespace}/{name} not allocated yet")
+    out["nodePort"] = twin_port["nodePort"]
+    return out
+
+
+def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
+    """The Route spec for one Ingress of ours."""
+    meta = ingress["metadata"]
+    ns = meta["namespace"]
+    spec = ingress.get("spec") or {}
+    problems: list[Problem] = []
+    rules: list[HTTPRule] = []
+    for rule in spec.get("rules") or []:
+        host = normalize_host(rule.get("host") or "")
+        if host and not HOST.fullmatch(host):
+            problems.append(Problem("InvalidHost", f"host {host!r} is not a DNS name"))
+            continue
+        paths: list[HTTPPath] = []
+        for p in (rule.get("http") or {}).get("paths") or []:
+            path_type = p.get("pathType") or "ImplementationSpecific"
+            raw = p.get("path") or "/"
+            if path_type not in PATH_TYPES:
+                problems.append(Problem("InvalidPath", f"pathType {path_type!r} is unknown"))
+                continue
+            if not PATH_CHARS.fullmatch(raw):
+                problems.append(Problem("InvalidPath", f"path {raw!r} cannot be matched"))
+                continue
+            backend = resolve_backend(ns, p.get("backend") or {}, view, problems)
+            paths.append(
+                {
+                    "path": normalize_path(raw, path_type),
+                    "pathType": path_type,
+                    "backends": [backend],
+                }
+            )
+        if paths:
+            rules.append({"host": host, "paths": paths})
+    out: RouteSpec = {
+        "source": {
+            "kind": "Ingress",
+            "namespace": ns,
+            "name": meta["name"],
+            "uid": meta.get("uid", ""),
+            "generation": meta.get("generation", 0),
+            "creationTimestamp": meta.get("creationTimestamp", ""),
+        },
+        "rules": rules,
+    }
+    if spec.get("defaultBackend"):
+        out["defaultBackend"] = resolve_backend(ns, spec["defaultBackend"], view, problems)
+    annotations = meta.get("annotations") or {}
+    issuer = certificate_source(annotations)
+    tls: list[TLSEntry] = []
+    for t in spec.get("tls") or []:
+        hosts = sorted({normalize_host(h) for h in t.get("hosts") or []})
+        secret_name = t.get("secretName") or ""
+        if not secret_name:
+            if issuer == "tenant":
+                problems.append(Problem("NoSecretName", "a tls entry has no secretName"))
+                continue
+            secret_name = f"{meta['name']}-tls"  # issued certificates need a name to live in
+        tls.append({"hosts": hosts, "secretName": secret_name, "source": issuer})
+    if tls:
+        out["tls"] = tls
+    options: RouteOptions = {}
+    if annotations.get(SSL_REDIRECT_ANNOTATION, "").lower() == "false":
+        options["sslRedirect"] = "false"
+    if annotations.get(CERT_MANAGER_CLUSTER_ISSUER):
+        options["cert-manager.io/cluster-issuer"] = annotations[CERT_MANAGER_CLUSTER_ISSUER]
+    if annotations.get(CERT_MANAGER_ISSUER):
+        options["cert-manager.io/issuer"] = annotations[CERT_MANAGER_ISSUER]
+    if options:
+        out["options"] = options
+    if not rules and "defaultBackend" not in out and not problems:
+        problems.append(Problem("NoRules", "the Ingress has neither rules nor a defaultBackend"))
+    if problems:
+        # In the record, so the data plane reports them (as the Accepted condition) in the
+        # same status write as Programmed, from what survives a restart.
+        out["problems"] = [p.spec() for p in problems]
+    return Translation(out, problems)
+
+
+def referenced_services(ingress: Obj) -> set[str]:
+    """Names of Services (in the Ingress's namespace) that its backends point at."""
+    spec = ingress.get("spec") or {}
+    names = set()
+    backends = [spec.get("defaultBackend") or {}]
+    for rule in spec.get("rules") or []:
+        backends += [p.get("backend") or {} for p in (rule.get("http") or {}).get("paths") or []]
+    for b in backends:
+        name = (b.get("service") or {}).get("name")
+        if name:
+            names.add(name)
+    return names
+
+
+def referenced_secrets(ingress: Obj) -> set[str]:
+    """Names of the tenant TLS Secrets (in the Ingress's namespace) it is served with; none
+    when its certificates are issued (ACME, cert-manager) instead."""
+    if certificate_source(annotations_of(ingress)) != "tenant":
+        return set()
+    return {
+        t["secretName"] for t in (ingress.get("spec") or {}).get("tls") or [] if t.get("secretName")
+    }
+
+
+def ingress_class() -> Obj:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "IngressClass",
+        "metadata": {"name": INGRESS_CLASS, "labels": {MANAGED_BY: MANAGER}},
+        "spec": {"controller": CONTROLLER},
+    }
+
+
+class IngressSource:
+    """networking.k8s.io/v1 Ingress → Route."""
+
+    kind = "Ingress"
+    api_version = "networking.k8s.io/v1"
+    resource = INGRESSES
+    depends_on: tuple[Resource, ...] = (INGRESS_CLASSES,)
+    record = ROUTE
+
+    def is_ours(self, obj: Obj, view: TenantView) -> bool:
+        return is_ours(obj, view.all(INGRESS_CLASSES))
+
+    def record_name(self, namespace: str, name: str) -> str:
+        return route_name(namespace, name)
+
+    def references(self, obj: Obj) -> References:
+        ns = obj["metadata"]["namespace"]
+        return References(
+            backends=frozenset((ns, s) for s in referenced_services(obj)),
+            tls_secrets=frozenset((ns, s) for s in referenced_secrets(obj)),
+        )
+
+    def translate(self, obj: Obj, view: TenantView) -> Translation[RouteSpec]:
+        return translate(obj, view)
+
+    def status_patch(self, obj: Obj, status: SourceStatus) -> Obj | None:
+        return load_balancer_status_patch(obj, status)
+
+    def tenant_objects(self) -> list[tuple[Resource, Obj]]:
+        return [(INGRESS_CLASSES, ingress_class())]

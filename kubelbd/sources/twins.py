@@ -1,0 +1,114 @@
+"""The NodePort twin kubelbd creates for a ClusterIP Service, so Envoy can reach its pods.
+
+Users change nothing: the twin selects the same pods and exposes the same ports. It is labelled
+as kubelbd's, owned by the original Service (deleting that deletes the twin) and removed by
+kubelbd when no object of ours needs it any more. Pure: the tenant side creates and deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable
+from typing import Any
+
+from ..objects import MANAGED_BY, MANAGER, Obj, labels_of
+
+TWIN_OF = "kubelb.io/nodeport-for"
+PREFIX = "kubelb-"
+NODE_PORT_RANGE = (30000, 32768)  # Kubernetes' default --service-node-port-range, end excluded
+
+
+def needs_twin(svc: Obj) -> bool:
+    """A Service Envoy cannot reach as it is: it must get a kubelbd-owned NodePort twin."""
+    return bool((svc.get("spec") or {}).get("type", "ClusterIP") == "ClusterIP")
+
+
+def twin_name(service: str) -> str:
+    name = PREFIX + service
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(service.encode()).hexdigest()[:8]
+    return f"{name[:54]}-{digest}"
+
+
+def twin(svc: Obj) -> Obj:
+    meta = svc["metadata"]
+    spec = svc.get("spec") or {}
+    ports = [
+        {
+            k: v
+            for k, v in {
+                "name": p.get("name"),
+                "port": p["port"],
+                "targetPort": p.get("targetPort", p["port"]),
+                "protocol": p.get("protocol", "TCP"),
+            }.items()
+            if v is not None
+        }
+        for p in spec.get("ports") or []
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": twin_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {MANAGED_BY: MANAGER, TWIN_OF: meta["name"]},
+            "annotations": {"kubelb.io/description": "NodePort for the kubelbd load balancer"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                }
+            ],
+        },
+        "spec": {
+            "type": "NodePort",
+            "selector": dict(spec.get("selector") or {}),
+            "ports": ports,
+        },
+    }
+
+
+def is_twin(svc: Obj) -> bool:
+    labels = labels_of(svc)
+    return labels.get(MANAGED_BY) == MANAGER and TWIN_OF in labels
+
+
+def original_of(svc: Obj) -> str | None:
+    """The name of the Service a twin stands in for (None: not a twin)."""
+    return labels_of(svc).get(TWIN_OF) if is_twin(svc) else None
+
+
+def same_twin(existing: Obj, desired: Obj) -> bool:
+    """Whether an existing twin already is what `desired` asks for (nodePorts aside)."""
+
+    def shape(svc: Obj) -> tuple[Any, ...]:
+        spec = svc.get("spec") or {}
+        ports = sorted(
+            (
+                p.get("name", ""),
+                p["port"],
+                str(p.get("targetPort", p["port"])),
+                p.get("protocol", "TCP"),
+            )
+            for p in spec.get("ports") or []
+        )
+        return (spec.get("type"), tuple(sorted((spec.get("selector") or {}).items())), tuple(ports))
+
+    return shape(existing) == shape(desired)
+
+
+def node_ports(svc: Obj) -> list[Any]:
+    return [p.get("nodePort") for p in (svc.get("spec") or {}).get("ports") or []]
+
+
+def free_node_ports(services: Iterable[Obj], count: int, rng: random.Random) -> list[int]:
+    """`count` distinct ports of the default NodePort range that none of `services` uses (as
+    far as kubelbd knows; the API server has the last word), or [] if there are not enough."""
+    used = {p.get("nodePort") for s in services for p in (s.get("spec") or {}).get("ports") or []}
+    free = [p for p in range(*NODE_PORT_RANGE) if p not in used]
+    return rng.sample(free, count) if 0 < count <= len(free) else []

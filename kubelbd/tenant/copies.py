@@ -1,0 +1,111 @@
+"""Copies of the tenant TLS Secrets that objects of ours are served with.
+
+Only Secrets that an object of ours names (its References.tls_secrets: for an Ingress, those
+in `spec.tls`, in its own namespace) are copied, and only into the tenant's own namespace of
+the management cluster: a tenant cannot make kubelbd read, serve or copy anything of another
+tenant's. Updates and deletions follow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from ..kube import Kube
+from ..objects import SECRETS, Obj
+from ..records.names import TLS_LABEL, TLS_SOURCE_LABEL, labels, namespace_of
+from ..sources.base import Ref
+
+log = logging.getLogger(__name__)
+
+
+def copy_name(namespace: str, name: str) -> str:
+    """The copy's name in tenant-<name>: `<namespace>.<name>`, as the data plane expects."""
+    return f"{namespace}.{name}"
+
+
+def copy_of(tenant: str, secret: Obj) -> Obj:
+    meta = secret["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": copy_name(meta["namespace"], meta["name"]),
+            "namespace": namespace_of(tenant),
+            "labels": labels(tenant) | {TLS_LABEL: "true", TLS_SOURCE_LABEL: "tenant"},
+        },
+        "data": {
+            k: v for k, v in (secret.get("data") or {}).items() if k in ("tls.crt", "tls.key")
+        },
+    }
+
+
+def digest(secret: Obj) -> str:
+    data = secret.get("data") or {}
+    return hashlib.sha256(f"{data.get('tls.crt')}|{data.get('tls.key')}".encode()).hexdigest()
+
+
+class SecretCopies:
+    def __init__(self, tenant: str, mgmt: Kube) -> None:
+        self.tenant = tenant
+        self.mgmt = mgmt
+        self.refs: dict[str, frozenset[Ref]] = {}  # object id -> secrets it is served with
+        self.copies: dict[str, str] = {}  # copy name -> digest of what was copied
+        self.dirty = True
+
+    def uses(self, object_id: str, secrets: frozenset[Ref]) -> None:
+        """What one object of ours is served with now (empty: nothing, or gone)."""
+        if self.refs.get(object_id, frozenset()) != secrets:
+            if secrets:
+                self.refs[object_id] = secrets
+            else:
+                self.refs.pop(object_id, None)
+            self.dirty = True
+
+    def referenced(self, namespace: str, name: str) -> bool:
+        return any((namespace, name) in r for r in self.refs.values())
+
+    def on_secret(self, obj: Obj) -> bool:
+        """Whether a Secret event concerns a copy (then the next pass copies again)."""
+        meta = obj["metadata"]
+        if self.referenced(meta["namespace"], meta["name"]):
+            self.dirty = True
+            return True
+        return False
+
+    async def load(self) -> None:
+        items, _ = await self.mgmt.list(
+            SECRETS, namespace_of(self.tenant), labelSelector=f"{TLS_SOURCE_LABEL}=tenant"
+        )
+        self.copies = {s["metadata"]["name"]: digest(s) for s in items}
+
+    async def reconcile(self, secrets: dict[str, Obj]) -> None:
+        """Copy what is referenced and changed, delete copies nothing references; `secrets`
+        is the tenant's TLS Secret cache."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        try:
+            await self._copy_wanted(secrets)
+        except BaseException:
+            self.dirty = True  # retried with the tenant's next reconcile
+            raise
+
+    async def _copy_wanted(self, secrets: dict[str, Obj]) -> None:
+        wanted: set[Ref] = set().union(*self.refs.values()) if self.refs else set()
+        keep = set()
+        for ns, name in sorted(wanted):
+            source = secrets.get(f"{ns}/{name}")
+            if source is None:
+                continue  # reported on the Route by the data plane: SecretNotFound
+            copy = copy_of(self.tenant, source)
+            keep.add(copy["metadata"]["name"])
+            if self.copies.get(copy["metadata"]["name"]) != digest(source):
+                await self.mgmt.apply(SECRETS, copy)
+                self.copies[copy["metadata"]["name"]] = digest(source)
+                log.info("tenant %s: copied TLS Secret %s/%s", self.tenant, ns, name)
+        for name in [n for n in self.copies if n not in keep]:
+            await self.mgmt.delete(SECRETS, name, namespace_of(self.tenant))
+            del self.copies[name]
+            log.info("tenant %s: removed the copy of TLS Secret %s", self.tenant, name)

@@ -1,0 +1,91 @@
+"""One tenant's records in the management cluster, as this tenant task wrote them.
+
+The tenant task compares each new translation with what it wrote (the stored spec, as read
+back at start-up: a record in an older shape compares unequal and is rewritten in today's),
+writes only what changed, and hands every record to the data plane the moment it has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, cast
+
+from ..hub import RecordSink
+from ..kube import Kube
+from ..records.names import RecordKind, namespace_of
+from ..records.objects import record_object
+from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec
+
+log = logging.getLogger(__name__)
+
+RecordKey = tuple[str, str]  # (record kind, name)
+
+
+class TenantRecords:
+    def __init__(self, tenant: str, mgmt: Kube, sink: RecordSink) -> None:
+        self.tenant = tenant
+        self.mgmt = mgmt
+        self.sink = sink
+        self.written: dict[RecordKey, Any] = {}  # spec as stored
+        #: handed to the data plane but not written (yet): withdrawn even if never written
+        self.unwritten: set[RecordKey] = set()
+
+    async def load(self, kinds: Iterable[RecordKind]) -> None:
+        written = {}
+        for kind in kinds:
+            items, _ = await self.mgmt.list(kind.resource, namespace_of(self.tenant))
+            for o in items:
+                written[(kind.kind, o["metadata"]["name"])] = o.get("spec") or {}
+        self.written = written
+
+    def known(self, kind: RecordKind, name: str) -> bool:
+        return (kind.kind, name) in self.written or (kind.kind, name) in self.unwritten
+
+    def same(self, kind: RecordKind, name: str, spec: Any) -> bool:
+        return bool(self.written.get((kind.kind, name)) == spec)
+
+    def sources(self, kind: RecordKind) -> dict[str, tuple[str, str, str]]:
+        """Record name -> (source kind, namespace, name) of every record of `kind` held."""
+        out = {}
+        for (k, name), spec in self.written.items():
+            if k == kind.kind:
+                source = spec.get("source") or {} if isinstance(spec, dict) else {}
+                out[name] = (
+                    str(source.get("kind", "")),
+                    str(source.get("namespace", "")),
+                    str(source.get("name", "")),
+                )
+        return out
+
+    def count(self, kind: RecordKind) -> int:
+        return sum(1 for k, _ in self.written if k == kind.kind)
+
+    def provisional(self, kind: RecordKind, name: str, spec: RouteSpec) -> None:
+        """Served already, before it is written (see RecordKind.provisional)."""
+        self.sink.provisional(RouteRecord(self.tenant, name, spec))
+        self.unwritten.add((kind.kind, name))
+
+    def written_already(self, kind: RecordKind, name: str) -> None:
+        """The record holds this spec already (only twins were missing)."""
+        self.unwritten.discard((kind.kind, name))
+
+    async def write(self, kind: RecordKind, name: str, spec: RouteSpec | LoadBalancerSpec) -> None:
+        start = time.perf_counter()
+        written = await self.mgmt.apply(
+            kind.resource, record_object(kind.kind, self.tenant, name, spec)
+        )
+        self.unwritten.discard((kind.kind, name))
+        self.written[(kind.kind, name)] = cast(Any, spec)
+        self.sink.written(kind, written)
+        log.debug(
+            "tenant %s: %s %s written in %.1f ms",
+            self.tenant, kind.kind, name, (time.perf_counter() - start) * 1000,
+        )  # fmt: skip
+
+    async def delete(self, kind: RecordKind, name: str) -> None:
+        self.sink.deleted(kind, self.tenant, name)
+        await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
+        self.unwritten.discard((kind.kind, name))
+        self.written.pop((kind.kind, name), None)

@@ -1,0 +1,87 @@
+"""Status back into the tenant: what the data plane decided each object should show.
+
+The data plane puts a SourceStatus per object on the StatusBoard (where it is served, and
+the Events that explain what is not); this task writes its own tenant's through the object's
+Source, which knows where its kind keeps an address, and records each Event once per
+generation of the object. Writes go through a StatusWriter: dedup, backoff, forgetting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from functools import partial
+
+from ..hub import StatusBoard
+from ..kube import Kube
+from ..kube.events import Recorder
+from ..kube.status import StatusWriter
+from ..objects import Obj
+from ..records.status import Event, SourceStatus
+from ..sources.base import Source
+
+log = logging.getLogger(__name__)
+
+Lookup = Callable[[Source, str, str], Obj | None]
+
+
+class TenantStatuses:
+    def __init__(
+        self,
+        tenant: str,
+        kube: Kube,
+        board: StatusBoard,
+        sources: Sequence[Source],
+        lookup: Lookup,
+    ) -> None:
+        self.tenant = tenant
+        self.kube = kube
+        self.board = board
+        self._sources = {s.kind: s for s in sources}
+        self._lookup = lookup  # the object in the tenant's cache
+        self.recorder = Recorder(kube)
+        self.writer = StatusWriter(f"tenant {tenant} objects")
+        self._emitted: dict[str, set[tuple[str, int, Event]]] = {}
+
+    async def run(self) -> None:
+        """Take what the data plane wants for this tenant, for as long as the task runs."""
+        self.board.subscribe(self.tenant)
+        while True:
+            await self.board.wait(self.tenant)
+            for status in self.board.take(self.tenant):
+                self.want(status)
+
+    def want(self, status: SourceStatus) -> None:
+        source = self._sources.get(status.kind)
+        if source is None:
+            return
+        self.writer.want(status.key, status, partial(self._apply, source, status))
+
+    def withdraw(self, source: Source, obj: Obj) -> None:
+        """An object no longer ours keeps no address of ours."""
+        meta = obj["metadata"]
+        self.want(SourceStatus(source.kind, meta["namespace"], meta["name"], meta.get("uid", "")))
+
+    async def _apply(self, source: Source, status: SourceStatus) -> None:
+        obj = self._lookup(source, status.namespace, status.name)
+        if obj is None or obj["metadata"].get("uid") != status.uid:
+            self._emitted.pop(status.key, None)
+            return  # gone, or replaced: its own record brings its own status
+        patch = source.status_patch(obj, status)
+        if patch is not None:
+            await self.kube.patch(
+                source.resource, status.name, patch, status.namespace, subresource="status"
+            )
+        events = {(status.uid, status.generation, e) for e in status.events}
+        emitted = self._emitted.get(status.key, set())
+        for _, _, event in sorted(events - emitted, key=lambda e: e[2].reason):
+            level = logging.WARNING if event.type == "Warning" else logging.INFO
+            log.log(level, "tenant %s: %s %s/%s: %s", self.tenant, source.kind.lower(),
+                    status.namespace, status.name, event.message)  # fmt: skip
+            await self.recorder.emit(
+                {"apiVersion": source.api_version, "kind": source.kind, **obj},
+                event.type,
+                event.reason,
+                event.message,
+            )
+        self._emitted[status.key] = events

@@ -1,0 +1,412 @@
+"""Everything kubelbd does for one tenant cluster, for as long as its registration Secret exists.
+
+For every source kind (kubelbd.sources) alike: watch the kind and what it references, make
+NodePort twins for the backends that need them, translate each object of ours into its
+record, write the record into the management cluster and hand it to the data plane, and
+write back the status the data plane decided. Besides: the Tenant record (node addresses,
+health) and copies of the TLS Secrets objects of ours are served with.
+
+One tenant's failures stay here: a bad kubeconfig, an unreachable or unauthorized API server
+become conditions on its Tenant record and log lines, never exceptions that leave this task.
+An object the tenant API server refuses is retried alone, after a backoff of its own, while
+the tenant's other changes go on at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ..hub import RecordSink, Settling, StatusBoard
+from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
+from ..kube.informer import ErrorHandler, EventHandler
+from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, split_key
+from ..records.names import LOADBALANCER, ROUTE
+from ..records.objects import namespace_object
+from ..retry import Backoff
+from ..sources import SOURCES, twins
+from ..sources.base import Ref, Source
+from ..sources.nodes import node_addresses
+from .caches import ObjectId, ReverseIndex, TenantCaches
+from .copies import SecretCopies
+from .health import RetryLater, TenantHealth, classify
+from .records import TenantRecords
+from .statuses import TenantStatuses
+
+log = logging.getLogger(__name__)
+
+#: API calls in flight per tenant while reconciling a batch of objects
+API_CONCURRENCY = 8
+#: how long a provisional record waits before it is written (see _reconcile_object)
+RECORD_DELAY = 0.05
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    node_address_type: str = "InternalIP"
+
+
+class TenantSync:
+    def __init__(
+        self,
+        name: str,
+        kubeconfig: bytes,
+        mgmt: Kube,
+        sink: RecordSink,
+        board: StatusBoard,
+        settling: Settling,
+        settings: TenantSettings,
+        sources: Sequence[Source] = SOURCES,
+    ) -> None:
+        self.name = name
+        self._kubeconfig = kubeconfig
+        self.mgmt = mgmt
+        self.board = board
+        self.settling = settling
+        self.settings = settings
+        self.sources = {s.kind: s for s in sources}
+        self.health = TenantHealth(name, mgmt, sink, settings.node_address_type)
+        self.records = TenantRecords(name, mgmt, sink)
+        self.copies = SecretCopies(name, mgmt)
+        self.index = ReverseIndex()
+        self.kube: Kube | None = None
+        # What needs reconciling.
+        self._wake = anyio.Event()
+        self._dirty: set[ObjectId] = set()
+        self._resync = True
+        self._nodes_dirty = True
+        self._seen: dict[ObjectId, tuple[Any, ...]] = {}
+        self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
+        self._failed: dict[ObjectId, str] = {}  # why an object's last reconcile failed
+        self._retry_wake = anyio.Event()  # set: retry what failed, after _retry_backoff
+        self._retry_backoff = Backoff(maximum=30)
+        self._retry_sleep = anyio.CancelScope()
+        self._logged_error = ""
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        log.info("tenant %s: starting", self.name)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.health.writer.run)
+            await self._ensure_namespace()
+            try:
+                kube = await Kube.from_kubeconfig(parse_kubeconfig(self._kubeconfig), self.name)
+            except KubeconfigError as e:
+                self.health.connection_failed(e)
+                self.settling.done(self.name)
+                log.error("tenant %s: %s", self.name, e)
+                await anyio.sleep_forever()
+            try:
+                await self._run_connected(kube, tg)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await kube.aclose()
+
+    async def _ensure_namespace(self) -> None:
+        backoff = Backoff(maximum=10)
+        while True:
+            try:
+                await self.mgmt.apply(NAMESPACES, namespace_object(self.name))
+                return
+            except (ApiError, ConnectionError) as e:
+                log.warning("tenant %s: cannot create its namespace: %s", self.name, e)
+                await anyio.sleep(backoff.next())
+
+    async def _run_connected(self, kube: Kube, tg: anyio.abc.TaskGroup) -> None:
+        self.kube = kube
+        sources = list(self.sources.values())
+        self.caches = TenantCaches(kube, sources, self._on_event, self._informer_health)
+        self.statuses = TenantStatuses(self.name, kube, self.board, sources, self._lookup)
+        for inf in self.caches.all_informers():
+            tg.start_soon(inf.run)
+        tg.start_soon(self.statuses.writer.run)
+        tg.start_soon(self._retry_failed)
+        for inf in self.caches.all_informers():
+            await inf.synced.wait()
+        await self._load_records()
+        tg.start_soon(self.statuses.run)
+        await self._reconcile_loop()
+
+    def _informer_health(self, which: str) -> ErrorHandler:
+        def report(error: Exception | None) -> None:
+            if self.health.informer(which, error):
+                self.settling.done(self.name)  # nothing better to wait for: serve the records
+            if error is not None and which == "ingresses":
+                log.error("tenant %s: %s", self.name, classify(error)[1])
+
+        return report
+
+    async def _load_records(self) -> None:
+        backoff = Backoff(maximum=10)
+        while True:
+            try:
+                await self.records.load([ROUTE, LOADBALANCER])
+                await self.copies.load()
+                break
+            except (ApiError, ConnectionError) as e:
+                log.warning("tenant %s: cannot list its records: %s", self.name, e)
+                await anyio.sleep(backoff.next())
+        self._resync = True
+        self._wake.set()
+
+    def _lookup(self, source: Source, namespace: str, name: str) -> Obj | None:
+        return self.caches.get(source.resource, namespace, name)
+
+    # ---- change tracking ---------------------------------------------------------------------
+
+    def _on_event(self, resource: Resource) -> EventHandler:
+        primary = [s for s in self.sources.values() if s.resource == resource]
+        dependents = [s for s in self.sources.values() if resource in s.depends_on]
+
+        def handle(kind: str, obj: Obj) -> None:
+            if resource == SECRETS:
+                if self.copies.on_secret(obj):
+                    self._wake.set()
+                return
+            if resource == NODES:
+                self._nodes_dirty = True
+                self._wake.set()
+                return
+            for source in primary:
+                self._on_source_object(source, kind, obj)
+            if dependents:
+                self._resync = True  # which objects are ours may have changed
+                self._wake.set()
+            if resource == SERVICES:
+                self._on_service(obj)
+
+        return handle
+
+    def _on_source_object(self, source: Source, kind: str, obj: Obj) -> None:
+        k = key(obj)
+        oid = (source.kind, k)
+        meta = obj["metadata"]
+        # Our own status writes come back as events: spec, labels and annotations are what
+        # matter (the legacy Ingress class annotation does not bump the generation).
+        fingerprint = (
+            meta.get("uid"), meta.get("generation"),
+            str(meta.get("annotations")), str(meta.get("labels")),
+        )  # fmt: skip
+        if kind == "DELETED":
+            self._seen.pop(oid, None)
+        elif meta.get("generation") is not None and self._seen.get(oid) == fingerprint:
+            return
+        else:
+            self._seen[oid] = fingerprint
+        refs = source.references(obj) if kind != "DELETED" else None
+        self._twin_candidates |= self.index.update(oid, refs)
+        ns, name = split_key(k)
+        if (kind != "DELETED" and source.is_ours(obj, self.caches)) or self.records.known(
+            source.record, source.record_name(ns, name)
+        ):
+            self._dirty.add(oid)
+            log.debug("tenant %s: %s %s %s", self.name, source.kind, k, kind.lower())
+            self._wake.set()
+
+    def _on_service(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        name = meta["name"]
+        original = twins.original_of(obj)
+        if original is not None:
+            self.caches.twins.seen(obj)
+            name = original
+        users = self.index.users(SERVICES, (meta["namespace"], name))
+        if users:
+            self._dirty |= users
+            self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- reconcile ---------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        backoff = Backoff(maximum=30)
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            try:
+                await self._reconcile()
+            except (ApiError, ConnectionError, RetryLater) as e:
+                message = self.health.sync_failed(e)
+                if message != self._logged_error:  # not again on every pass while it fails
+                    log.warning("tenant %s: reconcile failed: %s", self.name, message)
+                    self._logged_error = message
+                if isinstance(e, RetryLater):
+                    # The pass went through; what failed is retried on its own schedule.
+                    self._retry_wake.set()
+                    self.settling.done(self.name)
+                    continue
+                self._wake.set()
+                await anyio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            self._retry_backoff.reset()
+            self._retry_sleep.cancel()
+            self._logged_error = ""
+            self.health.sync_succeeded(self.records.count(ROUTE))
+            self.settling.done(self.name)
+
+    async def _retry_failed(self) -> None:
+        """Objects whose reconcile failed are tried again after a backoff, while every other
+        change goes on at once: a reconcile loop that slept out the backoff itself held all of
+        a tenant's changes behind one object the API server refused (for up to 30 s)."""
+        while True:
+            await self._retry_wake.wait()
+            self._retry_wake = anyio.Event()
+            # Cut short when everything succeeded meanwhile: a new failure then starts over
+            # at the shortest backoff rather than waiting out an old, long one.
+            with anyio.CancelScope() as self._retry_sleep:
+                await anyio.sleep(self._retry_backoff.next())
+            if self._failed:
+                self._dirty |= set(self._failed)
+                self._wake.set()
+
+    async def _reconcile(self) -> None:
+        assert self.kube is not None
+        if self._resync:
+            self._resync = False
+            try:
+                await self._full_resync()
+            except BaseException:
+                self._resync = True  # the whole resync is retried, not skipped
+                raise
+        if self._nodes_dirty:
+            self._nodes_dirty = False
+            try:
+                nodes = self.caches.all(NODES)
+                await self.health.set_addresses(
+                    node_addresses(nodes, self.settings.node_address_type)
+                )
+            except BaseException:
+                self._nodes_dirty = True
+                raise
+        batch, self._dirty = self._dirty, set()
+        async with anyio.create_task_group() as tg:
+            limit = anyio.Semaphore(API_CONCURRENCY)
+            for oid in sorted(batch):
+                tg.start_soon(self._reconcile_one, oid, limit)
+        await self.caches.twins.collect(self.kube, self._twin_candidates, self._twin_in_use)
+        await self.copies.reconcile(self.caches.secrets.cache)
+        if self._failed:
+            first = next(iter(sorted(self._failed.items())))
+            raise RetryLater(
+                f"{len(self._failed)} objects failed, e.g. {first[0][0]} {first[0][1]}: {first[1]}"
+            )
+
+    async def _full_resync(self) -> None:
+        """After (re)connecting, or when which objects are ours may have changed: every
+        object of every source, every twin, and every record whose object is gone."""
+        assert self.kube is not None
+        for source in self.sources.values():
+            for resource, obj in source.tenant_objects():
+                await self.kube.apply(resource, obj)
+        for source in self.sources.values():
+            for k, obj in self.caches.cache(source.resource).items():
+                ns, name = split_key(k)
+                if source.is_ours(obj, self.caches) or self.records.known(
+                    source.record, source.record_name(ns, name)
+                ):
+                    self._dirty.add((source.kind, k))
+        self._twin_candidates |= self.caches.twins.all_twins()
+        for kind in (ROUTE, LOADBALANCER):
+            for record, (source_kind, ns, name) in sorted(self.records.sources(kind).items()):
+                src = self.sources.get(source_kind)
+                if src is None or src.record != kind or src.record_name(ns, name) != record:
+                    log.info("tenant %s: removing %s %s: no source kind makes it", self.name,
+                             kind.kind, record)  # fmt: skip
+                    await self.records.delete(kind, record)
+                else:
+                    self._dirty.add((source_kind, f"{ns}/{name}"))
+
+    def _twin_in_use(self, ref: Ref) -> bool:
+        for source_kind, k in self.index.users(SERVICES, ref):
+            source = self.sources[source_kind]
+            obj = self.caches.cache(source.resource).get(k)
+            if obj is not None and source.is_ours(obj, self.caches):
+                return True
+        return False
+
+    async def _reconcile_one(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
+        """One object; its failure is retried later and never blocks the others. `limit`
+        bounds the API calls in flight, not the objects being handled."""
+        try:
+            await self._reconcile_object(oid, limit)
+        except (ApiError, ConnectionError) as e:
+            message = classify(e)[1]
+            log.warning("tenant %s: %s %s: %s", self.name, oid[0].lower(), oid[1], message)
+            self._failed[oid] = message
+            return
+        self._failed.pop(oid, None)
+
+    async def _reconcile_object(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
+        assert self.kube is not None
+        source_kind, k = oid
+        source = self.sources[source_kind]
+        ns, name = split_key(k)
+        record = source.record_name(ns, name)
+        obj = self.caches.cache(source.resource).get(k)
+        if obj is None or not source.is_ours(obj, self.caches):
+            self.copies.uses(f"{source_kind}/{k}", frozenset())
+            if self.records.known(source.record, record):
+                async with limit:
+                    await self.records.delete(source.record, record)
+                self.board.withdraw(self.name, source.kind, ns, name)
+                if obj is not None:
+                    self.statuses.withdraw(source, obj)  # it changed class or type
+            return
+        refs = source.references(obj)
+        self.copies.uses(f"{source_kind}/{k}", refs.tls_secrets)
+        creating = []
+        async with limit:
+            for svc_ns, svc in sorted(refs.backends):
+                new = await self.caches.twins.ensure(self.kube, svc_ns, svc)
+                if new is not None:
+                    creating.append(new)
+        result = source.translate(obj, self.caches)
+        if not source.record.provisional:
+            if not self.records.same(source.record, record, result.spec):
+                async with limit:
+                    await self.records.write(source.record, record, result.spec)
+            return
+        if self.records.same(source.record, record, result.spec) and not creating:
+            return
+        # The data plane renders from the translation at once; the record (the durable copy)
+        # is written a moment later. A failed write is retried; a restart waits for tenants
+        # to resync before its first publish, so a record lost in a crash is rewritten
+        # before it is missed.
+        self.records.provisional(source.record, record, result.spec)
+        sent, served_at = result.spec, anyio.current_time()
+        if creating:
+            # The new twins' nodePorts are chosen already: Envoy gets the route and its
+            # clusters while the tenant API server creates them, not after.
+            moved = False
+            async with limit:
+                for desired in creating:
+                    if await self.caches.twins.create(self.kube, desired):
+                        moved = True
+                        # Others may have been translated with the chosen ports meanwhile.
+                        original = desired["metadata"]["labels"][twins.TWIN_OF]
+                        self._dirty |= self.index.users(SERVICES, (ns, original))
+                        self._wake.set()
+            if moved:
+                result = source.translate(obj, self.caches)
+                if result.spec != sent:
+                    self.records.provisional(source.record, record, result.spec)
+        if self.records.same(source.record, record, result.spec):
+            self.records.written_already(source.record, record)  # only its twins were missing
+            return
+        # The record write costs the management API server and etcd as much CPU as Envoy
+        # needs to apply the change: on a busy machine, writing it at once delays the traffic
+        # it records. It waits until Envoy has most likely applied, unless more changes wait
+        # for this batch to finish.
+        with anyio.move_on_after(served_at + RECORD_DELAY - anyio.current_time()):
+            await self._wake.wait()
+        async with limit:
+            await self.records.write(source.record, record, result.spec)
