@@ -149,13 +149,18 @@ async def ready_pods(kube: Kube, ns: str, app: str) -> set[str]:
 
 
 async def http_get(
-    url: str, host: str | None = None, timeout: float = 3.0, **kw: Any
+    url: str,
+    host: str | None = None,
+    timeout: float = 3.0,
+    source: str | None = None,
+    **kw: Any,
 ) -> tuple[int, Any, dict[str, str]]:
-    """One request on a fresh connection: status, decoded JSON (or text), headers."""
+    """One request on a fresh connection (from loopback address `source`, when given):
+    status, decoded JSON (or text), headers."""
     headers = dict(kw.pop("headers", {}))
     if host is not None:
         headers["Host"] = host
-    conn = aiohttp.TCPConnector(force_close=True)
+    conn = aiohttp.TCPConnector(force_close=True, local_addr=(source, 0) if source else None)
     async with (
         aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=timeout)) as s,
         s.get(url, headers=headers, allow_redirects=False, **kw) as r,
@@ -314,15 +319,23 @@ async def https_request(
 
 
 async def _http_exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    host: str,
+    path: str,
+    headers_out: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """HTTP/1.1 on an open connection, which stays open for the next request."""
+    """HTTP/1.1 on an open connection, which stays open for the next request; the response's
+    headers go into `headers_out`, when given."""
     writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
     headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    if headers_out is not None:
+        headers_out.clear()
+        headers_out.update(headers)
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     text = body.decode(errors="replace")
     try:
@@ -336,6 +349,7 @@ class KeptConnection:
 
     def __init__(self, addr: str, sni: str, cafile: str) -> None:
         self.addr, self.sni, self.cafile = addr, sni, cafile
+        self.headers: dict[str, str] = {}
 
     async def __aenter__(self) -> KeptConnection:
         import ssl
@@ -349,8 +363,9 @@ class KeptConnection:
         return self
 
     async def get(self, path: str = "/") -> tuple[int, Any]:
+        """A request on the kept connection; its response headers end up in `headers`."""
         async with asyncio.timeout(5):
-            return await _http_exchange(self.reader, self.writer, self.sni, path)
+            return await _http_exchange(self.reader, self.writer, self.sni, path, self.headers)
 
     async def __aexit__(self, *exc: object) -> None:
         self.writer.close()
@@ -414,3 +429,51 @@ async def tls_site(
         annotations=annotations or None,
     )
     await kube.create(INGRESSES, ing, ns)
+
+
+# ---- traffic and faults -------------------------------------------------------------------
+
+
+class Traffic:
+    """Requests to one host, back to back, on fresh connections; remembers every failure."""
+
+    def __init__(self, layout: Layout, host: str) -> None:
+        self.layout = layout
+        self.host = host
+        self.ok = 0
+        self.failures: list[str] = []
+
+    async def run(self) -> None:
+        while True:
+            try:
+                status, body = await lb_get(self.layout, self.host, "/traffic", timeout=5)
+                if status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{_now()} {status} {str(body)[:100]}")
+            except Exception as e:  # any failure counts
+                self.failures.append(f"{_now()} {e!r}")
+            await asyncio.sleep(0.02)
+
+
+def _now() -> str:
+    return time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
+
+
+@asynccontextmanager
+async def traffic(layout: Layout, host: str) -> AsyncIterator[Traffic]:
+    t = Traffic(layout, host)
+    task = asyncio.create_task(t.run())
+    try:
+        yield t
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def bounce_controllers(cluster: str) -> None:
+    """After an API server outage: client-go's reflectors back off up to 30 s, so restart
+    the controllers, and the next test finds a cluster that creates pods right away."""
+    for component in ("controller-manager", "scheduler"):
+        await run_fleet("stop", component, cluster)
+        await run_fleet("start", component, cluster)

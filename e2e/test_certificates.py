@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -72,13 +73,20 @@ async def test_acme_issues_through_envoy_and_renews(
 
     await route_condition(mgmt, "alpha", f"{ns}.web", "CertificateReady", status="True")
 
-    # The fleet's Pebble issues 45-second certificates: renewal comes at two thirds of that.
-    async def renewed() -> bool:
+    # The fleet's Pebble issues 45-second certificates: renewal comes once a third of the
+    # lifetime is left (not before, and before the certificate expires).
+    not_before = ssl.cert_time_to_seconds(first["notBefore"])
+    not_after = ssl.cert_time_to_seconds(first["notAfter"])
+    renew_at = not_after - (not_after - not_before) / 3
+
+    async def renewed() -> float:
         cert = await issued()
         assert cert["serialNumber"] != first["serialNumber"], "not renewed yet"
-        return True
+        return time.time()
 
-    await eventually(renewed, timeout=90, interval=2, what="the certificate to be renewed")
+    seen = await eventually(renewed, timeout=90, interval=0.5, what="the certificate renewed")
+    assert seen >= renew_at - 1, f"renewed {renew_at - seen:.1f} s before two thirds"
+    assert seen < not_after, f"renewed {seen - not_after:.1f} s after the old one expired"
 
 
 CERT_MANAGER_CRD: Obj = {
@@ -121,14 +129,16 @@ async def cert_manager(fleet: FleetHandle) -> AsyncIterator[None]:
     await mgmt.delete(CRDS, "certificates.cert-manager.io")
 
 
+@pytest.mark.parametrize(
+    ("annotation", "kind"),
+    [("cert-manager.io/cluster-issuer", "ClusterIssuer"), ("cert-manager.io/issuer", "Issuer")],
+)
 async def test_cert_manager_certificate_is_requested_and_served(
-    fleet: FleetHandle, ns: str, cert_manager: None
+    fleet: FleetHandle, ns: str, cert_manager: None, annotation: str, kind: str
 ) -> None:
     kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
     host = f"{unique('cm')}.alpha.test"
-    await tls_site(
-        kube, ns, "cm", host, "cm-tls", **{"cert-manager.io/cluster-issuer": "letsencrypt-prod"}
-    )
+    await tls_site(kube, ns, "cm", host, "cm-tls", **{annotation: "letsencrypt-prod"})
 
     async def requested() -> Obj:
         return await mgmt.get(CERTIFICATES, f"{ns}.cm-tls", "tenant-alpha")
@@ -137,7 +147,7 @@ async def test_cert_manager_certificate_is_requested_and_served(
     spec = cert_request["spec"]
     assert spec["dnsNames"] == [host]
     assert spec["secretName"] == f"{ns}.cm-tls"
-    assert spec["issuerRef"] == {"group": "cert-manager.io", "kind": "ClusterIssuer",
+    assert spec["issuerRef"] == {"group": "cert-manager.io", "kind": kind,
                                  "name": "letsencrypt-prod"}  # fmt: skip
 
     # Until the Secret exists, the Route says it waits for cert-manager; HTTP is not redirected.

@@ -22,6 +22,7 @@ from .support import (
     ingress_obj,
     lb_get,
     namespace_in,
+    route_condition,
     rule,
     unique,
     until_served,
@@ -272,18 +273,29 @@ async def test_other_classes_are_ignored_and_clusterip_twin_is_collected(
         ingress_obj("other", [rule(h, ("/", "Prefix", backend("svc")))], class_name="nginx"),
         ns,
     )
-    mine = host("mine")
-    await kube.create(
-        INGRESSES, ingress_obj("mine", [rule(mine, ("/", "Prefix", backend("svc")))]), ns
-    )
+    mine, also = host("mine"), host("also")
+    for name, hostname in (("mine", mine), ("also", also)):
+        await kube.create(
+            INGRESSES, ingress_obj(name, [rule(hostname, ("/", "Prefix", backend("svc")))]), ns
+        )
     await until_served(lay, mine, check=from_app("svc"))
+    await until_served(lay, also, check=from_app("svc"))
     status, body = await lb_get(lay, h)
     # Not ours: never routed to its backend (another test's catch-all may answer, or 404).
     assert not (status == 200 and from_app("svc")(body)), body
     twin = await kube.get(SERVICES, "kubelb-svc", ns)
     assert twin["spec"]["type"] == "NodePort"
     assert twin["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubelbd"
+    # One of its two Ingresses goes: the twin stays for the other, which is still served.
     await kube.delete(INGRESSES, "mine", ns)
+    await until_served(lay, mine, status=404)
+    for _ in range(5):
+        await until_served(lay, also, check=from_app("svc"))
+    kept = await kube.get(SERVICES, "kubelb-svc", ns)
+    assert kept["metadata"]["uid"] == twin["metadata"]["uid"]
+    assert kept["spec"]["ports"] == twin["spec"]["ports"]  # same nodePorts: no reroute
+    # The last one goes: so does the twin.
+    await kube.delete(INGRESSES, "also", ns)
 
     async def twin_gone() -> bool:
         return await kube.get_or_none(SERVICES, "kubelb-svc", ns) is None
@@ -293,12 +305,15 @@ async def test_other_classes_are_ignored_and_clusterip_twin_is_collected(
 
 async def test_a_very_large_tenant_object_breaks_nothing(fleet: FleetHandle, ns: str) -> None:
     """Watch events arrive one per line, and aiohttp refuses lines over its read limit
-    (512 KiB here). A tenant TLS Secret of ~900 KB (under the API's 1 MiB) must be read like
-    any other event: no failed watch, no restarted tenant, and changes still flow."""
-    kube, lay = fleet.kube["alpha"], fleet.layout
+    (512 KiB here). A tenant TLS Secret of ~900 KB (under the API's 1 MiB), named by an
+    Ingress of ours, must come through the watch like any other event: kubelbd copies it and
+    finds its certificate bad, and no watch of Secrets (the tenant's, or the management
+    cluster's, which gets the copy) fails and relists on the way."""
+    kube, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
     log = lay.logs / "kubelbd.log"
     seen = log.stat().st_size
     await deploy_app(kube, ns, "big")
+    # Watched from here on, not listed: kubelbd has synced this namespace's Secrets already.
     blob = base64.b64encode(b"x" * 700_000).decode()
     secret = {
         "apiVersion": "v1",
@@ -307,13 +322,73 @@ async def test_a_very_large_tenant_object_breaks_nothing(fleet: FleetHandle, ns:
         "metadata": {"name": "huge"},
         "data": {"tls.crt": blob, "tls.key": base64.b64encode(b"k").decode()},
     }
-    await kube.create(SECRETS, secret, ns)
-    h = host("after-huge")
+    h = host("huge")
     await kube.create(
-        INGRESSES, ingress_obj("after", [rule(h, ("/", "Prefix", backend("big")))]), ns
+        INGRESSES,
+        ingress_obj(
+            "huge",
+            [rule(h, ("/", "Prefix", backend("big")))],
+            tls=[{"hosts": [h], "secretName": "huge"}],
+        ),
+        ns,
     )
     await until_served(lay, h, "/", check=from_app("big"))
+    await kube.create(SECRETS, secret, ns)
+
+    async def copied() -> bool:
+        copy = await mgmt.get(SECRETS, f"{ns}.huge", "tenant-alpha")
+        assert copy["data"]["tls.crt"] == blob
+        return True
+
+    await eventually(copied, what="the 900 KB Secret copied into tenant-alpha")
+    await route_condition(
+        mgmt, "alpha", f"{ns}.huge", "CertificateReady", reason="InvalidCertificate"
+    )
+    # Changes still flow.
+    after = host("after-huge")
+    await kube.create(
+        INGRESSES, ingress_obj("after", [rule(after, ("/", "Prefix", backend("big")))]), ns
+    )
+    await until_served(lay, after, "/", check=from_app("big"))
     with log.open("rb") as f:
         f.seek(seen)
         since = f.read().decode(errors="replace")
-    assert "Traceback" not in since and "loop failed" not in since, since[-3000:]
+    watch_failures = [line for line in since.splitlines() if ":secrets)" in line]
+    assert watch_failures == [], watch_failures
+    assert "Traceback" not in since, since[-3000:]
+
+
+async def test_the_catch_all_never_answers_another_tenants_host(
+    fleet: FleetHandle, ns: str
+) -> None:
+    """alpha's defaultBackend is the catch-all: it answers unknown hosts and alpha's own hosts
+    for paths their rules do not match, never a path of beta's host that beta's rules miss."""
+    alpha, beta, lay = fleet.kube["alpha"], fleet.kube["beta"], fleet.layout
+    await deploy_app(alpha, ns, "fallback")
+    await deploy_app(alpha, ns, "aapp")
+    await deploy_app(beta, ns, "bapp")
+    mine, theirs = host("mine"), host("theirs")
+    await beta.create(
+        INGRESSES, ingress_obj("site", [rule(theirs, ("/app", "Prefix", backend("bapp")))]), ns
+    )
+    await alpha.create(
+        INGRESSES,
+        ingress_obj(
+            "site",
+            [rule(mine, ("/app", "Prefix", backend("aapp")))],
+            default_backend=backend("fallback"),
+        ),
+        ns,
+    )
+    try:
+        await until_served(lay, host("unknown"), "/x", check=from_app("fallback"))
+        await until_served(lay, mine, "/app/1", check=from_app("aapp"))
+        await until_served(lay, mine, "/other", check=from_app("fallback"))
+        await until_served(lay, theirs, "/app/1", check=from_app("bapp"))
+        for _ in range(5):
+            status, body = await lb_get(lay, theirs, "/other")
+            assert status == 404, body  # beta's host: not alpha's catch-all
+    finally:
+        # Give the catch-all back, so unknown hosts answer 404 in the next test.
+        await alpha.delete(INGRESSES, "site", ns)
+        await until_served(lay, host("unknown"), status=404)

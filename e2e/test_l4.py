@@ -12,7 +12,7 @@ import pytest
 from kubefleet.fleet import State
 
 from kubelbd.kube import Kube
-from kubelbd.objects import DEPLOYMENTS, EVENTS, SERVICES, Obj
+from kubelbd.objects import DEPLOYMENTS, EVENTS, PODS, SERVICES, Obj
 from kubelbd.records.names import LOADBALANCERS
 
 from .support import (
@@ -142,12 +142,43 @@ async def test_proxy_protocol_and_client_ip_affinity(fleet: FleetHandle, ns: str
     body = await eventually(proxied, what="a PROXY v2 header at the backend")
     assert body["proxyProtocol"]["source"].startswith("127.0.0.1:")
     assert body["proxyProtocol"]["destination"] == f"{addr}:80"
-    # ClientIP affinity: one client address always lands on the same tenant node.
-    nodes = set()
-    for _ in range(8):
-        _, body, _ = await http_get(f"http://{addr}:80/pp")
-        nodes.add(body["node"])
-    assert len(nodes) == 1, nodes
+
+    # ClientIP affinity: each client address always lands on the same tenant node, and
+    # different client addresses are spread over the nodes (ring hash of the source address).
+    # With Local traffic, a node whose pod is not ready yet refuses until Envoy's health check
+    # notices: first every node's pod, then every client answered once.
+    async def on_every_node() -> bool:
+        pods, _ = await kube.list(PODS, ns, labelSelector="app=sticky")
+        ready = {
+            p["spec"].get("nodeName")
+            for p in pods
+            if any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in (p.get("status") or {}).get("conditions") or [])
+        }  # fmt: skip
+        assert ready == {"node-1", "node-2", "node-3"}, ready
+        return True
+
+    await eventually(on_every_node, what="a ready sticky pod on every node")
+    clients = [f"127.0.0.{i}" for i in range(11, 31)]
+    for client in clients:
+
+        async def answered(client: str = client) -> bool:
+            status, body, _ = await http_get(f"http://{addr}:80/pp", source=client)
+            assert status == 200, body
+            return True
+
+        await eventually(answered, what=f"an answer for client {client}")
+    chosen: dict[str, str] = {}
+    for client in clients:
+        nodes = set()
+        for _ in range(4):
+            status, body, _ = await http_get(f"http://{addr}:80/pp", source=client)
+            assert status == 200, body
+            assert body["proxyProtocol"]["source"].startswith(f"{client}:"), body
+            nodes.add(body["node"])
+        assert len(nodes) == 1, (client, nodes)
+        chosen[client] = nodes.pop()
+    assert len(set(chosen.values())) > 1, chosen
 
 
 async def test_failures_are_reported_on_the_record_and_the_service(
@@ -265,3 +296,40 @@ async def test_dead_node_is_taken_out_of_rotation_by_health_checks(
             assert status == 200 and body["node"] != "node-3"
     finally:
         await run_fleet("start", "node-3", "alpha")
+
+
+async def test_udp_follows_the_tenants_ready_nodes(fleet: FleetHandle, ns: str) -> None:
+    """Envoy has no UDP health check: a UDP cluster holds the tenant's Ready nodes, and a node
+    that stops being Ready leaves it (and comes back with its readiness)."""
+    kube = fleet.kube["alpha"]
+    await deploy(kube, ns, "dns", [{"name": "dns", "port": 53, "targetPort": 9000,
+                                    "protocol": "UDP"}], replicas=3)  # fmt: skip
+    addr = await lb_address(kube, ns, "dns")
+    await eventually(lambda: udp_echoes(addr, 53), what="UDP echo through Envoy")
+    admin = f"http://127.0.0.1:{fleet.layout.envoy_admin_port}/clusters"
+
+    async def udp_nodes() -> set[str]:
+        _, text, _ = await http_get(admin)
+        prefix = f"l4/alpha/{ns}/dns/"
+        return {
+            line.split("::")[1].rsplit(":", 1)[0]
+            for line in str(text).splitlines()
+            if line.startswith(prefix) and line.endswith("::weight::1")
+        }
+
+    async def nodes_are(want: set[str]) -> bool:
+        got = await udp_nodes()
+        assert got == want, got
+        return True
+
+    every = {"127.0.1.1", "127.0.1.2", "127.0.1.3"}
+    await eventually(lambda: nodes_are(every), what="all three nodes in the UDP cluster")
+    await run_fleet("stop", "node-3", "alpha")
+    try:
+        await eventually(
+            lambda: nodes_are(every - {"127.0.1.3"}), timeout=60, what="node-3 out of UDP"
+        )
+        await eventually(lambda: udp_echoes(addr, 53), what="UDP echo without node-3")
+    finally:
+        await run_fleet("start", "node-3", "alpha")
+    await eventually(lambda: nodes_are(every), timeout=60, what="node-3 back in the UDP cluster")

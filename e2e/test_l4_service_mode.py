@@ -7,11 +7,15 @@ kubelbd is restarted in service mode for this module (and back in pool mode afte
 from __future__ import annotations
 
 import subprocess
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 from kubefleet.fleet import State
+from kubefleet.layout import Layout
 
 from kubelbd.objects import DEPLOYMENTS, SERVICES, Obj
 from kubelbd.records.names import LOADBALANCERS
@@ -30,8 +34,34 @@ pytestmark = pytest.mark.e2e
 PORT_RANGE = (21000, 21099)
 
 
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], layout: Layout, log: Path) -> None:
+    """The restarted kubelbd serves (its first publish is done: every tenant resynced) and
+    Envoy is ready; a kubelbd that exits meanwhile fails the test with its last lines, rather
+    than leaving the test to time out on whatever it waits for first."""
+    urls = [
+        f"http://127.0.0.1:{layout.kubelbd_health_port}/readyz",
+        f"http://127.0.0.1:{layout.envoy_admin_port}/ready",
+    ]
+    deadline = time.monotonic() + 60
+    while not all(ready(u) for u in urls):
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            pytest.fail("kubelbd in service mode exited:\n" + "\n".join(tail), pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail("kubelbd in service mode not ready within 60 s", pytrace=False)
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
-def service_mode(fleet_layout) -> Iterator[None]:  # type: ignore[no-untyped-def]
+def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
     """The fleet's kubelbd, restarted with --l4-mode service for the tests of this module."""
     state = State.load(fleet_layout.state_file)
     assert state is not None
@@ -42,10 +72,12 @@ def service_mode(fleet_layout) -> Iterator[None]:  # type: ignore[no-untyped-def
         f"--l4-port-range={PORT_RANGE[0]}-{PORT_RANGE[1]}",
     ]
     fleet("stop", "kubelbd")
-    log = open(fleet_layout.logs / "kubelbd-service-mode.log", "ab")  # noqa: SIM115
+    path = fleet_layout.logs / "kubelbd-service-mode.log"
+    log = open(path, "ab")  # noqa: SIM115
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield
+        wait_until_ready(proc, fleet_layout, path)
+        yield proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -54,10 +86,11 @@ def service_mode(fleet_layout) -> Iterator[None]:  # type: ignore[no-untyped-def
 
 
 @pytest.fixture
-async def ns(fleet: FleetHandle, service_mode: None) -> AsyncIterator[str]:
-    """The same fresh namespace in every tenant."""
+async def ns(fleet: FleetHandle, service_mode: subprocess.Popen[bytes]) -> AsyncIterator[str]:
+    """The same fresh namespace in every tenant; kubelbd must still run when the test ends."""
     async with namespace_in(fleet, "svcmode") as name:
         yield name
+    assert service_mode.poll() is None, "kubelbd in service mode exited during the test"
 
 
 def lb(name: str) -> Obj:

@@ -25,6 +25,7 @@ from .support import (
     ingress_obj,
     lb_get,
     rule,
+    run_fleet,
     unique,
     until_served,
 )
@@ -149,7 +150,16 @@ async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> Non
         await until_served(lay, h)
         original = await mgmt.get(SECRETS, "beta", NAMESPACE)
 
-        await mgmt.delete(SECRETS, "beta", NAMESPACE)
+        # Deregistered while kubelbd is down: the finalizer keeps the Secret (and its
+        # kubeconfig) until kubelbd is back to clean up.
+        await run_fleet("stop", "kubelbd")
+        try:
+            await mgmt.delete(SECRETS, "beta", NAMESPACE)
+            held = await mgmt.get(SECRETS, "beta", NAMESPACE)
+            assert held["metadata"].get("deletionTimestamp"), held["metadata"]
+            assert held["metadata"]["finalizers"] == ["kubelb.io/cleanup"]
+        finally:
+            await run_fleet("start", "kubelbd")
         await until_served(lay, h, status=404)
 
         async def cleaned() -> bool:
@@ -208,6 +218,15 @@ async def test_default_ingress_class_annotation_is_honoured(fleet: FleetHandle) 
             ingress_obj("plain", [rule(h, ("/", "Prefix", backend("plain")))], class_name=None),
             ns,
         )
+        # An Ingress of our class, created after it: once that one is served, kubelbd has
+        # seen the class-less one too (one watch, in order), and left it alone.
+        witness = f"{unique('witness')}.example.test"
+        await kube.create(
+            INGRESSES,
+            ingress_obj("witness", [rule(witness, ("/", "Prefix", backend("plain")))]),
+            ns,
+        )
+        await until_served(lay, witness)
         status, _ = await lb_get(lay, h)
         assert status == 404  # no class, and ours is not the default
         await kube.patch(

@@ -9,10 +9,17 @@ from kubelbd.config import parse_args
 from kubelbd.envoy.process import TEMPLATE, render_bootstrap
 
 
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The usage error argparse prints for `argv` (exit status 2, not any SystemExit)."""
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize("admin", ["0.0.0.0:9901", "10.0.0.5:9901", "[::]:9901"])
-def test_admin_address_must_be_loopback(admin: str) -> None:
-    with pytest.raises(SystemExit):
-        parse_args(["--envoy-admin", admin])
+def test_admin_address_must_be_loopback(admin: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--envoy-admin must be a loopback address" in refused(["--envoy-admin", admin], capsys)
 
 
 def test_loopback_admin_is_accepted_and_rendered_as_given() -> None:
@@ -27,8 +34,8 @@ def test_loopback_admin_is_accepted_and_rendered_as_given() -> None:
     assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/cfg/lds.json"
 
 
-def test_bad_layer4_settings_are_refused() -> None:
-    with pytest.raises(SystemExit):
-        parse_args(["--l4-address-pool", "not-a-cidr"])
-    with pytest.raises(SystemExit):
-        parse_args(["--l4-envoy-selector", "novalue"])
+def test_bad_settings_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "bad Layer 4 setting" in refused(["--l4-address-pool", "not-a-cidr"], capsys)
+    assert "bad Layer 4 setting" in refused(["--l4-port-range", "20000"], capsys)
+    assert "takes k=v" in refused(["--l4-envoy-selector", "novalue"], capsys)
+    assert "--route-shards must be at least 1" in refused(["--route-shards", "0"], capsys)

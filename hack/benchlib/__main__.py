@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     conv = sub.add_parser("convergence", help="Ingress write → first 200 through Envoy")
     conv.add_argument("--scales", default="10,100,1000", help="routes present, comma-separated")
     conv.add_argument("--changes", type=int, default=100, help="changes measured per scale")
-    conv.add_argument("--kinds", default="route,backend", help="route (existing backend), backend")
+    conv.add_argument("--kinds", default="route,backend,burst",
+                      help="route (existing backend), backend (new Service), burst")  # fmt: skip
+    conv.add_argument("--burst", type=int, default=20, help="Ingresses written at once (burst)")
     l4b = sub.add_parser("l4", help="LoadBalancer Service write → first echo through Envoy")
     l4b.add_argument("--changes", type=int, default=100)
     args = ap.parse_args(argv)
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "convergence":
         scales = [int(x) for x in args.scales.split(",")]
         layout = convergence.ensure_fleet()
-        asyncio.run(convergence.run(layout, scales, args.changes, args.kinds.split(",")))
+        kinds = args.kinds.split(",")
+        asyncio.run(convergence.run(layout, scales, args.changes, kinds, args.burst))
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0

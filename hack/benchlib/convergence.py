@@ -2,13 +2,15 @@
 
 For each scale (routes already present across the tenants) it makes `--changes` changes, each a
 new Ingress with a new host, and times the write until Envoy first answers 200 for that host.
-Two kinds of change: `route` (the backend Service already has a cluster) and `backend` (a
-Service no route used before, so kubelbd must make its NodePort twin and Envoy a new cluster).
+Three kinds of change: `route` (the backend Service already has a cluster), `backend` (a
+Service no route used before, so kubelbd must make its NodePort twin and Envoy a new cluster),
+and `burst` (`--burst` new Ingresses written at once, timed until the last answers 200).
 
 In the same run it measures the floor:
 - watch: the tenant API server alone, from an Ingress write to the watch event for it;
 - envoy: a second Envoy, loaded with a copy of kubelbd's current files, applying the same kind
-  of change (the same files, the same sizes) from the rename until it answers 200.
+  of change (the same files, the same sizes) from the rename until it answers 200; its files
+  are put back after each sample (untimed), so its configuration does not grow over a series.
 """
 
 from __future__ import annotations
@@ -111,10 +113,11 @@ def deployment(name: str) -> Obj:
 
 
 class Bench:
-    def __init__(self, layout: Layout, changes: int) -> None:
+    def __init__(self, layout: Layout, changes: int, burst: int = 20) -> None:
         self.session: aiohttp.ClientSession
         self.layout = layout
         self.changes = changes
+        self.burst = burst
         self.kube: dict[str, Kube] = {}
         self.http = f"http://127.0.0.1:{layout.envoy_http_port}"
         self.ns = f"bench-{os.getpid()}"
@@ -225,6 +228,27 @@ class Bench:
             await self.gone(kube, nodeports.twin_name(service))
         return end - start
 
+    async def burst_change(self, n: int) -> float:
+        """`burst` new Ingresses (existing backend) written at once, spread over the tenants,
+        until the last one answers 200; untimed clean-up as for a single change."""
+        made = []
+        for i in range(self.burst):
+            tenant = self.tenants[i % len(self.tenants)]
+            name = f"m{self.present}-burst-{n}-{i}"
+            made.append((self.kube[tenant], name, f"{name}.{tenant}.bench.test"))
+        start = time.monotonic()
+        await asyncio.gather(
+            *(kube.create(INGRESSES, ingress(name, host, "echo"), self.ns)
+              for kube, name, host in made)
+        )  # fmt: skip
+        ends = await asyncio.gather(*(self.until(host, 200) for _, _, host in made))
+        for kube, name, _ in made:
+            await self.addressed(kube, name)
+        await asyncio.gather(*(kube.delete(INGRESSES, name, self.ns) for kube, name, _ in made))
+        for _, _, host in made:
+            await self.until(host, 404)
+        return max(ends) - start
+
     async def addressed(self, kube: Kube, name: str) -> None:
         """Wait for kubelbd's last step of a change, the Ingress status, so its status and
         record writes do not land in the floor samples that follow."""
@@ -275,17 +299,23 @@ class WatchFloor:
             if kind == "ADDED":
                 await self.events.put((obj["metadata"]["name"], time.monotonic()))
 
-    async def sample(self) -> float:
+    async def sample(self, count: int = 1) -> float:
+        """`count` writes at once, until the watch has delivered the last of them."""
         self.samples += 1
-        name = f"floor{self.bench.present}-{self.samples}"
+        names = {f"floor{self.bench.present}-{self.samples}-{i}" for i in range(count)}
         start = time.monotonic()
-        await self.kube.create(INGRESSES, ingress(name, f"{name}.x", "echo", "none"), self.bench.ns)
-        while True:
+        await asyncio.gather(
+            *(self.kube.create(INGRESSES, ingress(n, f"{n}.x", "echo", "none"), self.bench.ns)
+              for n in names)
+        )  # fmt: skip
+        waiting, last = set(names), start
+        while waiting:
             got, at = await self.events.get()
-            if got == name:
-                break
-        await self.kube.delete(INGRESSES, name, self.bench.ns)
-        return at - start
+            if got in waiting:
+                waiting.discard(got)
+                last = at
+        await asyncio.gather(*(self.kube.delete(INGRESSES, n, self.bench.ns) for n in names))
+        return last - start
 
 
 class EnvoyFloor:
@@ -304,6 +334,7 @@ class EnvoyFloor:
         dst = self.dst = Path(self._dir.name)
         shutil.copytree(src / "rds", dst / "rds")
         self.port, admin = layout.base_port + 95, layout.base_port + 96
+        self.admin = admin
         http = f'"port_value":{layout.envoy_http_port}'
         for name in ("cds.json", "lds.json"):
             text = (src / name).read_text().replace(str(src), str(dst))
@@ -327,6 +358,7 @@ class EnvoyFloor:
             await asyncio.sleep(0.05)
         self.front = json.loads((dst / "rds" / "http.json").read_text())
         self.shards = sorted((dst / "rds").glob("shard.[0-9]*.json"))
+        self.baseline = {path: path.read_text() for path in self.shards}
         self.cds = json.loads((dst / "cds.json").read_text())
         self.cluster = _some_cluster(self.cds)
         self.template = next(c for c in self.cds["resources"] if c["name"] == self.cluster)
@@ -347,51 +379,88 @@ class EnvoyFloor:
         except (TimeoutError, aiohttp.ClientError):
             return 0
 
-    async def change(self, kind: str) -> float:
+    async def change(self, kind: str, count: int = 1) -> float:
+        """One change of `kind` (`burst`: `count` route changes in one write of each file),
+        timed from the first rename until every new host answers 200. The files are put back
+        afterwards, untimed, so every sample starts from kubelbd's files as they were copied."""
         n = self.samples = self.samples + 1
-        shard_path = self.shards[n % len(self.shards)]
-        shard = json.loads(shard_path.read_text())
-        host = f"floor{n}.envoy.test"
+        hosts = [f"floor{n}-{i}.envoy.test" for i in range(count)]
         target = self.cluster
         cds_bytes = b""
         if kind == "backend":
             target = f"{self.cluster}-floor{n}"
             new = json.loads(json.dumps(self.template))
             new["name"] = new["load_assignment"]["cluster_name"] = target
-            self.cds["resources"].append(new)
-            self.cds["version_info"] = f"f{n}"
-            cds_bytes = json.dumps(self.cds).encode()
-        shard["version_info"] = f"f{n}"
-        shard["resources"][0]["virtual_hosts"].append(
-            {"name": host, "domains": [host],
-             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
-        )  # fmt: skip
+            cds = {**self.cds, "resources": [*self.cds["resources"], new]}
+            cds_bytes = json.dumps({**cds, "version_info": f"f{n}"}).encode()
+        shards: dict[Path, Any] = {}
         f = json.loads(json.dumps(self.front))
         f["version_info"] = f"f{n}"
-        shard_name = shard["resources"][0]["name"]
-        for vh in f["resources"][0]["virtual_hosts"]:
-            if vh["name"] == shard_name:
-                vh["domains"].append(host)
-                break
-        else:
-            f["resources"][0]["virtual_hosts"].insert(
-                0,
-                {"name": shard_name, "domains": [host],
-                 "routes": [{"match": {"prefix": "/"},
-                             "route": {"cluster": shard_name, "timeout": "0s"}}]},
+        for i, host in enumerate(hosts):
+            shard_path = self.shards[(n + i) % len(self.shards)]
+            shard = shards.setdefault(shard_path, json.loads(self.baseline[shard_path]))
+            shard["version_info"] = f"f{n}"
+            shard["resources"][0]["virtual_hosts"].append(
+                {"name": host, "domains": [host],
+                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
             )  # fmt: skip
-        shard_bytes = json.dumps(shard).encode()
+            shard_name = shard["resources"][0]["name"]
+            for vh in f["resources"][0]["virtual_hosts"]:
+                if vh["name"] == shard_name:
+                    vh["domains"].append(host)
+                    break
+            else:
+                f["resources"][0]["virtual_hosts"].insert(
+                    0,
+                    {"name": shard_name, "domains": [host],
+                     "routes": [{"match": {"prefix": "/"},
+                                 "route": {"cluster": shard_name, "timeout": "0s"}}]},
+                )  # fmt: skip
+        shard_bytes = {path: json.dumps(s).encode() for path, s in shards.items()}
         front_bytes = json.dumps(f).encode()
         start = time.monotonic()
         if cds_bytes:
             write_atomically(self.dst / "cds.json", cds_bytes)
-        write_atomically(shard_path, shard_bytes)
+        for path, data in shard_bytes.items():
+            write_atomically(path, data)
         write_atomically(self.dst / "rds" / "http.json", front_bytes)
-        while await self.status(host) != 200:
-            if time.monotonic() - start > 30:
-                raise TimeoutError(host)
-            await asyncio.sleep(0.001)
-        return time.monotonic() - start
+        for host in hosts:
+            while await self.status(host) != 200:
+                if time.monotonic() - start > 30:
+                    raise TimeoutError(host)
+                await asyncio.sleep(0.001)
+        took = time.monotonic() - start
+        await self.restore(n, hosts, list(shards), bool(cds_bytes))
+        return took
+
+    async def restore(self, n: int, hosts: list[str], shards: list[Path], cds: bool) -> None:
+        """Back to the copied files (with new versions, so Envoy reads them), and wait until
+        Envoy has them: the hosts gone, the clusters back to the copy's."""
+        for path in shards:
+            original = json.loads(self.baseline[path])
+            write_atomically(path, json.dumps({**original, "version_info": f"r{n}"}).encode())
+        front = {**self.front, "version_info": f"r{n}"}
+        write_atomically(self.dst / "rds" / "http.json", json.dumps(front).encode())
+        if cds:
+            write_atomically(
+                self.dst / "cds.json", json.dumps({**self.cds, "version_info": f"r{n}"}).encode()
+            )
+        deadline = time.monotonic() + 30
+        for host in hosts:
+            while await self.status(host) != 404:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{host} still served after the restore")
+                await asyncio.sleep(0.005)
+        while cds and await self.cds_version() != f"r{n}":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the restored cluster file was not applied")
+            await asyncio.sleep(0.005)
+
+    async def cds_version(self) -> str:
+        url = f"http://127.0.0.1:{self.admin}/stats?filter=cluster_manager.cds.version_text"
+        async with self.session.get(url) as r:
+            text = await r.text()
+        return text.strip().rpartition(": ")[2].strip('"')
 
 
 def _some_cluster(cds: dict[str, Any]) -> str:
@@ -411,8 +480,10 @@ def ensure_fleet() -> Layout:
     return Layout(state.tenants, state.base_port, fleet_dir())
 
 
-async def run(layout: Layout, scales: list[int], changes: int, kinds: list[str]) -> None:
-    bench = Bench(layout, changes)
+async def run(
+    layout: Layout, scales: list[int], changes: int, kinds: list[str], burst: int = 20
+) -> None:
+    bench = Bench(layout, changes, burst)
     await bench.open()
     rows: list[str] = []
     try:
@@ -435,16 +506,21 @@ async def measure(bench: Bench, kind: str) -> list[str]:
     before the floors lets the previous step's background work (the tenant's controllers,
     the node emulators) finish, so each is measured alone, as the floor is defined."""
     label = f"{bench.present} routes"
-    live = Series(f"{label}, {kind} change")
-    watch = Series(f"floor: API write → watch event ({label}, {kind} change)")
-    envoy = Series(f"floor: Envoy applies the same files ({label}, {kind} change)")
+    what = f"burst of {bench.burst}" if kind == "burst" else f"{kind} change"
+    live = Series(f"{label}, {what}")
+    watch = Series(f"floor: API write → watch event ({label}, {what})")
+    envoy = Series(f"floor: Envoy applies the same files ({label}, {what})")
+    count = bench.burst if kind == "burst" else 1
     async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout) as ef:
         for n in range(bench.changes):
             await asyncio.sleep(SETTLE)
-            live.values.append(await bench.change(kind, n))
+            if kind == "burst":
+                live.values.append(await bench.burst_change(n))
+            else:
+                live.values.append(await bench.change(kind, n))
             await asyncio.sleep(SETTLE)
-            watch.values.append(await wf.sample())
-            envoy.values.append(await ef.change(kind))
+            watch.values.append(await wf.sample(count))
+            envoy.values.append(await ef.change("route" if kind == "burst" else kind, count))
     rows = [live.row(), watch.row(), envoy.row()]
     floor = statistics.median(watch.values) + statistics.median(envoy.values)
     ratio = statistics.median(live.values) / floor

@@ -65,6 +65,7 @@ class CertManager:
                 "WaitingForCertManager", f"waiting for cert-manager to write Secret {w.secret_name}"
             )
         for sid in [s for s in self._requested if s not in want]:
-            w = self._requested.pop(sid)
+            w = self._requested[sid]
             await self.mgmt.delete(CERTIFICATES, w.secret_name, namespace_of(w.tenant))
+            del self._requested[sid]  # only now: a failed delete is tried again next pass
         return out

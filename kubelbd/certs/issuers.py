@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from ..ir.tls import CertificateData, Wanted, needs_issuing
+from ..ir.tls import CertificateData, Wanted, renewal_time
 from ..kube import ApiError, Kube
 from ..objects import SECRETS
 from ..records.names import TLS_SOURCE_LABEL, secret_id, tenant_of
@@ -27,12 +27,17 @@ from .cert_manager import CertManager
 
 log = logging.getLogger(__name__)
 
+#: the longest the issuers sleep without a change: certificates are looked at again anyway
+RECHECK = 60.0
+
 
 @dataclass
 class Progress:
     problem: Problem | None = None  # shown on the Route while there is no good certificate
     retry_at: float = 0.0
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=5, maximum=300))
+    #: the certificate last issued, until its Secret comes back through the watch
+    issued: CertificateData | None = None
 
 
 class Issuers:
@@ -67,11 +72,14 @@ class Issuers:
 
     async def run(self) -> None:
         while True:
+            wait = RECHECK
             try:
-                await self._pass()
+                wait = await self._pass()
             except (ApiError, ConnectionError) as e:
                 log.warning("certificates: %s; retrying", e)
-            with anyio.move_on_after(10):  # also re-check expiry now and then
+            # Until the next certificate is due (or a retry), so renewal comes when a third of
+            # the lifetime is left, not up to a polling interval later.
+            with anyio.move_on_after(wait):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
@@ -81,27 +89,42 @@ class Issuers:
             progress.problem = problem
             self._on_progress()
 
-    async def _pass(self) -> None:
+    async def _pass(self) -> float:
+        """Request, issue and renew what is due; returns how long until the next is due."""
         requested = await self.cert_manager.sync(
             {sid: w for sid, w in self.wanted.items() if w.source == "cert-manager"}
         )
         for sid, problem in requested.items():
             self._set(sid, problem)
-        now = dt.datetime.now(dt.UTC)
         certs = self._certificates()
+        wait = RECHECK
         for sid, w in sorted(self.wanted.items()):
             if w.source != "acme":
                 continue
             progress = self.progress.setdefault(sid, Progress())
-            if not needs_issuing(certs.get(sid), w.hosts, now, self.settings.renew_fraction):
+            now = dt.datetime.now(dt.UTC)
+            fraction = self.settings.renew_fraction
+            due = max(
+                (d for c in (certs.get(sid), progress.issued)
+                 if (d := renewal_time(c, w.hosts, fraction)) is not None),
+                default=None,
+            )  # fmt: skip
+            if due is not None and now < due:
                 self._set(sid, None)
+                wait = min(wait, (due - now).total_seconds())
                 continue
             if anyio.current_time() < progress.retry_at:
+                wait = min(wait, progress.retry_at - anyio.current_time())
                 continue
             await self._issue(w, progress)
+            if progress.retry_at > anyio.current_time():
+                wait = min(wait, progress.retry_at - anyio.current_time())
+            else:
+                wait = 0  # issued: look at its renewal time in the next pass
         for sid in [s for s in self.progress if s not in self.wanted]:
             del self.progress[sid]
         await self._collect_acme_secrets()
+        return max(wait, 0.0)
 
     async def _issue(self, w: Wanted, progress: Progress) -> None:
         if not self.settings.directory:
@@ -117,6 +140,7 @@ class Issuers:
             await self.mgmt.apply(
                 SECRETS, issued_secret(w, fullchain, key, self.settings.directory)
             )
+            progress.issued = CertificateData(w.secret_id, fullchain, key)
             log.info("certificate %s issued for %s", w.secret_id, ", ".join(w.hosts))
             self._set(w.secret_id, None)
             progress.backoff.reset()

@@ -211,16 +211,15 @@ def wanted(ir: IR, routes: Iterable[RouteRecord]) -> dict[str, Wanted]:
     return out
 
 
-def needs_issuing(
-    data: CertificateData | None, hosts: tuple[str, ...], now: dt.datetime, fraction: float
-) -> bool:
-    """No usable certificate for all the hosts, or less than `fraction` of its life left."""
+def renewal_time(
+    data: CertificateData | None, hosts: tuple[str, ...], fraction: float
+) -> dt.datetime | None:
+    """When a certificate for `hosts` is due for renewal: once less than `fraction` of its
+    lifetime is left. None: there is no usable one, it is due now."""
     if data is None:
-        return True
+        return None
     cert = inspect(data)
-    if isinstance(cert, Problem):
-        return True
-    if not all(covers(cert, h) for h in hosts):
-        return True
+    if isinstance(cert, Problem) or not all(covers(cert, h) for h in hosts):
+        return None
     life = cert.not_after - cert.not_before
-    return now >= cert.not_after - life * fraction
+    return cert.not_after - life * fraction

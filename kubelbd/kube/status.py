@@ -16,6 +16,7 @@ One writer per API server and field manager; `run()` is its task.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ class StatusWriter:
         self._wanted: dict[str, _Wanted] = {}
         self._written: dict[str, Hashable] = {}
         self._written_at: dict[str, float] = {}
-        self._seq: dict[str, int] = {}  # key -> the number of its latest want()
+        #: key -> the number of its latest want(); numbers never repeat, also across forget()
+        self._seq: dict[str, int] = {}
+        self._wants = itertools.count(1)
         self._wake = anyio.Event()
         #: set whenever the writer has nothing left to do (tests and shutdown wait on it)
         self.idle = anyio.Event()
@@ -67,7 +70,7 @@ class StatusWriter:
     def want(self, key: str, fingerprint: Hashable, write: Write, minor: bool = False) -> None:
         """Write `fingerprint`'s status for `key` with `write()`, unless it is written already.
         `minor`: only a detail changed; it may wait for the coalescing interval."""
-        seq = self._seq[key] = self._seq.get(key, 0) + 1
+        seq = self._seq[key] = next(self._wants)
         if self._written.get(key) == fingerprint:
             self._wanted.pop(key, None)
             return
@@ -130,6 +133,12 @@ class StatusWriter:
                 return
             except (ConnectionError, TimeoutError) as e:
                 log.warning("%s: status of %s: %s", self.name, key, e or "timed out")
+                failed[key] = wanted
+                return
+            except Exception:
+                # A bug, or an object like no other: it must not end the process (every
+                # other status would stop with it). Logged in full, retried with backoff.
+                log.exception("%s: status of %s failed", self.name, key)
                 failed[key] = wanted
                 return
         self._written[key] = wanted.fingerprint

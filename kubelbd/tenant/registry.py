@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 
 from ..hub import RecordSink, Settling, StatusBoard
-from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
+from ..kube import ApiError, Kube, KubeconfigError
 from ..kube.events import Recorder
 from ..kube.informer import Informer
 from ..objects import MANAGED_BY, MANAGER, NAMESPACES, SECRETS, SERVICES, Obj, managed_by_us
@@ -26,7 +26,7 @@ from ..records.names import CLEANUP_FINALIZER, TENANT_LABEL, namespace_of, valid
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Source
-from .sync import TenantSettings, TenantSync
+from .sync import Connect, TenantSettings, TenantSync, connect
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,12 @@ class Registry:
         board: StatusBoard,
         settling: Settling,
         sources: tuple[Source, ...] = SOURCES,
+        connect: Connect = connect,
+        sync: type[TenantSync] = TenantSync,
     ) -> None:
         self.mgmt = mgmt
+        self._connect = connect
+        self._sync = sync
         self.namespace = namespace
         self.sink = sink
         self.board = board
@@ -150,9 +154,9 @@ class Registry:
             self._start(tg, tenant, kubeconfig_of(secret), fingerprint)
 
     def _start(self, tg: anyio.abc.TaskGroup, tenant: str, kubeconfig: bytes, fp: str) -> None:
-        sync = TenantSync(
+        sync = self._sync(
             tenant, kubeconfig, self.mgmt, self.sink, self.board, self.settling, self.settings,
-            self.sources,
+            self.sources, self._connect,
         )  # fmt: skip
         entry = _Running(sync, fp)
         self._running[tenant] = entry
@@ -227,7 +231,7 @@ class Registry:
     async def _clean_tenant_cluster(self, tenant: str, kubeconfig: bytes) -> None:
         """Best effort: the tenant may be unreachable; its records go regardless."""
         try:
-            kube = await Kube.from_kubeconfig(parse_kubeconfig(kubeconfig), tenant)
+            kube = await self._connect(kubeconfig, tenant)
         except KubeconfigError as e:
             log.warning("tenant %s: cannot clean the tenant cluster: %s", tenant, e)
             return

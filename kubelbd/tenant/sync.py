@@ -15,7 +15,7 @@ the tenant's other changes go on at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,14 @@ class TenantSettings:
     node_address_type: str = "InternalIP"
 
 
+#: a client of a tenant's API server, from its registration kubeconfig
+Connect = Callable[[bytes, str], Awaitable[Kube]]
+
+
+async def connect(kubeconfig: bytes, name: str) -> Kube:
+    return await Kube.from_kubeconfig(parse_kubeconfig(kubeconfig), name)
+
+
 class TenantSync:
     def __init__(
         self,
@@ -62,9 +70,11 @@ class TenantSync:
         settling: Settling,
         settings: TenantSettings,
         sources: Sequence[Source] = SOURCES,
+        connect: Connect = connect,
     ) -> None:
         self.name = name
         self._kubeconfig = kubeconfig
+        self._connect = connect
         self.mgmt = mgmt
         self.board = board
         self.settling = settling
@@ -96,7 +106,7 @@ class TenantSync:
             tg.start_soon(self.health.writer.run)
             await self._ensure_namespace()
             try:
-                kube = await Kube.from_kubeconfig(parse_kubeconfig(self._kubeconfig), self.name)
+                kube = await self._connect(self._kubeconfig, self.name)
             except KubeconfigError as e:
                 self.health.connection_failed(e)
                 self.settling.done(self.name)
@@ -387,14 +397,22 @@ class TenantSync:
             # The new twins' nodePorts are chosen already: Envoy gets the route and its
             # clusters while the tenant API server creates them, not after.
             moved = False
-            async with limit:
-                for desired in creating:
-                    if await self.caches.twins.create(self.kube, desired):
-                        moved = True
-                        # Others may have been translated with the chosen ports meanwhile.
-                        original = desired["metadata"]["labels"][twins.TWIN_OF]
-                        self._dirty |= self.index.users(SERVICES, (ns, original))
-                        self._wake.set()
+            try:
+                async with limit:
+                    for desired in creating:
+                        if await self.caches.twins.create(self.kube, desired):
+                            moved = True
+                            # Others may have been translated with the ports chosen meanwhile.
+                            original = desired["metadata"]["labels"][twins.TWIN_OF]
+                            self._dirty |= self.index.users(SERVICES, (ns, original))
+                            self._wake.set()
+            except BaseException:
+                # Envoy has the route with ports chosen for a twin that was not made: take
+                # them back (that backend is pending again) until the retry makes it.
+                retreat = source.translate(obj, self.caches)
+                if retreat.spec != sent:
+                    self.records.provisional(source.record, record, retreat.spec)
+                raise
             if moved:
                 result = source.translate(obj, self.caches)
                 if result.spec != sent:

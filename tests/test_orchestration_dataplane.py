@@ -1,0 +1,298 @@
+"""kubelbd.dataplane: the Intake (what reaches the model, and what does not), and the DataPlane
+loop end to end over a FakeKube: records in, Envoy files out, then status once "Envoy" (a
+fake admin interface that applies whatever is published) reports them applied."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from kubelbd.dataplane.intake import Intake
+from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
+from kubelbd.dataplane.plane import DataPlane
+from kubelbd.envoy.admin import EnvoyAdmin
+from kubelbd.envoy.publisher import Publisher
+from kubelbd.envoy.settings import Settings
+from kubelbd.hub import Settling, StatusBoard
+from kubelbd.objects import NAMESPACES, Obj
+from kubelbd.records import parse
+from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANTS, labels
+from kubelbd.records.objects import record_object, tenant_object
+from kubelbd.records.status import SourceStatus
+from kubelbd.records.types import RouteRecord
+
+from .fakekube import FakeKube
+from .orchestration import DEADLINE, condition, condition_of, namespace, running, until
+
+RID = "a/default.shop"
+PUBLIC = "203.0.113.10"
+
+
+def route_spec(host: str = "shop.example.com", node_port: int = 30080) -> Any:
+    return {
+        "source": {
+            "kind": "Ingress",
+            "namespace": "default",
+            "name": "shop",
+            "uid": "ingress-uid",
+            "generation": 1,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "rules": [
+            {
+                "host": host,
+                "paths": [
+                    {
+                        "path": "/",
+                        "pathType": "Prefix",
+                        "backends": [{"service": "web", "port": "80", "nodePort": node_port}],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def route_obj(spec: Any, uid: str = "u1", generation: int = 1) -> Obj:
+    obj = record_object("Route", "a", "default.shop", spec)
+    obj["metadata"].update(uid=uid, generation=generation, resourceVersion="7")
+    return obj
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.wakes = 0
+        self.confirmations = 0
+        self.model: dict[str, RouteRecord] = {}
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def intake(self) -> Intake:
+        l4 = LoadBalancers(FakeKube("mgmt"), L4Settings(), lambda: None)
+        intake = Intake(self.wake, self.model.get, l4)
+        intake.on_confirmed = self.confirmed
+        return intake
+
+    def confirmed(self) -> None:
+        self.confirmations += 1
+
+
+# ---- the intake ---------------------------------------------------------------------------------
+
+
+def test_a_written_provisional_record_is_a_confirmation_not_a_render() -> None:
+    r = Recorder()
+    intake = r.intake()
+    spec = parse.route_spec(route_spec())
+    intake.provisional(RouteRecord("a", "default.shop", spec))
+    assert r.wakes == 1
+    batch = intake.take()
+    assert list(batch.upserts) == [RID] and batch.upserts[RID].generation == 0
+    r.model[RID] = batch.upserts[RID]  # the render took it
+    intake.written(ROUTE, route_obj(route_spec()))
+    assert r.wakes == 1 and r.confirmations == 1
+    assert intake.take().upserts == {}
+    assert intake.confirmed[RID].generation == 1
+    # The watch brings the same record again (and then our own status write): nothing new.
+    intake.on_route("ADDED", route_obj(route_spec()))
+    intake.on_route("MODIFIED", route_obj(route_spec()) | {"status": {"hosts": "x"}})
+    assert r.wakes == 1 and r.confirmations == 1
+    # A record with other content is rendered.
+    intake.on_route("MODIFIED", route_obj(route_spec(node_port=30081), generation=2))
+    assert r.wakes == 2
+    changed = intake.take().upserts[RID]
+    assert changed.generation == 2
+    assert changed.spec["rules"][0]["paths"][0]["backends"][0].get("nodePort") == 30081
+
+
+def test_a_confirmation_before_the_render_replaces_the_pending_upsert() -> None:
+    r = Recorder()
+    intake = r.intake()
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(route_spec())))
+    intake.written(ROUTE, route_obj(route_spec()))
+    assert r.wakes == 1
+    assert intake.take().upserts[RID].generation == 1
+    assert intake.confirmed == {}
+
+
+def test_a_stale_delete_is_ignored() -> None:
+    r = Recorder()
+    intake = r.intake()
+    intake.on_route("ADDED", route_obj(route_spec(), uid="new"))
+    intake.take()
+    intake.on_route("DELETED", route_obj(route_spec(), uid="old"))  # of a record replaced
+    assert intake.take().deletes == set()
+    # Recreated by the tenant side (provisional) while the old record's delete comes late.
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(route_spec())))
+    intake.on_route("DELETED", route_obj(route_spec(), uid="new"))
+    batch = intake.take()
+    assert batch.deletes == set() and list(batch.upserts) == [RID]
+    intake.on_route("ADDED", route_obj(route_spec(), uid="newer"))
+    intake.on_route("DELETED", route_obj(route_spec(), uid="newer"))
+    assert intake.take().deletes == {RID}
+
+
+def test_a_malformed_record_is_refused_once_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = Recorder()
+    intake = r.intake()
+    bad = route_spec()
+    bad["rules"][0]["paths"][0]["pathType"] = "Regex"
+    with caplog.at_level(logging.ERROR, logger="kubelbd.dataplane.intake"):
+        intake.on_route("ADDED", route_obj(bad))
+        intake.on_route("MODIFIED", route_obj(bad, generation=2))
+    refusals = [rec for rec in caplog.records if "refused" in rec.getMessage()]
+    assert len(refusals) == 1 and RID in refusals[0].getMessage()
+    assert "pathType" in refusals[0].getMessage()
+    assert r.wakes == 0 and intake.take().upserts == {}
+    # Mended: taken as any other.
+    intake.on_route("MODIFIED", route_obj(route_spec(), generation=3))
+    assert r.wakes == 1 and intake.take().upserts[RID].generation == 3
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+
+
+class AppliedAdmin(EnvoyAdmin):
+    """Envoy's admin interface as if Envoy applied everything the moment it is published."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        super().__init__("127.0.0.1:9")  # never connected to
+        self.publisher = publisher
+
+    async def versions(self) -> dict[str, str]:
+        return dict(self.publisher.published)
+
+
+async def management() -> FakeKube:
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, namespace("tenant-a", labels("a")))
+    await mgmt.create(TENANTS, tenant_object("a", {"nodeAddresses": ["10.0.0.1"]}))
+    return mgmt
+
+
+def dataplane(mgmt: FakeKube, tmp_path: Path, l4: L4Settings | None = None) -> DataPlane:
+    publisher = Publisher(tmp_path)
+    settling = Settling()
+    settling.known()  # no tenant to wait for
+    return DataPlane(
+        mgmt,
+        Settings(config_dir=str(tmp_path), shards=2),
+        publisher,
+        AppliedAdmin(publisher),
+        StatusBoard(),
+        settling,
+        public_address=PUBLIC,
+        l4=l4,
+    )
+
+
+def programmed(mgmt: FakeKube) -> Any:
+    return condition_of(mgmt, ROUTES, "default.shop", "tenant-a", "Programmed")
+
+
+def files_mentioning(tmp_path: Path, text: str) -> list[str]:
+    return sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.json") if text in p.read_text()
+    )
+
+
+async def test_a_route_record_becomes_envoy_files_then_status_and_an_ingress_address(
+    tmp_path: Path,
+) -> None:
+    mgmt = await management()
+    await mgmt.create(ROUTES, record_object("Route", "a", "default.shop", route_spec()))
+    dp = dataplane(mgmt, tmp_path)
+    async with running(dp.run):
+        await until(lambda: programmed(mgmt) == "True", "Programmed")
+        route = mgmt.stored(ROUTES, "default.shop", "tenant-a")
+        assert route is not None
+        served = condition(route, "Programmed")
+        assert served["reason"] == "Programmed" and PUBLIC in served["message"]
+        assert condition(route, "Accepted")["status"] == "True"
+        assert route["status"]["hosts"] == "shop.example.com"
+        assert route["status"]["observedGeneration"] == route["metadata"]["generation"] == 1
+        assert files_mentioning(tmp_path, "shop.example.com")[0].startswith("rds/")
+        assert "cds.json" in files_mentioning(tmp_path, "30080")
+        assert "cds.json" in files_mentioning(tmp_path, "10.0.0.1")
+        # The tenant side's part: the Ingress's address, on the board.
+        with anyio.fail_after(DEADLINE):
+            await dp.board.wait("a")
+        [status] = dp.board.take("a")
+        address = (("ip", PUBLIC),)
+        assert status == SourceStatus("Ingress", "default", "shop", "ingress-uid", address, (), 1)
+        # Written once: the status write coming back through the watch is not a change.
+        writes = [c for c in mgmt.calls if c.plural == "routes" and c.subresource == "status"]
+        assert len(writes) == 1
+
+        # The record goes: so does its host.
+        await mgmt.delete(ROUTES, "default.shop", "tenant-a")
+        await until(lambda: not files_mentioning(tmp_path, "shop.example.com"), "host removed")
+
+
+async def test_a_provisional_route_is_served_before_its_record_exists(tmp_path: Path) -> None:
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path)
+    async with running(dp.run):
+        await dp.first_publish.wait()
+        spec = parse.route_spec(route_spec(host="early.example.com"))
+        dp.intake.provisional(RouteRecord("a", "default.shop", spec))
+        await until(lambda: files_mentioning(tmp_path, "early.example.com"), "served")
+        # Its status waits for the record: nothing to write it to yet.
+        assert mgmt.stored(ROUTES, "default.shop", "tenant-a") is None
+        written = await mgmt.create(
+            ROUTES, record_object("Route", "a", "default.shop", route_spec("early.example.com"))
+        )
+        dp.intake.written(ROUTE, written)
+        await until(lambda: programmed(mgmt) == "True", "Programmed")
+
+
+def lb_spec(name: str, created: str) -> Any:
+    source = {"kind": "Service", "namespace": "default", "name": name, "uid": f"{name}-uid"}
+    return {
+        "source": source | {"creationTimestamp": created},
+        "ports": [{"port": 5432, "protocol": "TCP", "nodePort": 30432}],
+        "sessionAffinity": "None",
+        "proxyProtocol": "",
+    }
+
+
+async def test_a_load_balancer_allocation_is_recorded_and_freed(tmp_path: Path) -> None:
+    mgmt = await management()
+    db = lb_spec("db", "2026-01-02T00:00:00Z")
+    await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", "default.db", db))
+
+    def stored(name: str = "default.db") -> Obj:
+        return mgmt.stored(LOADBALANCERS, name, "tenant-a") or {}
+
+    dp = dataplane(mgmt, tmp_path, L4Settings(mode="pool", pool="192.0.2.0/29"))
+    async with running(dp.run):
+        await until(lambda: condition(stored(), "Programmed").get("status") == "True", "served")
+        status = stored()["status"]
+        assert status["address"] == "192.0.2.1"
+        assert status["ingress"] == [{"ip": "192.0.2.1"}]
+        assert status["portsSummary"] == "5432/TCP"
+        assert "lds.json" in files_mentioning(tmp_path, "192.0.2.1")
+        with anyio.fail_after(DEADLINE):
+            await dp.board.wait("a")
+        [svc] = dp.board.take("a")
+        assert (svc.kind, svc.name, svc.addresses) == ("Service", "db", (("ip", "192.0.2.1"),))
+
+    # Restarted with a one-address pool, which an older load balancer gets: the allocation
+    # db holds is not in the pool, and there is none for it, so it is freed.
+    old = lb_spec("old", "2026-01-01T00:00:00Z")
+    await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", "default.old", old))
+    dp = dataplane(mgmt, tmp_path, L4Settings(mode="pool", pool="198.51.100.7/32"))
+    async with running(dp.run):
+        await until(lambda: condition(stored(), "Programmed").get("reason") == "PoolExhausted")
+        status = stored()["status"]
+        assert "address" not in status and status["portsSummary"] == ""
+        assert status["ingress"] == []
+        assert stored("default.old")["status"]["address"] == "198.51.100.7"
+        assert not files_mentioning(tmp_path, "192.0.2.1")

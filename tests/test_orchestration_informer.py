@@ -1,0 +1,108 @@
+"""kubelbd.kube.informer.Informer: list then watch into a cache, relist after 410 Gone with
+the events the watch missed, errors reported and then cleared."""
+
+from __future__ import annotations
+
+from kubelbd.kube import ApiError
+from kubelbd.kube.informer import Informer
+from kubelbd.objects import INGRESSES, NAMESPACES, Obj
+from kubelbd.retry import Backoff
+
+from .fakekube import FakeKube
+from .orchestration import ingress, namespace, running, until
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []  # (type, name)
+        self.errors: list[Exception | None] = []
+
+    def on_event(self, kind: str, obj: Obj) -> None:
+        self.events.append((kind, obj["metadata"]["name"]))
+
+    def on_error(self, error: Exception | None) -> None:
+        self.errors.append(error)
+
+
+async def cluster(*names: str) -> FakeKube:
+    kube = FakeKube("t")
+    await kube.create(NAMESPACES, namespace("default"))
+    for name in names:
+        obj = ingress(name, f"{name}.example.com", "web")
+        obj["metadata"]["labels"] = {"team": "shop"}
+        await kube.create(INGRESSES, obj)
+    return kube
+
+
+def informer(kube: FakeKube, seen: Seen) -> Informer:
+    return Informer(
+        kube,
+        INGRESSES,
+        seen.on_event,
+        namespace="default",
+        label_selector="team=shop",
+        on_error=seen.on_error,
+        backoff=Backoff(initial=0.01, maximum=0.01),
+    )
+
+
+async def test_list_then_watch_fills_the_cache_and_emits_events() -> None:
+    kube, seen = await cluster("a", "b"), Seen()
+    await kube.create(INGRESSES, ingress("unlabelled", "u.example.com", "web"))
+    inf = informer(kube, seen)
+    async with running(inf.run):
+        await inf.synced.wait()
+        assert sorted(inf.cache) == ["default/a", "default/b"]
+        assert sorted(seen.events) == [("ADDED", "a"), ("ADDED", "b")]
+        new = ingress("c", "c.example.com", "web")
+        new["metadata"]["labels"] = {"team": "shop"}
+        await kube.create(INGRESSES, new)
+        await kube.patch(INGRESSES, "a", {"spec": {"defaultBackend": None, "rules": []}}, "default")
+        await kube.delete(INGRESSES, "b", "default")
+        await until(lambda: len(seen.events) == 5, "three more events")
+        assert seen.events[2:] == [("ADDED", "c"), ("MODIFIED", "a"), ("DELETED", "b")]
+        assert sorted(inf.cache) == ["default/a", "default/c"]
+        assert inf.cache["default/a"]["spec"]["rules"] == []
+        assert inf.resource_version == kube.changes()[-1].obj["metadata"]["resourceVersion"]
+    assert seen.errors == [None]
+
+
+async def test_410_gone_relists_with_deleted_and_modified_for_what_was_missed() -> None:
+    kube, seen = await cluster("a", "b", "keep"), Seen()
+    inf = informer(kube, seen)
+    async with running(inf.run):
+        await inf.synced.wait()
+        with kube.watches_held():
+            await kube.delete(INGRESSES, "a", "default")
+            await kube.patch(INGRESSES, "b", {"metadata": {"annotations": {"x": "y"}}}, "default")
+            new = ingress("c", "c.example.com", "web")
+            new["metadata"]["labels"] = {"team": "shop"}
+            await kube.create(INGRESSES, new)
+            kube.compact()
+        await until(lambda: len(seen.events) == 6, "the relist's events")
+        assert sorted(seen.events[3:]) == [("ADDED", "c"), ("DELETED", "a"), ("MODIFIED", "b")]
+        assert sorted(inf.cache) == ["default/b", "default/c", "default/keep"]
+        assert inf.cache["default/b"]["metadata"]["annotations"] == {"x": "y"}
+        assert [c.method for c in kube.calls if c.plural == "ingresses"].count("list") == 2
+        # The watch goes on from the relist.
+        await kube.delete(INGRESSES, "keep", "default")
+        await until(lambda: seen.events[-1] == ("DELETED", "keep"), "a watch event")
+    # A relist after 410 is routine, not an error to report.
+    assert seen.errors == [None, None]
+
+
+async def test_errors_are_reported_and_cleared_once_listing_works_again() -> None:
+    kube, seen = await cluster("a"), Seen()
+    kube.fail("list", INGRESSES, status=403)
+    kube.fail("watch", INGRESSES, status=0)
+    inf = informer(kube, seen)
+    async with running(inf.run):
+        await until(lambda: len(seen.errors) >= 4, "four reports")
+        await inf.synced.wait()
+        assert sorted(inf.cache) == ["default/a"]
+    forbidden, cleared, refused, cleared_again = seen.errors[:4]
+    assert isinstance(forbidden, ApiError) and forbidden.status == 403
+    assert isinstance(refused, ConnectionError)
+    assert cleared is None and cleared_again is None
+    # The same object, listed twice (no watch event in between): ADDED once, no MODIFIED.
+    assert seen.events == [("ADDED", "a")]

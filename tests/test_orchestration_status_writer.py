@@ -1,0 +1,158 @@
+"""kubelbd.kube.status.StatusWriter: the rules every status write follows (dedup, latest wins,
+backoff without holding up other keys, stale retries losing to newer wants, forgetting on
+404, coalescing minor changes)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import anyio
+import pytest
+
+from kubelbd.kube import ApiError
+from kubelbd.kube.status import StatusWriter, Write
+from kubelbd.retry import Backoff
+
+from .orchestration import running, until
+
+BACKOFF = 0.05
+
+
+class Target:
+    """Records every write as (key, fingerprint, time); raises what it is told to, once each."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, Hashable, float]] = []
+        self.attempts: list[tuple[str, Hashable]] = []
+        self.errors: dict[tuple[str, Hashable], list[Exception]] = {}
+
+    def write(self, key: str, fingerprint: Hashable) -> Write:
+        async def go() -> None:
+            self.attempts.append((key, fingerprint))
+            pending = self.errors.get((key, fingerprint))
+            if pending:
+                raise pending.pop(0)
+            self.writes.append((key, fingerprint, anyio.current_time()))
+
+        return go
+
+    def written(self, key: str) -> list[Hashable]:
+        return [fp for k, fp, _ in self.writes if k == key]
+
+
+def writer(coalesce: float = 0.0) -> StatusWriter:
+    return StatusWriter(
+        "test", backoff=Backoff(initial=BACKOFF, maximum=BACKOFF), coalesce=coalesce
+    )
+
+
+async def test_an_equal_status_is_written_once_and_the_latest_wins() -> None:
+    w, t = writer(), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await w.idle.wait()
+        w.want("a", 1, t.write("a", 1))  # written already: nothing to do
+        assert w.idle.is_set()
+        # Two wants before the writer runs: only the later one is written.
+        w.want("b", 1, t.write("b", 1))
+        w.want("b", 2, t.write("b", 2))
+        await w.idle.wait()
+    assert t.written("a") == [1]
+    assert t.written("b") == [2]
+    assert w.written("b") == 2 and w.writes == 2
+
+
+async def test_a_failed_write_is_retried_after_a_backoff_without_holding_up_others() -> None:
+    w, t = writer(), Target()
+    t.errors[("a", 1)] = [ApiError(500, "InternalError", "etcd is sad")]
+    async with running(w.run):
+        start = anyio.current_time()
+        w.want("a", 1, t.write("a", 1))
+        w.want("b", 1, t.write("b", 1))
+        await until(lambda: t.written("b") == [1], "b written")
+        # While a waits for its retry, a new key is written at once.
+        w.want("c", 1, t.write("c", 1))
+        await until(lambda: t.written("c") == [1], "c written")
+        assert t.written("a") == []
+        await until(lambda: t.written("a") == [1], "a retried")
+    a_written = next(at for k, _, at in t.writes if k == "a")
+    c_written = next(at for k, _, at in t.writes if k == "c")
+    assert a_written - start >= BACKOFF
+    assert c_written < a_written
+    assert t.attempts.count(("a", 1)) == 2
+
+
+@pytest.mark.parametrize("error", [ApiError(503, "Unavailable", "x"), ConnectionError("refused")])
+async def test_a_stale_retry_never_overwrites_a_newer_status(error: Exception) -> None:
+    w, t = writer(), Target()
+    t.errors[("a", 1)] = [error]
+    t.errors[("x", 1)] = [ApiError(500, "InternalError", "x too")]  # retried with a's retry
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        w.want("x", 1, t.write("x", 1))
+        await until(lambda: len(t.attempts) == 2, "both tried")
+        w.want("a", 2, t.write("a", 2))  # newer, while the failed one waits for its retry
+        await until(lambda: t.written("a") == [2], "the newer status written")
+        await until(lambda: t.written("x") == [1], "the retry done")
+        await w.idle.wait()
+    assert t.written("a") == [2]
+    assert t.attempts.count(("a", 1)) == 1
+    assert w.written("a") == 2
+
+
+async def test_an_object_gone_is_forgotten_and_a_new_one_written_afresh() -> None:
+    w, t = writer(), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await w.idle.wait()
+        assert w.written("a") == 1
+        t.errors[("a", 2)] = [ApiError(404, "NotFound", "gone")]
+        w.want("a", 2, t.write("a", 2))
+        await w.idle.wait()
+        assert w.written("a") is None  # forgotten, not retried
+        # The same status as before is written again: a new object of the key has none.
+        w.want("a", 1, t.write("a", 1))
+        await w.idle.wait()
+    assert t.attempts == [("a", 1), ("a", 2), ("a", 1)]
+    assert t.written("a") == [1, 1]
+
+
+async def test_minor_changes_wait_for_the_interval_and_a_major_one_does_not() -> None:
+    interval = 0.2
+    w, t = writer(coalesce=interval), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await until(lambda: t.written("a") == [1], "first write")
+        first = t.writes[0][2]
+        w.want("a", 2, t.write("a", 2), minor=True)
+        w.want("a", 3, t.write("a", 3), minor=True)
+        w.want("b", 1, t.write("b", 1), minor=True)  # never written: not coalesced
+        await until(lambda: t.written("a") == [1, 3], "coalesced write")
+        assert t.writes[-1][2] - first >= interval
+        assert t.written("b") == [1]
+        assert next(at for k, _, at in t.writes if k == "b") - first < interval
+        # Something more important comes during the wait: written at once.
+        w.want("a", 4, t.write("a", 4), minor=True)
+        w.want("a", 5, t.write("a", 5))
+        await until(lambda: t.written("a") == [1, 3, 5], "major write")
+        assert t.writes[-1][2] - t.writes[-2][2] < interval
+        await w.idle.wait()
+    assert t.attempts.count(("a", 2)) == t.attempts.count(("a", 4)) == 0
+
+
+async def test_a_retry_from_before_a_forget_never_overwrites_a_newer_status() -> None:
+    w, t = writer(), Target()
+    t.errors[("a", "old")] = [ApiError(500, "InternalError", "etcd is sad")]
+    t.errors[("x", 1)] = [ApiError(500, "InternalError", "x too")]  # retried with a's retry
+    async with running(w.run):
+        w.want("a", "old", t.write("a", "old"))
+        w.want("x", 1, t.write("x", 1))
+        await until(lambda: len(t.attempts) == 2, "both tried")
+        # The object goes, and one of the same name comes, before the retry.
+        w.forget("a")
+        w.want("a", "new", t.write("a", "new"))
+        await until(lambda: t.written("a") == ["new"], "the new object's status")
+        await until(lambda: t.written("x") == [1], "the retry done")
+        await w.idle.wait()
+    assert t.written("a") == ["new"]
+    assert w.written("a") == "new"

@@ -1,0 +1,353 @@
+"""kubelbd.tenant.sync.TenantSync over two FakeKubes, one the tenant cluster, one the
+management cluster: twins, records, the Tenant record, status back into the tenant, and an
+object the tenant API server refuses being retried alone.
+
+TenantSync connects to its tenant through its `connect` argument; the tests give it a
+Connector, which hands out clients of the fake tenant cluster."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from kubelbd.hub import Settling, StatusBoard
+from kubelbd.objects import (
+    EVENTS,
+    INGRESS_CLASSES,
+    INGRESSES,
+    NAMESPACES,
+    NODES,
+    SECRETS,
+    SERVICES,
+)
+from kubelbd.records.names import LOADBALANCERS, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
+from kubelbd.records.status import Event, SourceStatus
+from kubelbd.sources import twins
+from kubelbd.tenant.sync import TenantSettings, TenantSync
+
+from .fakekube import Connector, FakeKube, kubeconfig
+from .orchestration import (
+    RecordingSink,
+    condition,
+    condition_of,
+    ingress,
+    namespace,
+    node,
+    running,
+    service,
+    status_of,
+    until,
+)
+
+NS = "tenant-a"
+
+
+class Fleet:
+    """Tenant "a" and the management cluster, and a TenantSync between them."""
+
+    def __init__(self) -> None:
+        self.tenant = FakeKube("a")
+        self.mgmt = FakeKube("mgmt")
+        self.sink = RecordingSink()
+        self.board = StatusBoard()
+        self.settling = Settling()
+        self.connector = Connector(self.tenant)
+        config = kubeconfig(self.tenant)
+        self.sync = TenantSync(
+            "a", config, self.mgmt, self.sink, self.board, self.settling, TenantSettings(),
+            connect=self.connector,
+        )  # fmt: skip
+
+    async def nodes(self) -> None:
+        await self.tenant.create(NAMESPACES, namespace("default"))
+        await self.tenant.create(NODES, node("n1", "10.0.0.1"))
+        await self.tenant.create(NODES, node("n2", "10.0.0.2"))
+        await self.tenant.create(NODES, node("n3", "10.0.0.3", ready=False))
+
+    def health(self, type_: str, field: str = "status") -> Any:
+        """A field of a condition of the Tenant record."""
+        return condition_of(self.mgmt, TENANTS, "a", NS, type_, field)
+
+    def addresses(self) -> Any:
+        return (self.mgmt.stored(TENANTS, "a", NS) or {}).get("spec", {}).get("nodeAddresses")
+
+    def ingress_status(self, name: str) -> Any:
+        return status_of(self.tenant, INGRESSES, name, "default")
+
+    def route(self, name: str) -> Any:
+        return self.mgmt.stored(ROUTES, f"default.{name}", NS)
+
+    def twin(self, service: str) -> Any:
+        return self.tenant.stored(SERVICES, twins.twin_name(service), "default")
+
+    def synced(self, message: str) -> bool:
+        """The last reconcile pass ended (twins collected too) with `message`."""
+        return self.sync.health.synced == (True, "Synced", message)
+
+
+@pytest.fixture
+async def fleet() -> Fleet:
+    f = Fleet()
+    await f.nodes()
+    return f
+
+
+def backend_of(route: Any) -> Any:
+    return route["spec"]["rules"][0]["paths"][0]["backends"][0]
+
+
+async def test_an_ingress_of_ours_gets_a_twin_a_route_record_and_the_nodes(fleet: Fleet) -> None:
+    web = await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop"), "the Route record")
+        route, twin = fleet.route("shop"), fleet.twin("web")
+        assert twin is not None
+        assert twin["spec"]["type"] == "NodePort"
+        assert twin["spec"]["selector"] == {"app": "web"}
+        assert twin["metadata"]["ownerReferences"][0]["uid"] == web["metadata"]["uid"]
+        assert backend_of(route) == {
+            "service": "web",
+            "port": "80",
+            "nodePort": twin["spec"]["ports"][0]["nodePort"],
+        }
+        assert route["metadata"]["labels"][TENANT_LABEL] == "a"
+        assert route["spec"]["source"]["name"] == "shop"
+        # Handed to the data plane before it was written, then as written.
+        steps = fleet.sink.of("a/default.shop")
+        assert [s[0] for s in steps] == ["provisional", "written"]
+        assert steps[0][3] == steps[1][3] == route["spec"]
+        written = [c for c in fleet.mgmt.changes(ROUTES) if c.type != "DELETED"]
+        assert len(written) == 1  # written once
+
+        # The Tenant record: the Ready nodes' addresses, and healthy.
+        assert fleet.addresses() == ["10.0.0.1", "10.0.0.2"]
+        assert ("written", "Tenant", "a/a") in [s[:3] for s in fleet.sink.seen]
+        await until(lambda: fleet.health("Synced") == "True", "Synced")
+        assert fleet.health("Connected") == "True"
+        # Its IngressClass is in the tenant.
+        assert fleet.tenant.stored(INGRESS_CLASSES, "kubelb") is not None
+        # A node that becomes Ready joins.
+        ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+        await fleet.tenant.patch(NODES, "n3", ready, subresource="status")
+        await until(lambda: fleet.addresses() == ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "n3")
+    # Stopped: its tenant client is closed.
+    [client] = fleet.connector.clients
+    assert client.closed
+
+
+async def test_records_go_with_their_ingress_and_a_twin_with_its_last_user(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop2", "shop2.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop") and fleet.route("shop2"), "both records")
+        await until(lambda: fleet.synced("2 routes in sync"), "a pass with both")
+        port = backend_of(fleet.route("shop"))["nodePort"]
+        assert backend_of(fleet.route("shop2"))["nodePort"] == port  # one twin for both
+
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.synced("1 routes in sync"), "a pass without shop")
+        assert fleet.route("shop") is None
+        assert ("deleted", "Route", "a/default.shop", None) in fleet.sink.seen
+        assert fleet.twin("web") is not None  # shop2 still uses it
+
+        await fleet.tenant.delete(INGRESSES, "shop2", "default")
+        await until(lambda: fleet.twin("web") is None, "the twin deleted")
+        assert fleet.route("shop2") is None
+        assert fleet.tenant.stored(SERVICES, "web", "default") is not None
+
+
+async def test_an_ingress_of_another_class_is_ignored(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("other"))
+    await fleet.tenant.create(INGRESSES, ingress("theirs", "x.example.com", "other", "nginx"))
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.synced("1 routes in sync"), "a pass")
+        assert fleet.route("shop") is not None
+        assert fleet.route("theirs") is None
+        assert fleet.twin("other") is None
+        assert [s for s in fleet.sink.seen if "theirs" in s[2]] == []
+        # Switching it to our class makes it ours.
+        await fleet.tenant.patch(
+            INGRESSES, "theirs", {"spec": {"ingressClassName": "kubelb"}}, "default"
+        )
+        await until(lambda: fleet.route("theirs"), "its record")
+        assert fleet.twin("other") is not None
+
+
+async def test_a_load_balancer_service_becomes_a_load_balancer_record(fleet: Fleet) -> None:
+    lb = await fleet.tenant.create(SERVICES, service("db", "LoadBalancer", port=5432))
+    await fleet.tenant.create(SERVICES, service("plain"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.mgmt.stored(LOADBALANCERS, "default.db", NS), "the record")
+        await until(lambda: fleet.synced("0 routes in sync"), "a pass")
+        record = fleet.mgmt.stored(LOADBALANCERS, "default.db", NS)
+        assert record is not None
+        node_port = lb["spec"]["ports"][0]["nodePort"]
+        port = {"port": 5432, "protocol": "TCP", "nodePort": node_port, "name": "http"}
+        assert record["spec"]["ports"] == [port]
+        assert record["spec"]["source"]["uid"] == lb["metadata"]["uid"]
+        assert ("written", "LoadBalancer", "a/default.db") in [s[:3] for s in fleet.sink.seen]
+        assert fleet.mgmt.stored(LOADBALANCERS, "default.plain", NS) is None
+        assert fleet.twin("db") is None and fleet.twin("plain") is None
+
+        await fleet.tenant.delete(SERVICES, "db", "default")
+        await until(lambda: fleet.mgmt.stored(LOADBALANCERS, "default.db", NS) is None, "gone")
+        assert ("deleted", "LoadBalancer", "a/default.db", None) in fleet.sink.seen
+
+
+async def test_an_object_the_tenant_refuses_is_retried_alone(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(SERVICES, service("api", "NodePort"))
+    await fleet.tenant.create(SERVICES, service("late", "NodePort"))
+    fleet.tenant.fail("apply", SERVICES, name=twins.twin_name("web"), status=500, times=3)
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    await fleet.tenant.create(INGRESSES, ingress("api", "api.example.com", "api"))
+
+    def attempts() -> list[float]:
+        return [c.at for c in fleet.tenant.calls if c.method == "apply" and c.name == "kubelb-web"]
+
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("api"), "the other Ingress served")
+        # A change while shop waits for its retry is served at once, not behind it.
+        await fleet.tenant.create(INGRESSES, ingress("late", "late.example.com", "late"))
+        await until(lambda: fleet.route("late"), "a later Ingress served")
+        assert fleet.route("shop") is None and fleet.twin("web") is None
+        await until(lambda: fleet.route("shop"), "the refused one, retried")
+        assert (
+            backend_of(fleet.route("shop"))["nodePort"]
+            == (fleet.twin("web")["spec"]["ports"][0]["nodePort"])
+        )
+        # Retried after a growing backoff of its own (a full resync may try it once more).
+        gaps = [b - a for a, b in zip(attempts(), attempts()[1:], strict=False)]
+        assert len(gaps) == 3 and gaps[-1] >= 0.2 and gaps[-1] > gaps[-2] >= 0.0
+        # The failure was reported on the Tenant record, then cleared.
+        await until(lambda: fleet.synced("3 routes in sync"), "in sync")
+        statuses = [c.obj for c in fleet.mgmt.changes(TENANTS) if "status" in c.obj]
+        synced = [condition(o, "Synced") for o in statuses]
+        assert any(
+            s.get("reason") == "ObjectErrors" and "kubelb-web" in s["message"] for s in synced
+        )
+        await until(lambda: fleet.health("Synced") == "True", "Synced again")
+
+
+async def test_a_refused_twin_does_not_leave_its_chosen_port_served(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    fleet.tenant.fail("apply", SERVICES, name=twins.twin_name("web"), status=500, times=2)
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+
+    def refused() -> int:
+        return len([c for c in fleet.tenant.calls if c.name == "kubelb-web"])
+
+    async with running(fleet.sync.run):
+        failing = (False, "ObjectErrors")
+        await until(lambda: refused() == 2 and fleet.sync.health.synced[:2] == failing, "refused")
+        assert fleet.twin("web") is None
+        *_, last = fleet.sink.of("a/default.shop")
+        backend = last[3]["rules"][0]["paths"][0]["backends"][0]
+        # What the data plane serves meanwhile: the backend pending (503), not a port that
+        # no Service of the tenant holds (or, later, an unrelated one is given).
+        assert "nodePort" not in backend and "problem" in backend
+
+
+async def test_the_status_the_data_plane_wants_is_written_into_the_tenant(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    shop = await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop"), "the Route record")
+        warning = Event("Warning", "BackendPending", "not yet")
+        address = (("ip", "203.0.113.10"),)
+        uid = shop["metadata"]["uid"]
+        fleet.board.want(
+            "a", SourceStatus("Ingress", "default", "shop", uid, address, (warning,), 1)
+        )
+        await until(lambda: fleet.ingress_status("shop"), "the Ingress status")
+        stored = fleet.tenant.stored(INGRESSES, "shop", "default")
+        assert stored is not None
+        assert stored["status"] == {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}
+        assert stored["metadata"]["generation"] == 1  # a status write is not a change
+
+        async def events() -> list[Any]:
+            items, _ = await fleet.tenant.list(
+                EVENTS, "default", fieldSelector="involvedObject.name=shop"
+            )
+            return items
+
+        await until(events, "an Event on the Ingress")
+        [event] = await events()
+        assert (event["reason"], event["type"], event["message"]) == (
+            "BackendPending",
+            "Warning",
+            "not yet",
+        )
+        # Deleted and created again: a status still wanted for the old one is not the new one's.
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        again = await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+        other = await fleet.tenant.create(INGRESSES, ingress("other", "o.example.com", "web"))
+        await until(lambda: fleet.route("other"), "the caches have the new objects")
+        assert fleet.sync.caches.get(INGRESSES, "default", "shop") == again
+        elsewhere = (("ip", "198.51.100.1"),)
+        fleet.board.want("a", SourceStatus("Ingress", "default", "shop", uid, elsewhere))
+        other_uid = other["metadata"]["uid"]
+        fleet.board.want("a", SourceStatus("Ingress", "default", "other", other_uid, elsewhere))
+        await until(lambda: fleet.ingress_status("other"), "the status of the other Ingress")
+        stored = fleet.tenant.stored(INGRESSES, "shop", "default")
+        assert stored is not None and "status" not in stored
+
+
+def tls_secret(name: str, crt: str) -> Any:
+    data = {"tls.crt": base64.b64encode(crt.encode()).decode(), "tls.key": "a2V5"}
+    meta = {"name": name, "namespace": "default"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": meta,
+        "data": data,
+    }
+
+
+async def test_the_tls_secrets_of_ours_are_copied_and_follow(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(SECRETS, tls_secret("shop-cert", "one"))
+    await fleet.tenant.create(SECRETS, tls_secret("unused-cert", "x"))
+    tls = [{"hosts": ["shop.example.com"], "secretName": "shop-cert"}]
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web", tls=tls))
+
+    def copied(name: str) -> Any:
+        return fleet.mgmt.stored(SECRETS, f"default.{name}", NS)
+
+    async with running(fleet.sync.run):
+        await until(lambda: copied("shop-cert"), "the copy")
+        copy = copied("shop-cert")
+        assert copy["type"] == "kubernetes.io/tls"
+        assert copy["metadata"]["labels"][TLS_LABEL] == "true"
+        assert copy["data"]["tls.crt"] == tls_secret("shop-cert", "one")["data"]["tls.crt"]
+        await until(lambda: fleet.synced("1 routes in sync"), "a pass")
+        assert copied("unused-cert") is None
+        assert fleet.route("shop")["spec"]["tls"][0]["secretName"] == "shop-cert"
+
+        renewed = tls_secret("shop-cert", "two")
+        await fleet.tenant.patch(SECRETS, "shop-cert", {"data": renewed["data"]}, "default")
+        await until(lambda: (copied("shop-cert") or {}).get("data") == renewed["data"], "renewed")
+
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: copied("shop-cert") is None, "the copy removed")
+
+
+async def test_an_unreachable_tenant_is_reported_on_its_tenant_record() -> None:
+    f = Fleet()
+    await f.nodes()
+    f.settling.expect("a")
+    f.settling.known()
+    f.tenant.fail("list", NODES, status=0)
+    async with running(f.sync.run):
+        await until(lambda: f.health("Connected", "reason") == "Unreachable", "Unreachable")
+        assert f.settling.settled  # the data plane need not wait for it
+        await until(lambda: f.health("Connected") == "True", "Connected")
+        tenant = f.mgmt.stored(TENANTS, "a", NS)
+        assert tenant is not None and tenant["status"]["lastError"] != ""
