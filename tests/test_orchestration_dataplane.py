@@ -74,9 +74,7 @@ class Recorder:
 
     def intake(self) -> Intake:
         l4 = LoadBalancers(FakeKube("mgmt"), L4Settings(), lambda: None)
-        intake = Intake(self.wake, self.model.get, l4)
-        intake.on_confirmed = self.confirmed
-        return intake
+        return Intake(self.wake, self.model.get, l4, self.confirmed)
 
     def confirmed(self) -> None:
         self.confirmations += 1

@@ -23,12 +23,14 @@ from ..records.names import TLS_SOURCE_LABEL, secret_id, tenant_of
 from ..records.problems import Problem
 from ..retry import Backoff
 from .acme import ACMEClient, ACMESettings, PublishChallenges, issued_secret
-from .cert_manager import CertManager
+from .cert_manager import NOT_INSTALLED, CertManager
 
 log = logging.getLogger(__name__)
 
 #: the longest the issuers sleep without a change: certificates are looked at again anyway
 RECHECK = 60.0
+#: how soon a Certificate is requested again when cert-manager's kind was not served
+NOT_INSTALLED_RETRY = 5.0
 
 
 @dataclass
@@ -94,10 +96,12 @@ class Issuers:
         requested = await self.cert_manager.sync(
             {sid: w for sid, w in self.wanted.items() if w.source == "cert-manager"}
         )
+        wait = RECHECK
         for sid, problem in requested.items():
             self._set(sid, problem)
+            if problem == NOT_INSTALLED:
+                wait = NOT_INSTALLED_RETRY  # being installed, perhaps: ask again soon
         certs = self._certificates()
-        wait = RECHECK
         for sid, w in sorted(self.wanted.items()):
             if w.source != "acme":
                 continue

@@ -39,9 +39,11 @@ class Intake:
         wake: Callable[[], None],
         current: Callable[[str], RouteRecord | None],
         l4: LoadBalancers,
+        on_confirmed: Callable[[], None] = lambda: None,
     ) -> None:
         self._wake = wake
         self._current = current  # the model's record of a route id
+        self._on_confirmed = on_confirmed  # records in `confirmed` wait for the data plane
         self.l4 = l4
         self._upserts: dict[str, RouteRecord] = {}
         self._deletes: set[str] = set()
@@ -54,7 +56,6 @@ class Intake:
         self.confirmed: dict[str, RouteRecord] = {}
         #: conditions each record carries, as last seen: lastTransitionTime survives restarts
         self.conditions: dict[str, list[Any]] = {}
-        self.on_confirmed: Callable[[], None] = lambda: None
 
     def take(self) -> Batch:
         batch = Batch(self._upserts, self._deletes)
@@ -143,7 +144,7 @@ class Intake:
                 self._upserts[rid] = rec
             else:
                 self.confirmed[rid] = rec
-            self.on_confirmed()
+            self._on_confirmed()
             return
         self._upserts[rid] = rec
         self._wake()

@@ -64,8 +64,7 @@ class DataPlane:
         self.model = Model()
         self.renderer = Renderer(settings)
         self.l4 = LoadBalancers(mgmt, l4 or L4Settings(), self._wake_up)
-        self.intake = Intake(self._wake_up, self.model.routes.get, self.l4)
-        self.intake.on_confirmed = self._confirmed
+        self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.tls = TLSState(mgmt, acme or ACMESettings(), self._wake_up, self.wait_applied)
         self.status = StatusReporter(
             mgmt, board, self.wait_applied, self._reports, self.intake.conditions.get

@@ -51,7 +51,7 @@ class TenantRecords:
         out = {}
         for (k, name), spec in self.written.items():
             if k == kind.kind:
-                source = spec.get("source") or {} if isinstance(spec, dict) else {}
+                source = (spec.get("source") or {}) if isinstance(spec, dict) else {}
                 out[name] = (
                     str(source.get("kind", "")),
                     str(source.get("namespace", "")),
