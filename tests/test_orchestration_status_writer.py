@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from kubelbd.kube import ApiError
@@ -156,3 +157,21 @@ async def test_a_retry_from_before_a_forget_never_overwrites_a_newer_status() ->
         await w.idle.wait()
     assert t.written("a") == ["new"]
     assert w.written("a") == "new"
+
+
+async def test_a_want_withdrawn_before_the_writer_runs_leaves_it_running() -> None:
+    """A key wanted, then wanted back to what is written (or forgotten) before the woken
+    writer looked: nothing is left to write, and the writer must go on (it once crashed on
+    an empty min(), taking its tenant's task down with it)."""
+    w, t = writer(), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await w.idle.wait()
+        w.want("a", 2, t.write("a", 2))  # wakes the writer...
+        w.want("a", 1, t.write("a", 1))  # ...and is taken back before it runs
+        w.want("b", 1, t.write("b", 1))
+        w.forget("b")
+        await anyio.lowlevel.checkpoint()  # the writer's turn, with nothing to do
+        w.want("c", 1, t.write("c", 1))  # still working
+        await until(lambda: t.written("c") == [1], "c written")
+    assert t.written("a") == [1] and t.written("b") == []

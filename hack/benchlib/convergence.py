@@ -36,7 +36,7 @@ from kubefleet.layout import ROOT, Layout, fleet_dir
 from kubelbd.envoy.publisher import write_atomically
 from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
-from kubelbd.sources import twins as nodeports
+from kubelbd.sources import twins
 
 from .stats import percentile
 
@@ -225,7 +225,7 @@ class Bench:
         await kube.delete(INGRESSES, name, self.ns)
         await self.until(host, 404)
         if kind == "backend":
-            await self.gone(kube, nodeports.twin_name(service))
+            await self.gone(kube, twins.twin_name(service))
         return end - start
 
     async def burst_change(self, n: int) -> float:

@@ -304,6 +304,9 @@ class Kube:
                 yield kind, obj
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise ConnectionError(f"{self.name or self.host}: watch {res.plural}: {e}") from e
+        except RuntimeError as e:
+            # aiohttp's stream says "Connection closed." when the connection goes mid-read.
+            raise ConnectionError(f"{self.name or self.host}: watch {res.plural}: {e}") from e
         except (HttpProcessingError, orjson.JSONDecodeError) as e:
             # A line cut short by a dropped connection, or beyond any sane size: rewatch.
             raise ConnectionError(

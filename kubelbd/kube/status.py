@@ -99,6 +99,9 @@ class StatusWriter:
                 if not self._wanted:
                     self.idle.set()
                     await self._wake.wait()
+                    self._wake = anyio.Event()
+                    # What woke us may be gone again (an equal status wanted, a forget).
+                    continue
                 self._wake = anyio.Event()
                 now = anyio.current_time()
                 due = {k: w for k, w in self._wanted.items() if w.not_before <= now}
