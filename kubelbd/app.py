@@ -92,9 +92,10 @@ async def run(cfg: Config) -> None:
                 )
             if cfg.run_envoy:
                 # Envoy needs its files to start: those of a previous run, or our first publish.
-                have_files = (cfg.config_dir / "lds.json").exists() and (
-                    cfg.config_dir / "cds.json"
-                ).exists()
+                config = anyio.Path(cfg.config_dir)
+                have_files = (
+                    await (config / "lds.json").exists() and await (config / "cds.json").exists()
+                )
                 if not have_files:
                     await dataplane.first_publish.wait()
                 envoy = EnvoyProcess(

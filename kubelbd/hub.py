@@ -37,6 +37,10 @@ class RecordSink(Protocol):
 
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None: ...
 
+    def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
+        """A provisional record will not be written after all: serve what the API holds."""
+        ...
+
 
 class StatusBoard:
     """The latest wanted status of every tenant object, by tenant; the tenant task of each
@@ -55,15 +59,17 @@ class StatusBoard:
         self._changed.setdefault(tenant, set()).add(status.key)
         self._notify(tenant)
 
-    def withdraw(self, tenant: str, kind: str, namespace: str, name: str) -> None:
-        """The record is gone: its object's status is the tenant side's business again."""
-        key = f"{kind}/{namespace}/{name}"
-        if self._wanted.get(tenant, {}).pop(key, None) is not None:
-            self._changed.get(tenant, set()).discard(key)
+    def done(self, tenant: str, status: SourceStatus) -> None:
+        """A final status was written: forget the object, unless a newer status came."""
+        wanted = self._wanted.get(tenant, {})
+        if wanted.get(status.key) == status:
+            del wanted[status.key]
+            self._changed.get(tenant, set()).discard(status.key)
 
     def forget_tenant(self, tenant: str) -> None:
         self._wanted.pop(tenant, None)
         self._changed.pop(tenant, None)
+        self._wake.pop(tenant, None)
 
     def subscribe(self, tenant: str) -> None:
         """A tenant task (re)starts: everything wanted for it counts as changed."""

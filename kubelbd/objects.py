@@ -40,10 +40,6 @@ class Resource:
             parts.append(subresource)
         return "/".join(parts)
 
-    @property
-    def api_version(self) -> str:
-        return self.group_version
-
 
 NAMESPACES = Resource("v1", "namespaces", namespaced=False)
 NODES = Resource("v1", "nodes", namespaced=False)
@@ -51,7 +47,6 @@ PODS = Resource("v1", "pods")
 SERVICES = Resource("v1", "services")
 SECRETS = Resource("v1", "secrets")
 EVENTS = Resource("v1", "events")
-SERVICE_ACCOUNTS = Resource("v1", "serviceaccounts")
 ENDPOINT_SLICES = Resource("discovery.k8s.io/v1", "endpointslices")
 LEASES = Resource("coordination.k8s.io/v1", "leases")
 INGRESSES = Resource("networking.k8s.io/v1", "ingresses")

@@ -150,5 +150,8 @@ class RecordingSink:
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None:
         self.seen.append(("deleted", kind.kind, f"{tenant}/{name}", None))
 
+    def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
+        self.seen.append(("reverted", kind.kind, f"{tenant}/{name}", None))
+
     def of(self, record_id: str) -> list[tuple[str, str, str, Any]]:
         return [s for s in self.seen if s[2] == record_id]

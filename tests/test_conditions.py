@@ -7,7 +7,11 @@ from kubelbd.records import conditions
 
 
 def test_same_ignores_timestamps_and_optionally_messages() -> None:
-    a = conditions.stamp([conditions.desired("Synced", True, "Synced", "3 routes in sync")], [])
+    a = conditions.stamp(
+        [conditions.desired("Synced", True, "Synced", "3 routes in sync")],
+        [],
+        "2001-01-01T00:00:00Z",
+    )
     b = conditions.stamp(
         [conditions.desired("Synced", True, "Synced", "4 routes in sync")],
         [],
@@ -23,10 +27,11 @@ def test_transition_time_moves_only_with_the_status() -> None:
     old = conditions.stamp(
         [conditions.desired("Synced", True, "Synced", "x")], [], "2000-01-01T00:00:00Z"
     )
-    (kept,) = conditions.stamp([conditions.desired("Synced", True, "Synced", "y")], old)
-    (moved,) = conditions.stamp([conditions.desired("Synced", False, "Failed", "y")], old)
+    later = "2000-01-02T00:00:00Z"
+    (kept,) = conditions.stamp([conditions.desired("Synced", True, "Synced", "y")], old, later)
+    (moved,) = conditions.stamp([conditions.desired("Synced", False, "Failed", "y")], old, later)
     assert kept["lastTransitionTime"] == "2000-01-01T00:00:00Z"
-    assert moved["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+    assert moved["lastTransitionTime"] == later
     (fresh,) = conditions.stamp([conditions.desired("Ready", True, "Ready", "")], old, "T")
     assert fresh["lastTransitionTime"] == "T"  # a condition the object did not have
 

@@ -33,6 +33,8 @@ from kubelbd.records.types import LBRecord, LoadBalancerIngress, RouteRecord, Te
 from .goldens import cases, check, dump_ir, dump_l4, read_input
 
 _KEYS: list[ec.EllipticCurvePrivateKey] = []
+P256 = bytes.fromhex("06082a8648ce3d030107")  # the DER of OID 1.2.840.10045.3.1.7
+PRIME192V3 = bytes.fromhex("06082a8648ce3d030103")  # 1.2.840.10045.3.1.3
 
 
 def _key(n: int) -> ec.EllipticCurvePrivateKey:
@@ -67,7 +69,13 @@ def certificate(sid: str, d: dict[str, Any]) -> tls.CertificateData:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    return tls.CertificateData(sid, cert.public_bytes(serialization.Encoding.PEM), key_pem)
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    if d.get("unsupportedCurve"):
+        # The same certificate, its key on a curve the library does not implement
+        # (prime192v3 for P-256): it parses, and raises when its public key is read.
+        der = cert.public_bytes(serialization.Encoding.DER).replace(P256, PRIME192V3)
+        cert_pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    return tls.CertificateData(sid, cert_pem, key_pem)
 
 
 def api_object(kind: str, record_id: str, d: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +166,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             elif placement is not None:
                 ingress, awaiting = mgmt_ingress.get(rec.id, []), f"lb-{rec.id}"
             reports.append(lb_report(rec, ingress, failures.get(rec.id), awaiting, applied))
-    out["status"] = {f"{r.kind} {r.id}": dump_report(r) for r in reports}
+    out["status"] = {f"{r.kind.kind} {r.id}": dump_report(r) for r in reports}
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from kubelbd.dataplane.intake import Intake
+from kubelbd.dataplane.intake import Batch, Intake
 from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
 from kubelbd.envoy.admin import EnvoyAdmin
@@ -79,6 +79,14 @@ class Recorder:
     def confirmed(self) -> None:
         self.confirmations += 1
 
+    def render(self, intake: Intake) -> Batch:
+        """What the data plane does with a batch, as far as the intake can see."""
+        batch = intake.take()
+        for rid in batch.deletes:
+            self.model.pop(rid, None)
+        self.model.update(batch.upserts)
+        return batch
+
 
 # ---- the intake ---------------------------------------------------------------------------------
 
@@ -122,17 +130,40 @@ def test_a_stale_delete_is_ignored() -> None:
     r = Recorder()
     intake = r.intake()
     intake.on_route("ADDED", route_obj(route_spec(), uid="new"))
-    intake.take()
+    r.render(intake)
     intake.on_route("DELETED", route_obj(route_spec(), uid="old"))  # of a record replaced
-    assert intake.take().deletes == set()
+    assert r.render(intake).deletes == set()
     # Recreated by the tenant side (provisional) while the old record's delete comes late.
     intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(route_spec())))
     intake.on_route("DELETED", route_obj(route_spec(), uid="new"))
-    batch = intake.take()
+    batch = r.render(intake)
     assert batch.deletes == set() and list(batch.upserts) == [RID]
-    intake.on_route("ADDED", route_obj(route_spec(), uid="newer"))
+    intake.on_route("ADDED", route_obj(route_spec(), uid="newer"))  # written: confirmed
     intake.on_route("DELETED", route_obj(route_spec(), uid="newer"))
-    assert intake.take().deletes == {RID}
+    assert r.render(intake).deletes == {RID}
+
+
+def test_a_provisional_route_outlives_older_versions_until_written_or_reverted() -> None:
+    r = Recorder()
+    intake = r.intake()
+    old, new = route_spec(), route_spec()
+    new["rules"] = [{"host": "new.example.com", "paths": []}]
+    intake.on_route("ADDED", route_obj(old, uid="u"))
+    r.render(intake)
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(new)))
+    r.render(intake)
+    # A late event of the old version (our own status write on it): the newer one stays.
+    stale = route_obj(old, uid="u")
+    stale["metadata"]["generation"] = 2
+    intake.on_route("MODIFIED", stale)
+    assert r.render(intake).upserts == {}
+    # Its record's deletion in the API (a deregistered tenant) does not take it either...
+    intake.on_route("DELETED", stale)
+    assert r.render(intake).deletes == set()
+    # ...but the tenant task stopping without writing it does: back to what the API holds
+    # (nothing, here), so no route is left behind that nothing would ever delete.
+    intake.revert(ROUTE, "a", "default.shop")
+    assert r.render(intake).deletes == {RID}
 
 
 def test_a_malformed_record_is_refused_once_with_a_log_line(

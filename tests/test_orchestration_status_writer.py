@@ -26,10 +26,15 @@ class Target:
         self.writes: list[tuple[str, Hashable, float]] = []
         self.attempts: list[tuple[str, Hashable]] = []
         self.errors: dict[tuple[str, Hashable], list[Exception]] = {}
+        #: a write of (key, fingerprint) waits for its gate: a write in flight, held there
+        self.gates: dict[tuple[str, Hashable], anyio.Event] = {}
 
     def write(self, key: str, fingerprint: Hashable) -> Write:
         async def go() -> None:
             self.attempts.append((key, fingerprint))
+            gate = self.gates.pop((key, fingerprint), None)
+            if gate is not None:
+                await gate.wait()
             pending = self.errors.get((key, fingerprint))
             if pending:
                 raise pending.pop(0)
@@ -175,3 +180,61 @@ async def test_a_want_withdrawn_before_the_writer_runs_leaves_it_running() -> No
         w.want("c", 1, t.write("c", 1))  # still working
         await until(lambda: t.written("c") == [1], "c written")
     assert t.written("a") == [1] and t.written("b") == []
+
+
+async def test_a_404_does_not_drop_a_newer_status_waiting() -> None:
+    """A provisional route's status finds no record yet (404) while the written record's
+    status already waits: that one is still written."""
+    w, t = writer(), Target()
+    gate = t.gates[("a", 1)] = anyio.Event()
+    t.errors[("a", 1)] = [ApiError(404, "NotFound", "not written yet")]
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await until(lambda: t.attempts == [("a", 1)], "the first write in flight")
+        w.want("a", 2, t.write("a", 2))
+        gate.set()
+        await until(lambda: t.written("a") == [2], "the newer status written")
+
+
+async def test_a_write_in_flight_when_its_object_goes_is_not_remembered() -> None:
+    """The object is deleted and made anew while its status is being written: the new one
+    gets its status even when it is the same as the old one's."""
+    w, t = writer(), Target()
+    gate = t.gates[("a", 1)] = anyio.Event()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await until(lambda: t.attempts == [("a", 1)], "the write in flight")
+        w.forget("a")
+        w.want("a", 1, t.write("a", 1))  # the new object's, the same status
+        gate.set()
+        await until(lambda: t.written("a") == [1, 1], "written for the new object too")
+
+
+async def test_the_written_status_wanted_back_while_another_is_written_wins() -> None:
+    """1 is written, 2 is being written, 1 is wanted again: the object ends with 1."""
+    w, t = writer(), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await until(lambda: t.written("a") == [1], "1 written")
+        gate = t.gates[("a", 2)] = anyio.Event()
+        w.want("a", 2, t.write("a", 2))
+        await until(lambda: ("a", 2) in t.attempts, "2 in flight")
+        w.want("a", 1, t.write("a", 1))
+        gate.set()
+        await until(lambda: t.written("a") == [1, 2, 1], "1 again, last")
+    assert w.written("a") == 1
+
+
+async def test_a_major_change_is_not_held_back_by_a_minor_one_after_it() -> None:
+    """A real change wanted, then a message-only one on top before the writer ran: the
+    write still goes at once, not after the coalescing interval."""
+    interval = 0.5
+    w, t = writer(coalesce=interval), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await until(lambda: t.written("a") == [1], "first write")
+        first = t.writes[0][2]
+        w.want("a", 2, t.write("a", 2))  # major
+        w.want("a", 3, t.write("a", 3), minor=True)  # only a message moved since 2
+        await until(lambda: t.written("a") == [1, 3], "written")
+        assert t.writes[-1][2] - first < interval

@@ -3,8 +3,13 @@
 From a watch on every record (all there is after a restart, even with every tenant
 unreachable), and straight from the tenant tasks (kubelbd.hub.RecordSink): the moment they
 have translated an object (`provisional`, before the record is written), and again once it
-is written. Duplicates are recognised by uid and generation; a record that does not parse
-is refused with a log line and never reaches the model.
+is written. Duplicates are recognised by uid and generation; a record read back that does
+not parse is refused with a log line and never reaches the model.
+
+A provisional route is the tenant side's latest word: until the record that confirms it
+comes, an older version of the record (a late event, our own status write on it) does not
+replace it, and its deletion is not taken from the watch. If the tenant task stops before
+writing it, it is reverted to what the API holds (`revert`).
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ class Intake:
         self._deletes: set[str] = set()
         self._tenants: dict[str, TenantRecord] = {}
         self._tenants_changed = True
-        self._seen: dict[str, tuple[str, int]] = {}  # route id -> (uid, generation)
+        #: route id -> (uid, generation), and the record, as the API last had them
+        self._seen: dict[str, tuple[str, int]] = {}
+        self._api: dict[str, RouteRecord] = {}
+        #: routes whose latest version came from the tenant side and is not written yet
+        self._provisional: set[str] = set()
         self._refused: dict[str, str] = {}  # record id -> why it was refused, as logged
         #: records confirmed (written) without a change to render: the model takes them as
         #: they are (they carry the generation the status reports), and their status is due
@@ -68,10 +77,22 @@ class Intake:
     # ---- in-process (hub.RecordSink) --------------------------------------------------------
 
     def provisional(self, record: RouteRecord) -> None:
-        self._seen[record.id] = ("", 0)
+        self._provisional.add(record.id)
         self._deletes.discard(record.id)
         self._upserts[record.id] = record
         self._wake()
+
+    def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
+        rid = f"{tenant}/{name}"
+        if kind != ROUTE or rid not in self._provisional:
+            return
+        self._provisional.discard(rid)
+        api = self._api.get(rid)
+        if api is None:
+            self._forget_route(rid)
+        else:
+            self._upserts[rid] = api
+            self._wake()
 
     def written(self, kind: RecordKind, obj: Obj) -> None:
         if kind == ROUTE:
@@ -83,7 +104,7 @@ class Intake:
 
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None:
         if kind == ROUTE:
-            self._delete_route(tenant, name)
+            self._forget_route(f"{tenant}/{name}")
         elif kind == LOADBALANCER:
             self.l4.delete(tenant, name)
 
@@ -135,26 +156,43 @@ class Intake:
         if rec is None:
             return
         self._seen[rid] = (uid, rec.generation)
-        self._deletes.discard(rid)
+        self._api[rid] = rec
         pending = self._upserts.get(rid) or self._current(rid)
         if pending is not None and pending.spec == rec.spec:
             # The confirmation of a provisional record: same content, now with a generation,
             # which only the status needs; the model's indexes do not change.
+            self._provisional.discard(rid)
+            self._deletes.discard(rid)
             if rid in self._upserts:
                 self._upserts[rid] = rec
             else:
                 self.confirmed[rid] = rec
             self._on_confirmed()
             return
+        if rid in self._provisional:
+            return  # an older version: the tenant side's newer one stays until written
+        self._deletes.discard(rid)
         self._upserts[rid] = rec
         self._wake()
 
     def _delete_route(self, tenant: str, name: str, uid: str | None = None) -> None:
+        """A record deleted in the API (from the watch)."""
         rid = f"{tenant}/{name}"
         seen = self._seen.get(rid)
-        if uid is not None and seen is not None and seen[0] != uid:
-            return  # a stale delete of an object already replaced (or being written anew)
+        if uid is not None and (seen is None or seen[0] != uid):
+            return  # not the record we know: deleted here already, perhaps made anew
         self._seen.pop(rid, None)
+        self._api.pop(rid, None)
+        if rid in self._provisional:
+            return  # a newer translation waits to be written: it stays served
+        self._forget_route(rid)
+
+    def _forget_route(self, rid: str) -> None:
+        """The route is gone (the tenant side deleted it, or the API did)."""
+        self._seen.pop(rid, None)
+        self._api.pop(rid, None)
+        self._provisional.discard(rid)
+        self._refused.pop(rid, None)
         self._upserts.pop(rid, None)
         self._deletes.add(rid)
         self.conditions.pop(rid, None)

@@ -29,12 +29,13 @@ from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj
 from ..records import parse
 from ..records.names import (
     L4_RECORD_LABEL,
+    LOADBALANCER,
     LOADBALANCERS,
     labels,
     namespace_of,
     tenant_of,
 )
-from ..records.objects import LOADBALANCER, status_object
+from ..records.objects import status_object
 from ..records.parse import RecordError
 from ..records.types import (
     LBRecord,
@@ -101,6 +102,8 @@ class LoadBalancers:
         self._wake = wake  # the data plane's render loop
         self.records: dict[str, LBRecord] = {}
         self.status: dict[str, LoadBalancerStatus] = {}  # record id -> as last seen or written
+        #: record id -> the conditions it carried when last seen (lastTransitionTime's base)
+        self.conditions: dict[str, list[Any]] = {}
         self.placements: dict[str, Placement] = {}
         self.failures: dict[str, AllocationError] = {}
         self.mgmt_services: dict[str, Obj] = {}  # record id -> management Service (service mode)
@@ -108,7 +111,7 @@ class LoadBalancers:
         self.pending_status: set[str] = set()
         self._seen: dict[str, tuple[str, int]] = {}
         self._refused: dict[str, str] = {}
-        self._deleted: set[str] = set()
+        self._deleted: dict[str, LBRecord] = {}
 
     # ---- intake ------------------------------------------------------------------------------
 
@@ -119,6 +122,7 @@ class LoadBalancers:
         rid = f"{tenant}/{obj['metadata']['name']}"
         if obj.get("status"):
             self.status[rid] = parse.lb_status(obj["status"])
+            self.conditions[rid] = obj["status"].get("conditions") or []
         uid = obj["metadata"].get("uid", "")
         generation = int(obj["metadata"].get("generation") or 0)
         if self._seen.get(rid) == (uid, generation):
@@ -143,15 +147,18 @@ class LoadBalancers:
         if uid is not None and seen is not None and seen[0] != uid:
             return
         self._seen.pop(rid, None)
-        self.records.pop(rid, None)
+        self._refused.pop(rid, None)
         self.status.pop(rid, None)
-        self._deleted.add(rid)
+        self.conditions.pop(rid, None)
+        rec = self.records.pop(rid, None)
+        if rec is not None:
+            self._deleted[rid] = rec
         self._changed()
 
-    def take_deleted(self) -> set[str]:
+    def take_deleted(self) -> list[LBRecord]:
         """Records deleted since the last call (their status is nobody's business now)."""
-        deleted, self._deleted = self._deleted, set()
-        return deleted
+        deleted, self._deleted = self._deleted, {}
+        return list(deleted.values())
 
     def on_management_service(self, kind: str, obj: Obj) -> None:
         """Service mode: the management cluster's LB wrote (or changed) an address."""
@@ -268,7 +275,7 @@ class LoadBalancers:
         )
         written = await self.mgmt.apply(
             LOADBALANCERS,
-            status_object(LOADBALANCER, rec.tenant, rec.name, status),
+            status_object(LOADBALANCER.kind, rec.tenant, rec.name, status),
             subresource="status",
             field_manager=ALLOCATION_MANAGER,
         )

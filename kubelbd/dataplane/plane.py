@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -28,7 +29,9 @@ from ..ir.status import Report, route_report
 from ..kube import ApiError, Kube
 from ..kube.informer import Informer
 from ..objects import MANAGED_BY, MANAGER, SECRETS
-from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL
+from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
+from ..records.status import withdrawn
+from ..records.types import LBRecord, RouteRecord
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
 from .status import StatusReporter
@@ -67,7 +70,7 @@ class DataPlane:
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.tls = TLSState(mgmt, acme or ACMESettings(), self._wake_up, self.wait_applied)
         self.status = StatusReporter(
-            mgmt, board, self.wait_applied, self._reports, self.intake.conditions.get
+            mgmt, board, self.wait_applied, self._reports, self._observed_conditions
         )
         self.first_publish = anyio.Event()
         self._wake = anyio.Event()
@@ -128,7 +131,7 @@ class DataPlane:
         if batch.tenants is not None:
             self.l4.dirty = True  # node addresses are in every L4 cluster too
         for rid in batch.deletes:
-            self.status.forget(ROUTE.kind, rid)
+            self._withdraw(ROUTE, self.model.routes.get(rid))
         start = time.perf_counter()
         delta = self.model.apply(batch.upserts.values(), batch.deletes, batch.tenants)
         files = self.renderer.update(self.model.ir, delta, anyio.current_time())
@@ -153,8 +156,8 @@ class DataPlane:
             )
         tls_upserts = self.tls.routes & set(batch.upserts)
         lbs, self.l4.pending_status = self.l4.pending_status, set()
-        for rid in self.l4.take_deleted():
-            self.status.forget(LOADBALANCER.kind, rid)
+        for rec in self.l4.take_deleted():
+            self._withdraw(LOADBALANCER, rec)
         self.status.due(routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts, lbs=lbs)
 
     async def _render_l4(self, files: Files) -> None:
@@ -187,6 +190,24 @@ class DataPlane:
         self._render_at(anyio.current_time() + L4_RETRY)
 
     # ---- status ------------------------------------------------------------------------------
+
+    def _observed_conditions(self, kind: RecordKind, record_id: str) -> list[Any] | None:
+        """The conditions a record carried when last seen: a restart keeps their times."""
+        seen = self.intake.conditions if kind == ROUTE else self.l4.conditions
+        return seen.get(record_id)
+
+    def _withdraw(self, kind: RecordKind, record: RouteRecord | LBRecord | None) -> None:
+        """A record is gone: its status is nobody's business, and its tenant object keeps no
+        address of ours (it may stay, no longer ours). Decided here, in the same order as
+        every other status, so an earlier report can never put the address back."""
+        if record is None:
+            return
+        self.status.forget(kind, record.id)
+        source = record.spec["source"]
+        self.board.want(
+            record.tenant,
+            withdrawn(source["kind"], source["namespace"], source["name"], source["uid"]),
+        )
 
     def _reports(self, routes: set[str], lbs: set[str], applied: bool) -> list[Report]:
         """The status of these records, from the model as it is now (see ir.status)."""

@@ -20,18 +20,18 @@ import anyio
 from ..hub import StatusBoard
 from ..ir.status import Report
 from ..kube import Kube
-from ..kube.status import StatusWriter
+from ..kube.status import StatusWriter, timestamp
 from ..records import conditions
-from ..records.names import LOADBALANCERS, ROUTES
-from ..records.objects import LOADBALANCER, status_object
+from ..records.names import LOADBALANCER, ROUTE, RecordKind
+from ..records.objects import status_object
 
 log = logging.getLogger(__name__)
 
 STATUS_DELAY = 0.05
 APPLY_TIMEOUT = 30.0
-#: field managers, one per kind of status write (so each owns its fields)
-MANAGERS = {"Route": "kubelbd-dataplane", LOADBALANCER: "kubelbd-dataplane-report"}
-RESOURCES = {"Route": ROUTES, LOADBALANCER: LOADBALANCERS}
+#: field managers, one per kind of record (each owns the status fields it writes; a
+#: LoadBalancer's allocation has a manager of its own, see l4.py)
+MANAGERS = {ROUTE.kind: "kubelbd-dataplane", LOADBALANCER.kind: "kubelbd-dataplane-report"}
 
 Reports = Callable[[set[str], set[str], bool], list[Report]]
 
@@ -43,13 +43,13 @@ class StatusReporter:
         board: StatusBoard,
         wait_applied: Callable[[float], Awaitable[bool]],
         reports: Reports,
-        route_conditions: Callable[[str], list[Any] | None] = lambda _: None,
+        conditions: Callable[[RecordKind, str], list[Any] | None] = lambda *_: None,
     ) -> None:
         self.mgmt = mgmt
         self.board = board
         self._wait_applied = wait_applied
         self._reports = reports
-        self._route_conditions = route_conditions  # as the record carried them when seen
+        self._conditions = conditions  # as the record carried them when last seen
         self.writer = StatusWriter("records")
         self._routes: set[str] = set()
         self._lbs: set[str] = set()
@@ -63,9 +63,9 @@ class StatusReporter:
         if self._routes or self._lbs:
             self._published.set()
 
-    def forget(self, kind: str, record_id: str) -> None:
-        self.writer.forget(f"{kind}/{record_id}")
-        self._previous.pop(f"{kind}/{record_id}", None)
+    def forget(self, kind: RecordKind, record_id: str) -> None:
+        self.writer.forget(f"{kind.kind}/{record_id}")
+        self._previous.pop(f"{kind.kind}/{record_id}", None)
 
     async def run(self) -> None:
         while True:
@@ -86,21 +86,22 @@ class StatusReporter:
                 self._want(report)
 
     def _want(self, report: Report) -> None:
-        key = f"{report.kind}/{report.id}"
+        key = f"{report.kind.kind}/{report.id}"
         self.writer.want(key, repr(report.status), partial(self._write, key, report))
         if report.source is not None:
             self.board.want(report.tenant, report.source)
 
     async def _write(self, key: str, report: Report) -> None:
         previous = self._previous.get(key)
-        if previous is None and report.kind == "Route":
-            previous = self._route_conditions(report.id)
-        status = dict(report.status)
-        status["conditions"] = conditions.stamp(report.conditions, previous)
+        if previous is None:
+            previous = self._conditions(report.kind, report.id)
+        stamped = conditions.stamp(report.status["conditions"], previous, timestamp())
+        status = {**report.status, "conditions": stamped}
+        kind = report.kind
         written = await self.mgmt.apply(
-            RESOURCES[report.kind],
-            status_object(report.kind, report.tenant, report.name, status),
+            kind.resource,
+            status_object(kind.kind, report.tenant, report.name, status),
             subresource="status",
-            field_manager=MANAGERS[report.kind],
+            field_manager=MANAGERS[kind.kind],
         )
         self._previous[key] = (written.get("status") or {}).get("conditions") or []

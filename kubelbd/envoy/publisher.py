@@ -120,11 +120,10 @@ class Publisher:
     in_memory: bool = field(init=False, default=False)
     encoder: Encoder = field(init=False, default_factory=Encoder)
 
-    def __post_init__(self) -> None:
-        self.in_memory = on_tmpfs(self.config_dir)
-
     def load(self) -> None:
-        """Learn what a previous run left on disk, so identical content is not rewritten."""
+        """Learn what a previous run left on disk, so identical content is not rewritten, and
+        what kind of volume it is."""
+        self.in_memory = on_tmpfs(self.config_dir)
         top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
         tables = sorted((self.config_dir / "rds").glob("*.json"))
         secrets = sorted((self.config_dir / "secrets").glob("*.json"))

@@ -11,14 +11,21 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from ..records import conditions
 from ..records.conditions import Desired
-from ..records.objects import LOADBALANCER, ROUTE
+from ..records.names import LOADBALANCER, ROUTE, RecordKind
 from ..records.problems import Problem, problems_of
 from ..records.status import Event, SourceStatus
-from ..records.types import LBRecord, LoadBalancerIngress, RouteRecord, SourceRef
+from ..records.types import (
+    LBRecord,
+    LoadBalancerIngress,
+    LoadBalancerReport,
+    RouteRecord,
+    RouteReport,
+    SourceRef,
+)
 from .allocation import AllocationError
 from .http import IR
 
@@ -33,10 +40,10 @@ class Report:
     `status` is the record's status subresource without timestamps (the writer stamps the
     conditions); `source` is None when the tenant object should be left as it is."""
 
-    kind: str  # Route | LoadBalancer
+    kind: RecordKind  # ROUTE | LOADBALANCER
     tenant: str
     name: str
-    status: dict[str, Any] = field(compare=True, hash=False)
+    status: RouteReport | LoadBalancerReport = field(compare=True, hash=False)
     source: SourceStatus | None = None
 
     @property
@@ -118,7 +125,11 @@ def route_report(
                 "every TLS host is served with a valid certificate", generation,
             )
         )  # fmt: skip
-    status = {"hosts": ",".join(served), "conditions": conds, "observedGeneration": generation}
+    status: RouteReport = {
+        "hosts": ",".join(served),
+        "conditions": conds,
+        "observedGeneration": generation,
+    }
     source = None
     if applied:
         events = [Event("Warning", p.reason, p.message) for p in problems]
@@ -165,9 +176,9 @@ def lb_report(
         programmed = conditions.desired(
             "Programmed", True, "Programmed", f"serving at {where}", generation
         )
-    status = {
+    status: LoadBalancerReport = {
         "conditions": [accepted, programmed],
-        "ingress": [dict(i) for i in ingress],
+        "ingress": list(ingress),
         "observedGeneration": generation,
     }
     source = None

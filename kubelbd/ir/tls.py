@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from ..records.names import secret_id
+from ..records.names import copy_name, secret_id
 from ..records.problems import Problem
 from ..records.types import RouteRecord, TLSEntry
 from .http import IR
@@ -52,7 +52,16 @@ def secret_data(secret: dict[str, object]) -> tuple[bytes, bytes]:
 
 
 def inspect(data: CertificateData) -> Certificate | Problem:
-    """The certificate's names and validity, or the problem that makes it unusable."""
+    """The certificate's names and validity, or the problem that makes it unusable. Never
+    raises: whatever a Secret holds (a key type the library does not support, an encoding it
+    trips on) is a problem of that Secret, not of the process."""
+    try:
+        return _inspect(data)
+    except Exception as e:  # the library raises many kinds for input it cannot use
+        return Problem("InvalidCertificate", f"{data.name}: certificate cannot be used: {e}")
+
+
+def _inspect(data: CertificateData) -> Certificate | Problem:
     try:
         chain = x509.load_pem_x509_certificates(data.cert_pem)
     except ValueError as e:
@@ -127,7 +136,7 @@ class TLSPlan:
 def tls_secret_of(route: RouteRecord, entry: TLSEntry) -> str:
     """The secret id a Route's tls entry points at: the management cluster copy (or issued
     certificate) `<tenant>/<namespace>.<secretName>`."""
-    return secret_id(route.tenant, f"{route.namespace}.{entry['secretName']}")
+    return secret_id(route.tenant, copy_name(route.namespace, entry["secretName"]))
 
 
 def plan(

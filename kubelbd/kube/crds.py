@@ -27,14 +27,6 @@ def load() -> list[dict[str, Any]]:
     return [yaml.safe_load(f.read_text()) for f in files]
 
 
-def schema(kind: str) -> dict[str, Any]:
-    """The openAPIV3Schema of a record kind."""
-    for doc in load():
-        if doc["spec"]["names"]["kind"] == kind:
-            return dict(doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    raise KeyError(kind)
-
-
 async def install(kube: Kube, docs: list[dict[str, Any]], timeout: float = 60) -> None:
     """Apply every CRD and wait until the API server serves them."""
     for doc in docs:

@@ -19,6 +19,9 @@ from .client import ApiError, Kube
 
 log = logging.getLogger(__name__)
 
+#: how often a kind the API server does not serve (its CRD missing) is asked for again
+NOT_SERVED_RETRY = 30.0
+
 EventHandler = Callable[[str, Obj], None]
 ErrorHandler = Callable[[Exception | None], None]
 
@@ -44,6 +47,8 @@ class Informer:
         self.cache: dict[str, Obj] = {}
         self.synced = anyio.Event()
         self.resource_version = ""
+        #: False while the API server does not serve the kind at all (see _not_served)
+        self.served = True
         self._on_event = on_event
         self._on_error = on_error
         self._params: dict[str, Any] = {}
@@ -68,12 +73,30 @@ class Informer:
                 if e.gone:
                     log.debug("%r: resourceVersion too old, relisting", self)
                     continue
+                if e.not_found:
+                    await self._not_served()
+                    continue
                 self._report(e)
             except (ConnectionError, OSError, TimeoutError) as e:
                 self._report(e)
             delay = self._backoff.next()
             log.debug("%r: retrying in %.1fs", self, delay)
             await anyio.sleep(delay)
+
+    async def _not_served(self) -> None:
+        """The API server does not serve the kind (a CRD not installed in this cluster): the
+        cache is empty, which is the truth, and synced, so that nobody waits for it; asked
+        again now and then, since the CRD may come."""
+        if self.served:
+            log.info("%r: not served by this API server; asking again every %.0f s",
+                     self, NOT_SERVED_RETRY)  # fmt: skip
+        self.served = False
+        old, self.cache = self.cache, {}
+        for o in old.values():
+            self._emit("DELETED", o)
+        self._report(None)
+        self.synced.set()
+        await anyio.sleep(NOT_SERVED_RETRY)
 
     def _report(self, error: Exception | None) -> None:
         if error is not None:
@@ -87,6 +110,7 @@ class Informer:
         old = self.cache
         self.cache = fresh
         self.resource_version = rv
+        self.served = True
         for k, o in fresh.items():
             prev = old.get(k)
             if prev is None:
@@ -118,5 +142,18 @@ class Informer:
             self._backoff.reset()
 
     def _emit(self, kind: str, obj: Obj) -> None:
-        if self._on_event is not None:
+        if self._on_event is None:
+            return
+        try:
             self._on_event(kind, obj)
+        except Exception:
+            # A bug met by one object must not stop the watch (every other object of the
+            # kind would go unseen) nor end the process: logged with the object's name.
+            log.exception("%r: handling %s %s failed", self, kind, _name(obj))
+
+
+def _name(obj: Obj) -> str:
+    try:
+        return key(obj)
+    except (KeyError, TypeError):
+        return "(an object without a name)"

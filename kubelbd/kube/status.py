@@ -11,11 +11,13 @@ only gets it onto objects, with the rules every status write needs:
 - coalescing: a minor change (say, only a message moved) waits until `coalesce` seconds
   after the key's last write, unless something more important comes meanwhile.
 
-One writer per API server and field manager; `run()` is its task.
+One writer per stream of statuses (the data plane's records; each tenant's objects; each
+tenant's Tenant record); `run()` is its task.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
@@ -28,6 +30,12 @@ from ..retry import Backoff
 from .client import ApiError
 
 log = logging.getLogger(__name__)
+
+
+def timestamp() -> str:
+    """Now, as the API writes times (lastTransitionTime and the like)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 Write = Callable[[], Awaitable[None]]
 
@@ -60,6 +68,9 @@ class StatusWriter:
         #: key -> the number of its latest want(); numbers never repeat, also across forget()
         self._seq: dict[str, int] = {}
         self._wants = itertools.count(1)
+        #: keys being written right now, and those of them forgotten meanwhile
+        self._writing: set[str] = set()
+        self._cut: set[str] = set()
         self._wake = anyio.Event()
         #: set whenever the writer has nothing left to do (tests and shutdown wait on it)
         self.idle = anyio.Event()
@@ -69,14 +80,18 @@ class StatusWriter:
 
     def want(self, key: str, fingerprint: Hashable, write: Write, minor: bool = False) -> None:
         """Write `fingerprint`'s status for `key` with `write()`, unless it is written already.
-        `minor`: only a detail changed; it may wait for the coalescing interval."""
+        `minor`: only a detail changed; it may wait for the coalescing interval (never longer
+        than a status wanted before it and not written yet would have)."""
         seq = self._seq[key] = next(self._wants)
-        if self._written.get(key) == fingerprint:
+        if key not in self._writing and self._written.get(key) == fingerprint:
             self._wanted.pop(key, None)
             return
         not_before = 0.0
         if minor and self._coalesce and key in self._written_at:
             not_before = self._written_at[key] + self._coalesce
+        pending = self._wanted.get(key)
+        if pending is not None:
+            not_before = min(not_before, pending.not_before)
         self._wanted[key] = _Wanted(fingerprint, write, seq, not_before)
         self.idle = anyio.Event()
         self._wake.set()
@@ -87,8 +102,11 @@ class StatusWriter:
         self._written.pop(key, None)
         self._written_at.pop(key, None)
         self._seq.pop(key, None)
+        if key in self._writing:
+            self._cut.add(key)  # what that write leaves is not the new object's
 
     def written(self, key: str) -> Hashable | None:
+        """The status last written for `key` (None: none, or forgotten)."""
         return self._written.get(key)
 
     # ---- the task ----------------------------------------------------------------------------
@@ -112,10 +130,16 @@ class StatusWriter:
                     continue
                 for k in due:
                     del self._wanted[k]
+                # Wanted while the same status was being written: it is there now.
+                due = {k: w for k, w in due.items() if self._written.get(k) != w.fingerprint}
                 failed: dict[str, _Wanted] = {}
-                async with anyio.create_task_group() as batch:
-                    for k, w in sorted(due.items()):
-                        batch.start_soon(self._write_one, k, w, failed)
+                self._writing = set(due)
+                try:
+                    async with anyio.create_task_group() as batch:
+                        for k, w in sorted(due.items()):
+                            batch.start_soon(self._write_one, k, w, failed)
+                finally:
+                    self._writing, self._cut = set(), set()
                 if failed:
                     tg.start_soon(self._retry_later, failed, self._backoff.next())
                 else:
@@ -129,7 +153,8 @@ class StatusWriter:
             except ApiError as e:
                 if e.not_found:
                     log.debug("%s: status of %s: %s; gone meanwhile", self.name, key, e)
-                    self.forget(key)
+                    if self._seq.get(key) == wanted.seq:
+                        self.forget(key)  # unless a newer status (for a new object) waits
                     return
                 log.warning("%s: status of %s: %s", self.name, key, e)
                 failed[key] = wanted
@@ -144,6 +169,8 @@ class StatusWriter:
                 log.exception("%s: status of %s failed", self.name, key)
                 failed[key] = wanted
                 return
+        if key in self._cut:
+            return  # forgotten while being written: nothing to remember of it
         self._written[key] = wanted.fingerprint
         self._written_at[key] = anyio.current_time()
         self.writes += 1

@@ -8,29 +8,16 @@ condition's status does, as the API conventions ask.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Literal, NotRequired, cast
+from typing import Any, Literal, cast
 
-from typing_extensions import TypedDict
-
-from .types import Condition
+from .types import Condition, DesiredCondition
 
 MAX_MESSAGE = 32768
 
 
-class Desired(TypedDict):
-    """A condition as a stage decides it: everything but lastTransitionTime."""
-
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str
-    observedGeneration: NotRequired[int]
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+#: a condition as a stage decides it: everything but lastTransitionTime
+Desired = DesiredCondition
 
 
 def desired(
@@ -61,11 +48,12 @@ def accepted(problems: Sequence[tuple[str, str]], generation: int) -> Desired:
 
 
 def stamp(
-    conditions: Sequence[Desired], previous: Sequence[Any] | None, at: str | None = None
+    conditions: Sequence[Desired], previous: Sequence[Any] | None, at: str
 ) -> list[Condition]:
-    """Conditions to write: each keeps the lastTransitionTime it had while its status holds."""
+    """Conditions to write at time `at`: each keeps the lastTransitionTime it had (in
+    `previous`, what the object carries) while its status holds."""
     before = {c.get("type"): c for c in previous or [] if isinstance(c, dict)}
-    when = at or now()
+    when = at
     out = []
     for c in conditions:
         old = before.get(c["type"])

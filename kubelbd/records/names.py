@@ -73,10 +73,10 @@ def secret_id(tenant: str, name: str) -> str:
     return f"{tenant}/{name}"
 
 
-def split_id(record_id: str) -> tuple[str, str]:
-    """(tenant, name) of a record or secret id."""
-    tenant, _, name = record_id.partition("/")
-    return tenant, name
+def copy_name(namespace: str, name: str) -> str:
+    """The management cluster copy of a tenant Secret, in the tenant's namespace there (and
+    the name an issued certificate gets): `<namespace>.<name>`."""
+    return dotted(namespace, name)
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,4 @@ class RecordKind:
 ROUTE = RecordKind("Route", ROUTES, provisional=True)
 LOADBALANCER = RecordKind("LoadBalancer", LOADBALANCERS, provisional=False)
 TENANT = RecordKind("Tenant", TENANTS, provisional=False)
+KINDS = {k.kind: k for k in (ROUTE, LOADBALANCER, TENANT)}

@@ -6,12 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..objects import Obj
-from .names import API_VERSION, SOURCE_NAMESPACE_LABEL, labels, namespace_of
+from .names import API_VERSION, SOURCE_NAMESPACE_LABEL, TENANT, labels, namespace_of
 from .types import LoadBalancerSpec, RouteSpec, TenantSpec
-
-ROUTE = "Route"
-LOADBALANCER = "LoadBalancer"
-TENANT = "Tenant"
 
 
 def record_object(kind: str, tenant: str, name: str, spec: RouteSpec | LoadBalancerSpec) -> Obj:
@@ -40,7 +36,7 @@ def status_object(kind: str, tenant: str, name: str, status: Mapping[str, Any]) 
 def tenant_object(tenant: str, spec: TenantSpec) -> Obj:
     return {
         "apiVersion": API_VERSION,
-        "kind": TENANT,
+        "kind": TENANT.kind,
         "metadata": {"name": tenant, "namespace": namespace_of(tenant), "labels": labels(tenant)},
         "spec": spec,
     }

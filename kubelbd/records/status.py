@@ -31,8 +31,11 @@ class SourceStatus:
     addresses: tuple[tuple[str, str], ...] = ()  # (ip|hostname, value)
     events: tuple[Event, ...] = ()
     #: the object's generation the events were found at: the same problem is reported again
-    #: after the object changed
+    #: after the object changed (kinds without a generation report each problem once)
     generation: int = 0
+    #: the record is gone: take back what kubelbd wrote (the object may stay, no longer
+    #: ours), then forget the object
+    final: bool = False
 
     @property
     def key(self) -> str:
@@ -43,3 +46,8 @@ class SourceStatus:
         for field_, value in self.addresses:
             out.append({"hostname": value} if field_ == "hostname" else {"ip": value})
         return out
+
+
+def withdrawn(kind: str, namespace: str, name: str, uid: str) -> SourceStatus:
+    """The last status of an object whose record is gone: no address, no Events."""
+    return SourceStatus(kind, namespace, name, uid, final=True)

@@ -39,13 +39,18 @@ class ProblemSpec(TypedDict):
     message: str
 
 
-class Condition(TypedDict):
+class DesiredCondition(TypedDict):
+    """A condition as a stage decides it; the writer adds lastTransitionTime."""
+
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str
     message: str
-    lastTransitionTime: str
     observedGeneration: NotRequired[int]
+
+
+class Condition(DesiredCondition):
+    lastTransitionTime: str
 
 
 # ---- Route ----------------------------------------------------------------------------------
@@ -108,6 +113,14 @@ class RouteStatus(TypedDict, total=False):
     conditions: list[Condition]
 
 
+class RouteReport(TypedDict):
+    """A Route's status as the data plane decides it (conditions not stamped yet)."""
+
+    observedGeneration: int
+    hosts: str
+    conditions: list[DesiredCondition]
+
+
 # ---- LoadBalancer ---------------------------------------------------------------------------
 
 L4Protocol = Literal["TCP", "UDP"]
@@ -138,6 +151,14 @@ class ListenerPort(TypedDict):
 class LoadBalancerIngress(TypedDict, total=False):
     ip: str
     hostname: str
+
+
+class LoadBalancerReport(TypedDict):
+    """The report part of a LoadBalancer's status, as the data plane decides it."""
+
+    observedGeneration: int
+    ingress: list[LoadBalancerIngress]
+    conditions: list[DesiredCondition]
 
 
 class LoadBalancerStatus(TypedDict, total=False):

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..objects import Obj, Resource
 from ..records.names import RecordKind
 from ..records.problems import Translation
 from ..records.status import SourceStatus
-from ..records.types import LoadBalancerSpec, RouteSpec
 
 #: (namespace, name) of a namespaced object
 Ref = tuple[str, str]
@@ -26,10 +25,13 @@ Ref = tuple[str, str]
 class References:
     """The other tenant objects one source object uses.
 
-    A change to any of them translates the object again. `backends` are Services whose pods
-    Envoy must reach (kubelbd gives a ClusterIP one a NodePort twin); `tls_secrets` are the
-    tenant's TLS Secrets it is served with (copied into the management cluster);
-    `others` are anything else a translation reads, by resource."""
+    `backends` are Services whose pods Envoy must reach: kubelbd gives a ClusterIP one a
+    NodePort twin, and a change to one (or to its twin) translates the object again.
+    `tls_secrets` are the tenant's TLS Secrets it is served with: copied into the management
+    cluster, and copied again when they change. `others` are anything else a translation
+    reads (by resource; cluster-scoped objects with namespace ""): of the kinds the Source
+    lists in `referenced`, which the tenant side watches, and a change to one translates the
+    object again."""
 
     backends: frozenset[Ref] = frozenset()
     tls_secrets: frozenset[Ref] = frozenset()
@@ -41,6 +43,16 @@ class References:
         out |= {(services, r) for r in self.backends}
         out |= {(secrets, r) for r in self.tls_secrets}
         return out
+
+
+@dataclass(frozen=True)
+class StatusPatch:
+    """How a kind's status is written: a JSON merge patch of the status subresource, or a
+    server-side apply (fields owned by kubelbd's field manager, where other controllers
+    write parts of the same status, as in Gateway API's per-parent status)."""
+
+    body: Obj  # {"status": {...}}
+    type: Literal["merge", "apply"] = "merge"
 
 
 class TenantView(Protocol):
@@ -63,9 +75,12 @@ class Source(Protocol):
     api_version: str
     #: what to watch in every tenant
     resource: Resource
-    #: a change of any object of these kinds translates every object of this source again
-    #: (IngressClass for Ingress: which Ingresses are ours may change)
+    #: a change of any object of these kinds resyncs this source: its tenant objects are
+    #: applied again and every object of it translated again (IngressClass for Ingress:
+    #: which Ingresses are ours may change, and ours may have been edited or deleted)
     depends_on: tuple[Resource, ...]
+    #: kinds `references(...).others` may name: watched, each change translates its users
+    referenced: tuple[Resource, ...]
     #: which record an object of ours becomes
     record: RecordKind
 
@@ -77,13 +92,13 @@ class Source(Protocol):
         """The record's name in the tenant's namespace: unique across source kinds."""
         ...
 
-    def references(self, obj: Obj) -> References: ...
+    def references(self, obj: Obj, view: TenantView) -> References: ...
 
     def translate(self, obj: Obj, view: TenantView) -> Translation[Any]:
         """The record spec (RouteSpec or LoadBalancerSpec) and what could not be served."""
         ...
 
-    def status_patch(self, obj: Obj, status: SourceStatus) -> Obj | None:
+    def status_patch(self, obj: Obj, status: SourceStatus) -> StatusPatch | None:
         """The status to write into the tenant object, or None when it holds it already."""
         ...
 
@@ -92,14 +107,11 @@ class Source(Protocol):
         ...
 
 
-RecordSpec = RouteSpec | LoadBalancerSpec
-
-
-def load_balancer_status_patch(obj: Obj, status: SourceStatus) -> Obj | None:
+def load_balancer_status_patch(obj: Obj, status: SourceStatus) -> StatusPatch | None:
     """`status.loadBalancer.ingress`, where Ingress and Service keep their address; None
     when the object holds it already (the API server adds ipMode: compared without it)."""
     want = status.ingress()
     have = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     if [{k: v for k, v in i.items() if k in ("ip", "hostname")} for i in have] == want:
         return None
-    return {"status": {"loadBalancer": {"ingress": want}}}
+    return StatusPatch({"status": {"loadBalancer": {"ingress": want}}})

@@ -36,7 +36,7 @@ from ..records.types import (
     TLSEntry,
 )
 from . import twins
-from .base import References, TenantView, load_balancer_status_patch
+from .base import References, StatusPatch, TenantView, load_balancer_status_patch
 
 INGRESS_CLASS = "kubelb"
 CONTROLLER = "kubelb.io/ingress-controller"
@@ -276,6 +276,7 @@ class IngressSource:
     api_version = "networking.k8s.io/v1"
     resource = INGRESSES
     depends_on: tuple[Resource, ...] = (INGRESS_CLASSES,)
+    referenced: tuple[Resource, ...] = ()
     record = ROUTE
 
     def is_ours(self, obj: Obj, view: TenantView) -> bool:
@@ -284,7 +285,7 @@ class IngressSource:
     def record_name(self, namespace: str, name: str) -> str:
         return route_name(namespace, name)
 
-    def references(self, obj: Obj) -> References:
+    def references(self, obj: Obj, view: TenantView) -> References:
         ns = obj["metadata"]["namespace"]
         return References(
             backends=frozenset((ns, s) for s in referenced_services(obj)),
@@ -294,7 +295,7 @@ class IngressSource:
     def translate(self, obj: Obj, view: TenantView) -> Translation[RouteSpec]:
         return translate(obj, view)
 
-    def status_patch(self, obj: Obj, status: SourceStatus) -> Obj | None:
+    def status_patch(self, obj: Obj, status: SourceStatus) -> StatusPatch | None:
         return load_balancer_status_patch(obj, status)
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:

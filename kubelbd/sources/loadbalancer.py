@@ -12,7 +12,7 @@ from ..records.names import LOADBALANCER, dotted
 from ..records.problems import Problem, Translation
 from ..records.status import SourceStatus
 from ..records.types import L4Port, L4Protocol, LoadBalancerSpec
-from .base import References, TenantView, load_balancer_status_patch
+from .base import References, StatusPatch, TenantView, load_balancer_status_patch
 
 LB_CLASS = "kubelb.io/lb"
 PROXY_PROTOCOL_ANNOTATION = "kubelb.io/proxy-protocol"
@@ -89,6 +89,7 @@ class LoadBalancerServiceSource:
     api_version = "v1"
     resource = SERVICES
     depends_on: tuple[Resource, ...] = ()
+    referenced: tuple[Resource, ...] = ()
     record = LOADBALANCER
 
     def is_ours(self, obj: Obj, view: TenantView) -> bool:
@@ -97,13 +98,13 @@ class LoadBalancerServiceSource:
     def record_name(self, namespace: str, name: str) -> str:
         return lb_name(namespace, name)
 
-    def references(self, obj: Obj) -> References:
+    def references(self, obj: Obj, view: TenantView) -> References:
         return References()  # a LoadBalancer Service has nodePorts of its own
 
     def translate(self, obj: Obj, view: TenantView) -> Translation[LoadBalancerSpec]:
         return translate(obj)
 
-    def status_patch(self, obj: Obj, status: SourceStatus) -> Obj | None:
+    def status_patch(self, obj: Obj, status: SourceStatus) -> StatusPatch | None:
         return load_balancer_status_patch(obj, status)
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:

@@ -22,7 +22,7 @@ def watched(sources: Sequence[Source]) -> list[Resource]:
     Services (backends and twins) and Nodes; TLS Secrets are watched on their own."""
     out = [NODES, SERVICES]
     for s in sources:
-        for r in (s.resource, *s.depends_on):
+        for r in (s.resource, *s.depends_on, *s.referenced):
             if r not in out:
                 out.append(r)
     return out

@@ -13,15 +13,10 @@ import logging
 
 from ..kube import Kube
 from ..objects import SECRETS, Obj
-from ..records.names import TLS_LABEL, TLS_SOURCE_LABEL, labels, namespace_of
+from ..records.names import TLS_LABEL, TLS_SOURCE_LABEL, copy_name, labels, namespace_of
 from ..sources.base import Ref
 
 log = logging.getLogger(__name__)
-
-
-def copy_name(namespace: str, name: str) -> str:
-    """The copy's name in tenant-<name>: `<namespace>.<name>`, as the data plane expects."""
-    return f"{namespace}.{name}"
 
 
 def copy_of(tenant: str, secret: Obj) -> Obj:

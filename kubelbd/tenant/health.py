@@ -15,11 +15,12 @@ from functools import partial
 
 from ..hub import RecordSink
 from ..kube import ApiError, Kube, KubeconfigError
-from ..kube.status import StatusWriter
+from ..kube.status import StatusWriter, timestamp
 from ..records import conditions
 from ..records.conditions import Desired
 from ..records.names import TENANT, TENANTS
 from ..records.objects import status_object, tenant_object
+from ..records.types import TenantStatus
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,13 @@ def classify(error: BaseException) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class TenantStatus:
+class Health:
+    """The Tenant record's status as decided: conditions without timestamps."""
+
     conditions: tuple[Desired, ...]
     last_error: str
 
-    def minor_change_from(self, other: TenantStatus | None) -> bool:
+    def minor_change_from(self, other: Health | None) -> bool:
         """Only messages differ from `other`."""
         return (
             other is not None
@@ -63,8 +66,8 @@ class TenantStatus:
         )
 
 
-def tenant_status(connected: State, synced: State, last_error: str) -> TenantStatus:
-    return TenantStatus(
+def tenant_status(connected: State, synced: State, last_error: str) -> Health:
+    return Health(
         (conditions.desired("Connected", *connected), conditions.desired("Synced", *synced)),
         last_error,
     )
@@ -81,7 +84,7 @@ class TenantHealth:
         self.last_error = ""
         self._informer_errors: dict[str, str] = {}
         self._addresses: list[str] | None = None
-        self._last: TenantStatus | None = None  # as last handed to the writer
+        self._last: Health | None = None  # as last handed to the writer
         self._previous: list[object] = []  # conditions as last written, with their times
         self.writer = StatusWriter(f"tenant {tenant}", coalesce=MESSAGE_INTERVAL)
 
@@ -145,9 +148,9 @@ class TenantHealth:
         fingerprint = (repr(status.conditions), status.last_error)
         self.writer.want(self.tenant, fingerprint, partial(self._write, status), minor=minor)
 
-    async def _write(self, status: TenantStatus) -> None:
-        body = {
-            "conditions": conditions.stamp(status.conditions, self._previous),
+    async def _write(self, status: Health) -> None:
+        body: TenantStatus = {
+            "conditions": conditions.stamp(status.conditions, self._previous, timestamp()),
             "lastError": status.last_error,
         }
         obj = status_object("Tenant", self.tenant, self.tenant, body)

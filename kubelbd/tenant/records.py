@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from ..hub import RecordSink
 from ..kube import Kube
-from ..records.names import RecordKind, namespace_of
+from ..records.names import KINDS, RecordKind, namespace_of
 from ..records.objects import record_object
 from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec
 
@@ -67,10 +67,6 @@ class TenantRecords:
         self.sink.provisional(RouteRecord(self.tenant, name, spec))
         self.unwritten.add((kind.kind, name))
 
-    def written_already(self, kind: RecordKind, name: str) -> None:
-        """The record holds this spec already (only twins were missing)."""
-        self.unwritten.discard((kind.kind, name))
-
     async def write(self, kind: RecordKind, name: str, spec: RouteSpec | LoadBalancerSpec) -> None:
         start = time.perf_counter()
         written = await self.mgmt.apply(
@@ -83,6 +79,19 @@ class TenantRecords:
             "tenant %s: %s %s written in %.1f ms",
             self.tenant, kind.kind, name, (time.perf_counter() - start) * 1000,
         )  # fmt: skip
+
+    def revert(self, kind: RecordKind, name: str) -> None:
+        """Back to the stored record: the provisional one will not be written."""
+        if (kind.kind, name) in self.unwritten:
+            self.unwritten.discard((kind.kind, name))
+            self.sink.revert(kind, self.tenant, name)
+
+    def revert_unwritten(self) -> None:
+        """Everything handed over and not written goes back to what the API holds (the task
+        stops: nothing would write it any more)."""
+        for kind_name, name in sorted(self.unwritten):
+            self.sink.revert(KINDS[kind_name], self.tenant, name)
+        self.unwritten.clear()
 
     async def delete(self, kind: RecordKind, name: str) -> None:
         self.sink.deleted(kind, self.tenant, name)

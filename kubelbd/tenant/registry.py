@@ -81,10 +81,6 @@ class Registry:
         self._invalid_reported: set[str] = set()
         self._cleanup_backoff: dict[str, Backoff] = {}
 
-    def running(self, tenant: str) -> TenantSync | None:
-        entry = self._running.get(tenant)
-        return entry.sync if entry is not None else None
-
     async def run(self) -> None:
         self.secrets = Informer(
             self.mgmt,

@@ -3,7 +3,9 @@
 The data plane puts a SourceStatus per object on the StatusBoard (where it is served, and
 the Events that explain what is not); this task writes its own tenant's through the object's
 Source, which knows where its kind keeps an address, and records each Event once per
-generation of the object. Writes go through a StatusWriter: dedup, backoff, forgetting.
+generation of the object (once, for kinds without generations, such as Services). When a
+record goes, the data plane sends a final status (no address, no Events): once written, the
+object is forgotten here. Writes go through a StatusWriter: dedup, backoff, forgetting.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from ..records.status import Event, SourceStatus
 from ..sources.base import Source
 
 log = logging.getLogger(__name__)
+
+#: the field manager of tenant object statuses written by server-side apply
+STATUS_MANAGER = "kubelbd"
 
 Lookup = Callable[[Source, str, str], Obj | None]
 
@@ -57,20 +62,34 @@ class TenantStatuses:
             return
         self.writer.want(status.key, status, partial(self._apply, source, status))
 
-    def withdraw(self, source: Source, obj: Obj) -> None:
-        """An object no longer ours keeps no address of ours."""
-        meta = obj["metadata"]
-        self.want(SourceStatus(source.kind, meta["namespace"], meta["name"], meta.get("uid", "")))
-
     async def _apply(self, source: Source, status: SourceStatus) -> None:
         obj = self._lookup(source, status.namespace, status.name)
         if obj is None or obj["metadata"].get("uid") != status.uid:
-            self._emitted.pop(status.key, None)
+            self._forget(status)
             return  # gone, or replaced: its own record brings its own status
+        await self._write(source, status, obj)
+        if status.final:
+            self._forget(status)
+
+    def _forget(self, status: SourceStatus) -> None:
+        """Nothing more to write for this object (until a record brings a new status)."""
+        self._emitted.pop(status.key, None)
+        if status.final:
+            self.writer.forget(status.key)
+            self.board.done(self.tenant, status)
+
+    async def _write(self, source: Source, status: SourceStatus, obj: Obj) -> None:
         patch = source.status_patch(obj, status)
-        if patch is not None:
+        if patch is not None and patch.type == "apply":
+            body = {"apiVersion": source.api_version, "kind": source.kind,
+                    "metadata": {"name": status.name, "namespace": status.namespace},
+                    **patch.body}  # fmt: skip
+            await self.kube.apply(
+                source.resource, body, subresource="status", field_manager=STATUS_MANAGER
+            )
+        elif patch is not None:
             await self.kube.patch(
-                source.resource, status.name, patch, status.namespace, subresource="status"
+                source.resource, status.name, patch.body, status.namespace, subresource="status"
             )
         events = {(status.uid, status.generation, e) for e in status.events}
         emitted = self._emitted.get(status.key, set())

@@ -8,8 +8,9 @@ health) and copies of the TLS Secrets objects of ours are served with.
 
 One tenant's failures stay here: a bad kubeconfig, an unreachable or unauthorized API server
 become conditions on its Tenant record and log lines, never exceptions that leave this task.
-An object the tenant API server refuses is retried alone, after a backoff of its own, while
-the tenant's other changes go on at once.
+An object the tenant API server refuses is retried on its own schedule (a backoff shared by
+the tenant's failed objects, reset once a pass goes through), while the tenant's other
+changes go on at once.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class TenantSync:
         self.settling = settling
         self.settings = settings
         self.sources = {s.kind: s for s in sources}
+        if len(self.sources) != len(sources):
+            raise ValueError("two sources of one kind: each kind is served by one Source")
         self.health = TenantHealth(name, mgmt, sink, settings.node_address_type)
         self.records = TenantRecords(name, mgmt, sink)
         self.copies = SecretCopies(name, mgmt)
@@ -88,7 +91,8 @@ class TenantSync:
         # What needs reconciling.
         self._wake = anyio.Event()
         self._dirty: set[ObjectId] = set()
-        self._resync = True
+        self._resync = True  # everything: after (re)connecting
+        self._resync_sources: set[str] = set()  # kinds whose depends_on objects changed
         self._nodes_dirty = True
         self._seen: dict[ObjectId, tuple[Any, ...]] = {}
         self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
@@ -115,6 +119,9 @@ class TenantSync:
             try:
                 await self._run_connected(kube, tg)
             finally:
+                # Stopped (deregistered, kubeconfig changed): what the data plane got from
+                # this task and was never written goes back to what the records hold.
+                self.records.revert_unwritten()
                 with anyio.CancelScope(shield=True):
                     await kube.aclose()
 
@@ -147,8 +154,6 @@ class TenantSync:
         def report(error: Exception | None) -> None:
             if self.health.informer(which, error):
                 self.settling.done(self.name)  # nothing better to wait for: serve the records
-            if error is not None and which == "ingresses":
-                log.error("tenant %s: %s", self.name, classify(error)[1])
 
         return report
 
@@ -172,7 +177,8 @@ class TenantSync:
 
     def _on_event(self, resource: Resource) -> EventHandler:
         primary = [s for s in self.sources.values() if s.resource == resource]
-        dependents = [s for s in self.sources.values() if resource in s.depends_on]
+        dependents = {s.kind for s in self.sources.values() if resource in s.depends_on}
+        referenced = any(resource in s.referenced for s in self.sources.values())
 
         def handle(kind: str, obj: Obj) -> None:
             if resource == SECRETS:
@@ -186,10 +192,15 @@ class TenantSync:
             for source in primary:
                 self._on_source_object(source, kind, obj)
             if dependents:
-                self._resync = True  # which objects are ours may have changed
+                self._resync_sources |= dependents  # which objects are ours may have changed
                 self._wake.set()
             if resource == SERVICES:
                 self._on_service(obj)
+            elif referenced:
+                users = self.index.users(resource, split_key(key(obj)))
+                if users:
+                    self._dirty |= users
+                    self._wake.set()
 
         return handle
 
@@ -209,7 +220,7 @@ class TenantSync:
             return
         else:
             self._seen[oid] = fingerprint
-        refs = source.references(obj) if kind != "DELETED" else None
+        refs = source.references(obj, self.caches) if kind != "DELETED" else None
         self._twin_candidates |= self.index.update(oid, refs)
         ns, name = split_key(k)
         if (kind != "DELETED" and source.is_ours(obj, self.caches)) or self.records.known(
@@ -230,9 +241,6 @@ class TenantSync:
         if users:
             self._dirty |= users
             self._wake.set()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     # ---- reconcile ---------------------------------------------------------------------------
 
@@ -287,6 +295,9 @@ class TenantSync:
             except BaseException:
                 self._resync = True  # the whole resync is retried, not skipped
                 raise
+        for kind in sorted(self._resync_sources):
+            await self._resync_source(self.sources[kind])
+            self._resync_sources.discard(kind)
         if self._nodes_dirty:
             self._nodes_dirty = False
             try:
@@ -313,17 +324,9 @@ class TenantSync:
     async def _full_resync(self) -> None:
         """After (re)connecting, or when which objects are ours may have changed: every
         object of every source, every twin, and every record whose object is gone."""
-        assert self.kube is not None
         for source in self.sources.values():
-            for resource, obj in source.tenant_objects():
-                await self.kube.apply(resource, obj)
-        for source in self.sources.values():
-            for k, obj in self.caches.cache(source.resource).items():
-                ns, name = split_key(k)
-                if source.is_ours(obj, self.caches) or self.records.known(
-                    source.record, source.record_name(ns, name)
-                ):
-                    self._dirty.add((source.kind, k))
+            await self._resync_source(source)
+        self._resync_sources.clear()
         self._twin_candidates |= self.caches.twins.all_twins()
         for kind in (ROUTE, LOADBALANCER):
             for record, (source_kind, ns, name) in sorted(self.records.sources(kind).items()):
@@ -334,6 +337,19 @@ class TenantSync:
                     await self.records.delete(kind, record)
                 else:
                     self._dirty.add((source_kind, f"{ns}/{name}"))
+
+    async def _resync_source(self, source: Source) -> None:
+        """One source: the objects kubelbd keeps in the tenant for it, and every object of
+        it that is ours or has a record translated again."""
+        assert self.kube is not None
+        for resource, obj in source.tenant_objects():
+            await self.kube.apply(resource, obj)
+        for k, obj in self.caches.cache(source.resource).items():
+            ns, name = split_key(k)
+            if source.is_ours(obj, self.caches) or self.records.known(
+                source.record, source.record_name(ns, name)
+            ):
+                self._dirty.add((source.kind, k))
 
     def _twin_in_use(self, ref: Ref) -> bool:
         for source_kind, k in self.index.users(SERVICES, ref):
@@ -365,13 +381,12 @@ class TenantSync:
         if obj is None or not source.is_ours(obj, self.caches):
             self.copies.uses(f"{source_kind}/{k}", frozenset())
             if self.records.known(source.record, record):
+                # The data plane then takes back the address it gave the object, if it stays.
                 async with limit:
                     await self.records.delete(source.record, record)
-                self.board.withdraw(self.name, source.kind, ns, name)
-                if obj is not None:
-                    self.statuses.withdraw(source, obj)  # it changed class or type
             return
-        refs = source.references(obj)
+        refs = source.references(obj, self.caches)
+        self._twin_candidates |= self.index.update(oid, refs)
         self.copies.uses(f"{source_kind}/{k}", refs.tls_secrets)
         creating = []
         async with limit:
@@ -386,6 +401,9 @@ class TenantSync:
                     await self.records.write(source.record, record, result.spec)
             return
         if self.records.same(source.record, record, result.spec) and not creating:
+            # Back to what the record holds, after another spec was handed over and not
+            # written: the data plane still has that other one.
+            self.records.revert(source.record, record)
             return
         # The data plane renders from the translation at once; the record (the durable copy)
         # is written a moment later. A failed write is retried; a restart waits for tenants
@@ -406,7 +424,7 @@ class TenantSync:
                             original = desired["metadata"]["labels"][twins.TWIN_OF]
                             self._dirty |= self.index.users(SERVICES, (ns, original))
                             self._wake.set()
-            except BaseException:
+            except Exception:
                 # Envoy has the route with ports chosen for a twin that was not made: take
                 # them back (that backend is pending again) until the retry makes it.
                 retreat = source.translate(obj, self.caches)
@@ -418,7 +436,7 @@ class TenantSync:
                 if result.spec != sent:
                     self.records.provisional(source.record, record, result.spec)
         if self.records.same(source.record, record, result.spec):
-            self.records.written_already(source.record, record)  # only its twins were missing
+            self.records.revert(source.record, record)  # only its twins were missing
             return
         # The record write costs the management API server and etcd as much CPU as Envoy
         # needs to apply the change: on a busy machine, writing it at once delays the traffic
