@@ -114,9 +114,11 @@ CERT_MANAGER_CRD: Obj = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def cert_manager(fleet: FleetHandle) -> AsyncIterator[None]:
-    """cert-manager's Certificate kind, installed for one test (cert-manager cannot run here)."""
+    """cert-manager's Certificate kind, installed for this module's tests (cert-manager cannot
+    run here). Once: a CRD deleted is gone only after every object of it, and applying it
+    again meanwhile does not bring it back."""
     mgmt = fleet.kube["mgmt"]
     await mgmt.apply(CRDS, CERT_MANAGER_CRD)
 
