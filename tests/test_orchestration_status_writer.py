@@ -1,6 +1,6 @@
-"""kubelbd.kube.status.StatusWriter: the rules every status write follows (dedup, latest wins,
-backoff without holding up other keys, stale retries losing to newer wants, forgetting on
-404, coalescing minor changes)."""
+"""kubelbd.kube.status_writer.StatusWriter: the rules every status write follows (dedup,
+latest wins, backoff without holding up other keys, stale retries losing to newer wants,
+forgetting on 404, coalescing minor changes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anyio.lowlevel
 import pytest
 
 from kubelbd.kube import ApiError
-from kubelbd.kube.status import StatusWriter, Write
+from kubelbd.kube.status_writer import StatusWriter, Write
 from kubelbd.retry import Backoff
 
 from .orchestration import running, until

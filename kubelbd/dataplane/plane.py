@@ -34,7 +34,7 @@ from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
-from .status import StatusReporter
+from .reporter import StatusReporter
 from .tls import TLSState
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Pure functions of a record, the fleet's IR (hosts served and lost, certificates, allocations)
 and whether Envoy has applied the configuration they describe. The data plane hands the
-results to writers (kubelbd.kube.status); nothing here knows how a status is written, so
+results to writers (kubelbd.kube.status_writer); nothing here knows how a status is written, so
 every condition and Event kubelbd reports can be tested from inputs alone.
 """
 

@@ -15,7 +15,7 @@ from functools import partial
 
 from ..hub import RecordSink
 from ..kube import ApiError, Kube, KubeconfigError
-from ..kube.status import StatusWriter, timestamp
+from ..kube.status_writer import StatusWriter, timestamp
 from ..records import conditions
 from ..records.conditions import Desired
 from ..records.names import TENANT, TENANTS

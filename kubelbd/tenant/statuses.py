@@ -17,7 +17,7 @@ from functools import partial
 from ..hub import StatusBoard
 from ..kube import Kube
 from ..kube.events import Recorder
-from ..kube.status import StatusWriter
+from ..kube.status_writer import StatusWriter
 from ..objects import Obj
 from ..records.status import Event, SourceStatus
 from ..sources.base import Source

@@ -20,7 +20,7 @@ import anyio
 from ..hub import StatusBoard
 from ..ir.status import Report
 from ..kube import Kube
-from ..kube.status import StatusWriter, timestamp
+from ..kube.status_writer import StatusWriter, timestamp
 from ..records import conditions
 from ..records.names import LOADBALANCER, ROUTE, RecordKind
 from ..records.objects import status_object
