@@ -4,6 +4,7 @@ lastTransitionTime, which moves only when a condition's status does."""
 from __future__ import annotations
 
 from kubelbd.records import conditions
+from kubelbd.records.problems import Problem
 
 
 def test_same_ignores_timestamps_and_optionally_messages() -> None:
@@ -39,6 +40,8 @@ def test_transition_time_moves_only_with_the_status() -> None:
 def test_accepted_names_the_first_problem_and_lists_all() -> None:
     ok = conditions.accepted([], 3)
     assert (ok["status"], ok["reason"], ok.get("observedGeneration")) == ("True", "Accepted", 3)
-    bad = conditions.accepted([("BackendNotFound", "a not found"), ("InvalidPath", "b")], 4)
+    bad = conditions.accepted(
+        [Problem("BackendNotFound", "a not found"), Problem("InvalidPath", "b")], 4
+    )
     assert (bad["status"], bad["reason"]) == ("False", "BackendNotFound")
     assert bad["message"] == "a not found; b"

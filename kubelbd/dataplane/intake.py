@@ -22,9 +22,9 @@ from typing import Any
 from ..objects import Obj
 from ..records import parse
 from ..records.names import LOADBALANCER, ROUTE, TENANT, RecordKind, tenant_of
-from ..records.parse import RecordError
 from ..records.types import RouteRecord, TenantRecord
 from .l4 import LoadBalancers
+from .refusals import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,11 @@ class Intake:
         self._deletes: set[str] = set()
         self._tenants: dict[str, TenantRecord] = {}
         self._tenants_changed = True
-        #: route id -> (uid, generation), and the record, as the API last had them
-        self._seen: dict[str, tuple[str, int]] = {}
-        self._api: dict[str, RouteRecord] = {}
+        #: route id -> (uid, record) as the API last had it
+        self._api: dict[str, tuple[str, RouteRecord]] = {}
         #: routes whose latest version came from the tenant side and is not written yet
         self._provisional: set[str] = set()
-        self._refused: dict[str, str] = {}  # record id -> why it was refused, as logged
+        self._refused = Refusals()
         #: records confirmed (written) without a change to render: the model takes them as
         #: they are (they carry the generation the status reports), and their status is due
         self.confirmed: dict[str, RouteRecord] = {}
@@ -91,7 +90,7 @@ class Intake:
         if api is None:
             self._forget_route(rid)
         else:
-            self._upserts[rid] = api
+            self._upserts[rid] = api[1]
             self._wake()
 
     def written(self, kind: RecordKind, obj: Obj) -> None:
@@ -127,18 +126,6 @@ class Intake:
 
     # ---- records -----------------------------------------------------------------------------
 
-    def _parse(self, obj: Obj, parser: Callable[[Obj], Any]) -> Any:
-        rid = f"{tenant_of(obj)}/{obj['metadata'].get('name')}"
-        try:
-            out = parser(obj)
-        except RecordError as e:
-            if self._refused.get(rid) != str(e):
-                self._refused[rid] = str(e)
-                log.error("record %s %s refused: %s", obj.get("kind", ""), rid, e)
-            return None
-        self._refused.pop(rid, None)
-        return out
-
     def _route(self, obj: Obj) -> None:
         meta = obj["metadata"]
         uid = meta.get("uid", "")
@@ -149,14 +136,13 @@ class Intake:
         if "status" in obj:
             self.conditions[rid] = (obj.get("status") or {}).get("conditions") or []
         generation = int(meta.get("generation") or 0)
-        seen = self._seen.get(rid)
-        if seen is not None and seen[0] == uid and seen[1] >= generation:
+        known = self._api.get(rid)
+        if known is not None and known[0] == uid and known[1].generation >= generation:
             return  # our own status write, or an event older than a record we already have
-        rec: RouteRecord | None = self._parse(obj, parse.route_record)
+        rec = self._refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
         if rec is None:
             return
-        self._seen[rid] = (uid, rec.generation)
-        self._api[rid] = rec
+        self._api[rid] = (uid, rec)
         pending = self._upserts.get(rid) or self._current(rid)
         if pending is not None and pending.spec == rec.spec:
             # The confirmation of a provisional record: same content, now with a generation,
@@ -178,10 +164,9 @@ class Intake:
     def _delete_route(self, tenant: str, name: str, uid: str | None = None) -> None:
         """A record deleted in the API (from the watch)."""
         rid = f"{tenant}/{name}"
-        seen = self._seen.get(rid)
-        if uid is not None and (seen is None or seen[0] != uid):
+        known = self._api.get(rid)
+        if uid is not None and (known is None or known[0] != uid):
             return  # not the record we know: deleted here already, perhaps made anew
-        self._seen.pop(rid, None)
         self._api.pop(rid, None)
         if rid in self._provisional:
             return  # a newer translation waits to be written: it stays served
@@ -189,17 +174,17 @@ class Intake:
 
     def _forget_route(self, rid: str) -> None:
         """The route is gone (the tenant side deleted it, or the API did)."""
-        self._seen.pop(rid, None)
         self._api.pop(rid, None)
         self._provisional.discard(rid)
-        self._refused.pop(rid, None)
+        self._refused.forget(rid)
         self._upserts.pop(rid, None)
         self._deletes.add(rid)
         self.conditions.pop(rid, None)
         self._wake()
 
     def _tenant(self, obj: Obj) -> None:
-        rec: TenantRecord | None = self._parse(obj, parse.tenant_record)
+        name = str(obj["metadata"].get("name", ""))
+        rec = self._refused.parse(TENANT.kind, name, lambda: parse.tenant_record(obj))
         if rec is not None and self._tenants.get(rec.name) != rec:
             self._tenants[rec.name] = rec
             self._tenants_changed = True

@@ -25,7 +25,7 @@ from ..ir.l4 import L4Cluster, L4Listener, Placement, Pool, PortRange, build, pl
 from ..ir.status import Report, lb_report
 from ..kube import ApiError, Kube
 from ..kube.informer import Informer
-from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj
+from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj, labels_of
 from ..records import parse
 from ..records.names import (
     L4_RECORD_LABEL,
@@ -36,7 +36,6 @@ from ..records.names import (
     tenant_of,
 )
 from ..records.objects import status_object
-from ..records.parse import RecordError
 from ..records.types import (
     LBRecord,
     ListenerPort,
@@ -44,6 +43,7 @@ from ..records.types import (
     LoadBalancerStatus,
     TenantRecord,
 )
+from .refusals import Refusals
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class LoadBalancers:
         self.dirty = True
         self.pending_status: set[str] = set()
         self._seen: dict[str, tuple[str, int]] = {}
-        self._refused: dict[str, str] = {}
+        self._refused = Refusals()
         self._deleted: dict[str, LBRecord] = {}
 
     # ---- intake ------------------------------------------------------------------------------
@@ -127,14 +127,7 @@ class LoadBalancers:
         generation = int(obj["metadata"].get("generation") or 0)
         if self._seen.get(rid) == (uid, generation):
             return
-        try:
-            rec = parse.lb_record(obj)
-        except RecordError as e:
-            if self._refused.get(rid) != str(e):
-                self._refused[rid] = str(e)
-                log.error("record LoadBalancer %s refused: %s", rid, e)
-            return
-        self._refused.pop(rid, None)
+        rec = self._refused.parse(LOADBALANCER.kind, rid, lambda: parse.lb_record(obj))
         if rec is None:
             return
         self._seen[rid] = (uid, generation)
@@ -147,7 +140,7 @@ class LoadBalancers:
         if uid is not None and seen is not None and seen[0] != uid:
             return
         self._seen.pop(rid, None)
-        self._refused.pop(rid, None)
+        self._refused.forget(rid)
         self.status.pop(rid, None)
         self.conditions.pop(rid, None)
         rec = self.records.pop(rid, None)
@@ -163,7 +156,7 @@ class LoadBalancers:
     def on_management_service(self, kind: str, obj: Obj) -> None:
         """Service mode: the management cluster's LB wrote (or changed) an address."""
         tenant = tenant_of(obj)
-        name = (obj["metadata"].get("labels") or {}).get(L4_RECORD_LABEL)
+        name = labels_of(obj).get(L4_RECORD_LABEL)
         if tenant is None or name is None:
             return
         rid = f"{tenant}/{name}"

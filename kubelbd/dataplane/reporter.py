@@ -20,7 +20,8 @@ import anyio
 from ..hub import StatusBoard
 from ..ir.status import Report
 from ..kube import Kube
-from ..kube.status_writer import StatusWriter, timestamp
+from ..kube.client import timestamp
+from ..kube.status_writer import StatusWriter
 from ..records import conditions
 from ..records.names import LOADBALANCER, ROUTE, RecordKind
 from ..records.objects import status_object

@@ -42,8 +42,8 @@ def render(ir: IR, settings: Settings) -> Files:
 class Renderer:
     """Keeps the rendered files and rewrites only those a Delta touches.
 
-    Owns no decisions: every resource comes from the pure functions above, so a full `render`
-    and a long series of updates give byte-identical files.
+    Owns no decisions: every resource comes from the pure functions of `http`, `tls` and
+    `l4`, so a full `render` and a long series of updates give byte-identical files.
     """
 
     def __init__(self, settings: Settings) -> None:

@@ -34,12 +34,14 @@ def shard_of(host: str, shards: int) -> str:
     return f"shard.{zlib.crc32(host.encode()) % shards}"
 
 
-def rds_path(settings: Settings, name: str) -> str:
-    return f"{settings.config_dir}/rds/{name}.json"
-
-
 def rds_file(name: str) -> str:
+    """The route table file of one listener, relative to the config directory."""
     return f"rds/{name}.json"
+
+
+def rds_path(settings: Settings, name: str) -> str:
+    """The same file as Envoy opens it."""
+    return f"{settings.config_dir}/{rds_file(name)}"
 
 
 def shard_names(settings: Settings) -> list[str]:

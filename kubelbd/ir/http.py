@@ -163,9 +163,10 @@ def _backends(spec: RouteSpec) -> list[Backend]:
     return out
 
 
-def _cluster_names(route: RouteRecord) -> set[str]:
+def _cluster_ports(route: RouteRecord) -> dict[str, int]:
+    """The clusters a route sends to, and the nodePort each dials."""
     return {
-        cluster_name(route.tenant, route.namespace, b)
+        cluster_name(route.tenant, route.namespace, b): b["nodePort"]
         for b in _backends(route.spec)
         if "nodePort" in b
     }
@@ -181,7 +182,6 @@ class Model:
         self._claims: dict[str, dict[str, AgeKey]] = {}  # host -> route id -> age
         self._children: dict[str, set[str]] = {}  # wildcard -> exact hosts claimed under it
         self._owner: dict[str, tuple[str, AgeKey]] = {}  # host -> (tenant, age of its claim)
-        self._tenant_routes: dict[str, set[str]] = {}
         self._cluster_refs: dict[str, set[str]] = {}  # cluster -> route ids
         self._cluster_ports: dict[str, tuple[str, int]] = {}  # cluster -> (tenant, port)
         self._hostless_cache: dict[str, tuple[list[Entry], Target | None]] = {}
@@ -232,7 +232,6 @@ class Model:
             self.routes[route.id] = route
 
     def _index(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
-        self._tenant_routes.setdefault(r.tenant, set()).add(r.id)
         for host in claims(r):
             self._claims.setdefault(host, {})[r.id] = r.age_key
             parent = wildcard_parent(host)
@@ -241,21 +240,15 @@ class Model:
             touched.add(host)
         if CATCH_ALL in claims(r):
             hostless.add(r.tenant)
-        for name in _cluster_names(r):
+        for name, port in _cluster_ports(r).items():
             refs = self._cluster_refs.setdefault(name, set())
             if not refs:
                 delta.clusters.add(name)
             refs.add(r.id)
-            port = next(
-                b["nodePort"]
-                for b in _backends(r.spec)
-                if "nodePort" in b and cluster_name(r.tenant, r.namespace, b) == name
-            )
             self._cluster_ports[name] = (r.tenant, port)
             self._put_cluster(name)
 
     def _unindex(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
-        self._tenant_routes.get(r.tenant, set()).discard(r.id)
         for host in claims(r):
             by_route = self._claims.get(host, {})
             by_route.pop(r.id, None)
@@ -267,7 +260,7 @@ class Model:
             touched.add(host)
         if CATCH_ALL in claims(r):
             hostless.add(r.tenant)
-        for name in _cluster_names(r):
+        for name in _cluster_ports(r):
             refs = self._cluster_refs.get(name, set())
             refs.discard(r.id)
             if not refs:

@@ -95,7 +95,7 @@ def route_report(
     lost = ir.conflicts.get(route.id, [])
     problems = problems_of(route.spec.get("problems", []))
     where = f" at {public_address}" if public_address else ""
-    accepted = conditions.accepted([(p.reason, p.message) for p in problems], generation)
+    accepted = conditions.accepted(problems, generation)
     if not applied:
         programmed = _pending(generation)
     elif served:
@@ -157,7 +157,7 @@ def lb_report(
     `awaiting` (service mode): the management Service whose address has not come yet."""
     generation = rec.generation
     problems = problems_of(rec.spec.get("problems", []))
-    accepted = conditions.accepted([(p.reason, p.message) for p in problems], generation)
+    accepted = conditions.accepted(problems, generation)
     if not applied:
         programmed = _pending(generation)
     elif failure is not None:

@@ -10,6 +10,7 @@ default write.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 from collections.abc import AsyncIterator, Mapping
@@ -53,6 +54,11 @@ class ApiError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 410
+
+
+def timestamp() -> str:
+    """Now, as the API writes times (lastTransitionTime, an Event's lastTimestamp)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def load_kubeconfig_file(path: str | os.PathLike[str]) -> Obj:
@@ -302,10 +308,9 @@ class Kube:
                 if kind == "ERROR":
                     raise _status_error(obj)
                 yield kind, obj
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise ConnectionError(f"{self.name or self.host}: watch {res.plural}: {e}") from e
-        except RuntimeError as e:
-            # aiohttp's stream says "Connection closed." when the connection goes mid-read.
+        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as e:
+            # RuntimeError: aiohttp's stream says "Connection closed." when the connection
+            # goes mid-read.
             raise ConnectionError(f"{self.name or self.host}: watch {res.plural}: {e}") from e
         except (HttpProcessingError, orjson.JSONDecodeError) as e:
             # A line cut short by a dropped connection, or beyond any sane size: rewatch.

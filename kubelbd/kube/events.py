@@ -6,12 +6,11 @@ client-go's recorder aggregates, so a reconcile loop cannot flood the API server
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
 
 from ..objects import EVENTS, Obj
-from .client import ApiError, Kube
+from .client import ApiError, Kube, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ class Recorder:
         self._seen[name] = count
         if len(self._seen) > 10000:
             self._seen.clear()
-        t = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        t = timestamp()
         try:
             if count == 1:
                 await self.kube.create(

@@ -17,7 +17,6 @@ tenant's Tenant record); `run()` is its task.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
@@ -30,11 +29,6 @@ from ..retry import Backoff
 from .client import ApiError
 
 log = logging.getLogger(__name__)
-
-
-def timestamp() -> str:
-    """Now, as the API writes times (lastTransitionTime and the like)."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 Write = Callable[[], Awaitable[None]]

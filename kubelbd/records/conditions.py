@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
+from .problems import Problem
 from .types import Condition, DesiredCondition
 
 MAX_MESSAGE = 32768
@@ -37,13 +38,14 @@ def desired(
     return out
 
 
-def accepted(problems: Sequence[tuple[str, str]], generation: int) -> Desired:
+def accepted(problems: Sequence[Problem], generation: int) -> Desired:
     """Accepted: whether the whole source object could be translated; else each problem's
     message, under the first problem's reason."""
     if problems:
         return desired(
-            "Accepted", False, problems[0][0], "; ".join(m for _, m in problems), generation
-        )
+            "Accepted", False, problems[0].reason, "; ".join(p.message for p in problems),
+            generation,
+        )  # fmt: skip
     return desired("Accepted", True, "Accepted", "translated", generation)
 
 
@@ -53,14 +55,13 @@ def stamp(
     """Conditions to write at time `at`: each keeps the lastTransitionTime it had (in
     `previous`, what the object carries) while its status holds."""
     before = {c.get("type"): c for c in previous or [] if isinstance(c, dict)}
-    when = at
     out = []
     for c in conditions:
         old = before.get(c["type"])
         since = (
             old["lastTransitionTime"]
             if old and old.get("status") == c["status"] and old.get("lastTransitionTime")
-            else when
+            else at
         )
         out.append(cast(Condition, {**c, "lastTransitionTime": since}))
     return out

@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from ..objects import MANAGED_BY, MANAGER, Obj, Resource
+from ..objects import MANAGED_BY, MANAGER, Obj, Resource, labels_of
 
 GROUP = "kubelb.io"
 VERSION = "v1alpha1"
@@ -50,11 +50,10 @@ def labels(tenant: str) -> dict[str, str]:
 
 def tenant_of(obj: Obj) -> str | None:
     """The tenant a management cluster object belongs to: by label, else by namespace."""
-    meta: Obj = obj.get("metadata") or {}
-    t = (meta.get("labels") or {}).get(TENANT_LABEL)
+    t = labels_of(obj).get(TENANT_LABEL)
     if t:
         return str(t)
-    ns = str(meta.get("namespace", ""))
+    ns = str((obj.get("metadata") or {}).get("namespace", ""))
     return ns.removeprefix(NAMESPACE_PREFIX) if ns.startswith(NAMESPACE_PREFIX) else None
 
 

@@ -204,7 +204,7 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
     }
     if spec.get("defaultBackend"):
         out["defaultBackend"] = resolve_backend(ns, spec["defaultBackend"], view, problems)
-    annotations = meta.get("annotations") or {}
+    annotations = annotations_of(ingress)
     issuer = certificate_source(annotations)
     tls: list[TLSEntry] = []
     for t in spec.get("tls") or []:

@@ -94,11 +94,11 @@ class SecretCopies:
             source = secrets.get(f"{ns}/{name}")
             if source is None:
                 continue  # reported on the Route by the data plane: SecretNotFound
-            copy = copy_of(self.tenant, source)
+            copy, content = copy_of(self.tenant, source), digest(source)
             keep.add(copy["metadata"]["name"])
-            if self.copies.get(copy["metadata"]["name"]) != digest(source):
+            if self.copies.get(copy["metadata"]["name"]) != content:
                 await self.mgmt.apply(SECRETS, copy)
-                self.copies[copy["metadata"]["name"]] = digest(source)
+                self.copies[copy["metadata"]["name"]] = content
                 log.info("tenant %s: copied TLS Secret %s/%s", self.tenant, ns, name)
         for name in [n for n in self.copies if n not in keep]:
             await self.mgmt.delete(SECRETS, name, namespace_of(self.tenant))

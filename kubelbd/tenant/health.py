@@ -15,7 +15,8 @@ from functools import partial
 
 from ..hub import RecordSink
 from ..kube import ApiError, Kube, KubeconfigError
-from ..kube.status_writer import StatusWriter, timestamp
+from ..kube.client import timestamp
+from ..kube.status_writer import StatusWriter
 from ..records import conditions
 from ..records.conditions import Desired
 from ..records.names import TENANT, TENANTS
@@ -153,7 +154,7 @@ class TenantHealth:
             "conditions": conditions.stamp(status.conditions, self._previous, timestamp()),
             "lastError": status.last_error,
         }
-        obj = status_object("Tenant", self.tenant, self.tenant, body)
+        obj = status_object(TENANT.kind, self.tenant, self.tenant, body)
         try:
             written = await self.mgmt.apply(
                 TENANTS, obj, subresource="status", field_manager=STATUS_MANAGER

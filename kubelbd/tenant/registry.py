@@ -21,7 +21,16 @@ from ..hub import RecordSink, Settling, StatusBoard
 from ..kube import ApiError, Kube, KubeconfigError
 from ..kube.events import Recorder
 from ..kube.informer import Informer
-from ..objects import MANAGED_BY, MANAGER, NAMESPACES, SECRETS, SERVICES, Obj, managed_by_us
+from ..objects import (
+    MANAGED_BY,
+    MANAGER,
+    NAMESPACES,
+    SECRETS,
+    SERVICES,
+    Obj,
+    labels_of,
+    managed_by_us,
+)
 from ..records.names import CLEANUP_FINALIZER, TENANT_LABEL, namespace_of, valid_tenant_name
 from ..retry import Backoff
 from ..sources import SOURCES, twins
@@ -104,7 +113,7 @@ class Registry:
         invalid: set[str] = set()
         for secret in self.secrets.cache.values():
             meta = secret["metadata"]
-            tenant = (meta.get("labels") or {}).get(TENANT_LABEL, "")
+            tenant = labels_of(secret).get(TENANT_LABEL, "")
             if not valid_tenant_name(tenant):
                 report_key = f"{meta['name']}/{tenant}"  # a new bad name is reported again
                 invalid.add(report_key)
@@ -275,12 +284,9 @@ class Registry:
             except (ApiError, ConnectionError) as e:
                 log.warning("listing tenant namespaces: %s", e)
                 await anyio.sleep(backoff.next())
-        registered = {
-            (s["metadata"].get("labels") or {}).get(TENANT_LABEL)
-            for s in self.secrets.cache.values()
-        }
+        registered = {labels_of(s).get(TENANT_LABEL) for s in self.secrets.cache.values()}
         for ns in namespaces:
-            tenant = (ns["metadata"].get("labels") or {}).get(TENANT_LABEL)
+            tenant = labels_of(ns).get(TENANT_LABEL)
             if tenant and tenant not in registered and not ns["metadata"].get("deletionTimestamp"):
                 log.info("tenant %s: no registration Secret any more, removing its records", tenant)
                 await self._remove_records_retrying(tenant)

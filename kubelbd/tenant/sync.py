@@ -220,12 +220,10 @@ class TenantSync:
             return
         else:
             self._seen[oid] = fingerprint
-        refs = source.references(obj, self.caches) if kind != "DELETED" else None
+        current = obj if kind != "DELETED" else None
+        refs = source.references(obj, self.caches) if current is not None else None
         self._twin_candidates |= self.index.update(oid, refs)
-        ns, name = split_key(k)
-        if (kind != "DELETED" and source.is_ours(obj, self.caches)) or self.records.known(
-            source.record, source.record_name(ns, name)
-        ):
+        if self._concerns_us(source, k, current):
             self._dirty.add(oid)
             log.debug("tenant %s: %s %s %s", self.name, source.kind, k, kind.lower())
             self._wake.set()
@@ -345,11 +343,16 @@ class TenantSync:
         for resource, obj in source.tenant_objects():
             await self.kube.apply(resource, obj)
         for k, obj in self.caches.cache(source.resource).items():
-            ns, name = split_key(k)
-            if source.is_ours(obj, self.caches) or self.records.known(
-                source.record, source.record_name(ns, name)
-            ):
+            if self._concerns_us(source, k, obj):
                 self._dirty.add((source.kind, k))
+
+    def _concerns_us(self, source: Source, k: str, obj: Obj | None) -> bool:
+        """Whether an object (None: deleted) needs reconciling: it is ours, or it has a
+        record (which must go when it no longer is)."""
+        if obj is not None and source.is_ours(obj, self.caches):
+            return True
+        ns, name = split_key(k)
+        return self.records.known(source.record, source.record_name(ns, name))
 
     def _twin_in_use(self, ref: Ref) -> bool:
         for source_kind, k in self.index.users(SERVICES, ref):
