@@ -49,9 +49,7 @@ def render(case: dict[str, Any]) -> Files:
     s = settings(case.get("settings"))
     ir = load_ir(case.get("ir") or {})
     renderer = Renderer(s)
-    files = renderer.update(
-        ir, Delta(hosts=set(ir.vhosts), catch_all=True, clusters=set(ir.clusters))
-    )
+    files = renderer.update(ir, Delta.of_all(ir))
     challenges = case.get("challenges") or {}
     plan = tls_plan(case.get("tls"))
     if plan.hosts or challenges:

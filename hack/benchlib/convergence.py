@@ -425,10 +425,7 @@ class EnvoyFloor:
             write_atomically(path, data)
         write_atomically(self.dst / "rds" / "http.json", front_bytes)
         for host in hosts:
-            while await self.status(host) != 200:
-                if time.monotonic() - start > 30:
-                    raise TimeoutError(host)
-                await asyncio.sleep(0.001)
+            await self.until(host, 200, start + 30, poll=0.001)
         took = time.monotonic() - start
         await self.restore(n, hosts, list(shards), bool(cds_bytes))
         return took
@@ -447,14 +444,18 @@ class EnvoyFloor:
             )
         deadline = time.monotonic() + 30
         for host in hosts:
-            while await self.status(host) != 404:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{host} still served after the restore")
-                await asyncio.sleep(0.005)
+            await self.until(host, 404, deadline, poll=0.005)
         while cds and await self.cds_version() != f"r{n}":
             if time.monotonic() > deadline:
                 raise TimeoutError("the restored cluster file was not applied")
             await asyncio.sleep(0.005)
+
+    async def until(self, host: str, code: int, deadline: float, poll: float) -> None:
+        """Until the floor Envoy answers `code` for `host` (by `deadline`, monotonic)."""
+        while await self.status(host) != code:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{host}: still no {code}")
+            await asyncio.sleep(poll)
 
     async def cds_version(self) -> str:
         url = f"http://127.0.0.1:{self.admin}/stats?filter=cluster_manager.cds.version_text"

@@ -34,9 +34,7 @@ Files = dict[str, list[Resource]]
 def render(ir: IR, settings: Settings) -> Files:
     """Every file Envoy reads, by path relative to the config directory, as resource lists."""
     renderer = Renderer(settings)
-    return renderer.update(
-        ir, Delta(hosts=set(ir.vhosts), catch_all=True, clusters=set(ir.clusters))
-    )
+    return renderer.update(ir, Delta.of_all(ir))
 
 
 class Renderer:

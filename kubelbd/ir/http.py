@@ -89,6 +89,11 @@ class Delta:
     def __bool__(self) -> bool:
         return bool(self.hosts or self.catch_all or self.clusters or self.routes)
 
+    @classmethod
+    def of_all(cls, ir: IR) -> Delta:
+        """Everything `ir` holds, as changed: what rendering it from nothing writes."""
+        return cls(hosts=set(ir.vhosts), catch_all=True, clusters=set(ir.clusters))
+
 
 def display_host(host: str) -> str:
     return host or "*"
