@@ -9,10 +9,12 @@ import anyio
 import pytest
 import yaml
 from kubefleet import certs
+from kubefleet.lb import tenant_policy
 
 from kubelbd.kube import ApiError, Kube
 from kubelbd.objects import INGRESS_CLASSES, INGRESSES, NAMESPACES, SECRETS, SERVICES, Obj, Resource
 from kubelbd.records.names import TENANTS
+from kubelbd.records.objects import tenant_object
 
 from .support import (
     FleetHandle,
@@ -176,7 +178,9 @@ async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> Non
         if data:
             kubeconfig = lay.kubeconfig("beta").read_bytes()
             await eventually(
-                lambda: _recreate(mgmt, secret("beta", "beta", kubeconfig)),
+                lambda: _recreate(
+                    mgmt, secret("beta", "beta", kubeconfig), tenant_policy(lay.cluster("beta"))
+                ),
                 timeout=60,
                 what="re-registering beta",
             )
@@ -197,10 +201,13 @@ async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> Non
     await delete_namespace(beta, ns)
 
 
-async def _recreate(mgmt: Kube, obj: Obj) -> bool:
+async def _recreate(mgmt: Kube, obj: Obj, policy: Obj) -> bool:
     # The old tenant namespace must be fully gone before the new one can be made.
     ns = await mgmt.get_or_none(NAMESPACES, "tenant-beta")
     assert ns is None, "tenant-beta still terminating"
+    # As an operator registers a tenant: its policy first (it went with its namespace).
+    await mgmt.create(NAMESPACES, {"metadata": {"name": "tenant-beta"}})
+    await mgmt.create(TENANTS, tenant_object("beta", policy), "tenant-beta")
     await mgmt.create(SECRETS, obj, NAMESPACE)
     return True
 

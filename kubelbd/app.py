@@ -76,7 +76,7 @@ async def run(cfg: Config) -> None:
         registry = Registry(
             mgmt,
             cfg.namespace,
-            TenantSettings(cfg.node_address_type),
+            TenantSettings(cfg.node_address_type, cfg.policy),
             dataplane.intake,
             board,
             settling,

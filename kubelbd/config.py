@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .certs.acme import ACMESettings
 from .dataplane.l4 import L4Settings
+from .records.policy import ANY_DOMAIN, Limits, Policy, parse_networks
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class Config:
     install_crds: bool
     l4: L4Settings
     acme: ACMESettings
+    #: the fleet-wide defaults of every tenant's policy, and what no tenant may have
+    policy: Policy
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -92,6 +95,33 @@ def parse_args(argv: list[str] | None = None) -> Config:
     ap.add_argument("--acme-email", default="", help="contact address for the ACME account")
     ap.add_argument("--acme-ca-bundle", default=None,
                     help="CA bundle for the ACME server's HTTPS (default: system)")  # fmt: skip
+    tenants = ap.add_argument_group(
+        "tenant policy",
+        "fleet-wide defaults where a Tenant record's spec says nothing (docs/security.md)",
+    )
+    tenants.add_argument(
+        "--default-allowed-domains",
+        default=ANY_DOMAIN,
+        help="hosts a tenant may claim, comma-separated: example.com, *.example.com, "
+        "**.example.com, ** (default: every name)",
+    )
+    tenants.add_argument("--default-node-cidrs", default="",
+                         help="CIDRs a tenant's node addresses must be in (default: any "
+                              "address but special and management ones)")  # fmt: skip
+    tenants.add_argument("--default-max-routes", type=int, default=None)
+    tenants.add_argument("--default-max-load-balancers", type=int, default=None)
+    tenants.add_argument("--default-max-certificates", type=int, default=None)
+    tenants.add_argument("--default-cluster-issuers", default="",
+                         help="cert-manager ClusterIssuers every tenant may name")  # fmt: skip
+    tenants.add_argument("--management-cidrs", default="",
+                         help="the management cluster's node, pod and service CIDRs: never a "
+                              "tenant's node address (the L4 pool and Envoy's own addresses "
+                              "never are either)")  # fmt: skip
+    tenants.add_argument(
+        "--node-port-range",
+        default="30000-32767",
+        help="nodePorts a tenant Service may have (Kubernetes' default)",
+    )
     ap.add_argument("--log-level", default=os.environ.get("KUBELBD_LOG_LEVEL", "info"))
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -114,6 +144,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     if not all(len(kv) == 2 for kv in selector):
         ap.error("--l4-envoy-selector takes k=v[,k=v]")
     http_host = args.http_listen.rpartition(":")[0].strip("[]")
+    try:
+        policy = default_policy(args)
+    except ValueError as e:
+        ap.error(f"bad tenant policy default: {e}")
     return Config(
         kubeconfig=args.kubeconfig,
         namespace=args.namespace,
@@ -136,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
             ca_bundle=args.acme_ca_bundle,
             namespace=args.namespace,
         ),
+        policy=policy,
         l4=L4Settings(
             mode=args.l4_mode,
             pool=args.l4_address_pool,
@@ -143,6 +178,40 @@ def parse_args(argv: list[str] | None = None) -> Config:
             port_range=port_range,
             envoy_selector=selector,
         ),
+    )
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def default_policy(args: argparse.Namespace) -> Policy:
+    """Every tenant's policy where its record says nothing; plus what none may have: the
+    management cluster's networks, the L4 pool and the addresses Envoy and kubelbd listen
+    on (a tenant node there would have Envoy dial itself, admin API included)."""
+    first, _, last = args.node_port_range.partition("-")
+    node_ports = (int(first), int(last))
+    if not 1 <= node_ports[0] <= node_ports[1] <= 65535:
+        raise ValueError(f"--node-port-range {args.node_port_range!r}")
+    own = [args.l4_address_pool] if args.l4_address_pool else []
+    for listen in (args.envoy_admin, args.http_listen, args.https_listen, args.health_listen):
+        host = (listen or "").rpartition(":")[0].strip("[]")
+        if host and host != "localhost" and not ipaddress.ip_address(host).is_unspecified:
+            own.append(host)
+    for name in ("default_max_routes", "default_max_load_balancers", "default_max_certificates"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+    return Policy(
+        allowed_domains=tuple(d.lower().rstrip(".") for d in _csv(args.default_allowed_domains)),
+        node_cidrs=parse_networks(_csv(args.default_node_cidrs)),
+        limits=Limits(
+            routes=args.default_max_routes,
+            load_balancers=args.default_max_load_balancers,
+            certificates=args.default_max_certificates,
+        ),
+        cluster_issuers=frozenset(_csv(args.default_cluster_issuers)),
+        node_ports=node_ports,
+        forbidden=parse_networks([*_csv(args.management_cidrs), *own]),
     )
 
 

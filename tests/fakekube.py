@@ -377,6 +377,11 @@ class FakeKube(Kube):
             self._server.held -= 1
             self._server.notify()
 
+    def set_created(self, res: Resource, name: str, namespace: str | None, when: str) -> None:
+        """Backdate an object as if it had been stored at `when` (no event: as if it always
+        had been); what a test of "stored first" needs within one second."""
+        self._server.objects[_key(res, namespace, name)]["metadata"]["creationTimestamp"] = when
+
     def stored(self, res: Resource, name: str, namespace: str | None = None) -> Obj | None:
         obj = self._server.objects.get(_key(res, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None

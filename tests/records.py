@@ -30,4 +30,5 @@ def route(
         "rules": rules,
         **extra,
     }
-    return RouteRecord(tenant, name, parse.route_spec(raw), generation)
+    # Stored by the management cluster when the tenant object was made, in these tests.
+    return RouteRecord(tenant, name, parse.route_spec(raw), generation, created)

@@ -33,6 +33,7 @@ SERVICES = ("web", "api")
 NODE_PORTS = (30080, 30081)
 #: few distinct values, so that ties happen; "" is what translate() writes when it is missing
 TIMESTAMPS = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z", "")
+CLAIM_TIMES = ("2026-01-01T00:00:00.000001Z", "2026-01-02T00:00:00.000000Z", "", "", "")
 
 DOMAINS = ("example.com", "shop.example.com")
 LABELS = ("a", "b", "www", "x-1")
@@ -118,6 +119,12 @@ def route_specs(draw: st.DrawFn, namespace: str, name: str) -> dict[str, Any]:
     }
     if draw(st.integers(0, 3)) == 0:
         spec["defaultBackend"] = draw(backends())
+    # When kubelbd saw each host claimed (to the microsecond, as the tenant side writes it);
+    # a host without one counts from when the record was stored.
+    hosts = {r["host"] for r in spec["rules"]} | ({""} if "defaultBackend" in spec else set())
+    claims = {h: t for h in sorted(hosts) if (t := draw(st.sampled_from(CLAIM_TIMES)))}
+    if claims:
+        spec["claims"] = claims
     return spec
 
 
@@ -128,7 +135,10 @@ def route_records(
     """A Route record; `ids` picks (tenant, namespace, ingress name), by default any of them."""
     tenant, namespace, name = draw(ids if ids is not None else st.sampled_from(ROUTE_IDS))
     spec = parse.route_spec(draw(route_specs(namespace, name)))
-    return RouteRecord(tenant, ingress.route_name(namespace, name), spec, draw(st.integers(1, 3)))
+    recorded = draw(st.sampled_from(TIMESTAMPS))
+    return RouteRecord(
+        tenant, ingress.route_name(namespace, name), spec, draw(st.integers(1, 3)), recorded
+    )
 
 
 @st.composite

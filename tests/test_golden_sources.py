@@ -16,6 +16,7 @@ import pytest
 from kubelbd.kube import crds
 from kubelbd.objects import INGRESS_CLASSES, SERVICES, Obj, Resource
 from kubelbd.records import parse
+from kubelbd.records.policy import Policy, policy_of
 from kubelbd.sources import SOURCES, twins
 from kubelbd.sources.base import Source
 
@@ -31,6 +32,8 @@ class View:
     """A tenant's caches, from the case; twins made as kubelbd would (nodePorts 32000 + n)."""
 
     def __init__(self, tenant: dict[str, Any]) -> None:
+        # The operator's policy, as a Tenant record's spec would say it (default: open).
+        self.policy = policy_of(tenant.get("policy"), Policy())
         self.objects: dict[Resource, dict[str, Obj]] = {SERVICES: {}, INGRESS_CLASSES: {}}
         n = 0
         for svc in tenant.get("services") or []:

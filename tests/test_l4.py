@@ -9,6 +9,7 @@ from kubelbd.envoy.settings import Settings
 from kubelbd.ir import allocation as allocator
 from kubelbd.ir import l4 as l4ir
 from kubelbd.ir.allocation import AddressRequest, PortRequest
+from kubelbd.records.policy import Policy
 from kubelbd.records.types import L4Port, LBRecord, LoadBalancerSpec, TenantRecord
 from kubelbd.sources import loadbalancer as l4
 
@@ -60,7 +61,7 @@ def test_translation_keeps_ports_and_reports_what_cannot_be_served() -> None:
         loadBalancerIP="127.0.200.9",
     )
     s["metadata"]["annotations"]["kubelb.io/proxy-protocol"] = "v2"
-    t = l4.translate(s)
+    t = l4.translate(s, Policy())
     assert t.spec["ports"] == [
         {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
         {"name": "https", "port": 443, "protocol": "TCP", "nodePort": 31443},

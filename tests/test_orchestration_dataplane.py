@@ -202,7 +202,7 @@ class AppliedAdmin(EnvoyAdmin):
 async def management() -> FakeKube:
     mgmt = FakeKube("mgmt")
     await mgmt.create(NAMESPACES, namespace("tenant-a", labels("a")))
-    await mgmt.create(TENANTS, tenant_object("a", {"nodeAddresses": ["10.0.0.1"]}))
+    await mgmt.create(TENANTS, tenant_object("a") | {"status": {"nodeAddresses": ["10.0.0.1"]}})
     return mgmt
 
 
@@ -313,10 +313,12 @@ async def test_a_load_balancer_allocation_is_recorded_and_freed(tmp_path: Path) 
         [svc] = dp.board.take("a")
         assert (svc.kind, svc.name, svc.addresses) == ("Service", "db", (("ip", "192.0.2.1"),))
 
-    # Restarted with a one-address pool, which an older load balancer gets: the allocation
-    # db holds is not in the pool, and there is none for it, so it is freed.
-    old = lb_spec("old", "2026-01-01T00:00:00Z")
+    # Restarted with a one-address pool, which an older load balancer gets (older: stored
+    # first by the management cluster, whatever the tenant's timestamps say): the
+    # allocation db holds is not in the pool, and there is none for it, so it is freed.
+    old = lb_spec("old", "2026-01-03T00:00:00Z")
     await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", "default.old", old))
+    mgmt.set_created(LOADBALANCERS, "default.old", "tenant-a", "2025-01-01T00:00:00Z")
     dp = dataplane(mgmt, tmp_path, L4Settings(mode="pool", pool="198.51.100.7/32"))
     async with running(dp.run):
         await until(lambda: condition(stored(), "Programmed").get("reason") == "PoolExhausted")

@@ -15,8 +15,8 @@ import pytest
 
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.objects import EVENTS, INGRESS_CLASSES, NAMESPACES, SECRETS, SERVICES, Obj
-from kubelbd.records.names import CLEANUP_FINALIZER, ROUTES, TENANT_LABEL, labels
-from kubelbd.records.objects import record_object
+from kubelbd.records.names import CLEANUP_FINALIZER, ROUTES, TENANT_LABEL, TENANTS, labels
+from kubelbd.records.objects import record_object, tenant_object
 from kubelbd.sources import twins
 from kubelbd.sources.ingress import ingress_class
 from kubelbd.tenant.registry import Registry
@@ -36,6 +36,10 @@ class StubSync:
         self.name = name
         self.kubeconfig = kubeconfig
 
+    def set_record(self, tenant: Obj | None) -> None:
+        spec = (tenant or {}).get("spec")
+        self.stubs.policies.append((self.name, spec))
+
     async def run(self) -> None:
         self.stubs.started.append((self.name, self.kubeconfig))
         try:
@@ -50,6 +54,7 @@ class Stubs:
     def __init__(self) -> None:
         self.started: list[tuple[str, bytes]] = []
         self.stopped: list[str] = []
+        self.policies: list[tuple[str, Any]] = []  # (tenant, Tenant spec) as handed over
 
     def __call__(self, name: str, kubeconfig: bytes, *rest: Any) -> StubSync:
         return StubSync(self, name, kubeconfig)
@@ -163,3 +168,24 @@ async def test_an_invalid_tenant_name_gets_an_event_and_nothing_else(setup: Setu
         # Deleted: nothing to clean up, nothing held.
         await mgmt.delete(SECRETS, "bad", NS)
         assert mgmt.stored(SECRETS, "bad", NS) is None
+
+
+async def test_the_operators_tenant_record_is_the_policy_handed_to_the_task(setup: Setup) -> None:
+    """An operator may make the Tenant before the Secret: its task starts with that policy,
+    gets each change, and a Tenant of that name anywhere but tenant-<name> is ignored."""
+    mgmt, stubs = setup.mgmt, setup.stubs
+    await mgmt.create(NAMESPACES, namespace("tenant-a"))
+    await mgmt.create(NAMESPACES, namespace("elsewhere"))
+    policy = {"allowedDomains": ["*.a.example.com"]}
+    await mgmt.create(TENANTS, tenant_object("a", policy))
+    await mgmt.create(SECRETS, registration("tenant-a", "a", kubeconfig(setup.tenant)))
+    async with running(setup.registry.run):
+        await until(lambda: stubs.started != [], "tenant a started")
+        assert stubs.policies == [("a", policy)]  # before its task ran
+        rogue = tenant_object("a", {"allowedDomains": ["**"]})
+        rogue["metadata"]["namespace"] = "elsewhere"
+        await mgmt.create(TENANTS, rogue)
+        wider = {"allowedDomains": ["**.example.com"]}
+        await mgmt.patch(TENANTS, "a", {"spec": wider}, "tenant-a")
+        await until(lambda: stubs.policies[-1] == ("a", wider), "the change handed over")
+        assert ("a", {"allowedDomains": ["**"]}) not in stubs.policies

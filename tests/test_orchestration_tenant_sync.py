@@ -71,7 +71,7 @@ class Fleet:
         return condition_of(self.mgmt, TENANTS, "a", NS, type_, field)
 
     def addresses(self) -> Any:
-        return (self.mgmt.stored(TENANTS, "a", NS) or {}).get("spec", {}).get("nodeAddresses")
+        return (self.mgmt.stored(TENANTS, "a", NS) or {}).get("status", {}).get("nodeAddresses")
 
     def ingress_status(self, name: str) -> Any:
         return status_of(self.tenant, INGRESSES, name, "default")
@@ -351,3 +351,87 @@ async def test_an_unreachable_tenant_is_reported_on_its_tenant_record() -> None:
         await until(lambda: f.health("Connected") == "True", "Connected")
         tenant = f.mgmt.stored(TENANTS, "a", NS)
         assert tenant is not None and tenant["status"]["lastError"] != ""
+
+
+async def events_for(kube: FakeKube, name: str, ns: str = "default") -> list[tuple[str, str]]:
+    items, _ = await kube.list(EVENTS, ns, fieldSelector=f"involvedObject.name={name}")
+    return [(e["reason"], e["message"]) for e in items]
+
+
+async def test_the_operators_policy_limits_hosts_and_a_change_applies_at_once(
+    fleet: Fleet,
+) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    await fleet.tenant.create(INGRESSES, ingress("bank", "bank.example.com", "web"))
+    fleet.sync.set_record({"spec": {"allowedDomains": ["shop.example.com"]}})
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop") and fleet.route("bank"), "both records")
+        bank = fleet.route("bank")["spec"]
+        assert bank["rules"] == []
+        assert bank["problems"][0]["reason"] == "HostNotAllowed"
+        # The claim: when kubelbd saw it, to the microsecond, not the tenant's timestamps.
+        claims = fleet.route("shop")["spec"]["claims"]
+        assert list(claims) == ["shop.example.com"] and claims["shop.example.com"].endswith("Z")
+        fleet.sync.set_record({"spec": {"allowedDomains": ["**.example.com"]}})
+        await until(lambda: fleet.route("bank")["spec"]["rules"] != [], "bank allowed now")
+        # A policy that does not parse: the defaults, and the Tenant record says why.
+        fleet.sync.set_record({"spec": {"nodeCIDRs": ["nonsense"]}})
+        await until(lambda: fleet.health("PolicyAccepted") == "False", "PolicyAccepted=False")
+        assert fleet.health("PolicyAccepted", "reason") == "InvalidPolicy"
+
+
+async def test_a_claim_keeps_its_time_across_rewrites(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop"), "the record")
+        first = fleet.route("shop")["spec"]["claims"]["shop.example.com"]
+        rules = (fleet.tenant.stored(INGRESSES, "shop", "default") or {})["spec"]["rules"]
+        extra = {**rules[0], "host": "more.example.com"}
+        # Backdated by the tenant: changes nothing about who saw what first.
+        meta = {"creationTimestamp": "2000-01-01T00:00:00Z"}
+        await fleet.tenant.patch(
+            INGRESSES, "shop", {"metadata": meta, "spec": {"rules": [*rules, extra]}}, "default"
+        )
+        await until(lambda: "more.example.com" in fleet.route("shop")["spec"]["claims"], "more")
+        claims = fleet.route("shop")["spec"]["claims"]
+        assert claims["shop.example.com"] == first
+        assert claims["more.example.com"] >= first
+
+
+async def test_a_limit_keeps_the_oldest_and_tells_the_rest(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    for i in range(3):
+        obj = ingress(f"i{i}", f"i{i}.example.com", "web")
+        obj["metadata"]["creationTimestamp"] = f"2026-01-0{i + 1}T00:00:00Z"
+        await fleet.tenant.create(INGRESSES, obj)
+    fleet.sync.set_record({"spec": {"limits": {"routes": 2}}})
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("i0") and fleet.route("i1"), "the two oldest")
+        await until(lambda: fleet.synced("2 routes in sync"), "a pass")
+        assert fleet.route("i2") is None
+        await until(lambda: events_for(fleet.tenant, "i2"), "an Event on i2")
+        [(reason, message)] = await events_for(fleet.tenant, "i2")
+        assert reason == "LimitExceeded" and "2 Routes" in message
+        # Room again: the waiting one is admitted.
+        await fleet.tenant.delete(INGRESSES, "i0", "default")
+        await until(lambda: fleet.route("i2") is not None, "i2 admitted")
+        await until(lambda: fleet.route("i0") is None, "i0 gone")
+
+
+async def test_refused_node_addresses_are_never_used_and_are_reported(fleet: Fleet) -> None:
+    await fleet.tenant.create(NODES, node("good", "10.0.0.9"))
+    await fleet.tenant.create(NODES, node("admin", "127.0.0.1"))
+    await fleet.tenant.create(NODES, node("name", "node.example.com"))
+    async with running(fleet.sync.run):
+        good = ["10.0.0.1", "10.0.0.2", "10.0.0.9"]
+        await until(lambda: fleet.addresses() == good, "only the good addresses")
+        await until(lambda: fleet.health("NodesAccepted") == "False", "NodesAccepted=False")
+        message = fleet.health("NodesAccepted", "message")
+        assert "node admin: 127.0.0.1 is a loopback address" in message
+        assert "node name: 'node.example.com' is not an IP address" in message
+        await until(lambda: events_for(fleet.tenant, "admin"), "an Event on the Node")
+        assert (await events_for(fleet.tenant, "admin"))[0][0] == "AddressRefused"
+        stored = fleet.mgmt.stored(TENANTS, "a", NS) or {}
+        assert [c["address"] for c in stored["status"]["nodeAddressClaims"]] == good

@@ -34,7 +34,8 @@ from kubelbd.envoy import publisher
 from kubelbd.envoy import settings as envoy_config
 from kubelbd.envoy.renderer import Renderer, render
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
-from kubelbd.ir.http import CATCH_ALL, IR, Delta, Model, build
+from kubelbd.ir.http import IR, Delta, Model, build
+from kubelbd.records.claims import CATCH_ALL
 from kubelbd.records.types import RouteRecord, TenantRecord
 
 from . import records
@@ -359,10 +360,20 @@ def parent_wildcard(host: str) -> str | None:
 
 
 def age(route: RouteRecord) -> tuple[str, str, str]:
-    """Older first: creationTimestamp (a record without one counts as the youngest), then
-    tenant, then route name."""
+    """Precedence within a tenant: older first by the Ingress's creationTimestamp (a record
+    without one counts as the youngest), then tenant, then route name."""
     created = route.spec["source"].get("creationTimestamp") or "9999"
     return created, route.tenant, route.name
+
+
+def claim_age(route: RouteRecord, host: str) -> tuple[str, str, str]:
+    """Ownership between tenants: when kubelbd saw the host claimed, else when the record
+    was stored (a record not stored yet is the youngest), never the tenant's timestamps;
+    times compared to the microsecond."""
+    when = (route.spec.get("claims") or {}).get(host) or route.recorded or "9999"
+    if when.endswith("Z") and "." not in when:
+        when = when[:-1] + ".000000Z"
+    return when, route.tenant, route.name
 
 
 def claimed_hosts(route: RouteRecord) -> list[str]:
@@ -379,14 +390,14 @@ Claim = tuple[tuple[str, str, str], str]  # (age, tenant)
 def expected_owners(routes: list[RouteRecord]) -> dict[str, Claim]:
     """Host -> winning claim, from the rules in ir.py's docstring, computed from scratch.
 
-    The oldest claim wins (creationTimestamp, then tenant, then route name). An exact host
+    The oldest claim wins (when kubelbd first saw it, then tenant, then route name). An exact host
     under a wildcard held by another tenant can only be won by a claim older than the
     wildcard's; otherwise the wildcard's holder wins it if it claims it too, or nobody does.
     """
     by_host: dict[str, list[Claim]] = {}
     for r in routes:
         for host in claimed_hosts(r):
-            by_host.setdefault(host, []).append((age(r), r.tenant))
+            by_host.setdefault(host, []).append((claim_age(r, host), r.tenant))
     owners = {h: min(c) for h, c in by_host.items() if parent_wildcard(h) is None}
     for host, candidates in by_host.items():
         parent = parent_wildcard(host)

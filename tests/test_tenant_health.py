@@ -6,18 +6,29 @@ from __future__ import annotations
 import pytest
 
 from kubelbd.kube import ApiError, KubeconfigError
-from kubelbd.tenant.health import RetryLater, classify, tenant_status
+from kubelbd.tenant.health import RetryLater, classify, nodes_state, tenant_status
 
 
 def test_connected_and_synced_conditions() -> None:
     status = tenant_status((True, "Connected", "watching"), (False, "APIError", "500"), "500")
-    connected, synced = status.conditions
+    connected, synced, nodes, policy = status.conditions
     assert (connected["type"], connected["status"], connected["reason"]) == (
         "Connected", "True", "Connected",
     )  # fmt: skip
     assert (synced["type"], synced["status"], synced["reason"]) == ("Synced", "False", "APIError")
     assert status.last_error == "500"
     assert "lastTransitionTime" not in connected  # stamped by the writer, not decided here
+    assert (nodes["type"], nodes["status"]) == ("NodesAccepted", "True")
+    assert (policy["type"], policy["status"]) == ("PolicyAccepted", "True")
+
+
+def test_refused_node_addresses_are_a_false_condition_naming_them() -> None:
+    refused = [(f"n{i}", "127.0.0.1 is a loopback address") for i in range(12)]
+    ok, reason, message = nodes_state(refused)
+    assert (ok, reason) == (False, "AddressRefused")
+    assert message.startswith("not used: node n0: 127.0.0.1 is a loopback address; node n1")
+    assert message.endswith("(and 2 more)")
+    assert nodes_state([])[0] is True
 
 
 def test_only_a_message_moving_is_a_minor_change() -> None:

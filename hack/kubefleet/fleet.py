@@ -381,6 +381,7 @@ class Fleet:
         body: Any = None,
         timeout: float = 5.0,
         ok_if_exists: bool = False,
+        content_type: str = "application/json",
     ) -> Any:
         d = self.layout.pki(cluster)
         ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
@@ -388,7 +389,7 @@ class Fleet:
         url = self.layout.cluster(cluster).server + path
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
+        req.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
                 answer = r.read()

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .layout import ROOT, Layout
+from .layout import ROOT, Cluster, Layout
 from .procs import Proc
 
 if TYPE_CHECKING:
@@ -145,6 +145,8 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path) -> Proc:
             "--acme-email=fleet@example.test",
             f"--envoy-log={lay.logs / 'envoy.log'}",
             f"--health-listen=127.0.0.1:{lay.kubelbd_health_port}",
+            # The management side of the fleet: never a tenant node address.
+            "--management-cidrs=127.0.0.0/24",
         ],
         str(lay.logs / "kubelbd.log"),
     )
@@ -168,8 +170,52 @@ def _https_ok(url: str, bin_dir: Path) -> bool:
         return bool(r.status == 200)
 
 
+CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def install_crds(fleet: Fleet) -> None:
+    """kubelbd's CRDs, as kubelbd itself would install them: the operator's Tenant records
+    (each tenant's policy) are made before kubelbd first runs."""
+    from kubelbd.kube.crds import load
+
+    for doc in load():
+        name = doc["metadata"]["name"]
+        if fleet.request("mgmt", "POST", CRDS, doc, ok_if_exists=True) is None:
+            doc["metadata"]["resourceVersion"] = fleet.api("mgmt", f"{CRDS}/{name}")["metadata"][
+                "resourceVersion"
+            ]
+            fleet.request("mgmt", "PUT", f"{CRDS}/{name}", doc)
+    fleet.wait_for(
+        "the Tenant kind to be served",
+        lambda: bool(fleet.api("mgmt", "/apis/kubelb.io/v1alpha1/tenants") is not None),
+        [],
+    )
+
+
+def tenant_policy(c: Cluster) -> dict[str, object]:
+    """The operator's policy for a fleet tenant: its nodes are on its own loopback /24,
+    domains open."""
+    return {"nodeCIDRs": [f"127.0.{c.index}.0/24"]}
+
+
 def register_tenants(fleet: Fleet) -> None:
     fleet.request("mgmt", "POST", "/api/v1/namespaces", namespace_doc(), ok_if_exists=True)
+    install_crds(fleet)
+    for c in fleet.layout.tenant_clusters:
+        ns = f"tenant-{c.name}"
+        fleet.request("mgmt", "POST", "/api/v1/namespaces",
+                      {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                      ok_if_exists=True)  # fmt: skip
+        tenant = {
+            "apiVersion": "kubelb.io/v1alpha1",
+            "kind": "Tenant",
+            "metadata": {"name": c.name, "namespace": ns},
+            "spec": tenant_policy(c),
+        }
+        path = f"/apis/kubelb.io/v1alpha1/namespaces/{ns}/tenants"
+        if fleet.request("mgmt", "POST", path, tenant, ok_if_exists=True) is None:
+            fleet.request("mgmt", "PATCH", f"{path}/{c.name}", {"spec": tenant_policy(c)},
+                          content_type="application/merge-patch+json")  # fmt: skip
     for c in fleet.layout.tenant_clusters:
         kubeconfig = fleet.layout.kubeconfig(c.name).read_bytes()
         secret = {
@@ -202,7 +248,7 @@ def tenants_synced(fleet: Fleet) -> bool:
         conds = {x["type"]: x["status"] for x in (obj.get("status") or {}).get("conditions", [])}
         if conds.get("Connected") != "True" or conds.get("Synced") != "True":
             return False
-        if not (obj.get("spec") or {}).get("nodeAddresses"):
+        if not (obj.get("status") or {}).get("nodeAddresses"):
             return False
     return True
 

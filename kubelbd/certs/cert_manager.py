@@ -59,6 +59,11 @@ class CertManager:
                 if e.not_found:  # the Certificate CRD is not installed
                     out[sid] = NOT_INSTALLED
                     continue
+                if e.status in (400, 422):
+                    # This request is bad (a tenant's Secret name too long for an object
+                    # name, ...): its Route says so; every other tenant's goes on.
+                    out[sid] = Problem("CertificateRefused", f"cert-manager Certificate: {e}")
+                    continue
                 raise
             self._requested[sid] = w
             out[sid] = Problem(

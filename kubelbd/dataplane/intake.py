@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ir.nodes import exclusive
 from ..objects import Obj
 from ..records import parse
 from ..records.names import LOADBALANCER, ROUTE, TENANT, RecordKind, tenant_of
@@ -54,6 +55,7 @@ class Intake:
         self._deletes: set[str] = set()
         self._tenants: dict[str, TenantRecord] = {}
         self._tenants_changed = True
+        self._lost_addresses: dict[str, str] = {}
         #: route id -> (uid, record) as the API last had it
         self._api: dict[str, tuple[str, RouteRecord]] = {}
         #: routes whose latest version came from the tenant side and is not written yet
@@ -70,7 +72,12 @@ class Intake:
         self._upserts, self._deletes = {}, set()
         if self._tenants_changed:
             self._tenants_changed = False
-            batch.tenants = list(self._tenants.values())
+            batch.tenants, lost = exclusive(self._tenants.values())
+            for taken, keeper in sorted(lost.items()):
+                if self._lost_addresses.get(taken) != keeper:
+                    log.warning("tenant %s: node address %s is tenant %s's: not used",
+                                *taken.split("/", 1), keeper)  # fmt: skip
+            self._lost_addresses = lost
         return batch
 
     # ---- in-process (hub.RecordSink) --------------------------------------------------------

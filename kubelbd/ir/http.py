@@ -20,9 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..records.claims import CATCH_ALL, claimed_hosts  # CATCH_ALL: shown as "*" to users
 from ..records.types import AgeKey, Backend, RouteRecord, RouteSpec, TenantRecord
-
-CATCH_ALL = ""  # the host of the catch-all virtual host; shown as "*" to users
 
 
 @dataclass(frozen=True)
@@ -105,10 +104,7 @@ def cluster_name(tenant: str, namespace: str, backend: Backend) -> str:
 
 def claims(route: RouteRecord) -> set[str]:
     """Hosts a route asks for; a defaultBackend or a host-less rule claims the catch-all."""
-    hosts = {r["host"] for r in route.spec["rules"]}
-    if "defaultBackend" in route.spec:
-        hosts.add(CATCH_ALL)
-    return hosts
+    return claimed_hosts(route.spec)
 
 
 def wildcard_parent(host: str) -> str | None:
@@ -238,7 +234,7 @@ class Model:
 
     def _index(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
         for host in claims(r):
-            self._claims.setdefault(host, {})[r.id] = r.age_key
+            self._claims.setdefault(host, {})[r.id] = r.claim_key(host)
             parent = wildcard_parent(host)
             if parent:
                 self._children.setdefault(parent, set()).add(host)

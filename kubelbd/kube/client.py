@@ -61,6 +61,12 @@ def timestamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def precise_timestamp() -> str:
+    """Now, to the microsecond (RFC 3339, fixed width: such times order as strings); for the
+    claims two tenants compete with, where seconds would tie."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def load_kubeconfig_file(path: str | os.PathLike[str]) -> Obj:
     with open(path, "rb") as f:
         data = yaml.safe_load(f)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..objects import Obj
 from .names import API_VERSION, SOURCE_NAMESPACE_LABEL, TENANT, labels, namespace_of
-from .types import LoadBalancerSpec, RouteSpec, TenantSpec
+from .types import LoadBalancerSpec, RouteSpec
 
 
 def record_object(kind: str, tenant: str, name: str, spec: RouteSpec | LoadBalancerSpec) -> Obj:
@@ -33,13 +33,17 @@ def status_object(kind: str, tenant: str, name: str, status: Mapping[str, Any]) 
     }
 
 
-def tenant_object(tenant: str, spec: TenantSpec) -> Obj:
-    return {
+def tenant_object(tenant: str, spec: Mapping[str, Any] | None = None) -> Obj:
+    """A Tenant record; kubelbd applies it without a spec (the operator's), tests and the
+    fleet with one."""
+    out: Obj = {
         "apiVersion": API_VERSION,
         "kind": TENANT.kind,
         "metadata": {"name": tenant, "namespace": namespace_of(tenant), "labels": labels(tenant)},
-        "spec": spec,
     }
+    if spec is not None:
+        out["spec"] = dict(spec)
+    return out
 
 
 def namespace_object(tenant: str) -> Obj:

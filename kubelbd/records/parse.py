@@ -25,8 +25,8 @@ from .types import (
     LoadBalancerStatus,
     RouteRecord,
     RouteSpec,
+    TenantNodes,
     TenantRecord,
-    TenantSpec,
 )
 
 T = TypeVar("T")
@@ -34,7 +34,7 @@ T = TypeVar("T")
 _ROUTE_SPEC = TypeAdapter(RouteSpec)
 _LB_SPEC = TypeAdapter(LoadBalancerSpec)
 _LB_STATUS = TypeAdapter(LoadBalancerStatus)
-_TENANT_SPEC = TypeAdapter(TenantSpec)
+_TENANT_NODES = TypeAdapter(TenantNodes)
 
 
 class RecordError(ValueError):
@@ -95,28 +95,43 @@ def lb_status(raw: Any) -> LoadBalancerStatus:
         return {}
 
 
-def _record(obj: Obj, make: Callable[[str, str, Any, int], T]) -> T | None:
+def _record(obj: Obj, make: Callable[[str, str, Any, int, str], T]) -> T | None:
     tenant = tenant_of(obj)
     if tenant is None:
         return None
     meta = obj.get("metadata") or {}
     generation = meta.get("generation", 0)
-    return make(tenant, str(meta.get("name", "")), obj.get("spec"), int(generation or 0))
+    recorded = str(meta.get("creationTimestamp") or "")
+    return make(tenant, str(meta.get("name", "")), obj.get("spec"), int(generation or 0), recorded)
 
 
 def route_record(obj: Obj) -> RouteRecord | None:
     """The Route in `obj` (None: not a tenant's record); RecordError if it does not parse."""
-    return _record(obj, lambda t, n, spec, g: RouteRecord(t, n, route_spec(spec), g))
+    return _record(obj, lambda t, n, spec, g, r: RouteRecord(t, n, route_spec(spec), g, r))
 
 
 def lb_record(obj: Obj) -> LBRecord | None:
-    return _record(obj, lambda t, n, spec, g: LBRecord(t, n, lb_spec(spec), g))
+    return _record(obj, lambda t, n, spec, g, r: LBRecord(t, n, lb_spec(spec), g, r))
+
+
+def tenant_nodes(obj: Obj) -> TenantNodes:
+    """Where a tenant's nodes are: in the status since the spec became the operator's; a
+    record of an older kubelbd has them in its spec (read until the status has them)."""
+    status = obj.get("status") or {}
+    if isinstance(status, dict) and "nodeAddresses" in status:
+        raw = {k: status[k] for k in ("nodeAddressType", "nodeAddresses", "nodeAddressClaims")
+               if k in status}  # fmt: skip
+    else:
+        spec = obj.get("spec") or {}
+        raw = {k: spec[k] for k in ("nodeAddresses",) if isinstance(spec, dict) and k in spec}
+    return _check(_TENANT_NODES, raw, "status")
 
 
 def tenant_record(obj: Obj) -> TenantRecord | None:
-    def make(tenant: str, _name: str, spec: Any, _generation: int) -> TenantRecord:
-        checked = _check(_TENANT_SPEC, spec or {}, "spec")
-        return TenantRecord(tenant, tuple(checked.get("nodeAddresses") or ()))
+    def make(tenant: str, _name: str, _spec: Any, _generation: int, _r: str) -> TenantRecord:
+        nodes = tenant_nodes(obj)
+        claims = tuple((c["address"], c["since"]) for c in nodes.get("nodeAddressClaims") or ())
+        return TenantRecord(tenant, tuple(nodes.get("nodeAddresses") or ()), claims)
 
     return _record(obj, make)
 

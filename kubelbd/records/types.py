@@ -101,6 +101,9 @@ RouteOptions = TypedDict(
 class RouteSpec(TypedDict):
     source: SourceRef
     rules: list[HTTPRule]
+    #: host -> when kubelbd first saw this record claim it (its own clock, kept across
+    #: rewrites): what ownership between tenants is decided by, never a tenant's timestamps
+    claims: NotRequired[dict[str, str]]
     defaultBackend: NotRequired[Backend]
     tls: NotRequired[list[TLSEntry]]
     options: NotRequired[RouteOptions]
@@ -175,9 +178,32 @@ class LoadBalancerStatus(TypedDict, total=False):
 # ---- Tenant ---------------------------------------------------------------------------------
 
 
+class TenantLimitsSpec(TypedDict, total=False):
+    routes: int
+    loadBalancers: int
+    certificates: int
+
+
 class TenantSpec(TypedDict, total=False):
+    """The operator's policy for a tenant (kubelbd never writes it; records/policy.py)."""
+
+    allowedDomains: list[str]
+    nodeCIDRs: list[str]
+    limits: TenantLimitsSpec
+    clusterIssuers: list[str]
+
+
+class NodeAddressClaim(TypedDict):
+    address: str
+    since: str  # when kubelbd first saw a node of this tenant with it
+
+
+class TenantNodes(TypedDict, total=False):
+    """Where the tenant's nodes are, as kubelbd accepted them (the tenant side writes it)."""
+
     nodeAddressType: str
     nodeAddresses: list[str]
+    nodeAddressClaims: list[NodeAddressClaim]
 
 
 class TenantStatus(TypedDict):
@@ -188,6 +214,14 @@ class TenantStatus(TypedDict):
 # ---- records as the data plane holds them ---------------------------------------------------
 
 AgeKey = tuple[str, str, str]
+
+
+def fixed_width(time: str) -> str:
+    """An RFC 3339 UTC time to the microsecond, so that times order as strings: the API
+    server writes whole seconds (2026-01-02T03:04:05Z), kubelbd's claims microseconds."""
+    if len(time) == 20 and time.endswith("Z"):
+        return time[:-1] + ".000000Z"
+    return time
 
 
 SpecT = TypeVar("SpecT", RouteSpec, LoadBalancerSpec)
@@ -201,6 +235,9 @@ class Record(Generic[SpecT]):
     name: str
     spec: SpecT = field(compare=False, hash=False)
     generation: int = 0
+    #: when the management cluster stored the record first ("" when unknown, e.g. a record
+    #: not written yet): kubelbd's clock, not the tenant's
+    recorded: str = field(default="", compare=False, hash=False)
 
     @property
     def id(self) -> str:
@@ -224,6 +261,13 @@ class RouteRecord(Record[RouteSpec]):
         """Oldest first; ties broken by tenant and record name, so the order is total."""
         return (self.created, self.tenant, self.name)
 
+    def claim_key(self, host: str) -> AgeKey:
+        """Who owns a host several tenants claim: the claim kubelbd saw first (a record
+        from before claims were kept counts from when it was stored; one not stored yet
+        is youngest), then tenant and name."""
+        since = (self.spec.get("claims") or {}).get(host) or self.recorded or "9999"
+        return (fixed_width(since), self.tenant, self.name)
+
 
 @dataclass(frozen=True)
 class LBRecord(Record[LoadBalancerSpec]):
@@ -233,7 +277,9 @@ class LBRecord(Record[LoadBalancerSpec]):
 
     @property
     def age(self) -> tuple[str, str]:
-        return (self.created, self.id)
+        """Oldest first, by when the management cluster stored the record (a tenant's own
+        timestamps could be backdated to take an address someone else asked for)."""
+        return (fixed_width(self.recorded) if self.recorded else "9999", self.id)
 
 
 @dataclass(frozen=True)
@@ -242,3 +288,6 @@ class TenantRecord:
 
     name: str
     addresses: tuple[str, ...] = ()
+    #: (address, since): when kubelbd first saw each; the earliest claim of an address
+    #: keeps it when two tenants list one (ir/nodes.py)
+    claims: tuple[tuple[str, str], ...] = ()

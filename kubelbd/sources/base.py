@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 from ..objects import Obj, Resource
 from ..records.names import RecordKind
+from ..records.policy import Policy
 from ..records.problems import Translation
 from ..records.status import SourceStatus
 
@@ -56,7 +57,11 @@ class StatusPatch:
 
 
 class TenantView(Protocol):
-    """What a Source may read of its tenant: the caches, never the API server."""
+    """What a Source may read of its tenant: the caches (never the API server), and the
+    operator's policy for the tenant, which every translation applies."""
+
+    @property
+    def policy(self) -> Policy: ...
 
     def get(self, resource: Resource, namespace: str, name: str) -> Obj | None: ...
 

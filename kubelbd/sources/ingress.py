@@ -87,6 +87,11 @@ def is_ours(ingress: Obj, classes: Iterable[Obj]) -> bool:
     return any(annotations_of(c).get(DEFAULT_CLASS_ANNOTATION) == "true" for c in ours.values())
 
 
+def not_allowed(host: str) -> Problem:
+    what = f"host {host[:253]!r}" if host else "a rule for every host (no host, defaultBackend)"
+    return Problem("HostNotAllowed", f"{what} is outside the tenant's allowed domains")
+
+
 def route_name(namespace: str, name: str) -> str:
     return dotted(namespace, name)
 
@@ -147,15 +152,21 @@ def resolve_backend(
     if port.get("protocol", "TCP") != "TCP":
         return fail("UnsupportedBackend", f"Service port {port_label(port_ref)} is not TCP")
     if not twins.needs_twin(svc):
-        if port.get("nodePort"):
-            out["nodePort"] = port["nodePort"]
-            return out
-        return fail("BackendPending", f"Service {namespace}/{name} has no nodePort yet")
-    twin = view.twin(namespace, name)
-    twin_port = service_port(twin, {"number": port["port"]}) if twin else None
-    if twin_port is None or not twin_port.get("nodePort"):
-        return fail("BackendPending", f"NodePort for Service {namespace}/{name} not allocated yet")
-    out["nodePort"] = twin_port["nodePort"]
+        if not port.get("nodePort"):
+            return fail("BackendPending", f"Service {namespace}/{name} has no nodePort yet")
+        node_port = port["nodePort"]
+    else:
+        twin = view.twin(namespace, name)
+        twin_port = service_port(twin, {"number": port["port"]}) if twin else None
+        if twin_port is None or not twin_port.get("nodePort"):
+            return fail(
+                "BackendPending", f"NodePort for Service {namespace}/{name} not allocated yet"
+            )
+        node_port = twin_port["nodePort"]
+    refused = view.policy.node_port_problem(node_port)
+    if refused is not None:
+        return fail("NodePortRefused", f"Service {namespace}/{name}: {refused}")
+    out["nodePort"] = node_port
     return out
 
 
@@ -164,12 +175,16 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
     meta = ingress["metadata"]
     ns = meta["namespace"]
     spec = ingress.get("spec") or {}
+    policy = view.policy
     problems: list[Problem] = []
     rules: list[HTTPRule] = []
     for rule in spec.get("rules") or []:
         host = normalize_host(rule.get("host") or "")
         if host and not HOST.fullmatch(host):
             problems.append(Problem("InvalidHost", f"host {host!r} is not a DNS name"))
+            continue
+        if not policy.allows_host(host):
+            problems.append(not_allowed(host))
             continue
         paths: list[HTTPPath] = []
         for p in (rule.get("http") or {}).get("paths") or []:
@@ -203,12 +218,31 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
         "rules": rules,
     }
     if spec.get("defaultBackend"):
-        out["defaultBackend"] = resolve_backend(ns, spec["defaultBackend"], view, problems)
+        if policy.allows_host(""):
+            out["defaultBackend"] = resolve_backend(ns, spec["defaultBackend"], view, problems)
+        else:
+            problems.append(not_allowed(""))
     annotations = annotations_of(ingress)
     issuer = certificate_source(annotations)
+    cluster_issuer = annotations.get(CERT_MANAGER_CLUSTER_ISSUER)
+    entries = spec.get("tls") or []
+    if issuer == "cert-manager" and cluster_issuer and cluster_issuer not in policy.cluster_issuers:
+        # No certificate at all: the operator decides which ClusterIssuers a tenant uses.
+        problems.append(
+            Problem(
+                "IssuerNotAllowed",
+                f"ClusterIssuer {cluster_issuer[:253]!r} is not one this tenant may use",
+            )
+        )
+        cluster_issuer, entries = None, []
     tls: list[TLSEntry] = []
-    for t in spec.get("tls") or []:
-        hosts = sorted({normalize_host(h) for h in t.get("hosts") or []})
+    for t in entries:
+        named = sorted({normalize_host(h) for h in t.get("hosts") or []})
+        # A certificate is served (or issued) for names the tenant may have, never others'.
+        hosts = [h for h in named if policy.allows_host(h)]
+        problems += [p for h in named if h not in hosts and (p := not_allowed(h)) not in problems]
+        if named and not hosts:
+            continue
         secret_name = t.get("secretName") or ""
         if not secret_name:
             if issuer == "tenant":
@@ -221,9 +255,9 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
     options: RouteOptions = {}
     if annotations.get(SSL_REDIRECT_ANNOTATION, "").lower() == "false":
         options["sslRedirect"] = "false"
-    if annotations.get(CERT_MANAGER_CLUSTER_ISSUER):
-        options["cert-manager.io/cluster-issuer"] = annotations[CERT_MANAGER_CLUSTER_ISSUER]
-    if annotations.get(CERT_MANAGER_ISSUER):
+    if cluster_issuer:
+        options["cert-manager.io/cluster-issuer"] = cluster_issuer
+    if issuer == "cert-manager" and annotations.get(CERT_MANAGER_ISSUER):
         options["cert-manager.io/issuer"] = annotations[CERT_MANAGER_ISSUER]
     if options:
         out["options"] = options

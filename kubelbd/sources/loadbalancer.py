@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..objects import SERVICES, Obj, Resource, annotations_of
 from ..records.names import LOADBALANCER, dotted
+from ..records.policy import Policy
 from ..records.problems import Problem, Translation
 from ..records.status import SourceStatus
 from ..records.types import L4Port, L4Protocol, LoadBalancerSpec
@@ -31,7 +32,7 @@ def lb_name(namespace: str, name: str) -> str:
     return dotted(namespace, name)
 
 
-def translate(svc: Obj) -> Translation[LoadBalancerSpec]:
+def translate(svc: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
     meta = svc["metadata"]
     spec = svc.get("spec") or {}
     problems: list[Problem] = []
@@ -52,6 +53,10 @@ def translate(svc: Obj) -> Translation[LoadBalancerSpec]:
                     "NoNodePort", f"port {label} has no nodePort (allocateLoadBalancerNodePorts?)"
                 )
             )
+            continue
+        refused = policy.node_port_problem(p["nodePort"])
+        if refused is not None:
+            problems.append(Problem("NodePortRefused", f"port {label}: {refused}"))
             continue
         port: L4Port = {"port": p["port"], "protocol": protocol, "nodePort": p["nodePort"]}
         if p.get("name"):
@@ -102,7 +107,7 @@ class LoadBalancerServiceSource:
         return References()  # a LoadBalancer Service has nodePorts of its own
 
     def translate(self, obj: Obj, view: TenantView) -> Translation[LoadBalancerSpec]:
-        return translate(obj)
+        return translate(obj, view.policy)
 
     def status_patch(self, obj: Obj, status: SourceStatus) -> StatusPatch | None:
         return load_balancer_status_patch(obj, status)

@@ -1,29 +1,51 @@
-"""Nodes: where Envoy reaches a tenant's NodePorts (the Tenant record's node addresses)."""
+"""Nodes: where Envoy reaches a tenant's NodePorts (the Tenant record's node addresses).
+
+A node address is tenant data like any other: the tenant's admin writes Node objects. An
+address Envoy dials must be an IP the tenant's policy allows (records/policy.py): never
+kubelbd's own host or the management cluster, never outside the tenant's nodeCIDRs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ..objects import Obj
+from ..records.policy import Policy
+
+
+@dataclass(frozen=True)
+class NodeAddresses:
+    addresses: list[str]
+    #: (node name, why its address is not used), sorted by node name
+    refused: list[tuple[str, str]]
 
 
 def _ready(node: Obj) -> bool:
     status = node.get("status") or {}
+    conditions = status.get("conditions") if isinstance(status, dict) else None
     return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
+        isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (conditions if isinstance(conditions, list) else [])
     )
 
 
 def _address(node: Obj, address_type: str) -> str | None:
-    for a in (node.get("status") or {}).get("addresses") or []:
-        if a.get("type") == address_type and a.get("address"):
+    status = node.get("status") or {}
+    addresses = status.get("addresses") if isinstance(status, dict) else None
+    for a in addresses if isinstance(addresses, list) else []:
+        if isinstance(a, dict) and a.get("type") == address_type and a.get("address"):
             return str(a["address"])
     return None
 
 
-def node_addresses(nodes: Iterable[Obj], address_type: str) -> list[str]:
-    """Addresses of Ready nodes, of the configured type, sorted: what Envoy dials.
+def _name(node: Obj) -> str:
+    meta = node.get("metadata") or {}
+    return str(meta.get("name", ""))[:253] if isinstance(meta, dict) else ""
+
+
+def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> NodeAddresses:
+    """Addresses of Ready nodes, of the configured type, that the policy allows; sorted.
 
     When no node is Ready, every node's address: a whole cluster turning NotReady at once is
     a disruption of its control plane (its API server was away, the node controller has not
@@ -32,4 +54,15 @@ def node_addresses(nodes: Iterable[Obj], address_type: str) -> list[str]:
     """
     nodes = list(nodes)
     ready = [n for n in nodes if _ready(n)] or nodes
-    return sorted({a for n in ready if (a := _address(n, address_type))})
+    accepted: set[str] = set()
+    refused = []
+    for node in ready:
+        address = _address(node, address_type)
+        if address is None:
+            continue
+        problem = policy.node_address_problem(address)
+        if problem is None:
+            accepted.add(address)
+        else:
+            refused.append((_name(node), problem))
+    return NodeAddresses(sorted(accepted), sorted(refused))

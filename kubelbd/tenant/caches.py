@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ..kube import Kube
 from ..kube.informer import ErrorHandler, EventHandler, Informer
 from ..objects import NODES, SECRETS, SERVICES, Obj, Resource
+from ..records.policy import Policy
 from ..sources.base import Ref, References, Source
 from .twins import Twins
 
@@ -37,7 +38,10 @@ class TenantCaches:
         sources: Sequence[Source],
         on_event: Callable[[Resource], EventHandler],
         on_error: Callable[[str], ErrorHandler],
+        policy: Policy,
     ) -> None:
+        #: the tenant's policy, as the tenant task last read it (it replaces it on a change)
+        self.policy = policy
         self.informers: dict[Resource, Informer] = {
             r: Informer(kube, r, on_event(r), on_error=on_error(r.plural)) for r in watched(sources)
         }

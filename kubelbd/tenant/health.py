@@ -1,5 +1,9 @@
-"""The Tenant record: where the tenant's nodes are (spec), and whether kubelbd can reach and
-has synced it (status: Connected, Synced, lastError).
+"""The Tenant record's status: where the tenant's nodes are, and whether kubelbd can reach and
+has synced it, accepted its node addresses and its policy (Connected, Synced, NodesAccepted,
+PolicyAccepted, lastError). Its spec is the operator's (the tenant's policy): never written.
+
+Node addresses are written by their own field manager, once per change, with the time
+kubelbd first saw each (what decides between two tenants listing one address: ir/nodes.py).
 
 Health is computed as data (`tenant_status`) and written through a StatusWriter. A change of
 a message alone (the route count moves with every change) is coalesced to one write per
@@ -17,15 +21,19 @@ from ..hub import RecordSink
 from ..kube import ApiError, Kube, KubeconfigError
 from ..kube.client import timestamp
 from ..kube.status_writer import StatusWriter
+from ..objects import Obj
 from ..records import conditions
 from ..records.conditions import Desired
 from ..records.names import TENANT, TENANTS
 from ..records.objects import status_object, tenant_object
-from ..records.types import TenantStatus
+from ..records.types import TenantNodes, TenantStatus
+from ..sources.nodes import NodeAddresses
 
 log = logging.getLogger(__name__)
 
 STATUS_MANAGER = "kubelbd-tenant"
+NODES_MANAGER = "kubelbd-nodes"
+RECORD_MANAGER = "kubelbd-record"
 MESSAGE_INTERVAL = 10.0
 
 #: (ok, reason, message) of one condition
@@ -67,11 +75,34 @@ class Health:
         )
 
 
-def tenant_status(connected: State, synced: State, last_error: str) -> Health:
+NODES_OK: State = (True, "Accepted", "every node address is used")
+POLICY_OK: State = (True, "Accepted", "the tenant's policy applies")
+
+
+def tenant_status(
+    connected: State,
+    synced: State,
+    last_error: str,
+    nodes: State = NODES_OK,
+    policy: State = POLICY_OK,
+) -> Health:
     return Health(
-        (conditions.desired("Connected", *connected), conditions.desired("Synced", *synced)),
+        (
+            conditions.desired("Connected", *connected),
+            conditions.desired("Synced", *synced),
+            conditions.desired("NodesAccepted", *nodes),
+            conditions.desired("PolicyAccepted", *policy),
+        ),
         last_error,
     )
+
+
+def nodes_state(refused: list[tuple[str, str]]) -> State:
+    if not refused:
+        return NODES_OK
+    shown = "; ".join(f"node {n}: {why}" for n, why in refused[:10])
+    more = f" (and {len(refused) - 10} more)" if len(refused) > 10 else ""
+    return (False, "AddressRefused", f"not used: {shown}{more}")
 
 
 class TenantHealth:
@@ -82,9 +113,13 @@ class TenantHealth:
         self.address_type = address_type
         self.connected: State = (None, "Connecting", "connecting")
         self.synced: State = (None, "Pending", "not synced yet")
+        self.nodes: State = NODES_OK
+        self.policy: State = POLICY_OK
         self.last_error = ""
         self._informer_errors: dict[str, str] = {}
         self._addresses: list[str] | None = None
+        #: address -> when kubelbd first saw a node of this tenant with it
+        self._since: dict[str, str] = {}
         self._last: Health | None = None  # as last handed to the writer
         self._previous: list[object] = []  # conditions as last written, with their times
         self.writer = StatusWriter(f"tenant {tenant}", coalesce=MESSAGE_INTERVAL)
@@ -128,22 +163,42 @@ class TenantHealth:
 
     # ---- the record ------------------------------------------------------------------------------
 
-    async def set_addresses(self, addresses: list[str]) -> None:
+    def known_claims(self, status: object) -> None:
+        """The claims the Tenant record holds (its status as stored), kept on rewrites."""
+        claims = status.get("nodeAddressClaims") if isinstance(status, dict) else None
+        for c in claims if isinstance(claims, list) else []:
+            if isinstance(c, dict) and isinstance(c.get("address"), str):
+                self._since.setdefault(c["address"], str(c.get("since") or ""))
+
+    def policy_state(self, state: State) -> None:
+        self.policy = state
+        self._changed()
+
+    async def set_addresses(self, found: NodeAddresses) -> None:
         """The Tenant record's node addresses (one write per change, shared by every route)."""
+        state = nodes_state(found.refused)
+        if state != self.nodes:
+            self.nodes = state
+            self._changed()
+        addresses = found.addresses
         if addresses == self._addresses:
             return
-        obj = await self.mgmt.apply(
-            TENANTS,
-            tenant_object(
-                self.tenant, {"nodeAddressType": self.address_type, "nodeAddresses": addresses}
-            ),
-        )
+        now = timestamp()
+        self._since = {a: self._since.get(a) or now for a in addresses}
+        nodes: TenantNodes = {
+            "nodeAddressType": self.address_type,
+            "nodeAddresses": addresses,
+            "nodeAddressClaims": [{"address": a, "since": self._since[a]} for a in addresses],
+        }
+        obj = await self._apply_status(dict(nodes), NODES_MANAGER)
         self._addresses = addresses
         self.sink.written(TENANT, obj)
         log.info("tenant %s: node addresses %s", self.tenant, ", ".join(addresses) or "(none)")
 
     def _changed(self) -> None:
-        status = tenant_status(self.connected, self.synced, self.last_error)
+        status = tenant_status(
+            self.connected, self.synced, self.last_error, self.nodes, self.policy
+        )
         minor = status.minor_change_from(self._last)
         self._last = status
         fingerprint = (repr(status.conditions), status.last_error)
@@ -154,26 +209,22 @@ class TenantHealth:
             "conditions": conditions.stamp(status.conditions, self._previous, timestamp()),
             "lastError": status.last_error,
         }
-        obj = status_object(TENANT.kind, self.tenant, self.tenant, body)
+        written = await self._apply_status(dict(body), STATUS_MANAGER)
+        self._previous = (written.get("status") or {}).get("conditions") or []
+
+    async def _apply_status(self, status: dict[str, object], manager: str) -> Obj:
+        obj = status_object(TENANT.kind, self.tenant, self.tenant, status)
         try:
-            written = await self.mgmt.apply(
-                TENANTS, obj, subresource="status", field_manager=STATUS_MANAGER
-            )
+            return await self.mgmt.apply(TENANTS, obj, subresource="status", field_manager=manager)
         except ApiError as e:
             if not e.not_found:
                 raise
-            # Status needs the object: create it (node addresses come once nodes sync).
-            await self._create_record()
-            written = await self.mgmt.apply(
-                TENANTS, obj, subresource="status", field_manager=STATUS_MANAGER
-            )
-        self._previous = (written.get("status") or {}).get("conditions") or []
+        # Status needs the object: make it (the operator may have made it already).
+        await self.ensure_record()
+        return await self.mgmt.apply(TENANTS, obj, subresource="status", field_manager=manager)
 
-    async def _create_record(self) -> None:
-        obj = tenant_object(self.tenant, {"nodeAddressType": self.address_type})
-        try:
-            await self.mgmt.create(TENANTS, obj)
-        except ApiError as e:
-            if not e.conflict:
-                log.warning("tenant %s: cannot create Tenant record: %s", self.tenant, e)
-                raise
+    async def ensure_record(self) -> None:
+        """The Tenant record exists and carries the tenant label (the data plane watches by
+        it); its spec, the operator's, is never written: an operator's Tenant made before
+        the registration Secret keeps its policy."""
+        await self.mgmt.apply(TENANTS, tenant_object(self.tenant), field_manager=RECORD_MANAGER)

@@ -14,6 +14,8 @@ from typing import Any, cast
 
 from ..hub import RecordSink
 from ..kube import Kube
+from ..kube.client import precise_timestamp
+from ..records.claims import with_claims
 from ..records.names import KINDS, RecordKind, namespace_of
 from ..records.objects import record_object
 from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec
@@ -29,16 +31,29 @@ class TenantRecords:
         self.mgmt = mgmt
         self.sink = sink
         self.written: dict[RecordKey, Any] = {}  # spec as stored
+        self.recorded: dict[RecordKey, str] = {}  # when the management cluster stored it
         #: handed to the data plane but not written (yet): withdrawn even if never written
         self.unwritten: set[RecordKey] = set()
 
     async def load(self, kinds: Iterable[RecordKind]) -> None:
-        written = {}
+        written, recorded = {}, {}
         for kind in kinds:
             items, _ = await self.mgmt.list(kind.resource, namespace_of(self.tenant))
             for o in items:
-                written[(kind.kind, o["metadata"]["name"])] = o.get("spec") or {}
-        self.written = written
+                k = (kind.kind, o["metadata"]["name"])
+                written[k] = o.get("spec") or {}
+                recorded[k] = str(o["metadata"].get("creationTimestamp") or "")
+        self.written, self.recorded = written, recorded
+
+    def with_claims(self, kind: RecordKind, name: str, spec: RouteSpec) -> RouteSpec:
+        """A Route spec as it is written: with when kubelbd first saw each host claimed."""
+        previous = self.written.get((kind.kind, name))
+        return with_claims(
+            spec,
+            cast(RouteSpec, previous) if isinstance(previous, dict) else None,
+            self.recorded.get((kind.kind, name), ""),
+            precise_timestamp(),
+        )
 
     def known(self, kind: RecordKind, name: str) -> bool:
         return (kind.kind, name) in self.written or (kind.kind, name) in self.unwritten
@@ -62,6 +77,10 @@ class TenantRecords:
     def count(self, kind: RecordKind) -> int:
         return sum(1 for k, _ in self.written if k == kind.kind)
 
+    def held(self, kind: RecordKind) -> int:
+        """Records of `kind` written or handed to the data plane: what a limit counts."""
+        return len({n for k, n in (*self.written, *self.unwritten) if k == kind.kind})
+
     def provisional(self, kind: RecordKind, name: str, spec: RouteSpec) -> None:
         """Served already, before it is written (see RecordKind.provisional)."""
         self.sink.provisional(RouteRecord(self.tenant, name, spec))
@@ -74,6 +93,9 @@ class TenantRecords:
         )
         self.unwritten.discard((kind.kind, name))
         self.written[(kind.kind, name)] = cast(Any, spec)
+        self.recorded.setdefault(
+            (kind.kind, name), str(written["metadata"].get("creationTimestamp") or "")
+        )
         self.sink.written(kind, written)
         log.debug(
             "tenant %s: %s %s written in %.1f ms",
@@ -98,3 +120,4 @@ class TenantRecords:
         await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
         self.unwritten.discard((kind.kind, name))
         self.written.pop((kind.kind, name), None)
+        self.recorded.pop((kind.kind, name), None)

@@ -31,7 +31,13 @@ from ..objects import (
     labels_of,
     managed_by_us,
 )
-from ..records.names import CLEANUP_FINALIZER, TENANT_LABEL, namespace_of, valid_tenant_name
+from ..records.names import (
+    CLEANUP_FINALIZER,
+    TENANT_LABEL,
+    TENANTS,
+    namespace_of,
+    valid_tenant_name,
+)
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Source
@@ -98,9 +104,14 @@ class Registry:
             namespace=self.namespace,
             label_selector=TENANT_LABEL,
         )
+        # Tenant records carry the operator's policy: read before a tenant task starts (so
+        # it never serves a moment without it), handed on whenever it changes.
+        self.tenants = Informer(self.mgmt, TENANTS, self._on_tenant_record)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.secrets.run)
+            tg.start_soon(self.tenants.run)
             await self.secrets.synced.wait()
+            await self.tenants.synced.wait()
             tg.start_soon(self._collect_orphans)
             while True:
                 await self._reconcile(tg)
@@ -158,11 +169,26 @@ class Registry:
                 await self._stop(tenant)
             self._start(tg, tenant, kubeconfig_of(secret), fingerprint)
 
+    def tenant_record(self, tenant: str) -> Obj | None:
+        """The Tenant record of `tenant`: only the one kubelbd's naming puts in the tenant's
+        own namespace counts (anyone may label an object elsewhere)."""
+        return self.tenants.cache.get(f"{namespace_of(tenant)}/{tenant}")
+
+    def _on_tenant_record(self, kind: str, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        tenant = str(meta.get("name", ""))
+        if meta.get("namespace") != namespace_of(tenant):
+            return
+        running = self._running.get(tenant)
+        if running is not None:
+            running.sync.set_record(obj if kind != "DELETED" else None)
+
     def _start(self, tg: anyio.abc.TaskGroup, tenant: str, kubeconfig: bytes, fp: str) -> None:
         sync = self._sync(
             tenant, kubeconfig, self.mgmt, self.sink, self.board, self.settling, self.settings,
             self.sources, self._connect,
         )  # fmt: skip
+        sync.set_record(self.tenant_record(tenant))
         entry = _Running(sync, fp)
         self._running[tenant] = entry
         self.settling.expect(tenant)

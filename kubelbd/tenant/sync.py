@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -27,15 +27,18 @@ from ..hub import RecordSink, Settling, StatusBoard
 from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
 from ..kube.informer import ErrorHandler, EventHandler
 from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, split_key
-from ..records.names import LOADBALANCER, ROUTE
+from ..records.names import KINDS, LOADBALANCER, ROUTE
 from ..records.objects import namespace_object
+from ..records.policy import Policy, policy_of
+from ..records.problems import Translation
+from ..records.status import Event, SourceStatus
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Ref, Source
 from ..sources.nodes import node_addresses
 from .caches import ObjectId, ReverseIndex, TenantCaches
 from .copies import SecretCopies
-from .health import RetryLater, TenantHealth, classify
+from .health import POLICY_OK, RetryLater, TenantHealth, classify
 from .records import TenantRecords
 from .statuses import TenantStatuses
 
@@ -50,6 +53,8 @@ RECORD_DELAY = 0.05
 @dataclass(frozen=True)
 class TenantSettings:
     node_address_type: str = "InternalIP"
+    #: the fleet-wide defaults where a Tenant record's spec says nothing
+    policy: Policy = field(default_factory=Policy)
 
 
 #: a client of a tenant's API server, from its registration kubeconfig
@@ -84,6 +89,10 @@ class TenantSync:
         if len(self.sources) != len(sources):
             raise ValueError("two sources of one kind: each kind is served by one Source")
         self.health = TenantHealth(name, mgmt, sink, settings.node_address_type)
+        self.policy = settings.policy
+        self._policy_spec: object = None
+        self._refused_nodes: set[tuple[str, str]] = set()  # reported with an Event already
+        self._over: set[ObjectId] = set()  # ours, but past the tenant's limits: no record
         self.records = TenantRecords(name, mgmt, sink)
         self.copies = SecretCopies(name, mgmt)
         self.index = ReverseIndex()
@@ -101,6 +110,35 @@ class TenantSync:
         self._retry_backoff = Backoff(maximum=30)
         self._retry_sleep = anyio.CancelScope()
         self._logged_error = ""
+
+    def set_record(self, tenant: Obj | None) -> None:
+        """The Tenant record as the management cluster has it (None: not there yet): the
+        operator's policy in its spec, the node address claims in its status. A changed
+        policy translates everything again."""
+        if tenant is not None:
+            self.health.known_claims(tenant.get("status"))
+        spec = (tenant or {}).get("spec")
+        if spec == self._policy_spec:
+            return
+        self._policy_spec = spec
+        try:
+            policy = policy_of(spec if isinstance(spec, dict) else None, self.settings.policy)
+            self.health.policy_state(POLICY_OK)
+        except ValueError as e:
+            # The CRD's schema keeps most mistakes out; what it lets through leaves the
+            # tenant on the fleet's defaults, and says so.
+            log.error("tenant %s: its Tenant record's policy is invalid: %s", self.name, e)
+            self.health.policy_state((False, "InvalidPolicy", f"{e}; using the defaults"))
+            policy = self.settings.policy
+        if policy == self.policy:
+            return
+        log.info("tenant %s: policy changed, translating everything again", self.name)
+        self.policy = policy
+        if hasattr(self, "caches"):
+            self.caches.policy = policy
+        self._resync = True
+        self._nodes_dirty = True
+        self._wake.set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -130,6 +168,7 @@ class TenantSync:
         while True:
             try:
                 await self.mgmt.apply(NAMESPACES, namespace_object(self.name))
+                await self.health.ensure_record()
                 return
             except (ApiError, ConnectionError) as e:
                 log.warning("tenant %s: cannot create its namespace: %s", self.name, e)
@@ -138,7 +177,9 @@ class TenantSync:
     async def _run_connected(self, kube: Kube, tg: anyio.abc.TaskGroup) -> None:
         self.kube = kube
         sources = list(self.sources.values())
-        self.caches = TenantCaches(kube, sources, self._on_event, self._informer_health)
+        self.caches = TenantCaches(
+            kube, sources, self._on_event, self._informer_health, self.policy
+        )
         self.statuses = TenantStatuses(self.name, kube, self.board, sources, self._lookup)
         for inf in self.caches.all_informers():
             tg.start_soon(inf.run)
@@ -299,18 +340,22 @@ class TenantSync:
         if self._nodes_dirty:
             self._nodes_dirty = False
             try:
-                nodes = self.caches.all(NODES)
-                await self.health.set_addresses(
-                    node_addresses(nodes, self.settings.node_address_type)
+                found = node_addresses(
+                    self.caches.all(NODES), self.settings.node_address_type, self.policy
                 )
+                await self._report_refused_nodes(found.refused)
+                await self.health.set_addresses(found)
             except BaseException:
                 self._nodes_dirty = True
                 raise
         batch, self._dirty = self._dirty, set()
+        batch = self._within_limits(batch)
         async with anyio.create_task_group() as tg:
             limit = anyio.Semaphore(API_CONCURRENCY)
             for oid in sorted(batch):
                 tg.start_soon(self._reconcile_one, oid, limit)
+        if self._over and self._room_for_waiting():
+            self._wake.set()  # a record went: the oldest waiting object gets its place
         await self.caches.twins.collect(self.kube, self._twin_candidates, self._twin_in_use)
         await self.copies.reconcile(self.caches.secrets.cache)
         if self._failed:
@@ -318,6 +363,84 @@ class TenantSync:
             raise RetryLater(
                 f"{len(self._failed)} objects failed, e.g. {first[0][0]} {first[0][1]}: {first[1]}"
             )
+
+    def _within_limits(self, batch: set[ObjectId]) -> set[ObjectId]:
+        """The batch without new objects past the tenant's limits: objects that have their
+        record keep it; new ones are admitted oldest first while there is room, and the
+        rest are told why (they are looked at again once there is room)."""
+        limits = {ROUTE.kind: self.policy.limits.routes,
+                  LOADBALANCER.kind: self.policy.limits.load_balancers}  # fmt: skip
+        for kind_name, limit in limits.items():
+            kind = KINDS[kind_name]
+            if limit is None:
+                self._over = {o for o in self._over if self.sources[o[0]].record != kind}
+                continue
+            self._over = {
+                o for o in self._over
+                if self.sources[o[0]].record != kind
+                or o[1] in self.caches.cache(self.sources[o[0]].resource)
+            }  # fmt: skip
+            room = limit - self.records.held(kind)
+            if room > 0:
+                batch = batch | {o for o in self._over if self.sources[o[0]].record == kind}
+            new = []
+            for oid in batch:
+                source = self.sources[oid[0]]
+                ns, name = split_key(oid[1])
+                if source.record != kind or self.records.known(kind, source.record_name(ns, name)):
+                    continue
+                obj = self.caches.cache(source.resource).get(oid[1])
+                if obj is not None and source.is_ours(obj, self.caches):
+                    created = str(obj["metadata"].get("creationTimestamp") or "")
+                    new.append((created, oid, obj, source))
+            new.sort(key=lambda n: (n[0], n[1]))
+            for _, oid, obj, source in new[max(room, 0) :]:
+                batch = batch - {oid}
+                if oid not in self._over:
+                    self._over.add(oid)
+                    message = (
+                        f"the tenant may have {limit} {kind_name}s served; this one waits "
+                        "until an older one goes or the limit is raised"
+                    )
+                    self._refuse(source, obj, "LimitExceeded", message)
+            self._over -= {oid for _, oid, _, _ in new[: max(room, 0)]}
+        return batch
+
+    def _room_for_waiting(self) -> bool:
+        limits = {ROUTE: self.policy.limits.routes,
+                  LOADBALANCER: self.policy.limits.load_balancers}  # fmt: skip
+        return any(
+            limit is None or self.records.held(kind) < limit
+            for kind, limit in limits.items()
+            if any(self.sources[o[0]].record == kind for o in self._over)
+        )
+
+    def _refuse(self, source: Source, obj: Obj, reason: str, message: str) -> None:
+        """An object of ours that gets no record: its status says why (no address), and an
+        Event and a log line name it."""
+        meta = obj["metadata"]
+        status = SourceStatus(
+            source.kind, meta["namespace"], meta["name"], str(meta.get("uid", "")),
+            events=(Event("Warning", reason, message),),
+            generation=int(meta.get("generation") or 0),
+        )  # fmt: skip
+        self.board.want(self.name, status)
+
+    async def _report_refused_nodes(self, refused: list[tuple[str, str]]) -> None:
+        """A Warning Event on each Node whose address is refused, once per reason; the
+        Tenant record's NodesAccepted condition lists them all."""
+        now = set(refused)
+        for name, why in sorted(now - self._refused_nodes):
+            log.warning("tenant %s: node %s: address not used: %s", self.name, name, why)
+            node = self.caches.get(NODES, "", name)
+            if node is not None:
+                await self.statuses.recorder.emit(
+                    {"apiVersion": "v1", "kind": "Node", **node},
+                    "Warning",
+                    "AddressRefused",
+                    f"kubelbd does not send traffic to this node: {why}",
+                )
+        self._refused_nodes = now
 
     async def _full_resync(self) -> None:
         """After (re)connecting, or when which objects are ours may have changed: every
@@ -362,6 +485,12 @@ class TenantSync:
                 return True
         return False
 
+    def _translate(self, source: Source, obj: Obj, record: str) -> Translation[Any]:
+        result = source.translate(obj, self.caches)
+        if source.record == ROUTE:
+            result.spec = self.records.with_claims(ROUTE, record, result.spec)
+        return result
+
     async def _reconcile_one(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
         """One object; its failure is retried later and never blocks the others. `limit`
         bounds the API calls in flight, not the objects being handled."""
@@ -397,7 +526,7 @@ class TenantSync:
                 new = await self.caches.twins.ensure(self.kube, svc_ns, svc)
                 if new is not None:
                     creating.append(new)
-        result = source.translate(obj, self.caches)
+        result = self._translate(source, obj, record)
         if not source.record.provisional:
             if not self.records.same(source.record, record, result.spec):
                 async with limit:
@@ -430,12 +559,12 @@ class TenantSync:
             except Exception:
                 # Envoy has the route with ports chosen for a twin that was not made: take
                 # them back (that backend is pending again) until the retry makes it.
-                retreat = source.translate(obj, self.caches)
+                retreat = self._translate(source, obj, record)
                 if retreat.spec != sent:
                     self.records.provisional(source.record, record, retreat.spec)
                 raise
             if moved:
-                result = source.translate(obj, self.caches)
+                result = self._translate(source, obj, record)
                 if result.spec != sent:
                     self.records.provisional(source.record, record, result.spec)
         if self.records.same(source.record, record, result.spec):

@@ -1,0 +1,182 @@
+"""A tenant's policy: what the operator allows it, as the sources and the IR apply it.
+
+The Tenant record's `spec` belongs to the operator (kubelbd writes only its status); where it
+says nothing, the fleet-wide defaults given by flags apply. Tenants never write it, so
+nothing here trusts tenant data: it is what tenant data is checked against.
+
+Domain patterns follow KubeLB's syntax: an exact name; `*.example.com` for names one label
+below example.com; `**.example.com` for names at any depth below it; `**` for every name.
+Neither wildcard covers example.com itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: the Kubernetes default Service node-port range
+DEFAULT_NODE_PORTS = (30000, 32767)
+ANY_DOMAIN = "**"
+
+# Addresses no tenant node may have unless the operator names them in the tenant's
+# nodeCIDRs: Envoy dialling them reaches kubelbd's own host (its admin API, the management
+# cluster's node) or nothing routable.
+_SPECIAL = (
+    "loopback",
+    "link-local",
+    "unspecified",
+    "multicast",
+    "reserved",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many objects of each kind a tenant may have served (None: no limit)."""
+
+    routes: int | None = None
+    load_balancers: int | None = None
+    certificates: int | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    allowed_domains: tuple[str, ...] = (ANY_DOMAIN,)
+    #: where the tenant's node addresses may be; empty: anywhere not forbidden
+    node_cidrs: tuple[Network, ...] = ()
+    limits: Limits = Limits()
+    #: cert-manager ClusterIssuers the tenant may name (namespaced Issuers are its own)
+    cluster_issuers: frozenset[str] = frozenset()
+    #: fleet-wide: the nodePorts a tenant Service may have
+    node_ports: tuple[int, int] = DEFAULT_NODE_PORTS
+    #: fleet-wide: the management cluster's own node, pod and service networks
+    forbidden: tuple[Network, ...] = field(default=())
+
+    # ---- hosts ----------------------------------------------------------------------------
+
+    def allows_host(self, host: str) -> bool:
+        """Whether the tenant may claim `host` ("" is the catch-all: every host no one else
+        claims, which only a tenant allowed every name may have)."""
+        return any(domain_covers(p, host) for p in self.allowed_domains)
+
+    # ---- node addresses -------------------------------------------------------------------
+
+    def node_address_problem(self, address: str) -> str | None:
+        """Why Envoy must not dial `address` for this tenant (None: it may)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return f"{address[:64]!r} is not an IP address"
+        if any(ip in n for n in self.forbidden):
+            return f"{ip} is an address of the management cluster"
+        if self.node_cidrs:
+            if not any(ip in n for n in self.node_cidrs):
+                cidrs = ", ".join(str(n) for n in self.node_cidrs)
+                return f"{ip} is outside the tenant's nodeCIDRs ({cidrs})"
+            return None  # inside a range the operator named: allowed even if special
+        for kind in _SPECIAL:
+            if getattr(ip, f"is_{kind.replace('-', '_')}"):
+                return f"{ip} is a {kind} address"
+        return None
+
+    def node_port_problem(self, port: Any) -> str | None:
+        low, high = self.node_ports
+        if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= high:
+            return f"nodePort {str(port)[:16]} is outside {low}-{high}"
+        return None
+
+
+def domain_covers(pattern: str, host: str) -> bool:
+    """Whether a domain pattern allows `host` (itself possibly a wildcard `*.x`)."""
+    if pattern == ANY_DOMAIN:
+        return True
+    if not host:
+        return False
+    if host.startswith("*."):
+        # A wildcard host claims every name one label below its parent.
+        if pattern == host:
+            return True
+        parent = host[2:]
+        if pattern.startswith("**."):
+            base = pattern[3:]
+            return parent == base or parent.endswith("." + base)
+        return False
+    if pattern.startswith("**."):
+        return host.endswith("." + pattern[3:])
+    if pattern.startswith("*."):
+        label, dot, rest = host.partition(".")
+        return bool(label and dot and rest == pattern[2:])
+    return host == pattern
+
+
+# ---- from the Tenant record ------------------------------------------------------------------
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (an address alone is a /32 or /128); ValueError names the first bad one."""
+    out = []
+    for v in values:
+        try:
+            out.append(ipaddress.ip_network(v.strip(), strict=False))
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not a CIDR: {e}") from e
+    return tuple(out)
+
+
+def _count(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"limits.{what} must be a non-negative integer")
+    return value
+
+
+def policy_of(spec: Mapping[str, Any] | None, defaults: Policy) -> Policy:
+    """The policy a Tenant spec sets, with `defaults` where it sets nothing; ValueError for
+    a spec that does not parse (the caller keeps the tenant on the defaults and says so)."""
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, Mapping):
+        raise ValueError("spec is not an object")
+    domains = spec.get("allowedDomains")
+    cidrs = spec.get("nodeCIDRs")
+    limits = spec.get("limits")
+    limits = {} if limits is None else limits
+    issuers = spec.get("clusterIssuers")
+    for name, value in (("allowedDomains", domains), ("nodeCIDRs", cidrs),
+                        ("clusterIssuers", issuers)):  # fmt: skip
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise ValueError(f"{name} must be a list of strings")
+    if not isinstance(limits, Mapping):
+        raise ValueError("limits must be an object")
+    d = defaults.limits
+    return Policy(
+        allowed_domains=(
+            tuple(v.strip().lower().rstrip(".") for v in domains)
+            if domains is not None
+            else defaults.allowed_domains
+        ),
+        node_cidrs=parse_networks(cidrs) if cidrs is not None else defaults.node_cidrs,
+        limits=Limits(
+            routes=_count(limits.get("routes"), "routes") if "routes" in limits else d.routes,
+            load_balancers=(
+                _count(limits.get("loadBalancers"), "loadBalancers")
+                if "loadBalancers" in limits
+                else d.load_balancers
+            ),
+            certificates=(
+                _count(limits.get("certificates"), "certificates")
+                if "certificates" in limits
+                else d.certificates
+            ),
+        ),
+        cluster_issuers=frozenset(issuers) if issuers is not None else defaults.cluster_issuers,
+        node_ports=defaults.node_ports,
+        forbidden=defaults.forbidden,
+    )

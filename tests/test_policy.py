@@ -1,0 +1,158 @@
+"""The operator's tenant policy (records/policy.py), host claims (records/claims.py) and node
+addresses across tenants (ir/nodes.py): pure, what the sources and the IR apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubelbd.ir.nodes import exclusive
+from kubelbd.records.claims import with_claims
+from kubelbd.records.policy import Limits, Policy, domain_covers, parse_networks, policy_of
+from kubelbd.records.types import RouteSpec, TenantRecord
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "covered"),
+    [
+        ("shop.example.com", "shop.example.com", True),
+        ("shop.example.com", "x.shop.example.com", False),
+        ("*.example.com", "a.example.com", True),
+        ("*.example.com", "a.b.example.com", False),  # one label only
+        ("*.example.com", "example.com", False),  # never the apex
+        ("*.example.com", "*.example.com", True),
+        ("*.example.com", "*.a.example.com", False),
+        ("**.example.com", "a.b.example.com", True),
+        ("**.example.com", "*.a.example.com", True),
+        ("**.example.com", "*.example.com", True),
+        ("**.example.com", "example.com", False),
+        ("**.example.com", "badexample.com", False),  # a suffix, not a label boundary
+        ("**.example.com", "a.badexample.com", False),
+        ("**", "anything.example.org", True),
+        ("**", "", True),  # the catch-all
+        ("*.example.com", "", False),
+        ("shop.example.com", "", False),
+    ],
+)
+def test_domain_patterns_follow_kubelbs_syntax(pattern: str, host: str, covered: bool) -> None:
+    assert domain_covers(pattern, host) is covered
+
+
+def test_a_spec_overrides_the_defaults_field_by_field() -> None:
+    defaults = Policy(limits=Limits(routes=10, load_balancers=2), cluster_issuers=frozenset({"x"}))
+    spec = {"allowedDomains": ["Shop.Example.com."], "limits": {"routes": 3},
+            "nodeCIDRs": ["10.0.0.0/24", "10.1.0.1"]}  # fmt: skip
+    p = policy_of(spec, defaults)
+    assert p.allowed_domains == ("shop.example.com",)
+    assert p.limits == Limits(routes=3, load_balancers=2)
+    assert [str(n) for n in p.node_cidrs] == ["10.0.0.0/24", "10.1.0.1/32"]
+    assert p.cluster_issuers == {"x"}
+    assert policy_of(None, defaults) == defaults
+    assert policy_of({"allowedDomains": []}, defaults).allows_host("a.example.com") is False
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"nodeCIDRs": ["10.0.0.0/33"]},
+        {"nodeCIDRs": "10.0.0.0/8"},
+        {"allowedDomains": [3]},
+        {"limits": {"routes": -1}},
+        {"limits": {"routes": True}},
+        {"limits": []},
+        [],
+    ],
+)
+def test_a_spec_that_does_not_parse_is_refused(spec: Any) -> None:
+    with pytest.raises(ValueError):
+        policy_of(spec, Policy())
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("10.0.0.1", None),
+        ("2001:db8::1", None),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("10.96.0.1", "management"),
+        ("node-1.example.com", "not an IP"),
+        ("", "not an IP"),
+        ("10.0.0.1%eth0", "not an IP"),
+    ],
+)
+def test_node_addresses_by_default(address: str, refused: str | None) -> None:
+    policy = Policy(forbidden=parse_networks(["10.96.0.0/12"]))
+    problem = policy.node_address_problem(address)
+    assert (problem is None) if refused is None else (refused in (problem or ""))
+
+
+def test_node_cidrs_allow_a_special_range_but_never_a_forbidden_address() -> None:
+    policy = Policy(
+        node_cidrs=parse_networks(["127.0.0.0/8"]), forbidden=parse_networks(["127.0.0.1"])
+    )
+    assert policy.node_address_problem("127.0.3.1") is None
+    assert "management" in (policy.node_address_problem("127.0.0.1") or "")
+    assert "outside" in (policy.node_address_problem("10.0.0.1") or "")
+
+
+@pytest.mark.parametrize("port", [30000, 32767])
+def test_node_ports_inside_the_range(port: int) -> None:
+    assert Policy().node_port_problem(port) is None
+
+
+@pytest.mark.parametrize("port", [29999, 32768, 22, 0, -1, True, "30080", None, 2**70])
+def test_node_ports_outside_the_range_or_not_ports(port: Any) -> None:
+    assert Policy().node_port_problem(port) is not None
+
+
+def spec(*hosts: str, claims: dict[str, str] | None = None) -> RouteSpec:
+    out: Any = {
+        "source": {
+            "kind": "Ingress",
+            "namespace": "d",
+            "name": "n",
+            "uid": "u",
+            "creationTimestamp": "1999-01-01T00:00:00Z",
+        },
+        "rules": [{"host": h, "paths": []} for h in hosts],
+    }
+    if claims:
+        out["claims"] = claims
+    return out  # type: ignore[no-any-return]
+
+
+def test_claims_keep_their_time_and_new_hosts_get_now() -> None:
+    before = spec("a.example.com", claims={"a.example.com": "T1"})
+    after = with_claims(spec("a.example.com", "b.example.com"), before, "T0", "T2")
+    assert after["claims"] == {"a.example.com": "T1", "b.example.com": "T2"}
+    # The tenant's creationTimestamp never counts.
+    assert "1999" not in str(after["claims"])
+
+
+def test_a_record_from_before_claims_counts_from_when_it_was_stored() -> None:
+    after = with_claims(spec("a.example.com", "b.example.com"), spec("a.example.com"), "T0", "T2")
+    assert after["claims"] == {"a.example.com": "T0", "b.example.com": "T2"}
+    dropped = with_claims(spec("b.example.com"), after, "T0", "T3")
+    assert dropped["claims"] == {"b.example.com": "T2"}
+    again = with_claims(spec("a.example.com", "b.example.com"), dropped, "T0", "T4")
+    assert again["claims"]["a.example.com"] == "T4"  # given up, then claimed anew
+
+
+def test_an_address_two_tenants_list_stays_with_the_first_claim() -> None:
+    first = TenantRecord(
+        "zeta", ("10.0.0.1", "10.0.0.2"), (("10.0.0.1", "2026-01-01"), ("10.0.0.2", "2026-01-01"))
+    )
+    later = TenantRecord("alpha", ("10.0.0.1", "10.0.0.3"), (("10.0.0.1", "2026-02-01"),))
+    tenants, lost = exclusive([first, later])
+    by_name = {t.name: t.addresses for t in tenants}
+    assert by_name == {"zeta": ("10.0.0.1", "10.0.0.2"), "alpha": ("10.0.0.3",)}
+    assert lost == {"alpha/10.0.0.1": "zeta"}
+    unclaimed = TenantRecord("beta", ("10.0.0.2",))  # no time: the youngest claim
+    assert exclusive([first, unclaimed])[1] == {"beta/10.0.0.2": "zeta"}
