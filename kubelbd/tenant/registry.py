@@ -35,7 +35,7 @@ from ..records.names import CLEANUP_FINALIZER, TENANT_LABEL, namespace_of, valid
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Source
-from .sync import Connect, TenantSettings, TenantSync, connect
+from .sync import Connect, Connector, TenantSettings, TenantSync
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,13 @@ class Registry:
         board: StatusBoard,
         settling: Settling,
         sources: tuple[Source, ...] = SOURCES,
-        connect: Connect = connect,
+        connect: Connect | None = None,
         sync: type[TenantSync] = TenantSync,
     ) -> None:
         self.mgmt = mgmt
-        self._connect = connect
+        # One policy for every use of a registration kubeconfig: the tenant's task and the
+        # last clean-up of its cluster.
+        self._connect = connect or Connector(settings.trust_kubeconfigs)
         self._sync = sync
         self.namespace = namespace
         self.sink = sink
