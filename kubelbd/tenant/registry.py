@@ -289,6 +289,11 @@ class Registry:
         registered = {labels_of(s).get(TENANT_LABEL) for s in self.secrets.cache.values()}
         for ns in namespaces:
             tenant = labels_of(ns).get(TENANT_LABEL)
+            if tenant and ns["metadata"]["name"] != namespace_of(tenant):
+                # Not one kubelbd made: its label must not get another namespace deleted.
+                log.warning("namespace %s ignored: labelled %s=%s, which is not its name",
+                            ns["metadata"]["name"], TENANT_LABEL, tenant)  # fmt: skip
+                continue
             if tenant and tenant not in registered and not ns["metadata"].get("deletionTimestamp"):
                 log.info("tenant %s: no registration Secret any more, removing its records", tenant)
                 await self._remove_records_retrying(tenant)
