@@ -26,7 +26,7 @@ from kubelbd.app import tenant_settings
 from kubelbd.config import parse_args
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.kube import Kube, KubeconfigError, KubeconfigRefused, parse_kubeconfig
-from kubelbd.kube.kubeconfig import MAX_KUBECONFIG_BYTES
+from kubelbd.kube.kubeconfig import MAX_KUBECONFIG_BYTES, MAX_KUBECONFIG_EVENTS
 from kubelbd.objects import NAMESPACES, SECRETS, Obj
 from kubelbd.records.names import TENANT_LABEL, TENANTS
 from kubelbd.tenant.registry import Registry
@@ -248,6 +248,7 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("not text", b"\xff\xfe\x00\x00garbage"),
     ("nested beyond recursion", b"a: " + b"[" * 5_000),
     ("more than the size cap", b"# " + b"x" * MAX_KUBECONFIG_BYTES),
+    ("more nodes than the cap", b"a: [" + b"1," * MAX_KUBECONFIG_EVENTS + b"1]"),
 ]
 
 

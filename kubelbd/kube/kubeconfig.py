@@ -33,8 +33,11 @@ from .transport import KubeconfigError
 
 log = logging.getLogger(__name__)
 
-#: far beyond any real kubeconfig (a few certificates), far below what would hurt to parse
+#: far beyond any real kubeconfig (a few certificates)
 MAX_KUBECONFIG_BYTES = 1024 * 1024
+#: YAML events (scalars, mappings, ...): a real kubeconfig has tens per context. A megabyte
+#: of `[1,1,...` has half a million, which take seconds to build, holding the GIL.
+MAX_KUBECONFIG_EVENTS = 20_000
 TRUST_FLAG = "--trust-kubeconfigs"
 
 
@@ -77,8 +80,7 @@ _KEPT: dict[str, dict[str, type]] = {
 }
 
 
-#: libyaml's, where PyYAML has it: a megabyte of hostile YAML takes the pure-Python one
-#: tens of seconds, libyaml's a few
+#: libyaml's, where PyYAML has it: ten times faster than the pure-Python one
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -86,7 +88,7 @@ def parse_kubeconfig(raw: bytes | str, *, trusted: bool = False, name: str = "")
     """The kubeconfig to hand the loader: checked, and unless `trusted`, rebuilt from the
     current context alone. KubeconfigRefused for what only a trusted one may ask, and
     KubeconfigError for anything else wrong; `name` (the tenant) is for log lines. Parsing
-    a large one takes seconds: call it off the event loop."""
+    a large one takes a while: call it off the event loop."""
     try:
         text = raw.encode() if isinstance(raw, str) else raw
     except UnicodeEncodeError as e:
@@ -94,7 +96,7 @@ def parse_kubeconfig(raw: bytes | str, *, trusted: bool = False, name: str = "")
     if len(text) > MAX_KUBECONFIG_BYTES:
         raise KubeconfigError(f"kubeconfig is {len(text)} bytes, more than {MAX_KUBECONFIG_BYTES}")
     try:
-        data = yaml.load(text, Loader=_LOADER)
+        data = _load(text)
     except yaml.YAMLError as e:
         raise KubeconfigError(f"kubeconfig is not valid YAML: {e}") from e
     except RecursionError as e:  # nesting deeper than the composer's recursion
@@ -120,6 +122,14 @@ def parse_kubeconfig(raw: bytes | str, *, trusted: bool = False, name: str = "")
     for weakness in _weaknesses(cluster):
         log.warning("kubeconfig of %s: %s", name or "(unnamed)", weakness)
     return data if trusted else _rebuilt(cluster, user)
+
+
+def _load(text: bytes) -> Any:
+    """The YAML document, once its events are counted (cheap: nothing is built for them)."""
+    for count, _ in enumerate(yaml.parse(text, Loader=_LOADER)):
+        if count > MAX_KUBECONFIG_EVENTS:
+            raise KubeconfigError(f"kubeconfig has more than {MAX_KUBECONFIG_EVENTS} YAML nodes")
+    return yaml.load(text, Loader=_LOADER)
 
 
 Entry = tuple[str, Mapping[str, Any]]
