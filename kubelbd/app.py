@@ -47,6 +47,12 @@ def envoy_settings(cfg: Config) -> Settings:
     )
 
 
+def tenant_settings(cfg: Config) -> TenantSettings:
+    return TenantSettings(
+        cfg.node_address_type, cfg.policy, trust_kubeconfigs=cfg.trust_kubeconfigs
+    )
+
+
 async def run(cfg: Config) -> None:
     mgmt = await (
         Kube.from_file(cfg.kubeconfig, "mgmt") if cfg.kubeconfig else Kube.in_cluster("mgmt")
@@ -76,7 +82,7 @@ async def run(cfg: Config) -> None:
         registry = Registry(
             mgmt,
             cfg.namespace,
-            TenantSettings(cfg.node_address_type, cfg.policy),
+            tenant_settings(cfg),
             dataplane.intake,
             board,
             settling,

@@ -31,6 +31,7 @@ class Config:
     route_shards: int
     health_listen: str | None
     install_crds: bool
+    trust_kubeconfigs: bool
     l4: L4Settings
     acme: ACMESettings
     #: the fleet-wide defaults of every tenant's policy, and what no tenant may have
@@ -66,6 +67,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
                     help="route tables the hosts are spread over")  # fmt: skip
     ap.add_argument("--health-listen", default=None, help="host:port for /healthz and /readyz")
     ap.add_argument("--no-install-crds", dest="install_crds", action="store_false")
+    ap.add_argument(
+        "--trust-kubeconfigs",
+        action="store_true",
+        help="let registration kubeconfigs run exec and auth-provider plugins, read files on "
+        "kubelbd's host (tokenFile, client-certificate, ...) and name a proxy-url; refused by "
+        "default, as a kubeconfig is the tenant's. Only when whoever writes registration "
+        "Secrets may run code as kubelbd",
+    )
     ap.add_argument(
         "--l4-mode",
         choices=["pool", "service"],
@@ -164,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         route_shards=args.route_shards,
         health_listen=args.health_listen,
         install_crds=args.install_crds,
+        trust_kubeconfigs=args.trust_kubeconfigs,
         acme=ACMESettings(
             directory=args.acme_directory,
             email=args.acme_email,

@@ -546,7 +546,7 @@ def kubeconfig(kube: FakeKube) -> bytes:
 
 
 class Connector:
-    """Stands in for kubelbd.tenant.sync.connect (the `connect` argument of TenantSync and
+    """Stands in for kubelbd.tenant.sync.Connector (the `connect` argument of TenantSync and
     Registry): a new client of the fake server the kubeconfig names."""
 
     def __init__(self, *servers: FakeKube) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubelbd.kube import ApiError, KubeconfigError
+from kubelbd.kube import ApiError, KubeconfigError, KubeconfigRefused
 from kubelbd.tenant.health import RetryLater, classify, nodes_state, tenant_status
 
 
@@ -47,6 +47,7 @@ def test_only_a_message_moving_is_a_minor_change() -> None:
     ("error", "reason"),
     [
         (KubeconfigError("bad"), "InvalidKubeconfig"),
+        (KubeconfigRefused("exec"), "KubeconfigRefused"),
         (RetryLater("2 objects failed"), "ObjectErrors"),
         (ApiError(401, "Unauthorized", "no"), "Unauthorized"),
         (ApiError(403, "Forbidden", "no"), "Unauthorized"),

@@ -24,7 +24,7 @@ from ..ir.allocation import AllocationError
 from ..ir.l4 import L4Cluster, L4Listener, Placement, Pool, PortRange, build, place
 from ..ir.status import Report, lb_report
 from ..kube import ApiError, Kube
-from ..kube.informer import Informer
+from ..kube.informer import EventHandler, Informer
 from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj, labels_of
 from ..records import parse
 from ..records.names import (
@@ -172,15 +172,26 @@ class LoadBalancers:
         self.dirty = True
         self._wake()
 
-    def informers(self, on_record: Callable[[str, Obj], None]) -> list[Informer]:
+    def informers(
+        self, on_record: EventHandler, guard: Callable[[str, EventHandler], EventHandler]
+    ) -> list[Informer]:
+        """The watches of the records (`on_record`) and, in service mode, of the management
+        Services; `guard` keeps out what is in no tenant's namespace (strays.py)."""
         selector = f"{MANAGED_BY}={MANAGER}"
-        out = [Informer(self.mgmt, LOADBALANCERS, on_record, label_selector=selector)]
+        out = [
+            Informer(
+                self.mgmt,
+                LOADBALANCERS,
+                guard("LoadBalancer", on_record),
+                label_selector=selector,
+            )
+        ]
         if self.settings.mode == "service":
             out.append(
                 Informer(
                     self.mgmt,
                     SERVICES,
-                    self.on_management_service,
+                    guard("Service", self.on_management_service),
                     label_selector=f"{selector},{L4_RECORD_LABEL}",
                 )
             )

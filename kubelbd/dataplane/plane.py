@@ -35,6 +35,7 @@ from ..records.types import LBRecord, RouteRecord
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
 from .reporter import StatusReporter
+from .strays import Strays
 from .tls import TLSState
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,22 @@ class DataPlane:
     async def run(self) -> None:
         await self.publisher.load_async()
         selector = f"{MANAGED_BY}={MANAGER}"
-        routes = Informer(self.mgmt, ROUTES, self.intake.on_route, label_selector=selector)
-        tenants = Informer(self.mgmt, TENANTS, self.intake.on_tenant, label_selector=selector)
-        secrets = Informer(
-            self.mgmt, SECRETS, self.tls.on_secret, label_selector=f"{TLS_LABEL}=true"
+        # Selected by label, anywhere: only what is in its tenant's namespace counts (strays).
+        guard = Strays().guard
+        routes = Informer(
+            self.mgmt, ROUTES, guard("Route", self.intake.on_route), label_selector=selector
         )
-        informers = [routes, tenants, secrets, *self.l4.informers(self.intake.on_loadbalancer)]
+        tenants = Informer(
+            self.mgmt, TENANTS, guard("Tenant", self.intake.on_tenant), label_selector=selector
+        )
+        secrets = Informer(
+            self.mgmt,
+            SECRETS,
+            guard("Secret", self.tls.on_secret),
+            label_selector=f"{TLS_LABEL}=true",
+        )
+        l4 = self.l4.informers(self.intake.on_loadbalancer, guard)
+        informers = [routes, tenants, secrets, *l4]
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.tls.recheck)

@@ -75,17 +75,6 @@ def load_kubeconfig_file(path: str | os.PathLike[str]) -> Obj:
     return cast(Obj, data)
 
 
-def parse_kubeconfig(raw: bytes | str) -> Obj:
-    """Parse kubeconfig text, raising KubeconfigError with a readable cause."""
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise KubeconfigError(f"kubeconfig is not valid YAML: {e}") from e
-    if not isinstance(data, dict) or not data.get("clusters") or not data.get("users"):
-        raise KubeconfigError("kubeconfig has no clusters or users")
-    return cast(Obj, data)
-
-
 class Kube:
     """One API server, one connection pool. Close it with `aclose()`."""
 
@@ -99,6 +88,8 @@ class Kube:
 
     @classmethod
     async def from_kubeconfig(cls, config: Obj, name: str = "") -> Kube:
+        """A client for `config` as it is: the loader does whatever it asks (runs its exec
+        plugin, reads the files it names). A tenant's goes through parse_kubeconfig first."""
         return cls(await Transport.from_kubeconfig(config), name)
 
     @classmethod

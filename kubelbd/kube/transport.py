@@ -1,7 +1,8 @@
 """kubernetes-asyncio, for exactly what it is good at: kubeconfigs and the TLS session.
 
 It parses kubeconfigs (certificates, tokens, exec plugins, in-cluster service accounts) and
-builds an aiohttp connector with the right TLS context. Everything else of it is bypassed
+builds an aiohttp connector with the right TLS context. It does whatever a kubeconfig asks:
+a tenant's is checked and rebuilt first (kubeconfig.py). Everything else of it is bypassed
 (see client.py). What we take from it goes beyond its documented API, so every such use is
 here and nowhere else, and tests/test_kube_transport.py fails when an upgrade moves one:
 

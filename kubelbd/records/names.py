@@ -49,12 +49,27 @@ def labels(tenant: str) -> dict[str, str]:
 
 
 def tenant_of(obj: Obj) -> str | None:
-    """The tenant a management cluster object belongs to: by label, else by namespace."""
-    t = labels_of(obj).get(TENANT_LABEL)
-    if t:
-        return str(t)
-    ns = str((obj.get("metadata") or {}).get("namespace", ""))
-    return ns.removeprefix(NAMESPACE_PREFIX) if ns.startswith(NAMESPACE_PREFIX) else None
+    """The tenant a management cluster object (a record, a certificate Secret) belongs to:
+    the one whose namespace holds it, `tenant-<name>`, which kubelbd makes. Never the label
+    alone: anyone who may write into some other namespace could speak for any tenant. A
+    tenant label that names another tenant makes the object nobody's (see `misplaced`)."""
+    ns = str((obj.get("metadata") or {}).get("namespace") or "")
+    tenant = ns.removeprefix(NAMESPACE_PREFIX) if ns.startswith(NAMESPACE_PREFIX) else ""
+    label = labels_of(obj).get(TENANT_LABEL)
+    if not tenant or (label is not None and label != tenant):
+        return None
+    return tenant
+
+
+def misplaced(obj: Obj) -> str | None:
+    """Why a management cluster object is no tenant's (None: it is one's, see `tenant_of`)."""
+    if tenant_of(obj) is not None:
+        return None
+    ns = str((obj.get("metadata") or {}).get("namespace") or "")
+    label = labels_of(obj).get(TENANT_LABEL)
+    if label is None:
+        return f"namespace {ns!r} is not a tenant's ({NAMESPACE_PREFIX}<tenant>)"
+    return f"labelled {TENANT_LABEL}={label!r} but in namespace {ns!r}, not {namespace_of(label)!r}"
 
 
 def dotted(namespace: str, name: str) -> str:

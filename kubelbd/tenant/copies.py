@@ -13,7 +13,14 @@ import logging
 
 from ..kube import Kube
 from ..objects import SECRETS, Obj
-from ..records.names import TLS_LABEL, TLS_SOURCE_LABEL, copy_name, labels, namespace_of
+from ..records.names import (
+    TLS_LABEL,
+    TLS_SOURCE_LABEL,
+    copy_name,
+    labels,
+    namespace_of,
+    tenant_of,
+)
 from ..sources.base import Ref
 
 log = logging.getLogger(__name__)
@@ -73,7 +80,8 @@ class SecretCopies:
         items, _ = await self.mgmt.list(
             SECRETS, namespace_of(self.tenant), labelSelector=f"{TLS_SOURCE_LABEL}=tenant"
         )
-        self.copies = {s["metadata"]["name"]: digest(s) for s in items}
+        # One labelled for another tenant is nobody's (tenant_of): not ours to keep or delete.
+        self.copies = {s["metadata"]["name"]: digest(s) for s in items if tenant_of(s)}
 
     async def reconcile(self, secrets: dict[str, Obj]) -> None:
         """Copy what is referenced and changed, delete copies nothing references; `secrets`

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..hub import RecordSink
-from ..kube import ApiError, Kube, KubeconfigError
+from ..kube import ApiError, Kube, KubeconfigError, KubeconfigRefused
 from ..kube.client import timestamp
 from ..kube.status_writer import StatusWriter
 from ..objects import Obj
@@ -46,6 +46,8 @@ class RetryLater(Exception):
 
 def classify(error: BaseException) -> tuple[str, str]:
     """(reason, message) for a condition, from whatever went wrong talking to the tenant."""
+    if isinstance(error, KubeconfigRefused):
+        return "KubeconfigRefused", str(error)
     if isinstance(error, KubeconfigError):
         return "InvalidKubeconfig", str(error)
     if isinstance(error, RetryLater):

@@ -41,7 +41,7 @@ from ..records.names import (
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Source
-from .sync import Connect, TenantSettings, TenantSync, connect
+from .sync import Connect, Connector, TenantSettings, TenantSync
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,13 @@ class Registry:
         board: StatusBoard,
         settling: Settling,
         sources: tuple[Source, ...] = SOURCES,
-        connect: Connect = connect,
+        connect: Connect | None = None,
         sync: type[TenantSync] = TenantSync,
     ) -> None:
         self.mgmt = mgmt
-        self._connect = connect
+        # One policy for every use of a registration kubeconfig: the tenant's task and the
+        # last clean-up of its cluster.
+        self._connect = connect or Connector(settings.trust_kubeconfigs)
         self._sync = sync
         self.namespace = namespace
         self.sink = sink
@@ -313,6 +315,11 @@ class Registry:
         registered = {labels_of(s).get(TENANT_LABEL) for s in self.secrets.cache.values()}
         for ns in namespaces:
             tenant = labels_of(ns).get(TENANT_LABEL)
+            if tenant and ns["metadata"]["name"] != namespace_of(tenant):
+                # Not one kubelbd made: its label must not get another namespace deleted.
+                log.warning("namespace %s ignored: labelled %s=%s, which is not its name",
+                            ns["metadata"]["name"], TENANT_LABEL, tenant)  # fmt: skip
+                continue
             if tenant and tenant not in registered and not ns["metadata"].get("deletionTimestamp"):
                 log.info("tenant %s: no registration Secret any more, removing its records", tenant)
                 await self._remove_records_retrying(tenant)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -55,14 +56,26 @@ class TenantSettings:
     node_address_type: str = "InternalIP"
     #: the fleet-wide defaults where a Tenant record's spec says nothing
     policy: Policy = field(default_factory=Policy)
+    #: let registration kubeconfigs run plugins, read files and name a proxy (kube.kubeconfig)
+    trust_kubeconfigs: bool = False
 
 
-#: a client of a tenant's API server, from its registration kubeconfig
+#: a client of a tenant's API server, from its registration kubeconfig (and the tenant's name)
 Connect = Callable[[bytes, str], Awaitable[Kube]]
 
 
-async def connect(kubeconfig: bytes, name: str) -> Kube:
-    return await Kube.from_kubeconfig(parse_kubeconfig(kubeconfig), name)
+@dataclass(frozen=True)
+class Connector:
+    """The Connect of a running kubelbd: a registration kubeconfig is the tenant's, so it is
+    checked first (kube.kubeconfig), and refused what only a trusted one may ask."""
+
+    trusted: bool = False
+
+    async def __call__(self, kubeconfig: bytes, name: str) -> Kube:
+        parse = partial(parse_kubeconfig, trusted=self.trusted, name=f"tenant {name}")
+        # In a thread: a hostile megabyte of YAML would hold up every tenant for seconds.
+        config = await anyio.to_thread.run_sync(parse, kubeconfig)
+        return await Kube.from_kubeconfig(config, name)
 
 
 class TenantSync:
@@ -76,11 +89,11 @@ class TenantSync:
         settling: Settling,
         settings: TenantSettings,
         sources: Sequence[Source] = SOURCES,
-        connect: Connect = connect,
+        connect: Connect | None = None,
     ) -> None:
         self.name = name
         self._kubeconfig = kubeconfig
-        self._connect = connect
+        self._connect = connect or Connector(settings.trust_kubeconfigs)
         self.mgmt = mgmt
         self.board = board
         self.settling = settling
