@@ -16,6 +16,7 @@ import pytest
 from kubelbd.kube import crds
 from kubelbd.objects import INGRESS_CLASSES, SERVICES, Obj, Resource
 from kubelbd.records import parse
+from kubelbd.records.claims import with_claims
 from kubelbd.records.policy import Policy, policy_of
 from kubelbd.sources import SOURCES, twins
 from kubelbd.sources.base import Source
@@ -71,6 +72,11 @@ def translate(source: Source, obj: Obj, view: View) -> Any:
     result = source.translate(obj, view)
     spec_schema = SCHEMAS[source.record.kind]["properties"]["spec"]
     assert conforms(result.spec, spec_schema) == [], conforms(result.spec, spec_schema)
+    if source.record.kind == "Route":
+        # As the tenant side writes it: with when each host was claimed.
+        stamped = with_claims(result.spec, None, "", "2026-01-01T00:00:00.000000Z")
+        assert conforms(stamped, spec_schema) == [], conforms(stamped, spec_schema)
+        assert parse.route_spec(stamped) == stamped
     checked = (parse.route_spec if source.record.kind == "Route" else parse.lb_spec)(result.spec)
     assert checked == result.spec, "the spec does not survive the data plane's parsing"
     assert [p.spec() for p in result.problems] == result.spec.get("problems", [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import anyio
 import pytest
 
 from kubelbd.hub import Settling, StatusBoard
@@ -22,9 +23,10 @@ from kubelbd.objects import (
     SECRETS,
     SERVICES,
 )
-from kubelbd.records.names import LOADBALANCERS, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
+from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
 from kubelbd.records.status import Event, SourceStatus
 from kubelbd.sources import twins
+from kubelbd.tenant.records import TenantRecords
 from kubelbd.tenant.sync import TenantSettings, TenantSync
 
 from .fakekube import Connector, FakeKube, kubeconfig
@@ -435,3 +437,40 @@ async def test_refused_node_addresses_are_never_used_and_are_reported(fleet: Fle
         assert (await events_for(fleet.tenant, "admin"))[0][0] == "AddressRefused"
         stored = fleet.mgmt.stored(TENANTS, "a", NS) or {}
         assert [c["address"] for c in stored["status"]["nodeAddressClaims"]] == good
+
+
+async def test_a_claim_not_written_yet_keeps_its_time_on_every_try() -> None:
+    """A record whose write is retried must not look newer on every try: between tenants,
+    the claim kubelbd saw first wins, and re-stamping made ownership flip with each retry."""
+    records = TenantRecords("a", FakeKube("mgmt"), RecordingSink())
+    raw: Any = {"source": {"kind": "Ingress", "namespace": "d", "name": "n", "uid": "u",
+                           "creationTimestamp": ""},
+                "rules": [{"host": "x.example.com", "paths": []}]}  # fmt: skip
+    first = records.with_claims(ROUTE, "d.n", raw)
+    records.provisional(ROUTE, "d.n", first)
+    await anyio.sleep(0.001)
+    again = records.with_claims(ROUTE, "d.n", raw)
+    assert again["claims"] == first["claims"]
+    records.revert(ROUTE, "d.n")
+    await anyio.sleep(0.001)
+    assert records.with_claims(ROUTE, "d.n", raw)["claims"] != first["claims"]
+
+
+async def test_a_certificate_limit_leaves_the_newer_certificates_out(fleet: Fleet) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    for i, name in enumerate(("one", "two")):
+        obj = ingress(name, f"{name}.example.com", "web")
+        obj["spec"]["tls"] = [{"hosts": [f"{name}.example.com"], "secretName": f"{name}-tls"}]
+        obj["metadata"]["creationTimestamp"] = f"2026-01-0{i + 1}T00:00:00Z"
+        await fleet.tenant.create(INGRESSES, obj)
+        if name == "one":
+            fleet.sync.set_record({"spec": {"limits": {"certificates": 1}}})
+            async with running(fleet.sync.run):
+                await until(lambda: fleet.route("one"), "one's record")
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("two"), "two's record")
+        one, two = fleet.route("one")["spec"], fleet.route("two")["spec"]
+        assert [t["secretName"] for t in one["tls"]] == ["one-tls"]
+        assert "tls" not in two
+        assert two["problems"][0]["reason"] == "LimitExceeded"
+        assert "two-tls" in two["problems"][0]["message"]

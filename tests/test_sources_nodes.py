@@ -38,7 +38,7 @@ def test_no_nodes_no_addresses() -> None:
 
 def test_addresses_the_policy_refuses_are_not_used() -> None:
     nodes = [
-        node("loop", "127.0.0.1", True),  # Envoy's admin API is there
+        node("loop", "127.0.0.1", False),  # Envoy's admin API is there; NotReady or not
         node("link", "169.254.169.254", True),  # a cloud's metadata service
         node("name", "not-an-ip", True),  # Envoy would reject the cluster
         node("mgmt", "10.1.0.7", True),

@@ -71,6 +71,10 @@ class Policy:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return f"{address[:64]!r} is not an IP address"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            # ::ffff:a.b.c.d is a.b.c.d to the kernel Envoy dials through: judged as that.
+            mapped = self.node_address_problem(str(ip.ipv4_mapped))
+            return f"{ip} is {ip.ipv4_mapped}: {mapped}" if mapped else None
         if any(ip in n for n in self.forbidden):
             return f"{ip} is an address of the management cluster"
         if self.node_cidrs:

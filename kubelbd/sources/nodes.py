@@ -53,16 +53,16 @@ def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> N
     evicting in that case too. Envoy's connect retries step over nodes that are really gone.
     """
     nodes = list(nodes)
-    ready = [n for n in nodes if _ready(n)] or nodes
+    ready = {id(n) for n in nodes if _ready(n)} or {id(n) for n in nodes}
     accepted: set[str] = set()
     refused = []
-    for node in ready:
+    for node in nodes:
         address = _address(node, address_type)
         if address is None:
             continue
         problem = policy.node_address_problem(address)
-        if problem is None:
+        if problem is not None:
+            refused.append((_name(node), problem))  # reported whether Ready or not
+        elif id(node) in ready:
             accepted.add(address)
-        else:
-            refused.append((_name(node), problem))
     return NodeAddresses(sorted(accepted), sorted(refused))

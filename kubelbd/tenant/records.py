@@ -16,7 +16,7 @@ from ..hub import RecordSink
 from ..kube import Kube
 from ..kube.client import precise_timestamp
 from ..records.claims import with_claims
-from ..records.names import KINDS, RecordKind, namespace_of
+from ..records.names import KINDS, ROUTE, RecordKind, namespace_of
 from ..records.objects import record_object
 from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec
 
@@ -32,6 +32,7 @@ class TenantRecords:
         self.sink = sink
         self.written: dict[RecordKey, Any] = {}  # spec as stored
         self.recorded: dict[RecordKey, str] = {}  # when the management cluster stored it
+        self._handed: dict[RecordKey, RouteSpec] = {}  # provisional, not written (yet)
         #: handed to the data plane but not written (yet): withdrawn even if never written
         self.unwritten: set[RecordKey] = set()
 
@@ -46,8 +47,10 @@ class TenantRecords:
         self.written, self.recorded = written, recorded
 
     def with_claims(self, kind: RecordKind, name: str, spec: RouteSpec) -> RouteSpec:
-        """A Route spec as it is written: with when kubelbd first saw each host claimed."""
-        previous = self.written.get((kind.kind, name))
+        """A Route spec as it is written: with when kubelbd first saw each host claimed (a
+        claim handed to the data plane and not written yet keeps its time too: a record
+        whose write is retried must not look newer on every try)."""
+        previous = self._handed.get((kind.kind, name)) or self.written.get((kind.kind, name))
         return with_claims(
             spec,
             cast(RouteSpec, previous) if isinstance(previous, dict) else None,
@@ -77,6 +80,18 @@ class TenantRecords:
     def count(self, kind: RecordKind) -> int:
         return sum(1 for k, _ in self.written if k == kind.kind)
 
+    def certificates(self, except_record: str) -> set[tuple[str, str]]:
+        """(namespace, Secret name) of every certificate the tenant's Routes are served with,
+        as written or handed over, but for Route `except_record`'s."""
+        out = set()
+        specs = {**self.written, **self._handed}
+        for (kind, name), spec in specs.items():
+            if kind != ROUTE.kind or name == except_record or not isinstance(spec, dict):
+                continue
+            ns = str((spec.get("source") or {}).get("namespace", ""))
+            out |= {(ns, str(t.get("secretName"))) for t in spec.get("tls") or []}
+        return out
+
     def held(self, kind: RecordKind) -> int:
         """Records of `kind` written or handed to the data plane: what a limit counts."""
         return len({n for k, n in (*self.written, *self.unwritten) if k == kind.kind})
@@ -85,6 +100,7 @@ class TenantRecords:
         """Served already, before it is written (see RecordKind.provisional)."""
         self.sink.provisional(RouteRecord(self.tenant, name, spec))
         self.unwritten.add((kind.kind, name))
+        self._handed[(kind.kind, name)] = spec
 
     async def write(self, kind: RecordKind, name: str, spec: RouteSpec | LoadBalancerSpec) -> None:
         start = time.perf_counter()
@@ -92,6 +108,7 @@ class TenantRecords:
             kind.resource, record_object(kind.kind, self.tenant, name, spec)
         )
         self.unwritten.discard((kind.kind, name))
+        self._handed.pop((kind.kind, name), None)
         self.written[(kind.kind, name)] = cast(Any, spec)
         self.recorded.setdefault(
             (kind.kind, name), str(written["metadata"].get("creationTimestamp") or "")
@@ -104,6 +121,7 @@ class TenantRecords:
 
     def revert(self, kind: RecordKind, name: str) -> None:
         """Back to the stored record: the provisional one will not be written."""
+        self._handed.pop((kind.kind, name), None)
         if (kind.kind, name) in self.unwritten:
             self.unwritten.discard((kind.kind, name))
             self.sink.revert(kind, self.tenant, name)
@@ -114,10 +132,12 @@ class TenantRecords:
         for kind_name, name in sorted(self.unwritten):
             self.sink.revert(KINDS[kind_name], self.tenant, name)
         self.unwritten.clear()
+        self._handed.clear()
 
     async def delete(self, kind: RecordKind, name: str) -> None:
         self.sink.deleted(kind, self.tenant, name)
         await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
         self.unwritten.discard((kind.kind, name))
+        self._handed.pop((kind.kind, name), None)
         self.written.pop((kind.kind, name), None)
         self.recorded.pop((kind.kind, name), None)

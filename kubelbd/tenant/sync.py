@@ -31,7 +31,7 @@ from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, 
 from ..records.names import KINDS, LOADBALANCER, ROUTE
 from ..records.objects import namespace_object
 from ..records.policy import Policy, policy_of
-from ..records.problems import Translation
+from ..records.problems import Problem, Translation
 from ..records.status import Event, SourceStatus
 from ..retry import Backoff
 from ..sources import SOURCES, twins
@@ -501,8 +501,39 @@ class TenantSync:
     def _translate(self, source: Source, obj: Obj, record: str) -> Translation[Any]:
         result = source.translate(obj, self.caches)
         if source.record == ROUTE:
+            self._within_certificate_limit(record, result)
             result.spec = self.records.with_claims(ROUTE, record, result.spec)
         return result
+
+    def _within_certificate_limit(self, record: str, result: Translation[Any]) -> None:
+        """Certificates (TLS Secrets, copied or issued) past the tenant's limit are left out
+        of the Route, with a problem: those other Routes hold already keep theirs."""
+        limit = self.policy.limits.certificates
+        tls = result.spec.get("tls")
+        if limit is None or not tls:
+            return
+        ns = result.spec["source"]["namespace"]
+        held = self.records.certificates(except_record=record)
+        kept, refused = [], []
+        for entry in tls:
+            cert = (ns, entry["secretName"])
+            if cert in held or len(held) < limit:
+                held.add(cert)
+                kept.append(entry)
+            else:
+                refused.append(entry["secretName"])
+        if not refused:
+            return
+        problem = Problem(
+            "LimitExceeded",
+            f"the tenant may have {limit} certificates; not served: {', '.join(refused[:5])}",
+        )
+        result.problems.append(problem)
+        result.spec["problems"] = [*result.spec.get("problems", []), problem.spec()]
+        if kept:
+            result.spec["tls"] = kept
+        else:
+            del result.spec["tls"]
 
     async def _reconcile_one(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
         """One object; its failure is retried later and never blocks the others. `limit`

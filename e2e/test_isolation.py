@@ -1,0 +1,401 @@
+"""A hostile tenant, on the real fleet: every finding of the isolation review, reproduced as a
+tenant's admin would try it, and the other tenant shown unaffected.
+
+alpha is the hostile one; beta is the victim. The operator's policy for each tenant is its
+Tenant record's spec (the fleet registers nodeCIDRs 127.0.<i>.0/24, domains open); a test
+that needs another policy patches alpha's and puts it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubelbd.kube import Kube
+from kubelbd.objects import EVENTS, INGRESSES, LEASES, NODES, SECRETS, SERVICES, Obj
+from kubelbd.records.names import ROUTES, TENANTS
+from kubelbd.records.objects import record_object
+
+from .support import (
+    FleetHandle,
+    backend,
+    conditions,
+    create_namespace,
+    delete_namespace,
+    deploy_app,
+    deploy_echo,
+    eventually,
+    ingress_obj,
+    lb_get,
+    namespace_in,
+    rule,
+    unique,
+    until_served,
+)
+
+pytestmark = pytest.mark.e2e
+
+NAMESPACE = "kubelb"  # where the fleet registers its tenants
+
+
+def from_app(app: str):  # type: ignore[no-untyped-def]
+    return lambda body: isinstance(body, dict) and body.get("pod", "").startswith(f"{app}-")
+
+
+def host(prefix: str) -> str:
+    return f"{unique(prefix)}.example.test"
+
+
+async def tenant_record(mgmt: Kube, tenant: str) -> Obj:
+    return await mgmt.get(TENANTS, tenant, f"tenant-{tenant}")
+
+
+@asynccontextmanager
+async def policy(mgmt: Kube, tenant: str, spec: Obj) -> AsyncIterator[None]:
+    """The operator sets `spec` fields of a tenant's policy for a while, then puts the
+    Tenant spec back as it was."""
+    before = (await tenant_record(mgmt, tenant)).get("spec") or {}
+    await mgmt.patch(TENANTS, tenant, {"spec": spec}, f"tenant-{tenant}")
+    try:
+        yield
+    finally:
+        undo = {k: before.get(k) for k in spec}  # null removes what was not there
+        await mgmt.patch(TENANTS, tenant, {"spec": undo}, f"tenant-{tenant}")
+
+
+async def events_on(kube: Kube, ns: str, name: str) -> list[tuple[str, str]]:
+    items, _ = await kube.list(EVENTS, ns, fieldSelector=f"involvedObject.name={name}")
+    return [(e["reason"], e["message"]) for e in items]
+
+
+@asynccontextmanager
+async def hand_written_node(kube: Kube, name: str, address: str) -> AsyncIterator[None]:
+    """A Node the tenant's admin writes by hand, Ready, with `address` as its InternalIP,
+    kept Ready as a kubelet would (its Lease renewed); gone afterwards."""
+    await kube.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    ready = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "by hand"}
+    status = {"status": {"addresses": [{"type": "InternalIP", "address": address}],
+                         "conditions": [ready]}}  # fmt: skip
+    await kube.patch(NODES, name, status, subresource="status")
+    lease: Obj = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40},
+    }
+
+    async def renew() -> None:
+        while True:
+            lease["spec"]["renewTime"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            await kube.apply(LEASES, lease, field_manager="kubelet")
+            ready["lastHeartbeatTime"] = lease["spec"]["renewTime"][:19] + "Z"
+            await kube.patch(NODES, name, status, subresource="status")
+            await asyncio.sleep(1)
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await kube.delete(NODES, name)
+        await kube.delete(LEASES, name, "kube-node-lease")
+
+
+# ---- registration --------------------------------------------------------------------------
+
+
+async def test_a_kubeconfig_that_runs_a_command_is_refused(
+    fleet: FleetHandle, tmp_path: Path
+) -> None:
+    """An `exec` user would run its command as kubelbd (and `tokenFile` would read kubelbd's
+    own files): refused by default, Connected=False saying why, nothing run."""
+    mgmt = fleet.kube["mgmt"]
+    marker = tmp_path / "ran"
+    config = yaml.safe_load(fleet.layout.kubeconfig("beta").read_text())
+    config["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "/bin/sh",
+            "args": ["-c", f"touch {marker}; echo '{{}}'"],
+            "interactiveMode": "Never",
+        },
+        "tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    }
+    name = unique("exec")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "labels": {"kubelb.io/tenant": name}},
+        "data": {"kubeconfig": base64.b64encode(yaml.safe_dump(config).encode()).decode()},
+    }
+    await mgmt.create(SECRETS, secret, NAMESPACE)
+    try:
+
+        async def refused() -> bool:
+            connected = conditions(await tenant_record(mgmt, name)).get("Connected", {})
+            assert connected.get("status") == "False", connected
+            assert connected.get("reason") == "KubeconfigRefused", connected
+            assert "exec" in connected["message"] and "tokenFile" in connected["message"]
+            return True
+
+        await eventually(refused, timeout=30, what="Connected=False KubeconfigRefused")
+        assert not marker.exists()
+    finally:
+        await mgmt.delete(SECRETS, name, NAMESPACE)
+
+
+# ---- node addresses ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def beta_app(fleet: FleetHandle) -> AsyncIterator[tuple[str, str]]:
+    """beta's app, served on its host: (namespace, host)."""
+    beta = fleet.kube["beta"]
+    ns = unique("victim")
+    await create_namespace(beta, ns)
+    await deploy_app(beta, ns, "victim")
+    h = host("victim")
+    await beta.create(
+        INGRESSES, ingress_obj("victim", [rule(h, ("/", "Prefix", backend("victim")))]), ns
+    )
+    await until_served(fleet.layout, h, check=from_app("victim"))
+    yield ns, h
+    await delete_namespace(beta, ns)
+
+
+async def test_node_addresses_a_tenant_may_not_have_are_never_dialled(
+    fleet: FleetHandle, beta_app: tuple[str, str]
+) -> None:
+    """Node addresses are the tenant's to write: 127.0.0.1 (where Envoy's admin API is), a
+    name instead of an IP (which made Envoy reject the cluster file, so no status moved for
+    anyone), and beta's node address (which published beta's NodePorts under alpha's hosts)
+    are never used; the Tenant record and the Nodes say why, and beta is served throughout."""
+    alpha, beta, mgmt, lay = (
+        fleet.kube["alpha"],
+        fleet.kube["beta"],
+        fleet.kube["mgmt"],
+        fleet.layout,
+    )
+    victim_ns, victim = beta_app
+    evil = {"evil-admin": "127.0.0.1", "evil-name": "node.example.test",
+            "evil-steal": fleet.node_ips("beta")[0]}  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        for name, address in evil.items():
+            await stack.enter_async_context(hand_written_node(alpha, name, address))
+
+        async def refused() -> bool:
+            record = await tenant_record(mgmt, "alpha")
+            assert record["status"]["nodeAddresses"] == sorted(fleet.node_ips("alpha"))
+            accepted = conditions(record)["NodesAccepted"]
+            assert accepted["status"] == "False" and accepted["reason"] == "AddressRefused"
+            for name in evil:
+                assert f"node {name}:" in accepted["message"], accepted["message"]
+            return True
+
+        await eventually(refused, what="alpha's refused node addresses")
+        for name in evil:
+            reasons = [r for r, _ in await events_on(alpha, "default", name)]
+            assert "AddressRefused" in reasons, (name, reasons)
+        # Everyone's changes and statuses still flow: beta's new route is served and its
+        # status written (the applied version advances).
+        h = host("still")
+        await beta.create(
+            INGRESSES, ingress_obj("still", [rule(h, ("/", "Prefix", backend("victim")))]),
+            victim_ns,
+        )  # fmt: skip
+        await until_served(lay, h, check=from_app("victim"))
+
+        async def status_written() -> bool:
+            obj = await beta.get(INGRESSES, "still", victim_ns)
+            return bool(obj.get("status", {}).get("loadBalancer", {}).get("ingress"))
+
+        await eventually(status_written, what="beta's new Ingress status")
+        assert (await lb_get(lay, victim))[0] == 200
+
+    async def accepted_again() -> bool:
+        return bool(conditions(await tenant_record(mgmt, "alpha"))["NodesAccepted"]["status"]
+                    == "True")  # fmt: skip
+
+    await eventually(accepted_again, what="NodesAccepted=True once the Nodes are gone")
+
+
+async def test_another_tenants_node_address_stays_its_own(fleet: FleetHandle) -> None:
+    """Even where the operator lets alpha's nodes be anywhere on loopback, an address beta's
+    node held first stays beta's: alpha cannot reach beta's NodePorts through it."""
+    alpha, beta, mgmt, lay = (
+        fleet.kube["alpha"],
+        fleet.kube["beta"],
+        fleet.kube["mgmt"],
+        fleet.layout,
+    )
+    async with namespace_in(fleet, "steal", ["alpha", "beta"]) as ns:
+        svc = await deploy_echo(beta, ns, "secret", replicas=1, svc_type="NodePort")
+        port = svc["spec"]["ports"][0]["nodePort"]
+        # alpha's own Service on the same nodePort, with no pods: only beta's node answers.
+        decoy = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "decoy"},
+            "spec": {"type": "NodePort", "selector": {"app": "nothing"},
+                     "ports": [{"port": 80, "targetPort": 8080, "nodePort": port}]},
+        }  # fmt: skip
+        await alpha.create(SERVICES, decoy, ns)
+        h = host("steal")
+        await alpha.create(
+            INGRESSES, ingress_obj("steal", [rule(h, ("/", "Prefix", backend("decoy")))]), ns
+        )
+        stolen = fleet.node_ips("beta")[0]
+        async with (
+            policy(mgmt, "alpha", {"nodeCIDRs": ["127.0.0.0/8"]}),
+            hand_written_node(alpha, "evil-steal", stolen),
+        ):
+
+            async def listed() -> bool:
+                record = await tenant_record(mgmt, "alpha")
+                # Accepted by the tenant side (inside its CIDRs) ...
+                assert stolen in record["status"]["nodeAddresses"], record["status"]
+                return True
+
+            await eventually(listed, what="alpha listing beta's node address")
+            await until_served(lay, h, status=503)
+            # ... but the address stays with beta, who claimed it first.
+            for _ in range(20):
+                status, body = await lb_get(lay, h)
+                assert not from_app("secret")(body), "alpha reached beta's NodePort"
+                assert status == 503, (status, body)
+            log = (lay.logs / "kubelbd.log").read_text(errors="replace")
+            assert f"tenant alpha: node address {stolen} is tenant beta's" in log
+
+
+# ---- hosts -----------------------------------------------------------------------------------
+
+
+async def test_an_older_ingress_cannot_take_a_host_another_tenant_serves(
+    fleet: FleetHandle, beta_app: tuple[str, str]
+) -> None:
+    """Ownership is by when kubelbd first saw the claim, not the tenant's creationTimestamp:
+    alpha's Ingress, made before beta's, gains beta's host in an edit and gets nothing."""
+    alpha, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
+    _, victim = beta_app
+    async with namespace_in(fleet, "capture", ["alpha"]) as ns:
+        await deploy_app(alpha, ns, "thief")
+        own = host("thief")
+        old = ingress_obj("old", [rule(own, ("/", "Prefix", backend("thief")))])
+        # Older than beta's Ingress by its tenant's clock: made before, backdated as well.
+        await alpha.create(INGRESSES, old, ns)
+        await until_served(lay, own, check=from_app("thief"))
+        grab = [rule(own, ("/", "Prefix", backend("thief"))),
+                rule(victim, ("/", "Prefix", backend("thief")))]  # fmt: skip
+        annotations = {"kubelb.io/tls-acme": "true"}
+        patch = {"metadata": {"annotations": annotations},
+                 "spec": {"rules": grab, "tls": [{"hosts": [victim]}]}}  # fmt: skip
+        await alpha.patch(INGRESSES, "old", patch, ns)
+
+        async def conflict() -> bool:
+            route = await mgmt.get(ROUTES, f"{ns}.old", "tenant-alpha")
+            cond = conditions(route).get("Conflict", {})
+            assert cond.get("status") == "True" and "beta" in cond["message"], cond
+            return True
+
+        await eventually(conflict, what="alpha's claim reported as a conflict")
+        for _ in range(10):
+            status, body = await lb_get(lay, victim)
+            assert status == 200 and from_app("victim")(body), (status, body)
+        # No certificate is issued to alpha for a host it does not hold.
+        assert await mgmt.get_or_none(SECRETS, f"{ns}.old-tls", "tenant-alpha") is None
+
+
+async def test_hosts_outside_the_allowed_domains_are_refused(fleet: FleetHandle) -> None:
+    alpha, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
+    async with namespace_in(fleet, "domains", ["alpha"]) as ns:
+        await deploy_app(alpha, ns, "app")
+        allowed, other = f"{unique('ok')}.alpha.test", host("other")
+        rules = [rule(allowed, ("/", "Prefix", backend("app"))),
+                 rule(other, ("/", "Prefix", backend("app")))]  # fmt: skip
+        async with policy(mgmt, "alpha", {"allowedDomains": ["**.alpha.test"]}):
+            await alpha.create(INGRESSES, ingress_obj("both", rules), ns)
+            await until_served(lay, allowed, check=from_app("app"))
+
+            async def refused() -> bool:
+                reasons = [r for r, _ in await events_on(alpha, ns, "both")]
+                assert "HostNotAllowed" in reasons, reasons
+                return True
+
+            await eventually(refused, what="a HostNotAllowed Event")
+            assert (await lb_get(lay, other))[0] == 404
+        # The policy back to open: the other host is served too.
+        await until_served(lay, other, check=from_app("app"))
+
+
+# ---- quotas ------------------------------------------------------------------------------------
+
+
+async def test_a_route_limit_keeps_the_oldest_and_refuses_the_rest(fleet: FleetHandle) -> None:
+    alpha, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
+    async with namespace_in(fleet, "quota", ["alpha"]) as ns:
+        await deploy_app(alpha, ns, "app")
+        first, second = host("first"), host("second")
+        await alpha.create(
+            INGRESSES, ingress_obj("first", [rule(first, ("/", "Prefix", backend("app")))]), ns
+        )
+        await until_served(lay, first)
+        held, _ = await mgmt.list(ROUTES, "tenant-alpha")
+        async with policy(mgmt, "alpha", {"limits": {"routes": len(held)}}):
+            await alpha.create(
+                INGRESSES,
+                ingress_obj("second", [rule(second, ("/", "Prefix", backend("app")))]),
+                ns,
+            )
+
+            async def limited() -> bool:
+                reasons = [r for r, _ in await events_on(alpha, ns, "second")]
+                assert "LimitExceeded" in reasons, reasons
+                return True
+
+            await eventually(limited, what="a LimitExceeded Event on the newer Ingress")
+            assert (await lb_get(lay, second))[0] == 404
+            assert (await lb_get(lay, first))[0] == 200  # the older one keeps working
+            assert await mgmt.get_or_none(ROUTES, f"{ns}.second", "tenant-alpha") is None
+            # Room again: the waiting Ingress is served.
+            await alpha.delete(INGRESSES, "first", ns)
+            await until_served(lay, second)
+
+
+# ---- records ------------------------------------------------------------------------------------
+
+
+async def test_a_record_outside_a_tenant_namespace_is_ignored(fleet: FleetHandle) -> None:
+    """Anyone who may write Routes into some namespace of the management cluster must not be
+    able to speak for a tenant by its label."""
+    mgmt, lay = fleet.kube["mgmt"], fleet.layout
+    h = host("stray")
+    spec: Any = {
+        "source": {"kind": "Ingress", "namespace": "x", "name": "stray", "uid": "u",
+                   "creationTimestamp": "2000-01-01T00:00:00Z"},
+        "rules": [{"host": h, "paths": [{"path": "/", "pathType": "Prefix",
+                   "backends": [{"service": "s", "port": "80", "nodePort": 30080}]}]}],
+    }  # fmt: skip
+    stray = record_object("Route", "alpha", "x.stray", spec)
+    stray["metadata"]["namespace"] = NAMESPACE
+    await mgmt.create(ROUTES, stray, NAMESPACE)
+    try:
+        log = lay.logs / "kubelbd.log"
+
+        async def warned() -> bool:
+            return f"{NAMESPACE}/x.stray" in log.read_text(errors="replace")
+
+        await eventually(warned, what="a warning naming the stray record")
+        assert (await lb_get(lay, h))[0] == 404
+    finally:
+        await mgmt.delete(ROUTES, "x.stray", NAMESPACE)
