@@ -13,9 +13,11 @@ loopback ports, and measures:
   right after it and again after Envoy's drain time (5 s).
 
 Designs (`--designs`): `files`, one SDS file subscription per certificate (kubelbd before
-this benchmark: each is an inotify instance); `inline`, the certificates inline in the
+this benchmark: each is an inotify instance); `watched-dir`, the same with the subscription's
+`watched_directory` set to the secrets directory; `inline`, the certificates inline in the
 listener (a rotation is a filter chain update); `ads`, SDS over one delta ADS gRPC stream
-from kubelbd (kubelbd.envoy.sds). `files` and `inline` are derived from the `ads` rendering.
+from kubelbd (kubelbd.envoy.sds), what kubelbd renders. The others are derived from it. Runs
+interleave the designs, so a change in the machine's load touches them alike.
 """
 
 from __future__ import annotations
@@ -195,10 +197,10 @@ def _chains(files: Files) -> list[dict[str, Any]]:
 def as_design(design: str, files: Files, pairs: dict[str, Pair], config_dir: str) -> Files:
     """kubelbd's (ads) rendering, turned into the files of `design`."""
     files = orjson.loads(orjson.dumps(files))  # a deep copy
-    if design == "ads" or "lds.json" not in files:
+    if design == "ads":
         return files
     by_sid = {p.sid: p for p in pairs.values()}
-    for chain in _chains(files):
+    for chain in _chains(files) if "lds.json" in files else []:
         ctx = chain["transport_socket"]["typed_config"]["common_tls_context"]
         (sds,) = ctx.pop("tls_certificate_sds_secret_configs")
         if design in ("files", "watched-dir"):
@@ -238,14 +240,16 @@ def handshake(port: int, host: str, timeout: float = 2.0) -> bytes | None:
         return None
 
 
-async def poll(check: Callable[[], bool], deadline: float, alive: Callable[[], bool]) -> float:
+async def poll(
+    check: Callable[[], bool], deadline: float, alive: Callable[[], bool], what: str
+) -> float:
     """Seconds until `check()` holds (polling every ~2 ms); raises on timeout or if Envoy died."""
     start = time.perf_counter()
     while not check():
         if not alive():
             raise RuntimeError("envoy exited")
         if time.perf_counter() - start > deadline:
-            raise TimeoutError
+            raise TimeoutError(f"no {what} after {deadline:.0f} s")
         await asyncio.sleep(0.002)
     return time.perf_counter() - start
 
@@ -425,7 +429,7 @@ async def _measure(
     def served(names: list[str]) -> bool:
         return all(handshake(port, h) == pairs[h].der for h in names)
 
-    start = await poll(lambda: served(sample), 120, alive)
+    start = await poll(lambda: served(sample), 120, alive, "every sample host served")
     await asyncio.sleep(0.5)  # let start-up work settle before measuring the rest
     result = Result(True, start=start, rss=rss_mib(proc.pid), inotify=inotify_instances(proc.pid))
     missing = [h for h in hosts if handshake(port, h) != pairs[h].der]
@@ -445,7 +449,7 @@ async def _measure(
     if design == "ads":
         server.put(rendering.served)
     await publisher.publish(as_design(design, new_files, pairs, config_dir))
-    await poll(lambda: handshake(port, target) == pairs[target].der, 30, alive)
+    await poll(lambda: handshake(port, target) == pairs[target].der, 30, alive, "rotation")
     result.rotation = time.perf_counter() - t0
     right_after = conn.request()
     await asyncio.sleep(DRAIN_TIME + 1.0)
@@ -468,6 +472,16 @@ async def _measure(
     return result
 
 
+def _outcome(res: Result) -> str:
+    if not res.ok:
+        return f"FAILED: {res.error[:300]}"
+    return (
+        f"start {res.start * 1000:.0f} ms, rotation {res.rotation * 1000:.1f} ms, "
+        f"lds {res.lds * 1000:.1f} ms, rss {res.rss:.0f} MiB, inotify {res.inotify}, "
+        f"kept {res.kept}"
+    )
+
+
 def _line(name: str, values: list[float], unit: str, scale: float = 1.0) -> str:
     v = [x * scale for x in values]
     return (
@@ -479,16 +493,13 @@ def _line(name: str, values: list[float], unit: str, scale: float = 1.0) -> str:
 async def run(n: int, runs: int, designs: list[str]) -> None:
     print(f"certs: n={n} runs={runs} (inotify max_user_instances {inotify_limit()})")
     base = certificates(n)
-    for design in designs:
-        results = []
-        for r in range(runs):
-            pairs = dict(base)
-            res = await one_run(design, pairs, seed=r)
-            results.append(res)
-            print(f"  {design} run {r + 1}: " + (
-                f"start {res.start * 1000:.0f} ms, rotation {res.rotation * 1000:.1f} ms, "
-                f"lds {res.lds * 1000:.1f} ms, rss {res.rss:.0f} MiB, inotify {res.inotify}, "
-                f"kept {res.kept}" if res.ok else f"FAILED: {res.error}"), flush=True)  # fmt: skip
+    by_design: dict[str, list[Result]] = {d: [] for d in designs}
+    for r in range(runs):
+        for design in designs:
+            res = await one_run(design, dict(base), seed=r)
+            by_design[design].append(res)
+            print(f"  {design} run {r + 1}: {_outcome(res)}", flush=True)
+    for design, results in by_design.items():
         good = [r for r in results if r.ok]
         print(f"{design} (n={n}): {len(good)}/{runs} runs served every host")
         if good:
