@@ -1,4 +1,4 @@
-"""Golden: the IR → Envoy's files (listeners, clusters, route tables, SDS secrets).
+"""Golden: the IR → Envoy's files (listeners, clusters, route tables).
 
 Input: Envoy settings, the HTTP IR (the YAML the ir/ stage writes), the TLS plan (hosts
 served over HTTPS, with which certificate and whether plain HTTP redirects), ACME answers,
@@ -53,7 +53,7 @@ def render(case: dict[str, Any]) -> Files:
     challenges = case.get("challenges") or {}
     plan = tls_plan(case.get("tls"))
     if plan.hosts or challenges:
-        files.update(renderer.update_tls(plan, challenges, ir.catch_all is not None)[0])
+        files.update(renderer.update_tls(plan, challenges, ir.catch_all is not None))
     if case.get("l4"):
         files.update(renderer.update_l4(*load_l4(case["l4"])))
     return files

@@ -50,9 +50,7 @@ def _render(
     model, renderer = Model(), Renderer(settings)
     files = renderer.update(model.ir, model.apply(routes, (), tenants))
     plan = tls.plan(model.ir, tls_routes, secrets, dt.datetime.now(dt.UTC))
-    tls_files, stale = renderer.update_tls(plan, {}, catch_all)
-    assert not stale
-    files.update(tls_files)
+    files.update(renderer.update_tls(plan, {}, catch_all))
     return model, renderer, files
 
 

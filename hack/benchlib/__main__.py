@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import convergence, fleet, l4
+from . import certs, convergence, fleet, l4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--burst", type=int, default=20, help="Ingresses written at once (burst)")
     l4b = sub.add_parser("l4", help="LoadBalancer Service write → first echo through Envoy")
     l4b.add_argument("--changes", type=int, default=100)
+    cb = sub.add_parser("certs", help="N certificates on one Envoy: start, rotation, RSS")
+    cb.add_argument("--n", type=int, default=1000, help="certificates (one host each)")
+    cb.add_argument("--runs", type=int, default=5)
+    cb.add_argument("--designs", default=",".join(certs.DESIGNS), help="files, inline, ads")
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
@@ -35,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         layout = convergence.ensure_fleet()
         kinds = args.kinds.split(",")
         asyncio.run(convergence.run(layout, scales, args.changes, kinds, args.burst))
+    elif args.cmd == "certs":
+        asyncio.run(certs.run(args.n, args.runs, args.designs.split(",")))
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0

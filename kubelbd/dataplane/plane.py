@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,7 +23,8 @@ from ..certs.acme import ACMESettings
 from ..envoy.admin import EnvoyAdmin
 from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
-from ..envoy.settings import Settings
+from ..envoy.sds import SecretServer
+from ..envoy.settings import SDS_SOCKET, Settings
 from ..hub import Settling, StatusBoard
 from ..ir.http import Model
 from ..ir.status import Report, route_report
@@ -69,7 +71,10 @@ class DataPlane:
         self.renderer = Renderer(settings)
         self.l4 = LoadBalancers(mgmt, l4 or L4Settings(), self._wake_up)
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
-        self.tls = TLSState(mgmt, acme or ACMESettings(), self._wake_up, self.wait_applied)
+        self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
+        self.tls = TLSState(
+            mgmt, acme or ACMESettings(), self._wake_up, self.wait_applied, self.secrets
+        )
         self.status = StatusReporter(
             mgmt, board, self.wait_applied, self._reports, self._observed_conditions
         )
@@ -89,13 +94,26 @@ class DataPlane:
         self.status.due(routes=confirmed)
 
     async def wait_applied(self, timeout: float | None = None) -> bool:
-        """True once Envoy reports every file version kubelbd has published."""
-        return await self.admin.wait_applied(self.publisher.published, timeout)
+        """True once Envoy reports every file version kubelbd has published, then holds
+        every certificate served."""
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        if not await self.admin.wait_applied(self.publisher.published, timeout):
+            return False
+        left = None if deadline is None else max(0.0, deadline - anyio.current_time())
+        return await self.secrets.wait_settled(left)
 
     # ---- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self.publisher.load_async()
+        await self.secrets.start()
+        try:
+            await self._run()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.secrets.stop()
+
+    async def _run(self) -> None:
         selector = f"{MANAGED_BY}={MANAGER}"
         # Selected by label, anywhere: only what is in its tenant's namespace counts (strays).
         guard = Strays().guard
@@ -150,12 +168,11 @@ class DataPlane:
         if removal is not None:
             self._render_at(removal)  # an unused cluster's grace period ends
         changed = set(batch.upserts) | batch.deletes
-        stale, tls_moved = self.tls.render(self.model, changed, delta, self.renderer, files)
+        tls_moved = self.tls.render(self.model, changed, delta, self.renderer, files)
         if self.l4.dirty:
             await self._render_l4(files)
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
-        await self.publisher.remove(stale)
         self.tls.published()
         if written:
             log.debug(

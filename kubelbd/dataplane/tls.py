@@ -17,6 +17,7 @@ import anyio
 from ..certs.acme import ACMESettings
 from ..certs.issuers import Issuers
 from ..envoy.renderer import Files, Renderer
+from ..envoy.sds import SecretServer
 from ..ir import tls
 from ..ir.http import Delta, Model
 from ..kube import Kube
@@ -35,8 +36,12 @@ class TLSState:
         acme: ACMESettings,
         wake: Callable[[], None],
         wait_applied: Callable[[float], Awaitable[bool]],
+        secrets: SecretServer,
     ) -> None:
         self._wake = wake
+        #: serves the certificates to Envoy; `_served` are the ones the listener may name
+        self.secrets = secrets
+        self._served: set[str] = set()
         self._wait_applied = wait_applied
         self.certificates: dict[str, tls.CertificateData] = {}  # secret id -> content
         #: ACME HTTP-01 answers being served: token -> key authorization
@@ -78,17 +83,19 @@ class TLSState:
         return False
 
     def published(self) -> None:
-        """The files of the last render are written."""
+        """The files of the last render are written: certificates the listener no longer
+        names stop being served (Envoy drops them itself with their filter chains)."""
+        self.secrets.remove(self.secrets.names() - self._served)
         if self._challenges_rendered:
             self._challenges_rendered = False
             self._challenges_published.set()
 
     def render(
         self, model: Model, changed: Iterable[str], delta: Delta, renderer: Renderer, files: Files
-    ) -> tuple[set[str], set[str]]:
-        """Certificates, SNI chains, redirects and ACME answers into `files`, when anything
-        TLS changed. Returns the secret files nothing refers to any more, and the routes whose
-        certificate problems changed."""
+    ) -> set[str]:
+        """Certificates (to the secret server, before the listener that names them is
+        written), SNI chains, redirects and ACME answers (into `files`), when anything TLS
+        changed. Returns the routes whose certificate problems changed."""
         for rid in changed:
             route = model.routes.get(rid)
             if route is not None and route.spec.get("tls"):
@@ -100,7 +107,7 @@ class TLSState:
         if self.routes and (delta.hosts or delta.catch_all):
             self.dirty = True  # ownership may have moved a TLS host
         if not self.dirty:
-            return set(), set()
+            return set()
         self.dirty = False
         before = self.plan.problems
         routes = [model.routes[r] for r in self.routes]
@@ -108,15 +115,16 @@ class TLSState:
         self.plan = tls.plan(
             model.ir, routes, self.certificates, dt.datetime.now(dt.UTC), self.issuers.pending()
         )
-        tls_files, stale = renderer.update_tls(
-            self.plan, self.challenges, model.ir.catch_all is not None
+        self.secrets.put(self.plan.secrets.values())
+        self._served = set(self.plan.secrets)
+        files.update(
+            renderer.update_tls(self.plan, self.challenges, model.ir.catch_all is not None)
         )
-        files.update(tls_files)
         self._challenges_rendered = True
         problems = self.plan.problems
         moved = set(before) ^ set(problems)
         moved |= {r for r in before if before.get(r) != problems.get(r)}
-        return stale, moved
+        return moved
 
     async def recheck(self) -> None:
         """Certificates expire while being served: look again every minute."""

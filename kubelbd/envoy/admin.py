@@ -14,7 +14,7 @@ import aiohttp
 import anyio
 import orjson
 
-from .settings import rds_file, secret_file
+from .settings import rds_file
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,6 @@ def file_of_stat(name: str) -> str | None:
     if name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
         route_config = name.split(".rds.", 1)[1].removesuffix(".version_text")
         return rds_file(route_config)
-    if name.startswith("sds.") and name.endswith(".version_text"):
-        return secret_file(name.removeprefix("sds.").removesuffix(".version_text"))
     return None
 
 

@@ -62,9 +62,6 @@ class Encoder:
         self._pieces[name] = kept
         return _file(b"[" + b",".join(parts) + b"]")
 
-    def forget(self, name: str) -> None:
-        self._pieces.pop(name, None)
-
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,12 +119,14 @@ class Publisher:
 
     def load(self) -> None:
         """Learn what a previous run left on disk, so identical content is not rewritten, and
-        what kind of volume it is."""
+        what kind of volume it is. Certificate files an older kubelbd wrote (one SDS file
+        each, before kubelbd.envoy.sds) are deleted: a private key does not outlive its use."""
         self.in_memory = on_tmpfs(self.config_dir)
+        for leftover in (self.config_dir / "secrets").glob("*.json"):
+            leftover.unlink(missing_ok=True)
         top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
         tables = sorted((self.config_dir / "rds").glob("*.json"))
-        secrets = sorted((self.config_dir / "secrets").glob("*.json"))
-        for path in [*top, *tables, *secrets]:
+        for path in [*top, *tables]:
             try:
                 data = orjson.loads(path.read_bytes())
             except (OSError, orjson.JSONDecodeError):
@@ -154,23 +153,6 @@ class Publisher:
             self.published[name] = version
         return {name: version for name, (version, _) in changed.items()}
 
-    async def remove(self, paths: set[str]) -> None:
-        """Delete files nothing refers to any more (called once the listeners stopped naming
-        them): a private key should not outlive its use on the volume."""
-        gone = [p for p in paths if p in self.published]
-
-        def unlink_all() -> None:
-            for p in gone:
-                (self.config_dir / p).unlink(missing_ok=True)
-
-        if gone:
-            await anyio.to_thread.run_sync(unlink_all)
-        for p in gone:
-            self.published.pop(p, None)
-            self.encoder.forget(p)
-
     def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
         for name in sorted(changed, key=lambda n: (_order(n), n)):
-            # Private keys: readable by the group (the Envoy sidecar shares it), not the world.
-            mode = 0o640 if name.startswith("secrets/") else 0o644
-            write_atomically(self.config_dir / name, changed[name][1], mode)
+            write_atomically(self.config_dir / name, changed[name][1])

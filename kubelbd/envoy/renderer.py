@@ -21,11 +21,10 @@ from .settings import (
     FRONT_TLS,
     Settings,
     rds_file,
-    secret_file,
     shard_names,
     shard_of,
 )
-from .tls import https_listener, sds_secret
+from .tls import https_listener
 
 #: file path (relative to the config directory) → the resources it holds
 Files = dict[str, list[Resource]]
@@ -61,7 +60,6 @@ class Renderer:
         self._https_front: tuple[dict[str, list[str]], list[str]] | None = None
         self._challenges: tuple[tuple[str, str], ...] = ()
         self._https: Resource | None = None
-        self._secrets: dict[str, str] = {}  # secret id -> digest rendered
         self._started = False
 
     def _front_tables(self, catch_all: bool) -> dict[str, list[Resource]]:
@@ -98,8 +96,9 @@ class Renderer:
 
     def update_tls(
         self, plan: TLSPlan, challenges: dict[str, str], catch_all: bool
-    ) -> tuple[dict[str, list[Resource]], set[str]]:
-        """Files TLS changed, and secret files no longer referenced (to delete after LDS)."""
+    ) -> dict[str, list[Resource]]:
+        """Files TLS changed. The certificates themselves are not files: kubelbd's secret
+        server (kubelbd.envoy.sds) serves `plan.secrets`."""
         files: dict[str, list[Resource]] = {}
         redirect = tuple(sorted(h.host for h in plan.hosts.values() if h.redirect))
         answers = tuple(sorted(challenges.items()))
@@ -107,17 +106,11 @@ class Renderer:
         if (redirect, answers, tls_hosts) != (self._redirect, self._challenges, self._tls_hosts):
             self._redirect, self._challenges, self._tls_hosts = redirect, answers, tls_hosts
             files.update(self._front_tables(catch_all))
-        for sid, data in plan.secrets.items():
-            if self._secrets.get(sid) != data.digest:
-                files[secret_file(sid)] = [sds_secret(data)]
-                self._secrets[sid] = data.digest
-        stale = {secret_file(sid) for sid in self._secrets if sid not in plan.secrets}
-        self._secrets = {k: v for k, v in self._secrets.items() if k in plan.secrets}
         https = https_listener(plan, self.settings)
         if https != self._https:
             self._https = https
             files["lds.json"] = self._lds()
-        return files, stale
+        return files
 
     def update_l4(
         self, listeners: list[L4Listener], clusters: list[L4Cluster]

@@ -48,6 +48,5 @@ def shard_names(settings: Settings) -> list[str]:
     return [DEFAULT_SHARD] + [f"shard.{k}" for k in range(settings.shards)]
 
 
-def secret_file(secret_id: str) -> str:
-    """The SDS file of one certificate, by its secret id (`<tenant>/<name>`)."""
-    return "secrets/" + secret_id.replace("/", ".") + ".json"
+#: kubelbd's secret server, in the config directory (envoy-templates/bootstrap.yaml names it)
+SDS_SOCKET = "sds.sock"

@@ -1,30 +1,22 @@
 """HTTPS: one listener, a filter chain per certificate chosen by SNI, and the certificates
-themselves as SDS files (so rotating one never touches the listener or its connections)."""
+themselves over SDS from kubelbd's secret server (kubelbd.envoy.sds), so rotating one never
+touches the listener or its connections."""
 
 from __future__ import annotations
 
-import base64
-
-from ..ir.tls import CertificateData, TLSPlan
-from .common import Resource, config_source, socket_address
+from ..ir.tls import TLSPlan
+from .common import Resource, socket_address
 from .http import hcm, http_filter_chain
-from .settings import FRONT_TLS, Settings, secret_file
-from .type_urls import DOWNSTREAM_TLS, LISTENER, SDS_SECRET, TLS_INSPECTOR
+from .settings import FRONT_TLS, Settings
+from .type_urls import DOWNSTREAM_TLS, LISTENER, TLS_INSPECTOR
 
-
-def sds_secret(data: CertificateData) -> Resource:
-    return {
-        "@type": SDS_SECRET,
-        "name": data.name,
-        "tls_certificate": {
-            "certificate_chain": {"inline_bytes": base64.b64encode(data.cert_pem).decode()},
-            "private_key": {"inline_bytes": base64.b64encode(data.key_pem).decode()},
-        },
-    }
+#: Where the listener's certificates come from: the ADS stream of the bootstrap (one gRPC stream
+#: for all of them; a file per certificate would cost Envoy an inotify instance each).
+SDS_CONFIG: Resource = {"ads": {}, "resource_api_version": "V3"}
 
 
 def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
-    """One filter chain per certificate, chosen by SNI; certificates come from SDS files, so
+    """One filter chain per certificate, chosen by SNI; certificates come from SDS, so
     rotating one never touches the listener or its connections. None without TLS hosts
     (Envoy refuses a listener with no filter chain)."""
     by_secret: dict[str, list[str]] = {}
@@ -35,10 +27,7 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
     manager = hcm(FRONT_TLS, FRONT_TLS, settings, front=True)
     chains = []
     for secret, hosts in sorted(by_secret.items()):
-        sds = {
-            "name": secret,
-            "sds_config": config_source(f"{settings.config_dir}/{secret_file(secret)}"),
-        }
+        sds = {"name": secret, "sds_config": SDS_CONFIG}
         chains.append(
             {
                 "name": secret,

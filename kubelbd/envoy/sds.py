@@ -1,0 +1,188 @@
+"""The certificates, served to Envoy over one gRPC stream (delta ADS) on a Unix socket.
+
+Envoy watches every file subscription with its own inotify instance, and a Linux user has 128
+by default: one SDS file per certificate made Envoy abort at about 107 certificates (and again
+on every restart). Here every certificate travels on one stream instead, whatever their
+number: Envoy subscribes to the names its HTTPS listener uses, kubelbd sends each certificate
+once and again only when it changes; a rotation is one small message that touches neither the
+listener nor its connections (docs/benchmarks.md, "Certificates at scale", has the
+measurements against the alternatives).
+
+Envoy keeps what it received when the stream breaks (kubelbd restarting) and reconnects,
+telling what it holds, so a restarted kubelbd sends only what changed meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import grpc
+
+from ..ir.tls import CertificateData
+from . import xds_wire
+from .type_urls import SDS_SECRET
+
+log = logging.getLogger(__name__)
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+METHOD = "DeltaAggregatedResources"
+
+
+@dataclass(eq=False)  # one per connection, compared by identity
+class _Stream:
+    """One Envoy connection: what it asked for, what it was sent and what it accepted."""
+
+    peer: str
+    subscribed: set[str] = field(default_factory=set)
+    sent: dict[str, str] = field(default_factory=dict)  # name -> version Envoy has or is sent
+    unanswered: dict[str, dict[str, str]] = field(default_factory=dict)  # nonce -> sent
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+    def settled(self, secrets: Mapping[str, tuple[str, bytes]]) -> bool:
+        """Whether Envoy answered every response and holds every secret served."""
+        return not self.unanswered and all(self.sent.get(n) == v for n, (v, _) in secrets.items())
+
+
+class SecretServer:
+    """Holds the certificates kubelbd serves and pushes them to every connected Envoy."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.socket_path = socket_path
+        self._secrets: dict[str, tuple[str, bytes]] = {}  # name -> (version, encoded Secret)
+        self._streams: set[_Stream] = set()
+        self._nonces = itertools.count(1)
+        self._changed = anyio.Event()
+        self._server: Any = None
+
+    # ---- what kubelbd serves ----------------------------------------------------------------
+
+    def put(self, certificates: Iterable[CertificateData]) -> None:
+        """Serve these, replacing older versions (a certificate's version is its digest)."""
+        for data in certificates:
+            if self._secrets.get(data.name, ("",))[0] != data.digest:
+                body = xds_wire.secret(data.name, data.cert_pem, data.key_pem)
+                self._secrets[data.name] = (data.digest, body)
+        self._wake_all()
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Stop serving these (no listener names them any more). Envoy is not told: it drops
+        a secret when the last listener naming it goes."""
+        for name in names:
+            self._secrets.pop(name, None)
+
+    def names(self) -> set[str]:
+        return set(self._secrets)
+
+    def settled(self) -> bool:
+        """Whether Envoy holds every certificate served, in its current version (and answered
+        every response). Called once Envoy applied the listener that names them all, which
+        is when it asks for them."""
+        if not self._secrets:
+            return True
+        return bool(self._streams) and all(s.settled(self._secrets) for s in self._streams)
+
+    async def wait_settled(self, timeout: float | None) -> bool:
+        """True once `settled`; False after `timeout` seconds."""
+        with anyio.move_on_after(timeout):
+            while not self.settled():
+                self._changed = anyio.Event()
+                await self._changed.wait()
+            return True
+        return False
+
+    def _wake_all(self) -> None:
+        for stream in self._streams:
+            stream.wake.set()
+
+    # ---- the gRPC side ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on the socket: readable and writable by the group (the Envoy sidecar shares
+        the volume's group), not by others."""
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # left by a previous run
+        server = grpc.aio.server()
+        handler = grpc.stream_stream_rpc_method_handler(self._delta)  # raw bytes both ways
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
+        )
+        server.add_insecure_port(f"unix:{self.socket_path}")
+        await server.start()
+        os.chmod(self.socket_path, 0o660)
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+
+    async def _delta(self, requests: Any, context: Any) -> None:
+        """One Envoy's stream: read its requests in a task, answer with what it lacks."""
+        stream = _Stream(str(context.peer()))
+        self._streams.add(stream)
+        log.info("sds: envoy connected (%s)", stream.peer)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read, context, stream, tg.cancel_scope)
+                while True:
+                    await stream.wake.wait()
+                    stream.wake = anyio.Event()
+                    response = self._response(stream)
+                    if response is not None:
+                        await context.write(response)
+        finally:
+            self._streams.discard(stream)
+            self._changed.set()
+            log.info("sds: envoy disconnected (%s)", stream.peer)
+
+    async def _read(self, context: Any, stream: _Stream, scope: anyio.CancelScope) -> None:
+        try:
+            while (raw := await context.read()) is not grpc.aio.EOF:
+                try:
+                    request = xds_wire.parse_delta_request(raw)
+                except ValueError as e:
+                    log.warning("sds: unreadable request from %s: %s", stream.peer, e)
+                    continue
+                self._on_request(stream, request)
+        finally:
+            scope.cancel()  # Envoy hung up: end the response side too
+
+    def _on_request(self, stream: _Stream, request: xds_wire.DeltaRequest) -> None:
+        if request.type_url != SDS_SECRET:
+            return  # kubelbd serves only secrets over ADS
+        if request.nonce:
+            sent = stream.unanswered.pop(request.nonce, {})
+            if request.error is not None:
+                # ir.tls checks every certificate first: this would be a gap in that check.
+                log.error("sds: envoy rejected %s: %s", ", ".join(sorted(sent)), request.error)
+        stream.sent.update(request.initial_versions)
+        stream.subscribed |= set(request.subscribe)
+        stream.subscribed -= set(request.unsubscribe)
+        for name in request.unsubscribe:
+            stream.sent.pop(name, None)
+        stream.wake.set()
+        self._changed.set()
+
+    def _response(self, stream: _Stream) -> bytes | None:
+        """The secrets this Envoy asked for and does not hold in their current version."""
+        due = {
+            name: self._secrets[name]
+            for name in sorted(stream.subscribed)
+            if name in self._secrets and stream.sent.get(name) != self._secrets[name][0]
+        }
+        if not due:
+            return None
+        nonce = str(next(self._nonces))
+        versions = {name: version for name, (version, _) in due.items()}
+        stream.sent.update(versions)
+        stream.unanswered[nonce] = versions
+        resources = [(name, version, body) for name, (version, body) in due.items()]
+        return xds_wire.delta_response(nonce, nonce, resources)
