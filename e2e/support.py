@@ -16,7 +16,7 @@ from kubefleet.layout import ROOT, Layout
 
 from kubelbd.kube import ApiError, Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
-from kubelbd.records.names import ROUTES
+from kubelbd.records.names import ROUTES, TENANTS
 
 T = TypeVar("T")
 
@@ -477,3 +477,23 @@ async def bounce_controllers(cluster: str) -> None:
     for component in ("controller-manager", "scheduler"):
         await run_fleet("stop", component, cluster)
         await run_fleet("start", component, cluster)
+
+
+# ---- the operator's tenant policy ---------------------------------------------------------
+
+
+async def tenant_record(mgmt: Kube, tenant: str) -> Obj:
+    return await mgmt.get(TENANTS, tenant, f"tenant-{tenant}")
+
+
+@asynccontextmanager
+async def tenant_policy(mgmt: Kube, tenant: str, spec: Obj) -> AsyncIterator[None]:
+    """The operator sets `spec` fields of a tenant's policy for a while, then puts the
+    Tenant spec back as it was."""
+    before = (await tenant_record(mgmt, tenant)).get("spec") or {}
+    await mgmt.patch(TENANTS, tenant, {"spec": spec}, f"tenant-{tenant}")
+    try:
+        yield
+    finally:
+        undo = {k: before.get(k) for k in spec}  # null removes what was not there
+        await mgmt.patch(TENANTS, tenant, {"spec": undo}, f"tenant-{tenant}")

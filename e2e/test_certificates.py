@@ -21,6 +21,7 @@ from .support import (
     namespace_in,
     route_condition,
     served_over_plain_http,
+    tenant_policy,
     tls_site,
     unique,
 )
@@ -138,8 +139,49 @@ async def cert_manager(fleet: FleetHandle) -> AsyncIterator[None]:
 async def test_cert_manager_certificate_is_requested_and_served(
     fleet: FleetHandle, ns: str, cert_manager: None, annotation: str, kind: str
 ) -> None:
+    mgmt = fleet.kube["mgmt"]
+    host = f"{unique('cm')}.alpha.test"
+    # The operator lets alpha use this ClusterIssuer (none by default; Issuers in its own
+    # namespace of the management cluster are its own).
+    async with tenant_policy(mgmt, "alpha", {"clusterIssuers": ["letsencrypt-prod"]}):
+        await _cert_manager_serves(fleet, ns, host, annotation, kind)
+
+
+async def test_a_cluster_issuer_the_operator_did_not_allow_is_refused(
+    fleet: FleetHandle, ns: str, cert_manager: None
+) -> None:
     kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
     host = f"{unique('cm')}.alpha.test"
+    await tls_site(kube, ns, "cm", host, "cm-tls", **{"cert-manager.io/cluster-issuer": "other"})
+    await route_condition(mgmt, "alpha", f"{ns}.cm", "Accepted", reason="IssuerNotAllowed")
+    assert await mgmt.get_or_none(CERTIFICATES, f"{ns}.cm-tls", "tenant-alpha") is None
+    await served_over_plain_http(fleet.layout, host)
+
+
+async def test_a_certificate_cert_manager_refuses_holds_up_no_one_else(
+    fleet: FleetHandle, ns: str, cert_manager: None
+) -> None:
+    """A Secret name too long for a Certificate's name (over 253 characters with its
+    namespace) is that Route's problem; the next tenant's request still goes through."""
+    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
+    long_name = "x" * (253 - len(ns))  # a valid Secret name; `<ns>.<name>` is too long
+    bad, good = f"{unique('bad')}.alpha.test", f"{unique('good')}.alpha.test"
+    await tls_site(kube, ns, "bad", bad, long_name, **{"cert-manager.io/issuer": "ca"})
+    await route_condition(
+        mgmt, "alpha", f"{ns}.bad", "CertificateReady", reason="CertificateRefused"
+    )
+    await tls_site(kube, ns, "good", good, "good-tls", **{"cert-manager.io/issuer": "ca"})
+
+    async def requested() -> Obj:
+        return await mgmt.get(CERTIFICATES, f"{ns}.good-tls", "tenant-alpha")
+
+    await eventually(requested, what="the next Certificate requested")
+
+
+async def _cert_manager_serves(
+    fleet: FleetHandle, ns: str, host: str, annotation: str, kind: str
+) -> None:
+    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
     await tls_site(kube, ns, "cm", host, "cm-tls", **{annotation: "letsencrypt-prod"})
 
     async def requested() -> Obj:

@@ -22,7 +22,7 @@ import yaml
 
 from kubelbd.kube import Kube
 from kubelbd.objects import EVENTS, INGRESSES, LEASES, NODES, SECRETS, SERVICES, Obj
-from kubelbd.records.names import ROUTES, TENANTS
+from kubelbd.records.names import ROUTES
 from kubelbd.records.objects import record_object
 
 from .support import (
@@ -38,6 +38,8 @@ from .support import (
     lb_get,
     namespace_in,
     rule,
+    tenant_policy,
+    tenant_record,
     unique,
     until_served,
 )
@@ -53,23 +55,6 @@ def from_app(app: str):  # type: ignore[no-untyped-def]
 
 def host(prefix: str) -> str:
     return f"{unique(prefix)}.example.test"
-
-
-async def tenant_record(mgmt: Kube, tenant: str) -> Obj:
-    return await mgmt.get(TENANTS, tenant, f"tenant-{tenant}")
-
-
-@asynccontextmanager
-async def policy(mgmt: Kube, tenant: str, spec: Obj) -> AsyncIterator[None]:
-    """The operator sets `spec` fields of a tenant's policy for a while, then puts the
-    Tenant spec back as it was."""
-    before = (await tenant_record(mgmt, tenant)).get("spec") or {}
-    await mgmt.patch(TENANTS, tenant, {"spec": spec}, f"tenant-{tenant}")
-    try:
-        yield
-    finally:
-        undo = {k: before.get(k) for k in spec}  # null removes what was not there
-        await mgmt.patch(TENANTS, tenant, {"spec": undo}, f"tenant-{tenant}")
 
 
 async def events_on(kube: Kube, ns: str, name: str) -> list[tuple[str, str]]:
@@ -257,7 +242,7 @@ async def test_another_tenants_node_address_stays_its_own(fleet: FleetHandle) ->
         )
         stolen = fleet.node_ips("beta")[0]
         async with (
-            policy(mgmt, "alpha", {"nodeCIDRs": ["127.0.0.0/8"]}),
+            tenant_policy(mgmt, "alpha", {"nodeCIDRs": ["127.0.0.0/8"]}),
             hand_written_node(alpha, "evil-steal", stolen),
         ):
 
@@ -323,7 +308,7 @@ async def test_hosts_outside_the_allowed_domains_are_refused(fleet: FleetHandle)
         allowed, other = f"{unique('ok')}.alpha.test", host("other")
         rules = [rule(allowed, ("/", "Prefix", backend("app"))),
                  rule(other, ("/", "Prefix", backend("app")))]  # fmt: skip
-        async with policy(mgmt, "alpha", {"allowedDomains": ["**.alpha.test"]}):
+        async with tenant_policy(mgmt, "alpha", {"allowedDomains": ["**.alpha.test"]}):
             await alpha.create(INGRESSES, ingress_obj("both", rules), ns)
             await until_served(lay, allowed, check=from_app("app"))
 
@@ -351,7 +336,7 @@ async def test_a_route_limit_keeps_the_oldest_and_refuses_the_rest(fleet: FleetH
         )
         await until_served(lay, first)
         held, _ = await mgmt.list(ROUTES, "tenant-alpha")
-        async with policy(mgmt, "alpha", {"limits": {"routes": len(held)}}):
+        async with tenant_policy(mgmt, "alpha", {"limits": {"routes": len(held)}}):
             await alpha.create(
                 INGRESSES,
                 ingress_obj("second", [rule(second, ("/", "Prefix", backend("app")))]),
