@@ -255,16 +255,26 @@ def _typeless(resource: dict[str, Any]) -> dict[str, Any]:
 
 def static_bootstrap(files: Files) -> dict[str, Any]:
     """The rendered files as one static bootstrap: each listener's RDS reference is replaced by
-    the route table it names, inline."""
+    the route table it names, and each SDS reference by the certificate it names, inline."""
     tables = {
         resources[0]["name"]: _typeless(resources[0])
         for path, resources in files.items()
         if path.startswith("rds/")
     }
+    certificates = {
+        resources[0]["name"]: resources[0]["tls_certificate"]
+        for path, resources in files.items()
+        if path.startswith("secrets/")
+    }
     listeners = []
     for resource in files["lds.json"]:
         listener = _typeless(resource)
         for chain in listener.get("filter_chains", []):  # UDP listeners have none
+            tls = chain.get("transport_socket", {}).get("typed_config", {})
+            context = tls.get("common_tls_context", {})
+            if "tls_certificate_sds_secret_configs" in context:
+                sds = context.pop("tls_certificate_sds_secret_configs")
+                context["tls_certificates"] = [certificates[c["name"]] for c in sds]
             for network_filter in chain["filters"]:
                 hcm = network_filter["typed_config"]
                 if "rds" in hcm:  # TCP proxies have no route table
