@@ -144,7 +144,10 @@ class DataPlane:
             await self._render_l4(files)
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
-        await self.publisher.remove(stale)
+        # Also key files a previous run left for certificates that went while it was down.
+        await self.publisher.remove(
+            stale | self.publisher.unreferenced(self.renderer.secret_files())
+        )
         self.tls.published()
         if written:
             log.debug(

@@ -5,6 +5,11 @@ Envoy reports back says exactly which content it applied, and a restart of kubel
 nothing that Envoy already has. Writes go to a temp file in the same directory, are fsynced,
 then renamed over the target: Envoy, watching for moves, never sees a half-written file.
 
+Files holding private keys (`secrets/`) are readable by their owner only, from the moment
+they exist (the temp file is created 0600), and go once nothing refers to them; a temp file
+a crash left behind, or a key file of a certificate deleted while kubelbd was down, is
+removed at the next start (`load`, then `unreferenced`).
+
 Order matters because files reference each other: clusters first, then route tables, then
 listeners (a listener naming a route table file that does not exist yet is rejected).
 """
@@ -14,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,19 +73,38 @@ class Encoder:
         self._pieces.pop(name, None)
 
 
+#: Temp files start with this (then the target's name and a random part): `load` removes
+#: any a crash left behind.
+TEMP_PREFIX = ".kubelbd-tmp."
+SECRETS_DIR = "secrets/"
+#: Private keys: the owner only (the Envoy sidecar runs as the same user).
+SECRET_MODE = 0o600
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` into `path`, all or nothing, with exactly `mode` (the temp file is created 0600
+    and only then given `mode`, so a key is never readable by others, not even for a moment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file of `write_atomically`, or of the kubelbd before it (`.<name>.tmp`)."""
+    return name.startswith(TEMP_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def on_tmpfs(path: Path) -> bool:
@@ -98,6 +124,14 @@ def on_tmpfs(path: Path) -> bool:
         if inside and len(point) > len(best):
             best, fstype = point, fields[2]
     return fstype == "tmpfs"
+
+
+def _tidy(action: Callable[..., None], *args: Any) -> None:
+    """Tidying up what a previous run left: a failure is logged, and kubelbd starts anyway."""
+    try:
+        action(*args)
+    except OSError as e:
+        log.warning("config directory: %s", e)
 
 
 def _order(name: str) -> int:
@@ -122,11 +156,21 @@ class Publisher:
 
     def load(self) -> None:
         """Learn what a previous run left on disk, so identical content is not rewritten, and
-        what kind of volume it is."""
+        what kind of volume it is. Temp files a crash left are removed; every key file is
+        made the owner's only and counts as published (even unreadable), so `unreferenced`
+        finds those of certificates that went while kubelbd was down."""
         self.in_memory = on_tmpfs(self.config_dir)
+        secrets_dir = self.config_dir / SECRETS_DIR
+        for directory in (self.config_dir, self.config_dir / "rds", secrets_dir):
+            for path in directory.glob(".*"):
+                if _is_temp(path.name):
+                    _tidy(path.unlink)
         top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
         tables = sorted((self.config_dir / "rds").glob("*.json"))
-        secrets = sorted((self.config_dir / "secrets").glob("*.json"))
+        secrets = sorted(secrets_dir.glob("*.json"))
+        for path in secrets:
+            _tidy(path.chmod, SECRET_MODE)
+            self.published[str(path.relative_to(self.config_dir))] = ""
         for path in [*top, *tables, *secrets]:
             try:
                 data = orjson.loads(path.read_bytes())
@@ -134,6 +178,11 @@ class Publisher:
                 continue
             rel = str(path.relative_to(self.config_dir))
             self.published[rel] = str(data.get("version_info", ""))
+
+    def unreferenced(self, referenced: set[str]) -> set[str]:
+        """Key files on disk that are not in `referenced` (every key file the configuration
+        names): to `remove` once the listeners no longer name them."""
+        return {p for p in self.published if p.startswith(SECRETS_DIR)} - referenced
 
     async def load_async(self) -> None:
         await anyio.to_thread.run_sync(self.load)
@@ -171,6 +220,5 @@ class Publisher:
 
     def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
         for name in sorted(changed, key=lambda n: (_order(n), n)):
-            # Private keys: readable by the group (the Envoy sidecar shares it), not the world.
-            mode = 0o640 if name.startswith("secrets/") else 0o644
+            mode = SECRET_MODE if name.startswith(SECRETS_DIR) else 0o644
             write_atomically(self.config_dir / name, changed[name][1], mode)

@@ -120,6 +120,10 @@ class Renderer:
             files["lds.json"] = self._lds()
         return files, stale
 
+    def secret_files(self) -> set[str]:
+        """Every key file the rendered configuration names."""
+        return {secret_file(sid) for sid in self._secrets}
+
     def update_l4(
         self, listeners: list[L4Listener], clusters: list[L4Cluster]
     ) -> dict[str, list[Resource]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import zlib
 from dataclasses import dataclass
 
@@ -48,6 +50,15 @@ def shard_names(settings: Settings) -> list[str]:
     return [DEFAULT_SHARD] + [f"shard.{k}" for k in range(settings.shards)]
 
 
+#: The readable part of a secret's file name, at most this long: with the hash, the name
+#: stays well under the 255 bytes a file name may have, whatever the Secret is called.
+SECRET_FILE_PREFIX = 64
+
+
 def secret_file(secret_id: str) -> str:
-    """The SDS file of one certificate, by its secret id (`<tenant>/<name>`)."""
-    return "secrets/" + secret_id.replace("/", ".") + ".json"
+    """The SDS file of one certificate, by its secret id (`<tenant>/<name>`, up to 310
+    characters): the id's start, for people, in safe characters, then a hash of the whole id,
+    so two ids never share a file and the name is bounded."""
+    readable = re.sub(r"[^a-z0-9._-]", "_", secret_id.replace("/", ".").lower())
+    digest = hashlib.sha256(secret_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"secrets/{readable[:SECRET_FILE_PREFIX].lstrip('.')}-{digest}.json"
