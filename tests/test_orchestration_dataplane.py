@@ -4,23 +4,35 @@ fake admin interface that applies whatever is published) reports them applied.""
 
 from __future__ import annotations
 
+import base64
 import logging
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from kubefleet import certs
 
 from kubelbd.dataplane.intake import Batch, Intake
 from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
 from kubelbd.envoy.admin import EnvoyAdmin
-from kubelbd.envoy.publisher import Publisher
+from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
 from kubelbd.envoy.settings import Settings
 from kubelbd.hub import Settling, StatusBoard
-from kubelbd.objects import NAMESPACES, Obj
+from kubelbd.objects import NAMESPACES, SECRETS, Obj
 from kubelbd.records import parse
-from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANTS, labels
+from kubelbd.records.names import (
+    LOADBALANCERS,
+    MAX_NAME,
+    ROUTE,
+    ROUTES,
+    TENANTS,
+    TLS_LABEL,
+    copy_name,
+    labels,
+    secret_id,
+)
 from kubelbd.records.objects import record_object, tenant_object
 from kubelbd.records.status import SourceStatus
 from kubelbd.records.types import RouteRecord
@@ -206,13 +218,15 @@ async def management() -> FakeKube:
     return mgmt
 
 
-def dataplane(mgmt: FakeKube, tmp_path: Path, l4: L4Settings | None = None) -> DataPlane:
+def dataplane(
+    mgmt: FakeKube, tmp_path: Path, l4: L4Settings | None = None, https_port: int = 0
+) -> DataPlane:
     publisher = Publisher(tmp_path)
     settling = Settling()
     settling.known()  # no tenant to wait for
     return DataPlane(
         mgmt,
-        Settings(config_dir=str(tmp_path), shards=2),
+        Settings(config_dir=str(tmp_path), shards=2, https_port=https_port),
         publisher,
         AppliedAdmin(publisher),
         StatusBoard(),
@@ -327,3 +341,58 @@ async def test_a_load_balancer_allocation_is_recorded_and_freed(tmp_path: Path) 
         assert status["ingress"] == []
         assert stored("default.old")["status"]["address"] == "198.51.100.7"
         assert not files_mentioning(tmp_path, "192.0.2.1")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def tls_secret(name: str, data: dict[str, str]) -> Obj:
+    """A certificate's copy in the management cluster, as the tenant side writes it."""
+    meta = {"name": name, "namespace": "tenant-a", "labels": {TLS_LABEL: "true", **labels("a")}}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": data}
+
+
+async def test_no_private_key_is_on_the_volume_and_what_a_crash_left_goes(
+    tmp_path: Path,
+) -> None:
+    """Certificates go to Envoy over kubelbd's secret server: the key of a Secret whose copy
+    is named as long as a name may be is served, never written to the config volume; the key
+    file an older kubelbd left (one SDS file per certificate) and a temp file of a write it
+    did not finish are removed at start; a Secret turned bad is no longer served at all."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    left = secrets / "a.default.gone-tls.json"
+    left.write_bytes(b'{"version_info":"x","resources":[]}')
+    crashed = tmp_path / f"{TEMP_PREFIX}lds.json.x1"
+    crashed.write_bytes(b"half a file")
+    mgmt = await management()
+    name = "s" * (MAX_NAME - len("default."))  # its copy's name is as long as a name may be
+    tls_entry = {"hosts": ["shop.example.com"], "secretName": name, "source": "tenant"}
+    spec = route_spec() | {"tls": [tls_entry]}
+    await mgmt.create(ROUTES, record_object("Route", "a", "default.shop", spec))
+    host = "shop.example.com"
+    pair = certs.issue(certs.new_ca("ca"), host, dns=(host,), server=True)
+    good = {"tls.crt": b64(pair.cert_pem()), "tls.key": b64(pair.key_pem())}
+    secret = await mgmt.create(SECRETS, tls_secret(copy_name("default", name), good))
+    sid = secret_id("a", copy_name("default", name))
+    dp = dataplane(mgmt, tmp_path, https_port=8443)
+
+    def certificate_ready() -> Any:
+        return condition_of(mgmt, ROUTES, "default.shop", "tenant-a", "CertificateReady", "reason")
+
+    def on_the_volume(data: bytes) -> list[Path]:
+        return [p for p in tmp_path.rglob("*") if p.is_file() and data in p.read_bytes()]
+
+    async with running(dp.run):
+        await until(lambda: sid in dp.secrets.names(), "the certificate served")
+        assert not left.exists() and not crashed.exists()
+        key_body = pair.key_pem().split(b"\n")[1]
+        assert on_the_volume(key_body) == []
+        # The Secret's content turns to something that does not even decode: the certificate
+        # is no longer served (not the one it held before either), the Route says why.
+        secret["data"] = {"tls.crt": "not base64!", "tls.key": ""}
+        await mgmt.replace(SECRETS, secret)
+        await until(lambda: certificate_ready() == "InvalidCertificate", "CertificateReady")
+        await until(lambda: sid not in dp.secrets.names(), "the certificate withdrawn")
+        await until(lambda: programmed(mgmt) == "True", "plain HTTP goes on")

@@ -14,6 +14,7 @@ in tests/strategies.py.
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib.util
 import json
@@ -35,6 +36,7 @@ from kubelbd.envoy import settings as envoy_config
 from kubelbd.envoy.renderer import Renderer, render
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
 from kubelbd.ir.http import IR, Delta, Model, build
+from kubelbd.ir.tls import CertificateData
 from kubelbd.records.claims import CATCH_ALL
 from kubelbd.records.types import RouteRecord, TenantRecord
 
@@ -254,9 +256,13 @@ def _typeless(resource: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def static_bootstrap(files: Files) -> dict[str, Any]:
+def static_bootstrap(
+    files: Files, certificates: Mapping[str, CertificateData] | None = None
+) -> dict[str, Any]:
     """The rendered files as one static bootstrap: each listener's RDS reference is replaced by
-    the route table it names, inline."""
+    the route table it names, inline; with `certificates`, each SDS reference by the
+    certificate it names, inline (so that Envoy checks it as it would when kubelbd's secret
+    server sends it)."""
     tables = {
         resources[0]["name"]: _typeless(resources[0])
         for path, resources in files.items()
@@ -266,6 +272,11 @@ def static_bootstrap(files: Files) -> dict[str, Any]:
     for resource in files["lds.json"]:
         listener = _typeless(resource)
         for chain in listener.get("filter_chains", []):  # UDP listeners have none
+            socket = chain.get("transport_socket", {}).get("typed_config", {})
+            context = socket.get("common_tls_context") or {}
+            if certificates is not None and "tls_certificate_sds_secret_configs" in context:
+                sds = context.pop("tls_certificate_sds_secret_configs")
+                context["tls_certificates"] = [_inline(certificates[c["name"]]) for c in sds]
             for network_filter in chain["filters"]:
                 hcm = network_filter["typed_config"]
                 if "rds" in hcm:  # TCP proxies have no route table
@@ -283,6 +294,13 @@ def static_bootstrap(files: Files) -> dict[str, Any]:
         "clusters": [_typeless(c) for c in files["cds.json"]],
     }
     return bootstrap
+
+
+def _inline(data: CertificateData) -> dict[str, Any]:
+    return {
+        "certificate_chain": {"inline_bytes": base64.b64encode(data.cert_pem).decode()},
+        "private_key": {"inline_bytes": base64.b64encode(data.key_pem).decode()},
+    }
 
 
 def envoy_validate(bootstrap: dict[str, Any]) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ from kubefleet import certs
 
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import FRONT, FRONT_TLS, Settings, rds_file
+from kubelbd.envoy.tls import CERTIFICATE_HEADER
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
 from kubelbd.records.types import RouteRecord, TenantRecord
@@ -91,8 +92,8 @@ def test_https_refuses_plain_hosts_under_a_tls_wildcard() -> None:
     by_name = {vh["name"]: vh for vh in table["virtual_hosts"]}
     assert by_name["no-certificate"]["domains"] == ["foo.example.com"]
     assert by_name["no-certificate"]["routes"][0]["direct_response"]["status"] == 421
-    # No catch-all over HTTPS: a host without a certificate is not served there.
-    assert by_name["*"]["routes"][-1]["direct_response"]["status"] == 404
+    # No catch-all over HTTPS: a host without a certificate is misdirected there.
+    assert by_name["*"]["routes"][-1]["direct_response"]["status"] == 421
 
 
 @needs_envoy
@@ -108,7 +109,57 @@ def test_wildcard_redirects_only_what_the_certificate_covers() -> None:
     guarded, fallback = vhost["routes"]
     assert guarded["redirect"]["https_redirect"] and guarded["match"]["headers"]
     assert fallback["route"]["cluster"].startswith("shard.")  # deeper names: as plain HTTP
-    # Envoy accepts it (the HTTPS listener, with its SDS files, is left out of the check).
-    files["lds.json"] = [x for x in files["lds.json"] if x["name"] != FRONT_TLS]
+    # Envoy accepts it, the HTTPS listener included.
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@needs_envoy
+def test_each_https_host_is_forwarded_only_on_its_certificates_connections() -> None:
+    """Domain fronting: the chain of each certificate stamps its requests, and a host's route
+    in the shared HTTPS table forwards only requests with the stamp of its own certificate."""
+    settings = Settings(
+        config_dir="/config", http_address="127.0.0.1", http_port=18080, https_port=18443, shards=2
+    )
+    tenants = [TenantRecord("alpha", ("10.0.0.1",)), TenantRecord("beta", ("10.0.0.2",))]
+    ca = certs.new_ca("test-ca")
+    secrets = {}
+    routes = []
+    for tenant, host in [
+        ("alpha", "a.example.com"),
+        ("beta", "b.example.com"),
+        ("beta", "*.b.example.com"),
+    ]:
+        name = f"{host.replace('*', 'any')}-tls"
+        sid = f"{tenant}/default.{name}"
+        pair = certs.issue(ca, host, dns=(host,), server=True)
+        secrets[sid] = tls.CertificateData(sid, pair.cert_pem(), pair.key_pem())
+        rules = _route("web", host).spec["rules"]
+        entry = {"hosts": [host], "secretName": name, "source": "tenant"}
+        routes.append(records.route(tenant, f"default.{name}", list(rules), tls=[entry]))
+    model, _, files = _render(settings, routes, tenants, routes, secrets)
+    assert len(model.ir.vhosts) == 3
+    served_with = {
+        h: s for h, s in (("a.example.com", "alpha/default.a.example.com-tls"),
+                          ("b.example.com", "beta/default.b.example.com-tls"),
+                          ("*.b.example.com", "beta/default.any.b.example.com-tls"))
+    }  # fmt: skip
+    table = files[rds_file(FRONT_TLS)][0]
+    forwarded = {}
+    for vh in table["virtual_hosts"]:
+        *rest, last = vh["routes"]
+        assert last["direct_response"]["status"] == 421  # whatever is not forwarded
+        for route in rest:
+            stamp = route["match"]["headers"][0]
+            assert stamp["name"] == CERTIFICATE_HEADER
+            forwarded.update({d: stamp["string_match"]["exact"] for d in vh["domains"]})
+    assert forwarded == served_with
+    https = next(x for x in files["lds.json"] if x["name"] == FRONT_TLS)
+    for chain in https["filter_chains"]:
+        manager = chain["filters"][0]["typed_config"]
+        tag = manager["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+        assert tag[0] == {"remove": CERTIFICATE_HEADER}  # never what the client sent
+        assert tag[1]["append"]["header"] == {"key": CERTIFICATE_HEADER, "value": chain["name"]}
+    assert CERTIFICATE_HEADER in table["request_headers_to_remove"]
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, result.stderr[-3000:]

@@ -67,8 +67,7 @@ class TLSState:
         if kind == "DELETED":
             self.certificates.pop(sid, None)
         else:
-            crt, key = tls.secret_data(obj)
-            self.certificates[sid] = tls.CertificateData(sid, crt, key)
+            self.certificates[sid] = tls.certificate_data(sid, obj)
         self.changed()
 
     async def publish_challenges(self, challenges: dict[str, str]) -> bool:

@@ -27,8 +27,8 @@ appears or goes, or a tenant's nodes change; route-only changes never touch it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from ..ir.http import Cluster, PathRule, Target, VirtualHost
 from .common import Resource, config_source, health_check, socket_address
@@ -54,7 +54,13 @@ def hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) ->
     if front:
         out.update(
             {
+                # The client is the connection's peer: what it says in X-Forwarded-For is kept
+                # but never trusted, and X-Forwarded-Proto is overwritten.
                 "use_remote_address": True,
+                # Envoy's own append writes the machine's first non-loopback address instead
+                # of a peer at 127.0.0.1 (or ::1); the front tables append the peer instead
+                # (CLIENT_ADDRESS).
+                "skip_xff_append": True,
                 "normalize_path": True,
                 "strip_any_host_port": True,
                 "strip_trailing_host_dot": True,
@@ -192,7 +198,7 @@ def _match(rule: PathRule) -> Resource:
     return {"path_separated_prefix": rule.path}
 
 
-def _authority_guard(host: str) -> list[Resource]:
+def authority_guard(host: str) -> list[Resource]:
     """Ingress wildcards match exactly one label; Envoy's `*.` suffix matches any number."""
     suffix = re.escape(host[1:])
     return [
@@ -209,7 +215,7 @@ def _named(route: Resource, target: Target | None) -> Resource:
 
 @lru_cache(maxsize=65536)
 def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) -> Resource:
-    guard = _authority_guard(vh.host) if vh.wildcard else None
+    guard = authority_guard(vh.host) if vh.wildcard else None
     routes = []
     for rule in vh.rules:
         match = _match(rule)
@@ -236,8 +242,16 @@ def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) ->
     }
 
 
-def route_config(name: str, vhosts: list[Resource]) -> Resource:
-    return {"@type": ROUTE_CONFIG, "name": name, "virtual_hosts": vhosts}
+#: What the front tables add to every request they forward: the peer's address, appended to
+#: X-Forwarded-For, so the backend's client address (the last entry) is always the real one.
+CLIENT_ADDRESS: Resource = {
+    "header": {"key": "x-forwarded-for", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+    "append_action": "APPEND_IF_EXISTS_OR_ADD",
+}
+
+
+def route_config(name: str, vhosts: list[Resource], **extra: Any) -> Resource:
+    return {"@type": ROUTE_CONFIG, "name": name, "virtual_hosts": vhosts, **extra}
 
 
 def front_table(
@@ -247,12 +261,10 @@ def front_table(
     redirect: tuple[str, ...] = (),
     challenges: tuple[tuple[str, str], ...] = (),
     redirect_port: int = 443,
-    misdirected: Sequence[str] = (),
 ) -> Resource:
-    """Host → shard. On plain HTTP, hosts served over HTTPS are redirected there instead, and
+    """Host → shard, for plain HTTP. Hosts served over HTTPS are redirected there instead, and
     ACME HTTP-01 challenges (token, key authorization) are answered first, for every host.
-    `misdirected` hosts get 421: on HTTPS, hosts this connection's certificate may not speak
-    for. The HTTPS table has no catch-all: only hosts with a certificate are served there."""
+    (The HTTPS front table is `tls.https_table`.)"""
     answers = [
         {
             "match": {"path": ACME_PREFIX + token},
@@ -274,7 +286,7 @@ def front_table(
             # Only the one-label names its certificate covers are redirected; deeper names
             # go on as plain HTTP would (the shard's own guard sends them to the catch-all).
             redirect_one_label = {
-                "match": {"prefix": "/", "headers": _authority_guard(wildcard)},
+                "match": {"prefix": "/", "headers": authority_guard(wildcard)},
                 "redirect": https,
             }
             vhosts.append(
@@ -293,22 +305,6 @@ def front_table(
                 "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
             }
         )
-    if misdirected:
-        vhosts.append(
-            {
-                "name": "no-certificate",
-                "domains": list(misdirected),
-                "routes": [
-                    {
-                        "match": {"prefix": "/"},
-                        "direct_response": {
-                            "status": 421,
-                            "body": {"inline_string": "no certificate for this host\n"},
-                        },
-                    }
-                ],
-            }
-        )
     default: Resource = (
         {"route": {"cluster": DEFAULT_SHARD, "timeout": "0s"}}
         if catch_all
@@ -317,7 +313,7 @@ def front_table(
     vhosts.append(
         {"name": "*", "domains": ["*"], "routes": [*answers, {"match": {"prefix": "/"}, **default}]}
     )
-    return route_config(name, vhosts)
+    return route_config(name, vhosts, request_headers_to_add=[CLIENT_ADDRESS])
 
 
 def shard_table(

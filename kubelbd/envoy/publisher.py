@@ -5,6 +5,10 @@ Envoy reports back says exactly which content it applied, and a restart of kubel
 nothing that Envoy already has. Writes go to a temp file in the same directory, are fsynced,
 then renamed over the target: Envoy, watching for moves, never sees a half-written file.
 
+No private key is written here: certificates go to Envoy over kubelbd's secret server
+(kubelbd.envoy.sds). Temp files are created 0600, under a name `load` recognises: one a crash
+left behind is removed at the next start, as are certificate files an older kubelbd wrote.
+
 Order matters because files reference each other: clusters first, then route tables, then
 listeners (a listener naming a route table file that does not exist yet is rejected).
 """
@@ -14,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,19 +69,35 @@ class Encoder:
         return _file(b"[" + b",".join(parts) + b"]")
 
 
+#: Temp files start with this (then the target's name and a random part): `load` removes
+#: any a crash left behind.
+TEMP_PREFIX = ".kubelbd-tmp."
+
+
 def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """`data` into `path`, all or nothing, with exactly `mode` (the temp file is created 0600
+    and only then given `mode`, so a key is never readable by others, not even for a moment)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file of `write_atomically`, or of the kubelbd before it (`.<name>.tmp`)."""
+    return name.startswith(TEMP_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def on_tmpfs(path: Path) -> bool:
@@ -95,6 +117,14 @@ def on_tmpfs(path: Path) -> bool:
         if inside and len(point) > len(best):
             best, fstype = point, fields[2]
     return fstype == "tmpfs"
+
+
+def _tidy(action: Callable[..., None], *args: Any) -> None:
+    """Tidying up what a previous run left: a failure is logged, and kubelbd starts anyway."""
+    try:
+        action(*args)
+    except OSError as e:
+        log.warning("config directory: %s", e)
 
 
 def _order(name: str) -> int:
@@ -119,11 +149,16 @@ class Publisher:
 
     def load(self) -> None:
         """Learn what a previous run left on disk, so identical content is not rewritten, and
-        what kind of volume it is. Certificate files an older kubelbd wrote (one SDS file
-        each, before kubelbd.envoy.sds) are deleted: a private key does not outlive its use."""
+        what kind of volume it is. Temp files a crash left are removed, and certificate
+        files an older kubelbd wrote (one SDS file each, before kubelbd.envoy.sds): a private
+        key does not outlive its use."""
         self.in_memory = on_tmpfs(self.config_dir)
+        for directory in (self.config_dir, self.config_dir / "rds", self.config_dir / "secrets"):
+            for path in directory.glob(".*"):
+                if _is_temp(path.name):
+                    _tidy(path.unlink)
         for leftover in (self.config_dir / "secrets").glob("*.json"):
-            leftover.unlink(missing_ok=True)
+            _tidy(leftover.unlink)
         top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
         tables = sorted((self.config_dir / "rds").glob("*.json"))
         for path in [*top, *tables]:

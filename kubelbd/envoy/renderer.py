@@ -24,7 +24,7 @@ from .settings import (
     shard_names,
     shard_of,
 )
-from .tls import https_listener
+from .tls import https_listener, https_table
 
 #: file path (relative to the config directory) → the resources it holds
 Files = dict[str, list[Resource]]
@@ -56,16 +56,17 @@ class Renderer:
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
         self._redirect: tuple[str, ...] = ()
-        self._tls_hosts: frozenset[str] = frozenset()
-        self._https_front: tuple[dict[str, list[str]], list[str]] | None = None
+        self._tls_hosts: dict[str, str] = {}  # host served over HTTPS -> its secret id
+        self._https_front: tuple[dict[str, tuple[str, str]], list[str]] | None = None
         self._challenges: tuple[tuple[str, str], ...] = ()
         self._https: Resource | None = None
         self._started = False
 
     def _front_tables(self, catch_all: bool) -> dict[str, list[Resource]]:
         """The plain HTTP front table, and the HTTPS one if its hosts changed: it lists only
-        the hosts served with a certificate, so most route changes leave it (and Envoy's
-        rebuild of it) alone, and a request over TLS never reaches a plain-HTTP host."""
+        the hosts served with a certificate, each for its certificate's connections, so most
+        route changes leave it (and Envoy's rebuild of it) alone, and a request over TLS never
+        reaches a plain-HTTP host or a host of another certificate."""
         s = self.settings
         files = {
             rds_file(FRONT): [
@@ -74,9 +75,11 @@ class Renderer:
             ]
         }  # fmt: skip
         if s.https_port:
-            https = {
-                shard: [d for d in domains if d in self._tls_hosts]
+            served = {
+                d: (self._tls_hosts[d], shard)
                 for shard, domains in self._domains.items()
+                for d in domains
+                if d in self._tls_hosts
             }
             # A TLS wildcard's SNI chain also takes names under it that another route owns
             # without a certificate; Envoy's `*.` would send them to the wildcard's routes.
@@ -87,11 +90,9 @@ class Renderer:
                 for d in domains
                 if d not in self._tls_hosts and suffixes and d.endswith(suffixes)
             )
-            if (https, misdirected) != self._https_front:
-                self._https_front = (https, misdirected)
-                files[rds_file(FRONT_TLS)] = [
-                    front_table(FRONT_TLS, https, catch_all=False, misdirected=misdirected)
-                ]
+            if (served, misdirected) != self._https_front:
+                self._https_front = (served, misdirected)
+                files[rds_file(FRONT_TLS)] = [https_table(served, misdirected)]
         return files
 
     def update_tls(
@@ -102,7 +103,7 @@ class Renderer:
         files: dict[str, list[Resource]] = {}
         redirect = tuple(sorted(h.host for h in plan.hosts.values() if h.redirect))
         answers = tuple(sorted(challenges.items()))
-        tls_hosts = frozenset(plan.hosts)
+        tls_hosts = {h.host: h.secret for h in plan.hosts.values()}
         if (redirect, answers, tls_hosts) != (self._redirect, self._challenges, self._tls_hosts):
             self._redirect, self._challenges, self._tls_hosts = redirect, answers, tls_hosts
             files.update(self._front_tables(catch_all))

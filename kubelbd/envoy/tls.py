@@ -1,14 +1,106 @@
 """HTTPS: one listener, a filter chain per certificate chosen by SNI, and the certificates
 themselves over SDS from kubelbd's secret server (kubelbd.envoy.sds), so rotating one never
-touches the listener or its connections."""
+touches the listener or its connections.
+
+A connection speaks only for the hosts served with its certificate. Every chain shares one
+front table (`https_table`, one RDS file, like the plain HTTP one): each chain stamps its
+requests with its certificate (`certificate_tag`, before routing, replacing whatever the
+client sent), and each host's route there forwards only requests stamped with the certificate
+that host is served with. Any other request (SNI of one tenant, Host of another: domain
+fronting) gets 421 Misdirected Request, so a client retries on a connection of its own.
+Contour and Envoy Gateway get the same with a route table per chain, over gRPC; here every
+file subscription costs Envoy an inotify instance, so one table it is, and its size grows with
+the TLS hosts, never with certificates times hosts.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from ..ir.tls import TLSPlan
 from .common import Resource, socket_address
-from .http import hcm, http_filter_chain
+from .http import CLIENT_ADDRESS, authority_guard, hcm, http_filter_chain, route_config
 from .settings import FRONT_TLS, Settings
-from .type_urls import DOWNSTREAM_TLS, LISTENER, TLS_INSPECTOR
+from .type_urls import DOWNSTREAM_TLS, EARLY_HEADER_MUTATION, LISTENER, TLS_INSPECTOR
+
+#: The certificate of the connection a request came on, set by its filter chain; internal.
+CERTIFICATE_HEADER = "x-kubelb-certificate"
+
+
+def certificate_tag(secret: str) -> Resource:
+    """Early header mutation (before routing): this connection's certificate, overwriting
+    any value the client sent."""
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": EARLY_HEADER_MUTATION,
+            "mutations": [
+                {"remove": CERTIFICATE_HEADER},
+                {
+                    "append": {
+                        "header": {"key": CERTIFICATE_HEADER, "value": secret},
+                        "append_action": "ADD_IF_ABSENT",
+                    }
+                },
+            ],
+        },
+    }
+
+
+def _misdirected(message: str) -> Resource:
+    return {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 421, "body": {"inline_string": message}},
+    }
+
+
+NOT_THIS_CERTIFICATE = "this host is not served with this connection's certificate\n"
+
+
+def https_table(served: Mapping[str, tuple[str, str]], misdirected: Sequence[str]) -> Resource:
+    """The HTTPS front table: host → shard, for requests on the connection of the certificate
+    the host is served with (`served`: host → (secret id, shard)); 421 for any other request.
+    `misdirected`: hosts under a TLS wildcard that another route owns without a certificate
+    (Envoy's `*.` would otherwise take them to the wildcard's routes). The client's address is
+    appended to X-Forwarded-For, and the certificate stamp removed before the request goes on.
+    """
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for host, (secret, shard) in served.items():
+        wildcard = host if host.startswith("*.") else ""  # each with its own one-label guard
+        groups.setdefault((shard, secret, wildcard), []).append(host)
+    vhosts = []
+    for (shard, secret, wildcard), hosts in sorted(groups.items()):
+        match: Resource = {
+            "prefix": "/",
+            "headers": [
+                {"name": CERTIFICATE_HEADER, "string_match": {"exact": secret}},
+                *(authority_guard(wildcard) if wildcard else []),
+            ],
+        }
+        forward = {"match": match, "route": {"cluster": shard, "timeout": "0s"}}
+        vhosts.append(
+            {
+                "name": " ".join(filter(None, (shard, secret, wildcard))),
+                "domains": sorted(hosts),
+                "routes": [forward, _misdirected(NOT_THIS_CERTIFICATE)],
+            }
+        )
+    if misdirected:
+        vhosts.append(
+            {
+                "name": "no-certificate",
+                "domains": list(misdirected),
+                "routes": [_misdirected("no certificate for this host\n")],
+            }
+        )
+    vhosts.append({"name": "*", "domains": ["*"], "routes": [_misdirected(NOT_THIS_CERTIFICATE)]})
+    return route_config(
+        FRONT_TLS,
+        vhosts,
+        request_headers_to_add=[CLIENT_ADDRESS],
+        request_headers_to_remove=[CERTIFICATE_HEADER],
+    )
+
 
 #: Where the listener's certificates come from: the ADS stream of the bootstrap (one gRPC stream
 #: for all of them; a file per certificate would cost Envoy an inotify instance each).
@@ -42,7 +134,9 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
                         },
                     },
                 },
-                **http_filter_chain(manager),
+                **http_filter_chain(
+                    {**manager, "early_header_mutation_extensions": [certificate_tag(secret)]}
+                ),
             }
         )
     return {

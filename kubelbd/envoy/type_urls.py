@@ -25,6 +25,10 @@ DOWNSTREAM_TLS = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
 SDS_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+EARLY_HEADER_MUTATION = (
+    "type.googleapis.com/"
+    "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+)
 PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )

@@ -5,24 +5,46 @@ A host is served over HTTPS only with a certificate that parses, whose key match
 valid now and that names the host. Anything else is a problem reported on the Route, and the
 host is left out of the HTTPS listener (and out of the HTTP→HTTPS redirect, which would only
 lead to a broken page): a bad certificate never reaches Envoy, and never affects another host.
+
+"Parses" means for Envoy, not only for this library: a key Envoy's BoringSSL refuses (a
+secp256k1 or brainpool curve, Ed448, RSA-PSS, RSA under 2048 bits) would have Envoy reject the
+certificate, so it is refused here first (`SUPPORTED_KEYS`; tests/test_tls_keys.py holds the
+two to the same verdict with `envoy --mode validate`). What a Secret holds is bounded too:
+it is copied into Envoy's configuration and parsed again on every plan.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import hashlib
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID, PublicKeyAlgorithmOID
 
 from ..records.names import copy_name, secret_id
 from ..records.problems import Problem
 from ..records.types import RouteRecord, TLSEntry
 from .http import IR
+
+#: At most this much in tls.crt, in tls.key, and this many certificates in the chain.
+MAX_CHAIN_BYTES = 64 * 1024
+MAX_KEY_BYTES = 16 * 1024
+MAX_CHAIN_LENGTH = 10
+#: RSA key sizes served: Envoy refuses less than 2048 bits, and a key larger than 8192 bits
+#: would cost every handshake dearly on a machine the tenants share.
+RSA_BITS = (2048, 8192)
+#: ECDSA curves BoringSSL serves with.
+EC_CURVES = ("secp256r1", "secp384r1", "secp521r1")
+SUPPORTED_KEYS = (
+    f"RSA of {RSA_BITS[0]} to {RSA_BITS[1]} bits, ECDSA on P-256, P-384 or P-521, or Ed25519"
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +54,8 @@ class CertificateData:
     name: str  # secret id: <tenant>/<secret name>
     cert_pem: bytes
     key_pem: bytes
+    #: why the Secret's content could not even be read (then both are empty)
+    defect: str = ""
 
     @property
     def digest(self) -> str:
@@ -45,10 +69,20 @@ class Certificate:
     not_after: dt.datetime
 
 
-def secret_data(secret: dict[str, object]) -> tuple[bytes, bytes]:
+def certificate_data(name: str, secret: Mapping[str, object]) -> CertificateData:
+    """A Secret's certificate and key. Never raises: content that cannot even be decoded is a
+    defect, which `inspect` reports as the certificate's problem (and nothing of it is served,
+    not even what the Secret held before)."""
     data = secret.get("data") or {}
-    assert isinstance(data, dict)
-    return base64.b64decode(data.get("tls.crt", "")), base64.b64decode(data.get("tls.key", ""))
+    if not isinstance(data, Mapping):
+        return CertificateData(name, b"", b"", "the Secret's data is not a map")
+    decoded = []
+    for key in ("tls.crt", "tls.key"):
+        try:
+            decoded.append(base64.b64decode(data.get(key) or b"", validate=True))
+        except (binascii.Error, TypeError, ValueError):
+            return CertificateData(name, b"", b"", f"{key} is not base64")
+    return CertificateData(name, decoded[0], decoded[1])
 
 
 def inspect(data: CertificateData) -> Certificate | Problem:
@@ -62,15 +96,40 @@ def inspect(data: CertificateData) -> Certificate | Problem:
 
 
 def _inspect(data: CertificateData) -> Certificate | Problem:
+    if data.defect:
+        return Problem("InvalidCertificate", f"{data.name}: {data.defect}")
+    for what, size, limit in (
+        ("tls.crt", len(data.cert_pem), MAX_CHAIN_BYTES),
+        ("tls.key", len(data.key_pem), MAX_KEY_BYTES),
+    ):
+        if size > limit:
+            return Problem(
+                "InvalidCertificate", f"{data.name}: {what} holds {size} bytes, at most {limit}"
+            )
     try:
         chain = x509.load_pem_x509_certificates(data.cert_pem)
     except ValueError as e:
         return Problem("InvalidCertificate", f"{data.name}: certificate does not parse: {e}")
     if not chain:
         return Problem("InvalidCertificate", f"{data.name}: no certificate in tls.crt")
+    if len(chain) > MAX_CHAIN_LENGTH:
+        return Problem(
+            "InvalidCertificate",
+            f"{data.name}: a chain of {len(chain)} certificates, at most {MAX_CHAIN_LENGTH}",
+        )
     leaf = chain[0]
+    unsupported = _unsupported_key(leaf)
+    if unsupported:
+        return Problem(
+            "UnsupportedKey",
+            f"{data.name}: the certificate has {unsupported}; Envoy takes {SUPPORTED_KEYS}",
+        )
     try:
-        key = serialization.load_pem_private_key(data.key_pem, password=None)
+        # The RSA check this skips tests the primes (seconds for a large key, in the event
+        # loop); `_consistent` does the arithmetic BoringSSL checks, in microseconds.
+        key = serialization.load_pem_private_key(
+            data.key_pem, password=None, unsafe_skip_rsa_key_validation=True
+        )
     except (ValueError, TypeError) as e:
         return Problem("InvalidCertificate", f"{data.name}: private key does not parse: {e}")
     pub = leaf.public_key().public_bytes(
@@ -83,6 +142,8 @@ def _inspect(data: CertificateData) -> Certificate | Problem:
         != pub
     ):
         return Problem("KeyMismatch", f"{data.name}: private key does not match the certificate")
+    if isinstance(key, rsa.RSAPrivateKey) and not _consistent(key):
+        return Problem("InvalidCertificate", f"{data.name}: the RSA private key is inconsistent")
     try:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         names = tuple(n.lower() for n in sans.get_values_for_type(x509.DNSName))
@@ -90,6 +151,43 @@ def _inspect(data: CertificateData) -> Certificate | Problem:
         cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         names = tuple(str(c.value).lower() for c in cns)
     return Certificate(names, leaf.not_valid_before_utc, leaf.not_valid_after_utc)
+
+
+def _unsupported_key(leaf: x509.Certificate) -> str:
+    """What is wrong with the certificate's key for Envoy, or "" (see SUPPORTED_KEYS)."""
+    kind = leaf.public_key_algorithm_oid
+    if kind == PublicKeyAlgorithmOID.ED25519:
+        return ""
+    if kind == PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5:
+        key = leaf.public_key()
+        assert isinstance(key, rsa.RSAPublicKey)
+        low, high = RSA_BITS
+        return "" if low <= key.key_size <= high else f"an RSA key of {key.key_size} bits"
+    if kind == PublicKeyAlgorithmOID.EC_PUBLIC_KEY:
+        try:
+            key = leaf.public_key()
+        except (ValueError, TypeError):  # a curve this library does not know either
+            return "an ECDSA key on an unknown curve"
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return "" if key.curve.name in EC_CURVES else f"an ECDSA key on {key.curve.name}"
+    name = getattr(kind, "_name", "")
+    return f"a key of type {name if name and name != 'Unknown OID' else kind.dotted_string}"
+
+
+def _consistent(key: rsa.RSAPrivateKey) -> bool:
+    """The RSA private key's numbers agree with each other (what BoringSSL checks when it
+    loads a key, short of testing the primes)."""
+    n = key.private_numbers()
+    p, q, d, e = n.p, n.q, n.d, n.public_numbers.e
+    return (
+        p > 1
+        and q > 1
+        and p * q == n.public_numbers.n
+        and d * e % math.lcm(p - 1, q - 1) == 1
+        and n.dmp1 == d % (p - 1)
+        and n.dmq1 == d % (q - 1)
+        and n.iqmp * q % p == 1
+    )
 
 
 def covers(cert: Certificate, host: str) -> bool:
