@@ -158,26 +158,6 @@ async def test_a_cluster_issuer_the_operator_did_not_allow_is_refused(
     await served_over_plain_http(fleet.layout, host)
 
 
-async def test_a_certificate_cert_manager_refuses_holds_up_no_one_else(
-    fleet: FleetHandle, ns: str, cert_manager: None
-) -> None:
-    """A Secret name too long for a Certificate's name (over 253 characters with its
-    namespace) is that Route's problem; the next tenant's request still goes through."""
-    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
-    long_name = "x" * (253 - len(ns))  # a valid Secret name; `<ns>.<name>` is too long
-    bad, good = f"{unique('bad')}.alpha.test", f"{unique('good')}.alpha.test"
-    await tls_site(kube, ns, "bad", bad, long_name, **{"cert-manager.io/issuer": "ca"})
-    await route_condition(
-        mgmt, "alpha", f"{ns}.bad", "CertificateReady", reason="CertificateRefused"
-    )
-    await tls_site(kube, ns, "good", good, "good-tls", **{"cert-manager.io/issuer": "ca"})
-
-    async def requested() -> Obj:
-        return await mgmt.get(CERTIFICATES, f"{ns}.good-tls", "tenant-alpha")
-
-    await eventually(requested, what="the next Certificate requested")
-
-
 async def _cert_manager_serves(
     fleet: FleetHandle, ns: str, host: str, annotation: str, kind: str
 ) -> None:

@@ -21,7 +21,16 @@ import pytest
 import yaml
 
 from kubelbd.kube import Kube
-from kubelbd.objects import EVENTS, INGRESSES, LEASES, NODES, SECRETS, SERVICES, Obj
+from kubelbd.objects import (
+    EVENTS,
+    INGRESSES,
+    LEASES,
+    NAMESPACES,
+    NODES,
+    SECRETS,
+    SERVICES,
+    Obj,
+)
 from kubelbd.records.names import ROUTES
 from kubelbd.records.objects import record_object
 
@@ -335,8 +344,8 @@ async def test_a_route_limit_keeps_the_oldest_and_refuses_the_rest(fleet: FleetH
             INGRESSES, ingress_obj("first", [rule(first, ("/", "Prefix", backend("app")))]), ns
         )
         await until_served(lay, first)
-        held, _ = await mgmt.list(ROUTES, "tenant-alpha")
-        async with tenant_policy(mgmt, "alpha", {"limits": {"routes": len(held)}}):
+        held = await settled_route_count(fleet)
+        async with tenant_policy(mgmt, "alpha", {"limits": {"routes": held}}):
             await alpha.create(
                 INGRESSES,
                 ingress_obj("second", [rule(second, ("/", "Prefix", backend("app")))]),
@@ -355,6 +364,27 @@ async def test_a_route_limit_keeps_the_oldest_and_refuses_the_rest(fleet: FleetH
             # Room again: the waiting Ingress is served.
             await alpha.delete(INGRESSES, "first", ns)
             await until_served(lay, second)
+
+
+async def settled_route_count(fleet: FleetHandle) -> int:
+    """alpha's Route records, once namespaces earlier tests deleted are gone (their records
+    go with them, which would make room under a limit meant to be full)."""
+    alpha, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
+
+    async def settled() -> int:
+        namespaces, _ = await alpha.list(NAMESPACES)
+        going = [
+            n["metadata"]["name"] for n in namespaces if n["metadata"].get("deletionTimestamp")
+        ]
+        assert not going, going
+        ingresses, _ = await alpha.list(INGRESSES)
+        live = {f"{i['metadata']['namespace']}.{i['metadata']['name']}" for i in ingresses}
+        held, _ = await mgmt.list(ROUTES, "tenant-alpha")
+        names = {r["metadata"]["name"] for r in held}
+        assert names <= live, names - live  # no record of an Ingress that is gone
+        return len(names)  # at least the test's own
+
+    return await eventually(settled, timeout=60, what="alpha's routes settled")
 
 
 # ---- records ------------------------------------------------------------------------------------

@@ -149,7 +149,12 @@ async def test_sni_per_host_and_per_tenant(
     status, body, _ = await https_request(
         https_addr(fleet), hosts["alpha"], "/", cafile, host_header=plain
     )
-    assert status == 404, body
+    assert status == 421, body  # Misdirected Request: not a host of this certificate
+    # Domain fronting: alpha's SNI (and certificate), beta's Host. Never beta's backend.
+    status, body, _ = await https_request(
+        https_addr(fleet), hosts["alpha"], "/", cafile, host_header=hosts["beta"]
+    )
+    assert status == 421, body
 
     # Both tenants named their Secret site-tls in a namespace of the same name: each copy
     # lives in its own tenant's namespace, holding that tenant's certificate.

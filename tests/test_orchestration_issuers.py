@@ -97,3 +97,17 @@ async def test_a_certificate_whose_delete_failed_is_deleted_on_a_later_pass() ->
         await until(lambda: mgmt.stored(CERTIFICATES, "default.other-tls", "tenant-a"), "a pass")
         await until(lambda: iss.pending().get(other.secret_id), "the pass done")
         assert mgmt.stored(CERTIFICATES, "default.shop-tls", "tenant-a") is None
+
+
+async def test_a_certificate_the_api_refuses_is_its_routes_problem_only() -> None:
+    """One request cert-manager's API refuses (422: a value it does not take) must not hold
+    up any other tenant's certificates."""
+    mgmt, iss, _ = await issuers()
+    other = Wanted("b/default.web-tls", ("web.example.com",), "cert-manager", ("Issuer", "ca"))
+    await mgmt.create(NAMESPACES, namespace("tenant-b", labels("b")))
+    mgmt.fail("apply", CERTIFICATES, name="default.shop-tls", status=422, times=math.inf)
+    iss.update({WANTED.secret_id: WANTED, other.secret_id: other})
+    async with running(iss.run):
+        await until(lambda: reason(iss, WANTED) == "CertificateRefused", "refused")
+        await until(lambda: reason(iss, other) == "WaitingForCertManager", "the other requested")
+        assert mgmt.stored(CERTIFICATES, "default.web-tls", "tenant-b") is not None
