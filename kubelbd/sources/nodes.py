@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 
 from ..objects import Obj
+from . import shapes
 
 
 def _ready(node: Obj) -> bool:
@@ -15,10 +17,22 @@ def _ready(node: Obj) -> bool:
     )
 
 
+def _ip(address: str) -> str | None:
+    """The address in canonical form if Envoy can dial it as one: an IP, without an IPv6
+    zone (a tenant's API server may report anything as a node's address)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return None
+    return str(ip)
+
+
 def _address(node: Obj, address_type: str) -> str | None:
     for a in (node.get("status") or {}).get("addresses") or []:
         if a.get("type") == address_type and a.get("address"):
-            return str(a["address"])
+            return _ip(a["address"])
     return None
 
 
@@ -29,7 +43,8 @@ def node_addresses(nodes: Iterable[Obj], address_type: str) -> list[str]:
     a disruption of its control plane (its API server was away, the node controller has not
     heard the kubelets yet), not of its nodes, and Kubernetes' own node controller stops
     evicting in that case too. Envoy's connect retries step over nodes that are really gone.
+    Nodes that are malformed, and addresses that are not IPs, are left out.
     """
-    nodes = list(nodes)
+    nodes = [n for n in nodes if shapes.fits(shapes.Node, n)]
     ready = [n for n in nodes if _ready(n)] or nodes
     return sorted({a for n in ready if (a := _address(n, address_type))})
