@@ -75,12 +75,22 @@ def split_key(k: str) -> tuple[str, str]:
     return (ns, name) if slash else ("", ns)
 
 
+def _strings(obj: Obj, field: str) -> dict[str, str]:
+    """A string map of the metadata; a tenant's API server may send anything there, and
+    whatever is not a string is left out (what the real API server would never store)."""
+    meta = obj.get("metadata")
+    value = meta.get(field) if isinstance(meta, dict) else None
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def labels_of(obj: Obj) -> dict[str, str]:
-    return cast(dict[str, str], (obj.get("metadata") or {}).get("labels") or {})
+    return _strings(obj, "labels")
 
 
 def annotations_of(obj: Obj) -> dict[str, str]:
-    return cast(dict[str, str], (obj.get("metadata") or {}).get("annotations") or {})
+    return _strings(obj, "annotations")
 
 
 def managed_by_us(obj: Obj) -> bool:

@@ -85,6 +85,7 @@ def test_a_spec_that_does_not_parse_is_refused(spec: Any) -> None:
         ("node-1.example.com", "not an IP"),
         ("", "not an IP"),
         ("10.0.0.1%eth0", "not an IP"),
+        ("fe80::1%eth0", "zone"),
         ("::ffff:127.0.0.1", "loopback"),  # the IPv4 address inside counts
         ("::ffff:10.96.0.1", "management"),
     ],

@@ -71,6 +71,8 @@ class Policy:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return f"{address[:64]!r} is not an IP address"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+            return f"{address[:64]!r} has an IPv6 zone: not an address Envoy dials"
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             # ::ffff:a.b.c.d is a.b.c.d to the kernel Envoy dials through: judged as that.
             mapped = self.node_address_problem(str(ip.ipv4_mapped))

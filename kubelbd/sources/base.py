@@ -17,6 +17,7 @@ from ..records.names import RecordKind
 from ..records.policy import Policy
 from ..records.problems import Translation
 from ..records.status import SourceStatus
+from . import shapes
 
 #: (namespace, name) of a namespaced object
 Ref = tuple[str, str]
@@ -116,7 +117,9 @@ def load_balancer_status_patch(obj: Obj, status: SourceStatus) -> StatusPatch | 
     """`status.loadBalancer.ingress`, where Ingress and Service keep their address; None
     when the object holds it already (the API server adds ipMode: compared without it)."""
     want = status.ingress()
-    have = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    have: list[Any] = []
+    if shapes.fits(shapes.WithStatus, obj):  # else whatever it holds is replaced
+        have = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     if [{k: v for k, v in i.items() if k in ("ip", "hostname")} for i in have] == want:
         return None
     return StatusPatch({"status": {"loadBalancer": {"ingress": want}}})

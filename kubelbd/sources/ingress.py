@@ -35,7 +35,7 @@ from ..records.types import (
     RouteSpec,
     TLSEntry,
 )
-from . import twins
+from . import shapes, twins
 from .base import References, StatusPatch, TenantView, load_balancer_status_patch
 
 INGRESS_CLASS = "kubelb"
@@ -45,7 +45,10 @@ DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 
 # Envoy's own constraint on path_separated_prefix (and what any sane prefix must satisfy).
 PATH_CHARS = re.compile(r"^/[^?#\s\x00-\x1f\x7f]*$")
-HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# RFC 1123: labels of at most 63 characters, at most 253 in all.
+HOST = re.compile(
+    r"^(?=.{1,253}$)(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+)
 PATH_TYPES: tuple[PathType, ...] = ("Exact", "Prefix", "ImplementationSpecific")
 
 SSL_REDIRECT_ANNOTATION = "kubelb.io/ssl-redirect"
@@ -77,10 +80,13 @@ def is_ours(ingress: Obj, classes: Iterable[Obj]) -> bool:
     """Whether kubelbd serves this Ingress: its class is ours, or it has none and ours is the
     default."""
     ours = {
-        c["metadata"]["name"]: c
+        c["metadata"].get("name"): c
         for c in classes
-        if (c.get("spec") or {}).get("controller") == CONTROLLER
+        if shapes.fits(shapes.IngressClass, c)
+        and (c.get("spec") or {}).get("controller") == CONTROLLER
     }
+    if not shapes.fits(shapes.IngressClassOf, ingress):
+        return False  # whose it is cannot be told: not ours to report on either
     cls = ingress_class_of(ingress)
     if cls is not None:
         return cls == INGRESS_CLASS or cls in ours
@@ -141,6 +147,9 @@ def resolve_backend(
     svc = view.get(SERVICES, namespace, name)
     if svc is None:
         return fail("BackendNotFound", f"Service {namespace}/{name} not found")
+    malformed = shapes.problem(shapes.Service, svc)
+    if malformed is not None:
+        return fail("InvalidBackend", f"Service {namespace}/{name}: {malformed.message}")
     svc_type = (svc.get("spec") or {}).get("type", "ClusterIP")
     if svc_type == "ExternalName":
         return fail("UnsupportedBackend", f"Service {namespace}/{name} is of type ExternalName")
@@ -157,6 +166,10 @@ def resolve_backend(
         node_port = port["nodePort"]
     else:
         twin = view.twin(namespace, name)
+        if twin is not None and not shapes.fits(shapes.Service, twin):
+            return fail(
+                "InvalidBackend", f"the NodePort for Service {namespace}/{name} is malformed"
+            )
         twin_port = service_port(twin, {"number": port["port"]}) if twin else None
         if twin_port is None or not twin_port.get("nodePort"):
             return fail(
@@ -172,6 +185,13 @@ def resolve_backend(
 
 def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
     """The Route spec for one Ingress of ours."""
+    malformed = shapes.problem(shapes.Ingress, ingress)
+    if malformed is not None:
+        return Translation(
+            {"source": shapes.source_ref("Ingress", ingress), "rules": [],
+             "problems": [malformed.spec()]},
+            [malformed],
+        )  # fmt: skip
     meta = ingress["metadata"]
     ns = meta["namespace"]
     spec = ingress.get("spec") or {}
@@ -320,6 +340,8 @@ class IngressSource:
         return route_name(namespace, name)
 
     def references(self, obj: Obj, view: TenantView) -> References:
+        if not shapes.fits(shapes.Ingress, obj):
+            return References()  # translate() says what is wrong with it
         ns = obj["metadata"]["namespace"]
         return References(
             backends=frozenset((ns, s) for s in referenced_services(obj)),

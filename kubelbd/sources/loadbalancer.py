@@ -13,14 +13,18 @@ from ..records.policy import Policy
 from ..records.problems import Problem, Translation
 from ..records.status import SourceStatus
 from ..records.types import L4Port, L4Protocol, LoadBalancerSpec
+from . import shapes
 from .base import References, StatusPatch, TenantView, load_balancer_status_patch
 
 LB_CLASS = "kubelb.io/lb"
 PROXY_PROTOCOL_ANNOTATION = "kubelb.io/proxy-protocol"
 SUPPORTED: tuple[L4Protocol, ...] = ("TCP", "UDP")
+AFFINITIES = ("None", "ClientIP")
 
 
 def is_ours(svc: Obj, lb_class: str = LB_CLASS) -> bool:
+    if not shapes.fits(shapes.ServiceType, svc):
+        return False  # whose it is cannot be told: not ours to report on either
     spec = svc.get("spec") or {}
     if spec.get("type") != "LoadBalancer":
         return False
@@ -33,10 +37,18 @@ def lb_name(namespace: str, name: str) -> str:
 
 
 def translate(svc: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
+    malformed = shapes.problem(shapes.Service, svc)
+    if malformed is not None:
+        refused: LoadBalancerSpec = {
+            "source": shapes.source_ref("Service", svc, generation=False), "ports": [],
+            "sessionAffinity": "None", "proxyProtocol": "", "problems": [malformed.spec()],
+        }  # fmt: skip
+        return Translation(refused, [malformed])
     meta = svc["metadata"]
     spec = svc.get("spec") or {}
     problems: list[Problem] = []
     ports: list[L4Port] = []
+    seen: set[tuple[int, str]] = set()
     for p in spec.get("ports") or []:
         protocol = p.get("protocol", "TCP")
         label = p.get("name") or str(p.get("port"))
@@ -54,10 +66,15 @@ def translate(svc: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
                 )
             )
             continue
-        refused = policy.node_port_problem(p["nodePort"])
-        if refused is not None:
-            problems.append(Problem("NodePortRefused", f"port {label}: {refused}"))
+        outside = policy.node_port_problem(p["nodePort"])
+        if outside is not None:
+            problems.append(Problem("NodePortRefused", f"port {label}: {outside}"))
             continue
+        if (p["port"], protocol) in seen:
+            message = f"port {p['port']}/{protocol} is listed twice"
+            problems.append(Problem("DuplicatePort", message))
+            continue
+        seen.add((p["port"], protocol))
         port: L4Port = {"port": p["port"], "protocol": protocol, "nodePort": p["nodePort"]}
         if p.get("name"):
             port["name"] = p["name"]
@@ -68,6 +85,10 @@ def translate(svc: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
             Problem("InvalidAnnotation", f"{PROXY_PROTOCOL_ANNOTATION}: {pp!r} (only v2)")
         )
         pp = ""
+    affinity = spec.get("sessionAffinity", "None")
+    if affinity not in AFFINITIES:
+        problems.append(Problem("InvalidField", f"sessionAffinity {affinity!r} is not supported"))
+        affinity = "None"
     out: LoadBalancerSpec = {
         "source": {
             "kind": "Service",
@@ -77,7 +98,7 @@ def translate(svc: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
             "creationTimestamp": meta.get("creationTimestamp", ""),
         },
         "ports": sorted(ports, key=lambda p: (p["port"], p["protocol"])),
-        "sessionAffinity": spec.get("sessionAffinity", "None"),
+        "sessionAffinity": affinity,
         "proxyProtocol": pp,
     }
     if spec.get("loadBalancerIP"):

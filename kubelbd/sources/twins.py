@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..objects import MANAGED_BY, MANAGER, Obj, labels_of
+from . import shapes
 
 TWIN_OF = "kubelb.io/nodeport-for"
 PREFIX = "kubelb-"
@@ -20,7 +21,10 @@ NODE_PORT_RANGE = (30000, 32768)  # Kubernetes' default --service-node-port-rang
 
 
 def needs_twin(svc: Obj) -> bool:
-    """A Service Envoy cannot reach as it is: it must get a kubelbd-owned NodePort twin."""
+    """A Service Envoy cannot reach as it is: it must get a kubelbd-owned NodePort twin (a
+    malformed one gets none: the objects that use it say why)."""
+    if not shapes.fits(shapes.Service, svc):
+        return False
     return bool((svc.get("spec") or {}).get("type", "ClusterIP") == "ClusterIP")
 
 
@@ -61,7 +65,7 @@ def twin(svc: Obj) -> Obj:
                     "apiVersion": "v1",
                     "kind": "Service",
                     "name": meta["name"],
-                    "uid": meta["uid"],
+                    "uid": meta.get("uid", ""),
                 }
             ],
         },
@@ -84,7 +88,10 @@ def original_of(svc: Obj) -> str | None:
 
 
 def same_twin(existing: Obj, desired: Obj) -> bool:
-    """Whether an existing twin already is what `desired` asks for (nodePorts aside)."""
+    """Whether an existing twin already is what `desired` asks for (nodePorts aside); one
+    the tenant has made malformed is not."""
+    if not shapes.fits(shapes.Service, existing):
+        return False
 
     def shape(svc: Obj) -> tuple[Any, ...]:
         spec = svc.get("spec") or {}
@@ -103,12 +110,25 @@ def same_twin(existing: Obj, desired: Obj) -> bool:
 
 
 def node_ports(svc: Obj) -> list[Any]:
+    if not shapes.fits(shapes.Service, svc):
+        return []
     return [p.get("nodePort") for p in (svc.get("spec") or {}).get("ports") or []]
+
+
+def assigned_node_ports(svc: Obj) -> dict[tuple[int, str], int]:
+    """(port, protocol) -> nodePort of a Service's ports that have one."""
+    if not shapes.fits(shapes.Service, svc):
+        return {}
+    return {
+        (p["port"], p.get("protocol", "TCP")): p["nodePort"]
+        for p in (svc.get("spec") or {}).get("ports") or []
+        if p.get("nodePort")
+    }
 
 
 def free_node_ports(services: Iterable[Obj], count: int, rng: random.Random) -> list[int]:
     """`count` distinct ports of the default NodePort range that none of `services` uses (as
     far as kubelbd knows; the API server has the last word), or [] if there are not enough."""
-    used = {p.get("nodePort") for s in services for p in (s.get("spec") or {}).get("ports") or []}
+    used = {p for s in services for p in node_ports(s)}
     free = [p for p in range(*NODE_PORT_RANGE) if p not in used]
     return rng.sample(free, count) if 0 < count <= len(free) else []

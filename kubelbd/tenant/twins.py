@@ -79,10 +79,7 @@ class Twins:
                 return desired
         else:
             # Keep the nodePorts Envoy sends to (the fields are ours since we chose them).
-            have = {
-                (p["port"], p.get("protocol", "TCP")): p.get("nodePort")
-                for p in existing["spec"].get("ports") or []
-            }
+            have = twins.assigned_node_ports(existing)
             for port in desired["spec"]["ports"]:
                 kept = have.get((port["port"], port["protocol"]))
                 if kept:

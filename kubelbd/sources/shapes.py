@@ -1,0 +1,232 @@
+"""The shapes of the tenant objects kubelbd reads, checked before anything reads them.
+
+A tenant's API server is the tenant's: nothing it sends has been validated, so an Ingress
+may carry a list where a dict belongs, a number where a string does, a port past 65535. The
+sources check the fields they read against these TypedDicts (pydantic, strict: a bool is
+not an int, a number is not a string) before they look at them; an object that does not fit
+is refused with a problem naming the field (a condition and an Event), never an exception.
+Fields kubelbd does not read are not checked. Optional fields may be null, as the sources
+read them (`x or {}`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Required, TypeVar
+
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from ..objects import Obj
+from ..records.problems import Problem
+from ..records.types import SourceRef
+
+T = TypeVar("T")
+
+#: a TCP or UDP port
+Port = Annotated[int, Field(ge=1, le=65535)]
+#: what the API server stores in an integer field (a resource's generation)
+Int64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class Metadata(TypedDict, total=False):
+    name: str
+    namespace: str
+    uid: str
+    generation: Int64
+    creationTimestamp: str
+    # annotations and labels: objects.annotations_of and labels_of keep the strings alone
+
+
+class _Address(TypedDict, total=False):
+    ip: Any
+    hostname: Any
+
+
+class _LoadBalancerStatus(TypedDict, total=False):
+    ingress: list[_Address] | None
+
+
+class _Status(TypedDict, total=False):
+    loadBalancer: _LoadBalancerStatus | None
+
+
+class WithStatus(TypedDict, total=False):
+    """status.loadBalancer.ingress, where Ingress and Service keep their address."""
+
+    status: _Status | None
+
+
+# ---- Ingress ---------------------------------------------------------------------------------
+
+
+class _PortRef(TypedDict, total=False):
+    number: int
+    name: str
+
+
+class _ServiceRef(TypedDict, total=False):
+    name: str
+    port: _PortRef | None
+
+
+class _IngressBackend(TypedDict, total=False):
+    service: _ServiceRef | None
+    resource: Any
+
+
+class _IngressPath(TypedDict, total=False):
+    path: str | None
+    pathType: str | None
+    backend: _IngressBackend | None
+
+
+class _RuleHTTP(TypedDict, total=False):
+    paths: list[_IngressPath] | None
+
+
+class _IngressRule(TypedDict, total=False):
+    host: str | None
+    http: _RuleHTTP | None
+
+
+class _IngressTLS(TypedDict, total=False):
+    hosts: list[str] | None
+    secretName: str | None
+
+
+class _IngressSpec(TypedDict, total=False):
+    ingressClassName: str | None
+    rules: list[_IngressRule] | None
+    defaultBackend: _IngressBackend | None
+    tls: list[_IngressTLS] | None
+
+
+class Ingress(TypedDict, total=False):
+    metadata: Metadata
+    spec: _IngressSpec | None
+
+
+class _ClassSpec(TypedDict, total=False):
+    ingressClassName: str | None
+
+
+class IngressClassOf(TypedDict, total=False):
+    """What says which class an Ingress is of (and its annotation: objects.annotations_of)."""
+
+    spec: _ClassSpec | None
+
+
+class _IngressClassSpec(TypedDict, total=False):
+    controller: str | None
+
+
+class IngressClass(TypedDict, total=False):
+    spec: _IngressClassSpec | None
+
+
+# ---- Service ---------------------------------------------------------------------------------
+
+
+class _ServicePort(TypedDict, total=False):
+    name: str | None
+    port: Required[Port]
+    protocol: str
+    nodePort: Port | None
+    targetPort: int | str
+
+
+class _ServiceSpec(TypedDict, total=False):
+    type: str
+    ports: list[_ServicePort] | None
+    loadBalancerClass: str | None
+    sessionAffinity: str
+    loadBalancerIP: str | None
+    selector: dict[str, str] | None
+
+
+class Service(TypedDict, total=False):
+    metadata: Metadata
+    spec: _ServiceSpec | None
+
+
+class _ServiceTypeSpec(TypedDict, total=False):
+    type: str
+    loadBalancerClass: str | None
+
+
+class ServiceType(TypedDict, total=False):
+    """What says whether a Service is a LoadBalancer of ours, or needs a twin."""
+
+    spec: _ServiceTypeSpec | None
+
+
+# ---- Node ------------------------------------------------------------------------------------
+
+
+class _NodeAddress(TypedDict, total=False):
+    type: str
+    address: str
+
+
+class _NodeCondition(TypedDict, total=False):
+    type: str
+    status: str
+
+
+class _NodeStatus(TypedDict, total=False):
+    addresses: list[_NodeAddress] | None
+    conditions: list[_NodeCondition] | None
+
+
+class Node(TypedDict, total=False):
+    status: _NodeStatus | None
+
+
+# ---- checking --------------------------------------------------------------------------------
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def problem(shape: type[T], obj: Any) -> Problem | None:
+    """Why `obj` does not have `shape` (the first field that does not fit), or None."""
+    adapter = _ADAPTERS.get(shape)
+    if adapter is None:
+        adapter = _ADAPTERS[shape] = TypeAdapter(shape)
+    try:
+        adapter.validate_python(obj, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the object"
+        return Problem("InvalidObject", f"{where}: {first['msg']}")
+    return None
+
+
+def fits(shape: type[T], obj: Any) -> bool:
+    return problem(shape, obj) is None
+
+
+def source_ref(kind: str, obj: Obj, generation: bool = True) -> SourceRef:
+    """Which object a record refused for its shape was made from: its metadata fields that
+    fit, empty (or 0) for those that do not."""
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+
+    def text(field: str) -> str:
+        value = meta.get(field)
+        return value if isinstance(value, str) else ""
+
+    ref: SourceRef = {
+        "kind": kind,
+        "namespace": text("namespace"),
+        "name": text("name"),
+        "uid": text("uid"),
+        "creationTimestamp": text("creationTimestamp"),
+    }
+    if generation:
+        value = meta.get("generation")
+        ref["generation"] = (
+            value
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+            else 0
+        )
+    return ref
