@@ -19,6 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from kubefleet import certs
+from kubefleet.lb import config_dir
 
 from kubelbd.kube import Kube
 from kubelbd.objects import (
@@ -43,12 +46,16 @@ from .support import (
     deploy_app,
     deploy_echo,
     eventually,
+    http_get,
+    https_request,
     ingress_obj,
     lb_get,
     namespace_in,
+    route_condition,
     rule,
     tenant_policy,
     tenant_record,
+    tls_site,
     unique,
     until_served,
 )
@@ -168,6 +175,15 @@ async def beta_app(fleet: FleetHandle) -> AsyncIterator[tuple[str, str]]:
     await delete_namespace(beta, ns)
 
 
+async def beta_still_served(fleet: FleetHandle, ns: str, name: str) -> None:
+    """beta's change goes through: a new Ingress of beta's is served."""
+    h = host(name)
+    await fleet.kube["beta"].create(
+        INGRESSES, ingress_obj(name, [rule(h, ("/", "Prefix", backend("victim")))]), ns
+    )
+    await until_served(fleet.layout, h, check=from_app("victim"))
+
+
 async def test_node_addresses_a_tenant_may_not_have_are_never_dialled(
     fleet: FleetHandle, beta_app: tuple[str, str]
 ) -> None:
@@ -203,12 +219,7 @@ async def test_node_addresses_a_tenant_may_not_have_are_never_dialled(
             assert "AddressRefused" in reasons, (name, reasons)
         # Everyone's changes and statuses still flow: beta's new route is served and its
         # status written (the applied version advances).
-        h = host("still")
-        await beta.create(
-            INGRESSES, ingress_obj("still", [rule(h, ("/", "Prefix", backend("victim")))]),
-            victim_ns,
-        )  # fmt: skip
-        await until_served(lay, h, check=from_app("victim"))
+        await beta_still_served(fleet, victim_ns, "still")
 
         async def status_written() -> bool:
             obj = await beta.get(INGRESSES, "still", victim_ns)
@@ -414,3 +425,148 @@ async def test_a_record_outside_a_tenant_namespace_is_ignored(fleet: FleetHandle
         assert (await lb_get(lay, h))[0] == 404
     finally:
         await mgmt.delete(ROUTES, "x.stray", NAMESPACE)
+
+
+# ---- TLS ------------------------------------------------------------------------------------
+
+
+def _self_signed(host: str, curve: ec.EllipticCurve) -> tuple[bytes, bytes]:
+    """A certificate for `host` on `curve`, and its key, in PEM."""
+    pair = certs.self_signed(host, curve)
+    return pair.cert_pem(), pair.key_pem()
+
+
+def tls_secret(name: str, crt: bytes, key: bytes) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name},
+        "data": {"tls.crt": base64.b64encode(crt).decode(),
+                 "tls.key": base64.b64encode(key).decode()},
+    }  # fmt: skip
+
+
+async def https(fleet: FleetHandle, sni: str, cafile: str, host: str | None = None) -> Any:
+    status, body, cert = await https_request(
+        f"127.0.0.1:{fleet.layout.envoy_https_port}", sni, "/", cafile, host_header=host
+    )
+    return status, body, cert
+
+
+async def served_over_https(
+    fleet: FleetHandle, name: str, crt: bytes, app: str, tmp_path: Path
+) -> Any:
+    """Poll until `name` answers over HTTPS from `app`, with the certificate `crt`; its body."""
+    cafile = tmp_path / f"{name}.pem"
+    cafile.write_bytes(crt)
+
+    async def served() -> Any:
+        status, body, _ = await https(fleet, name, str(cafile))
+        assert status == 200 and from_app(app)(body), (name, status, body)
+        return body
+
+    return await eventually(served, timeout=60, what=f"https://{name}")
+
+
+def _since(log: Path, offset: int) -> str:
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+async def test_odd_certificates_and_long_names_are_that_ingress_problem_only(
+    fleet: FleetHandle, beta_app: tuple[str, str], tmp_path: Path
+) -> None:
+    """A certificate on a curve Envoy does not take, and a TLS Secret named 240 characters
+    long, once made kubelbd raise out of its data plane and crash-loop, so nobody's
+    configuration changed again: now they are that Ingress's conditions, and beta's changes
+    keep flowing."""
+    alpha, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
+    victim_ns, _ = beta_app
+    log = lay.logs / "kubelbd.log"
+    offset = log.stat().st_size
+    async with namespace_in(fleet, "oddtls", ["alpha"]) as ns:
+        curve_host, long_host = host("curve"), host("long")
+        crt, key = _self_signed(curve_host, ec.SECP256K1())
+        await alpha.create(SECRETS, tls_secret("curve-tls", crt, key), ns)
+        long_name = "l" * 240
+        long_crt, long_key = _self_signed(long_host, ec.SECP256R1())
+        await alpha.create(SECRETS, tls_secret(long_name, long_crt, long_key), ns)
+        await tls_site(alpha, ns, "curve", curve_host, "curve-tls")
+        await tls_site(alpha, ns, "long", long_host, long_name)
+        await route_condition(
+            mgmt, "alpha", f"{ns}.curve", "CertificateReady", reason="UnsupportedKey"
+        )
+        # The Secret with a 240-character name is served.
+        await served_over_https(fleet, long_host, long_crt, "long", tmp_path)
+        # kubelbd is alive and every tenant's changes go on.
+        await beta_still_served(fleet, victim_ns, "after-odd")
+    since = _since(log, offset)
+    assert "Traceback" not in since, since[-3000:]
+
+
+async def test_domain_fronting_gets_421_and_backends_see_the_client(
+    fleet: FleetHandle, beta_app: tuple[str, str], tmp_path: Path
+) -> None:
+    """TLS with alpha's SNI (and certificate) and beta's Host was answered by beta's backend;
+    and backends saw X-Forwarded-For 192.0.2.2 rather than the client."""
+    alpha, lay = fleet.kube["alpha"], fleet.layout
+    _, victim = beta_app
+    async with namespace_in(fleet, "front", ["alpha"]) as ns:
+        own = host("front")
+        crt, key = _self_signed(own, ec.SECP256R1())
+        await alpha.create(SECRETS, tls_secret("front-tls", crt, key), ns)
+        await tls_site(alpha, ns, "front", own, "front-tls")
+        body = await served_over_https(fleet, own, crt, "front", tmp_path)
+        cafile = tmp_path / f"{own}.pem"
+        assert body["headers"]["X-Forwarded-For"] == ["127.0.0.1"], body["headers"]
+        status, body, _ = await https(fleet, own, str(cafile), host=victim)
+        assert status == 421, body
+        assert not from_app("victim")(body)
+        # Plain HTTP: the client's address too, after whatever the client claimed.
+        got, body, _ = await http_get(
+            f"http://127.0.0.1:{lay.envoy_http_port}/", host=victim,
+            headers={"X-Forwarded-For": "203.0.113.9"},
+        )  # fmt: skip
+        assert got == 200
+        assert body["headers"]["X-Forwarded-For"] == ["203.0.113.9,127.0.0.1"], body["headers"]
+
+
+async def test_many_certificates_cost_envoy_no_inotify_instance_each(
+    fleet: FleetHandle, tmp_path: Path
+) -> None:
+    """One SDS file per certificate was one inotify instance each: about 107 certificates
+    (the default limit is 128 per user) made Envoy abort, and again on every restart. 130
+    certificates here; Envoy serves them all and its inotify instances stay few."""
+    alpha, lay = fleet.kube["alpha"], fleet.layout
+    n = 130
+    async with namespace_in(fleet, "certs", ["alpha"]) as ns:
+        await deploy_app(alpha, ns, "many")
+        hosts = [host(f"c{i}") for i in range(n)]
+        pems = {}
+        for i, h in enumerate(hosts):
+            crt, key = _self_signed(h, ec.SECP256R1())
+            pems[h] = crt
+            await alpha.create(SECRETS, tls_secret(f"c{i}-tls", crt, key), ns)
+        ingress = ingress_obj(
+            "many",
+            [rule(h, ("/", "Prefix", backend("many"))) for h in hosts],
+            tls=[{"hosts": [h], "secretName": f"c{i}-tls"} for i, h in enumerate(hosts)],
+        )
+        await alpha.create(INGRESSES, ingress, ns)
+        for h in (hosts[0], hosts[n // 2], hosts[-1]):
+            await served_over_https(fleet, h, pems[h], "many", tmp_path)
+        inotify, keys = await asyncio.to_thread(_envoy_inotify_and_keys, config_dir(lay))
+        assert inotify < 64, inotify
+        # And no private key on Envoy's config volume: they go over kubelbd's secret server.
+        assert keys == [], keys
+
+
+def _envoy_inotify_and_keys(volume: Path) -> tuple[int, list[Path]]:
+    """Envoy's inotify instances, and the files on its config volume holding a private key."""
+    pid = int((volume / "envoy.pid").read_text())
+    fds = Path(f"/proc/{pid}/fd").iterdir()
+    inotify = sum(1 for fd in fds if "inotify" in str(fd.readlink()))
+    keys = [f for f in volume.rglob("*") if f.is_file() and b"PRIVATE KEY" in f.read_bytes()]
+    return inotify, keys

@@ -131,3 +131,10 @@ def test_a_malformed_status_is_replaced() -> None:
     patch = ingress.IngressSource().status_patch({"status": [1]}, status)
     assert patch is not None
     assert patch.body == {"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}}
+
+
+def test_a_port_whose_name_is_null_is_compared_as_unnamed() -> None:
+    ports = [{"port": 80}, {"port": 80, "name": None}]
+    svc = {"metadata": {"name": "web", "namespace": "default", "uid": "u"},
+           "spec": {"type": "ClusterIP", "ports": ports}}  # fmt: skip
+    assert twins.same_twin(twins.twin(svc), twins.twin(svc))

@@ -39,10 +39,8 @@ from typing import Any
 
 import orjson
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from kubefleet import certs as fleet_certs
 
 from kubelbd.envoy import process as envoy_process
 from kubelbd.envoy.common import config_source
@@ -74,32 +72,11 @@ class Pair:
 
 
 def self_signed(host: str, sid: str) -> Pair:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
+    pair = fleet_certs.self_signed(host)
     return Pair(
-        host,
-        sid,
-        cert.public_bytes(serialization.Encoding.PEM),
-        key_pem,
-        cert.public_bytes(serialization.Encoding.DER),
-    )
+        host, sid, pair.cert_pem(), pair.key_pem(),
+        pair.cert.public_bytes(serialization.Encoding.DER),
+    )  # fmt: skip
 
 
 def certificates(n: int, domain: str = "certs.example") -> dict[str, Pair]:

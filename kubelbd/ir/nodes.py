@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from ..records.types import TenantRecord
+from ..records.types import TenantRecord, fixed_width
 
 NEVER = "9999"
 
@@ -25,7 +25,7 @@ def exclusive(tenants: Iterable[TenantRecord]) -> tuple[list[TenantRecord], dict
     for t in tenants:
         since = dict(t.claims)
         for a in t.addresses:
-            claim = (since.get(a, NEVER), t.name)
+            claim = (fixed_width(since.get(a, NEVER)), t.name)
             if a not in holder or claim < holder[a]:
                 holder[a] = claim
     out, lost = [], {}

@@ -97,10 +97,10 @@ def same_twin(existing: Obj, desired: Obj) -> bool:
         spec = svc.get("spec") or {}
         ports = sorted(
             (
-                p.get("name", ""),
+                p.get("name") or "",  # an explicit null is no name too
                 p["port"],
-                str(p.get("targetPort", p["port"])),
-                p.get("protocol", "TCP"),
+                str(p.get("targetPort") or p["port"]),
+                p.get("protocol") or "TCP",
             )
             for p in spec.get("ports") or []
         )

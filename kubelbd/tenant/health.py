@@ -19,7 +19,7 @@ from functools import partial
 
 from ..hub import RecordSink
 from ..kube import ApiError, Kube, KubeconfigError, KubeconfigRefused
-from ..kube.client import timestamp
+from ..kube.client import precise_timestamp, timestamp
 from ..kube.status_writer import StatusWriter
 from ..objects import Obj
 from ..records import conditions
@@ -185,7 +185,7 @@ class TenantHealth:
         addresses = found.addresses
         if addresses == self._addresses:
             return
-        now = timestamp()
+        now = precise_timestamp()
         self._since = {a: self._since.get(a) or now for a in addresses}
         nodes: TenantNodes = {
             "nodeAddressType": self.address_type,
