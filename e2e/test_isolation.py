@@ -282,6 +282,13 @@ async def test_another_tenants_node_address_stays_its_own(fleet: FleetHandle) ->
             log = (lay.logs / "kubelbd.log").read_text(errors="replace")
             assert f"tenant alpha: node address {stolen} is tenant beta's" in log
 
+            async def told() -> bool:
+                accepted = conditions(await tenant_record(mgmt, "alpha"))["NodesAccepted"]
+                assert f"{stolen} is tenant beta's" in accepted["message"], accepted
+                return bool(accepted["status"] == "False")
+
+            await eventually(told, what="alpha's Tenant record saying the address is beta's")
+
 
 # ---- hosts -----------------------------------------------------------------------------------
 

@@ -332,6 +332,9 @@ class CapturingSyncs:
     def set_record(self, tenant: Any) -> None:
         """The Tenant record (policy): not what these tests look at."""
 
+    def node_addresses_taken(self, taken: dict[str, str]) -> None:
+        """Nor this."""
+
     async def run(self) -> None:
         await anyio.sleep_forever()
 

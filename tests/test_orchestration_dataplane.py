@@ -18,7 +18,7 @@ from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
 from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
-from kubelbd.envoy.settings import Settings
+from kubelbd.envoy.settings import FRONT, Settings, rds_file
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.objects import NAMESPACES, SECRETS, Obj
 from kubelbd.records import parse
@@ -396,3 +396,26 @@ async def test_no_private_key_is_on_the_volume_and_what_a_crash_left_goes(
         await until(lambda: certificate_ready() == "InvalidCertificate", "CertificateReady")
         await until(lambda: sid not in dp.secrets.names(), "the certificate withdrawn")
         await until(lambda: programmed(mgmt) == "True", "plain HTTP goes on")
+
+
+class RejectingAdmin(AppliedAdmin):
+    """Envoy as if it had rejected the clusters file: every other file applied."""
+
+    async def versions(self) -> dict[str, str]:
+        out = dict(self.publisher.published)
+        out["cds.json"] = "rejected-long-ago"
+        return out
+
+
+async def test_a_file_envoy_rejected_holds_up_no_acme_answer(tmp_path: Path) -> None:
+    """Envoy should never be handed a file it rejects; if it ever is, the ACME answers (in
+    the front table) still count as served once that table is applied, while statuses wait
+    for everything (and say Pending after the timeout)."""
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path)
+    dp.admin = RejectingAdmin(dp.publisher)
+    async with running(dp.run):
+        await until(lambda: rds_file(FRONT) in dp.publisher.published, "the front table")
+        assert await dp.file_applied(rds_file(FRONT), 1.0)
+        assert not await dp.admin.wait_applied(dp.publisher.published, 0.05)
+        assert not await dp.file_applied("rds/never-published.json", 0.05)

@@ -40,6 +40,9 @@ class StubSync:
         spec = (tenant or {}).get("spec")
         self.stubs.policies.append((self.name, spec))
 
+    def node_addresses_taken(self, taken: dict[str, str]) -> None:
+        self.stubs.taken[self.name] = taken
+
     async def run(self) -> None:
         self.stubs.started.append((self.name, self.kubeconfig))
         try:
@@ -55,6 +58,7 @@ class Stubs:
         self.started: list[tuple[str, bytes]] = []
         self.stopped: list[str] = []
         self.policies: list[tuple[str, Any]] = []  # (tenant, Tenant spec) as handed over
+        self.taken: dict[str, dict[str, str]] = {}  # tenant -> its node addresses held by others
 
     def __call__(self, name: str, kubeconfig: bytes, *rest: Any) -> StubSync:
         return StubSync(self, name, kubeconfig)
@@ -189,3 +193,26 @@ async def test_the_operators_tenant_record_is_the_policy_handed_to_the_task(setu
         await mgmt.patch(TENANTS, "a", {"spec": wider}, "tenant-a")
         await until(lambda: stubs.policies[-1] == ("a", wider), "the change handed over")
         assert ("a", {"allowedDomains": ["**"]}) not in stubs.policies
+
+
+async def test_each_task_learns_which_of_its_node_addresses_another_tenant_holds(
+    setup: Setup,
+) -> None:
+    mgmt, stubs = setup.mgmt, setup.stubs
+    for tenant, since in (
+        ("a", "2026-01-02T00:00:00.000000Z"),
+        ("b", "2026-01-01T00:00:00.000000Z"),
+    ):
+        await mgmt.create(NAMESPACES, namespace(f"tenant-{tenant}"))
+        record = tenant_object(tenant) | {"status": {
+            "nodeAddresses": ["10.0.0.1", f"10.0.0.{2 if tenant == 'a' else 3}"],
+            "nodeAddressClaims": [{"address": "10.0.0.1", "since": since}],
+        }}  # fmt: skip
+        await mgmt.create(TENANTS, record)
+        await mgmt.create(
+            SECRETS, registration(f"tenant-{tenant}", tenant, kubeconfig(setup.tenant))
+        )
+    async with running(setup.registry.run):
+        await until(lambda: len(stubs.started) == 2, "both started")
+        await until(lambda: stubs.taken.get("a") == {"10.0.0.1": "b"}, "a told")
+        assert stubs.taken.get("b") == {}

@@ -474,3 +474,14 @@ async def test_a_certificate_limit_leaves_the_newer_certificates_out(fleet: Flee
         assert "tls" not in two
         assert two["problems"][0]["reason"] == "LimitExceeded"
         assert "two-tls" in two["problems"][0]["message"]
+
+
+async def test_an_address_another_tenant_listed_first_is_reported(fleet: Fleet) -> None:
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.addresses() == ["10.0.0.1", "10.0.0.2"], "the addresses")
+        fleet.sync.node_addresses_taken({"10.0.0.2": "b"})
+        await until(lambda: fleet.health("NodesAccepted") == "False", "NodesAccepted=False")
+        message = fleet.health("NodesAccepted", "message")
+        assert "node n2: 10.0.0.2 is tenant b's, who listed it first" in message
+        fleet.sync.node_addresses_taken({})
+        await until(lambda: fleet.health("NodesAccepted") == "True", "accepted again")

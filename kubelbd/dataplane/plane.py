@@ -73,7 +73,7 @@ class DataPlane:
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
         self.tls = TLSState(
-            mgmt, acme or ACMESettings(), self._wake_up, self.wait_applied, self.secrets
+            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
         )
         self.status = StatusReporter(
             mgmt, board, self.wait_applied, self._reports, self._observed_conditions
@@ -101,6 +101,15 @@ class DataPlane:
             return False
         left = None if deadline is None else max(0.0, deadline - anyio.current_time())
         return await self.secrets.wait_settled(left)
+
+    async def file_applied(self, name: str, timeout: float) -> bool:
+        """True once Envoy reports the published version of this one file applied: what the
+        ACME answers wait for, so that a file Envoy rejected elsewhere (which it never should
+        be handed) holds up no tenant's certificates."""
+        version = self.publisher.published.get(name)
+        if version is None:
+            return False
+        return await self.admin.wait_applied({name: version}, timeout, required=(name,))
 
     # ---- the loop ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from ..certs.acme import ACMESettings
 from ..certs.issuers import Issuers
 from ..envoy.renderer import Files, Renderer
 from ..envoy.sds import SecretServer
+from ..envoy.settings import FRONT, rds_file
 from ..ir import tls
 from ..ir.http import Delta, Model
 from ..kube import Kube
@@ -35,14 +36,14 @@ class TLSState:
         mgmt: Kube,
         acme: ACMESettings,
         wake: Callable[[], None],
-        wait_applied: Callable[[float], Awaitable[bool]],
+        file_applied: Callable[[str, float], Awaitable[bool]],
         secrets: SecretServer,
     ) -> None:
         self._wake = wake
         #: serves the certificates to Envoy; `_served` are the ones the listener may name
         self.secrets = secrets
         self._served: set[str] = set()
-        self._wait_applied = wait_applied
+        self._file_applied = file_applied
         self.certificates: dict[str, tls.CertificateData] = {}  # secret id -> content
         #: ACME HTTP-01 answers being served: token -> key authorization
         self.challenges: dict[str, str] = {}
@@ -72,13 +73,13 @@ class TLSState:
 
     async def publish_challenges(self, challenges: dict[str, str]) -> bool:
         """ACME HTTP-01: serve these answers on plain HTTP, for any host; True once Envoy
-        reports them applied."""
+        reports them applied (the front table that holds them: nothing else need be)."""
         self.challenges = dict(challenges)
         self._challenges_published = anyio.Event()
         self.changed()
         with anyio.move_on_after(30):
             await self._challenges_published.wait()
-            return await self._wait_applied(30)
+            return await self._file_applied(rds_file(FRONT), 30)
         return False
 
     def published(self) -> None:

@@ -7,7 +7,7 @@ content hash as version_info, so comparing the two says exactly what Envoy serve
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -31,15 +31,21 @@ def file_of_stat(name: str) -> str | None:
     return None
 
 
-def all_applied(published: Mapping[str, str], reported: Mapping[str, str]) -> bool:
+#: files Envoy always subscribes to: their versions must be reported
+ALWAYS = ("lds.json", "cds.json")
+
+
+def all_applied(
+    published: Mapping[str, str], reported: Mapping[str, str], required: Iterable[str] = ALWAYS
+) -> bool:
     """Whether Envoy reports every published file version applied.
 
     Only files Envoy subscribes to count (a route table no listener names yet is never read);
     a new listener's route tables and secrets are loaded while it warms, before the listener
-    file's version is reported as applied. Listeners and clusters must always be reported."""
+    file's version is reported as applied. The `required` files must always be reported."""
     return (
         bool(reported)
-        and all(reported.get(f) == published.get(f) for f in ("lds.json", "cds.json"))
+        and all(reported.get(f) == published.get(f) for f in required)
         and all(reported.get(f, v) == v for f, v in published.items())
     )
 
@@ -90,12 +96,17 @@ class EnvoyAdmin:
                 out[path] = str(s["value"])
         return out
 
-    async def wait_applied(self, published: Mapping[str, str], timeout: float | None) -> bool:
+    async def wait_applied(
+        self,
+        published: Mapping[str, str],
+        timeout: float | None,
+        required: Iterable[str] = ALWAYS,
+    ) -> bool:
         """True once Envoy reports `published` (file -> version) applied; False on timeout."""
         delay = 0.002
         with anyio.move_on_after(timeout):
             while True:
-                if all_applied(published, await self.versions()):
+                if all_applied(published, await self.versions(), required):
                     return True
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.2)

@@ -19,6 +19,8 @@ class NodeAddresses:
     addresses: list[str]
     #: (node name, why its address is not used), sorted by node name
     refused: list[tuple[str, str]]
+    #: node name -> its address, for those used
+    by_node: dict[str, str]
 
 
 def _ready(node: Obj) -> bool:
@@ -54,7 +56,7 @@ def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> N
     """
     nodes = list(nodes)
     ready = {id(n) for n in nodes if _ready(n)} or {id(n) for n in nodes}
-    accepted: set[str] = set()
+    accepted: dict[str, str] = {}
     refused = []
     for node in nodes:
         address = _address(node, address_type)
@@ -64,5 +66,5 @@ def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> N
         if problem is not None:
             refused.append((_name(node), problem))  # reported whether Ready or not
         elif id(node) in ready:
-            accepted.add(address)
-    return NodeAddresses(sorted(accepted), sorted(refused))
+            accepted[_name(node)] = address
+    return NodeAddresses(sorted(set(accepted.values())), sorted(refused), accepted)

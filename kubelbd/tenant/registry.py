@@ -10,6 +10,7 @@ is down (and lets it use the kubeconfig one last time to tidy up the tenant clus
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import anyio
 import anyio.abc
 
 from ..hub import RecordSink, Settling, StatusBoard
+from ..ir.nodes import exclusive
 from ..kube import ApiError, Kube, KubeconfigError
 from ..kube.events import Recorder
 from ..kube.informer import Informer
@@ -31,6 +33,7 @@ from ..objects import (
     labels_of,
     managed_by_us,
 )
+from ..records import parse
 from ..records.names import (
     CLEANUP_FINALIZER,
     TENANT_LABEL,
@@ -38,6 +41,7 @@ from ..records.names import (
     namespace_of,
     valid_tenant_name,
 )
+from ..records.parse import RecordError
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Source
@@ -184,6 +188,27 @@ class Registry:
         running = self._running.get(tenant)
         if running is not None:
             running.sync.set_record(obj if kind != "DELETED" else None)
+        self._report_taken_addresses()
+
+    def _report_taken_addresses(self) -> None:
+        """Tell each tenant task which of its node addresses another tenant listed first
+        (what the data plane leaves out for it, ir/nodes.py), so its Tenant record says so."""
+        records = []
+        for obj in self.tenants.cache.values():
+            meta = obj.get("metadata") or {}
+            if meta.get("namespace") != namespace_of(str(meta.get("name", ""))):
+                continue
+            with contextlib.suppress(RecordError):
+                record = parse.tenant_record(obj)
+                if record is not None:
+                    records.append(record)
+        _, lost = exclusive(records)
+        taken: dict[str, dict[str, str]] = {}
+        for key, keeper in lost.items():
+            tenant, address = key.split("/", 1)
+            taken.setdefault(tenant, {})[address] = keeper
+        for tenant, running in self._running.items():
+            running.sync.node_addresses_taken(taken.get(tenant, {}))
 
     def _start(self, tg: anyio.abc.TaskGroup, tenant: str, kubeconfig: bytes, fp: str) -> None:
         sync = self._sync(
@@ -193,6 +218,7 @@ class Registry:
         sync.set_record(self.tenant_record(tenant))
         entry = _Running(sync, fp)
         self._running[tenant] = entry
+        self._report_taken_addresses()
         self.settling.expect(tenant)
         tg.start_soon(self._supervise, entry)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -28,11 +28,10 @@ from ..hub import RecordSink, Settling, StatusBoard
 from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
 from ..kube.informer import ErrorHandler, EventHandler
 from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, split_key
-from ..records.names import KINDS, LOADBALANCER, ROUTE
+from ..records.names import LOADBALANCER, ROUTE
 from ..records.objects import namespace_object
 from ..records.policy import Policy, policy_of
-from ..records.problems import Problem, Translation
-from ..records.status import Event, SourceStatus
+from ..records.problems import Translation
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Ref, Source
@@ -40,6 +39,7 @@ from ..sources.nodes import node_addresses
 from .caches import ObjectId, ReverseIndex, TenantCaches
 from .copies import SecretCopies
 from .health import POLICY_OK, RetryLater, TenantHealth, classify
+from .limits import TenantLimits
 from .records import TenantRecords
 from .statuses import TenantStatuses
 
@@ -105,8 +105,10 @@ class TenantSync:
         self.policy = settings.policy
         self._policy_spec: object = None
         self._refused_nodes: set[tuple[str, str]] = set()  # reported with an Event already
-        self._over: set[ObjectId] = set()  # ours, but past the tenant's limits: no record
+        #: node address -> the tenant that listed it first (and keeps it; ir/nodes.py)
+        self._taken: dict[str, str] = {}
         self.records = TenantRecords(name, mgmt, sink)
+        self.limits = TenantLimits(name, self.records, self.sources, board)
         self.copies = SecretCopies(name, mgmt)
         self.index = ReverseIndex()
         self.kube: Kube | None = None
@@ -152,6 +154,14 @@ class TenantSync:
         self._resync = True
         self._nodes_dirty = True
         self._wake.set()
+
+    def node_addresses_taken(self, taken: dict[str, str]) -> None:
+        """Addresses of this tenant's nodes that another tenant listed first: the data plane
+        does not use them for this one (ir/nodes.py); the Tenant record and the Nodes say so."""
+        if taken != self._taken:
+            self._taken = taken
+            self._nodes_dirty = True
+            self._wake.set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -356,18 +366,24 @@ class TenantSync:
                 found = node_addresses(
                     self.caches.all(NODES), self.settings.node_address_type, self.policy
                 )
+                taken = [
+                    (node, f"{address} is tenant {self._taken[address]}'s, who listed it first")
+                    for node, address in found.by_node.items()
+                    if address in self._taken
+                ]
+                found = replace(found, refused=sorted([*found.refused, *taken]))
                 await self._report_refused_nodes(found.refused)
                 await self.health.set_addresses(found)
             except BaseException:
                 self._nodes_dirty = True
                 raise
         batch, self._dirty = self._dirty, set()
-        batch = self._within_limits(batch)
+        batch = self.limits.admit(batch, self.policy.limits, self.caches)
         async with anyio.create_task_group() as tg:
             limit = anyio.Semaphore(API_CONCURRENCY)
             for oid in sorted(batch):
                 tg.start_soon(self._reconcile_one, oid, limit)
-        if self._over and self._room_for_waiting():
+        if self.limits.room_for_waiting(self.policy.limits):
             self._wake.set()  # a record went: the oldest waiting object gets its place
         await self.caches.twins.collect(self.kube, self._twin_candidates, self._twin_in_use)
         await self.copies.reconcile(self.caches.secrets.cache)
@@ -376,68 +392,6 @@ class TenantSync:
             raise RetryLater(
                 f"{len(self._failed)} objects failed, e.g. {first[0][0]} {first[0][1]}: {first[1]}"
             )
-
-    def _within_limits(self, batch: set[ObjectId]) -> set[ObjectId]:
-        """The batch without new objects past the tenant's limits: objects that have their
-        record keep it; new ones are admitted oldest first while there is room, and the
-        rest are told why (they are looked at again once there is room)."""
-        limits = {ROUTE.kind: self.policy.limits.routes,
-                  LOADBALANCER.kind: self.policy.limits.load_balancers}  # fmt: skip
-        for kind_name, limit in limits.items():
-            kind = KINDS[kind_name]
-            if limit is None:
-                self._over = {o for o in self._over if self.sources[o[0]].record != kind}
-                continue
-            self._over = {
-                o for o in self._over
-                if self.sources[o[0]].record != kind
-                or o[1] in self.caches.cache(self.sources[o[0]].resource)
-            }  # fmt: skip
-            room = limit - self.records.held(kind)
-            if room > 0:
-                batch = batch | {o for o in self._over if self.sources[o[0]].record == kind}
-            new = []
-            for oid in batch:
-                source = self.sources[oid[0]]
-                ns, name = split_key(oid[1])
-                if source.record != kind or self.records.known(kind, source.record_name(ns, name)):
-                    continue
-                obj = self.caches.cache(source.resource).get(oid[1])
-                if obj is not None and source.is_ours(obj, self.caches):
-                    created = str(obj["metadata"].get("creationTimestamp") or "")
-                    new.append((created, oid, obj, source))
-            new.sort(key=lambda n: (n[0], n[1]))
-            for _, oid, obj, source in new[max(room, 0) :]:
-                batch = batch - {oid}
-                if oid not in self._over:
-                    self._over.add(oid)
-                    message = (
-                        f"the tenant may have {limit} {kind_name}s served; this one waits "
-                        "until an older one goes or the limit is raised"
-                    )
-                    self._refuse(source, obj, "LimitExceeded", message)
-            self._over -= {oid for _, oid, _, _ in new[: max(room, 0)]}
-        return batch
-
-    def _room_for_waiting(self) -> bool:
-        limits = {ROUTE: self.policy.limits.routes,
-                  LOADBALANCER: self.policy.limits.load_balancers}  # fmt: skip
-        return any(
-            limit is None or self.records.held(kind) < limit
-            for kind, limit in limits.items()
-            if any(self.sources[o[0]].record == kind for o in self._over)
-        )
-
-    def _refuse(self, source: Source, obj: Obj, reason: str, message: str) -> None:
-        """An object of ours that gets no record: its status says why (no address), and an
-        Event and a log line name it."""
-        meta = obj["metadata"]
-        status = SourceStatus(
-            source.kind, meta["namespace"], meta["name"], str(meta.get("uid", "")),
-            events=(Event("Warning", reason, message),),
-            generation=int(meta.get("generation") or 0),
-        )  # fmt: skip
-        self.board.want(self.name, status)
 
     async def _report_refused_nodes(self, refused: list[tuple[str, str]]) -> None:
         """A Warning Event on each Node whose address is refused, once per reason; the
@@ -501,39 +455,9 @@ class TenantSync:
     def _translate(self, source: Source, obj: Obj, record: str) -> Translation[Any]:
         result = source.translate(obj, self.caches)
         if source.record == ROUTE:
-            self._within_certificate_limit(record, result)
+            self.limits.certificates(record, result, self.policy.limits.certificates)
             result.spec = self.records.with_claims(ROUTE, record, result.spec)
         return result
-
-    def _within_certificate_limit(self, record: str, result: Translation[Any]) -> None:
-        """Certificates (TLS Secrets, copied or issued) past the tenant's limit are left out
-        of the Route, with a problem: those other Routes hold already keep theirs."""
-        limit = self.policy.limits.certificates
-        tls = result.spec.get("tls")
-        if limit is None or not tls:
-            return
-        ns = result.spec["source"]["namespace"]
-        held = self.records.certificates(except_record=record)
-        kept, refused = [], []
-        for entry in tls:
-            cert = (ns, entry["secretName"])
-            if cert in held or len(held) < limit:
-                held.add(cert)
-                kept.append(entry)
-            else:
-                refused.append(entry["secretName"])
-        if not refused:
-            return
-        problem = Problem(
-            "LimitExceeded",
-            f"the tenant may have {limit} certificates; not served: {', '.join(refused[:5])}",
-        )
-        result.problems.append(problem)
-        result.spec["problems"] = [*result.spec.get("problems", []), problem.spec()]
-        if kept:
-            result.spec["tls"] = kept
-        else:
-            del result.spec["tls"]
 
     async def _reconcile_one(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
         """One object; its failure is retried later and never blocks the others. `limit`
