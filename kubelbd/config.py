@@ -206,8 +206,11 @@ def default_policy(args: argparse.Namespace) -> Policy:
     own = [args.l4_address_pool] if args.l4_address_pool else []
     for listen in (args.envoy_admin, args.http_listen, args.https_listen, args.health_listen):
         host = (listen or "").rpartition(":")[0].strip("[]")
-        if host and host != "localhost" and not ipaddress.ip_address(host).is_unspecified:
-            own.append(host)
+        try:
+            if not ipaddress.ip_address(host).is_unspecified:
+                own.append(host)
+        except ValueError:
+            pass  # a name ("localhost", "") or nothing: list its addresses in --management-cidrs
     for name in ("default_max_routes", "default_max_load_balancers", "default_max_certificates"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kubelbd.config import parse_args
 from kubelbd.ir.nodes import exclusive
 from kubelbd.records.claims import with_claims
 from kubelbd.records.policy import Limits, Policy, domain_covers, parse_networks, policy_of
@@ -159,3 +160,33 @@ def test_an_address_two_tenants_list_stays_with_the_first_claim() -> None:
     assert lost == {"alpha/10.0.0.1": "zeta"}
     unclaimed = TenantRecord("beta", ("10.0.0.2",))  # no time: the youngest claim
     assert exclusive([first, unclaimed])[1] == {"beta/10.0.0.2": "zeta"}
+
+
+def test_the_fleet_wide_defaults_come_from_flags() -> None:
+    cfg = parse_args(
+        ["--envoy-admin=127.0.0.1:9901", "--http-listen=127.0.0.2:8080",
+         "--l4-address-pool=127.0.200.0/24", "--management-cidrs=10.96.0.0/12",
+         "--default-allowed-domains=**.example.com,Shop.Example.org.",
+         "--default-max-routes=5", "--default-cluster-issuers=le,internal",
+         "--node-port-range=20000-40000"]
+    )  # fmt: skip
+    policy = cfg.policy
+    assert {str(n) for n in policy.forbidden} == {
+        "10.96.0.0/12", "127.0.200.0/24", "127.0.0.1/32", "127.0.0.2/32"
+    }  # fmt: skip
+    assert policy.allowed_domains == ("**.example.com", "shop.example.org")
+    assert policy.limits == Limits(routes=5)
+    assert policy.cluster_issuers == {"le", "internal"}
+    assert policy.node_ports == (20000, 40000)
+    # Envoy's own addresses are never a node's, whatever a tenant's CIDRs say.
+    assert "management" in (policy.node_address_problem("127.0.0.1") or "")
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--node-port-range=40000-20000", "--management-cidrs=10.0.0.0/33",
+     "--default-max-routes=-1", "--default-node-cidrs=nonsense"],
+)  # fmt: skip
+def test_bad_defaults_are_refused_at_start(flag: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args([flag])

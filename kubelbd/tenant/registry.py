@@ -42,6 +42,7 @@ from ..records.names import (
     valid_tenant_name,
 )
 from ..records.parse import RecordError
+from ..records.types import TenantRecord
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Source
@@ -101,6 +102,8 @@ class Registry:
         self._wake = anyio.Event()
         self._invalid_reported: set[str] = set()
         self._cleanup_backoff: dict[str, Backoff] = {}
+        #: every tenant's node addresses and claims, as its Tenant record says
+        self._node_records: dict[str, TenantRecord] = {}
 
     async def run(self) -> None:
         self.secrets = Informer(
@@ -188,21 +191,23 @@ class Registry:
         running = self._running.get(tenant)
         if running is not None:
             running.sync.set_record(obj if kind != "DELETED" else None)
-        self._report_taken_addresses()
+        record = None
+        if kind != "DELETED":
+            with contextlib.suppress(RecordError):
+                record = parse.tenant_record(obj)
+        # Most Tenant events are health: only a change of node addresses is worth a look at
+        # every tenant's.
+        if record != self._node_records.get(tenant):
+            if record is None:
+                self._node_records.pop(tenant, None)
+            else:
+                self._node_records[tenant] = record
+            self._report_taken_addresses()
 
     def _report_taken_addresses(self) -> None:
         """Tell each tenant task which of its node addresses another tenant listed first
         (what the data plane leaves out for it, ir/nodes.py), so its Tenant record says so."""
-        records = []
-        for obj in self.tenants.cache.values():
-            meta = obj.get("metadata") or {}
-            if meta.get("namespace") != namespace_of(str(meta.get("name", ""))):
-                continue
-            with contextlib.suppress(RecordError):
-                record = parse.tenant_record(obj)
-                if record is not None:
-                    records.append(record)
-        _, lost = exclusive(records)
+        _, lost = exclusive(self._node_records.values())
         taken: dict[str, dict[str, str]] = {}
         for key, keeper in lost.items():
             tenant, address = key.split("/", 1)
