@@ -75,6 +75,10 @@ class Fleet:
     def addresses(self) -> Any:
         return (self.mgmt.stored(TENANTS, "a", NS) or {}).get("status", {}).get("nodeAddresses")
 
+    def claimed(self) -> list[str]:
+        status = (self.mgmt.stored(TENANTS, "a", NS) or {}).get("status", {})
+        return [c["address"] for c in status.get("nodeAddressClaims", [])]
+
     def ingress_status(self, name: str) -> Any:
         return status_of(self.tenant, INGRESSES, name, "default")
 
@@ -436,7 +440,9 @@ async def test_refused_node_addresses_are_never_used_and_are_reported(fleet: Fle
         await until(lambda: events_for(fleet.tenant, "admin"), "an Event on the Node")
         assert (await events_for(fleet.tenant, "admin"))[0][0] == "AddressRefused"
         stored = fleet.mgmt.stored(TENANTS, "a", NS) or {}
-        assert [c["address"] for c in stored["status"]["nodeAddressClaims"]] == good
+        # Claimed: every allowed address, the NotReady n3's too (a reboot keeps its claim).
+        claimed = [c["address"] for c in stored["status"]["nodeAddressClaims"]]
+        assert claimed == sorted([*good, "10.0.0.3"])
 
 
 async def test_a_claim_not_written_yet_keeps_its_time_on_every_try() -> None:
@@ -483,5 +489,7 @@ async def test_an_address_another_tenant_listed_first_is_reported(fleet: Fleet) 
         await until(lambda: fleet.health("NodesAccepted") == "False", "NodesAccepted=False")
         message = fleet.health("NodesAccepted", "message")
         assert "node n2: 10.0.0.2 is tenant b's, who listed it first" in message
+        # A losing claim gets no time: it must never age into a winning one.
+        await until(lambda: "10.0.0.2" not in fleet.claimed(), "the claim dropped")
         fleet.sync.node_addresses_taken({})
         await until(lambda: fleet.health("NodesAccepted") == "True", "accepted again")

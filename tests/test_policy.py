@@ -10,7 +10,14 @@ import pytest
 from kubelbd.config import parse_args
 from kubelbd.ir.nodes import exclusive
 from kubelbd.records.claims import with_claims
-from kubelbd.records.policy import Limits, Policy, domain_covers, parse_networks, policy_of
+from kubelbd.records.policy import (
+    Limits,
+    Policy,
+    canonical,
+    domain_covers,
+    parse_networks,
+    policy_of,
+)
 from kubelbd.records.types import RouteSpec, TenantRecord
 
 
@@ -89,6 +96,8 @@ def test_a_spec_that_does_not_parse_is_refused(spec: Any) -> None:
         ("fe80::1%eth0", "zone"),
         ("::ffff:127.0.0.1", "loopback"),  # the IPv4 address inside counts
         ("::ffff:10.96.0.1", "management"),
+        ("64:ff9b::a60:1", "management"),  # NAT64 to 10.96.0.1
+        ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
     ],
 )
 def test_node_addresses_by_default(address: str, refused: str | None) -> None:
@@ -190,3 +199,8 @@ def test_the_fleet_wide_defaults_come_from_flags() -> None:
 def test_bad_defaults_are_refused_at_start(flag: str) -> None:
     with pytest.raises(SystemExit):
         parse_args([flag])
+
+
+def test_one_address_has_one_spelling() -> None:
+    assert canonical("2001:DB8:0::5") == canonical("2001:0db8::5") == "2001:db8::5"
+    assert canonical("::ffff:10.1.0.5") == "10.1.0.5"

@@ -68,3 +68,10 @@ def test_a_lying_api_server_cannot_crash_it() -> None:
     got = node_addresses(odd, "InternalIP", OPEN)
     assert got.addresses == []
     assert got.refused == [("", "'7' is not an IP address")]
+
+
+def test_a_node_not_ready_keeps_its_claim_and_addresses_have_one_spelling() -> None:
+    nodes = [node("a", "2001:DB8::5", True), node("b", "10.0.0.9", False)]
+    got = node_addresses(nodes, "InternalIP", OPEN)
+    assert got.addresses == ["2001:db8::5"]  # what Envoy dials: Ready ones
+    assert got.claimed == ["10.0.0.9", "2001:db8::5"]  # what the tenant holds: all

@@ -25,7 +25,7 @@ def exclusive(tenants: Iterable[TenantRecord]) -> tuple[list[TenantRecord], dict
     for t in tenants:
         since = dict(t.claims)
         for a in t.addresses:
-            claim = (fixed_width(since.get(a, NEVER)), t.name)
+            claim = (fixed_width(since.get(a) or NEVER), t.name)
             if a not in holder or claim < holder[a]:
                 holder[a] = claim
     out, lost = [], {}

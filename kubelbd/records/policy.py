@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: the Kubernetes default Service node-port range
 DEFAULT_NODE_PORTS = (30000, 32767)
@@ -73,10 +74,11 @@ class Policy:
             return f"{address[:64]!r} is not an IP address"
         if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
             return f"{address[:64]!r} has an IPv6 zone: not an address Envoy dials"
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            # ::ffff:a.b.c.d is a.b.c.d to the kernel Envoy dials through: judged as that.
-            mapped = self.node_address_problem(str(ip.ipv4_mapped))
-            return f"{ip} is {ip.ipv4_mapped}: {mapped}" if mapped else None
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            # ::ffff:a.b.c.d (and NAT64, 6to4, Teredo) reach a.b.c.d: judged as that.
+            inner = self.node_address_problem(str(embedded))
+            return f"{ip} is {embedded}: {inner}" if inner else None
         if any(ip in n for n in self.forbidden):
             return f"{ip} is an address of the management cluster"
         if self.node_cidrs:
@@ -94,6 +96,32 @@ class Policy:
         if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= high:
             return f"nodePort {str(port)[:16]} is outside {low}-{high}"
         return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to, where it leads to one."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return ip.teredo[1] if ip.teredo is not None else None
+
+
+def canonical(address: str) -> str:
+    """One spelling per address (an IPv4-mapped IPv6 address as its IPv4 one); `address`
+    must be one `node_address_problem` accepted."""
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
 def domain_covers(pattern: str, host: str) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..objects import Obj
-from ..records.policy import Policy
+from ..records.policy import Policy, canonical
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,9 @@ class NodeAddresses:
     refused: list[tuple[str, str]]
     #: node name -> its address, for those used
     by_node: dict[str, str]
+    #: the allowed addresses of every node, Ready or not: what the tenant claims (a node
+    #: rebooting keeps its claim, or another tenant listing the address would take it)
+    claimed: list[str]
 
 
 def _ready(node: Obj) -> bool:
@@ -57,6 +60,7 @@ def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> N
     nodes = list(nodes)
     ready = {id(n) for n in nodes if _ready(n)} or {id(n) for n in nodes}
     accepted: dict[str, str] = {}
+    claimed: set[str] = set()
     refused = []
     for node in nodes:
         address = _address(node, address_type)
@@ -65,6 +69,10 @@ def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> N
         problem = policy.node_address_problem(address)
         if problem is not None:
             refused.append((_name(node), problem))  # reported whether Ready or not
-        elif id(node) in ready:
-            accepted[_name(node)] = address
-    return NodeAddresses(sorted(set(accepted.values())), sorted(refused), accepted)
+        else:
+            # One address, one spelling: 2001:DB8:0::5 is 2001:db8::5 (and ::ffff:a.b.c.d is
+            # a.b.c.d), or two tenants could share it under two names.
+            claimed.add(canonical(address))
+            if id(node) in ready:
+                accepted[_name(node)] = canonical(address)
+    return NodeAddresses(sorted(set(accepted.values())), sorted(refused), accepted, sorted(claimed))

@@ -126,9 +126,16 @@ def assigned_node_ports(svc: Obj) -> dict[tuple[int, str], int]:
     }
 
 
-def free_node_ports(services: Iterable[Obj], count: int, rng: random.Random) -> list[int]:
-    """`count` distinct ports of the default NodePort range that none of `services` uses (as
-    far as kubelbd knows; the API server has the last word), or [] if there are not enough."""
+def free_node_ports(
+    services: Iterable[Obj],
+    count: int,
+    rng: random.Random,
+    allowed: tuple[int, int] = (NODE_PORT_RANGE[0], NODE_PORT_RANGE[1] - 1),
+) -> list[int]:
+    """`count` distinct ports of the default NodePort range, and inside `allowed` (the
+    operator's node-port range, ends included), that none of `services` uses (as far as
+    kubelbd knows; the API server has the last word), or [] if there are not enough."""
     used = {p for s in services for p in node_ports(s)}
-    free = [p for p in range(*NODE_PORT_RANGE) if p not in used]
+    low, high = max(NODE_PORT_RANGE[0], allowed[0]), min(NODE_PORT_RANGE[1] - 1, allowed[1])
+    free = [p for p in range(low, high + 1) if p not in used]
     return rng.sample(free, count) if 0 < count <= len(free) else []

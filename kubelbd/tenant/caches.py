@@ -53,7 +53,9 @@ class TenantCaches:
             field_selector=TLS_SECRETS,
             on_error=on_error("secrets"),
         )
-        self.twins = Twins(kube.name, lambda: self.informers[SERVICES].cache)
+        self.twins = Twins(
+            kube.name, lambda: self.informers[SERVICES].cache, lambda: self.policy.node_ports
+        )
 
     def all_informers(self) -> list[Informer]:
         return [*self.informers.values(), self.secrets]

@@ -14,6 +14,7 @@ themselves. A real change (a condition's status or reason) is written at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
 
@@ -176,24 +177,26 @@ class TenantHealth:
         self.policy = state
         self._changed()
 
-    async def set_addresses(self, found: NodeAddresses) -> None:
-        """The Tenant record's node addresses (one write per change, shared by every route)."""
+    async def set_addresses(self, found: NodeAddresses, taken: Collection[str] = ()) -> None:
+        """The Tenant record's node addresses (one write per change, shared by every route),
+        with when kubelbd first saw each. An address another tenant listed first (`taken`)
+        gets no time: a losing claim must not age into a winning one."""
         state = nodes_state(found.refused)
         if state != self.nodes:
             self.nodes = state
             self._changed()
-        addresses = found.addresses
-        if addresses == self._addresses:
-            return
         now = precise_timestamp()
-        self._since = {a: self._since.get(a) or now for a in addresses}
+        since = {a: self._since.get(a) or now for a in found.claimed if a not in taken}
+        addresses = found.addresses
+        if (addresses, since) == (self._addresses, self._since):
+            return
         nodes: TenantNodes = {
             "nodeAddressType": self.address_type,
             "nodeAddresses": addresses,
-            "nodeAddressClaims": [{"address": a, "since": self._since[a]} for a in addresses],
+            "nodeAddressClaims": [{"address": a, "since": t} for a, t in sorted(since.items())],
         }
         obj = await self._apply_status(dict(nodes), NODES_MANAGER)
-        self._addresses = addresses
+        self._addresses, self._since = addresses, since
         self.sink.written(TENANT, obj)
         log.info("tenant %s: node addresses %s", self.tenant, ", ".join(addresses) or "(none)")
 

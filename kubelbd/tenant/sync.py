@@ -373,7 +373,7 @@ class TenantSync:
                 ]
                 found = replace(found, refused=sorted([*found.refused, *taken]))
                 await self._report_refused_nodes(found.refused)
-                await self.health.set_addresses(found)
+                await self.health.set_addresses(found, set(self._taken))
             except BaseException:
                 self._nodes_dirty = True
                 raise
@@ -400,7 +400,7 @@ class TenantSync:
         for name, why in sorted(now - self._refused_nodes):
             log.warning("tenant %s: node %s: address not used: %s", self.name, name, why)
             node = self.caches.get(NODES, "", name)
-            if node is not None:
+            if node is not None and isinstance(node.get("metadata", {}).get("name"), str):
                 await self.statuses.recorder.emit(
                     {"apiVersion": "v1", "kind": "Node", **node},
                     "Warning",

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from ..kube import ApiError, Kube
 from ..objects import SERVICES, Obj, key
+from ..records.policy import DEFAULT_NODE_PORTS
 from ..sources import twins
 from ..sources.base import Ref
 
@@ -24,9 +25,15 @@ log = logging.getLogger(__name__)
 
 
 class Twins:
-    def __init__(self, tenant: str, services: Callable[[], dict[str, Obj]]) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        services: Callable[[], dict[str, Obj]],
+        node_ports: Callable[[], tuple[int, int]] = lambda: DEFAULT_NODE_PORTS,
+    ) -> None:
         self.tenant = tenant
         self._services = services  # the tenant's Service cache
+        self._node_ports = node_ports  # the operator's node-port range, as it is now
         #: twins created or updated by us and not seen back through the watch yet
         self.fresh: dict[Ref, Obj] = {}
         #: choose a new twin's nodePorts (off when the tenant's NodePort range is not the default)
@@ -71,7 +78,7 @@ class Twins:
             chosen: list[int] = []
             if self.choose_node_ports:
                 known = [*self._services().values(), *self.fresh.values()]
-                chosen = twins.free_node_ports(known, len(ports), self._rng)
+                chosen = twins.free_node_ports(known, len(ports), self._rng, self._node_ports())
             if chosen:
                 for port, node_port in zip(ports, chosen, strict=True):
                     port["nodePort"] = node_port
