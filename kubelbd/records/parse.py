@@ -27,6 +27,7 @@ from .types import (
     RouteSpec,
     TenantNodes,
     TenantRecord,
+    TenantSpec,
 )
 
 T = TypeVar("T")
@@ -35,6 +36,7 @@ _ROUTE_SPEC = TypeAdapter(RouteSpec)
 _LB_SPEC = TypeAdapter(LoadBalancerSpec)
 _LB_STATUS = TypeAdapter(LoadBalancerStatus)
 _TENANT_NODES = TypeAdapter(TenantNodes)
+_TENANT_SPEC = TypeAdapter(TenantSpec)
 
 
 class RecordError(ValueError):
@@ -112,6 +114,11 @@ def route_record(obj: Obj) -> RouteRecord | None:
 
 def lb_record(obj: Obj) -> LBRecord | None:
     return _record(obj, lambda t, n, spec, g, r: LBRecord(t, n, lb_spec(spec), g, r))
+
+
+def tenant_spec(raw: Any) -> TenantSpec:
+    """The operator's policy in a Tenant record (records/policy.py applies it)."""
+    return _check(_TENANT_SPEC, raw, "spec")
 
 
 def tenant_nodes(obj: Obj) -> TenantNodes:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .parse import tenant_spec
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -161,34 +163,14 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
-def _count(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"limits.{what} must be a non-negative integer")
-    return value
-
-
 def policy_of(spec: Mapping[str, Any] | None, defaults: Policy) -> Policy:
     """The policy a Tenant spec sets, with `defaults` where it sets nothing; ValueError for
     a spec that does not parse (the caller keeps the tenant on the defaults and says so)."""
-    if spec is None:
-        spec = {}
-    if not isinstance(spec, Mapping):
-        raise ValueError("spec is not an object")
-    domains = spec.get("allowedDomains")
-    cidrs = spec.get("nodeCIDRs")
-    limits = spec.get("limits")
-    limits = {} if limits is None else limits
-    issuers = spec.get("clusterIssuers")
-    for name, value in (("allowedDomains", domains), ("nodeCIDRs", cidrs),
-                        ("clusterIssuers", issuers)):  # fmt: skip
-        if value is not None and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            raise ValueError(f"{name} must be a list of strings")
-    if not isinstance(limits, Mapping):
-        raise ValueError("limits must be an object")
+    checked = tenant_spec({} if spec is None else spec)  # the TenantSpec type, strictly
+    limits = checked.get("limits", {})
+    domains = checked.get("allowedDomains")
+    cidrs = checked.get("nodeCIDRs")
+    issuers = checked.get("clusterIssuers")
     d = defaults.limits
     return Policy(
         allowed_domains=(
@@ -198,17 +180,9 @@ def policy_of(spec: Mapping[str, Any] | None, defaults: Policy) -> Policy:
         ),
         node_cidrs=parse_networks(cidrs) if cidrs is not None else defaults.node_cidrs,
         limits=Limits(
-            routes=_count(limits.get("routes"), "routes") if "routes" in limits else d.routes,
-            load_balancers=(
-                _count(limits.get("loadBalancers"), "loadBalancers")
-                if "loadBalancers" in limits
-                else d.load_balancers
-            ),
-            certificates=(
-                _count(limits.get("certificates"), "certificates")
-                if "certificates" in limits
-                else d.certificates
-            ),
+            routes=limits.get("routes", d.routes),
+            load_balancers=limits.get("loadBalancers", d.load_balancers),
+            certificates=limits.get("certificates", d.certificates),
         ),
         cluster_issuers=frozenset(issuers) if issuers is not None else defaults.cluster_issuers,
         node_ports=defaults.node_ports,

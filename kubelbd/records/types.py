@@ -14,8 +14,9 @@ what is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, Literal, NotRequired, TypeVar
+from typing import Annotated, Generic, Literal, NotRequired, TypeVar
 
+from annotated_types import Ge
 from typing_extensions import TypedDict
 
 # ---- shared ---------------------------------------------------------------------------------
@@ -178,10 +179,14 @@ class LoadBalancerStatus(TypedDict, total=False):
 # ---- Tenant ---------------------------------------------------------------------------------
 
 
+#: a count (checked when parsed: annotated-types is what pydantic reads constraints from)
+Count = Annotated[int, Ge(0)]
+
+
 class TenantLimitsSpec(TypedDict, total=False):
-    routes: int
-    loadBalancers: int
-    certificates: int
+    routes: Count
+    loadBalancers: Count
+    certificates: Count
 
 
 class TenantSpec(TypedDict, total=False):

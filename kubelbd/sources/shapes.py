@@ -160,28 +160,6 @@ class ServiceType(TypedDict, total=False):
     spec: _ServiceTypeSpec | None
 
 
-# ---- Node ------------------------------------------------------------------------------------
-
-
-class _NodeAddress(TypedDict, total=False):
-    type: str
-    address: str
-
-
-class _NodeCondition(TypedDict, total=False):
-    type: str
-    status: str
-
-
-class _NodeStatus(TypedDict, total=False):
-    addresses: list[_NodeAddress] | None
-    conditions: list[_NodeCondition] | None
-
-
-class Node(TypedDict, total=False):
-    status: _NodeStatus | None
-
-
 # ---- checking --------------------------------------------------------------------------------
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
