@@ -72,7 +72,8 @@ def node_addresses(nodes: Iterable[Obj], address_type: str, policy: Policy) -> N
         else:
             # One address, one spelling: 2001:DB8:0::5 is 2001:db8::5 (and ::ffff:a.b.c.d is
             # a.b.c.d), or two tenants could share it under two names.
-            claimed.add(canonical(address))
+            address = canonical(address)
+            claimed.add(address)
             if id(node) in ready:
-                accepted[_name(node)] = canonical(address)
+                accepted[_name(node)] = address
     return NodeAddresses(sorted(set(accepted.values())), sorted(refused), accepted, sorted(claimed))

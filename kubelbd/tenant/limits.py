@@ -106,7 +106,8 @@ class TenantLimits:
         status = SourceStatus(
             source.kind, meta["namespace"], meta["name"], str(meta.get("uid", "")),
             events=(Event("Warning", reason, message),),
-            generation=int(meta.get("generation") or 0),
+            # A tenant's API server may say anything here: a generation that is not one is none.
+            generation=g if isinstance(g := meta.get("generation"), int) else 0,
         )  # fmt: skip
         self.board.want(self.tenant, status)
 
