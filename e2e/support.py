@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import time
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
+from kubefleet import certs
 from kubefleet.layout import ROOT, Layout
 
 from kubelbd.kube import ApiError, Kube
@@ -429,6 +431,23 @@ async def tls_site(
         annotations=annotations or None,
     )
     await kube.create(INGRESSES, ing, ns)
+
+
+def tls_secret(name: str, pair: certs.KeyPair | None = None, crt: bytes | None = None,
+               key: bytes | None = None) -> Obj:  # fmt: skip
+    """A tenant TLS Secret with `pair`'s certificate and key, or `crt` and `key` as given."""
+    crt = crt if crt is not None else pair.cert_pem()  # type: ignore[union-attr]
+    key = key if key is not None else pair.key_pem()  # type: ignore[union-attr]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name},
+        "data": {
+            "tls.crt": base64.b64encode(crt).decode(),
+            "tls.key": base64.b64encode(key).decode(),
+        },
+    }
 
 
 # ---- traffic and faults -------------------------------------------------------------------

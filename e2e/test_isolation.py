@@ -55,6 +55,7 @@ from .support import (
     rule,
     tenant_policy,
     tenant_record,
+    tls_secret,
     tls_site,
     unique,
     until_served,
@@ -76,6 +77,17 @@ def host(prefix: str) -> str:
 async def events_on(kube: Kube, ns: str, name: str) -> list[tuple[str, str]]:
     items, _ = await kube.list(EVENTS, ns, fieldSelector=f"involvedObject.name={name}")
     return [(e["reason"], e["message"]) for e in items]
+
+
+async def event_seen(kube: Kube, ns: str, name: str, reason: str) -> None:
+    """Poll until an Event with `reason` is on object `name`."""
+
+    async def seen() -> bool:
+        reasons = [r for r, _ in await events_on(kube, ns, name)]
+        assert reason in reasons, reasons
+        return True
+
+    await eventually(seen, what=f"a {reason} Event on {name}")
 
 
 @asynccontextmanager
@@ -339,12 +351,7 @@ async def test_hosts_outside_the_allowed_domains_are_refused(fleet: FleetHandle)
             await alpha.create(INGRESSES, ingress_obj("both", rules), ns)
             await until_served(lay, allowed, check=from_app("app"))
 
-            async def refused() -> bool:
-                reasons = [r for r, _ in await events_on(alpha, ns, "both")]
-                assert "HostNotAllowed" in reasons, reasons
-                return True
-
-            await eventually(refused, what="a HostNotAllowed Event")
+            await event_seen(alpha, ns, "both", "HostNotAllowed")
             assert (await lb_get(lay, other))[0] == 404
         # The policy back to open: the other host is served too.
         await until_served(lay, other, check=from_app("app"))
@@ -370,12 +377,7 @@ async def test_a_route_limit_keeps_the_oldest_and_refuses_the_rest(fleet: FleetH
                 ns,
             )
 
-            async def limited() -> bool:
-                reasons = [r for r, _ in await events_on(alpha, ns, "second")]
-                assert "LimitExceeded" in reasons, reasons
-                return True
-
-            await eventually(limited, what="a LimitExceeded Event on the newer Ingress")
+            await event_seen(alpha, ns, "second", "LimitExceeded")
             assert (await lb_get(lay, second))[0] == 404
             assert (await lb_get(lay, first))[0] == 200  # the older one keeps working
             assert await mgmt.get_or_none(ROUTES, f"{ns}.second", "tenant-alpha") is None
@@ -437,23 +439,6 @@ async def test_a_record_outside_a_tenant_namespace_is_ignored(fleet: FleetHandle
 # ---- TLS ------------------------------------------------------------------------------------
 
 
-def _self_signed(host: str, curve: ec.EllipticCurve) -> tuple[bytes, bytes]:
-    """A certificate for `host` on `curve`, and its key, in PEM."""
-    pair = certs.self_signed(host, curve)
-    return pair.cert_pem(), pair.key_pem()
-
-
-def tls_secret(name: str, crt: bytes, key: bytes) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name},
-        "data": {"tls.crt": base64.b64encode(crt).decode(),
-                 "tls.key": base64.b64encode(key).decode()},
-    }  # fmt: skip
-
-
 async def https(fleet: FleetHandle, sni: str, cafile: str, host: str | None = None) -> Any:
     status, body, cert = await https_request(
         f"127.0.0.1:{fleet.layout.envoy_https_port}", sni, "/", cafile, host_header=host
@@ -495,18 +480,18 @@ async def test_odd_certificates_and_long_names_are_that_ingress_problem_only(
     offset = log.stat().st_size
     async with namespace_in(fleet, "oddtls", ["alpha"]) as ns:
         curve_host, long_host = host("curve"), host("long")
-        crt, key = _self_signed(curve_host, ec.SECP256K1())
-        await alpha.create(SECRETS, tls_secret("curve-tls", crt, key), ns)
+        odd = certs.self_signed(curve_host, ec.SECP256K1())
+        await alpha.create(SECRETS, tls_secret("curve-tls", odd), ns)
         long_name = "l" * 240
-        long_crt, long_key = _self_signed(long_host, ec.SECP256R1())
-        await alpha.create(SECRETS, tls_secret(long_name, long_crt, long_key), ns)
+        long_pair = certs.self_signed(long_host)
+        await alpha.create(SECRETS, tls_secret(long_name, long_pair), ns)
         await tls_site(alpha, ns, "curve", curve_host, "curve-tls")
         await tls_site(alpha, ns, "long", long_host, long_name)
         await route_condition(
             mgmt, "alpha", f"{ns}.curve", "CertificateReady", reason="UnsupportedKey"
         )
         # The Secret with a 240-character name is served.
-        await served_over_https(fleet, long_host, long_crt, "long", tmp_path)
+        await served_over_https(fleet, long_host, long_pair.cert_pem(), "long", tmp_path)
         # kubelbd is alive and every tenant's changes go on.
         await beta_still_served(fleet, victim_ns, "after-odd")
     since = _since(log, offset)
@@ -522,8 +507,9 @@ async def test_domain_fronting_gets_421_and_backends_see_the_client(
     _, victim = beta_app
     async with namespace_in(fleet, "front", ["alpha"]) as ns:
         own = host("front")
-        crt, key = _self_signed(own, ec.SECP256R1())
-        await alpha.create(SECRETS, tls_secret("front-tls", crt, key), ns)
+        pair = certs.self_signed(own)
+        crt = pair.cert_pem()
+        await alpha.create(SECRETS, tls_secret("front-tls", pair), ns)
         await tls_site(alpha, ns, "front", own, "front-tls")
         body = await served_over_https(fleet, own, crt, "front", tmp_path)
         cafile = tmp_path / f"{own}.pem"
@@ -553,9 +539,9 @@ async def test_many_certificates_cost_envoy_no_inotify_instance_each(
         hosts = [host(f"c{i}") for i in range(n)]
         pems = {}
         for i, h in enumerate(hosts):
-            crt, key = _self_signed(h, ec.SECP256R1())
-            pems[h] = crt
-            await alpha.create(SECRETS, tls_secret(f"c{i}-tls", crt, key), ns)
+            pair = certs.self_signed(h)
+            pems[h] = pair.cert_pem()
+            await alpha.create(SECRETS, tls_secret(f"c{i}-tls", pair), ns)
         ingress = ingress_obj(
             "many",
             [rule(h, ("/", "Prefix", backend("many"))) for h in hosts],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import ssl
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +27,7 @@ from .support import (
     route_condition,
     rule,
     served_over_plain_http,
+    tls_secret,
     tls_site,
     unique,
 )
@@ -41,22 +41,6 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[certs.KeyPair
     path = tmp_path_factory.mktemp("ca") / "ca.pem"
     path.write_bytes(authority.cert_pem())
     yield authority, str(path)
-
-
-def tls_secret(name: str, pair: certs.KeyPair | None = None, crt: bytes | None = None,
-               key: bytes | None = None) -> Obj:  # fmt: skip
-    crt = crt if crt is not None else pair.cert_pem()  # type: ignore[union-attr]
-    key = key if key is not None else pair.key_pem()  # type: ignore[union-attr]
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": name},
-        "data": {
-            "tls.crt": base64.b64encode(crt).decode(),
-            "tls.key": base64.b64encode(key).decode(),
-        },
-    }
 
 
 def https_addr(fleet: FleetHandle) -> str:
