@@ -1,20 +1,8 @@
-"""`python -m kubelbd` / `kubelbd`: see kubelbd.app for the flags."""
+"""`python -m kubelbd` / `kubelbd`: the command line (kubelbd.cli)."""
 
 from __future__ import annotations
 
-import sys
-
-import anyio
-
-from .app import run
-from .config import parse_args
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    anyio.run(run, cfg)
-    return 0
-
+from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -40,7 +40,7 @@ class Config:
 
 def parse_args(argv: list[str] | None = None) -> Config:
     ap = argparse.ArgumentParser(
-        prog="kubelbd", description="Load balancing for a fleet of clusters"
+        prog="kubelbd serve", description="Load balancing for a fleet of clusters"
     )
     ap.add_argument("--kubeconfig", help="management cluster kubeconfig (default: in-cluster)")
     ap.add_argument("--namespace", default="kubelb", help="where tenant Secrets are registered")

@@ -129,6 +129,7 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path) -> Proc:
             sys.executable,
             "-m",
             "kubelbd",
+            "serve",
             f"--kubeconfig={lay.kubeconfig('mgmt')}",
             f"--namespace={NAMESPACE}",
             f"--config-dir={config_dir(fleet.layout)}",
