@@ -28,7 +28,8 @@ def fleet_layout() -> Iterator[Layout]:
     started = False
     if _fleet_cmd("status", check=False).returncode != 0:
         _fleet_cmd("down", check=False)
-        up = _fleet_cmd("up", check=False)
+        # Two replicas: every test runs against an HA pair (one leader, both serving).
+        up = _fleet_cmd("up", "--replicas", "2", check=False)
         if up.returncode != 0:
             pytest.fail(f"hack/fleet up failed:\n{up.stdout}\n{up.stderr}", pytrace=False)
         started = True

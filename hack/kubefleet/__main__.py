@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every process the fleet started")
     sub.add_parser("status", help="what runs, with memory; exit 0 only if all of it runs")
     sub.add_parser("env", help="print fleet.env")
+    restart = sub.add_parser(
+        "restart",
+        help="a rolling restart of one replica (kubelbd, kubelbd-2, ...) as the "
+        "kubelet does it: Envoy drained, then both stopped and started again",
+    )
+    restart.add_argument("replica")
     for verb in ("stop", "start"):
         p = sub.add_parser(verb, help=f"{verb} one component (apiserver, node-2, kubelbd, ...)")
         p.add_argument("component")
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if running and all(running.values()) else 1
         elif args.cmd == "env":
             print(layout.env_file.read_text(), end="")
+        elif args.cmd == "restart":
+            fleet.restart_replica(args.replica)
         elif args.cmd == "stop":
             fleet.stop_component(args.component, args.cluster)
         elif args.cmd == "start":

@@ -525,6 +525,23 @@ class Fleet:
         self._save()
         self.wait_ready(name)
 
+    def restart_replica(self, name: str) -> None:
+        """What a rolling update does to a pod: its Envoy drains (fails its health check, asks
+        clients to leave, closes its listeners) and stops, kubelbd stops (releasing the Lease
+        if it held it), and both start again."""
+        if self.state is None:
+            raise FleetError("the fleet is not up")
+        r = lb.replica_of(self, name)
+        if r is None or name != r.name:
+            raise FleetError(f"no replica {name!r}")
+        if lb.envoy_pid(self, r.index):
+            lb.stop_envoy(self, r.index)
+        stop(self.state.procs[r.name])
+        lb.release_envoy(self, r.index)
+        spawn(self.state.procs[r.name], ROOT)
+        self._save()
+        self.wait_ready(r.name)
+
     def wait_ready(self, name: str) -> None:
         cluster, _, comp = name.rpartition("/")
         if name == "etcd":

@@ -31,7 +31,7 @@ from ..ir.status import Report, route_report
 from ..kube import ApiError, Kube
 from ..kube.informer import Informer
 from ..kube.lease import Leadership
-from ..objects import MANAGED_BY, MANAGER, SECRETS
+from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
@@ -39,7 +39,7 @@ from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
 from .reporter import StatusReporter
 from .strays import Strays
-from .tls import TLSState
+from .tls import CHALLENGES, TLSState
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,15 @@ class DataPlane:
             guard("Secret", self.tls.on_secret),
             label_selector=f"{TLS_LABEL}=true",
         )
+        challenges = Informer(
+            self.mgmt,
+            CONFIGMAPS,
+            self.tls.on_challenges,
+            namespace=self.tls.namespace,
+            field_selector=f"metadata.name={CHALLENGES}",
+        )
         l4 = self.l4.informers(self.intake.on_loadbalancer, guard)
-        informers = [routes, tenants, secrets, *l4]
+        informers = [routes, tenants, secrets, challenges, *l4]
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.tls.recheck)

@@ -4,6 +4,10 @@ HTTPS with which one, what kubelbd must have issued, and the ACME answers Envoy 
 Certificates come from Secrets labelled `kubelb.io/tls=true` in the tenants' namespaces
 (copies of tenant Secrets, ACME issued, cert-manager written). Every one is checked
 (kubelbd.ir.tls) before it reaches Envoy; a bad one keeps its host off HTTPS alone.
+
+ACME answers: the leader orders certificates, but the CA's validation request may reach any
+replica, so the answers go through the API (a ConfigMap in kubelbd's namespace, not secret:
+each is served to anyone who asks) and every replica serves them.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ from ..envoy.settings import FRONT, rds_file
 from ..ir import tls
 from ..ir.http import Delta, Model
 from ..kube import Kube
-from ..objects import Obj
+from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, Obj
 from ..records.names import secret_id, tenant_of
 
 log = logging.getLogger(__name__)
 
 RECHECK_INTERVAL = 60.0
+#: the ConfigMap holding the ACME HTTP-01 answers every replica serves (token -> answer)
+CHALLENGES = "kubelbd-acme-challenges"
 
 
 class TLSState:
@@ -40,6 +46,8 @@ class TLSState:
         secrets: SecretServer,
     ) -> None:
         self._wake = wake
+        self.mgmt = mgmt
+        self.namespace = acme.namespace
         #: serves the certificates to Envoy; `_served` are the ones the listener may name
         self.secrets = secrets
         self._served: set[str] = set()
@@ -71,9 +79,32 @@ class TLSState:
             self.certificates[sid] = tls.certificate_data(sid, obj)
         self.changed()
 
+    def on_challenges(self, kind: str, obj: Obj) -> None:
+        """The answers as the leader published them (every replica, the leader included)."""
+        data = {} if kind == "DELETED" else obj.get("data") or {}
+        answers = {str(k): str(v) for k, v in data.items()}
+        if answers != self.challenges:
+            self.challenges = answers
+            self.changed()
+
     async def publish_challenges(self, challenges: dict[str, str]) -> bool:
-        """ACME HTTP-01: serve these answers on plain HTTP, for any host; True once Envoy
-        reports them applied (the front table that holds them: nothing else need be)."""
+        """ACME HTTP-01 (the leader): serve these answers on plain HTTP, for any host, on
+        every replica; True once this replica's Envoy reports them applied (the front table
+        that holds them: nothing else need be). The others apply the same file within
+        milliseconds of the watch event; the CA retries a validation that came too early."""
+        await self.mgmt.apply(
+            CONFIGMAPS,
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": CHALLENGES,
+                    "namespace": self.namespace,
+                    "labels": {MANAGED_BY: MANAGER},
+                },
+                "data": dict(challenges),
+            },
+        )
         self.challenges = dict(challenges)
         self._challenges_published = anyio.Event()
         self.changed()

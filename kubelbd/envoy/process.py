@@ -56,6 +56,10 @@ def write_bootstrap(config_dir: Path, admin: str, node_id: str, template: Path =
     return path
 
 
+#: after the drain time: for the last requests accepted before the listeners closed
+DRAIN_GRACE = 1.0
+
+
 class EnvoyProcess:
     def __init__(
         self,
@@ -95,10 +99,16 @@ class EnvoyProcess:
             self.log_level,
             # Several Envoys may share a machine (tests, benchmarks): no shared memory region.
             "--disable-hot-restart",
-            # How long a drain asks clients to leave before the listeners close.
+            # How long a drain asks clients to leave before the listeners close; all of them
+            # at once (a load balancer in front has stopped sending new ones already).
             "--drain-time-s",
-            str(max(1, math.ceil(self.drain_seconds or 5))),
+            str(self._drain_time()),
+            "--drain-strategy",
+            "immediate",
         ]
+
+    def _drain_time(self) -> int:
+        return max(1, math.ceil(self.drain_seconds or 5))
 
     async def run(self) -> None:
         backoff = Backoff(initial=0.5, maximum=10)
@@ -196,7 +206,9 @@ class EnvoyProcess:
             return
         log.info("envoy: draining for %.0f s", self.drain_seconds)
         await self.drain()
-        await anyio.sleep(self.drain_seconds)
+        # The listeners close when the drain time ends; a request on a connection accepted
+        # just before must still get its answer before Envoy stops.
+        await anyio.sleep(self._drain_time() + DRAIN_GRACE)
 
 
 def _signal(pid: int, sig: int) -> None:
