@@ -516,3 +516,25 @@ async def tenant_policy(mgmt: Kube, tenant: str, spec: Obj) -> AsyncIterator[Non
     finally:
         undo = {k: before.get(k) for k in spec}  # null removes what was not there
         await mgmt.patch(TENANTS, tenant, {"spec": undo}, f"tenant-{tenant}")
+
+
+def _replica_names() -> list[str]:
+    from kubefleet.fleet import State
+    from kubefleet.layout import Layout, fleet_dir
+
+    state = State.load(fleet_dir() / "state.json")
+    assert state is not None, "the fleet is not up"
+    layout = Layout(state.tenants, state.base_port, fleet_dir(), state.replicas)
+    return [r.name for r in layout.replica_set]
+
+
+async def stop_kubelbd() -> None:
+    """kubelbd down: every replica (with one left, it would take over and carry on)."""
+    for name in reversed(_replica_names()):
+        await run_fleet("stop", name)
+
+
+async def start_kubelbd() -> None:
+    """Every replica up again, the first first: it takes the released Lease and leads."""
+    for name in _replica_names():
+        await run_fleet("start", name)

@@ -23,6 +23,8 @@ from .support import (
     http_get,
     namespace_in,
     run_fleet,
+    start_kubelbd,
+    stop_kubelbd,
     tcp_echo,
     udp_echo,
 )
@@ -241,8 +243,8 @@ async def test_allocations_survive_a_kubelbd_restart(fleet: FleetHandle, ns: str
     for n in names:
         await deploy(kube, ns, n, ports)
     before = {n: await lb_address(kube, ns, n) for n in names}
-    await run_fleet("stop", "kubelbd")
-    await run_fleet("start", "kubelbd")
+    await stop_kubelbd()
+    await start_kubelbd()
     # A new Service after the restart must not take an address already given out.
     await deploy(kube, ns, "after", ports)
     after = await lb_address(kube, ns, "after")

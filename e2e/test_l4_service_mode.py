@@ -62,7 +62,9 @@ def wait_until_ready(proc: subprocess.Popen[bytes], layout: Layout, log: Path) -
 
 @pytest.fixture(scope="module")
 def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
-    """The fleet's kubelbd, restarted with --l4-mode service for the tests of this module."""
+    """The fleet's kubelbd, restarted with --l4-mode service for the tests of this module.
+    The other replicas stop meanwhile: replicas of one Deployment share one L4 mode, and the
+    one in service mode must hold the Lease to write."""
     state = State.load(fleet_layout.state_file)
     assert state is not None
     argv = [*state.procs["kubelbd"].argv]
@@ -71,6 +73,9 @@ def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
         "--l4-listen-address=127.0.0.1",
         f"--l4-port-range={PORT_RANGE[0]}-{PORT_RANGE[1]}",
     ]
+    others = [r.name for r in fleet_layout.replica_set[1:]]
+    for name in others:
+        fleet("stop", name)
     fleet("stop", "kubelbd")
     path = fleet_layout.logs / "kubelbd-service-mode.log"
     log = open(path, "ab")  # noqa: SIM115
@@ -83,6 +88,8 @@ def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=30)
         log.close()
         fleet("start", "kubelbd")
+        for name in others:
+            fleet("start", name)
 
 
 @pytest.fixture

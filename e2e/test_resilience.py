@@ -27,6 +27,8 @@ from .support import (
     lb_get,
     rule,
     run_fleet,
+    start_kubelbd,
+    stop_kubelbd,
     traffic,
     unique,
     until_served,
@@ -58,7 +60,7 @@ async def test_kubelbd_restart_keeps_traffic_and_loses_nothing(
     kube, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
     before, _ = await mgmt.list(ROUTES)
     async with traffic(lay, h) as t:
-        await run_fleet("stop", "kubelbd")
+        await stop_kubelbd()
         # A change made while kubelbd is down is picked up when it comes back.
         late = f"{unique('late')}.example.test"
         await kube.create(
@@ -66,7 +68,7 @@ async def test_kubelbd_restart_keeps_traffic_and_loses_nothing(
         )
         status, _ = await lb_get(lay, h)
         assert status == 200, "Envoy must keep serving while kubelbd is down"
-        await run_fleet("start", "kubelbd")
+        await start_kubelbd()
         await until_served(lay, late)
         await until_served(lay, h)
     assert t.ok > 0
@@ -171,8 +173,8 @@ async def test_tenant_apiserver_down_keeps_routes_even_across_kubelbd_restart(
                 return True
 
             await eventually(disconnected, timeout=60, what="alpha Connected=False")
-            await run_fleet("stop", "kubelbd")
-            await run_fleet("start", "kubelbd")
+            await stop_kubelbd()
+            await start_kubelbd()
             await until_served(lay, h)
         assert t.failures == [], t.failures[:5]
     finally:

@@ -27,7 +27,8 @@ from .support import (
     ingress_obj,
     lb_get,
     rule,
-    run_fleet,
+    start_kubelbd,
+    stop_kubelbd,
     unique,
     until_served,
 )
@@ -154,14 +155,14 @@ async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> Non
 
         # Deregistered while kubelbd is down: the finalizer keeps the Secret (and its
         # kubeconfig) until kubelbd is back to clean up.
-        await run_fleet("stop", "kubelbd")
+        await stop_kubelbd()
         try:
             await mgmt.delete(SECRETS, "beta", NAMESPACE)
             held = await mgmt.get(SECRETS, "beta", NAMESPACE)
             assert held["metadata"].get("deletionTimestamp"), held["metadata"]
             assert held["metadata"]["finalizers"] == ["kubelb.io/cleanup"]
         finally:
-            await run_fleet("start", "kubelbd")
+            await start_kubelbd()
         await until_served(lay, h, status=404)
 
         async def cleaned() -> bool:

@@ -26,6 +26,8 @@ from .support import (
     namespace_in,
     rule,
     run_fleet,
+    start_kubelbd,
+    stop_kubelbd,
     traffic,
     unique,
     until_served,
@@ -55,7 +57,7 @@ async def test_records_of_the_previous_version_keep_serving(fleet: FleetHandle) 
         assert "backends" in record["spec"]["rules"][0]["paths"][0]
 
         async with traffic(lay, h) as t:
-            await run_fleet("stop", "kubelbd")
+            await stop_kubelbd()
             await run_fleet("stop", "apiserver", "alpha")
             try:
                 record["spec"] = old_shape(record["spec"])
@@ -63,7 +65,7 @@ async def test_records_of_the_previous_version_keep_serving(fleet: FleetHandle) 
                 stored = await mgmt.replace(ROUTES, record)
                 # The CRD still declares the old field: the API server keeps it.
                 assert "backend" in stored["spec"]["rules"][0]["paths"][0], stored["spec"]
-                await run_fleet("start", "kubelbd")
+                await start_kubelbd()
 
                 async def republished() -> bool:
                     obj = await mgmt.get(ROUTES, f"{ns}.app", "tenant-alpha")
