@@ -28,7 +28,8 @@ from ..retry import Backoff
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "envoy-templates" / "bootstrap.yaml"
+#: Package data beside this module, so an installed kubelbd (the image's venv) finds it too.
+TEMPLATE = Path(__file__).with_name("bootstrap.yaml")
 
 
 def envoy_binary() -> str:

@@ -48,5 +48,5 @@ def shard_names(settings: Settings) -> list[str]:
     return [DEFAULT_SHARD] + [f"shard.{k}" for k in range(settings.shards)]
 
 
-#: kubelbd's secret server, in the config directory (envoy-templates/bootstrap.yaml names it)
+#: kubelbd's secret server, in the config directory (envoy/bootstrap.yaml names it)
 SDS_SOCKET = "sds.sock"
