@@ -1,9 +1,13 @@
-"""/healthz and /readyz for the kubelet: alive, and ready once Envoy has its first files."""
+"""/healthz and /readyz for the kubelet: alive, and ready once Envoy has its first files;
+/metrics for Prometheus (kubelbd.metrics, served by prometheus_client's own handler)."""
 
 from __future__ import annotations
 
 import anyio
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from .metrics import REGISTRY
 
 
 async def serve_health(host: str, port: int, ready: anyio.Event) -> None:
@@ -17,6 +21,7 @@ async def serve_health(host: str, port: int, ready: anyio.Event) -> None:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

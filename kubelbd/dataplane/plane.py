@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .. import metrics
 from ..certs.acme import ACMESettings
 from ..envoy.admin import EnvoyAdmin
 from ..envoy.publisher import Publisher
@@ -34,8 +35,10 @@ from ..objects import MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
+from .gauges import StateGauges
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
+from .rejections import copy_rejections
 from .reporter import StatusReporter
 from .strays import Strays
 from .tls import TLSState
@@ -78,6 +81,9 @@ class DataPlane:
         self.status = StatusReporter(
             mgmt, board, self.wait_applied, self._reports, self._observed_conditions
         )
+        self.gauges = StateGauges(
+            self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
+        )
         self.first_publish = anyio.Event()
         self._wake = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -117,7 +123,8 @@ class DataPlane:
         await self.publisher.load_async()
         await self.secrets.start()
         try:
-            await self._run()
+            with metrics.observe_state(self.gauges.snapshot):
+                await self._run()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.secrets.stop()
@@ -146,6 +153,7 @@ class DataPlane:
             tg.start_soon(self.tls.issuers.run)
             tg.start_soon(self.status.run)
             tg.start_soon(self.status.writer.run)
+            tg.start_soon(copy_rejections, self.admin, self.publisher.published)
             for inf in informers:
                 tg.start_soon(inf.run)
             for inf in informers:
@@ -195,7 +203,11 @@ class DataPlane:
         lbs, self.l4.pending_status = self.l4.pending_status, set()
         for rec in self.l4.take_deleted():
             self._withdraw(LOADBALANCER, rec)
-        self.status.due(routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts, lbs=lbs)
+        self.status.due(
+            routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts,
+            lbs=lbs,
+            arrivals=batch.arrivals,
+        )
 
     async def _render_l4(self, files: Files) -> None:
         try:
