@@ -182,6 +182,8 @@ class Intake:
         """A record deleted in the API (from the watch)."""
         rid = f"{tenant}/{name}"
         known = self._api.get(rid)
+        if known is None:
+            self.refused.forget(rid)  # a record refused, now deleted: nothing to refuse
         if uid is not None and (known is None or known[0] != uid):
             return  # not the record we know: deleted here already, perhaps made anew
         self._api.pop(rid, None)
