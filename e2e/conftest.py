@@ -34,7 +34,7 @@ def fleet_layout() -> Iterator[Layout]:
         started = True
     state = State.load(fleet_dir() / "state.json")
     assert state is not None
-    yield Layout(state.tenants, state.base_port, fleet_dir())
+    yield Layout(state.tenants, state.base_port, fleet_dir(), state.replicas)
     if started and os.environ.get("KUBELBD_KEEP_FLEET") != "1":
         _fleet_cmd("down", check=False)
 

@@ -6,6 +6,14 @@
 
 Start-up order: CRDs, Envoy's bootstrap, the data plane (it waits for the tenants to settle
 before its first publish), the registry, and Envoy as a child once it has files to load.
+
+High availability: every replica runs the data plane and serves; the Lease (kube/lease.py)
+says which one writes. The registry (tenant tasks: twins, records, tenant statuses) runs only
+on the leader, a fresh one for each term; the data plane's own writes follow the same Lease.
+
+Shutdown (SIGTERM): readiness fails at once; unless Envoy is to outlive kubelbd
+(--keep-envoy), Envoy is drained for --drain-seconds, then everything stops and the Lease is
+released for the next replica.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -27,6 +36,7 @@ from .envoy.settings import Settings
 from .health import serve_health
 from .hub import Settling, StatusBoard
 from .kube import Kube, crds
+from .kube.lease import Leadership, LeaseElector
 from .tenant.registry import Registry
 from .tenant.sync import TenantSettings
 
@@ -67,7 +77,7 @@ async def run(cfg: Config) -> None:
         bootstrap = await anyio.to_thread.run_sync(
             write_bootstrap, cfg.config_dir, cfg.envoy_admin, socket.gethostname()
         )
-        board, settling = StatusBoard(), Settling()
+        board, settling, leadership = StatusBoard(), Settling(), Leadership()
         dataplane = DataPlane(
             mgmt,
             envoy_settings(cfg),
@@ -78,23 +88,26 @@ async def run(cfg: Config) -> None:
             cfg.public_address,
             cfg.l4,
             cfg.acme,
+            leadership,
         )
-        registry = Registry(
-            mgmt,
-            cfg.namespace,
-            tenant_settings(cfg),
-            dataplane.intake,
-            board,
-            settling,
-        )
+
+        def registry() -> Registry:
+            return Registry(
+                mgmt, cfg.namespace, tenant_settings(cfg), dataplane.intake, board, settling
+            )
+
+        draining = anyio.Event()
+        drain = None if cfg.keep_envoy or cfg.drain_seconds <= 0 else admin.drain
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signal, tg.cancel_scope)
+            tg.start_soon(_stop_on_signal, tg.cancel_scope, draining, drain, cfg.drain_seconds)
             tg.start_soon(_settle_gc, dataplane.first_publish)
+            tg.start_soon(LeaseElector(mgmt, cfg.lease, leadership).run)
             tg.start_soon(dataplane.run)
-            tg.start_soon(registry.run)
+            tg.start_soon(_while_leading, leadership, registry)
             if cfg.health_listen:
+                host, port = split_host_port(cfg.health_listen)
                 tg.start_soon(
-                    serve_health, *split_host_port(cfg.health_listen), dataplane.first_publish
+                    serve_health, host, port, dataplane.first_publish, draining, admin.ready
                 )
             if cfg.run_envoy:
                 # Envoy needs its files to start: those of a previous run, or our first publish.
@@ -110,6 +123,8 @@ async def run(cfg: Config) -> None:
                     hold_file=cfg.config_dir / "envoy.hold",
                     pid_file=cfg.config_dir / "envoy.pid",
                     keep_on_exit=cfg.keep_envoy,
+                    drain=admin.drain,
+                    drain_seconds=cfg.drain_seconds,
                 )
                 tg.start_soon(envoy.run)
     finally:
@@ -128,9 +143,32 @@ async def _settle_gc(first_publish: anyio.Event) -> None:
     gc.freeze()
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def _while_leading(leadership: Leadership, registry: Callable[[], Registry]) -> None:
+    """The tenant side, while this replica holds the Lease: a new registry each term (its
+    tenant tasks resync from the tenants and the records), cancelled the moment it is lost."""
+    while True:
+        await leadership.until(True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(registry().run)
+            await leadership.until(False)
+            tg.cancel_scope.cancel()
+        log.info("not the leader any more: tenant tasks stopped")
+
+
+async def _stop_on_signal(
+    scope: anyio.CancelScope,
+    draining: anyio.Event,
+    drain: Callable[[], Awaitable[bool]] | None,
+    drain_seconds: float,
+) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for sig in signals:
             log.info("received %s, shutting down", signal.Signals(sig).name)
+            draining.set()  # readiness fails first: the load balancer in front stops sending
+            if drain is not None:
+                log.info("draining Envoy for %.0f s", drain_seconds)
+                await drain()
+                with anyio.move_on_after(drain_seconds):
+                    await signals.__anext__()  # a second signal cuts the drain short
             scope.cancel()
             return

@@ -6,11 +6,13 @@ import argparse
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from .certs.acme import ACMESettings
 from .dataplane.l4 import L4Settings
+from .kube.lease import LeaseSettings
 from .records.policy import ANY_DOMAIN, Limits, Policy, parse_networks
 
 
@@ -36,6 +38,9 @@ class Config:
     acme: ACMESettings
     #: the fleet-wide defaults of every tenant's policy, and what no tenant may have
     policy: Policy
+    lease: LeaseSettings
+    #: on SIGTERM: how long Envoy drains its listeners before it stops (0: it stops at once)
+    drain_seconds: float
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -131,6 +136,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default="30000-32767",
         help="nodePorts a tenant Service may have (Kubernetes' default)",
     )
+    ha = ap.add_argument_group(
+        "high availability",
+        "every replica serves; the holder of a Lease in --namespace is the one that writes",
+    )
+    ha.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
+                    help="this replica's name in the Lease (default: $POD_NAME, else the "
+                         "host name); keep it across restarts of the same replica")  # fmt: skip
+    ha.add_argument("--lease-name", default="kubelbd")
+    ha.add_argument("--lease-duration", type=float, default=15.0,
+                    help="seconds without renewal before another replica takes over")  # fmt: skip
+    ha.add_argument("--lease-renew-deadline", type=float, default=10.0,
+                    help="seconds the leader tries to renew before it stops writing")  # fmt: skip
+    ha.add_argument("--lease-retry-period", type=float, default=2.0)
+    ap.add_argument("--drain-seconds", type=float, default=0.0,
+                    help="on SIGTERM: fail readiness and Envoy's health checks, drain Envoy's "
+                         "listeners this long, then stop")  # fmt: skip
     ap.add_argument("--log-level", default=os.environ.get("KUBELBD_LOG_LEVEL", "info"))
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -157,6 +178,19 @@ def parse_args(argv: list[str] | None = None) -> Config:
         policy = default_policy(args)
     except ValueError as e:
         ap.error(f"bad tenant policy default: {e}")
+    try:
+        lease = LeaseSettings(
+            namespace=args.namespace,
+            identity=args.identity,
+            name=args.lease_name,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.lease_renew_deadline,
+            retry_period=args.lease_retry_period,
+        )
+    except ValueError as e:
+        ap.error(f"bad lease timing: {e}")
+    if args.drain_seconds < 0:
+        ap.error("--drain-seconds must not be negative")
     return Config(
         kubeconfig=args.kubeconfig,
         namespace=args.namespace,
@@ -181,6 +215,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             namespace=args.namespace,
         ),
         policy=policy,
+        lease=lease,
+        drain_seconds=args.drain_seconds,
         l4=L4Settings(
             mode=args.l4_mode,
             pool=args.l4_address_pool,

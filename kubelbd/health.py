@@ -1,7 +1,11 @@
-"""/healthz and /readyz for the kubelet: alive, and ready once Envoy has its first files;
-/metrics for Prometheus (kubelbd.metrics, served by prometheus_client's own handler)."""
+"""/healthz and /readyz for the kubelet: alive, and ready once Envoy has its first files and
+until the replica starts to drain (SIGTERM): a load balancer in front stops sending it traffic
+before Envoy's listeners close. /metrics for Prometheus (kubelbd.metrics, served by
+prometheus_client's own handler)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import anyio
 from aiohttp import web
@@ -10,13 +14,27 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from .metrics import REGISTRY
 
 
-async def serve_health(host: str, port: int, ready: anyio.Event) -> None:
+async def serve_health(
+    host: str,
+    port: int,
+    ready: anyio.Event,
+    draining: anyio.Event | None = None,
+    envoy_ready: Callable[[], Awaitable[bool]] | None = None,
+) -> None:
+    """`envoy_ready`: Envoy's own readiness (its admin's /ready, which fails once Envoy was
+    told to drain): the kubelet cannot reach the loopback admin, so kubelbd answers for it."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = ready.is_set()
-        return web.Response(status=200 if ok else 503, text="ok\n" if ok else "starting\n")
+        if draining is not None and draining.is_set():
+            return web.Response(status=503, text="draining\n")
+        if not ready.is_set():
+            return web.Response(status=503, text="starting\n")
+        if envoy_ready is not None and not await envoy_ready():
+            return web.Response(status=503, text="envoy not ready\n")
+        return web.Response(text="ok\n")
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

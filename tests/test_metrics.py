@@ -29,6 +29,7 @@ from kubelbd.dataplane.rejections import copy_rejections
 from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.health import serve_health
 from kubelbd.kube import ApiError, Kube
+from kubelbd.kube.lease import Leadership
 from kubelbd.objects import NAMESPACES, SECRETS, Obj
 from kubelbd.records.names import ROUTES, TENANTS, copy_name, labels
 from kubelbd.records.objects import record_object, tenant_object
@@ -285,10 +286,11 @@ async def test_envoys_rejections_are_copied_while_files_change() -> None:
 
 
 async def test_leadership_is_what_the_election_last_said() -> None:
+    leadership = Leadership()  # what the LeaseElector sets on every answer about the Lease
     async with health_server() as s:
-        metrics.set_leader(True)
+        leadership.set(True)
         assert await s.value("kubelbd_leader") == 1
-        metrics.set_leader(False)
+        leadership.set(False)
         assert await s.value("kubelbd_leader") == 0
 
 

@@ -478,7 +478,7 @@ def ensure_fleet() -> Layout:
         subprocess.run([FLEET, "up"], check=True)
     state = State.load(fleet_dir() / "state.json")
     assert state is not None
-    return Layout(state.tenants, state.base_port, fleet_dir())
+    return Layout(state.tenants, state.base_port, fleet_dir(), state.replicas)
 
 
 async def run(

@@ -7,7 +7,7 @@ import sys
 import time
 
 from .fleet import Fleet, FleetError, State, describe
-from .layout import DEFAULT_BASE_PORT, Layout, fleet_dir, validate_tenants
+from .layout import DEFAULT_BASE_PORT, Layout, fleet_dir, validate_replicas, validate_tenants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the fleet and wait until it is ready")
     up.add_argument("--tenants", type=int, default=2, help="tenant clusters (default 2)")
     up.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    up.add_argument("--replicas", type=int, default=1,
+                    help="kubelbd+Envoy pairs on their own ports; one Lease leader")  # fmt: skip
     sub.add_parser("down", help="stop every process the fleet started")
     sub.add_parser("status", help="what runs, with memory; exit 0 only if all of it runs")
     sub.add_parser("env", help="print fleet.env")
@@ -28,9 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     state = State.load(fleet_dir() / "state.json")
     if args.cmd == "up":
         validate_tenants(args.tenants)
-        layout = Layout(args.tenants, args.base_port, fleet_dir())
+        validate_replicas(args.replicas)
+        layout = Layout(args.tenants, args.base_port, fleet_dir(), args.replicas)
     elif state is not None:
-        layout = Layout(state.tenants, state.base_port, fleet_dir())
+        layout = Layout(state.tenants, state.base_port, fleet_dir(), state.replicas)
     else:
         layout = Layout(2, DEFAULT_BASE_PORT, fleet_dir())
     fleet = Fleet(layout)

@@ -39,12 +39,14 @@ class State:
     base_port: int
     bin_dir: str
     procs: dict[str, Proc] = field(default_factory=dict)
+    replicas: int = 1
 
     def save(self, path: Path) -> None:
         data = {
             "tenants": self.tenants,
             "base_port": self.base_port,
             "bin_dir": self.bin_dir,
+            "replicas": self.replicas,
             "procs": {k: p.to_json() for k, p in self.procs.items()},
         }
         tmp = path.with_suffix(".tmp")
@@ -136,7 +138,7 @@ class Fleet:
                     p.unlink()
         lay.dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(lb.config_dir(lay).parent, ignore_errors=True)
-        self.state = State(lay.tenants, lay.base_port, str(bin_dir))
+        self.state = State(lay.tenants, lay.base_port, str(bin_dir), replicas=lay.replicas)
         self._save()
         try:
             self._generate_pki()
@@ -487,10 +489,11 @@ class Fleet:
     def stop_component(self, component: str, cluster: str | None) -> None:
         if self.state is None:
             raise FleetError("the fleet is not up")
-        if component == lb.ENVOY:
-            if not lb.envoy_pid(self):
-                raise FleetError("envoy is not running")
-            lb.stop_envoy(self)
+        r = lb.replica_of(self, component)
+        if r is not None and component == r.envoy:
+            if not lb.envoy_pid(self, r.index):
+                raise FleetError(f"{r.envoy} is not running")
+            lb.stop_envoy(self, r.index)
             return
         name = self.component_name(component, cluster)
         p = self.state.procs[name]
@@ -502,14 +505,17 @@ class Fleet:
     def start_component(self, component: str, cluster: str | None) -> None:
         if self.state is None:
             raise FleetError("the fleet is not up")
-        if component == lb.ENVOY:
-            if lb.envoy_pid(self):
-                raise FleetError("envoy is already running")
-            if not alive(self.state.procs[lb.KUBELBD]):
+        r = lb.replica_of(self, component)
+        if r is not None and component == r.envoy:
+            if lb.envoy_pid(self, r.index):
+                raise FleetError(f"{r.envoy} is already running")
+            if not alive(self.state.procs[r.name]):
                 # kubelbd supervises Envoy: released now, it starts when kubelbd does.
-                lb.release_envoy(self)
-                raise FleetError("kubelbd is not running; Envoy starts with it: start kubelbd")
-            lb.start_envoy(self)
+                lb.release_envoy(self, r.index)
+                raise FleetError(
+                    f"{r.name} is not running; {r.envoy} starts with it: start {r.name}"
+                )
+            lb.start_envoy(self, r.index)
             return
         name = self.component_name(component, cluster)
         p = self.state.procs[name]
@@ -528,9 +534,9 @@ class Fleet:
             self._wait_apiserver(self.layout.cluster(cluster))
         elif comp.startswith("node-"):
             self._wait_nodes_ready(self.layout.cluster(cluster), [comp])
-        elif name == lb.KUBELBD:
+        elif (r := lb.replica_of(self, name)) is not None:
             # A tenant may be down on purpose (fault tests): do not wait for it to sync.
-            lb.wait_ready(self, tenants=False)
+            lb.wait_ready(self, tenants=False, replica=r)
         else:
             self.wait_for(f"{name} to stay up", lambda: True, [name])
 
@@ -568,8 +574,8 @@ def describe(fleet: Fleet) -> str:
         what = "running" if up else "stopped"
         rows.append(f"  {name:<28} {what:<8} pid {p.pid or '-':<8} {rss // 1024:>5} MiB")
     if lb.KUBELBD in fleet.state.procs:
-        row, rss = lb.describe(fleet)
-        rows.append(row)
-        total += rss
+        for row, rss in lb.describe(fleet):
+            rows.append(row)
+            total += rss
     head = f"fleet: {fleet.layout.tenants} tenants, state in {fleet.layout.dir}"
     return "\n".join([head, *rows, f"  {'total RSS':<28} {'':<8} {'':<12} {total // 1024:>5} MiB"])

@@ -67,10 +67,47 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class Replica:
+    """One kubelbd with its Envoy: what a pod of the Deployment is. Replica 1 keeps the
+    ports a one-replica fleet always had; the others get their own."""
+
+    index: int
+    http_port: int
+    https_port: int
+    admin_port: int
+    health_port: int
+
+    @property
+    def name(self) -> str:
+        """Its fleet component (and Lease identity): kubelbd, kubelbd-2, ..."""
+        return "kubelbd" if self.index == 1 else f"kubelbd-{self.index}"
+
+    @property
+    def envoy(self) -> str:
+        return "envoy" if self.index == 1 else f"envoy-{self.index}"
+
+
+MAX_REPLICAS = 5
+
+
+@dataclass(frozen=True)
 class Layout:
     tenants: int
     base_port: int
     dir: Path
+    replicas: int = 1
+
+    @property
+    def replica_set(self) -> tuple[Replica, ...]:
+        first = Replica(
+            1, self.envoy_http_port, self.envoy_https_port, self.envoy_admin_port,
+            self.kubelbd_health_port,
+        )  # fmt: skip
+        rest = (
+            Replica(r, *(self.base_port + 200 + 10 * (r - 2) + k for k in range(4)))
+            for r in range(2, self.replicas + 1)
+        )
+        return (first, *rest)
 
     @property
     def etcd_client_port(self) -> int:
@@ -159,6 +196,11 @@ class Layout:
     @property
     def logs(self) -> Path:
         return self.dir / "logs"
+
+
+def validate_replicas(n: int) -> None:
+    if not 1 <= n <= MAX_REPLICAS:
+        raise ValueError(f"--replicas must be between 1 and {MAX_REPLICAS}, got {n}")
 
 
 def validate_tenants(n: int) -> None:

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .layout import ROOT, Cluster, Layout
+from .layout import ROOT, Cluster, Layout, Replica
 from .procs import Proc
 
 if TYPE_CHECKING:
@@ -24,26 +24,44 @@ if TYPE_CHECKING:
 
 NAMESPACE = "kubelb"
 KUBELBD = "kubelbd"
-ENVOY = "envoy"
 
 
-def config_dir(layout: Layout) -> Path:
+#: how long a replica's Envoy drains before it stops (the Deployment says 15 s: shorter here,
+#: so that a test stopping Envoy does not wait long)
+DRAIN_SECONDS = 3
+
+
+def config_dir(layout: Layout, replica: int = 1) -> Path:
     """Envoy's config volume. Memory-backed, like the `emptyDir: {medium: Memory}` of the
     Deployment: the files are derived from the records, and fsync on tmpfs costs nothing,
-    where on a busy disk it can wait tens of milliseconds for a journal commit."""
+    where on a busy disk it can wait tens of milliseconds for a journal commit. One per
+    replica, as each pod has its own."""
+    name = "envoy" if replica == 1 else f"envoy-{replica}"
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm / f"kubelbd-fleet-{layout.base_port}" / "envoy"
-    return layout.dir / "envoy"
+        return shm / f"kubelbd-fleet-{layout.base_port}" / name
+    return layout.dir / name
+
+
+def replica_of(fleet: Fleet, component: str) -> Replica | None:
+    """The replica a component (kubelbd-2, envoy-2, ...) belongs to, if it is one of ours."""
+    for r in fleet.layout.replica_set:
+        if component in (r.name, r.envoy):
+            return r
+    return None
 
 
 def ports(fleet: Fleet) -> dict[int, str]:
     lay = fleet.layout
-    return {
-        lay.envoy_http_port: "Envoy HTTP listener",
-        lay.envoy_https_port: "Envoy HTTPS listener",
-        lay.envoy_admin_port: "Envoy admin",
-        lay.kubelbd_health_port: "kubelbd health",
+    out: dict[int, str] = {}
+    for r in lay.replica_set:
+        out |= {
+            r.http_port: f"Envoy HTTP listener ({r.name})",
+            r.https_port: f"Envoy HTTPS listener ({r.name})",
+            r.admin_port: f"Envoy admin ({r.name})",
+            r.health_port: f"kubelbd health ({r.name})",
+        }
+    return out | {
         lay.pebble_port: "Pebble ACME server",
         lay.pebble_management_port: "Pebble management",
         lay.pebble_challtestsrv_port: "Pebble DNS management",
@@ -110,7 +128,15 @@ def acme_directory(layout: Layout) -> str:
 
 def env(fleet: Fleet) -> dict[str, str]:
     lay = fleet.layout
+
+    def every(port: str) -> str:
+        return ",".join(f"127.0.0.1:{getattr(r, port)}" for r in lay.replica_set)
+
     return {
+        "KUBELB_HTTP_ADDRS": every("http_port"),
+        "KUBELB_HTTPS_ADDRS": every("https_port"),
+        "ENVOY_ADMIN_ADDRS": every("admin_port"),
+        "KUBELBD_HEALTH_ADDRS": every("health_port"),
         "KUBELB_HTTP_ADDR": f"127.0.0.1:{lay.envoy_http_port}",
         "KUBELB_HTTPS_ADDR": f"127.0.0.1:{lay.envoy_https_port}",
         "ENVOY_ADMIN_ADDR": f"127.0.0.1:{lay.envoy_admin_port}",
@@ -121,10 +147,10 @@ def env(fleet: Fleet) -> dict[str, str]:
     }
 
 
-def kubelbd_proc(fleet: Fleet, pebble_bin: Path) -> Proc:
+def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica) -> Proc:
     lay = fleet.layout
     return Proc(
-        KUBELBD,
+        r.name,
         [
             sys.executable,
             "-m",
@@ -132,24 +158,26 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path) -> Proc:
             "serve",
             f"--kubeconfig={lay.kubeconfig('mgmt')}",
             f"--namespace={NAMESPACE}",
-            f"--config-dir={config_dir(fleet.layout)}",
-            f"--http-listen=127.0.0.1:{lay.envoy_http_port}",
-            f"--https-listen=127.0.0.1:{lay.envoy_https_port}",
+            f"--config-dir={config_dir(fleet.layout, r.index)}",
+            f"--http-listen=127.0.0.1:{r.http_port}",
+            f"--https-listen=127.0.0.1:{r.https_port}",
             f"--https-redirect-port={lay.envoy_https_port}",
             "--public-address=127.0.0.1",
-            f"--envoy-admin=127.0.0.1:{lay.envoy_admin_port}",
+            f"--envoy-admin=127.0.0.1:{r.admin_port}",
+            f"--identity={r.name}",
+            f"--drain-seconds={DRAIN_SECONDS}",
             "--run-envoy",
             "--keep-envoy",
             f"--l4-address-pool={lay.l4_pool}",
             f"--acme-directory={acme_directory(lay)}",
             f"--acme-ca-bundle={pebble_bin / 'pebble.minica.pem'}",
             "--acme-email=fleet@example.test",
-            f"--envoy-log={lay.logs / 'envoy.log'}",
-            f"--health-listen=127.0.0.1:{lay.kubelbd_health_port}",
+            f"--envoy-log={lay.logs / (r.envoy + '.log')}",
+            f"--health-listen=127.0.0.1:{r.health_port}",
             # The management side of the fleet: never a tenant node address.
             "--management-cidrs=127.0.0.0/24",
         ],
-        str(lay.logs / "kubelbd.log"),
+        str(lay.logs / f"{r.name}.log"),
     )
 
 
@@ -161,8 +189,13 @@ def start(fleet: Fleet) -> None:
     directory = acme_directory(fleet.layout)
     fleet.wait_for("Pebble", lambda: _https_ok(directory, pebble_bin), ["pebble", "pebble-dns"])
     register_tenants(fleet)
-    fleet.spawn(kubelbd_proc(fleet, pebble_bin))
+    first, *others = fleet.layout.replica_set
+    # The first replica takes the Lease; the others follow, each serving from the records.
+    fleet.spawn(kubelbd_proc(fleet, pebble_bin, first))
     wait_ready(fleet)
+    for r in others:
+        fleet.spawn(kubelbd_proc(fleet, pebble_bin, r))
+        wait_ready(fleet, tenants=False, replica=r)
 
 
 def _https_ok(url: str, bin_dir: Path) -> bool:
@@ -254,22 +287,22 @@ def tenants_synced(fleet: Fleet) -> bool:
     return True
 
 
-def wait_ready(fleet: Fleet, tenants: bool = True) -> None:
+def wait_ready(fleet: Fleet, tenants: bool = True, replica: Replica | None = None) -> None:
     """kubelbd and Envoy ready; with `tenants`, every tenant connected and synced too."""
-    lay = fleet.layout
-    health = f"http://127.0.0.1:{lay.kubelbd_health_port}/readyz"
-    admin = f"http://127.0.0.1:{lay.envoy_admin_port}/ready"
-    fleet.wait_for("kubelbd to be ready", lambda: _http_status(health) == 200, [KUBELBD])
-    fleet.wait_for("Envoy to be ready", lambda: _http_status(admin) == 200, [KUBELBD])
+    r = replica or fleet.layout.replica_set[0]
+    health = f"http://127.0.0.1:{r.health_port}/readyz"
+    admin = f"http://127.0.0.1:{r.admin_port}/ready"
+    fleet.wait_for(f"{r.name} to be ready", lambda: _http_status(health) == 200, [r.name])
+    fleet.wait_for(f"{r.envoy} to be ready", lambda: _http_status(admin) == 200, [r.name])
     if tenants:
         fleet.wait_for(
-            "every tenant to be connected and synced", lambda: tenants_synced(fleet), [KUBELBD]
+            "every tenant to be connected and synced", lambda: tenants_synced(fleet), [r.name]
         )
 
 
-def envoy_pid(fleet: Fleet) -> int:
+def envoy_pid(fleet: Fleet, replica: int = 1) -> int:
     try:
-        pid = int((config_dir(fleet.layout) / "envoy.pid").read_text().strip())
+        pid = int((config_dir(fleet.layout, replica) / "envoy.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
         return 0
     try:
@@ -282,45 +315,51 @@ def envoy_pid(fleet: Fleet) -> int:
     return pid
 
 
-def stop_envoy(fleet: Fleet) -> None:
-    """Hold Envoy down: kubelbd stops its child and does not restart it until `start_envoy`."""
-    hold = config_dir(fleet.layout) / "envoy.hold"
+def stop_envoy(fleet: Fleet, replica: int = 1) -> None:
+    """Hold Envoy down: kubelbd drains its child (DRAIN_SECONDS), stops it and does not
+    restart it until `start_envoy`."""
+    hold = config_dir(fleet.layout, replica) / "envoy.hold"
     hold.write_text("held by hack/fleet stop envoy\n")
-    deadline = time.monotonic() + 20
-    while envoy_pid(fleet) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20 + DRAIN_SECONDS
+    while envoy_pid(fleet, replica) and time.monotonic() < deadline:
         time.sleep(0.05)
-    pid = envoy_pid(fleet)
+    pid = envoy_pid(fleet, replica)
     if pid:
         os.kill(pid, signal.SIGKILL)
 
 
-def release_envoy(fleet: Fleet) -> None:
+def release_envoy(fleet: Fleet, replica: int = 1) -> None:
     """Let kubelbd (re)start Envoy again."""
-    (config_dir(fleet.layout) / "envoy.hold").unlink(missing_ok=True)
+    (config_dir(fleet.layout, replica) / "envoy.hold").unlink(missing_ok=True)
 
 
-def start_envoy(fleet: Fleet) -> None:
-    release_envoy(fleet)
-    admin = f"http://127.0.0.1:{fleet.layout.envoy_admin_port}/ready"
-    fleet.wait_for("Envoy to be ready", lambda: _http_status(admin) == 200, [KUBELBD])
+def start_envoy(fleet: Fleet, replica: int = 1) -> None:
+    release_envoy(fleet, replica)
+    r = fleet.layout.replica_set[replica - 1]
+    admin = f"http://127.0.0.1:{r.admin_port}/ready"
+    fleet.wait_for(f"{r.envoy} to be ready", lambda: _http_status(admin) == 200, [r.name])
 
 
-def describe(fleet: Fleet) -> tuple[str, int]:
+def describe(fleet: Fleet) -> list[tuple[str, int]]:
     from .fleet import proc_rss_kib
 
-    pid = envoy_pid(fleet)
-    rss = proc_rss_kib(pid) if pid else 0
-    what = "running" if pid else "stopped"
-    return f"  {ENVOY:<28} {what:<8} pid {pid or '-':<8} {rss // 1024:>5} MiB", rss
+    out = []
+    for r in fleet.layout.replica_set:
+        pid = envoy_pid(fleet, r.index)
+        rss = proc_rss_kib(pid) if pid else 0
+        what = "running" if pid else "stopped"
+        out.append((f"  {r.envoy:<28} {what:<8} pid {pid or '-':<8} {rss // 1024:>5} MiB", rss))
+    return out
 
 
 def stop_orphan(fleet: Fleet) -> None:
     """Envoy outlives kubelbd on purpose (like a sidecar); `down` must still stop it."""
-    pid = envoy_pid(fleet)
-    if pid:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while envoy_pid(fleet) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if envoy_pid(fleet):
-            os.kill(pid, signal.SIGKILL)
+    for r in fleet.layout.replica_set:
+        pid = envoy_pid(fleet, r.index)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while envoy_pid(fleet, r.index) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if envoy_pid(fleet, r.index):
+                os.kill(pid, signal.SIGKILL)

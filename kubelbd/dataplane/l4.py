@@ -109,6 +109,8 @@ class LoadBalancers:
         self.failures: dict[str, AllocationError] = {}
         self.mgmt_services: dict[str, Obj] = {}  # record id -> management Service (service mode)
         self.dirty = True
+        #: whether this replica leads: only the leader allocates, and writes what it decided
+        self.writes = True
         self.pending_status: set[str] = set()
         self._seen: dict[str, tuple[str, int]] = {}
         self.refused = Refusals()
@@ -123,7 +125,10 @@ class LoadBalancers:
             return
         rid = f"{tenant}/{obj['metadata']['name']}"
         if obj.get("status"):
-            self.status[rid] = parse.lb_status(obj["status"])
+            status = parse.lb_status(obj["status"])
+            if not self.writes and status != self.status.get(rid):
+                self._changed()  # a follower serves what the leader allocated, once written
+            self.status[rid] = status
             self.conditions[rid] = obj["status"].get("conditions") or []
         uid = obj["metadata"].get("uid", "")
         generation = int(obj["metadata"].get("generation") or 0)
@@ -215,6 +220,10 @@ class LoadBalancers:
         """Allocate, persist allocations, then return what Envoy should serve."""
         self.dirty = False
         placements, failures = place(self.records.values(), self.status, self._where())
+        if not self.writes:
+            # A follower serves the allocations the leader recorded, and nothing else: it
+            # never decides an address or port that the leader might decide differently.
+            return self._recorded(placements, tenants)
         unwritten: set[str] = set()
         for rid, placement in placements.items():
             try:
@@ -254,6 +263,18 @@ class LoadBalancers:
         self.placements, self.failures = placements, failures
         self.pending_status |= changed | set(failures) | set(placements)
         return build(list(self.records.values()), tenants, placements)
+
+    def _recorded(
+        self, placements: dict[str, Placement], tenants: dict[str, TenantRecord]
+    ) -> tuple[list[L4Listener], list[L4Cluster]]:
+        mode = self.settings.mode
+        kept = {
+            rid: p
+            for rid, p in placements.items()
+            if self._status_allocation(rid) == _allocation(p, mode)
+        }
+        self.placements, self.failures = kept, {}
+        return build(list(self.records.values()), tenants, kept)
 
     def _status_allocation(self, rid: str) -> Any:
         status = self.status.get(rid, {})

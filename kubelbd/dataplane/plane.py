@@ -31,6 +31,7 @@ from ..ir.http import Model
 from ..ir.status import Report, route_report
 from ..kube import ApiError, Kube
 from ..kube.informer import Informer
+from ..kube.lease import Leadership
 from ..objects import MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
@@ -62,8 +63,13 @@ class DataPlane:
         public_address: str = "",
         l4: L4Settings | None = None,
         acme: ACMESettings | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.mgmt = mgmt
+        if leadership is None:  # a lone data plane (tests): it is the leader
+            leadership = Leadership()
+            leadership.set(True)
+        self.leadership = leadership
         self.settings = settings
         self.publisher = publisher
         self.admin = admin
@@ -73,14 +79,13 @@ class DataPlane:
         self.model = Model()
         self.renderer = Renderer(settings)
         self.l4 = LoadBalancers(mgmt, l4 or L4Settings(), self._wake_up)
+        self.l4.writes = leadership.leading
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
         self.tls = TLSState(
             mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
         )
-        self.status = StatusReporter(
-            mgmt, board, self.wait_applied, self._reports, self._observed_conditions
-        )
+        self.status = self._reporter()
         self.gauges = StateGauges(
             self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
         )
@@ -88,6 +93,11 @@ class DataPlane:
         self._wake = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._next_render = math.inf  # when a timer wakes the render loop (_render_at)
+
+    def _reporter(self) -> StatusReporter:
+        return StatusReporter(
+            self.mgmt, self.board, self.wait_applied, self._reports, self._observed_conditions
+        )
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -150,9 +160,7 @@ class DataPlane:
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.tls.recheck)
-            tg.start_soon(self.tls.issuers.run)
-            tg.start_soon(self.status.run)
-            tg.start_soon(self.status.writer.run)
+            tg.start_soon(self._lead_while_leader)
             tg.start_soon(copy_rejections, self.admin, self.publisher.published)
             for inf in informers:
                 tg.start_soon(inf.run)
@@ -160,7 +168,10 @@ class DataPlane:
                 await inf.synced.wait()
             # After a restart, let every reachable tenant resync before the first publish:
             # Envoy keeps serving the previous files meanwhile, then gets the full picture.
-            await self.settling.wait(SETTLE_TIMEOUT)
+            # A follower has no tenant tasks: the records are all it will get.
+            await self.leadership.decided.wait()
+            if self.leadership.leading:
+                await self.settling.wait(SETTLE_TIMEOUT)
             log.info(
                 "data plane: %d routes, %d tenants in the records",
                 len(routes.cache),
@@ -171,6 +182,28 @@ class DataPlane:
                 self.first_publish.set()
                 await self._wake.wait()
                 self._wake = anyio.Event()
+
+    async def _lead_while_leader(self) -> None:
+        """What only the leader does: write statuses and allocations, issue certificates.
+        Every replica renders; these start when this one takes the Lease and stop when it
+        loses it. A new term starts from the records: every status is due again (the writer
+        skips what the API already holds), every allocation is checked."""
+        while True:
+            await self.leadership.until(True)
+            self.status = self._reporter()
+            self.status.due(routes=self.model.routes, lbs=self.l4.records)
+            self.l4.writes = True
+            self.l4.dirty = True
+            self._wake_up()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self.tls.issuers.run)
+                    tg.start_soon(self.status.run)
+                    tg.start_soon(self.status.writer.run)
+                    await self.leadership.until(False)
+                    tg.cancel_scope.cancel()
+            finally:
+                self.l4.writes = False
 
     async def _render_once(self) -> None:
         batch = self.intake.take()

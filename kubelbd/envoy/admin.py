@@ -88,6 +88,21 @@ class EnvoyAdmin:
         async with self._client().get(self.base + path) as r:
             return r.status, await r.read()
 
+    async def drain(self) -> bool:
+        """Begin a graceful drain: Envoy's health checks fail, and every listener asks its
+        clients to leave (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) for the drain time
+        Envoy was started with, then closes. Requests in flight complete."""
+        try:
+            for path in ("/healthcheck/fail", "/drain_listeners?graceful"):
+                async with self._client().post(self.base + path) as r:
+                    if r.status != 200:
+                        log.warning("envoy admin %s: HTTP %d", path, r.status)
+                        return False
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("envoy admin: cannot drain: %s", e)
+            return False
+        return True
+
     async def ready(self) -> bool:
         try:
             status, _ = await self._get("/ready")

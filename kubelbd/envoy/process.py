@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from string import Template
 
@@ -65,6 +67,8 @@ class EnvoyProcess:
         hold_file: Path | None = None,
         pid_file: Path | None = None,
         keep_on_exit: bool = False,
+        drain: Callable[[], Awaitable[object]] | None = None,
+        drain_seconds: float = 0.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.binary = binary or envoy_binary()
@@ -74,6 +78,10 @@ class EnvoyProcess:
         self.hold_file = hold_file
         self.pid_file = pid_file
         self.keep_on_exit = keep_on_exit
+        #: how a held Envoy is stopped: drained this long first (the admin API's drain), so
+        #: its established connections finish instead of being cut
+        self.drain = drain
+        self.drain_seconds = drain_seconds
         self.restarts = 0
 
     def argv(self) -> list[str]:
@@ -87,9 +95,9 @@ class EnvoyProcess:
             self.log_level,
             # Several Envoys may share a machine (tests, benchmarks): no shared memory region.
             "--disable-hot-restart",
-            # Drain quickly on shutdown; kubelbd restarts are handled by keeping Envoy up.
+            # How long a drain asks clients to leave before the listeners close.
             "--drain-time-s",
-            "5",
+            str(max(1, math.ceil(self.drain_seconds or 5))),
         ]
 
     async def run(self) -> None:
@@ -133,6 +141,7 @@ class EnvoyProcess:
         while await anyio.to_thread.run_sync(self._adoptable) == pid:
             if self.hold_file is not None and self.hold_file.exists():
                 log.warning("envoy hold file %s present: stopping envoy", self.hold_file)
+                await self._drain()
                 _signal(pid, signal.SIGTERM)
                 with anyio.move_on_after(10):
                     while await anyio.to_thread.run_sync(self._adoptable) == pid:  # noqa: ASYNC110
@@ -179,7 +188,15 @@ class EnvoyProcess:
         while not self.hold_file.exists():  # noqa: ASYNC110
             await anyio.sleep(0.2)
         log.warning("envoy hold file %s present: stopping envoy", self.hold_file)
+        await self._drain()
         await _stop(process)
+
+    async def _drain(self) -> None:
+        if self.drain is None or self.drain_seconds <= 0:
+            return
+        log.info("envoy: draining for %.0f s", self.drain_seconds)
+        await self.drain()
+        await anyio.sleep(self.drain_seconds)
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -1,0 +1,192 @@
+"""Leader election on a coordination.k8s.io Lease, as client-go's leaderelection does it.
+
+Every replica renders Envoy's configuration from the records; only the holder of the Lease
+writes (tenant twins, records, allocations, statuses, certificates). The rules are client-go's,
+so kubelbd behaves as every controller an operator already runs:
+
+- a Lease whose holder has not renewed it for `lease_duration`, measured on this replica's
+  own clock from when it last saw the Lease change (never the holder's timestamps: clocks
+  differ), may be taken; a Lease with no holder (released) at once;
+- the leader renews every `retry_period`, and gives up leading when it could not renew for
+  `renew_deadline`, which is shorter than `lease_duration`: it stops writing before anyone
+  else may start;
+- every write is an update with the Lease's resourceVersion, so two replicas racing for an
+  expired Lease cannot both win;
+- on shutdown the leader releases the Lease (no holder), so a rolling restart hands over at
+  once instead of after a lease duration.
+
+Not kubernetes-asyncio's `leaderelection`: it needs the generated API client (kubelbd talks
+to the API through its own, kube/client.py), runs its callbacks as bare asyncio tasks that an
+anyio cancel scope cannot reach, and calls sys.exit on a bad configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from .. import metrics
+from ..objects import LEASES, Obj
+from .client import ApiError, Kube, precise_timestamp
+
+log = logging.getLogger(__name__)
+
+
+class Leadership:
+    """Whether this replica is the one that writes; what the leader-only tasks wait on."""
+
+    def __init__(self) -> None:
+        self.leading = False
+        #: set once the first attempt to take the Lease has an answer either way
+        self.decided = anyio.Event()
+        self._changed = anyio.Event()
+
+    def set(self, leading: bool) -> None:
+        self.decided.set()
+        metrics.set_leader(leading)
+        if leading != self.leading:
+            self.leading = leading
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    async def until(self, leading: bool) -> None:
+        while self.leading != leading:
+            await self._changed.wait()
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    namespace: str
+    identity: str
+    name: str = "kubelbd"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("need 0 < retry period < renew deadline < lease duration")
+
+
+class LeaseElector:
+    def __init__(self, mgmt: Kube, settings: LeaseSettings, leadership: Leadership) -> None:
+        self.mgmt = mgmt
+        self.settings = settings
+        self.leadership = leadership
+        #: the Lease's spec as last read, and when (this replica's clock) it last changed
+        self._observed: Obj | None = None
+        self._observed_at = 0.0
+        self._renewed_at = 0.0  # when this replica last renewed, as leader
+
+    async def run(self) -> None:
+        s = self.settings
+        try:
+            while True:
+                try:
+                    held = await self._try_acquire_or_renew()
+                except (ApiError, OSError) as e:
+                    log.warning("lease %s/%s: %s", s.namespace, s.name, e)
+                    held = False
+                now = anyio.current_time()
+                if held:
+                    self._renewed_at = now
+                if held != self.leadership.leading:
+                    if held or self._taken() or now - self._renewed_at >= s.renew_deadline:
+                        self._announce(held)
+                    # else: a leader that missed a renewal keeps leading until its deadline
+                elif not self.leadership.decided.is_set():
+                    self._announce(held)
+                await anyio.sleep(s.retry_period)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release()
+
+    def _taken(self) -> bool:
+        """Another replica holds the Lease: whatever this one believed, it no longer leads."""
+        holder = (self._observed or {}).get("holderIdentity")
+        return bool(holder) and holder != self.settings.identity
+
+    def _announce(self, leading: bool) -> None:
+        s = self.settings
+        holder = (self._observed or {}).get("holderIdentity") or "nobody"
+        if leading:
+            log.info("lease %s/%s: %s is the leader", s.namespace, s.name, s.identity)
+        else:
+            log.info("lease %s/%s: %s follows (leader: %s)", s.namespace, s.name, s.identity,
+                     holder)  # fmt: skip
+        self.leadership.set(leading)
+
+    async def _try_acquire_or_renew(self) -> bool:
+        s = self.settings
+        now = anyio.current_time()
+        lease = await self.mgmt.get_or_none(LEASES, s.name, s.namespace)
+        if lease is None:
+            await self.mgmt.create(LEASES, self._lease(None, transitions=0))
+            return True
+        spec: Obj = lease.get("spec") or {}
+        if spec != self._observed:
+            self._observed, self._observed_at = spec, now
+        holder = spec.get("holderIdentity") or ""
+        duration = spec.get("leaseDurationSeconds")
+        duration = s.lease_duration if not isinstance(duration, int) else duration
+        if holder and holder != s.identity and now - self._observed_at < duration:
+            return False  # someone else's, and alive
+        transitions = spec.get("leaseTransitions")
+        transitions = transitions if isinstance(transitions, int) else 0
+        if holder != s.identity:
+            transitions += 1
+        want = self._lease(lease, transitions)
+        if holder == s.identity:
+            want["spec"]["acquireTime"] = spec.get("acquireTime") or want["spec"]["acquireTime"]
+        try:
+            written = await self.mgmt.replace(LEASES, want)
+        except ApiError as e:
+            if e.conflict:
+                return False  # another replica wrote first: read again next round
+            raise
+        self._observed, self._observed_at = written.get("spec") or {}, now
+        return True
+
+    def _lease(self, current: Obj | None, transitions: int) -> Obj:
+        s = self.settings
+        now = precise_timestamp()
+        meta: dict[str, Any] = {"name": s.name, "namespace": s.namespace}
+        if current is not None:
+            meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": s.identity,
+                "leaseDurationSeconds": int(s.lease_duration),
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": transitions,
+            },
+        }
+
+    async def _release(self) -> None:
+        """Leave the Lease to the next replica at once (client-go's ReleaseOnCancel)."""
+        if not self.leadership.leading:
+            return
+        self.leadership.set(False)
+        s = self.settings
+        try:
+            with anyio.fail_after(2):
+                lease = await self.mgmt.get_or_none(LEASES, s.name, s.namespace)
+                if lease is None or (lease.get("spec") or {}).get("holderIdentity") != s.identity:
+                    return
+                lease["spec"] = {
+                    **lease["spec"],
+                    "holderIdentity": None,
+                    "leaseDurationSeconds": 1,
+                    "renewTime": precise_timestamp(),
+                }
+                await self.mgmt.replace(LEASES, lease)
+                log.info("lease %s/%s: released by %s", s.namespace, s.name, s.identity)
+        except (ApiError, OSError, TimeoutError) as e:
+            log.warning("lease %s/%s: not released: %s", s.namespace, s.name, e)
