@@ -1,6 +1,7 @@
 """/healthz and /readyz for the kubelet: alive, and ready once Envoy has its first files and
 until the replica starts to drain (SIGTERM): a load balancer in front stops sending it traffic
-before Envoy's listeners close."""
+before Envoy's listeners close. /metrics for Prometheus (kubelbd.metrics, served by
+prometheus_client's own handler)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from .metrics import REGISTRY
 
 
 async def serve_health(
@@ -35,6 +39,7 @@ async def serve_health(
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -210,6 +210,9 @@ class AppliedAdmin(EnvoyAdmin):
     async def versions(self) -> dict[str, str]:
         return dict(self.publisher.published)
 
+    async def rejections(self) -> dict[str, int]:
+        return {}  # it never rejects anything
+
 
 async def management() -> FakeKube:
     mgmt = FakeKube("mgmt")

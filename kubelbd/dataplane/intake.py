@@ -24,6 +24,7 @@ from ..objects import Obj
 from ..records import parse
 from ..records.names import LOADBALANCER, ROUTE, TENANT, RecordKind, tenant_of
 from ..records.types import RouteRecord, TenantRecord
+from .arrivals import Arrival, Arrivals
 from .l4 import LoadBalancers
 from .refusals import Refusals
 
@@ -37,6 +38,8 @@ class Batch:
     upserts: dict[str, RouteRecord] = field(default_factory=dict)
     deletes: set[str] = field(default_factory=set)
     tenants: list[TenantRecord] | None = None  # the whole tenant set, when it changed
+    #: when each change in it (load balancers' included) reached the data plane
+    arrivals: list[Arrival] = field(default_factory=list)
 
 
 class Intake:
@@ -60,7 +63,8 @@ class Intake:
         self._api: dict[str, tuple[str, RouteRecord]] = {}
         #: routes whose latest version came from the tenant side and is not written yet
         self._provisional: set[str] = set()
-        self._refused = Refusals()
+        self.refused = Refusals()
+        self._arrivals = Arrivals()
         #: records confirmed (written) without a change to render: the model takes them as
         #: they are (they carry the generation the status reports), and their status is due
         self.confirmed: dict[str, RouteRecord] = {}
@@ -68,7 +72,9 @@ class Intake:
         self.conditions: dict[str, list[Any]] = {}
 
     def take(self) -> Batch:
-        batch = Batch(self._upserts, self._deletes)
+        batch = Batch(
+            self._upserts, self._deletes, arrivals=self._arrivals.take() + self.l4.arrivals.take()
+        )
         self._upserts, self._deletes = {}, set()
         if self._tenants_changed:
             self._tenants_changed = False
@@ -86,6 +92,7 @@ class Intake:
         self._provisional.add(record.id)
         self._deletes.discard(record.id)
         self._upserts[record.id] = record
+        self._arrivals.arrived(ROUTE.kind, record.id)
         self._wake()
 
     def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
@@ -98,6 +105,7 @@ class Intake:
             self._forget_route(rid)
         else:
             self._upserts[rid] = api[1]
+            self._arrivals.arrived(ROUTE.kind, rid)
             self._wake()
 
     def written(self, kind: RecordKind, obj: Obj) -> None:
@@ -126,6 +134,7 @@ class Intake:
         name = tenant_of(obj)
         if name is not None and self._tenants.pop(name, None) is not None:
             self._tenants_changed = True
+            self._arrivals.arrived(TENANT.kind, name)
             self._wake()
 
     def on_loadbalancer(self, kind: str, obj: Obj) -> None:
@@ -146,7 +155,7 @@ class Intake:
         known = self._api.get(rid)
         if known is not None and known[0] == uid and known[1].generation >= generation:
             return  # our own status write, or an event older than a record we already have
-        rec = self._refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
+        rec = self.refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
         if rec is None:
             return
         self._api[rid] = (uid, rec)
@@ -166,12 +175,15 @@ class Intake:
             return  # an older version: the tenant side's newer one stays until written
         self._deletes.discard(rid)
         self._upserts[rid] = rec
+        self._arrivals.arrived(ROUTE.kind, rid)
         self._wake()
 
     def _delete_route(self, tenant: str, name: str, uid: str | None = None) -> None:
         """A record deleted in the API (from the watch)."""
         rid = f"{tenant}/{name}"
         known = self._api.get(rid)
+        if known is None:
+            self.refused.forget(rid)  # a record refused, now deleted: nothing to refuse
         if uid is not None and (known is None or known[0] != uid):
             return  # not the record we know: deleted here already, perhaps made anew
         self._api.pop(rid, None)
@@ -183,16 +195,18 @@ class Intake:
         """The route is gone (the tenant side deleted it, or the API did)."""
         self._api.pop(rid, None)
         self._provisional.discard(rid)
-        self._refused.forget(rid)
+        self.refused.forget(rid)
         self._upserts.pop(rid, None)
         self._deletes.add(rid)
         self.conditions.pop(rid, None)
+        self._arrivals.arrived(ROUTE.kind, rid)
         self._wake()
 
     def _tenant(self, obj: Obj) -> None:
         name = str(obj["metadata"].get("name", ""))
-        rec = self._refused.parse(TENANT.kind, name, lambda: parse.tenant_record(obj))
+        rec = self.refused.parse(TENANT.kind, name, lambda: parse.tenant_record(obj))
         if rec is not None and self._tenants.get(rec.name) != rec:
             self._tenants[rec.name] = rec
             self._tenants_changed = True
+            self._arrivals.arrived(TENANT.kind, rec.name)
             self._wake()

@@ -43,6 +43,7 @@ from ..records.types import (
     LoadBalancerStatus,
     TenantRecord,
 )
+from .arrivals import Arrivals
 from .refusals import Refusals
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class LoadBalancers:
         self.writes = True
         self.pending_status: set[str] = set()
         self._seen: dict[str, tuple[str, int]] = {}
-        self._refused = Refusals()
+        self.refused = Refusals()
+        self.arrivals = Arrivals()
         self._deleted: dict[str, LBRecord] = {}
 
     # ---- intake ------------------------------------------------------------------------------
@@ -132,11 +134,12 @@ class LoadBalancers:
         generation = int(obj["metadata"].get("generation") or 0)
         if self._seen.get(rid) == (uid, generation):
             return
-        rec = self._refused.parse(LOADBALANCER.kind, rid, lambda: parse.lb_record(obj))
+        rec = self.refused.parse(LOADBALANCER.kind, rid, lambda: parse.lb_record(obj))
         if rec is None:
             return
         self._seen[rid] = (uid, generation)
         self.records[rid] = rec
+        self.arrivals.arrived(LOADBALANCER.kind, rid)
         self._changed()
 
     def delete(self, tenant: str, name: str, uid: str | None = None) -> None:
@@ -145,12 +148,13 @@ class LoadBalancers:
         if uid is not None and seen is not None and seen[0] != uid:
             return
         self._seen.pop(rid, None)
-        self._refused.forget(rid)
+        self.refused.forget(rid)
         self.status.pop(rid, None)
         self.conditions.pop(rid, None)
         rec = self.records.pop(rid, None)
         if rec is not None:
             self._deleted[rid] = rec
+            self.arrivals.arrived(LOADBALANCER.kind, rid)
         self._changed()
 
     def take_deleted(self) -> list[LBRecord]:

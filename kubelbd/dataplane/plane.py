@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .. import metrics
 from ..certs.acme import ACMESettings
 from ..envoy.admin import EnvoyAdmin
 from ..envoy.publisher import Publisher
@@ -35,8 +36,10 @@ from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
+from .gauges import StateGauges
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
+from .rejections import copy_rejections
 from .reporter import StatusReporter
 from .strays import Strays
 from .tls import CHALLENGES, TLSState
@@ -83,6 +86,9 @@ class DataPlane:
             mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
         )
         self.status = self._reporter()
+        self.gauges = StateGauges(
+            self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
+        )
         self.first_publish = anyio.Event()
         self._wake = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -127,7 +133,8 @@ class DataPlane:
         await self.publisher.load_async()
         await self.secrets.start()
         try:
-            await self._run()
+            with metrics.observe_state(self.gauges.snapshot):
+                await self._run()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.secrets.stop()
@@ -161,6 +168,7 @@ class DataPlane:
             self._task_group = tg
             tg.start_soon(self.tls.recheck)
             tg.start_soon(self._lead_while_leader)
+            tg.start_soon(copy_rejections, self.admin, self.publisher.published)
             for inf in informers:
                 tg.start_soon(inf.run)
             for inf in informers:
@@ -235,7 +243,11 @@ class DataPlane:
         lbs, self.l4.pending_status = self.l4.pending_status, set()
         for rec in self.l4.take_deleted():
             self._withdraw(LOADBALANCER, rec)
-        self.status.due(routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts, lbs=lbs)
+        self.status.due(
+            routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts,
+            lbs=lbs,
+            arrivals=batch.arrivals,
+        )
 
     async def _render_l4(self, files: Files) -> None:
         try:

@@ -7,7 +7,7 @@ status writes included); logging each time would bury the one line that names it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from ..records.parse import RecordError
@@ -32,6 +32,10 @@ class Refusals:
             return None
         self._why.pop(rid, None)
         return out
+
+    def ids(self) -> Collection[str]:
+        """The records refused right now (counted by kubelbd_refusals)."""
+        return self._why.keys()
 
     def forget(self, rid: str) -> None:
         self._why.pop(rid, None)

@@ -11,12 +11,14 @@ wait lets Envoy apply the change without these writes competing for the CPU.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
 import anyio
 
+from .. import metrics
 from ..hub import StatusBoard
 from ..ir.status import Report
 from ..kube import Kube
@@ -25,6 +27,7 @@ from ..kube.status_writer import StatusWriter
 from ..records import conditions
 from ..records.names import LOADBALANCER, ROUTE, RecordKind
 from ..records.objects import status_object
+from .arrivals import Arrival
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,18 @@ class StatusReporter:
         self._lbs: set[str] = set()
         self._published = anyio.Event()
         self._previous: dict[str, list[Any]] = {}
+        #: changes in the files published, waiting for Envoy to apply them (watch-to-applied)
+        self._arrivals: list[Arrival] = []
 
-    def due(self, routes: Iterable[str] = (), lbs: Iterable[str] = ()) -> None:
-        """These records' status may have changed with the files just published."""
+    def due(
+        self, routes: Iterable[str] = (), lbs: Iterable[str] = (), arrivals: Iterable[Arrival] = ()
+    ) -> None:
+        """These records' status may have changed with the files just published, which hold
+        the changes that arrived at `arrivals`."""
         self._routes.update(routes)
         self._lbs.update(lbs)
-        if self._routes or self._lbs:
+        self._arrivals.extend(arrivals)
+        if self._routes or self._lbs or self._arrivals:
             self._published.set()
 
     def forget(self, kind: RecordKind, record_id: str) -> None:
@@ -73,11 +82,16 @@ class StatusReporter:
             await self._published.wait()
             await anyio.sleep(STATUS_DELAY)
             self._published = anyio.Event()
+            arrivals, self._arrivals = self._arrivals, []
             applied = await self._wait_applied(APPLY_TIMEOUT)
             routes, lbs = self._routes, self._lbs
             if applied:
                 self._routes, self._lbs = set(), set()
+                now = time.monotonic()
+                for kind, at in arrivals:
+                    metrics.applied_after(kind, now - at)
             else:
+                self._arrivals[:0] = arrivals  # still waiting for Envoy
                 log.warning(
                     "Envoy has not applied the published files within %.0f s; %d statuses"
                     " say Pending until it does", APPLY_TIMEOUT, len(routes) + len(lbs),

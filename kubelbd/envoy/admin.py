@@ -31,6 +31,26 @@ def file_of_stat(name: str) -> str | None:
     return None
 
 
+#: xDS types whose rejections are reported (each at least as 0)
+XDS_TYPES = ("lds", "cds", "rds", "sds")
+
+
+def xds_type_of_rejection(name: str) -> str | None:
+    """Map an `update_rejected` counter to its xDS type: listeners, clusters, route tables
+    (one counter per route table, summed) and secrets (one per secret)."""
+    if not name.endswith(".update_rejected"):
+        return None
+    if name == "listener_manager.lds.update_rejected":
+        return "lds"
+    if name == "cluster_manager.cds.update_rejected":
+        return "cds"
+    if name.startswith("http.") and ".rds." in name:
+        return "rds"
+    if name.startswith("sds."):
+        return "sds"
+    return None
+
+
 #: files Envoy always subscribes to: their versions must be reported
 ALWAYS = ("lds.json", "cds.json")
 
@@ -109,6 +129,26 @@ class EnvoyAdmin:
             if path is not None and s.get("value"):
                 # Several listeners may share one route table; any of them reports it.
                 out[path] = str(s["value"])
+        return out
+
+    async def rejections(self) -> dict[str, int] | None:
+        """{xDS type: configuration updates Envoy rejected}, from its `update_rejected`
+        counters; None when Envoy cannot be reached. This walks every counter on Envoy's main
+        thread (the filter is applied to each): call it seldom, never on the latency path."""
+        try:
+            status, body = await self._get(
+                "/stats?format=json&type=Counters&usedonly&filter=update_rejected%24"
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if status != 200:
+            return None
+        out = dict.fromkeys(XDS_TYPES, 0)
+        stats: list[dict[str, Any]] = orjson.loads(body).get("stats", [])
+        for s in stats:
+            xds = xds_type_of_rejection(str(s.get("name", "")))
+            if xds is not None:
+                out[xds] += int(s.get("value") or 0)
         return out
 
     async def wait_applied(

@@ -22,6 +22,7 @@ import orjson
 import yaml
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .. import metrics
 from ..objects import Obj, Resource
 from .transport import KubeconfigError, Transport
 
@@ -201,11 +202,16 @@ class Kube:
 
     async def create(self, res: Resource, obj: Obj, namespace: str | None = None) -> Obj:
         ns = namespace or obj.get("metadata", {}).get("namespace")
-        return await self.request("POST", res.path(ns), {"fieldManager": FIELD_MANAGER}, obj)
+        return await self._write(
+            "create", res, None, "POST", res.path(ns), {"fieldManager": FIELD_MANAGER}, obj
+        )
 
     async def replace(self, res: Resource, obj: Obj, subresource: str | None = None) -> Obj:
         meta = obj["metadata"]
-        return await self.request(
+        return await self._write(
+            "update",
+            res,
+            subresource,
             "PUT",
             res.path(meta.get("namespace"), meta["name"], subresource),
             {"fieldManager": FIELD_MANAGER},
@@ -221,7 +227,10 @@ class Kube:
     ) -> Obj:
         """Server-side apply: create or converge the fields this manager owns, in one call."""
         meta = obj["metadata"]
-        return await self.request(
+        return await self._write(
+            "apply",
+            res,
+            subresource,
             "PATCH",
             res.path(meta.get("namespace"), meta["name"], subresource),
             {"fieldManager": field_manager, "force": "true"},
@@ -243,7 +252,10 @@ class Kube:
             "json": "application/json-patch+json",
             "strategic": "application/strategic-merge-patch+json",
         }[patch_type]
-        return await self.request(
+        return await self._write(
+            "patch",
+            res,
+            subresource,
             "PATCH",
             res.path(namespace, name, subresource),
             {"fieldManager": FIELD_MANAGER},
@@ -266,10 +278,38 @@ class Kube:
         if preconditions:
             body["preconditions"] = preconditions
         try:
-            await self.request("DELETE", res.path(namespace, name), body=body)
+            await self._write(
+                "delete", res, None, "DELETE", res.path(namespace, name), body=body,
+                gone_ok=missing_ok,
+            )  # fmt: skip
         except ApiError as e:
             if not (missing_ok and e.not_found):
                 raise
+
+    async def _write(
+        self,
+        verb: str,
+        res: Resource,
+        subresource: str | None,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        gone_ok: bool = False,
+    ) -> Obj:
+        """A write, counted in kubelbd_api_write_failures when it fails (a 404 the caller
+        expects, `gone_ok`, is not a failure)."""
+        resource = f"{res.plural}/{subresource}" if subresource else res.plural
+        try:
+            return await self.request(method, path, params, body, content_type)
+        except ApiError as e:
+            if not (gone_ok and e.not_found):
+                metrics.api_write_failed(self.name, verb, resource, str(e.status))
+            raise
+        except ConnectionError:
+            metrics.api_write_failed(self.name, verb, resource, "connection")
+            raise
 
     async def watch(
         self,

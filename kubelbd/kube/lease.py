@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 
+from .. import metrics
 from ..objects import LEASES, Obj
 from .client import ApiError, Kube, precise_timestamp
 
@@ -45,6 +46,7 @@ class Leadership:
 
     def set(self, leading: bool) -> None:
         self.decided.set()
+        metrics.set_leader(leading)
         if leading != self.leading:
             self.leading = leading
             self._changed.set()
