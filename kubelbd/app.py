@@ -27,6 +27,7 @@ from .envoy.settings import Settings
 from .health import serve_health
 from .hub import Settling, StatusBoard
 from .kube import Kube, crds
+from .status_page import status_page
 from .tenant.registry import Registry
 from .tenant.sync import TenantSettings
 
@@ -93,9 +94,9 @@ async def run(cfg: Config) -> None:
             tg.start_soon(dataplane.run)
             tg.start_soon(registry.run)
             if cfg.health_listen:
-                tg.start_soon(
-                    serve_health, *split_host_port(cfg.health_listen), dataplane.first_publish
-                )
+                host, port = split_host_port(cfg.health_listen)
+                page = status_page(mgmt, admin)
+                tg.start_soon(serve_health, host, port, dataplane.first_publish, page)
             if cfg.run_envoy:
                 # Envoy needs its files to start: those of a previous run, or our first publish.
                 config = anyio.Path(cfg.config_dir)
