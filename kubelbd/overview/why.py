@@ -30,24 +30,25 @@ def why(ov: Overview, host: str) -> Answer:
 def _answer(ov: Overview, host: str, pattern: str, claiming: list[RouteView]) -> Answer:
     owner = next((r for r in claiming if pattern in r.served), None)
     ordered = ([owner] if owner else []) + [r for r in claiming if r is not owner]
+    # Served: what is off with the serving Route. Not served: what every claimant was told.
     reasons = [
         f"Route {r.id}: {c.type} {c.reason}: {c.message}".rstrip(": ")
-        for r in ordered
+        for r in ([owner] if owner else claiming)
         for c in r.checks
         if c.ok is False
     ]
     if owner is None:
         reasons.insert(0, f"{len(claiming)} Route(s) claim {pattern} but none serves it")
-    elif owner.state == "Pending":
-        reasons.insert(0, f"Route {owner.id} waits for Envoy to apply it")
+    reasons += [
+        f"Route {r.id} waits for Envoy to apply it" for r in ordered if r.state == "Pending"
+    ]
     cert = owner.certificate_for(pattern) if owner else None
     if cert is not None and cert.problem:
         reasons.append(f"certificate {cert.secret}: {cert.problem}")
     elif cert is not None and cert.days_left is not None and cert.days_left < 0:
         reasons.append(f"certificate {cert.secret} expired on {cert.expires:%Y-%m-%d}")
     http, https = _envoy(ov, pattern)
-    if ov.envoy is not None:
-        reasons.extend(_envoy_disagrees(ov, pattern, owner, http, https, cert is not None))
+    reasons += _envoy_disagrees(ov, pattern, owner, http, https, cert is not None)
     return Answer(
         host, pattern,
         owner.tenant if owner else None, owner.id if owner else None,
@@ -77,7 +78,7 @@ def _envoy_disagrees(
         return ["Envoy's admin could not be reached: what Envoy holds is unknown"]
     out = []
     if owner is not None and http != owner.tenant:
-        held = f"holds it for tenant {http}" if http else "does not hold it"
+        held = f"hold it for tenant {http}" if http else "do not hold it"
         out.append(f"Envoy's route tables {held} (not applied yet?)")
     if owner is None and http is not None:
         out.append(f"Envoy still holds {pattern} for tenant {http}")
