@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 
 from .envoy.admin import EnvoyAdmin
-from .kube import Kube
+from .kube import ApiError, Kube
 from .objects import SECRETS, Obj, Resource
 from .overview.snapshot import Snapshot
 from .records.names import LOADBALANCERS, ROUTES, TENANTS, TLS_LABEL, namespace_of
@@ -21,13 +21,18 @@ async def load_snapshot(
     mgmt: Kube, admin: EnvoyAdmin | None, tenant: str | None = None
 ) -> Snapshot:
     """Every tenant's records (only `tenant`'s when given), concurrently; Envoy's facts when
-    `admin` is given."""
+    `admin` is given. A list the API server refuses raises its ApiError (or ConnectionError)
+    as it is, not inside an exception group, so callers can say what went wrong."""
     namespace = namespace_of(tenant) if tenant else None
     lists: dict[str, list[Obj]] = {}
     envoy: list[list[Obj] | None] = []
+    errors: list[ApiError | ConnectionError] = []
 
     async def list_into(key: str, res: Resource, **params: str) -> None:
-        lists[key], _ = await mgmt.list(res, namespace, **params)
+        try:
+            lists[key], _ = await mgmt.list(res, namespace, **params)
+        except (ApiError, ConnectionError) as e:
+            errors.append(e)
 
     async def dump(resource: str) -> None:
         assert admin is not None
@@ -41,6 +46,8 @@ async def load_snapshot(
         if admin is not None:
             for resource in ENVOY_RESOURCES:
                 tg.start_soon(dump, resource)
+    if errors:
+        raise errors[0]
     configs = None if any(d is None for d in envoy) else [c for d in envoy for c in d or []]
     return Snapshot(
         tenants=lists["tenants"],
