@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shlex
 import subprocess
 import time
 import uuid
@@ -516,3 +517,18 @@ async def tenant_policy(mgmt: Kube, tenant: str, spec: Obj) -> AsyncIterator[Non
     finally:
         undo = {k: before.get(k) for k in spec}  # null removes what was not there
         await mgmt.patch(TENANTS, tenant, {"spec": undo}, f"tenant-{tenant}")
+
+
+# ---- the operator's views -----------------------------------------------------------------
+
+
+def fleet_env(layout: Layout) -> dict[str, str]:
+    """What hack/fleet up wrote into .fleet/fleet.env (KUBECONFIG_MGMT, ENVOY_ADMIN_ADDR,
+    KUBELBD_HEALTH_ADDR, ...), as the operator's shell would have it after sourcing it."""
+    out = {}
+    for line in layout.env_file.read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            key, _, value = words[1].partition("=")
+            out[key] = value
+    return out

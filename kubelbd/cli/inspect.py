@@ -16,7 +16,7 @@ import click
 import orjson
 
 from ..envoy.admin import EnvoyAdmin
-from ..kube import ApiError, Kube, KubeconfigError
+from ..kube import ApiError, Kube
 from ..overview.build import overview
 from ..overview.model import Answer, CertificateView, Overview
 from ..overview.why import why as answer_for
@@ -64,8 +64,9 @@ def load(kubeconfig: str | None, envoy_admin: str, tenant: str | None = None) ->
             mgmt = await (
                 Kube.from_file(kubeconfig, "mgmt") if kubeconfig else Kube.in_cluster("mgmt")
             )
-        except (KubeconfigError, OSError) as e:
-            raise click.ClickException(f"cannot use the management kubeconfig: {e}") from e
+        except Exception as e:  # whatever the loader raises: the operator's to fix, not a bug
+            where = kubeconfig or "the pod's service account (no --kubeconfig, no $KUBECONFIG)"
+            raise click.ClickException(f"cannot use {where}: {e}") from e
         admin = EnvoyAdmin(envoy_admin) if envoy_admin else None
         try:
             snap = await load_snapshot(mgmt, admin, tenant)
