@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shlex
 import subprocess
 import time
 import uuid
@@ -538,3 +539,18 @@ async def start_kubelbd() -> None:
     """Every replica up again, the first first: it takes the released Lease and leads."""
     for name in _replica_names():
         await run_fleet("start", name)
+
+
+# ---- the operator's views -----------------------------------------------------------------
+
+
+def fleet_env(layout: Layout) -> dict[str, str]:
+    """What hack/fleet up wrote into .fleet/fleet.env (KUBECONFIG_MGMT, ENVOY_ADMIN_ADDR,
+    KUBELBD_HEALTH_ADDR, ...), as the operator's shell would have it after sourcing it."""
+    out = {}
+    for line in layout.env_file.read_text().splitlines():
+        words = shlex.split(line, comments=True)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            key, _, value = words[1].partition("=")
+            out[key] = value
+    return out

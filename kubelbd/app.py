@@ -37,6 +37,7 @@ from .health import serve_health
 from .hub import Settling, StatusBoard
 from .kube import Kube, crds
 from .kube.lease import Leadership, LeaseElector
+from .status_page import status_page
 from .tenant.registry import Registry
 from .tenant.sync import TenantSettings
 
@@ -106,8 +107,9 @@ async def run(cfg: Config) -> None:
             tg.start_soon(_while_leading, leadership, registry)
             if cfg.health_listen:
                 host, port = split_host_port(cfg.health_listen)
+                page = status_page(mgmt, admin)
                 tg.start_soon(
-                    serve_health, host, port, dataplane.first_publish, draining, admin.ready
+                    serve_health, host, port, dataplane.first_publish, draining, admin.ready, page
                 )
             if cfg.run_envoy:
                 # Envoy needs its files to start: those of a previous run, or our first publish.

@@ -1,7 +1,8 @@
 """/healthz and /readyz for the kubelet: alive, and ready once Envoy has its first files and
 until the replica starts to drain (SIGTERM): a load balancer in front stops sending it traffic
 before Envoy's listeners close. /metrics for Prometheus (kubelbd.metrics, served by
-prometheus_client's own handler)."""
+prometheus_client's own handler); at `/` the operator's status page (kubelbd.status_page)
+when one is given."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from .metrics import REGISTRY
+from .status_page import Handler
 
 
 async def serve_health(
@@ -20,6 +22,7 @@ async def serve_health(
     ready: anyio.Event,
     draining: anyio.Event | None = None,
     envoy_ready: Callable[[], Awaitable[bool]] | None = None,
+    page: Handler | None = None,
 ) -> None:
     """`envoy_ready`: Envoy's own readiness (its admin's /ready, which fails once Envoy was
     told to drain): the kubelet cannot reach the loopback admin, so kubelbd answers for it."""
@@ -40,6 +43,8 @@ async def serve_health(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(REGISTRY))
+    if page is not None:
+        app.router.add_get("/", page)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

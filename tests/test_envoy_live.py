@@ -18,11 +18,14 @@ from typing import Any
 import pytest
 from kubefleet import certs
 
+from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import Settings
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
+from kubelbd.overview.envoy_facts import envoy_facts
 from kubelbd.records.types import RouteRecord, TenantRecord
+from kubelbd.snapshots import ENVOY_RESOURCES
 
 from . import records
 from .live_envoy import Envoy, echo_backend, eventually, free_port, request, running_envoy
@@ -161,3 +164,25 @@ def test_the_backend_sees_the_client_address_over_https(lb: LB, client: str) -> 
     assert got["x-forwarded-proto"] == "https"
     # Nothing kubelbd uses internally to route reaches the backend.
     assert not [k for k in got if k.startswith("x-kubelb")]
+
+
+async def test_admin_says_which_tenant_and_certificate_serve_each_host(lb: LB) -> None:
+    """What the operator's views read of Envoy (kubelbd.overview.envoy_facts), as a real
+    Envoy's /config_dump says it: the shard tables' hosts by tenant, the certificate by SNI."""
+    admin = EnvoyAdmin(lb.envoy.admin)
+    try:
+        dumps = [await admin.config_dump(r) for r in ENVOY_RESOURCES]
+    finally:
+        await admin.aclose()
+    facts = envoy_facts([c for d in dumps for c in d or []])
+    assert facts.http_hosts == {
+        "a.example.com": "alpha",
+        "*.apps.example.com": "alpha",
+        "b.example.com": "beta",
+        "plain.example.com": "beta",
+    }
+    assert facts.https_hosts == {
+        "a.example.com": "alpha/default.a-tls",
+        "*.apps.example.com": "alpha/default.wild-tls",
+        "b.example.com": "beta/default.b-tls",
+    }

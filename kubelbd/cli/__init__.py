@@ -8,6 +8,8 @@ from __future__ import annotations
 import anyio
 import click
 
+from . import inspect
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -25,3 +27,8 @@ def serve(ctx: click.Context) -> None:
     from ..config import parse_args
 
     anyio.run(run, parse_args(ctx.args))
+
+
+main.add_command(inspect.status)
+main.add_command(inspect.routes)
+main.add_command(inspect.why)

@@ -151,6 +151,18 @@ class EnvoyAdmin:
                 out[xds] += int(s.get("value") or 0)
         return out
 
+    async def config_dump(self, resource: str) -> list[dict[str, Any]] | None:
+        """The `configs` of /config_dump for one resource (e.g. dynamic_route_configs,
+        dynamic_listeners); None when Envoy cannot be reached or answers otherwise."""
+        try:
+            status, body = await self._get(f"/config_dump?resource={resource}")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if status != 200:
+            return None
+        configs = orjson.loads(body).get("configs", [])
+        return configs if isinstance(configs, list) else None
+
     async def wait_applied(
         self,
         published: Mapping[str, str],
