@@ -8,6 +8,8 @@ from __future__ import annotations
 import anyio
 import click
 
+from .register import register, unregister
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -25,3 +27,7 @@ def serve(ctx: click.Context) -> None:
     from ..config import parse_args
 
     anyio.run(run, parse_args(ctx.args))
+
+
+main.add_command(register)
+main.add_command(unregister)
