@@ -115,7 +115,7 @@ _namespace = click.option(
 _admin_file = click.Path(exists=True, dir_okay=False)
 
 
-@click.command()
+@click.command(short_help="Register a tenant cluster: its side and the management side.")
 @_name
 @click.option(
     "--kubeconfig",
@@ -141,9 +141,9 @@ _admin_file = click.Path(exists=True, dir_okay=False)
     callback=_cidrs,
     help="where the tenant's node addresses may be (repeatable)",
 )
-@click.option("--max-routes", type=click.IntRange(min=0))
-@click.option("--max-load-balancers", type=click.IntRange(min=0))
-@click.option("--max-certificates", type=click.IntRange(min=0))
+@click.option("--max-routes", type=click.IntRange(min=0), help="Routes served at most")
+@click.option("--max-load-balancers", type=click.IntRange(min=0), help="LoadBalancers at most")
+@click.option("--max-certificates", type=click.IntRange(min=0), help="certificates at most")
 @click.option(
     "--cluster-issuer",
     multiple=True,
@@ -201,7 +201,7 @@ def register(
     _run(main)
 
 
-@click.command()
+@click.command(short_help="Unregister a tenant cluster: both sides, kubelbd's clean-up first.")
 @_name
 @click.option(
     "--kubeconfig",
