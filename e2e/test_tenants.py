@@ -15,6 +15,7 @@ from kubelbd.kube import ApiError, Kube
 from kubelbd.objects import INGRESS_CLASSES, INGRESSES, NAMESPACES, SECRETS, SERVICES, Obj, Resource
 from kubelbd.records.names import TENANTS
 from kubelbd.records.objects import tenant_object
+from kubelbd.tenant.registry import kubeconfig_of
 
 from .support import (
     FleetHandle,
@@ -143,6 +144,9 @@ async def test_bad_kubeconfigs_are_reported_and_contained(
 async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> None:
     beta, mgmt, lay = fleet.kube["beta"], fleet.kube["mgmt"], fleet.layout
     ns = unique("rereg")
+    # What the fleet registered beta with (`kubelbd register`: a ServiceAccount token), to
+    # register it again with.
+    original = await mgmt.get(SECRETS, "beta", NAMESPACE)
     await create_namespace(beta, ns)
     try:
         await deploy_app(beta, ns, "app")
@@ -151,7 +155,6 @@ async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> Non
             INGRESSES, ingress_obj("app", [rule(h, ("/", "Prefix", backend("app")))]), ns
         )
         await until_served(lay, h)
-        original = await mgmt.get(SECRETS, "beta", NAMESPACE)
 
         # Deregistered while kubelbd is down: the finalizer keeps the Secret (and its
         # kubeconfig) until kubelbd is back to clean up.
@@ -177,7 +180,7 @@ async def test_deregistering_and_registering_a_tenant(fleet: FleetHandle) -> Non
     finally:
         data = (await mgmt.get_or_none(SECRETS, "beta", NAMESPACE)) is None
         if data:
-            kubeconfig = lay.kubeconfig("beta").read_bytes()
+            kubeconfig = kubeconfig_of(original)
             await eventually(
                 lambda: _recreate(
                     mgmt, secret("beta", "beta", kubeconfig), tenant_policy(lay.cluster("beta"))

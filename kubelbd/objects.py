@@ -54,6 +54,11 @@ INGRESSES = Resource("networking.k8s.io/v1", "ingresses")
 INGRESS_CLASSES = Resource("networking.k8s.io/v1", "ingressclasses", namespaced=False)
 DEPLOYMENTS = Resource("apps/v1", "deployments")
 CRDS = Resource("apiextensions.k8s.io/v1", "customresourcedefinitions", namespaced=False)
+SERVICE_ACCOUNTS = Resource("v1", "serviceaccounts")
+CLUSTER_ROLES = Resource("rbac.authorization.k8s.io/v1", "clusterroles", namespaced=False)
+CLUSTER_ROLE_BINDINGS = Resource(
+    "rbac.authorization.k8s.io/v1", "clusterrolebindings", namespaced=False
+)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "kubelbd"

@@ -3,7 +3,6 @@ with every tenant cluster registered to it."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -226,41 +225,42 @@ def install_crds(fleet: Fleet) -> None:
     )
 
 
+def node_cidr(c: Cluster) -> str:
+    """Where a fleet tenant's nodes are: its own loopback /24."""
+    return f"127.0.{c.index}.0/24"
+
+
 def tenant_policy(c: Cluster) -> dict[str, object]:
-    """The operator's policy for a fleet tenant: its nodes are on its own loopback /24,
-    domains open."""
-    return {"nodeCIDRs": [f"127.0.{c.index}.0/24"]}
+    """The operator's policy for a fleet tenant: its nodes on their own /24, domains open
+    (what `register_command` says with flags)."""
+    return {"nodeCIDRs": [node_cidr(c)]}
+
+
+def register_command(layout: Layout, c: Cluster) -> list[str]:
+    """`kubelbd register` for a fleet tenant, as an operator runs it: the tenant admin's
+    kubeconfig grants kubelbd its role, and kubelbd gets only a ServiceAccount token."""
+    return [
+        sys.executable, "-m", "kubelbd", "register", c.name,
+        f"--kubeconfig={layout.kubeconfig(c.name)}",
+        f"--mgmt-kubeconfig={layout.kubeconfig('mgmt')}",
+        f"--namespace={NAMESPACE}",
+        f"--node-cidr={node_cidr(c)}",
+    ]  # fmt: skip
 
 
 def register_tenants(fleet: Fleet) -> None:
+    """kubelbd's namespace and CRDs (as kubelbd would install them: the Tenant kind must be
+    served before a Tenant record is written), then every tenant, by `kubelbd register`."""
+    from .fleet import FleetError
+
     fleet.request("mgmt", "POST", "/api/v1/namespaces", namespace_doc(), ok_if_exists=True)
     install_crds(fleet)
     for c in fleet.layout.tenant_clusters:
-        ns = f"tenant-{c.name}"
-        fleet.request("mgmt", "POST", "/api/v1/namespaces",
-                      {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-                      ok_if_exists=True)  # fmt: skip
-        tenant = {
-            "apiVersion": "kubelb.io/v1alpha1",
-            "kind": "Tenant",
-            "metadata": {"name": c.name, "namespace": ns},
-            "spec": tenant_policy(c),
-        }
-        path = f"/apis/kubelb.io/v1alpha1/namespaces/{ns}/tenants"
-        if fleet.request("mgmt", "POST", path, tenant, ok_if_exists=True) is None:
-            fleet.request("mgmt", "PATCH", f"{path}/{c.name}", {"spec": tenant_policy(c)},
-                          content_type="application/merge-patch+json")  # fmt: skip
-    for c in fleet.layout.tenant_clusters:
-        kubeconfig = fleet.layout.kubeconfig(c.name).read_bytes()
-        secret = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": c.name, "labels": {"kubelb.io/tenant": c.name}},
-            "data": {"kubeconfig": base64.b64encode(kubeconfig).decode()},
-        }
-        fleet.request(
-            "mgmt", "POST", f"/api/v1/namespaces/{NAMESPACE}/secrets", secret, ok_if_exists=True
+        done = subprocess.run(
+            register_command(fleet.layout, c), cwd=ROOT, capture_output=True, text=True
         )
+        if done.returncode != 0:
+            raise FleetError(f"kubelbd register {c.name} failed: {done.stderr.strip()}")
 
 
 def namespace_doc() -> dict[str, object]:

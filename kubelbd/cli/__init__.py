@@ -9,6 +9,7 @@ import anyio
 import click
 
 from . import inspect
+from .register import register, unregister
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,3 +33,5 @@ def serve(ctx: click.Context) -> None:
 main.add_command(inspect.status)
 main.add_command(inspect.routes)
 main.add_command(inspect.why)
+main.add_command(register)
+main.add_command(unregister)
