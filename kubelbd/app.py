@@ -23,6 +23,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -109,7 +110,16 @@ async def run(cfg: Config) -> None:
                 host, port = split_host_port(cfg.health_listen)
                 page = status_page(mgmt, admin)
                 tg.start_soon(
-                    serve_health, host, port, dataplane.first_publish, draining, admin.ready, page
+                    partial(
+                        serve_health,
+                        host,
+                        port,
+                        dataplane.first_publish,
+                        draining,
+                        admin.ready,
+                        page,
+                        not_ready=dataplane.not_ready,
+                    )
                 )
             if cfg.run_envoy:
                 # Envoy needs its files to start: those of a previous run, or our first publish.

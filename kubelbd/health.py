@@ -23,9 +23,11 @@ async def serve_health(
     draining: anyio.Event | None = None,
     envoy_ready: Callable[[], Awaitable[bool]] | None = None,
     page: Handler | None = None,
+    not_ready: Callable[[], str | None] | None = None,
 ) -> None:
     """`envoy_ready`: Envoy's own readiness (its admin's /ready, which fails once Envoy was
-    told to drain): the kubelet cannot reach the loopback admin, so kubelbd answers for it."""
+    told to drain): the kubelet cannot reach the loopback admin, so kubelbd answers for it.
+    `not_ready`: while starting, why (an API permission missing, say), in the 503's body."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -34,7 +36,8 @@ async def serve_health(
         if draining is not None and draining.is_set():
             return web.Response(status=503, text="draining\n")
         if not ready.is_set():
-            return web.Response(status=503, text="starting\n")
+            why = not_ready() if not_ready is not None else None
+            return web.Response(status=503, text=f"starting: {why}\n" if why else "starting\n")
         if envoy_ready is not None and not await envoy_ready():
             return web.Response(status=503, text="envoy not ready\n")
         return web.Response(text="ok\n")

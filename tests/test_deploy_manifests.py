@@ -104,10 +104,12 @@ AUDIT = [
     Call("coordination.k8s.io", "leases", "get", NAMESPACE, "kubelbd"),
     Call("coordination.k8s.io", "leases", "create", NAMESPACE),
     Call("coordination.k8s.io", "leases", "update", NAMESPACE, "kubelbd"),
+    # dataplane/tls.py: the ACME answers every replica serves (informer by name, leader's apply)
+    Call("", "configmaps", "list", NAMESPACE, "kubelbd-acme-challenges"),
+    Call("", "configmaps", "watch", NAMESPACE, "kubelbd-acme-challenges"),
+    Call("", "configmaps", "patch", NAMESPACE, "kubelbd-acme-challenges"),
+    Call("", "configmaps", "create", NAMESPACE),
 ]
-
-#: Flags the lead's high-availability branch adds to `kubelbd serve`.
-HA_FLAGS = ("--identity", "--drain-seconds")
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +295,7 @@ def test_kubelbd_flags_exist_and_agree_with_the_pod(docs: list[Doc]) -> None:
     args = manifests.kubelbd_args(docs)
     assert args[0] == "serve"
     flags = flag_values(args[1:])
-    cfg = parse_args([a for a in args[1:] if a.split("=", 1)[0] not in HA_FLAGS])
+    cfg = parse_args(args[1:])
     assert cfg.namespace == NAMESPACE
     assert cfg.install_crds is False  # the CRDs come with these manifests
     assert cfg.envoy_admin.startswith("127.0.0.1:")
@@ -310,23 +312,10 @@ def test_kubelbd_flags_exist_and_agree_with_the_pod(docs: list[Doc]) -> None:
     assert admin_port not in ports.values()  # the admin API is never a container port
 
 
-def _knows_ha_flags() -> bool:
-    try:
-        parse_args(["--identity=x", "--drain-seconds=1"])
-    except SystemExit:
-        return False
-    return True
-
-
-@pytest.mark.xfail(
-    not _knows_ha_flags(),
-    reason="--identity and --drain-seconds come with the high-availability branch: "
-    "delete this marker and HA_FLAGS once it is merged",
-    raises=SystemExit,
-    strict=True,
-)
 def test_every_kubelbd_flag_parses(docs: list[Doc]) -> None:
-    parse_args(manifests.kubelbd_args(docs)[1:])
+    cfg = parse_args(manifests.kubelbd_args(docs)[1:])
+    assert cfg.lease.identity == "$(POD_NAME)"  # the kubelet expands it
+    assert cfg.drain_seconds > 0
 
 
 def test_images_are_pinned(docs: list[Doc]) -> None:

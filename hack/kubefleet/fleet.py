@@ -7,6 +7,7 @@ a `fleet up` that was killed midway can be cleaned up by `down`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -208,8 +209,10 @@ class Fleet:
         check: Callable[[], bool],
         procs: Iterable[str] = (),
         timeout: float = START_TIMEOUT,
+        explain: Callable[[], str] | None = None,
     ) -> None:
-        """Poll `check` until true; fail early, with the log's last line, if a process died."""
+        """Poll `check` until true; fail early, with the log's last line, if a process died;
+        on timeout, with what `explain` says (a readiness endpoint's reason, say)."""
         deadline = time.monotonic() + timeout
         names = list(procs)
         while True:
@@ -224,7 +227,11 @@ class Fleet:
             except (OSError, urllib.error.URLError, ssl.SSLError, ValueError, KeyError):
                 pass
             if time.monotonic() > deadline:
-                raise FleetError(f"timed out after {timeout:.0f}s waiting for {what}")
+                why = ""
+                if explain is not None:
+                    with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+                        why = f": {explain()}"
+                raise FleetError(f"timed out after {timeout:.0f}s waiting for {what}{why}")
             time.sleep(0.2)
 
     # ---- certificates -------------------------------------------------------------------

@@ -13,7 +13,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from .layout import ROOT, Cluster, Layout, Replica
 from .procs import Proc
@@ -146,7 +148,42 @@ def env(fleet: Fleet) -> dict[str, str]:
     }
 
 
-def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica) -> Proc:
+#: Flags of the Deployment's kubelbd the fleet sets to its own values: where it listens and
+#: keeps Envoy's files, who it is, how long Envoy drains (shorter, for the tests).
+def _fleet_values(lay: Layout, r: Replica) -> dict[str, str]:
+    return {
+        "--config-dir": str(config_dir(lay, r.index)),
+        "--http-listen": f"127.0.0.1:{r.http_port}",
+        "--https-listen": f"127.0.0.1:{r.https_port}",
+        "--envoy-admin": f"127.0.0.1:{r.admin_port}",
+        "--health-listen": f"127.0.0.1:{r.health_port}",
+        "--public-address": "127.0.0.1",
+        "--identity": r.name,
+        "--drain-seconds": str(DRAIN_SECONDS),
+    }
+
+
+def deployment_args(lay: Layout, r: Replica, args: list[str]) -> list[str]:
+    """The Deployment's kubelbd arguments (deploy/, `args`) as this replica runs them: every
+    flag the Deployment sets, with the fleet's addresses; none dropped, none added here."""
+    values = _fleet_values(lay, r)
+    out = []
+    for a in args:
+        flag, eq, _ = a.partition("=")
+        if eq and flag in values:
+            a = f"{flag}={values.pop(flag)}"
+        if "$(" in a:
+            raise ValueError(f"deploy/ passes {a!r}: the fleet has no value for it")
+        out.append(a)
+    if values:
+        raise ValueError(f"deploy/ no longer sets {', '.join(sorted(values))}")
+    return out
+
+
+def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica, args: list[str]) -> Proc:
+    """A replica as the Deployment runs it (same entry point and arguments), plus what only a
+    machine without Kubernetes needs: a kubeconfig (the ServiceAccount's token, where a pod
+    has it mounted), Envoy as a child, the fleet's L4 pool, Pebble as ACME CA."""
     lay = fleet.layout
     return Proc(
         r.name,
@@ -154,17 +191,9 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica) -> Proc:
             sys.executable,
             "-m",
             "kubelbd",
-            "serve",
-            f"--kubeconfig={lay.kubeconfig('mgmt')}",
-            f"--namespace={NAMESPACE}",
-            f"--config-dir={config_dir(fleet.layout, r.index)}",
-            f"--http-listen=127.0.0.1:{r.http_port}",
-            f"--https-listen=127.0.0.1:{r.https_port}",
+            *deployment_args(lay, r, args),
+            f"--kubeconfig={kubelbd_kubeconfig(lay)}",
             f"--https-redirect-port={lay.envoy_https_port}",
-            "--public-address=127.0.0.1",
-            f"--envoy-admin=127.0.0.1:{r.admin_port}",
-            f"--identity={r.name}",
-            f"--drain-seconds={DRAIN_SECONDS}",
             "--run-envoy",
             "--keep-envoy",
             f"--l4-address-pool={lay.l4_pool}",
@@ -172,11 +201,72 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica) -> Proc:
             f"--acme-ca-bundle={pebble_bin / 'pebble.minica.pem'}",
             "--acme-email=fleet@example.test",
             f"--envoy-log={lay.logs / (r.envoy + '.log')}",
-            f"--health-listen=127.0.0.1:{r.health_port}",
             # The management side of the fleet: never a tenant node address.
             "--management-cidrs=127.0.0.0/24",
         ],
         str(lay.logs / f"{r.name}.log"),
+    )
+
+
+def kubelbd_kubeconfig(lay: Layout) -> Path:
+    return lay.dir / "kubeconfig" / "kubelbd.yaml"
+
+
+def install_rbac(fleet: Fleet) -> None:
+    """deploy/'s Namespace, ServiceAccount, Roles and bindings, applied as rendered; then a
+    kubeconfig with a token of that ServiceAccount: kubelbd runs with exactly the permissions
+    the manifests give it, so a missing one fails the tests, not a rollout."""
+    from . import manifests
+
+    for doc in manifests.rbac_documents():
+        apply_document(fleet, doc)
+    token = fleet.request(
+        "mgmt",
+        "POST",
+        f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{KUBELBD}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 30 * 24 * 3600},
+        },
+    )["status"]["token"]
+    admin = yaml.safe_load(fleet.layout.kubeconfig("mgmt").read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "mgmt", "cluster": cluster}],
+        "users": [{"name": "kubelbd", "user": {"token": token}}],
+        "contexts": [{"name": "kubelbd", "context": {"cluster": "mgmt", "user": "kubelbd"}}],
+        "current-context": "kubelbd",
+    }
+    path = kubelbd_kubeconfig(fleet.layout)
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+#: where each kind deploy/'s RBAC renders lives: (API prefix, plural, namespaced)
+_PLURALS = {
+    "Namespace": ("/api/v1", "namespaces", False),
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+}
+
+
+def apply_document(fleet: Fleet, doc: dict[str, Any]) -> None:
+    """Server-side apply of one manifest, as `kubectl apply --server-side` does."""
+    prefix, plural, namespaced = _PLURALS[doc["kind"]]
+    meta = doc["metadata"]
+    where = f"/namespaces/{meta['namespace']}" if namespaced else ""
+    fleet.request(
+        "mgmt",
+        "PATCH",
+        f"{prefix}{where}/{plural}/{meta['name']}?fieldManager=hack-fleet&force=true",
+        doc,
+        content_type="application/apply-patch+yaml",
     )
 
 
@@ -188,12 +278,16 @@ def start(fleet: Fleet) -> None:
     directory = acme_directory(fleet.layout)
     fleet.wait_for("Pebble", lambda: _https_ok(directory, pebble_bin), ["pebble", "pebble-dns"])
     register_tenants(fleet)
+    install_rbac(fleet)
+    from . import manifests
+
+    args = manifests.kubelbd_args()
     first, *others = fleet.layout.replica_set
     # The first replica takes the Lease; the others follow, each serving from the records.
-    fleet.spawn(kubelbd_proc(fleet, pebble_bin, first))
+    fleet.spawn(kubelbd_proc(fleet, pebble_bin, first, args))
     wait_ready(fleet)
     for r in others:
-        fleet.spawn(kubelbd_proc(fleet, pebble_bin, r))
+        fleet.spawn(kubelbd_proc(fleet, pebble_bin, r, args))
         wait_ready(fleet, tenants=False, replica=r)
 
 
@@ -267,6 +361,14 @@ def namespace_doc() -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
 
 
+def _http_body(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return str(r.read().decode(errors="replace").strip())
+    except urllib.error.HTTPError as e:
+        return str(e.read().decode(errors="replace").strip())
+
+
 def _http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -292,7 +394,12 @@ def wait_ready(fleet: Fleet, tenants: bool = True, replica: Replica | None = Non
     r = replica or fleet.layout.replica_set[0]
     health = f"http://127.0.0.1:{r.health_port}/readyz"
     admin = f"http://127.0.0.1:{r.admin_port}/ready"
-    fleet.wait_for(f"{r.name} to be ready", lambda: _http_status(health) == 200, [r.name])
+    fleet.wait_for(
+        f"{r.name} to be ready",
+        lambda: _http_status(health) == 200,
+        [r.name],
+        explain=lambda: _http_body(health),
+    )
     fleet.wait_for(f"{r.envoy} to be ready", lambda: _http_status(admin) == 200, [r.name])
     if tenants:
         fleet.wait_for(

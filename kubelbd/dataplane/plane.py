@@ -92,6 +92,7 @@ class DataPlane:
         self.first_publish = anyio.Event()
         self._wake = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._informers: list[Informer] = []
         self._next_render = math.inf  # when a timer wakes the render loop (_render_at)
 
     def _reporter(self) -> StatusReporter:
@@ -164,6 +165,7 @@ class DataPlane:
         )
         l4 = self.l4.informers(self.intake.on_loadbalancer, guard)
         informers = [routes, tenants, secrets, challenges, *l4]
+        self._informers = informers
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             tg.start_soon(self.tls.recheck)
@@ -189,6 +191,20 @@ class DataPlane:
                 self.first_publish.set()
                 await self._wake.wait()
                 self._wake = anyio.Event()
+
+    def not_ready(self) -> str | None:
+        """Why Envoy has no configuration from this replica yet, for /readyz: above all an
+        informer the API refuses (a permission kubelbd lacks is named, never a silent wait)."""
+        if self.first_publish.is_set():
+            return None
+        failing = [
+            f"{inf!r}: {inf.last_error}"
+            for inf in self._informers
+            if not inf.synced.is_set() and inf.last_error is not None
+        ]
+        if failing:
+            return "cannot read the records: " + "; ".join(failing)
+        return "waiting for the records and the tenants to settle"
 
     async def _lead_while_leader(self) -> None:
         """What only the leader does: write statuses and allocations, issue certificates.

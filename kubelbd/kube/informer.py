@@ -46,6 +46,9 @@ class Informer:
         self.namespace = namespace
         self.cache: dict[str, Obj] = {}
         self.synced = anyio.Event()
+        #: why the last list or watch failed (None once one succeeds): what a component that
+        #: waits for this informer tells whoever asks why it is not ready
+        self.last_error: Exception | None = None
         self.resource_version = ""
         #: False while the API server does not serve the kind at all (see _not_served)
         self.served = True
@@ -99,6 +102,7 @@ class Informer:
         await anyio.sleep(NOT_SERVED_RETRY)
 
     def _report(self, error: Exception | None) -> None:
+        self.last_error = error
         if error is not None:
             log.warning("%r: %s", self, error)
         if self._on_error is not None:
