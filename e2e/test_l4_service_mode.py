@@ -14,7 +14,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from kubefleet.fleet import State
+from kubefleet import lb as fleet_lb
+from kubefleet import manifests
+from kubefleet.fleet import Fleet, State
 from kubefleet.layout import Layout
 
 from kubelbd.objects import DEPLOYMENTS, SERVICES, Obj
@@ -67,6 +69,11 @@ def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
     one in service mode must hold the Lease to write."""
     state = State.load(fleet_layout.state_file)
     assert state is not None
+    # As deploy/l4-service-mode/ deploys it: its RBAC (Services in the management cluster)
+    # granted to kubelbd's ServiceAccount, its flag added.
+    added = manifests.component_rbac(manifests.L4_SERVICE_MODE)
+    for doc in added:
+        fleet_lb.apply_document(Fleet(fleet_layout), doc)
     argv = [*state.procs["kubelbd"].argv]
     argv += [
         "--l4-mode=service",
@@ -90,6 +97,8 @@ def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
         fleet("start", "kubelbd")
         for name in others:
             fleet("start", name)
+        for doc in reversed(added):
+            fleet_lb.delete_document(Fleet(fleet_layout), doc)
 
 
 @pytest.fixture

@@ -451,3 +451,17 @@ def test_build_context_is_the_same_for_podman_and_docker() -> None:
     ignore = (ROOT / ".containerignore").read_bytes()
     assert (ROOT / ".dockerignore").read_bytes() == ignore
     assert b"!kubelbd/" in ignore  # what the Containerfile copies is in the context
+
+
+def test_service_mode_component_adds_its_flag_and_only_services(tmp_path: Path) -> None:
+    docs = manifests.with_components(tmp_path, manifests.L4_SERVICE_MODE)
+    cfg = parse_args(manifests.kubelbd_args(docs)[1:])
+    assert cfg.l4.mode == "service"
+    added = manifests.component_rbac(manifests.L4_SERVICE_MODE)
+    (role,) = [d for d in added if d["kind"] == "ClusterRole"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["services"],
+         "verbs": ["list", "watch", "create", "patch", "delete"]}
+    ]  # fmt: skip
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {(d["kind"], d["metadata"]["name"]) for d in added} <= rendered

@@ -256,18 +256,26 @@ _PLURALS = {
 }
 
 
-def apply_document(fleet: Fleet, doc: dict[str, Any]) -> None:
-    """Server-side apply of one manifest, as `kubectl apply --server-side` does."""
+def _document_path(doc: dict[str, Any]) -> str:
     prefix, plural, namespaced = _PLURALS[doc["kind"]]
     meta = doc["metadata"]
     where = f"/namespaces/{meta['namespace']}" if namespaced else ""
+    return f"{prefix}{where}/{plural}/{meta['name']}"
+
+
+def apply_document(fleet: Fleet, doc: dict[str, Any]) -> None:
+    """Server-side apply of one manifest, as `kubectl apply --server-side` does."""
     fleet.request(
         "mgmt",
         "PATCH",
-        f"{prefix}{where}/{plural}/{meta['name']}?fieldManager=hack-fleet&force=true",
+        _document_path(doc) + "?fieldManager=hack-fleet&force=true",
         doc,
         content_type="application/apply-patch+yaml",
     )
+
+
+def delete_document(fleet: Fleet, doc: dict[str, Any]) -> None:
+    fleet.request("mgmt", "DELETE", _document_path(doc))
 
 
 def start(fleet: Fleet) -> None:

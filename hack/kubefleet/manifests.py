@@ -60,3 +60,23 @@ def kubelbd_args(docs: list[Document] | None = None) -> list[str]:
         if c["name"] == "kubelbd":
             return [str(a) for a in c.get("args") or []]
     raise ValueError("the Deployment has no container named kubelbd")
+
+
+#: the Component that turns on Layer 4's service mode (its RBAC and the flag)
+L4_SERVICE_MODE = DEPLOY / "l4-service-mode"
+
+
+def with_components(tmp: Path, *components: Path) -> list[Document]:
+    """The base with these Components, rendered through an overlay in `tmp` (kustomize wants
+    relative paths to what an overlay includes), as an operator's overlay would."""
+    rel = [os.path.relpath(p, tmp) for p in (DEPLOY, *components)]
+    (tmp / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": rel[:1], "components": rel[1:]})
+    )
+    return render(tmp)
+
+
+def component_rbac(component: Path) -> list[Document]:
+    """The RBAC a Component adds (its rbac.yaml), as written."""
+    docs = yaml.safe_load_all((component / "rbac.yaml").read_text())
+    return [d for d in docs if d and d.get("kind") in RBAC_KINDS]
