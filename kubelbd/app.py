@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,7 @@ import anyio
 from .config import Config, split_host_port
 from .dataplane.plane import DataPlane
 from .envoy.admin import EnvoyAdmin
-from .envoy.process import EnvoyProcess, write_bootstrap
+from .envoy.process import DRAIN_GRACE, EnvoyProcess, write_bootstrap
 from .envoy.publisher import Publisher
 from .envoy.settings import Settings
 from .health import serve_health
@@ -180,7 +181,9 @@ async def _stop_on_signal(
             if drain is not None:
                 log.info("draining Envoy for %.0f s", drain_seconds)
                 await drain()
-                with anyio.move_on_after(drain_seconds):
+                # Envoy's listeners close when its drain time ends; requests on connections
+                # accepted just before still get their answers.
+                with anyio.move_on_after(math.ceil(drain_seconds) + DRAIN_GRACE):
                     await signals.__anext__()  # a second signal cuts the drain short
             scope.cancel()
             return

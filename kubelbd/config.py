@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +141,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "high availability",
         "every replica serves; the holder of a Lease in --namespace is the one that writes",
     )
-    ha.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
-                    help="this replica's name in the Lease (default: $POD_NAME, else the "
-                         "host name); keep it across restarts of the same replica")  # fmt: skip
+    ha.add_argument("--identity", default=os.environ.get("POD_NAME") or _unique_identity(),
+                    help="this replica's name in the Lease, unique among the replicas "
+                         "(default: $POD_NAME, else host name and a random suffix); keep it "
+                         "across restarts of the same replica")  # fmt: skip
     ha.add_argument("--lease-name", default="kubelbd")
-    ha.add_argument("--lease-duration", type=float, default=15.0,
+    ha.add_argument("--lease-duration", type=int, default=15,
                     help="seconds without renewal before another replica takes over")  # fmt: skip
     ha.add_argument("--lease-renew-deadline", type=float, default=10.0,
                     help="seconds the leader tries to renew before it stops writing")  # fmt: skip
@@ -225,6 +227,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
             envoy_selector=selector,
         ),
     )
+
+
+def _unique_identity() -> str:
+    """Two replicas with one identity would both believe they hold the Lease."""
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 def _csv(value: str) -> list[str]:

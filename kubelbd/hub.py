@@ -71,6 +71,13 @@ class StatusBoard:
         self._changed.pop(tenant, None)
         self._wake.pop(tenant, None)
 
+    def keep_final_only(self) -> None:
+        """Leadership lost: forget every wanted status but the final ones (taking back an
+        address), which the next term could not know to write."""
+        for tenant, wanted in self._wanted.items():
+            self._wanted[tenant] = {k: v for k, v in wanted.items() if v.final}
+            self._changed[tenant] = self._changed.get(tenant, set()) & set(self._wanted[tenant])
+
     def subscribe(self, tenant: str) -> None:
         """A tenant task (re)starts: everything wanted for it counts as changed."""
         self._changed[tenant] = set(self._wanted.get(tenant, {}))

@@ -270,6 +270,11 @@ def test_graceful_shutdown_outlasts_the_drain(docs: list[Doc]) -> None:
     sleep = container(docs, "envoy")["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = int(flag_values(container(docs, "kubelbd")["args"])["--drain-seconds"])
     assert drain < sleep < spec["terminationGracePeriodSeconds"]
+    # Envoy's own drain (how long its listeners stay open, asking every client to leave at
+    # once) is kubelbd's: its default (600 s, gradually) would still be cutting connections.
+    envoy = container(docs, "envoy")["args"][0]
+    assert f"--drain-time-s {drain} " in envoy + " "
+    assert "--drain-strategy immediate" in envoy
     assert "lifecycle" not in container(docs, "kubelbd")  # it drains on SIGTERM itself
 
 

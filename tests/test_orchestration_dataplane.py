@@ -20,6 +20,7 @@ from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
 from kubelbd.hub import Settling, StatusBoard
+from kubelbd.kube.lease import Leadership
 from kubelbd.objects import NAMESPACES, SECRETS, Obj
 from kubelbd.records import parse
 from kubelbd.records.names import (
@@ -222,7 +223,11 @@ async def management() -> FakeKube:
 
 
 def dataplane(
-    mgmt: FakeKube, tmp_path: Path, l4: L4Settings | None = None, https_port: int = 0
+    mgmt: FakeKube,
+    tmp_path: Path,
+    l4: L4Settings | None = None,
+    https_port: int = 0,
+    leadership: Leadership | None = None,
 ) -> DataPlane:
     publisher = Publisher(tmp_path)
     settling = Settling()
@@ -236,6 +241,7 @@ def dataplane(
         settling,
         public_address=PUBLIC,
         l4=l4,
+        leadership=leadership,
     )
 
 

@@ -62,6 +62,8 @@ class Issuers:
         self.wanted: dict[str, Wanted] = {}
         self.progress: dict[str, Progress] = {}
         self._wake = anyio.Event()
+        #: passes completed (what a caller waits on to know the issuers looked at everything)
+        self.passes = 0
 
     def update(self, wanted_now: dict[str, Wanted]) -> None:
         if wanted_now != self.wanted:
@@ -79,6 +81,7 @@ class Issuers:
                 wait = await self._pass()
             except (ApiError, ConnectionError) as e:
                 log.warning("certificates: %s; retrying", e)
+            self.passes += 1
             # Until the next certificate is due (or a retry), so renewal comes when a third of
             # the lifetime is left, not up to a polling interval later.
             with anyio.move_on_after(wait):

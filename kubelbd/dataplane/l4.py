@@ -96,6 +96,10 @@ def management_service(rec: LBRecord, placement: Placement, settings: L4Settings
     }
 
 
+class NotLeading(Exception):
+    """This replica lost the Lease: the allocation it was about to write is not its to write."""
+
+
 class LoadBalancers:
     def __init__(self, mgmt: Kube, settings: L4Settings, wake: Callable[[], None]) -> None:
         self.mgmt = mgmt
@@ -224,6 +228,17 @@ class LoadBalancers:
             # A follower serves the allocations the leader recorded, and nothing else: it
             # never decides an address or port that the leader might decide differently.
             return self._recorded(placements, tenants)
+        try:
+            return await self._allocate(placements, failures, tenants)
+        except NotLeading:  # the Lease went while writing: not one more write
+            return self._recorded(placements, tenants)
+
+    async def _allocate(
+        self,
+        placements: dict[str, Placement],
+        failures: dict[str, AllocationError],
+        tenants: dict[str, TenantRecord],
+    ) -> tuple[list[L4Listener], list[L4Cluster]]:
         unwritten: set[str] = set()
         for rid, placement in placements.items():
             try:
@@ -288,7 +303,12 @@ class LoadBalancers:
             or None
         )
 
+    def _leading(self) -> None:
+        if not self.writes:
+            raise NotLeading
+
     async def _write_allocation(self, rid: str, placement: Placement | None) -> None:
+        self._leading()
         rec = self.records[rid]
         status: LoadBalancerStatus = {}
         if placement is not None and self.settings.mode == "pool":
@@ -312,6 +332,7 @@ class LoadBalancers:
         log.info("load balancer %s: allocated %s", rid, _allocation(placement, self.settings.mode))
 
     async def _ensure_management_service(self, rid: str, placement: Placement) -> None:
+        self._leading()
         rec = self.records[rid]
         want = management_service(rec, placement, self.settings)
         have = self.mgmt_services.get(rid)
@@ -321,6 +342,7 @@ class LoadBalancers:
 
     async def _collect_management_services(self) -> None:
         for rid in [r for r in self.mgmt_services if r not in self.records]:
+            self._leading()
             meta = self.mgmt_services[rid]["metadata"]
             await self.mgmt.delete(SERVICES, meta["name"], meta["namespace"])
             self.mgmt_services.pop(rid, None)  # its DELETED event may have come first

@@ -108,7 +108,8 @@ class DataPlane:
         confirmed, self.intake.confirmed = self.intake.confirmed, {}
         for rec in confirmed.values():
             self.model.confirm(rec)
-        self.status.due(routes=confirmed)
+        if self.leadership.leading:
+            self.status.due(routes=confirmed)
 
     async def wait_applied(self, timeout: float | None = None) -> bool:
         """True once Envoy reports every file version kubelbd has published, then holds
@@ -215,18 +216,28 @@ class DataPlane:
             await self.leadership.until(True)
             self.status = self._reporter()
             self.status.due(routes=self.model.routes, lbs=self.l4.records)
+            self.tls.new_term()
             self.l4.writes = True
             self.l4.dirty = True
             self._wake_up()
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self.tls.issuers.run)
+                    tg.start_soon(self._issue)
                     tg.start_soon(self.status.run)
                     tg.start_soon(self.status.writer.run)
                     await self.leadership.until(False)
                     tg.cancel_scope.cancel()
             finally:
                 self.l4.writes = False
+                # What this term wanted on tenant objects is the next term's to decide again
+                # (a stale address must not be replayed); taking back an address is kept.
+                self.board.keep_final_only()
+
+    async def _issue(self) -> None:
+        """The issuers, once a render has told them what the routes want: before it they
+        would take every issued certificate for unwanted and delete it."""
+        await self.first_publish.wait()
+        await self.tls.issuers.run()
 
     async def _render_once(self) -> None:
         batch = self.intake.take()
@@ -259,11 +270,12 @@ class DataPlane:
         lbs, self.l4.pending_status = self.l4.pending_status, set()
         for rec in self.l4.take_deleted():
             self._withdraw(LOADBALANCER, rec)
-        self.status.due(
-            routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts,
-            lbs=lbs,
-            arrivals=batch.arrivals,
-        )
+        if self.leadership.leading:  # a follower writes no status: it keeps no backlog
+            self.status.due(
+                routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts,
+                lbs=lbs,
+                arrivals=batch.arrivals,
+            )
 
     async def _render_l4(self, files: Files) -> None:
         try:

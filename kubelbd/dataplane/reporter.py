@@ -73,6 +73,10 @@ class StatusReporter:
         if self._routes or self._lbs or self._arrivals:
             self._published.set()
 
+    def pending(self) -> bool:
+        """Statuses or latencies waiting to be reported."""
+        return bool(self._routes or self._lbs or self._arrivals)
+
     def forget(self, kind: RecordKind, record_id: str) -> None:
         self.writer.forget(f"{kind.kind}/{record_id}")
         self._previous.pop(f"{kind.kind}/{record_id}", None)

@@ -60,9 +60,19 @@ class TLSState:
         self.routes: set[str] = set()  # ids of routes with a tls section
         self._challenges_published = anyio.Event()
         self._challenges_rendered = False
-        self.issuers = Issuers(
-            mgmt, acme, lambda: self.certificates, self.publish_challenges, self.changed
+        self._acme = acme
+        self.issuers = self._issuers()
+
+    def _issuers(self) -> Issuers:
+        return Issuers(
+            self.mgmt, self._acme, lambda: self.certificates, self.publish_challenges, self.changed
         )
+
+    def new_term(self) -> None:
+        """A new leadership term: issuers that remember nothing (another leader may have
+        requested or deleted certificates meanwhile), told what is wanted at the next render."""
+        self.issuers = self._issuers()
+        self.dirty = True
 
     def changed(self) -> None:
         self.dirty = True

@@ -67,8 +67,9 @@ class LeaseSettings:
     retry_period: float = 2.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError("need 0 < retry period < renew deadline < lease duration")
+        # The Lease says whole seconds: that is what followers wait.
+        if not 0 < self.retry_period < self.renew_deadline < int(self.lease_duration):
+            raise ValueError("need 0 < retry period < renew deadline < lease duration (s)")
 
 
 class LeaseElector:
@@ -85,21 +86,30 @@ class LeaseElector:
         s = self.settings
         try:
             while True:
-                try:
-                    held = await self._try_acquire_or_renew()
-                except (ApiError, OSError) as e:
-                    log.warning("lease %s/%s: %s", s.namespace, s.name, e)
-                    held = False
-                now = anyio.current_time()
+                started = anyio.current_time()
+                leading = self.leadership.leading
+                # A leader's attempt may not outlast its renew deadline: a request that hangs
+                # (a dead connection) must not keep it leading while a follower takes over.
+                budget = self._renewed_at + s.renew_deadline - started if leading else None
+                held = False
+                with anyio.move_on_after(s.renew_deadline if budget is None else max(budget, 0)):
+                    try:
+                        held = await self._try_acquire_or_renew()
+                    except (ApiError, OSError) as e:
+                        log.warning("lease %s/%s: %s", s.namespace, s.name, e)
                 if held:
-                    self._renewed_at = now
-                if held != self.leadership.leading:
+                    self._renewed_at = started  # renewed no later than when it was asked
+                now = anyio.current_time()
+                if held != leading:
                     if held or self._taken() or now - self._renewed_at >= s.renew_deadline:
                         self._announce(held)
                     # else: a leader that missed a renewal keeps leading until its deadline
                 elif not self.leadership.decided.is_set():
                     self._announce(held)
-                await anyio.sleep(s.retry_period)
+                wait = s.retry_period
+                if self.leadership.leading:  # wake in time to step down at the deadline
+                    wait = max(0.0, min(wait, self._renewed_at + s.renew_deadline - now))
+                await anyio.sleep(wait)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._release()
@@ -121,8 +131,8 @@ class LeaseElector:
 
     async def _try_acquire_or_renew(self) -> bool:
         s = self.settings
-        now = anyio.current_time()
         lease = await self.mgmt.get_or_none(LEASES, s.name, s.namespace)
+        now = anyio.current_time()  # when this replica saw it (after the answer, as client-go)
         if lease is None:
             await self.mgmt.create(LEASES, self._lease(None, transitions=0))
             return True

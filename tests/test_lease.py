@@ -1,0 +1,127 @@
+"""The Lease elector's timing rules (kube/lease.py), on the in-memory API of the orchestration
+tests: a leader stops leading by its renew deadline even when a request hangs, so it never
+overlaps a follower that takes an expired Lease; a released Lease passes at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from kubelbd.kube.lease import Leadership, LeaseElector, LeaseSettings
+from kubelbd.objects import LEASES, NAMESPACES
+
+from .fakekube import FakeKube
+from .orchestration import namespace
+
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 2, 1.0, 0.1
+
+
+class Hanging(FakeKube):
+    """An API whose reads hang (a dead connection) while `hang` is set."""
+
+    hang = False
+
+    async def get_or_none(self, *args: Any, **kwargs: Any) -> Any:
+        while self.hang:  # noqa: ASYNC110 — the hang itself, not a wait for something
+            await anyio.sleep(0.05)
+        return await super().get_or_none(*args, **kwargs)
+
+
+async def api() -> Hanging:
+    mgmt = Hanging("mgmt")
+    await mgmt.create(NAMESPACES, namespace("kubelb", {}))
+    return mgmt
+
+
+def elector(mgmt: FakeKube, identity: str) -> tuple[LeaseElector, Leadership]:
+    lead = Leadership()
+    return LeaseElector(
+        mgmt,
+        LeaseSettings(
+            "kubelb",
+            identity,
+            lease_duration=LEASE_DURATION,
+            renew_deadline=RENEW_DEADLINE,
+            retry_period=RETRY_PERIOD,
+        ),
+        lead,
+    ), lead
+
+
+async def test_a_leader_whose_requests_hang_stops_by_its_renew_deadline() -> None:
+    mgmt = await api()
+    a, lead = elector(mgmt, "a")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.run)
+            await lead.until(True)
+            hung = anyio.current_time()
+            mgmt.hang = True
+            await lead.until(False)
+            stepped_down = anyio.current_time() - hung
+            tg.cancel_scope.cancel()
+    # It last renewed at most a retry period before the hang; a follower waits a whole lease
+    # duration from when it last saw a change: no overlap.
+    assert stepped_down <= RENEW_DEADLINE + 0.05
+    assert stepped_down < LEASE_DURATION
+
+
+async def test_a_follower_takes_a_dead_leaders_lease_only_after_the_lease_duration() -> None:
+    mgmt = await api()
+    # A leader that died without releasing: its Lease (renewed "in the future", by a clock
+    # far ahead: kubelbd never trusts the holder's timestamps) just stops changing.
+    await mgmt.create(
+        LEASES,
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "kubelbd", "namespace": "kubelb"},
+            "spec": {
+                "holderIdentity": "a",
+                "leaseDurationSeconds": LEASE_DURATION,
+                "renewTime": "2099-01-01T00:00:00.000000Z",
+                "leaseTransitions": 3,
+            },
+        },
+    )
+    b, lead_b = elector(mgmt, "b")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            first_seen = anyio.current_time()
+            tg.start_soon(b.run)
+            await lead_b.decided.wait()
+            assert not lead_b.leading
+            await lead_b.until(True)
+            waited = anyio.current_time() - first_seen
+            lease = await mgmt.get_or_none(LEASES, "kubelbd", "kubelb")
+            assert lease is not None and lease["spec"]["holderIdentity"] == "b"
+            assert lease["spec"]["leaseTransitions"] == 4
+            tg.cancel_scope.cancel()
+    assert LEASE_DURATION <= waited <= LEASE_DURATION + 0.5
+
+
+async def test_a_released_lease_passes_within_a_retry_period() -> None:
+    mgmt = await api()
+    a, lead_a = elector(mgmt, "a")
+    b, lead_b = elector(mgmt, "b")
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def leader() -> None:
+                with scope:
+                    await a.run()
+
+            tg.start_soon(leader)
+            await lead_a.until(True)
+            tg.start_soon(b.run)
+            await lead_b.decided.wait()
+            scope.cancel()  # a stops: it releases the Lease
+            released = anyio.current_time()
+            await lead_b.until(True)
+            assert anyio.current_time() - released <= RETRY_PERIOD + 0.1
+            lease = await mgmt.get_or_none(LEASES, "kubelbd", "kubelb")
+            assert lease is not None and lease["spec"]["holderIdentity"] == "b"
+            assert lease["spec"]["leaseTransitions"] == 1
+            tg.cancel_scope.cancel()

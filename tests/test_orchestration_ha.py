@@ -1,0 +1,86 @@
+"""The data plane as a follower and across leadership terms (FakeKube, a real render loop):
+a follower serves from the records and writes nothing, keeps no status backlog, serves only
+allocations the leader recorded; a new term does not take issued certificates for unwanted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kubefleet import certs
+
+from kubelbd.dataplane.l4 import L4Settings
+from kubelbd.kube.lease import Leadership
+from kubelbd.objects import SECRETS
+from kubelbd.records.names import LOADBALANCERS, ROUTES, TLS_LABEL, TLS_SOURCE_LABEL, labels
+from kubelbd.records.objects import record_object
+
+from .orchestration import running, until
+from .test_orchestration_dataplane import (
+    b64,
+    dataplane,
+    files_mentioning,
+    lb_spec,
+    management,
+    route_spec,
+)
+
+
+def follower() -> Leadership:
+    lead = Leadership()
+    lead.set(False)
+    return lead
+
+
+async def test_a_follower_serves_the_records_and_writes_no_status(tmp_path: Path) -> None:
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path, leadership=follower())
+    async with running(dp.run):
+        await until(dp.first_publish.is_set, "first publish")
+        for i in range(50):
+            spec = route_spec(host=f"h{i}.example.com")
+            await mgmt.create(ROUTES, record_object("Route", "a", f"default.r{i}", spec))
+        await until(lambda: files_mentioning(tmp_path, "h49.example.com"), "the last one served")
+        # Nothing written, nothing kept to write: a follower's status has no backlog.
+        routes, _ = await mgmt.list(ROUTES)
+        assert len(routes) == 50
+        assert all("status" not in r for r in routes), "a follower wrote a status"
+        assert not dp.status.pending(), "a follower keeps statuses it will never write"
+
+
+async def test_a_follower_serves_only_allocations_the_leader_recorded(tmp_path: Path) -> None:
+    mgmt = await management()
+    l4 = L4Settings(mode="pool", pool="192.0.2.0/29")
+    lead = follower()
+    dp = dataplane(mgmt, tmp_path, l4=l4, leadership=lead)
+    async with running(dp.run):
+        await until(dp.first_publish.is_set, "first publish")
+        db = lb_spec("db", "2026-01-02T00:00:00Z")
+        await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", "default.db", db))
+        await until(lambda: "a/default.db" in dp.l4.records, "the record in the data plane")
+        assert dp.l4.placements == {}, "a follower allocated"
+        assert not files_mentioning(tmp_path, "192.0.2.1"), "a follower listens unrecorded"
+        assert "status" not in (mgmt.stored(LOADBALANCERS, "default.db", "tenant-a") or {})
+        lead.set(True)  # the leader is this replica now: it allocates and records
+        await until(lambda: files_mentioning(tmp_path, "192.0.2.1"), "the allocation served")
+        stored = mgmt.stored(LOADBALANCERS, "default.db", "tenant-a") or {}
+        assert stored["status"]["address"] == "192.0.2.1"
+
+
+async def test_a_new_term_keeps_issued_certificates_the_routes_want(tmp_path: Path) -> None:
+    mgmt = await management()
+    host = "shop.example.com"
+    entry = {"hosts": [host], "secretName": "shop-tls", "source": "acme"}
+    spec = route_spec() | {"tls": [entry]}
+    await mgmt.create(ROUTES, record_object("Route", "a", "default.shop", spec))
+    pair = certs.issue(certs.new_ca("ca"), host, dns=(host,), server=True)
+    meta = {"name": "default.shop-tls", "namespace": "tenant-a",
+            "labels": {**labels("a"), TLS_LABEL: "true", TLS_SOURCE_LABEL: "acme"}}  # fmt: skip
+    data = {"tls.crt": b64(pair.cert_pem()), "tls.key": b64(pair.key_pem())}
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls"}
+    await mgmt.create(SECRETS, secret | {"metadata": meta, "data": data})
+    # Leading from the start (a lone replica restarting): the issuers must not run before
+    # a render told them which certificates the routes want.
+    dp = dataplane(mgmt, tmp_path, https_port=8443)
+    async with running(dp.run):
+        await until(lambda: dp.tls.issuers.passes > 0, "the issuers' first pass")
+    assert mgmt.stored(SECRETS, "default.shop-tls", "tenant-a") is not None
