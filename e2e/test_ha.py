@@ -13,14 +13,18 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 from kubefleet.fleet import State
-from kubefleet.layout import Layout, Replica, fleet_dir
+from kubefleet.layout import ROOT, Layout, Replica, fleet_dir
 
 from kubelbd.kube import Kube
 from kubelbd.kube.lease import Leadership, LeaseElector, LeaseSettings
@@ -308,3 +312,79 @@ async def test_rolling_restart_of_a_replica_fails_no_request(
     assert own.failures == [], own.failures[:5]
     assert own.ok > ok_before, "the restarted replica serves again"
     assert other.ok > 100
+
+
+def _replica_argv(r: Replica, base: list[str], log: Path) -> list[str]:
+    """Replica 1's command line, for another replica `r` on its own ports and volume, whose
+    Envoy is its own to stop (no --keep-envoy), as in a pod."""
+    lay_values = {
+        "--config-dir": str(log.parent / "envoy"),
+        "--http-listen": f"127.0.0.1:{r.http_port}",
+        "--https-listen": f"127.0.0.1:{r.https_port}",
+        "--envoy-admin": f"127.0.0.1:{r.admin_port}",
+        "--health-listen": f"127.0.0.1:{r.health_port}",
+        "--identity": "sigterm",
+        "--envoy-log": str(log.parent / "envoy.log"),
+    }
+    out = []
+    for a in base:
+        flag = a.partition("=")[0]
+        if flag == "--keep-envoy":
+            continue
+        out.append(f"{flag}={lay_values[flag]}" if flag in lay_values else a)
+    return out
+
+
+def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+async def _status(url: str) -> int:
+    try:
+        status, _, _ = await http_get(url, timeout=2)
+    except (OSError, aiohttp.ClientError, TimeoutError):
+        return 0
+    return status
+
+
+async def test_sigterm_fails_readiness_then_drains_envoy_then_exits(
+    fleet: FleetHandle, app: tuple[str, str], tmp_path: Path
+) -> None:
+    _, h = app
+    state = State.load(fleet_dir() / "state.json")
+    assert state is not None
+    r = Replica(9, *(free_port() for _ in range(4)))
+    log = tmp_path / "kubelbd.log"
+    proc = await asyncio.to_thread(_spawn, _replica_argv(r, state.procs["kubelbd"].argv, log), log)
+    readyz = f"http://127.0.0.1:{r.health_port}/readyz"
+    envoy_ready = f"http://127.0.0.1:{r.admin_port}/ready"
+    try:
+        await eventually(lambda: _is(_status(readyz), 200), 60, 0.1, "the replica ready")
+        await eventually(lambda: served_by(r, h), 30, what=f"{h} on the new replica")
+        async with load([(r, h)]) as own:
+            await eventually(lambda: _true(own.ok > 50), 30, 0.05, "traffic under way")
+            proc.send_signal(signal.SIGTERM)
+            # Readiness fails first, then Envoy's own health check (its drain began) ...
+            await eventually(lambda: _is(_status(readyz), 503), 2, 0.02, "readiness to fail")
+            await eventually(lambda: _is(_status(envoy_ready), 503), 2, 0.02, "Envoy draining")
+            # ... and only after the drain does the replica exit, taking its Envoy along.
+            exited = await asyncio.to_thread(proc.wait, 30)
+        assert exited == 0, log.read_text()[-2000:]
+        assert await _status(envoy_ready) == 0, "Envoy still answers after kubelbd exited"
+        assert own.failures == [], own.failures[:5]
+        assert own.ok > 50
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _is(status: Awaitable[int], want: int) -> bool:
+    return await status == want
