@@ -210,8 +210,8 @@ class DataPlane:
     async def _lead_while_leader(self) -> None:
         """What only the leader does: write statuses and allocations, issue certificates.
         Every replica renders; these start when this one takes the Lease and stop when it
-        loses it. A new term starts from the records: every status is due again (the writer
-        skips what the API already holds), every allocation is checked."""
+        loses it. A new term starts from the records: every status is due again (written once
+        more: an unchanged status applied again changes nothing), every allocation checked."""
         while True:
             await self.leadership.until(True)
             self.status = self._reporter()
