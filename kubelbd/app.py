@@ -92,6 +92,7 @@ async def run(cfg: Config) -> None:
             cfg.l4,
             cfg.acme,
             leadership,
+            cfg.dns,
         )
 
         def registry() -> Registry:

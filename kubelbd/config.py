@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .certs.acme import ACMESettings
+from .dataplane.dns import DNSSettings
 from .dataplane.l4 import L4Settings
 from .kube.lease import LeaseSettings
 from .records.policy import ANY_DOMAIN, Limits, Policy, parse_networks
@@ -40,6 +41,7 @@ class Config:
     #: the fleet-wide defaults of every tenant's policy, and what no tenant may have
     policy: Policy
     lease: LeaseSettings
+    dns: DNSSettings
     #: on SIGTERM: how long Envoy drains its listeners before it stops (0: it stops at once)
     drain_seconds: float
 
@@ -137,6 +139,22 @@ def parse_args(argv: list[str] | None = None) -> Config:
         default="30000-32767",
         help="nodePorts a tenant Service may have (Kubernetes' default)",
     )
+    dns = ap.add_argument_group(
+        "DNS",
+        "publish every served host at --public-address over RFC 2136 (TSIG) to an "
+        "authoritative server; off without --dns-server",
+    )
+    dns.add_argument("--dns-server", default="", help="host:port of the primary server")
+    dns.add_argument("--dns-zone", default="", help="the zone kubelbd publishes into")
+    dns.add_argument("--dns-tsig-name", default="", help="TSIG key name")
+    dns.add_argument("--dns-tsig-algorithm", default="hmac-sha256")
+    dns.add_argument("--dns-tsig-secret-file", default="",
+                     help="file with the TSIG secret (or $KUBELBD_DNS_TSIG_SECRET)")  # fmt: skip
+    dns.add_argument("--dns-ttl", type=int, default=60)
+    dns.add_argument("--dns-owner-id", default="kubelbd",
+                     help="the owner in the ownership TXT records (external-dns's registry "
+                          "format): another kubelbd or external-dns on the same zone needs "
+                          "another")  # fmt: skip
     ha = ap.add_argument_group(
         "high availability",
         "every replica serves; the holder of a Lease in --namespace is the one that writes",
@@ -191,6 +209,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
         )
     except ValueError as e:
         ap.error(f"bad lease timing: {e}")
+    try:
+        dns_settings = dns_config(args)
+    except (OSError, ValueError) as e:
+        ap.error(f"bad DNS setting: {e}")
     if args.drain_seconds < 0:
         ap.error("--drain-seconds must not be negative")
     return Config(
@@ -218,6 +240,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         ),
         policy=policy,
         lease=lease,
+        dns=dns_settings,
         drain_seconds=args.drain_seconds,
         l4=L4Settings(
             mode=args.l4_mode,
@@ -226,6 +249,28 @@ def parse_args(argv: list[str] | None = None) -> Config:
             port_range=port_range,
             envoy_selector=selector,
         ),
+    )
+
+
+def dns_config(args: argparse.Namespace) -> DNSSettings:
+    if not args.dns_server:
+        return DNSSettings()
+    secret = os.environ.get("KUBELBD_DNS_TSIG_SECRET", "")
+    if args.dns_tsig_secret_file:
+        secret = Path(args.dns_tsig_secret_file).read_text().strip()
+    if not (args.dns_zone and args.dns_tsig_name and secret):
+        raise ValueError("--dns-server needs --dns-zone, --dns-tsig-name and a TSIG secret")
+    split_host_port(args.dns_server)
+    if args.dns_ttl < 0:
+        raise ValueError("--dns-ttl must not be negative")
+    return DNSSettings(
+        server=args.dns_server,
+        zone=args.dns_zone,
+        key_name=args.dns_tsig_name,
+        key_secret=secret,
+        algorithm=args.dns_tsig_algorithm,
+        ttl=args.dns_ttl,
+        owner=args.dns_owner_id,
     )
 
 

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from kubefleet import certs
 
+from kubelbd.dataplane.dns import DNSSettings
 from kubelbd.dataplane.intake import Batch, Intake
 from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
@@ -228,6 +229,7 @@ def dataplane(
     l4: L4Settings | None = None,
     https_port: int = 0,
     leadership: Leadership | None = None,
+    dns: DNSSettings | None = None,
 ) -> DataPlane:
     publisher = Publisher(tmp_path)
     settling = Settling()
@@ -242,6 +244,7 @@ def dataplane(
         public_address=PUBLIC,
         l4=l4,
         leadership=leadership,
+        dns=dns,
     )
 
 

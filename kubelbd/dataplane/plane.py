@@ -36,6 +36,7 @@ from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
+from .dns import DNSPublisher, DNSSettings
 from .gauges import StateGauges
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
@@ -64,6 +65,7 @@ class DataPlane:
         l4: L4Settings | None = None,
         acme: ACMESettings | None = None,
         leadership: Leadership | None = None,
+        dns: DNSSettings | None = None,
     ) -> None:
         self.mgmt = mgmt
         if leadership is None:  # a lone data plane (tests): it is the leader
@@ -86,6 +88,11 @@ class DataPlane:
             mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
         )
         self.status = self._reporter()
+        self.dns = (
+            DNSPublisher(dns, public_address, self._dns_changed)
+            if dns is not None and dns.enabled
+            else None
+        )
         self.gauges = StateGauges(
             self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
         )
@@ -99,6 +106,10 @@ class DataPlane:
         return StatusReporter(
             self.mgmt, self.board, self.wait_applied, self._reports, self._observed_conditions
         )
+
+    def _dns_changed(self, routes: set[str]) -> None:
+        if self.leadership.leading:
+            self.status.due(routes=routes)
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -223,6 +234,8 @@ class DataPlane:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._issue)
+                    if self.dns is not None:
+                        tg.start_soon(self.dns.run)
                     tg.start_soon(self.status.run)
                     tg.start_soon(self.status.writer.run)
                     await self.leadership.until(False)
@@ -328,13 +341,16 @@ class DataPlane:
 
     def _reports(self, routes: set[str], lbs: set[str], applied: bool) -> list[Report]:
         """The status of these records, from the model as it is now (see ir.status)."""
+        if applied and self.dns is not None:
+            self.dns.want(self.model.ir.served)  # what Envoy serves now: DNS follows it
         out = []
         for rid in sorted(routes):
             route = self.model.routes.get(rid)
             if route is not None:
                 problems = self.tls.plan.problems.get(rid, [])
+                dns = self.dns.state(rid) if self.dns is not None else None
                 out.append(
-                    route_report(route, self.model.ir, problems, self.public_address, applied)
+                    route_report(route, self.model.ir, problems, self.public_address, applied, dns)
                 )
         for rid in sorted(lbs):
             report = self.l4.report(rid, applied)

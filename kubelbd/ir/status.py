@@ -81,15 +81,29 @@ def public_ingress(address: str) -> list[LoadBalancerIngress]:
     return [{"ip": address}] if _is_ip(address) else [{"hostname": address}]
 
 
+@dataclass(frozen=True)
+class DNSState:
+    """Whether a Route's served hosts are published in DNS, and why not (kubelbd.dns)."""
+
+    published: bool
+    reason: str
+    message: str
+    #: a fault of the name (another owner holds it, outside the zone): an Event too;
+    #: waiting for the server is not
+    warn: bool = False
+
+
 def route_report(
     route: RouteRecord,
     ir: IR,
     tls_problems: Sequence[Problem] = (),
     public_address: str = "",
     applied: bool = True,
+    dns: DNSState | None = None,
 ) -> Report:
-    """A Route's conditions (Accepted, Programmed, Conflict, and CertificateReady when it has
-    TLS), the hosts it serves, and its Ingress's address and Events."""
+    """A Route's conditions (Accepted, Programmed, Conflict, CertificateReady when it has
+    TLS, DNSPublished when kubelbd publishes names), the hosts it serves, and its Ingress's
+    address and Events."""
     generation = route.generation
     served = ir.served.get(route.id, [])
     lost = ir.conflicts.get(route.id, [])
@@ -125,6 +139,10 @@ def route_report(
                 "every TLS host is served with a valid certificate", generation,
             )
         )  # fmt: skip
+    if dns is not None:
+        conds.append(
+            conditions.desired("DNSPublished", dns.published, dns.reason, dns.message, generation)
+        )
     status: RouteReport = {
         "hosts": ",".join(served),
         "conditions": conds,
@@ -141,6 +159,8 @@ def route_report(
                 "Normal" if p.reason in PROGRESS_REASONS else "Warning"
             )
             events.append(Event(kind, p.reason, p.message))
+        if dns is not None and dns.warn:
+            events.append(Event("Warning", dns.reason, dns.message))
         addresses = public_ingress(public_address) if served else []
         source = _source(route.spec["source"], addresses, events)
     return Report(ROUTE, route.tenant, route.name, status, source)

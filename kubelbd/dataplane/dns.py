@@ -1,0 +1,198 @@
+"""DNS in the data plane: every host Envoy serves is published, and nothing else.
+
+The hosts come from the IR once Envoy reported a publish applied (the status reporter's
+pass): a host is in them only while it is owned, allowed and served, so a name follows its
+route exactly. The leader publishes (kubelbd.dns.rfc2136: one update per change, each with
+prerequisites so that a name kubelbd does not own is never touched); it starts every term,
+and then every RECONCILE seconds, from a zone transfer, so a host that went away while no
+kubelbd ran is removed too. Every Route whose hosts are published says so in its
+DNSPublished condition (kubelbd.ir.status.DNSState).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from ..dns.records import Change, Delete, Endpoint, Key, OwnedRecord, RType, plan
+from ..dns.rfc2136 import RFC2136, Done, NotOurs, Outcome, Refused, Unreachable
+from ..ir.status import DNSState
+from ..records.names import namespace_of
+from ..retry import Backoff
+
+log = logging.getLogger(__name__)
+
+#: a full reconcile against a zone transfer this often, besides every term's first
+RECONCILE = 300.0
+TIMEOUT = 5.0
+PENDING = DNSState(False, "Publishing", "waiting for the DNS server")
+NOT_SERVED = DNSState(False, "NotServed", "no host of this route is served: none is published")
+
+
+@dataclass(frozen=True)
+class DNSSettings:
+    server: str = ""  # host:port; empty: kubelbd publishes no names
+    zone: str = ""
+    key_name: str = ""
+    key_secret: str = ""
+    algorithm: str = "hmac-sha256"
+    ttl: int = 60
+    owner: str = "kubelbd"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.server)
+
+
+def endpoints(
+    served: Mapping[str, Sequence[str]], public_address: str, ttl: int
+) -> dict[str, list[Endpoint]]:
+    """Per route id, the records for the hosts it serves: the public address as A or AAAA
+    (a CNAME when it is a name); a wildcard host as a wildcard record; the catch-all (no
+    host) has no name."""
+    if not public_address:
+        return {}
+    try:
+        rtype: RType = "A" if ipaddress.ip_address(public_address).version == 4 else "AAAA"
+    except ValueError:
+        rtype = "CNAME"
+    out: dict[str, list[Endpoint]] = {}
+    for rid, hosts in served.items():
+        tenant, _, name = rid.partition("/")
+        resource = f"route/{namespace_of(tenant)}/{name}"
+        names = [h for h in hosts if h and h != "*"]
+        if names:
+            out[rid] = [Endpoint(h, rtype, (public_address,), ttl, resource) for h in names]
+    return out
+
+
+class DNSPublisher:
+    def __init__(
+        self,
+        settings: DNSSettings,
+        public_address: str,
+        on_states: Callable[[set[str]], None],
+    ) -> None:
+        self.settings = settings
+        self.public_address = public_address
+        self.client = RFC2136(
+            settings.server, settings.zone, settings.key_name, settings.key_secret,
+            settings.algorithm, settings.owner, TIMEOUT,
+        )  # fmt: skip
+        self._on_states = on_states  # these routes' DNSPublished changed
+        self._wanted: dict[str, list[Endpoint]] = {}
+        self.states: dict[str, DNSState] = {}
+        self._wake = anyio.Event()
+
+    def state(self, rid: str) -> DNSState:
+        if rid not in self._wanted:
+            return NOT_SERVED
+        return self.states.get(rid, PENDING)
+
+    def want(self, served: Mapping[str, Sequence[str]]) -> None:
+        """What Envoy serves now (after it applied a publish)."""
+        wanted = endpoints(served, self.public_address, self.settings.ttl)
+        if wanted != self._wanted:
+            self._wanted = wanted
+            self._wake.set()
+
+    async def run(self) -> None:
+        """The leader's loop: a zone transfer, then the changes, until the next wake."""
+        owned: dict[Key, OwnedRecord] | None = None
+        backoff = Backoff(initial=1, maximum=30)
+        next_reconcile = 0.0
+        while True:
+            wait = RECONCILE
+            if owned is None or anyio.current_time() >= next_reconcile:
+                answer = await self.client.owned()
+                if isinstance(answer, dict):
+                    owned, next_reconcile = answer, anyio.current_time() + RECONCILE
+                else:
+                    owned = None
+                    self._server_problem(answer)
+                    wait = backoff.next()
+            if owned is not None:
+                failed = await self._publish(owned)
+                wait = (
+                    backoff.next() if failed else min(wait, next_reconcile - anyio.current_time())
+                )
+                if not failed:
+                    backoff.reset()
+            with anyio.move_on_after(max(wait, 0.0)):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def _publish(self, owned: dict[Key, OwnedRecord]) -> bool:
+        """Apply the plan for what is wanted now; returns whether the server failed us
+        (a retry is due). `owned` follows every change the server accepted."""
+        wanted = self._wanted
+        outcome: dict[str, DNSState] = {}
+        planned = plan(self.settings.zone, [e for es in wanted.values() for e in es], owned)
+        for refusal in planned.refused:
+            outcome[refusal.endpoint.name] = DNSState(
+                False, refusal.problem.reason, refusal.problem.message, warn=True
+            )
+        failed = False
+        for change in planned.changes:
+            result = await self.client.apply(change)
+            if isinstance(result, Done):
+                _track(owned, change)
+                continue
+            name = change.record.name if isinstance(change, Delete) else change.endpoint.name
+            failed |= isinstance(result, (Refused, Unreachable))
+            log.warning("dns: %s %s: %s", type(change).__name__.lower(), name, _text(result))
+            outcome[name] = _state_of(name, result)
+        self._settle(wanted, outcome)
+        return failed
+
+    def _settle(self, wanted: dict[str, list[Endpoint]], outcome: dict[str, DNSState]) -> None:
+        """Each route's DNSPublished from its names' outcomes; the changed ones reported."""
+        states: dict[str, DNSState] = {}
+        for rid, es in wanted.items():
+            problems = [outcome[e.name] for e in es if e.name in outcome]
+            names = ", ".join(e.name for e in es)
+            states[rid] = (
+                problems[0]
+                if problems
+                else DNSState(True, "Published", f"{names} at {self.public_address}")
+            )
+        changed = {r for r in set(states) | set(self.states) if states.get(r) != self.states.get(r)}
+        self.states = states
+        if changed:
+            self._on_states(changed)
+
+    def _server_problem(self, answer: Refused | Unreachable) -> None:
+        log.warning("dns: zone transfer from %s: %s", self.settings.server, _text(answer))
+        state = _state_of("", answer)
+        changed = {r for r in self._wanted if self.states.get(r) != state}
+        self.states = dict.fromkeys(self._wanted, state)
+        if changed:
+            self._on_states(changed)
+
+
+def _track(owned: dict[Key, OwnedRecord], change: Change) -> None:
+    """The server applied `change`: what kubelbd owns now."""
+    if isinstance(change, Delete):
+        owned.pop((change.record.name, change.record.rtype), None)
+        return
+    e = change.endpoint
+    owned[(e.name, e.rtype)] = OwnedRecord(e.name, e.rtype, e.targets, e.ttl, e.resource)
+
+
+def _text(result: Outcome) -> str:
+    return str(getattr(result, "detail", result))
+
+
+def _state_of(name: str, result: Outcome) -> DNSState:
+    if isinstance(result, NotOurs):
+        return DNSState(
+            False, "NameTaken",
+            f"{name} is held by a record kubelbd does not own: left as it is", warn=True,
+        )  # fmt: skip
+    if isinstance(result, Refused):
+        return DNSState(False, "UpdateRefused", f"the DNS server refused: {_text(result)}")
+    return DNSState(False, "ServerUnreachable", f"the DNS server: {_text(result)}")

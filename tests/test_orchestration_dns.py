@@ -1,0 +1,109 @@
+"""DNS follows routing (the data plane over FakeKube, a real BIND 9 from tests/bind_server.py):
+a host Envoy serves is published at the public address and its Route says DNSPublished; when
+the route goes, so does the name; a name held by a record kubelbd does not own is left alone
+and the Route says why; a name kubelbd owns but no longer serves (it was down meanwhile) is
+removed by the first reconcile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from kubelbd.dataplane.dns import DNSSettings
+from kubelbd.dns.records import Create, Endpoint
+from kubelbd.dns.rfc2136 import RFC2136, Done
+from kubelbd.records.names import ROUTES
+from kubelbd.records.objects import record_object
+
+from .bind_server import Bind, bind_server
+from .orchestration import condition_of, running, until
+from .test_orchestration_dataplane import PUBLIC, dataplane, management, route_spec
+
+
+@pytest.fixture(scope="module")
+def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
+    with bind_server(tmp_path_factory.mktemp("named")) as server:
+        yield server
+
+
+def settings(bind: Bind) -> DNSSettings:
+    return DNSSettings(bind.server, bind.zone, bind.key_name, bind.key_secret, bind.algorithm,
+                       ttl=30, owner="kubelbd-test")  # fmt: skip
+
+
+async def resolves(bind: Bind, name: str) -> set[str]:
+    query = dns.message.make_query(name, dns.rdatatype.A)
+    answer = await dns.asyncquery.tcp(query, bind.address, port=bind.port, timeout=2)
+    if answer.rcode() != dns.rcode.NOERROR:
+        return set()
+    return {r.to_text() for rrset in answer.answer for r in rrset}
+
+
+def published(mgmt: object, name: str) -> object:
+    return condition_of(mgmt, ROUTES, name, "tenant-a", "DNSPublished")  # type: ignore[arg-type]
+
+
+async def test_a_served_host_is_published_and_withdrawn_with_its_route(
+    bind: Bind, tmp_path: Path
+) -> None:
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path, dns=settings(bind))
+    host = "shop.example.test"
+    async with running(dp.run):
+        await mgmt.create(ROUTES, record_object("Route", "a", "default.shop", route_spec(host)))
+        await until(lambda: published(mgmt, "default.shop") == "True", "DNSPublished")
+        assert await resolves(bind, host) == {PUBLIC}
+        await mgmt.delete(ROUTES, "default.shop", "tenant-a")
+
+        async def gone() -> bool:
+            return await resolves(bind, host) == set()
+
+        await until(gone, "the name withdrawn")
+
+
+async def test_a_name_kubelbd_does_not_own_is_left_alone(bind: Bind, tmp_path: Path) -> None:
+    other = RFC2136(bind.server, bind.zone, bind.key_name, bind.key_secret, bind.algorithm,
+                    "someone-else", 5)  # fmt: skip
+    host = "taken.example.test"
+    made = await other.apply(Create(Endpoint(host, "A", ("192.0.2.99",), 30, "x/y/z")))
+    assert isinstance(made, Done)
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path, dns=settings(bind))
+    async with running(dp.run):
+        await mgmt.create(ROUTES, record_object("Route", "a", "default.t", route_spec(host)))
+
+        def reason() -> str:
+            route = mgmt.stored(ROUTES, "default.t", "tenant-a") or {}
+            conds = (route.get("status") or {}).get("conditions") or []
+            return next((c["reason"] for c in conds if c["type"] == "DNSPublished"), "")
+
+        await until(lambda: reason() == "NameTaken", "DNSPublished=False, NameTaken")
+        assert published(mgmt, "default.t") == "False"
+    assert await resolves(bind, host) == {"192.0.2.99"}
+
+
+async def test_a_name_no_longer_served_is_removed_at_start(bind: Bind, tmp_path: Path) -> None:
+    ours = RFC2136(bind.server, bind.zone, bind.key_name, bind.key_secret, bind.algorithm,
+                   "kubelbd-test", 5)  # fmt: skip
+    host = "stale.example.test"
+    made = await ours.apply(Create(Endpoint(host, "A", (PUBLIC,), 30, "route/tenant-a/x")))
+    assert isinstance(made, Done)  # published by a kubelbd whose route went while it was down
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path, dns=settings(bind))
+    async with running(dp.run):
+        await mgmt.create(
+            ROUTES, record_object("Route", "a", "default.k", route_spec("keep.example.test"))
+        )
+
+        async def cleaned() -> bool:
+            return await resolves(bind, host) == set() and bool(
+                await resolves(bind, "keep.example.test")
+            )
+
+        await until(cleaned, "the stale name removed, the served one published")
