@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import certs, lb
+from . import certs, dns, lb
 from .layout import NODE_PORT_RANGE, ROOT, SERVICE_CIDR, Cluster, Layout, Node
 from .procs import Proc, alive, spawn, stop, tail
 
@@ -159,6 +159,8 @@ class Fleet:
                 self._wait_nodes_ready(c)
             for c in lay.clusters:
                 self._wait_default_service_account(c)
+            # Before kubelbd, which publishes its names there from its first render.
+            dns.start(self)
             lb.start(self)
             self.write_env()
         except BaseException as e:
@@ -176,6 +178,7 @@ class Fleet:
             lay.etcd_peer_port: "etcd peer",
             **{c.apiserver_port: f"{c.name} kube-apiserver" for c in lay.clusters},
             **lb.ports(self),
+            **dns.ports(self),
         }
         for port, what in sorted(wanted.items()):
             if port_in_use(port):
@@ -450,6 +453,7 @@ class Fleet:
             out[f"KUBECONFIG_{c.name.upper()}"] = str(lay.kubeconfig(c.name))
         out["FLEET_TENANTS"] = ",".join(c.name for c in lay.tenant_clusters)
         out.update(lb.env(self))
+        out.update(dns.env(self))
         return out
 
     def write_env(self) -> None:
@@ -556,6 +560,8 @@ class Fleet:
             self.wait_for("etcd", lambda: _http_ok(url), [name])
         elif comp == "apiserver":
             self._wait_apiserver(self.layout.cluster(cluster))
+        elif name == dns.COMPONENT:
+            dns.wait_ready(self)
         elif comp.startswith("node-"):
             self._wait_nodes_ready(self.layout.cluster(cluster), [comp])
         elif (r := lb.replica_of(self, name)) is not None:

@@ -142,6 +142,11 @@ class Layout:
         return self.base_port + 73
 
     @property
+    def dns_port(self) -> int:
+        """The fleet's authoritative DNS server (BIND), UDP and TCP."""
+        return self.base_port + 74
+
+    @property
     def envoy_admin_port(self) -> int:
         return self.base_port + 90
 
