@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from . import dns
 from .layout import ROOT, Cluster, Layout, Replica
 from .procs import Proc
 
@@ -200,6 +201,13 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica, args: list[str]) ->
             f"--acme-directory={acme_directory(lay)}",
             f"--acme-ca-bundle={pebble_bin / 'pebble.minica.pem'}",
             "--acme-email=fleet@example.test",
+            # Every served host published in the fleet's BIND (hack/kubefleet/dns.py).
+            f"--dns-server=127.0.0.1:{lay.dns_port}",
+            f"--dns-zone={dns.ZONE}",
+            f"--dns-tsig-name={dns.TSIG_NAME}",
+            f"--dns-tsig-algorithm={dns.TSIG_ALGORITHM}",
+            f"--dns-tsig-secret-file={dns.secret_file(lay)}",
+            "--dns-ttl=5",
             f"--envoy-log={lay.logs / (r.envoy + '.log')}",
             # The management side of the fleet: never a tenant node address.
             "--management-cidrs=127.0.0.0/24",
