@@ -125,22 +125,28 @@ async def _true(value: bool) -> bool:
 
 @dataclass
 class Load:
-    """Keep-alive HTTP/1.1 clients, one per (replica, host), each request on the connection
-    it already has. A failure is a request that got no response or a 5xx; a connection the
-    server closed after a response (`Connection: close`, a drain) is left and a new one made.
-    A refused connect (a listener that is gone) is counted apart: nothing was established."""
+    """Keep-alive HTTP/1.1 clients, two per (replica, host), each request on the connection
+    it already has. A failure is a request that got no response or a 5xx. A connection the
+    server closed after a response (`Connection: close`, a drain) is left, and a new one is
+    made only once the replica says it is ready (its /readyz), as a health-checked load
+    balancer in front of the replicas does: a replica that drains gets no new connection.
+    A refused connect is counted apart: nothing was established."""
 
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     refused: int = 0
 
     async def client(self, r: Replica, host: str) -> None:
+        check = False
         while True:
+            if check and not await _ready(r):
+                await asyncio.sleep(0.05)
+                continue
+            check = True
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", r.http_port)
             except OSError:
                 self.refused += 1
-                await asyncio.sleep(0.05)
                 continue
             try:
                 while True:
@@ -166,6 +172,10 @@ class Load:
 
 def _now() -> str:
     return time.strftime("%H:%M:%S")
+
+
+async def _ready(r: Replica) -> bool:
+    return await _status(f"http://127.0.0.1:{r.health_port}/readyz") == 200
 
 
 @contextlib.asynccontextmanager
