@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, convergence, fleet, l4
+from . import certs, convergence, dns, fleet, l4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--burst", type=int, default=20, help="Ingresses written at once (burst)")
     l4b = sub.add_parser("l4", help="LoadBalancer Service write → first echo through Envoy")
     l4b.add_argument("--changes", type=int, default=100)
+    db = sub.add_parser("dns", help="Ingress write → its name answered by the DNS server")
+    db.add_argument("--scales", default="10,100,1000", help="hosts present, comma-separated")
+    db.add_argument("--changes", type=int, default=50, help="changes measured per scale")
     cb = sub.add_parser("certs", help="N certificates on one Envoy: start, rotation, RSS")
     cb.add_argument("--n", type=int, default=1000, help="certificates (one host each)")
     cb.add_argument("--runs", type=int, default=5)
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(convergence.run(layout, scales, args.changes, kinds, args.burst))
     elif args.cmd == "certs":
         asyncio.run(certs.run(args.n, args.runs, args.designs.split(",")))
+    elif args.cmd == "dns":
+        scales = [int(x) for x in args.scales.split(",")]
+        asyncio.run(dns.run(convergence.ensure_fleet(), scales, args.changes))
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0

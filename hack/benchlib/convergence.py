@@ -113,9 +113,12 @@ def deployment(name: str) -> Obj:
 
 
 class Bench:
-    def __init__(self, layout: Layout, changes: int, burst: int = 20) -> None:
+    def __init__(
+        self, layout: Layout, changes: int, burst: int = 20, domain: str = "bench.test"
+    ) -> None:
         self.session: aiohttp.ClientSession
         self.layout = layout
+        self.domain = domain  # hosts are <name>.<tenant>.<domain>
         self.changes = changes
         self.burst = burst
         self.kube: dict[str, Kube] = {}
@@ -133,11 +136,11 @@ class Bench:
             await self.kube[t].create(SERVICES, svc("echo", "echo"), self.ns)
             # Keeps the echo Service's NodePort twin and cluster alive between changes, so a
             # "route" change really only adds a route.
-            pin = ingress("pin", f"pin.{t}.bench.test", "echo")
+            pin = ingress("pin", f"pin.{t}.{self.domain}", "echo")
             await self.kube[t].create(INGRESSES, pin, self.ns)
             self.present += 1
         for t in self.tenants:
-            await self.until(f"pin.{t}.bench.test", 200, timeout=120)
+            await self.until(f"pin.{t}.{self.domain}", 200, timeout=120)
 
     async def close(self) -> None:
         for t in self.tenants:
@@ -181,7 +184,7 @@ class Bench:
             backing = f"s{i % (services * len(self.tenants))}"
             if i >= services * len(self.tenants):
                 backing = f"s{(i % services) * len(self.tenants) + (i % len(self.tenants))}"
-            host = f"fill{i}.{tenant}.bench.test"
+            host = f"fill{i}.{tenant}.{self.domain}"
             await kube.create(INGRESSES, ingress(f"fill{i}", host, backing), self.ns)
             made.append(host)
             self.present += 1
