@@ -185,11 +185,13 @@ def plan(zone: str, desired: Iterable[Endpoint], owned: Mapping[Key, OwnedRecord
     longer wants is deleted, whether it went away just now or while kubelbd was down."""
     zone = canonical(zone)
     wanted: dict[Key, Endpoint] = {}
+    types_at: dict[str, set[RType]] = {}  # the types wanted at each name, so far
     refused: list[Refusal] = []
     for endpoint in desired:
-        endpoint, problem = _checked(zone, endpoint, wanted)
+        endpoint, problem = _checked(zone, endpoint, wanted, types_at)
         if problem is None:
             wanted[endpoint.name, endpoint.rtype] = endpoint
+            types_at.setdefault(endpoint.name, set()).add(endpoint.rtype)
         else:
             refused.append(Refusal(endpoint, problem))
     deletes: list[Change] = [Delete(r) for k, r in sorted(owned.items()) if k not in wanted]
@@ -209,7 +211,10 @@ def plan(zone: str, desired: Iterable[Endpoint], owned: Mapping[Key, OwnedRecord
 
 
 def _checked(
-    zone: str, endpoint: Endpoint, wanted: Mapping[Key, Endpoint]
+    zone: str,
+    endpoint: Endpoint,
+    wanted: Mapping[Key, Endpoint],
+    types_at: Mapping[str, set[RType]],
 ) -> tuple[Endpoint, Problem | None]:
     """The endpoint in canonical form, and why it cannot be published, if it cannot."""
     name = canonical(endpoint.name)
@@ -234,7 +239,7 @@ def _checked(
         return endpoint, Problem("InvalidTTL", f"{name}: TTL {endpoint.ttl}")
     if (name, endpoint.rtype) in wanted:
         return endpoint, Problem("Duplicate", f"{endpoint.rtype} {name} is wanted twice")
-    others = {t for n, t in wanted if n == name}
+    others = types_at.get(name, set())
     if others and (endpoint.rtype == "CNAME" or "CNAME" in others):
         return endpoint, Problem(
             "CNAMEConflict", f"{name}: a CNAME cannot share its name with {sorted(others)}"
