@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import dns.asyncquery
 import dns.message
 import dns.rcode
@@ -107,3 +108,29 @@ async def test_a_name_no_longer_served_is_removed_at_start(bind: Bind, tmp_path:
             )
 
         await until(cleaned, "the stale name removed, the served one published")
+
+
+async def test_a_start_never_withdraws_a_name_it_still_serves(bind: Bind, tmp_path: Path) -> None:
+    """Before the first status pass every owned name would look unwanted: a start (or a
+    failover) must not withdraw and publish again what is served all along."""
+    host = "steady.example.test"
+    ours = RFC2136(bind.server, bind.zone, bind.key_name, bind.key_secret, bind.algorithm,
+                   "kubelbd-test", 5)  # fmt: skip
+    made = await ours.apply(
+        Create(Endpoint(host, "A", (PUBLIC,), 30, "route/tenant-a/default.steady"))
+    )
+    assert isinstance(made, Done)
+    mgmt = await management()
+    await mgmt.create(ROUTES, record_object("Route", "a", "default.steady", route_spec(host)))
+    dp = dataplane(mgmt, tmp_path, dns=settings(bind))
+    missing: list[str] = []
+
+    async def watch() -> None:
+        while True:
+            if await resolves(bind, host) != {PUBLIC}:
+                missing.append(host)
+            await anyio.sleep(0.002)
+
+    async with running(watch, dp.run):
+        await until(lambda: published(mgmt, "default.steady") == "True", "DNSPublished")
+    assert missing == [], "the name went away while it was served"

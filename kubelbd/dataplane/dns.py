@@ -87,21 +87,31 @@ class DNSPublisher:
         self._wanted: dict[str, list[Endpoint]] = {}
         self.states: dict[str, DNSState] = {}
         self._wake = anyio.Event()
+        #: set by the first `want` of a term: before it, every name kubelbd owns would look
+        #: unwanted, and a start or a failover would withdraw them all
+        self._known = anyio.Event()
 
     def state(self, rid: str) -> DNSState:
         if rid not in self._wanted:
             return NOT_SERVED
         return self.states.get(rid, PENDING)
 
+    def new_term(self) -> None:
+        """Leadership (again): wait for this term's word on what Envoy serves."""
+        self._known = anyio.Event()
+
     def want(self, served: Mapping[str, Sequence[str]]) -> None:
         """What Envoy serves now (after it applied a publish)."""
         wanted = endpoints(served, self.public_address, self.settings.ttl)
+        self._known.set()
         if wanted != self._wanted:
             self._wanted = wanted
             self._wake.set()
 
     async def run(self) -> None:
-        """The leader's loop: a zone transfer, then the changes, until the next wake."""
+        """The leader's loop: a zone transfer, then the changes, until the next wake. A term
+        starts once it knows what Envoy serves (the term's first status pass)."""
+        await self._known.wait()
         owned: dict[Key, OwnedRecord] | None = None
         backoff = Backoff(initial=1, maximum=30)
         next_reconcile = 0.0

@@ -228,6 +228,8 @@ class DataPlane:
             self.status = self._reporter()
             self.status.due(routes=self.model.routes, lbs=self.l4.records)
             self.tls.new_term()
+            if self.dns is not None:
+                self.dns.new_term()
             self.l4.writes = True
             self.l4.dirty = True
             self._wake_up()
