@@ -134,3 +134,22 @@ async def test_a_start_never_withdraws_a_name_it_still_serves(bind: Bind, tmp_pa
     async with running(watch, dp.run):
         await until(lambda: published(mgmt, "default.steady") == "True", "DNSPublished")
     assert missing == [], "the name went away while it was served"
+
+
+async def test_a_host_outside_the_zone_is_a_condition_not_a_warning(
+    bind: Bind, tmp_path: Path
+) -> None:
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path, dns=settings(bind))
+    async with running(dp.run):
+        spec = route_spec("shop.elsewhere.test")
+        await mgmt.create(ROUTES, record_object("Route", "a", "default.away", spec))
+
+        def reason() -> str:
+            route = mgmt.stored(ROUTES, "default.away", "tenant-a") or {}
+            conds = (route.get("status") or {}).get("conditions") or []
+            return next((c["reason"] for c in conds if c["type"] == "DNSPublished"), "")
+
+        await until(lambda: reason() == "OutsideZone", "DNSPublished=False, OutsideZone")
+        wanted = [s for s in dp.board.take("a") if s.name == "shop"]
+        assert wanted and not any(e.reason == "OutsideZone" for s in wanted for e in s.events)

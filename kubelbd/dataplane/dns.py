@@ -143,8 +143,11 @@ class DNSPublisher:
         outcome: dict[str, DNSState] = {}
         planned = plan(self.settings.zone, [e for es in wanted.values() for e in es], owned)
         for refusal in planned.refused:
+            # A host outside the zone is the operator's choice of zone, not the tenant's
+            # fault: a condition, no Warning Event. A name the zone cannot hold is a fault.
+            warn = refusal.problem.reason != "OutsideZone"
             outcome[refusal.endpoint.name] = DNSState(
-                False, refusal.problem.reason, refusal.problem.message, warn=True
+                False, refusal.problem.reason, refusal.problem.message, warn=warn
             )
         failed = False
         for change in planned.changes:
