@@ -161,6 +161,23 @@ async def test_proxy_protocol_and_client_ip_affinity(fleet: FleetHandle, ns: str
         return True
 
     await eventually(on_every_node, what="a ready sticky pod on every node")
+
+    # Every replica's Envoy hashes over the nodes its own health checks passed: until each
+    # has passed all three, two replicas (both listening on the pool address) map a client to
+    # different nodes.
+    async def healthy_everywhere() -> bool:
+        for r in fleet.layout.replica_set:
+            _, text, _ = await http_get(f"http://127.0.0.1:{r.admin_port}/clusters")
+            flags = [
+                x.split("::")
+                for x in str(text).splitlines()
+                if x.startswith(f"l4/alpha/{ns}/sticky/") and "::health_flags::" in x
+            ]
+            healthy = {f[1].rpartition(":")[0] for f in flags if f[-1] == "healthy"}
+            assert healthy == {"127.0.1.1", "127.0.1.2", "127.0.1.3"}, (r.name, flags)
+        return True
+
+    await eventually(healthy_everywhere, what="every node healthy in every Envoy")
     clients = [f"127.0.0.{i}" for i in range(11, 31)]
     for client in clients:
 
