@@ -74,3 +74,19 @@ def test_json_output() -> None:
     status = json.loads(out)
     assert [t["healthy"] for t in status["tenants"]] == [True, False]
     assert status["envoy"]["https_hosts"] == {SHOP: "alpha/shop.web-tls"}
+
+
+def test_no_control_character_a_tenant_wrote_reaches_the_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubelbd.overview.model import Refusal
+
+    ov = overview(fleet().snapshot, fleet().now)
+    hostile = "\x1b]0;pwned\x07\x1b[2Jgone\rover"
+    refusal = Refusal("2026-01-01T00:00:00Z", "beta", "Route", "x.y", "Accepted", "Bad", hostile)
+    shown = Overview(ov.generated, ov.tenants, ov.routes, ov.load_balancers, (refusal,), ov.envoy)
+    monkeypatch.setattr(inspect, "load", lambda *a, **k: shown)
+    code, out = run("status")
+    assert code == 0
+    assert not any(ch != "\n" and not ch.isprintable() for ch in out), repr(out)
+    assert "\\x1b]0;pwned\\x07\\x1b[2Jgone\\rover" in out

@@ -81,6 +81,18 @@ def load(kubeconfig: str | None, envoy_admin: str, tenant: str | None = None) ->
     return anyio.run(read)
 
 
+def printable(text: str) -> str:
+    """Text a tenant may have written (messages, names), safe for the operator's terminal:
+    every control character but the newline shown escaped, so no escape sequence reaches the
+    terminal (a hostile message could otherwise retitle, clear or rewrite it)."""
+    return "".join(ch if ch == "\n" or ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def say(text: str) -> None:
+    """Every line of text output goes through here (JSON is escaped by its encoder)."""
+    click.echo(printable(text))
+
+
 def emit_json(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
@@ -116,16 +128,16 @@ def status(kubeconfig: str | None, envoy_admin: str, output: str) -> None:
                    if c.ok is False) or t.last_error]
         for t in ov.tenants
     ]  # fmt: skip
-    click.echo(table(["TENANT", "HEALTH", "ROUTES", "LBS", "PROBLEMS"], rows))
+    say(table(["TENANT", "HEALTH", "ROUTES", "LBS", "PROBLEMS"], rows))
     serving = sum(r.state == "Serving" for r in ov.routes)
-    click.echo(f"\n{len(ov.routes)} routes, {serving} serving; "
+    say(f"\n{len(ov.routes)} routes, {serving} serving; "
                f"{len(ov.load_balancers)} load balancers")  # fmt: skip
     if ov.envoy is not None:
-        click.echo(f"Envoy admin: {'reachable' if ov.envoy.reachable else 'UNREACHABLE'}")
+        say(f"Envoy admin: {'reachable' if ov.envoy.reachable else 'UNREACHABLE'}")
     if ov.refusals:
-        click.echo(f"\nRecent refusals ({min(len(ov.refusals), STATUS_REFUSALS)} of "
+        say(f"\nRecent refusals ({min(len(ov.refusals), STATUS_REFUSALS)} of "
                    f"{len(ov.refusals)}):")  # fmt: skip
-        click.echo(table(
+        say(table(
             ["SINCE", "TENANT", "RECORD", "REASON", "MESSAGE"],
             [[f.since, f.tenant, f"{f.kind} {f.name}", f"{f.type}/{f.reason}", f.message]
              for f in ov.refusals[:STATUS_REFUSALS]],
@@ -147,7 +159,7 @@ def routes(tenant: str | None, kubeconfig: str | None, envoy_admin: str, output:
          r.state, "; ".join(expiry(c) for c in r.certificates)]
         for r in ov.routes
     ]  # fmt: skip
-    click.echo(table(["TENANT", "ROUTE", "FROM", "HOSTS", "STATE", "CERTIFICATE"], rows))
+    say(table(["TENANT", "ROUTE", "FROM", "HOSTS", "STATE", "CERTIFICATE"], rows))
 
 
 @click.command()
@@ -162,7 +174,7 @@ def why(ctx: click.Context, host: str, kubeconfig: str | None, envoy_admin: str,
     if output == "json":
         emit_json(a)
     else:
-        click.echo(explain(a))
+        say(explain(a))
     ctx.exit(0 if a.served else 1)
 
 
