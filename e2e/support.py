@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import shlex
+import socket
 import subprocess
 import time
 import uuid
@@ -554,3 +555,10 @@ def fleet_env(layout: Layout) -> dict[str, str]:
             key, _, value = words[1].partition("=")
             out[key] = value
     return out
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (for a replica of a test's own)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -38,6 +37,7 @@ from .support import (
     delete_namespace,
     deploy_app,
     eventually,
+    free_port,
     http_get,
     ingress_obj,
     rule,
@@ -388,12 +388,6 @@ async def test_sigterm_fails_readiness_then_drains_envoy_then_exits(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _is(status: Awaitable[int], want: int) -> bool:

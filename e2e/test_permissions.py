@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -27,18 +26,12 @@ from kubefleet.layout import ROOT, Replica
 
 from kubelbd.objects import CLUSTER_ROLE_BINDINGS, SERVICE_ACCOUNTS, Obj, Resource
 
-from .support import FleetHandle, eventually, unique
+from .support import FleetHandle, eventually, free_port, unique
 
 pytestmark = pytest.mark.e2e
 
 ROLES = Resource("rbac.authorization.k8s.io/v1", "roles")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io/v1", "rolebindings")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def without(role: Obj, resource: str) -> Obj:

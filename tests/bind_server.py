@@ -71,7 +71,7 @@ ns IN A 127.0.0.1
 @contextmanager
 def bind_server(directory: Path, zone: str = "example.test") -> Iterator[Bind]:
     """named serving `zone` on a free loopback port until the block ends."""
-    port = _free_port()
+    port = free_port()
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
     (directory / f"{zone}.db").write_text(_zone_file(zone))
     conf = directory / "named.conf"
@@ -114,8 +114,15 @@ class _Log:
         self.running.set()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port() -> int:
+    """A loopback port free for both TCP and UDP, as named binds both."""
+    while True:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port: int = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port

@@ -5,7 +5,6 @@ only TSIG-signed updates change the zone, and the key also allows a zone transfe
 from __future__ import annotations
 
 import base64
-import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from kubefleet import lb
 from kubefleet.fleet import Fleet, State
 from kubefleet.layout import DEFAULT_BASE_PORT, MAX_REPLICAS, Layout
 from kubefleet.procs import Proc, alive, spawn, stop
+
+from .bind_server import free_port
 
 ZONE = fleet_dns.ZONE
 
@@ -57,20 +58,6 @@ class Named:
 
     def send(self, update: dns.update.UpdateMessage) -> dns.message.Message:
         return dns.query.tcp(update, "127.0.0.1", port=self.port, timeout=5)
-
-
-def free_port() -> int:
-    """A loopback port free for both TCP and UDP, as named binds both."""
-    while True:
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port: int = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 @pytest.fixture(scope="module")
