@@ -16,6 +16,7 @@ from .dataplane.dns import DNSSettings
 from .dataplane.l4 import L4Settings
 from .kube.lease import LeaseSettings
 from .records.policy import ANY_DOMAIN, Limits, Policy, parse_networks
+from .sources.dnsnames import NAME
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
                      help="the owner in the ownership TXT records (external-dns's registry "
                           "format): another kubelbd or external-dns on the same zone needs "
                           "another")  # fmt: skip
+    dns.add_argument("--dns-base-domain", default="",
+                     help="every tenant gets <tenant>.<base> for its names, and automatic "
+                          "names there (kubelb.io/hostname: auto)")  # fmt: skip
     ha = ap.add_argument_group(
         "high availability",
         "every replica serves; the holder of a Lease in --namespace is the one that writes",
@@ -313,7 +317,15 @@ def default_policy(args: argparse.Namespace) -> Policy:
         cluster_issuers=frozenset(_csv(args.default_cluster_issuers)),
         node_ports=node_ports,
         forbidden=parse_networks([*_csv(args.management_cidrs), *own]),
+        base_domain=base_domain(args.dns_base_domain),
     )
+
+
+def base_domain(value: str) -> str:
+    name = value.strip().lower().rstrip(".")
+    if name and not NAME.fullmatch(name):
+        raise ValueError(f"--dns-base-domain {value!r} is not a DNS name")
+    return name
 
 
 def split_host_port(value: str) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from kubelbd.kube import crds
 from kubelbd.objects import INGRESS_CLASSES, SERVICES, Obj, Resource
 from kubelbd.records import parse
 from kubelbd.records.claims import with_claims
-from kubelbd.records.policy import Policy, policy_of
+from kubelbd.records.policy import Policy, for_tenant, policy_of
 from kubelbd.sources import SOURCES, twins
 from kubelbd.sources.base import Source
 
@@ -33,8 +33,10 @@ class View:
     """A tenant's caches, from the case; twins made as kubelbd would (nodePorts 32000 + n)."""
 
     def __init__(self, tenant: dict[str, Any]) -> None:
-        # The operator's policy, as a Tenant record's spec would say it (default: open).
-        self.policy = policy_of(tenant.get("policy"), Policy())
+        # The operator's policy, as a Tenant record's spec would say it (default: open), and
+        # the fleet's --dns-base-domain when the case names one.
+        defaults = Policy(base_domain=tenant.get("baseDomain", ""))
+        self.policy = for_tenant(policy_of(tenant.get("policy"), defaults), tenant.get("name", ""))
         self.objects: dict[Resource, dict[str, Obj]] = {SERVICES: {}, INGRESS_CLASSES: {}}
         n = 0
         for svc in tenant.get("services") or []:

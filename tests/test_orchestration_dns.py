@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import dns.asyncquery
@@ -17,14 +18,15 @@ import dns.rdatatype
 import pytest
 
 from kubelbd.dataplane.dns import DNSSettings
+from kubelbd.dataplane.l4 import L4Settings
 from kubelbd.dns.records import Create, Endpoint
 from kubelbd.dns.rfc2136 import RFC2136, Done
-from kubelbd.records.names import ROUTES
+from kubelbd.records.names import LOADBALANCERS, ROUTES
 from kubelbd.records.objects import record_object
 
 from .bind_server import Bind, bind_server
-from .orchestration import condition_of, running, until
-from .test_orchestration_dataplane import PUBLIC, dataplane, management, route_spec
+from .orchestration import condition, condition_of, running, until
+from .test_orchestration_dataplane import PUBLIC, dataplane, lb_spec, management, route_spec
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +155,39 @@ async def test_a_host_outside_the_zone_is_a_condition_not_a_warning(
         await until(lambda: reason() == "OutsideZone", "DNSPublished=False, OutsideZone")
         wanted = [s for s in dp.board.take("a") if s.name == "shop"]
         assert wanted and not any(e.reason == "OutsideZone" for s in wanted for e in s.events)
+
+
+async def test_a_load_balancers_name_is_published_at_its_address_and_written_to_its_service(
+    bind: Bind, tmp_path: Path
+) -> None:
+    """A Service's name (its annotation, in the record's spec.dns) resolves to the address the
+    LoadBalancer got from the pool; its record says DNSPublished; its Service's status has
+    the name next to the address, only once the name is published."""
+    mgmt = await management()
+    spec = lb_spec("db", "2026-01-02T00:00:00Z") | {
+        "dns": {"hostnames": ["db.example.test"], "ttl": 7}
+    }
+    await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", "default.db", spec))
+    plain = lb_spec("cache", "2026-01-02T00:00:00Z")
+    await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", "default.cache", plain))
+    dp = dataplane(mgmt, tmp_path, L4Settings(mode="pool", pool="192.0.2.0/29"), dns=settings(bind))
+    async with running(dp.run):
+
+        def lb_published() -> Any:
+            return condition_of(mgmt, LOADBALANCERS, "default.db", "tenant-a", "DNSPublished")
+
+        await until(lambda: lb_published() == "True", "the LoadBalancer's DNSPublished")
+        address = (mgmt.stored(LOADBALANCERS, "default.db", "tenant-a") or {})["status"]["address"]
+        assert await resolves(bind, "db.example.test") == {address}
+        services = [s for s in dp.board.take("a") if s.kind == "Service" and s.name == "db"]
+        assert services[-1].ingress() == [{"ip": address, "hostname": "db.example.test"}]
+        # A Service that asks for no name has no DNSPublished condition at all.
+        cache = mgmt.stored(LOADBALANCERS, "default.cache", "tenant-a") or {}
+        assert condition(cache, "Programmed").get("status") == "True"
+        assert condition(cache, "DNSPublished") == {}
+        await mgmt.delete(LOADBALANCERS, "default.db", "tenant-a")
+
+        async def gone() -> bool:
+            return await resolves(bind, "db.example.test") == set()
+
+        await until(gone, "the name withdrawn with its LoadBalancer")

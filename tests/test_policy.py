@@ -15,6 +15,7 @@ from kubelbd.records.policy import (
     Policy,
     canonical,
     domain_covers,
+    for_tenant,
     parse_networks,
     policy_of,
 )
@@ -194,7 +195,8 @@ def test_the_fleet_wide_defaults_come_from_flags() -> None:
 @pytest.mark.parametrize(
     "flag",
     ["--node-port-range=40000-20000", "--management-cidrs=10.0.0.0/33",
-     "--default-max-routes=-1", "--default-node-cidrs=nonsense"],
+     "--default-max-routes=-1", "--default-node-cidrs=nonsense",
+     "--dns-base-domain=not_a.name"],
 )  # fmt: skip
 def test_bad_defaults_are_refused_at_start(flag: str) -> None:
     with pytest.raises(SystemExit):
@@ -204,3 +206,33 @@ def test_bad_defaults_are_refused_at_start(flag: str) -> None:
 def test_one_address_has_one_spelling() -> None:
     assert canonical("2001:DB8:0::5") == canonical("2001:0db8::5") == "2001:db8::5"
     assert canonical("::ffff:10.1.0.5") == "10.1.0.5"
+
+
+def test_a_base_domain_gives_each_tenant_its_own_and_nothing_of_anothers() -> None:
+    fleet = parse_args(["--dns-base-domain=LB.Example.test."]).policy
+    assert fleet.base_domain == "lb.example.test"
+    # Even a tenant allowed every name has no name below another tenant's domain.
+    alpha = for_tenant(policy_of({"allowedDomains": ["**"]}, fleet), "alpha")
+    assert alpha.auto_domain == "alpha.lb.example.test"
+    for host in (
+        "alpha.lb.example.test",
+        "x.alpha.lb.example.test",
+        "*.alpha.lb.example.test",
+        "shop.example.test",
+    ):
+        assert alpha.allows_host(host), host
+    for host in (
+        "beta.lb.example.test",
+        "x.beta.lb.example.test",
+        "lb.example.test",
+        "*.lb.example.test",
+        "x.alpha-lb.example.test.lb.example.test",
+    ):
+        assert not alpha.allows_host(host), host
+    # A tenant allowed only its own names may still use its domain.
+    narrow = for_tenant(policy_of({"allowedDomains": ["shop.example.org"]}, fleet), "beta")
+    assert narrow.allows_host("db.beta.lb.example.test")
+    assert not narrow.allows_host("other.example.org")
+    # Without a base domain nothing changes.
+    plain = for_tenant(Policy(), "alpha")
+    assert plain == Policy() and plain.auto_domain == ""

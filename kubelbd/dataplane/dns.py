@@ -11,17 +11,17 @@ DNSPublished condition (kubelbd.ir.status.DNSState).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
-from ..dns.records import Change, Delete, Endpoint, Key, OwnedRecord, RType, plan
+from ..dns.desired import Key
+from ..dns.records import Change, Delete, Endpoint, OwnedRecord, plan
+from ..dns.records import Key as RecordSet
 from ..dns.rfc2136 import RFC2136, Done, NotOurs, Outcome, Refused, Unreachable
 from ..ir.status import DNSState
-from ..records.names import namespace_of
 from ..retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 RECONCILE = 300.0
 TIMEOUT = 5.0
 PENDING = DNSState(False, "Publishing", "waiting for the DNS server")
-NOT_SERVED = DNSState(False, "NotServed", "no host of this route is served: none is published")
+NOT_SERVED = DNSState(False, "NotServed", "nothing of this record is served: no name is published")
 
 
 @dataclass(frozen=True)
@@ -48,61 +48,33 @@ class DNSSettings:
         return bool(self.server)
 
 
-def endpoints(
-    served: Mapping[str, Sequence[str]], public_address: str, ttl: int
-) -> dict[str, list[Endpoint]]:
-    """Per route id, the records for the hosts it serves: the public address as A or AAAA
-    (a CNAME when it is a name); a wildcard host as a wildcard record; the catch-all (no
-    host) has no name."""
-    if not public_address:
-        return {}
-    try:
-        rtype: RType = "A" if ipaddress.ip_address(public_address).version == 4 else "AAAA"
-    except ValueError:
-        rtype = "CNAME"
-    out: dict[str, list[Endpoint]] = {}
-    for rid, hosts in served.items():
-        tenant, _, name = rid.partition("/")
-        resource = f"route/{namespace_of(tenant)}/{name}"
-        names = [h for h in hosts if h and h != "*"]
-        if names:
-            out[rid] = [Endpoint(h, rtype, (public_address,), ttl, resource) for h in names]
-    return out
-
-
 class DNSPublisher:
-    def __init__(
-        self,
-        settings: DNSSettings,
-        public_address: str,
-        on_states: Callable[[set[str]], None],
-    ) -> None:
+    def __init__(self, settings: DNSSettings, on_states: Callable[[set[Key]], None]) -> None:
         self.settings = settings
-        self.public_address = public_address
         self.client = RFC2136(
             settings.server, settings.zone, settings.key_name, settings.key_secret,
             settings.algorithm, settings.owner, TIMEOUT,
         )  # fmt: skip
-        self._on_states = on_states  # these routes' DNSPublished changed
-        self._wanted: dict[str, list[Endpoint]] = {}
-        self.states: dict[str, DNSState] = {}
+        self._on_states = on_states  # these records' DNSPublished changed
+        self._wanted: dict[Key, list[Endpoint]] = {}
+        self.states: dict[Key, DNSState] = {}
         self._wake = anyio.Event()
         #: set by the first `want` of a term: before it, every name kubelbd owns would look
         #: unwanted, and a start or a failover would withdraw them all
         self._known = anyio.Event()
 
-    def state(self, rid: str) -> DNSState:
-        if rid not in self._wanted:
+    def state(self, key: Key) -> DNSState:
+        """The record's DNSPublished as far as the server goes: published, or why not."""
+        if key not in self._wanted:
             return NOT_SERVED
-        return self.states.get(rid, PENDING)
+        return self.states.get(key, PENDING)
 
     def new_term(self) -> None:
         """Leadership (again): wait for this term's word on what Envoy serves."""
         self._known = anyio.Event()
 
-    def want(self, served: Mapping[str, Sequence[str]]) -> None:
-        """What Envoy serves now (after it applied a publish)."""
-        wanted = endpoints(served, self.public_address, self.settings.ttl)
+    def want(self, wanted: dict[Key, list[Endpoint]]) -> None:
+        """The names of what Envoy serves now (after it applied a publish; dns.desired)."""
         self._known.set()
         if wanted != self._wanted:
             self._wanted = wanted
@@ -112,7 +84,7 @@ class DNSPublisher:
         """The leader's loop: a zone transfer, then the changes, until the next wake. A term
         starts once it knows what Envoy serves (the term's first status pass)."""
         await self._known.wait()
-        owned: dict[Key, OwnedRecord] | None = None
+        owned: dict[RecordSet, OwnedRecord] | None = None
         backoff = Backoff(initial=1, maximum=30)
         next_reconcile = 0.0
         while True:
@@ -136,7 +108,7 @@ class DNSPublisher:
                 await self._wake.wait()
             self._wake = anyio.Event()
 
-    async def _publish(self, owned: dict[Key, OwnedRecord]) -> bool:
+    async def _publish(self, owned: dict[RecordSet, OwnedRecord]) -> bool:
         """Apply the plan for what is wanted now; returns whether the server failed us
         (a retry is due). `owned` follows every change the server accepted."""
         wanted = self._wanted
@@ -162,18 +134,14 @@ class DNSPublisher:
         self._settle(wanted, outcome)
         return failed
 
-    def _settle(self, wanted: dict[str, list[Endpoint]], outcome: dict[str, DNSState]) -> None:
-        """Each route's DNSPublished from its names' outcomes; the changed ones reported."""
-        states: dict[str, DNSState] = {}
-        for rid, es in wanted.items():
+    def _settle(self, wanted: dict[Key, list[Endpoint]], outcome: dict[str, DNSState]) -> None:
+        """Each record's DNSPublished from its names' outcomes; the changed ones reported."""
+        states: dict[Key, DNSState] = {}
+        for key, es in wanted.items():
             problems = [outcome[e.name] for e in es if e.name in outcome]
-            names = ", ".join(e.name for e in es)
-            states[rid] = (
-                problems[0]
-                if problems
-                else DNSState(True, "Published", f"{names} at {self.public_address}")
-            )
-        changed = {r for r in set(states) | set(self.states) if states.get(r) != self.states.get(r)}
+            names = ", ".join(sorted({f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}))
+            states[key] = problems[0] if problems else DNSState(True, "Published", names)
+        changed = {k for k in set(states) | set(self.states) if states.get(k) != self.states.get(k)}
         self.states = states
         if changed:
             self._on_states(changed)
@@ -187,7 +155,15 @@ class DNSPublisher:
             self._on_states(changed)
 
 
-def _track(owned: dict[Key, OwnedRecord], change: Change) -> None:
+def combined(server: DNSState, refused: DNSState | None) -> DNSState:
+    """A record's DNSPublished: what the server did with its names, unless some name was
+    never sent (dns.desired: not allowed, another's), which the record must hear about."""
+    if refused is not None and (server.published or server.reason == NOT_SERVED.reason):
+        return refused
+    return server
+
+
+def _track(owned: dict[RecordSet, OwnedRecord], change: Change) -> None:
     """The server applied `change`: what kubelbd owns now."""
     if isinstance(change, Delete):
         owned.pop((change.record.name, change.record.rtype), None)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..ir.allocation import AllocationError
 from ..ir.l4 import L4Cluster, L4Listener, Placement, Pool, PortRange, build, place
-from ..ir.status import Report, lb_report
+from ..ir.status import DNSState, Report, lb_report
 from ..kube import ApiError, Kube
 from ..kube.informer import EventHandler, Informer
 from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj, labels_of
@@ -367,12 +367,13 @@ class LoadBalancers:
             out.append(entry)
         return out
 
-    def report(self, rid: str, applied: bool) -> Report | None:
+    def report(self, rid: str, applied: bool, dns: DNSState | None = None) -> Report | None:
         rec = self.records.get(rid)
         if rec is None:
             return None
         awaiting = management_service_name(rec) if self.settings.mode == "service" else None
-        return lb_report(rec, self.ingress_of(rid), self.failures.get(rid), awaiting, applied)
+        failure = self.failures.get(rid)
+        return lb_report(rec, self.ingress_of(rid), failure, awaiting, applied, dns)
 
 
 def _allocation(placement: Placement | None, mode: str) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import anyio.abc
 
 from .. import metrics
 from ..certs.acme import ACMESettings
+from ..dns.desired import Desired, Key, desired, lb_key, route_key
 from ..envoy.admin import EnvoyAdmin
 from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
@@ -28,7 +30,7 @@ from ..envoy.sds import SecretServer
 from ..envoy.settings import SDS_SOCKET, Settings
 from ..hub import Settling, StatusBoard
 from ..ir.http import Model
-from ..ir.status import Report, route_report
+from ..ir.status import DNSState, Report, route_report
 from ..kube import ApiError, Kube
 from ..kube.informer import Informer
 from ..kube.lease import Leadership
@@ -36,7 +38,7 @@ from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
-from .dns import DNSPublisher, DNSSettings
+from .dns import DNSPublisher, DNSSettings, combined
 from .gauges import StateGauges
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
@@ -88,11 +90,8 @@ class DataPlane:
             mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
         )
         self.status = self._reporter()
-        self.dns = (
-            DNSPublisher(dns, public_address, self._dns_changed)
-            if dns is not None and dns.enabled
-            else None
-        )
+        self.dns = DNSPublisher(dns, self._dns_changed) if dns is not None and dns.enabled else None
+        self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
         self.gauges = StateGauges(
             self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
         )
@@ -107,9 +106,32 @@ class DataPlane:
             self.mgmt, self.board, self.wait_applied, self._reports, self._observed_conditions
         )
 
-    def _dns_changed(self, routes: set[str]) -> None:
+    def _dns_changed(self, keys: set[Key]) -> None:
         if self.leadership.leading:
-            self.status.due(routes=routes)
+            self.status.due(
+                routes={rid for kind, rid in keys if kind == ROUTE.kind},
+                lbs={rid for kind, rid in keys if kind == LOADBALANCER.kind},
+            )
+
+    def _dns_state(self, key: Key) -> DNSState | None:
+        if self.dns is None:
+            return None
+        names = tuple(self.dns_wanted.names.get(key, ()))
+        return replace(combined(self.dns.state(key), self.dns_wanted.refused.get(key)), names=names)
+
+    def _publish_names(self) -> None:
+        """Envoy applied a publish: DNS follows what it serves now."""
+        if self.dns is None:
+            return
+        targets = {
+            rid: [i.get("ip") or i.get("hostname", "") for i in self.l4.ingress_of(rid)]
+            for rid in self.l4.records
+        }
+        self.dns_wanted = desired(
+            self.model.routes, self.model.ir, self.l4.records, targets,
+            self.public_address, self.dns.settings.ttl,
+        )  # fmt: skip
+        self.dns.want(self.dns_wanted.endpoints)
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -343,19 +365,25 @@ class DataPlane:
 
     def _reports(self, routes: set[str], lbs: set[str], applied: bool) -> list[Report]:
         """The status of these records, from the model as it is now (see ir.status)."""
-        if applied and self.dns is not None:
-            self.dns.want(self.model.ir.served)  # what Envoy serves now: DNS follows it
+        if applied:
+            self._publish_names()
         out = []
         for rid in sorted(routes):
             route = self.model.routes.get(rid)
             if route is not None:
                 problems = self.tls.plan.problems.get(rid, [])
-                dns = self.dns.state(rid) if self.dns is not None else None
+                dns = self._dns_state(route_key(rid))
                 out.append(
                     route_report(route, self.model.ir, problems, self.public_address, applied, dns)
                 )
         for rid in sorted(lbs):
-            report = self.l4.report(rid, applied)
+            # A Service that asks for no name has no DNSPublished condition.
+            rec = self.l4.records.get(rid)
+            named = rec is not None and (
+                bool(rec.spec.get("dns", {}).get("hostnames"))
+                or lb_key(rid) in self.dns_wanted.refused
+            )
+            report = self.l4.report(rid, applied, self._dns_state(lb_key(rid)) if named else None)
             if report is not None:
                 out.append(report)
         return out

@@ -62,15 +62,22 @@ def _pending(generation: int) -> Desired:
 
 
 def _source(
-    ref: SourceRef, addresses: Sequence[LoadBalancerIngress], events: list[Event]
+    ref: SourceRef,
+    addresses: Sequence[LoadBalancerIngress],
+    events: list[Event],
+    dns: DNSState | None,
 ) -> SourceStatus:
     pairs = tuple(
         ("hostname", a["hostname"]) if "hostname" in a else ("ip", a.get("ip", ""))
         for a in addresses
     )
+    if dns is not None and dns.warn:
+        events.append(Event("Warning", dns.reason, dns.message))
+    # The name goes with the address once it resolves to it, and not before.
+    name = dns.names[0] if dns is not None and dns.published and dns.names and pairs else ""
     return SourceStatus(
         ref["kind"], ref["namespace"], ref["name"], ref["uid"], pairs, tuple(events),
-        ref.get("generation", 0),
+        ref.get("generation", 0), hostname=name,
     )  # fmt: skip
 
 
@@ -91,6 +98,8 @@ class DNSState:
     #: a fault of the name (another owner holds it, outside the zone): an Event too;
     #: waiting for the server is not
     warn: bool = False
+    #: the object's own names (a Service's, an automatic one) for its status, once published
+    names: tuple[str, ...] = ()
 
 
 def route_report(
@@ -159,10 +168,8 @@ def route_report(
                 "Normal" if p.reason in PROGRESS_REASONS else "Warning"
             )
             events.append(Event(kind, p.reason, p.message))
-        if dns is not None and dns.warn:
-            events.append(Event("Warning", dns.reason, dns.message))
         addresses = public_ingress(public_address) if served else []
-        source = _source(route.spec["source"], addresses, events)
+        source = _source(route.spec["source"], addresses, events, dns)
     return Report(ROUTE, route.tenant, route.name, status, source)
 
 
@@ -172,9 +179,11 @@ def lb_report(
     failure: AllocationError | None = None,
     awaiting: str | None = None,
     applied: bool = True,
+    dns: DNSState | None = None,
 ) -> Report:
-    """A LoadBalancer's conditions (Accepted, Programmed), its addresses, and its Service's.
-    `awaiting` (service mode): the management Service whose address has not come yet."""
+    """A LoadBalancer's conditions (Accepted, Programmed, DNSPublished when kubelbd publishes
+    names), its addresses, and its Service's. `awaiting` (service mode): the management
+    Service whose address has not come yet."""
     generation = rec.generation
     problems = problems_of(rec.spec.get("problems", []))
     accepted = conditions.accepted(problems, generation)
@@ -196,8 +205,13 @@ def lb_report(
         programmed = conditions.desired(
             "Programmed", True, "Programmed", f"serving at {where}", generation
         )
+    conds = [accepted, programmed]
+    if dns is not None:
+        conds.append(
+            conditions.desired("DNSPublished", dns.published, dns.reason, dns.message, generation)
+        )
     status: LoadBalancerReport = {
-        "conditions": [accepted, programmed],
+        "conditions": conds,
         "ingress": list(ingress),
         "observedGeneration": generation,
     }
@@ -206,7 +220,7 @@ def lb_report(
         events = [Event("Warning", p.reason, p.message) for p in problems]
         if failure is not None:
             events.append(Event("Warning", failure.reason, failure.message))
-        source = _source(rec.spec["source"], ingress, events)
+        source = _source(rec.spec["source"], ingress, events, dns)
     return Report(LOADBALANCER, rec.tenant, rec.name, status, source)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .parse import tenant_spec
@@ -58,12 +58,22 @@ class Policy:
     node_ports: tuple[int, int] = DEFAULT_NODE_PORTS
     #: fleet-wide: the management cluster's own node, pod and service networks
     forbidden: tuple[Network, ...] = field(default=())
+    #: fleet-wide (--dns-base-domain): every tenant gets `<tenant>.<base>` for its names
+    base_domain: str = ""
+    #: the tenant's own `<tenant>.<base>` ("" without a base domain): where its automatic
+    #: names are (`kubelb.io/hostname: auto`), and a domain it may always use
+    auto_domain: str = ""
 
     # ---- hosts ----------------------------------------------------------------------------
 
     def allows_host(self, host: str) -> bool:
         """Whether the tenant may claim `host` ("" is the catch-all: every host no one else
         claims, which only a tenant allowed every name may have)."""
+        if self.base_domain and (host == self.base_domain or host.endswith(f".{self.base_domain}")):
+            # Below the base domain every tenant has its own name and nothing else: no
+            # allowedDomains entry (`**` included) lets one into another's.
+            own = self.auto_domain
+            return bool(own) and (host == own or host.endswith(f".{own}"))
         return any(domain_covers(p, host) for p in self.allowed_domains)
 
     # ---- node addresses -------------------------------------------------------------------
@@ -187,4 +197,17 @@ def policy_of(spec: Mapping[str, Any] | None, defaults: Policy) -> Policy:
         cluster_issuers=frozenset(issuers) if issuers is not None else defaults.cluster_issuers,
         node_ports=defaults.node_ports,
         forbidden=defaults.forbidden,
+        base_domain=defaults.base_domain,
     )
+
+
+def for_tenant(policy: Policy, tenant: str) -> Policy:
+    """`policy` as it applies to `tenant`: with a base domain, the tenant's own
+    `<tenant>.<base>` and every name below it are allowed, and no other name below the base
+    (tenant names are unique, so each of these domains is one tenant's alone, whatever any
+    allowedDomains say)."""
+    if not policy.base_domain:
+        return policy
+    own = f"{tenant}.{policy.base_domain}"
+    extra = tuple(d for d in (own, f"**.{own}") if d not in policy.allowed_domains)
+    return replace(policy, allowed_domains=policy.allowed_domains + extra, auto_domain=own)

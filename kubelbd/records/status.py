@@ -36,6 +36,9 @@ class SourceStatus:
     #: the record is gone: take back what kubelbd wrote (the object may stay, no longer
     #: ours), then forget the object
     final: bool = False
+    #: the object's DNS name, with its first address (status.loadBalancer.ingress[0] has
+    #: both, so that a consumer taking the address first still takes the address)
+    hostname: str = ""
 
     @property
     def key(self) -> str:
@@ -45,6 +48,8 @@ class SourceStatus:
         out: list[LoadBalancerIngress] = []
         for field_, value in self.addresses:
             out.append({"hostname": value} if field_ == "hostname" else {"ip": value})
+        if self.hostname and out and "ip" in out[0]:
+            out[0]["hostname"] = self.hostname
         return out
 
 

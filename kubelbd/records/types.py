@@ -99,6 +99,15 @@ RouteOptions = TypedDict(
 )
 
 
+class DNSOptions(TypedDict, total=False):
+    """How the record's names are published (kubelbd.dns): the names to write into the tenant
+    object's status (a LoadBalancer's names from its Service's annotation; a Route's automatic
+    name) and a TTL from the object's annotation (absent: the fleet's --dns-ttl)."""
+
+    hostnames: list[str]
+    ttl: int
+
+
 class RouteSpec(TypedDict):
     source: SourceRef
     rules: list[HTTPRule]
@@ -108,6 +117,7 @@ class RouteSpec(TypedDict):
     defaultBackend: NotRequired[Backend]
     tls: NotRequired[list[TLSEntry]]
     options: NotRequired[RouteOptions]
+    dns: NotRequired[DNSOptions]
     problems: NotRequired[list[ProblemSpec]]
 
 
@@ -143,6 +153,7 @@ class LoadBalancerSpec(TypedDict):
     sessionAffinity: str
     proxyProtocol: str
     requestedAddress: NotRequired[str]
+    dns: NotRequired[DNSOptions]
     problems: NotRequired[list[ProblemSpec]]
 
 

@@ -35,8 +35,9 @@ from ..records.types import (
     RouteSpec,
     TLSEntry,
 )
-from . import shapes, twins
+from . import dnsnames, shapes, twins
 from .base import References, StatusPatch, TenantView, load_balancer_status_patch
+from .dnsnames import not_allowed
 
 INGRESS_CLASS = "kubelb"
 CONTROLLER = "kubelb.io/ingress-controller"
@@ -91,11 +92,6 @@ def is_ours(ingress: Obj, classes: Iterable[Obj]) -> bool:
     if cls is not None:
         return cls == INGRESS_CLASS or cls in ours
     return any(annotations_of(c).get(DEFAULT_CLASS_ANNOTATION) == "true" for c in ours.values())
-
-
-def not_allowed(host: str) -> Problem:
-    what = f"host {host[:253]!r}" if host else "a rule for every host (no host, defaultBackend)"
-    return Problem("HostNotAllowed", f"{what} is outside the tenant's allowed domains")
 
 
 def route_name(namespace: str, name: str) -> str:
@@ -196,10 +192,15 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
     ns = meta["namespace"]
     spec = ingress.get("spec") or {}
     policy = view.policy
-    problems: list[Problem] = []
+    annotations = annotations_of(ingress)
+    dns = dnsnames.read(annotations, policy, ns, meta["name"], names=False)
+    problems: list[Problem] = list(dns.problems)
+    # `kubelb.io/hostname: auto`: what would be the catch-all is served under the automatic
+    # name instead (a catch-all is every host nobody claims; few tenants may have it).
+    auto = dns.hostnames[0] if dns.auto else ""
     rules: list[HTTPRule] = []
     for rule in spec.get("rules") or []:
-        host = normalize_host(rule.get("host") or "")
+        host = normalize_host(rule.get("host") or "") or auto
         if host and not HOST.fullmatch(host):
             problems.append(Problem("InvalidHost", f"host {host!r} is not a DNS name"))
             continue
@@ -237,12 +238,16 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
         },
         "rules": rules,
     }
-    if spec.get("defaultBackend"):
+    if spec.get("defaultBackend") and auto:
+        backend = resolve_backend(ns, spec["defaultBackend"], view, problems)
+        _serve_default_at(rules, auto, backend)
+    elif spec.get("defaultBackend"):
         if policy.allows_host(""):
             out["defaultBackend"] = resolve_backend(ns, spec["defaultBackend"], view, problems)
         else:
             problems.append(not_allowed(""))
-    annotations = annotations_of(ingress)
+    if dns.options():
+        out["dns"] = dns.options()
     issuer = certificate_source(annotations)
     cluster_issuer = annotations.get(CERT_MANAGER_CLUSTER_ISSUER)
     entries = spec.get("tls") or []
@@ -288,6 +293,17 @@ def translate(ingress: Obj, view: TenantView) -> Translation[RouteSpec]:
         # same status write as Programmed, from what survives a restart.
         out["problems"] = [p.spec() for p in problems]
     return Translation(out, problems)
+
+
+def _serve_default_at(rules: list[HTTPRule], host: str, backend: Backend) -> None:
+    """The defaultBackend under the automatic name: whatever no path of that host matches
+    (a `/` Prefix path of the Ingress's own comes first, as a rule does before it)."""
+    paths: list[HTTPPath] = [p for r in rules if r["host"] == host for p in r["paths"]]
+    if any(p["path"] == "/" and p["pathType"] == "Prefix" for p in paths):
+        return
+    rules.append(
+        {"host": host, "paths": [{"path": "/", "pathType": "Prefix", "backends": [backend]}]}
+    )
 
 
 def referenced_services(ingress: Obj) -> set[str]:

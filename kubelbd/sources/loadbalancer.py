@@ -13,7 +13,7 @@ from ..records.policy import Policy
 from ..records.problems import Problem, Translation
 from ..records.status import SourceStatus
 from ..records.types import L4Port, L4Protocol, LoadBalancerSpec
-from . import shapes
+from . import dnsnames, shapes
 from .base import References, StatusPatch, TenantView, load_balancer_status_patch
 
 LB_CLASS = "kubelb.io/lb"
@@ -103,6 +103,10 @@ def translate(svc: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
     }
     if spec.get("loadBalancerIP"):
         out["requestedAddress"] = spec["loadBalancerIP"]
+    dns = dnsnames.read(annotations_of(svc), policy, meta["namespace"], meta["name"], names=True)
+    problems += dns.problems
+    if dns.options():
+        out["dns"] = dns.options()
     if problems:
         out["problems"] = [p.spec() for p in problems]
     return Translation(out, problems)

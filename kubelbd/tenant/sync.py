@@ -30,7 +30,7 @@ from ..kube.informer import ErrorHandler, EventHandler
 from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, split_key
 from ..records.names import LOADBALANCER, ROUTE
 from ..records.objects import namespace_object
-from ..records.policy import Policy, policy_of
+from ..records.policy import Policy, for_tenant, policy_of
 from ..records.problems import Translation
 from ..retry import Backoff
 from ..sources import SOURCES, twins
@@ -102,7 +102,7 @@ class TenantSync:
         if len(self.sources) != len(sources):
             raise ValueError("two sources of one kind: each kind is served by one Source")
         self.health = TenantHealth(name, mgmt, sink, settings.node_address_type)
-        self.policy = settings.policy
+        self.policy = for_tenant(settings.policy, name)
         self._policy_spec: object = None
         self._refused_nodes: set[tuple[str, str]] = set()  # reported with an Event already
         #: node address -> the tenant that listed it first (and keeps it; ir/nodes.py)
@@ -145,6 +145,7 @@ class TenantSync:
             log.error("tenant %s: its Tenant record's policy is invalid: %s", self.name, e)
             self.health.policy_state((False, "InvalidPolicy", f"{e}; using the defaults"))
             policy = self.settings.policy
+        policy = for_tenant(policy, self.name)
         if policy == self.policy:
             return
         log.info("tenant %s: policy changed, translating everything again", self.name)

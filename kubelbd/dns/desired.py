@@ -1,0 +1,175 @@
+"""Which names kubelbd should publish, for which record, and which it must not (pure).
+
+From what Envoy serves: a Route's served hosts (the IR decided them: owned, allowed, not
+lost to another tenant) at the public address, a wildcard host as a wildcard record; a
+LoadBalancer's names (its Service's annotation, or its automatic name) at the addresses it
+is served at. A catch-all (no host) has no name.
+
+One name, one owner. Routes and LoadBalancers of every tenant meet here, so this is where a
+name two records want is given to one: the earliest claim by kubelbd's own clock (a Route's
+claim of the host, a LoadBalancer's record creation), as the IR gives hosts to Routes. A
+LoadBalancer's name under another record's wildcard host counts as that host, so a tenant
+cannot take clients of a name another tenant serves by a wildcard. A record that loses a name
+is told why (DNSPublished False); so is one whose host is not allowed or held by another
+tenant, though nothing is published for those hosts in any case.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..ir.http import IR
+from ..ir.status import DNSState
+from ..records.names import LOADBALANCER, ROUTE, namespace_of
+from ..records.problems import problems_of
+from ..records.types import LBRecord, ProblemSpec, RouteRecord
+from .records import Endpoint, RType
+
+Key = tuple[str, str]
+"""A record whose names are published: (record kind, record id)."""
+
+_Claim = tuple[tuple[str, str], Key]  # ((when, tiebreak), key): the smallest wins
+
+
+@dataclass
+class Desired:
+    #: per record, the record sets to publish (the names it owns, no others)
+    endpoints: dict[Key, list[Endpoint]] = field(default_factory=dict)
+    #: per record, why some of its names are not published, whatever the server says
+    refused: dict[Key, DNSState] = field(default_factory=dict)
+    #: per record, the names to write into the tenant object's status, once published
+    names: dict[Key, list[str]] = field(default_factory=dict)
+
+
+def route_key(rid: str) -> Key:
+    return (ROUTE.kind, rid)
+
+
+def lb_key(rid: str) -> Key:
+    return (LOADBALANCER.kind, rid)
+
+
+def record_type(target: str) -> RType:
+    try:
+        return "A" if ipaddress.ip_address(target).version == 4 else "AAAA"
+    except ValueError:
+        return "CNAME"
+
+
+def _endpoints(name: str, targets: Sequence[str], ttl: int, resource: str) -> list[Endpoint]:
+    """A and AAAA for addresses; a CNAME for a name (alone: a CNAME has no neighbours)."""
+    by_type: dict[RType, list[str]] = {}
+    for t in targets:
+        by_type.setdefault(record_type(t), []).append(t)
+    if "CNAME" in by_type and len(by_type) == 1:
+        return [Endpoint(name, "CNAME", (by_type["CNAME"][0],), ttl, resource)]
+    return [
+        Endpoint(name, rtype, tuple(sorted(set(values))), ttl, resource)
+        for rtype, values in sorted(by_type.items())
+        if rtype != "CNAME"
+    ]
+
+
+def _parent_wildcard(name: str) -> str:
+    return "*." + name.split(".", 1)[1] if "." in name else ""
+
+
+def desired(
+    routes: Mapping[str, RouteRecord],
+    ir: IR,
+    lbs: Mapping[str, LBRecord],
+    lb_targets: Mapping[str, Sequence[str]],
+    public_address: str,
+    ttl: int,
+) -> Desired:
+    """What to publish now. `lb_targets`: per LoadBalancer, where Envoy serves it (only those
+    Envoy serves); `ttl`: the fleet's default."""
+    out = Desired()
+    wants: dict[str, list[tuple[_Claim, list[Endpoint]]]] = {}
+    route_hosts: dict[str, _Claim] = {}
+    for rid, hosts in ir.served.items():
+        route = routes.get(rid)
+        if route is None or not public_address:
+            continue
+        key = route_key(rid)
+        r_ttl = route.spec.get("dns", {}).get("ttl", ttl)
+        resource = f"route/{namespace_of(route.tenant)}/{route.name}"
+        for host in hosts:
+            if not host or host == "*":
+                continue
+            claim = (route.claim_key(host)[0], rid), key
+            route_hosts[host] = claim
+            wants.setdefault(host, []).append(
+                (claim, _endpoints(host, (public_address,), r_ttl, resource))
+            )
+    for rid, rec in lbs.items():
+        targets = lb_targets.get(rid) or ()
+        names = rec.spec.get("dns", {}).get("hostnames", [])
+        if not targets or not names:
+            continue
+        key = lb_key(rid)
+        lb_ttl = rec.spec.get("dns", {}).get("ttl", ttl)
+        resource = f"loadbalancer/{namespace_of(rec.tenant)}/{rec.name}"
+        for name in names:
+            claim = rec.age, key
+            wants.setdefault(name, []).append((claim, _endpoints(name, targets, lb_ttl, resource)))
+            covering = route_hosts.get(_parent_wildcard(name))
+            if covering is not None and covering[1] != key:
+                wants[name].append((covering, []))  # the wildcard's owner holds it
+    lost: dict[Key, list[tuple[str, bool]]] = {}  # name, whether another tenant has it
+    for name, candidates in sorted(wants.items()):
+        candidates.sort(key=lambda c: c[0])
+        (_, winner), endpoints = candidates[0]
+        if endpoints:
+            out.endpoints.setdefault(winner, []).extend(endpoints)
+        for (_, key), _e in candidates[1:]:
+            if key != winner:
+                lost.setdefault(key, []).append((name, _tenant(winner) != _tenant(key)))
+    for key, taken in lost.items():
+        if any(other for _, other in taken):
+            reason, whose = "NameHeldByOtherTenant", "held by another tenant"
+        else:
+            reason, whose = "NameInUse", "held by an older object of this tenant"
+        listed = ", ".join(n for n, _ in taken)
+        out.refused[key] = DNSState(False, reason, f"{listed}: {whose}; not published", warn=True)
+    for rid, route in routes.items():
+        _policy_refusals(out, route_key(rid), route.spec.get("problems", []), ir.conflicts.get(rid))
+    for rid, rec in lbs.items():
+        _policy_refusals(out, lb_key(rid), rec.spec.get("problems", []), None)
+        names = rec.spec.get("dns", {}).get("hostnames", [])
+        published = {e.name for e in out.endpoints.get(lb_key(rid), [])}
+        if names:
+            out.names[lb_key(rid)] = [n for n in names if n in published]
+    for rid, route in routes.items():
+        auto = route.spec.get("dns", {}).get("hostnames", [])
+        published = {e.name for e in out.endpoints.get(route_key(rid), [])}
+        if auto:
+            out.names[route_key(rid)] = [n for n in auto if n in published]
+    return out
+
+
+def _tenant(key: Key) -> str:
+    return key[1].split("/", 1)[0]
+
+
+def _policy_refusals(
+    out: Desired,
+    key: Key,
+    problems: Sequence[ProblemSpec],
+    conflicts: Sequence[tuple[str, str]] | None,
+) -> None:
+    """Names the record asked for and may not have: not allowed, or another tenant's (the
+    record's own condition and Event say so already; DNSPublished repeats why)."""
+    if key in out.refused:
+        return
+    not_allowed = [p.message for p in problems_of(problems) if p.reason == "HostNotAllowed"]
+    if not_allowed:
+        message = "; ".join(not_allowed) + "; not published"
+        out.refused[key] = DNSState(False, "NameNotAllowed", message)
+    elif conflicts:
+        held = ", ".join(h for h, _ in conflicts)
+        out.refused[key] = DNSState(
+            False, "NameHeldByOtherTenant", f"{held}: held by another tenant; not published"
+        )

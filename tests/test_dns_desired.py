@@ -1,0 +1,133 @@
+"""Which names are published for which record (kubelbd.dns.desired, pure): a Route's served
+hosts at the public address, a LoadBalancer's names at its addresses, one owner per name by
+the earliest claim on kubelbd's clock, and a reason for every name a record asked for and does
+not get."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubelbd.dns.desired import desired, lb_key, route_key
+from kubelbd.dns.records import Endpoint
+from kubelbd.ir.http import IR
+from kubelbd.records import parse
+from kubelbd.records.types import LBRecord
+
+from .records import route
+
+PUBLIC = "198.51.100.7"
+
+
+def lb(tenant: str, name: str, names: list[str], recorded: str, **dns: Any) -> LBRecord:
+    namespace, _, service = name.partition(".")
+    spec = parse.lb_spec(
+        {
+            "source": {"kind": "Service", "namespace": namespace, "name": service,
+                       "uid": f"uid-{name}", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "ports": [{"port": 5432, "protocol": "TCP", "nodePort": 30432}],
+            "sessionAffinity": "None", "proxyProtocol": "",
+            "dns": {"hostnames": names, **dns},
+        }
+    )  # fmt: skip
+    return LBRecord(tenant, name, spec, 1, recorded)
+
+
+def rule(host: str) -> dict[str, Any]:
+    backend = {"service": "web", "port": "80", "nodePort": 30080}
+    return {"host": host, "paths": [{"path": "/", "pathType": "Prefix", "backends": [backend]}]}
+
+
+def test_served_hosts_are_published_at_the_public_address_with_the_routes_ttl() -> None:
+    r = route("a", "default.shop", [rule("shop.example.test"), rule("*.w.example.test")],
+              dns={"ttl": 7})  # fmt: skip
+    ir = IR(served={r.id: ["shop.example.test", "*.w.example.test", "*"]})
+    out = desired({r.id: r}, ir, {}, {}, PUBLIC, 60)
+    res = "route/tenant-a/default.shop"
+    assert out.endpoints == {
+        route_key(r.id): [
+            Endpoint("*.w.example.test", "A", (PUBLIC,), 7, res),
+            Endpoint("shop.example.test", "A", (PUBLIC,), 7, res),
+        ]
+    }
+    assert out.refused == {}
+
+
+def test_a_load_balancer_is_published_at_its_addresses_and_its_names_go_to_status() -> None:
+    rec = lb("a", "default.db", ["db.example.test"], "2026-01-01T00:00:00Z")
+    targets = {rec.id: ["192.0.2.1", "2001:db8::1"]}
+    out = desired({}, IR(), {rec.id: rec}, targets, PUBLIC, 60)
+    res = "loadbalancer/tenant-a/default.db"
+    assert out.endpoints[lb_key(rec.id)] == [
+        Endpoint("db.example.test", "A", ("192.0.2.1",), 60, res),
+        Endpoint("db.example.test", "AAAA", ("2001:db8::1",), 60, res),
+    ]
+    assert out.names[lb_key(rec.id)] == ["db.example.test"]
+    # Not served (no address yet): nothing published, no name for the status.
+    none = desired({}, IR(), {rec.id: rec}, {}, PUBLIC, 60)
+    assert none.endpoints == {} and none.names == {lb_key(rec.id): []}
+
+
+def test_a_name_behind_a_hostname_address_is_a_cname() -> None:
+    rec = lb("a", "default.db", ["db.example.test"], "2026-01-01T00:00:00Z")
+    out = desired({}, IR(), {rec.id: rec}, {rec.id: ["lb.cloud.test"]}, PUBLIC, 60)
+    assert [(e.rtype, e.targets) for e in out.endpoints[lb_key(rec.id)]] == [
+        ("CNAME", ("lb.cloud.test",))
+    ]
+
+
+def test_the_earliest_claim_owns_a_name_across_tenants_and_kinds() -> None:
+    older = lb("b", "default.db", ["shared.example.test"], "2026-01-01T00:00:00Z")
+    r = route("a", "default.shop", [rule("shared.example.test")], created="2026-02-01T00:00:00Z")
+    ir = IR(served={r.id: ["shared.example.test"]})
+    out = desired({r.id: r}, ir, {older.id: older}, {older.id: ["192.0.2.1"]}, PUBLIC, 60)
+    assert [e.targets for e in out.endpoints[lb_key(older.id)]] == [("192.0.2.1",)]
+    assert route_key(r.id) not in out.endpoints
+    lost = out.refused[route_key(r.id)]
+    assert (lost.reason, lost.warn) == ("NameHeldByOtherTenant", True)
+    assert "shared.example.test" in lost.message and "default.db" not in lost.message
+    # A backdated tenant timestamp changes nothing: only kubelbd's own clock counts.
+    young = lb("b", "default.db", ["shared.example.test"], "2026-03-01T00:00:00Z")
+    flipped = desired({r.id: r}, ir, {young.id: young}, {young.id: ["192.0.2.1"]}, PUBLIC, 60)
+    assert route_key(r.id) in flipped.endpoints
+    assert flipped.refused[lb_key(young.id)].reason == "NameHeldByOtherTenant"
+
+
+def test_two_objects_of_one_tenant_wanting_one_name_the_older_has_it() -> None:
+    first = lb("a", "default.one", ["db.example.test"], "2026-01-01T00:00:00Z")
+    second = lb("a", "default.two", ["db.example.test"], "2026-01-02T00:00:00Z")
+    targets = {first.id: ["192.0.2.1"], second.id: ["192.0.2.2"]}
+    out = desired({}, IR(), {first.id: first, second.id: second}, targets, PUBLIC, 60)
+    assert list(out.endpoints) == [lb_key(first.id)]
+    assert out.refused[lb_key(second.id)].reason == "NameInUse"
+    assert out.names[lb_key(second.id)] == []
+
+
+def test_a_name_under_another_tenants_wildcard_is_not_taken_from_it() -> None:
+    r = route("a", "default.w", [rule("*.w.example.test")], created="2026-01-01T00:00:00Z")
+    ir = IR(served={r.id: ["*.w.example.test"]})
+    thief = lb("b", "default.db", ["db.w.example.test"], "2026-02-01T00:00:00Z")
+    out = desired({r.id: r}, ir, {thief.id: thief}, {thief.id: ["192.0.2.9"]}, PUBLIC, 60)
+    assert lb_key(thief.id) not in out.endpoints
+    assert out.refused[lb_key(thief.id)].reason == "NameHeldByOtherTenant"
+
+
+def test_a_host_not_allowed_or_lost_to_another_tenant_is_a_reason() -> None:
+    problem = {"reason": "HostNotAllowed", "message": "host 'no.test' is outside"}
+    refused = route("a", "default.x", [rule("ok.example.test")], problems=[problem])
+    lost = route("a", "default.y", [rule("held.example.test")])
+    ir = IR(
+        served={refused.id: ["ok.example.test"]},
+        conflicts={lost.id: [("held.example.test", "b")]},
+    )
+    out = desired({refused.id: refused, lost.id: lost}, ir, {}, {}, PUBLIC, 60)
+    assert out.refused[route_key(refused.id)].reason == "NameNotAllowed"
+    assert route_key(refused.id) in out.endpoints  # its allowed host is still published
+    assert out.refused[route_key(lost.id)].reason == "NameHeldByOtherTenant"
+    assert "held.example.test" in out.refused[route_key(lost.id)].message
+
+
+def test_without_a_public_address_routes_publish_nothing() -> None:
+    r = route("a", "default.shop", [rule("shop.example.test")])
+    assert (
+        desired({r.id: r}, IR(served={r.id: ["shop.example.test"]}), {}, {}, "", 60).endpoints == {}
+    )
