@@ -21,6 +21,7 @@ import anyio.abc
 
 from .. import metrics
 from ..certs.acme import ACMESettings
+from ..certs.dns01 import DNS01
 from ..envoy.admin import EnvoyAdmin
 from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
@@ -84,15 +85,17 @@ class DataPlane:
         self.l4.writes = leadership.leading
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
-        self.tls = TLSState(
-            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
-        )
-        self.status = self._reporter()
         self.dns = (
             DNSPublisher(dns, public_address, self._dns_changed)
             if dns is not None and dns.enabled
             else None
         )
+        # ACME DNS-01 answers go through the server, zone and key the names are published with.
+        self.tls = TLSState(
+            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets,
+            DNS01(self.dns.client) if self.dns is not None else None,
+        )  # fmt: skip
+        self.status = self._reporter()
         self.gauges = StateGauges(
             self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
         )
