@@ -1,5 +1,9 @@
-"""Issued certificates: ACME HTTP-01 against Pebble (a real ACME server, built from its Go
-module and started by the fleet), and cert-manager Certificates (the test plays cert-manager)."""
+"""Issued certificates: ACME against Pebble (a real ACME server, built from its Go module and
+started by the fleet), which resolves through the fleet's BIND: HTTP-01 for a host (validated
+only once kubelbd published it), DNS-01 for a wildcard and its base name (the answers
+published into BIND by kubelbd, and gone afterwards); and cert-manager Certificates (the test
+plays cert-manager). ACME hosts are under the fleet's zone, example.test, or the CA could not
+resolve them."""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import dns.rdatatype
 import pytest
 from kubefleet import certs
 
@@ -16,10 +24,15 @@ from kubelbd.objects import CRDS, INGRESSES, SECRETS, Obj, Resource
 
 from .support import (
     FleetHandle,
+    backend,
+    deploy_app,
     eventually,
+    fleet_env,
     https_request,
+    ingress_obj,
     namespace_in,
     route_condition,
+    rule,
     served_over_plain_http,
     tenant_policy,
     tls_site,
@@ -58,7 +71,7 @@ async def test_acme_issues_through_envoy_and_renews(
     fleet: FleetHandle, ns: str, pebble_root: str
 ) -> None:
     kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
-    host = f"{unique('acme')}.alpha.test"
+    host = f"{unique('acme')}.alpha.example.test"
     await tls_site(kube, ns, "web", host, "web-tls", **{"kubelb.io/tls-acme": "true"})
     https = f"127.0.0.1:{fleet.layout.envoy_https_port}"
 
@@ -88,6 +101,51 @@ async def test_acme_issues_through_envoy_and_renews(
     seen = await eventually(renewed, timeout=90, interval=0.5, what="the certificate renewed")
     assert seen >= renew_at - 1, f"renewed {renew_at - seen:.1f} s before two thirds"
     assert seen < not_after, f"renewed {seen - not_after:.1f} s after the old one expired"
+
+
+async def txt_at(fleet: FleetHandle, name: str) -> set[str]:
+    """The TXT values the fleet's BIND answers at `name`."""
+    host, _, port = fleet_env(fleet.layout)["DNS_SERVER_ADDR"].rpartition(":")
+    query = dns.message.make_query(name, dns.rdatatype.TXT)
+    answer = await dns.asyncquery.tcp(query, host, port=int(port), timeout=2)
+    if answer.rcode() != dns.rcode.NOERROR:
+        return set()
+    return {r.to_text() for rrset in answer.answer for r in rrset}
+
+
+async def test_acme_issues_a_wildcard_by_dns01(
+    fleet: FleetHandle, ns: str, pebble_root: str
+) -> None:
+    kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
+    base = f"{unique('wild')}.alpha.example.test"
+    await deploy_app(kube, ns, "wild")
+    ing = ingress_obj(
+        "wild",
+        [rule(h, ("/", "Prefix", backend("wild"))) for h in (f"*.{base}", base)],
+        tls=[{"hosts": [f"*.{base}", base], "secretName": "wild-tls"}],
+        annotations={"kubelb.io/tls-acme": "true"},
+    )
+    await kube.create(INGRESSES, ing, ns)
+    https = f"127.0.0.1:{fleet.layout.envoy_https_port}"
+
+    async def issued(name: str) -> dict:  # type: ignore[type-arg]
+        status, body, cert = await https_request(https, name, "/wild", pebble_root)
+        assert status == 200 and body["pod"].startswith("wild-"), body
+        return cert
+
+    # Pebble could only validate the wildcard by the TXT kubelbd published into BIND.
+    cert = await eventually(
+        lambda: issued(f"www.{base}"), timeout=60, what="a wildcard certificate from Pebble"
+    )
+    assert {v for k, v in cert["subjectAltName"] if k == "DNS"} == {f"*.{base}", base}
+    await issued(base)  # the same certificate serves the base name
+    await route_condition(mgmt, "alpha", f"{ns}.wild", "CertificateReady", status="True")
+
+    async def answers_removed() -> bool:
+        assert await txt_at(fleet, f"_acme-challenge.{base}") == set()
+        return True
+
+    await eventually(answers_removed, what="the DNS-01 answers removed from BIND")
 
 
 CERT_MANAGER_CRD: Obj = {

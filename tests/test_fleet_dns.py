@@ -153,7 +153,7 @@ def test_the_dns_port_is_no_other_fleet_ports(tmp_path: Path) -> None:
     fleet = Fleet(Layout(50, 16400, tmp_path, MAX_REPLICAS))
     lay = fleet.layout
     assert fleet_dns.ports(fleet) == {16474: "DNS server (named)"}
-    others = {lay.etcd_client_port, lay.etcd_peer_port, lay.pebble_dns_port, *lb.ports(fleet)}
+    others = {lay.etcd_client_port, lay.etcd_peer_port, *lb.ports(fleet)}
     others |= {c.apiserver_port for c in lay.clusters}
     assert lay.dns_port not in others
 

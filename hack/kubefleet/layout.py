@@ -134,14 +134,6 @@ class Layout:
         return self.base_port + 71
 
     @property
-    def pebble_dns_port(self) -> int:
-        return self.base_port + 72
-
-    @property
-    def pebble_challtestsrv_port(self) -> int:
-        return self.base_port + 73
-
-    @property
     def dns_port(self) -> int:
         """The fleet's authoritative DNS server (BIND), UDP and TCP."""
         return self.base_port + 74

@@ -66,7 +66,6 @@ def ports(fleet: Fleet) -> dict[int, str]:
     return out | {
         lay.pebble_port: "Pebble ACME server",
         lay.pebble_management_port: "Pebble management",
-        lay.pebble_challtestsrv_port: "Pebble DNS management",
     }
 
 
@@ -82,44 +81,54 @@ def build_pebble() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def pebble_procs(fleet: Fleet, bin_dir: Path) -> list[Proc]:
-    """Pebble (an ACME CA for tests) and its DNS server, which answers 127.0.0.1 for every
-    name, so Pebble validates HTTP-01 challenges against Envoy's HTTP listener."""
-    lay = fleet.layout
-    conf_dir = lay.dir / "pebble"
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    config = {
+def pebble_config(
+    bin_dir: Path, port: int, management_port: int, http_port: int, tls_port: int
+) -> dict[str, Any]:
+    """Pebble's configuration: its API and management API on loopback, validating HTTP-01 at
+    `http_port` (and TLS-ALPN-01 at `tls_port`) of the address a name resolves to."""
+    return {
         "pebble": {
-            "listenAddress": f"127.0.0.1:{lay.pebble_port}",
-            "managementListenAddress": f"127.0.0.1:{lay.pebble_management_port}",
+            "listenAddress": f"127.0.0.1:{port}",
+            "managementListenAddress": f"127.0.0.1:{management_port}",
             "certificate": str(bin_dir / "cert.pem"),
             "privateKey": str(bin_dir / "key.pem"),
-            "httpPort": lay.envoy_http_port,
-            "tlsPort": lay.envoy_https_port,
+            "httpPort": http_port,
+            "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": False,
             "keyAlgorithm": "ecdsa",
-            "profiles": {"default": {"description": "fleet", "validityPeriod": ACME_CERT_SECONDS}},
         }
     }
+
+
+#: Pebble's environment: no random sleep before a validation, no nonce rejected on purpose.
+PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+
+
+def pebble_procs(fleet: Fleet, bin_dir: Path) -> list[Proc]:
+    """Pebble (an ACME CA for tests), resolving every name through the fleet's BIND: a
+    validation succeeds only for a name kubelbd really published (HTTP-01: the host's address;
+    DNS-01: the `_acme-challenge` TXT), as with a real CA."""
+    lay = fleet.layout
+    conf_dir = lay.dir / "pebble"
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    config = pebble_config(
+        bin_dir, lay.pebble_port, lay.pebble_management_port, lay.envoy_http_port,
+        lay.envoy_https_port,
+    )  # fmt: skip
+    config["pebble"]["profiles"] = {
+        "default": {"description": "fleet", "validityPeriod": ACME_CERT_SECONDS}
+    }
     (conf_dir / "pebble.json").write_text(json.dumps(config, indent=2))
-    dns = f"127.0.0.1:{lay.pebble_dns_port}"
     return [
         Proc(
-            "pebble-dns",
-            [str(bin_dir / "pebble-challtestsrv"), f"-dnsserver={dns}", "-defaultIPv4=127.0.0.1",
-             "-defaultIPv6=", "-http01=", "-https01=", "-tlsalpn01=", "-doh=",
-             f"-management=127.0.0.1:{lay.pebble_challtestsrv_port}"],
-            str(lay.logs / "pebble-dns.log"),
-        ),
-        Proc(
             "pebble",
-            [str(bin_dir / "pebble"), f"-config={conf_dir / 'pebble.json'}", f"-dnsserver={dns}"],
+            [str(bin_dir / "pebble"), f"-config={conf_dir / 'pebble.json'}",
+             f"-dnsserver=127.0.0.1:{lay.dns_port}"],
             str(lay.logs / "pebble.log"),
             # Always reuse a valid authorization for a renewal, as Let's Encrypt does for 30
             # days (Pebble's default is a coin toss, which made the renewal test flaky).
-            env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
-                 "PEBBLE_AUTHZREUSE": "100"},
+            env=PEBBLE_ENV | {"PEBBLE_AUTHZREUSE": "100"},
         ),
     ]  # fmt: skip
 
@@ -292,7 +301,7 @@ def start(fleet: Fleet) -> None:
     for p in pebble_procs(fleet, pebble_bin):
         fleet.spawn(p)
     directory = acme_directory(fleet.layout)
-    fleet.wait_for("Pebble", lambda: _https_ok(directory, pebble_bin), ["pebble", "pebble-dns"])
+    fleet.wait_for("Pebble", lambda: _https_ok(directory, pebble_bin), ["pebble"])
     register_tenants(fleet)
     install_rbac(fleet)
     from . import manifests

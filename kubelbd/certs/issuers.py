@@ -3,7 +3,9 @@
 Both write a `kubernetes.io/tls` Secret named `<namespace>.<secretName>` into the tenant's
 namespace of the management cluster, labelled `kubelb.io/tls=true`, which the data plane then
 serves like a copied tenant Secret (and refuses like one, if it is bad). ACME certificates are
-renewed when less than a third of their lifetime is left. While a certificate is on its way
+renewed when less than a third of their lifetime is left. A wildcard needs ACME DNS-01: without
+DNS publishing (or with its challenge name outside the zone) it is a problem on the Route and
+no order at all, until the certificates wanted change. While a certificate is on its way
 (or its issuance failed), `pending()` says why, for the Route's CertificateReady condition.
 """
 
@@ -22,8 +24,9 @@ from ..objects import SECRETS
 from ..records.names import TLS_SOURCE_LABEL, secret_id, tenant_of
 from ..records.problems import Problem
 from ..retry import Backoff
-from .acme import ACMEClient, ACMESettings, PublishChallenges, issued_secret
+from .acme import ACMEClient, ACMESettings, PublishChallenges, dns01_problem, issued_secret
 from .cert_manager import NOT_INSTALLED, CertManager
+from .dns01 import DNS01
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,13 @@ class Issuers:
         certificates: Callable[[], dict[str, CertificateData]],
         publish_challenges: PublishChallenges,
         on_progress: Callable[[], None],
+        dns01: DNS01 | None = None,
     ) -> None:
         self.mgmt = mgmt
         self.settings = settings
         self._certificates = certificates
         self._on_progress = on_progress
-        self.acme = ACMEClient(mgmt, settings, publish_challenges)
+        self.acme = ACMEClient(mgmt, settings, publish_challenges, dns01)
         self.cert_manager = CertManager(mgmt)
         self.wanted: dict[str, Wanted] = {}
         self.progress: dict[str, Progress] = {}
@@ -119,6 +123,10 @@ class Issuers:
             if due is not None and now < due:
                 self._set(sid, None)
                 wait = min(wait, (due - now).total_seconds())
+                continue
+            unissuable = dns01_problem(w.hosts, self.acme.dns01)
+            if unissuable is not None:
+                self._set(sid, unissuable)
                 continue
             if anyio.current_time() < progress.retry_at:
                 wait = min(wait, progress.retry_at - anyio.current_time())

@@ -22,6 +22,7 @@ import anyio.abc
 
 from .. import metrics
 from ..certs.acme import ACMESettings
+from ..certs.dns01 import DNS01
 from ..dns.desired import Desired, Key, desired, lb_key, route_key
 from ..envoy.admin import EnvoyAdmin
 from ..envoy.publisher import Publisher
@@ -86,12 +87,14 @@ class DataPlane:
         self.l4.writes = leadership.leading
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
-        self.tls = TLSState(
-            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets
-        )
-        self.status = self._reporter()
         self.dns = DNSPublisher(dns, self._dns_changed) if dns is not None and dns.enabled else None
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
+        # ACME DNS-01 answers go through the server, zone and key the names are published with.
+        self.tls = TLSState(
+            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets,
+            DNS01(self.dns.client) if self.dns is not None else None,
+        )  # fmt: skip
+        self.status = self._reporter()
         self.gauges = StateGauges(
             self.model, self.l4, self.tls, (self.intake.refused, self.l4.refused)
         )

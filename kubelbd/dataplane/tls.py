@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import anyio
 
 from ..certs.acme import ACMESettings
+from ..certs.dns01 import DNS01
 from ..certs.issuers import Issuers
 from ..envoy.renderer import Files, Renderer
 from ..envoy.sds import SecretServer
@@ -44,6 +45,7 @@ class TLSState:
         wake: Callable[[], None],
         file_applied: Callable[[str, float], Awaitable[bool]],
         secrets: SecretServer,
+        dns01: DNS01 | None = None,
     ) -> None:
         self._wake = wake
         self.mgmt = mgmt
@@ -61,12 +63,14 @@ class TLSState:
         self._challenges_published = anyio.Event()
         self._challenges_rendered = False
         self._acme = acme
+        self._dns01 = dns01
         self.issuers = self._issuers()
 
     def _issuers(self) -> Issuers:
         return Issuers(
-            self.mgmt, self._acme, lambda: self.certificates, self.publish_challenges, self.changed
-        )
+            self.mgmt, self._acme, lambda: self.certificates, self.publish_challenges,
+            self.changed, self._dns01,
+        )  # fmt: skip
 
     def new_term(self) -> None:
         """A new leadership term: issuers that remember nothing (another leader may have

@@ -114,6 +114,11 @@ def canonical(name: str) -> str:
     return name.rstrip(".").lower()
 
 
+def below(name: str, zone: str) -> bool:
+    """Whether `name` is a name strictly below `zone` (both canonical): one kubelbd may write."""
+    return name != zone and name.endswith("." + zone)
+
+
 def owner_name(name: str, rtype: RType) -> str:
     """The ownership TXT's name for a record set: external-dns's new-format sibling."""
     first, _, rest = canonical(name).partition(".")
@@ -218,7 +223,7 @@ def _checked(
 ) -> tuple[Endpoint, Problem | None]:
     """The endpoint in canonical form, and why it cannot be published, if it cannot."""
     name = canonical(endpoint.name)
-    if name == zone or not name.endswith("." + zone):
+    if not below(name, zone):
         return endpoint, Problem("OutsideZone", f"{name} is not a name below the zone {zone}")
     problem = _name_problem(name, wildcard=True)
     if problem:

@@ -7,13 +7,19 @@ writes the same zone at the same time. What the server answers is an `Outcome`, 
 exception: a prerequisite that fails is `NotOurs`, a server that will not do it `Refused`, one
 that cannot be reached (or fails) `Unreachable`.
 
-Messages go over TCP (updates and transfers alike): a signed update carrying a long ownership
-text gains nothing from UDP's retries and truncation.
+Messages go over TCP (updates, transfers and queries alike): a signed update carrying a long
+ownership text gains nothing from UDP's retries and truncation.
+
+ACME DNS-01 answers (`add_txt`, `remove_txt`, `lookup`) are TXT values at
+`_acme-challenge.<name>`, not records kubelbd owns in the registry's sense: each value is
+random and kubelbd's alone, so they are added to and removed from the record set value by
+value, and whatever else is there (another client's answer for the same name) stays.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -123,6 +129,50 @@ class RFC2136:
         message.present(self.origin, dns.rdatatype.SOA)
         return await self._send(message)
 
+    async def add_txt(self, name: str, values: Sequence[str], ttl: int) -> Outcome:
+        """Add `values` to the TXT record set at `name`, keeping the values already there (a
+        wildcard and its base name are answered at one name). Only where `name` is no CNAME:
+        a server ignores a TXT added beside one, and reports success."""
+        owner = dns.name.from_text(name)
+        message = self._update()
+        message.absent(owner, dns.rdatatype.CNAME)
+        message.add(owner, ttl, *(_txt_rdata(v.encode()) for v in values))
+        return await self._send(message)
+
+    async def remove_txt(self, name: str, values: Sequence[str]) -> Outcome:
+        """Remove exactly `values` from the TXT record set at `name`; the others stay (RFC 2136
+        ignores the delete of a value that is not there)."""
+        message = self._update()
+        message.delete(dns.name.from_text(name), *(_txt_rdata(v.encode()) for v in values))
+        return await self._send(message)
+
+    async def lookup(self, name: str, rtype: str) -> tuple[str, ...] | Refused | Unreachable:
+        """What the server itself answers for `name` and `rtype` (a direct query: no resolver,
+        no cache in between): TXT values joined, other types as rdata text; a CNAME in the
+        answer counts as an answer too. Empty when the name or the type is not there."""
+        query = dns.message.make_query(name, rtype)
+        try:
+            with anyio.fail_after(self.timeout):
+                response = await dns.asyncquery.tcp(
+                    query, self.address, timeout=self.timeout, port=self.port
+                )
+        except _TRANSIENT as e:
+            return Unreachable(f"{self.address}:{self.port}: {e!r}")
+        except dns.exception.DNSException as e:
+            return Refused(f"{e!r}")
+        rcode = response.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            return ()
+        if rcode != dns.rcode.NOERROR:
+            outcome = _by_rcode(rcode, f"query {name} {rtype}")
+            assert isinstance(outcome, (Refused, Unreachable))
+            return outcome
+        return tuple(
+            _joined(rd) if isinstance(rd, TXT) else rd.to_text()
+            for rrset in response.answer
+            for rd in rrset
+        )
+
     async def owned(self) -> dict[Key, OwnedRecord] | Refused | Unreachable:
         """Every record set the zone holds under kubelbd's owner id, by a signed zone transfer
         (AXFR). Only an ownership TXT that is exactly one text naming this owner counts, as
@@ -204,9 +254,7 @@ class RFC2136:
         """The ownership TXT as one rdata (a prerequisite compares it byte for byte, and
         dnspython gives a prerequisite rdata TTL 0, which BIND requires), in character-strings
         of at most 255 bytes."""
-        text = owner_text(self.owner, resource).encode()
-        chunks = [text[i : i + _TXT_CHUNK] for i in range(0, len(text), _TXT_CHUNK)]
-        return TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks)
+        return _txt_rdata(owner_text(self.owner, resource).encode())
 
     async def _send(self, message: dns.update.UpdateMessage) -> Outcome:
         try:
@@ -251,6 +299,12 @@ def _targets(rtype: RType, targets: list[str]) -> tuple[str, ...]:
         return normal_targets(rtype, targets)
     except ValueError:
         return tuple(sorted(targets))
+
+
+def _txt_rdata(text: bytes) -> TXT:
+    """One TXT rdata holding `text`, in character-strings of at most 255 bytes."""
+    chunks = [text[i : i + _TXT_CHUNK] for i in range(0, len(text), _TXT_CHUNK)]
+    return TXT(dns.rdataclass.IN, dns.rdatatype.TXT, chunks)
 
 
 def _joined(rdata: dns.rdata.Rdata) -> str:
