@@ -3,6 +3,9 @@ at kubelbd's public address and withdrawn with its Ingress; a second tenant clai
 changes nothing; a record added by hand survives and the Route says why it was not published;
 a host deleted while kubelbd was down is removed after it starts; the server restarted loses
 nothing; with the server down, routing goes on and the Route says the server is unreachable.
+A LoadBalancer Service's name (its annotation) resolves to its Layer 4 address with the TTL it
+asks for, and stays with the tenant that asked first; an automatic name resolves and is in the
+Ingress's status; a wildcard host is a wildcard record.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import pytest
 
 from kubelbd.dns.records import Create, Endpoint
 from kubelbd.dns.rfc2136 import RFC2136, Done
-from kubelbd.objects import INGRESSES, Obj
-from kubelbd.records.names import ROUTES
+from kubelbd.objects import DEPLOYMENTS, INGRESSES, SERVICES, Obj
+from kubelbd.records.names import LOADBALANCERS, ROUTES
 
 from .support import (
     FleetHandle,
@@ -27,9 +30,11 @@ from .support import (
     create_namespace,
     delete_namespace,
     deploy_app,
+    echo_deployment,
     eventually,
     fleet_env,
     ingress_obj,
+    lb_get,
     rule,
     run_fleet,
     start_kubelbd,
@@ -46,14 +51,18 @@ def server(fleet: FleetHandle) -> tuple[str, int]:
     return host, int(port)
 
 
-async def resolve(fleet: FleetHandle, name: str) -> set[str]:
-    """The A records the server answers for `name` (empty when it has none)."""
+async def answer(fleet: FleetHandle, name: str) -> dns.message.Message:
     host, port = server(fleet)
     query = dns.message.make_query(name, dns.rdatatype.A)
-    answer = await dns.asyncquery.tcp(query, host, port=port, timeout=2)
-    if answer.rcode() != dns.rcode.NOERROR:
+    return await dns.asyncquery.tcp(query, host, port=port, timeout=2)
+
+
+async def resolve(fleet: FleetHandle, name: str) -> set[str]:
+    """The A records the server answers for `name` (empty when it has none)."""
+    got = await answer(fleet, name)
+    if got.rcode() != dns.rcode.NOERROR:
         return set()
-    return {r.to_text() for rrset in answer.answer for r in rrset}
+    return {r.to_text() for rrset in got.answer for r in rrset}
 
 
 async def resolves_to(fleet: FleetHandle, name: str, want: set[str]) -> bool:
@@ -107,7 +116,7 @@ async def test_a_served_host_is_published_and_withdrawn(fleet: FleetHandle, app:
     await eventually(lambda: dns_reason(fleet, "alpha", f"{ns}.web", "Published"))
     # A second tenant claiming the name changes nothing (the claim alpha made first wins).
     await ingress(fleet, "beta", ns, "web", host)
-    await eventually(lambda: dns_reason(fleet, "beta", f"{ns}.web", "NotServed"))
+    await eventually(lambda: dns_reason(fleet, "beta", f"{ns}.web", "NameHeldByOtherTenant"))
     assert await resolve(fleet, host) == {"127.0.0.1"}
     await fleet.kube["alpha"].delete(INGRESSES, "web", ns)
     # beta's claim now wins: the name stays, as beta's.
@@ -163,3 +172,97 @@ async def test_the_server_down_holds_up_no_route_and_nothing_is_lost(
     assert await resolve(fleet, kept) == {"127.0.0.1"}
     await eventually(lambda: resolves_to(fleet, late, {"127.0.0.1"}), 60, what=f"{late} in DNS")
     await eventually(lambda: dns_reason(fleet, "alpha", f"{ns}.late", "Published"))
+
+
+def named_service(name: str, annotations: dict[str, str]) -> Obj:
+    """A LoadBalancer Service in front of an echo Deployment of the same name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "type": "LoadBalancer", "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    }  # fmt: skip
+
+
+async def service_ingress(fleet: FleetHandle, tenant: str, ns: str, name: str) -> list[Obj]:
+    svc = await fleet.kube[tenant].get(SERVICES, name, ns)
+    return list(((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [])
+
+
+async def lb_reason(fleet: FleetHandle, tenant: str, record: str, want: str) -> bool:
+    obj = await fleet.kube["mgmt"].get(LOADBALANCERS, record, f"tenant-{tenant}")
+    cond = conditions(obj).get("DNSPublished", {})
+    assert cond.get("reason") == want, cond
+    return True
+
+
+async def test_a_load_balancers_name_resolves_to_its_address_and_is_in_its_status(
+    fleet: FleetHandle, app: str
+) -> None:
+    """kubelb.io/hostname on a Service: published at the Layer 4 address with the TTL of
+    external-dns's ttl annotation, and written next to the address in the Service's status;
+    another tenant's Service asking for the name gets it only after the first is gone."""
+    ns = app
+    name = f"{ns}-db.example.test"
+    ask = {"kubelb.io/hostname": name, "external-dns.alpha.kubernetes.io/ttl": "7"}
+    for t in ("alpha", "beta"):
+        await fleet.kube[t].create(DEPLOYMENTS, echo_deployment("db", 1), ns)
+    await fleet.kube["alpha"].create(SERVICES, named_service("db", ask), ns)
+
+    async def alpha_address() -> str:
+        ingress = await service_ingress(fleet, "alpha", ns, "db")
+        assert ingress and ingress[0].get("hostname") == name, ingress
+        return str(ingress[0]["ip"])
+
+    address = await eventually(alpha_address, 60, what="the name in the Service's status")
+    got = await answer(fleet, name)
+    assert [(r.ttl, {x.to_text() for x in r}) for r in got.answer] == [(7, {address})]
+    await eventually(lambda: lb_reason(fleet, "alpha", f"{ns}.db", "Published"))
+    # beta asks for the same name later: it is alpha's, and beta's record says so.
+    await fleet.kube["beta"].create(SERVICES, named_service("db", ask), ns)
+    await eventually(lambda: lb_reason(fleet, "beta", f"{ns}.db", "NameHeldByOtherTenant"))
+    beta_status = await service_ingress(fleet, "beta", ns, "db")
+    assert beta_status and "hostname" not in beta_status[0], beta_status
+    assert await resolve(fleet, name) == {address}
+    await fleet.kube["alpha"].delete(SERVICES, "db", ns)
+
+    async def beta_has_it() -> bool:
+        ingress = await service_ingress(fleet, "beta", ns, "db")
+        assert ingress and ingress[0].get("hostname") == name, ingress
+        return await resolves_to(fleet, name, {ingress[0]["ip"]})
+
+    await eventually(beta_has_it, 60, what="the name passed to beta's Service")
+
+
+async def test_an_automatic_name_is_published_served_and_in_the_ingress_status(
+    fleet: FleetHandle, app: str
+) -> None:
+    ns = app
+    obj = ingress_obj("shop", [rule(None, ("/", "Prefix", backend("app")))])
+    obj["metadata"]["annotations"] = {"kubelb.io/hostname": "auto"}
+    await fleet.kube["alpha"].create(INGRESSES, obj, ns)
+    name = f"shop-{ns}.alpha.{fleet_env(fleet.layout)['DNS_BASE_DOMAIN']}"
+    await until_served(fleet.layout, name)
+    await eventually(lambda: resolves_to(fleet, name, {"127.0.0.1"}), what=f"{name} in DNS")
+
+    async def in_status() -> bool:
+        got = await fleet.kube["alpha"].get(INGRESSES, "shop", ns)
+        ingress = ((got.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        assert ingress == [{"ip": "127.0.0.1", "hostname": name}], ingress
+        return True
+
+    await eventually(in_status, what="the automatic name in the Ingress's status")
+    # Not a catch-all: another host gets nothing from this Ingress.
+    status, _ = await lb_get(fleet.layout, f"other-{ns}.alpha.example.test", "/")
+    assert status == 404
+
+
+async def test_a_wildcard_host_is_a_wildcard_record(fleet: FleetHandle, app: str) -> None:
+    ns = app
+    await ingress(fleet, "alpha", ns, "any", f"*.{ns}-w.example.test")
+    await until_served(fleet.layout, f"x.{ns}-w.example.test")
+    for name in (f"x.{ns}-w.example.test", f"y.{ns}-w.example.test"):
+        await eventually(lambda n=name: resolves_to(fleet, n, {"127.0.0.1"}), what=name)  # type: ignore[misc]

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 #: the fleet component's name (hack/fleet stop dns / start dns)
 COMPONENT = "dns"
 ZONE = "example.test"
+#: kubelbd's --dns-base-domain: each tenant's automatic names are under <tenant>.BASE_DOMAIN
+BASE_DOMAIN = f"lb.{ZONE}"
 TSIG_NAME = "kubelbd-fleet"
 TSIG_ALGORITHM = "hmac-sha256"
 #: Debian's path; not on a non-root user's PATH, so never looked up there
@@ -159,4 +161,5 @@ def env(fleet: Fleet) -> dict[str, str]:
         "DNS_TSIG_NAME": TSIG_NAME,
         "DNS_TSIG_SECRET": secret_file(lay).read_text().strip(),
         "DNS_TSIG_ALGORITHM": TSIG_ALGORITHM,
+        "DNS_BASE_DOMAIN": BASE_DOMAIN,
     }

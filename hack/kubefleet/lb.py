@@ -217,6 +217,8 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica, args: list[str]) ->
             f"--dns-tsig-algorithm={dns.TSIG_ALGORITHM}",
             f"--dns-tsig-secret-file={dns.secret_file(lay)}",
             "--dns-ttl=5",
+            # Every tenant's own <tenant>.lb.example.test, for automatic names.
+            f"--dns-base-domain={dns.BASE_DOMAIN}",
             f"--envoy-log={lay.logs / (r.envoy + '.log')}",
             # The management side of the fleet: never a tenant node address.
             "--management-cidrs=127.0.0.0/24",
