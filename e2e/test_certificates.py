@@ -116,8 +116,10 @@ async def txt_at(fleet: FleetHandle, name: str) -> set[str]:
 async def test_acme_issues_a_wildcard_by_dns01(
     fleet: FleetHandle, ns: str, pebble_root: str
 ) -> None:
+    """`*.<tenant>.<base>`: the wildcard a tenant asks for under its own domain
+    (--dns-base-domain), by naming it in an ACME TLS entry."""
     kube, mgmt = fleet.kube["alpha"], fleet.kube["mgmt"]
-    base = f"{unique('wild')}.alpha.example.test"
+    base = f"alpha.{fleet_env(fleet.layout)['DNS_BASE_DOMAIN']}"
     await deploy_app(kube, ns, "wild")
     ing = ingress_obj(
         "wild",

@@ -18,7 +18,7 @@ from kubelbd.objects import INGRESS_CLASSES, SERVICES, Obj, Resource
 from kubelbd.records import parse
 from kubelbd.records.claims import with_claims
 from kubelbd.records.policy import Policy, for_tenant, policy_of
-from kubelbd.sources import SOURCES, twins
+from kubelbd.sources import SOURCES, dnsnames, twins
 from kubelbd.sources.base import Source
 
 from .goldens import cases, check, conforms, read_input
@@ -113,3 +113,11 @@ def test_sources(case: str) -> None:
 
 def test_there_are_cases() -> None:
     assert len(cases("sources")) >= 8
+
+
+def test_an_object_names_at_most_max_names() -> None:
+    """A tenant's annotation cannot fill the zone: past MAX_NAMES the rest is a problem."""
+    names = ",".join(f"n{i}.example.test" for i in range(dnsnames.MAX_NAMES + 5))
+    got = dnsnames.read({"kubelb.io/hostname": names}, Policy(), "default", "db", names=True)
+    assert len(got.hostnames) == dnsnames.MAX_NAMES
+    assert [p.reason for p in got.problems] == ["TooManyNames"]

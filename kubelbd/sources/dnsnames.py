@@ -29,6 +29,8 @@ TTL_ANNOTATIONS = ("kubelb.io/dns-ttl", "external-dns.alpha.kubernetes.io/ttl")
 AUTO = "auto"
 #: a TTL above a day is a mistake more often than a wish; DNS allows 2^31-1
 MAX_TTL = 86400
+#: names one object may have: each is a record set in a zone others share too
+MAX_NAMES = 16
 
 NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$"
@@ -121,6 +123,12 @@ def read(
                 problems.append(Problem("InvalidHost", f"{key}: {item[:253]!r} is not a DNS name"))
             elif not policy.allows_host(item):
                 problems.append(not_allowed(item))
-            elif item not in wanted:
+            elif item in wanted:
+                continue
+            elif len(wanted) >= MAX_NAMES:
+                message = f"{key}: more than {MAX_NAMES} names; {item[:253]!r} and later ignored"
+                problems.append(Problem("TooManyNames", message))
+                break
+            else:
                 wanted.append(item)
     return DNSAnnotations(wanted, auto, ttl, problems)
