@@ -9,12 +9,15 @@ import shlex
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 from kubefleet import certs
 from kubefleet.layout import ROOT, Layout
 
@@ -540,6 +543,71 @@ async def start_kubelbd() -> None:
     """Every replica up again, the first first: it takes the released Lease and leads."""
     for name in _replica_names():
         await run_fleet("start", name)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], layout: Layout, log: Path) -> None:
+    """The restarted kubelbd serves (its first publish is done: every tenant resynced) and
+    Envoy is ready; a kubelbd that exits meanwhile fails the test with its last lines, rather
+    than leaving the test to time out on whatever it waits for first."""
+    urls = [
+        f"http://127.0.0.1:{layout.kubelbd_health_port}/readyz",
+        f"http://127.0.0.1:{layout.envoy_admin_port}/ready",
+    ]
+    deadline = time.monotonic() + 60
+    while not all(_ready(u) for u in urls):
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            pytest.fail(f"kubelbd ({log.name}) exited:\n" + "\n".join(tail), pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"kubelbd ({log.name}) not ready within 60 s", pytrace=False)
+        time.sleep(0.1)
+
+
+@contextmanager
+def kubelbd_as_component(
+    layout: Layout, component: Path, argv: Callable[[list[str]], list[str]], log_name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The fleet's kubelbd restarted as deploy/ with `component` deploys it: the Component's
+    RBAC granted to kubelbd's ServiceAccount, and `argv` (given the fleet's) for its flags.
+    The other replicas stop meanwhile: replicas of one Deployment run one mode, and this one
+    must hold the Lease to write. Afterwards the fleet's replicas run again, the RBAC goes."""
+    from kubefleet import lb as fleet_lb
+    from kubefleet import manifests
+    from kubefleet.fleet import Fleet, State
+
+    state = State.load(layout.state_file)
+    assert state is not None
+    added = manifests.component_rbac(component)
+    for doc in added:
+        fleet_lb.apply_document(Fleet(layout), doc)
+    command = argv([*state.procs["kubelbd"].argv])
+    others = [r.name for r in layout.replica_set[1:]]
+    for name in others:
+        fleet("stop", name)
+    fleet("stop", "kubelbd")
+    path = layout.logs / log_name
+    log = open(path, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_until_ready(proc, layout, path)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        fleet("start", "kubelbd")
+        for name in others:
+            fleet("start", name)
+        for doc in reversed(added):
+            fleet_lb.delete_document(Fleet(layout), doc)
 
 
 # ---- the operator's views -----------------------------------------------------------------

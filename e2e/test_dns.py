@@ -6,21 +6,32 @@ nothing; with the server down, routing goes on and the Route says the server is 
 A LoadBalancer Service's name (its annotation) resolves to its Layer 4 address with the TTL it
 asks for, and stays with the tenant that asked first; an automatic name resolves and is in the
 Ingress's status; a wildcard host is a wildcard record.
+
+And --dns-provider=dnsendpoint (deploy/dns-endpoints): kubelbd restarted in that mode for one
+test writes a DNSEndpoint for a served Ingress host, says DNSPublished once "external-dns"
+(the test, writing status.observedGeneration: no external-dns runs in the fleet) observed
+it, and deletes it with the Ingress; the fleet's kubelbd is restored afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 
 import dns.asyncquery
 import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from kubefleet import lb as fleet_lb
+from kubefleet import manifests
+from kubefleet.fleet import Fleet
+from kubefleet.layout import Layout
 
+from kubelbd.dns.endpoints import DNSENDPOINTS
 from kubelbd.dns.records import Create, Endpoint
 from kubelbd.dns.rfc2136 import RFC2136, Done
-from kubelbd.objects import DEPLOYMENTS, INGRESSES, SERVICES, Obj
+from kubelbd.objects import DEPLOYMENTS, INGRESSES, MANAGED_BY, MANAGER, SERVICES, Obj
 from kubelbd.records.names import LOADBALANCERS, ROUTES
 
 from .support import (
@@ -34,6 +45,7 @@ from .support import (
     eventually,
     fleet_env,
     ingress_obj,
+    kubelbd_as_component,
     lb_get,
     rule,
     run_fleet,
@@ -266,3 +278,64 @@ async def test_a_wildcard_host_is_a_wildcard_record(fleet: FleetHandle, app: str
     await until_served(fleet.layout, f"x.{ns}-w.example.test")
     for name in (f"x.{ns}-w.example.test", f"y.{ns}-w.example.test"):
         await eventually(lambda n=name: resolves_to(fleet, n, {"127.0.0.1"}), what=name)  # type: ignore[misc]
+
+
+# ---- --dns-provider=dnsendpoint ------------------------------------------------------------------
+
+
+@pytest.fixture
+def dnsendpoint_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
+    """The fleet's kubelbd restarted as deploy/dns-endpoints deploys it: its RBAC,
+    --dns-provider=dnsendpoint, and none of the fleet's BIND flags (kubelbd refuses them in
+    this mode). external-dns's CRD comes with `hack/fleet up`; installed again here
+    (idempotent) for a fleet brought up before it did."""
+    fleet_lb.install_dnsendpoint_crd(Fleet(fleet_layout))
+
+    def argv(fleet_argv: list[str]) -> list[str]:
+        return [*manifests.without_rfc2136(fleet_argv), "--dns-provider=dnsendpoint"]
+
+    with kubelbd_as_component(
+        fleet_layout, manifests.DNS_ENDPOINTS, argv, "kubelbd-dnsendpoint-mode.log"
+    ) as proc:
+        yield proc
+
+
+async def test_dnsendpoint_mode_writes_and_deletes_a_dnsendpoint_per_served_host(
+    fleet: FleetHandle, app: str, dnsendpoint_mode: subprocess.Popen[bytes]
+) -> None:
+    ns = app
+    mgmt = fleet.kube["mgmt"]
+    host = f"{ns}-ep.example.test"
+    record = f"{ns}.ep"
+    name = f"route.{record}"
+    await ingress(fleet, "alpha", ns, "ep", host)
+    await until_served(fleet.layout, host)
+
+    async def written() -> Obj:
+        obj = await mgmt.get(DNSENDPOINTS, name, "tenant-alpha")
+        assert obj["spec"]["endpoints"] == [
+            {"dnsName": host, "recordType": "A", "targets": ["127.0.0.1"], "recordTTL": 5}
+        ], obj["spec"]
+        return obj
+
+    obj = await eventually(written, what=f"DNSEndpoint {name}")
+    assert obj["metadata"]["labels"][MANAGED_BY] == MANAGER
+    route = await mgmt.get(ROUTES, record, "tenant-alpha")
+    assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [route["metadata"]["uid"]]
+    await eventually(lambda: dns_reason(fleet, "alpha", record, "WaitingForExternalDNS"))
+    # What external-dns's crd source does once it read the object.
+    await mgmt.patch(
+        DNSENDPOINTS, name, {"status": {"observedGeneration": obj["metadata"]["generation"]}},
+        "tenant-alpha", subresource="status",
+    )  # fmt: skip
+    await eventually(lambda: dns_reason(fleet, "alpha", record, "ObservedByExternalDNS"))
+    # Nothing goes to the fleet's BIND in this mode.
+    assert await resolve(fleet, host) == set()
+    await fleet.kube["alpha"].delete(INGRESSES, "ep", ns)
+
+    async def gone() -> bool:
+        assert await mgmt.get_or_none(DNSENDPOINTS, name, "tenant-alpha") is None
+        return True
+
+    await eventually(gone, what=f"DNSEndpoint {name} deleted with the Ingress")
+    assert dnsendpoint_mode.poll() is None, "kubelbd in DNSEndpoint mode exited"

@@ -7,16 +7,11 @@ kubelbd is restarted in service mode for this module (and back in pool mode afte
 from __future__ import annotations
 
 import subprocess
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
-from pathlib import Path
 
 import pytest
-from kubefleet import lb as fleet_lb
 from kubefleet import manifests
-from kubefleet.fleet import Fleet, State
 from kubefleet.layout import Layout
 
 from kubelbd.objects import DEPLOYMENTS, SERVICES, Obj
@@ -26,7 +21,7 @@ from .support import (
     FleetHandle,
     echo_deployment,
     eventually,
-    fleet,
+    kubelbd_as_component,
     namespace_in,
     tcp_echo,
 )
@@ -36,69 +31,23 @@ pytestmark = pytest.mark.e2e
 PORT_RANGE = (21000, 21099)
 
 
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def wait_until_ready(proc: subprocess.Popen[bytes], layout: Layout, log: Path) -> None:
-    """The restarted kubelbd serves (its first publish is done: every tenant resynced) and
-    Envoy is ready; a kubelbd that exits meanwhile fails the test with its last lines, rather
-    than leaving the test to time out on whatever it waits for first."""
-    urls = [
-        f"http://127.0.0.1:{layout.kubelbd_health_port}/readyz",
-        f"http://127.0.0.1:{layout.envoy_admin_port}/ready",
-    ]
-    deadline = time.monotonic() + 60
-    while not all(ready(u) for u in urls):
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-20:]
-            pytest.fail("kubelbd in service mode exited:\n" + "\n".join(tail), pytrace=False)
-        if time.monotonic() > deadline:
-            pytest.fail("kubelbd in service mode not ready within 60 s", pytrace=False)
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def service_mode(fleet_layout: Layout) -> Iterator[subprocess.Popen[bytes]]:
-    """The fleet's kubelbd, restarted with --l4-mode service for the tests of this module.
-    The other replicas stop meanwhile: replicas of one Deployment share one L4 mode, and the
-    one in service mode must hold the Lease to write."""
-    state = State.load(fleet_layout.state_file)
-    assert state is not None
-    # As deploy/l4-service-mode/ deploys it: its RBAC (Services in the management cluster)
-    # granted to kubelbd's ServiceAccount, its flag added.
-    added = manifests.component_rbac(manifests.L4_SERVICE_MODE)
-    for doc in added:
-        fleet_lb.apply_document(Fleet(fleet_layout), doc)
-    argv = [*state.procs["kubelbd"].argv]
-    argv += [
-        "--l4-mode=service",
-        "--l4-listen-address=127.0.0.1",
-        f"--l4-port-range={PORT_RANGE[0]}-{PORT_RANGE[1]}",
-    ]
-    others = [r.name for r in fleet_layout.replica_set[1:]]
-    for name in others:
-        fleet("stop", name)
-    fleet("stop", "kubelbd")
-    path = fleet_layout.logs / "kubelbd-service-mode.log"
-    log = open(path, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_ready(proc, fleet_layout, path)
+    """The fleet's kubelbd, restarted with --l4-mode service for the tests of this module, as
+    deploy/l4-service-mode/ deploys it (its RBAC: Services in the management cluster)."""
+
+    def argv(fleet_argv: list[str]) -> list[str]:
+        return [
+            *fleet_argv,
+            "--l4-mode=service",
+            "--l4-listen-address=127.0.0.1",
+            f"--l4-port-range={PORT_RANGE[0]}-{PORT_RANGE[1]}",
+        ]
+
+    with kubelbd_as_component(
+        fleet_layout, manifests.L4_SERVICE_MODE, argv, "kubelbd-service-mode.log"
+    ) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        fleet("start", "kubelbd")
-        for name in others:
-            fleet("start", name)
-        for doc in reversed(added):
-            fleet_lb.delete_document(Fleet(fleet_layout), doc)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .certs.acme import ACMESettings
-from .dataplane.dns import DNSSettings
+from .dataplane.dns import DNSENDPOINT_PROVIDER, PROVIDERS, RFC2136_PROVIDER, DNSSettings
 from .dataplane.l4 import L4Settings
 from .kube.lease import LeaseSettings
 from .records.policy import ANY_DOMAIN, Limits, Policy, parse_networks
@@ -142,9 +142,15 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     dns = ap.add_argument_group(
         "DNS",
-        "publish every served host at --public-address over RFC 2136 (TSIG) to an "
-        "authoritative server; off without --dns-server",
+        "publish every served host at --public-address: over RFC 2136 (TSIG) to an "
+        "authoritative server (off without --dns-server), or as external-dns DNSEndpoint "
+        "objects (--dns-provider=dnsendpoint)",
     )
+    dns.add_argument("--dns-provider", choices=PROVIDERS, default=RFC2136_PROVIDER,
+                     help="rfc2136: kubelbd updates --dns-server itself; dnsendpoint: it "
+                          "writes a DNSEndpoint (externaldns.k8s.io/v1alpha1) per record in "
+                          "tenant-<name> for the operator's external-dns, and needs no "
+                          "server, zone or key")  # fmt: skip
     dns.add_argument("--dns-server", default="", help="host:port of the primary server")
     dns.add_argument("--dns-zone", default="", help="the zone kubelbd publishes into")
     dns.add_argument("--dns-tsig-name", default="", help="TSIG key name")
@@ -256,7 +262,32 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
 
 
+#: the flags of --dns-provider=rfc2136 only: kubelbd's own updates and their ownership TXT
+_RFC2136_FLAGS = {
+    "dns_server": "--dns-server",
+    "dns_zone": "--dns-zone",
+    "dns_tsig_name": "--dns-tsig-name",
+    "dns_tsig_secret_file": "--dns-tsig-secret-file",
+}
+
+
 def dns_config(args: argparse.Namespace) -> DNSSettings:
+    if args.dns_ttl < 0:
+        raise ValueError("--dns-ttl must not be negative")
+    if args.dns_provider == DNSENDPOINT_PROVIDER:
+        # external-dns has its own zones, credentials and owner id: a server or key given too
+        # would look used and never be. Refused rather than ignored.
+        given = [flag for attr, flag in _RFC2136_FLAGS.items() if getattr(args, attr)]
+        if args.dns_tsig_algorithm != "hmac-sha256":
+            given.append("--dns-tsig-algorithm")
+        if args.dns_owner_id != "kubelbd":
+            given.append("--dns-owner-id")
+        if given:
+            raise ValueError(
+                f"--dns-provider=dnsendpoint publishes through external-dns: "
+                f"{', '.join(given)} are for --dns-provider=rfc2136 only"
+            )
+        return DNSSettings(ttl=args.dns_ttl, provider=DNSENDPOINT_PROVIDER)
     if not args.dns_server:
         return DNSSettings()
     secret = os.environ.get("KUBELBD_DNS_TSIG_SECRET", "")
@@ -265,8 +296,6 @@ def dns_config(args: argparse.Namespace) -> DNSSettings:
     if not (args.dns_zone and args.dns_tsig_name and secret):
         raise ValueError("--dns-server needs --dns-zone, --dns-tsig-name and a TSIG secret")
     split_host_port(args.dns_server)
-    if args.dns_ttl < 0:
-        raise ValueError("--dns-ttl must not be negative")
     return DNSSettings(
         server=args.dns_server,
         zone=args.dns_zone,

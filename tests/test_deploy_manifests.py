@@ -470,3 +470,53 @@ def test_service_mode_component_adds_its_flag_and_only_services(tmp_path: Path) 
     ]  # fmt: skip
     rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
     assert {(d["kind"], d["metadata"]["name"]) for d in added} <= rendered
+
+
+def test_dns_endpoints_component_adds_its_flag_and_only_dnsendpoints(tmp_path: Path) -> None:
+    docs = manifests.with_components(tmp_path, manifests.DNS_ENDPOINTS)
+    args = manifests.kubelbd_args(docs)
+    cfg = parse_args(args[1:])
+    assert cfg.dns.provider == "dnsendpoint" and cfg.dns.enabled
+    assert manifests.dns_provider(args) == "dnsendpoint"
+    added = manifests.component_rbac(manifests.DNS_ENDPOINTS)
+    (role,) = [d for d in added if d["kind"] == "ClusterRole"]
+    # What dataplane/dnsendpoints.py calls, nothing more: list and watch (the informer, status
+    # included), create, patch (server-side apply), get (a name taken), delete.
+    assert role["rules"] == [
+        {"apiGroups": ["externaldns.k8s.io"], "resources": ["dnsendpoints"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]}
+    ]  # fmt: skip
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {(d["kind"], d["metadata"]["name"]) for d in added} <= rendered
+
+
+def test_the_fleet_runs_the_dns_endpoints_deployment_without_its_bind(tmp_path: Path) -> None:
+    """hack/fleet adds its BIND's RFC 2136 flags to the Deployment's arguments; with
+    deploy/dns-endpoints kubelbd would refuse them, so the fleet leaves them out."""
+    from kubefleet import lb
+    from kubefleet.layout import Layout
+
+    lay = Layout(1, 16400, tmp_path)
+    base = manifests.kubelbd_args()
+    assert "--dns-server" in " ".join(lb.bind_args(lay, base))
+    endpoints = manifests.kubelbd_args(manifests.with_components(tmp_path, manifests.DNS_ENDPOINTS))
+    assert lb.bind_args(lay, endpoints) == []
+    argv = [*endpoints[1:], *lb.bind_args(lay, base)]
+    with pytest.raises(SystemExit):
+        parse_args(argv)  # mixed: refused at start, not half-used
+    assert not any(a.startswith("--dns-server") for a in manifests.without_rfc2136(argv))
+
+
+def test_the_vendored_dnsendpoint_crd_is_external_dns_kind() -> None:
+    import yaml
+
+    from kubelbd.dns.endpoints import DNSENDPOINTS, KIND
+
+    crd = yaml.safe_load(manifests.DNSENDPOINT_CRD.read_text())
+    group, _, version = DNSENDPOINTS.group_version.partition("/")
+    assert crd["metadata"]["name"] == f"{DNSENDPOINTS.plural}.{group}"
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (group, KIND)
+    (v,) = crd["spec"]["versions"]
+    assert v["name"] == version and v["subresources"] == {"status": {}}
+    item = v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["endpoints"]["items"]
+    assert {"dnsName", "targets", "recordType", "recordTTL"} <= set(item["properties"])

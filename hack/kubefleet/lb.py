@@ -210,12 +210,7 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica, args: list[str]) ->
             f"--acme-directory={acme_directory(lay)}",
             f"--acme-ca-bundle={pebble_bin / 'pebble.minica.pem'}",
             "--acme-email=fleet@example.test",
-            # Every served host published in the fleet's BIND (hack/kubefleet/dns.py).
-            f"--dns-server=127.0.0.1:{lay.dns_port}",
-            f"--dns-zone={dns.ZONE}",
-            f"--dns-tsig-name={dns.TSIG_NAME}",
-            f"--dns-tsig-algorithm={dns.TSIG_ALGORITHM}",
-            f"--dns-tsig-secret-file={dns.secret_file(lay)}",
+            *bind_args(lay, args),
             "--dns-ttl=5",
             # Every tenant's own <tenant>.lb.example.test, for automatic names.
             f"--dns-base-domain={dns.BASE_DOMAIN}",
@@ -225,6 +220,22 @@ def kubelbd_proc(fleet: Fleet, pebble_bin: Path, r: Replica, args: list[str]) ->
         ],
         str(lay.logs / f"{r.name}.log"),
     )
+
+
+def bind_args(lay: Layout, args: list[str]) -> list[str]:
+    """Every served host published in the fleet's BIND (hack/kubefleet/dns.py); none when the
+    Deployment publishes through external-dns (deploy/dns-endpoints), which refuses them."""
+    from . import manifests
+
+    if manifests.dns_provider(args) != "rfc2136":
+        return []
+    return [
+        f"--dns-server=127.0.0.1:{lay.dns_port}",
+        f"--dns-zone={dns.ZONE}",
+        f"--dns-tsig-name={dns.TSIG_NAME}",
+        f"--dns-tsig-algorithm={dns.TSIG_ALGORITHM}",
+        f"--dns-tsig-secret-file={dns.secret_file(lay)}",
+    ]
 
 
 def kubelbd_kubeconfig(lay: Layout) -> Path:
@@ -346,6 +357,26 @@ def install_crds(fleet: Fleet) -> None:
     )
 
 
+def install_dnsendpoint_crd(fleet: Fleet) -> None:
+    """external-dns's DNSEndpoint CRD (hack/kubefleet/dnsendpoints.externaldns.k8s.io.yaml),
+    as external-dns's own install would bring it: no external-dns runs in the fleet, but the
+    tests of --dns-provider=dnsendpoint (deploy/dns-endpoints) need the kind served. kubelbd
+    in its default mode never reads it."""
+    from . import manifests
+
+    doc = yaml.safe_load(manifests.DNSENDPOINT_CRD.read_text())
+    name = doc["metadata"]["name"]
+    if fleet.request("mgmt", "POST", CRDS, doc, ok_if_exists=True) is None:
+        current = fleet.api("mgmt", f"{CRDS}/{name}")
+        doc["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        fleet.request("mgmt", "PUT", f"{CRDS}/{name}", doc)
+    fleet.wait_for(
+        "the DNSEndpoint kind to be served",
+        lambda: fleet.api("mgmt", "/apis/externaldns.k8s.io/v1alpha1/dnsendpoints") is not None,
+        [],
+    )
+
+
 def node_cidr(c: Cluster) -> str:
     """Where a fleet tenant's nodes are: its own loopback /24."""
     return f"127.0.{c.index}.0/24"
@@ -376,6 +407,7 @@ def register_tenants(fleet: Fleet) -> None:
 
     fleet.request("mgmt", "POST", "/api/v1/namespaces", namespace_doc(), ok_if_exists=True)
     install_crds(fleet)
+    install_dnsendpoint_crd(fleet)
     for c in fleet.layout.tenant_clusters:
         done = subprocess.run(
             register_command(fleet.layout, c), cwd=ROOT, capture_output=True, text=True

@@ -64,6 +64,25 @@ def kubelbd_args(docs: list[Document] | None = None) -> list[str]:
 
 #: the Component that turns on Layer 4's service mode (its RBAC and the flag)
 L4_SERVICE_MODE = DEPLOY / "l4-service-mode"
+#: the Component that publishes names through external-dns's DNSEndpoints (RBAC and flag)
+DNS_ENDPOINTS = DEPLOY / "dns-endpoints"
+#: external-dns's DNSEndpoint CRD, for a management cluster without external-dns (the fleet)
+DNSENDPOINT_CRD = Path(__file__).parent / "dnsendpoints.externaldns.k8s.io.yaml"
+
+#: the flags of --dns-provider=rfc2136, which the fleet adds for its BIND (lb.kubelbd_proc)
+RFC2136_FLAGS = ("--dns-server", "--dns-zone", "--dns-tsig-name", "--dns-tsig-algorithm",
+                 "--dns-tsig-secret-file")  # fmt: skip
+
+
+def dns_provider(args: list[str]) -> str:
+    """The --dns-provider the arguments choose (the last one given; rfc2136 by default)."""
+    chosen = [a.partition("=")[2] for a in args if a.startswith("--dns-provider=")]
+    return chosen[-1] if chosen else "rfc2136"
+
+
+def without_rfc2136(args: list[str]) -> list[str]:
+    """`args` without the RFC 2136 flags: kubelbd refuses them with --dns-provider=dnsendpoint."""
+    return [a for a in args if a.partition("=")[0] not in RFC2136_FLAGS]
 
 
 def with_components(tmp: Path, *components: Path) -> list[Document]:

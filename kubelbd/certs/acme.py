@@ -88,7 +88,8 @@ def dns01_problem(hosts: tuple[str, ...], dns01: DNS01 | None) -> Problem | None
         return Problem(
             "NeedsDNS01",
             f"{', '.join(wildcards)}: a wildcard certificate needs ACME DNS-01, and kubelbd "
-            "publishes no DNS (it needs --dns-server for DNS-01)",
+            "updates no DNS server itself (it needs --dns-server for DNS-01; through "
+            "external-dns, --dns-provider=dnsendpoint, it has none)",
         )
     outside = [h for h in wildcards if not dns01.serves(h)]
     if outside:

@@ -33,28 +33,38 @@ PENDING = DNSState(False, "Publishing", "waiting for the DNS server")
 NOT_SERVED = DNSState(False, "NotServed", "nothing of this record is served: no name is published")
 
 
+#: --dns-provider: kubelbd updates a server itself (RFC 2136), or writes external-dns's
+#: DNSEndpoint objects for an external-dns the operator runs (dataplane/dnsendpoints.py)
+RFC2136_PROVIDER = "rfc2136"
+DNSENDPOINT_PROVIDER = "dnsendpoint"
+PROVIDERS = (RFC2136_PROVIDER, DNSENDPOINT_PROVIDER)
+
+
 @dataclass(frozen=True)
 class DNSSettings:
-    server: str = ""  # host:port; empty: kubelbd publishes no names
+    server: str = ""  # host:port; empty (and provider rfc2136): kubelbd publishes no names
     zone: str = ""
     key_name: str = ""
     key_secret: str = ""
     algorithm: str = "hmac-sha256"
     ttl: int = 60
     owner: str = "kubelbd"
+    provider: str = RFC2136_PROVIDER
 
     @property
     def enabled(self) -> bool:
-        return bool(self.server)
+        return self.provider == DNSENDPOINT_PROVIDER or bool(self.server)
 
 
-class DNSPublisher:
+class NamesPublisher:
+    """What the two ways of publishing (--dns-provider) share: the names wanted now, a term
+    that starts only once it knows them, the records' states and who hears of a change."""
+
+    #: a wanted record's DNSPublished before the first pass says more
+    pending = PENDING
+
     def __init__(self, settings: DNSSettings, on_states: Callable[[set[Key]], None]) -> None:
         self.settings = settings
-        self.client = RFC2136(
-            settings.server, settings.zone, settings.key_name, settings.key_secret,
-            settings.algorithm, settings.owner, TIMEOUT,
-        )  # fmt: skip
         self._on_states = on_states  # these records' DNSPublished changed
         self._wanted: dict[Key, list[Endpoint]] = {}
         self.states: dict[Key, DNSState] = {}
@@ -64,10 +74,10 @@ class DNSPublisher:
         self._known = anyio.Event()
 
     def state(self, key: Key) -> DNSState:
-        """The record's DNSPublished as far as the server goes: published, or why not."""
+        """The record's DNSPublished as far as publishing goes: published, or why not."""
         if key not in self._wanted:
             return NOT_SERVED
-        return self.states.get(key, PENDING)
+        return self.states.get(key, self.pending)
 
     def new_term(self) -> None:
         """Leadership (again): wait for this term's word on what Envoy serves."""
@@ -76,9 +86,31 @@ class DNSPublisher:
     def want(self, wanted: dict[Key, list[Endpoint]]) -> None:
         """The names of what Envoy serves now (after it applied a publish; dns.desired)."""
         self._known.set()
-        if wanted != self._wanted:
-            self._wanted = wanted
+        if self._take(wanted):
             self._wake.set()
+
+    def _take(self, wanted: dict[Key, list[Endpoint]]) -> bool:
+        """Keep `wanted`; whether the loop has anything new to do."""
+        if wanted == self._wanted:
+            return False
+        self._wanted = wanted
+        return True
+
+    def _report(self, states: dict[Key, DNSState]) -> None:
+        """These are the records' states now: the changed ones reported."""
+        changed = {k for k in set(states) | set(self.states) if states.get(k) != self.states.get(k)}
+        self.states = states
+        if changed:
+            self._on_states(changed)
+
+
+class DNSPublisher(NamesPublisher):
+    def __init__(self, settings: DNSSettings, on_states: Callable[[set[Key]], None]) -> None:
+        super().__init__(settings, on_states)
+        self.client = RFC2136(
+            settings.server, settings.zone, settings.key_name, settings.key_secret,
+            settings.algorithm, settings.owner, TIMEOUT,
+        )  # fmt: skip
 
     async def run(self) -> None:
         """The leader's loop: a zone transfer, then the changes, until the next wake. A term
@@ -141,18 +173,11 @@ class DNSPublisher:
             problems = [outcome[e.name] for e in es if e.name in outcome]
             names = ", ".join(sorted({f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}))
             states[key] = problems[0] if problems else DNSState(True, "Published", names)
-        changed = {k for k in set(states) | set(self.states) if states.get(k) != self.states.get(k)}
-        self.states = states
-        if changed:
-            self._on_states(changed)
+        self._report(states)
 
     def _server_problem(self, answer: Refused | Unreachable) -> None:
         log.warning("dns: zone transfer from %s: %s", self.settings.server, _text(answer))
-        state = _state_of("", answer)
-        changed = {r for r in self._wanted if self.states.get(r) != state}
-        self.states = dict.fromkeys(self._wanted, state)
-        if changed:
-            self._on_states(changed)
+        self._report(dict.fromkeys(self._wanted, _state_of("", answer)))
 
 
 def combined(server: DNSState, refused: DNSState | None) -> DNSState:

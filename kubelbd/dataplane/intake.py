@@ -71,6 +71,11 @@ class Intake:
         #: conditions each record carries, as last seen: lastTransitionTime survives restarts
         self.conditions: dict[str, list[Any]] = {}
 
+    def uid(self, rid: str) -> str | None:
+        """The uid of the route record as the API last had it (None: not stored yet)."""
+        known = self._api.get(rid)
+        return (known[0] or None) if known is not None else None
+
     def take(self) -> Batch:
         batch = Batch(
             self._upserts, self._deletes, arrivals=self._arrivals.take() + self.l4.arrivals.take()

@@ -161,6 +161,11 @@ class LoadBalancers:
             self.arrivals.arrived(LOADBALANCER.kind, rid)
         self._changed()
 
+    def uid(self, rid: str) -> str | None:
+        """The uid of the LoadBalancer record as last seen (None: unknown)."""
+        seen = self._seen.get(rid)
+        return (seen[0] or None) if seen is not None else None
+
     def take_deleted(self) -> list[LBRecord]:
         """Records deleted since the last call (their status is nobody's business now)."""
         deleted, self._deleted = self._deleted, {}

@@ -39,7 +39,8 @@ from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
-from .dns import DNSPublisher, DNSSettings, combined
+from .dns import DNSENDPOINT_PROVIDER, DNSPublisher, DNSSettings, combined
+from .dnsendpoints import DNSEndpointWriter
 from .gauges import StateGauges
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
@@ -87,12 +88,14 @@ class DataPlane:
         self.l4.writes = leadership.leading
         self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
-        self.dns = DNSPublisher(dns, self._dns_changed) if dns is not None and dns.enabled else None
+        self.dns = self._names_publisher(dns)
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
-        # ACME DNS-01 answers go through the server, zone and key the names are published with.
+        # ACME DNS-01 answers go through the server, zone and key the names are published with
+        # (RFC 2136 only: through external-dns, kubelbd has no server to write answers to).
+        client = self.dns.client if self.dns is not None else None
         self.tls = TLSState(
             mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets,
-            DNS01(self.dns.client) if self.dns is not None else None,
+            DNS01(client) if client is not None else None,
         )  # fmt: skip
         self.status = self._reporter()
         self.gauges = StateGauges(
@@ -108,6 +111,20 @@ class DataPlane:
         return StatusReporter(
             self.mgmt, self.board, self.wait_applied, self._reports, self._observed_conditions
         )
+
+    def _names_publisher(self, dns: DNSSettings | None) -> DNSPublisher | DNSEndpointWriter | None:
+        """Who publishes the names (--dns-provider): kubelbd over RFC 2136, or external-dns
+        from kubelbd's DNSEndpoints. The one place the data plane tells them apart."""
+        if dns is None or not dns.enabled:
+            return None
+        if dns.provider == DNSENDPOINT_PROVIDER:
+            return DNSEndpointWriter(self.mgmt, dns, self._dns_changed, self._record_uid)
+        return DNSPublisher(dns, self._dns_changed)
+
+    def _record_uid(self, key: Key) -> str | None:
+        """The stored record's uid (None for a route served before it is written)."""
+        kind, rid = key
+        return self.intake.uid(rid) if kind == ROUTE.kind else self.l4.uid(rid)
 
     def _dns_changed(self, keys: set[Key]) -> None:
         if self.leadership.leading:
