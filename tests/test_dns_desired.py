@@ -131,3 +131,45 @@ def test_without_a_public_address_routes_publish_nothing() -> None:
     assert (
         desired({r.id: r}, IR(served={r.id: ["shop.example.test"]}), {}, {}, "", 60).endpoints == {}
     )
+
+
+def test_a_load_balancers_claim_on_a_name_dates_from_when_it_asked_for_it() -> None:
+    """A Service stored long ago that asks for a name today asks today (dns.claims, stamped
+    by the tenant side on kubelbd's clock), so it cannot take a name another tenant has."""
+    r = route("b", "default.shop", [rule("shop.example.test")], created="2026-02-01T00:00:00Z")
+    ir = IR(served={r.id: ["shop.example.test"]})
+    old = lb("a", "default.db", ["shop.example.test"], "2020-01-01T00:00:00Z",
+             claims={"shop.example.test": "2026-03-01T00:00:00.000000Z"})  # fmt: skip
+    out = desired({r.id: r}, ir, {old.id: old}, {old.id: ["192.0.2.1"]}, PUBLIC, 60)
+    assert route_key(r.id) in out.endpoints and lb_key(old.id) not in out.endpoints
+    assert out.refused[lb_key(old.id)].reason == "NameHeldByOtherTenant"
+
+
+def test_no_name_below_another_tenants_wildcard_hides_a_name_it_answers_for() -> None:
+    """`a.shop.example.test` would make `shop.example.test` an empty name, which the DNS
+    wildcard `*.example.test` no longer answers: an older wildcard of another tenant keeps
+    it; the tenant's own wildcard, or a younger one, does not."""
+    w = route("c", "default.w", [rule("*.example.test")], created="2026-01-01T00:00:00Z")
+    deep = route("e", "default.deep", [rule("a.shop.example.test")], created="2026-02-01T00:00:00Z")
+    exact = route("e", "default.exact", [rule("shop.example.test")], created="2026-02-01T00:00:00Z")
+    ir = IR(served={w.id: ["*.example.test"], deep.id: ["a.shop.example.test"],
+                    exact.id: ["shop.example.test"]})  # fmt: skip
+    routes = {w.id: w, deep.id: deep, exact.id: exact}
+    out = desired(routes, ir, {}, {}, PUBLIC, 60)
+    assert out.refused[route_key(deep.id)].reason == "NameHeldByOtherTenant"
+    assert route_key(deep.id) not in out.endpoints
+    # Its own exact host is routed to it, wildcard or not: published.
+    assert route_key(exact.id) in out.endpoints and route_key(exact.id) not in out.refused
+    own = route("c", "default.deep", [rule("a.shop.example.test")], created="2026-02-01T00:00:00Z")
+    mine = desired({w.id: w, own.id: own}, IR(served={w.id: ["*.example.test"],
+                   own.id: ["a.shop.example.test"]}), {}, {}, PUBLIC, 60)  # fmt: skip
+    assert route_key(own.id) in mine.endpoints
+
+
+def test_routes_of_one_tenant_sharing_a_host_are_all_published() -> None:
+    first = route("a", "default.one", [rule("shop.example.test")], created="2026-01-01T00:00:00Z")
+    second = route("a", "default.two", [rule("shop.example.test")], created="2026-01-02T00:00:00Z")
+    ir = IR(served={first.id: ["shop.example.test"], second.id: ["shop.example.test"]})
+    out = desired({first.id: first, second.id: second}, ir, {}, {}, PUBLIC, 60)
+    assert out.refused == {}
+    assert out.endpoints[route_key(first.id)] == out.endpoints[route_key(second.id)]

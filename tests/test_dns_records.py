@@ -9,6 +9,7 @@ from kubelbd.dns.records import (
     Create,
     Delete,
     Endpoint,
+    Key,
     OwnedRecord,
     RType,
     Update,
@@ -141,6 +142,8 @@ def test_a_name_held_by_another_owner_is_planned_as_a_create() -> None:
         (ep("example.test", "10.0.0.1"), "OutsideZone"),
         # 62 bytes fit a label; with "a-" the TXT's first label has 64.
         (ep("x" * 62 + ".example.test", "10.0.0.1"), "NameTooLong"),
+        # 252 bytes fit a name; with "a-" the TXT's name has 254 (the wire format's limit).
+        (ep(".".join(["x" * 59] * 4) + ".example.test", "10.0.0.1"), "NameTooLong"),
         (ep("a.*.example.test", "10.0.0.1"), "InvalidName"),
         (ep("sh op.example.test", "10.0.0.1"), "InvalidName"),
         (ep("shop.example.test", "2001:db8::1"), "InvalidTarget"),
@@ -169,3 +172,22 @@ def test_a_refused_endpoint_that_kubelbd_owns_is_deleted() -> None:
     current = owned("shop.example.test", "10.0.0.1")
     result = plan(ZONE, [ep("shop.example.test")], {("shop.example.test", "A"): current})
     assert result.changes == [Delete(current)]
+
+
+def test_a_create_beside_kubelbds_own_type_says_so_and_a_lone_one_does_not() -> None:
+    """A lone create needs the name empty (nothing of anyone's there); an AAAA beside
+    kubelbd's own A (owned, or created just before in the same plan) needs only its type free."""
+    a, aaaa = (
+        ep("dual.example.test", "10.0.0.1"),
+        ep("dual.example.test", "2001:db8::1", rtype="AAAA"),
+    )
+    fresh = plan(ZONE, [a, aaaa], {})
+    assert fresh.changes == [Create(a), Create(aaaa, frozenset({"A"}))]
+    owned: dict[Key, OwnedRecord] = {
+        ("dual.example.test", "A"): OwnedRecord(
+            "dual.example.test", "A", ("10.0.0.1",), 30, RESOURCE
+        )
+    }
+    assert plan(ZONE, [a, aaaa], owned).changes == [Create(aaaa, frozenset({"A"}))]
+    # kubelbd's A going away: the AAAA is created alone.
+    assert plan(ZONE, [aaaa], owned).changes[-1] == Create(aaaa)

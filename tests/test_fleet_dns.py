@@ -173,6 +173,7 @@ def test_up_generates_a_fresh_key_and_fleet_env_carries_it(tmp_path: Path) -> No
         "DNS_ZONE": "example.test",
         "DNS_TSIG_NAME": "kubelbd-fleet",
         "DNS_TSIG_SECRET": secret,
+        "DNS_BASE_DOMAIN": "lb.example.test",
         "DNS_TSIG_ALGORITHM": "hmac-sha256",
     }
     assert f'secret "{secret}";' in (stale / "named.conf").read_text()

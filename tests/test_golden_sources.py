@@ -121,3 +121,25 @@ def test_an_object_names_at_most_max_names() -> None:
     got = dnsnames.read({"kubelb.io/hostname": names}, Policy(), "default", "db", names=True)
     assert len(got.hostnames) == dnsnames.MAX_NAMES
     assert [p.reason for p in got.problems] == ["TooManyNames"]
+
+
+@pytest.mark.parametrize("raw", ["²", "1" * 5000, "-5", "1.5", "5d", "86401", "25h", ""])
+def test_a_ttl_that_is_no_ttl_is_a_problem_never_an_exception(raw: str) -> None:
+    ttl, problems = dnsnames.ttl_of({"kubelb.io/dns-ttl": raw})
+    assert ttl is None and [p.reason for p in problems] == ["InvalidAnnotation"]
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("0", 0), ("90s", 90), ("5m", 300), ("1h30m", 5400)])
+def test_ttls_in_seconds_or_go_durations(raw: str, seconds: int) -> None:
+    assert dnsnames.ttl_of({"external-dns.alpha.kubernetes.io/ttl": raw}) == (seconds, [])
+
+
+def test_a_repeated_or_refused_annotation_costs_a_bounded_spec() -> None:
+    policy = for_tenant(Policy(base_domain="lb.example.test"), "alpha")
+    autos = dnsnames.read(
+        {"kubelb.io/hostname": ",".join(["auto"] * 10000)}, policy, "d", "db", True
+    )
+    assert autos.hostnames == ["db-d.alpha.lb.example.test"] and autos.problems == []
+    refused = ",".join(f"x{i}.beta.lb.example.test" for i in range(10000))
+    many = dnsnames.read({"kubelb.io/hostname": refused}, policy, "d", "db", names=True)
+    assert many.hostnames == [] and len(many.problems) == dnsnames.MAX_PROBLEMS

@@ -67,6 +67,8 @@ class NamesPublisher:
         self.settings = settings
         self._on_states = on_states  # these records' DNSPublished changed
         self._wanted: dict[Key, list[Endpoint]] = {}
+        #: record sets whose create found someone else's records, until the next transfer
+        self._not_ours: dict[RecordSet, NotOurs] = {}
         self.states: dict[Key, DNSState] = {}
         self._wake = anyio.Event()
         #: set by the first `want` of a term: before it, every name kubelbd owns would look
@@ -125,6 +127,7 @@ class DNSPublisher(NamesPublisher):
                 answer = await self.client.owned()
                 if isinstance(answer, dict):
                     owned, next_reconcile = answer, anyio.current_time() + RECONCILE
+                    self._not_ours = {}  # the zone as it is now: ask again
                 else:
                     owned = None
                     self._server_problem(answer)
@@ -145,7 +148,9 @@ class DNSPublisher(NamesPublisher):
         (a retry is due). `owned` follows every change the server accepted."""
         wanted = self._wanted
         outcome: dict[str, DNSState] = {}
-        planned = plan(self.settings.zone, [e for es in wanted.values() for e in es], owned)
+        # Routes of one tenant sharing a host want the same record set: planned once.
+        unique = dict.fromkeys(e for es in wanted.values() for e in es)
+        planned = plan(self.settings.zone, list(unique), owned)
         for refusal in planned.refused:
             # A host outside the zone is the operator's choice of zone, not the tenant's
             # fault: a condition, no Warning Event. A name the zone cannot hold is a fault.
@@ -155,11 +160,23 @@ class DNSPublisher(NamesPublisher):
             )
         failed = False
         for change in planned.changes:
-            result = await self.client.apply(change)
+            key = _change_key(change)
+            if key in self._not_ours:
+                # Refused as someone else's since the last zone transfer: not asked again
+                # on every pass (any change anywhere starts one), only after the next.
+                outcome[key[0]] = _state_of(key[0], self._not_ours[key])
+                continue
+            try:
+                result = await self.client.apply(change)
+            except Exception as e:
+                log.exception("dns: %s: unexpected failure", key[0])
+                result = Refused(f"{type(e).__name__}: {e}")
+            if isinstance(result, NotOurs):
+                self._not_ours[key] = result
             if isinstance(result, Done):
                 _track(owned, change)
                 continue
-            name = change.record.name if isinstance(change, Delete) else change.endpoint.name
+            name = key[0]
             failed |= isinstance(result, (Refused, Unreachable))
             log.warning("dns: %s %s: %s", type(change).__name__.lower(), name, _text(result))
             outcome[name] = _state_of(name, result)
@@ -186,6 +203,12 @@ def combined(server: DNSState, refused: DNSState | None) -> DNSState:
     if refused is not None and (server.published or server.reason == NOT_SERVED.reason):
         return refused
     return server
+
+
+def _change_key(change: Change) -> RecordSet:
+    if isinstance(change, Delete):
+        return (change.record.name, change.record.rtype)
+    return (change.endpoint.name, change.endpoint.rtype)
 
 
 def _track(owned: dict[RecordSet, OwnedRecord], change: Change) -> None:

@@ -136,8 +136,11 @@ class DataPlane:
     def _dns_state(self, key: Key) -> DNSState | None:
         if self.dns is None:
             return None
-        names = tuple(self.dns_wanted.names.get(key, ()))
-        return replace(combined(self.dns.state(key), self.dns_wanted.refused.get(key)), names=names)
+        server = self.dns.state(key)
+        # The names go into the object's status once the server has them, even when another
+        # name of the object was refused.
+        names = tuple(self.dns_wanted.names.get(key, ())) if server.published else ()
+        return replace(combined(server, self.dns_wanted.refused.get(key)), names=names)
 
     def _publish_names(self) -> None:
         """Envoy applied a publish: DNS follows what it serves now."""

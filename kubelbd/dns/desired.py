@@ -24,7 +24,7 @@ from ..ir.http import IR
 from ..ir.status import DNSState
 from ..records.names import LOADBALANCER, ROUTE, namespace_of
 from ..records.problems import problems_of
-from ..records.types import LBRecord, ProblemSpec, RouteRecord
+from ..records.types import LBRecord, ProblemSpec, RouteRecord, fixed_width
 from .records import Endpoint, RType
 
 Key = tuple[str, str]
@@ -76,6 +76,18 @@ def _parent_wildcard(name: str) -> str:
     return "*." + name.split(".", 1)[1] if "." in name else ""
 
 
+def _covering_wildcards(name: str, route_hosts: Mapping[str, _Claim]) -> list[tuple[int, _Claim]]:
+    """(depth, claim) of the served wildcard hosts covering `name` (depth 0) or one of its
+    ancestors (the depth of that ancestor below `name`)."""
+    out = []
+    labels = name.split(".")
+    for depth in range(len(labels) - 1):
+        claim = route_hosts.get("*." + ".".join(labels[depth + 1 :]))
+        if claim is not None:
+            out.append((depth, claim))
+    return out
+
+
 def desired(
     routes: Mapping[str, RouteRecord],
     ir: IR,
@@ -100,33 +112,57 @@ def desired(
             if not host or host == "*":
                 continue
             claim = (route.claim_key(host)[0], rid), key
-            route_hosts[host] = claim
+            route_hosts.setdefault(host, claim)
+            route_hosts[host] = min(route_hosts[host], claim)
             wants.setdefault(host, []).append(
                 (claim, _endpoints(host, (public_address,), r_ttl, resource))
             )
     for rid, rec in lbs.items():
         targets = lb_targets.get(rid) or ()
-        names = rec.spec.get("dns", {}).get("hostnames", [])
-        if not targets or not names:
+        dns = rec.spec.get("dns", {})
+        if not targets or not dns.get("hostnames"):
             continue
         key = lb_key(rid)
-        lb_ttl = rec.spec.get("dns", {}).get("ttl", ttl)
         resource = f"loadbalancer/{namespace_of(rec.tenant)}/{rec.name}"
-        for name in names:
-            claim = rec.age, key
-            wants.setdefault(name, []).append((claim, _endpoints(name, targets, lb_ttl, resource)))
-            covering = route_hosts.get(_parent_wildcard(name))
-            if covering is not None and covering[1] != key:
-                wants[name].append((covering, []))  # the wildcard's owner holds it
+        for name in dns["hostnames"]:
+            since = (dns.get("claims") or {}).get(name) or rec.recorded
+            claim = (fixed_width(since) if since else "9999", rid), key
+            endpoints = _endpoints(name, targets, dns.get("ttl", ttl), resource)
+            wants.setdefault(name, []).append((claim, endpoints))
     lost: dict[Key, list[tuple[str, bool]]] = {}  # name, whether another tenant has it
+    for name, candidates in wants.items():
+        # An older wildcard of another tenant keeps a LoadBalancer's name it serves, and any
+        # name below one it serves (which would become an empty name the wildcard no longer
+        # answers for). A Route's own exact host under a wildcard is routed to that Route, so
+        # its name is too.
+        covering = _covering_wildcards(name, route_hosts)
+        kept = []
+        for claim, endpoints in candidates:
+            if any(
+                _tenant(w[1]) != _tenant(claim[1]) and w < claim
+                and (depth > 0 or claim[1][0] == LOADBALANCER.kind)
+                for depth, w in covering
+            ):  # fmt: skip
+                lost.setdefault(claim[1], []).append((name, True))
+            else:
+                kept.append((claim, endpoints))
+        candidates[:] = kept
     for name, candidates in sorted(wants.items()):
+        if not candidates:
+            continue
         candidates.sort(key=lambda c: c[0])
         (_, winner), endpoints = candidates[0]
         if endpoints:
             out.endpoints.setdefault(winner, []).extend(endpoints)
         for (_, key), _e in candidates[1:]:
-            if key != winner:
-                lost.setdefault(key, []).append((name, _tenant(winner) != _tenant(key)))
+            if key == winner:
+                continue
+            if endpoints and key[0] == winner[0] == ROUTE.kind and _tenant(key) == _tenant(winner):
+                # Routes of one tenant share a host (Ingress merges them): the name is
+                # published for all of them, by the first.
+                out.endpoints.setdefault(key, []).extend(endpoints)
+                continue
+            lost.setdefault(key, []).append((name, _tenant(winner) != _tenant(key)))
     for key, taken in lost.items():
         if any(other for _, other in taken):
             reason, whose = "NameHeldByOtherTenant", "held by another tenant"

@@ -68,9 +68,13 @@ class OwnedRecord:
 
 @dataclass(frozen=True)
 class Create:
-    """Publish a record set and its ownership TXT, only where neither exists yet."""
+    """Publish a record set and its ownership TXT, only where neither exists yet. `beside`:
+    the types kubelbd has at the name by then (an A beside its AAAA); without any, the name
+    must hold nothing at all, so that no record is ever added beside someone else's (an A
+    next to another owner's AAAA or MX would take that name's IPv4 clients)."""
 
     endpoint: Endpoint
+    beside: frozenset[RType] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -202,10 +206,15 @@ def plan(zone: str, desired: Iterable[Endpoint], owned: Mapping[Key, OwnedRecord
     deletes: list[Change] = [Delete(r) for k, r in sorted(owned.items()) if k not in wanted]
     updates: list[Change] = []
     creates: list[Change] = []
+    ours: dict[str, set[RType]] = {}  # kubelbd's types at each name once applied, so far
+    for name, rtype in owned:
+        if (name, rtype) in wanted:
+            ours.setdefault(name, set()).add(rtype)
     for key, endpoint in sorted(wanted.items()):
         current = owned.get(key)
         if current is None:
-            creates.append(Create(endpoint))
+            creates.append(Create(endpoint, frozenset(ours.get(key[0], ()))))
+            ours.setdefault(key[0], set()).add(key[1])
         elif (current.targets, current.ttl, current.resource) != (
             endpoint.targets,
             endpoint.ttl,
@@ -228,6 +237,12 @@ def _checked(
     problem = _name_problem(name, wildcard=True)
     if problem:
         return endpoint, Problem("InvalidName", problem)
+    if len(owner_name(name, endpoint.rtype)) > _MAX_NAME:
+        return endpoint, Problem(
+            "NameTooLong",
+            f"the ownership TXT of {name} would be longer than {_MAX_NAME} bytes "
+            f"({endpoint.rtype.lower()}- is prepended to it)",
+        )
     if len(owner_name(name, endpoint.rtype).partition(".")[0]) > _MAX_LABEL:
         return endpoint, Problem(
             "NameTooLong",

@@ -83,6 +83,9 @@ class Unreachable:
 
 Outcome = Done | NotOurs | Refused | Unreachable
 
+#: a zone transfer may take this many times an update's timeout
+TRANSFER_TIMEOUTS = 6
+
 _NOT_OURS = {dns.rcode.YXDOMAIN, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN, dns.rcode.NXRRSET}
 _TXT_CHUNK = 255  # bytes in one TXT character-string
 _TRANSIENT = (TimeoutError, OSError, EOFError, dns.exception.Timeout)
@@ -90,7 +93,8 @@ _TRANSIENT = (TimeoutError, OSError, EOFError, dns.exception.Timeout)
 
 class RFC2136:
     """One zone on one server, written as `owner`. `server` is `address:port` with an IP
-    address (`[v6]:port` for IPv6); `timeout` bounds each update and each zone transfer."""
+    address (`[v6]:port` for IPv6); `timeout` bounds each update, and TRANSFER_TIMEOUTS of
+    it a zone transfer (a large zone takes longer than one update)."""
 
     def __init__(
         self,
@@ -114,12 +118,17 @@ class RFC2136:
     async def apply(self, change: Change) -> Outcome:
         """Apply one change as one atomic update with prerequisites."""
         message = self._update()
-        if isinstance(change, Create):
-            self._create(message, change.endpoint)
-        elif isinstance(change, Update):
-            self._replace(message, change.endpoint, change.current)
-        else:
-            self._delete(message, change.record)
+        try:
+            if isinstance(change, Create):
+                self._create(message, change.endpoint, change.beside)
+            elif isinstance(change, Update):
+                self._replace(message, change.endpoint, change.current)
+            else:
+                self._delete(message, change.record)
+        except (dns.exception.DNSException, ValueError) as e:
+            # A name the wire format cannot hold (records.plan refuses those it knows of):
+            # this change is refused, never the loop that applies every other.
+            return Refused(f"cannot build the update: {e}")
         return await self._send(message)
 
     async def floor(self) -> Outcome:
@@ -180,9 +189,10 @@ class RFC2136:
         zone = dns.zone.Zone(self.origin)
         query, _ = dns.xfr.make_query(zone, serial=None, keyring=self.key)
         try:
-            with anyio.fail_after(self.timeout):
+            lifetime = self.timeout * TRANSFER_TIMEOUTS
+            with anyio.fail_after(lifetime):
                 await dns.asyncquery.inbound_xfr(
-                    self.address, zone, query, port=self.port, lifetime=self.timeout
+                    self.address, zone, query, port=self.port, lifetime=lifetime
                 )
         except dns.xfr.TransferError as e:
             detail = f"zone transfer: {dns.rcode.to_text(e.rcode)}"
@@ -216,18 +226,24 @@ class RFC2136:
     def _update(self) -> dns.update.UpdateMessage:
         return dns.update.UpdateMessage(self.origin, keyring=self.key)
 
-    def _create(self, message: dns.update.UpdateMessage, endpoint: Endpoint) -> None:
-        """Only where the name holds no record set of the type and no ownership TXT. A CNAME
-        needs the name empty, and an address the name without a CNAME: a server ignores an
+    def _create(
+        self, message: dns.update.UpdateMessage, endpoint: Endpoint, beside: frozenset[RType]
+    ) -> None:
+        """Only where the name holds nothing (or, `beside` kubelbd's own record sets of other
+        types, no record set of this type and no CNAME, with kubelbd's ownership TXTs of those
+        present), and the ownership TXT's name neither a TXT nor a CNAME: a server ignores an
         added record that would share its name with a CNAME, and reports success."""
         name = dns.name.from_text(endpoint.name)
         owner = dns.name.from_text(owner_name(endpoint.name, endpoint.rtype))
-        if endpoint.rtype == "CNAME":
+        if not beside or endpoint.rtype == "CNAME":
             message.absent(name)
         else:
             message.absent(name, endpoint.rtype)
             message.absent(name, dns.rdatatype.CNAME)
+            for rtype in sorted(beside):
+                message.present(dns.name.from_text(owner_name(endpoint.name, rtype)), "TXT")
         message.absent(owner, dns.rdatatype.TXT)
+        message.absent(owner, dns.rdatatype.CNAME)
         message.add(name, endpoint.ttl, endpoint.rtype, *_texts(endpoint))
         message.add(owner, endpoint.ttl, self._txt(endpoint.resource))
 

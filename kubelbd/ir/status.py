@@ -74,7 +74,7 @@ def _source(
     if dns is not None and dns.warn:
         events.append(Event("Warning", dns.reason, dns.message))
     # The name goes with the address once it resolves to it, and not before.
-    name = dns.names[0] if dns is not None and dns.published and dns.names and pairs else ""
+    name = dns.names[0] if dns is not None and dns.names and pairs else ""
     return SourceStatus(
         ref["kind"], ref["namespace"], ref["name"], ref["uid"], pairs, tuple(events),
         ref.get("generation", 0), hostname=name,
@@ -98,7 +98,8 @@ class DNSState:
     #: a fault of the name (another owner holds it, outside the zone): an Event too;
     #: waiting for the server is not
     warn: bool = False
-    #: the object's own names (a Service's, an automatic one) for its status, once published
+    #: the object's own names (a Service's, an automatic one) for its status: only those the
+    #: server has published
     names: tuple[str, ...] = ()
 
 

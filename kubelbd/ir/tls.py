@@ -301,8 +301,9 @@ def wanted(ir: IR, routes: Iterable[RouteRecord]) -> dict[str, Wanted]:
                     h
                     for h in entry["hosts"]
                     if (vh := ir.vhosts.get(h)) is not None and vh.tenant == route.tenant
+                    and not _covers_anothers(ir, h, route.tenant)
                 )
-            )
+            )  # fmt: skip
             if not hosts:
                 continue
             sid = tls_secret_of(route, entry)
@@ -316,6 +317,19 @@ def wanted(ir: IR, routes: Iterable[RouteRecord]) -> dict[str, Wanted]:
             merged = tuple(sorted(set(hosts) | set(prior.hosts if prior else ())))
             out[sid] = Wanted(sid, merged, source, issuer)
     return out
+
+
+def _covers_anothers(ir: IR, host: str, tenant: str) -> bool:
+    """Whether wildcard `host` names a host another tenant serves: a CA's certificate for it
+    would be valid for that tenant's name too, so none is ordered while one does."""
+    if not host.startswith("*."):
+        return False
+    parent = host[1:]
+    return any(
+        vh.tenant != tenant and h.endswith(parent) and "." not in h[: -len(parent)]
+        for h, vh in ir.vhosts.items()
+        if h != host
+    )
 
 
 def renewal_time(

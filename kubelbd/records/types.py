@@ -106,6 +106,8 @@ class DNSOptions(TypedDict, total=False):
 
     hostnames: list[str]
     ttl: int
+    #: a LoadBalancer's name -> when kubelbd first saw it asked for (records/claims.py)
+    claims: dict[str, str]
 
 
 class RouteSpec(TypedDict):

@@ -3,7 +3,8 @@
 - `kubelb.io/hostname` or external-dns's `external-dns.alpha.kubernetes.io/hostname` (a
   comma-separated list, as external-dns reads it) names a LoadBalancer Service;
   `kubelb.io/hostname: auto` asks for an automatic name under the tenant's own domain
-  (`--dns-base-domain`), on a Service or an Ingress;
+  (`--dns-base-domain`), on a Service or an Ingress (an Ingress's names are its hosts:
+  external-dns's annotation on one is left to an external-dns of the tenant's own);
 - `kubelb.io/dns-ttl` or `external-dns.alpha.kubernetes.io/ttl` sets the TTL, in seconds
   or as a Go duration (`90s`, `5m`, `1h`), as external-dns accepts it.
 
@@ -35,8 +36,13 @@ MAX_NAMES = 16
 NAME = re.compile(
     r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+$"
 )
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_MAX_LABEL = 63
+_SECONDS = re.compile(r"^[0-9]{1,10}$")
+_DURATION = re.compile(r"^(?:([0-9]{1,5})h)?(?:([0-9]{1,7})m)?(?:([0-9]{1,10})s)?$")
+#: problems one annotation may cause before the rest are summed up in one
+MAX_PROBLEMS = 8
+#: an automatic name's first label: 63 bytes less the longest ownership prefix (`cname-`),
+#: so that its ownership TXT's label fits too
+_MAX_LABEL = 57
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,9 @@ def ttl_of(annotations: Mapping[str, str]) -> tuple[int | None, list[Problem]]:
         if raw is None:
             continue
         value = raw.strip()
-        seconds: int | None = int(value) if value.isdigit() else None
+        # ASCII digits only, and few: str.isdigit() takes "²", and int() of thousands of
+        # digits raises.
+        seconds: int | None = int(value) if _SECONDS.fullmatch(value) else None
         match = _DURATION.fullmatch(value) if seconds is None and value else None
         if match is not None and any(match.groups()):
             h, m, s = (int(g or 0) for g in match.groups())
@@ -100,11 +108,14 @@ def read(
     ttl, problems = ttl_of(annotations)
     wanted: list[str] = []
     auto = False
-    for key in HOSTNAME_ANNOTATIONS:
+    found: list[Problem] = []
+    # An Ingress's names are its hosts: external-dns's annotation is left to an external-dns
+    # of the tenant's own, as it would be without kubelbd.
+    for key in HOSTNAME_ANNOTATIONS if names else HOSTNAME_ANNOTATIONS[:1]:
         raw = annotations.get(key)
         if raw is None:
             continue
-        for item in (v.strip().lower().rstrip(".") for v in raw.split(",")):
+        for item in dict.fromkeys(v.strip().lower().rstrip(".") for v in raw.split(",")):
             if not item:
                 continue
             if item == AUTO and key == HOSTNAME_ANNOTATIONS[0]:
@@ -112,23 +123,25 @@ def read(
                     auto = True
                     wanted.append(auto_name(namespace, name, policy.auto_domain))
                 else:
-                    problems.append(
-                        Problem("NoBaseDomain", f"{key}: auto needs a --dns-base-domain")
-                    )
+                    found.append(Problem("NoBaseDomain", f"{key}: auto needs a --dns-base-domain"))
             elif not names:
-                problems.append(
+                found.append(
                     Problem("InvalidAnnotation", f"{key}: only 'auto' is read on this kind")
                 )
             elif not NAME.fullmatch(item):
-                problems.append(Problem("InvalidHost", f"{key}: {item[:253]!r} is not a DNS name"))
+                found.append(Problem("InvalidHost", f"{key}: {item[:253]!r} is not a DNS name"))
             elif not policy.allows_host(item):
-                problems.append(not_allowed(item))
+                found.append(not_allowed(item))
             elif item in wanted:
                 continue
             elif len(wanted) >= MAX_NAMES:
                 message = f"{key}: more than {MAX_NAMES} names; {item[:253]!r} and later ignored"
-                problems.append(Problem("TooManyNames", message))
+                found.append(Problem("TooManyNames", message))
                 break
             else:
                 wanted.append(item)
-    return DNSAnnotations(wanted, auto, ttl, problems)
+    if len(found) > MAX_PROBLEMS:
+        more = len(found) - MAX_PROBLEMS + 1
+        found = found[: MAX_PROBLEMS - 1]
+        found.append(Problem("InvalidAnnotation", f"{more} more names refused"))
+    return DNSAnnotations(wanted, auto, ttl, problems + found)

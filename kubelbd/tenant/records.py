@@ -15,10 +15,10 @@ from typing import Any, cast
 from ..hub import RecordSink
 from ..kube import Kube
 from ..kube.client import precise_timestamp
-from ..records.claims import with_claims
+from ..records.claims import with_claims, with_name_claims
 from ..records.names import KINDS, ROUTE, RecordKind, namespace_of
 from ..records.objects import record_object
-from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec
+from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec, SpecT
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,17 @@ class TenantRecords:
                 recorded[k] = str(o["metadata"].get("creationTimestamp") or "")
         self.written, self.recorded = written, recorded
 
-    def with_claims(self, kind: RecordKind, name: str, spec: RouteSpec) -> RouteSpec:
-        """A Route spec as it is written: with when kubelbd first saw each host claimed (a
-        claim handed to the data plane and not written yet keeps its time too: a record
-        whose write is retried must not look newer on every try)."""
+    def with_claims(self, kind: RecordKind, name: str, spec: SpecT) -> SpecT:
+        """A spec as it is written: with when kubelbd first saw each of a Route's hosts, or
+        a LoadBalancer's DNS names, claimed (a claim handed to the data plane and not written
+        yet keeps its time too: a record whose write is retried must not look newer on every
+        try)."""
         previous = self._handed.get((kind.kind, name)) or self.written.get((kind.kind, name))
-        return with_claims(
-            spec,
-            cast(RouteSpec, previous) if isinstance(previous, dict) else None,
-            self.recorded.get((kind.kind, name), ""),
-            precise_timestamp(),
-        )
+        before: Any = previous if isinstance(previous, dict) else None
+        recorded, now = self.recorded.get((kind.kind, name), ""), precise_timestamp()
+        raw: Any = spec  # one of the two spec types, as `kind` says
+        stamp = with_claims if kind == ROUTE else with_name_claims
+        return cast(SpecT, stamp(raw, before, recorded, now))
 
     def known(self, kind: RecordKind, name: str) -> bool:
         return (kind.kind, name) in self.written or (kind.kind, name) in self.unwritten

@@ -457,7 +457,7 @@ class TenantSync:
         result = source.translate(obj, self.caches)
         if source.record == ROUTE:
             self.limits.certificates(record, result, self.policy.limits.certificates)
-            result.spec = self.records.with_claims(ROUTE, record, result.spec)
+        result.spec = self.records.with_claims(source.record, record, result.spec)
         return result
 
     async def _reconcile_one(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
