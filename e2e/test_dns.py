@@ -316,12 +316,14 @@ async def test_dnsendpoint_mode_writes_and_deletes_a_dnsendpoint_per_served_host
         assert obj["spec"]["endpoints"] == [
             {"dnsName": host, "recordType": "A", "targets": ["127.0.0.1"], "recordTTL": 5}
         ], obj["spec"]
+        # A route is served before its record is written: the owner comes with the uid.
+        route = await mgmt.get(ROUTES, record, "tenant-alpha")
+        owners = obj["metadata"].get("ownerReferences") or []
+        assert [o["uid"] for o in owners] == [route["metadata"]["uid"]], owners
         return obj
 
-    obj = await eventually(written, what=f"DNSEndpoint {name}")
+    obj = await eventually(written, what=f"DNSEndpoint {name} owned by its Route")
     assert obj["metadata"]["labels"][MANAGED_BY] == MANAGER
-    route = await mgmt.get(ROUTES, record, "tenant-alpha")
-    assert [o["uid"] for o in obj["metadata"]["ownerReferences"]] == [route["metadata"]["uid"]]
     await eventually(lambda: dns_reason(fleet, "alpha", record, "WaitingForExternalDNS"))
     # What external-dns's crd source does once it read the object.
     await mgmt.patch(

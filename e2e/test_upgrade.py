@@ -60,6 +60,9 @@ async def test_records_of_the_previous_version_keep_serving(fleet: FleetHandle) 
             await stop_kubelbd()
             await run_fleet("stop", "apiserver", "alpha")
             try:
+                # Read again once nothing writes it: a status write (DNSPublished, say)
+                # between the first read and the stop would make a replace of that a 409.
+                record = await mgmt.get(ROUTES, f"{ns}.app", "tenant-alpha")
                 record["spec"] = old_shape(record["spec"])
                 record.pop("status", None)  # not written yet, at times
                 stored = await mgmt.replace(ROUTES, record)
