@@ -39,6 +39,10 @@ class SourceStatus:
     #: the object's DNS name, with its first address (status.loadBalancer.ingress[0] has
     #: both, so that a consumer taking the address first still takes the address)
     hostname: str = ""
+    #: kinds whose status is more than an address (Gateway API): the status document the
+    #: data plane decided, as canonical JSON (hashable, compared as a whole); the source's
+    #: status_patch knows where it goes
+    document: str = ""
 
     @property
     def key(self) -> str:

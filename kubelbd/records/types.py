@@ -71,10 +71,22 @@ class Backend(TypedDict):
     problem: NotRequired[str]
 
 
+class HeaderMatch(TypedDict):
+    """A request header (or query parameter) a path also requires (Gateway API matches)."""
+
+    name: str  # a header name in lower case; a query parameter as written
+    value: str
+    type: Literal["Exact", "RegularExpression"]
+
+
 class HTTPPath(TypedDict):
     path: str
     pathType: PathType
     backends: list[Backend]
+    #: Gateway API: every one must match too (an Ingress has none)
+    headers: NotRequired[list[HeaderMatch]]
+    queryParams: NotRequired[list[HeaderMatch]]
+    method: NotRequired[str]
 
 
 class HTTPRule(TypedDict):
@@ -110,6 +122,34 @@ class DNSOptions(TypedDict, total=False):
     claims: dict[str, str]
 
 
+class ParentRefSpec(TypedDict, total=False):
+    """A Gateway API parentRef as the tenant wrote it (echoed back in status.parents)."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+    sectionName: str
+    port: int
+
+
+class ParentRef(TypedDict):
+    """A Gateway a Route asked to attach to, as the tenant side resolved it (it sees the
+    Gateway, its listeners' allowedRoutes and the namespaces' labels): the record's attachment
+    is data, so the data plane serves and reports it without reading tenant objects."""
+
+    ref: ParentRefSpec
+    #: the Gateway's LoadBalancer record name ("" when the Gateway is not ours or missing)
+    gateway: str
+    #: the Gateway's listeners it is attached to (empty: not attached)
+    listeners: list[str]
+    #: Accepted for this parent, and why not (Gateway API's reasons: NoMatchingParent,
+    #: NotAllowedByListeners, NoMatchingListenerHostname, ...)
+    accepted: bool
+    reason: str
+    message: str
+
+
 class RouteSpec(TypedDict):
     source: SourceRef
     rules: list[HTTPRule]
@@ -120,6 +160,8 @@ class RouteSpec(TypedDict):
     tls: NotRequired[list[TLSEntry]]
     options: NotRequired[RouteOptions]
     dns: NotRequired[DNSOptions]
+    #: Gateway API: served only on these Gateways' listeners, never on the shared one
+    parents: NotRequired[list[ParentRef]]
     problems: NotRequired[list[ProblemSpec]]
 
 
@@ -149,6 +191,18 @@ class L4Port(TypedDict):
     name: NotRequired[str]
 
 
+GatewayProtocol = Literal["HTTP", "HTTPS", "TLS", "TCP", "UDP"]
+
+
+class GatewayListener(TypedDict):
+    """A Gateway listener Envoy serves at the Gateway's own address, on its real port."""
+
+    name: str
+    port: int
+    protocol: GatewayProtocol
+    hostname: NotRequired[str]  # absent: every host
+
+
 class LoadBalancerSpec(TypedDict):
     source: SourceRef
     ports: list[L4Port]
@@ -156,6 +210,8 @@ class LoadBalancerSpec(TypedDict):
     proxyProtocol: str
     requestedAddress: NotRequired[str]
     dns: NotRequired[DNSOptions]
+    #: a Gateway: its listeners (its `ports` are empty: nothing is proxied as plain TCP)
+    listeners: NotRequired[list[GatewayListener]]
     problems: NotRequired[list[ProblemSpec]]
 
 
