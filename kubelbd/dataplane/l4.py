@@ -96,6 +96,11 @@ def management_service(rec: LBRecord, placement: Placement, settings: L4Settings
     }
 
 
+NO_GATEWAY_ADDRESS = AllocationError(
+    "NoAddressPool", "a Gateway needs an address of its own: --l4-mode=pool and --l4-address-pool"
+)
+
+
 class NotLeading(Exception):
     """This replica lost the Lease: the allocation it was about to write is not its to write."""
 
@@ -228,7 +233,15 @@ class LoadBalancers:
     ) -> tuple[list[L4Listener], list[L4Cluster]]:
         """Allocate, persist allocations, then return what Envoy should serve."""
         self.dirty = False
-        placements, failures = place(self.records.values(), self.status, self._where())
+        records = list(self.records.values())
+        refused: dict[str, AllocationError] = {}
+        if self.settings.mode == "service":
+            # A Gateway listens on its own ports: only an address of its own allows that.
+            gateways = {r.id for r in records if "listeners" in r.spec}
+            records = [r for r in records if r.id not in gateways]
+            refused = dict.fromkeys(gateways, NO_GATEWAY_ADDRESS)
+        placements, failures = place(records, self.status, self._where())
+        failures |= refused
         if not self.writes:
             # A follower serves the allocations the leader recorded, and nothing else: it
             # never decides an address or port that the leader might decide differently.

@@ -30,6 +30,8 @@ from ..envoy.renderer import Files, Renderer
 from ..envoy.sds import SecretServer
 from ..envoy.settings import SDS_SOCKET, Settings
 from ..hub import Settling, StatusBoard
+from ..ir import gateway, gateway_status
+from ..ir.gateway import GatewayIR
 from ..ir.http import Model
 from ..ir.status import DNSState, Report, route_report
 from ..kube import ApiError, Kube
@@ -90,6 +92,8 @@ class DataPlane:
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
         self.dns = self._names_publisher(dns)
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
+        self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
+        self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
         # ACME DNS-01 answers go through the server, zone and key the names are published with
         # (RFC 2136 only: through external-dns, kubelbd has no server to write answers to).
         client = self.dns.client if self.dns is not None else None
@@ -313,8 +317,10 @@ class DataPlane:
             self._render_at(removal)  # an unused cluster's grace period ends
         changed = set(batch.upserts) | batch.deletes
         tls_moved = self.tls.render(self.model, changed, delta, self.renderer, files)
+        l4_rendered = self.l4.dirty
         if self.l4.dirty:
             await self._render_l4(files)
+        gw_routes, gw_lbs = self._render_gateways(changed, l4_rendered, files)
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
         self.tls.published()
@@ -332,10 +338,37 @@ class DataPlane:
             self._withdraw(LOADBALANCER, rec)
         if self.leadership.leading:  # a follower writes no status: it keeps no backlog
             self.status.due(
-                routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts,
-                lbs=lbs,
+                routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts | gw_routes,
+                lbs=lbs | gw_lbs,
                 arrivals=batch.arrivals,
             )
+
+    def _render_gateways(
+        self, changed: set[str], l4_rendered: bool, files: Files
+    ) -> tuple[set[str], set[str]]:
+        """The Gateways' listeners, when a route attached to one or a Gateway changed; the
+        routes and Gateways whose status that changed."""
+        attached = {
+            rid for rid in changed
+            if (r := self.model.routes.get(rid)) is not None and "parents" in r.spec
+        }  # fmt: skip
+        touched = changed & (self._gateway_routes | attached)
+        self._gateway_routes = (self._gateway_routes - changed) | attached
+        if not touched and not l4_rendered:
+            return set(), set()
+        gateways = {rid: r for rid, r in self.l4.records.items() if "listeners" in r.spec}
+        routes = [self.model.routes[rid] for rid in sorted(self._gateway_routes)]
+        before, self.gateways = self.gateways, gateway.build(gateways, self.l4.placements, routes)
+        files.update(self.renderer.update_gateways(self.gateways.listeners))
+        moved = {
+            rid for rid in set(before.served) | set(self.gateways.served)
+            if before.served.get(rid) != self.gateways.served.get(rid)
+        }  # fmt: skip
+        counted = {
+            gid for gid in set(before.attached) | set(self.gateways.attached)
+            if before.attached.get(gid) != self.gateways.attached.get(gid)
+        }  # fmt: skip
+        return moved | touched, counted
 
     async def _render_l4(self, files: Files) -> None:
         try:
@@ -393,15 +426,25 @@ class DataPlane:
         out = []
         for rid in sorted(routes):
             route = self.model.routes.get(rid)
-            if route is not None:
+            if route is not None and "parents" in route.spec:
+                out.append(gateway_status.route_report(route, self.gateways, applied))
+            elif route is not None:
                 problems = self.tls.plan.problems.get(rid, [])
                 dns = self._dns_state(route_key(rid))
                 out.append(
                     route_report(route, self.model.ir, problems, self.public_address, applied, dns)
                 )
         for rid in sorted(lbs):
-            # A Service that asks for no name has no DNSPublished condition.
             rec = self.l4.records.get(rid)
+            if rec is not None and "listeners" in rec.spec:
+                placement = self.l4.placements.get(rid)
+                address = placement.address if placement is not None else None
+                failure = self.l4.failures.get(rid)
+                out.append(
+                    gateway_status.gateway_report(rec, address, self.gateways, failure, applied)
+                )
+                continue
+            # A Service that asks for no name has no DNSPublished condition.
             named = rec is not None and (
                 bool(rec.spec.get("dns", {}).get("hostnames"))
                 or lb_key(rid) in self.dns_wanted.refused

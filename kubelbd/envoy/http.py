@@ -155,13 +155,18 @@ def backend_cluster(c: Cluster, settings: Settings) -> Resource:
     }
 
 
-def _action(target: Target | None, settings: Settings) -> Resource:
+def route_action(target: Target | None, settings: Settings, unresolved: int = 503) -> Resource:
+    """Where a route sends requests; `unresolved`: the status when none of its backends can
+    be reached (Gateway API says 500 for a backend that does not resolve)."""
     if target is None:
         return {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
     clusters = target.clusters
     if not clusters:
         return {
-            "direct_response": {"status": 503, "body": {"inline_string": "backend unavailable\n"}}
+            "direct_response": {
+                "status": unresolved,
+                "body": {"inline_string": "backend unavailable\n"},
+            }
         }
     if len(clusters) == 1:
         return {"route": {"cluster": clusters[0][0], "timeout": settings.route_timeout}}
@@ -209,7 +214,7 @@ def authority_guard(host: str) -> list[Resource]:
     ]
 
 
-def _named(route: Resource, target: Target | None) -> Resource:
+def named_route(route: Resource, target: Target | None) -> Resource:
     return {"name": target.route, **route} if target is not None else route
 
 
@@ -221,19 +226,23 @@ def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) ->
         match = _match(rule)
         if guard:
             match["headers"] = guard
-        routes.append(_named({"match": match, **_action(rule.target, settings)}, rule.target))
+        routes.append(
+            named_route({"match": match, **route_action(rule.target, settings)}, rule.target)
+        )
     catches_all = bool(vh.rules) and vh.rules[-1].path == "/" and not vh.rules[-1].exact
     if not catches_all:  # otherwise nothing could ever reach the fallback
         fallback_match: Resource = {"prefix": "/"}
         if guard:
             fallback_match["headers"] = guard
         routes.append(
-            _named({"match": fallback_match, **_action(vh.fallback, settings)}, vh.fallback)
+            named_route(
+                {"match": fallback_match, **route_action(vh.fallback, settings)}, vh.fallback
+            )
         )
     if guard:
         # Deeper names (a.b.example.com) are not this host's: send them where unknown hosts go.
         beyond = Target(((DEFAULT_SHARD, 1),), "catch-all") if catch_all_exists else None
-        routes.append({"match": {"prefix": "/"}, **_action(beyond, settings)})
+        routes.append({"match": {"prefix": "/"}, **route_action(beyond, settings)})
     return {
         "name": f"{vh.tenant}/{vh.host or '*'}",
         "domains": [vh.host or "*"],

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 
+from ..ir.gateway import GatewayHTTPListener
 from ..ir.http import IR, Delta, VirtualHost
 from ..ir.l4 import L4Cluster, L4Listener
 from ..ir.tls import TLSPlan
 from .common import Resource
+from .gateway import gateway_listener
 from .http import backend_cluster, front_table, listeners, shard_clusters, shard_table
 from .l4 import l4_cluster, l4_listener
 from .settings import (
@@ -53,6 +55,7 @@ class Renderer:
         self._unused_since: dict[str, float] = {}  # cluster -> when its last route went
         self._cds_written = -math.inf
         self._l4_listeners: list[Resource] = []
+        self._gateway_listeners: list[Resource] = []
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
         self._redirect: tuple[str, ...] = ()
@@ -128,6 +131,14 @@ class Renderer:
             files["cds.json"] = self._cds()
         return files
 
+    def update_gateways(self, listeners: list[GatewayHTTPListener]) -> dict[str, list[Resource]]:
+        """The listener file, if the Gateways' listeners (their routes inline) changed."""
+        new = [gateway_listener(x, self.settings) for x in sorted(listeners, key=lambda x: x.name)]
+        if new == self._gateway_listeners:
+            return {}
+        self._gateway_listeners = new
+        return {"lds.json": self._lds()}
+
     def next_removal(self) -> float | None:
         """When the next `update` would remove unused clusters (None: none waiting)."""
         if not self._unused_since:
@@ -137,7 +148,7 @@ class Renderer:
 
     def _lds(self) -> list[Resource]:
         https = [self._https] if self._https is not None else []
-        return listeners(self.settings) + https + self._l4_listeners
+        return listeners(self.settings) + https + self._l4_listeners + self._gateway_listeners
 
     def _cds(self) -> list[Resource]:
         return (

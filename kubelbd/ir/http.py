@@ -103,7 +103,12 @@ def cluster_name(tenant: str, namespace: str, backend: Backend) -> str:
 
 
 def claims(route: RouteRecord) -> set[str]:
-    """Hosts a route asks for; a defaultBackend or a host-less rule claims the catch-all."""
+    """Hosts a route asks for on the shared listener; a defaultBackend or a host-less rule
+    claims the catch-all. A Gateway API route (with parents) asks for none there: it is
+    served on its Gateways' own listeners (ir.gateway); its clusters are kept here all the
+    same, so a Service behind an Ingress and an HTTPRoute is one cluster."""
+    if "parents" in route.spec:
+        return set()
     return claimed_hosts(route.spec)
 
 

@@ -1,0 +1,183 @@
+"""Status as data for Gateway API (pure): what a Gateway and an HTTPRoute should say.
+
+The record's own conditions (Accepted, Programmed) are kubelbd's, as for every record. The
+tenant object's status follows Gateway API: a Gateway's addresses, conditions and listeners
+(attachedRoutes counted by ir.gateway), an HTTPRoute's `status.parents` entry per parentRef
+(Accepted as the tenant side resolved the attachment, ResolvedRefs from its backends). Both go
+to the tenant as one canonical JSON document (`SourceStatus.document`); the source places it
+and stamps lastTransitionTime there (sources/gateway.py, sources/httproute.py).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..records import conditions
+from ..records.names import GATEWAY_CONTROLLER, LOADBALANCER, ROUTE
+from ..records.problems import problems_of
+from ..records.status import Event, SourceStatus
+from ..records.types import LBRecord, LoadBalancerReport, RouteRecord, RouteReport
+from .allocation import AllocationError
+from .gateway import GatewayIR
+from .status import Report
+
+GROUP = "gateway.networking.k8s.io"
+#: the allocator's reasons, as Gateway API's Programmed reasons say them
+ADDRESS_REASONS = {"AddressNotInPool": "AddressNotUsable", "AddressInUse": "AddressNotUsable"}
+#: backend problems Gateway API names as ResolvedRefs reasons; any other is BackendNotFound
+REF_REASONS = frozenset(
+    {"InvalidKind", "RefNotPermitted", "BackendNotFound", "UnsupportedProtocol"}
+)
+
+
+def document(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Any:
+    return conditions.desired(type_, ok, reason, message, generation)
+
+
+def _source(rec: RouteRecord | LBRecord, doc: Any, events: list[Event]) -> SourceStatus:
+    ref = rec.spec["source"]
+    return SourceStatus(
+        ref["kind"], ref["namespace"], ref["name"], ref["uid"], (), tuple(events),
+        ref.get("generation", 0), document=document(doc),
+    )  # fmt: skip
+
+
+def _resolved_refs(route: RouteRecord, generation: int) -> Any:
+    """ResolvedRefs: False with the first backend problem's reason, True when every backend
+    of every rule resolved."""
+    for rule in route.spec["rules"]:
+        for p in rule["paths"]:
+            for b in p["backends"]:
+                if "problem" in b:
+                    reason = next(
+                        (r for r in REF_REASONS if b["problem"].startswith(r)), "BackendNotFound"
+                    )
+                    return _condition("ResolvedRefs", False, reason, b["problem"], generation)
+    return _condition("ResolvedRefs", True, "ResolvedRefs", "", generation)
+
+
+def route_report(route: RouteRecord, gateways: GatewayIR, applied: bool) -> Report:
+    """An HTTPRoute's record conditions and its `status.parents`."""
+    generation = route.generation
+    source_generation = route.spec["source"].get("generation", 0)
+    problems = problems_of(route.spec.get("problems", []))
+    served = gateways.served.get(route.id, [])
+    accepted = conditions.accepted(problems, generation)
+    if not applied:
+        programmed = _condition("Programmed", False, "Pending", "waiting for Envoy", generation)
+    elif served:
+        where = ", ".join(served)
+        programmed = _condition("Programmed", True, "Programmed", f"serving on {where}", generation)
+    else:
+        programmed = _condition(
+            "Programmed", False, "NotAttached", "attached to no served listener", generation
+        )
+    status: RouteReport = {
+        "hosts": "",
+        "conditions": [accepted, programmed],
+        "observedGeneration": generation,
+    }
+    source = None
+    if applied:
+        resolved = _resolved_refs(route, source_generation)
+        parents = [
+            {
+                "parentRef": dict(p["ref"]),
+                "controllerName": GATEWAY_CONTROLLER,
+                "conditions": [
+                    _condition("Accepted", p["accepted"], p["reason"], p["message"],
+                               source_generation),
+                    resolved,
+                ],
+            }
+            for p in route.spec.get("parents", [])
+            # A Gateway that is not ours (or not there) is another controller's to report on.
+            if p["gateway"]
+        ]  # fmt: skip
+        events = [Event("Warning", p.reason, p.message) for p in problems]
+        source = _source(route, parents, events)
+    return Report(ROUTE, route.tenant, route.name, status, source)
+
+
+def gateway_report(
+    rec: LBRecord,
+    address: str | None,
+    gateways: GatewayIR,
+    failure: AllocationError | None,
+    applied: bool,
+) -> Report:
+    """A Gateway's record conditions, and its status: addresses, conditions, listeners."""
+    generation = rec.generation
+    source_generation = rec.spec["source"].get("generation", 0)
+    problems = problems_of(rec.spec.get("problems", []))
+    unsupported = {
+        p.message.split(":", 1)[0] for p in problems if p.reason == "UnsupportedProtocol"
+    }
+    accepted = conditions.accepted(problems, generation)
+    if not applied:
+        programmed = _condition("Programmed", False, "Pending", "waiting for Envoy", generation)
+    elif failure is not None:
+        programmed = _condition("Programmed", False, failure.reason, failure.message, generation)
+    elif address is None:
+        programmed = _condition(
+            "Programmed", False, "AddressNotAssigned", "no address yet", generation
+        )
+    else:
+        programmed = _condition(
+            "Programmed", True, "Programmed", f"serving at {address}", generation
+        )
+    status: LoadBalancerReport = {
+        "conditions": [accepted, programmed],
+        "ingress": [{"ip": address}] if address else [],
+        "observedGeneration": generation,
+    }
+    source = None
+    if applied:
+        g = source_generation
+        ready = address is not None and failure is None
+        attached = gateways.attached.get(rec.id, {})
+        listeners = []
+        for lst in rec.spec.get("listeners", []):
+            ok = lst["protocol"] == "HTTP" and lst["name"] not in unsupported
+            listeners.append(
+                {
+                    "name": lst["name"],
+                    "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}] if ok else [],
+                    "attachedRoutes": attached.get(lst["name"], 0),
+                    "conditions": [
+                        _condition("Accepted", ok, "Accepted" if ok else "UnsupportedProtocol",
+                                   "" if ok else f"{lst['protocol']} is not served yet", g),
+                        _condition("Programmed", ok and ready,
+                                   "Programmed" if ok and ready else "Invalid"
+                                   if not ok else "Pending", "", g),
+                        _condition("ResolvedRefs", True, "ResolvedRefs", "", g),
+                        _condition("Conflicted", False, "NoConflicts", "", g),
+                    ],
+                }
+            )  # fmt: skip
+        if failure is not None:
+            why = ADDRESS_REASONS.get(failure.reason, "AddressNotAssigned")
+        else:
+            why = "Programmed" if ready else "AddressNotAssigned"
+        some_invalid = any(not lst["supportedKinds"] for lst in listeners)
+        doc = {
+            "addresses": [{"type": "IPAddress", "value": address}] if address else [],
+            "conditions": [
+                # A listener kubelbd cannot serve leaves the others served: still Accepted.
+                _condition("Accepted", True, "ListenersNotValid" if some_invalid else "Accepted",
+                           "some listeners are not served; see their conditions"
+                           if some_invalid else "", g),
+                _condition("Programmed", ready, why, failure.message if failure else "", g),
+            ],
+            "listeners": listeners,
+        }  # fmt: skip
+        events = [Event("Warning", p.reason, p.message) for p in problems]
+        if failure is not None:
+            events.append(Event("Warning", failure.reason, failure.message))
+        source = _source(rec, doc, events)
+    return Report(LOADBALANCER, rec.tenant, rec.name, status, source)

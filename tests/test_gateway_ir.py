@@ -1,0 +1,121 @@
+"""Gateway API in the fleet model (kubelbd.ir.gateway) and its Envoy listeners: hostnames
+meet as Gateway API says, rules take its precedence, and the real Envoy accepts the result.
+The full picture, records to Envoy, is the golden case tests/golden/ir/gateway-http."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubelbd.envoy.renderer import Renderer
+from kubelbd.ir import gateway
+from kubelbd.ir.http import Delta, Model
+from kubelbd.ir.l4 import Placement
+from kubelbd.records import parse
+from kubelbd.records.types import LBRecord, TenantRecord
+
+from . import records
+from .test_properties import ENVOY_SETTINGS, _fails, envoy_validate, needs_envoy, static_bootstrap
+
+
+@pytest.mark.parametrize(
+    ("listener", "host", "meets"),
+    [
+        (None, "", "*"),
+        (None, "a.example.test", "a.example.test"),
+        ("a.example.test", "", "a.example.test"),
+        ("a.example.test", "a.example.test", "a.example.test"),
+        ("a.example.test", "b.example.test", None),
+        ("*.example.test", "a.example.test", "a.example.test"),
+        ("*.example.test", "a.b.example.test", "a.b.example.test"),  # any depth
+        ("*.example.test", "example.test", None),
+        ("*.example.test", "*.b.example.test", "*.b.example.test"),
+        ("a.example.test", "*.example.test", "a.example.test"),
+        ("*.b.example.test", "*.example.test", "*.b.example.test"),
+        ("*.example.test", "*.other.test", None),
+    ],
+)
+def test_hostnames_meet_as_gateway_api_says(
+    listener: str | None, host: str, meets: str | None
+) -> None:
+    assert gateway.intersect(listener, host) == meets
+
+
+def gw(listeners: list[dict[str, Any]]) -> LBRecord:
+    spec = parse.lb_spec(
+        {"source": {"kind": "Gateway", "namespace": "gw", "name": "web", "uid": "u",
+                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+         "ports": [], "sessionAffinity": "None", "proxyProtocol": "", "listeners": listeners}
+    )  # fmt: skip
+    return LBRecord("alpha", "gw.web.gateway", spec, 1, "2026-01-01T00:00:00Z")
+
+
+def attached(name: str, paths: list[dict[str, Any]], listeners: list[str], created: str) -> Any:
+    parent = {"ref": {"name": "web"}, "gateway": "gw.web.gateway", "listeners": listeners,
+              "accepted": True, "reason": "Accepted", "message": ""}  # fmt: skip
+    rules = [{"host": "", "paths": paths}]
+    return records.route("alpha", f"apps.{name}", rules, created, parents=[parent])
+
+
+def path(p: str, kind: str = "Prefix", port: int = 30080, **match: Any) -> dict[str, Any]:
+    backend = {"service": "web", "port": "80", "nodePort": port}
+    return {"path": p, "pathType": kind, "backends": [backend], **match}
+
+
+def test_precedence_exact_longest_method_headers_then_age() -> None:
+    older = attached("old", [path("/a"), path("/a", method="GET")], ["http"], "2026-01-01")
+    newer = attached(
+        "new",
+        [path("/a", headers=[{"name": "x", "value": "1", "type": "Exact"}]), path("/a/b"),
+         path("/a", "Exact")],
+        ["http"], "2026-02-01",
+    )  # fmt: skip
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older])
+    [listener] = out.listeners
+    [host] = listener.hosts
+    order = [(r.path, r.exact, r.method, len(r.headers), r.target.route) for r in host.rules]
+    assert order == [
+        ("/a", True, "", 0, newer.id),
+        ("/a/b", False, "", 0, newer.id),
+        ("/a", False, "GET", 0, older.id),
+        ("/a", False, "", 1, newer.id),
+        ("/a", False, "", 0, older.id),
+    ]
+    assert out.attached == {g.id: {"http": 2}}
+    assert out.served == {newer.id: [f"{g.id}/http"], older.id: [f"{g.id}/http"]}
+
+
+def test_a_gateway_without_an_address_serves_nothing_but_counts_its_routes() -> None:
+    route = attached("r", [path("/")], ["http"], "2026-01-01")
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    out = gateway.build({g.id: g}, {}, [route])
+    assert out.listeners == [] and out.served == {} and out.attached == {g.id: {"http": 1}}
+
+
+@needs_envoy
+def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
+    route = attached(
+        "r",
+        [path("/", port=30080), path("/api", "Exact", port=30081,
+              headers=[{"name": "x-v", "value": "2", "type": "Exact"}],
+              queryParams=[{"name": "q", "value": "1", "type": "Exact"}], method="POST")],
+        ["http", "alt"], "2026-01-01",
+    )  # fmt: skip
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"},
+            {"name": "alt", "port": 8081, "protocol": "HTTP"}])  # fmt: skip
+    model = Model()
+    model.apply(upserts=[route], tenants=[TenantRecord("alpha", ("127.0.1.1",))])
+    renderer = Renderer(ENVOY_SETTINGS)
+    files = renderer.update(model.ir, _all(model))
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route])
+    files.update(renderer.update_gateways(out.listeners))
+    names = {x["name"] for x in files["lds.json"]}
+    assert {"gw/alpha/gw.web.gateway/80", "gw/alpha/gw.web.gateway/8081"} <= names
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)
+
+
+def _all(model: Model) -> Delta:
+    return Delta.of_all(model.ir)
