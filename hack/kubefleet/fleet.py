@@ -65,12 +65,16 @@ class State:
 
 
 def build_binaries() -> Path:
-    """The cached Kubernetes binaries, built on first use by hack/build-kube.
+    """The cached Kubernetes binaries, built on first use by hack/build-kube."""
+    return run_build("build-kube")
 
-    Its progress goes to our stderr as it happens; its last line, the cause, becomes ours.
-    """
+
+def run_build(script: str) -> Path:
+    """Run a hack/build-* script (instant once its cache is warm) and return the bin directory
+    it prints. Its progress goes to our stderr as it happens; its last line, the cause, becomes
+    ours."""
     child = subprocess.Popen(
-        [str(ROOT / "hack" / "build-kube")],
+        [str(ROOT / "hack" / script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -83,7 +87,7 @@ def build_binaries() -> Path:
         last = line
     out = child.stdout.read()
     if child.wait() != 0:
-        raise FleetError(last.strip().removeprefix("build-kube: ") or "building binaries failed")
+        raise FleetError(last.strip().removeprefix(f"{script}: ") or f"{script} failed")
     if last:
         print(last, file=sys.stderr, end="")
     return Path(out.strip().splitlines()[-1])
@@ -394,6 +398,7 @@ class Fleet:
         timeout: float = 5.0,
         ok_if_exists: bool = False,
         content_type: str = "application/json",
+        accept: str | None = None,
     ) -> Any:
         d = self.layout.pki(cluster)
         ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
@@ -402,6 +407,8 @@ class Fleet:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Content-Type", content_type)
+        if accept is not None:
+            req.add_header("Accept", accept)
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
                 answer = r.read()
