@@ -107,6 +107,7 @@ class Fleet:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.state: State | None = State.load(layout.state_file)
+        self.conformance_bin: Path | None = None  # hack/build-conformance's, set by up()
 
     # ---- status -------------------------------------------------------------------------
 
@@ -132,10 +133,14 @@ class Fleet:
                 f"{', '.join(sorted(stopped))}); stopped what was left of it, run 'up' again"
             )
         bin_dir = build_binaries()
+        from . import gatewayapi
+
+        # Before the nodes: they run echo-basic for echo-basic pods (the suite's backends).
+        self.conformance_bin = gatewayapi.build()
         self._check_ports()
         lay = self.layout
         if lay.dir.exists():
-            for sub in ("etcd", "pki", "kubeconfig", "state.json", "fleet.env", "envoy"):
+            for sub in ("etcd", "pki", "kubeconfig", "state.json", "fleet.env", "envoy", "pods"):
                 p = lay.dir / sub
                 if p.is_dir():
                     shutil.rmtree(p)
@@ -367,18 +372,22 @@ class Fleet:
         )
 
     def _node(self, n: Node) -> Proc:
+        argv = [
+            sys.executable,
+            "-m",
+            "kubefleet.nodeemu",
+            f"--kubeconfig={self.layout.kubeconfig(n.cluster)}",
+            f"--cluster={n.cluster}",
+            f"--node={n.name}",
+            f"--ip={n.ip}",
+            f"--pod-cidr={n.pod_cidr}",
+            f"--pods-dir={self.layout.dir / 'pods' / n.cluster / n.name}",
+        ]
+        if self.conformance_bin is not None:
+            argv.append(f"--echo-basic={self.conformance_bin / 'echo-basic'}")
         return Proc(
             f"{n.cluster}/{n.name}",
-            [
-                sys.executable,
-                "-m",
-                "kubefleet.nodeemu",
-                f"--kubeconfig={self.layout.kubeconfig(n.cluster)}",
-                f"--cluster={n.cluster}",
-                f"--node={n.name}",
-                f"--ip={n.ip}",
-                f"--pod-cidr={n.pod_cidr}",
-            ],
+            argv,
             self._log(f"{n.cluster}/{n.name}"),
             env={"PYTHONPATH": str(ROOT / "hack")},
         )

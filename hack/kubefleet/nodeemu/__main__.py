@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import signal
+from pathlib import Path
 from typing import Any
 
 from kubelbd.kube import Kube
@@ -23,7 +25,14 @@ SHUTDOWN_DRAIN = 1.0
 
 async def run(args: argparse.Namespace) -> None:
     kube = await Kube.from_file(args.kubeconfig, name=f"{args.cluster}/{args.node}")
-    kubelet = Kubelet(kube, args.cluster, args.node, args.ip, args.pod_cidr)
+    pods_dir = Path(args.pods_dir) if args.pods_dir else None
+    if pods_dir is not None:
+        # What a previous run left (killed, not stopped): its processes died with it.
+        shutil.rmtree(pods_dir, ignore_errors=True)
+    kubelet = Kubelet(
+        kube, args.cluster, args.node, args.ip, args.pod_cidr,
+        echo_basic=Path(args.echo_basic) if args.echo_basic else None, pods_dir=pods_dir,
+    )  # fmt: skip
     proxy = KubeProxy(kube, args.node, args.ip)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,6 +83,8 @@ def main() -> None:
     ap.add_argument("--node", required=True)
     ap.add_argument("--ip", required=True)
     ap.add_argument("--pod-cidr", required=True)
+    ap.add_argument("--echo-basic", help="echo-basic binary: run it for echo-basic pods")
+    ap.add_argument("--pods-dir", help="per-pod directories (secrets, logs); emptied at start")
     args = ap.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
