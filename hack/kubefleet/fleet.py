@@ -264,6 +264,16 @@ class Fleet:
                 server=True,
             ).write(d, "apiserver")
             certs.write_service_account_key(d)
+            # What the API server shows the kubelets when it fetches logs, and what each
+            # kubelet serves them with (checked against this CA: --kubelet-* flags).
+            certs.issue(ca, "kube-apiserver-kubelet-client", ("system:masters",)).write(
+                d, "apiserver-kubelet-client"
+            )
+            for n in c.nodes:
+                certs.issue(
+                    ca, f"system:node:{n.name}", ("system:nodes",), dns=(n.name,), ips=(n.ip,),
+                    server=True,
+                ).write(d, f"kubelet-{n.name}")  # fmt: skip
             users = {
                 "admin": ("kubernetes-admin", ("system:masters",)),
                 "controller-manager": ("system:kube-controller-manager", ()),
@@ -335,6 +345,13 @@ class Fleet:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--event-ttl=30m",
+                # Logs (pods/log) come from the node emulator's kubelet endpoint: reach it on
+                # the node's InternalIP (its Hostname resolves nowhere), check its certificate
+                # and show our own, all from this cluster's CA.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={d / 'ca.crt'}",
+                f"--kubelet-client-certificate={d / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={d / 'apiserver-kubelet-client.key'}",
             ],
             self._log(f"{c.name}/apiserver"),
         )
@@ -372,6 +389,7 @@ class Fleet:
         )
 
     def _node(self, n: Node) -> Proc:
+        d = self.layout.pki(n.cluster)
         argv = [
             sys.executable,
             "-m",
@@ -382,6 +400,9 @@ class Fleet:
             f"--ip={n.ip}",
             f"--pod-cidr={n.pod_cidr}",
             f"--pods-dir={self.layout.dir / 'pods' / n.cluster / n.name}",
+            f"--tls-cert={d / f'kubelet-{n.name}.crt'}",
+            f"--tls-key={d / f'kubelet-{n.name}.key'}",
+            f"--client-ca={d / 'ca.crt'}",
         ]
         if self.conformance_bin is not None:
             argv.append(f"--echo-basic={self.conformance_bin / 'echo-basic'}")

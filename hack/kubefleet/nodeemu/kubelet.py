@@ -4,7 +4,8 @@ Pods bound to this node are "run" by starting an echo server on each declared co
 at the pod's loopback address, then reported Running and Ready. Containers whose image is
 echo-basic run the real echo-basic instead (echobasic.py), and the pod turns Ready only once
 its ports answer. A pod being deleted has its servers stopped and is then removed with grace
-period 0, which is the kubelet's job.
+period 0, which is the kubelet's job. With a serving certificate, the node also serves its
+pods' logs to the API server (logserver.py).
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ class Kubelet:
         pod_cidr: str,
         echo_basic: Path | None = None,
         pods_dir: Path | None = None,
+        kubelet_port: int = 0,
     ) -> None:
         self.kube = kube
         self.echo_basic = echo_basic  # the binary; None: echo-basic pods get the Python echo
         self.pods_dir = pods_dir or Path(tempfile.gettempdir()) / f"kubefleet-{cluster}-{node}"
+        self.kubelet_port = kubelet_port  # the log endpoint's port, 0 if none
         self.cluster = cluster
         self.node = node
         self.ip = ip
@@ -116,7 +119,7 @@ class Kubelet:
             "capacity": resources,
             "allocatable": resources,
             "conditions": self._conditions(ready, reason, message),
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port}},
             "nodeInfo": {
                 "machineID": self._boot_id.replace("-", ""),
                 "systemUUID": self._boot_id,
