@@ -185,6 +185,23 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _entries(path: Path) -> list[Path]:
+    return list(path.iterdir())
+
+
+def test_secret_items_cannot_leave_their_volume() -> None:
+    secret = {"data": {"k": base64.b64encode(b"v").decode()}}
+    assert echobasic.secret_files({"items": [{"key": "k", "path": "a/b"}]}, secret) == {"a/b": b"v"}
+    assert echobasic.secret_files({}, secret) == {"k": b"v"}
+    for bad in ("../k", "/etc/k", "a/../../k"):
+        with pytest.raises(ValueError):
+            echobasic.secret_files({"items": [{"key": "k", "path": bad}]}, secret)
+    with pytest.raises(KeyError):
+        echobasic.secret_files({"items": [{"key": "nope", "path": "x"}]}, secret)
+    optional = {"items": [{"key": "nope", "path": "x"}], "optional": True}
+    assert echobasic.secret_files(optional, secret) == {}
+
+
 def _content_and_mode(path: Path) -> tuple[bytes, int]:
     return path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
 
@@ -198,6 +215,7 @@ async def test_a_process_that_cannot_start_is_never_ready(
         echobasic.EchoBasicPod(
             conformance_bin / "echo-basic", pod, POD_IP, LISTEN, "127.250.9.1", tmp_path, secrets
         )
+    assert _entries(tmp_path) == []  # its directory went with it
     pod, secrets, _ = _tls_pod()
     pod["spec"]["containers"][0]["env"][2]["value"] = "/etc/secret-volume/nope"
     running = echobasic.EchoBasicPod(
@@ -211,73 +229,101 @@ async def test_a_process_that_cannot_start_is_never_ready(
         await running.stop()
 
 
-async def test_the_kubelet_runs_an_echo_basic_pod_ready_once_it_answers(
-    conformance_bin: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def kubelet(conformance_bin: Path, tmp_path: Path) -> AsyncIterator[Any]:
+    """A Kubelet for node-1 of a fake API server with namespace conf and the TLS Secret."""
     from kubefleet.nodeemu.kubelet import Kubelet
 
-    from kubelbd.objects import NAMESPACES, PODS, SECRETS
+    from kubelbd.objects import NAMESPACES, SECRETS
     from tests.fakekube import FakeKube
 
     kube = FakeKube("alpha")
-    pod, secrets, _ = _tls_pod()
-    pod["metadata"] = {"name": "echo-1", "namespace": "conf", "labels": {"app": "echo"}}
-    pod["spec"]["nodeName"] = "node-1"
+    _, secrets, _ = _tls_pod()
     await kube.create(NAMESPACES, {"metadata": {"name": "conf"}})
-    await kube.create(
-        SECRETS,
-        {"metadata": {"name": "tls-checks-certificate"}, **secrets["secret-volume"]},
-        "conf",
-    )
-    kubelet = Kubelet(
+    secret = {"metadata": {"name": "tls-checks-certificate"}, **secrets["secret-volume"]}
+    await kube.create(SECRETS, secret, "conf")
+    node = Kubelet(
         kube, "alpha", "node-1", "127.250.9.1", "10.250.9.0/24",
         echo_basic=conformance_bin / "echo-basic", pods_dir=tmp_path / "pods",
     )  # fmt: skip
-    tasks = [asyncio.create_task(kubelet.pods.run()), asyncio.create_task(kubelet.sync_pods())]
+    tasks = [asyncio.create_task(node.pods.run()), asyncio.create_task(node.sync_pods())]
     try:
-        created = await kube.create(PODS, pod, "conf")
-        status = await _until(kube, lambda s: s.get("phase") == "Running")
-        ip = status["podIP"]
-        status = await _until(kube, lambda s: _ready(s) == "True")
-        assert status["podIP"] == ip and ip.startswith("10.250.9.")
-        # Running at its address first, Ready only once echo-basic answered.
-        readiness = [
-            _ready(c.obj.get("status") or {}) for c in kube.changes(PODS) if c.type == "MODIFIED"
-        ]
-        assert readiness[-2:] == ["False", "True"], readiness
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.{ip[3:]}:3000/x") as r:
-            assert (await r.json())["pod"] == "echo-1"
-        path = kubelet.container_log("conf", "echo-1", "echo")
-        assert path is not None and "Echoing back request made to /x" in path.read_text()
-        assert kubelet.container_log("conf", "echo-1", "nope") is None
-        assert kubelet.container_log("conf", "other", "echo") is None
-        running = kubelet._running["conf/echo-1"]
-        assert running.uid == created["metadata"]["uid"] and running.echo is not None
-        # Deleted: the kubelet stops the process, removes its directory, frees the address.
-        await kube.delete(PODS, "echo-1", "conf")
-        for _ in range(100):
-            if "conf/echo-1" not in kubelet._running:
-                break
-            await asyncio.sleep(0.05)
-        assert "conf/echo-1" not in kubelet._running
-        assert not running.echo.dir.exists()
-        assert kubelet.container_log("conf", "echo-1", "echo") is None
+        yield node
     finally:
         for t in tasks:
+            assert not t.done(), "the kubelet's loops must outlive any pod"
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await kubelet.stop_all()
+        await node.stop_all()
+
+
+def _kubelet_pod(name: str) -> Any:
+    pod, _, _ = _tls_pod()
+    pod["metadata"] = {"name": name, "namespace": "conf", "labels": {"app": "echo"}}
+    pod["spec"]["nodeName"] = "node-1"
+    return pod
+
+
+async def test_the_kubelet_runs_an_echo_basic_pod_ready_once_it_answers(kubelet: Any) -> None:
+    from kubelbd.objects import PODS
+
+    kube = kubelet.kube
+    created = await kube.create(PODS, _kubelet_pod("echo-1"), "conf")
+    status = await _until(kube, "echo-1", lambda s: s.get("phase") == "Running")
+    ip = status["podIP"]
+    status = await _until(kube, "echo-1", lambda s: _ready(s) == "True")
+    assert status["podIP"] == ip and ip.startswith("10.250.9.")
+    # Running at its address first, Ready only once echo-basic answered.
+    readiness = [
+        _ready(c.obj.get("status") or {}) for c in kube.changes(PODS) if c.type == "MODIFIED"
+    ]
+    assert readiness[-2:] == ["False", "True"], readiness
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.{ip[3:]}:3000/x") as r:
+        assert (await r.json())["pod"] == "echo-1"
+    path = kubelet.container_log("conf", "echo-1", "echo")
+    assert path is not None and "Echoing back request made to /x" in path.read_text()
+    assert kubelet.container_log("conf", "echo-1", "nope") is None
+    assert kubelet.container_log("conf", "other", "echo") is None
+    running = kubelet._running["conf/echo-1"]
+    assert running.uid == created["metadata"]["uid"] and running.echo is not None
+    # Deleted: the kubelet stops the process, removes its directory, frees the address.
+    await kube.delete(PODS, "echo-1", "conf")
+    for _ in range(100):
+        if "conf/echo-1" not in kubelet._running:
+            break
+        await asyncio.sleep(0.05)
+    assert "conf/echo-1" not in kubelet._running
+    assert not running.echo.dir.exists()
+    assert kubelet.container_log("conf", "echo-1", "echo") is None
+    assert ip in kubelet._free
+
+
+async def test_a_pod_echo_basic_cannot_run_stays_not_ready_and_the_node_lives_on(
+    kubelet: Any,
+) -> None:
+    from kubelbd.objects import PODS
+
+    kube = kubelet.kube
+    bad = _kubelet_pod("echo-bad")
+    bad["spec"]["containers"][0]["env"].append({"name": "HTTP_PORT", "value": "notaport"})
+    await kube.create(PODS, bad, "conf")
+    status = await _until(kube, "echo-bad", lambda s: s.get("phase") == "Running")
+    assert _ready(status) == "False"
+    assert "notaport" in kubelet._running["conf/echo-bad"].failed
+    # The next pod still runs (the fixture checks the loops are alive at the end).
+    await kube.create(PODS, _kubelet_pod("echo-2"), "conf")
+    await _until(kube, "echo-2", lambda s: _ready(s) == "True")
 
 
 def _ready(status: dict[str, Any]) -> str | None:
     return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
 
 
-async def _until(kube: Any, check: Any) -> dict[str, Any]:
+async def _until(kube: Any, name: str, check: Any) -> dict[str, Any]:
     from kubelbd.objects import PODS
 
     for _ in range(200):
-        pod = kube.stored(PODS, "echo-1", "conf")
+        pod = kube.stored(PODS, name, "conf")
         status = (pod or {}).get("status") or {}
         if check(status):
             return dict(status)

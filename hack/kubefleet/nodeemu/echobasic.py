@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import datetime as dt
 import logging
+import os
 import re
 import shutil
 import signal
@@ -156,6 +157,9 @@ def secret_files(volume: Obj, secret: Obj | None) -> dict[str, bytes]:
         return dict(data)
     out = {}
     for it in items:
+        rel = Path(it["path"])
+        if rel.is_absolute() or ".." in rel.parts:  # the API server forbids both
+            raise ValueError(f"secret volume item path {it['path']!r} leaves the volume")
         if it["key"] in data:
             out[it["path"]] = data[it["key"]]
         elif not volume.get("optional"):
@@ -195,6 +199,14 @@ def cri_line(stream: str, line: bytes, now: dt.datetime | None = None) -> bytes:
     """One log line as the CRI writes it: `<RFC 3339 nano> <stream> F <text>\\n`."""
     t = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return f"{t} {stream} F ".encode() + line.rstrip(b"\n") + b"\n"
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """A file only we can read, from its first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
 
 
 def _append(path: Path) -> BinaryIO:
@@ -346,10 +358,22 @@ class EchoBasicPod:
         secrets: Mapping[str, Obj | None],
     ) -> None:
         meta = pod["metadata"]
+        self.binary, self.pod, self.pod_ip, self.listen_ip, self.node_ip = (
+            binary, pod, pod_ip, listen_ip, node_ip,
+        )  # fmt: skip
         root.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{meta['namespace']}_{meta['name']}_", dir=root))
         self.ready = False
         self.containers: list[EchoBasicContainer] = []
+        try:
+            self._prepare(secrets)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _prepare(self, secrets: Mapping[str, Obj | None]) -> None:
+        """Write the Secret volumes, work out each container's env, args and ports."""
+        pod = self.pod
         volumes = {v["name"]: v for v in (pod.get("spec") or {}).get("volumes") or []}
         written: dict[str, Path] = {}
         for name, v in volumes.items():
@@ -358,10 +382,7 @@ class EchoBasicPod:
             d = self.dir / "volumes" / name
             d.mkdir(parents=True, mode=0o700)
             for rel, content in secret_files(v["secret"], secrets.get(name)).items():
-                f = d / rel
-                f.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                f.write_bytes(content)
-                f.chmod(0o600)
+                _write_private(d / rel, content)
             written[name] = d
         for c in echo_containers(pod):
             mounts = {
@@ -371,12 +392,18 @@ class EchoBasicPod:
             }
             env = {
                 k: rewrite_path(v, mounts)
-                for k, v in container_env(c, pod, pod_ip, node_ip).items()
+                for k, v in container_env(c, pod, self.pod_ip, self.node_ip).items()
             }
             args = [rewrite_path(expand(str(a), env), mounts) for a in c.get("args") or []]
             self.containers.append(
                 EchoBasicContainer(
-                    binary, c["name"], env, args, listen_ip, self.log_path(c["name"]), self.dir
+                    self.binary,
+                    c["name"],
+                    env,
+                    args,
+                    self.listen_ip,
+                    self.log_path(c["name"]),
+                    self.dir,
                 )
             )
 

@@ -54,9 +54,12 @@ class Running:
     servers: list[PortServer]
     echo: echobasic.EchoBasicPod | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    failed: str = ""  # why its echo-basic could not be set up (CreateContainerConfigError)
 
     @property
     def ready(self) -> bool:
+        if self.failed:
+            return False
         return self.echo is None or (self.echo.ready and not self.echo.exited)
 
 
@@ -270,6 +273,8 @@ class Kubelet:
             ip = self.ip
         elif not ip or ipaddress.ip_address(ip) not in ipaddress.ip_network(self.pod_cidr):
             ip = self._free.pop(0)
+        elif ip in self._free:
+            self._free.remove(ip)  # its own IP again (restarted): no longer free for others
         listen = self.ip if host_net else pod_listen_ip(ip)
         servers: list[PortServer] = []
         for c in spec.get("containers") or []:
@@ -294,10 +299,20 @@ class Kubelet:
         self._running[key(pod)] = running
         if echo_containers:
             assert self.echo_basic is not None
-            running.echo = echobasic.EchoBasicPod(
-                self.echo_basic, pod, ip, listen, self.ip, self.pods_dir, secrets
-            )
-            await running.echo.start()
+            try:
+                running.echo = echobasic.EchoBasicPod(
+                    self.echo_basic, pod, ip, listen, self.ip, self.pods_dir, secrets
+                )
+                await running.echo.start()
+            except (ValueError, KeyError, OSError) as e:
+                # A port that is no number, a Secret key missing, no binary: the pod stays
+                # not Ready until it changes, like CreateContainerConfigError; the node lives.
+                log.warning("pod %s: cannot run echo-basic: %s", key(pod), e)
+                running.failed = str(e)
+                if running.echo is not None:
+                    await running.echo.stop()
+                    running.echo = None
+                return running
             running.tasks.append(asyncio.create_task(self._watch(key(pod), running.echo)))
         log.info("pod %s running at %s (%d ports%s)", key(pod), ip, len(servers),
                  ", echo-basic" if echo_containers else "")  # fmt: skip
