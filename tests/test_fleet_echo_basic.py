@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import socket
 import ssl
 import stat
 from collections.abc import AsyncIterator
@@ -158,6 +159,7 @@ async def test_echo_basic_runs_as_the_pod_on_its_own_address(echo_pod: Any) -> N
     # stdout is in the log, a CRI line per line, as the suite's mirror tests read it.
     log = running.log_path("echo").read_text()
     assert "Echoing back request made to /plain?x=1 to client" in log
+    assert "handshake error" not in log  # readiness is read from /proc, never dialled
     stamp, stream, tag, _ = log.splitlines()[0].split(" ", 3)
     assert (stream, tag) == ("stdout", "F")
     assert dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).tzinfo is not None
@@ -183,6 +185,18 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_open_ports_are_read_from_proc() -> None:
+    for protocol, kind in (("TCP", socket.SOCK_STREAM), ("UDP", socket.SOCK_DGRAM)):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.250.9.3", 0))
+            port = s.getsockname()[1]
+            if protocol == "TCP":
+                assert not echobasic.port_open("TCP", port)  # bound, not yet listening
+                s.listen()
+            assert echobasic.port_open(protocol, port)
+        assert not echobasic.port_open(protocol, port)
 
 
 def _entries(path: Path) -> list[Path]:
