@@ -329,6 +329,28 @@ async def test_a_pod_echo_basic_cannot_run_stays_not_ready_and_the_node_lives_on
     await _until(kube, "echo-2", lambda s: _ready(s) == "True")
 
 
+async def test_an_exited_echo_basic_turns_the_pod_not_ready_then_runs_again(
+    kubelet: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubefleet.nodeemu import kubelet as kubelet_module
+
+    from kubelbd.objects import PODS
+
+    monkeypatch.setattr(kubelet_module, "RESTART_BACKOFF", 0.5)
+    kube = kubelet.kube
+    await kube.create(PODS, _kubelet_pod("echo-1"), "conf")
+    status = await _until(kube, "echo-1", lambda s: _ready(s) == "True")
+    first = kubelet._running["conf/echo-1"]
+    first.echo.containers[0].proc.kill()
+    await _until(kube, "echo-1", lambda s: _ready(s) == "False")
+    status2 = await _until(kube, "echo-1", lambda s: _ready(s) == "True")
+    second = kubelet._running["conf/echo-1"]
+    assert second is not first and second.echo is not None and not second.echo.exited
+    assert status2["podIP"] == status["podIP"]  # the same pod keeps its address
+    assert status["podIP"] not in kubelet._free
+    assert not first.echo.dir.exists()
+
+
 def _ready(status: dict[str, Any]) -> str | None:
     return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
 

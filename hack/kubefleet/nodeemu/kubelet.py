@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
+import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class Running:
     echo: echobasic.EchoBasicPod | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     failed: str = ""  # why its echo-basic could not be set up (CreateContainerConfigError)
+    restart_at: float = 0.0  # loop time after which an exited echo-basic is started again
 
     @property
     def ready(self) -> bool:
@@ -237,7 +239,13 @@ class Kubelet:
         if running is not None and running.uid != meta["uid"]:
             await self._kill(k)  # same name, new pod
             running = None
-        if running is not None and running.echo is not None and running.echo.exited:
+        if (
+            running is not None
+            and running.echo is not None
+            and running.echo.exited
+            and running.restart_at
+            and asyncio.get_running_loop().time() >= running.restart_at
+        ):
             log.warning("pod %s: echo-basic exited; starting it again", k)
             await self._kill(k)  # restartPolicy Always, minus the bookkeeping
             running = None
@@ -313,18 +321,23 @@ class Kubelet:
                     await running.echo.stop()
                     running.echo = None
                 return running
-            running.tasks.append(asyncio.create_task(self._watch(key(pod), running.echo)))
+            running.tasks.append(asyncio.create_task(self._watch(key(pod), running)))
         log.info("pod %s running at %s (%d ports%s)", key(pod), ip, len(servers),
                  ", echo-basic" if echo_containers else "")  # fmt: skip
         return running
 
-    async def _watch(self, k: str, echo: echobasic.EchoBasicPod) -> None:
-        """Ready once every port answers; after an exit, a resync (which restarts it)."""
+    async def _watch(self, k: str, running: Running) -> None:
+        """Ready once every port answers. After an exit: not Ready at once, then (after the
+        backoff) a resync that starts it again."""
+        echo = running.echo
+        assert echo is not None
         if await echo.wait_ready():
             log.info("pod %s: echo-basic answers", k)
         self._mark(k)
         await echo.wait_exit()
         log.warning("pod %s: echo-basic exited (see its log in %s)", k, echo.dir)
+        running.restart_at = asyncio.get_running_loop().time() + RESTART_BACKOFF
+        self._mark(k)
         await asyncio.sleep(RESTART_BACKOFF)
         self._mark(k)
 
@@ -339,7 +352,7 @@ class Kubelet:
             return None
         if running.echo is not None:
             return running.echo.log_path(container)
-        return Path("/nonexistent/emulated-container-has-no-log")
+        return Path(os.devnull)  # the Python echo's output is not captured: an empty log
 
     async def _kill(self, k: str) -> None:
         entry = self._running.pop(k, None)
