@@ -16,6 +16,7 @@ someone switching a tenant to the experimental channel by hand.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,9 @@ ORDER = ("gatewayclasses", "gateways", "listenersets", "httproutes", "grpcroutes
          "tcproutes", "udproutes", "referencegrants", "backendtlspolicies")  # fmt: skip
 
 Document = dict[str, Any]
+
+#: libyaml's loader when PyYAML has it: 1.2 MB of schemas in 0.4 s instead of 5 s.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def build() -> Path:
@@ -71,7 +75,7 @@ def crd_documents(files: Iterable[Path]) -> list[Document]:
     """The CustomResourceDefinitions in these files, in file order (anything else skipped)."""
     out = []
     for f in files:
-        for doc in yaml.safe_load_all(f.read_text()):
+        for doc in yaml.load_all(f.read_text(), Loader=_LOADER):
             if doc and doc.get("kind") == "CustomResourceDefinition":
                 out.append(doc)
     return out
@@ -129,3 +133,12 @@ def install(fleet: Fleet, cluster: str, crds: list[Document]) -> int:
     fleet.wait_for(f"{cluster}: the Gateway API kinds to be served", served,
                    [f"{cluster}/apiserver"], timeout=60.0)  # fmt: skip
     return len(todo)
+
+
+def install_all(fleet: Fleet, clusters: list[str]) -> None:
+    """The CRDs of the pinned release into every one of these clusters, a few at a time: each
+    takes seconds (1.2 MB of schemas, then the kinds to be served), mostly waiting."""
+    crds = crd_documents(crd_files(crd_dir(build())))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in pool.map(lambda c: install(fleet, c, crds), clusters):
+            pass  # an error in any cluster is raised here
