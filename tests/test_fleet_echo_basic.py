@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import socket
 import ssl
 import stat
@@ -22,6 +23,8 @@ import aiohttp
 import pytest
 from kubefleet import certs
 from kubefleet.nodeemu import echobasic
+
+from e2e.support import udp_echo
 
 POD_IP = "10.250.9.7"
 LISTEN = "127.250.9.7"
@@ -178,6 +181,36 @@ async def test_a_stopped_pod_leaves_no_process_port_or_files(echo_pod: Any) -> N
         await asyncio.open_connection(LISTEN, 3000)
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", c.host_ports["HTTP_PORT"])
+
+
+@pytest.mark.parametrize("mode", ["udp", "tcp"])
+async def test_echo_basics_udp_and_tcp_modes_answer_on_the_pods_port(
+    conformance_bin: Path, tmp_path: Path, mode: str
+) -> None:
+    listen = "127.250.9.8"
+    env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    if mode == "udp":
+        env += [{"name": "UDP_ECHO_SERVER", "value": "1"}, {"name": "UDP_PORT", "value": "5300"}]
+    else:
+        env += [{"name": "TCP_ECHO_SERVER", "value": "1"}]
+    pod = _pod(
+        [{"name": "echo", "image": "registry.k8s.io/gateway-api/echo-basic:v1.6.0", "env": env}]
+    )
+    running = echobasic.EchoBasicPod(
+        conformance_bin / "echo-basic", pod, POD_IP, listen, "127.250.9.1", tmp_path, {}
+    )
+    try:
+        await running.start()
+        assert await running.wait_ready()
+        if mode == "udp":
+            reply = json.loads(await udp_echo(listen, 5300, b"ping", timeout=5))
+            assert (reply["request"], reply["pod"]) == ("ping", "echo-7d9f-abcde")
+        else:
+            reader, writer = await asyncio.open_connection(listen, 3000)
+            assert await asyncio.wait_for(reader.readline(), 5) == b"Gateway API Test TCP Server\n"
+            writer.close()
+    finally:
+        await running.stop()
 
 
 def _gone(pid: int) -> bool:
