@@ -11,10 +11,23 @@ the hostile-object suite found several that way)."""
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+from kubefleet import gatewayapi
 
 RELAXED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 settings.register_profile("kubelbd", derandomize=True, **RELAXED)  # type: ignore[arg-type]
 settings.register_profile("explore", **RELAXED)  # type: ignore[arg-type]
 settings.load_profile("explore" if os.environ.get("KUBELBD_HYPOTHESIS") == "explore" else "kubelbd")
+
+
+@pytest.fixture(scope="session")
+def conformance_bin() -> Path:
+    """hack/build-conformance's bin directory (the Gateway API conformance suite, echo-basic;
+    their CRDs beside it): cached, ~4 min cold. Skips only without a Go toolchain."""
+    if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+        pytest.skip("no Go toolchain to build the conformance suite with (hack/build-conformance)")
+    return gatewayapi.build()

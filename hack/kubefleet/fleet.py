@@ -65,12 +65,16 @@ class State:
 
 
 def build_binaries() -> Path:
-    """The cached Kubernetes binaries, built on first use by hack/build-kube.
+    """The cached Kubernetes binaries, built on first use by hack/build-kube."""
+    return run_build("build-kube")
 
-    Its progress goes to our stderr as it happens; its last line, the cause, becomes ours.
-    """
+
+def run_build(script: str) -> Path:
+    """Run a hack/build-* script (instant once its cache is warm) and return the bin directory
+    it prints. Its progress goes to our stderr as it happens; its last line, the cause, becomes
+    ours."""
     child = subprocess.Popen(
-        [str(ROOT / "hack" / "build-kube")],
+        [str(ROOT / "hack" / script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -83,7 +87,7 @@ def build_binaries() -> Path:
         last = line
     out = child.stdout.read()
     if child.wait() != 0:
-        raise FleetError(last.strip().removeprefix("build-kube: ") or "building binaries failed")
+        raise FleetError(last.strip().removeprefix(f"{script}: ") or f"{script} failed")
     if last:
         print(last, file=sys.stderr, end="")
     return Path(out.strip().splitlines()[-1])
@@ -103,6 +107,7 @@ class Fleet:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self.state: State | None = State.load(layout.state_file)
+        self.conformance_bin: Path | None = None  # hack/build-conformance's, set by up()
 
     # ---- status -------------------------------------------------------------------------
 
@@ -128,10 +133,14 @@ class Fleet:
                 f"{', '.join(sorted(stopped))}); stopped what was left of it, run 'up' again"
             )
         bin_dir = build_binaries()
+        from . import gatewayapi
+
+        # Before the nodes: they run echo-basic for echo-basic pods (the suite's backends).
+        self.conformance_bin = gatewayapi.build()
         self._check_ports()
         lay = self.layout
         if lay.dir.exists():
-            for sub in ("etcd", "pki", "kubeconfig", "state.json", "fleet.env", "envoy"):
+            for sub in ("etcd", "pki", "kubeconfig", "state.json", "fleet.env", "envoy", "pods"):
                 p = lay.dir / sub
                 if p.is_dir():
                     shutil.rmtree(p)
@@ -255,6 +264,16 @@ class Fleet:
                 server=True,
             ).write(d, "apiserver")
             certs.write_service_account_key(d)
+            # What the API server shows the kubelets when it fetches logs, and what each
+            # kubelet serves them with (checked against this CA: --kubelet-* flags).
+            certs.issue(ca, "kube-apiserver-kubelet-client", ("system:masters",)).write(
+                d, "apiserver-kubelet-client"
+            )
+            for n in c.nodes:
+                certs.issue(
+                    ca, f"system:node:{n.name}", ("system:nodes",), dns=(n.name,), ips=(n.ip,),
+                    server=True,
+                ).write(d, f"kubelet-{n.name}")  # fmt: skip
             users = {
                 "admin": ("kubernetes-admin", ("system:masters",)),
                 "controller-manager": ("system:kube-controller-manager", ()),
@@ -326,6 +345,13 @@ class Fleet:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--event-ttl=30m",
+                # Logs (pods/log) come from the node emulator's kubelet endpoint: reach it on
+                # the node's InternalIP (its Hostname resolves nowhere), check its certificate
+                # and show our own, all from this cluster's CA.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={d / 'ca.crt'}",
+                f"--kubelet-client-certificate={d / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={d / 'apiserver-kubelet-client.key'}",
             ],
             self._log(f"{c.name}/apiserver"),
         )
@@ -363,18 +389,26 @@ class Fleet:
         )
 
     def _node(self, n: Node) -> Proc:
+        d = self.layout.pki(n.cluster)
+        argv = [
+            sys.executable,
+            "-m",
+            "kubefleet.nodeemu",
+            f"--kubeconfig={self.layout.kubeconfig(n.cluster)}",
+            f"--cluster={n.cluster}",
+            f"--node={n.name}",
+            f"--ip={n.ip}",
+            f"--pod-cidr={n.pod_cidr}",
+            f"--pods-dir={self.layout.dir / 'pods' / n.cluster / n.name}",
+            f"--tls-cert={d / f'kubelet-{n.name}.crt'}",
+            f"--tls-key={d / f'kubelet-{n.name}.key'}",
+            f"--client-ca={d / 'ca.crt'}",
+        ]
+        if self.conformance_bin is not None:
+            argv.append(f"--echo-basic={self.conformance_bin / 'echo-basic'}")
         return Proc(
             f"{n.cluster}/{n.name}",
-            [
-                sys.executable,
-                "-m",
-                "kubefleet.nodeemu",
-                f"--kubeconfig={self.layout.kubeconfig(n.cluster)}",
-                f"--cluster={n.cluster}",
-                f"--node={n.name}",
-                f"--ip={n.ip}",
-                f"--pod-cidr={n.pod_cidr}",
-            ],
+            argv,
             self._log(f"{n.cluster}/{n.name}"),
             env={"PYTHONPATH": str(ROOT / "hack")},
         )
@@ -394,6 +428,7 @@ class Fleet:
         timeout: float = 5.0,
         ok_if_exists: bool = False,
         content_type: str = "application/json",
+        accept: str | None = None,
     ) -> Any:
         d = self.layout.pki(cluster)
         ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
@@ -402,6 +437,8 @@ class Fleet:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Content-Type", content_type)
+        if accept is not None:
+            req.add_header("Accept", accept)
         try:
             with urllib.request.urlopen(req, context=ctx, timeout=timeout) as r:
                 answer = r.read()

@@ -402,12 +402,16 @@ def register_command(layout: Layout, c: Cluster) -> list[str]:
 
 def register_tenants(fleet: Fleet) -> None:
     """kubelbd's namespace and CRDs (as kubelbd would install them: the Tenant kind must be
-    served before a Tenant record is written), then every tenant, by `kubelbd register`."""
+    served before a Tenant record is written), the Gateway API CRDs in every tenant (a tenant
+    cluster's own prerequisite, as its operator would install them, so kubelbd finds the kinds
+    served from its first sync), then every tenant, by `kubelbd register`."""
+    from . import gatewayapi
     from .fleet import FleetError
 
     fleet.request("mgmt", "POST", "/api/v1/namespaces", namespace_doc(), ok_if_exists=True)
     install_crds(fleet)
     install_dnsendpoint_crd(fleet)
+    gatewayapi.install_all(fleet, [c.name for c in fleet.layout.tenant_clusters])
     for c in fleet.layout.tenant_clusters:
         done = subprocess.run(
             register_command(fleet.layout, c), cwd=ROOT, capture_output=True, text=True

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kubelbd.kube import Kube
@@ -154,7 +155,8 @@ class _Listener:
         if self.binding.protocol == "UDP":
             loop = asyncio.get_running_loop()
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpFront(self), local_addr=(ip, port)
+                lambda: UdpRelay(lambda: self.proxy.pick(self.binding), self._tasks),
+                local_addr=(ip, port),
             )
         else:
             self._server = await asyncio.start_server(self._tcp, ip, port, reuse_address=True)
@@ -172,20 +174,29 @@ class _Listener:
         assert task is not None
         self._tasks.add(task)
         try:
-            target = self.proxy.pick(self.binding)
-            if target is None:
-                return
-            try:
-                up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*target), 3)
-            except (TimeoutError, OSError):
-                return
-            try:
-                await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
-            finally:
-                up_w.close()
+            await relay_tcp(reader, writer, self.proxy.pick(self.binding))
         finally:
-            writer.close()
             self._tasks.discard(task)
+
+
+async def relay_tcp(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: tuple[str, int] | None
+) -> None:
+    """Splice one accepted connection to `target` (none: drop it), both ways, until both
+    sides are done; then close it."""
+    try:
+        if target is None:
+            return
+        try:
+            up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*target), 3)
+        except (TimeoutError, OSError):
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
+        finally:
+            up_w.close()
+    finally:
+        writer.close()
 
 
 async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -199,11 +210,15 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         dst.close()
 
 
-class _UdpFront(asyncio.DatagramProtocol):
-    """The NodePort socket: one upstream socket per client address, like a conntrack entry."""
+class UdpRelay(asyncio.DatagramProtocol):
+    """A front socket (a NodePort, a pod's port): one upstream socket per client address, like
+    a conntrack entry, to the target `pick` names when the flow starts."""
 
-    def __init__(self, listener: _Listener) -> None:
-        self.listener = listener
+    def __init__(
+        self, pick: Callable[[], tuple[str, int] | None], tasks: set[asyncio.Task[None]]
+    ) -> None:
+        self.pick = pick
+        self.tasks = tasks
         self.flows: dict[tuple[str, int], _UdpFlow] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,15 +231,15 @@ class _UdpFront(asyncio.DatagramProtocol):
                 flow.send(data)
                 return
             flow.close()
-        target = self.listener.proxy.pick(self.listener.binding)
+        target = self.pick()
         if target is None:
             return
         flow = _UdpFlow(self, addr)
         self.flows[addr] = flow
         flow.pending.append(data)
         task = asyncio.get_running_loop().create_task(flow.open(target))
-        self.listener._tasks.add(task)
-        task.add_done_callback(self.listener._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for f in self.flows.values():
@@ -232,7 +247,7 @@ class _UdpFront(asyncio.DatagramProtocol):
 
 
 class _UdpFlow(asyncio.DatagramProtocol):
-    def __init__(self, front: _UdpFront, client: tuple[str, int]) -> None:
+    def __init__(self, front: UdpRelay, client: tuple[str, int]) -> None:
         self.front = front
         self.client = client
         self.pending: list[bytes] = []
