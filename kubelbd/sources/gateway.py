@@ -33,7 +33,6 @@ def translate(gateway: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
             "sessionAffinity": "None", "proxyProtocol": "", "problems": [malformed.spec()],
         }  # fmt: skip
         return Translation(refused, [malformed])
-    meta = gateway["metadata"]
     spec = gateway["spec"]
     found = gatewayapi.listeners(gateway, policy)
     problems: list[Problem] = list(found.problems)
@@ -48,14 +47,7 @@ def translate(gateway: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
             entry["hostname"] = listener["hostname"]
         served.append(entry)
     out: LoadBalancerSpec = {
-        "source": {
-            "kind": "Gateway",
-            "namespace": meta["namespace"],
-            "name": meta["name"],
-            "uid": meta.get("uid", ""),
-            "generation": meta.get("generation", 0),
-            "creationTimestamp": meta.get("creationTimestamp", ""),
-        },
+        "source": shapes.source_ref("Gateway", gateway),
         "ports": [],
         "sessionAffinity": "None",
         "proxyProtocol": "",

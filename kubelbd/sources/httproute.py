@@ -396,8 +396,8 @@ def translate(route: Obj, view: TenantView) -> Translation[RouteSpec]:
             "problems": [malformed.spec()],
         }  # fmt: skip
         return Translation(refused, [malformed])
-    meta = route["metadata"]
-    ns = meta["namespace"]
+    meta = route.get("metadata") or {}
+    ns = meta.get("namespace", "")
     spec = route.get("spec") or {}
     problems: list[Problem] = []
     hostnames = hostnames_of(spec, view.policy, problems)
@@ -408,14 +408,7 @@ def translate(route: Obj, view: TenantView) -> Translation[RouteSpec]:
         for host in hostnames or [""]:
             rules.append({"host": host, "paths": copy.deepcopy(paths)})
     out: RouteSpec = {
-        "source": {
-            "kind": "HTTPRoute",
-            "namespace": ns,
-            "name": meta["name"],
-            "uid": meta.get("uid", ""),
-            "generation": meta.get("generation", 0),
-            "creationTimestamp": meta.get("creationTimestamp", ""),
-        },
+        "source": shapes.source_ref("HTTPRoute", route),
         "rules": rules,
         "parents": parents,
     }
@@ -432,7 +425,7 @@ def is_ours(route: Obj, view: TenantView) -> bool:
     """Whether any parentRef names a Gateway of ours."""
     if not shapes.fits(shapes.ParentRefsOf, route):
         return False
-    ns = route["metadata"].get("namespace", "")
+    ns = (route.get("metadata") or {}).get("namespace", "")
     for ref in (route.get("spec") or {}).get("parentRefs") or []:
         if names_a_gateway(ref):
             gateway = view.get(GATEWAYS, ref.get("namespace") or ns, ref["name"])
@@ -446,7 +439,7 @@ def references(route: Obj, view: TenantView) -> References:
     a Service the route may not name), and the Gateways, namespaces and grants it reads."""
     if not shapes.fits(shapes.HTTPRoute, route):
         return References()
-    ns = route["metadata"]["namespace"]
+    ns = (route.get("metadata") or {}).get("namespace", "")
     spec = route.get("spec") or {}
     backends: set[tuple[str, str]] = set()
     others: set[tuple[Resource, tuple[str, str]]] = {(NAMESPACES, ("", ns))}
@@ -480,7 +473,7 @@ def status_patch(route: Obj, status: SourceStatus, now: str) -> StatusPatch | No
     others = [e for e in have if e not in mine]
     parents = others + gatewayapi.stamped(want, mine, now)
     body: Obj = {"status": {"parents": parents}}
-    version = route["metadata"].get("resourceVersion")
+    version = (route.get("metadata") or {}).get("resourceVersion")
     if isinstance(version, str) and version:
         body["metadata"] = {"resourceVersion": version}
     return StatusPatch(body)
