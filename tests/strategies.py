@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from kubelbd.records import parse
 from kubelbd.records.types import RouteRecord, TenantRecord
-from kubelbd.sources import ingress
+from kubelbd.sources import common, ingress
 
 TENANTS = ("alpha", "beta", "gamma")
 NAMESPACES = ("default", "prod")
@@ -53,7 +53,7 @@ ODD_CHARS = "-._~!$&'()*+,;=:@%\u00e9\u6f22\u0080\U0001f600"
 
 def _odd_segment(text: str) -> bool:
     # fullmatch, not match: with match() the `$` of _PATH_CHARS also accepts "/a\n"
-    return bool(ingress.PATH_CHARS.fullmatch("/" + text))
+    return bool(common.PATH_CHARS.fullmatch("/" + text))
 
 
 #: segments made of those, rarely equal to one another
@@ -71,9 +71,9 @@ def paths(draw: st.DrawFn) -> dict[str, Any]:
     raw = "/" + "/".join(parts)
     if parts and draw(st.booleans()):  # type: ignore[arg-type]
         raw += "/"
-    assert ingress.PATH_CHARS.fullmatch(raw), raw
+    assert common.PATH_CHARS.fullmatch(raw), raw
     return {
-        "path": ingress.normalize_path(raw, path_type),
+        "path": common.normalize_path(raw, path_type),
         "pathType": path_type,
         # Mostly one backend, as an Ingress has; now and then several, weighted.
         "backends": draw(st.one_of(st.lists(backends(), min_size=1, max_size=1),

@@ -1,7 +1,9 @@
 """Golden: tenant objects → record specs (and the problems they carry), per source kind.
 
 Input: tenants, each with IngressClasses, Services and Ingresses as a tenant would write
-them. kubelbd's NodePort twins are added as it would make them, with nodePorts 32000 + n.
+them, and Gateway API objects (gateways, httproutes, referenceGrants, gatewayClasses, and
+namespaces: name -> labels). kubelbd's NodePort twins are added as it would make them,
+with nodePorts 32000 + n.
 Output: per tenant object, the record it becomes (kind, name, spec) or why it is not ours.
 Every spec must fit its CRD's schema and its TypedDict (what the data plane reads back).
 """
@@ -14,14 +16,22 @@ from typing import Any
 import pytest
 
 from kubelbd.kube import crds
-from kubelbd.objects import INGRESS_CLASSES, SERVICES, Obj, Resource
+from kubelbd.objects import INGRESS_CLASSES, NAMESPACES, SERVICES, Obj, Resource
 from kubelbd.records import parse
 from kubelbd.records.claims import with_claims
 from kubelbd.records.policy import Policy, for_tenant, policy_of
-from kubelbd.sources import SOURCES, dnsnames, twins
+from kubelbd.sources import SOURCES, dnsnames, gatewayapi, twins
 from kubelbd.sources.base import Source
 
 from .goldens import cases, check, conforms, read_input
+
+#: where a case lists the Gateway API objects of a tenant
+GATEWAY_KINDS = {
+    "gateways": gatewayapi.GATEWAYS,
+    "httproutes": gatewayapi.HTTPROUTES,
+    "referenceGrants": gatewayapi.REFERENCE_GRANTS,
+    "gatewayClasses": gatewayapi.GATEWAY_CLASSES,
+}
 
 SCHEMAS = {
     doc["spec"]["names"]["kind"]: doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -54,6 +64,22 @@ class View:
                 self.objects[SERVICES][f"{meta['namespace']}/{meta['name']}"] = twin
         for cls in tenant.get("ingressClasses") or []:
             self.objects[INGRESS_CLASSES][cls["metadata"]["name"]] = cls
+        # Gateway API: Gateways (and the routes, grants, classes) where their kind keeps
+        # them; namespaces by name, with their labels (allowedRoutes selectors read them).
+        for field, resource in GATEWAY_KINDS.items():
+            kept = self.objects.setdefault(resource, {})
+            for obj in tenant.get(field) or []:
+                meta = obj["metadata"]
+                if resource.namespaced:
+                    meta.setdefault("namespace", "default")
+                    meta.setdefault("uid", f"uid-{meta['name']}")
+                    meta.setdefault("generation", 1)
+                kept[
+                    f"{meta['namespace']}/{meta['name']}" if resource.namespaced else meta["name"]
+                ] = obj
+        namespaces = self.objects.setdefault(NAMESPACES, {})
+        for name, labels in (tenant.get("namespaces") or {}).items():
+            namespaces[name] = {"metadata": {"name": name, "labels": labels or {}}}
 
     def get(self, resource: Resource, namespace: str, name: str) -> Obj | None:
         k = f"{namespace}/{name}" if resource.namespaced else name
@@ -90,7 +116,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     for tenant in case["tenants"]:
         view = View(tenant)
         got: dict[str, Any] = {}
-        kinds = {"Ingress": tenant.get("ingresses") or [], "Service": tenant.get("services") or []}
+        kinds = {
+            "Ingress": tenant.get("ingresses") or [],
+            "Service": tenant.get("services") or [],
+            "Gateway": tenant.get("gateways") or [],
+            "HTTPRoute": tenant.get("httproutes") or [],
+        }
         for source in SOURCES:
             for obj in kinds[source.kind]:
                 meta = obj["metadata"]

@@ -11,7 +11,7 @@ from kubelbd.objects import INGRESS_CLASSES, SERVICES, Obj, annotations_of, labe
 from kubelbd.records import parse
 from kubelbd.records.policy import Policy
 from kubelbd.records.status import SourceStatus
-from kubelbd.sources import ingress, loadbalancer, twins
+from kubelbd.sources import common, ingress, loadbalancer, twins
 from kubelbd.sources.nodes import node_addresses
 
 from .test_golden_sources import View
@@ -60,7 +60,7 @@ def test_hosts_past_the_dns_length_limits_are_refused() -> None:
         route = _route({"rules": [{"host": host, "http": {"paths": [{"path": "/"}]}}]})
         assert _reasons(route) == ["InvalidHost"]
     at_limit = ".".join(["a" * 63] * 3) + "." + "b" * 61  # 63-character labels, 253 in all
-    assert ingress.HOST.fullmatch(at_limit)
+    assert common.HOST.fullmatch(at_limit)
 
 
 def test_a_backend_whose_node_port_envoy_cannot_dial_is_refused() -> None:

@@ -8,12 +8,16 @@ every source in this tuple alike.
 from __future__ import annotations
 
 from .base import References, Source, TenantView
+from .gateway import GatewaySource
+from .httproute import HTTPRouteSource
 from .ingress import IngressSource
 from .loadbalancer import LoadBalancerServiceSource
 
 SOURCES: tuple[Source, ...] = (
     IngressSource(),
     LoadBalancerServiceSource(),
+    GatewaySource(),
+    HTTPRouteSource(),
 )
 
 __all__ = ["SOURCES", "References", "Source", "TenantView"]

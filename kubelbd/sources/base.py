@@ -33,7 +33,8 @@ class References:
     cluster, and copied again when they change. `others` are anything else a translation
     reads (by resource; cluster-scoped objects with namespace ""): of the kinds the Source
     lists in `referenced`, which the tenant side watches, and a change to one translates the
-    object again."""
+    object again. A name "" stands for every object of that kind in the namespace (say,
+    the ReferenceGrants of a namespace, one of which may be made later)."""
 
     backends: frozenset[Ref] = frozenset()
     tls_secrets: frozenset[Ref] = frozenset()
@@ -109,7 +110,10 @@ class Source(Protocol):
         ...
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
-        """Objects kubelbd keeps in every tenant for this kind (its IngressClass)."""
+        """Objects kubelbd keeps in every tenant for this kind (its IngressClass), applied
+        on every resync of the kind; one with a `status` also gets that applied to its
+        status subresource (each condition observed at the generation the apply left, its
+        lastTransitionTime moving only with its status), e.g. a GatewayClass's Accepted."""
         ...
 
 

@@ -160,6 +160,171 @@ class ServiceType(TypedDict, total=False):
     spec: _ServiceTypeSpec | None
 
 
+# ---- Gateway API -----------------------------------------------------------------------------
+
+
+class _Requirement(TypedDict, total=False):
+    key: Required[str]
+    operator: Required[str]
+    values: list[str] | None
+
+
+class LabelSelector(TypedDict, total=False):
+    matchLabels: dict[str, str] | None
+    matchExpressions: list[_Requirement] | None
+
+
+class _RouteNamespaces(TypedDict, total=False):
+    # "from" is a Python keyword: the functional form
+    selector: LabelSelector | None
+
+
+_RouteNamespacesFrom = TypedDict("_RouteNamespacesFrom", {"from": str | None}, total=False)
+
+
+class _AllowedNamespaces(_RouteNamespaces, _RouteNamespacesFrom, total=False):
+    pass
+
+
+class _RouteGroupKind(TypedDict, total=False):
+    group: str | None
+    kind: Required[str]
+
+
+class _AllowedRoutes(TypedDict, total=False):
+    namespaces: _AllowedNamespaces | None
+    kinds: list[_RouteGroupKind] | None
+
+
+class _Listener(TypedDict, total=False):
+    name: Required[str]
+    port: Required[Port]
+    protocol: Required[str]
+    hostname: str | None
+    allowedRoutes: _AllowedRoutes | None
+
+
+class _GatewayAddress(TypedDict, total=False):
+    type: str | None
+    value: str | None
+
+
+class _GatewaySpec(TypedDict, total=False):
+    gatewayClassName: Required[str]
+    listeners: list[_Listener] | None
+    addresses: list[_GatewayAddress] | None
+
+
+class Gateway(TypedDict, total=False):
+    metadata: Metadata
+    spec: Required[_GatewaySpec]
+
+
+class _GatewayClassNameSpec(TypedDict, total=False):
+    gatewayClassName: str
+
+
+class GatewayClassOf(TypedDict, total=False):
+    """What says which GatewayClass a Gateway is of."""
+
+    spec: _GatewayClassNameSpec | None
+
+
+class _ParentRef(TypedDict, total=False):
+    group: str | None
+    kind: str | None
+    namespace: str | None
+    name: Required[str]
+    sectionName: str | None
+    port: Port | None
+
+
+class _ParentRefsSpec(TypedDict, total=False):
+    parentRefs: list[_ParentRef] | None
+
+
+class ParentRefsOf(TypedDict, total=False):
+    """What says which Gateways a Route asks to attach to."""
+
+    metadata: Metadata
+    spec: _ParentRefsSpec | None
+
+
+class _PathMatch(TypedDict, total=False):
+    type: str | None
+    value: str | None
+
+
+class _ValueMatch(TypedDict, total=False):
+    type: str | None
+    name: Required[str]
+    value: Required[str]
+
+
+class _RouteMatch(TypedDict, total=False):
+    path: _PathMatch | None
+    headers: list[_ValueMatch] | None
+    queryParams: list[_ValueMatch] | None
+    method: str | None
+
+
+class _Filter(TypedDict, total=False):
+    type: Required[str]
+
+
+class _BackendRef(TypedDict, total=False):
+    group: str | None
+    kind: str | None
+    name: Required[str]
+    namespace: str | None
+    port: Port | None
+    weight: Annotated[int, Field(ge=0, le=1000000)] | None
+    filters: list[_Filter] | None
+
+
+class _RouteRule(TypedDict, total=False):
+    matches: list[_RouteMatch] | None
+    filters: list[_Filter] | None
+    backendRefs: list[_BackendRef] | None
+
+
+class _HTTPRouteSpec(_ParentRefsSpec, total=False):
+    hostnames: list[str] | None
+    rules: list[_RouteRule] | None
+
+
+class HTTPRoute(TypedDict, total=False):
+    metadata: Metadata
+    spec: _HTTPRouteSpec | None
+
+
+class _GrantFrom(TypedDict, total=False):
+    group: Required[str]
+    kind: Required[str]
+    namespace: Required[str]
+
+
+class _GrantTo(TypedDict, total=False):
+    group: Required[str]
+    kind: Required[str]
+    name: str | None
+
+
+class _GrantSpec(TypedDict, total=False):
+    to: list[_GrantTo] | None
+
+
+_GrantSpecFrom = TypedDict("_GrantSpecFrom", {"from": list[_GrantFrom] | None}, total=False)
+
+
+class _ReferenceGrantSpec(_GrantSpec, _GrantSpecFrom, total=False):
+    pass
+
+
+class ReferenceGrant(TypedDict, total=False):
+    spec: _ReferenceGrantSpec | None
+
+
 # ---- checking --------------------------------------------------------------------------------
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from ..hub import StatusBoard
 from ..kube import Kube
 from ..kube.events import Recorder
 from ..kube.status_writer import StatusWriter
 from ..objects import Obj
+from ..records.conditions import same, stamp
 from ..records.status import Event, SourceStatus
 from ..sources.base import Source
 
@@ -26,6 +28,35 @@ log = logging.getLogger(__name__)
 
 #: the field manager of tenant object statuses written by server-side apply
 STATUS_MANAGER = "kubelbd"
+
+
+def tenant_object_status(want: Any, applied: Obj, now: str) -> Obj | None:
+    """The status to apply to an object kubelbd keeps in the tenant (a source's
+    `tenant_objects`, e.g. its GatewayClass), from the status the source wants (None: it
+    wants none) and the object as the apply left it: each condition observed at the
+    object's generation, its lastTransitionTime kept while its status holds; None when the
+    object holds it already."""
+    if not isinstance(want, dict):
+        return None
+    generation = applied.get("metadata", {}).get("generation")
+    wanted: list[Any] = [
+        {**c, "observedGeneration": generation} if generation is not None else dict(c)
+        for c in want.get("conditions") or []
+    ]
+    status = applied.get("status")
+    have: dict[str, Any] = status if isinstance(status, dict) else {}
+    found = have.get("conditions")
+    previous = [
+        c
+        for c in (found if isinstance(found, list) else [])
+        if isinstance(c, dict)
+        and all(isinstance(c.get(k), str) for k in ("type", "status", "reason", "message"))
+    ]  # what the tenant may have made of it: only conditions that compare
+    rest = {k: v for k, v in want.items() if k != "conditions"}
+    if same(wanted, previous) and all(have.get(k) == v for k, v in rest.items()):
+        return None
+    return {**rest, "conditions": stamp(wanted, previous, now)}
+
 
 Lookup = Callable[[Source, str, str], Obj | None]
 

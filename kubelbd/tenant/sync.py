@@ -26,6 +26,7 @@ import anyio.abc
 
 from ..hub import RecordSink, Settling, StatusBoard
 from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
+from ..kube.client import timestamp
 from ..kube.informer import ErrorHandler, EventHandler
 from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, split_key
 from ..records.names import LOADBALANCER, ROUTE
@@ -41,7 +42,7 @@ from .copies import SecretCopies
 from .health import POLICY_OK, RetryLater, TenantHealth, classify
 from .limits import TenantLimits
 from .records import TenantRecords
-from .statuses import TenantStatuses
+from .statuses import STATUS_MANAGER, TenantStatuses, tenant_object_status
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class TenantSync:
         self._dirty: set[ObjectId] = set()
         self._resync = True  # everything: after (re)connecting
         self._resync_sources: set[str] = set()  # kinds whose depends_on objects changed
+        self._unserved: set[str] = set()  # kinds whose tenant objects' kind is not served
         self._nodes_dirty = True
         self._seen: dict[ObjectId, tuple[Any, ...]] = {}
         self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
@@ -217,6 +219,8 @@ class TenantSync:
 
     def _informer_health(self, which: str) -> ErrorHandler:
         def report(error: Exception | None) -> None:
+            if error is None and self._unserved:
+                self._served_again(which)
             if self.health.informer(which, error):
                 self.settling.done(self.name)  # nothing better to wait for: serve the records
 
@@ -262,7 +266,11 @@ class TenantSync:
             if resource == SERVICES:
                 self._on_service(obj)
             elif referenced:
-                users = self.index.users(resource, split_key(key(obj)))
+                ns, name = split_key(key(obj))
+                # (ns, ""): every object of the kind in the namespace (References)
+                users = self.index.users(resource, (ns, name)) | self.index.users(
+                    resource, (ns, "")
+                )
                 if users:
                     self._dirty |= users
                     self._wake.set()
@@ -430,12 +438,52 @@ class TenantSync:
     async def _resync_source(self, source: Source) -> None:
         """One source: the objects kubelbd keeps in the tenant for it, and every object of
         it that is ours or has a record translated again."""
-        assert self.kube is not None
         for resource, obj in source.tenant_objects():
-            await self.kube.apply(resource, obj)
+            await self._apply_tenant_object(source, resource, obj)
         for k, obj in self.caches.cache(source.resource).items():
             if self._concerns_us(source, k, obj):
                 self._dirty.add((source.kind, k))
+
+    async def _apply_tenant_object(self, source: Source, resource: Resource, obj: Obj) -> None:
+        """One object kubelbd keeps in the tenant, and its status if it has one. A kind the
+        API server does not serve (a CRD not installed) is skipped, and applied once its
+        informer finds it served."""
+        assert self.kube is not None
+        informer = self.caches.informers.get(resource)
+        if informer is not None and not informer.served:
+            self._unserved.add(source.kind)
+            return
+        try:
+            applied = await self.kube.apply(
+                resource, {k: v for k, v in obj.items() if k != "status"}
+            )
+        except ApiError as e:
+            if not e.not_found:
+                raise
+            self._unserved.add(source.kind)
+            return
+        status = tenant_object_status(obj.get("status"), applied, timestamp())
+        if status is not None:
+            meta = {"name": obj["metadata"]["name"]}
+            if obj["metadata"].get("namespace"):
+                meta["namespace"] = obj["metadata"]["namespace"]
+            body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta,
+                    "status": status}  # fmt: skip
+            await self.kube.apply(
+                resource, body, subresource="status", field_manager=STATUS_MANAGER
+            )
+
+    def _served_again(self, plural: str) -> None:
+        """An informer listed its kind: sources whose tenant objects were skipped while
+        their kind was not served are resynced once every kind they keep is."""
+        for kind in sorted(self._unserved):
+            resources = {r for r, _ in self.sources[kind].tenant_objects()}
+            if plural in {r.plural for r in resources} and all(
+                self.caches.informers[r].served for r in resources if r in self.caches.informers
+            ):
+                self._unserved.discard(kind)
+                self._resync_sources.add(kind)
+                self._wake.set()
 
     def _concerns_us(self, source: Source, k: str, obj: Obj | None) -> bool:
         """Whether an object (None: deleted) needs reconciling: it is ours, or it has a

@@ -1,0 +1,120 @@
+"""Gateway API through the tenant side: the GatewayClass `kubelb` and its status, a Gateway
+and an HTTPRoute becoming records, a Gateway change translating its routes again; and a
+tenant without the Gateway API CRDs served all the same, its GatewayClass applied once they
+come."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kubelbd.hub import Settling, StatusBoard
+from kubelbd.kube import informer
+from kubelbd.objects import INGRESSES, NAMESPACES, NODES, SERVICES, Obj
+from kubelbd.records.names import LOADBALANCERS, ROUTES
+from kubelbd.sources.gatewayapi import (
+    CLASS_NAME,
+    GATEWAY_CLASSES,
+    GATEWAYS,
+    HTTPROUTES,
+    REFERENCE_GRANTS,
+)
+from kubelbd.tenant.sync import TenantSettings, TenantSync
+
+from .fakekube import Connector, FakeKube, kubeconfig
+from .orchestration import RecordingSink, ingress, namespace, node, running, service, until
+
+NS = "tenant-a"
+
+
+def gateway(name: str, hostname: str | None = None) -> Obj:
+    listener: Obj = {"name": "http", "port": 80, "protocol": "HTTP"}
+    if hostname:
+        listener["hostname"] = hostname
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"gatewayClassName": CLASS_NAME, "listeners": [listener]},
+    }  # fmt: skip
+
+
+def httproute(name: str, gw: str, host: str, backend: str) -> Obj:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"parentRefs": [{"name": gw}], "hostnames": [host],
+                 "rules": [{"backendRefs": [{"name": backend, "port": 80}]}]},
+    }  # fmt: skip
+
+
+def sync_of(tenant: FakeKube, mgmt: FakeKube) -> TenantSync:
+    return TenantSync(
+        "a", kubeconfig(tenant), mgmt, RecordingSink(), StatusBoard(), Settling(),
+        TenantSettings(), connect=Connector(tenant),
+    )  # fmt: skip
+
+
+def accepted_generation(tenant: FakeKube) -> object:
+    cls = tenant.stored(GATEWAY_CLASSES, CLASS_NAME)
+    conditions = ((cls or {}).get("status") or {}).get("conditions") or [{}]
+    return conditions[0].get("observedGeneration")
+
+
+async def test_gateways_and_routes_become_records_and_the_class_is_accepted() -> None:
+    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
+    await tenant.create(NAMESPACES, namespace("default"))
+    await tenant.create(NODES, node("n1", "10.0.0.1"))
+    await tenant.create(SERVICES, service("web"))
+    await tenant.create(GATEWAYS, gateway("gw", "shop.example.com"))
+    await tenant.create(HTTPROUTES, httproute("shop", "gw", "shop.example.com", "web"))
+    async with running(sync_of(tenant, mgmt).run):
+        await until(lambda: accepted_generation(tenant) == 1, "the GatewayClass accepted")
+        cls = tenant.stored(GATEWAY_CLASSES, CLASS_NAME)
+        assert cls is not None and cls["spec"]["controllerName"] == "kubelb.io/gateway-controller"
+        assert {"name": "HTTPRoute"} in cls["status"]["supportedFeatures"]
+        await until(lambda: mgmt.stored(LOADBALANCERS, "default.gw.gateway", NS), "Gateway's")
+        await until(lambda: mgmt.stored(ROUTES, "default.shop.httproute", NS), "the route's")
+        route = mgmt.stored(ROUTES, "default.shop.httproute", NS)
+        assert route is not None
+        (parent,) = route["spec"]["parents"]
+        assert parent["accepted"] and parent["listeners"] == ["http"]
+        backend = route["spec"]["rules"][0]["paths"][0]["backends"][0]
+        assert backend.get("nodePort")  # through the twin kubelbd made
+
+        # The Gateway's listener changes hostname: the route no longer meets it.
+        changed = gateway("gw", "other.example.com")
+        await tenant.patch(GATEWAYS, "gw", {"spec": changed["spec"]}, "default")
+
+        def reason() -> object:
+            stored = mgmt.stored(ROUTES, "default.shop.httproute", NS) or {}
+            return stored.get("spec", {}).get("parents", [{}])[0].get("reason")
+
+        await until(lambda: reason() == "NoMatchingListenerHostname", "translated again")
+
+        # Someone edits the GatewayClass: it is kubelbd's again, its status observed anew.
+        await tenant.patch(GATEWAY_CLASSES, CLASS_NAME, {"spec": {"description": "mine"}})
+        await until(lambda: accepted_generation(tenant) == 3, "applied again")
+
+        # The Gateway goes to another class: it and its routes are no longer served.
+        await tenant.patch(GATEWAYS, "gw", {"spec": {"gatewayClassName": "other"}}, "default")
+        await until(lambda: mgmt.stored(ROUTES, "default.shop.httproute", NS) is None, "gone")
+        await until(lambda: mgmt.stored(LOADBALANCERS, "default.gw.gateway", NS) is None, "gone")
+
+
+async def test_a_tenant_without_the_gateway_api_is_served_and_gets_the_class_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(informer, "NOT_SERVED_RETRY", 0.05)
+    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
+    for kind in (GATEWAYS, HTTPROUTES, REFERENCE_GRANTS, GATEWAY_CLASSES):
+        tenant.fail("*", kind, status=404, times=math.inf)  # the CRDs are not installed
+    await tenant.create(NAMESPACES, namespace("default"))
+    await tenant.create(NODES, node("n1", "10.0.0.1"))
+    await tenant.create(SERVICES, service("app"))
+    await tenant.create(INGRESSES, ingress("site", "site.example.com", "app"))
+    async with running(sync_of(tenant, mgmt).run):
+        await until(lambda: mgmt.stored(ROUTES, "default.site", NS), "the Ingress's record")
+        assert tenant.stored(GATEWAY_CLASSES, CLASS_NAME) is None
+        tenant.heal()  # the CRDs are installed
+        await until(lambda: accepted_generation(tenant) == 1, "the GatewayClass, once served")

@@ -1,0 +1,233 @@
+"""The Gateway API sources beyond the golden cases: objects of the wrong shape are problems
+naming the field (never exceptions), and status documents are written with their
+lastTransitionTimes kept while a condition holds, other controllers' route parents kept."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kubelbd.objects import Obj
+from kubelbd.records import parse
+from kubelbd.records.status import SourceStatus
+from kubelbd.sources import gateway, gatewayapi, httproute
+from kubelbd.tenant.statuses import tenant_object_status
+
+from .test_golden_sources import GATEWAY_KINDS, View
+
+T0, T1 = "2026-01-01T00:00:00Z", "2026-02-02T00:00:00Z"
+GW = {"metadata": {"name": "gw", "namespace": "default"},
+      "spec": {"gatewayClassName": "kubelb",
+               "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}  # fmt: skip
+
+
+def _view(*objects: Obj) -> View:
+    view = View({"gateways": [json.loads(json.dumps(GW))]})
+    for obj in objects:
+        view.objects[GATEWAY_KINDS[obj.pop("field")]][
+            f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
+        ] = obj
+    return view
+
+
+def _route(spec: Any) -> Obj:
+    return {"metadata": {"name": "r", "namespace": "default"}, "spec": spec}
+
+
+def _reasons(spec: Any) -> list[str]:
+    return [p["reason"] for p in spec.get("problems", [])]
+
+
+# ---- hostile shapes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "where"),
+    [
+        ({"gatewayClassName": "kubelb", "listeners": {"name": "x"}}, "spec.listeners"),
+        (
+            {
+                "gatewayClassName": "kubelb",
+                "listeners": [{"name": "x", "port": "80", "protocol": "HTTP"}],
+            },
+            "spec.listeners.0.port",
+        ),
+        ({"gatewayClassName": "kubelb", "addresses": [{"value": 5}]}, "spec.addresses.0.value"),
+        (
+            {
+                "gatewayClassName": "kubelb",
+                "listeners": [
+                    {
+                        "name": "x",
+                        "port": 80,
+                        "protocol": "HTTP",
+                        "allowedRoutes": {"namespaces": {"from": ["All"]}},
+                    }
+                ],
+            },
+            "spec.listeners.0.allowedRoutes.namespaces.from",
+        ),
+    ],
+)
+def test_a_gateway_of_the_wrong_shape_is_refused_naming_the_field(spec: Any, where: str) -> None:
+    obj = {"metadata": {"name": "gw", "namespace": "default"}, "spec": spec}
+    assert gateway.GatewaySource().is_ours(obj, _view())
+    result = gateway.translate(obj, _view().policy)
+    assert parse.lb_spec(result.spec) == result.spec
+    assert _reasons(result.spec) == ["InvalidObject"]
+    assert result.spec["problems"][0]["message"].startswith(where)
+
+
+def test_a_gateway_whose_class_cannot_be_told_is_nobodys() -> None:
+    for spec in ({"gatewayClassName": ["kubelb"]}, [1], "kubelb"):
+        assert not gateway.GatewaySource().is_ours({"metadata": {}, "spec": spec}, _view())
+
+
+@pytest.mark.parametrize(
+    ("spec", "where"),
+    [
+        ({"parentRefs": [{"name": "gw"}], "hostnames": "a.example.com"}, "spec.hostnames"),
+        (
+            {
+                "parentRefs": [{"name": "gw"}],
+                "rules": [{"backendRefs": [{"name": "web", "port": 80, "weight": -1}]}],
+            },
+            "spec.rules.0.backendRefs.0.weight",
+        ),
+        (
+            {
+                "parentRefs": [{"name": "gw"}],
+                "rules": [{"matches": [{"headers": [{"name": "a", "value": 1}]}]}],
+            },
+            "spec.rules.0.matches.0.headers.0.value",
+        ),
+        (
+            {"parentRefs": [{"name": "gw"}], "rules": [{"filters": [{}]}]},
+            "spec.rules.0.filters.0.type",
+        ),
+    ],
+)
+def test_an_httproute_of_the_wrong_shape_is_refused_naming_the_field(spec: Any, where: str) -> None:
+    source, obj, view = httproute.HTTPRouteSource(), _route(spec), _view()
+    assert source.is_ours(obj, view)
+    assert source.references(obj, view).backends == frozenset()
+    result = source.translate(obj, view)
+    assert parse.route_spec(result.spec) == result.spec
+    assert _reasons(result.spec) == ["InvalidObject"] and result.spec["rules"] == []
+    assert result.spec["problems"][0]["message"].startswith(where)
+
+
+def test_parent_refs_that_cannot_be_read_make_a_route_nobodys() -> None:
+    source, view = httproute.HTTPRouteSource(), _view()
+    for spec in ({"parentRefs": {"name": "gw"}}, {"parentRefs": [{"name": 5}]}, [1]):
+        assert not source.is_ours(_route(spec), view)
+
+
+def test_malformed_grants_namespaces_and_gateways_grant_and_attach_nothing() -> None:
+    source = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": ["default"]}
+    grant = {"field": "referenceGrants", "metadata": {"name": "g", "namespace": "data"},
+             "spec": {"from": [source], "to": [{"group": "", "kind": "Service"}]}}  # fmt: skip
+    view = _view(grant)
+    backend = {"name": "db", "namespace": "data", "port": 80}
+    route = _route({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [backend]}]})
+    result = httproute.translate(route, view)
+    assert _reasons(result.spec) == ["RefNotPermitted"]
+    view.objects[gatewayapi.GATEWAYS]["default/gw"]["spec"]["listeners"] = [{"name": 1}]
+    (parent,) = httproute.translate(route, view).spec["parents"]
+    assert parent["reason"] == "NoMatchingParent" and "malformed" in parent["message"]
+
+
+def test_regular_expressions_envoy_might_refuse_are_not_handed_on() -> None:
+    assert httproute.regex_problem("^/api/v[0-9]+$") is None
+    for bad in ("(?i)x", "(a)\\1", "a{2,3}", "[", "x" * 200, "\\p{Greek}"):
+        assert httproute.regex_problem(bad) is not None, bad
+
+
+def test_hostnames_meet_as_gateway_api_says() -> None:
+    meet = httproute.hostnames_meet
+    assert meet("*.example.com", "a.b.example.com") and meet("a.example.com", "*.example.com")
+    assert meet("*.example.com", "*.a.example.com") and meet("x.com", "x.com")
+    assert not meet("*.example.com", "example.com") and not meet("a.example.com", "b.example.com")
+
+
+# ---- status documents ------------------------------------------------------------------------
+
+
+def _cond(type_: str, status: str, since: str | None = None, **more: Any) -> Obj:
+    out: Obj = {"type": type_, "status": status, "reason": type_, "message": "", **more}
+    if since:
+        out["lastTransitionTime"] = since
+    return out
+
+
+def test_a_gateways_status_keeps_the_time_of_a_condition_that_holds() -> None:
+    have = {"conditions": [_cond("Accepted", "True", T0), _cond("Programmed", "False", T0)],
+            "listeners": [{"name": "http", "conditions": [_cond("Accepted", "True", T0)]}],
+            "stale": "x"}  # fmt: skip
+    want = {"conditions": [_cond("Accepted", "True"), _cond("Programmed", "True")],
+            "listeners": [{"name": "http", "attachedRoutes": 1,
+                           "conditions": [_cond("Accepted", "True")]}]}  # fmt: skip
+    status = SourceStatus("Gateway", "default", "gw", "u", document=json.dumps(want))
+    patch = gateway.status_patch({"status": have}, status, T1)
+    assert patch is not None and patch.type == "merge"
+    body = patch.body["status"]
+    assert [c["lastTransitionTime"] for c in body["conditions"]] == [T0, T1]
+    assert body["listeners"][0]["conditions"][0]["lastTransitionTime"] == T0
+    assert body["stale"] is None  # the whole status is the document
+    # Once written, nothing more to write.
+    written = {k: v for k, v in body.items() if v is not None}
+    assert gateway.status_patch({"status": written}, status, T1) is None
+    # No document: nothing decided.
+    assert (
+        gateway.status_patch({"status": have}, SourceStatus("Gateway", "d", "g", "u"), T1) is None
+    )
+
+
+def test_a_hostile_status_is_replaced_not_raised_on() -> None:
+    want = {"conditions": [_cond("Accepted", "True")]}
+    status = SourceStatus("Gateway", "default", "gw", "u", document=json.dumps(want))
+    for have in ([1], {"conditions": [{"type": ["x"]}, 5]}, {"conditions": "x"}):
+        patch = gateway.status_patch({"status": have}, status, T1)
+        assert patch is not None
+        assert patch.body["status"]["conditions"][0]["lastTransitionTime"] == T1
+
+
+def _parent(controller: str, since: str | None = None, status: str = "True") -> Obj:
+    return {"parentRef": {"name": "gw"}, "controllerName": controller,
+            "conditions": [_cond("Accepted", status, since)]}  # fmt: skip
+
+
+def test_route_parents_of_other_controllers_are_kept() -> None:
+    theirs = _parent("example.com/other", T0)
+    route = {"metadata": {"resourceVersion": "7"},
+             "status": {"parents": [theirs, _parent(gatewayapi.CONTROLLER, T0)]}}  # fmt: skip
+    same = SourceStatus("HTTPRoute", "default", "r", "u",
+                        document=json.dumps([_parent(gatewayapi.CONTROLLER)]))  # fmt: skip
+    assert httproute.status_patch(route, same, T1) is None
+    refused = json.dumps([_parent(gatewayapi.CONTROLLER, status="False")])
+    moved = SourceStatus("HTTPRoute", "default", "r", "u", document=refused)
+    patch = httproute.status_patch(route, moved, T1)
+    assert patch is not None and patch.body["metadata"] == {"resourceVersion": "7"}
+    parents = patch.body["status"]["parents"]
+    assert parents[0] == theirs
+    assert parents[1]["conditions"][0]["lastTransitionTime"] == T1
+    # The record gone: kubelbd's entries go, the others stay.
+    final = SourceStatus("HTTPRoute", "default", "r", "u", final=True)
+    patch = httproute.status_patch(route, final, T1)
+    assert patch is not None and patch.body["status"]["parents"] == [theirs]
+
+
+def test_a_tenant_objects_status_is_observed_at_its_generation() -> None:
+    want = gatewayapi.gateway_class()["status"]
+    applied: Obj = {"metadata": {"name": "kubelb", "generation": 2}}
+    status = tenant_object_status(want, applied, T1)
+    assert status is not None
+    (accepted,) = status["conditions"]
+    assert accepted["observedGeneration"] == 2 and accepted["lastTransitionTime"] == T1
+    assert status["supportedFeatures"][0] == {"name": "Gateway"}
+    assert tenant_object_status(want, {**applied, "status": status}, "later") is None
+    hostile = {**applied, "status": {"conditions": [{"type": 1}, [2]]}}
+    assert tenant_object_status(want, hostile, T1) is not None
+    assert tenant_object_status(None, applied, T1) is None
