@@ -118,3 +118,29 @@ async def test_a_tenant_without_the_gateway_api_is_served_and_gets_the_class_lat
         assert tenant.stored(GATEWAY_CLASSES, CLASS_NAME) is None
         tenant.heal()  # the CRDs are installed
         await until(lambda: accepted_generation(tenant) == 1, "the GatewayClass, once served")
+
+
+async def test_a_tenant_registered_before_gateway_api_is_served_and_says_what_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its registration's role predates the Gateway API kinds (an upgrade in place): the API
+    refuses them (403). Its Ingresses are served all the same; once `kubelbd register` runs
+    again (the refusal ends), the GatewayClass comes."""
+    monkeypatch.setattr(informer, "NOT_SERVED_RETRY", 0.05)
+    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
+    await tenant.create(NAMESPACES, namespace("default"))
+    for kind in (GATEWAYS, HTTPROUTES, REFERENCE_GRANTS, GATEWAY_CLASSES, NAMESPACES):
+        tenant.fail("list", kind, status=403, times=math.inf)
+        tenant.fail("apply", kind, status=403, times=math.inf)
+    await tenant.create(NODES, node("n1", "10.0.0.1"))
+    await tenant.create(SERVICES, service("app"))
+    await tenant.create(INGRESSES, ingress("site", "site.example.com", "app"))
+    sync = sync_of(tenant, mgmt)
+    async with running(sync.run):
+        await until(lambda: mgmt.stored(ROUTES, "default.site", NS), "the Ingress's record")
+        refused = {i.resource.plural for i in sync.caches.all_informers() if i.last_error}
+        assert refused == {"gateways", "httproutes", "referencegrants", "gatewayclasses",
+                           "namespaces"}  # fmt: skip
+        assert tenant.stored(GATEWAY_CLASSES, CLASS_NAME) is None
+        tenant.heal()
+        await until(lambda: accepted_generation(tenant) == 1, "the GatewayClass, once allowed")

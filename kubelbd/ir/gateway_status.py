@@ -15,7 +15,7 @@ from typing import Any
 
 from ..records import conditions
 from ..records.names import GATEWAY_CONTROLLER, LOADBALANCER, ROUTE
-from ..records.problems import problems_of
+from ..records.problems import Problem, problems_of
 from ..records.status import Event, SourceStatus
 from ..records.types import LBRecord, LoadBalancerReport, RouteRecord, RouteReport
 from .allocation import AllocationError
@@ -115,9 +115,6 @@ def gateway_report(
     generation = rec.generation
     source_generation = rec.spec["source"].get("generation", 0)
     problems = problems_of(rec.spec.get("problems", []))
-    unsupported = {
-        p.message.split(":", 1)[0] for p in problems if p.reason == "UnsupportedProtocol"
-    }
     accepted = conditions.accepted(problems, generation)
     if not applied:
         programmed = _condition("Programmed", False, "Pending", "waiting for Envoy", generation)
@@ -141,30 +138,28 @@ def gateway_report(
         g = source_generation
         ready = address is not None and failure is None
         attached = gateways.attached.get(rec.id, {})
-        listeners = []
-        for lst in rec.spec.get("listeners", []):
-            ok = lst["protocol"] == "HTTP" and lst["name"] not in unsupported
-            listeners.append(
-                {
-                    "name": lst["name"],
-                    "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}] if ok else [],
-                    "attachedRoutes": attached.get(lst["name"], 0),
-                    "conditions": [
-                        _condition("Accepted", ok, "Accepted" if ok else "UnsupportedProtocol",
-                                   "" if ok else f"{lst['protocol']} is not served yet", g),
-                        _condition("Programmed", ok and ready,
-                                   "Programmed" if ok and ready else "Invalid"
-                                   if not ok else "Pending", "", g),
-                        _condition("ResolvedRefs", True, "ResolvedRefs", "", g),
-                        _condition("Conflicted", False, "NoConflicts", "", g),
-                    ],
-                }
-            )  # fmt: skip
+        served = [lst["name"] for lst in rec.spec.get("listeners", [])]
+        listeners: list[Any] = [
+            {
+                "name": lst["name"],
+                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
+                "attachedRoutes": attached.get(lst["name"], 0),
+                "conditions": [
+                    _condition("Accepted", True, "Accepted", "", g),
+                    _condition("Programmed", ready, "Programmed" if ready else "Pending", "", g),
+                    _condition("ResolvedRefs", True, "ResolvedRefs", "", g),
+                    _condition("Conflicted", False, "NoConflicts", "", g),
+                ],
+            }
+            for lst in rec.spec.get("listeners", [])
+        ]
+        listeners += _refused_listeners(problems, set(served), g)
         if failure is not None:
             why = ADDRESS_REASONS.get(failure.reason, "AddressNotAssigned")
         else:
             why = "Programmed" if ready else "AddressNotAssigned"
         some_invalid = any(not lst["supportedKinds"] for lst in listeners)
+        listeners.sort(key=lambda x: str(x["name"]))
         doc = {
             "addresses": [{"type": "IPAddress", "value": address}] if address else [],
             "conditions": [
@@ -181,3 +176,28 @@ def gateway_report(
             events.append(Event("Warning", failure.reason, failure.message))
         source = _source(rec, doc, events)
     return Report(LOADBALANCER, rec.tenant, rec.name, status, source)
+
+
+def _refused_listeners(problems: list[Problem], served: set[str], g: int) -> list[Any]:
+    """The listeners the tenant side refused (each a problem `listener <name>: ...`, with
+    Gateway API's reason): in the status, not Accepted, not Programmed, nothing attached."""
+    out: dict[str, Any] = {}
+    for p in problems:
+        head, sep, message = p.message.partition(": ")
+        name = head.removeprefix("listener ")
+        if not sep or not head.startswith("listener ") or name in served or name in out:
+            continue  # a listener listed twice: the served one speaks for the name
+        conflicted = p.reason == "HostnameConflict"
+        out[name] = {
+            "name": name,
+            "supportedKinds": [],
+            "attachedRoutes": 0,
+            "conditions": [
+                _condition("Accepted", False, p.reason, message, g),
+                _condition("Programmed", False, "Invalid", message, g),
+                _condition("ResolvedRefs", True, "ResolvedRefs", "", g),
+                _condition("Conflicted", conflicted,
+                           "HostnameConflict" if conflicted else "NoConflicts", "", g),
+            ],
+        }  # fmt: skip
+    return list(out.values())

@@ -40,8 +40,12 @@ class Informer:
         field_selector: str | None = None,
         on_error: ErrorHandler | None = None,
         backoff: Backoff | None = None,
+        optional: bool = False,
     ) -> None:
         self.kube = kube
+        #: a kind kubelbd can do without: refused (403), it counts as not served, so that a
+        #: tenant registered before kubelbd watched the kind keeps everything else
+        self.optional = optional
         self.resource = resource
         self.namespace = namespace
         self.cache: dict[str, Obj] = {}
@@ -79,6 +83,9 @@ class Informer:
                 if e.not_found:
                     await self._not_served()
                     continue
+                if e.status == 403 and self.optional:
+                    await self._not_served(e)
+                    continue
                 self._report(e)
             except (ConnectionError, OSError, TimeoutError) as e:
                 self._report(e)
@@ -86,18 +93,19 @@ class Informer:
             log.debug("%r: retrying in %.1fs", self, delay)
             await anyio.sleep(delay)
 
-    async def _not_served(self) -> None:
-        """The API server does not serve the kind (a CRD not installed in this cluster): the
-        cache is empty, which is the truth, and synced, so that nobody waits for it; asked
-        again now and then, since the CRD may come."""
+    async def _not_served(self, refused: ApiError | None = None) -> None:
+        """The API server does not serve the kind (a CRD not installed in this cluster), or
+        refuses an optional one (`refused`, reported as this informer's error): the cache is
+        empty, which is the truth, and synced, so that nobody waits for it; asked again now
+        and then, since the CRD (or the permission) may come."""
         if self.served:
-            log.info("%r: not served by this API server; asking again every %.0f s",
-                     self, NOT_SERVED_RETRY)  # fmt: skip
+            why = "refused" if refused is not None else "not served by this API server"
+            log.info("%r: %s; asking again every %.0f s", self, why, NOT_SERVED_RETRY)
         self.served = False
         old, self.cache = self.cache, {}
         for o in old.values():
             self._emit("DELETED", o)
-        self._report(None)
+        self._report(refused)
         self.synced.set()
         await anyio.sleep(NOT_SERVED_RETRY)
 

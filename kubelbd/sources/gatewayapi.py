@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from ..objects import MANAGED_BY, MANAGER, Obj, Resource
 from ..records.conditions import stamp
-from ..records.names import dotted
+from ..records.names import GATEWAY_CONTROLLER, dotted
 from ..records.policy import Policy
 from ..records.problems import Problem
 from . import shapes
@@ -31,7 +31,7 @@ REFERENCE_GRANTS = Resource(f"{GROUP}/v1beta1", "referencegrants")
 
 #: the GatewayClass kubelbd keeps in every tenant, and the controller it names
 CLASS_NAME = "kubelb"
-CONTROLLER = "kubelb.io/gateway-controller"
+CONTROLLER = GATEWAY_CONTROLLER
 #: what this slice does, as Gateway API names its features (pkg/features): core Gateway
 #: and HTTPRoute, method and query parameter matches, a parentRef's port; sorted
 SUPPORTED_FEATURES = (

@@ -9,6 +9,7 @@ from ..kube import Kube
 from ..kube.informer import ErrorHandler, EventHandler, Informer
 from ..objects import NODES, SECRETS, SERVICES, Obj, Resource
 from ..records.policy import Policy
+from ..sources import OPTIONAL
 from ..sources.base import Ref, References, Source
 from .twins import Twins
 
@@ -43,7 +44,8 @@ class TenantCaches:
         #: the tenant's policy, as the tenant task last read it (it replaces it on a change)
         self.policy = policy
         self.informers: dict[Resource, Informer] = {
-            r: Informer(kube, r, on_event(r), on_error=on_error(r.plural)) for r in watched(sources)
+            r: Informer(kube, r, on_event(r), on_error=on_error(r.plural), optional=r in OPTIONAL)
+            for r in watched(sources)
         }
         # TLS Secrets only: kubelbd never lists or watches any other kind of Secret.
         self.secrets = Informer(
