@@ -78,7 +78,7 @@ async def test_a_gateway_serves_its_routes_at_its_own_address(fleet: FleetHandle
         gateway("gw", [{"name": "http", "port": 80, "protocol": "HTTP"},
                        {"name": "other", "port": 8081, "protocol": "HTTP",
                         "hostname": "only.example.test"},
-                       {"name": "tls", "port": 443, "protocol": "TLS"}]),
+                       {"name": "raw", "port": 9000, "protocol": "TCP"}]),
         ns,
     )  # fmt: skip
 
@@ -87,8 +87,8 @@ async def test_a_gateway_serves_its_routes_at_its_own_address(fleet: FleetHandle
         status = gw.get("status") or {}
         assert conditions(gw).get("Programmed", {}).get("status") == "True", status
         by_name = {x["name"]: x for x in status.get("listeners", [])}
-        tls = {c["type"]: c for c in by_name["tls"]["conditions"]}
-        assert tls["Accepted"]["status"] == "False", by_name["tls"]
+        raw = {c["type"]: c for c in by_name["raw"]["conditions"]}
+        assert raw["Accepted"]["status"] == "False", by_name["raw"]
         return str(status["addresses"][0]["value"])
 
     address = await eventually(programmed, 60, what="the Gateway Programmed with an address")
@@ -124,7 +124,7 @@ async def test_a_gateway_serves_its_routes_at_its_own_address(fleet: FleetHandle
         gw = await kube.get(GATEWAYS, "gw", ns)
         counts = {x["name"]: x["attachedRoutes"] for x in gw["status"]["listeners"]}
         # The route names no listener: it attaches to every one that takes its hostname.
-        assert counts == {"http": 1, "other": 0, "tls": 0}, counts
+        assert counts == {"http": 1, "other": 0, "raw": 0}, counts
         return True
 
     await eventually(reported, what="status.parents and attachedRoutes")

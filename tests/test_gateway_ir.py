@@ -119,3 +119,18 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
 
 def _all(model: Model) -> Delta:
     return Delta.of_all(model.ir)
+
+
+@needs_envoy
+def test_envoy_takes_a_gateway_listener_before_its_clusters() -> None:
+    """Envoy reads the listener file when it changes, possibly before the cluster file
+    written just before it: a listener naming a cluster Envoy does not have yet must still be
+    taken (a rejected listener file holds up every other listener change)."""
+    route = attached("r", [path("/", port=30099)], ["http"], "2026-01-01")
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route])
+    renderer = Renderer(ENVOY_SETTINGS)
+    files = renderer.update(Model().ir, _all(Model()))  # no backend cluster at all
+    files.update(renderer.update_gateways(out.listeners))
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)

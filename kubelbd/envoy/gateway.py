@@ -76,6 +76,11 @@ def gateway_listener(gl: GatewayHTTPListener, settings: Settings) -> Resource:
     del manager["rds"]
     table = route_config(gl.name, [_virtual_host(gl.name, h, settings) for h in gl.hosts])
     del table["@type"]  # a message field here, not an Any: Envoy refuses the type URL
+    # An inline table's clusters are checked when the listener is added (RDS tables' are
+    # not), and Envoy may read the listener file before the cluster file written just before
+    # it: it would reject the listener. Unchecked, a cluster not there yet answers 503 for
+    # the moment it takes, as behind the shared listener.
+    table["validate_clusters"] = False
     manager["route_config"] = table
     return {
         "@type": LISTENER,
