@@ -355,11 +355,11 @@ def paths_of(
         types = ", ".join(sorted({f["type"][:64] for f in filters}))
         problem = Problem("UnsupportedFilter", f"filters {types} are not supported")
         problems.append(problem)
-        backends = [broken(problem.message)]
+        backends: list[Backend] = []  # served, as nothing: 500
     else:
+        # No backendRefs is allowed, and answers 500 (an empty target); its references are
+        # all resolved, so ResolvedRefs stays True.
         backends = [resolve(ref, ns, view, problems) for ref in rule.get("backendRefs") or []]
-        if not backends:
-            backends = [broken("the rule has no backendRefs")]
     out = []
     for match in rule.get("matches") or [{}]:
         path = path_of(match, problems)
