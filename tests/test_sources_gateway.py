@@ -11,6 +11,7 @@ import pytest
 
 from kubelbd.objects import Obj
 from kubelbd.records import parse
+from kubelbd.records.problems import Problem
 from kubelbd.records.status import SourceStatus
 from kubelbd.sources import gateway, gatewayapi, httproute
 from kubelbd.tenant.statuses import tenant_object_status
@@ -231,3 +232,15 @@ def test_a_tenant_objects_status_is_observed_at_its_generation() -> None:
     hostile = {**applied, "status": {"conditions": [{"type": 1}, [2]]}}
     assert tenant_object_status(want, hostile, T1) is not None
     assert tenant_object_status(None, applied, T1) is None
+
+
+@pytest.mark.parametrize(
+    ("lower", "name"), [(True, ""), (True, "a b"), (True, "x\ny"), (True, ":authority"),
+                        (False, ""), (False, "q\x00")],
+)  # fmt: skip
+def test_a_match_envoy_would_refuse_is_never_recorded(lower: bool, name: str) -> None:
+    """A tenant may loosen its own CRD: a header or parameter name Envoy's matcher refuses
+    would make it reject the whole listener file, so the match is refused here."""
+    problems: list[Problem] = []
+    got = httproute.value_matches([{"name": name, "value": "1"}], "header", lower, problems)
+    assert got is None and [p.reason for p in problems] == ["UnsupportedValue"]

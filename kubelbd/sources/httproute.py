@@ -47,6 +47,10 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE"
 #: that makes its program large (lookaround, backreferences, counted repetition, groups
 #: with flags); Envoy refusing one would refuse the other routes sharing its table too
 MAX_REGEX = 128
+#: RFC 9110 field names (tchar), as Envoy checks a header matcher's; query parameter names
+#: printable and not empty
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]{1,256}$")
+_QUERY_NAME = re.compile(r"^[\x21-\x7e]{1,256}$")
 _NOT_RE2 = re.compile(r"\(\?|\\[0-9]|\{|\\[pPC]")
 #: problems one route may list in its record before the rest are summed up in one
 MAX_PROBLEMS = 32
@@ -297,6 +301,11 @@ def value_matches(
     seen: set[str] = set()
     for item in items:
         name = item["name"].lower() if lower else item["name"]
+        if not (_HEADER_NAME if lower else _QUERY_NAME).fullmatch(name):
+            # Envoy refuses a listener whose matcher names no valid header or parameter:
+            # never handed one (the CRD's own validation is the tenant's to change).
+            problems.append(_unsupported(f"{what} name {name[:64]!r}"))
+            return None
         kind = item.get("type") or "Exact"
         if kind not in ("Exact", "RegularExpression"):
             problems.append(_unsupported(f"{what} {name[:64]!r}: match type {kind[:32]!r}"))
