@@ -244,3 +244,20 @@ def test_a_match_envoy_would_refuse_is_never_recorded(lower: bool, name: str) ->
     problems: list[Problem] = []
     got = httproute.value_matches([{"name": name, "value": "1"}], "header", lower, problems)
     assert got is None and [p.reason for p in problems] == ["UnsupportedValue"]
+
+
+def test_listeners_envoy_could_not_take_are_refused() -> None:
+    gw: Obj = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "default"},
+        "spec": {"gatewayClassName": "kubelb", "listeners": [
+            {"name": "zero", "port": 0, "protocol": "HTTP"},
+            {"name": "huge", "port": 70000, "protocol": "HTTP"},
+            *({"name": f"l{i}", "port": 1000 + i, "protocol": "HTTP"} for i in range(70)),
+        ]},
+    }  # fmt: skip
+    got = gatewayapi.listeners(gw, View({}).policy)
+    assert len(got.served) == gatewayapi.MAX_LISTENERS
+    reasons = [p.reason for p in got.problems]
+    assert reasons[:2] == ["InvalidPort", "InvalidPort"]
+    assert reasons[2:] == ["TooManyListeners"] * (70 - gatewayapi.MAX_LISTENERS)

@@ -29,6 +29,8 @@ HTTPROUTES = Resource(API_VERSION, "httproutes")
 GATEWAY_CLASSES = Resource(API_VERSION, "gatewayclasses", namespaced=False)
 REFERENCE_GRANTS = Resource(f"{GROUP}/v1beta1", "referencegrants")
 
+#: listeners served per Gateway, as the Gateway API CRD allows (a tenant may loosen its CRD)
+MAX_LISTENERS = 64
 #: the GatewayClass kubelbd keeps in every tenant, and the controller it names
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
@@ -125,6 +127,15 @@ def listeners(gateway: Obj, policy: Policy) -> Listeners:
             continue
         out.names.add(name)
         protocol = listener["protocol"]
+        port = listener.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            # Envoy refuses a listener on no port: never handed one, whatever the CRD allows.
+            out.problems.append(listener_problem(listener, "InvalidPort", f"port {port!r}"))
+            continue
+        if len(out.served) >= MAX_LISTENERS:
+            message = f"more than {MAX_LISTENERS} listeners (Gateway API's own limit)"
+            out.problems.append(listener_problem(listener, "TooManyListeners", message))
+            continue
         if protocol not in SERVED_PROTOCOLS:
             message = f"protocol {protocol[:32]!r} is not supported (HTTP only, for now)"
             out.problems.append(listener_problem(listener, "UnsupportedProtocol", message))
