@@ -403,6 +403,7 @@ class Fleet:
             f"--tls-cert={d / f'kubelet-{n.name}.crt'}",
             f"--tls-key={d / f'kubelet-{n.name}.key'}",
             f"--client-ca={d / 'ca.crt'}",
+            f"--kubelet-port={self.layout.kubelet_port}",
         ]
         if self.conformance_bin is not None:
             argv.append(f"--echo-basic={self.conformance_bin / 'echo-basic'}")

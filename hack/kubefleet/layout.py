@@ -139,6 +139,13 @@ class Layout:
         return self.base_port + 74
 
     @property
+    def kubelet_port(self) -> int:
+        """Every emulated node's kubelet endpoint (pod logs), on the node's own IP. From the
+        base port, not the kubelet's 10250: node IPs depend only on the cluster index, so a
+        second fleet (another base port) would otherwise take the same address and port."""
+        return self.base_port + 75
+
+    @property
     def envoy_admin_port(self) -> int:
         return self.base_port + 90
 
