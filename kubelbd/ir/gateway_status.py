@@ -48,8 +48,13 @@ def _source(rec: RouteRecord | LBRecord, doc: Any, events: list[Event]) -> Sourc
 
 
 def _resolved_refs(route: RouteRecord, generation: int) -> Any:
-    """ResolvedRefs: False with the first backend problem's reason, True when every backend
-    of every rule resolved."""
+    """ResolvedRefs: False with Gateway API's reason for the first reference that does not
+    resolve (the tenant side named it: InvalidKind, RefNotPermitted, BackendNotFound), True
+    when every backend of every rule resolved."""
+    for problem in route.spec.get("problems", []):
+        if problem["reason"] in REF_REASONS:
+            reason, message = problem["reason"], problem["message"]
+            return _condition("ResolvedRefs", False, reason, message, generation)
     for rule in route.spec["rules"]:
         for p in rule["paths"]:
             for b in p["backends"]:
@@ -159,12 +164,16 @@ def gateway_report(
         else:
             why = "Programmed" if ready else "AddressNotAssigned"
         some_invalid = any(not lst["supportedKinds"] for lst in listeners)
+        # No listener served at all: the Gateway is not accepted (still programmed at its
+        # address, where nothing listens).
+        none_valid = not served and bool(listeners)
         listeners.sort(key=lambda x: str(x["name"]))
         doc = {
             "addresses": [{"type": "IPAddress", "value": address}] if address else [],
             "conditions": [
                 # A listener kubelbd cannot serve leaves the others served: still Accepted.
-                _condition("Accepted", True, "ListenersNotValid" if some_invalid else "Accepted",
+                _condition("Accepted", not none_valid,
+                           "ListenersNotValid" if some_invalid else "Accepted",
                            "some listeners are not served; see their conditions"
                            if some_invalid else "", g),
                 _condition("Programmed", ready, why, failure.message if failure else "", g),
