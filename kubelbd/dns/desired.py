@@ -72,10 +72,6 @@ def _endpoints(name: str, targets: Sequence[str], ttl: int, resource: str) -> li
     ]
 
 
-def _parent_wildcard(name: str) -> str:
-    return "*." + name.split(".", 1)[1] if "." in name else ""
-
-
 def _covering_wildcards(name: str, route_hosts: Mapping[str, _Claim]) -> list[tuple[int, _Claim]]:
     """(depth, claim) of the served wildcard hosts covering `name` (depth 0) or one of its
     ancestors (the depth of that ancestor below `name`)."""

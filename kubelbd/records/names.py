@@ -25,10 +25,10 @@ TENANT_LABEL = "kubelb.io/tenant"
 SOURCE_NAMESPACE_LABEL = "kubelb.io/source-namespace"
 NAMESPACE_PREFIX = "tenant-"
 CLEANUP_FINALIZER = "kubelb.io/cleanup"
-#: a management cluster copy of a certificate the data plane serves
 #: Gateway API: the GatewayClass `kubelb`'s controllerName, and the one kubelbd writes into
 #: the status of the routes it serves
 GATEWAY_CONTROLLER = "kubelb.io/gateway-controller"
+#: a management cluster copy of a certificate the data plane serves
 TLS_LABEL = "kubelb.io/tls"
 #: who made that copy: tenant (copied from the tenant), acme, cert-manager
 TLS_SOURCE_LABEL = "kubelb.io/tls-source"
