@@ -4,12 +4,15 @@ The full picture, records to Envoy, is the golden case tests/golden/ir/gateway-h
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
+from kubefleet import certs
 
+from kubelbd.envoy import gateway as envoy_gateway
 from kubelbd.envoy.renderer import Renderer
-from kubelbd.ir import gateway
+from kubelbd.ir import gateway, tls
 from kubelbd.ir.http import Delta, Model
 from kubelbd.ir.l4 import Placement
 from kubelbd.records import parse
@@ -17,6 +20,8 @@ from kubelbd.records.types import LBRecord, TenantRecord
 
 from . import records
 from .test_properties import ENVOY_SETTINGS, _fails, envoy_validate, needs_envoy, static_bootstrap
+
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 
 @pytest.mark.parametrize(
@@ -72,9 +77,10 @@ def test_precedence_exact_longest_method_headers_then_age() -> None:
         ["http"], "2026-02-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older], {}, NOW)
     [listener] = out.listeners
-    [host] = listener.hosts
+    [chain] = listener.chains
+    [host] = chain.hosts
     order = [(r.path, r.exact, r.method, len(r.headers), r.target.route) for r in host.rules]
     assert order == [
         ("/a", True, "", 0, newer.id),
@@ -90,7 +96,7 @@ def test_precedence_exact_longest_method_headers_then_age() -> None:
 def test_a_gateway_without_an_address_serves_nothing_but_counts_its_routes() -> None:
     route = attached("r", [path("/")], ["http"], "2026-01-01")
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
-    out = gateway.build({g.id: g}, {}, [route])
+    out = gateway.build({g.id: g}, {}, [route], {}, NOW)
     assert out.listeners == [] and out.served == {} and out.attached == {g.id: {"http": 1}}
 
 
@@ -100,7 +106,13 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
         "r",
         [path("/", port=30080), path("/api", "Exact", port=30081,
               headers=[{"name": "x-v", "value": "2", "type": "Exact"}],
-              queryParams=[{"name": "q", "value": "1", "type": "Exact"}], method="POST")],
+              queryParams=[{"name": "q", "value": "1", "type": "Exact"}], method="POST"),
+         path("/h", requestHeaders={"set": [{"name": "x-a", "value": "1"}],
+                                    "add": [{"name": "x-b", "value": "2"}], "remove": ["x-c"]},
+              responseHeaders={"add": [{"name": "x-d", "value": "3"}], "remove": ["server"]}),
+         path("/r", redirect={"scheme": "https", "hostname": "a.example.test", "port": 8443,
+                              "statusCode": 308}),
+         path("/s", redirect={"statusCode": 301})],
         ["http", "alt"], "2026-01-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"},
@@ -109,7 +121,7 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
     model.apply(upserts=[route], tenants=[TenantRecord("alpha", ("127.0.1.1",))])
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(model.ir, _all(model))
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     files.update(renderer.update_gateways(out.listeners))
     names = {x["name"] for x in files["lds.json"]}
     assert {"gw/alpha/gw.web.gateway/80", "gw/alpha/gw.web.gateway/8081"} <= names
@@ -128,9 +140,70 @@ def test_envoy_takes_a_gateway_listener_before_its_clusters() -> None:
     taken (a rejected listener file holds up every other listener change)."""
     route = attached("r", [path("/", port=30099)], ["http"], "2026-01-01")
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(Model().ir, _all(Model()))  # no backend cluster at all
     files.update(renderer.update_gateways(out.listeners))
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
+
+
+@needs_envoy
+def test_envoy_accepts_https_listeners_chosen_by_sni() -> None:
+    """HTTPS listeners of one port, with and without hostnames, each with its certificate
+    (inline here as the secret server would send it): Envoy takes the listener."""
+    pair = certs.self_signed("*.example.test")
+    sid = "alpha/gw.cert"
+    data = tls.CertificateData(sid, pair.cert_pem(), pair.key_pem())
+    route = attached("r", [path("/", port=30080)], ["any", "shop", "wild"], "2026-01-01")
+    g = gw([{"name": "any", "port": 443, "protocol": "HTTPS", "certificates": ["gw.cert"]},
+            {"name": "shop", "port": 443, "protocol": "HTTPS", "hostname": "shop.example.test",
+             "certificates": ["gw.missing", "gw.cert"]},
+            {"name": "wild", "port": 443, "protocol": "HTTPS", "hostname": "*.example.test",
+             "certificates": ["gw.cert"]}])  # fmt: skip
+    now = dt.datetime.now(dt.UTC)  # the certificate is valid from now on
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {sid: data}, now)
+    assert [c.name for c in out.listeners[0].chains] == ["any", "shop", "wild"]
+    assert out.secrets == {sid: data} and out.unserved == {}
+    renderer = Renderer(ENVOY_SETTINGS)
+    files = renderer.update(Model().ir, _all(Model()))
+    files.update(renderer.update_gateways(out.listeners))
+    result = envoy_validate(static_bootstrap(files, {sid: data}))
+    assert result.returncode == 0, _fails(result)
+
+
+def test_an_https_listener_without_a_usable_certificate_is_not_served() -> None:
+    g = gw([{"name": "a", "port": 443, "protocol": "HTTPS", "certificates": ["gw.broken"]},
+            {"name": "b", "port": 8443, "protocol": "HTTPS", "certificates": []}])  # fmt: skip
+    broken = tls.CertificateData("alpha/gw.broken", b"", b"", "tls.crt is not base64")
+    route = attached("r", [path("/")], ["a", "b"], "2026-01-01")
+    out = gateway.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {broken.name: broken}, NOW
+    )
+    assert out.listeners == [] and out.secrets == {} and out.served == {}
+    assert {n: p.reason for n, p in out.unserved[g.id].items()} == {
+        "a": "InvalidCertificateRef", "b": "InvalidCertificateRef"
+    }  # fmt: skip
+    assert out.attached == {g.id: {"a": 1, "b": 1}}
+
+
+@pytest.mark.parametrize(
+    ("redirect", "port", "tls", "want"),
+    [
+        (gateway.Redirect(302), 80, False, {"response_code": "FOUND"}),
+        (gateway.Redirect(302), 8080, False, {"response_code": "FOUND", "port_redirect": 8080}),
+        (gateway.Redirect(301, hostname="a.test"), 443, True,
+         {"response_code": "MOVED_PERMANENTLY", "host_redirect": "a.test"}),
+        # A scheme without a port: that scheme's well-known port, left out of the Location.
+        (gateway.Redirect(302, scheme="https"), 8080, False,
+         {"response_code": "FOUND", "scheme_redirect": "https"}),
+        (gateway.Redirect(302, scheme="http", port=80), 8443, True,
+         {"response_code": "FOUND", "scheme_redirect": "http"}),
+        (gateway.Redirect(307, port=8443), 80, False,
+         {"response_code": "TEMPORARY_REDIRECT", "port_redirect": 8443}),
+    ],
+)  # fmt: skip
+def test_a_redirects_port_is_derived_as_gateway_api_says(
+    redirect: gateway.Redirect, port: int, tls: bool, want: dict[str, Any]
+) -> None:
+    assert envoy_gateway._redirect(redirect, port, tls) == want

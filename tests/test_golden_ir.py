@@ -169,11 +169,16 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         if gateways:
             # Gateway API: the Gateways' listeners with their routes, and (one stage on,
             # kept here so one case reads from records to Envoy) their Envoy listeners.
-            gw = gateway.build(gateways, placements, routes)
+            gw = gateway.build(gateways, placements, routes, certs, now)
             out["gateways"] = {
                 "listeners": [dataclasses.asdict(x) for x in gw.listeners],
                 "attached": gw.attached,
                 "served": gw.served,
+                "secrets": sorted(gw.secrets),
+                "unserved": {
+                    g: {n: f"{p.reason}: {p.message}" for n, p in sorted(u.items())}
+                    for g, u in sorted(gw.unserved.items())
+                },
                 "envoy": [gateway_listener(x, ENVOY_SETTINGS) for x in gw.listeners],
             }
             for r in routes:

@@ -108,7 +108,11 @@ def translate(source: Source, obj: Obj, view: View) -> Any:
     checked = (parse.route_spec if source.record.kind == "Route" else parse.lb_spec)(result.spec)
     assert checked == result.spec, "the spec does not survive the data plane's parsing"
     assert [p.spec() for p in result.problems] == result.spec.get("problems", [])
-    return {"record": f"{source.record.kind} {record}", "spec": result.spec}
+    out = {"record": f"{source.record.kind} {record}", "spec": result.spec}
+    copied = source.references(obj, view).tls_secrets
+    if copied:  # the tenant Secrets copied to the management cluster for it
+        out["tlsSecrets"] = sorted(f"{ns}/{name}" for ns, name in copied)
+    return out
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:

@@ -84,6 +84,9 @@ class ConfigMapRoutes:
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
         return []
 
+    def reported_objects(self, view: TenantView) -> list[tuple[Resource, Obj]]:
+        return []
+
 
 def configmap(name: str, labels: dict[str, str] | None = None, **data: str) -> Obj:
     meta: dict[str, Any] = {"name": name, "namespace": "default", "labels": labels or {}}

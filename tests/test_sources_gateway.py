@@ -75,7 +75,7 @@ def _reasons(spec: Any) -> list[str]:
 def test_a_gateway_of_the_wrong_shape_is_refused_naming_the_field(spec: Any, where: str) -> None:
     obj = {"metadata": {"name": "gw", "namespace": "default"}, "spec": spec}
     assert gateway.GatewaySource().is_ours(obj, _view())
-    result = gateway.translate(obj, _view().policy)
+    result = gateway.translate(obj, _view())
     assert parse.lb_spec(result.spec) == result.spec
     assert _reasons(result.spec) == ["InvalidObject"]
     assert result.spec["problems"][0]["message"].startswith(where)
@@ -256,8 +256,38 @@ def test_listeners_envoy_could_not_take_are_refused() -> None:
             *({"name": f"l{i}", "port": 1000 + i, "protocol": "HTTP"} for i in range(70)),
         ]},
     }  # fmt: skip
-    got = gatewayapi.listeners(gw, View({}).policy)
+    got = gatewayapi.listeners(gw, View({}))
     assert len(got.served) == gatewayapi.MAX_LISTENERS
     reasons = [p.reason for p in got.problems]
     assert reasons[:2] == ["InvalidPort", "InvalidPort"]
     assert reasons[2:] == ["TooManyListeners"] * (70 - gatewayapi.MAX_LISTENERS)
+
+
+def test_gateways_of_the_tenants_own_classes_naming_kubelbd_are_ours() -> None:
+    def cls(name: str, spec: Any) -> Obj:
+        return {"metadata": {"name": name}, "spec": spec}
+
+    mine = [cls(f"mine-{i:02}", {"controllerName": gatewayapi.CONTROLLER}) for i in range(20)]
+    view = View({"gatewayClasses": [
+        *mine, cls("istio", {"controllerName": "istio.io/gateway-controller"}),
+        cls("weird", ["kubelb.io/gateway-controller"]), cls("kubelb", {"controllerName": "x"}),
+    ]})  # fmt: skip
+
+    def of(name: Any) -> Obj:
+        return {"metadata": {"name": "g", "namespace": "d"}, "spec": {"gatewayClassName": name}}
+
+    assert gatewayapi.is_our_gateway(of("mine-03"), view)
+    assert gatewayapi.is_our_gateway(of("kubelb"), view)  # kubelbd's own, whatever the cache
+    for name in ("istio", "weird", "missing", ["mine-03"]):
+        assert not gatewayapi.is_our_gateway(of(name), view), name
+    reported = gatewayapi.tenants_classes(view)
+    # Bounded, by name; never `kubelb` (kubelbd applies that one whole).
+    assert [c["metadata"]["name"] for c in reported] == [
+        f"mine-{i:02}" for i in range(gatewayapi.MAX_CLASSES)
+    ]
+    assert all(
+        c["status"] == gatewayapi.class_status() and c["kind"] == "GatewayClass" for c in reported
+    )
+    assert gateway.GatewaySource().reported_objects(view)[0] == (
+        gatewayapi.GATEWAY_CLASSES, reported[0]
+    )  # fmt: skip

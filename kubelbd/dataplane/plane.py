@@ -10,6 +10,7 @@ files it touches, the publisher writes only files whose content changed.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import time
@@ -94,6 +95,7 @@ class DataPlane:
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
         self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
         self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
+        self._gateway_certificates = -1  # the TLS state's version the Gateways saw
         # ACME DNS-01 answers go through the server, zone and key the names are published with
         # (RFC 2136 only: through external-dns, kubelbd has no server to write answers to).
         client = self.dns.client if self.dns is not None else None
@@ -354,11 +356,20 @@ class DataPlane:
         }  # fmt: skip
         touched = changed & (self._gateway_routes | attached)
         self._gateway_routes = (self._gateway_routes - changed) | attached
-        if not touched and not l4_rendered:
+        certificates = self.tls.version != self._gateway_certificates
+        if not touched and not l4_rendered and not certificates:
             return set(), set()
+        self._gateway_certificates = self.tls.version
         gateways = {rid: r for rid, r in self.l4.records.items() if "listeners" in r.spec}
         routes = [self.model.routes[rid] for rid in sorted(self._gateway_routes)]
-        before, self.gateways = self.gateways, gateway.build(gateways, self.l4.placements, routes)
+        before, self.gateways = (
+            self.gateways,
+            gateway.build(
+                gateways, self.l4.placements, routes, self.tls.certificates, dt.datetime.now(dt.UTC)
+            ),
+        )
+        # Certificates first: to the secret server, before the listener that names them.
+        self.tls.serve_gateways(self.gateways.secrets)
         files.update(self.renderer.update_gateways(self.gateways.listeners))
         moved = {
             rid for rid in set(before.served) | set(self.gateways.served)
@@ -367,6 +378,7 @@ class DataPlane:
         counted = {
             gid for gid in set(before.attached) | set(self.gateways.attached)
             if before.attached.get(gid) != self.gateways.attached.get(gid)
+            or before.unserved.get(gid) != self.gateways.unserved.get(gid)
         }  # fmt: skip
         return moved | touched, counted
 

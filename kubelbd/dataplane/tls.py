@@ -53,6 +53,9 @@ class TLSState:
         #: serves the certificates to Envoy; `_served` are the ones the listener may name
         self.secrets = secrets
         self._served: set[str] = set()
+        self._gateways_served: set[str] = set()  # the Gateways' HTTPS listeners'
+        #: counts changes of `certificates` (and their rechecks): what Gateways re-render on
+        self.version = 0
         self._file_applied = file_applied
         self.certificates: dict[str, tls.CertificateData] = {}  # secret id -> content
         #: ACME HTTP-01 answers being served: token -> key authorization
@@ -91,6 +94,7 @@ class TLSState:
             self.certificates.pop(sid, None)
         else:
             self.certificates[sid] = tls.certificate_data(sid, obj)
+        self.version += 1
         self.changed()
 
     def on_challenges(self, kind: str, obj: Obj) -> None:
@@ -130,7 +134,7 @@ class TLSState:
     def published(self) -> None:
         """The files of the last render are written: certificates the listener no longer
         names stop being served (Envoy drops them itself with their filter chains)."""
-        self.secrets.remove(self.secrets.names() - self._served)
+        self.secrets.remove(self.secrets.names() - self._served - self._gateways_served)
         if self._challenges_rendered:
             self._challenges_rendered = False
             self._challenges_published.set()
@@ -171,9 +175,17 @@ class TLSState:
         moved |= {r for r in before if before.get(r) != problems.get(r)}
         return moved
 
+    def serve_gateways(self, secrets: dict[str, tls.CertificateData]) -> None:
+        """The certificates the Gateways' HTTPS listeners are served with (checked by
+        ir.gateway), to the secret server before the listeners naming them are written."""
+        self.secrets.put(secrets.values())
+        self._gateways_served = set(secrets)
+
     async def recheck(self) -> None:
         """Certificates expire while being served: look again every minute."""
         while True:
             await anyio.sleep(RECHECK_INTERVAL)
-            if self.routes:
+            if self._gateways_served:
+                self.version += 1
+            if self.routes or self._gateways_served:
                 self.changed()

@@ -1,5 +1,7 @@
 """Gateway API listeners (IR → Envoy, pure): one listener per Gateway and port, at the
-Gateway's own address, its routes inline.
+Gateway's own address, its routes inline: one filter chain for its HTTP listeners, or one per
+HTTPS listener, chosen by SNI, its certificate over SDS as for the shared HTTPS listener
+(envoy/tls.py).
 
 Inline, not a route table file per listener: every file subscription costs Envoy an inotify
 instance (128 per user by default), and a fleet has more Gateways than that. The price is that
@@ -14,10 +16,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from ..ir.gateway import GatewayHost, GatewayHTTPListener, GatewayRule, Match
+from ..ir.gateway import (
+    GatewayChain,
+    GatewayHost,
+    GatewayHTTPListener,
+    GatewayRule,
+    HeaderOp,
+    Match,
+    Redirect,
+)
 from .common import Resource, socket_address
 from .http import RETRY_POLICY, hcm, http_filter_chain, named_route, route_action, route_config
 from .settings import Settings
+from .tls import downstream_tls, tls_inspector
 from .type_urls import LISTENER
 
 
@@ -53,11 +64,69 @@ def _match(rule: GatewayRule) -> Resource:
     return out
 
 
-def _virtual_host(listener: str, host: GatewayHost, settings: Settings) -> Resource:
-    routes = [
-        named_route({"match": _match(r), **route_action(r.target, settings, 500)}, r.target)
-        for r in host.rules
+#: Gateway API's redirect status codes, as Envoy names them
+REDIRECT_CODES = {
+    301: "MOVED_PERMANENTLY", 302: "FOUND", 303: "SEE_OTHER", 307: "TEMPORARY_REDIRECT",
+    308: "PERMANENT_REDIRECT",
+}  # fmt: skip
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _redirect(r: Redirect, port: int, tls: bool) -> Resource:
+    """Envoy's redirect for Gateway API's: without a port, the scheme's well-known one when
+    the scheme changes, else the listener's; a port well-known for the scheme is left out of
+    the Location (the Host Envoy sees has its port stripped, so it is always set here)."""
+    out: Resource = {"response_code": REDIRECT_CODES[r.status]}
+    scheme = r.scheme or ("https" if tls else "http")
+    if r.scheme:
+        out["scheme_redirect"] = r.scheme
+    if r.hostname:
+        out["host_redirect"] = r.hostname
+    to = r.port or (DEFAULT_PORTS[scheme] if r.scheme else port)
+    if to != DEFAULT_PORTS[scheme]:
+        out["port_redirect"] = to
+    return out
+
+
+def _header_changes(ops: tuple[HeaderOp, ...], which: str) -> Resource:
+    """Envoy's `<which>_headers_to_add` and `_to_remove` for Gateway API's set, add, remove."""
+    out: Resource = {}
+    add = [
+        {
+            "header": {"key": name, "value": value},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+            if op == "set"
+            else "APPEND_IF_EXISTS_OR_ADD",
+        }
+        for op, name, value in ops
+        if op != "remove"
     ]
+    if add:
+        out[f"{which}_headers_to_add"] = add
+    removed = [name for op, name, _ in ops if op == "remove"]
+    if removed:
+        out[f"{which}_headers_to_remove"] = removed
+    return out
+
+
+def _route(r: GatewayRule, port: int, tls: bool, settings: Settings) -> Resource:
+    if r.redirect is not None:
+        action: Resource = {"redirect": _redirect(r.redirect, port, tls)}
+    else:
+        action = route_action(r.target, settings, 500)
+    route = {
+        "match": _match(r),
+        **action,
+        **_header_changes(r.request_headers, "request"),
+        **_header_changes(r.response_headers, "response"),
+    }
+    return named_route(route, r.target)
+
+
+def _virtual_host(
+    listener: str, host: GatewayHost, port: int, tls: bool, settings: Settings
+) -> Resource:
+    routes = [_route(r, port, tls, settings) for r in host.rules]
     last = host.rules[-1] if host.rules else None
     if last is None or _match(last) != {"prefix": "/"}:
         # Nothing matched: Gateway API answers 404.
@@ -72,9 +141,23 @@ def _virtual_host(listener: str, host: GatewayHost, settings: Settings) -> Resou
 
 @lru_cache(maxsize=4096)
 def gateway_listener(gl: GatewayHTTPListener, settings: Settings) -> Resource:
-    manager = hcm(gl.name, gl.name, settings, front=True)
+    out: Resource = {
+        "@type": LISTENER,
+        "name": gl.name,
+        "address": socket_address(gl.address, gl.port),
+        "filter_chains": [_chain(gl.name, gl.port, c, settings) for c in gl.chains],
+    }
+    if any(c.secret for c in gl.chains):
+        out["listener_filters"] = [tls_inspector()]
+    return out
+
+
+def _chain(listener: str, port: int, chain: GatewayChain, settings: Settings) -> Resource:
+    name = f"{listener}/{chain.name}" if chain.name else listener
+    manager = hcm(name, name, settings, front=True)
     del manager["rds"]
-    table = route_config(gl.name, [_virtual_host(gl.name, h, settings) for h in gl.hosts])
+    tls = bool(chain.secret)
+    table = route_config(name, [_virtual_host(name, h, port, tls, settings) for h in chain.hosts])
     del table["@type"]  # a message field here, not an Any: Envoy refuses the type URL
     # An inline table's clusters are checked when the listener is added (RDS tables' are
     # not), and Envoy may read the listener file before the cluster file written just before
@@ -82,9 +165,11 @@ def gateway_listener(gl: GatewayHTTPListener, settings: Settings) -> Resource:
     # the moment it takes, as behind the shared listener.
     table["validate_clusters"] = False
     manager["route_config"] = table
-    return {
-        "@type": LISTENER,
-        "name": gl.name,
-        "address": socket_address(gl.address, gl.port),
-        "filter_chains": [http_filter_chain(manager)],
-    }
+    out: Resource = http_filter_chain(manager)
+    if not chain.secret:
+        return out
+    out["name"] = name
+    if chain.server_name:
+        out["filter_chain_match"] = {"server_names": [chain.server_name]}
+    out["transport_socket"] = downstream_tls(chain.secret)
+    return out

@@ -119,21 +119,11 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
     manager = hcm(FRONT_TLS, FRONT_TLS, settings, front=True)
     chains = []
     for secret, hosts in sorted(by_secret.items()):
-        sds = {"name": secret, "sds_config": SDS_CONFIG}
         chains.append(
             {
                 "name": secret,
                 "filter_chain_match": {"server_names": sorted(hosts)},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.tls",
-                    "typed_config": {
-                        "@type": DOWNSTREAM_TLS,
-                        "common_tls_context": {
-                            "tls_certificate_sds_secret_configs": [sds],
-                            "alpn_protocols": ["http/1.1"],
-                        },
-                    },
-                },
+                "transport_socket": downstream_tls(secret),
                 **http_filter_chain(
                     {**manager, "early_header_mutation_extensions": [certificate_tag(secret)]}
                 ),
@@ -143,11 +133,29 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
         "@type": LISTENER,
         "name": FRONT_TLS,
         "address": socket_address(settings.https_address, settings.https_port),
-        "listener_filters": [
-            {
-                "name": "envoy.filters.listener.tls_inspector",
-                "typed_config": {"@type": TLS_INSPECTOR},
-            }
-        ],
+        "listener_filters": [tls_inspector()],
         "filter_chains": chains,
+    }
+
+
+def downstream_tls(secret: str) -> Resource:
+    """TLS served with one certificate (a secret id), which Envoy takes from SDS."""
+    sds = {"name": secret, "sds_config": SDS_CONFIG}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": DOWNSTREAM_TLS,
+            "common_tls_context": {
+                "tls_certificate_sds_secret_configs": [sds],
+                "alpn_protocols": ["http/1.1"],
+            },
+        },
+    }
+
+
+def tls_inspector() -> Resource:
+    """The listener filter that reads the SNI a filter chain is chosen by."""
+    return {
+        "name": "envoy.filters.listener.tls_inspector",
+        "typed_config": {"@type": TLS_INSPECTOR},
     }

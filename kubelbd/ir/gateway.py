@@ -1,5 +1,5 @@
-"""Gateway API in the fleet model (pure): each Gateway's HTTP listeners, with the routes
-attached to them, at the Gateway's own address.
+"""Gateway API in the fleet model (pure): each Gateway's HTTP and HTTPS listeners, with the
+routes attached to them, at the Gateway's own address.
 
 Unlike Ingress, nothing is shared here: a Gateway has an address of its own (the Layer 4
 allocator's, `ir.l4.place`), so its hosts need no ownership between tenants to be routed, and
@@ -10,7 +10,14 @@ module only intersects hostnames and orders the rules.
 - A route host and a listener hostname meet as Gateway API says: a wildcard `*.x` covers any
   name below x (any depth, as Envoy's `*.` suffix); a route without hostnames takes the
   listener's; a listener without one takes the route's.
-- Listeners of one Gateway on one port share an Envoy listener; their hosts are merged.
+- Listeners of one Gateway on one port share an Envoy listener. HTTP listeners' hosts are
+  merged into one filter chain; each HTTPS listener is a filter chain of its own, chosen by SNI
+  (its hostname; the one without a hostname takes any other name), with its own certificate
+  and only the routes attached to it.
+- An HTTPS listener is served with the first of its certificates that Envoy can serve now
+  (ir.tls.usable; whatever names it has: the Gateway's address is the tenant's alone, so
+  there is nothing to take from another tenant); with none, it is not served, and says why
+  (InvalidCertificateRef).
 - Within a host, the precedence of Gateway API: an Exact path, then the longest prefix, then a
   method, then the most header matches, then the most query matches, then the oldest route
   (creation time, then namespace/name), then rule order.
@@ -21,17 +28,42 @@ behind an Ingress and an HTTPRoute is one cluster.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..records.types import HeaderMatch, HTTPPath, LBRecord, RouteRecord
+from ..records.names import secret_id
+from ..records.problems import Problem
+from ..records.types import (
+    GatewayListener,
+    HeaderFilter,
+    HeaderMatch,
+    HTTPPath,
+    LBRecord,
+    RouteRecord,
+)
 from .http import Target, cluster_name
 from .l4 import Placement
+from .tls import CertificateData, usable
 
 ANY_HOST = "*"
 
 Match = tuple[str, str, str]  # (name, value, Exact | RegularExpression)
+
+
+#: a header change: (set | add | remove, name, value)
+HeaderOp = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A redirect answered instead of forwarding (0 and "": the request's own)."""
+
+    status: int
+    scheme: str = ""
+    hostname: str = ""
+    port: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +74,9 @@ class GatewayRule:
     query: tuple[Match, ...]
     method: str
     target: Target
+    request_headers: tuple[HeaderOp, ...] = ()
+    response_headers: tuple[HeaderOp, ...] = ()
+    redirect: Redirect | None = None
 
 
 @dataclass(frozen=True)
@@ -51,18 +86,33 @@ class GatewayHost:
 
 
 @dataclass(frozen=True)
+class GatewayChain:
+    """One filter chain: every HTTP listener of a port (name "", no certificate), or one
+    HTTPS listener (its name, its hostname as SNI, "" for any, and its certificate's id)."""
+
+    name: str
+    server_name: str
+    secret: str
+    hosts: tuple[GatewayHost, ...]
+
+
+@dataclass(frozen=True)
 class GatewayHTTPListener:
-    """One Envoy listener: a Gateway's HTTP listeners on one port, at its address."""
+    """One Envoy listener: a Gateway's HTTP or HTTPS listeners on one port, at its address."""
 
     name: str
     address: str
     port: int
-    hosts: tuple[GatewayHost, ...]
+    chains: tuple[GatewayChain, ...]
 
 
 @dataclass
 class GatewayIR:
     listeners: list[GatewayHTTPListener] = field(default_factory=list)
+    #: the certificates the HTTPS chains are served with, by secret id
+    secrets: dict[str, CertificateData] = field(default_factory=dict)
+    #: Gateway record id -> listener name -> why it is not served (its certificates)
+    unserved: dict[str, dict[str, Problem]] = field(default_factory=dict)
     #: Gateway record id -> listener name -> routes attached (listener status attachedRoutes)
     attached: dict[str, dict[str, int]] = field(default_factory=dict)
     #: route id -> "<gateway record id>/<listener>" it is served on, sorted
@@ -98,10 +148,23 @@ def _rule(route: RouteRecord, p: HTTPPath) -> GatewayRule:
         ),
         route.id,
     )  # fmt: skip
+    redirect = p.get("redirect")
     return GatewayRule(
         p["path"], p["pathType"] == "Exact", _matches(p.get("headers", [])),
         _matches(p.get("queryParams", [])), p.get("method", ""), target,
+        _header_ops(p.get("requestHeaders", {})), _header_ops(p.get("responseHeaders", {})),
+        Redirect(redirect.get("statusCode", 302), redirect.get("scheme", ""),
+                 redirect.get("hostname", ""), redirect.get("port", 0))
+        if redirect is not None else None,
     )  # fmt: skip
+
+
+def _header_ops(f: HeaderFilter) -> tuple[HeaderOp, ...]:
+    return (
+        *(("set", h["name"], h["value"]) for h in f.get("set", [])),
+        *(("add", h["name"], h["value"]) for h in f.get("add", [])),
+        *(("remove", name, "") for name in f.get("remove", [])),
+    )
 
 
 def _precedence(route: RouteRecord, index: int, r: GatewayRule) -> tuple[Any, ...]:
@@ -112,44 +175,58 @@ def _precedence(route: RouteRecord, index: int, r: GatewayRule) -> tuple[Any, ..
     )  # fmt: skip
 
 
+Chain = tuple[str, int, str]  # (Gateway record id, port, chain name)
+
+
 def build(
     gateways: Mapping[str, LBRecord],
     placements: Mapping[str, Placement],
     routes: Iterable[RouteRecord],
+    certificates: Mapping[str, CertificateData],
+    now: dt.datetime,
 ) -> GatewayIR:
-    """Every Gateway's HTTP listeners with what is attached to them. `gateways`: LoadBalancer
-    records with listeners, by id; `placements`: their addresses (a Gateway without one is
-    not served yet); `routes`: every route (those without parents are not looked at)."""
+    """Every Gateway's HTTP and HTTPS listeners with what is attached to them. `gateways`:
+    LoadBalancer records with listeners, by id; `placements`: their addresses (a Gateway
+    without one is not served yet); `routes`: every route (those without parents are not
+    looked at); `certificates`: the management cluster's, by secret id, checked at `now`."""
     out = GatewayIR()
-    # (gateway id, port) -> domain -> [(precedence, rule)]
-    tables: dict[tuple[str, int], dict[str, list[tuple[tuple[Any, ...], GatewayRule]]]] = {}
-    listener_of: dict[str, dict[str, tuple[int, str | None]]] = {}
+    # chain -> domain -> [(precedence, rule)]
+    tables: dict[Chain, dict[str, list[tuple[tuple[Any, ...], GatewayRule]]]] = {}
+    #: gateway id -> listener name -> its chain (None: counted, not served)
+    chain_of: dict[str, dict[str, tuple[Chain | None, str | None]]] = {}
+    chains: dict[Chain, tuple[str, str]] = {}  # -> (server name, secret id)
     for gid, gw in gateways.items():
-        http = {
-            lst["name"]: (lst["port"], lst.get("hostname"))
-            for lst in gw.spec.get("listeners", [])
-            if lst["protocol"] == "HTTP"
-        }
-        listener_of[gid] = http
-        out.attached[gid] = dict.fromkeys(http, 0)
-        if gid in placements:
-            for port, _ in http.values():
-                tables.setdefault((gid, port), {})
+        served = [lst for lst in gw.spec.get("listeners", []) if lst["protocol"] in HTTP]
+        chain_of[gid] = {}
+        out.attached[gid] = {lst["name"]: 0 for lst in served}
+        for lst in served:
+            key: Chain | None = None
+            if lst["protocol"] == "HTTP":
+                key = (gid, lst["port"], "")
+                chains[key] = ("", "")
+            else:
+                secret = _certificate(gw, lst, certificates, now, out)
+                if secret:
+                    key = (gid, lst["port"], lst["name"])
+                    chains[key] = (lst.get("hostname", ""), secret)
+            if key is not None and gid in placements:
+                tables.setdefault(key, {})
+            chain_of[gid][lst["name"]] = (key, lst.get("hostname"))
     for route in routes:
-        served: set[str] = set()
+        attached_to: set[str] = set()
         for parent in route.spec.get("parents", []):
             gid = f"{route.tenant}/{parent['gateway']}"
-            if not parent["accepted"] or gid not in listener_of:
+            if not parent["accepted"] or gid not in chain_of:
                 continue
             for name in parent["listeners"]:
-                if name not in listener_of[gid]:
+                if name not in chain_of[gid]:
                     continue
                 out.attached[gid][name] += 1
-                port, hostname = listener_of[gid][name]
-                table = tables.get((gid, port))
+                key, hostname = chain_of[gid][name]
+                table = tables.get(key) if key is not None else None
                 if table is None:
-                    continue  # the Gateway has no address yet
-                served.add(f"{gid}/{name}")
+                    continue  # the Gateway has no address yet, or the listener no certificate
+                attached_to.add(f"{gid}/{name}")
                 index = 0
                 for rule in route.spec["rules"]:
                     domain = intersect(hostname, rule["host"])
@@ -159,15 +236,52 @@ def build(
                             continue
                         r = _rule(route, p)
                         table.setdefault(domain, []).append((_precedence(route, index, r), r))
-        if served:
-            out.served[route.id] = sorted(served)
-    for (gid, port), table in sorted(tables.items()):
+        if attached_to:
+            out.served[route.id] = sorted(attached_to)
+    by_port: dict[tuple[str, int], list[GatewayChain]] = {}
+    for key, table in sorted(tables.items()):
+        gid, port, name = key
         hosts = tuple(
             GatewayHost(domain, _ordered(entries)) for domain, entries in sorted(table.items())
         )
+        server_name, secret = chains[key]
+        by_port.setdefault((gid, port), []).append(GatewayChain(name, server_name, secret, hosts))
+    for (gid, port), port_chains in sorted(by_port.items()):
         name = f"gw/{gid}/{port}"
-        out.listeners.append(GatewayHTTPListener(name, placements[gid].address, port, hosts))
+        address = placements[gid].address
+        out.listeners.append(GatewayHTTPListener(name, address, port, tuple(port_chains)))
     return out
+
+
+#: the listener protocols served as HTTP (the others are Layer 4's)
+HTTP = ("HTTP", "HTTPS")
+
+
+def _certificate(
+    gw: LBRecord,
+    listener: GatewayListener,
+    certificates: Mapping[str, CertificateData],
+    now: dt.datetime,
+    out: GatewayIR,
+) -> str:
+    """The id of the certificate an HTTPS listener is served with (noted in `out.secrets`),
+    or "" after noting in `out.unserved` why none."""
+    why = "no certificateRef resolves"
+    for copy in listener.get("certificates", []):
+        sid = secret_id(gw.tenant, copy)
+        data = certificates.get(sid)
+        if data is None:
+            why = f"Secret {copy} not found (or not of type kubernetes.io/tls)"
+            continue
+        cert = usable(data, now)
+        if isinstance(cert, Problem):
+            why = cert.message
+            continue
+        out.secrets[sid] = data
+        return sid
+    problem = Problem("InvalidCertificateRef", why)
+    out.unserved.setdefault(gw.id, {})[listener["name"]] = problem
+    return ""
 
 
 def _ordered(entries: list[tuple[tuple[Any, ...], GatewayRule]]) -> tuple[GatewayRule, ...]:

@@ -17,7 +17,7 @@ from ..records import conditions
 from ..records.names import GATEWAY_CONTROLLER, LOADBALANCER, ROUTE
 from ..records.problems import Problem, problems_of
 from ..records.status import Event, SourceStatus
-from ..records.types import LBRecord, LoadBalancerReport, RouteRecord, RouteReport
+from ..records.types import GatewayListener, LBRecord, LoadBalancerReport, RouteRecord, RouteReport
 from .allocation import AllocationError
 from .gateway import GatewayIR
 from .status import Report
@@ -142,47 +142,74 @@ def gateway_report(
     if applied:
         g = source_generation
         ready = address is not None and failure is None
-        attached = gateways.attached.get(rec.id, {})
-        served = [lst["name"] for lst in rec.spec.get("listeners", [])]
-        listeners: list[Any] = [
-            {
-                "name": lst["name"],
-                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}],
-                "attachedRoutes": attached.get(lst["name"], 0),
-                "conditions": [
-                    _condition("Accepted", True, "Accepted", "", g),
-                    _condition("Programmed", ready, "Programmed" if ready else "Pending", "", g),
-                    _condition("ResolvedRefs", True, "ResolvedRefs", "", g),
-                    _condition("Conflicted", False, "NoConflicts", "", g),
-                ],
-            }
-            for lst in rec.spec.get("listeners", [])
+        listeners = [
+            _listener(lst, gateways, rec.id, ready, g) for lst in rec.spec.get("listeners", [])
         ]
-        listeners += _refused_listeners(problems, set(served), g)
+        served = {lst["name"] for lst in rec.spec.get("listeners", [])}
+        refused = _refused_listeners(problems, served, g)
         if failure is not None:
             why = ADDRESS_REASONS.get(failure.reason, "AddressNotAssigned")
         else:
             why = "Programmed" if ready else "AddressNotAssigned"
-        some_invalid = any(not lst["supportedKinds"] for lst in listeners)
-        listeners.sort(key=lambda x: str(x["name"]))
+        valid = not refused and all(_ok(x, "ResolvedRefs") for x in listeners)
+        if valid:
+            accepted_gw = _condition("Accepted", True, "Accepted", "", g)
+        else:
+            message = "some listeners are not valid; see their conditions"
+            # Accepted while one listener is: that one is served.
+            accepted_gw = _condition("Accepted", bool(served), "ListenersNotValid", message, g)
+        listeners = sorted(listeners + refused, key=lambda x: str(x["name"]))
         doc = {
             "addresses": [{"type": "IPAddress", "value": address}] if address else [],
             "conditions": [
-                # A listener kubelbd cannot serve leaves the Gateway Accepted, even when it is
-                # the only one (False would hold up a suite whose base Gateway has only an
-                # HTTPS listener, until HTTPS listeners are served).
-                _condition("Accepted", True, "ListenersNotValid" if some_invalid else "Accepted",
-                           "some listeners are not served; see their conditions"
-                           if some_invalid else "", g),
+                accepted_gw,
                 _condition("Programmed", ready, why, failure.message if failure else "", g),
             ],
             "listeners": listeners,
-        }  # fmt: skip
+        }
         events = [Event("Warning", p.reason, p.message) for p in problems]
+        events += [
+            Event("Warning", p.reason, f"listener {name}: {p.message}")
+            for name, p in sorted(gateways.unserved.get(rec.id, {}).items())
+        ]
         if failure is not None:
             events.append(Event("Warning", failure.reason, failure.message))
         source = _source(rec, doc, events)
     return Report(LOADBALANCER, rec.tenant, rec.name, status, source)
+
+
+def _ok(listener: Any, type_: str) -> bool:
+    return any(c["type"] == type_ and c["status"] == "True" for c in listener["conditions"])
+
+
+def _listener(lst: GatewayListener, gateways: GatewayIR, gid: str, ready: bool, g: int) -> Any:
+    """A served listener's status: Accepted; ResolvedRefs False for the first reference that
+    does not resolve (the tenant side's, or its certificates as the data plane found them);
+    Programmed once the Gateway has its address and the listener a certificate it serves."""
+    unresolved = lst.get("unresolved")
+    unserved = gateways.unserved.get(gid, {}).get(lst["name"])
+    if unresolved is not None:
+        message = unresolved["message"].removeprefix(f"listener {lst['name']}: ")
+        resolved = _condition("ResolvedRefs", False, unresolved["reason"], message, g)
+    elif unserved is not None:
+        resolved = _condition("ResolvedRefs", False, unserved.reason, unserved.message, g)
+    else:
+        resolved = _condition("ResolvedRefs", True, "ResolvedRefs", "", g)
+    if unserved is not None:
+        programmed = _condition("Programmed", False, "Invalid", unserved.message, g)
+    else:
+        programmed = _condition("Programmed", ready, "Programmed" if ready else "Pending", "", g)
+    return {
+        "name": lst["name"],
+        "supportedKinds": [{"group": GROUP, "kind": k} for k in lst.get("kinds", ["HTTPRoute"])],
+        "attachedRoutes": gateways.attached.get(gid, {}).get(lst["name"], 0),
+        "conditions": [
+            _condition("Accepted", True, "Accepted", "", g),
+            programmed,
+            resolved,
+            _condition("Conflicted", False, "NoConflicts", "", g),
+        ],
+    }
 
 
 def _refused_listeners(problems: list[Problem], served: set[str], g: int) -> list[Any]:
@@ -194,7 +221,7 @@ def _refused_listeners(problems: list[Problem], served: set[str], g: int) -> lis
         name = head.removeprefix("listener ")
         if not sep or not head.startswith("listener ") or name in served or name in out:
             continue  # a listener listed twice: the served one speaks for the name
-        conflicted = p.reason == "HostnameConflict"
+        conflicted = p.reason in ("HostnameConflict", "ProtocolConflict")
         out[name] = {
             "name": name,
             "supportedKinds": [],
@@ -203,8 +230,8 @@ def _refused_listeners(problems: list[Problem], served: set[str], g: int) -> lis
                 _condition("Accepted", False, p.reason, message, g),
                 _condition("Programmed", False, "Invalid", message, g),
                 _condition("ResolvedRefs", True, "ResolvedRefs", "", g),
-                _condition("Conflicted", conflicted,
-                           "HostnameConflict" if conflicted else "NoConflicts", "", g),
+                _condition("Conflicted", conflicted, p.reason if conflicted else "NoConflicts",
+                           "", g),
             ],
         }  # fmt: skip
     return list(out.values())

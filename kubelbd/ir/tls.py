@@ -205,6 +205,16 @@ def covers(cert: Certificate, host: str) -> bool:
 def check(data: CertificateData | None, host: str, now: dt.datetime, secret: str) -> Problem | None:
     if data is None:
         return Problem("SecretNotFound", f"TLS Secret {secret} for {host} not found")
+    cert = usable(data, now)
+    if isinstance(cert, Problem):
+        return cert
+    if not covers(cert, host):
+        return Problem("CertificateHostMismatch", f"{data.name}: certificate does not name {host}")
+    return None
+
+
+def usable(data: CertificateData, now: dt.datetime) -> Certificate | Problem:
+    """The certificate, if Envoy can serve it now (whatever names it has), else why not."""
     cert = inspect(data)
     if isinstance(cert, Problem):
         return cert
@@ -212,9 +222,7 @@ def check(data: CertificateData | None, host: str, now: dt.datetime, secret: str
         return Problem("CertificateNotYetValid", f"{data.name}: valid only from {cert.not_before}")
     if now >= cert.not_after:
         return Problem("CertificateExpired", f"{data.name}: expired on {cert.not_after}")
-    if not covers(cert, host):
-        return Problem("CertificateHostMismatch", f"{data.name}: certificate does not name {host}")
-    return None
+    return cert
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,30 @@ class HeaderMatch(TypedDict):
     type: Literal["Exact", "RegularExpression"]
 
 
+class HeaderValue(TypedDict):
+    name: str
+    value: str
+
+
+class HeaderFilter(TypedDict, total=False):
+    """Gateway API's RequestHeaderModifier / ResponseHeaderModifier: headers set (replacing),
+    added (appended), removed."""
+
+    set: list[HeaderValue]
+    add: list[HeaderValue]
+    remove: list[str]
+
+
+class Redirect(TypedDict, total=False):
+    """Gateway API's RequestRedirect: what the Location changes (the rest is the request's),
+    and the status code."""
+
+    scheme: str
+    hostname: str
+    port: int
+    statusCode: int
+
+
 class HTTPPath(TypedDict):
     path: str
     pathType: PathType
@@ -87,6 +111,11 @@ class HTTPPath(TypedDict):
     headers: NotRequired[list[HeaderMatch]]
     queryParams: NotRequired[list[HeaderMatch]]
     method: NotRequired[str]
+    #: Gateway API filters: the request's and the response's headers changed, or a redirect
+    #: answered instead of forwarding
+    requestHeaders: NotRequired[HeaderFilter]
+    responseHeaders: NotRequired[HeaderFilter]
+    redirect: NotRequired[Redirect]
 
 
 class HTTPRule(TypedDict):
@@ -201,6 +230,13 @@ class GatewayListener(TypedDict):
     port: int
     protocol: GatewayProtocol
     hostname: NotRequired[str]  # absent: every host
+    #: the route kinds it takes (absent, as in records written before: HTTPRoute)
+    kinds: NotRequired[list[str]]
+    #: HTTPS: the tenant Secrets it may be served with, by their copies' names
+    #: (`<namespace>.<name>`, records.names.copy_name), in order; the first usable one is
+    certificates: NotRequired[list[str]]
+    #: the first reference that does not resolve (its ResolvedRefs condition)
+    unresolved: NotRequired[ProblemSpec]
 
 
 class LoadBalancerSpec(TypedDict):

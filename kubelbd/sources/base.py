@@ -116,6 +116,13 @@ class Source(Protocol):
         lastTransitionTime moving only with its status), e.g. a GatewayClass's Accepted."""
         ...
 
+    def reported_objects(self, view: TenantView) -> list[tuple[Resource, Obj]]:
+        """Objects the tenant keeps that kubelbd only reports on, also on every resync of
+        the kind: each as the cache has it, with the `status` wanted (applied to its status
+        subresource as for `tenant_objects`), e.g. the tenant's own GatewayClasses that name
+        kubelbd's controller."""
+        ...
+
 
 def load_balancer_status_patch(obj: Obj, status: SourceStatus) -> StatusPatch | None:
     """`status.loadBalancer.ingress`, where Ingress and Service keep their address; None

@@ -15,17 +15,16 @@ import ipaddress
 from typing import Any
 
 from ..objects import Obj, Resource
-from ..records.names import LOADBALANCER
-from ..records.policy import Policy
+from ..records.names import LOADBALANCER, copy_name
 from ..records.problems import Problem, Translation
 from ..records.status import SourceStatus
 from ..records.types import GatewayListener, LoadBalancerSpec
 from . import gatewayapi, shapes
 from .base import References, StatusPatch, TenantView
-from .gatewayapi import GATEWAY_CLASSES, GATEWAYS
+from .gatewayapi import GATEWAY_CLASSES, GATEWAYS, REFERENCE_GRANTS
 
 
-def translate(gateway: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
+def translate(gateway: Obj, view: TenantView) -> Translation[LoadBalancerSpec]:
     malformed = shapes.problem(shapes.Gateway, gateway)
     if malformed is not None:
         refused: LoadBalancerSpec = {
@@ -34,7 +33,7 @@ def translate(gateway: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
         }  # fmt: skip
         return Translation(refused, [malformed])
     spec = gateway["spec"]
-    found = gatewayapi.listeners(gateway, policy)
+    found = gatewayapi.listeners(gateway, view)
     problems: list[Problem] = list(found.problems)
     served: list[GatewayListener] = []
     for listener in found.served:
@@ -45,6 +44,13 @@ def translate(gateway: Obj, policy: Policy) -> Translation[LoadBalancerSpec]:
         }
         if listener.get("hostname"):
             entry["hostname"] = listener["hostname"]
+        resolved = found.resolved[listener["name"]]
+        entry["kinds"] = resolved.kinds
+        if listener["protocol"] == "HTTPS":
+            entry["certificates"] = [copy_name(ns, name) for ns, name in resolved.certificates]
+        if resolved.unresolved is not None:
+            entry["unresolved"] = resolved.unresolved.spec()
+            problems.append(resolved.unresolved)
         served.append(entry)
     out: LoadBalancerSpec = {
         "source": shapes.source_ref("Gateway", gateway),
@@ -111,23 +117,40 @@ class GatewaySource:
     resource = GATEWAYS
     #: the GatewayClass: applied again (and its status) when anyone changes it
     depends_on: tuple[Resource, ...] = (GATEWAY_CLASSES,)
-    referenced: tuple[Resource, ...] = ()
+    referenced: tuple[Resource, ...] = (REFERENCE_GRANTS,)
     record = LOADBALANCER
 
     def is_ours(self, obj: Obj, view: TenantView) -> bool:
-        return gatewayapi.is_our_gateway(obj)
+        return gatewayapi.is_our_gateway(obj, view)
 
     def record_name(self, namespace: str, name: str) -> str:
         return gatewayapi.gateway_record(namespace, name)
 
     def references(self, obj: Obj, view: TenantView) -> References:
-        return References()  # its routes reference it, not it them
+        """The Secrets its HTTPS listeners may be served with (copied to the management
+        cluster), and the grants of the namespaces they are in (its routes reference it, not
+        it them)."""
+        if not shapes.fits(shapes.Gateway, obj):
+            return References()
+        ns = (obj.get("metadata") or {}).get("namespace", "")
+        found = gatewayapi.listeners(obj, view)
+        secrets = {ref for r in found.resolved.values() for ref in r.certificates}
+        others: set[tuple[Resource, tuple[str, str]]] = set()
+        for listener in (obj.get("spec") or {}).get("listeners") or []:
+            for ref in (listener.get("tls") or {}).get("certificateRefs") or []:
+                if (ref.get("namespace") or ns) != ns:
+                    # Every grant in that namespace, also one made later (References).
+                    others.add((REFERENCE_GRANTS, (ref["namespace"], "")))
+        return References(tls_secrets=frozenset(secrets), others=frozenset(others))
 
     def translate(self, obj: Obj, view: TenantView) -> Translation[LoadBalancerSpec]:
-        return translate(obj, view.policy)
+        return translate(obj, view)
 
     def status_patch(self, obj: Obj, status: SourceStatus) -> StatusPatch | None:
         return status_patch(obj, status, gatewayapi.now())
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
         return [(GATEWAY_CLASSES, gatewayapi.gateway_class())]
+
+    def reported_objects(self, view: TenantView) -> list[tuple[Resource, Obj]]:
+        return [(GATEWAY_CLASSES, c) for c in gatewayapi.tenants_classes(view)]

@@ -19,6 +19,7 @@ from ..records.names import GATEWAY_CONTROLLER, dotted
 from ..records.policy import Policy
 from ..records.problems import Problem
 from . import shapes
+from .base import TenantView
 from .common import HOST, normalize_host
 from .dnsnames import not_allowed
 
@@ -34,18 +35,31 @@ MAX_LISTENERS = 64
 #: the GatewayClass kubelbd keeps in every tenant, and the controller it names
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
-#: what this slice does, as Gateway API names its features (pkg/features): core Gateway
-#: and HTTPRoute, method and query parameter matches, a parentRef's port; sorted
+#: what kubelbd does, as Gateway API names its features (pkg/features): core Gateway and
+#: HTTPRoute, a listener on 8080, method and query parameter matches, a parentRef's port,
+#: response headers changed, redirects of scheme and port and with every status code; sorted
 SUPPORTED_FEATURES = (
     "Gateway",
+    "GatewayPort8080",
     "HTTPRoute",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
     "HTTPRouteMethodMatching",
     "HTTPRouteParentRefPort",
+    "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 )
-#: the listener protocols served in this slice
-SERVED_PROTOCOLS = ("HTTP",)
+#: the listener protocols served in this slice, and the route kinds each takes
+SERVED_PROTOCOLS = ("HTTP", "HTTPS")
+ROUTE_KINDS = {"HTTP": ("HTTPRoute",), "HTTPS": ("HTTPRoute",)}
+#: the tenant's own GatewayClasses naming kubelbd's controller that it reports on
+MAX_CLASSES = 16
+#: certificateRefs read per listener (Gateway API's own limit)
+MAX_CERTIFICATE_REFS = 64
 
 
 def gateway_record(namespace: str, name: str) -> str:
@@ -63,15 +77,41 @@ def httproute_record(namespace: str, name: str) -> str:
     return dotted(namespace, f"{name}.httproute")
 
 
-def is_our_gateway(gateway: Obj) -> bool:
+def is_our_gateway(gateway: Obj, view: TenantView) -> bool:
+    """Whether kubelbd serves a Gateway: its GatewayClass is `kubelb` (kubelbd keeps it in
+    every tenant), or one of the tenant's that names kubelbd's controller."""
     if not shapes.fits(shapes.GatewayClassOf, gateway):
         return False  # whose it is cannot be told: not ours to report on either
-    return bool((gateway.get("spec") or {}).get("gatewayClassName") == CLASS_NAME)
+    name = (gateway.get("spec") or {}).get("gatewayClassName")
+    return name == CLASS_NAME or (
+        isinstance(name, str) and is_our_class(view.get(GATEWAY_CLASSES, "", name))
+    )
+
+
+def is_our_class(gateway_class: Obj | None) -> bool:
+    """Whether a GatewayClass names kubelbd's controller."""
+    spec = (gateway_class or {}).get("spec")
+    return isinstance(spec, dict) and spec.get("controllerName") == CONTROLLER
+
+
+def class_status() -> Obj:
+    """What kubelbd says of a GatewayClass that names its controller (each condition's
+    observedGeneration is the generation the object has when it is written)."""
+    return {
+        "conditions": [
+            {
+                "type": "Accepted",
+                "status": "True",
+                "reason": "Accepted",
+                "message": "handled by kubelbd",
+            }
+        ],
+        "supportedFeatures": [{"name": f} for f in SUPPORTED_FEATURES],
+    }
 
 
 def gateway_class() -> Obj:
-    """kubelbd's GatewayClass, with the status the tenant side applies to it (each
-    condition's observedGeneration is the generation the apply left it at)."""
+    """kubelbd's GatewayClass, with the status the tenant side applies to it."""
     return {
         "apiVersion": API_VERSION,
         "kind": "GatewayClass",
@@ -80,18 +120,55 @@ def gateway_class() -> Obj:
             "controllerName": CONTROLLER,
             "description": "kubelbd: served by the provider's shared Envoy",
         },
-        "status": {
-            "conditions": [
-                {
-                    "type": "Accepted",
-                    "status": "True",
-                    "reason": "Accepted",
-                    "message": "handled by kubelbd",
-                }
-            ],
-            "supportedFeatures": [{"name": f} for f in SUPPORTED_FEATURES],
-        },
+        "status": class_status(),
     }
+
+
+def tenants_classes(view: TenantView) -> list[Obj]:
+    """The tenant's own GatewayClasses that name kubelbd's controller (not `kubelb`), with
+    the status kubelbd reports on them: at most MAX_CLASSES, by name, so that a tenant
+    cannot make kubelbd write without bound."""
+    ours = sorted(
+        (c for c in view.all(GATEWAY_CLASSES) if is_our_class(c)),
+        key=lambda c: str((c.get("metadata") or {}).get("name")),
+    )
+    return [
+        {**c, "apiVersion": API_VERSION, "kind": "GatewayClass", "status": class_status()}
+        for c in ours
+        if isinstance(c.get("metadata"), dict) and c["metadata"].get("name") != CLASS_NAME
+    ][:MAX_CLASSES]
+
+
+# ---- references between namespaces ----------------------------------------------------------
+
+
+def grants_in(view: TenantView, namespace: str) -> list[Obj]:
+    """The ReferenceGrants of one namespace."""
+    return [
+        g
+        for g in view.all(REFERENCE_GRANTS)
+        if isinstance(g.get("metadata"), dict) and g["metadata"].get("namespace") == namespace
+    ]
+
+
+def granted(grants: Iterable[Obj], source: tuple[str, str], target: tuple[str, str]) -> bool:
+    """Whether a ReferenceGrant (of the target's namespace) lets objects of kind `source[0]`
+    in namespace `source[1]` name the `target` (kind "Service" or "Secret", core group; name).
+    A grant of the wrong shape grants nothing."""
+    (from_kind, from_ns), (to_kind, to_name) = source, target
+    for grant in grants:
+        if not shapes.fits(shapes.ReferenceGrant, grant):
+            continue
+        spec = grant.get("spec") or {}
+        if any(
+            f["group"] == GROUP and f["kind"] == from_kind and f["namespace"] == from_ns
+            for f in spec.get("from") or []
+        ) and any(
+            t["group"] == "" and t["kind"] == to_kind and t.get("name") in (None, "", to_name)
+            for t in spec.get("to") or []
+        ):
+            return True
+    return False
 
 
 # ---- listeners -------------------------------------------------------------------------------
@@ -104,64 +181,153 @@ def listener_problem(listener: Mapping[str, Any], reason: str, message: str) -> 
 
 
 @dataclass
+class Resolved:
+    """What a served listener's references resolve to: the route kinds it takes, the tenant
+    Secrets it may be served with (HTTPS, in order), and the first reference that does not
+    resolve (its ResolvedRefs condition: InvalidRouteKinds, InvalidCertificateRef,
+    RefNotPermitted)."""
+
+    kinds: list[str]
+    certificates: list[tuple[str, str]] = field(default_factory=list)
+    unresolved: Problem | None = None
+
+
+@dataclass
 class Listeners:
     """A Gateway's listeners as kubelbd serves them: `served` (raw listeners, hostnames
-    normalized), in the Gateway's order; the others refused with a problem each."""
+    normalized), in the Gateway's order, with what their references resolve to; the others
+    refused with a problem each."""
 
     served: list[Obj] = field(default_factory=list)
+    resolved: dict[str, Resolved] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     #: every listener name the Gateway has (a parentRef's sectionName may name a refused one)
     names: set[str] = field(default_factory=set)
 
 
-def listeners(gateway: Obj, policy: Policy) -> Listeners:
-    """Which listeners of a Gateway (of the right shape) are served: HTTP, a hostname that
-    is a DNS name the tenant may have, and no earlier listener with the same name or with
-    the same port and hostname."""
+def listeners(gateway: Obj, view: TenantView) -> Listeners:
+    """Which listeners of a Gateway (of the right shape) are served: HTTP or HTTPS, a
+    hostname that is a DNS name the tenant may have, no earlier listener with the same name,
+    with the same port and hostname, or with another protocol on the same port."""
     out = Listeners()
     seen: dict[tuple[int, str], str] = {}
+    protocols: dict[int, tuple[str, str]] = {}  # port -> (protocol, first listener's name)
     for listener in (gateway.get("spec") or {}).get("listeners") or []:
         name = listener["name"]
         if name in out.names:
             out.problems.append(listener_problem(listener, "DuplicateName", "listed twice"))
             continue
         out.names.add(name)
-        protocol = listener["protocol"]
-        port = listener.get("port")
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            # Envoy refuses a listener on no port: never handed one, whatever the CRD allows.
-            out.problems.append(listener_problem(listener, "InvalidPort", f"port {port!r}"))
+        refused = _refused(listener, len(out.served), view.policy)
+        if refused is not None:
+            out.problems.append(refused)
             continue
-        if len(out.served) >= MAX_LISTENERS:
-            message = f"more than {MAX_LISTENERS} listeners (Gateway API's own limit)"
-            out.problems.append(listener_problem(listener, "TooManyListeners", message))
-            continue
-        if protocol not in SERVED_PROTOCOLS:
-            message = f"protocol {protocol[:32]!r} is not supported (HTTP only, for now)"
-            out.problems.append(listener_problem(listener, "UnsupportedProtocol", message))
-            continue
+        port, protocol = listener["port"], listener["protocol"]
         host = normalize_host(listener.get("hostname") or "")
-        if host and not HOST.fullmatch(host):
-            message = f"hostname {host[:253]!r} is not a DNS name"
-            out.problems.append(listener_problem(listener, "InvalidHostname", message))
+        first = protocols.setdefault(port, (protocol, name))
+        if first[0] != protocol:
+            message = f"port {port} is listener {first[1]}'s, with protocol {first[0]}"
+            out.problems.append(listener_problem(listener, "ProtocolConflict", message))
             continue
-        if host and not policy.allows_host(host):
-            refused = not_allowed(host)
-            out.problems.append(listener_problem(listener, refused.reason, refused.message))
-            continue
-        other = seen.get((listener["port"], host))
+        other = seen.get((port, host))
         if other is not None:
-            message = f"port {listener['port']} and hostname {host!r} are listener {other}'s"
+            message = f"port {port} and hostname {host!r} are listener {other}'s"
             out.problems.append(listener_problem(listener, "HostnameConflict", message))
             continue
-        seen[(listener["port"], host)] = name
+        seen[(port, host)] = name
         served = dict(listener)
         if host:
             served["hostname"] = host
         else:
             served.pop("hostname", None)
         out.served.append(served)
+        out.resolved[name] = _resolve(listener, gateway, view)
     return out
+
+
+def _refused(listener: Obj, served: int, policy: Policy) -> Problem | None:
+    """Why a listener is not served (Accepted False), by itself, or None."""
+    protocol, port = listener["protocol"], listener.get("port")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        # Envoy refuses a listener on no port: never handed one, whatever the CRD allows.
+        return listener_problem(listener, "InvalidPort", f"port {port!r}")
+    if served >= MAX_LISTENERS:
+        message = f"more than {MAX_LISTENERS} listeners (Gateway API's own limit)"
+        return listener_problem(listener, "TooManyListeners", message)
+    if protocol not in SERVED_PROTOCOLS:
+        message = f"protocol {protocol[:32]!r} is not supported ({', '.join(SERVED_PROTOCOLS)})"
+        return listener_problem(listener, "UnsupportedProtocol", message)
+    mode = (listener.get("tls") or {}).get("mode") or "Terminate"
+    if protocol == "HTTPS" and mode != "Terminate":
+        message = f"TLS mode {mode[:32]!r}: HTTPS listeners terminate TLS"
+        return listener_problem(listener, "UnsupportedValue", message)
+    host = normalize_host(listener.get("hostname") or "")
+    if host and not HOST.fullmatch(host):
+        return listener_problem(
+            listener, "InvalidHostname", f"hostname {host[:253]!r} is not a DNS name"
+        )
+    if host and not policy.allows_host(host):
+        refused = not_allowed(host)
+        return listener_problem(listener, refused.reason, refused.message)
+    return None
+
+
+def _resolve(listener: Obj, gateway: Obj, view: TenantView) -> Resolved:
+    """A served listener's route kinds and certificates (see Resolved)."""
+    kinds, unresolved = _route_kinds(listener)
+    out = Resolved(kinds, unresolved=unresolved)
+    if listener["protocol"] != "HTTPS":
+        return out
+    gateway_ns = (gateway.get("metadata") or {}).get("namespace", "")
+    refs = ((listener.get("tls") or {}).get("certificateRefs") or [])[:MAX_CERTIFICATE_REFS]
+    problems = []
+    for ref in refs:
+        target = certificate_target(ref, gateway_ns, view)
+        if isinstance(target, Problem):
+            problems.append(target)
+        else:
+            out.certificates.append(target)
+    if not refs:
+        problems.append(Problem("InvalidCertificateRef", "an HTTPS listener needs certificateRefs"))
+    if out.unresolved is None and problems:
+        p = problems[0]
+        out.unresolved = listener_problem(listener, p.reason, p.message)
+    return out
+
+
+def _route_kinds(listener: Obj) -> tuple[list[str], Problem | None]:
+    """The route kinds a listener takes (its allowedRoutes.kinds that its protocol serves;
+    by default all of those), and InvalidRouteKinds when it names one it cannot take."""
+    kinds = ROUTE_KINDS[listener["protocol"]]
+    asked = (listener.get("allowedRoutes") or {}).get("kinds")
+    if not asked:
+        return list(kinds), None
+    taken = [k["kind"] for k in asked if k.get("group") in (None, GROUP) and k["kind"] in kinds]
+    if len(taken) == len(asked):
+        return sorted(set(taken)), None
+    bad = next(k for k in asked if k.get("group") not in (None, GROUP) or k["kind"] not in kinds)
+    group = str(bad.get("group") or GROUP)[:64]
+    message = f"route kind {bad['kind'][:64]!r} of group {group!r}: {', '.join(kinds)} only"
+    return sorted(set(taken)), listener_problem(listener, "InvalidRouteKinds", message)
+
+
+def certificate_target(
+    ref: Mapping[str, Any], gateway_ns: str, view: TenantView
+) -> tuple[str, str] | Problem:
+    """The tenant Secret (namespace, name) a certificateRef may name, or why it may not."""
+    group, kind = ref.get("group") or "", ref.get("kind") or "Secret"
+    name, ns = ref["name"], ref.get("namespace") or gateway_ns
+    if group != "" or kind != "Secret":
+        message = f"certificateRef {kind[:64]} of group {group[:64]!r}: Secrets only"
+        return Problem("InvalidCertificateRef", message)
+    if ns != gateway_ns and not granted(
+        grants_in(view, ns), ("Gateway", gateway_ns), ("Secret", name)
+    ):
+        message = (
+            f"Secret {ns}/{name}: no ReferenceGrant in {ns} lets Gateways of {gateway_ns} use it"
+        )
+        return Problem("RefNotPermitted", message)
+    return (ns, name)
 
 
 # ---- status documents ------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from ..records.types import (
     PathType,
     RouteSpec,
 )
-from . import gatewayapi, shapes
+from . import gatewayapi, httpfilters, shapes
 from .base import References, StatusPatch, TenantView
 from .common import HOST, PATH_CHARS, normalize_host, normalize_path, resolve_backend
 from .dnsnames import not_allowed
@@ -113,13 +113,9 @@ def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> 
 def allows_route(
     listener: Mapping[str, Any], gateway_ns: str, route_ns: str, view: TenantView
 ) -> bool:
-    """Whether a listener's allowedRoutes take an HTTPRoute from `route_ns`."""
+    """Whether a listener's allowedRoutes take a route (of a kind it takes) from
+    `route_ns`."""
     allowed = listener.get("allowedRoutes") or {}
-    kinds = allowed.get("kinds")
-    if kinds and not any(
-        k["kind"] == "HTTPRoute" and k.get("group") in (None, GROUP) for k in kinds
-    ):
-        return False
     namespaces = allowed.get("namespaces") or {}
     where = namespaces.get("from") or "Same"
     if where == "All":
@@ -162,14 +158,14 @@ def attach(
     if gateway is None:
         out["message"] = f"Gateway {ns}/{name} not found"
         return out
-    if not gatewayapi.is_our_gateway(gateway):
-        out["message"] = f"Gateway {ns}/{name} is not of GatewayClass {gatewayapi.CLASS_NAME}"
+    if not gatewayapi.is_our_gateway(gateway, view):
+        out["message"] = f"Gateway {ns}/{name} is not of a GatewayClass of kubelbd's"
         return out
     out["gateway"] = gatewayapi.gateway_record(ns, name)
     if not shapes.fits(shapes.Gateway, gateway):
         out["message"] = f"Gateway {ns}/{name} is malformed"
         return out
-    found = gatewayapi.listeners(gateway, view.policy)
+    found = gatewayapi.listeners(gateway, view)
     section, port = ref.get("sectionName"), ref.get("port")
     if section is not None and section not in found.names:
         out["message"] = f"Gateway {ns}/{name} has no listener {section[:253]!r}"
@@ -186,7 +182,11 @@ def attach(
         )
         out["message"] = f"Gateway {ns}/{name} serves no listener {what}".rstrip()
         return out
-    allowed = [c for c in candidates if allows_route(c, ns, route_ns, view)]
+    allowed = [
+        c
+        for c in candidates
+        if "HTTPRoute" in found.resolved[c["name"]].kinds and allows_route(c, ns, route_ns, view)
+    ]
     if not allowed:
         out["reason"] = "NotAllowedByListeners"
         out["message"] = f"no listener of Gateway {ns}/{name} allows this route"
@@ -210,34 +210,6 @@ def attach(
 # ---- backends --------------------------------------------------------------------------------
 
 
-def granted(grants: Iterable[Obj], route_ns: str, service: str) -> bool:
-    """Whether a ReferenceGrant in the Service's namespace lets HTTPRoutes of `route_ns`
-    name it (a grant of the wrong shape grants nothing)."""
-    for grant in grants:
-        if not shapes.fits(shapes.ReferenceGrant, grant):
-            continue
-        spec = grant.get("spec") or {}
-        sources = spec.get("from") or []
-        targets = spec.get("to") or []
-        if any(
-            f["group"] == GROUP and f["kind"] == "HTTPRoute" and f["namespace"] == route_ns
-            for f in sources
-        ) and any(
-            t["group"] == "" and t["kind"] == "Service" and t.get("name") in (None, "", service)
-            for t in targets
-        ):
-            return True
-    return False
-
-
-def grants_in(view: TenantView, namespace: str) -> list[Obj]:
-    return [
-        g
-        for g in view.all(REFERENCE_GRANTS)
-        if isinstance(g.get("metadata"), dict) and g["metadata"].get("namespace") == namespace
-    ]
-
-
 def backend_target(
     ref: Mapping[str, Any], route_ns: str, view: TenantView
 ) -> tuple[str, str] | Problem:
@@ -249,7 +221,10 @@ def backend_target(
             "InvalidKind", f"backend {kind[:64]!s} of group {group[:64]!r}: Services only"
         )
     ns = ref.get("namespace") or route_ns
-    if ns != route_ns and not granted(grants_in(view, ns), route_ns, name):
+    grants = gatewayapi.grants_in(view, ns)
+    if ns != route_ns and not gatewayapi.granted(
+        grants, ("HTTPRoute", route_ns), ("Service", name)
+    ):
         return Problem(
             "RefNotPermitted",
             f"Service {ns}/{name}: no ReferenceGrant in {ns} lets HTTPRoutes of {route_ns} use it",
@@ -359,11 +334,9 @@ def path_of(match: Mapping[str, Any], problems: list[Problem]) -> HTTPPath | Non
 def paths_of(
     rule: Mapping[str, Any], ns: str, view: TenantView, problems: list[Problem]
 ) -> list[HTTPPath]:
-    filters = rule.get("filters") or []
-    if filters:
-        types = ", ".join(sorted({f["type"][:64] for f in filters}))
-        problem = Problem("UnsupportedFilter", f"filters {types} are not supported")
-        problems.append(problem)
+    filters = httpfilters.of_rule(rule.get("filters") or [])
+    if filters.problem is not None:
+        problems.append(filters.problem)
         backends: list[Backend] = []  # served, as nothing: 500
     else:
         # No backendRefs is allowed, and answers 500 (an empty target); its references are
@@ -374,6 +347,7 @@ def paths_of(
         path = path_of(match, problems)
         if path is not None:
             path["backends"] = copy.deepcopy(backends)
+            filters.apply(path)
             out.append(path)
     return out
 
@@ -438,7 +412,7 @@ def is_ours(route: Obj, view: TenantView) -> bool:
     for ref in (route.get("spec") or {}).get("parentRefs") or []:
         if names_a_gateway(ref):
             gateway = view.get(GATEWAYS, ref.get("namespace") or ns, ref["name"])
-            if gateway is not None and gatewayapi.is_our_gateway(gateway):
+            if gateway is not None and gatewayapi.is_our_gateway(gateway, view):
                 return True
     return False
 
@@ -515,4 +489,7 @@ class HTTPRouteSource:
         return status_patch(obj, status, gatewayapi.now())
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
+        return []
+
+    def reported_objects(self, view: TenantView) -> list[tuple[Resource, Obj]]:
         return []

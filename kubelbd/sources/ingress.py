@@ -283,3 +283,6 @@ class IngressSource:
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
         return [(INGRESS_CLASSES, ingress_class())]
+
+    def reported_objects(self, view: TenantView) -> list[tuple[Resource, Obj]]:
+        return []

@@ -139,3 +139,6 @@ class LoadBalancerServiceSource:
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
         return []
+
+    def reported_objects(self, view: TenantView) -> list[tuple[Resource, Obj]]:
+        return []

@@ -196,12 +196,25 @@ class _AllowedRoutes(TypedDict, total=False):
     kinds: list[_RouteGroupKind] | None
 
 
+class _SecretObjectRef(TypedDict, total=False):
+    group: str | None
+    kind: str | None
+    name: Required[str]
+    namespace: str | None
+
+
+class _ListenerTLS(TypedDict, total=False):
+    mode: str | None
+    certificateRefs: list[_SecretObjectRef] | None
+
+
 class _Listener(TypedDict, total=False):
     name: Required[str]
     port: Required[Port]
     protocol: Required[str]
     hostname: str | None
     allowedRoutes: _AllowedRoutes | None
+    tls: _ListenerTLS | None
 
 
 class _GatewayAddress(TypedDict, total=False):
@@ -268,8 +281,30 @@ class _RouteMatch(TypedDict, total=False):
     method: str | None
 
 
+class _Header(TypedDict, total=False):
+    name: Required[str]
+    value: Required[str]
+
+
+class _HeaderModifier(TypedDict, total=False):
+    set: list[_Header] | None
+    add: list[_Header] | None
+    remove: list[str] | None
+
+
+class _RequestRedirect(TypedDict, total=False):
+    scheme: str | None
+    hostname: str | None
+    port: Port | None
+    statusCode: int | None
+    path: dict[str, Any] | None
+
+
 class _Filter(TypedDict, total=False):
     type: Required[str]
+    requestHeaderModifier: _HeaderModifier | None
+    responseHeaderModifier: _HeaderModifier | None
+    requestRedirect: _RequestRedirect | None
 
 
 class _BackendRef(TypedDict, total=False):

@@ -440,6 +440,12 @@ class TenantSync:
         it that is ours or has a record translated again."""
         for resource, obj in source.tenant_objects():
             await self._apply_tenant_object(source, resource, obj)
+        for resource, obj in source.reported_objects(self.caches):
+            try:
+                await self._apply_status(resource, obj, obj)
+            except ApiError as e:
+                if not e.not_found:
+                    raise  # gone meanwhile: its deletion resyncs the kind again
         for k, obj in self.caches.cache(source.resource).items():
             if self._concerns_us(source, k, obj):
                 self._dirty.add((source.kind, k))
@@ -462,7 +468,13 @@ class TenantSync:
                 raise
             self._unserved.add(source.kind)
             return
-        status = tenant_object_status(obj.get("status"), applied, timestamp())
+        await self._apply_status(resource, obj, applied)
+
+    async def _apply_status(self, resource: Resource, obj: Obj, current: Obj) -> None:
+        """`obj`'s status, as wanted, to the status subresource of the object `current`
+        (the object as the API server last had it), unless it holds it already."""
+        assert self.kube is not None
+        status = tenant_object_status(obj.get("status"), current, timestamp())
         if status is not None:
             meta = {"name": obj["metadata"]["name"]}
             if obj["metadata"].get("namespace"):

@@ -1,0 +1,159 @@
+"""An HTTPRoute rule's filters, as the record carries them (pure): headers of the request and
+of the response changed, or a redirect answered instead of forwarding.
+
+Every value is checked here for what Envoy would refuse (it would reject the whole listener
+file, every tenant's change with it): header names are HTTP tokens and never pseudo-headers
+or `host` (Envoy does not let a route rewrite those), values hold no line break or NUL, a
+redirect's hostname is a DNS name. A filter kubelbd does not serve, or one that does not
+check out, leaves the rule answering 500 (Gateway API's answer for a rule that cannot be
+served) with a problem; a tenant that loosened its CRD gets the same, never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..records.problems import Problem
+from ..records.types import HeaderFilter, HeaderValue, HTTPPath, Redirect
+from .common import HOST
+
+#: the filters served, by Gateway API's type names
+SERVED = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect")
+#: RFC 9110 token: what a header name may be
+TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,256}")
+#: headers a route may not change in Envoy
+RESERVED = frozenset({"host"})
+MAX_VALUE = 4096
+#: entries per list (set, add, remove), as Gateway API's CRD allows
+MAX_HEADERS = 16
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+class Filters:
+    """What a rule's filters make of its paths, or the problem that leaves it answering 500."""
+
+    def __init__(self) -> None:
+        self.request_headers: HeaderFilter | None = None
+        self.response_headers: HeaderFilter | None = None
+        self.redirect: Redirect | None = None
+        self.problem: Problem | None = None
+
+    def apply(self, path: HTTPPath) -> None:
+        """Onto one of the rule's paths."""
+        if self.request_headers:
+            path["requestHeaders"] = self.request_headers
+        if self.response_headers:
+            path["responseHeaders"] = self.response_headers
+        if self.redirect is not None:
+            path["redirect"] = self.redirect
+
+
+def of_rule(filters: list[Mapping[str, Any]]) -> Filters:
+    """A rule's filters (of the right shape), checked."""
+    out = Filters()
+    seen: set[str] = set()
+    for f in filters:
+        kind = f["type"]
+        if kind not in SERVED:
+            out.problem = Problem("UnsupportedFilter", f"filter {kind[:64]} is not supported")
+            return out
+        if kind in seen:
+            out.problem = Problem("UnsupportedValue", f"filter {kind} given twice")
+            return out
+        seen.add(kind)
+        problem = _one(kind, f, out)
+        if problem is not None:
+            out.problem = problem
+            return out
+    return out
+
+
+def _one(kind: str, f: Mapping[str, Any], out: Filters) -> Problem | None:
+    if kind == "RequestRedirect":
+        redirect = redirect_of(f.get("requestRedirect") or {})
+        if isinstance(redirect, Problem):
+            return redirect
+        out.redirect = redirect
+        return None
+    field = "requestHeaderModifier" if kind == "RequestHeaderModifier" else "responseHeaderModifier"
+    headers = headers_of(f.get(field) or {})
+    if isinstance(headers, Problem):
+        return headers
+    if kind == "RequestHeaderModifier":
+        out.request_headers = headers
+    else:
+        out.response_headers = headers
+    return None
+
+
+def _name_problem(name: str) -> Problem | None:
+    if not TOKEN.fullmatch(name):
+        return Problem("UnsupportedValue", f"header name {name[:64]!r} is not an HTTP token")
+    if name.lower() in RESERVED:
+        return Problem("UnsupportedValue", f"header {name[:64]!r} cannot be changed by a route")
+    return None
+
+
+def headers_of(modifier: Mapping[str, Any]) -> HeaderFilter | Problem:
+    """A header modifier's set, add and remove lists, each name lower-cased (HTTP header
+    names are case-insensitive; the first of a name counts, as Gateway API says)."""
+    out: HeaderFilter = {}
+    set_ = _values(modifier.get("set") or [])
+    if isinstance(set_, Problem):
+        return set_
+    add = _values(modifier.get("add") or [])
+    if isinstance(add, Problem):
+        return add
+    if set_:
+        out["set"] = set_
+    if add:
+        out["add"] = add
+    removed: list[str] = []
+    for name in (modifier.get("remove") or [])[:MAX_HEADERS]:
+        problem = _name_problem(name)
+        if problem is not None:
+            return problem
+        if name.lower() not in removed:
+            removed.append(name.lower())
+    if removed:
+        out["remove"] = removed
+    return out
+
+
+def _values(headers: list[Mapping[str, str]]) -> list[HeaderValue] | Problem:
+    out: list[HeaderValue] = []
+    for h in headers[:MAX_HEADERS]:
+        problem = _name_problem(h["name"])
+        if problem is not None:
+            return problem
+        if any(c in h["value"] for c in "\r\n\0") or len(h["value"]) > MAX_VALUE:
+            return Problem("UnsupportedValue", f"header {h['name'][:64]!r}: value not allowed")
+        if all(v["name"] != h["name"].lower() for v in out):
+            out.append({"name": h["name"].lower(), "value": h["value"]})
+    return out
+
+
+def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
+    """A RequestRedirect: scheme, hostname, port and status code (a path change is not
+    served yet)."""
+    if spec.get("path") is not None:
+        return Problem("UnsupportedFilter", "a redirect's path is not supported")
+    out: Redirect = {"statusCode": spec.get("statusCode") or 302}
+    if out["statusCode"] not in REDIRECT_CODES:
+        return Problem("UnsupportedValue", f"redirect status code {out['statusCode']}")
+    scheme = spec.get("scheme")
+    if scheme is not None:
+        if scheme not in ("http", "https"):
+            return Problem("UnsupportedValue", f"redirect scheme {scheme[:16]!r}")
+        out["scheme"] = scheme
+    hostname = spec.get("hostname")
+    if hostname is not None:
+        host = hostname.lower()
+        if not HOST.fullmatch(host) or host.startswith("*"):
+            return Problem("UnsupportedValue", f"redirect hostname {hostname[:253]!r}")
+        out["hostname"] = host
+    if spec.get("port") is not None:
+        out["port"] = spec["port"]
+    return out
