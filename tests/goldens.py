@@ -113,7 +113,12 @@ def dump_ir(ir: IR) -> dict[str, Any]:
         "vhosts": {h: dump_vhost(v) for h, v in sorted(ir.vhosts.items())},
         "catchAll": dump_vhost(ir.catch_all),
         "clusters": {
-            n: {"tenant": c.tenant, "addresses": list(c.addresses), "port": c.port}
+            n: {
+                "tenant": c.tenant,
+                "addresses": list(c.addresses),
+                "port": c.port,
+                **({"http2": True} if c.http2 else {}),
+            }
             for n, c in sorted(ir.clusters.items())
         },
         "served": {r: list(h) for r, h in sorted(ir.served.items())},
@@ -129,7 +134,9 @@ def load_ir(d: dict[str, Any]) -> IR:
         ir.vhosts[host] = loaded
     ir.catch_all = load_vhost(d.get("catchAll"))
     for name, c in (d.get("clusters") or {}).items():
-        ir.clusters[name] = Cluster(name, c["tenant"], tuple(c["addresses"]), c["port"])
+        ir.clusters[name] = Cluster(
+            name, c["tenant"], tuple(c["addresses"]), c["port"], c.get("http2", False)
+        )
     ir.served = {r: list(h) for r, h in (d.get("served") or {}).items()}
     ir.conflicts = {r: [(h, t) for h, t in c] for r, c in (d.get("conflicts") or {}).items()}
     return ir

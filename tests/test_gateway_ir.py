@@ -63,8 +63,12 @@ def attached(name: str, paths: list[dict[str, Any]], listeners: list[str], creat
     return records.route("alpha", f"apps.{name}", rules, created, parents=[parent])
 
 
-def path(p: str, kind: str = "Prefix", port: int = 30080, **match: Any) -> dict[str, Any]:
+def path(
+    p: str, kind: str = "Prefix", port: int = 30080, h2c: bool = False, **match: Any
+) -> dict[str, Any]:
     backend = {"service": "web", "port": "80", "nodePort": port}
+    if h2c:
+        backend["protocol"] = "h2c"
     return {"path": p, "pathType": kind, "backends": [backend], **match}
 
 
@@ -112,7 +116,7 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
               responseHeaders={"add": [{"name": "x-d", "value": "3"}], "remove": ["server"]}),
          path("/r", redirect={"scheme": "https", "hostname": "a.example.test", "port": 8443,
                               "statusCode": 308}),
-         path("/s", redirect={"statusCode": 301})],
+         path("/s", redirect={"statusCode": 301}), path("/grpc", port=30082, h2c=True)],
         ["http", "alt"], "2026-01-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"},
@@ -123,6 +127,9 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
     files = renderer.update(model.ir, _all(model))
     out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     files.update(renderer.update_gateways(out.listeners))
+    assert "typed_extension_protocol_options" in next(
+        c for c in files["cds.json"] if c["name"].endswith("/h2c")
+    )  # an HTTP/2 cluster, for Envoy to check
     names = {x["name"] for x in files["lds.json"]}
     assert {"gw/alpha/gw.web.gateway/80", "gw/alpha/gw.web.gateway/8081"} <= names
     result = envoy_validate(static_bootstrap(files))

@@ -28,3 +28,42 @@ def test_twin_names_stay_within_the_dns_label_limit() -> None:
     assert twins.twin_name("web") == "kubelb-web"
     long = twins.twin_name("x" * 63)
     assert len(long) <= 63 and long != twins.twin_name("x" * 62 + "y")
+
+
+TWIN = {"metadata": {"name": "kubelb-db", "namespace": "d", "uid": "u1",
+                     "labels": {twins.TWIN_OF: "db"}}}  # fmt: skip
+
+
+def test_a_hand_written_slice_is_mirrored_for_the_twin_and_nothing_else() -> None:
+    hand = {
+        "metadata": {"name": "db-1", "namespace": "d", "labels": {twins.SERVICE_NAME: "db"},
+                     "annotations": {"a": "b"}, "ownerReferences": [{"uid": "theirs"}]},
+        "addressType": "IPv4",
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP", "extra": 1}],
+        "endpoints": [{"addresses": ["10.0.0.9"], "conditions": {"ready": False},
+                       "nodeName": "n1", "targetRef": {"kind": "Pod", "name": "p"}}],
+    }  # fmt: skip
+    m = twins.mirror(hand, TWIN)
+    assert m is not None
+    assert m["metadata"]["name"] == "kubelb-db-1"
+    assert m["metadata"]["labels"][twins.SERVICE_NAME] == "kubelb-db"
+    assert m["metadata"]["labels"][twins.SLICE_MANAGER] == twins.MIRRORED_BY
+    assert m["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Service", "name": "kubelb-db", "uid": "u1"}
+    ]
+    assert m["ports"] == [{"name": "pg", "port": 5432, "protocol": "TCP"}]
+    assert m["endpoints"] == [
+        {"addresses": ["10.0.0.9"], "conditions": {"ready": False}, "nodeName": "n1"}
+    ]
+    assert twins.same_mirror(m, m) and not twins.same_mirror({**m, "endpoints": []}, m)
+
+
+def test_a_slice_of_the_wrong_shape_is_not_mirrored() -> None:
+    base = {"metadata": {"name": "x", "namespace": "d"}, "addressType": "IPv4"}
+    for bad in (
+        {**base, "endpoints": [{"addresses": "10.0.0.1"}]},
+        {**base, "ports": [{"port": 70000}]},
+        {**base, "addressType": 4},
+        {"metadata": {"name": "x", "namespace": "d"}},
+    ):
+        assert twins.mirror(bad, TWIN) is None, bad

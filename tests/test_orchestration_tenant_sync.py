@@ -15,6 +15,7 @@ import pytest
 
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.objects import (
+    ENDPOINT_SLICES,
     EVENTS,
     INGRESS_CLASSES,
     INGRESSES,
@@ -493,3 +494,56 @@ async def test_an_address_another_tenant_listed_first_is_reported(fleet: Fleet) 
         await until(lambda: "10.0.0.2" not in fleet.claimed(), "the claim dropped")
         fleet.sync.node_addresses_taken({})
         await until(lambda: fleet.health("NodesAccepted") == "True", "accepted again")
+
+
+def endpoint_slice(name: str, service_name: str, addresses: list[str], **labels: str) -> Any:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service_name, **labels}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 3000, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses],
+    }  # fmt: skip
+
+
+async def test_endpoint_slices_written_by_hand_are_mirrored_for_the_twin(fleet: Fleet) -> None:
+    """A Service without a selector: its twin has no endpoints of its own, so the slices the
+    tenant wrote are mirrored for it, follow every change, and go when nothing needs them;
+    slices a controller made are never touched."""
+    manual = service("manual")
+    del manual["spec"]["selector"]
+    await fleet.tenant.create(SERVICES, manual)
+    await fleet.tenant.create(ENDPOINT_SLICES, endpoint_slice("manual-a", "manual", ["10.1.0.5"]))
+    await fleet.tenant.create(
+        ENDPOINT_SLICES,
+        endpoint_slice("manual-b", "manual", ["10.1.0.6"],
+                       **{"endpointslice.kubernetes.io/managed-by": "someone-else"}),
+    )  # fmt: skip
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "manual"))
+
+    def mirror(name: str) -> Any:
+        return fleet.tenant.stored(ENDPOINT_SLICES, twins.twin_name(name), "default")
+
+    async with running(fleet.sync.run):
+        await until(lambda: mirror("manual-a"), "the mirror of the hand-written slice")
+        twin, m = fleet.twin("manual"), mirror("manual-a")
+        assert m["metadata"]["labels"]["kubernetes.io/service-name"] == twin["metadata"]["name"]
+        assert m["metadata"]["ownerReferences"][0]["uid"] == twin["metadata"]["uid"]
+        assert m["endpoints"] == [{"addresses": ["10.1.0.5"], "conditions": {"ready": True}}]
+        assert m["ports"] == [{"name": "http", "port": 3000, "protocol": "TCP"}]
+        assert mirror("manual-b") is None  # another manager's slice
+        # The tenant changes its slice: the mirror follows.
+        await fleet.tenant.apply(
+            ENDPOINT_SLICES, endpoint_slice("manual-a", "manual", ["10.1.0.7", "10.1.0.8"])
+        )
+        await until(lambda: len(mirror("manual-a")["endpoints"]) == 2, "the mirror updated")
+        # Someone edits the mirror: it is put back.
+        await fleet.tenant.apply(ENDPOINT_SLICES, {**mirror("manual-a"), "endpoints": []})
+        await until(lambda: len(mirror("manual-a")["endpoints"]) == 2, "the mirror restored")
+        # The Ingress goes, and with it the twin and the mirror.
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.twin("manual") is None, "the twin deleted")
+        await until(lambda: mirror("manual-a") is None, "the mirror deleted")
+        assert fleet.tenant.stored(ENDPOINT_SLICES, "manual-a", "default") is not None

@@ -9,7 +9,8 @@ a route change rewrites that Gateway's listener, which Envoy replaces and drains
 Ingress listener never does (envoy/http.py).
 
 The request side is the front listener's: the peer's address is the client's, paths are
-normalized, a port in the Host header is ignored.
+normalized; a port in the Host header is ignored to choose a virtual host, and kept for the
+backend.
 """
 
 from __future__ import annotations
@@ -156,6 +157,9 @@ def _chain(listener: str, port: int, chain: GatewayChain, settings: Settings) ->
     name = f"{listener}/{chain.name}" if chain.name else listener
     manager = hcm(name, name, settings, front=True)
     del manager["rds"]
+    # The backend gets the Host the client sent, port and all (Gateway API's conformance
+    # checks it); virtual hosts match it without its port.
+    del manager["strip_any_host_port"]
     tls = bool(chain.secret)
     table = route_config(name, [_virtual_host(name, h, port, tls, settings) for h in chain.hosts])
     del table["@type"]  # a message field here, not an Any: Envoy refuses the type URL
@@ -164,6 +168,7 @@ def _chain(listener: str, port: int, chain: GatewayChain, settings: Settings) ->
     # it: it would reject the listener. Unchecked, a cluster not there yet answers 503 for
     # the moment it takes, as behind the shared listener.
     table["validate_clusters"] = False
+    table["ignore_port_in_host_matching"] = True
     manager["route_config"] = table
     out: Resource = http_filter_chain(manager)
     if not chain.secret:

@@ -33,7 +33,15 @@ from typing import Any
 from ..ir.http import Cluster, PathRule, Target, VirtualHost
 from .common import Resource, config_source, health_check, socket_address
 from .settings import DEFAULT_SHARD, FRONT, Settings, rds_path, shard_names
-from .type_urls import CLUSTER, HCM, LISTENER, PREVIOUS_HOSTS, ROUTE_CONFIG, ROUTER
+from .type_urls import (
+    CLUSTER,
+    HCM,
+    HTTP_PROTOCOL_OPTIONS,
+    LISTENER,
+    PREVIOUS_HOSTS,
+    ROUTE_CONFIG,
+    ROUTER,
+)
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 
@@ -50,6 +58,8 @@ def hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) ->
         },
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
         "common_http_protocol_options": {"idle_timeout": "300s"},
+        # WebSocket: the Upgrade goes on to the backend (every hop, the internal one too).
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
     }
     if front:
         out.update(
@@ -152,7 +162,17 @@ def backend_cluster(c: Cluster, settings: Settings) -> Resource:
         "health_checks": [health_check(settings)],
         "outlier_detection": {"consecutive_gateway_failure": 3, "interval": "5s"},
         "ignore_health_on_host_removal": True,
+        **({"typed_extension_protocol_options": H2C_OPTIONS} if c.http2 else {}),
     }
+
+
+#: a cluster whose backend speaks HTTP/2 in clear text (Service appProtocol kubernetes.io/h2c)
+H2C_OPTIONS: Resource = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": HTTP_PROTOCOL_OPTIONS,
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
 
 
 def route_action(target: Target | None, settings: Settings, unresolved: int = 503) -> Resource:

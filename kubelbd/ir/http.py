@@ -63,6 +63,7 @@ class Cluster:
     tenant: str
     addresses: tuple[str, ...]
     port: int
+    http2: bool = False  # HTTP/2 in clear text (h2c)
 
 
 @dataclass
@@ -99,7 +100,9 @@ def display_host(host: str) -> str:
 
 
 def cluster_name(tenant: str, namespace: str, backend: Backend) -> str:
-    return f"{tenant}/{namespace}/{backend['service']}/{backend.get('nodePort')}"
+    """One cluster per nodePort and protocol (an HTTP/2 one is another cluster)."""
+    name = f"{tenant}/{namespace}/{backend['service']}/{backend.get('nodePort')}"
+    return f"{name}/h2c" if backend.get("protocol") == "h2c" else name
 
 
 def claims(route: RouteRecord) -> set[str]:
@@ -169,10 +172,10 @@ def _backends(spec: RouteSpec) -> list[Backend]:
     return out
 
 
-def _cluster_ports(route: RouteRecord) -> dict[str, int]:
-    """The clusters a route sends to, and the nodePort each dials."""
+def _cluster_ports(route: RouteRecord) -> dict[str, tuple[int, bool]]:
+    """The clusters a route sends to, the nodePort each dials and whether in HTTP/2."""
     return {
-        cluster_name(route.tenant, route.namespace, b): b["nodePort"]
+        cluster_name(route.tenant, route.namespace, b): (b["nodePort"], b.get("protocol") == "h2c")
         for b in _backends(route.spec)
         if "nodePort" in b
     }
@@ -189,7 +192,8 @@ class Model:
         self._children: dict[str, set[str]] = {}  # wildcard -> exact hosts claimed under it
         self._owner: dict[str, tuple[str, AgeKey]] = {}  # host -> (tenant, age of its claim)
         self._cluster_refs: dict[str, set[str]] = {}  # cluster -> route ids
-        self._cluster_ports: dict[str, tuple[str, int]] = {}  # cluster -> (tenant, port)
+        #: cluster -> (tenant, port, HTTP/2)
+        self._cluster_ports: dict[str, tuple[str, int, bool]] = {}
         self._hostless_cache: dict[str, tuple[list[Entry], Target | None]] = {}
 
     # ---- changes -----------------------------------------------------------------------------
@@ -246,12 +250,12 @@ class Model:
             touched.add(host)
         if CATCH_ALL in claims(r):
             hostless.add(r.tenant)
-        for name, port in _cluster_ports(r).items():
+        for name, (port, http2) in _cluster_ports(r).items():
             refs = self._cluster_refs.setdefault(name, set())
             if not refs:
                 delta.clusters.add(name)
             refs.add(r.id)
-            self._cluster_ports[name] = (r.tenant, port)
+            self._cluster_ports[name] = (r.tenant, port, http2)
             self._put_cluster(name)
 
     def _unindex(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
@@ -276,9 +280,10 @@ class Model:
                 delta.clusters.add(name)
 
     def _put_cluster(self, name: str) -> None:
-        tenant, port = self._cluster_ports[name]
+        tenant, port, http2 = self._cluster_ports[name]
         rec = self.tenants.get(tenant)
-        self.ir.clusters[name] = Cluster(name, tenant, rec.addresses if rec else (), port)
+        addresses = rec.addresses if rec else ()
+        self.ir.clusters[name] = Cluster(name, tenant, addresses, port, http2)
 
     def _set_tenants(self, tenants: list[TenantRecord]) -> set[str]:
         """Replace the tenant set; return the clusters whose endpoints changed."""
@@ -287,7 +292,7 @@ class Model:
             name for name in set(self.tenants) | set(new) if self.tenants.get(name) != new.get(name)
         }
         self.tenants = new
-        clusters = {c for c, (tenant, _) in self._cluster_ports.items() if tenant in changed}
+        clusters = {c for c, (tenant, _, _) in self._cluster_ports.items() if tenant in changed}
         for cluster in clusters:
             self._put_cluster(cluster)
         return clusters

@@ -69,6 +69,8 @@ class Backend(TypedDict):
     nodePort: NotRequired[int]
     weight: NotRequired[int]  # relative share among the path's backends; 1 when absent
     problem: NotRequired[str]
+    #: "h2c": the backend speaks HTTP/2 in clear text (its Service port's appProtocol)
+    protocol: NotRequired[Literal["h2c"]]
 
 
 class HeaderMatch(TypedDict):

@@ -37,6 +37,11 @@ def normalize_path(path: str | None, path_type: str) -> str:
     return path
 
 
+#: the appProtocol values that say a Service port speaks HTTP/2 in clear text (Kubernetes'
+#: standard one, and the bare names Istio and Envoy Gateway take too; gRPC without TLS is h2c)
+H2C = frozenset({"kubernetes.io/h2c", "h2c", "grpc"})
+
+
 def service_port(svc: Obj, port: Mapping[str, Any]) -> Obj | None:
     for p in (svc.get("spec") or {}).get("ports") or []:
         if "number" in port and p.get("port") == port["number"]:
@@ -82,6 +87,8 @@ def resolve_backend(
         )
     if port.get("protocol", "TCP") != "TCP":
         return fail("UnsupportedBackend", f"Service port {port_label(port_ref)} is not TCP")
+    if port.get("appProtocol") in H2C:
+        out["protocol"] = "h2c"
     if not twins.needs_twin(svc):
         if not port.get("nodePort"):
             return fail("BackendPending", f"Service {namespace}/{name} has no nodePort yet")

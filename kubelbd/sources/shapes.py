@@ -160,6 +160,35 @@ class ServiceType(TypedDict, total=False):
     spec: _ServiceTypeSpec | None
 
 
+class _SlicePort(TypedDict, total=False):
+    name: str | None
+    port: Port | None
+    protocol: str | None
+    appProtocol: str | None
+
+
+class _EndpointConditions(TypedDict, total=False):
+    ready: bool | None
+    serving: bool | None
+    terminating: bool | None
+
+
+class _Endpoint(TypedDict, total=False):
+    addresses: Required[list[str]]
+    conditions: _EndpointConditions | None
+    nodeName: str | None
+    zone: str | None
+
+
+class EndpointSlice(TypedDict, total=False):
+    """A slice written by hand, as far as its mirror copies it (sources/twins.py)."""
+
+    metadata: Required[Metadata]
+    addressType: Required[str]
+    ports: list[_SlicePort] | None
+    endpoints: list[_Endpoint] | None
+
+
 # ---- Gateway API -----------------------------------------------------------------------------
 
 

@@ -3,6 +3,11 @@
 Users change nothing: the twin selects the same pods and exposes the same ports. It is labelled
 as kubelbd's, owned by the original Service (deleting that deletes the twin) and removed by
 kubelbd when no object of ours needs it any more. Pure: the tenant side creates and deletes.
+
+A Service whose EndpointSlices the tenant writes by hand (one without a selector, headless or
+not) has endpoints no selector can give its twin: each such slice gets a mirror, the same
+endpoints labelled for the twin (`mirror`), as Kubernetes' own mirroring controller does for
+Endpoints. A mirror is owned by the twin, so it goes with it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ def twin_name(service: str) -> str:
     return f"{name[:54]}-{digest}"
 
 
+def service_owner(name: str, uid: str) -> Obj:
+    """An ownerReference to a Service (no blockOwnerDeletion: docs in the tenant RBAC)."""
+    return {"apiVersion": "v1", "kind": "Service", "name": name, "uid": uid}
+
+
 def twin(svc: Obj) -> Obj:
     meta = svc["metadata"]
     spec = svc.get("spec") or {}
@@ -60,14 +70,7 @@ def twin(svc: Obj) -> Obj:
             "namespace": meta["namespace"],
             "labels": {MANAGED_BY: MANAGER, TWIN_OF: meta["name"]},
             "annotations": {"kubelb.io/description": "NodePort for the kubelbd load balancer"},
-            "ownerReferences": [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "name": meta["name"],
-                    "uid": meta.get("uid", ""),
-                }
-            ],
+            "ownerReferences": [service_owner(meta["name"], meta.get("uid", ""))],
         },
         "spec": {
             "type": "NodePort",
@@ -139,3 +142,68 @@ def free_node_ports(
     low, high = max(NODE_PORT_RANGE[0], allowed[0]), min(NODE_PORT_RANGE[1] - 1, allowed[1])
     free = [p for p in range(low, high + 1) if p not in used]
     return rng.sample(free, count) if 0 < count <= len(free) else []
+
+
+# ---- EndpointSlices written by hand ----------------------------------------------------------
+
+#: the label of a slice's Service, and of the controller that manages a slice (a slice
+#: without one is written by hand: those are mirrored)
+SERVICE_NAME = "kubernetes.io/service-name"
+SLICE_MANAGER = "endpointslice.kubernetes.io/managed-by"
+#: kubelbd's value of SLICE_MANAGER (so the EndpointSlice controller leaves mirrors alone)
+MIRRORED_BY = "kubelb.io"
+#: slices mirrored per Service (Kubernetes' mirroring controller keeps up to 1000 endpoints
+#: in one slice; a tenant needs no more than a few slices by hand)
+MAX_MIRRORED = 16
+
+
+def service_of(slice_: Obj) -> str | None:
+    """The Service a slice belongs to (its label), or None."""
+    name = labels_of(slice_).get(SERVICE_NAME)
+    return name or None
+
+
+def mirror(slice_: Obj, twin: Obj) -> Obj | None:
+    """The mirror of a hand-written slice for `twin` (created: it has a uid), or None when
+    the slice does not have a shape that can be mirrored."""
+    if not shapes.fits(shapes.EndpointSlice, slice_):
+        return None
+    meta, twin_meta = slice_["metadata"], twin["metadata"]
+    original = labels_of(twin).get(TWIN_OF, "")
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": twin_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {
+                MANAGED_BY: MANAGER,
+                TWIN_OF: original,
+                SERVICE_NAME: twin_meta["name"],
+                SLICE_MANAGER: MIRRORED_BY,
+            },
+            "ownerReferences": [service_owner(twin_meta["name"], twin_meta["uid"])],
+        },
+        "addressType": slice_["addressType"],
+        "ports": [
+            {k: p[k] for k in ("name", "port", "protocol", "appProtocol") if p.get(k) is not None}
+            for p in slice_.get("ports") or []
+        ],
+        "endpoints": [
+            {
+                k: e[k]
+                for k in ("addresses", "conditions", "nodeName", "zone")
+                if e.get(k) is not None
+            }
+            for e in slice_.get("endpoints") or []
+        ],
+    }
+
+
+def same_mirror(existing: Obj, desired: Obj) -> bool:
+    """Whether a mirror in the tenant already says what `desired` does."""
+    fields = ("addressType", "ports", "endpoints")
+    labels = desired["metadata"]["labels"]
+    return all(existing.get(f) == desired[f] for f in fields) and all(
+        labels_of(existing).get(k) == v for k, v in labels.items()
+    )

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterable, Sequence
 
 from ..kube import Kube
 from ..kube.informer import ErrorHandler, EventHandler, Informer
-from ..objects import NODES, SECRETS, SERVICES, Obj, Resource
+from ..objects import ENDPOINT_SLICES, NODES, SECRETS, SERVICES, Obj, Resource
 from ..records.policy import Policy
 from ..sources import OPTIONAL
 from ..sources.base import Ref, References, Source
+from .mirrors import Mirrors
 from .twins import Twins
 
 #: an object of ours: (source kind, namespace/name)
@@ -58,9 +59,11 @@ class TenantCaches:
         self.twins = Twins(
             kube.name, lambda: self.informers[SERVICES].cache, lambda: self.policy.node_ports
         )
+        # EndpointSlices written by hand, and kubelbd's mirrors of them for the twins.
+        self.mirrors = Mirrors(kube, on_event(ENDPOINT_SLICES), on_error, self.twins.get)
 
     def all_informers(self) -> list[Informer]:
-        return [*self.informers.values(), self.secrets]
+        return [*self.informers.values(), self.secrets, *self.mirrors.informers()]
 
     def cache(self, resource: Resource) -> dict[str, Obj]:
         return self.informers[resource].cache

@@ -28,7 +28,17 @@ from ..hub import RecordSink, Settling, StatusBoard
 from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
 from ..kube.client import timestamp
 from ..kube.informer import ErrorHandler, EventHandler
-from ..objects import NAMESPACES, NODES, SECRETS, SERVICES, Obj, Resource, key, split_key
+from ..objects import (
+    ENDPOINT_SLICES,
+    NAMESPACES,
+    NODES,
+    SECRETS,
+    SERVICES,
+    Obj,
+    Resource,
+    key,
+    split_key,
+)
 from ..records.names import LOADBALANCER, ROUTE
 from ..records.objects import namespace_object
 from ..records.policy import Policy, for_tenant, policy_of
@@ -254,6 +264,10 @@ class TenantSync:
                 if self.copies.on_secret(obj):
                     self._wake.set()
                 return
+            if resource == ENDPOINT_SLICES:
+                self.caches.mirrors.on_slice(obj)
+                self._wake.set()
+                return
             if resource == NODES:
                 self._nodes_dirty = True
                 self._wake.set()
@@ -308,6 +322,8 @@ class TenantSync:
         if original is not None:
             self.caches.twins.seen(obj)
             name = original
+            self.caches.mirrors.dirty.add((meta["namespace"], original))
+            self._wake.set()
         users = self.index.users(SERVICES, (meta["namespace"], name))
         if users:
             self._dirty |= users
@@ -395,6 +411,7 @@ class TenantSync:
         if self.limits.room_for_waiting(self.policy.limits):
             self._wake.set()  # a record went: the oldest waiting object gets its place
         await self.caches.twins.collect(self.kube, self._twin_candidates, self._twin_in_use)
+        await self.caches.mirrors.reconcile(self.kube)
         await self.copies.reconcile(self.caches.secrets.cache)
         if self._failed:
             first = next(iter(sorted(self._failed.items())))
