@@ -116,7 +116,9 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
               responseHeaders={"add": [{"name": "x-d", "value": "3"}], "remove": ["server"]}),
          path("/r", redirect={"scheme": "https", "hostname": "a.example.test", "port": 8443,
                               "statusCode": 308}),
-         path("/s", redirect={"statusCode": 301}), path("/grpc", port=30082, h2c=True)],
+         path("/s", redirect={"statusCode": 301}), path("/grpc", port=30082, h2c=True),
+         path("/slow", timeouts={"request": 90000, "backendRequest": 500}),
+         path("/unbounded", timeouts={"request": 0, "backendRequest": 0})],
         ["http", "alt"], "2026-01-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"},

@@ -13,7 +13,7 @@ from kubelbd.objects import Obj
 from kubelbd.records import parse
 from kubelbd.records.problems import Problem
 from kubelbd.records.status import SourceStatus
-from kubelbd.sources import gateway, gatewayapi, httproute
+from kubelbd.sources import gateway, gatewayapi, httpfilters, httproute
 from kubelbd.tenant.statuses import tenant_object_status
 
 from .test_golden_sources import GATEWAY_KINDS, View
@@ -291,3 +291,13 @@ def test_gateways_of_the_tenants_own_classes_naming_kubelbd_are_ours() -> None:
     assert gateway.GatewaySource().reported_objects(view)[0] == (
         gatewayapi.GATEWAY_CLASSES, reported[0]
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "ms"),
+    [("0s", 0), ("500ms", 500), ("1h30m", 5_400_000), ("1h1m1s1ms", 3_661_001),
+     ("1.5s", None), ("1d", None), ("", None), ("1h1m1s1ms1h", None), ("123456s", None),
+     ("-1s", None)],
+)  # fmt: skip
+def test_durations_are_read_as_gateway_api_writes_them(value: str, ms: int | None) -> None:
+    assert httpfilters.duration_ms(value) == ms

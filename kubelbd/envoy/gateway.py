@@ -18,6 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..ir.gateway import (
+    ANY_HOST,
     GatewayChain,
     GatewayHost,
     GatewayHTTPListener,
@@ -110,11 +111,21 @@ def _header_changes(ops: tuple[HeaderOp, ...], which: str) -> Resource:
     return out
 
 
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g}s"
+
+
 def _route(r: GatewayRule, port: int, tls: bool, settings: Settings) -> Resource:
     if r.redirect is not None:
         action: Resource = {"redirect": _redirect(r.redirect, port, tls)}
     else:
         action = route_action(r.target, settings, 500)
+    if "route" in action and r.request_timeout is not None:
+        action["route"]["timeout"] = _seconds(r.request_timeout)  # 0s: none
+    if "route" in action and r.backend_timeout:  # 0: none, as without one
+        # Each try is a request to a backend (the retries are the virtual host's).
+        retry = {**RETRY_POLICY, "per_try_timeout": _seconds(r.backend_timeout)}
+        action["route"]["retry_policy"] = retry
     route = {
         "match": _match(r),
         **action,
@@ -146,14 +157,40 @@ def gateway_listener(gl: GatewayHTTPListener, settings: Settings) -> Resource:
         "@type": LISTENER,
         "name": gl.name,
         "address": socket_address(gl.address, gl.port),
-        "filter_chains": [_chain(gl.name, gl.port, c, settings) for c in gl.chains],
+        "filter_chains": [_chain(gl, c, settings) for c in gl.chains],
     }
     if any(c.secret for c in gl.chains):
         out["listener_filters"] = [tls_inspector()]
     return out
 
 
-def _chain(listener: str, port: int, chain: GatewayChain, settings: Settings) -> Resource:
+def _misdirected(chain: GatewayChain, others: list[str], own: set[str]) -> list[Resource]:
+    """An HTTPS chain's answers for requests it must not serve: 421 Misdirected Request for
+    a host another HTTPS listener of the port serves (a more specific one, for a wildcard's
+    chain), and, on a chain with a hostname, for any host it does not serve (the client is
+    to open a connection for that name). A host of its own keeps its routes."""
+    out = []
+    taken = sorted(h for h in others if h not in own)
+    if taken:
+        out.append({"name": f"{chain.name}/421", "domains": taken, "routes": [MISDIRECTED]})
+    if chain.server_name and ANY_HOST not in own:
+        out.append(
+            {"name": f"{chain.name}/421-any", "domains": [ANY_HOST], "routes": [MISDIRECTED]}
+        )
+    return out
+
+
+MISDIRECTED: Resource = {
+    "match": {"prefix": "/"},
+    "direct_response": {
+        "status": 421,
+        "body": {"inline_string": "this host is not served on this connection\n"},
+    },
+}
+
+
+def _chain(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings) -> Resource:
+    listener, port = gl.name, gl.port
     name = f"{listener}/{chain.name}" if chain.name else listener
     manager = hcm(name, name, settings, front=True)
     del manager["rds"]
@@ -161,7 +198,11 @@ def _chain(listener: str, port: int, chain: GatewayChain, settings: Settings) ->
     # checks it); virtual hosts match it without its port.
     del manager["strip_any_host_port"]
     tls = bool(chain.secret)
-    table = route_config(name, [_virtual_host(name, h, port, tls, settings) for h in chain.hosts])
+    vhosts = [_virtual_host(name, h, port, tls, settings) for h in chain.hosts]
+    if tls:
+        others = [c.server_name for c in gl.chains if c is not chain and c.server_name]
+        vhosts += _misdirected(chain, others, {h.domain for h in chain.hosts})
+    table = route_config(name, vhosts)
     del table["@type"]  # a message field here, not an Any: Envoy refuses the type URL
     # An inline table's clusters are checked when the listener is added (RDS tables' are
     # not), and Envoy may read the listener file before the cluster file written just before
@@ -176,5 +217,7 @@ def _chain(listener: str, port: int, chain: GatewayChain, settings: Settings) ->
     out["name"] = name
     if chain.server_name:
         out["filter_chain_match"] = {"server_names": [chain.server_name]}
-    out["transport_socket"] = downstream_tls(chain.secret)
+    # HTTP/2 too: a client may then reuse a connection for another name the certificate
+    # covers, which is what the 421 answers above are for.
+    out["transport_socket"] = downstream_tls(chain.secret, ("h2", "http/1.1"))
     return out

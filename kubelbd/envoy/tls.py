@@ -138,8 +138,9 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
     }
 
 
-def downstream_tls(secret: str) -> Resource:
-    """TLS served with one certificate (a secret id), which Envoy takes from SDS."""
+def downstream_tls(secret: str, alpn: tuple[str, ...] = ("http/1.1",)) -> Resource:
+    """TLS served with one certificate (a secret id), which Envoy takes from SDS, offering
+    the application protocols `alpn`."""
     sds = {"name": secret, "sds_config": SDS_CONFIG}
     return {
         "name": "envoy.transport_sockets.tls",
@@ -147,7 +148,7 @@ def downstream_tls(secret: str) -> Resource:
             "@type": DOWNSTREAM_TLS,
             "common_tls_context": {
                 "tls_certificate_sds_secret_configs": [sds],
-                "alpn_protocols": ["http/1.1"],
+                "alpn_protocols": list(alpn),
             },
         },
     }

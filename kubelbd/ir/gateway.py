@@ -77,6 +77,10 @@ class GatewayRule:
     request_headers: tuple[HeaderOp, ...] = ()
     response_headers: tuple[HeaderOp, ...] = ()
     redirect: Redirect | None = None
+    #: milliseconds (0: none) for the whole request and each request to a backend; None:
+    #: the default
+    request_timeout: int | None = None
+    backend_timeout: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ def _rule(route: RouteRecord, p: HTTPPath) -> GatewayRule:
         Redirect(redirect.get("statusCode", 302), redirect.get("scheme", ""),
                  redirect.get("hostname", ""), redirect.get("port", 0))
         if redirect is not None else None,
+        p.get("timeouts", {}).get("request"), p.get("timeouts", {}).get("backendRequest"),
     )  # fmt: skip
 
 

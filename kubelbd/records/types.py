@@ -105,6 +105,14 @@ class Redirect(TypedDict, total=False):
     statusCode: int
 
 
+class Timeouts(TypedDict, total=False):
+    """Gateway API's rule timeouts, in milliseconds (0: none): the whole request, and each
+    request to a backend."""
+
+    request: int
+    backendRequest: int
+
+
 class HTTPPath(TypedDict):
     path: str
     pathType: PathType
@@ -118,6 +126,7 @@ class HTTPPath(TypedDict):
     requestHeaders: NotRequired[HeaderFilter]
     responseHeaders: NotRequired[HeaderFilter]
     redirect: NotRequired[Redirect]
+    timeouts: NotRequired[Timeouts]
 
 
 class HTTPRule(TypedDict):

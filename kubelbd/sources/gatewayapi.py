@@ -36,19 +36,26 @@ MAX_LISTENERS = 64
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
 #: what kubelbd does, as Gateway API names its features (pkg/features): core Gateway and
-#: HTTPRoute, a listener on 8080, method and query parameter matches, a parentRef's port,
-#: response headers changed, redirects of scheme and port and with every status code; sorted
+#: HTTPRoute, 421 for a host another HTTPS listener serves, a listener on 8080, method and
+#: query parameter matches, a parentRef's port, response headers changed, redirects of
+#: scheme and port and with every status code, backends in HTTP/2 (h2c) and WebSocket,
+#: timeouts; sorted
 SUPPORTED_FEATURES = (
     "Gateway",
+    "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteBackendTimeout",
     "HTTPRouteMethodMatching",
     "HTTPRouteParentRefPort",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestTimeout",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",

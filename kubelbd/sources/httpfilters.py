@@ -1,5 +1,6 @@
-"""An HTTPRoute rule's filters, as the record carries them (pure): headers of the request and
-of the response changed, or a redirect answered instead of forwarding.
+"""An HTTPRoute rule's filters and timeouts, as the record carries them (pure): headers of
+the request and of the response changed, or a redirect answered instead of forwarding; how
+long the whole request, and each request to a backend, may take.
 
 Every value is checked here for what Envoy would refuse (it would reject the whole listener
 file, every tenant's change with it): header names are HTTP tokens and never pseudo-headers
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..records.problems import Problem
-from ..records.types import HeaderFilter, HeaderValue, HTTPPath, Redirect
+from ..records.types import HeaderFilter, HeaderValue, HTTPPath, Redirect, Timeouts
 from .common import HOST
 
 #: the filters served, by Gateway API's type names
@@ -38,6 +39,7 @@ class Filters:
         self.request_headers: HeaderFilter | None = None
         self.response_headers: HeaderFilter | None = None
         self.redirect: Redirect | None = None
+        self.timeouts: Timeouts | None = None
         self.problem: Problem | None = None
 
     def apply(self, path: HTTPPath) -> None:
@@ -48,13 +50,20 @@ class Filters:
             path["responseHeaders"] = self.response_headers
         if self.redirect is not None:
             path["redirect"] = self.redirect
+        if self.timeouts:
+            path["timeouts"] = self.timeouts
 
 
-def of_rule(filters: list[Mapping[str, Any]]) -> Filters:
-    """A rule's filters (of the right shape), checked."""
+def of_rule(rule: Mapping[str, Any]) -> Filters:
+    """A rule's filters and timeouts (of the right shape), checked."""
     out = Filters()
+    timeouts = timeouts_of(rule.get("timeouts") or {})
+    if isinstance(timeouts, Problem):
+        out.problem = timeouts
+        return out
+    out.timeouts = timeouts
     seen: set[str] = set()
-    for f in filters:
+    for f in rule.get("filters") or []:
         kind = f["type"]
         if kind not in SERVED:
             out.problem = Problem("UnsupportedFilter", f"filter {kind[:64]} is not supported")
@@ -156,4 +165,35 @@ def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
         out["hostname"] = host
     if spec.get("port") is not None:
         out["port"] = spec["port"]
+    return out
+
+
+#: Gateway API's duration (GEP-2257): up to four number-unit parts, e.g. 1h30m, 500ms
+DURATION = re.compile(r"(?:[0-9]{1,5}(?:h|m|s|ms)){1,4}")
+_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
+_MS = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+
+
+def duration_ms(value: str) -> int | None:
+    """A Gateway API duration in milliseconds, or None when it is not one."""
+    if not DURATION.fullmatch(value):
+        return None
+    return sum(int(n) * _MS[unit] for n, unit in _PART.findall(value))
+
+
+def timeouts_of(spec: Mapping[str, Any]) -> Timeouts | Problem:
+    """A rule's timeouts in milliseconds (0: none); a backend's may not be longer than the
+    request's, as Gateway API says."""
+    out: Timeouts = {}
+    for field in ("request", "backendRequest"):
+        value = spec.get(field)
+        if value is None:
+            continue
+        ms = duration_ms(value)
+        if ms is None:
+            return Problem("UnsupportedValue", f"timeout {field} {value[:32]!r} is not a duration")
+        out[field] = ms
+    request, backend = out.get("request"), out.get("backendRequest")
+    if request and backend is not None and backend > request:
+        return Problem("UnsupportedValue", "timeout backendRequest is longer than request")
     return out

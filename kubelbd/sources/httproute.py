@@ -334,7 +334,7 @@ def path_of(match: Mapping[str, Any], problems: list[Problem]) -> HTTPPath | Non
 def paths_of(
     rule: Mapping[str, Any], ns: str, view: TenantView, problems: list[Problem]
 ) -> list[HTTPPath]:
-    filters = httpfilters.of_rule(rule.get("filters") or [])
+    filters = httpfilters.of_rule(rule)
     if filters.problem is not None:
         problems.append(filters.problem)
         backends: list[Backend] = []  # served, as nothing: 500

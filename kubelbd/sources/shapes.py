@@ -346,10 +346,16 @@ class _BackendRef(TypedDict, total=False):
     filters: list[_Filter] | None
 
 
+class _Timeouts(TypedDict, total=False):
+    request: str | None
+    backendRequest: str | None
+
+
 class _RouteRule(TypedDict, total=False):
     matches: list[_RouteMatch] | None
     filters: list[_Filter] | None
     backendRefs: list[_BackendRef] | None
+    timeouts: _Timeouts | None
 
 
 class _HTTPRouteSpec(_ParentRefsSpec, total=False):
