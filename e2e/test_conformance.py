@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 #: one of each thing kubelbd does, and the tests that found its bugs: HTTP and HTTPS
 #: listeners, matches, grants, certificate references, filters, status of the tenant's own
-#: GatewayClass
+#: GatewayClass, a GRPCRoute
 FAST = (
     "HTTPRouteSimpleSameNamespace",
     "HTTPRouteMatching",
@@ -29,6 +29,7 @@ FAST = (
     "HTTPRouteRequestHeaderModifier",
     "HTTPRouteRedirectHostAndStatus",
     "GatewayClassObservedGenerationBump",
+    "GRPCExactMethodMatching",
 )
 
 
@@ -48,7 +49,7 @@ async def test_conformance(fleet: FleetHandle) -> None:
     selected = f"^TestConformance$/^({'|'.join(FAST)})$"
     result = await anyio.run_process(
         [str(binary), "-test.run", selected, "-test.v", "-gateway-class=kubelb",
-         "-cleanup-base-resources=false"],
+         "-cleanup-base-resources=false", "-conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC"],
         env=env, check=False,
     )  # fmt: skip
     out = result.stdout.decode(errors="replace")

@@ -5,6 +5,7 @@ The full picture, records to Envoy, is the golden case tests/golden/ir/gateway-h
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -118,6 +119,11 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
                               "statusCode": 308}),
          path("/s", redirect={"statusCode": 301}), path("/grpc", port=30082, h2c=True),
          path("/slow", timeouts={"request": 90000, "backendRequest": 500}),
+         # Envoy's formatter would read these (and reject the first): literal here.
+         path("/percent", requestHeaders={"set": [{"name": "x-p", "value": "50%"}], "add": [
+             {"name": "x-e", "value": "%ENVIRONMENT(HOME)%"}]}),
+         # Past a million seconds: never in exponent notation.
+         path("/long", timeouts={"request": 4 * 99999 * 3_600_000, "backendRequest": 1_234_567}),
          path("/unbounded", timeouts={"request": 0, "backendRequest": 0})],
         ["http", "alt"], "2026-01-01",
     )  # fmt: skip
@@ -132,6 +138,9 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
     assert "typed_extension_protocol_options" in next(
         c for c in files["cds.json"] if c["name"].endswith("/h2c")
     )  # an HTTP/2 cluster, for Envoy to check
+    text = json.dumps(files["lds.json"])
+    assert '"50%%"' in text and '"%%ENVIRONMENT(HOME)%%"' in text
+    assert '"1439985600.000s"' in text and '"1234.567s"' in text
     names = {x["name"] for x in files["lds.json"]}
     assert {"gw/alpha/gw.web.gateway/80", "gw/alpha/gw.web.gateway/8081"} <= names
     result = envoy_validate(static_bootstrap(files))

@@ -29,6 +29,7 @@ from .goldens import cases, check, conforms, read_input
 GATEWAY_KINDS = {
     "gateways": gatewayapi.GATEWAYS,
     "httproutes": gatewayapi.HTTPROUTES,
+    "grpcroutes": gatewayapi.GRPCROUTES,
     "referenceGrants": gatewayapi.REFERENCE_GRANTS,
     "gatewayClasses": gatewayapi.GATEWAY_CLASSES,
 }
@@ -125,6 +126,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "Service": tenant.get("services") or [],
             "Gateway": tenant.get("gateways") or [],
             "HTTPRoute": tenant.get("httproutes") or [],
+            "GRPCRoute": tenant.get("grpcroutes") or [],
         }
         for source in SOURCES:
             for obj in kinds[source.kind]:

@@ -20,6 +20,7 @@ from kubelbd.sources.gatewayapi import (
     HTTPROUTES,
     REFERENCE_GRANTS,
 )
+from kubelbd.tenant import sync
 from kubelbd.tenant.sync import TenantSettings, TenantSync
 
 from .fakekube import Connector, FakeKube, kubeconfig
@@ -144,3 +145,42 @@ async def test_a_tenant_registered_before_gateway_api_is_served_and_says_what_is
         assert tenant.stored(GATEWAY_CLASSES, CLASS_NAME) is None
         tenant.heal()
         await until(lambda: accepted_generation(tenant) == 1, "the GatewayClass, once allowed")
+
+
+async def test_the_tenants_own_gateway_class_gets_a_status_written_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GatewayClass of the tenant's naming kubelbd's controller: Accepted at its
+    generation, and written again only when that changes, not on every resync."""
+    # Every write at a later second: a status compared with itself would be rewritten.
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(sync, "timestamp", lambda: f"2026-01-01T00:00:{next(ticks):06d}Z")
+    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
+    await tenant.create(NAMESPACES, namespace("default"))
+    await tenant.create(NODES, node("n1", "10.0.0.1"))
+    mine = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "mine"},
+            "spec": {"controllerName": "kubelb.io/gateway-controller"}}  # fmt: skip
+    await tenant.create(GATEWAY_CLASSES, mine)
+
+    def observed() -> object:
+        cls = tenant.stored(GATEWAY_CLASSES, "mine") or {}
+        conditions = (cls.get("status") or {}).get("conditions") or [{}]
+        return conditions[0].get("observedGeneration")
+
+    def writes() -> int:
+        return sum(1 for c in tenant.changes(GATEWAY_CLASSES) if c.key[-1] == "mine")
+
+    async with running(sync_of(tenant, mgmt).run):
+        await until(lambda: observed() == 1, "the tenant's GatewayClass accepted")
+        settled = writes()
+        # Gateways come and go (each a resync of the kind): nothing more is written to it.
+        for i in range(3):
+            await tenant.create(GATEWAYS, {**gateway(f"gw{i}"), "spec": {
+                **gateway(f"gw{i}")["spec"], "gatewayClassName": "mine"}})  # fmt: skip
+        await until(lambda: mgmt.stored(LOADBALANCERS, "default.gw2.gateway", NS), "served")
+        await tenant.patch(GATEWAY_CLASSES, CLASS_NAME, {"spec": {"description": "x"}})
+        await until(lambda: accepted_generation(tenant) == 3, "kubelb's applied again")
+        assert writes() == settled
+        await tenant.patch(GATEWAY_CLASSES, "mine", {"spec": {"description": "new"}})
+        await until(lambda: observed() == 2, "observed at its new generation")

@@ -13,7 +13,7 @@ from kubelbd.objects import Obj
 from kubelbd.records import parse
 from kubelbd.records.problems import Problem
 from kubelbd.records.status import SourceStatus
-from kubelbd.sources import gateway, gatewayapi, httpfilters, httproute
+from kubelbd.sources import gateway, gatewayapi, httpfilters, httproute, routes
 from kubelbd.tenant.statuses import tenant_object_status
 
 from .test_golden_sources import GATEWAY_KINDS, View
@@ -141,13 +141,13 @@ def test_malformed_grants_namespaces_and_gateways_grant_and_attach_nothing() -> 
 
 
 def test_regular_expressions_envoy_might_refuse_are_not_handed_on() -> None:
-    assert httproute.regex_problem("^/api/v[0-9]+$") is None
+    assert routes.regex_problem("^/api/v[0-9]+$") is None
     for bad in ("(?i)x", "(a)\\1", "a{2,3}", "[", "x" * 200, "\\p{Greek}"):
-        assert httproute.regex_problem(bad) is not None, bad
+        assert routes.regex_problem(bad) is not None, bad
 
 
 def test_hostnames_meet_as_gateway_api_says() -> None:
-    meet = httproute.hostnames_meet
+    meet = routes.hostnames_meet
     assert meet("*.example.com", "a.b.example.com") and meet("a.example.com", "*.example.com")
     assert meet("*.example.com", "*.a.example.com") and meet("x.com", "x.com")
     assert not meet("*.example.com", "example.com") and not meet("a.example.com", "b.example.com")
@@ -206,17 +206,17 @@ def test_route_parents_of_other_controllers_are_kept() -> None:
              "status": {"parents": [theirs, _parent(gatewayapi.CONTROLLER, T0)]}}  # fmt: skip
     same = SourceStatus("HTTPRoute", "default", "r", "u",
                         document=json.dumps([_parent(gatewayapi.CONTROLLER)]))  # fmt: skip
-    assert httproute.status_patch(route, same, T1) is None
+    assert routes.status_patch(route, same, T1) is None
     refused = json.dumps([_parent(gatewayapi.CONTROLLER, status="False")])
     moved = SourceStatus("HTTPRoute", "default", "r", "u", document=refused)
-    patch = httproute.status_patch(route, moved, T1)
+    patch = routes.status_patch(route, moved, T1)
     assert patch is not None and patch.body["metadata"] == {"resourceVersion": "7"}
     parents = patch.body["status"]["parents"]
     assert parents[0] == theirs
     assert parents[1]["conditions"][0]["lastTransitionTime"] == T1
     # The record gone: kubelbd's entries go, the others stay.
     final = SourceStatus("HTTPRoute", "default", "r", "u", final=True)
-    patch = httproute.status_patch(route, final, T1)
+    patch = routes.status_patch(route, final, T1)
     assert patch is not None and patch.body["status"]["parents"] == [theirs]
 
 
@@ -242,7 +242,7 @@ def test_a_match_envoy_would_refuse_is_never_recorded(lower: bool, name: str) ->
     """A tenant may loosen its own CRD: a header or parameter name Envoy's matcher refuses
     would make it reject the whole listener file, so the match is refused here."""
     problems: list[Problem] = []
-    got = httproute.value_matches([{"name": name, "value": "1"}], "header", lower, problems)
+    got = routes.value_matches([{"name": name, "value": "1"}], "header", lower, problems)
     assert got is None and [p.reason for p in problems] == ["UnsupportedValue"]
 
 
@@ -301,3 +301,24 @@ def test_gateways_of_the_tenants_own_classes_naming_kubelbd_are_ours() -> None:
 )  # fmt: skip
 def test_durations_are_read_as_gateway_api_writes_them(value: str, ms: int | None) -> None:
     assert httpfilters.duration_ms(value) == ms
+
+
+def test_an_object_of_any_size_makes_a_bounded_record() -> None:
+    """A tenant that loosened its CRDs: 20,000 listeners, or 100 hostnames x 100 rules x 50
+    matches, make records of bounded size (Envoy, etcd and the Events never see the rest)."""
+    gw: Obj = {"metadata": {"name": "gw", "namespace": "default"}, "spec": {
+        "gatewayClassName": "kubelb",
+        "listeners": [{"name": f"l{i}", "port": 1000 + i % 60000, "protocol": "TCP"}
+                      for i in range(20000)]}}  # fmt: skip
+    result = gateway.translate(gw, _view())
+    assert len(result.problems) == 32 and result.problems[-1].message.startswith("and ")
+    assert len(json.dumps(result.spec)) < 20_000
+    rules = [{"matches": [{"path": {"value": f"/r{r}/m{m}"}} for m in range(50)],
+              "backendRefs": [{"name": "web", "port": 80}] * 40} for r in range(100)]  # fmt: skip
+    hosts = [f"h{i}.example.com" for i in range(100)]
+    route = _route({"parentRefs": [{"name": "gw"}] * 1000, "hostnames": hosts, "rules": rules})
+    spec = httproute.translate(route, _view()).spec
+    assert len(spec["rules"]) == routes.MAX_HOSTNAMES and len(spec["parents"]) == 1
+    assert all(len(r["paths"]) == routes.MAX_MATCHES for r in spec["rules"])
+    assert all(len(p["backends"]) <= routes.MAX_BACKENDS for r in spec["rules"] for p in r["paths"])
+    assert len(spec.get("problems", [])) <= 32

@@ -369,7 +369,7 @@ class DataPlane:
             ),
         )
         # Certificates first: to the secret server, before the listener that names them.
-        self.tls.serve_gateways(self.gateways.secrets)
+        self.tls.serve_gateways(self.gateways.secrets, bool(self.gateways.unserved))
         files.update(self.renderer.update_gateways(self.gateways.listeners))
         moved = {
             rid for rid in set(before.served) | set(self.gateways.served)

@@ -54,6 +54,7 @@ class TLSState:
         self.secrets = secrets
         self._served: set[str] = set()
         self._gateways_served: set[str] = set()  # the Gateways' HTTPS listeners'
+        self._gateways_waiting = False  # a Gateway's HTTPS listener has no certificate
         #: counts changes of `certificates` (and their rechecks): what Gateways re-render on
         self.version = 0
         self._file_applied = file_applied
@@ -175,17 +176,20 @@ class TLSState:
         moved |= {r for r in before if before.get(r) != problems.get(r)}
         return moved
 
-    def serve_gateways(self, secrets: dict[str, tls.CertificateData]) -> None:
+    def serve_gateways(self, secrets: dict[str, tls.CertificateData], unserved: bool) -> None:
         """The certificates the Gateways' HTTPS listeners are served with (checked by
-        ir.gateway), to the secret server before the listeners naming them are written."""
+        ir.gateway), to the secret server before the listeners naming them are written;
+        `unserved`: some listener has none (one not valid yet may be by the next look)."""
         self.secrets.put(secrets.values())
         self._gateways_served = set(secrets)
+        self._gateways_waiting = unserved
 
     async def recheck(self) -> None:
         """Certificates expire while being served: look again every minute."""
         while True:
             await anyio.sleep(RECHECK_INTERVAL)
-            if self._gateways_served:
+            gateways = bool(self._gateways_served) or self._gateways_waiting
+            if gateways:
                 self.version += 1
-            if self.routes or self._gateways_served:
+            if self.routes or gateways:
                 self.changed()

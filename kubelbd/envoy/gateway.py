@@ -95,7 +95,10 @@ def _header_changes(ops: tuple[HeaderOp, ...], which: str) -> Resource:
     out: Resource = {}
     add = [
         {
-            "header": {"key": name, "value": value},
+            # Envoy reads %...% in a value as a formatter command (one it does not know
+            # rejects the listener file; %ENVIRONMENT(...)% would read its environment):
+            # the tenant's value is literal.
+            "header": {"key": name, "value": value.replace("%", "%%")},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
             if op == "set"
             else "APPEND_IF_EXISTS_OR_ADD",
@@ -112,7 +115,8 @@ def _header_changes(ops: tuple[HeaderOp, ...], which: str) -> Resource:
 
 
 def _seconds(ms: int) -> str:
-    return f"{ms / 1000:g}s"
+    """Milliseconds as a protobuf Duration in JSON (never in exponent notation)."""
+    return f"{ms // 1000}.{ms % 1000:03d}s"
 
 
 def _route(r: GatewayRule, port: int, tls: bool, settings: Settings) -> Resource:

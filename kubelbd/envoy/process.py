@@ -61,6 +61,16 @@ def write_bootstrap(config_dir: Path, admin: str, node_id: str, template: Path =
 DRAIN_GRACE = 1.0
 
 
+#: what of kubelbd's environment Envoy gets: nothing secret (kubelbd's may hold the DNS
+#: key, and Envoy's formatter can read its environment into a header: defence in depth
+#: beside the escaping in envoy/gateway.py)
+ENVOY_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def envoy_environment() -> dict[str, str]:
+    return {k: os.environ[k] for k in ENVOY_ENVIRONMENT if k in os.environ}
+
+
 class EnvoyProcess:
     def __init__(
         self,
@@ -172,6 +182,7 @@ class EnvoyProcess:
                 stdout=log_file or subprocess.DEVNULL,
                 stderr=log_file or subprocess.STDOUT,
                 start_new_session=True,
+                env=envoy_environment(),
             )
         finally:
             if log_file is not None:

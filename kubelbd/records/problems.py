@@ -25,6 +25,22 @@ class Problem:
         return {"reason": self.reason, "message": self.message}
 
 
+#: problems one object may list in its record before the rest are summed up in one
+MAX_PROBLEMS = 32
+
+
+def capped(problems: list[Problem], limit: int = MAX_PROBLEMS) -> list[Problem]:
+    """At most `limit` problems: past it, the last says how many more there are (a record,
+    its condition and the Events on the object stay bounded, whatever the object holds)."""
+    if len(problems) <= limit:
+        return problems
+    more = len(problems) - limit + 1
+    return [
+        *problems[: limit - 1],
+        Problem(problems[limit - 1].reason, f"and {more} more problems"),
+    ]
+
+
 def problems_of(specs: Iterable[ProblemSpec]) -> list[Problem]:
     return [Problem(p["reason"], p["message"]) for p in specs]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..objects import Obj, Resource
 from ..records.names import LOADBALANCER, copy_name
-from ..records.problems import Problem, Translation
+from ..records.problems import Problem, Translation, capped
 from ..records.status import SourceStatus
 from ..records.types import GatewayListener, LoadBalancerSpec
 from . import gatewayapi, shapes
@@ -64,6 +64,7 @@ def translate(gateway: Obj, view: TenantView) -> Translation[LoadBalancerSpec]:
         out["requestedAddress"] = address
     if not served and not problems:
         problems.append(Problem("NoListeners", "the Gateway has no listeners"))
+    problems = capped(problems)
     if problems:
         out["problems"] = [p.spec() for p in problems]
     return Translation(out, problems)

@@ -27,11 +27,14 @@ GROUP = "gateway.networking.k8s.io"
 API_VERSION = f"{GROUP}/v1"
 GATEWAYS = Resource(API_VERSION, "gateways")
 HTTPROUTES = Resource(API_VERSION, "httproutes")
+GRPCROUTES = Resource(API_VERSION, "grpcroutes")
 GATEWAY_CLASSES = Resource(API_VERSION, "gatewayclasses", namespaced=False)
 REFERENCE_GRANTS = Resource(f"{GROUP}/v1beta1", "referencegrants")
 
-#: listeners served per Gateway, as the Gateway API CRD allows (a tenant may loosen its CRD)
+#: listeners served per Gateway, as the Gateway API CRD allows (a tenant may loosen its CRD),
+#: and read at all (the rest are one problem)
 MAX_LISTENERS = 64
+MAX_LISTENERS_READ = 2 * MAX_LISTENERS
 #: the GatewayClass kubelbd keeps in every tenant, and the controller it names
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
@@ -44,6 +47,7 @@ SUPPORTED_FEATURES = (
     "Gateway",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
+    "GRPCRoute",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
@@ -62,11 +66,13 @@ SUPPORTED_FEATURES = (
 )
 #: the listener protocols served in this slice, and the route kinds each takes
 SERVED_PROTOCOLS = ("HTTP", "HTTPS")
-ROUTE_KINDS = {"HTTP": ("HTTPRoute",), "HTTPS": ("HTTPRoute",)}
+ROUTE_KINDS = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GRPCRoute")}
 #: the tenant's own GatewayClasses naming kubelbd's controller that it reports on
 MAX_CLASSES = 16
-#: certificateRefs read per listener (Gateway API's own limit)
+#: certificateRefs read per listener (Gateway API's own limit), and the Secrets of them
+#: copied (the first usable one is served: a few to fall back on are enough)
 MAX_CERTIFICATE_REFS = 64
+MAX_CERTIFICATES = 4
 
 
 def gateway_record(namespace: str, name: str) -> str:
@@ -76,12 +82,13 @@ def gateway_record(namespace: str, name: str) -> str:
     return dotted(namespace, f"{name}.gateway")
 
 
-def httproute_record(namespace: str, name: str) -> str:
-    """An HTTPRoute's Route record: `<ns>.<name>.httproute`. An Ingress's is `<ns>.<name>`
-    and an Ingress name may have dots, so an Ingress `x.httproute` and an HTTPRoute `x` of
-    one namespace would share a record: only the owner of that namespace can make both
-    (no other namespace, no other tenant), and a shorter scheme has the same hole."""
-    return dotted(namespace, f"{name}.httproute")
+def route_record(kind: str, namespace: str, name: str) -> str:
+    """A route's Route record: `<ns>.<name>.httproute` (`.grpcroute`, ...). An Ingress's is
+    `<ns>.<name>` and an Ingress name may have dots, so an Ingress `x.httproute` and an
+    HTTPRoute `x` of one namespace would share a record: only the owner of that namespace
+    can make both (no other namespace, no other tenant), and a shorter scheme has the same
+    hole."""
+    return dotted(namespace, f"{name}.{kind.lower()}")
 
 
 def is_our_gateway(gateway: Obj, view: TenantView) -> bool:
@@ -212,14 +219,21 @@ class Listeners:
     names: set[str] = field(default_factory=set)
 
 
-def listeners(gateway: Obj, view: TenantView) -> Listeners:
+def listeners(gateway: Obj, view: TenantView, certificates: bool = True) -> Listeners:
     """Which listeners of a Gateway (of the right shape) are served: HTTP or HTTPS, a
     hostname that is a DNS name the tenant may have, no earlier listener with the same name,
-    with the same port and hostname, or with another protocol on the same port."""
+    with the same port and hostname, or with another protocol on the same port. Without
+    `certificates`, HTTPS listeners' certificateRefs are not looked at (a route's attachment
+    does not depend on them)."""
     out = Listeners()
     seen: dict[tuple[int, str], str] = {}
     protocols: dict[int, tuple[str, str]] = {}  # port -> (protocol, first listener's name)
-    for listener in (gateway.get("spec") or {}).get("listeners") or []:
+    listed = (gateway.get("spec") or {}).get("listeners") or []
+    if len(listed) > MAX_LISTENERS_READ:
+        unread = len(listed) - MAX_LISTENERS_READ
+        message = f"{unread} listeners past the first {MAX_LISTENERS_READ} are not read"
+        out.problems.append(Problem("TooManyListeners", message))
+    for listener in listed[:MAX_LISTENERS_READ]:
         name = listener["name"]
         if name in out.names:
             out.problems.append(listener_problem(listener, "DuplicateName", "listed twice"))
@@ -248,7 +262,7 @@ def listeners(gateway: Obj, view: TenantView) -> Listeners:
         else:
             served.pop("hostname", None)
         out.served.append(served)
-        out.resolved[name] = _resolve(listener, gateway, view)
+        out.resolved[name] = _resolve(listener, gateway, view, certificates)
     return out
 
 
@@ -279,11 +293,11 @@ def _refused(listener: Obj, served: int, policy: Policy) -> Problem | None:
     return None
 
 
-def _resolve(listener: Obj, gateway: Obj, view: TenantView) -> Resolved:
+def _resolve(listener: Obj, gateway: Obj, view: TenantView, certificates: bool) -> Resolved:
     """A served listener's route kinds and certificates (see Resolved)."""
     kinds, unresolved = _route_kinds(listener)
     out = Resolved(kinds, unresolved=unresolved)
-    if listener["protocol"] != "HTTPS":
+    if listener["protocol"] != "HTTPS" or not certificates:
         return out
     gateway_ns = (gateway.get("metadata") or {}).get("namespace", "")
     refs = ((listener.get("tls") or {}).get("certificateRefs") or [])[:MAX_CERTIFICATE_REFS]
@@ -292,7 +306,7 @@ def _resolve(listener: Obj, gateway: Obj, view: TenantView) -> Resolved:
         target = certificate_target(ref, gateway_ns, view)
         if isinstance(target, Problem):
             problems.append(target)
-        else:
+        elif len(out.certificates) < MAX_CERTIFICATES:
             out.certificates.append(target)
     if not refs:
         problems.append(Problem("InvalidCertificateRef", "an HTTPS listener needs certificateRefs"))

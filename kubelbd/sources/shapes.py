@@ -368,6 +368,33 @@ class HTTPRoute(TypedDict, total=False):
     spec: _HTTPRouteSpec | None
 
 
+class _MethodMatch(TypedDict, total=False):
+    type: str | None
+    service: str | None
+    method: str | None
+
+
+class _GRPCRouteMatch(TypedDict, total=False):
+    method: _MethodMatch | None
+    headers: list[_ValueMatch] | None
+
+
+class _GRPCRouteRule(TypedDict, total=False):
+    matches: list[_GRPCRouteMatch] | None
+    filters: list[_Filter] | None
+    backendRefs: list[_BackendRef] | None
+
+
+class _GRPCRouteSpec(_ParentRefsSpec, total=False):
+    hostnames: list[str] | None
+    rules: list[_GRPCRouteRule] | None
+
+
+class GRPCRoute(TypedDict, total=False):
+    metadata: Metadata
+    spec: _GRPCRouteSpec | None
+
+
 class _GrantFrom(TypedDict, total=False):
     group: Required[str]
     kind: Required[str]

@@ -61,34 +61,47 @@ class Mirrors:
         that mirror nothing. One that fails is dirty again, with those not reached yet; one
         that changes meanwhile is dirty again too (the set is taken, not emptied after)."""
         batch, self.dirty = sorted(self.dirty), set()
+        if not batch:
+            return
+        slices: dict[Ref, list[Obj]] = {}  # (namespace, Service) -> its hand-written slices
+        for s in self.hand.cache.values():
+            service = twins.service_of(s)
+            if service:
+                slices.setdefault((s["metadata"].get("namespace", ""), service), []).append(s)
+        made: dict[Ref, dict[str, Obj]] = {}  # (namespace, Service) -> its mirrors by name
+        for m in self.mirrors.cache.values():
+            original = labels_of(m).get(twins.TWIN_OF)
+            if original:
+                ref = (m["metadata"].get("namespace", ""), original)
+                made.setdefault(ref, {})[m["metadata"]["name"]] = m
+        failed: ApiError | ConnectionError | None = None
         for i, ref in enumerate(batch):
             try:
-                await self._one(kube, *ref)
+                await self._one(kube, *ref, slices.get(ref, []), made.get(ref, {}))
+            except (ApiError, ConnectionError) as e:
+                # That Service's mirrors are retried; the others go on.
+                self.dirty.add(ref)
+                failed = failed or e
             except BaseException:
                 self.dirty.update(batch[i:])
                 raise
+        if failed is not None:
+            raise failed
 
-    async def _one(self, kube: Kube, ns: str, service: str) -> None:
+    async def _one(
+        self, kube: Kube, ns: str, service: str, slices: list[Obj], existing: dict[str, Obj]
+    ) -> None:
         twin = self._twin(ns, service)
         desired: dict[str, Obj] = {}
         if twin is not None and twin["metadata"].get("uid"):
-            slices = sorted(
-                (s for s in self.hand.cache.values()
-                 if s["metadata"].get("namespace") == ns and twins.service_of(s) == service),
-                key=lambda s: str(s["metadata"].get("name")),
-            )[: twins.MAX_MIRRORED]  # fmt: skip
-            for s in slices:
+            ordered = sorted(slices, key=lambda s: str(s["metadata"].get("name")))
+            for s in ordered[: twins.MAX_MIRRORED]:
                 m = twins.mirror(s, twin)
                 if m is None:
                     log.warning("tenant %s: EndpointSlice %s/%s cannot be mirrored",
                                 self.tenant, ns, s["metadata"].get("name"))  # fmt: skip
                     continue
                 desired[m["metadata"]["name"]] = m
-        existing = {
-            m["metadata"]["name"]: m
-            for m in self.mirrors.cache.values()
-            if m["metadata"].get("namespace") == ns and labels_of(m).get(twins.TWIN_OF) == service
-        }
         for name, m in sorted(desired.items()):
             have = existing.get(name)
             if have is not None and twins.same_mirror(have, m):

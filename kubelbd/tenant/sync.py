@@ -411,8 +411,8 @@ class TenantSync:
         if self.limits.room_for_waiting(self.policy.limits):
             self._wake.set()  # a record went: the oldest waiting object gets its place
         await self.caches.twins.collect(self.kube, self._twin_candidates, self._twin_in_use)
-        await self.caches.mirrors.reconcile(self.kube)
         await self.copies.reconcile(self.caches.secrets.cache)
+        await self.caches.mirrors.reconcile(self.kube)
         if self._failed:
             first = next(iter(sorted(self._failed.items())))
             raise RetryLater(
@@ -458,8 +458,13 @@ class TenantSync:
         for resource, obj in source.tenant_objects():
             await self._apply_tenant_object(source, resource, obj)
         for resource, obj in source.reported_objects(self.caches):
+            meta = obj["metadata"]
+            current = self.caches.get(resource, meta.get("namespace", ""), meta["name"])
+            if current is None:
+                continue
             try:
-                await self._apply_status(resource, obj, obj)
+                # Against what the tenant object holds: unchanged, nothing is written.
+                await self._apply_status(resource, obj, current)
             except ApiError as e:
                 if not e.not_found:
                     raise  # gone meanwhile: its deletion resyncs the kind again
