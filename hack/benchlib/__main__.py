@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--scales", default="10,100,1000", help="routes present, comma-separated")
     conv.add_argument("--changes", type=int, default=100, help="changes measured per scale")
     conv.add_argument("--kinds", default="route,backend,burst",
-                      help="route (existing backend), backend (new Service), burst")  # fmt: skip
+                      help="route, backend (new Service), burst, httproute")  # fmt: skip
+    conv.add_argument("--fill", default="ingress", choices=("ingress", "httproute"),
+                      help="what the routes present are")  # fmt: skip
     conv.add_argument("--burst", type=int, default=20, help="Ingresses written at once (burst)")
     l4b = sub.add_parser("l4", help="LoadBalancer Service write → first echo through Envoy")
     l4b.add_argument("--changes", type=int, default=100)
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         scales = [int(x) for x in args.scales.split(",")]
         layout = convergence.ensure_fleet()
         kinds = args.kinds.split(",")
-        asyncio.run(convergence.run(layout, scales, args.changes, kinds, args.burst))
+        asyncio.run(convergence.run(layout, scales, args.changes, kinds, args.burst, args.fill))
     elif args.cmd == "certs":
         asyncio.run(certs.run(args.n, args.runs, args.designs.split(",")))
     elif args.cmd == "dns":

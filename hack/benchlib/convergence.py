@@ -2,15 +2,22 @@
 
 For each scale (routes already present across the tenants) it makes `--changes` changes, each a
 new Ingress with a new host, and times the write until Envoy first answers 200 for that host.
-Three kinds of change: `route` (the backend Service already has a cluster), `backend` (a
+Four kinds of change: `route` (the backend Service already has a cluster), `backend` (a
 Service no route used before, so kubelbd must make its NodePort twin and Envoy a new cluster),
-and `burst` (`--burst` new Ingresses written at once, timed until the last answers 200).
+`burst` (`--burst` new Ingresses written at once, timed until the last answers 200), and
+`httproute` (a new HTTPRoute with a new hostname on the tenant's bench Gateway, timed until
+its first 200 at the Gateway's own address). With `--fill httproute`, the routes present are
+HTTPRoutes on those Gateways instead of Ingresses.
 
 In the same run it measures the floor:
 - watch: the tenant API server alone, from an Ingress write to the watch event for it;
 - envoy: a second Envoy, loaded with a copy of kubelbd's current files, applying the same kind
   of change (the same files, the same sizes) from the rename until it answers 200; its files
   are put back after each sample (untimed), so its configuration does not grow over a series.
+  For `httproute` that is the listener file with the bench Gateway's listener holding one more
+  virtual host (a Gateway's routes are inline in its listener); the copy's pool-address
+  listeners are left out (they would share the real ones' sockets) and that one listener is
+  moved to a port of its own.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from kubelbd.envoy.publisher import write_atomically
 from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.sources import twins
+from kubelbd.sources.gatewayapi import GATEWAYS, HTTPROUTES
 
 from .stats import percentile
 
@@ -83,6 +91,35 @@ def ingress(name: str, host: str, service: str, class_name: str = CLASS) -> Obj:
     }
 
 
+def httproute(name: str, host: str, service: str) -> Obj:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name},
+        "spec": {
+            "parentRefs": [{"name": GATEWAY}],
+            "hostnames": [host],
+            "rules": [{"backendRefs": [{"name": service, "port": 80}]}],
+        },
+    }
+
+
+#: the Gateway each tenant's HTTPRoutes of the bench attach to
+GATEWAY = "bench"
+
+
+def bench_gateway() -> Obj:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": GATEWAY},
+        "spec": {
+            "gatewayClassName": "kubelb",
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}],
+        },
+    }
+
+
 def svc(name: str, app: str) -> Obj:
     return {
         "apiVersion": "v1",
@@ -112,9 +149,24 @@ def deployment(name: str) -> Obj:
     }
 
 
+def fresh_connections() -> aiohttp.ClientSession:
+    """A client that opens a connection per request. A Gateway's routes are inline in its
+    listener, which Envoy replaces on a change: a new connection gets the new one at once,
+    while a kept one stays on the draining old one until Envoy closes it (seconds, as the
+    drain time says), which would time the drain, not the change."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=5), connector=aiohttp.TCPConnector(force_close=True)
+    )
+
+
 class Bench:
     def __init__(
-        self, layout: Layout, changes: int, burst: int = 20, domain: str = "bench.test"
+        self,
+        layout: Layout,
+        changes: int,
+        burst: int = 20,
+        domain: str = "bench.test",
+        fill_kind: str = "ingress",
     ) -> None:
         self.session: aiohttp.ClientSession
         self.layout = layout
@@ -125,11 +177,14 @@ class Bench:
         self.http = f"http://127.0.0.1:{layout.envoy_http_port}"
         self.ns = f"bench-{os.getpid()}"
         self.present = 0
+        self.fill_kind = fill_kind
+        self.gateways: dict[str, str] = {}  # tenant -> its bench Gateway's http://address:80
 
     async def open(self) -> None:
         for c in self.layout.clusters:
             self.kube[c.name] = await Kube.from_file(self.layout.kubeconfig(c.name), c.name)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self.fresh = fresh_connections()
         for t in self.tenants:
             await self.kube[t].create(NAMESPACES, {"metadata": {"name": self.ns}})
             await self.kube[t].create(DEPLOYMENTS, deployment("echo"), self.ns)
@@ -141,11 +196,24 @@ class Bench:
             self.present += 1
         for t in self.tenants:
             await self.until(f"pin.{t}.{self.domain}", 200, timeout=120)
+            await self.kube[t].create(GATEWAYS, bench_gateway(), self.ns)
+        for t in self.tenants:
+            self.gateways[t] = await self.gateway_address(t)
+
+    async def gateway_address(self, tenant: str) -> str:
+        async def programmed() -> bool:
+            gw = await self.kube[tenant].get(GATEWAYS, GATEWAY, self.ns)
+            return bool((gw.get("status") or {}).get("addresses"))
+
+        await _poll(programmed, f"the bench Gateway of {tenant}", timeout=120)
+        gw = await self.kube[tenant].get(GATEWAYS, GATEWAY, self.ns)
+        return f"http://{gw['status']['addresses'][0]['value']}:80"
 
     async def close(self) -> None:
         for t in self.tenants:
             await self.kube[t].delete(NAMESPACES, self.ns)
         await self.session.close()
+        await self.fresh.close()
         for k in self.kube.values():
             await k.aclose()
 
@@ -153,18 +221,22 @@ class Bench:
     def tenants(self) -> list[str]:
         return [c.name for c in self.layout.tenant_clusters]
 
-    async def status(self, host: str) -> int:
+    async def status(self, host: str, base: str = "") -> int:
+        """One request for `host`: to the shared listener on a kept connection, or to a
+        Gateway's address (`base`) on a new one (see fresh_connections)."""
         try:
-            async with self.session.get(self.http + "/", headers={"Host": host}) as r:
+            url = (base or self.http) + "/"
+            session = self.fresh if base else self.session
+            async with session.get(url, headers={"Host": host}) as r:
                 await r.read()
                 return r.status
         except (TimeoutError, aiohttp.ClientError):
             return 0
 
-    async def until(self, host: str, want: int, timeout: float = 60) -> float:
+    async def until(self, host: str, want: int, timeout: float = 60, base: str = "") -> float:
         deadline = time.monotonic() + timeout
         while True:
-            if await self.status(host) == want:
+            if await self.status(host, base) == want:
                 return time.monotonic()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{host} never answered {want}")
@@ -185,14 +257,18 @@ class Bench:
             if i >= services * len(self.tenants):
                 backing = f"s{(i % services) * len(self.tenants) + (i % len(self.tenants))}"
             host = f"fill{i}.{tenant}.{self.domain}"
-            await kube.create(INGRESSES, ingress(f"fill{i}", host, backing), self.ns)
-            made.append(host)
+            if self.fill_kind == "httproute":
+                await kube.create(HTTPROUTES, httproute(f"fill{i}", host, backing), self.ns)
+            else:
+                await kube.create(INGRESSES, ingress(f"fill{i}", host, backing), self.ns)
+            made.append((tenant, host))
             self.present += 1
         # Converged when the last one is served (records are processed in order per tenant),
         # and quiet once every Ingress shows its address: the status writes that follow a bulk
         # change would otherwise compete with the changes being timed.
-        for host in made[-len(self.tenants) :]:
-            await self.until(host, 200, timeout=300)
+        for tenant, host in made[-len(self.tenants) :]:
+            base = self.gateways[tenant] if self.fill_kind == "httproute" else ""
+            await self.until(host, 200, timeout=300, base=base)
         await self.settled()
 
     async def settled(self, timeout: float = 600) -> None:
@@ -200,9 +276,10 @@ class Bench:
         for t in self.tenants:
             while True:
                 items, _ = await self.kube[t].list(INGRESSES, self.ns)
+                routes, _ = await self.kube[t].list(HTTPROUTES, self.ns)
                 if all(
                     (i.get("status") or {}).get("loadBalancer", {}).get("ingress") for i in items
-                ):
+                ) and all((r.get("status") or {}).get("parents") for r in routes):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError("Ingress statuses never settled")
@@ -221,6 +298,8 @@ class Bench:
         if kind == "backend":
             service = f"b{self.present}-{n}"
             await kube.create(SERVICES, svc(service, "echo"), self.ns)
+        if kind == "httproute":
+            return await self.route_change(tenant, name, host)
         start = time.monotonic()
         await kube.create(INGRESSES, ingress(name, host, service), self.ns)
         end = await self.until(host, 200)
@@ -229,6 +308,23 @@ class Bench:
         await self.until(host, 404)
         if kind == "backend":
             await self.gone(kube, twins.twin_name(service))
+        return end - start
+
+    async def route_change(self, tenant: str, name: str, host: str) -> float:
+        """A new HTTPRoute on the tenant's bench Gateway until its first 200 there; untimed
+        after that: its status.parents, its delete until the 404."""
+        kube, base = self.kube[tenant], self.gateways[tenant]
+        start = time.monotonic()
+        await kube.create(HTTPROUTES, httproute(name, host, "echo"), self.ns)
+        end = await self.until(host, 200, base=base)
+
+        async def reported() -> bool:
+            route = await kube.get(HTTPROUTES, name, self.ns)
+            return bool((route.get("status") or {}).get("parents"))
+
+        await _poll(reported, f"status.parents of {name}")
+        await kube.delete(HTTPROUTES, name, self.ns)
+        await self.until(host, 404, base=base)
         return end - start
 
     async def burst_change(self, n: int) -> float:
@@ -325,9 +421,11 @@ class EnvoyFloor:
     """A second Envoy on a copy of kubelbd's files: rename one changed shard+front → 200.
     For a `backend` change, the cluster file with one more cluster is renamed in first."""
 
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, gateway_listener: str = "") -> None:
         self.layout = layout
         self.samples = 0
+        self.gateway_listener = gateway_listener  # the bench Gateway's, kept on its own port
+        self.gateway_port = layout.base_port + 97
 
     async def __aenter__(self) -> EnvoyFloor:
         layout = self.layout
@@ -343,6 +441,8 @@ class EnvoyFloor:
             text = (src / name).read_text().replace(str(src), str(dst))
             text = text.replace(http, f'"port_value":{self.port}')
             (dst / name).write_text(text)
+        self.lds = self._own_listeners(json.loads((dst / "lds.json").read_text()))
+        (dst / "lds.json").write_text(json.dumps(self.lds))
         boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
         boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
         (dst / "bootstrap.yaml").write_text(boot)
@@ -354,6 +454,7 @@ class EnvoyFloor:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self.fresh = fresh_connections()
         deadline = time.monotonic() + 30
         while await self.status("nothing.invalid") != 404:
             if time.monotonic() > deadline:
@@ -367,16 +468,31 @@ class EnvoyFloor:
         self.template = next(c for c in self.cds["resources"] if c["name"] == self.cluster)
         return self
 
+    def _own_listeners(self, lds: dict[str, Any]) -> dict[str, Any]:
+        """The copy's listeners without those on pool addresses (they would share the real
+        ones' sockets), but the bench Gateway's, on a port of this Envoy's own."""
+        kept = []
+        for listener in lds["resources"]:
+            address = listener.get("address", {}).get("socket_address", {})
+            if listener["name"] == self.gateway_listener:
+                address.update({"address": "127.0.0.1", "port_value": self.gateway_port})
+            elif str(address.get("address", "")).startswith("127.0.200."):
+                continue
+            kept.append(listener)
+        return {**lds, "resources": kept}
+
     async def __aexit__(self, *exc: object) -> None:
         await self.session.close()
+        await self.fresh.close()
         self.proc.terminate()
         await self.proc.wait()
         self._dir.cleanup()
 
-    async def status(self, host: str) -> int:
+    async def status(self, host: str, port: int = 0) -> int:
         try:
-            url = f"http://127.0.0.1:{self.port}/"
-            async with self.session.get(url, headers={"Host": host}) as r:
+            url = f"http://127.0.0.1:{port or self.port}/"
+            session = self.fresh if port else self.session
+            async with session.get(url, headers={"Host": host}) as r:
                 await r.read()
                 return r.status
         except (TimeoutError, aiohttp.ClientError):
@@ -388,6 +504,8 @@ class EnvoyFloor:
         afterwards, untimed, so every sample starts from kubelbd's files as they were copied."""
         n = self.samples = self.samples + 1
         hosts = [f"floor{n}-{i}.envoy.test" for i in range(count)]
+        if kind == "httproute":
+            return await self.listener_change(n, hosts[0])
         target = self.cluster
         cds_bytes = b""
         if kind == "backend":
@@ -433,6 +551,27 @@ class EnvoyFloor:
         await self.restore(n, hosts, list(shards), bool(cds_bytes))
         return took
 
+    async def listener_change(self, n: int, host: str) -> float:
+        """The bench Gateway's listener with one more virtual host, as kubelbd writes it for
+        a new HTTPRoute, until it answers 200; then the copy's listeners back, untimed."""
+        lds = json.loads(json.dumps(self.lds))
+        lds["version_info"] = f"f{n}"
+        listener = next(x for x in lds["resources"] if x["name"] == self.gateway_listener)
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        manager["route_config"]["virtual_hosts"].append(
+            {"name": host, "domains": [host],
+             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.cluster}}]}
+        )  # fmt: skip
+        data = json.dumps(lds).encode()
+        start = time.monotonic()
+        write_atomically(self.dst / "lds.json", data)
+        await self.until(host, 200, start + 30, poll=0.001, port=self.gateway_port)
+        took = time.monotonic() - start
+        restored = json.dumps({**self.lds, "version_info": f"r{n}"}).encode()
+        write_atomically(self.dst / "lds.json", restored)
+        await self.until(host, 404, time.monotonic() + 30, poll=0.005, port=self.gateway_port)
+        return took
+
     async def restore(self, n: int, hosts: list[str], shards: list[Path], cds: bool) -> None:
         """Back to the copied files (with new versions, so Envoy reads them), and wait until
         Envoy has them: the hosts gone, the clusters back to the copy's."""
@@ -453,9 +592,11 @@ class EnvoyFloor:
                 raise TimeoutError("the restored cluster file was not applied")
             await asyncio.sleep(0.005)
 
-    async def until(self, host: str, code: int, deadline: float, poll: float) -> None:
+    async def until(
+        self, host: str, code: int, deadline: float, poll: float, port: int = 0
+    ) -> None:
         """Until the floor Envoy answers `code` for `host` (by `deadline`, monotonic)."""
-        while await self.status(host) != code:
+        while await self.status(host, port) != code:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{host}: still no {code}")
             await asyncio.sleep(poll)
@@ -485,9 +626,14 @@ def ensure_fleet() -> Layout:
 
 
 async def run(
-    layout: Layout, scales: list[int], changes: int, kinds: list[str], burst: int = 20
+    layout: Layout,
+    scales: list[int],
+    changes: int,
+    kinds: list[str],
+    burst: int = 20,
+    fill: str = "ingress",
 ) -> None:
-    bench = Bench(layout, changes, burst)
+    bench = Bench(layout, changes, burst, fill_kind=fill)
     await bench.open()
     rows: list[str] = []
     try:
@@ -515,7 +661,8 @@ async def measure(bench: Bench, kind: str) -> list[str]:
     watch = Series(f"floor: API write → watch event ({label}, {what})")
     envoy = Series(f"floor: Envoy applies the same files ({label}, {what})")
     count = bench.burst if kind == "burst" else 1
-    async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout) as ef:
+    listener = f"gw/{bench.tenants[0]}/{bench.ns}.{GATEWAY}.gateway/80"
+    async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout, listener) as ef:
         for n in range(bench.changes):
             await asyncio.sleep(SETTLE)
             if kind == "burst":
