@@ -33,6 +33,7 @@ from kubelbd.dns.records import Create, Endpoint
 from kubelbd.dns.rfc2136 import RFC2136, Done
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, MANAGED_BY, MANAGER, SERVICES, Obj
 from kubelbd.records.names import LOADBALANCERS, ROUTES
+from kubelbd.sources.gatewayapi import GATEWAYS, HTTPROUTES
 
 from .support import (
     FleetHandle,
@@ -341,3 +342,44 @@ async def test_dnsendpoint_mode_writes_and_deletes_a_dnsendpoint_per_served_host
 
     await eventually(gone, what=f"DNSEndpoint {name} deleted with the Ingress")
     assert dnsendpoint_mode.poll() is None, "kubelbd in DNSEndpoint mode exited"
+
+
+async def test_an_httproutes_name_resolves_to_its_gateway_and_meets_ingress_hosts(
+    fleet: FleetHandle, app: str
+) -> None:
+    """Gateway API: an HTTPRoute's hostname resolves to its Gateway's own address; the same
+    name on an Ingress of another tenant, claimed later, is not published for that one."""
+    ns = app
+    host = f"{ns}-gw.example.test"
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "gw"},
+        "spec": {"gatewayClassName": "kubelb",
+                 "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+    }  # fmt: skip
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "web"},
+        "spec": {"parentRefs": [{"name": "gw"}], "hostnames": [host],
+                 "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]},
+    }  # fmt: skip
+    kube = fleet.kube["alpha"]
+    await kube.create(GATEWAYS, gateway, ns)
+    await kube.create(HTTPROUTES, route, ns)
+
+    async def address() -> str:
+        gw = await kube.get(GATEWAYS, "gw", ns)
+        addresses = (gw.get("status") or {}).get("addresses")
+        assert addresses, gw.get("status")
+        return str(addresses[0]["value"])
+
+    at = await eventually(address, 60, what="the Gateway's address")
+    await eventually(lambda: resolves_to(fleet, host, {at}), 60, what=f"{host} in DNS")
+    record = f"{ns}.web.httproute"
+    await eventually(lambda: dns_reason(fleet, "alpha", record, "Published"))
+    await ingress(fleet, "beta", ns, "web", host)
+    await eventually(lambda: dns_reason(fleet, "beta", f"{ns}.web", "NameHeldByOtherTenant"))
+    assert await resolve(fleet, host) == {at}
+    await kube.delete(HTTPROUTES, "web", ns)
+    # The HTTPRoute gone, the Ingress's older-now claim wins: the name moves to the front.
+    await eventually(lambda: resolves_to(fleet, host, {"127.0.0.1"}), 60, what="the name moved")

@@ -173,3 +173,28 @@ def test_routes_of_one_tenant_sharing_a_host_are_all_published() -> None:
     out = desired({first.id: first, second.id: second}, ir, {}, {}, PUBLIC, 60)
     assert out.refused == {}
     assert out.endpoints[route_key(first.id)] == out.endpoints[route_key(second.id)]
+
+
+def test_a_gateway_routes_names_are_published_at_its_gateways_and_meet_ingress_hosts() -> None:
+    """A Gateway API route's hostnames go to the addresses of the Gateways serving them; a
+    name both an Ingress and an HTTPRoute of two tenants serve goes to the earlier claim, as
+    between two Ingresses (the Gateway's own address still serves it: DNS is where they
+    meet)."""
+    older = route("a", "default.shop", [rule("shop.example.test")],
+                  claims={"shop.example.test": "2026-01-01T00:00:00.000000Z"})  # fmt: skip
+    newer = route("b", "apps.shop.httproute", [rule("shop.example.test"), rule("api.example.test")],
+                  claims={"shop.example.test": "2026-02-01T00:00:00.000000Z",
+                          "api.example.test": "2026-02-01T00:00:00.000000Z"})  # fmt: skip
+    ir = IR(served={older.id: ["shop.example.test"]})
+    gateway_hosts = {
+        newer.id: {"shop.example.test": ["127.0.200.1"],
+                   "api.example.test": ["127.0.200.1", "127.0.200.2"]},
+    }  # fmt: skip
+    out = desired({r.id: r for r in (older, newer)}, ir, {}, {}, PUBLIC, 60, gateway_hosts)
+    res = "route/tenant-b/apps.shop.httproute"
+    assert out.endpoints[route_key(newer.id)] == [
+        Endpoint("api.example.test", "A", ("127.0.200.1", "127.0.200.2"), 60, res)
+    ]
+    assert out.endpoints[route_key(older.id)][0].targets == (PUBLIC,)
+    refused = out.refused[route_key(newer.id)]
+    assert refused.reason == "NameHeldByOtherTenant" and "shop.example.test" in refused.message

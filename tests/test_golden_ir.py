@@ -174,6 +174,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                 "listeners": [dataclasses.asdict(x) for x in gw.listeners],
                 "attached": gw.attached,
                 "served": gw.served,
+                "hosts": gw.hosts,
                 "secrets": sorted(gw.secrets),
                 "unserved": {
                     g: {n: f"{p.reason}: {p.message}" for n, p in sorted(u.items())}

@@ -158,7 +158,7 @@ class DataPlane:
         }
         self.dns_wanted = desired(
             self.model.routes, self.model.ir, self.l4.records, targets,
-            self.public_address, self.dns.settings.ttl,
+            self.public_address, self.dns.settings.ttl, self.gateways.hosts,
         )  # fmt: skip
         self.dns.want(self.dns_wanted.endpoints)
 
@@ -439,7 +439,8 @@ class DataPlane:
         for rid in sorted(routes):
             route = self.model.routes.get(rid)
             if route is not None and "parents" in route.spec:
-                out.append(gateway_status.route_report(route, self.gateways, applied))
+                dns = self._dns_state(route_key(rid)) if rid in self.gateways.hosts else None
+                out.append(gateway_status.route_report(route, self.gateways, applied, dns))
             elif route is not None:
                 problems = self.tls.plan.problems.get(rid, [])
                 dns = self._dns_state(route_key(rid))

@@ -2,6 +2,7 @@
 
 From what Envoy serves: a Route's served hosts (the IR decided them: owned, allowed, not
 lost to another tenant) at the public address, a wildcard host as a wildcard record; a
+Gateway API route's hostnames at the addresses of the Gateways serving them; a
 LoadBalancer's names (its Service's annotation, or its automatic name) at the addresses it
 is served at. A catch-all (no host) has no name.
 
@@ -91,28 +92,33 @@ def desired(
     lb_targets: Mapping[str, Sequence[str]],
     public_address: str,
     ttl: int,
+    gateway_hosts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> Desired:
     """What to publish now. `lb_targets`: per LoadBalancer, where Envoy serves it (only those
-    Envoy serves); `ttl`: the fleet's default."""
+    Envoy serves); `ttl`: the fleet's default; `gateway_hosts`: per Gateway API route, its
+    served hostnames and the Gateway addresses each is served at (ir.gateway), which meet the
+    Ingress hosts here, one owner per name as for them."""
     out = Desired()
     wants: dict[str, list[tuple[_Claim, list[Endpoint]]]] = {}
     route_hosts: dict[str, _Claim] = {}
-    for rid, hosts in ir.served.items():
+    served: dict[str, dict[str, Sequence[str]]] = {}
+    if public_address:
+        for rid, hosts in ir.served.items():
+            served[rid] = {h: (public_address,) for h in hosts if h and h != "*"}
+    for rid, at in (gateway_hosts or {}).items():
+        served.setdefault(rid, {}).update(at)
+    for rid, hosts_at in sorted(served.items()):
         route = routes.get(rid)
-        if route is None or not public_address:
+        if route is None:
             continue
         key = route_key(rid)
         r_ttl = route.spec.get("dns", {}).get("ttl", ttl)
         resource = f"route/{namespace_of(route.tenant)}/{route.name}"
-        for host in hosts:
-            if not host or host == "*":
-                continue
+        for host, targets in hosts_at.items():
             claim = (route.claim_key(host)[0], rid), key
             route_hosts.setdefault(host, claim)
             route_hosts[host] = min(route_hosts[host], claim)
-            wants.setdefault(host, []).append(
-                (claim, _endpoints(host, (public_address,), r_ttl, resource))
-            )
+            wants.setdefault(host, []).append((claim, _endpoints(host, targets, r_ttl, resource)))
     for rid, rec in lbs.items():
         targets = lb_targets.get(rid) or ()
         dns = rec.spec.get("dns", {})

@@ -121,6 +121,9 @@ class GatewayIR:
     attached: dict[str, dict[str, int]] = field(default_factory=dict)
     #: route id -> "<gateway record id>/<listener>" it is served on, sorted
     served: dict[str, list[str]] = field(default_factory=dict)
+    #: route id -> hostname it is served for (a name or `*.x`) -> the Gateway addresses it
+    #: is served at, sorted: what DNS publishes for it (kubelbd.dns)
+    hosts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def intersect(listener: str | None, host: str) -> str | None:
@@ -219,6 +222,7 @@ def build(
             chain_of[gid][lst["name"]] = (key, lst.get("hostname"))
     for route in routes:
         attached_to: set[str] = set()
+        named: dict[str, set[str]] = {}  # hostname -> Gateway addresses
         for parent in route.spec.get("parents", []):
             gid = f"{route.tenant}/{parent['gateway']}"
             if not parent["accepted"] or gid not in chain_of:
@@ -241,8 +245,12 @@ def build(
                             continue
                         r = _rule(route, p)
                         table.setdefault(domain, []).append((_precedence(route, index, r), r))
+                        if domain != ANY_HOST:
+                            named.setdefault(domain, set()).add(placements[gid].address)
         if attached_to:
             out.served[route.id] = sorted(attached_to)
+        if named:
+            out.hosts[route.id] = {h: sorted(a) for h, a in sorted(named.items())}
     by_port: dict[tuple[str, int], list[GatewayChain]] = {}
     for key, table in sorted(tables.items()):
         gid, port, name = key

@@ -20,7 +20,7 @@ from ..records.status import Event, SourceStatus
 from ..records.types import GatewayListener, LBRecord, LoadBalancerReport, RouteRecord, RouteReport
 from .allocation import AllocationError
 from .gateway import GatewayIR
-from .status import Report
+from .status import DNSState, Report
 
 GROUP = "gateway.networking.k8s.io"
 #: the allocator's reasons, as Gateway API's Programmed reasons say them
@@ -66,8 +66,11 @@ def _resolved_refs(route: RouteRecord, generation: int) -> Any:
     return _condition("ResolvedRefs", True, "ResolvedRefs", "", generation)
 
 
-def route_report(route: RouteRecord, gateways: GatewayIR, applied: bool) -> Report:
-    """An HTTPRoute's record conditions and its `status.parents`."""
+def route_report(
+    route: RouteRecord, gateways: GatewayIR, applied: bool, dns: DNSState | None = None
+) -> Report:
+    """A route's record conditions (DNSPublished too, when kubelbd publishes its names) and
+    its `status.parents`."""
     generation = route.generation
     source_generation = route.spec["source"].get("generation", 0)
     problems = problems_of(route.spec.get("problems", []))
@@ -82,9 +85,14 @@ def route_report(route: RouteRecord, gateways: GatewayIR, applied: bool) -> Repo
         programmed = _condition(
             "Programmed", False, "NotAttached", "attached to no served listener", generation
         )
+    conds = [accepted, programmed]
+    if dns is not None:
+        conds.append(
+            conditions.desired("DNSPublished", dns.published, dns.reason, dns.message, generation)
+        )
     status: RouteReport = {
         "hosts": "",
-        "conditions": [accepted, programmed],
+        "conditions": conds,
         "observedGeneration": generation,
     }
     source = None
@@ -105,6 +113,8 @@ def route_report(route: RouteRecord, gateways: GatewayIR, applied: bool) -> Repo
             if p["gateway"]
         ]  # fmt: skip
         events = [Event("Warning", p.reason, p.message) for p in problems]
+        if dns is not None and dns.warn:
+            events.append(Event("Warning", dns.reason, dns.message))
         source = _source(route, parents, events)
     return Report(ROUTE, route.tenant, route.name, status, source)
 
