@@ -225,3 +225,37 @@ def test_a_redirects_port_is_derived_as_gateway_api_says(
     redirect: gateway.Redirect, port: int, tls: bool, want: dict[str, Any]
 ) -> None:
     assert envoy_gateway._redirect(redirect, port, tls) == want
+
+
+@pytest.mark.parametrize(
+    ("domain", "owner"),
+    [
+        ("bar.com", ""),
+        (gateway.ANY_HOST, ""),
+        ("bar.example.com", "*.example.com"),
+        ("*.example.com", "*.example.com"),
+        ("bar.foo.example.com", "*.foo.example.com"),
+        ("*.foo.example.com", "*.foo.example.com"),
+        ("*.x.foo.example.com", "*.foo.example.com"),
+        ("abc.foo.example.com", "abc.foo.example.com"),
+        ("example.com", ""),
+    ],
+)
+def test_the_most_specific_listener_owns_a_host(domain: str, owner: str) -> None:
+    listeners = {"", "*.example.com", "*.foo.example.com", "abc.foo.example.com"}
+    assert gateway.owner(listeners, domain) == owner
+
+
+def test_a_route_on_a_less_specific_listener_does_not_answer_for_a_more_specific_ones() -> None:
+    """Listener isolation: a route on the listener without a hostname that names a host of
+    the `*.example.test` listener is not served for it; that listener's hosts answer 404."""
+    route = attached("r", [path("/")], ["any"], "2026-01-01")
+    route.spec["rules"] = [
+        {"host": h, "paths": route.spec["rules"][0]["paths"]}
+        for h in ("bar.test", "a.example.test")
+    ]
+    wild = {"name": "wild", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"}
+    g = gw([{"name": "any", "port": 80, "protocol": "HTTP"}, wild])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+    [chain] = out.listeners[0].chains
+    assert {h.domain: len(h.rules) for h in chain.hosts} == {"*.example.test": 0, "bar.test": 1}

@@ -11,7 +11,10 @@ module only intersects hostnames and orders the rules.
   name below x (any depth, as Envoy's `*.` suffix); a route without hostnames takes the
   listener's; a listener without one takes the route's.
 - Listeners of one Gateway on one port share an Envoy listener. HTTP listeners' hosts are
-  merged into one filter chain; each HTTPS listener is a filter chain of its own, chosen by SNI
+  merged into one filter chain, each host kept for the most specific listener that takes it
+  (Gateway API's listener isolation: a route on a less specific listener does not answer for
+  a more specific listener's hosts, and that one's hostname answers 404 when nothing is
+  attached to it); each HTTPS listener is a filter chain of its own, chosen by SNI
   (its hostname; the one without a hostname takes any other name), with its own certificate
   and only the routes attached to it.
 - An HTTPS listener is served with the first of its certificates that Envoy can serve now
@@ -126,6 +129,19 @@ class GatewayIR:
     hosts: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
+def owner(listeners: set[str], domain: str) -> str:
+    """Which of the hostnames of one port's HTTP listeners ("": none) owns `domain` (a name,
+    `*.x` or ANY_HOST): the most specific one that takes every host of it, an exact name
+    before the longest wildcard before none (Gateway API's listener isolation)."""
+    if domain in listeners:
+        return domain
+    covering = [
+        h for h in listeners
+        if h.startswith("*.") and domain != ANY_HOST and domain.endswith(h[1:])
+    ]  # fmt: skip
+    return max(covering, key=len) if covering else ""
+
+
 def intersect(listener: str | None, host: str) -> str | None:
     """The hostname a route host (`""`: none) serves on a listener (None: no hostname), or
     None when they do not meet."""
@@ -203,6 +219,8 @@ def build(
     #: gateway id -> listener name -> its chain (None: counted, not served)
     chain_of: dict[str, dict[str, tuple[Chain | None, str | None]]] = {}
     chains: dict[Chain, tuple[str, str]] = {}  # -> (server name, secret id)
+    #: an HTTP chain -> its listeners' hostnames ("": none): which listener owns a host
+    hostnames: dict[Chain, set[str]] = {}
     for gid, gw in gateways.items():
         served = [lst for lst in gw.spec.get("listeners", []) if lst["protocol"] in HTTP]
         chain_of[gid] = {}
@@ -212,6 +230,7 @@ def build(
             if lst["protocol"] == "HTTP":
                 key = (gid, lst["port"], "")
                 chains[key] = ("", "")
+                hostnames.setdefault(key, set()).add(lst.get("hostname", ""))
             else:
                 secret = _certificate(gw, lst, certificates, now, out)
                 if secret:
@@ -241,8 +260,10 @@ def build(
                     domain = intersect(hostname, rule["host"])
                     for p in rule["paths"]:
                         index += 1
-                        if domain is None:
-                            continue
+                        if domain is None or (
+                            key in hostnames and owner(hostnames[key], domain) != (hostname or "")
+                        ):
+                            continue  # no host, or another listener's (listener isolation)
                         r = _rule(route, p)
                         table.setdefault(domain, []).append((_precedence(route, index, r), r))
                         if domain != ANY_HOST:
@@ -251,6 +272,12 @@ def build(
             out.served[route.id] = sorted(attached_to)
         if named:
             out.hosts[route.id] = {h: sorted(a) for h, a in sorted(named.items())}
+    for key, names in hostnames.items():
+        # A listener's hostname with nothing attached answers 404 itself, rather than let a
+        # less specific listener's routes answer for its hosts.
+        if key in tables:
+            for name in names - {""}:
+                tables[key].setdefault(name, [])
     by_port: dict[tuple[str, int], list[GatewayChain]] = {}
     for key, table in sorted(tables.items()):
         gid, port, name = key

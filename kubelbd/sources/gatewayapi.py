@@ -38,16 +38,17 @@ MAX_LISTENERS_READ = 2 * MAX_LISTENERS
 #: the GatewayClass kubelbd keeps in every tenant, and the controller it names
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
-#: what kubelbd does, as Gateway API names its features (pkg/features): core Gateway and
-#: HTTPRoute, 421 for a host another HTTPS listener serves, a listener on 8080, method and
-#: query parameter matches, a parentRef's port, response headers changed, redirects of
-#: scheme and port and with every status code, backends in HTTP/2 (h2c) and WebSocket,
-#: timeouts; sorted
+#: what kubelbd does, as Gateway API names its features (pkg/features): core Gateway,
+#: HTTPRoute and GRPCRoute, listener isolation, 421 for a host another HTTPS listener
+#: serves, a listener on 8080, method and query parameter matches, a parentRef's port,
+#: response headers changed, redirects of scheme and port and with every status code,
+#: backends in HTTP/2 (h2c) and WebSocket, timeouts; sorted
 SUPPORTED_FEATURES = (
+    "GRPCRoute",
     "Gateway",
+    "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "GatewayPort8080",
-    "GRPCRoute",
     "HTTPRoute",
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
