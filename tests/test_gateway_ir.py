@@ -259,3 +259,39 @@ def test_a_route_on_a_less_specific_listener_does_not_answer_for_a_more_specific
     out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     [chain] = out.listeners[0].chains
     assert {h.domain: len(h.rules) for h in chain.hosts} == {"*.example.test": 0, "bar.test": 1}
+
+
+@needs_envoy
+def test_tcp_and_udp_listeners_proxy_to_the_oldest_routes_weighted_backends() -> None:
+    """A TCP and a UDP listener on one port: the oldest route attached to each is served
+    (weighted: TCP by weighted clusters, UDP by one cluster of every backend, weighted, as
+    Envoy's UDP proxy sends to one cluster); the newer one is attached, not served; Envoy
+    takes the result."""
+
+    def l4route(name: str, listener: str, created: str, *ports: int) -> Any:
+        backends = [{"service": f"s{p}", "port": "53", "nodePort": p, "weight": i + 1}
+                    for i, p in enumerate(ports)]  # fmt: skip
+        return attached(name, [{"path": "/", "pathType": "Prefix", "backends": backends}],
+                        [listener], created)  # fmt: skip
+
+    older = l4route("old", "tcp", "2026-01-01", 30001, 30002)
+    newer = l4route("new", "tcp", "2026-02-01", 30003)
+    dns = l4route("dns", "udp", "2026-01-01", 30053, 30054)
+    g = gw([{"name": "tcp", "port": 5432, "protocol": "TCP"},
+            {"name": "udp", "port": 5432, "protocol": "UDP"}])  # fmt: skip
+    tenants = {"alpha": TenantRecord("alpha", ("127.0.1.1", "127.0.1.2"))}
+    out = gateway.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older, dns], {}, NOW, tenants
+    )
+    tcp, udp = sorted(out.l4_listeners, key=lambda x: x.protocol)
+    assert [w for _, w in tcp.weights] == [1, 2] and "30001" in tcp.weights[0][0]
+    assert len(udp.weights) == 1
+    combined = next(c for c in out.l4_clusters if c.name == udp.cluster)
+    assert combined.weighted == ((30053, 1), (30054, 2))
+    assert out.attached == {g.id: {"tcp": 2, "udp": 1}}
+    assert older.id in out.served and newer.id not in out.served
+    renderer = Renderer(ENVOY_SETTINGS)
+    files = renderer.update(Model().ir, _all(Model()))
+    files.update(renderer.update_gateways([], out.l4_listeners, out.l4_clusters))
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)

@@ -30,6 +30,8 @@ GATEWAY_KINDS = {
     "gateways": gatewayapi.GATEWAYS,
     "httproutes": gatewayapi.HTTPROUTES,
     "grpcroutes": gatewayapi.GRPCROUTES,
+    "tcproutes": gatewayapi.TCPROUTES,
+    "udproutes": gatewayapi.UDPROUTES,
     "referenceGrants": gatewayapi.REFERENCE_GRANTS,
     "gatewayClasses": gatewayapi.GATEWAY_CLASSES,
 }
@@ -127,6 +129,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "Gateway": tenant.get("gateways") or [],
             "HTTPRoute": tenant.get("httproutes") or [],
             "GRPCRoute": tenant.get("grpcroutes") or [],
+            "TCPRoute": tenant.get("tcproutes") or [],
+            "UDPRoute": tenant.get("udproutes") or [],
         }
         for source in SOURCES:
             for obj in kinds[source.kind]:

@@ -365,12 +365,21 @@ class DataPlane:
         before, self.gateways = (
             self.gateways,
             gateway.build(
-                gateways, self.l4.placements, routes, self.tls.certificates, dt.datetime.now(dt.UTC)
+                gateways,
+                self.l4.placements,
+                routes,
+                self.tls.certificates,
+                dt.datetime.now(dt.UTC),
+                self.model.tenants,
             ),
         )
         # Certificates first: to the secret server, before the listener that names them.
         self.tls.serve_gateways(self.gateways.secrets, bool(self.gateways.unserved))
-        files.update(self.renderer.update_gateways(self.gateways.listeners))
+        files.update(
+            self.renderer.update_gateways(
+                self.gateways.listeners, self.gateways.l4_listeners, self.gateways.l4_clusters
+            )
+        )
         moved = {
             rid for rid in set(before.served) | set(self.gateways.served)
             if before.served.get(rid) != self.gateways.served.get(rid)

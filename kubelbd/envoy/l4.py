@@ -34,7 +34,11 @@ def l4_cluster(c: L4Cluster, settings: Settings) -> Resource:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": socket_address(a, c.port, c.protocol)}}
+                        {
+                            "endpoint": {"address": socket_address(a, port, c.protocol)},
+                            **({"load_balancing_weight": weight} if c.weighted else {}),
+                        }
+                        for port, weight in (c.weighted or ((c.port, 1),))
                         for a in c.addresses
                     ]
                 }
@@ -98,6 +102,11 @@ def l4_listener(listener: L4Listener) -> Resource:
     }
     if listener.affinity:
         tcp["hash_policy"] = [{"source_ip": {}}]
+    if len(listener.weights) > 1:
+        del tcp["cluster"]
+        tcp["weighted_clusters"] = {
+            "clusters": [{"name": c, "weight": w} for c, w in listener.weights]
+        }
     return {
         "@type": LISTENER,
         "name": listener.name,

@@ -8,6 +8,7 @@ long series of updates give byte-identical files (a property test holds them equ
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ..ir.gateway import GatewayHTTPListener
 from ..ir.http import IR, Delta, VirtualHost
@@ -56,6 +57,7 @@ class Renderer:
         self._cds_written = -math.inf
         self._l4_listeners: list[Resource] = []
         self._gateway_listeners: list[Resource] = []
+        self._gateway_clusters: list[Resource] = []
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
         self._redirect: tuple[str, ...] = ()
@@ -131,13 +133,25 @@ class Renderer:
             files["cds.json"] = self._cds()
         return files
 
-    def update_gateways(self, listeners: list[GatewayHTTPListener]) -> dict[str, list[Resource]]:
-        """The listener file, if the Gateways' listeners (their routes inline) changed."""
+    def update_gateways(
+        self,
+        listeners: list[GatewayHTTPListener],
+        l4_listeners: Sequence[L4Listener] = (),
+        l4_clusters: Sequence[L4Cluster] = (),
+    ) -> dict[str, list[Resource]]:
+        """The listener and cluster files, if the Gateways' listeners (HTTP ones with their
+        routes inline; TCP and UDP ones) or their Layer 4 clusters changed."""
         new = [gateway_listener(x, self.settings) for x in sorted(listeners, key=lambda x: x.name)]
-        if new == self._gateway_listeners:
-            return {}
-        self._gateway_listeners = new
-        return {"lds.json": self._lds()}
+        new += [l4_listener(x) for x in sorted(l4_listeners, key=lambda x: x.name)]
+        clusters = [l4_cluster(c, self.settings) for c in l4_clusters]
+        files: dict[str, list[Resource]] = {}
+        if clusters != self._gateway_clusters:
+            self._gateway_clusters = clusters
+            files["cds.json"] = self._cds()
+        if new != self._gateway_listeners:
+            self._gateway_listeners = new
+            files["lds.json"] = self._lds()
+        return files
 
     def next_removal(self) -> float | None:
         """When the next `update` would remove unused clusters (None: none waiting)."""
@@ -155,6 +169,7 @@ class Renderer:
             shard_clusters(self.settings)
             + [self._clusters[n] for n in sorted(self._clusters)]
             + self._l4_clusters
+            + self._gateway_clusters
         )
 
     def update(self, ir: IR, delta: Delta, now: float | None = None) -> dict[str, list[Resource]]:

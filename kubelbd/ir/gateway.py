@@ -45,9 +45,10 @@ from ..records.types import (
     HTTPPath,
     LBRecord,
     RouteRecord,
+    TenantRecord,
 )
 from .http import Target, cluster_name
-from .l4 import Placement
+from .l4 import L4Cluster, L4Listener, Placement
 from .tls import CertificateData, usable
 
 ANY_HOST = "*"
@@ -116,6 +117,9 @@ class GatewayHTTPListener:
 @dataclass
 class GatewayIR:
     listeners: list[GatewayHTTPListener] = field(default_factory=list)
+    #: the Gateways' TCP and UDP listeners, and the clusters they proxy to
+    l4_listeners: list[L4Listener] = field(default_factory=list)
+    l4_clusters: list[L4Cluster] = field(default_factory=list)
     #: the certificates the HTTPS chains are served with, by secret id
     secrets: dict[str, CertificateData] = field(default_factory=dict)
     #: Gateway record id -> listener name -> why it is not served (its certificates)
@@ -208,11 +212,13 @@ def build(
     routes: Iterable[RouteRecord],
     certificates: Mapping[str, CertificateData],
     now: dt.datetime,
+    tenants: Mapping[str, TenantRecord] | None = None,
 ) -> GatewayIR:
     """Every Gateway's HTTP and HTTPS listeners with what is attached to them. `gateways`:
     LoadBalancer records with listeners, by id; `placements`: their addresses (a Gateway
     without one is not served yet); `routes`: every route (those without parents are not
-    looked at); `certificates`: the management cluster's, by secret id, checked at `now`."""
+    looked at); `certificates`: the management cluster's, by secret id, checked at `now`;
+    `tenants`: their node addresses, which TCP and UDP listeners proxy to."""
     out = GatewayIR()
     # chain -> domain -> [(precedence, rule)]
     tables: dict[Chain, dict[str, list[tuple[tuple[Any, ...], GatewayRule]]]] = {}
@@ -224,7 +230,7 @@ def build(
     for gid, gw in gateways.items():
         served = [lst for lst in gw.spec.get("listeners", []) if lst["protocol"] in HTTP]
         chain_of[gid] = {}
-        out.attached[gid] = {lst["name"]: 0 for lst in served}
+        out.attached[gid] = {lst["name"]: 0 for lst in gw.spec.get("listeners", [])}
         for lst in served:
             key: Chain | None = None
             if lst["protocol"] == "HTTP":
@@ -239,7 +245,9 @@ def build(
             if key is not None and gid in placements:
                 tables.setdefault(key, {})
             chain_of[gid][lst["name"]] = (key, lst.get("hostname"))
+    routes_seen: list[RouteRecord] = []
     for route in routes:
+        routes_seen.append(route)
         attached_to: set[str] = set()
         named: dict[str, set[str]] = {}  # hostname -> Gateway addresses
         for parent in route.spec.get("parents", []):
@@ -247,6 +255,8 @@ def build(
             if not parent["accepted"] or gid not in chain_of:
                 continue
             for name in parent["listeners"]:
+                if name in out.attached[gid] and name not in chain_of[gid]:
+                    out.attached[gid][name] += 1  # a TCP or UDP listener: see _l4 below
                 if name not in chain_of[gid]:
                     continue
                 out.attached[gid][name] += 1
@@ -272,6 +282,7 @@ def build(
             out.served[route.id] = sorted(attached_to)
         if named:
             out.hosts[route.id] = {h: sorted(a) for h, a in sorted(named.items())}
+    _l4(gateways, placements, list(routes_seen), tenants or {}, out)
     for key, names in hostnames.items():
         # A listener's hostname with nothing attached answers 404 itself, rather than let a
         # less specific listener's routes answer for its hosts.
@@ -334,3 +345,56 @@ def _ordered(entries: list[tuple[tuple[Any, ...], GatewayRule]]) -> tuple[Gatewa
             seen.add(key)
             out.append(r)
     return tuple(out)
+
+
+def _l4(
+    gateways: Mapping[str, LBRecord],
+    placements: Mapping[str, Placement],
+    routes: list[RouteRecord],
+    tenants: Mapping[str, TenantRecord],
+    out: GatewayIR,
+) -> None:
+    """The Gateways' TCP and UDP listeners: each proxies to the backends of the oldest route
+    attached to it (Gateway API: the others are attached, and not served), weighted."""
+    chosen: dict[tuple[str, str], RouteRecord] = {}
+    for route in sorted(routes, key=lambda r: r.age_key):
+        for parent in route.spec.get("parents", []):
+            gid = f"{route.tenant}/{parent['gateway']}"
+            if parent["accepted"] and gid in gateways:
+                for name in parent["listeners"]:
+                    chosen.setdefault((gid, name), route)
+    clusters: dict[str, L4Cluster] = {}
+    for gid, gw in sorted(gateways.items()):
+        placement = placements.get(gid)
+        for lst in gw.spec.get("listeners", []):
+            winner = chosen.get((gid, lst["name"]))
+            if lst["protocol"] not in ("TCP", "UDP") or placement is None or winner is None:
+                continue
+            protocol = lst["protocol"]
+            nodes = tenants.get(gw.tenant)
+            addresses = nodes.addresses if nodes else ()
+            rules = winner.spec["rules"]
+            backends = [
+                (f"gw/{cluster_name(winner.tenant, winner.namespace, b)}/{protocol.lower()}",
+                 b["nodePort"], b.get("weight", 1))
+                for b in (rules[0]["paths"][0]["backends"] if rules and rules[0]["paths"] else [])
+                if "nodePort" in b and b.get("weight", 1) > 0
+            ]  # fmt: skip
+            if not backends:
+                continue  # nothing to proxy to: the port is not opened
+            if protocol == "UDP" and len(backends) > 1:
+                # Envoy's UDP proxy sends to one cluster: one of every backend, weighted.
+                name = f"gw/{gid}/{lst['port']}/udp"
+                ports = tuple((port, w) for _, port, w in backends)
+                clusters[name] = L4Cluster(name, addresses, 0, "UDP", False, False, ports)
+                weights = [(name, 1)]
+            else:
+                for name, port, _ in backends:
+                    clusters[name] = L4Cluster(name, addresses, port, protocol, False, False)
+                weights = [(name, w) for name, _, w in backends]
+            out.l4_listeners.append(
+                L4Listener(f"gw/{gid}/{lst['port']}/{protocol.lower()}", placement.address,
+                           lst["port"], protocol, weights[0][0], False, tuple(weights))
+            )  # fmt: skip
+            out.served.setdefault(winner.id, []).append(f"{gid}/{lst['name']}")
+    out.l4_clusters = [clusters[n] for n in sorted(clusters)]

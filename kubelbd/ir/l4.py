@@ -36,6 +36,9 @@ class L4Cluster:
     protocol: str
     affinity: bool
     proxy_protocol: bool
+    #: (nodePort, weight) of several backends behind one cluster, every address at each
+    #: (a Gateway's UDP listener: Envoy's UDP proxy sends to one cluster); `port` unused
+    weighted: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class L4Listener:
     protocol: str
     cluster: str
     affinity: bool
+    #: TCP: (cluster, weight) when connections are shared between several (a Gateway API
+    #: route's weighted backendRefs); `cluster` is the first
+    weights: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

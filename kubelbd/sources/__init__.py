@@ -10,10 +10,19 @@ from __future__ import annotations
 from ..objects import NAMESPACES, Resource
 from .base import References, Source, TenantView
 from .gateway import GatewaySource
-from .gatewayapi import GATEWAY_CLASSES, GATEWAYS, GRPCROUTES, HTTPROUTES, REFERENCE_GRANTS
+from .gatewayapi import (
+    GATEWAY_CLASSES,
+    GATEWAYS,
+    GRPCROUTES,
+    HTTPROUTES,
+    REFERENCE_GRANTS,
+    TCPROUTES,
+    UDPROUTES,
+)
 from .grpcroute import GRPCRouteSource
 from .httproute import HTTPRouteSource
 from .ingress import IngressSource
+from .l4routes import TCPRouteSource, UDPRouteSource
 from .loadbalancer import LoadBalancerServiceSource
 
 SOURCES: tuple[Source, ...] = (
@@ -22,13 +31,24 @@ SOURCES: tuple[Source, ...] = (
     GatewaySource(),
     HTTPRouteSource(),
     GRPCRouteSource(),
+    TCPRouteSource(),
+    UDPRouteSource(),
 )
 
 #: kinds a tenant's registration may not let kubelbd read yet (registered by a kubelbd from
 #: before Gateway API): refused, they count as absent, the rest of the tenant is served, and
 #: its health names the refusal until `kubelbd register` is run again
 OPTIONAL: frozenset[Resource] = frozenset(
-    {GATEWAYS, HTTPROUTES, GRPCROUTES, GATEWAY_CLASSES, REFERENCE_GRANTS, NAMESPACES}
+    {
+        GATEWAYS,
+        HTTPROUTES,
+        GRPCROUTES,
+        TCPROUTES,
+        UDPROUTES,
+        GATEWAY_CLASSES,
+        REFERENCE_GRANTS,
+        NAMESPACES,
+    }
 )
 
 __all__ = ["OPTIONAL", "SOURCES", "References", "Source", "TenantView"]

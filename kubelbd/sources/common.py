@@ -56,8 +56,10 @@ def port_label(port: Mapping[str, Any]) -> str:
 
 
 def resolve_backend(
-    namespace: str, backend: Obj, view: TenantView, problems: list[Problem]
+    namespace: str, backend: Obj, view: TenantView, problems: list[Problem], protocol: str = "TCP"
 ) -> Backend:
+    """A Service port (of `protocol`) resolved to the nodePort Envoy dials, through the
+    Service's NodePort twin when it is a ClusterIP one."""
     svc_ref = backend.get("service")
     if not svc_ref:
         problems.append(Problem("UnsupportedBackend", "resource backends are not supported"))
@@ -85,8 +87,8 @@ def resolve_backend(
         return fail(
             "BackendPortNotFound", f"Service {namespace}/{name} has no port {port_label(port_ref)}"
         )
-    if port.get("protocol", "TCP") != "TCP":
-        return fail("UnsupportedBackend", f"Service port {port_label(port_ref)} is not TCP")
+    if port.get("protocol", "TCP") != protocol:
+        return fail("UnsupportedBackend", f"Service port {port_label(port_ref)} is not {protocol}")
     if port.get("appProtocol") in H2C:
         out["protocol"] = "h2c"
     if not twins.needs_twin(svc):

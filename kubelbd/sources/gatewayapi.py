@@ -28,6 +28,8 @@ API_VERSION = f"{GROUP}/v1"
 GATEWAYS = Resource(API_VERSION, "gateways")
 HTTPROUTES = Resource(API_VERSION, "httproutes")
 GRPCROUTES = Resource(API_VERSION, "grpcroutes")
+TCPROUTES = Resource(API_VERSION, "tcproutes")
+UDPROUTES = Resource(API_VERSION, "udproutes")
 GATEWAY_CLASSES = Resource(API_VERSION, "gatewayclasses", namespaced=False)
 REFERENCE_GRANTS = Resource(f"{GROUP}/v1beta1", "referencegrants")
 
@@ -39,10 +41,10 @@ MAX_LISTENERS_READ = 2 * MAX_LISTENERS
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
 #: what kubelbd does, as Gateway API names its features (pkg/features): core Gateway,
-#: HTTPRoute and GRPCRoute, listener isolation, 421 for a host another HTTPS listener
-#: serves, a listener on 8080, method and query parameter matches, a parentRef's port,
-#: response headers changed, redirects of scheme and port and with every status code,
-#: backends in HTTP/2 (h2c) and WebSocket, timeouts; sorted
+#: HTTPRoute, GRPCRoute, TCPRoute and UDPRoute, listener isolation, 421 for a host another
+#: HTTPS listener serves, a listener on 8080, method and query parameter matches, a
+#: parentRef's port, response headers changed, redirects of scheme and port and with every
+#: status code, backends in HTTP/2 (h2c) and WebSocket, timeouts; sorted
 SUPPORTED_FEATURES = (
     "GRPCRoute",
     "Gateway",
@@ -64,10 +66,17 @@ SUPPORTED_FEATURES = (
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
+    "TCPRoute",
+    "UDPRoute",
 )
 #: the listener protocols served in this slice, and the route kinds each takes
-SERVED_PROTOCOLS = ("HTTP", "HTTPS")
-ROUTE_KINDS = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GRPCRoute")}
+SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP")
+ROUTE_KINDS = {
+    "HTTP": ("HTTPRoute", "GRPCRoute"),
+    "HTTPS": ("HTTPRoute", "GRPCRoute"),
+    "TCP": ("TCPRoute",),
+    "UDP": ("UDPRoute",),
+}
 #: the tenant's own GatewayClasses naming kubelbd's controller that it reports on
 MAX_CLASSES = 16
 #: certificateRefs read per listener (Gateway API's own limit), and the Secrets of them
@@ -227,8 +236,9 @@ def listeners(gateway: Obj, view: TenantView, certificates: bool = True) -> List
     `certificates`, HTTPS listeners' certificateRefs are not looked at (a route's attachment
     does not depend on them)."""
     out = Listeners()
-    seen: dict[tuple[int, str], str] = {}
-    protocols: dict[int, tuple[str, str]] = {}  # port -> (protocol, first listener's name)
+    seen: dict[tuple[int, str, str], str] = {}
+    #: (port, transport) -> (protocol, first listener's name): TCP and UDP may share a port
+    protocols: dict[tuple[int, str], tuple[str, str]] = {}
     listed = (gateway.get("spec") or {}).get("listeners") or []
     if len(listed) > MAX_LISTENERS_READ:
         unread = len(listed) - MAX_LISTENERS_READ
@@ -246,17 +256,20 @@ def listeners(gateway: Obj, view: TenantView, certificates: bool = True) -> List
             continue
         port, protocol = listener["port"], listener["protocol"]
         host = normalize_host(listener.get("hostname") or "")
-        first = protocols.setdefault(port, (protocol, name))
+        transport = "UDP" if protocol == "UDP" else "TCP"
+        first = protocols.setdefault((port, transport), (protocol, name))
         if first[0] != protocol:
             message = f"port {port} is listener {first[1]}'s, with protocol {first[0]}"
             out.problems.append(listener_problem(listener, "ProtocolConflict", message))
             continue
-        other = seen.get((port, host))
+        if protocol in ("TCP", "UDP"):
+            host = ""  # a hostname means nothing to a TCP or UDP listener
+        other = seen.get((port, transport, host))
         if other is not None:
             message = f"port {port} and hostname {host!r} are listener {other}'s"
             out.problems.append(listener_problem(listener, "HostnameConflict", message))
             continue
-        seen[(port, host)] = name
+        seen[(port, transport, host)] = name
         served = dict(listener)
         if host:
             served["hostname"] = host

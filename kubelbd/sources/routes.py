@@ -276,7 +276,8 @@ def resolve(
         out = broken(message)
     else:
         spec = {"service": {"name": ref["name"], "port": {"number": ref["port"]}}}
-        out = resolve_backend(ns, spec, view, problems)
+        protocol = "UDP" if kind == "UDPRoute" else "TCP"
+        out = resolve_backend(ns, spec, view, problems, protocol)
     out["service"] = label
     if ref.get("port") is not None:
         out["port"] = str(ref["port"])

@@ -368,6 +368,21 @@ class HTTPRoute(TypedDict, total=False):
     spec: _HTTPRouteSpec | None
 
 
+class _L4RouteRule(TypedDict, total=False):
+    backendRefs: list[_BackendRef] | None
+
+
+class _L4RouteSpec(_ParentRefsSpec, total=False):
+    rules: list[_L4RouteRule] | None
+
+
+class L4Route(TypedDict, total=False):
+    """A TCPRoute or a UDPRoute: its rules are backendRefs only."""
+
+    metadata: Metadata
+    spec: _L4RouteSpec | None
+
+
 class _MethodMatch(TypedDict, total=False):
     type: str | None
     service: str | None
