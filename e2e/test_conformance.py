@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 #: one of each thing kubelbd does, and the tests that found its bugs: HTTP and HTTPS
 #: listeners, matches, grants, certificate references, filters, status of the tenant's own
-#: GatewayClass, a GRPCRoute
+#: GatewayClass, a GRPCRoute, a TCPRoute and a UDPRoute
 FAST = (
     "HTTPRouteSimpleSameNamespace",
     "HTTPRouteMatching",
@@ -30,6 +30,8 @@ FAST = (
     "HTTPRouteRedirectHostAndStatus",
     "GatewayClassObservedGenerationBump",
     "GRPCExactMethodMatching",
+    "TCPRouteWeightedRouting",
+    "UDPRouteWeightedRouting",
 )
 
 
@@ -49,7 +51,7 @@ async def test_conformance(fleet: FleetHandle) -> None:
     selected = f"^TestConformance$/^({'|'.join(FAST)})$"
     result = await anyio.run_process(
         [str(binary), "-test.run", selected, "-test.v", "-gateway-class=kubelb",
-         "-cleanup-base-resources=false", "-conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC"],
+         "-cleanup-base-resources=false", "-conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TCP,GATEWAY-UDP"],
         env=env, check=False,
     )  # fmt: skip
     out = result.stdout.decode(errors="replace")
