@@ -35,6 +35,9 @@ FAST = (
 )
 
 
+PROFILES = "GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TCP,GATEWAY-UDP"
+
+
 def suite_binary() -> Path:
     out = subprocess.run(
         [str(ROOT / "hack" / "build-conformance")], check=True, capture_output=True, text=True
@@ -51,7 +54,7 @@ async def test_conformance(fleet: FleetHandle) -> None:
     selected = f"^TestConformance$/^({'|'.join(FAST)})$"
     result = await anyio.run_process(
         [str(binary), "-test.run", selected, "-test.v", "-gateway-class=kubelb",
-         "-cleanup-base-resources=false", "-conformance-profiles=GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TCP,GATEWAY-UDP"],
+         "-cleanup-base-resources=false", f"-conformance-profiles={PROFILES}"],
         env=env, check=False,
     )  # fmt: skip
     out = result.stdout.decode(errors="replace")
