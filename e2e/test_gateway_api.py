@@ -84,7 +84,8 @@ async def test_a_gateway_serves_its_routes_at_its_own_address(fleet: FleetHandle
         gateway("gw", [{"name": "http", "port": 80, "protocol": "HTTP"},
                        {"name": "other", "port": 8081, "protocol": "HTTP",
                         "hostname": "only.example.test"},
-                       {"name": "raw", "port": 9000, "protocol": "TCP"}]),
+                       {"name": "raw", "port": 9000, "protocol": "TLS",
+                        "tls": {"mode": "Passthrough"}}]),
         ns,
     )  # fmt: skip
 
