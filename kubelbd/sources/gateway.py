@@ -1,12 +1,15 @@
-"""The Gateway source: a tenant Gateway of GatewayClass `kubelb` becomes a LoadBalancer spec.
+"""The Gateway source: a tenant Gateway of a GatewayClass of kubelbd's (`kubelb`, or the
+tenant's own naming kubelbd's controller) becomes a LoadBalancer spec.
 
 A Gateway gets an address of its own, as a LoadBalancer Service does; what Envoy serves there
-is its `listeners` (HTTP only in this slice), each on its real port, for the HTTPRoutes the
-tenant side attached to it (sources/httproute.py). A listener kubelbd does not serve (another
-protocol, a hostname the tenant may not have, a port and hostname taken by an earlier
-listener) is left out of the record and reported as a problem whose message starts
-`listener <name>: `; the data plane reports every listener's conditions from the two.
-The whole `status` (addresses, conditions, listeners) is the data plane's document.
+is its `listeners` (HTTP, HTTPS, TCP, UDP), each on its real port, for the routes the tenant
+side attached to it (sources/routes.py). Each served listener says the route kinds it takes,
+the copies of the Secrets an HTTPS one may be served with, and the first reference that does
+not resolve. A listener kubelbd does not serve (another protocol, a hostname the tenant may
+not have, a port and hostname taken by an earlier listener, a port another protocol has) is
+left out of the record and reported as a problem whose message starts `listener <name>: `;
+the data plane reports every listener's conditions from the two. The whole `status`
+(addresses, conditions, listeners) is the data plane's document.
 """
 
 from __future__ import annotations
