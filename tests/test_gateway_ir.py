@@ -287,7 +287,7 @@ def test_tcp_and_udp_listeners_proxy_to_the_oldest_routes_weighted_backends() ->
     assert [w for _, w in tcp.weights] == [1, 2] and "30001" in tcp.weights[0][0]
     assert len(udp.weights) == 1
     combined = next(c for c in out.l4_clusters if c.name == udp.cluster)
-    assert combined.weighted == ((30053, 1), (30054, 2))
+    assert combined.weighted == ((30053, 500), (30054, 1000))  # at most 1000 each
     assert out.attached == {g.id: {"tcp": 2, "udp": 1}}
     assert older.id in out.served and newer.id not in out.served
     renderer = Renderer(ENVOY_SETTINGS)

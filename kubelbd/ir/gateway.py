@@ -385,7 +385,10 @@ def _l4(
             if protocol == "UDP" and len(backends) > 1:
                 # Envoy's UDP proxy sends to one cluster: one of every backend, weighted.
                 name = f"gw/{gid}/{lst['port']}/udp"
-                ports = tuple((port, w) for _, port, w in backends)
+                top = max(w for _, _, w in backends)
+                # Each node's endpoint of a backend carries its weight, and Envoy refuses a
+                # cluster whose endpoint weights sum past 2^32: at most 1000 each.
+                ports = tuple((port, max(1, w * 1000 // top)) for _, port, w in backends)
                 clusters[name] = L4Cluster(name, addresses, 0, "UDP", False, False, ports)
                 weights = [(name, 1)]
             else:
