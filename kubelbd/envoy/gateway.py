@@ -30,7 +30,7 @@ from ..ir.gateway import (
 from .common import Resource, socket_address
 from .http import RETRY_POLICY, hcm, http_filter_chain, named_route, route_action, route_config
 from .settings import Settings
-from .tls import downstream_tls, tls_inspector
+from .tls import downstream_tls, misdirected_route, tls_inspector
 from .type_urls import LISTENER
 
 
@@ -168,7 +168,7 @@ def gateway_listener(gl: GatewayHTTPListener, settings: Settings) -> Resource:
     return out
 
 
-def _misdirected(chain: GatewayChain, others: list[str], own: set[str]) -> list[Resource]:
+def _misdirected_hosts(chain: GatewayChain, others: list[str], own: set[str]) -> list[Resource]:
     """An HTTPS chain's answers for requests it must not serve: 421 Misdirected Request for
     a host another HTTPS listener of the port serves (a more specific one, for a wildcard's
     chain), and, on a chain with a hostname, for any host it does not serve (the client is
@@ -176,21 +176,25 @@ def _misdirected(chain: GatewayChain, others: list[str], own: set[str]) -> list[
     out = []
     taken = sorted(h for h in others if h not in own)
     if taken:
-        out.append({"name": f"{chain.name}/421", "domains": taken, "routes": [MISDIRECTED]})
+        out.append(
+            {
+                "name": f"{chain.name}/421",
+                "domains": taken,
+                "routes": [misdirected_route(NOT_THIS_CONNECTION)],
+            }
+        )
     if chain.server_name and ANY_HOST not in own:
         out.append(
-            {"name": f"{chain.name}/421-any", "domains": [ANY_HOST], "routes": [MISDIRECTED]}
+            {
+                "name": f"{chain.name}/421-any",
+                "domains": [ANY_HOST],
+                "routes": [misdirected_route(NOT_THIS_CONNECTION)],
+            }
         )
     return out
 
 
-MISDIRECTED: Resource = {
-    "match": {"prefix": "/"},
-    "direct_response": {
-        "status": 421,
-        "body": {"inline_string": "this host is not served on this connection\n"},
-    },
-}
+NOT_THIS_CONNECTION = "this host is not served on this connection\n"
 
 
 def _chain(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings) -> Resource:
@@ -205,7 +209,7 @@ def _chain(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings) -> 
     vhosts = [_virtual_host(name, h, port, tls, settings) for h in chain.hosts]
     if tls:
         others = [c.server_name for c in gl.chains if c is not chain and c.server_name]
-        vhosts += _misdirected(chain, others, {h.domain for h in chain.hosts})
+        vhosts += _misdirected_hosts(chain, others, {h.domain for h in chain.hosts})
     table = route_config(name, vhosts)
     del table["@type"]  # a message field here, not an Any: Envoy refuses the type URL
     # An inline table's clusters are checked when the listener is added (RDS tables' are

@@ -47,7 +47,9 @@ def certificate_tag(secret: str) -> Resource:
     }
 
 
-def _misdirected(message: str) -> Resource:
+def misdirected_route(message: str) -> Resource:
+    """A route answering 421 Misdirected Request: the client is to use a connection of its
+    own for this host."""
     return {
         "match": {"prefix": "/"},
         "direct_response": {"status": 421, "body": {"inline_string": message}},
@@ -82,7 +84,7 @@ def https_table(served: Mapping[str, tuple[str, str]], misdirected: Sequence[str
             {
                 "name": " ".join(filter(None, (shard, secret, wildcard))),
                 "domains": sorted(hosts),
-                "routes": [forward, _misdirected(NOT_THIS_CERTIFICATE)],
+                "routes": [forward, misdirected_route(NOT_THIS_CERTIFICATE)],
             }
         )
     if misdirected:
@@ -90,10 +92,12 @@ def https_table(served: Mapping[str, tuple[str, str]], misdirected: Sequence[str
             {
                 "name": "no-certificate",
                 "domains": list(misdirected),
-                "routes": [_misdirected("no certificate for this host\n")],
+                "routes": [misdirected_route("no certificate for this host\n")],
             }
         )
-    vhosts.append({"name": "*", "domains": ["*"], "routes": [_misdirected(NOT_THIS_CERTIFICATE)]})
+    vhosts.append(
+        {"name": "*", "domains": ["*"], "routes": [misdirected_route(NOT_THIS_CERTIFICATE)]}
+    )
     return route_config(
         FRONT_TLS,
         vhosts,

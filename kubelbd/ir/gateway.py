@@ -245,9 +245,8 @@ def build(
             if key is not None and gid in placements:
                 tables.setdefault(key, {})
             chain_of[gid][lst["name"]] = (key, lst.get("hostname"))
-    routes_seen: list[RouteRecord] = []
+    routes = list(routes)  # read twice: here and by _l4
     for route in routes:
-        routes_seen.append(route)
         attached_to: set[str] = set()
         named: dict[str, set[str]] = {}  # hostname -> Gateway addresses
         for parent in route.spec.get("parents", []):
@@ -255,11 +254,11 @@ def build(
             if not parent["accepted"] or gid not in chain_of:
                 continue
             for name in parent["listeners"]:
-                if name in out.attached[gid] and name not in chain_of[gid]:
-                    out.attached[gid][name] += 1  # a TCP or UDP listener: see _l4 below
-                if name not in chain_of[gid]:
+                if name not in out.attached[gid]:
                     continue
                 out.attached[gid][name] += 1
+                if name not in chain_of[gid]:
+                    continue  # a TCP or UDP listener: _l4 below
                 key, hostname = chain_of[gid][name]
                 table = tables.get(key) if key is not None else None
                 if table is None:
@@ -282,7 +281,7 @@ def build(
             out.served[route.id] = sorted(attached_to)
         if named:
             out.hosts[route.id] = {h: sorted(a) for h, a in sorted(named.items())}
-    _l4(gateways, placements, list(routes_seen), tenants or {}, out)
+    _l4(gateways, placements, routes, tenants or {}, out)
     for key, names in hostnames.items():
         # A listener's hostname with nothing attached answers 404 itself, rather than let a
         # less specific listener's routes answer for its hosts.

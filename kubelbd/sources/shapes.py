@@ -351,10 +351,18 @@ class _Timeouts(TypedDict, total=False):
     backendRequest: str | None
 
 
-class _RouteRule(TypedDict, total=False):
-    matches: list[_RouteMatch] | None
-    filters: list[_Filter] | None
+class _L4RouteRule(TypedDict, total=False):
+    """What every route kind's rule has: its backends (all a TCP or UDP rule has)."""
+
     backendRefs: list[_BackendRef] | None
+
+
+class _FilteredRule(_L4RouteRule, total=False):
+    filters: list[_Filter] | None
+
+
+class _RouteRule(_FilteredRule, total=False):
+    matches: list[_RouteMatch] | None
     timeouts: _Timeouts | None
 
 
@@ -366,10 +374,6 @@ class _HTTPRouteSpec(_ParentRefsSpec, total=False):
 class HTTPRoute(TypedDict, total=False):
     metadata: Metadata
     spec: _HTTPRouteSpec | None
-
-
-class _L4RouteRule(TypedDict, total=False):
-    backendRefs: list[_BackendRef] | None
 
 
 class _L4RouteSpec(_ParentRefsSpec, total=False):
@@ -394,10 +398,8 @@ class _GRPCRouteMatch(TypedDict, total=False):
     headers: list[_ValueMatch] | None
 
 
-class _GRPCRouteRule(TypedDict, total=False):
+class _GRPCRouteRule(_FilteredRule, total=False):
     matches: list[_GRPCRouteMatch] | None
-    filters: list[_Filter] | None
-    backendRefs: list[_BackendRef] | None
 
 
 class _GRPCRouteSpec(_ParentRefsSpec, total=False):
