@@ -22,7 +22,7 @@ from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.kube.lease import Leadership
-from kubelbd.objects import NAMESPACES, SECRETS, Obj
+from kubelbd.objects import NAMESPACES, SECRETS, SERVICES, Obj
 from kubelbd.records import parse
 from kubelbd.records.names import (
     LOADBALANCERS,
@@ -353,6 +353,38 @@ async def test_a_load_balancer_allocation_is_recorded_and_freed(tmp_path: Path) 
         assert status["ingress"] == []
         assert stored("default.old")["status"]["address"] == "198.51.100.7"
         assert not files_mentioning(tmp_path, "192.0.2.1")
+
+
+class DeletedWhileWriting(FakeKube):
+    """The record's DELETED event reaches the LoadBalancers while its allocation is written:
+    the write awaits, and an informer callback runs meanwhile (the race a CI run hit)."""
+
+    def __init__(self) -> None:
+        super().__init__("mgmt")
+        self.l4: LoadBalancers | None = None
+
+    async def apply(self, res: Any, obj: Obj, *args: Any, **kwargs: Any) -> Obj:
+        written = await super().apply(res, obj, *args, **kwargs)
+        if res == LOADBALANCERS and self.l4 is not None:
+            self.l4.delete("a", obj["metadata"]["name"])
+        return written
+
+
+@pytest.mark.parametrize("mode", ["pool", "service"])
+async def test_a_load_balancer_deleted_while_its_allocation_is_written(mode: str) -> None:
+    mgmt = DeletedWhileWriting()
+    await mgmt.create(NAMESPACES, namespace("tenant-a", labels("a")))
+    l4 = mgmt.l4 = LoadBalancers(mgmt, L4Settings(mode=mode, pool="192.0.2.0/29"), lambda: None)
+    obj = await mgmt.create(
+        LOADBALANCERS, record_object("LoadBalancer", "a", "default.db", lb_spec("db", "x"))
+    )
+    l4.upsert(obj)
+    listeners, clusters = await l4.reconcile({})
+    assert (listeners, clusters) == ([], [])
+    assert l4.placements == {} and l4.dirty
+    assert not [c for c in mgmt.calls if c.plural == SERVICES.plural]
+    # The next pass has nothing left to do.
+    assert await l4.reconcile({}) == ([], [])
 
 
 def b64(data: bytes) -> str:

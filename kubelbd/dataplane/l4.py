@@ -259,6 +259,11 @@ class LoadBalancers:
     ) -> tuple[list[L4Listener], list[L4Cluster]]:
         unwritten: set[str] = set()
         for rid, placement in placements.items():
+            # Each write awaits, and the record's DELETED event may come meanwhile: a record
+            # gone is not written for (its allocation went with it; the next pass collects).
+            if rid not in self.records:
+                unwritten.add(rid)
+                continue
             try:
                 if self._status_allocation(rid) != _allocation(placement, self.settings.mode):
                     await self._write_allocation(rid, placement)
@@ -267,7 +272,7 @@ class LoadBalancers:
                 log.warning("load balancer %s: cannot record its allocation: %s", rid, e)
                 unwritten.add(rid)
                 continue
-            if self.settings.mode == "service":
+            if self.settings.mode == "service" and rid in self.records:
                 try:
                     await self._ensure_management_service(rid, placement)
                 except (ApiError, ConnectionError) as e:
@@ -275,7 +280,8 @@ class LoadBalancers:
                     self.dirty = True
         for rid, error in failures.items():
             status = self.status.get(rid, {})
-            if rid not in placements and (status.get("address") or status.get("listenerPorts")):
+            held = status.get("address") or status.get("listenerPorts")
+            if held and rid in self.records and rid not in placements:
                 try:
                     await self._write_allocation(rid, None)
                 except (ApiError, ConnectionError) as e:
@@ -290,7 +296,9 @@ class LoadBalancers:
                 self.dirty = True
         if unwritten:
             self.dirty = True  # the data plane retries soon
-            placements = {r: p for r, p in placements.items() if r not in unwritten}
+        placements = {
+            r: p for r, p in placements.items() if r not in unwritten and r in self.records
+        }
         changed = (set(placements) ^ set(self.placements)) | set(failures) ^ set(self.failures)
         changed |= {r for r in placements if self.placements.get(r) != placements[r]}
         self.placements, self.failures = placements, failures
@@ -361,7 +369,10 @@ class LoadBalancers:
     async def _collect_management_services(self) -> None:
         for rid in [r for r in self.mgmt_services if r not in self.records]:
             self._leading()
-            meta = self.mgmt_services[rid]["metadata"]
+            svc = self.mgmt_services.get(rid)  # its DELETED event may have come meanwhile
+            if svc is None:
+                continue
+            meta = svc["metadata"]
             await self.mgmt.delete(SERVICES, meta["name"], meta["namespace"])
             self.mgmt_services.pop(rid, None)  # its DELETED event may have come first
 
