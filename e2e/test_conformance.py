@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 #: one of each thing kubelbd does, and the tests that found its bugs: HTTP and HTTPS
 #: listeners, matches, grants, certificate references, filters, status of the tenant's own
-#: GatewayClass, a GRPCRoute, a TCPRoute and a UDPRoute
+#: GatewayClass, a GRPCRoute, TLSRoutes passed through and terminated on one port, a
+#: TCPRoute and a UDPRoute
 FAST = (
     "HTTPRouteSimpleSameNamespace",
     "HTTPRouteMatching",
@@ -30,12 +31,13 @@ FAST = (
     "HTTPRouteRedirectHostAndStatus",
     "GatewayClassObservedGenerationBump",
     "GRPCExactMethodMatching",
+    "TLSRouteMixedTerminationSameNamespace",
     "TCPRouteWeightedRouting",
     "UDPRouteWeightedRouting",
 )
 
 
-PROFILES = "GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TCP,GATEWAY-UDP"
+PROFILES = "GATEWAY-HTTP,GATEWAY-GRPC,GATEWAY-TLS,GATEWAY-TCP,GATEWAY-UDP"
 
 
 def suite_binary() -> Path:

@@ -134,7 +134,7 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(model.ir, _all(model))
     out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
-    files.update(renderer.update_gateways(out.listeners))
+    files.update(renderer.update_gateways(out))
     assert "typed_extension_protocol_options" in next(
         c for c in files["cds.json"] if c["name"].endswith("/h2c")
     )  # an HTTP/2 cluster, for Envoy to check
@@ -161,7 +161,7 @@ def test_envoy_takes_a_gateway_listener_before_its_clusters() -> None:
     out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(Model().ir, _all(Model()))  # no backend cluster at all
-    files.update(renderer.update_gateways(out.listeners))
+    files.update(renderer.update_gateways(out))
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
 
@@ -185,7 +185,7 @@ def test_envoy_accepts_https_listeners_chosen_by_sni() -> None:
     assert out.secrets == {sid: data} and out.unserved == {}
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(Model().ir, _all(Model()))
-    files.update(renderer.update_gateways(out.listeners))
+    files.update(renderer.update_gateways(out))
     result = envoy_validate(static_bootstrap(files, {sid: data}))
     assert result.returncode == 0, _fails(result)
 
@@ -292,6 +292,97 @@ def test_tcp_and_udp_listeners_proxy_to_the_oldest_routes_weighted_backends() ->
     assert older.id in out.served and newer.id not in out.served
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(Model().ir, _all(Model()))
-    files.update(renderer.update_gateways([], out.l4_listeners, out.l4_clusters))
+    files.update(renderer.update_gateways(out))
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
+
+
+def tlsroute(name: str, listeners: list[str], created: str, hosts: dict[str, list[int]]) -> Any:
+    """A TLSRoute's record: a rule per hostname ("": none), each its backends' nodePorts."""
+    route = attached(name, [], listeners, created)
+    route.spec["rules"] = [
+        {"host": h, "paths": [{"path": "/", "pathType": "Prefix", "backends": [
+            {"service": f"s{p}", "port": "443", "nodePort": p} for p in ports]}]}
+        for h, ports in hosts.items()
+    ]  # fmt: skip
+    return route
+
+
+@needs_envoy
+def test_tls_listeners_choose_a_route_by_sni_passed_through_or_terminated() -> None:
+    """TLS listeners of one port, Passthrough and Terminate: a filter chain per SNI name a
+    route serves, each name the most specific listener's and there the oldest route's; a
+    name whose route has no backend refuses the connection; a Terminate listener without a
+    usable certificate is not served; Envoy takes the result."""
+    pair = certs.self_signed("tls.example.test")
+    sid = "alpha/gw.cert"
+    data = tls.CertificateData(sid, pair.cert_pem(), pair.key_pem())
+    g = gw([{"name": "pass", "port": 8443, "protocol": "TLS", "tlsMode": "Passthrough",
+             "hostname": "*.example.test"},
+            {"name": "term", "port": 8443, "protocol": "TLS", "tlsMode": "Terminate",
+             "hostname": "tls.example.test", "certificates": ["gw.cert"]},
+            {"name": "any", "port": 9443, "protocol": "TLS", "tlsMode": "Passthrough"},
+            {"name": "broken", "port": 9444, "protocol": "TLS", "tlsMode": "Terminate",
+             "certificates": ["gw.missing"]}])  # fmt: skip
+    older = tlsroute("old", ["pass", "term", "any", "broken"], "2026-01-01",
+                     {"abc.example.test": [30001], "": [30002, 30003]})  # fmt: skip
+    newer = tlsroute("new", ["pass"], "2026-02-01",
+                     {"abc.example.test": [30004], "dead.example.test": []})  # fmt: skip
+    tenants = {"alpha": TenantRecord("alpha", ("127.0.1.1",))}
+    now = dt.datetime.now(dt.UTC)  # the certificate is valid from now on
+    out = gateway.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older], {sid: data}, now,
+        tenants,
+    )  # fmt: skip
+    by_port = {x.port: x for x in out.tls_listeners}
+    assert sorted(by_port) == [8443, 9443]  # 9444: no certificate, not served
+    chains = {c.server_name: c for c in by_port[8443].chains}
+    # abc: the older route's, passed through; the listener's own wildcard: the older route's
+    # rule without a hostname; tls.example.test: the Terminate listener's (more specific),
+    # not the wildcard's; dead: the newer route's, which has no backend.
+    assert sorted(chains) == [
+        "*.example.test", "abc.example.test", "dead.example.test", "tls.example.test"
+    ]  # fmt: skip
+    [(cluster, weight)] = chains["abc.example.test"].weights
+    assert cluster.startswith("gw/") and cluster.endswith("/tcp") and weight == 1
+    assert next(c for c in out.l4_clusters if c.name == cluster).port == 30001
+    assert chains["abc.example.test"].secret == "" and chains["*.example.test"].listener == "pass"
+    assert chains["tls.example.test"].secret == sid
+    assert chains["tls.example.test"].listener == "term"
+    assert len(chains["tls.example.test"].weights) == 2
+    assert chains["dead.example.test"].weights == ()
+    assert [c.server_name for c in by_port[9443].chains] == [gateway.ANY_HOST, "abc.example.test"]
+    assert out.unserved[g.id]["broken"].reason == "InvalidCertificateRef"
+    assert out.served == {
+        older.id: [f"{g.id}/any", f"{g.id}/pass", f"{g.id}/term"],
+        newer.id: [f"{g.id}/pass"],
+    }
+    assert out.hosts[older.id] == {
+        h: ["127.0.200.1"] for h in ("*.example.test", "abc.example.test", "tls.example.test")
+    }
+    renderer = Renderer(ENVOY_SETTINGS)
+    files = renderer.update(Model().ir, _all(Model()))
+    files.update(renderer.update_gateways(out))
+    listener = next(x for x in files["lds.json"] if x["name"].endswith("/8443/tls"))
+    rendered = {c["name"].rsplit("/", 1)[1]: c for c in listener["filter_chains"]}
+    assert "transport_socket" in rendered["tls.example.test"]
+    assert "transport_socket" not in rendered["abc.example.test"]
+    assert rendered["dead.example.test"]["filters"][0]["name"] == "envoy.filters.network.rbac"
+    result = envoy_validate(static_bootstrap(files, {sid: data}))
+    assert result.returncode == 0, _fails(result)
+
+
+def test_a_route_naming_the_host_precedes_an_older_one_whose_wildcard_meets_it() -> None:
+    """Gateway API's first precedence is the matching hostname: on a listener for
+    a.example.test, a newer route naming a.example.test answers before an older route whose
+    `*.example.test` meets the listener's name (same path)."""
+    older = attached("old", [path("/", port=30001)], ["a"], "2026-01-01")
+    older.spec["rules"][0]["host"] = "*.example.test"
+    newer = attached("new", [path("/", port=30002)], ["a"], "2026-02-01")
+    newer.spec["rules"][0]["host"] = "a.example.test"
+    g = gw([{"name": "a", "port": 80, "protocol": "HTTP", "hostname": "a.example.test"}])
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [older, newer], {}, NOW)
+    [chain] = out.listeners[0].chains
+    [host] = chain.hosts
+    assert host.domain == "a.example.test"
+    assert [r.target.route for r in host.rules] == [newer.id]

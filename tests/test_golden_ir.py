@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from kubelbd.envoy.gateway import gateway_listener
+from kubelbd.envoy.gateway import gateway_listener, gateway_tls_listener
 from kubelbd.envoy.settings import Settings
 from kubelbd.ir import gateway, gateway_status, tls
 from kubelbd.ir.http import build
@@ -182,6 +182,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                 },
                 "envoy": [gateway_listener(x, ENVOY_SETTINGS) for x in gw.listeners],
             }
+            if gw.tls_listeners:
+                out["gateways"]["tlsListeners"] = [dataclasses.asdict(x) for x in gw.tls_listeners]
+                out["gateways"]["envoy"] += [gateway_tls_listener(x) for x in gw.tls_listeners]
             for r in routes:
                 if "parents" in r.spec:
                     reports = [x for x in reports if x.id != r.id]

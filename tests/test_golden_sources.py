@@ -30,6 +30,7 @@ GATEWAY_KINDS = {
     "gateways": gatewayapi.GATEWAYS,
     "httproutes": gatewayapi.HTTPROUTES,
     "grpcroutes": gatewayapi.GRPCROUTES,
+    "tlsroutes": gatewayapi.TLSROUTES,
     "tcproutes": gatewayapi.TCPROUTES,
     "udproutes": gatewayapi.UDPROUTES,
     "referenceGrants": gatewayapi.REFERENCE_GRANTS,
@@ -129,6 +130,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "Gateway": tenant.get("gateways") or [],
             "HTTPRoute": tenant.get("httproutes") or [],
             "GRPCRoute": tenant.get("grpcroutes") or [],
+            "TLSRoute": tenant.get("tlsroutes") or [],
             "TCPRoute": tenant.get("tcproutes") or [],
             "UDPRoute": tenant.get("udproutes") or [],
         }

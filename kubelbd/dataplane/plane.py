@@ -375,11 +375,7 @@ class DataPlane:
         )
         # Certificates first: to the secret server, before the listener that names them.
         self.tls.serve_gateways(self.gateways.secrets, bool(self.gateways.unserved))
-        files.update(
-            self.renderer.update_gateways(
-                self.gateways.listeners, self.gateways.l4_listeners, self.gateways.l4_clusters
-            )
-        )
+        files.update(self.renderer.update_gateways(self.gateways))
         moved = {
             rid for rid in set(before.served) | set(self.gateways.served)
             if before.served.get(rid) != self.gateways.served.get(rid)

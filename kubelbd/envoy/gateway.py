@@ -1,7 +1,8 @@
 """Gateway API listeners (IR → Envoy, pure): one listener per Gateway and port, at the
 Gateway's own address, its routes inline: one filter chain for its HTTP listeners, or one per
 HTTPS listener, chosen by SNI, its certificate over SDS as for the shared HTTPS listener
-(envoy/tls.py).
+(envoy/tls.py). A TLS port is a TCP proxy per SNI name, TLS passed through or terminated
+(`gateway_tls_listener`); TCP and UDP ports are envoy/l4.py's.
 
 Inline, not a route table file per listener: every file subscription costs Envoy an inotify
 instance (128 per user by default), and a fleet has more Gateways than that. The price is that
@@ -23,15 +24,18 @@ from ..ir.gateway import (
     GatewayHost,
     GatewayHTTPListener,
     GatewayRule,
+    GatewayTLSListener,
     HeaderOp,
     Match,
     Redirect,
+    TLSChain,
 )
 from .common import Resource, socket_address
 from .http import RETRY_POLICY, hcm, http_filter_chain, named_route, route_action, route_config
+from .l4 import tcp_proxy
 from .settings import Settings
 from .tls import downstream_tls, misdirected_route, tls_inspector
-from .type_urls import LISTENER
+from .type_urls import LISTENER, NETWORK_RBAC
 
 
 def _string_match(value: str, kind: str) -> Resource:
@@ -229,3 +233,50 @@ def _chain(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings) -> 
     # covers, which is what the 421 answers above are for.
     out["transport_socket"] = downstream_tls(chain.secret, ("h2", "http/1.1"))
     return out
+
+
+@lru_cache(maxsize=4096)
+def gateway_tls_listener(gl: GatewayTLSListener) -> Resource:
+    """A Gateway's TLS port: a filter chain per SNI name (the one for any name has no match,
+    so it takes every other and none); a connection whose name has no chain is closed."""
+    return {
+        "@type": LISTENER,
+        "name": gl.name,
+        "address": socket_address(gl.address, gl.port),
+        "listener_filters": [tls_inspector()],
+        "filter_chains": [_tls_chain(gl, c) for c in gl.chains],
+    }
+
+
+def _tls_chain(gl: GatewayTLSListener, chain: TLSChain) -> Resource:
+    name = f"{gl.name}/{chain.server_name}"
+    out: Resource = {"name": name}
+    if chain.server_name != ANY_HOST:
+        out["filter_chain_match"] = {"server_names": [chain.server_name]}
+    stat = name.replace("/", "_")
+    if not chain.weights:
+        # No backend to proxy to: refused before a handshake, whatever the mode (a chain
+        # ends with a terminal filter: the proxy, to a cluster that is never there).
+        out["filters"] = [_refuse(stat), tcp_proxy(stat, ((REFUSED, 1),))]
+        return out
+    out["filters"] = [tcp_proxy(stat, chain.weights)]
+    if chain.secret:
+        out["transport_socket"] = downstream_tls(chain.secret, ())
+    return out
+
+
+#: no cluster has this name (kubelbd's are `gw/...`, `<tenant>/...` and the static ones)
+REFUSED = "refused"
+
+
+def _refuse(stat: str) -> Resource:
+    """A network filter that closes every connection (at its first bytes)."""
+    deny = {"permissions": [{"any": True}], "principals": [{"any": True}]}
+    return {
+        "name": "envoy.filters.network.rbac",
+        "typed_config": {
+            "@type": NETWORK_RBAC,
+            "stat_prefix": stat,
+            "rules": {"action": "DENY", "policies": {"no-backend": deny}},
+        },
+    }

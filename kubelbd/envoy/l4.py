@@ -93,25 +93,23 @@ def l4_listener(listener: L4Listener) -> Resource:
                 {"name": "envoy.filters.udp_listener.udp_proxy", "typed_config": proxy}
             ],
         }
-    # A node that died since the last health check refuses the connection: try another.
-    tcp: Resource = {
-        "@type": TCP_PROXY,
-        "stat_prefix": stat,
-        "cluster": listener.cluster,
-        "max_connect_attempts": 3,
-    }
+    tcp = tcp_proxy(stat, listener.weights or ((listener.cluster, 1),))
     if listener.affinity:
-        tcp["hash_policy"] = [{"source_ip": {}}]
-    if len(listener.weights) > 1:
-        del tcp["cluster"]
-        tcp["weighted_clusters"] = {
-            "clusters": [{"name": c, "weight": w} for c, w in listener.weights]
-        }
+        tcp["typed_config"]["hash_policy"] = [{"source_ip": {}}]
     return {
         "@type": LISTENER,
         "name": listener.name,
         "address": socket_address(listener.address, listener.port),
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]}
-        ],
+        "filter_chains": [{"filters": [tcp]}],
     }
+
+
+def tcp_proxy(stat: str, weights: tuple[tuple[str, int], ...]) -> Resource:
+    """The network filter proxying a connection to one cluster, or shared by weight."""
+    # A node that died since the last health check refuses the connection: try another.
+    tcp: Resource = {"@type": TCP_PROXY, "stat_prefix": stat, "max_connect_attempts": 3}
+    if len(weights) > 1:
+        tcp["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in weights]}
+    else:
+        tcp["cluster"] = weights[0][0]
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}

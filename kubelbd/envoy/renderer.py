@@ -8,14 +8,14 @@ long series of updates give byte-identical files (a property test holds them equ
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from operator import attrgetter
 
-from ..ir.gateway import GatewayHTTPListener
+from ..ir.gateway import GatewayIR
 from ..ir.http import IR, Delta, VirtualHost
 from ..ir.l4 import L4Cluster, L4Listener
 from ..ir.tls import TLSPlan
 from .common import Resource
-from .gateway import gateway_listener
+from .gateway import gateway_listener, gateway_tls_listener
 from .http import backend_cluster, front_table, listeners, shard_clusters, shard_table
 from .l4 import l4_cluster, l4_listener
 from .settings import (
@@ -28,6 +28,8 @@ from .settings import (
     shard_of,
 )
 from .tls import https_listener, https_table
+
+_NAME = attrgetter("name")
 
 #: file path (relative to the config directory) → the resources it holds
 Files = dict[str, list[Resource]]
@@ -133,17 +135,13 @@ class Renderer:
             files["cds.json"] = self._cds()
         return files
 
-    def update_gateways(
-        self,
-        listeners: list[GatewayHTTPListener],
-        l4_listeners: Sequence[L4Listener] = (),
-        l4_clusters: Sequence[L4Cluster] = (),
-    ) -> dict[str, list[Resource]]:
+    def update_gateways(self, gateways: GatewayIR) -> dict[str, list[Resource]]:
         """The listener and cluster files, if the Gateways' listeners (HTTP ones with their
-        routes inline; TCP and UDP ones) or their Layer 4 clusters changed."""
-        new = [gateway_listener(x, self.settings) for x in sorted(listeners, key=lambda x: x.name)]
-        new += [l4_listener(x) for x in sorted(l4_listeners, key=lambda x: x.name)]
-        clusters = [l4_cluster(c, self.settings) for c in l4_clusters]
+        routes inline; TLS, TCP and UDP ones) or their Layer 4 clusters changed."""
+        new = [gateway_listener(x, self.settings) for x in sorted(gateways.listeners, key=_NAME)]
+        new += [gateway_tls_listener(x) for x in sorted(gateways.tls_listeners, key=_NAME)]
+        new += [l4_listener(x) for x in sorted(gateways.l4_listeners, key=_NAME)]
+        clusters = [l4_cluster(c, self.settings) for c in gateways.l4_clusters]
         files: dict[str, list[Resource]] = {}
         if clusters != self._gateway_clusters:
             self._gateway_clusters = clusters

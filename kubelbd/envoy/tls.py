@@ -144,17 +144,14 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
 
 def downstream_tls(secret: str, alpn: tuple[str, ...] = ("http/1.1",)) -> Resource:
     """TLS served with one certificate (a secret id), which Envoy takes from SDS, offering
-    the application protocols `alpn`."""
+    the application protocols `alpn` (none: the client's choice is not answered)."""
     sds = {"name": secret, "sds_config": SDS_CONFIG}
+    context: Resource = {"tls_certificate_sds_secret_configs": [sds]}
+    if alpn:
+        context["alpn_protocols"] = list(alpn)
     return {
         "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": DOWNSTREAM_TLS,
-            "common_tls_context": {
-                "tls_certificate_sds_secret_configs": [sds],
-                "alpn_protocols": list(alpn),
-            },
-        },
+        "typed_config": {"@type": DOWNSTREAM_TLS, "common_tls_context": context},
     }
 
 

@@ -1,5 +1,5 @@
-"""Gateway API in the fleet model (pure): each Gateway's HTTP and HTTPS listeners, with the
-routes attached to them, at the Gateway's own address.
+"""Gateway API in the fleet model (pure): each Gateway's HTTP, HTTPS, TLS, TCP and UDP
+listeners, with the routes attached to them, at the Gateway's own address.
 
 Unlike Ingress, nothing is shared here: a Gateway has an address of its own (the Layer 4
 allocator's, `ir.l4.place`), so its hosts need no ownership between tenants to be routed, and
@@ -21,6 +21,12 @@ module only intersects hostnames and orders the rules.
   (ir.tls.usable; whatever names it has: the Gateway's address is the tenant's alone, so
   there is nothing to take from another tenant); with none, it is not served, and says why
   (InvalidCertificateRef).
+- A TLS port is a filter chain per SNI name its routes serve (the name kept, as for HTTP, by
+  the most specific listener that takes it, and there by the oldest route), proxied to the
+  route's backends: passed through, or terminated with the listener's certificate (a
+  Passthrough and a Terminate listener may share the port). A name whose route has no
+  backend refuses the connection; a name no route serves has no chain, so Envoy closes it.
+- A TCP or UDP listener proxies to the backends of the oldest route attached to it.
 - Within a host, the precedence of Gateway API: an Exact path, then the longest prefix, then a
   method, then the most header matches, then the most query matches, then the oldest route
   (creation time, then namespace/name), then rule order.
@@ -34,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..records.names import secret_id
 from ..records.problems import Problem
@@ -43,6 +49,7 @@ from ..records.types import (
     HeaderFilter,
     HeaderMatch,
     HTTPPath,
+    HTTPRule,
     LBRecord,
     RouteRecord,
     TenantRecord,
@@ -105,19 +112,42 @@ class GatewayChain:
 
 
 @dataclass(frozen=True)
-class GatewayHTTPListener:
-    """One Envoy listener: a Gateway's HTTP or HTTPS listeners on one port, at its address."""
+class TLSChain:
+    """One filter chain of a Gateway's TLS port: the connections whose SNI is `server_name`
+    (a name, `*.x`, or ANY_HOST: any other or none), of TLS `listener`, proxied to `weights`
+    ((cluster, weight); none: the connection is refused), TLS terminated with certificate
+    `secret` ("": passed through as it is)."""
+
+    listener: str
+    server_name: str
+    secret: str
+    weights: tuple[tuple[str, int], ...]
+
+
+Chain_ = TypeVar("Chain_", GatewayChain, TLSChain)
+
+
+@dataclass(frozen=True)
+class PortListener(Generic[Chain_]):
+    """One Envoy listener: a Gateway's listeners on one port, at its address, as filter
+    chains (HTTP and HTTPS ones: GatewayChain; TLS ones: TLSChain)."""
 
     name: str
     address: str
     port: int
-    chains: tuple[GatewayChain, ...]
+    chains: tuple[Chain_, ...]
+
+
+GatewayHTTPListener = PortListener[GatewayChain]
+GatewayTLSListener = PortListener[TLSChain]
 
 
 @dataclass
 class GatewayIR:
     listeners: list[GatewayHTTPListener] = field(default_factory=list)
-    #: the Gateways' TCP and UDP listeners, and the clusters they proxy to
+    #: the Gateways' TLS listeners (TLSRoute), by port
+    tls_listeners: list[GatewayTLSListener] = field(default_factory=list)
+    #: the Gateways' TCP and UDP listeners, and the clusters they and TLS listeners proxy to
     l4_listeners: list[L4Listener] = field(default_factory=list)
     l4_clusters: list[L4Cluster] = field(default_factory=list)
     #: the certificates the HTTPS chains are served with, by secret id
@@ -195,11 +225,18 @@ def _header_ops(f: HeaderFilter) -> tuple[HeaderOp, ...]:
     )
 
 
-def _precedence(route: RouteRecord, index: int, r: GatewayRule) -> tuple[Any, ...]:
+def _specificity(host: str) -> tuple[int, int]:
+    """How specific the route hostname a rule matched by is (smaller first): Gateway API
+    prefers the most characters of a non-wildcard hostname, then of any hostname."""
+    wildcard = not host or host.startswith("*.")
+    return (0 if not wildcard else 1, -len(host))
+
+
+def _precedence(route: RouteRecord, host: str, index: int, r: GatewayRule) -> tuple[Any, ...]:
     ns_name = f"{route.namespace}/{route.spec['source']['name']}"
     return (
-        0 if r.exact else 1, -len(r.path), 0 if r.method else 1, -len(r.headers),
-        -len(r.query), route.created, ns_name, index,
+        *_specificity(host), 0 if r.exact else 1, -len(r.path), 0 if r.method else 1,
+        -len(r.headers), -len(r.query), route.created, ns_name, index,
     )  # fmt: skip
 
 
@@ -214,11 +251,11 @@ def build(
     now: dt.datetime,
     tenants: Mapping[str, TenantRecord] | None = None,
 ) -> GatewayIR:
-    """Every Gateway's HTTP and HTTPS listeners with what is attached to them. `gateways`:
+    """Every Gateway's listeners with what is attached to them. `gateways`:
     LoadBalancer records with listeners, by id; `placements`: their addresses (a Gateway
     without one is not served yet); `routes`: every route (those without parents are not
     looked at); `certificates`: the management cluster's, by secret id, checked at `now`;
-    `tenants`: their node addresses, which TCP and UDP listeners proxy to."""
+    `tenants`: their node addresses, which TLS, TCP and UDP listeners proxy to."""
     out = GatewayIR()
     # chain -> domain -> [(precedence, rule)]
     tables: dict[Chain, dict[str, list[tuple[tuple[Any, ...], GatewayRule]]]] = {}
@@ -258,7 +295,7 @@ def build(
                     continue
                 out.attached[gid][name] += 1
                 if name not in chain_of[gid]:
-                    continue  # a TCP or UDP listener: _l4 below
+                    continue  # a TLS, TCP or UDP listener: _tls and _l4 below
                 key, hostname = chain_of[gid][name]
                 table = tables.get(key) if key is not None else None
                 if table is None:
@@ -274,14 +311,21 @@ def build(
                         ):
                             continue  # no host, or another listener's (listener isolation)
                         r = _rule(route, p)
-                        table.setdefault(domain, []).append((_precedence(route, index, r), r))
+                        table.setdefault(domain, []).append(
+                            (_precedence(route, rule["host"], index, r), r)
+                        )
                         if domain != ANY_HOST:
                             named.setdefault(domain, set()).add(placements[gid].address)
         if attached_to:
             out.served[route.id] = sorted(attached_to)
         if named:
             out.hosts[route.id] = {h: sorted(a) for h, a in sorted(named.items())}
-    _l4(gateways, placements, routes, tenants or {}, out)
+    clusters: dict[str, L4Cluster] = {}
+    _tls(gateways, placements, routes, certificates, now, tenants or {}, clusters, out)
+    _l4(gateways, placements, routes, tenants or {}, clusters, out)
+    out.l4_clusters = [clusters[n] for n in sorted(clusters)]
+    for where in out.served.values():
+        where.sort()
     for key, names in hostnames.items():
         # A listener's hostname with nothing attached answers 404 itself, rather than let a
         # less specific listener's routes answer for its hosts.
@@ -346,23 +390,110 @@ def _ordered(entries: list[tuple[tuple[Any, ...], GatewayRule]]) -> tuple[Gatewa
     return tuple(out)
 
 
+def _attachments(
+    gateways: Mapping[str, LBRecord], routes: list[RouteRecord]
+) -> list[tuple[RouteRecord, str, str]]:
+    """(route, Gateway record id, listener name) of every accepted attachment, the oldest
+    route first."""
+    return [
+        (route, gid, name)
+        for route in sorted(routes, key=lambda r: r.age_key)
+        for parent in route.spec.get("parents", [])
+        if parent["accepted"] and (gid := f"{route.tenant}/{parent['gateway']}") in gateways
+        for name in parent["listeners"]
+    ]
+
+
+def _backends(route: RouteRecord, rule: HTTPRule, protocol: str) -> list[tuple[str, int, int]]:
+    """A Layer 4 rule's backends that resolve and carry weight: (cluster, nodePort, weight)."""
+    return [
+        (f"gw/{cluster_name(route.tenant, route.namespace, b)}/{protocol.lower()}",
+         b["nodePort"], b.get("weight", 1))
+        for b in (rule["paths"][0]["backends"] if rule["paths"] else [])
+        if "nodePort" in b and b.get("weight", 1) > 0
+    ]  # fmt: skip
+
+
+def _tls(
+    gateways: Mapping[str, LBRecord],
+    placements: Mapping[str, Placement],
+    routes: list[RouteRecord],
+    certificates: Mapping[str, CertificateData],
+    now: dt.datetime,
+    tenants: Mapping[str, TenantRecord],
+    clusters: dict[str, L4Cluster],
+    out: GatewayIR,
+) -> None:
+    """The Gateways' TLS listeners: a filter chain per SNI name a route attached to one of
+    them serves, each name kept for the most specific listener of the port that takes it
+    (as for HTTP) and, on it, for the route of the most specific hostname that meets it,
+    then the oldest; passed through, or terminated with the listener's certificate (without
+    one the listener is not served)."""
+    listening: dict[tuple[str, str], tuple[GatewayListener, str]] = {}  # -> (it, secret)
+    hostnames: dict[tuple[str, int], set[str]] = {}  # (gid, port) -> listener hostnames
+    for gid, gw in sorted(gateways.items()):
+        for lst in gw.spec.get("listeners", []):
+            if lst["protocol"] != "TLS":
+                continue
+            secret = ""
+            if lst.get("tlsMode") == "Terminate":
+                secret = _certificate(gw, lst, certificates, now, out)
+                if not secret:
+                    continue
+            if gid not in placements:
+                continue  # no address yet
+            listening[(gid, lst["name"])] = (lst, secret)
+            hostnames.setdefault((gid, lst["port"]), set()).add(lst.get("hostname", ""))
+    #: (gid, port) -> SNI name -> (specificity, route, rule, listener) serving it
+    chosen: dict[tuple[str, int], dict[str, tuple[tuple[int, int], RouteRecord, HTTPRule, str]]]
+    chosen = {}
+    for route, gid, name in _attachments(gateways, routes):
+        if (gid, name) not in listening:
+            continue
+        lst, _ = listening[(gid, name)]
+        port, hostname = lst["port"], lst.get("hostname", "")
+        for rule in route.spec["rules"]:
+            domain = intersect(hostname, rule["host"])
+            if domain is None or owner(hostnames[(gid, port)], domain) != hostname:
+                continue  # no name in common, or another listener's (listener isolation)
+            chains = chosen.setdefault((gid, port), {})
+            rank = _specificity(rule["host"])
+            if domain not in chains or rank < chains[domain][0]:
+                chains[domain] = (rank, route, rule, name)  # else an older route's
+    for (gid, port), chains in sorted(chosen.items()):
+        address = placements[gid].address
+        nodes = tenants.get(gateways[gid].tenant)
+        ordered = []
+        for domain, (_, route, rule, name) in sorted(chains.items()):
+            backends = _backends(route, rule, "TCP")
+            for cluster, node_port, _ in backends:
+                addresses = nodes.addresses if nodes else ()
+                clusters[cluster] = L4Cluster(cluster, addresses, node_port, "TCP", False, False)
+            weights = tuple((c, w) for c, _, w in backends)
+            ordered.append(TLSChain(name, domain, listening[(gid, name)][1], weights))
+            where = out.served.setdefault(route.id, [])
+            if f"{gid}/{name}" not in where:
+                where.append(f"{gid}/{name}")
+            if domain != ANY_HOST:
+                named = out.hosts.setdefault(route.id, {}).setdefault(domain, [])
+                named[:] = sorted({*named, address})
+        name = f"gw/{gid}/{port}/tls"
+        out.tls_listeners.append(GatewayTLSListener(name, address, port, tuple(ordered)))
+
+
 def _l4(
     gateways: Mapping[str, LBRecord],
     placements: Mapping[str, Placement],
     routes: list[RouteRecord],
     tenants: Mapping[str, TenantRecord],
+    clusters: dict[str, L4Cluster],
     out: GatewayIR,
 ) -> None:
     """The Gateways' TCP and UDP listeners: each proxies to the backends of the oldest route
     attached to it (Gateway API: the others are attached, and not served), weighted."""
     chosen: dict[tuple[str, str], RouteRecord] = {}
-    for route in sorted(routes, key=lambda r: r.age_key):
-        for parent in route.spec.get("parents", []):
-            gid = f"{route.tenant}/{parent['gateway']}"
-            if parent["accepted"] and gid in gateways:
-                for name in parent["listeners"]:
-                    chosen.setdefault((gid, name), route)
-    clusters: dict[str, L4Cluster] = {}
+    for route, gid, name in _attachments(gateways, routes):
+        chosen.setdefault((gid, name), route)
     for gid, gw in sorted(gateways.items()):
         placement = placements.get(gid)
         for lst in gw.spec.get("listeners", []):
@@ -373,12 +504,7 @@ def _l4(
             nodes = tenants.get(gw.tenant)
             addresses = nodes.addresses if nodes else ()
             rules = winner.spec["rules"]
-            backends = [
-                (f"gw/{cluster_name(winner.tenant, winner.namespace, b)}/{protocol.lower()}",
-                 b["nodePort"], b.get("weight", 1))
-                for b in (rules[0]["paths"][0]["backends"] if rules and rules[0]["paths"] else [])
-                if "nodePort" in b and b.get("weight", 1) > 0
-            ]  # fmt: skip
+            backends = _backends(winner, rules[0], protocol) if rules else []
             if not backends:
                 continue  # nothing to proxy to: the port is not opened
             if protocol == "UDP" and len(backends) > 1:
@@ -399,4 +525,3 @@ def _l4(
                            lst["port"], protocol, weights[0][0], False, tuple(weights))
             )  # fmt: skip
             out.served.setdefault(winner.id, []).append(f"{gid}/{lst['name']}")
-    out.l4_clusters = [clusters[n] for n in sorted(clusters)]

@@ -243,7 +243,9 @@ class GatewayListener(TypedDict):
     hostname: NotRequired[str]  # absent: every host
     #: the route kinds it takes (absent, as in records written before: HTTPRoute)
     kinds: NotRequired[list[str]]
-    #: HTTPS: the tenant Secrets it may be served with, by their copies' names
+    #: TLS: whether it terminates TLS or passes the connection through (SNI chooses)
+    tlsMode: NotRequired[Literal["Passthrough", "Terminate"]]
+    #: HTTPS and TLS Terminate: the tenant Secrets it may be served with, by their copies' names
     #: (`<namespace>.<name>`, records.names.copy_name), in order; the first usable one is
     certificates: NotRequired[list[str]]
     #: the first reference that does not resolve (its ResolvedRefs condition)

@@ -17,12 +17,13 @@ from .gatewayapi import (
     HTTPROUTES,
     REFERENCE_GRANTS,
     TCPROUTES,
+    TLSROUTES,
     UDPROUTES,
 )
 from .grpcroute import GRPCRouteSource
 from .httproute import HTTPRouteSource
 from .ingress import IngressSource
-from .l4routes import TCPRouteSource, UDPRouteSource
+from .l4routes import TCPRouteSource, TLSRouteSource, UDPRouteSource
 from .loadbalancer import LoadBalancerServiceSource
 
 SOURCES: tuple[Source, ...] = (
@@ -31,6 +32,7 @@ SOURCES: tuple[Source, ...] = (
     GatewaySource(),
     HTTPRouteSource(),
     GRPCRouteSource(),
+    TLSRouteSource(),
     TCPRouteSource(),
     UDPRouteSource(),
 )
@@ -43,6 +45,7 @@ OPTIONAL: frozenset[Resource] = frozenset(
         GATEWAYS,
         HTTPROUTES,
         GRPCROUTES,
+        TLSROUTES,
         TCPROUTES,
         UDPROUTES,
         GATEWAY_CLASSES,

@@ -2,12 +2,13 @@
 tenant's own naming kubelbd's controller) becomes a LoadBalancer spec.
 
 A Gateway gets an address of its own, as a LoadBalancer Service does; what Envoy serves there
-is its `listeners` (HTTP, HTTPS, TCP, UDP), each on its real port, for the routes the tenant
-side attached to it (sources/routes.py). Each served listener says the route kinds it takes,
-the copies of the Secrets an HTTPS one may be served with, and the first reference that does
-not resolve. A listener kubelbd does not serve (another protocol, a hostname the tenant may
-not have, a port and hostname taken by an earlier listener, a port another protocol has) is
-left out of the record and reported as a problem whose message starts `listener <name>: `;
+is its `listeners` (HTTP, HTTPS, TLS, TCP, UDP), each on its real port, for the routes the
+tenant side attached to it (sources/routes.py). Each served listener says the route kinds it
+takes, a TLS one its mode, the copies of the Secrets one that terminates TLS may be served
+with, and the first reference that does not resolve. A listener kubelbd does not serve
+(another protocol, a hostname the tenant may not have, a port and hostname taken by an
+earlier listener, a port another protocol has) is left out of the record and reported as a
+problem whose message starts `listener <name>: `;
 the data plane reports every listener's conditions from the two. The whole `status`
 (addresses, conditions, listeners) is the data plane's document.
 """
@@ -49,7 +50,9 @@ def translate(gateway: Obj, view: TenantView) -> Translation[LoadBalancerSpec]:
             entry["hostname"] = listener["hostname"]
         resolved = found.resolved[listener["name"]]
         entry["kinds"] = resolved.kinds
-        if listener["protocol"] == "HTTPS":
+        if listener["protocol"] == "TLS":
+            entry["tlsMode"] = "Terminate" if gatewayapi.terminates(listener) else "Passthrough"
+        if gatewayapi.terminates(listener):
             entry["certificates"] = [copy_name(ns, name) for ns, name in resolved.certificates]
         if resolved.unresolved is not None:
             entry["unresolved"] = resolved.unresolved.spec()
@@ -131,7 +134,7 @@ class GatewaySource:
         return gatewayapi.gateway_record(namespace, name)
 
     def references(self, obj: Obj, view: TenantView) -> References:
-        """The Secrets its HTTPS listeners may be served with (copied to the management
+        """The Secrets its listeners that terminate TLS may be served with (copied to the management
         cluster), and the grants of the namespaces they are in (its routes reference it, not
         it them)."""
         if not shapes.fits(shapes.Gateway, obj):

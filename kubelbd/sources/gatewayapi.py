@@ -28,6 +28,7 @@ API_VERSION = f"{GROUP}/v1"
 GATEWAYS = Resource(API_VERSION, "gateways")
 HTTPROUTES = Resource(API_VERSION, "httproutes")
 GRPCROUTES = Resource(API_VERSION, "grpcroutes")
+TLSROUTES = Resource(API_VERSION, "tlsroutes")
 TCPROUTES = Resource(API_VERSION, "tcproutes")
 UDPROUTES = Resource(API_VERSION, "udproutes")
 GATEWAY_CLASSES = Resource(API_VERSION, "gatewayclasses", namespaced=False)
@@ -41,7 +42,8 @@ MAX_LISTENERS_READ = 2 * MAX_LISTENERS
 CLASS_NAME = "kubelb"
 CONTROLLER = GATEWAY_CONTROLLER
 #: what kubelbd does, as Gateway API names its features (pkg/features): core Gateway,
-#: HTTPRoute, GRPCRoute, TCPRoute and UDPRoute, listener isolation, 421 for a host another
+#: HTTPRoute, GRPCRoute, TLSRoute (passthrough, terminate, both on one port), TCPRoute and
+#: UDPRoute, listener isolation, 421 for a host another
 #: HTTPS listener serves, a listener on 8080, method and query parameter matches, a
 #: parentRef's port, response headers changed, redirects of scheme and port and with every
 #: status code, backends in HTTP/2 (h2c) and WebSocket, timeouts; sorted
@@ -67,13 +69,17 @@ SUPPORTED_FEATURES = (
     "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
     "TCPRoute",
+    "TLSRoute",
+    "TLSRouteModeMixed",
+    "TLSRouteModeTerminate",
     "UDPRoute",
 )
 #: the listener protocols served in this slice, and the route kinds each takes
-SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TCP", "UDP")
+SERVED_PROTOCOLS = ("HTTP", "HTTPS", "TLS", "TCP", "UDP")
 ROUTE_KINDS = {
     "HTTP": ("HTTPRoute", "GRPCRoute"),
     "HTTPS": ("HTTPRoute", "GRPCRoute"),
+    "TLS": ("TLSRoute",),
     "TCP": ("TCPRoute",),
     "UDP": ("UDPRoute",),
 }
@@ -230,11 +236,12 @@ class Listeners:
 
 
 def listeners(gateway: Obj, view: TenantView, certificates: bool = True) -> Listeners:
-    """Which listeners of a Gateway (of the right shape) are served: HTTP or HTTPS, a
-    hostname that is a DNS name the tenant may have, no earlier listener with the same name,
-    with the same port and hostname, or with another protocol on the same port. Without
-    `certificates`, HTTPS listeners' certificateRefs are not looked at (a route's attachment
-    does not depend on them)."""
+    """Which listeners of a Gateway (of the right shape) are served: a protocol of
+    SERVED_PROTOCOLS, a hostname that is a DNS name the tenant may have, no earlier listener
+    with the same name, with the same port and hostname, or with another protocol on the same
+    port (TLS listeners in Passthrough and Terminate mode may share one). Without
+    `certificates`, certificateRefs are not looked at (a route's attachment does not depend
+    on them)."""
     out = Listeners()
     seen: dict[tuple[int, str, str], str] = {}
     #: (port, transport) -> (protocol, first listener's name): TCP and UDP may share a port
@@ -292,9 +299,12 @@ def _refused(listener: Obj, served: int, policy: Policy) -> Problem | None:
     if protocol not in SERVED_PROTOCOLS:
         message = f"protocol {protocol[:32]!r} is not supported ({', '.join(SERVED_PROTOCOLS)})"
         return listener_problem(listener, "UnsupportedProtocol", message)
-    mode = (listener.get("tls") or {}).get("mode") or "Terminate"
+    mode = tls_mode(listener)
     if protocol == "HTTPS" and mode != "Terminate":
         message = f"TLS mode {mode[:32]!r}: HTTPS listeners terminate TLS"
+        return listener_problem(listener, "UnsupportedValue", message)
+    if protocol == "TLS" and mode not in ("Terminate", "Passthrough"):
+        message = f"TLS mode {mode[:32]!r}: Terminate or Passthrough"
         return listener_problem(listener, "UnsupportedValue", message)
     host = normalize_host(listener.get("hostname") or "")
     if host and not HOST.fullmatch(host):
@@ -307,11 +317,23 @@ def _refused(listener: Obj, served: int, policy: Policy) -> Problem | None:
     return None
 
 
+def tls_mode(listener: Mapping[str, Any]) -> str:
+    """A listener's TLS mode (Gateway API's default: Terminate)."""
+    return str((listener.get("tls") or {}).get("mode") or "Terminate")
+
+
+def terminates(listener: Mapping[str, Any]) -> bool:
+    """Whether a listener terminates TLS (an HTTPS one, or a TLS one in Terminate mode): it
+    is served with one of its certificateRefs."""
+    protocol = listener.get("protocol")
+    return protocol == "HTTPS" or (protocol == "TLS" and tls_mode(listener) == "Terminate")
+
+
 def _resolve(listener: Obj, gateway: Obj, view: TenantView, certificates: bool) -> Resolved:
     """A served listener's route kinds and certificates (see Resolved)."""
     kinds, unresolved = _route_kinds(listener)
     out = Resolved(kinds, unresolved=unresolved)
-    if listener["protocol"] != "HTTPS" or not certificates:
+    if not terminates(listener) or not certificates:
         return out
     gateway_ns = (gateway.get("metadata") or {}).get("namespace", "")
     refs = ((listener.get("tls") or {}).get("certificateRefs") or [])[:MAX_CERTIFICATE_REFS]
@@ -323,7 +345,8 @@ def _resolve(listener: Obj, gateway: Obj, view: TenantView, certificates: bool) 
         elif len(out.certificates) < MAX_CERTIFICATES:
             out.certificates.append(target)
     if not refs:
-        problems.append(Problem("InvalidCertificateRef", "an HTTPS listener needs certificateRefs"))
+        message = "a listener that terminates TLS needs certificateRefs"
+        problems.append(Problem("InvalidCertificateRef", message))
     if out.unresolved is None and problems:
         p = problems[0]
         out.unresolved = listener_problem(listener, p.reason, p.message)

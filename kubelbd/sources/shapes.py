@@ -387,6 +387,17 @@ class L4Route(TypedDict, total=False):
     spec: _L4RouteSpec | None
 
 
+class _TLSRouteSpec(_L4RouteSpec, total=False):
+    hostnames: list[str] | None
+
+
+class TLSRoute(TypedDict, total=False):
+    """A TLSRoute: SNI hostnames, and rules of backendRefs only."""
+
+    metadata: Metadata
+    spec: _TLSRouteSpec | None
+
+
 class _MethodMatch(TypedDict, total=False):
     type: str | None
     service: str | None
