@@ -386,3 +386,20 @@ def test_a_route_naming_the_host_precedes_an_older_one_whose_wildcard_meets_it()
     [host] = chain.hosts
     assert host.domain == "a.example.test"
     assert [r.target.route for r in host.rules] == [newer.id]
+
+
+def test_a_certificate_no_filter_chain_names_is_not_served() -> None:
+    """A Terminate TLS listener without routes has no filter chain: Envoy never asks for its
+    certificate, so it is not among those Envoy is to hold (the data plane waits for Envoy to
+    hold every one before it reports anything applied)."""
+    pair = certs.self_signed("tls.example.test")
+    sid = "alpha/gw.cert"
+    data = tls.CertificateData(sid, pair.cert_pem(), pair.key_pem())
+    g = gw([{"name": "term", "port": 8443, "protocol": "TLS", "tlsMode": "Terminate",
+             "certificates": ["gw.cert"]}])  # fmt: skip
+    now = dt.datetime.now(dt.UTC)
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [], {sid: data}, now)
+    assert out.tls_listeners == [] and out.secrets == {} and out.unserved == {}
+    dead = tlsroute("dead", ["term"], "2026-01-01", {"": []})  # refused: no handshake either
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [dead], {sid: data}, now)
+    assert len(out.tls_listeners) == 1 and out.secrets == {}

@@ -150,7 +150,7 @@ class GatewayIR:
     #: the Gateways' TCP and UDP listeners, and the clusters they and TLS listeners proxy to
     l4_listeners: list[L4Listener] = field(default_factory=list)
     l4_clusters: list[L4Cluster] = field(default_factory=list)
-    #: the certificates the HTTPS chains are served with, by secret id
+    #: the certificates the HTTPS and TLS chains are served with, by secret id
     secrets: dict[str, CertificateData] = field(default_factory=dict)
     #: Gateway record id -> listener name -> why it is not served (its certificates)
     unserved: dict[str, dict[str, Problem]] = field(default_factory=dict)
@@ -344,6 +344,11 @@ def build(
         name = f"gw/{gid}/{port}"
         address = placements[gid].address
         out.listeners.append(GatewayHTTPListener(name, address, port, tuple(port_chains)))
+    # The certificates Envoy is to hold are those a filter chain it is handed names: one
+    # served that none names is never asked for (and never reported held).
+    used = {c.secret for x in out.listeners for c in x.chains}
+    used |= {c.secret for x in out.tls_listeners for c in x.chains if c.weights}
+    out.secrets = {sid: certificates[sid] for sid in sorted(used - {""})}
     return out
 
 
@@ -358,8 +363,8 @@ def _certificate(
     now: dt.datetime,
     out: GatewayIR,
 ) -> str:
-    """The id of the certificate an HTTPS listener is served with (noted in `out.secrets`),
-    or "" after noting in `out.unserved` why none."""
+    """The id of the certificate a listener that terminates TLS is served with, or "" after
+    noting in `out.unserved` why none."""
     why = "no certificateRef resolves"
     for copy in listener.get("certificates", []):
         sid = secret_id(gw.tenant, copy)
@@ -371,7 +376,6 @@ def _certificate(
         if isinstance(cert, Problem):
             why = cert.message
             continue
-        out.secrets[sid] = data
         return sid
     problem = Problem("InvalidCertificateRef", why)
     out.unserved.setdefault(gw.id, {})[listener["name"]] = problem
