@@ -4,6 +4,7 @@ The full picture, records to Envoy, is the golden case tests/golden/ir/gateway-h
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -403,3 +404,48 @@ def test_a_certificate_no_filter_chain_names_is_not_served() -> None:
     dead = tlsroute("dead", ["term"], "2026-01-01", {"": []})  # refused: no handshake either
     out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [dead], {sid: data}, now)
     assert len(out.tls_listeners) == 1 and out.secrets == {}
+
+
+def _many(name: str, n: int, listeners: list[str], port: int = 30080) -> Any:
+    """A route with `n` paths: a table of `n` routes."""
+    return attached(name, [path(f"/p{i}", port=port) for i in range(n)], listeners, "2026-01-01")
+
+
+@needs_envoy
+def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_the_listener() -> (
+    None
+):
+    """With room for one route table file and chains of at least 3 routes: the larger chain's
+    routes are a file (named by kubelbd, not the tenant), the other's inline; a change to the
+    routes of the file's chain rewrites that file only, not the listener Envoy would rebuild;
+    a chain that grows past it does not take its file (one chain joining rewrites no other's
+    listener); Envoy takes each result."""
+    settings = dataclasses.replace(ENVOY_SETTINGS, gateway_tables=1, gateway_table_routes=3)
+    g = gw([{"name": "a", "port": 80, "protocol": "HTTP"},
+            {"name": "b", "port": 8081, "protocol": "HTTP"}])  # fmt: skip
+    where = {g.id: Placement("127.0.200.1", ())}
+    renderer = Renderer(settings)
+    files = renderer.update(Model().ir, _all(Model()))
+    big, small = _many("big", 4, ["a"]), _many("small", 3, ["b"])
+    files.update(renderer.update_gateways(gateway.build({g.id: g}, where, [big, small], {}, NOW)))
+    assert sorted(f for f in files if f.startswith("rds/gateway")) == ["rds/gateway.0.json"]
+    listeners = {x["name"]: x for x in files["lds.json"]}
+    [chain] = listeners["gw/alpha/gw.web.gateway/80"]["filter_chains"]
+    manager = chain["filters"][0]["typed_config"]
+    assert manager["rds"]["route_config_name"] == "gateway.0" and "route_config" not in manager
+    assert manager["stat_prefix"] == "gateway.0"
+    [other] = listeners["gw/alpha/gw.web.gateway/8081"]["filter_chains"]
+    assert "route_config" in other["filters"][0]["typed_config"]
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)
+
+    bigger = _many("big", 5, ["a"])
+    changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, small], {}, NOW))
+    assert sorted(changed) == ["rds/gateway.0.json"]
+    files.update(changed)
+    grown = _many("small", 9, ["b"])
+    changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, grown], {}, NOW))
+    assert sorted(changed) == ["lds.json"]  # the inline chain's listener, rewritten as before
+    files.update(changed)
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)

@@ -1,13 +1,15 @@
 """Gateway API listeners (IR → Envoy, pure): one listener per Gateway and port, at the
-Gateway's own address, its routes inline: one filter chain for its HTTP listeners, or one per
-HTTPS listener, chosen by SNI, its certificate over SDS as for the shared HTTPS listener
-(envoy/tls.py). A TLS port is a TCP proxy per SNI name, TLS passed through or terminated
-(`gateway_tls_listener`); TCP and UDP ports are envoy/l4.py's.
+Gateway's own address: one filter chain for its HTTP listeners, or one per HTTPS listener,
+chosen by SNI, its certificate over SDS as for the shared HTTPS listener (envoy/tls.py). A TLS
+port is a TCP proxy per SNI name, TLS passed through or terminated (`gateway_tls_listener`);
+TCP and UDP ports are envoy/l4.py's.
 
-Inline, not a route table file per listener: every file subscription costs Envoy an inotify
-instance (128 per user by default), and a fleet has more Gateways than that. The price is that
-a route change rewrites that Gateway's listener, which Envoy replaces and drains; the shared
-Ingress listener never does (envoy/http.py).
+A chain's routes are inline, or a route table file of its own (`gateway_table`; the renderer
+says which). Every file subscription costs Envoy an inotify instance (128 per user by
+default) and a fleet has more Gateways than that, so most are inline; the price is that a
+route change rewrites that Gateway's listener, which Envoy rebuilds, at a cost that grows with
+its routes (about 190 ms at 500). The largest chains' routes are files, which Envoy applies
+without touching the listener, as it does the shared Ingress tables (envoy/http.py).
 
 The request side is the front listener's: the peer's address is the client's, paths are
 normalized; a port in the Host header is ignored to choose a virtual host, and kept for the
@@ -159,13 +161,28 @@ def _virtual_host(
     }
 
 
+def chain_name(gl: GatewayHTTPListener, chain: GatewayChain) -> str:
+    """A filter chain's name (its HTTP connection manager's and inline table's)."""
+    return f"{gl.name}/{chain.name}" if chain.name else gl.name
+
+
+def chain_size(chain: GatewayChain) -> int:
+    """How many routes a chain's table has: what choosing it a file of its own is by."""
+    return sum(len(h.rules) for h in chain.hosts)
+
+
 @lru_cache(maxsize=4096)
-def gateway_listener(gl: GatewayHTTPListener, settings: Settings) -> Resource:
+def gateway_listener(
+    gl: GatewayHTTPListener, settings: Settings, tables: tuple[tuple[str, str], ...] = ()
+) -> Resource:
+    """A Gateway's listener on one port; `tables`: (chain name, route table name) of the
+    chains whose routes are a route table file of their own (`gateway_table`), not inline."""
+    files = dict(tables)
     out: Resource = {
         "@type": LISTENER,
         "name": gl.name,
         "address": socket_address(gl.address, gl.port),
-        "filter_chains": [_chain(gl, c, settings) for c in gl.chains],
+        "filter_chains": [_chain(gl, c, settings, files.get(chain_name(gl, c))) for c in gl.chains],
     }
     if any(c.secret for c in gl.chains):
         out["listener_filters"] = [tls_inspector()]
@@ -201,28 +218,46 @@ def _misdirected_hosts(chain: GatewayChain, others: list[str], own: set[str]) ->
 NOT_THIS_CONNECTION = "this host is not served on this connection\n"
 
 
-def _chain(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings) -> Resource:
-    listener, port = gl.name, gl.port
-    name = f"{listener}/{chain.name}" if chain.name else listener
-    manager = hcm(name, name, settings, front=True)
-    del manager["rds"]
-    # The backend gets the Host the client sent, port and all (Gateway API's conformance
-    # checks it); virtual hosts match it without its port.
-    del manager["strip_any_host_port"]
+@lru_cache(maxsize=1024)
+def gateway_table(
+    gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings, table: str
+) -> Resource:
+    """A chain's routes as route table `table`, for a file of its own."""
+    return _table(gl, chain, settings, table)
+
+
+def _table(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings, name: str) -> Resource:
     tls = bool(chain.secret)
-    vhosts = [_virtual_host(name, h, port, tls, settings) for h in chain.hosts]
+    vhosts = [_virtual_host(chain_name(gl, chain), h, gl.port, tls, settings) for h in chain.hosts]
     if tls:
         others = [c.server_name for c in gl.chains if c is not chain and c.server_name]
         vhosts += _misdirected_hosts(chain, others, {h.domain for h in chain.hosts})
     table = route_config(name, vhosts)
-    del table["@type"]  # a message field here, not an Any: Envoy refuses the type URL
-    # An inline table's clusters are checked when the listener is added (RDS tables' are
-    # not), and Envoy may read the listener file before the cluster file written just before
-    # it: it would reject the listener. Unchecked, a cluster not there yet answers 503 for
-    # the moment it takes, as behind the shared listener.
+    # Not checked against the clusters Envoy has: an inline table's would be checked when
+    # the listener is added, and Envoy may read the listener file before the cluster file
+    # written just before it: it would reject the listener. Unchecked, a cluster not there
+    # yet answers 503 for the moment it takes, as behind the shared listener.
     table["validate_clusters"] = False
     table["ignore_port_in_host_matching"] = True
-    manager["route_config"] = table
+    return table
+
+
+def _chain(
+    gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings, table: str | None
+) -> Resource:
+    name = chain_name(gl, chain)
+    # A route table file is named by kubelbd alone (stat names, which the versions Envoy
+    # applied are read from, must not carry the tenant's names: `.rds.` in one would misread
+    # them); an inline one by its chain.
+    manager = hcm(table, table, settings, front=True) if table else hcm(name, name, settings, True)
+    # The backend gets the Host the client sent, port and all (Gateway API's conformance
+    # checks it); virtual hosts match it without its port.
+    del manager["strip_any_host_port"]
+    if not table:
+        del manager["rds"]
+        inline = _table(gl, chain, settings, name)
+        del inline["@type"]  # a message field here, not an Any: Envoy refuses the type URL
+        manager["route_config"] = inline
     out: Resource = http_filter_chain(manager)
     if not chain.secret:
         return out

@@ -10,12 +10,18 @@ from __future__ import annotations
 import math
 from operator import attrgetter
 
-from ..ir.gateway import GatewayIR
+from ..ir.gateway import GatewayHTTPListener, GatewayIR
 from ..ir.http import IR, Delta, VirtualHost
 from ..ir.l4 import L4Cluster, L4Listener
 from ..ir.tls import TLSPlan
 from .common import Resource
-from .gateway import gateway_listener, gateway_tls_listener
+from .gateway import (
+    chain_name,
+    chain_size,
+    gateway_listener,
+    gateway_table,
+    gateway_tls_listener,
+)
 from .http import backend_cluster, front_table, listeners, shard_clusters, shard_table
 from .l4 import l4_cluster, l4_listener
 from .settings import (
@@ -23,6 +29,7 @@ from .settings import (
     FRONT,
     FRONT_TLS,
     Settings,
+    gateway_table_names,
     rds_file,
     shard_names,
     shard_of,
@@ -59,6 +66,9 @@ class Renderer:
         self._cds_written = -math.inf
         self._l4_listeners: list[Resource] = []
         self._gateway_listeners: list[Resource] = []
+        #: Gateway chain name -> the route table file its routes are in (the largest chains)
+        self._gateway_tables: dict[str, str] = {}
+        self._gateway_table_content: dict[str, Resource] = {}
         self._gateway_clusters: list[Resource] = []
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
@@ -138,11 +148,28 @@ class Renderer:
     def update_gateways(self, gateways: GatewayIR) -> dict[str, list[Resource]]:
         """The listener and cluster files, if the Gateways' listeners (HTTP ones with their
         routes inline; TLS, TCP and UDP ones) or their Layer 4 clusters changed."""
-        new = [gateway_listener(x, self.settings) for x in sorted(gateways.listeners, key=_NAME)]
+        files: dict[str, list[Resource]] = {}
+        tables = self._choose_tables(gateways.listeners)
+        new = []
+        for gl in sorted(gateways.listeners, key=_NAME):
+            own = tuple(
+                (chain_name(gl, c), tables[chain_name(gl, c)])
+                for c in gl.chains
+                if chain_name(gl, c) in tables
+            )
+            new.append(gateway_listener(gl, self.settings, own))
+            for c in gl.chains:
+                table = tables.get(chain_name(gl, c))
+                if table is None:
+                    continue
+                content = gateway_table(gl, c, self.settings, table)
+                if content is not self._gateway_table_content.get(table):
+                    # Before the listener that names it (the publisher's order).
+                    self._gateway_table_content[table] = content
+                    files[rds_file(table)] = [content]
         new += [gateway_tls_listener(x) for x in sorted(gateways.tls_listeners, key=_NAME)]
         new += [l4_listener(x) for x in sorted(gateways.l4_listeners, key=_NAME)]
         clusters = [l4_cluster(c, self.settings) for c in gateways.l4_clusters]
-        files: dict[str, list[Resource]] = {}
         if clusters != self._gateway_clusters:
             self._gateway_clusters = clusters
             files["cds.json"] = self._cds()
@@ -150,6 +177,26 @@ class Renderer:
             self._gateway_listeners = new
             files["lds.json"] = self._lds()
         return files
+
+    def _choose_tables(self, listeners: list[GatewayHTTPListener]) -> dict[str, str]:
+        """Which Gateway chains' routes are route table files, and which file each: a chain
+        of at least `gateway_table_routes` routes keeps the file it has; the files free go
+        to the largest other ones (ties by name), `gateway_tables` in all. Kept, not moved
+        to a larger newcomer: a chain that leaves its file has its listener rebuilt."""
+        s = self.settings
+        sizes = {
+            chain_name(gl, c): chain_size(c)
+            for gl in listeners
+            for c in gl.chains
+            if chain_size(c) >= s.gateway_table_routes
+        }
+        kept = {name: t for name, t in self._gateway_tables.items() if name in sizes}
+        free = [t for t in gateway_table_names(s) if t not in kept.values()]
+        others = sorted((n for n in sizes if n not in kept), key=lambda n: (-sizes[n], n))
+        for name, table in zip(others, free, strict=False):
+            kept[name] = table
+        self._gateway_tables = kept
+        return kept
 
     def next_removal(self) -> float | None:
         """When the next `update` would remove unused clusters (None: none waiting)."""

@@ -25,6 +25,10 @@ class Settings:
     health_check_interval: str = "2s"
     #: How long a cluster no route uses stays in Envoy (see Renderer.update).
     cluster_grace: float = 1.0
+    #: Gateway filter chains whose routes are a route table file of their own (the largest;
+    #: each file costs Envoy an inotify instance), and the routes a chain needs for one
+    gateway_tables: int = 16
+    gateway_table_routes: int = 64
 
 
 def shard_of(host: str, shards: int) -> str:
@@ -42,6 +46,11 @@ def rds_file(name: str) -> str:
 def rds_path(settings: Settings, name: str) -> str:
     """The same file as Envoy opens it."""
     return f"{settings.config_dir}/{rds_file(name)}"
+
+
+def gateway_table_names(settings: Settings) -> list[str]:
+    """The route table files Gateway chains may have (the renderer keeps which one has which)."""
+    return [f"gateway.{k}" for k in range(settings.gateway_tables)]
 
 
 def shard_names(settings: Settings) -> list[str]:
