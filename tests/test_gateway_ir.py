@@ -449,3 +449,17 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     files.update(changed)
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
+
+
+def test_a_route_record_replaced_is_compiled_again() -> None:
+    """A route's rules are remembered for its record object: the record that replaces it
+    (same id, new paths) is served as it now says, in the next build."""
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    where = {g.id: Placement("127.0.200.1", ())}
+    before = attached("r", [path("/old", port=30001)], ["http"], "2026-01-01")
+    after = attached("r", [path("/new", port=30002)], ["http"], "2026-01-01")
+    assert before.id == after.id
+    for route, want in ((before, "/old"), (after, "/new"), (before, "/old")):
+        out = gateway.build({g.id: g}, where, [route], {}, NOW)
+        [host] = out.listeners[0].chains[0].hosts
+        assert [r.path for r in host.rules] == [want]

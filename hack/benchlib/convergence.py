@@ -14,10 +14,10 @@ In the same run it measures the floor:
 - envoy: a second Envoy, loaded with a copy of kubelbd's current files, applying the same kind
   of change (the same files, the same sizes) from the rename until it answers 200; its files
   are put back after each sample (untimed), so its configuration does not grow over a series.
-  For `httproute` that is the listener file with the bench Gateway's listener holding one more
-  virtual host (a Gateway's routes are inline in its listener); the copy's pool-address
-  listeners are left out (they would share the real ones' sockets) and that one listener is
-  moved to a port of its own.
+  For `httproute` that is the bench Gateway's routes with one more virtual host: its route
+  table file when its chain has one (the largest chains do), else its listener file (routes
+  inline); the copy's pool-address listeners are left out (they would share the real ones'
+  sockets) and that one listener is moved to a port of its own.
 """
 
 from __future__ import annotations
@@ -552,23 +552,31 @@ class EnvoyFloor:
         return took
 
     async def listener_change(self, n: int, host: str) -> float:
-        """The bench Gateway's listener with one more virtual host, as kubelbd writes it for
-        a new HTTPRoute, until it answers 200; then the copy's listeners back, untimed."""
+        """The bench Gateway's routes with one more virtual host, as kubelbd writes them for
+        a new HTTPRoute: its route table file when its chain has one (envoy/gateway.py), else
+        its listener; until it answers 200; then the copy's files back, untimed."""
         lds = json.loads(json.dumps(self.lds))
-        lds["version_info"] = f"f{n}"
         listener = next(x for x in lds["resources"] if x["name"] == self.gateway_listener)
         manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        manager["route_config"]["virtual_hosts"].append(
-            {"name": host, "domains": [host],
-             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.cluster}}]}
-        )  # fmt: skip
-        data = json.dumps(lds).encode()
+        vhost = {
+            "name": host,
+            "domains": [host],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.cluster}}],
+        }
+        if "rds" in manager:
+            path = self.dst / "rds" / f"{manager['rds']['route_config_name']}.json"
+            original = json.loads(path.read_text())
+            changed = json.loads(json.dumps(original))
+            changed["resources"][0]["virtual_hosts"].append(vhost)
+        else:
+            path, original, changed = self.dst / "lds.json", self.lds, lds
+            manager["route_config"]["virtual_hosts"].append(vhost)
+        data = json.dumps({**changed, "version_info": f"f{n}"}).encode()
         start = time.monotonic()
-        write_atomically(self.dst / "lds.json", data)
+        write_atomically(path, data)
         await self.until(host, 200, start + 30, poll=0.001, port=self.gateway_port)
         took = time.monotonic() - start
-        restored = json.dumps({**self.lds, "version_info": f"r{n}"}).encode()
-        write_atomically(self.dst / "lds.json", restored)
+        write_atomically(path, json.dumps({**original, "version_info": f"r{n}"}).encode())
         await self.until(host, 404, time.monotonic() + 30, poll=0.005, port=self.gateway_port)
         return took
 

@@ -218,7 +218,9 @@ def _misdirected_hosts(chain: GatewayChain, others: list[str], own: set[str]) ->
 NOT_THIS_CONNECTION = "this host is not served on this connection\n"
 
 
-@lru_cache(maxsize=1024)
+#: a table is large (every route of a chain of at least 64) and each change makes a new one:
+#: only the current ones need remembering (the renderer tells an unchanged one by identity)
+@lru_cache(maxsize=64)
 def gateway_table(
     gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings, table: str
 ) -> Resource:
