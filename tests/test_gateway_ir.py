@@ -14,6 +14,7 @@ from kubefleet import certs
 
 from kubelbd.envoy import gateway as envoy_gateway
 from kubelbd.envoy.renderer import Renderer
+from kubelbd.envoy.settings import gateway_table_name, rds_file
 from kubelbd.ir import gateway, tls
 from kubelbd.ir.http import Delta, Model
 from kubelbd.ir.l4 import Placement
@@ -416,10 +417,10 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     None
 ):
     """With room for one route table file and chains of at least 3 routes: the larger chain's
-    routes are a file (named by kubelbd, not the tenant), the other's inline; a change to the
-    routes of the file's chain rewrites that file only, not the listener Envoy would rebuild;
-    a chain that grows past it does not take its file (one chain joining rewrites no other's
-    listener); Envoy takes each result."""
+    routes are a file (named by kubelbd, after the chain), the other's inline; a change to
+    the routes of the file's chain rewrites that file only, not the listener Envoy would
+    rebuild; a chain that grows past it does not take its file (one chain joining rewrites
+    no other's listener); Envoy takes each result."""
     settings = dataclasses.replace(ENVOY_SETTINGS, gateway_tables=1, gateway_table_routes=3)
     g = gw([{"name": "a", "port": 80, "protocol": "HTTP"},
             {"name": "b", "port": 8081, "protocol": "HTTP"}])  # fmt: skip
@@ -428,12 +429,13 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     files = renderer.update(Model().ir, _all(Model()))
     big, small = _many("big", 4, ["a"]), _many("small", 3, ["b"])
     files.update(renderer.update_gateways(gateway.build({g.id: g}, where, [big, small], {}, NOW)))
-    assert sorted(f for f in files if f.startswith("rds/gateway")) == ["rds/gateway.0.json"]
+    table = gateway_table_name("gw/alpha/gw.web.gateway/80")
+    assert [f for f in files if f.startswith("rds/gateway")] == [rds_file(table)]
     listeners = {x["name"]: x for x in files["lds.json"]}
     [chain] = listeners["gw/alpha/gw.web.gateway/80"]["filter_chains"]
     manager = chain["filters"][0]["typed_config"]
-    assert manager["rds"]["route_config_name"] == "gateway.0" and "route_config" not in manager
-    assert manager["stat_prefix"] == "gateway.0"
+    assert manager["rds"]["route_config_name"] == table and "route_config" not in manager
+    assert manager["stat_prefix"] == table
     [other] = listeners["gw/alpha/gw.web.gateway/8081"]["filter_chains"]
     assert "route_config" in other["filters"][0]["typed_config"]
     result = envoy_validate(static_bootstrap(files))
@@ -441,7 +443,7 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
 
     bigger = _many("big", 5, ["a"])
     changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, small], {}, NOW))
-    assert sorted(changed) == ["rds/gateway.0.json"]
+    assert sorted(changed) == [rds_file(table)]
     files.update(changed)
     grown = _many("small", 9, ["b"])
     changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, grown], {}, NOW))
@@ -449,6 +451,35 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     files.update(changed)
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
+
+
+def test_a_route_table_file_never_passes_to_another_chain() -> None:
+    """When the chain holding a file shrinks below the size and another grows past it in
+    one update, the other gets a file of its own name: Envoy, which still has the first
+    chain's listener until it applies the new listener file, would otherwise read the other
+    chain's routes (another tenant's, perhaps) into it. A tenant takes at most
+    `gateway_tables_per_tenant` files, so that one cannot hold them all."""
+    settings = dataclasses.replace(
+        ENVOY_SETTINGS, gateway_tables=2, gateway_tables_per_tenant=1, gateway_table_routes=3
+    )
+    g = gw([{"name": "a", "port": 80, "protocol": "HTTP"},
+            {"name": "b", "port": 8081, "protocol": "HTTP"}])  # fmt: skip
+    where = {g.id: Placement("127.0.200.1", ())}
+    renderer = Renderer(settings)
+    renderer.update(Model().ir, _all(Model()))
+    first = renderer.update_gateways(
+        gateway.build({g.id: g}, where, [_many("a", 4, ["a"]), _many("b", 3, ["b"])], {}, NOW)
+    )
+    second = renderer.update_gateways(
+        gateway.build({g.id: g}, where, [_many("a", 1, ["a"]), _many("b", 9, ["b"])], {}, NOW)
+    )
+    was = {f for f in first if f.startswith("rds/gateway")}
+    now = {f for f in second if f.startswith("rds/gateway")}
+    assert len(was) == 1 and len(now) == 1 and not was & now  # one per tenant, never shared
+    manager = next(x for x in second["lds.json"] if x["name"].endswith("/8081"))["filter_chains"][
+        0
+    ]["filters"][0]["typed_config"]
+    assert rds_file(manager["rds"]["route_config_name"]) in now
 
 
 def test_a_route_record_replaced_is_compiled_again() -> None:

@@ -8,6 +8,7 @@ long series of updates give byte-identical files (a property test holds them equ
 from __future__ import annotations
 
 import math
+from collections import Counter
 from operator import attrgetter
 
 from ..ir.gateway import GatewayHTTPListener, GatewayIR
@@ -29,7 +30,7 @@ from .settings import (
     FRONT,
     FRONT_TLS,
     Settings,
-    gateway_table_names,
+    gateway_table_name,
     rds_file,
     shard_names,
     shard_of,
@@ -179,24 +180,29 @@ class Renderer:
         return files
 
     def _choose_tables(self, listeners: list[GatewayHTTPListener]) -> dict[str, str]:
-        """Which Gateway chains' routes are route table files, and which file each: a chain
-        of at least `gateway_table_routes` routes keeps the file it has; the files free go
-        to the largest other ones (ties by name), `gateway_tables` in all. Kept, not moved
-        to a larger newcomer: a chain that leaves its file has its listener rebuilt."""
+        """Which Gateway chains' routes are route table files (chain name -> table name): a
+        chain of at least `gateway_table_routes` routes keeps its file; the others of that
+        size take the files left, largest first (ties by name), `gateway_tables` in all and
+        `gateway_tables_per_tenant` per tenant. Kept, not moved to a larger newcomer: a chain
+        that leaves its file has its listener rebuilt. A table is named after its chain
+        alone (`gateway_table_name`), so a name never passes from one chain to another: a
+        listener Envoy still has would read the other chain's routes from it."""
         s = self.settings
         sizes = {
-            chain_name(gl, c): chain_size(c)
+            chain_name(gl, c): (chain_size(c), gl.tenant)
             for gl in listeners
             for c in gl.chains
             if chain_size(c) >= s.gateway_table_routes
         }
-        kept = {name: t for name, t in self._gateway_tables.items() if name in sizes}
-        free = [t for t in gateway_table_names(s) if t not in kept.values()]
-        others = sorted((n for n in sizes if n not in kept), key=lambda n: (-sizes[n], n))
-        for name, table in zip(others, free, strict=False):
-            kept[name] = table
-        self._gateway_tables = kept
-        return kept
+        kept = [name for name in self._gateway_tables if name in sizes]
+        per_tenant = Counter(sizes[name][1] for name in kept)
+        for name in sorted(set(sizes) - set(kept), key=lambda n: (-sizes[n][0], n)):
+            tenant = sizes[name][1]
+            if len(kept) < s.gateway_tables and per_tenant[tenant] < s.gateway_tables_per_tenant:
+                kept.append(name)
+                per_tenant[tenant] += 1
+        self._gateway_tables = {name: gateway_table_name(name) for name in kept}
+        return self._gateway_tables
 
     def next_removal(self) -> float | None:
         """When the next `update` would remove unused clusters (None: none waiting)."""

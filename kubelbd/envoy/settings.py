@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 
@@ -26,8 +27,10 @@ class Settings:
     #: How long a cluster no route uses stays in Envoy (see Renderer.update).
     cluster_grace: float = 1.0
     #: Gateway filter chains whose routes are a route table file of their own (the largest;
-    #: each file costs Envoy an inotify instance), and the routes a chain needs for one
+    #: each file costs Envoy an inotify instance), at most per tenant, and the routes a chain
+    #: needs for one
     gateway_tables: int = 16
+    gateway_tables_per_tenant: int = 4
     gateway_table_routes: int = 64
 
 
@@ -48,9 +51,12 @@ def rds_path(settings: Settings, name: str) -> str:
     return f"{settings.config_dir}/{rds_file(name)}"
 
 
-def gateway_table_names(settings: Settings) -> list[str]:
-    """The route table files Gateway chains may have (the renderer keeps which one has which)."""
-    return [f"gateway.{k}" for k in range(settings.gateway_tables)]
+def gateway_table_name(chain: str) -> str:
+    """The route table (and file) of a Gateway filter chain whose routes are a file: named
+    after the chain alone (the same across restarts, never another chain's), by kubelbd
+    (a stat name carries it, and Envoy's applied versions are read from stat names: a
+    tenant's `.rds.` in one would misread them)."""
+    return "gateway." + hashlib.sha256(chain.encode()).hexdigest()[:16]
 
 
 def shard_names(settings: Settings) -> list[str]:

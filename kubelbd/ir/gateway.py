@@ -132,10 +132,20 @@ class PortListener(Generic[Chain_]):
     """One Envoy listener: a Gateway's listeners on one port, at its address, as filter
     chains (HTTP and HTTPS ones: GatewayChain; TLS ones: TLSChain)."""
 
-    name: str
+    name: str  # gw/<tenant>/<Gateway record>/<port>[/tls] (listener_name)
     address: str
     port: int
     chains: tuple[Chain_, ...]
+
+    @property
+    def tenant(self) -> str:
+        """Whose Gateway it is (a tenant name has no `/`)."""
+        return self.name.split("/")[1]
+
+
+def listener_name(gid: str, port: int, suffix: str = "") -> str:
+    """A Gateway's Envoy listener on one port (`gid`: `<tenant>/<record>`)."""
+    return f"gw/{gid}/{port}{suffix}"
 
 
 GatewayHTTPListener = PortListener[GatewayChain]
@@ -363,7 +373,7 @@ def build(
         server_name, secret = chains[key]
         by_port.setdefault((gid, port), []).append(GatewayChain(name, server_name, secret, hosts))
     for (gid, port), port_chains in sorted(by_port.items()):
-        name = f"gw/{gid}/{port}"
+        name = listener_name(gid, port)
         address = placements[gid].address
         out.listeners.append(GatewayHTTPListener(name, address, port, tuple(port_chains)))
     # The certificates Envoy is to hold are those a filter chain it is handed names: one
@@ -507,7 +517,7 @@ def _tls(
             if domain != ANY_HOST:
                 named = out.hosts.setdefault(route.id, {}).setdefault(domain, [])
                 named[:] = sorted({*named, address})
-        name = f"gw/{gid}/{port}/tls"
+        name = listener_name(gid, port, "/tls")
         out.tls_listeners.append(GatewayTLSListener(name, address, port, tuple(ordered)))
 
 
@@ -550,8 +560,9 @@ def _l4(
                 for name, port, _ in backends:
                     clusters[name] = L4Cluster(name, addresses, port, protocol, False, False)
                 weights = [(name, w) for name, _, w in backends]
+            name = listener_name(gid, lst["port"], f"/{protocol.lower()}")
             out.l4_listeners.append(
-                L4Listener(f"gw/{gid}/{lst['port']}/{protocol.lower()}", placement.address,
-                           lst["port"], protocol, weights[0][0], False, tuple(weights))
+                L4Listener(name, placement.address, lst["port"], protocol, weights[0][0], False,
+                           tuple(weights))
             )  # fmt: skip
             out.served.setdefault(winner.id, []).append(f"{gid}/{lst['name']}")
