@@ -148,9 +148,13 @@ class Renderer:
 
     def update_gateways(self, gateways: GatewayIR) -> dict[str, list[Resource]]:
         """The listener and cluster files, if the Gateways' listeners (HTTP ones with their
-        routes inline; TLS, TCP and UDP ones) or their Layer 4 clusters changed."""
+        routes inline; TLS, TCP and UDP ones) or their Layer 4 clusters changed, and the
+        route table files of the chains that have one, if their routes changed."""
         files: dict[str, list[Resource]] = {}
         tables = self._choose_tables(gateways.listeners)
+        self._gateway_table_content = {
+            t: c for t, c in self._gateway_table_content.items() if t in tables.values()
+        }
         new = []
         for gl in sorted(gateways.listeners, key=_NAME):
             own = tuple(
