@@ -494,3 +494,19 @@ def test_a_route_record_replaced_is_compiled_again() -> None:
         out = gateway.build({g.id: g}, where, [route], {}, NOW)
         [host] = out.listeners[0].chains[0].hosts
         assert [r.path for r in host.rules] == [want]
+
+
+def test_a_tls_listener_not_served_keeps_its_names_from_a_wildcard_neighbour() -> None:
+    """A Terminate listener for tls.example.test without a usable certificate is not
+    served; the Passthrough `*.example.test` listener of the port does not take its name
+    (listener isolation holds for a listener that is not served)."""
+    g = gw([{"name": "pass", "port": 8443, "protocol": "TLS", "tlsMode": "Passthrough",
+             "hostname": "*.example.test"},
+            {"name": "term", "port": 8443, "protocol": "TLS", "tlsMode": "Terminate",
+             "hostname": "tls.example.test", "certificates": ["gw.missing"]}])  # fmt: skip
+    route = tlsroute("r", ["pass", "term"], "2026-01-01",
+                     {"tls.example.test": [30001], "a.example.test": [30002]})  # fmt: skip
+    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+    [listener] = out.tls_listeners
+    assert [c.server_name for c in listener.chains] == ["a.example.test"]
+    assert out.unserved[g.id]["term"].reason == "InvalidCertificateRef"

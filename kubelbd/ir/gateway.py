@@ -475,15 +475,16 @@ def _tls(
         for lst in gw.spec.get("listeners", []):
             if lst["protocol"] != "TLS":
                 continue
+            # Every listener's hostname counts for isolation, served or not: the names of
+            # one without a usable certificate are its own, not a wildcard neighbour's.
+            hostnames.setdefault((gid, lst["port"]), set()).add(lst.get("hostname", ""))
             secret = ""
             if lst.get("tlsMode") == "Terminate":
                 secret = _certificate(gw, lst, certificates, now, out)
                 if not secret:
                     continue
-            if gid not in placements:
-                continue  # no address yet
-            listening[(gid, lst["name"])] = (lst, secret)
-            hostnames.setdefault((gid, lst["port"]), set()).add(lst.get("hostname", ""))
+            if gid in placements:  # else no address yet
+                listening[(gid, lst["name"])] = (lst, secret)
     #: (gid, port) -> SNI name -> (specificity, route, rule, listener) serving it
     chosen: dict[tuple[str, int], dict[str, tuple[tuple[int, int], RouteRecord, HTTPRule, str]]]
     chosen = {}
