@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -559,7 +560,11 @@ async def test_many_certificates_cost_envoy_no_inotify_instance_each(
 def _envoy_inotify_and_keys(volume: Path) -> tuple[int, list[Path]]:
     """Envoy's inotify instances, and the files on its config volume holding a private key."""
     pid = int((volume / "envoy.pid").read_text())
-    fds = Path(f"/proc/{pid}/fd").iterdir()
-    inotify = sum(1 for fd in fds if "inotify" in str(fd.readlink()))
+    inotify = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            inotify += "inotify" in os.readlink(fd)
+        except FileNotFoundError:
+            continue  # closed since it was listed (a connection Envoy finished): not one
     keys = [f for f in volume.rglob("*") if f.is_file() and b"PRIVATE KEY" in f.read_bytes()]
     return inotify, keys
