@@ -185,6 +185,7 @@ class Bench:
             self.kube[c.name] = await Kube.from_file(self.layout.kubeconfig(c.name), c.name)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self.fresh = fresh_connections()
+        await self.earlier_runs_gone()
         for t in self.tenants:
             await self.kube[t].create(NAMESPACES, {"metadata": {"name": self.ns}})
             await self.kube[t].create(DEPLOYMENTS, deployment("echo"), self.ns)
@@ -199,6 +200,19 @@ class Bench:
             await self.kube[t].create(GATEWAYS, bench_gateway(), self.ns)
         for t in self.tenants:
             self.gateways[t] = await self.gateway_address(t)
+
+    async def earlier_runs_gone(self, timeout: float = 600) -> None:
+        """Until the namespaces of earlier runs are deleted: kubelbd withdrawing their routes
+        (a thousand, after a large run) would compete with the changes timed here."""
+
+        async def gone() -> bool:
+            for t in self.tenants:
+                items, _ = await self.kube[t].list(NAMESPACES)
+                if any(i["metadata"]["name"].startswith("bench-") for i in items):
+                    return False
+            return True
+
+        await _poll(gone, "earlier bench namespaces deleted", timeout=timeout)
 
     async def gateway_address(self, tenant: str) -> str:
         async def programmed() -> bool:
@@ -272,14 +286,23 @@ class Bench:
         await self.settled()
 
     async def settled(self, timeout: float = 600) -> None:
+        """Until every Ingress shows its address, every HTTPRoute its parents and the bench
+        Gateway counts every route attached: the last of the status writes a bulk change
+        brings (a Gateway's attachedRoutes is written after its routes' parents)."""
         deadline = time.monotonic() + timeout
         for t in self.tenants:
             while True:
                 items, _ = await self.kube[t].list(INGRESSES, self.ns)
                 routes, _ = await self.kube[t].list(HTTPROUTES, self.ns)
-                if all(
-                    (i.get("status") or {}).get("loadBalancer", {}).get("ingress") for i in items
-                ) and all((r.get("status") or {}).get("parents") for r in routes):
+                gateway = await self.kube[t].get_or_none(GATEWAYS, GATEWAY, self.ns)
+                listeners = ((gateway or {}).get("status") or {}).get("listeners") or []
+                attached = sum(x.get("attachedRoutes", 0) for x in listeners)
+                if (
+                    all((i.get("status") or {}).get("loadBalancer", {}).get("ingress")
+                        for i in items)
+                    and all((r.get("status") or {}).get("parents") for r in routes)
+                    and attached == len(routes)
+                ):  # fmt: skip
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError("Ingress statuses never settled")
