@@ -157,21 +157,18 @@ class Renderer:
         }
         new = []
         for gl in sorted(gateways.listeners, key=_NAME):
-            own = tuple(
-                (chain_name(gl, c), tables[chain_name(gl, c)])
-                for c in gl.chains
-                if chain_name(gl, c) in tables
-            )
-            new.append(gateway_listener(gl, self.settings, own))
+            own = []  # (chain, table) of its chains whose routes are a file
             for c in gl.chains:
                 table = tables.get(chain_name(gl, c))
                 if table is None:
                     continue
+                own.append((chain_name(gl, c), table))
                 content = gateway_table(gl, c, self.settings, table)
                 if content is not self._gateway_table_content.get(table):
                     # Before the listener that names it (the publisher's order).
                     self._gateway_table_content[table] = content
                     files[rds_file(table)] = [content]
+            new.append(gateway_listener(gl, self.settings, tuple(own)))
         new += [gateway_tls_listener(x) for x in sorted(gateways.tls_listeners, key=_NAME)]
         new += [l4_listener(x) for x in sorted(gateways.l4_listeners, key=_NAME)]
         clusters = [l4_cluster(c, self.settings) for c in gateways.l4_clusters]
