@@ -515,12 +515,33 @@ async def tenant_policy(mgmt: Kube, tenant: str, spec: Obj) -> AsyncIterator[Non
     """The operator sets `spec` fields of a tenant's policy for a while, then puts the
     Tenant spec back as it was."""
     before = (await tenant_record(mgmt, tenant)).get("spec") or {}
-    await mgmt.patch(TENANTS, tenant, {"spec": spec}, f"tenant-{tenant}")
+    await policy_in_force(mgmt, tenant, {"spec": spec})
     try:
         yield
     finally:
         undo = {k: before.get(k) for k in spec}  # null removes what was not there
-        await mgmt.patch(TENANTS, tenant, {"spec": undo}, f"tenant-{tenant}")
+        await policy_in_force(mgmt, tenant, {"spec": undo})
+
+
+async def policy_in_force(mgmt: Kube, tenant: str, patch: Obj) -> None:
+    """Patch a Tenant record, then wait until kubelbd says the policy of that generation is
+    the one in force (its PolicyAccepted condition observed it): objects the tenant writes
+    afterwards are judged by it (the Tenant record and the tenant's objects come through
+    different watches, in no order)."""
+    written = await mgmt.patch(TENANTS, tenant, patch, f"tenant-{tenant}")
+    generation = written["metadata"]["generation"]
+
+    async def observed() -> bool:
+        record = await tenant_record(mgmt, tenant)
+        found = [
+            c.get("observedGeneration", 0)
+            for c in (record.get("status") or {}).get("conditions") or []
+            if c.get("type") == "PolicyAccepted"
+        ]
+        assert found and found[0] >= generation, (found, generation)
+        return True
+
+    await eventually(observed, what=f"tenant {tenant}'s policy of generation {generation}")
 
 
 def _replica_names() -> list[str]:

@@ -382,10 +382,19 @@ async def test_the_operators_policy_limits_hosts_and_a_change_applies_at_once(
         assert list(claims) == ["shop.example.com"] and claims["shop.example.com"].endswith("Z")
         fleet.sync.set_record({"spec": {"allowedDomains": ["**.example.com"]}})
         await until(lambda: fleet.route("bank")["spec"]["rules"] != [], "bank allowed now")
+        # The condition names the record's generation in force: an operator (or a test)
+        # knows when objects written from then on are judged by the new policy.
+        wide = {"allowedDomains": ["**.example.com"]}
+        fleet.sync.set_record({"metadata": {"generation": 3}, "spec": wide})
+        await until(lambda: fleet.health("PolicyAccepted", "observedGeneration") == 3, "gen 3")
+        # A change undone before kubelbd saw it: the same policy, a newer generation.
+        fleet.sync.set_record({"metadata": {"generation": 5}, "spec": wide})
+        await until(lambda: fleet.health("PolicyAccepted", "observedGeneration") == 5, "gen 5")
         # A policy that does not parse: the defaults, and the Tenant record says why.
-        fleet.sync.set_record({"spec": {"nodeCIDRs": ["nonsense"]}})
+        fleet.sync.set_record({"metadata": {"generation": 6}, "spec": {"nodeCIDRs": ["x"]}})
         await until(lambda: fleet.health("PolicyAccepted") == "False", "PolicyAccepted=False")
         assert fleet.health("PolicyAccepted", "reason") == "InvalidPolicy"
+        assert fleet.health("PolicyAccepted", "observedGeneration") == 6
 
 
 async def test_a_claim_keeps_its_time_across_rewrites(fleet: Fleet) -> None:

@@ -88,13 +88,16 @@ def tenant_status(
     last_error: str,
     nodes: State = NODES_OK,
     policy: State = POLICY_OK,
+    policy_generation: int | None = None,
 ) -> Health:
     return Health(
         (
             conditions.desired("Connected", *connected),
             conditions.desired("Synced", *synced),
             conditions.desired("NodesAccepted", *nodes),
-            conditions.desired("PolicyAccepted", *policy),
+            # observedGeneration: the Tenant record's generation whose policy is in force, so
+            # that an operator (or a test) knows when a policy change applies
+            conditions.desired("PolicyAccepted", *policy, policy_generation),
         ),
         last_error,
     )
@@ -118,6 +121,7 @@ class TenantHealth:
         self.synced: State = (None, "Pending", "not synced yet")
         self.nodes: State = NODES_OK
         self.policy: State = POLICY_OK
+        self.policy_generation: int | None = None
         self.last_error = ""
         self._informer_errors: dict[str, str] = {}
         self._addresses: list[str] | None = None
@@ -173,8 +177,8 @@ class TenantHealth:
             if isinstance(c, dict) and isinstance(c.get("address"), str):
                 self._since.setdefault(c["address"], str(c.get("since") or ""))
 
-    def policy_state(self, state: State) -> None:
-        self.policy = state
+    def policy_state(self, state: State, generation: int | None) -> None:
+        self.policy, self.policy_generation = state, generation
         self._changed()
 
     async def set_addresses(self, found: NodeAddresses, taken: Collection[str] = ()) -> None:
@@ -202,8 +206,9 @@ class TenantHealth:
 
     def _changed(self) -> None:
         status = tenant_status(
-            self.connected, self.synced, self.last_error, self.nodes, self.policy
-        )
+            self.connected, self.synced, self.last_error, self.nodes, self.policy,
+            self.policy_generation,
+        )  # fmt: skip
         minor = status.minor_change_from(self._last)
         self._last = status
         fingerprint = (repr(status.conditions), status.last_error)

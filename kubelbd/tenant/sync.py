@@ -145,17 +145,23 @@ class TenantSync:
         if tenant is not None:
             self.health.known_claims(tenant.get("status"))
         spec = (tenant or {}).get("spec")
+        generation = (tenant or {}).get("metadata", {}).get("generation")
+        generation = generation if isinstance(generation, int) else None
         if spec == self._policy_spec:
+            if generation != self.health.policy_generation:  # a change undone: still in force
+                self.health.policy_state(self.health.policy, generation)
             return
         self._policy_spec = spec
         try:
             policy = policy_of(spec if isinstance(spec, dict) else None, self.settings.policy)
-            self.health.policy_state(POLICY_OK)
+            self.health.policy_state(POLICY_OK, generation)
         except ValueError as e:
             # The CRD's schema keeps most mistakes out; what it lets through leaves the
             # tenant on the fleet's defaults, and says so.
             log.error("tenant %s: its Tenant record's policy is invalid: %s", self.name, e)
-            self.health.policy_state((False, "InvalidPolicy", f"{e}; using the defaults"))
+            self.health.policy_state(
+                (False, "InvalidPolicy", f"{e}; using the defaults"), generation
+            )
             policy = self.settings.policy
         policy = for_tenant(policy, self.name)
         if policy == self.policy:
