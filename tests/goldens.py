@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubelbd.ir.http import IR, Cluster, PathRule, Target, VirtualHost
+from kubelbd.ir.http import IR, BackendTLS, Cluster, PathRule, Target, VirtualHost
 from kubelbd.ir.l4 import L4Cluster, L4Listener
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -108,6 +108,13 @@ def load_vhost(d: Any) -> VirtualHost | None:
     return VirtualHost(d["tenant"], d["host"], rules, load_target(d["fallback"]))
 
 
+def dump_backend_tls(tls: BackendTLS) -> dict[str, Any]:
+    out: dict[str, Any] = {"hostname": tls.hostname, "ca": tls.ca}
+    if tls.subject_alt_names:
+        out["subjectAltNames"] = [list(x) for x in tls.subject_alt_names]
+    return out
+
+
 def dump_ir(ir: IR) -> dict[str, Any]:
     return {
         "vhosts": {h: dump_vhost(v) for h, v in sorted(ir.vhosts.items())},
@@ -118,6 +125,7 @@ def dump_ir(ir: IR) -> dict[str, Any]:
                 "addresses": list(c.addresses),
                 "port": c.port,
                 **({"http2": True} if c.http2 else {}),
+                **({"tls": dump_backend_tls(c.tls)} if c.tls else {}),
             }
             for n, c in sorted(ir.clusters.items())
         },
@@ -134,8 +142,11 @@ def load_ir(d: dict[str, Any]) -> IR:
         ir.vhosts[host] = loaded
     ir.catch_all = load_vhost(d.get("catchAll"))
     for name, c in (d.get("clusters") or {}).items():
+        t = c.get("tls")
+        sans = tuple(tuple(x) for x in (t or {}).get("subjectAltNames") or [])
+        tls = BackendTLS(t["hostname"], t["ca"], sans) if t else None
         ir.clusters[name] = Cluster(
-            name, c["tenant"], tuple(c["addresses"]), c["port"], c.get("http2", False)
+            name, c["tenant"], tuple(c["addresses"]), c["port"], c.get("http2", False), tls
         )
     ir.served = {r: list(h) for r, h in (d.get("served") or {}).items()}
     ir.conflicts = {r: [(h, t) for h, t in c] for r, c in (d.get("conflicts") or {}).items()}

@@ -20,7 +20,7 @@ from kubelbd.objects import INGRESS_CLASSES, NAMESPACES, SERVICES, Obj, Resource
 from kubelbd.records import parse
 from kubelbd.records.claims import with_claims
 from kubelbd.records.policy import Policy, for_tenant, policy_of
-from kubelbd.sources import SOURCES, dnsnames, gatewayapi, twins
+from kubelbd.sources import SOURCES, backendtls, dnsnames, gatewayapi, twins
 from kubelbd.sources.base import Source
 
 from .goldens import cases, check, conforms, read_input
@@ -35,6 +35,7 @@ GATEWAY_KINDS = {
     "udproutes": gatewayapi.UDPROUTES,
     "referenceGrants": gatewayapi.REFERENCE_GRANTS,
     "gatewayClasses": gatewayapi.GATEWAY_CLASSES,
+    "backendTLSPolicies": backendtls.BACKEND_TLS_POLICIES,
 }
 
 SCHEMAS = {
@@ -81,6 +82,14 @@ class View:
                 kept[
                     f"{meta['namespace']}/{meta['name']}" if resource.namespaced else meta["name"]
                 ] = obj
+        # ConfigMaps as the caches keep them (a CA bundle, nothing else).
+        for cm in tenant.get("configMaps") or []:
+            cm["metadata"].setdefault("namespace", "default")
+            kept_cm = backendtls.kept_config_map(cm)
+            meta = kept_cm["metadata"]
+            self.objects.setdefault(backendtls.CONFIG_MAPS, {})[
+                f"{meta['namespace']}/{meta['name']}"
+            ] = kept_cm
         namespaces = self.objects.setdefault(NAMESPACES, {})
         for name, labels in (tenant.get("namespaces") or {}).items():
             namespaces[name] = {"metadata": {"name": name, "labels": labels or {}}}
@@ -135,6 +144,13 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             "UDPRoute": tenant.get("udproutes") or [],
         }
         for source in SOURCES:
+            if source.kind == "BackendTLSPolicy":
+                # Nothing of its own is served: the statuses it reports.
+                for _, reported in source.reported_objects(view):
+                    meta = reported["metadata"]
+                    key = f"BackendTLSPolicy {meta['namespace']}/{meta['name']}"
+                    got[key] = {"status": reported["status"]}
+                continue
             for obj in kinds[source.kind]:
                 meta = obj["metadata"]
                 meta.setdefault("namespace", "default")

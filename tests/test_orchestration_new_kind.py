@@ -1,11 +1,12 @@
 """Adding a source kind is one module and one registration line: shown with a toy kind.
 
-`ConfigMapRoutes` turns a ConfigMap labelled `example.com/route` into a Route record: a host
-from its data, a backend Service (so the tenant side makes it a NodePort twin), and a
-default port read from another ConfigMap it names (a reference of another kind, which the
-tenant side watches for it). It is registered by listing it next to the real sources, and
-nothing of the tenant side changes: records, twins, reverse indexes, status back. A kind the
-tenant's API server does not serve (a CRD not installed) never holds up the others.
+`RouteMaps` turns a RouteMap (a toy kind: a `data` map, as a ConfigMap has) labelled
+`example.com/route` into a Route record: a host from its data, a backend Service (so the
+tenant side makes it a NodePort twin), and a default port read from another RouteMap it
+names (a reference, which the tenant side watches for it). It is registered by listing it
+next to the real sources, and nothing of the tenant side changes: records, twins, reverse
+indexes, status back. A kind the tenant's API server does not serve (a CRD not installed)
+never holds up the others.
 """
 
 from __future__ import annotations
@@ -26,20 +27,21 @@ from kubelbd.tenant.sync import TenantSettings, TenantSync
 from .fakekube import Connector, FakeKube, kubeconfig
 from .orchestration import RecordingSink, ingress, namespace, node, running, service, until
 
-CONFIGMAPS = Resource("v1", "configmaps")
+#: a toy kind of the tenant, with a `data` map as a ConfigMap has
+ROUTE_MAPS = Resource("example.com/v1", "routemaps")
 GATEWAYS = Resource("gateway.networking.k8s.io/v1", "gateways")  # its CRD is not installed
 NS = "tenant-a"
 
 
-class ConfigMapRoutes:
+class RouteMaps:
     """The whole of a new kind: what it watches, which are ours, the record, references,
     status. Pure, like every Source."""
 
-    kind = "ConfigMap"
-    api_version = "v1"
-    resource = CONFIGMAPS
+    kind = "RouteMap"
+    api_version = "example.com/v1"
+    resource = ROUTE_MAPS
     depends_on: tuple[Resource, ...] = (GATEWAYS,)  # a kind this tenant does not serve
-    referenced: tuple[Resource, ...] = (CONFIGMAPS,)
+    referenced: tuple[Resource, ...] = (ROUTE_MAPS,)
     record = ROUTE
 
     def is_ours(self, obj: Obj, view: TenantView) -> bool:
@@ -50,7 +52,7 @@ class ConfigMapRoutes:
 
     def references(self, obj: Obj, view: TenantView) -> References:
         ns, data = obj["metadata"]["namespace"], obj.get("data") or {}
-        refs = {(CONFIGMAPS, (ns, data["defaults"]))} if "defaults" in data else set()
+        refs = {(ROUTE_MAPS, (ns, data["defaults"]))} if "defaults" in data else set()
         return References(
             backends=frozenset({(ns, data.get("service", ""))}), others=frozenset(refs)
         )
@@ -58,7 +60,7 @@ class ConfigMapRoutes:
     def translate(self, obj: Obj, view: TenantView) -> Translation[RouteSpec]:
         meta, data = obj["metadata"], obj.get("data") or {}
         ns = meta["namespace"]
-        defaults = view.get(CONFIGMAPS, ns, data.get("defaults", "")) or {}
+        defaults = view.get(ROUTE_MAPS, ns, data.get("defaults", "")) or {}
         port = (defaults.get("data") or {}).get("port", "80")
         backend: Backend = {"service": data["service"], "port": port}
         twin = view.twin(ns, data["service"])
@@ -69,7 +71,7 @@ class ConfigMapRoutes:
         if "nodePort" not in backend:
             problems.append(Problem("BackendPending", f"no nodePort for port {port} yet"))
         spec: RouteSpec = {
-            "source": {"kind": "ConfigMap", "namespace": ns, "name": meta["name"],
+            "source": {"kind": "RouteMap", "namespace": ns, "name": meta["name"],
                        "uid": meta["uid"], "creationTimestamp": meta["creationTimestamp"]},
             "rules": [{"host": data["host"], "paths": [
                 {"path": "/", "pathType": "Prefix", "backends": [backend]}]}],
@@ -79,7 +81,7 @@ class ConfigMapRoutes:
         return Translation(spec, problems)
 
     def status_patch(self, obj: Obj, status: SourceStatus) -> StatusPatch | None:
-        return None  # ConfigMaps have no status
+        return None  # RouteMaps have no status
 
     def tenant_objects(self) -> list[tuple[Resource, Obj]]:
         return []
@@ -90,7 +92,7 @@ class ConfigMapRoutes:
 
 def configmap(name: str, labels: dict[str, str] | None = None, **data: str) -> Obj:
     meta: dict[str, Any] = {"name": name, "namespace": "default", "labels": labels or {}}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+    return {"apiVersion": "example.com/v1", "kind": "RouteMap", "metadata": meta, "data": data}
 
 
 def backend_port(mgmt: FakeKube, name: str) -> Any:
@@ -111,32 +113,32 @@ async def test_a_new_kind_needs_nothing_but_its_module_and_its_registration() ->
     await tenant.create(NAMESPACES, namespace("default"))
     await tenant.create(NODES, node("n1", "10.0.0.1"))
     await tenant.create(SERVICES, service("web", port=8080))
-    await tenant.create(CONFIGMAPS, configmap("defaults", port="80"))
+    await tenant.create(ROUTE_MAPS, configmap("defaults", port="80"))
     await tenant.create(
-        CONFIGMAPS, configmap("shop", {"example.com/route": ""}, host="shop.example.com",
+        ROUTE_MAPS, configmap("shop", {"example.com/route": ""}, host="shop.example.com",
                               service="web", defaults="defaults")
     )  # fmt: skip
     await tenant.create(SERVICES, service("app"))
     await tenant.create(INGRESSES, ingress("site", "site.example.com", "app"))
     sync = TenantSync(
         "a", kubeconfig(tenant), mgmt, RecordingSink(), StatusBoard(), Settling(),
-        TenantSettings(), (*SOURCES, ConfigMapRoutes()), Connector(tenant),
+        TenantSettings(), (*SOURCES, RouteMaps()), Connector(tenant),
     )  # fmt: skip
     async with running(sync.run):
         # The Ingress is served although one kind of the tenant is not served at all.
         await until(lambda: mgmt.stored(ROUTES, "default.site", NS), "the Ingress's record")
-        # The new kind: a record, made from the ConfigMap and the one it references (port 80,
+        # The new kind: a record, made from the RouteMap and the one it references (port 80,
         # which the Service does not have: a problem, in the record).
         await until(lambda: backend_port(mgmt, "cm.default.shop") == "80", "its record")
         first = mgmt.stored(ROUTES, "cm.default.shop", NS)
         assert first is not None and first["spec"]["problems"][0]["reason"] == "BackendPending"
         assert list(twin_ports(tenant, "web")) == [8080]  # a twin for its backend
-        # The referenced ConfigMap changes: the route is translated again.
-        await tenant.patch(CONFIGMAPS, "defaults", {"data": {"port": "8080"}}, "default")
+        # The referenced RouteMap changes: the route is translated again.
+        await tenant.patch(ROUTE_MAPS, "defaults", {"data": {"port": "8080"}}, "default")
         await until(lambda: backend_port(mgmt, "cm.default.shop") == "8080", "translated again")
         route = mgmt.stored(ROUTES, "cm.default.shop", NS)
-        assert route is not None and route["spec"]["source"]["kind"] == "ConfigMap"
+        assert route is not None and route["spec"]["source"]["kind"] == "RouteMap"
         assert "problems" not in route["spec"]
         # And it goes with its object, like any record.
-        await tenant.delete(CONFIGMAPS, "shop", "default")
+        await tenant.delete(ROUTE_MAPS, "shop", "default")
         await until(lambda: mgmt.stored(ROUTES, "cm.default.shop", NS) is None, "deleted")

@@ -30,7 +30,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from ..ir.http import Cluster, PathRule, Target, VirtualHost
+from ..ir.http import BackendTLS, Cluster, PathRule, Target, VirtualHost
 from .common import Resource, config_source, health_check, socket_address
 from .settings import DEFAULT_SHARD, FRONT, Settings, rds_path, shard_names
 from .type_urls import (
@@ -41,6 +41,7 @@ from .type_urls import (
     PREVIOUS_HOSTS,
     ROUTE_CONFIG,
     ROUTER,
+    UPSTREAM_TLS,
 )
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
@@ -163,6 +164,28 @@ def backend_cluster(c: Cluster, settings: Settings) -> Resource:
         "outlier_detection": {"consecutive_gateway_failure": 3, "interval": "5s"},
         "ignore_health_on_host_removal": True,
         **({"typed_extension_protocol_options": H2C_OPTIONS} if c.http2 else {}),
+        **({"transport_socket": upstream_tls(c.tls, c.http2)} if c.tls else {}),
+    }
+
+
+def upstream_tls(tls: BackendTLS, http2: bool) -> Resource:
+    """TLS to a backend as its BackendTLSPolicy asks: SNI, the policy's CA certificates,
+    and the names its certificate must have (the hostname, unless the policy lists them)."""
+    names = tls.subject_alt_names or (("Hostname", tls.hostname),)
+    context: Resource = {
+        "validation_context": {
+            "trusted_ca": {"inline_string": tls.ca},
+            "match_typed_subject_alt_names": [
+                {"san_type": "DNS" if kind == "Hostname" else "URI", "matcher": {"exact": value}}
+                for kind, value in names
+            ],
+        }
+    }
+    if http2:
+        context["alpn_protocols"] = ["h2"]
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": UPSTREAM_TLS, "sni": tls.hostname, "common_tls_context": context},
     }
 
 

@@ -26,6 +26,7 @@ TLS_INSPECTOR = (
 DOWNSTREAM_TLS = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 SDS_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 EARLY_HEADER_MUTATION = (
     "type.googleapis.com/"

@@ -55,6 +55,7 @@ from ..records.types import (
     TenantRecord,
 )
 from .http import Target, cluster_name
+from .http import target as http_target
 from .l4 import L4Cluster, L4Listener, Placement
 from .tls import CertificateData, usable
 
@@ -207,14 +208,7 @@ def _matches(ms: Iterable[HeaderMatch]) -> tuple[Match, ...]:
 
 
 def _rule(route: RouteRecord, p: HTTPPath) -> GatewayRule:
-    target = Target(
-        tuple(
-            (cluster_name(route.tenant, route.namespace, b) if "nodePort" in b else None,
-             b.get("weight", 1))
-            for b in p["backends"]
-        ),
-        route.id,
-    )  # fmt: skip
+    target = http_target(route, p["backends"])
     redirect = p.get("redirect")
     return GatewayRule(
         p["path"], p["pathType"] == "Exact", _matches(p.get("headers", [])),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..records.claims import CATCH_ALL, claimed_hosts  # CATCH_ALL: shown as "*" to users
-from ..records.types import AgeKey, Backend, RouteRecord, RouteSpec, TenantRecord
+from ..records.types import AgeKey, Backend, RouteRecord, RouteSpec, TenantRecord, UpstreamTLS
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,28 @@ class VirtualHost:
 
 
 @dataclass(frozen=True)
+class BackendTLS:
+    """TLS to a backend, as a BackendTLSPolicy asks: SNI `hostname`, a certificate signed by
+    `ca` (PEM) for `hostname`, or for one of `subject_alt_names` ((type, value)) if any."""
+
+    hostname: str
+    ca: str
+    subject_alt_names: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, tls: UpstreamTLS) -> BackendTLS:
+        sans = tuple((s["type"], s["value"]) for s in tls.get("subjectAltNames") or [])
+        return cls(tls["hostname"], tls["caCertificates"], sans)
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     tenant: str
     addresses: tuple[str, ...]
     port: int
-    http2: bool = False  # HTTP/2 in clear text (h2c)
+    http2: bool = False  # HTTP/2 (h2c, or negotiated over TLS)
+    tls: BackendTLS | None = None
 
 
 @dataclass
@@ -100,9 +116,12 @@ def display_host(host: str) -> str:
 
 
 def cluster_name(tenant: str, namespace: str, backend: Backend) -> str:
-    """One cluster per nodePort and protocol (an HTTP/2 one is another cluster)."""
+    """One cluster per nodePort and protocol (an HTTP/2 one is another cluster, and so is
+    one spoken to in TLS, per policy: its key is a digest of what the policy asks)."""
     name = f"{tenant}/{namespace}/{backend['service']}/{backend.get('nodePort')}"
-    return f"{name}/h2c" if backend.get("protocol") == "h2c" else name
+    if backend.get("protocol") == "h2c":
+        name = f"{name}/h2c"
+    return f"{name}/tls-{backend['tls']}" if "tls" in backend else name
 
 
 def claims(route: RouteRecord) -> set[str]:
@@ -123,17 +142,20 @@ def wildcard_parent(host: str) -> str | None:
     return f"*.{rest}" if dot and "." in rest else None
 
 
-def _target(route: RouteRecord, backends: list[Backend]) -> Target:
-    return Target(
-        tuple(
-            (
-                cluster_name(route.tenant, route.namespace, b) if "nodePort" in b else None,
-                b.get("weight", 1),
-            )
-            for b in backends
-        ),
-        route.id,
-    )
+def backend_cluster(route: RouteRecord, backend: Backend) -> str | None:
+    """The cluster a backend is sent to (None: it cannot be: unresolved, or its TLS is not
+    in the record)."""
+    if "nodePort" not in backend:
+        return None
+    if "tls" in backend and backend["tls"] not in (route.spec.get("backendTLS") or {}):
+        return None
+    return cluster_name(route.tenant, route.namespace, backend)
+
+
+def target(route: RouteRecord, backends: list[Backend]) -> Target:
+    """Where requests of a rule of `route` go: its backends' clusters, weighted."""
+    clusters = tuple((backend_cluster(route, b), b.get("weight", 1)) for b in backends)
+    return Target(clusters, route.id)
 
 
 Entry = tuple[tuple[Any, ...], PathRule]
@@ -149,7 +171,7 @@ def _entries(route: RouteRecord, host: str) -> list[Entry]:
         for p in rule["paths"]:
             exact = p["pathType"] == "Exact"
             key = (-len(p["path"]), 0 if exact else 1, specificity, route.age_key)
-            out.append((key, PathRule(p["path"], exact, _target(route, p["backends"]))))
+            out.append((key, PathRule(p["path"], exact, target(route, p["backends"]))))
     return out
 
 
@@ -172,13 +194,23 @@ def _backends(spec: RouteSpec) -> list[Backend]:
     return out
 
 
-def _cluster_ports(route: RouteRecord) -> dict[str, tuple[int, bool]]:
-    """The clusters a route sends to, the nodePort each dials and whether in HTTP/2."""
-    return {
-        cluster_name(route.tenant, route.namespace, b): (b["nodePort"], b.get("protocol") == "h2c")
-        for b in _backends(route.spec)
-        if "nodePort" in b
-    }
+#: how a cluster dials its backend: (nodePort, in HTTP/2, TLS)
+Dial = tuple[int, bool, BackendTLS | None]
+
+
+def _cluster_ports(route: RouteRecord) -> dict[str, Dial]:
+    """The clusters a route sends to and how each dials (a backend whose TLS the record
+    does not say is not dialled at all: never in plain text instead)."""
+    upstream = route.spec.get("backendTLS") or {}
+    out: dict[str, Dial] = {}
+    for b in _backends(route.spec):
+        if backend_cluster(route, b) is None:
+            continue
+        tls = BackendTLS.of(upstream[b["tls"]]) if "tls" in b else None
+        out[cluster_name(route.tenant, route.namespace, b)] = (
+            b["nodePort"], b.get("protocol") == "h2c", tls,
+        )  # fmt: skip
+    return out
 
 
 class Model:
@@ -192,8 +224,8 @@ class Model:
         self._children: dict[str, set[str]] = {}  # wildcard -> exact hosts claimed under it
         self._owner: dict[str, tuple[str, AgeKey]] = {}  # host -> (tenant, age of its claim)
         self._cluster_refs: dict[str, set[str]] = {}  # cluster -> route ids
-        #: cluster -> (tenant, port, HTTP/2)
-        self._cluster_ports: dict[str, tuple[str, int, bool]] = {}
+        #: cluster -> (tenant, how it dials)
+        self._cluster_ports: dict[str, tuple[str, Dial]] = {}
         self._hostless_cache: dict[str, tuple[list[Entry], Target | None]] = {}
 
     # ---- changes -----------------------------------------------------------------------------
@@ -250,12 +282,12 @@ class Model:
             touched.add(host)
         if CATCH_ALL in claims(r):
             hostless.add(r.tenant)
-        for name, (port, http2) in _cluster_ports(r).items():
+        for name, dial in _cluster_ports(r).items():
             refs = self._cluster_refs.setdefault(name, set())
             if not refs:
                 delta.clusters.add(name)
             refs.add(r.id)
-            self._cluster_ports[name] = (r.tenant, port, http2)
+            self._cluster_ports[name] = (r.tenant, dial)
             self._put_cluster(name)
 
     def _unindex(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
@@ -280,10 +312,10 @@ class Model:
                 delta.clusters.add(name)
 
     def _put_cluster(self, name: str) -> None:
-        tenant, port, http2 = self._cluster_ports[name]
+        tenant, (port, http2, tls) = self._cluster_ports[name]
         rec = self.tenants.get(tenant)
         addresses = rec.addresses if rec else ()
-        self.ir.clusters[name] = Cluster(name, tenant, addresses, port, http2)
+        self.ir.clusters[name] = Cluster(name, tenant, addresses, port, http2, tls)
 
     def _set_tenants(self, tenants: list[TenantRecord]) -> set[str]:
         """Replace the tenant set; return the clusters whose endpoints changed."""
@@ -292,7 +324,7 @@ class Model:
             name for name in set(self.tenants) | set(new) if self.tenants.get(name) != new.get(name)
         }
         self.tenants = new
-        clusters = {c for c, (tenant, _, _) in self._cluster_ports.items() if tenant in changed}
+        clusters = {c for c, (tenant, _) in self._cluster_ports.items() if tenant in changed}
         for cluster in clusters:
             self._put_cluster(cluster)
         return clusters
@@ -350,7 +382,7 @@ class Model:
         )  # fmt: skip
         entries = [e for r in routes for e in _entries(r, CATCH_ALL)]
         default = next(
-            (_target(r, [r.spec["defaultBackend"]]) for r in routes if "defaultBackend" in r.spec),
+            (target(r, [r.spec["defaultBackend"]]) for r in routes if "defaultBackend" in r.spec),
             None,
         )
         self._hostless_cache[tenant] = (entries, default)
@@ -378,7 +410,7 @@ class Model:
             hostless_entries, tenant_default = self._tenant_hostless(tenant)
             entries = [e for r in contributors for e in _entries(r, host)] + hostless_entries
             fallback = next(
-                (_target(r, [r.spec["defaultBackend"]]) for r in contributors
+                (target(r, [r.spec["defaultBackend"]]) for r in contributors
                  if "defaultBackend" in r.spec),
                 tenant_default,
             )  # fmt: skip

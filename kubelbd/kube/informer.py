@@ -41,8 +41,11 @@ class Informer:
         on_error: ErrorHandler | None = None,
         backoff: Backoff | None = None,
         optional: bool = False,
+        keep: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.kube = kube
+        #: what the cache keeps of each object (None: all of it), applied as it arrives
+        self._keep = keep
         #: a kind kubelbd can do without: refused (403), it counts as not served, so that a
         #: tenant registered before kubelbd watched the kind keeps everything else
         self.optional = optional
@@ -118,6 +121,8 @@ class Informer:
 
     async def _list(self) -> None:
         items, rv = await self.kube.list(self.resource, self.namespace, **self._params)
+        if self._keep is not None:
+            items = [self._keep(o) for o in items]
         fresh = {key(o): o for o in items}
         old = self.cache
         self.cache = fresh
@@ -145,6 +150,8 @@ class Informer:
                 self.resource_version = rv
             if kind == "BOOKMARK":
                 continue
+            if self._keep is not None:
+                obj = self._keep(obj)
             k = key(obj)
             if kind == "DELETED":
                 self.cache.pop(k, None)

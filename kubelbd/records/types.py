@@ -71,6 +71,23 @@ class Backend(TypedDict):
     problem: NotRequired[str]
     #: "h2c": the backend speaks HTTP/2 in clear text (its Service port's appProtocol)
     protocol: NotRequired[Literal["h2c"]]
+    #: Envoy speaks TLS to it: a key of the Route's `backendTLS` (a BackendTLSPolicy's)
+    tls: NotRequired[str]
+
+
+class SubjectAltName(TypedDict):
+    type: Literal["Hostname", "URI"]
+    value: str
+
+
+class UpstreamTLS(TypedDict):
+    """How Envoy speaks TLS to a backend, as a BackendTLSPolicy validates it: SNI
+    `hostname`, a certificate signed by one of `caCertificates` (PEM: public, so carried in
+    the record itself) for `hostname`, or for one of `subjectAltNames` when there are any."""
+
+    hostname: str
+    caCertificates: str
+    subjectAltNames: NotRequired[list[SubjectAltName]]
 
 
 class HeaderMatch(TypedDict):
@@ -202,6 +219,8 @@ class RouteSpec(TypedDict):
     dns: NotRequired[DNSOptions]
     #: Gateway API: served only on these Gateways' listeners, never on the shared one
     parents: NotRequired[list[ParentRef]]
+    #: how Envoy speaks TLS to backends that say so (Backend.tls), by a digest of each
+    backendTLS: NotRequired[dict[str, UpstreamTLS]]
     problems: NotRequired[list[ProblemSpec]]
 
 

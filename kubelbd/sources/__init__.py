@@ -7,7 +7,11 @@ every source in this tuple alike.
 
 from __future__ import annotations
 
-from ..objects import NAMESPACES, Resource
+from collections.abc import Callable
+
+from ..objects import NAMESPACES, Obj, Resource
+from .backendtls import BACKEND_TLS_POLICIES, CONFIG_MAPS, kept_config_map
+from .backendtlspolicy import BackendTLSPolicySource
 from .base import References, Source, TenantView
 from .gateway import GatewaySource
 from .gatewayapi import (
@@ -35,6 +39,7 @@ SOURCES: tuple[Source, ...] = (
     TLSRouteSource(),
     TCPRouteSource(),
     UDPRouteSource(),
+    BackendTLSPolicySource(),
 )
 
 #: kinds a tenant's registration may not let kubelbd read yet (registered by a kubelbd from
@@ -50,8 +55,13 @@ OPTIONAL: frozenset[Resource] = frozenset(
         UDPROUTES,
         GATEWAY_CLASSES,
         REFERENCE_GRANTS,
+        BACKEND_TLS_POLICIES,
+        CONFIG_MAPS,
         NAMESPACES,
     }
 )
 
-__all__ = ["OPTIONAL", "SOURCES", "References", "Source", "TenantView"]
+#: what the caches keep of an object of these kinds (the rest of it is never read)
+KEPT: dict[Resource, Callable[[Obj], Obj]] = {CONFIG_MAPS: kept_config_map}
+
+__all__ = ["KEPT", "OPTIONAL", "SOURCES", "References", "Source", "TenantView"]

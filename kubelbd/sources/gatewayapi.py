@@ -46,8 +46,11 @@ CONTROLLER = GATEWAY_CONTROLLER
 #: UDPRoute, listener isolation, 421 for a host another
 #: HTTPS listener serves, a listener on 8080, method and query parameter matches, a
 #: parentRef's port, response headers changed, redirects of scheme and port and with every
-#: status code, backends in HTTP/2 (h2c) and WebSocket, timeouts; sorted
+#: status code, backends in HTTP/2 (h2c) and WebSocket, timeouts, BackendTLSPolicy (with
+#: subjectAltNames); sorted
 SUPPORTED_FEATURES = (
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "GRPCRoute",
     "Gateway",
     "GatewayHTTPListenerIsolation",
@@ -416,13 +419,15 @@ def without_times(value: Any) -> Any:
 
 def _identity(item: Any) -> str | None:
     """What an entry of a status list is matched by across writes: a listener by name, a
-    Route's parent by parentRef and controller."""
+    Route's parent by parentRef and controller, a policy's ancestor by ancestorRef and
+    controller."""
     if not isinstance(item, dict):
         return None
     if "name" in item:
         return f"name:{json.dumps(item['name'], sort_keys=True)}"
-    if "parentRef" in item:
-        return json.dumps([item.get("parentRef"), item.get("controllerName")], sort_keys=True)
+    for ref in ("parentRef", "ancestorRef"):
+        if ref in item:
+            return json.dumps([item.get(ref), item.get("controllerName")], sort_keys=True)
     return None
 
 

@@ -36,8 +36,10 @@ from ..records.types import (
     ParentRef,
     ParentRefSpec,
     RouteSpec,
+    UpstreamTLS,
 )
-from . import gatewayapi, httpfilters, shapes
+from . import backendtls, gatewayapi, httpfilters, shapes
+from .backendtls import BACKEND_TLS_POLICIES, CONFIG_MAPS
 from .base import References, StatusPatch, TenantView
 from .common import HOST, normalize_host, resolve_backend
 from .dnsnames import not_allowed
@@ -257,10 +259,16 @@ def broken(message: str) -> Backend:
 
 
 def resolve(
-    kind: str, ref: Mapping[str, Any], route_ns: str, view: TenantView, problems: list[Problem]
+    kind: str,
+    ref: Mapping[str, Any],
+    route_ns: str,
+    view: TenantView,
+    problems: list[Problem],
+    upstream: dict[str, UpstreamTLS] | None = None,
 ) -> Backend:
     """A backendRef resolved to the nodePort Envoy dials; a GRPCRoute's backend speaks
-    HTTP/2 whatever its Service port says."""
+    HTTP/2 whatever its Service port says. A BackendTLSPolicy that applies makes Envoy speak
+    TLS to it (kept in `upstream`, by its key), or leaves it unserved when it cannot be used."""
     target = backend_target(kind, ref, route_ns, view)
     weight = ref.get("weight")
     ns = ref.get("namespace") or route_ns
@@ -278,6 +286,15 @@ def resolve(
         spec = {"service": {"name": ref["name"], "port": {"number": ref["port"]}}}
         protocol = "UDP" if kind == "UDPRoute" else "TCP"
         out = resolve_backend(ns, spec, view, problems, protocol)
+        if "nodePort" in out and kind in backendtls.ROUTE_KINDS:
+            tls = backendtls.upstream(view, ns, ref["name"], ref["port"])
+            if isinstance(tls, str):
+                out = broken(tls)  # its share answers 500: never plain text instead
+            elif tls is not None:
+                key = backendtls.key_of(tls)
+                out["tls"] = key
+                if upstream is not None:
+                    upstream[key] = tls
     out["service"] = label
     if ref.get("port") is not None:
         out["port"] = str(ref["port"])
@@ -333,9 +350,10 @@ def rule_paths(
     view: TenantView,
     problems: list[Problem],
     path_of: Callable[[Mapping[str, Any], list[Problem]], HTTPPath | None],
+    upstream: dict[str, UpstreamTLS] | None = None,
 ) -> list[HTTPPath]:
     """A rule's paths: each match as its kind's `path_of` makes it, with the rule's filters
-    and timeouts, and its backends."""
+    and timeouts, and its backends (how Envoy speaks TLS to them collected in `upstream`)."""
     filters = httpfilters.of_rule(rule)
     if filters.problem is not None:
         problems.append(filters.problem)
@@ -344,7 +362,7 @@ def rule_paths(
         # No backendRefs is allowed, and answers 500 (an empty target); its references are
         # all resolved, so ResolvedRefs stays True.
         refs = _at_most(rule.get("backendRefs") or [], MAX_BACKENDS, "backendRefs", problems)
-        backends = [resolve(kind, ref, ns, view, problems) for ref in refs]
+        backends = [resolve(kind, ref, ns, view, problems, upstream) for ref in refs]
     out = []
     for match in _at_most(rule.get("matches") or [{}], MAX_RULE_MATCHES, "matches", problems):
         path = path_of(match, problems)
@@ -374,8 +392,10 @@ def hostnames_of(spec: Mapping[str, Any], policy: Any, problems: list[Problem]) 
     return out if out or not named else None
 
 
-#: a rule's paths: (kind, rule, route namespace, view, problems) -> paths
-PathsOf = Callable[[Mapping[str, Any], str, TenantView, list[Problem]], list[HTTPPath]]
+#: a rule's paths: (rule, route namespace, view, problems, upstream TLS collected) -> paths
+PathsOf = Callable[
+    [Mapping[str, Any], str, TenantView, list[Problem], dict[str, UpstreamTLS]], list[HTTPPath]
+]
 
 
 def translate(
@@ -397,8 +417,9 @@ def translate(
     hostnames = hostnames_of(spec, view.policy, problems)
     parents = [attach(kind, ref, ns, hostnames or [], view) for ref in parent_refs(spec)]
     listed = _at_most(spec.get("rules") or [], MAX_RULES, "rules", problems)
+    upstream: dict[str, UpstreamTLS] = {}
     paths = _at_most(
-        [p for rule in listed for p in paths_of(rule, ns, view, problems)],
+        [p for rule in listed for p in paths_of(rule, ns, view, problems, upstream)],
         MAX_MATCHES, "matches in all", problems,
     )  # fmt: skip
     rules: list[HTTPRule] = []
@@ -410,6 +431,8 @@ def translate(
         "rules": rules,
         "parents": parents,
     }
+    if upstream:
+        out["backendTLS"] = {k: upstream[k] for k in sorted(upstream)}
     problems = capped(problems)
     if problems:
         out["problems"] = [p.spec() for p in problems]
@@ -447,6 +470,8 @@ def references(kind: str, shape: type[Any], route: Obj, view: TenantView) -> Ref
                 others.add((REFERENCE_GRANTS, (target_ns, "")))
             if not isinstance(target, Problem):
                 backends.add(target)
+                if kind in backendtls.ROUTE_KINDS:
+                    others |= backendtls.references(view, target[0])
     for ref in parent_refs(spec):
         others.add((GATEWAYS, (ref.get("namespace") or ns, ref["name"])))
     return References(backends=frozenset(backends), others=frozenset(others))
@@ -484,8 +509,11 @@ class RouteSource:
     shape: type[Any]
     api_version = gatewayapi.API_VERSION
     depends_on: tuple[Resource, ...] = ()
-    #: a change to a Gateway it names, its namespace (labels) or a grant translates it again
-    referenced: tuple[Resource, ...] = (GATEWAYS, NAMESPACES, REFERENCE_GRANTS)
+    #: a change to a Gateway it names, its namespace (labels), a grant, or a BackendTLSPolicy
+    #: or CA certificate of its backends translates it again
+    referenced: tuple[Resource, ...] = (
+        GATEWAYS, NAMESPACES, REFERENCE_GRANTS, BACKEND_TLS_POLICIES, CONFIG_MAPS,
+    )  # fmt: skip
     record = ROUTE
 
     @staticmethod
@@ -494,9 +522,14 @@ class RouteSource:
         raise NotImplementedError
 
     def paths_of(
-        self, rule: Mapping[str, Any], ns: str, view: TenantView, problems: list[Problem]
+        self,
+        rule: Mapping[str, Any],
+        ns: str,
+        view: TenantView,
+        problems: list[Problem],
+        upstream: dict[str, UpstreamTLS],
     ) -> list[HTTPPath]:
-        return rule_paths(self.kind, rule, ns, view, problems, self.path_of)
+        return rule_paths(self.kind, rule, ns, view, problems, self.path_of, upstream)
 
     def record_name(self, namespace: str, name: str) -> str:
         return gatewayapi.route_record(self.kind, namespace, name)

@@ -452,6 +452,45 @@ class ReferenceGrant(TypedDict, total=False):
 
 # ---- checking --------------------------------------------------------------------------------
 
+
+class PolicyTargetRef(TypedDict, total=False):
+    group: Required[str]
+    kind: Required[str]
+    name: Required[str]
+    sectionName: str | None
+
+
+class _CertificateRef(TypedDict, total=False):
+    group: Required[str]
+    kind: Required[str]
+    name: Required[str]
+
+
+class _SubjectAltName(TypedDict, total=False):
+    type: Required[str]
+    hostname: str | None
+    uri: str | None
+
+
+class _BackendTLSValidation(TypedDict, total=False):
+    caCertificateRefs: list[_CertificateRef] | None
+    wellKnownCACertificates: str | None
+    hostname: Required[str]
+    subjectAltNames: list[_SubjectAltName] | None
+
+
+class _BackendTLSPolicySpec(TypedDict, total=False):
+    targetRefs: Required[list[PolicyTargetRef]]
+    validation: Required[_BackendTLSValidation]
+
+
+class BackendTLSPolicy(TypedDict, total=False):
+    """How to speak TLS to the Services it targets (Gateway API v1)."""
+
+    metadata: Metadata
+    spec: Required[_BackendTLSPolicySpec]
+
+
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
 

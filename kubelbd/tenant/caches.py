@@ -9,7 +9,7 @@ from ..kube import Kube
 from ..kube.informer import ErrorHandler, EventHandler, Informer
 from ..objects import ENDPOINT_SLICES, NODES, SECRETS, SERVICES, Obj, Resource
 from ..records.policy import Policy
-from ..sources import OPTIONAL
+from ..sources import KEPT, OPTIONAL
 from ..sources.base import Ref, References, Source
 from .mirrors import Mirrors
 from .twins import Twins
@@ -45,7 +45,14 @@ class TenantCaches:
         #: the tenant's policy, as the tenant task last read it (it replaces it on a change)
         self.policy = policy
         self.informers: dict[Resource, Informer] = {
-            r: Informer(kube, r, on_event(r), on_error=on_error(r.plural), optional=r in OPTIONAL)
+            r: Informer(
+                kube,
+                r,
+                on_event(r),
+                on_error=on_error(r.plural),
+                optional=r in OPTIONAL,
+                keep=KEPT.get(r),
+            )
             for r in watched(sources)
         }
         # TLS Secrets only: kubelbd never lists or watches any other kind of Secret.
