@@ -322,3 +322,31 @@ def test_an_object_of_any_size_makes_a_bounded_record() -> None:
     assert all(len(r["paths"]) == routes.MAX_MATCHES for r in spec["rules"])
     assert all(len(p["backends"]) <= routes.MAX_BACKENDS for r in spec["rules"] for p in r["paths"])
     assert len(spec.get("problems", [])) <= 32
+
+
+def test_a_policys_ancestors_are_observed_and_keep_their_transition_times() -> None:
+    """A BackendTLSPolicy's status has no conditions of its own: none are written (the API
+    server refuses a field its schema lacks); each ancestor's are observed and stamped."""
+
+    def ancestor(status: str) -> Obj:
+        return {
+            "ancestorRef": {"group": gatewayapi.GROUP, "kind": "Gateway", "name": "gw"},
+            "controllerName": gatewayapi.CONTROLLER,
+            "conditions": [{"type": "Accepted", "status": status, "reason": "R", "message": ""}],
+        }
+
+    applied: Obj = {"metadata": {"name": "p", "namespace": "d", "generation": 3}}
+    status = tenant_object_status({"ancestors": [ancestor("True")]}, applied, T1)
+    assert status is not None and "conditions" not in status
+    (written,) = status["ancestors"][0]["conditions"]
+    assert written["observedGeneration"] == 3 and written["lastTransitionTime"] == T1
+    holding = {**applied, "status": status}
+    assert tenant_object_status({"ancestors": [ancestor("True")]}, holding, "later") is None
+    bumped = {**holding, "metadata": {**applied["metadata"], "generation": 4}}
+    again = tenant_object_status({"ancestors": [ancestor("True")]}, bumped, "later")
+    assert again is not None
+    (kept,) = again["ancestors"][0]["conditions"]
+    assert kept["observedGeneration"] == 4 and kept["lastTransitionTime"] == T1
+    flipped = tenant_object_status({"ancestors": [ancestor("False")]}, holding, "later")
+    assert flipped is not None
+    assert flipped["ancestors"][0]["conditions"][0]["lastTransitionTime"] == "later"

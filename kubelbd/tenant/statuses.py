@@ -58,10 +58,10 @@ def tenant_object_status(want: Any, applied: Obj, now: str) -> Obj | None:
     rest = {k: observed(v, generation) for k, v in want.items() if k != "conditions"}
     if same(wanted, previous) and all(without_times(have.get(k)) == v for k, v in rest.items()):
         return None
-    return {
-        **{k: stamped(v, have.get(k), now) for k, v in rest.items()},
-        "conditions": stamp(wanted, previous, now),
-    }
+    out = {k: stamped(v, have.get(k), now) for k, v in rest.items()}
+    if "conditions" in want:  # a kind whose status has none (a policy's) is given none
+        out["conditions"] = stamp(wanted, previous, now)
+    return out
 
 
 def observed(value: Any, generation: Any) -> Any:

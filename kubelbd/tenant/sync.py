@@ -472,8 +472,13 @@ class TenantSync:
                 # Against what the tenant object holds: unchanged, nothing is written.
                 await self._apply_status(resource, obj, current)
             except ApiError as e:
+                # Gone meanwhile: its deletion resyncs the kind again. Refused: that object
+                # alone (a tenant may change its kind's schema), tried again on the next
+                # resync of the kind; the others are written all the same.
                 if not e.not_found:
-                    raise  # gone meanwhile: its deletion resyncs the kind again
+                    where = f"{meta.get('namespace', '')}/{meta['name']}"
+                    log.warning("tenant %s: status of %s %s not written: %s",
+                                self.name, obj.get("kind"), where, e)  # fmt: skip
         for k, obj in self.caches.cache(source.resource).items():
             if self._concerns_us(source, k, obj):
                 self._dirty.add((source.kind, k))
