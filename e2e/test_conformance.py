@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: one of each thing kubelbd does, and the tests that found its bugs: HTTP and HTTPS
 #: listeners, matches, grants, certificate references, filters, status of the tenant's own
 #: GatewayClass, a GRPCRoute, TLSRoutes passed through and terminated on one port, a
-#: TCPRoute and a UDPRoute
+#: TCPRoute and a UDPRoute, BackendTLSPolicies (CA ConfigMaps changing, names checked,
+#: conflicts)
 FAST = (
     "HTTPRouteSimpleSameNamespace",
     "HTTPRouteMatching",
@@ -34,6 +35,9 @@ FAST = (
     "TLSRouteMixedTerminationSameNamespace",
     "TCPRouteWeightedRouting",
     "UDPRouteWeightedRouting",
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
+    "BackendTLSPolicyConflictResolution",
 )
 
 
