@@ -179,3 +179,13 @@ def test_envoy_accepts_clusters_dialled_in_tls() -> None:
     assert sum("transport_socket" in c for c in files["cds.json"]) == 2
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
+
+
+def test_only_certificates_reach_envoy_as_cryptography_writes_them() -> None:
+    noisy = f"comment\n{CA}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\ntail"
+    assert backendtls.certificates(noisy) == CA
+    assert backendtls.certificates(CA * 40) == CA * backendtls.MAX_CERTIFICATES
+    assert (
+        backendtls.certificates("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+        is None
+    )

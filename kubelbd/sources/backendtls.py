@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ..objects import SERVICES, Obj, Resource
 from ..records.types import SubjectAltName, UpstreamTLS
@@ -44,6 +45,7 @@ MAX_CA_BUNDLE = 16 * 1024
 #: what one policy may list, as the CRD allows (more is not read)
 MAX_TARGETS = 16
 MAX_CA_REFS = 8
+MAX_CERTIFICATES = 16
 MAX_SANS = 16
 #: route kinds whose backends a policy applies to (HTTP over TLS)
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -146,13 +148,18 @@ def for_backend(view: TenantView, namespace: str, service: str, port: int) -> Ob
     return winner(policies, service, section if isinstance(section, str) else None)
 
 
-def _certificates(pem: str) -> bool:
-    """Whether `pem` is one or more X.509 certificates (Envoy refuses a cluster whose
-    trusted CA is not: never handed one)."""
+def certificates(pem: str) -> str | None:
+    """`pem`'s X.509 certificates, each as cryptography writes it back (nothing else of
+    what the tenant wrote reaches Envoy: no other PEM block, no text between), at most
+    MAX_CERTIFICATES; None when it holds none (Envoy refuses a cluster whose trusted CA
+    does not parse, and with it every cluster of the same file: never handed one)."""
     try:
-        return bool(x509.load_pem_x509_certificates(pem.encode()))
+        found = x509.load_pem_x509_certificates(pem.encode())
     except ValueError:
-        return False
+        return None
+    return "".join(
+        c.public_bytes(serialization.Encoding.PEM).decode() for c in found[:MAX_CERTIFICATES]
+    )
 
 
 def _subject_alt_names(validation: Mapping[str, Any]) -> list[SubjectAltName] | str:
@@ -205,10 +212,10 @@ def read(policy: Obj, view: TenantView) -> Verdict:
             why = f"ConfigMap {ns}/{name[:253]} not found"
         elif cm.get("tooLarge"):
             why = f"ConfigMap {ns}/{name[:253]}: {CA_KEY} is over {MAX_CA_BUNDLE} characters"
-        elif not isinstance(ca, str) or not _certificates(ca):
+        elif not isinstance(ca, str) or (canonical := certificates(ca)) is None:
             why = f"ConfigMap {ns}/{name[:253]}: {CA_KEY} holds no PEM certificate"
         else:
-            bundles.append(ca.strip() + "\n")
+            bundles.append(canonical)
             continue
         refused = refused or (False, "InvalidCACertificateRef", why)
     bundle = "".join(bundles)
