@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from kubelbd.objects import SERVICES, Obj, Resource
+from kubelbd.objects import CONFIGMAPS, SERVICES, Obj, Resource
 from kubelbd.records.policy import Policy
 from kubelbd.sources import backendtls
-from kubelbd.sources.backendtls import BACKEND_TLS_POLICIES, CONFIG_MAPS
+from kubelbd.sources.backendtls import BACKEND_TLS_POLICIES
 
 from .goldens import read_input
 from .test_golden_envoy import render
@@ -75,7 +75,7 @@ SERVICE = {
 def view(*policies: Obj, maps: tuple[Obj, ...] = ()) -> View:
     return View({
         BACKEND_TLS_POLICIES: list(policies),
-        CONFIG_MAPS: [config_map("ca", CA), *maps],
+        CONFIGMAPS: [config_map("ca", CA), *maps],
         SERVICES: [SERVICE],
     })  # fmt: skip
 

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import dns.rdatatype
 import pytest
 from kubefleet import certs
 from kubefleet.nodeemu import echobasic
@@ -398,3 +402,52 @@ async def _until(kube: Any, name: str, check: Any) -> dict[str, Any]:
             return dict(status)
         await asyncio.sleep(0.05)
     raise AssertionError(f"pod status never matched: {status}")
+
+
+#: the suite's CoreDNS Corefile (base/manifests.yaml), as its ConfigMap holds it
+COREFILE = """.:53 {
+    forward . 8.8.8.8 9.9.9.9
+    log
+    errors
+}
+foo.bar.com:53 {
+  whoami
+}
+"""
+
+
+def test_a_corefile_moves_to_host_ports_and_forwards_nowhere() -> None:
+    assert echobasic.corefile_ports(COREFILE) == [53]
+    out = echobasic.rewrite_corefile(COREFILE, {53: 40053})
+    assert ".:40053 {" in out and "foo.bar.com:40053 {" in out and ":53" not in out
+    assert "8.8.8.8" not in out and f"forward . {echobasic.FORWARD_NOWHERE}" in out
+    assert echobasic.is_coredns("registry.k8s.io/coredns/coredns:v1.12.2")
+    assert not echobasic.is_coredns("registry.k8s.io/gateway-api/echo-basic:v1.5.1")
+
+
+async def test_coredns_runs_as_the_pod_from_its_corefile(
+    conformance_bin: Path, tmp_path: Path
+) -> None:
+    """The suite's UDPRoute backend: the real CoreDNS answers on the pod's address, port 53."""
+    listen = "127.250.9.9"
+    container = {
+        "name": "coredns", "image": "registry.k8s.io/coredns/coredns:v1.12.2",
+        "args": ["-conf", "/root/Corefile"],
+        "volumeMounts": [{"name": "conf", "mountPath": "/root"}],
+    }  # fmt: skip
+    pod = _pod([container], [{"name": "conf", "configMap": {"name": "coredns"}}])
+    config_map = {"data": {"Corefile": COREFILE}}
+    running = echobasic.EchoBasicPod(
+        conformance_bin / "echo-basic", pod, POD_IP, listen, "127.250.9.1", tmp_path,
+        {"conf": config_map}, conformance_bin / "coredns",
+    )  # fmt: skip
+    try:
+        await running.start()
+        assert await running.wait_ready(), running.log_path("coredns").read_text()
+        query = dns.message.make_query("foo.bar.com.", "A")
+        reply = await dns.asyncquery.udp(query, listen, port=53, timeout=5)
+        assert reply.rcode() == dns.rcode.NOERROR
+        # whoami's answer: the client's address and port, as CoreDNS saw them (the relay's)
+        assert {r.rdtype for r in reply.additional} == {dns.rdatatype.A, dns.rdatatype.SRV}
+    finally:
+        await running.stop()

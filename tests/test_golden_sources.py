@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from kubelbd.kube import crds
-from kubelbd.objects import INGRESS_CLASSES, NAMESPACES, SERVICES, Obj, Resource
+from kubelbd.objects import CONFIGMAPS, INGRESS_CLASSES, NAMESPACES, SERVICES, Obj, Resource
 from kubelbd.records import parse
 from kubelbd.records.claims import with_claims
 from kubelbd.records.policy import Policy, for_tenant, policy_of
@@ -87,9 +87,7 @@ class View:
             cm["metadata"].setdefault("namespace", "default")
             kept_cm = backendtls.kept_config_map(cm)
             meta = kept_cm["metadata"]
-            self.objects.setdefault(backendtls.CONFIG_MAPS, {})[
-                f"{meta['namespace']}/{meta['name']}"
-            ] = kept_cm
+            self.objects.setdefault(CONFIGMAPS, {})[f"{meta['namespace']}/{meta['name']}"] = kept_cm
         namespaces = self.objects.setdefault(NAMESPACES, {})
         for name, labels in (tenant.get("namespaces") or {}).items():
             namespaces[name] = {"metadata": {"name": name, "labels": labels or {}}}

@@ -407,6 +407,7 @@ class Fleet:
         ]
         if self.conformance_bin is not None:
             argv.append(f"--echo-basic={self.conformance_bin / 'echo-basic'}")
+            argv.append(f"--coredns={self.conformance_bin / 'coredns'}")
         return Proc(
             f"{n.cluster}/{n.name}",
             argv,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..objects import NAMESPACES, Obj, Resource
-from .backendtls import BACKEND_TLS_POLICIES, CONFIG_MAPS, kept_config_map
+from ..objects import CONFIGMAPS, NAMESPACES, Obj, Resource
+from .backendtls import BACKEND_TLS_POLICIES, kept_config_map
 from .backendtlspolicy import BackendTLSPolicySource
 from .base import References, Source, TenantView
 from .gateway import GatewaySource
@@ -56,12 +56,12 @@ OPTIONAL: frozenset[Resource] = frozenset(
         GATEWAY_CLASSES,
         REFERENCE_GRANTS,
         BACKEND_TLS_POLICIES,
-        CONFIG_MAPS,
+        CONFIGMAPS,
         NAMESPACES,
     }
 )
 
 #: what the caches keep of an object of these kinds (the rest of it is never read)
-KEPT: dict[Resource, Callable[[Obj], Obj]] = {CONFIG_MAPS: kept_config_map}
+KEPT: dict[Resource, Callable[[Obj], Obj]] = {CONFIGMAPS: kept_config_map}
 
 __all__ = ["KEPT", "OPTIONAL", "SOURCES", "References", "Source", "TenantView"]

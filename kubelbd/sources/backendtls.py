@@ -29,7 +29,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ..objects import SERVICES, Obj, Resource
+from ..objects import CONFIGMAPS, SERVICES, Obj, Resource
 from ..records.types import SubjectAltName, UpstreamTLS
 from . import shapes
 from .base import TenantView
@@ -37,7 +37,6 @@ from .common import HOST, normalize_host
 from .gatewayapi import API_VERSION
 
 BACKEND_TLS_POLICIES = Resource(API_VERSION, "backendtlspolicies")
-CONFIG_MAPS = Resource("v1", "configmaps")
 #: the ConfigMap key a CA certificate is read from, as Gateway API says
 CA_KEY = "ca.crt"
 #: a CA bundle kubelbd takes (PEM characters): every backend's cluster carries it to Envoy
@@ -206,7 +205,7 @@ def read(policy: Obj, view: TenantView) -> Verdict:
             why = f"{ref['kind'][:64]} {name[:253]}: CA certificates come from ConfigMaps"
             refused = refused or (False, "InvalidKind", why)
             continue
-        cm = view.get(CONFIG_MAPS, ns, name)
+        cm = view.get(CONFIGMAPS, ns, name)
         ca = ((cm or {}).get("data") or {}).get(CA_KEY)
         if cm is None:
             why = f"ConfigMap {ns}/{name[:253]} not found"
@@ -253,5 +252,5 @@ def references(view: TenantView, namespace: str) -> set[tuple[Resource, tuple[st
     for policy in in_namespace(view, namespace):
         if shapes.fits(shapes.BackendTLSPolicy, policy):
             for ref in (policy["spec"]["validation"].get("caCertificateRefs") or [])[:MAX_CA_REFS]:
-                out.add((CONFIG_MAPS, (namespace, ref["name"])))
+                out.add((CONFIGMAPS, (namespace, ref["name"])))
     return out

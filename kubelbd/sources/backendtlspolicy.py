@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..objects import Obj, Resource
+from ..objects import CONFIGMAPS, Obj, Resource
 from ..records.names import ROUTE
 from ..records.problems import Translation
 from ..records.status import SourceStatus
 from . import gatewayapi, routes, shapes
 from .backendtls import (
     BACKEND_TLS_POLICIES,
-    CONFIG_MAPS,
     State,
     age,
     read,
@@ -123,7 +122,7 @@ class BackendTLSPolicySource:
     api_version = API_VERSION
     resource = BACKEND_TLS_POLICIES
     #: its statuses are computed again when a policy, a CA ConfigMap or a route changes
-    depends_on: tuple[Resource, ...] = (BACKEND_TLS_POLICIES, CONFIG_MAPS, HTTPROUTES, GRPCROUTES)
+    depends_on: tuple[Resource, ...] = (BACKEND_TLS_POLICIES, CONFIGMAPS, HTTPROUTES, GRPCROUTES)
     referenced: tuple[Resource, ...] = ()
     record = ROUTE  # never made: no policy is ours
 

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..objects import NAMESPACES, Obj, Resource, labels_of
+from ..objects import CONFIGMAPS, NAMESPACES, Obj, Resource, labels_of
 from ..records.names import ROUTE
 from ..records.problems import Problem, Translation, capped
 from ..records.status import SourceStatus
@@ -39,7 +39,7 @@ from ..records.types import (
     UpstreamTLS,
 )
 from . import backendtls, gatewayapi, httpfilters, shapes
-from .backendtls import BACKEND_TLS_POLICIES, CONFIG_MAPS
+from .backendtls import BACKEND_TLS_POLICIES
 from .base import References, StatusPatch, TenantView
 from .common import HOST, normalize_host, resolve_backend
 from .dnsnames import not_allowed
@@ -512,7 +512,7 @@ class RouteSource:
     #: a change to a Gateway it names, its namespace (labels), a grant, or a BackendTLSPolicy
     #: or CA certificate of its backends translates it again
     referenced: tuple[Resource, ...] = (
-        GATEWAYS, NAMESPACES, REFERENCE_GRANTS, BACKEND_TLS_POLICIES, CONFIG_MAPS,
+        GATEWAYS, NAMESPACES, REFERENCE_GRANTS, BACKEND_TLS_POLICIES, CONFIGMAPS,
     )  # fmt: skip
     record = ROUTE
 

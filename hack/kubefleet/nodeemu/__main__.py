@@ -35,6 +35,7 @@ async def run(args: argparse.Namespace) -> None:
     kubelet = Kubelet(
         kube, args.cluster, args.node, args.ip, args.pod_cidr,
         echo_basic=Path(args.echo_basic) if args.echo_basic else None, pods_dir=pods_dir,
+        coredns=Path(args.coredns) if args.coredns else None,
     )  # fmt: skip
     if args.tls_cert:
         ctx = server_context(
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--ip", required=True)
     ap.add_argument("--pod-cidr", required=True)
     ap.add_argument("--echo-basic", help="echo-basic binary: run it for echo-basic pods")
+    ap.add_argument("--coredns", help="CoreDNS binary: run it for CoreDNS pods (with --echo-basic)")
     ap.add_argument("--pods-dir", help="per-pod directories (secrets, logs); emptied at start")
     ap.add_argument("--tls-cert", help="serving certificate: serve /containerLogs on --ip")
     ap.add_argument("--tls-key")

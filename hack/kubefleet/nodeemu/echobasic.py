@@ -1,5 +1,8 @@
 """Pods whose container image is echo-basic run the real thing: the Gateway API conformance
-suite's backend, built by hack/build-conformance.
+suite's backend, built by hack/build-conformance; so do pods of CoreDNS's image (the suite's
+UDPRoute backend, built there too: a CoreDNS with the plugins the suite's Corefile names),
+from the Corefile of their mounted ConfigMap with its ports moved to free host ports and its
+`forward` sent nowhere (the fleet's traffic stays on loopback).
 
 echo-basic has no bind-address option: it listens on every interface, on ports it reads from
 `HTTP_PORT`, `H2C_PORT`, `HTTPS_PORT`, `TCP_PORT`, `TLS_PORT`, `UDP_PORT` (defaults 3000, 3001,
@@ -60,6 +63,37 @@ def image_repository(image: str) -> str:
 def is_echo_basic(image: str) -> bool:
     """Any echo-basic image (`.../echo-basic[:tag][@digest]`) but the fleet's emulated one."""
     return image != EMULATED_IMAGE and image_repository(image).endswith("/echo-basic")
+
+
+def is_coredns(image: str) -> bool:
+    """CoreDNS's image (`.../coredns/coredns[:tag]`): the suite's UDPRoute backend."""
+    return image_repository(image).endswith("/coredns/coredns")
+
+
+#: a Corefile server block's key with a port (`.:53 {`, `foo.bar.com:53 {`)
+_SERVER_PORT = re.compile(r"^(\s*[^\s{#]*?):(\d+)(\s*\{)", re.MULTILINE)
+_FORWARD = re.compile(r"^(\s*forward\s+\S+)\s+[^{\n]+", re.MULTILINE)
+#: where CoreDNS forwards what it does not answer itself: nowhere (a loopback port nothing
+#: listens on), since the fleet's traffic stays on loopback
+FORWARD_NOWHERE = "127.0.0.1:9"
+
+
+def corefile_ports(text: str) -> list[int]:
+    """The ports a Corefile's server blocks listen on, each once, in order."""
+    out: list[int] = []
+    for m in _SERVER_PORT.finditer(text):
+        if int(m.group(2)) not in out:
+            out.append(int(m.group(2)))
+    return out
+
+
+def rewrite_corefile(text: str, host_ports: Mapping[int, int]) -> str:
+    """The Corefile with each server port moved to its host port and every `forward` sent
+    nowhere (see FORWARD_NOWHERE)."""
+    moved = _SERVER_PORT.sub(
+        lambda m: f"{m.group(1)}:{host_ports[int(m.group(2))]}{m.group(3)}", text
+    )
+    return _FORWARD.sub(lambda m: f"{m.group(1)} {FORWARD_NOWHERE}", moved)
 
 
 @dataclass(frozen=True)
@@ -152,6 +186,17 @@ def container_env(container: Obj, pod: Obj, pod_ip: str, node_ip: str) -> dict[s
 def secret_files(volume: Obj, secret: Obj | None) -> dict[str, bytes]:
     """A Secret volume's files (relative path -> content): its `items`, else every key."""
     data = {k: base64.b64decode(v) for k, v in ((secret or {}).get("data") or {}).items()}
+    return volume_files(volume, data, f"secret {volume.get('secretName')}")
+
+
+def config_map_files(volume: Obj, config_map: Obj | None) -> dict[str, bytes]:
+    """A ConfigMap volume's files, the same way (its `data`, as text)."""
+    data = {k: str(v).encode() for k, v in ((config_map or {}).get("data") or {}).items()}
+    return volume_files(volume, data, f"configMap {volume.get('name')}")
+
+
+def volume_files(volume: Obj, data: Mapping[str, bytes], what: str) -> dict[str, bytes]:
+    """A volume's files from its object's `data`: its `items`, else every key."""
     items = volume.get("items")
     if not items:
         return dict(data)
@@ -159,11 +204,11 @@ def secret_files(volume: Obj, secret: Obj | None) -> dict[str, bytes]:
     for it in items:
         rel = Path(it["path"])
         if rel.is_absolute() or ".." in rel.parts:  # the API server forbids both
-            raise ValueError(f"secret volume item path {it['path']!r} leaves the volume")
+            raise ValueError(f"{what}: volume item path {it['path']!r} leaves the volume")
         if it["key"] in data:
             out[it["path"]] = data[it["key"]]
         elif not volume.get("optional"):
-            raise KeyError(f"secret {volume.get('secretName')} has no key {it['key']!r}")
+            raise KeyError(f"{what} has no key {it['key']!r}")
     return out
 
 
@@ -245,6 +290,9 @@ class EchoBasicContainer:
         self.ports = echo_ports(env)
         self.host_ports = {p.env: free_port(p.protocol) for p in self.ports}
         self.env = {**env, **{var: str(hp) for var, hp in self.host_ports.items()}}
+        self._init_rest(args, listen_ip, log_path, cwd)
+
+    def _init_rest(self, args: list[str], listen_ip: str, log_path: Path, cwd: Path) -> None:
         self.args = args
         self.listen_ip = listen_ip
         self.log_path = log_path
@@ -340,6 +388,39 @@ class EchoBasicContainer:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+class CoreDNSContainer(EchoBasicContainer):
+    """One CoreDNS process (the suite's UDPRoute backend): its Corefile (`-conf`, from a
+    mounted ConfigMap) rewritten so that each server port is a free host port, relayed from
+    the pod's own address as echo-basic's are, UDP and TCP."""
+
+    def __init__(
+        self,
+        binary: Path,
+        name: str,
+        env: dict[str, str],
+        args: list[str],
+        listen_ip: str,
+        log_path: Path,
+        cwd: Path,
+    ) -> None:
+        self.binary = binary
+        self.name = name
+        conf = args.index("-conf") + 1 if "-conf" in args else -1
+        if conf <= 0 or conf >= len(args):
+            raise ValueError("coredns without -conf: the emulator runs it with its Corefile only")
+        text = Path(args[conf]).read_text()
+        ports = corefile_ports(text)
+        if not ports:
+            raise ValueError(f"Corefile {args[conf]}: no server block with a port")
+        host = {p: free_port("UDP") for p in ports}
+        self.ports = [EchoPort(f"{proto}{p}", proto, p) for p in ports for proto in ("UDP", "TCP")]
+        self.host_ports = {f"{proto}{p}": host[p] for p in ports for proto in ("UDP", "TCP")}
+        rewritten = cwd / "Corefile.kubefleet"
+        rewritten.write_text(rewrite_corefile(text, host))
+        self.env = dict(env)
+        self._init_rest([*args[:conf], str(rewritten), *args[conf + 1 :]], listen_ip, log_path, cwd)
+
+
 class EchoBasicPod:
     """A pod's echo-basic containers, with its own directory for mounted secrets and logs."""
 
@@ -352,8 +433,10 @@ class EchoBasicPod:
         node_ip: str,
         root: Path,
         secrets: Mapping[str, Obj | None],
+        coredns: Path | None = None,
     ) -> None:
         meta = pod["metadata"]
+        self.coredns = coredns
         self.binary, self.pod, self.pod_ip, self.listen_ip, self.node_ip = (
             binary, pod, pod_ip, listen_ip, node_ip,
         )  # fmt: skip
@@ -373,14 +456,18 @@ class EchoBasicPod:
         volumes = {v["name"]: v for v in (pod.get("spec") or {}).get("volumes") or []}
         written: dict[str, Path] = {}
         for name, v in volumes.items():
-            if "secret" not in v:
+            if "secret" in v:
+                files = secret_files(v["secret"], secrets.get(name))
+            elif "configMap" in v:
+                files = config_map_files(v["configMap"], secrets.get(name))
+            else:
                 continue
             d = self.dir / "volumes" / name
             d.mkdir(parents=True, mode=0o700)
-            for rel, content in secret_files(v["secret"], secrets.get(name)).items():
+            for rel, content in files.items():
                 _write_private(d / rel, content)
             written[name] = d
-        for c in echo_containers(pod):
+        for c in echo_containers(pod, coredns=self.coredns is not None):
             mounts = {
                 m["mountPath"]: written[m["name"]] / m.get("subPath", "")
                 for m in c.get("volumeMounts") or []
@@ -391,9 +478,11 @@ class EchoBasicPod:
                 for k, v in container_env(c, pod, self.pod_ip, self.node_ip).items()
             }
             args = [rewrite_path(expand(str(a), env), mounts) for a in c.get("args") or []]
+            dns = is_coredns(c.get("image", ""))
+            kind = CoreDNSContainer if dns else EchoBasicContainer
             self.containers.append(
-                EchoBasicContainer(
-                    self.binary,
+                kind(
+                    self.coredns if dns and self.coredns else self.binary,
                     c["name"],
                     env,
                     args,
@@ -440,11 +529,13 @@ class EchoBasicPod:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def echo_containers(pod: Obj) -> list[Obj]:
+def echo_containers(pod: Obj, coredns: bool = False) -> list[Obj]:
+    """The containers that run a real program here: echo-basic (and CoreDNS, when the
+    emulator has its binary)."""
     return [
         c
         for c in (pod.get("spec") or {}).get("containers") or []
-        if is_echo_basic(c.get("image", ""))
+        if is_echo_basic(c.get("image", "")) or (coredns and is_coredns(c.get("image", "")))
     ]
 
 
@@ -454,4 +545,13 @@ def secret_volumes(pod: Obj) -> dict[str, Obj]:
         v["name"]: v["secret"]
         for v in (pod.get("spec") or {}).get("volumes") or []
         if "secret" in v
+    }
+
+
+def config_map_volumes(pod: Obj) -> dict[str, Obj]:
+    """volume name -> its `configMap` source (a CoreDNS pod's Corefile)."""
+    return {
+        v["name"]: v["configMap"]
+        for v in (pod.get("spec") or {}).get("volumes") or []
+        if "configMap" in v
     }

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kubelbd.kube import ApiError, Kube
 from kubelbd.kube.informer import Informer
-from kubelbd.objects import LEASES, NODES, PODS, SECRETS, Obj, key
+from kubelbd.objects import CONFIGMAPS, LEASES, NODES, PODS, SECRETS, Obj, key
 
 from ..layout import pod_listen_ip
 from . import echobasic
@@ -76,9 +76,11 @@ class Kubelet:
         echo_basic: Path | None = None,
         pods_dir: Path | None = None,
         kubelet_port: int = 0,
+        coredns: Path | None = None,
     ) -> None:
         self.kube = kube
         self.echo_basic = echo_basic  # the binary; None: echo-basic pods get the Python echo
+        self.coredns = coredns  # the binary; None: CoreDNS pods get containerPort listeners
         self.pods_dir = pods_dir or Path(tempfile.gettempdir()) / f"kubefleet-{cluster}-{node}"
         self.kubelet_port = kubelet_port  # the log endpoint's port, 0 if none
         self.cluster = cluster
@@ -262,19 +264,25 @@ class Kubelet:
 
     async def _start(self, pod: Obj) -> Running:
         meta, spec = pod["metadata"], pod["spec"]
-        echo_containers = echobasic.echo_containers(pod) if self.echo_basic else []
+        echo_containers = (
+            echobasic.echo_containers(pod, coredns=self.coredns is not None)
+            if self.echo_basic
+            else []
+        )
         secrets: dict[str, Obj | None] = {}
         if echo_containers:
-            # Before taking an IP: a Secret not there yet fails this sync, to be retried.
-            for vol, src in echobasic.secret_volumes(pod).items():
+            # Before taking an IP: a Secret (ConfigMap) not there yet fails this sync, to be
+            # retried.
+            volumes = [
+                (v, SECRETS, s["secretName"], s) for v, s in echobasic.secret_volumes(pod).items()
+            ]
+            volumes += [(v, CONFIGMAPS, s["name"], s)
+                        for v, s in echobasic.config_map_volumes(pod).items()]  # fmt: skip
+            for vol, resource, name, src in volumes:
                 if src.get("optional"):
-                    secrets[vol] = await self.kube.get_or_none(
-                        SECRETS, src["secretName"], meta["namespace"]
-                    )
+                    secrets[vol] = await self.kube.get_or_none(resource, name, meta["namespace"])
                 else:
-                    secrets[vol] = await self.kube.get(
-                        SECRETS, src["secretName"], meta["namespace"]
-                    )
+                    secrets[vol] = await self.kube.get(resource, name, meta["namespace"])
         host_net = bool(spec.get("hostNetwork"))
         ip = (pod.get("status") or {}).get("podIP")
         if host_net:
@@ -309,8 +317,9 @@ class Kubelet:
             assert self.echo_basic is not None
             try:
                 running.echo = echobasic.EchoBasicPod(
-                    self.echo_basic, pod, ip, listen, self.ip, self.pods_dir, secrets
-                )
+                    self.echo_basic, pod, ip, listen, self.ip, self.pods_dir, secrets,
+                    self.coredns,
+                )  # fmt: skip
                 await running.echo.start()
             except (ValueError, KeyError, OSError) as e:
                 # A port that is no number, a Secret key missing, no binary: the pod stays
