@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: one of each thing kubelbd does, and the tests that found its bugs: HTTP and HTTPS
 #: listeners, matches, grants, certificate references, filters, status of the tenant's own
 #: GatewayClass, a GRPCRoute, TLSRoutes passed through and terminated on one port, a
-#: TCPRoute and a UDPRoute, BackendTLSPolicies (CA ConfigMaps changing, names checked,
-#: conflicts)
+#: TCPRoute and UDPRoutes (one to CoreDNS), BackendTLSPolicies (CA ConfigMaps changing,
+#: names checked, conflicts)
 FAST = (
     "HTTPRouteSimpleSameNamespace",
     "HTTPRouteMatching",
@@ -35,6 +35,7 @@ FAST = (
     "TLSRouteMixedTerminationSameNamespace",
     "TCPRouteWeightedRouting",
     "UDPRouteWeightedRouting",
+    "UDPRoute",
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
     "BackendTLSPolicyConflictResolution",
