@@ -5,6 +5,8 @@ is stored now, not what this process last saw."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 
 from .envoy.admin import EnvoyAdmin
@@ -28,7 +30,7 @@ async def load_snapshot(
     envoy: list[list[Obj] | None] = []
     errors: list[ApiError | ConnectionError] = []
 
-    async def list_into(key: str, res: Resource, **params: str) -> None:
+    async def list_into(key: str, res: Resource, **params: Any) -> None:
         try:
             lists[key], _ = await mgmt.list(res, namespace, **params)
         except (ApiError, ConnectionError) as e:

@@ -407,13 +407,18 @@ class FakeKube(Kube):
         return copy.deepcopy(self._server.find(_key(res, namespace, name)))
 
     async def list(
-        self, res: Resource, namespace: str | None = None, **params: Any
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        keep: Callable[[Obj], Obj] | None = None,
+        **params: Any,
     ) -> tuple[list[Obj], str]:
         await self._call("list", res, namespace, None)
         match = _matcher(res, namespace, params)
         s = self._server
         items = [copy.deepcopy(o) for k, o in sorted(s.objects.items()) if match(k, o)]
-        return items, str(s.rv)
+        return [keep(o) for o in items] if keep else items, str(s.rv)
 
     async def create(self, res: Resource, obj: Obj, namespace: str | None = None) -> Obj:
         ns = namespace or obj.get("metadata", {}).get("namespace")

@@ -5,15 +5,19 @@ envoy/backend-tls."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubelbd.objects import CONFIGMAPS, SERVICES, Obj, Resource
 from kubelbd.records.policy import Policy
-from kubelbd.sources import backendtls
+from kubelbd.sources import backendtls, gatewayapi, httproute
 from kubelbd.sources.backendtls import BACKEND_TLS_POLICIES
+from kubelbd.sources.backendtlspolicy import statuses
+from kubelbd.sources.gatewayapi import GATEWAYS
 
 from .goldens import read_input
 from .test_golden_envoy import render
@@ -26,6 +30,7 @@ class View:
     def __init__(self, objects: dict[Resource, list[Obj]]) -> None:
         self.objects = objects
         self.policy = Policy()
+        self.memo: dict[str, Any] = {}
 
     def get(self, resource: Resource, namespace: str, name: str) -> Obj | None:
         return next(
@@ -189,3 +194,99 @@ def test_only_certificates_reach_envoy_as_cryptography_writes_them() -> None:
         backendtls.certificates("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
         is None
     )
+
+
+#: certificates a hostile tenant may name as its CA (a hostile review's: v1 and v2 with
+#: extensions, names that are no string of their type, keys that are no key, odd serials,
+#: duplicated or malformed extensions, curves BoringSSL lacks), by what is odd about them
+HOSTILE = json.loads((Path(__file__).parent / "data" / "hostile-ca-certificates.json").read_text())
+
+
+@needs_envoy
+def test_a_ca_certificate_kubelbd_takes_is_one_envoy_loads() -> None:
+    """Each hostile certificate is refused, or Envoy loads the cluster it makes: never a
+    cluster file Envoy refuses (its other clusters would wait behind it)."""
+    case = read_input("envoy", "backend-tls")
+    template = next(iter(case["ir"]["clusters"].values()))
+    taken = {name: backendtls.certificates(pem) for name, pem in HOSTILE.items()}
+    assert taken["good"] is not None
+    assert taken["v1_with_ext"] is None and taken["utf8_invalid"] is None
+    case["ir"]["clusters"] = {
+        f"alpha/apps/{name}/30443/tls-x": {**template, "tls": {**template["tls"], "ca": ca}}
+        for name, ca in taken.items()
+        if ca is not None
+    }
+    case["ir"]["vhosts"] = {}
+    files = render(case)
+    result = envoy_validate(static_bootstrap(files))
+    assert result.returncode == 0, _fails(result)
+
+
+def test_the_policys_index_is_built_once_per_change_of_the_policies() -> None:
+    p = policy("p", {"name": "web"}, {"caCertificateRefs": [ca_ref()], "hostname": "a.b"})
+    v = view(p)
+    first = backendtls.index(v)
+    assert backendtls.index(v) is first
+    p["metadata"]["resourceVersion"] = "2"
+    assert backendtls.index(v) is not first
+
+
+def test_a_policy_names_the_tcp_port_of_that_number() -> None:
+    """A Service may have 443/UDP and 443/TCP under two names: the policy naming the TCP one
+    applies (the backend is the TCP port)."""
+    svc = {
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"ports": [{"name": "quic", "port": 443, "protocol": "UDP"},
+                           {"name": "https", "port": 443, "protocol": "TCP"}]},
+    }  # fmt: skip
+    p = policy("p", {"name": "web", "sectionName": "https"},
+               {"caCertificateRefs": [ca_ref()], "hostname": "a.example.com"})  # fmt: skip
+    v = View({BACKEND_TLS_POLICIES: [p], CONFIGMAPS: [config_map("ca", CA)], SERVICES: [svc]})
+    tls = backendtls.upstream(v, "apps", "web", 443)
+    assert isinstance(tls, dict) and tls["hostname"] == "a.example.com"
+
+
+def test_kubelbd_reports_on_the_policies_it_has_something_to_say_about() -> None:
+    """No route of kubelbd's sends to what a policy targets: its status is another
+    controller's business (none written); an entry kubelbd wrote before is taken out, and
+    other controllers' entries stay as they are."""
+    theirs = {"ancestorRef": {"name": "mesh"}, "controllerName": "example.com/mesh",
+              "conditions": []}  # fmt: skip
+    mine = {"ancestorRef": {"name": "gw"}, "controllerName": gatewayapi.CONTROLLER,
+            "conditions": []}  # fmt: skip
+    valid = {"caCertificateRefs": [ca_ref()], "hostname": "a.example.com"}
+    alone = policy("alone", {"name": "web"}, valid)
+    alone["status"] = {"ancestors": [theirs]}
+    left = policy("left", {"name": "web"}, valid)
+    left["status"] = {"ancestors": [theirs, mine]}
+    reported = {o["metadata"]["name"]: o["status"] for _, o in statuses(view(alone, left))}
+    assert reported == {"left": {"ancestors": [theirs]}}
+
+
+def test_a_route_carries_at_most_max_per_route_validations() -> None:
+    n = backendtls.MAX_PER_ROUTE + 1
+    services = [{"metadata": {"name": f"s{i}", "namespace": "apps"},
+                 "spec": {"type": "NodePort", "ports": [{"port": 443, "nodePort": 30000 + i}]}}
+                for i in range(n)]  # fmt: skip
+    policies = [policy(f"p{i}", {"name": f"s{i}"},
+                       {"caCertificateRefs": [ca_ref()], "hostname": f"h{i}.example.com"})
+                for i in range(n)]  # fmt: skip
+    listener = {"name": "http", "port": 80, "protocol": "HTTP"}
+    gateway = {"metadata": {"name": "gw", "namespace": "apps"},
+               "spec": {"gatewayClassName": "kubelb", "listeners": [listener]}}  # fmt: skip
+    route = {"metadata": {"name": "r", "namespace": "apps", "uid": "u", "generation": 1},
+             "spec": {"parentRefs": [{"name": "gw"}],
+                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": f"/{half}"}}],
+                                 "backendRefs": [{"name": f"s{i}", "port": 443}
+                                                 for i in range(n) if i % 2 == half]}
+                                for half in (0, 1)]}}  # fmt: skip
+    v = View({BACKEND_TLS_POLICIES: policies, CONFIGMAPS: [config_map("ca", CA)],
+              SERVICES: services, GATEWAYS: [gateway]})  # fmt: skip
+    result = httproute.translate(route, v)
+    assert len(result.spec.get("backendTLS", {})) == backendtls.MAX_PER_ROUTE
+    paths = result.spec["rules"][0]["paths"]
+    backends = [b for p in paths for b in p["backends"]]
+    assert len(backends) == n and sum("tls" in b for b in backends) == n - 1
+    (refused,) = [b for b in backends if "tls" not in b]
+    assert refused is backends[-1] and "nodePort" not in refused  # the last one met
+    assert "BackendTLSPolicy validations" in refused["problem"]

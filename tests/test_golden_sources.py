@@ -51,6 +51,7 @@ class View:
         # The operator's policy, as a Tenant record's spec would say it (default: open), and
         # the fleet's --dns-base-domain when the case names one.
         defaults = Policy(base_domain=tenant.get("baseDomain", ""))
+        self.memo: dict[str, Any] = {}
         self.policy = for_tenant(policy_of(tenant.get("policy"), defaults), tenant.get("name", ""))
         self.objects: dict[Resource, dict[str, Obj]] = {SERVICES: {}, INGRESS_CLASSES: {}}
         n = 0

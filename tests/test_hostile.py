@@ -102,6 +102,7 @@ class Tenant:
     twins: dict[tuple[str, str], Obj] = field(default_factory=dict)  # (ns, original) -> twin
     #: the fleet's defaults: every domain, no special or management node address
     policy: Policy = field(default_factory=Policy)
+    memo: dict[str, Any] = field(default_factory=dict)
 
     def objects(self, resource: Resource) -> list[Obj]:
         # Gateway API kinds: none generated yet (tests/test_sources_gateway.py has cases)

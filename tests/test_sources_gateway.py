@@ -324,29 +324,34 @@ def test_an_object_of_any_size_makes_a_bounded_record() -> None:
     assert len(spec.get("problems", [])) <= 32
 
 
-def test_a_policys_ancestors_are_observed_and_keep_their_transition_times() -> None:
+def test_a_policys_ancestors_keep_their_transition_times_and_other_controllers_entries() -> None:
     """A BackendTLSPolicy's status has no conditions of its own: none are written (the API
-    server refuses a field its schema lacks); each ancestor's are observed and stamped."""
+    server refuses a field its schema lacks); each ancestor's keep their lastTransitionTime
+    while their status holds, and another controller's entry, passed on as it is, never
+    makes a write of its own."""
 
-    def ancestor(status: str) -> Obj:
+    def ancestor(status: str, controller: str = gatewayapi.CONTROLLER) -> Obj:
         return {
             "ancestorRef": {"group": gatewayapi.GROUP, "kind": "Gateway", "name": "gw"},
-            "controllerName": gatewayapi.CONTROLLER,
-            "conditions": [{"type": "Accepted", "status": status, "reason": "R", "message": ""}],
-        }
+            "controllerName": controller,
+            "conditions": [{"type": "Accepted", "status": status, "reason": "R", "message": "",
+                            "observedGeneration": 3}],
+        }  # fmt: skip
 
-    applied: Obj = {"metadata": {"name": "p", "namespace": "d", "generation": 3}}
-    status = tenant_object_status({"ancestors": [ancestor("True")]}, applied, T1)
+    theirs = ancestor("True", "example.com/other")
+    theirs["conditions"][0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    applied: Obj = {
+        "metadata": {"name": "p", "namespace": "d", "generation": 3},
+        "status": {"ancestors": [theirs]},  # where kubelbd's source read it from
+    }
+    status = tenant_object_status({"ancestors": [theirs, ancestor("True")]}, applied, T1)
     assert status is not None and "conditions" not in status
-    (written,) = status["ancestors"][0]["conditions"]
+    assert status["ancestors"][0] == theirs  # as the other controller wrote it
+    (written,) = status["ancestors"][1]["conditions"]
     assert written["observedGeneration"] == 3 and written["lastTransitionTime"] == T1
     holding = {**applied, "status": status}
-    assert tenant_object_status({"ancestors": [ancestor("True")]}, holding, "later") is None
-    bumped = {**holding, "metadata": {**applied["metadata"], "generation": 4}}
-    again = tenant_object_status({"ancestors": [ancestor("True")]}, bumped, "later")
-    assert again is not None
-    (kept,) = again["ancestors"][0]["conditions"]
-    assert kept["observedGeneration"] == 4 and kept["lastTransitionTime"] == T1
-    flipped = tenant_object_status({"ancestors": [ancestor("False")]}, holding, "later")
+    want = {"ancestors": [theirs, ancestor("True")]}
+    assert tenant_object_status(want, holding, "later") is None
+    flipped = tenant_object_status({"ancestors": [theirs, ancestor("False")]}, holding, "later")
     assert flipped is not None
-    assert flipped["ancestors"][0]["conditions"][0]["lastTransitionTime"] == "later"
+    assert flipped["ancestors"][1]["conditions"][0]["lastTransitionTime"] == "later"

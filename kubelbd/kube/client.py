@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 import aiohttp
@@ -187,14 +187,22 @@ class Kube:
             raise
 
     async def list(
-        self, res: Resource, namespace: str | None = None, **params: Any
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        keep: Callable[[Obj], Obj] | None = None,
+        **params: Any,
     ) -> tuple[list[Obj], str]:
-        """Every item (following `continue`), and the list's resourceVersion."""
+        """Every item (following `continue`), and the list's resourceVersion; `keep`: what
+        to keep of each item, applied page by page, in smaller pages (a kind whose objects
+        may be large, up to the API server's 1.5 MiB, is never held whole)."""
         items: list[Obj] = []
-        query: dict[str, Any] = {"limit": 500, **params}
+        query: dict[str, Any] = {"limit": 500 if keep is None else 50, **params}
         while True:
             page = await self.request("GET", res.path(namespace), query)
-            items.extend(page.get("items") or [])
+            found = page.get("items") or []
+            items.extend(found if keep is None else (keep(o) for o in found))
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
                 return items, meta.get("resourceVersion", "")

@@ -120,9 +120,9 @@ class Informer:
             self._on_error(error)
 
     async def _list(self) -> None:
-        items, rv = await self.kube.list(self.resource, self.namespace, **self._params)
-        if self._keep is not None:
-            items = [self._keep(o) for o in items]
+        items, rv = await self.kube.list(
+            self.resource, self.namespace, keep=self._keep, **self._params
+        )
         fresh = {key(o): o for o in items}
         old = self.cache
         self.cache = fresh

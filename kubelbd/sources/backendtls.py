@@ -24,7 +24,8 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -45,6 +46,9 @@ MAX_CA_BUNDLE = 16 * 1024
 MAX_TARGETS = 16
 MAX_CA_REFS = 8
 MAX_CERTIFICATES = 16
+#: different validations (UpstreamTLS) one Route record carries, each with its CA bundle:
+#: what keeps a record within what etcd stores (16 x 16 KiB)
+MAX_PER_ROUTE = 16
 MAX_SANS = 16
 #: route kinds whose backends a policy applies to (HTTP over TLS)
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -93,68 +97,96 @@ def age(policy: Obj) -> tuple[str, str]:
 
 def targets(policy: Obj) -> list[tuple[str, str | None]]:
     """(Service name, port name or None) of each Service the policy targets: read even
-    when the rest of it does not fit (then it targets them unusable: never plain text)."""
+    when the rest of it does not fit (then it targets them unusable: never plain text).
+    Checked by hand, not by a shape: this runs for every policy on every pass."""
     spec = policy.get("spec")
     refs = spec.get("targetRefs") if isinstance(spec, dict) else None
-    return [
-        (t["name"], t.get("sectionName"))
-        for t in (refs if isinstance(refs, list) else [])[:MAX_TARGETS]
-        if shapes.fits(shapes.PolicyTargetRef, t)
-        and t.get("group") == ""
-        and t.get("kind") == "Service"
-    ]
+    out: list[tuple[str, str | None]] = []
+    for t in (refs if isinstance(refs, list) else [])[:MAX_TARGETS]:
+        if not isinstance(t, dict) or t.get("group") != "" or t.get("kind") != "Service":
+            continue
+        name, section = t.get("name"), t.get("sectionName")
+        if isinstance(name, str) and (section is None or isinstance(section, str)):
+            out.append((name, section))
+    return out
 
 
-def in_namespace(view: TenantView, namespace: str) -> list[Obj]:
-    return sorted(
-        (
-            p
-            for p in view.all(BACKEND_TLS_POLICIES)
-            if (p.get("metadata") or {}).get("namespace") == namespace
-        ),
-        key=age,
+@dataclass(frozen=True)
+class PolicyIndex:
+    """A tenant's policies by what they target: for each (namespace, Service, port name or
+    None), the oldest policy naming it (the one that applies; the rest are Conflicted)."""
+
+    by_target: dict[tuple[str, str, str | None], Obj]
+
+    @classmethod
+    def of(cls, policies: Iterable[Obj]) -> PolicyIndex:
+        by_target: dict[tuple[str, str, str | None], Obj] = {}
+        for policy in sorted(policies, key=age):
+            ns = (policy.get("metadata") or {}).get("namespace")
+            if isinstance(ns, str):
+                for service, section in targets(policy):
+                    by_target.setdefault((ns, service, section), policy)
+        return cls(by_target)
+
+    def winner(self, namespace: str, service: str, section: str | None) -> Obj | None:
+        """The policy for a Service's port named `section` (None: the port has no name):
+        one naming the port, else one naming the whole Service."""
+        if section is not None and (namespace, service, section) in self.by_target:
+            return self.by_target[(namespace, service, section)]
+        return self.by_target.get((namespace, service, None))
+
+
+def index(view: TenantView) -> PolicyIndex:
+    """The tenant's PolicyIndex, built once per change of its policies (kept in the view's
+    memo: every backend of every route asks)."""
+    policies = list(view.all(BACKEND_TLS_POLICIES))
+    key = tuple(
+        (m.get("namespace"), m.get("name"), m.get("uid"), m.get("resourceVersion"))
+        for m in (p.get("metadata") or {} for p in policies)
     )
-
-
-def winner(policies: Iterable[Obj], service: str, section: str | None) -> Obj | None:
-    """Of `policies` (oldest first), the one that applies to a Service's port named
-    `section` (None: the port has no name): one naming the port, else the whole Service."""
-    listed = list(policies)
-    if section is not None:
-        for policy in listed:
-            if (service, section) in targets(policy):
-                return policy
-    for policy in listed:
-        if (service, None) in targets(policy):
-            return policy
-    return None
+    kept = view.memo.get("backendtls.index")
+    if isinstance(kept, tuple) and kept[0] == key:
+        return cast(PolicyIndex, kept[1])
+    built = PolicyIndex.of(policies)
+    view.memo["backendtls.index"] = (key, built)
+    return built
 
 
 def for_backend(view: TenantView, namespace: str, service: str, port: int) -> Obj | None:
-    """The policy that applies to port `port` of Service namespace/service, if any."""
-    policies = in_namespace(view, namespace)
-    if not policies:
+    """The policy that applies to TCP port `port` of Service namespace/service, if any."""
+    policies = index(view)
+    if not policies.by_target:
         return None
     svc = view.get(SERVICES, namespace, service) or {}
     section = next(
         (
             p.get("name")
             for p in (svc.get("spec") or {}).get("ports") or []
-            if isinstance(p, dict) and p.get("port") == port
+            if isinstance(p, dict) and p.get("port") == port and p.get("protocol", "TCP") == "TCP"
         ),
         None,
     )
-    return winner(policies, service, section if isinstance(section, str) else None)
+    return policies.winner(namespace, service, section if isinstance(section, str) else None)
 
 
+@lru_cache(maxsize=256)
 def certificates(pem: str) -> str | None:
     """`pem`'s X.509 certificates, each as cryptography writes it back (nothing else of
     what the tenant wrote reaches Envoy: no other PEM block, no text between), at most
-    MAX_CERTIFICATES; None when it holds none (Envoy refuses a cluster whose trusted CA
-    does not parse, and with it every cluster of the same file: never handed one)."""
+    MAX_CERTIFICATES; None when one is not a certificate Envoy takes (Envoy refuses a cluster
+    whose trusted CA does not load: never handed one). Only X.509 v3 is taken, every field
+    Envoy reads is read here first (a name that is no string of its type, a key that is no
+    key), and anything that raises refuses the bundle."""
     try:
         found = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError:
+        for cert in found[:MAX_CERTIFICATES]:
+            if cert.version != x509.Version.v3:
+                return None
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            list(cert.extensions)
+            cert.public_key()
+    except Exception:  # the tenant's bytes: whatever the parser raises
         return None
     return "".join(
         c.public_bytes(serialization.Encoding.PEM).decode() for c in found[:MAX_CERTIFICATES]
@@ -245,12 +277,16 @@ def upstream(view: TenantView, namespace: str, service: str, port: int) -> Upstr
     return verdict.tls
 
 
-def references(view: TenantView, namespace: str) -> set[tuple[Resource, tuple[str, str]]]:
-    """What a backend in `namespace` reads through its policies: every policy of the
-    namespace (also one made later) and the ConfigMaps they name."""
+def references(
+    view: TenantView, namespace: str, service: str, port: int
+) -> set[tuple[Resource, tuple[str, str]]]:
+    """What a backend reads through its policy: every policy of its namespace (also one
+    made later, which may apply) and the ConfigMaps the one that applies names."""
     out: set[tuple[Resource, tuple[str, str]]] = {(BACKEND_TLS_POLICIES, (namespace, ""))}
-    for policy in in_namespace(view, namespace):
-        if shapes.fits(shapes.BackendTLSPolicy, policy):
-            for ref in (policy["spec"]["validation"].get("caCertificateRefs") or [])[:MAX_CA_REFS]:
-                out.add((CONFIGMAPS, (namespace, ref["name"])))
+    policy = for_backend(view, namespace, service, port)
+    validation = ((policy or {}).get("spec") or {}).get("validation")
+    refs = validation.get("caCertificateRefs") if isinstance(validation, dict) else None
+    for ref in (refs if isinstance(refs, list) else [])[:MAX_CA_REFS]:
+        if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+            out.add((CONFIGMAPS, (namespace, ref["name"])))
     return out

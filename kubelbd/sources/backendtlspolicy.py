@@ -21,10 +21,9 @@ from . import gatewayapi, routes, shapes
 from .backendtls import (
     BACKEND_TLS_POLICIES,
     State,
-    age,
+    index,
     read,
     targets,
-    winner,
 )
 from .base import References, StatusPatch, TenantView
 from .gatewayapi import API_VERSION, CONTROLLER, GATEWAYS, GROUP, GRPCROUTES, HTTPROUTES
@@ -59,58 +58,67 @@ def _gateways_by_service(view: TenantView) -> dict[tuple[str, str], set[tuple[st
     return out
 
 
-def _condition(type_: str, state: State) -> Obj:
+def _condition(type_: str, state: State, generation: int) -> Obj:
     ok, reason, message = state
     return {"type": type_, "status": "True" if ok else "False", "reason": reason,
-            "message": message}  # fmt: skip
+            "message": message, "observedGeneration": generation}  # fmt: skip
+
+
+def _ancestors(policy: Obj) -> tuple[list[Obj], bool]:
+    """The entries of the policy's status.ancestors other controllers wrote (kept as they
+    are: the list is replaced whole), and whether kubelbd has one there."""
+    status = policy.get("status")
+    found = status.get("ancestors") if isinstance(status, dict) else None
+    entries = [e for e in (found if isinstance(found, list) else []) if isinstance(e, dict)]
+    others = [e for e in entries if e.get("controllerName") != CONTROLLER]
+    return others, len(others) != len(entries)
 
 
 def statuses(view: TenantView) -> list[tuple[Resource, Obj]]:
-    """Every policy of the tenant with the status kubelbd wants it to have (none, when
-    kubelbd serves no route to a Service it targets)."""
+    """The policies whose status kubelbd writes, with the status it wants: an ancestor per
+    Gateway of ours that routes to a Service the policy targets, beside other controllers'
+    entries. A policy kubelbd has nothing to say about (and said nothing about) is left
+    alone."""
     policies = list(view.all(BACKEND_TLS_POLICIES))
     if not policies:
         return []
     used = _gateways_by_service(view)
-    by_namespace: dict[str, list[Obj]] = {}
-    for p in policies:
-        by_namespace.setdefault((p.get("metadata") or {}).get("namespace", ""), []).append(p)
+    winners = index(view)
     out: list[tuple[Resource, Obj]] = []
-    for ns, listed in sorted(by_namespace.items()):
-        listed.sort(key=age)
-        for policy in listed:
-            targeted = targets(policy)
-            verdict = read(policy, view)
-            accepted = verdict.accepted
-            if targeted and all(winner(listed, s, sec) is not policy for s, sec in targeted):
-                accepted = (False, "Conflicted", "an older policy targets the same Services")
-            gateways = sorted(set().union(*(used.get((ns, s), set()) for s, _ in targeted)))
-            ancestors = [
-                {
-                    "ancestorRef": {
-                        "group": GROUP,
-                        "kind": "Gateway",
-                        "namespace": gns,
-                        "name": gname,
-                    },
-                    "controllerName": CONTROLLER,
-                    "conditions": [
-                        _condition("Accepted", accepted),
-                        _condition("ResolvedRefs", verdict.resolved),
-                    ],
-                }
-                for gns, gname in gateways[:MAX_ANCESTORS]
-            ]
-            meta = policy.get("metadata") or {}
-            if not isinstance(meta.get("name"), str):
-                continue
-            reported = {
-                "apiVersion": API_VERSION,
-                "kind": "BackendTLSPolicy",
-                "metadata": {"name": meta["name"], "namespace": ns},
-                "status": {"ancestors": ancestors},
+    for policy in policies:
+        meta = policy.get("metadata") or {}
+        ns, name, generation = meta.get("namespace"), meta.get("name"), meta.get("generation")
+        if not isinstance(ns, str) or not isinstance(name, str):
+            continue
+        targeted = targets(policy)
+        gateways = sorted(set().union(*(used.get((ns, s), set()) for s, _ in targeted)))
+        others, had_ours = _ancestors(policy)
+        if not gateways and not had_ours:
+            continue
+        verdict = read(policy, view)
+        accepted = verdict.accepted
+        if targeted and all(winners.by_target.get((ns, *t)) is not policy for t in targeted):
+            accepted = (False, "Conflicted", "an older policy targets the same Services")
+        observed = generation if isinstance(generation, int) else 0
+        ours = [
+            {
+                "ancestorRef": {"group": GROUP, "kind": "Gateway", "namespace": gns,
+                                "name": gname},
+                "controllerName": CONTROLLER,
+                "conditions": [
+                    _condition("Accepted", accepted, observed),
+                    _condition("ResolvedRefs", verdict.resolved, observed),
+                ],
             }
-            out.append((BACKEND_TLS_POLICIES, reported))
+            for gns, gname in gateways
+        ]  # fmt: skip
+        reported = {
+            "apiVersion": API_VERSION,
+            "kind": "BackendTLSPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "status": {"ancestors": [*others, *ours][:MAX_ANCESTORS]},
+        }
+        out.append((BACKEND_TLS_POLICIES, reported))
     return out
 
 

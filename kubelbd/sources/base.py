@@ -65,6 +65,10 @@ class TenantView(Protocol):
     @property
     def policy(self) -> Policy: ...
 
+    #: where a source may keep what it derives from the caches between translations (an
+    #: index of a kind, keyed by what it was built from): the tenant's own, never shared
+    memo: dict[str, Any]
+
     def get(self, resource: Resource, namespace: str, name: str) -> Obj | None: ...
 
     def all(self, resource: Resource) -> Iterable[Obj]: ...

@@ -287,20 +287,45 @@ def resolve(
         protocol = "UDP" if kind == "UDPRoute" else "TCP"
         out = resolve_backend(ns, spec, view, problems, protocol)
         if "nodePort" in out and kind in backendtls.ROUTE_KINDS:
-            tls = backendtls.upstream(view, ns, ref["name"], ref["port"])
-            if isinstance(tls, str):
-                out = broken(tls)  # its share answers 500: never plain text instead
-            elif tls is not None:
-                key = backendtls.key_of(tls)
-                out["tls"] = key
-                if upstream is not None:
-                    upstream[key] = tls
+            out = _in_tls(out, ns, ref, label, view, problems, upstream)
     out["service"] = label
     if ref.get("port") is not None:
         out["port"] = str(ref["port"])
     out["weight"] = 1 if weight is None else weight
     if kind == "GRPCRoute":
         out["protocol"] = "h2c"
+    return out
+
+
+def _in_tls(
+    out: Backend,
+    ns: str,
+    ref: Mapping[str, Any],
+    label: str,
+    view: TenantView,
+    problems: list[Problem],
+    upstream: dict[str, UpstreamTLS] | None,
+) -> Backend:
+    """A resolved backend as the BackendTLSPolicy for it says: as it is (none applies),
+    spoken to in TLS (its validation kept in `upstream`), or unserved (the policy cannot be
+    used, or the route has too many validations): its share answers 500, never in plain
+    text instead."""
+    tls = backendtls.upstream(view, ns, ref["name"], ref["port"])
+    if tls is None:
+        return out
+    if isinstance(tls, str):
+        return broken(tls)
+    key = backendtls.key_of(tls)
+    if upstream is not None and key not in upstream:
+        if len(upstream) >= backendtls.MAX_PER_ROUTE:
+            message = (
+                f"backendRef {label}: more than {backendtls.MAX_PER_ROUTE} different "
+                "BackendTLSPolicy validations in one route"
+            )
+            problems.append(unsupported(message))
+            return broken(message)
+        upstream[key] = tls
+    out["tls"] = key
     return out
 
 
@@ -470,8 +495,8 @@ def references(kind: str, shape: type[Any], route: Obj, view: TenantView) -> Ref
                 others.add((REFERENCE_GRANTS, (target_ns, "")))
             if not isinstance(target, Problem):
                 backends.add(target)
-                if kind in backendtls.ROUTE_KINDS:
-                    others |= backendtls.references(view, target[0])
+                if kind in backendtls.ROUTE_KINDS and isinstance(ref.get("port"), int):
+                    others |= backendtls.references(view, *target, ref["port"])
     for ref in parent_refs(spec):
         others.add((GATEWAYS, (ref.get("namespace") or ns, ref["name"])))
     return References(backends=frozenset(backends), others=frozenset(others))

@@ -4,6 +4,7 @@ and the reverse index that says which objects of ours a change to another object
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ..kube import Kube
 from ..kube.informer import ErrorHandler, EventHandler, Informer
@@ -44,6 +45,8 @@ class TenantCaches:
     ) -> None:
         #: the tenant's policy, as the tenant task last read it (it replaces it on a change)
         self.policy = policy
+        #: what sources derive from these caches and keep (TenantView.memo)
+        self.memo: dict[str, Any] = {}
         self.informers: dict[Resource, Informer] = {
             r: Informer(
                 kube,

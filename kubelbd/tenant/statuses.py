@@ -53,32 +53,17 @@ def tenant_object_status(want: Any, applied: Obj, now: str) -> Obj | None:
         if isinstance(c, dict)
         and all(isinstance(c.get(k), str) for k in ("type", "status", "reason", "message"))
     ]  # what the tenant may have made of it: only conditions that compare
-    # Other fields as wanted; conditions in them (a policy's per-ancestor ones) observed and
-    # stamped the same way.
-    rest = {k: observed(v, generation) for k, v in want.items() if k != "conditions"}
-    if same(wanted, previous) and all(without_times(have.get(k)) == v for k, v in rest.items()):
+    # Other fields as wanted (a policy's ancestors, observed by the source itself); each
+    # condition in them keeps its lastTransitionTime while its status holds.
+    rest = {k: v for k, v in want.items() if k != "conditions"}
+    if same(wanted, previous) and all(
+        without_times(have.get(k)) == without_times(v) for k, v in rest.items()
+    ):
         return None
     out = {k: stamped(v, have.get(k), now) for k, v in rest.items()}
     if "conditions" in want:  # a kind whose status has none (a policy's) is given none
         out["conditions"] = stamp(wanted, previous, now)
     return out
-
-
-def observed(value: Any, generation: Any) -> Any:
-    """`value` with every condition list in it observed at `generation`."""
-    if isinstance(value, dict):
-        return {
-            k: (
-                [{**c, "observedGeneration": generation} if generation is not None else c
-                 for c in v]
-                if k == "conditions" and isinstance(v, list)
-                else observed(v, generation)
-            )
-            for k, v in value.items()
-        }  # fmt: skip
-    if isinstance(value, list):
-        return [observed(v, generation) for v in value]
-    return value
 
 
 Lookup = Callable[[Source, str, str], Obj | None]
