@@ -23,11 +23,13 @@ In the same run it measures the floor:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +52,8 @@ from .stats import percentile
 
 FLEET = str(ROOT / "hack" / "fleet")
 SETTLE = 0.1  # seconds of quiet before each change and each pair of floor samples
+#: KUBELBD_BENCH_SAMPLES=1: each change's start (UTC) and time on stderr
+SAMPLES = os.environ.get("KUBELBD_BENCH_SAMPLES") == "1"
 CLASS = "kubelb"
 
 
@@ -696,10 +700,14 @@ async def measure(bench: Bench, kind: str) -> list[str]:
     async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout, listener) as ef:
         for n in range(bench.changes):
             await asyncio.sleep(SETTLE)
+            started = dt.datetime.now(dt.UTC)
             if kind == "burst":
                 live.values.append(await bench.burst_change(n))
             else:
                 live.values.append(await bench.change(kind, n))
+            if SAMPLES:  # where a slow one falls, to read kubelbd's log beside it
+                print(f"   sample {n}: {started:%H:%M:%S.%f} {live.values[-1] * 1000:.1f} ms",
+                      file=sys.stderr, flush=True)  # fmt: skip
             await asyncio.sleep(SETTLE)
             watch.values.append(await wf.sample(count))
             envoy.values.append(await ef.change("route" if kind == "burst" else kind, count))
