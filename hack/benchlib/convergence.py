@@ -45,6 +45,7 @@ from kubefleet.layout import ROOT, Layout, fleet_dir
 from kubelbd.envoy.publisher import write_atomically
 from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
+from kubelbd.records.names import ROUTES, namespace_of
 from kubelbd.sources import twins
 from kubelbd.sources.gatewayapi import GATEWAYS, HTTPROUTES
 
@@ -290,9 +291,12 @@ class Bench:
         await self.settled()
 
     async def settled(self, timeout: float = 600) -> None:
-        """Until every Ingress shows its address, every HTTPRoute its parents and the bench
-        Gateway counts every route attached: the last of the status writes a bulk change
-        brings (a Gateway's attachedRoutes is written after its routes' parents)."""
+        """Until every Ingress shows its address, every HTTPRoute its parents, the bench
+        Gateway counts every route attached (the last of the status writes a bulk change
+        brings: a Gateway's attachedRoutes is written after its routes' parents) and every
+        route's record is written: kubelbd serves a record before its write lands, so under
+        a bulk change the statuses can be done while the record writes go on for seconds,
+        and a change timed then waits behind them."""
         deadline = time.monotonic() + timeout
         for t in self.tenants:
             while True:
@@ -301,9 +305,12 @@ class Bench:
                 gateway = await self.kube[t].get_or_none(GATEWAYS, GATEWAY, self.ns)
                 listeners = ((gateway or {}).get("status") or {}).get("listeners") or []
                 attached = sum(x.get("attachedRoutes", 0) for x in listeners)
+                records, _ = await self.kube["mgmt"].list(ROUTES, namespace_of(t))
+                written = sum(r["metadata"]["name"].startswith(f"{self.ns}.") for r in records)
                 if (
-                    all((i.get("status") or {}).get("loadBalancer", {}).get("ingress")
-                        for i in items)
+                    written == len(items) + len(routes)
+                    and all((i.get("status") or {}).get("loadBalancer", {}).get("ingress")
+                            for i in items)
                     and all((r.get("status") or {}).get("parents") for r in routes)
                     and attached == len(routes)
                 ):  # fmt: skip

@@ -93,6 +93,10 @@ class DataPlane:
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
         self.dns = self._names_publisher(dns)
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
+        #: moves whenever the model may have changed (a render, a confirmation): the names
+        #: are worked out again only then, not on every status report (O(routes) each)
+        self._generation = 0
+        self._names_for: object = None
         self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
         self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
         self._gateway_certificates = -1  # the TLS state's version the Gateways saw
@@ -156,6 +160,10 @@ class DataPlane:
             rid: [i.get("ip") or i.get("hostname", "") for i in self.l4.ingress_of(rid)]
             for rid in self.l4.records
         }
+        inputs = (self._generation, sorted((rid, tuple(t)) for rid, t in targets.items()))
+        if inputs == self._names_for:
+            return
+        self._names_for = inputs
         self.dns_wanted = desired(
             self.model.routes, self.model.ir, self.l4.records, targets,
             self.public_address, self.dns.settings.ttl, self.gateways.hosts,
@@ -168,6 +176,7 @@ class DataPlane:
     def _confirmed(self) -> None:
         """Provisional records came back written: the model takes them, their status is due."""
         confirmed, self.intake.confirmed = self.intake.confirmed, {}
+        self._generation += 1
         for rec in confirmed.values():
             self.model.confirm(rec)
         if self.leadership.leading:
@@ -307,6 +316,7 @@ class DataPlane:
 
     async def _render_once(self) -> None:
         batch = self.intake.take()
+        self._generation += 1
         if batch.tenants is not None:
             self.l4.dirty = True  # node addresses are in every L4 cluster too
         for rid in batch.deletes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..ir.http import IR
 from ..ir.status import DNSState
@@ -52,6 +53,7 @@ def lb_key(rid: str) -> Key:
     return (LOADBALANCER.kind, rid)
 
 
+@lru_cache(maxsize=4096)
 def record_type(target: str) -> RType:
     try:
         return "A" if ipaddress.ip_address(target).version == 4 else "AAAA"
