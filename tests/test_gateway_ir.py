@@ -510,3 +510,54 @@ def test_a_tls_listener_not_served_keeps_its_names_from_a_wildcard_neighbour() -
     [listener] = out.tls_listeners
     assert [c.server_name for c in listener.chains] == ["a.example.test"]
     assert out.unserved[g.id]["term"].reason == "InvalidCertificateRef"
+
+
+def _tenant_gateway(tenant: str, listeners: list[dict[str, Any]]) -> LBRecord:
+    spec = parse.lb_spec(
+        {"source": {"kind": "Gateway", "namespace": "gw", "name": "web", "uid": f"u-{tenant}",
+                    "creationTimestamp": "2026-01-01T00:00:00Z"},
+         "ports": [], "sessionAffinity": "None", "proxyProtocol": "", "listeners": listeners}
+    )  # fmt: skip
+    return LBRecord(tenant, "gw.web.gateway", spec, 1, "2026-01-01T00:00:00Z")
+
+
+def _tenant_route(tenant: str, name: str, host: str, listeners: list[str], port: int) -> Any:
+    parent = {"ref": {"name": "web"}, "gateway": "gw.web.gateway", "listeners": listeners,
+              "accepted": True, "reason": "Accepted", "message": ""}  # fmt: skip
+    rules = [{"host": host, "paths": [path("/", port=port)]}]
+    return records.route(tenant, f"apps.{name}", rules, "2026-01-01", parents=[parent])
+
+
+def test_a_build_by_tenant_is_one_build_and_rebuilds_only_the_tenant_that_changed() -> None:
+    """Tenants whose names sort differently with the `/` of a Gateway id (`a`, `a-b`), HTTP,
+    TCP and UDP listeners: the parts merged are what one build of them all gives, and a route
+    change on one tenant's Gateway keeps the other tenant's part as it was built."""
+    listeners = [
+        {"name": "http", "port": 80, "protocol": "HTTP"},
+        {"name": "tcp", "port": 9000, "protocol": "TCP", "kinds": ["TCPRoute"]},
+        {"name": "udp", "port": 9001, "protocol": "UDP", "kinds": ["UDPRoute"]},
+    ]
+    gateways = {g.id: g for g in (_tenant_gateway(t, listeners) for t in ("a", "a-b", "b"))}
+    placements = {gid: Placement(f"127.0.200.{i + 1}", ()) for i, gid in enumerate(gateways)}
+    tenants = {t: TenantRecord(t, (f"127.0.{i + 1}.1",)) for i, t in enumerate(("a", "a-b", "b"))}
+    routes = [
+        _tenant_route(t, f"r{i}", f"r{i}.{t}.example.test", ["http"], 30080 + i)
+        for t in ("a", "a-b", "b") for i in range(3)
+    ] + [_tenant_route(t, "tcp", "", ["tcp"], 31000) for t in ("a", "b")]  # fmt: skip
+    parts: dict[str, gateway.Part] = {}
+
+    def both(rs: list[Any]) -> tuple[Any, Any]:
+        one = gateway.build(gateways, placements, rs, {}, NOW, tenants)
+        by = gateway.build_by_tenant(gateways, placements, rs, {}, 0, NOW, tenants, parts)
+        return one, by
+
+    one, by = both(routes)
+    assert by == one and [x.name for x in by.listeners] == [x.name for x in one.listeners]
+    kept = parts["a"][1]
+    routes[-3] = _tenant_route("b", "r2", "moved.b.example.test", ["http"], 30099)  # b's
+    one, by = both(routes)
+    assert by == one
+    assert parts["a"][1] is kept and parts["b"][1] is not kept
+    del gateways["b/gw.web.gateway"]  # a tenant's Gateway gone: its part goes
+    one, by = both([r for r in routes if r.tenant != "b"])
+    assert by == one and set(parts) == {"a", "a-b"}

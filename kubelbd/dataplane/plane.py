@@ -100,6 +100,7 @@ class DataPlane:
         self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
         self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
         self._gateway_certificates = -1  # the TLS state's version the Gateways saw
+        self._gateway_parts: dict[str, gateway.Part] = {}  # each tenant's, as last built
         # ACME DNS-01 answers go through the server, zone and key the names are published with
         # (RFC 2136 only: through external-dns, kubelbd has no server to write answers to).
         client = self.dns.client if self.dns is not None else None
@@ -374,13 +375,15 @@ class DataPlane:
         routes = [self.model.routes[rid] for rid in sorted(self._gateway_routes)]
         before, self.gateways = (
             self.gateways,
-            gateway.build(
+            gateway.build_by_tenant(
                 gateways,
                 self.l4.placements,
                 routes,
                 self.tls.certificates,
+                self.tls.version,
                 dt.datetime.now(dt.UTC),
                 self.model.tenants,
+                self._gateway_parts,
             ),
         )
         # Certificates first: to the secret server, before the listener that names them.

@@ -38,7 +38,7 @@ behind an Ingress and an HTTPRoute is one cluster.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -279,6 +279,7 @@ def build(
     certificates: Mapping[str, CertificateData],
     now: dt.datetime,
     tenants: Mapping[str, TenantRecord] | None = None,
+    prune: bool = True,
 ) -> GatewayIR:
     """Every Gateway's listeners with what is attached to them. `gateways`:
     LoadBalancer records with listeners, by id; `placements`: their addresses (a Gateway
@@ -375,11 +376,91 @@ def build(
     used = {c.secret for x in out.listeners for c in x.chains}
     used |= {c.secret for x in out.tls_listeners for c in x.chains if c.weights}
     out.secrets = {sid: certificates[sid] for sid in sorted(used - {""})}
-    if len(_COMPILED) > 2 * len(routes) + 64:  # forget deleted routes now and then
+    if prune:
+        forget_compiled(routes)
+    return out
+
+
+def forget_compiled(routes: Sequence[RouteRecord]) -> None:
+    """Now and then, forget the compiled rules of routes no longer among `routes` (all of
+    them: a build of one tenant's part must not make the others compile again)."""
+    if len(_COMPILED) > 2 * len(routes) + 64:
         ids = {r.id for r in routes}
         for rid in [rid for rid in _COMPILED if rid not in ids]:
             del _COMPILED[rid]
+
+
+#: a tenant's part of the Gateway model, and what it was built from
+Part = tuple[tuple[Any, ...], GatewayIR]
+
+
+def build_by_tenant(
+    gateways: Mapping[str, LBRecord],
+    placements: Mapping[str, Placement],
+    routes: Sequence[RouteRecord],
+    certificates: Mapping[str, CertificateData],
+    certificates_version: int,
+    now: dt.datetime,
+    tenants: Mapping[str, TenantRecord],
+    parts: dict[str, Part],
+) -> GatewayIR:
+    """What `build` returns, built one tenant at a time: a tenant's part is built again only
+    when something it is built from changed (a Gateway or route record replaced, since the
+    data plane replaces a record when it changes and never changes one; a placement, its
+    node addresses, the certificates, the minute certificates are checked at), so a route
+    change on one tenant's Gateway rebuilds that tenant's part only. Tenants' Gateways share
+    no listener (each has its own address, or its own ports), and a route attaches to its
+    own tenant's Gateways only, so the parts are independent. `parts` is the caller's, kept
+    across calls."""
+    by_tenant: dict[str, tuple[dict[str, LBRecord], list[RouteRecord]]] = {}
+    for gid, gw in gateways.items():
+        by_tenant.setdefault(gw.tenant, ({}, []))[0][gid] = gw
+    for route in routes:
+        by_tenant.setdefault(route.tenant, ({}, []))[1].append(route)
+    minute = now.replace(second=0, microsecond=0)
+    out = GatewayIR()
+    # Sorted as a build sorts Gateway ids (`<tenant>/<record>`): the parts' listeners then
+    # come in the order one build of them all gives.
+    for tenant in sorted(by_tenant, key=lambda t: f"{t}/"):
+        gws, rts = by_tenant[tenant]
+        ids = sorted(gws)
+        inputs = (
+            tuple(gws[g] for g in ids), tuple(placements.get(g) for g in ids), tuple(rts),
+            tenants.get(tenant), certificates_version, minute,
+        )  # fmt: skip
+        held = parts.get(tenant)
+        if held is None or not _same_inputs(held[0], inputs):
+            held = parts[tenant] = (
+                inputs,
+                build(gws, placements, rts, certificates, now, tenants, prune=False),
+            )
+        _merge(out, held[1])
+    for gone in set(parts) - set(by_tenant):
+        del parts[gone]
+    out.l4_clusters.sort(key=lambda c: c.name)
+    forget_compiled(routes)
     return out
+
+
+def _same_inputs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Records by identity (replaced when they change), the rest by value."""
+    records_a, records_b = (a[0], a[2]), (b[0], b[2])
+    return all(
+        len(x) == len(y) and all(p is q for p, q in zip(x, y, strict=True))
+        for x, y in zip(records_a, records_b, strict=True)
+    ) and (a[1], a[3], a[4], a[5]) == (b[1], b[3], b[4], b[5])
+
+
+def _merge(out: GatewayIR, part: GatewayIR) -> None:
+    out.listeners += part.listeners
+    out.tls_listeners += part.tls_listeners
+    out.l4_listeners += part.l4_listeners
+    out.l4_clusters += part.l4_clusters
+    out.secrets.update(part.secrets)
+    out.unserved.update(part.unserved)
+    out.attached.update(part.attached)
+    out.served.update(part.served)
+    out.hosts.update(part.hosts)
 
 
 #: the listener protocols served as HTTP (the others are Layer 4's)
