@@ -97,6 +97,8 @@ def test_the_caches_keep_a_ca_bundle_and_nothing_else_of_a_config_map() -> None:
     big = backendtls.kept_config_map({"metadata": {"name": "x"}, "data": {"ca.crt": CA * 100}})
     assert big["data"] == {} and big["tooLarge"] is True
     assert backendtls.kept_config_map({"metadata": {"name": "x"}}) == {"metadata": {"name": "x"}}
+    odd = backendtls.kept_config_map({"metadata": {"name": "x"}, "data": ["ca.crt"]})
+    assert odd == {"metadata": {"name": "x"}}  # what no API server should send: nothing kept
 
 
 def test_a_policy_naming_the_port_precedes_one_for_the_whole_service_and_the_oldest_wins() -> None:

@@ -60,13 +60,14 @@ State = tuple[bool, str, str]
 def kept_config_map(obj: Obj) -> Obj:
     """What the cache keeps of a tenant ConfigMap: its name and a CA bundle small enough to
     be one (a tenant's ConfigMaps may be large and many; kubelbd reads only this)."""
-    meta = obj.get("metadata") or {}
+    meta, data = obj.get("metadata"), obj.get("data")
+    meta = meta if isinstance(meta, dict) else {}
     out: Obj = {
         "metadata": {
             k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta
         }
     }
-    ca = (obj.get("data") or {}).get(CA_KEY)
+    ca = data.get(CA_KEY) if isinstance(data, dict) else None  # a tenant's API server's
     if isinstance(ca, str):
         out["data"] = {CA_KEY: ca} if len(ca) <= MAX_CA_BUNDLE else {}
         out["tooLarge"] = len(ca) > MAX_CA_BUNDLE
