@@ -334,6 +334,9 @@ class DataPlane:
         if self.l4.dirty:
             await self._render_l4(files)
         gw_routes, gw_lbs = self._render_gateways(changed, l4_rendered, files)
+        # Again once the Gateways are built: a report made while this render awaited the
+        # load balancers' writes saw the Gateways' hosts as they were before.
+        self._generation += 1
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
         self.tls.published()
