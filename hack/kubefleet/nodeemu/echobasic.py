@@ -287,19 +287,22 @@ class EchoBasicContainer:
     ) -> None:
         self.binary = binary
         self.name = name
-        self.ports = echo_ports(env)
-        self.host_ports = {p.env: free_port(p.protocol) for p in self.ports}
-        self.env = {**env, **{var: str(hp) for var, hp in self.host_ports.items()}}
-        self._init_rest(args, listen_ip, log_path, cwd)
-
-    def _init_rest(self, args: list[str], listen_ip: str, log_path: Path, cwd: Path) -> None:
-        self.args = args
+        self.ports, self.host_ports, self.env, self.args = self._ports(env, args, cwd)
         self.listen_ip = listen_ip
         self.log_path = log_path
         self.cwd = cwd
         self.proc: asyncio.subprocess.Process | None = None
         self._relays: list[asyncio.Server | asyncio.DatagramTransport] = []
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _ports(
+        self, env: dict[str, str], args: list[str], cwd: Path
+    ) -> tuple[list[EchoPort], dict[str, int], dict[str, str], list[str]]:
+        """The pod's ports, the host port behind each (by name), and the env and args that
+        make the process listen there: echo-basic's from its port variables."""
+        ports = echo_ports(env)
+        host_ports = {p.env: free_port(p.protocol) for p in ports}
+        return ports, host_ports, {**env, **{v: str(hp) for v, hp in host_ports.items()}}, args
 
     @property
     def exited(self) -> bool:
@@ -393,18 +396,9 @@ class CoreDNSContainer(EchoBasicContainer):
     mounted ConfigMap) rewritten so that each server port is a free host port, relayed from
     the pod's own address as echo-basic's are, UDP and TCP."""
 
-    def __init__(
-        self,
-        binary: Path,
-        name: str,
-        env: dict[str, str],
-        args: list[str],
-        listen_ip: str,
-        log_path: Path,
-        cwd: Path,
-    ) -> None:
-        self.binary = binary
-        self.name = name
+    def _ports(
+        self, env: dict[str, str], args: list[str], cwd: Path
+    ) -> tuple[list[EchoPort], dict[str, int], dict[str, str], list[str]]:
         conf = args.index("-conf") + 1 if "-conf" in args else -1
         if conf <= 0 or conf >= len(args):
             raise ValueError("coredns without -conf: the emulator runs it with its Corefile only")
@@ -413,12 +407,15 @@ class CoreDNSContainer(EchoBasicContainer):
         if not ports:
             raise ValueError(f"Corefile {args[conf]}: no server block with a port")
         host = {p: free_port("UDP") for p in ports}
-        self.ports = [EchoPort(f"{proto}{p}", proto, p) for p in ports for proto in ("UDP", "TCP")]
-        self.host_ports = {f"{proto}{p}": host[p] for p in ports for proto in ("UDP", "TCP")}
+        pod_ports = [EchoPort(f"{proto}{p}", proto, p) for p in ports for proto in ("UDP", "TCP")]
         rewritten = cwd / "Corefile.kubefleet"
         rewritten.write_text(rewrite_corefile(text, host))
-        self.env = dict(env)
-        self._init_rest([*args[:conf], str(rewritten), *args[conf + 1 :]], listen_ip, log_path, cwd)
+        return (
+            pod_ports,
+            {p.env: host[p.port] for p in pod_ports},
+            dict(env),
+            [*args[:conf], str(rewritten), *args[conf + 1 :]],
+        )
 
 
 class EchoBasicPod:
