@@ -450,20 +450,16 @@ class ReferenceGrant(TypedDict, total=False):
     spec: _ReferenceGrantSpec | None
 
 
-# ---- checking --------------------------------------------------------------------------------
+class _LocalRef(TypedDict, total=False):
+    """Gateway API's LocalObjectReference: an object of the referring one's namespace."""
 
-
-class PolicyTargetRef(TypedDict, total=False):
     group: Required[str]
     kind: Required[str]
     name: Required[str]
+
+
+class _PolicyTargetRef(_LocalRef, total=False):
     sectionName: str | None
-
-
-class _CertificateRef(TypedDict, total=False):
-    group: Required[str]
-    kind: Required[str]
-    name: Required[str]
 
 
 class _SubjectAltName(TypedDict, total=False):
@@ -473,14 +469,14 @@ class _SubjectAltName(TypedDict, total=False):
 
 
 class _BackendTLSValidation(TypedDict, total=False):
-    caCertificateRefs: list[_CertificateRef] | None
+    caCertificateRefs: list[_LocalRef] | None
     wellKnownCACertificates: str | None
     hostname: Required[str]
     subjectAltNames: list[_SubjectAltName] | None
 
 
 class _BackendTLSPolicySpec(TypedDict, total=False):
-    targetRefs: Required[list[PolicyTargetRef]]
+    targetRefs: Required[list[_PolicyTargetRef]]
     validation: Required[_BackendTLSValidation]
 
 
@@ -489,6 +485,9 @@ class BackendTLSPolicy(TypedDict, total=False):
 
     metadata: Metadata
     spec: Required[_BackendTLSPolicySpec]
+
+
+# ---- checking --------------------------------------------------------------------------------
 
 
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
