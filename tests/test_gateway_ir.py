@@ -15,7 +15,7 @@ from kubefleet import certs
 from kubelbd.envoy import gateway as envoy_gateway
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import gateway_table_name, rds_file
-from kubelbd.ir import gateway, tls
+from kubelbd.ir import gateway, gateway_parts, tls
 from kubelbd.ir.http import Delta, Model
 from kubelbd.ir.l4 import Placement
 from kubelbd.records import parse
@@ -544,11 +544,11 @@ def test_a_build_by_tenant_is_one_build_and_rebuilds_only_the_tenant_that_change
         _tenant_route(t, f"r{i}", f"r{i}.{t}.example.test", ["http"], 30080 + i)
         for t in ("a", "a-b", "b") for i in range(3)
     ] + [_tenant_route(t, "tcp", "", ["tcp"], 31000) for t in ("a", "b")]  # fmt: skip
-    parts: dict[str, gateway.Part] = {}
+    parts: dict[str, gateway_parts.Part] = {}
 
     def both(rs: list[Any]) -> tuple[Any, Any]:
         one = gateway.build(gateways, placements, rs, {}, NOW, tenants)
-        by = gateway.build_by_tenant(gateways, placements, rs, {}, 0, NOW, tenants, parts)
+        by = gateway_parts.build_by_tenant(gateways, placements, rs, {}, 0, NOW, tenants, parts)
         return one, by
 
     one, by = both(routes)
