@@ -145,7 +145,7 @@ def test_down_leaves_nothing_and_up_after_down_works(fleet_dir: Path) -> None:
         assert "KUBECONFIG_ALPHA=" in env_text and "KUBECTL=" in env_text
         assert processes_mentioning(str(fleet_dir))
         config = lb.config_dir(layout)
-        assert (config / "lds.json").exists()
+        assert (config / "lds.pb").exists()
         r = run([FLEET, "down"], env=env)
         assert r.returncode == 0, r.stderr
         assert processes_mentioning(str(fleet_dir)) == []

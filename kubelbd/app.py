@@ -127,7 +127,7 @@ async def run(cfg: Config) -> None:
                 # Envoy needs its files to start: those of a previous run, or our first publish.
                 config = anyio.Path(cfg.config_dir)
                 have_files = (
-                    await (config / "lds.json").exists() and await (config / "cds.json").exists()
+                    await (config / "lds.pb").exists() and await (config / "cds.pb").exists()
                 )
                 if not have_files:
                     await dataplane.first_publish.wait()

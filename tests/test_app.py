@@ -31,7 +31,7 @@ def test_loopback_admin_is_accepted_and_rendered_as_given() -> None:
         "address": "127.0.0.1",
         "port_value": 19000,
     }
-    assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/cfg/lds.json"
+    assert boot["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == "/cfg/lds.pb"
 
 
 def test_bad_settings_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

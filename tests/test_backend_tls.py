@@ -183,7 +183,7 @@ def test_equal_policies_are_one_key() -> None:
 @needs_envoy
 def test_envoy_accepts_clusters_dialled_in_tls() -> None:
     files = render(read_input("envoy", "backend-tls"))
-    assert sum("transport_socket" in c for c in files["cds.json"]) == 2
+    assert sum("transport_socket" in c for c in files["cds.pb"]) == 2
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
 

@@ -8,10 +8,9 @@ ride along with the next addition, or wait: one removal-only write per grace per
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from kubelbd.envoy import publisher
+from kubelbd.envoy import protos, publisher
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import Settings
 from kubelbd.ir.http import Delta, Model
@@ -34,9 +33,9 @@ def route(name: str, node_port: int) -> RouteRecord:
 
 def clusters(files: dict[str, Any]) -> set[str] | None:
     """Backend cluster names in the cluster file, or None when it was not rewritten."""
-    if "cds.json" not in files:
+    if "cds.pb" not in files:
         return None
-    body = json.loads(publisher.Encoder().encode("cds.json", files["cds.json"])[1])
+    body = protos.read_file(publisher.Encoder().encode("cds.pb", files["cds.pb"])[1])
     return {c["name"] for c in body["resources"] if c["name"].startswith("alpha")}
 
 

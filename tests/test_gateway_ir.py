@@ -138,12 +138,12 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
     out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     files.update(renderer.update_gateways(out))
     assert "typed_extension_protocol_options" in next(
-        c for c in files["cds.json"] if c["name"].endswith("/h2c")
+        c for c in files["cds.pb"] if c["name"].endswith("/h2c")
     )  # an HTTP/2 cluster, for Envoy to check
-    text = json.dumps(files["lds.json"])
+    text = json.dumps(files["lds.pb"])
     assert '"50%%"' in text and '"%%ENVIRONMENT(HOME)%%"' in text
     assert '"1439985600.000s"' in text and '"1234.567s"' in text
-    names = {x["name"] for x in files["lds.json"]}
+    names = {x["name"] for x in files["lds.pb"]}
     assert {"gw/alpha/gw.web.gateway/80", "gw/alpha/gw.web.gateway/8081"} <= names
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
@@ -365,7 +365,7 @@ def test_tls_listeners_choose_a_route_by_sni_passed_through_or_terminated() -> N
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(Model().ir, _all(Model()))
     files.update(renderer.update_gateways(out))
-    listener = next(x for x in files["lds.json"] if x["name"].endswith("/8443/tls"))
+    listener = next(x for x in files["lds.pb"] if x["name"].endswith("/8443/tls"))
     rendered = {c["name"].rsplit("/", 1)[1]: c for c in listener["filter_chains"]}
     assert "transport_socket" in rendered["tls.example.test"]
     assert "transport_socket" not in rendered["abc.example.test"]
@@ -431,7 +431,7 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     files.update(renderer.update_gateways(gateway.build({g.id: g}, where, [big, small], {}, NOW)))
     table = gateway_table_name("gw/alpha/gw.web.gateway/80")
     assert [f for f in files if f.startswith("rds/gateway")] == [rds_file(table)]
-    listeners = {x["name"]: x for x in files["lds.json"]}
+    listeners = {x["name"]: x for x in files["lds.pb"]}
     [chain] = listeners["gw/alpha/gw.web.gateway/80"]["filter_chains"]
     manager = chain["filters"][0]["typed_config"]
     assert manager["rds"]["route_config_name"] == table and "route_config" not in manager
@@ -447,7 +447,7 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     files.update(changed)
     grown = _many("small", 9, ["b"])
     changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, grown], {}, NOW))
-    assert sorted(changed) == ["lds.json"]  # the inline chain's listener, rewritten as before
+    assert sorted(changed) == ["lds.pb"]  # the inline chain's listener, rewritten as before
     files.update(changed)
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
@@ -476,9 +476,9 @@ def test_a_route_table_file_never_passes_to_another_chain() -> None:
     was = {f for f in first if f.startswith("rds/gateway")}
     now = {f for f in second if f.startswith("rds/gateway")}
     assert len(was) == 1 and len(now) == 1 and not was & now  # one per tenant, never shared
-    manager = next(x for x in second["lds.json"] if x["name"].endswith("/8081"))["filter_chains"][
-        0
-    ]["filters"][0]["typed_config"]
+    manager = next(x for x in second["lds.pb"] if x["name"].endswith("/8081"))["filter_chains"][0][
+        "filters"
+    ][0]["typed_config"]
     assert rds_file(manager["rds"]["route_config_name"]) in now
 
 

@@ -227,11 +227,11 @@ def data_plane(records: Records, l4_mode: dict[str, Any]) -> dict[str, list[dict
     good = out["ir"]["vhosts"].get(GOOD_HOST)
     assert good is not None and good["tenant"] == GOOD, "the well-behaved tenant lost its host"
     files = render({"settings": {"shards": 4}, "ir": out["ir"], "l4": out["l4"]})
-    table = files[f"rds/{shard_of(GOOD_HOST, 4)}.json"][0]
+    table = files[f"rds/{shard_of(GOOD_HOST, 4)}.pb"][0]
     assert any(vh["domains"] == [GOOD_HOST] for vh in table["virtual_hosts"])
     encoder = publisher.Encoder()
     for path, resources in files.items():
-        encoder.encode(path, resources)  # raises on what JSON cannot hold (ints past 64 bits)
+        encoder.encode(path, resources)  # raises on what Envoy's API cannot hold
     check_envoy_limits(files)
     return files
 
@@ -258,12 +258,12 @@ def check_envoy_limits(files: dict[str, list[dict[str, Any]]]) -> None:
                 sa = d["socket_address"]
                 ipaddress.ip_address(sa["address"])
                 assert type(sa["port_value"]) is int and 0 <= sa["port_value"] <= 65535, sa
-    for path in ("lds.json", "cds.json"):
+    for path in ("lds.pb", "cds.pb"):
         names = [r["name"] for r in files[path]]
         assert len(names) == len(set(names)), f"{path}: a name twice"
     binds = [
         (sa["address"], sa["port_value"], sa.get("protocol", "TCP"))
-        for r in files["lds.json"]
+        for r in files["lds.pb"]
         if "address" in r
         for sa in [r["address"]["socket_address"]]
     ]

@@ -177,7 +177,7 @@ def test_envoy_accepts_layer4_listeners_and_clusters() -> None:
     renderer = Renderer(Settings(config_dir="/config", shards=2))
     files = renderer.update(ir.IR(), ir.Delta())
     files.update(renderer.update_l4(*l4ir.build(recs, tenants, placements)))
-    assert sum(1 for x in files["lds.json"] if x["name"].startswith("l4/")) == 6
+    assert sum(1 for x in files["lds.pb"] if x["name"].startswith("l4/")) == 6
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, _fails(result)
 

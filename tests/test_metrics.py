@@ -262,7 +262,7 @@ async def test_envoys_rejections_are_copied_while_files_change() -> None:
 
     app = web.Application()
     app.router.add_get("/stats", stats)
-    published = {"lds.json": "v1"}
+    published = {"lds.pb": "v1"}
     async with (
         health_server() as s,
         http_server(app) as address,
@@ -276,7 +276,7 @@ async def test_envoys_rejections_are_copied_while_files_change() -> None:
         # Nothing published since: Envoy is left alone after the read that catches a late one.
         await until(lambda: len(asked) >= 2, "the second read")
         rejected.update(lds=1, rds=2)
-        published["lds.json"] = "v2"
+        published["lds.pb"] = "v2"
         await until(s.reaches(1, series, type="lds"), "an LDS rejection")
         assert await s.value(series, type="rds") == 4  # summed over route tables
         settled = len(asked)

@@ -254,7 +254,9 @@ def programmed(mgmt: FakeKube) -> Any:
 
 def files_mentioning(tmp_path: Path, text: str) -> list[str]:
     return sorted(
-        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.json") if text in p.read_text()
+        str(p.relative_to(tmp_path))
+        for p in tmp_path.rglob("*.pb")
+        if text.encode() in p.read_bytes()  # strings are stored as they are
     )
 
 
@@ -274,8 +276,8 @@ async def test_a_route_record_becomes_envoy_files_then_status_and_an_ingress_add
         assert route["status"]["hosts"] == "shop.example.com"
         assert route["status"]["observedGeneration"] == route["metadata"]["generation"] == 1
         assert files_mentioning(tmp_path, "shop.example.com")[0].startswith("rds/")
-        assert "cds.json" in files_mentioning(tmp_path, "30080")
-        assert "cds.json" in files_mentioning(tmp_path, "10.0.0.1")
+        assert "cds.pb" in files_mentioning(tmp_path, "30080")
+        assert "cds.pb" in files_mentioning(tmp_path, "10.0.0.1")
         # The tenant side's part: the Ingress's address, on the board.
         with anyio.fail_after(DEADLINE):
             await dp.board.wait("a")
@@ -333,7 +335,7 @@ async def test_a_load_balancer_allocation_is_recorded_and_freed(tmp_path: Path) 
         assert status["address"] == "192.0.2.1"
         assert status["ingress"] == [{"ip": "192.0.2.1"}]
         assert status["portsSummary"] == "5432/TCP"
-        assert "lds.json" in files_mentioning(tmp_path, "192.0.2.1")
+        assert "lds.pb" in files_mentioning(tmp_path, "192.0.2.1")
         with anyio.fail_after(DEADLINE):
             await dp.board.wait("a")
         [svc] = dp.board.take("a")
@@ -408,7 +410,7 @@ async def test_no_private_key_is_on_the_volume_and_what_a_crash_left_goes(
     secrets.mkdir()
     left = secrets / "a.default.gone-tls.json"
     left.write_bytes(b'{"version_info":"x","resources":[]}')
-    crashed = tmp_path / f"{TEMP_PREFIX}lds.json.x1"
+    crashed = tmp_path / f"{TEMP_PREFIX}lds.pb.x1"
     crashed.write_bytes(b"half a file")
     mgmt = await management()
     name = "s" * (MAX_NAME - len("default."))  # its copy's name is as long as a name may be
@@ -447,7 +449,7 @@ class RejectingAdmin(AppliedAdmin):
 
     async def versions(self) -> dict[str, str]:
         out = dict(self.publisher.published)
-        out["cds.json"] = "rejected-long-ago"
+        out["cds.pb"] = "rejected-long-ago"
         return out
 
 
@@ -462,4 +464,4 @@ async def test_a_file_envoy_rejected_holds_up_no_acme_answer(tmp_path: Path) -> 
         await until(lambda: rds_file(FRONT) in dp.publisher.published, "the front table")
         assert await dp.file_applied(rds_file(FRONT), 1.0)
         assert not await dp.admin.wait_applied(dp.publisher.published, 0.05)
-        assert not await dp.file_applied("rds/never-published.json", 0.05)
+        assert not await dp.file_applied("rds/never-published.pb", 0.05)

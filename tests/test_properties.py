@@ -8,7 +8,7 @@
 5. rules inside a virtual host follow Ingress precedence.
 
 The @example cases are the minimal reproductions of bugs these properties found (a route
-left claiming no host kept its old status; every upsert re-rendered cds.json). Strategies live
+left claiming no host kept its old status; every upsert re-rendered cds.pb). Strategies live
 in tests/strategies.py.
 """
 
@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 from kubelbd.envoy import process as envoy_process
-from kubelbd.envoy import publisher
+from kubelbd.envoy import protos, publisher
 from kubelbd.envoy import settings as envoy_config
 from kubelbd.envoy.renderer import Renderer, render
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
@@ -62,7 +62,7 @@ def full_render(routes: list[RouteRecord], tenants: list[TenantRecord], s: Setti
 def route_tables(files: Files) -> dict[str, dict[str, Any]]:
     """Shard name -> its route table (the front table excluded)."""
     return {
-        path.removeprefix("rds/").removesuffix(".json"): resources[0]
+        path.removeprefix("rds/").removesuffix(".pb"): resources[0]
         for path, resources in files.items()
         if path.startswith("rds/") and path != rds_file(FRONT)
     }
@@ -136,7 +136,7 @@ def replay(batches: list[gen.Batch]) -> Iterator[Step]:
 
 
 def _clusters(cds: bytes) -> dict[str, Any]:
-    return {c["name"]: c for c in json.loads(cds)["resources"]}
+    return {c["name"]: c for c in protos.read_file(cds)["resources"]}
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
@@ -155,11 +155,11 @@ def test_incremental_updates_match_a_full_render(batches: list[gen.Batch]) -> No
 
         want = encoded(render(step.want, SETTINGS))
         assert step.on_disk.keys() == want.keys()
-        for path in want.keys() - {"cds.json"}:
+        for path in want.keys() - {"cds.pb"}:
             assert step.on_disk[path] == want[path], f"after batch {step.number}: {path}"
         # Unused clusters linger for a grace period: the file has every wanted cluster as
         # rendered, and extras only for clusters no route uses.
-        have, wanted = _clusters(step.on_disk["cds.json"]), _clusters(want["cds.json"])
+        have, wanted = _clusters(step.on_disk["cds.pb"]), _clusters(want["cds.pb"])
         assert {n: have.get(n) for n in wanted} == wanted
         assert not (have.keys() - wanted.keys()) & set(step.want.clusters)
         last = step
@@ -269,7 +269,7 @@ def static_bootstrap(
         if path.startswith("rds/")
     }
     listeners = []
-    for resource in files["lds.json"]:
+    for resource in files["lds.pb"]:
         listener = _typeless(resource)
         for chain in listener.get("filter_chains", []):  # UDP listeners have none
             socket = chain.get("transport_socket", {}).get("typed_config", {})
@@ -291,7 +291,7 @@ def static_bootstrap(
     del bootstrap["dynamic_resources"]
     bootstrap["static_resources"] = {
         "listeners": listeners,
-        "clusters": [_typeless(c) for c in files["cds.json"]],
+        "clusters": [_typeless(c) for c in files["cds.pb"]],
     }
     return bootstrap
 

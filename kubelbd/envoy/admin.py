@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def file_of_stat(name: str) -> str | None:
     """Map a version_text stat to the config file it reports on."""
     if name == "cluster_manager.cds.version_text":
-        return "cds.json"
+        return "cds.pb"
     if name == "listener_manager.lds.version_text":
-        return "lds.json"
+        return "lds.pb"
     if name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
         route_config = name.split(".rds.", 1)[1].removesuffix(".version_text")
         return rds_file(route_config)
@@ -52,7 +52,7 @@ def xds_type_of_rejection(name: str) -> str | None:
 
 
 #: files Envoy always subscribes to: their versions must be reported
-ALWAYS = ("lds.json", "cds.json")
+ALWAYS = ("lds.pb", "cds.pb")
 
 
 def all_applied(

@@ -145,6 +145,9 @@ def _route(r: GatewayRule, port: int, tls: bool, settings: Settings) -> Resource
     return named_route(route, r.target)
 
 
+#: the same object for an unchanged host: a table's file encodes only its new hosts
+#: (protos.VirtualHosts); the renderer never mutates what it returns
+@lru_cache(maxsize=65536)
 def _virtual_host(
     listener: str, host: GatewayHost, port: int, tls: bool, settings: Settings
 ) -> Resource:

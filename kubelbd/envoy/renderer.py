@@ -128,7 +128,7 @@ class Renderer:
         https = https_listener(plan, self.settings)
         if https != self._https:
             self._https = https
-            files["lds.json"] = self._lds()
+            files["lds.pb"] = self._lds()
         return files
 
     def update_l4(
@@ -140,10 +140,10 @@ class Renderer:
         files: dict[str, list[Resource]] = {}
         if new_listeners != self._l4_listeners:
             self._l4_listeners = new_listeners
-            files["lds.json"] = self._lds()
+            files["lds.pb"] = self._lds()
         if new_clusters != self._l4_clusters:
             self._l4_clusters = new_clusters
-            files["cds.json"] = self._cds()
+            files["cds.pb"] = self._cds()
         return files
 
     def update_gateways(self, gateways: GatewayIR) -> dict[str, list[Resource]]:
@@ -174,10 +174,10 @@ class Renderer:
         clusters = [l4_cluster(c, self.settings) for c in gateways.l4_clusters]
         if clusters != self._gateway_clusters:
             self._gateway_clusters = clusters
-            files["cds.json"] = self._cds()
+            files["cds.pb"] = self._cds()
         if new != self._gateway_listeners:
             self._gateway_listeners = new
-            files["lds.json"] = self._lds()
+            files["lds.pb"] = self._lds()
         return files
 
     def _choose_tables(self, listeners: list[GatewayHTTPListener]) -> dict[str, str]:
@@ -241,7 +241,7 @@ class Renderer:
         front_dirty = not self._started
         if not self._started:
             dirty |= set(self._shard_hosts)
-            files["lds.json"] = self._lds()
+            files["lds.pb"] = self._lds()
         for host in delta.hosts:
             shard = shard_of(host, s.shards)
             vh = ir.vhosts.get(host)
@@ -298,7 +298,7 @@ class Renderer:
                 del self._unused_since[name], self._clusters[name]
             cds_dirty = True
         if cds_dirty:
-            files["cds.json"] = self._cds()
+            files["cds.pb"] = self._cds()
             self._cds_written = clock
         self._started = True
         return files

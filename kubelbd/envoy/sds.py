@@ -25,12 +25,67 @@ from typing import Any
 
 import anyio
 import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 
 from ..ir.tls import CertificateData
-from . import xds_wire
+from . import protos
 from .type_urls import SDS_SECRET
 
 log = logging.getLogger(__name__)
+
+# Envoy's generated messages (xds-protos, as for the files: envoy/protos.py).
+_Secret = protos.message_class(SDS_SECRET)
+_DeltaRequest = protos.message_class("envoy.service.discovery.v3.DeltaDiscoveryRequest")
+_DeltaResponse = protos.message_class("envoy.service.discovery.v3.DeltaDiscoveryResponse")
+_Resource = protos.message_class("envoy.service.discovery.v3.Resource")
+
+
+@dataclass
+class DeltaRequest:
+    """What kubelbd reads of a DeltaDiscoveryRequest."""
+
+    type_url: str = ""
+    subscribe: list[str] = field(default_factory=list)
+    unsubscribe: list[str] = field(default_factory=list)
+    #: what Envoy already holds when it (re)connects: name -> version
+    initial_versions: dict[str, str] = field(default_factory=dict)
+    nonce: str = ""  # of the response this acknowledges (or rejects)
+    error: str | None = None  # set: the response was rejected, and why
+
+
+def parse_delta_request(data: bytes) -> DeltaRequest:
+    """The request's fields kubelbd uses; DecodeError if it does not parse."""
+    m: Any = _DeltaRequest.FromString(data)
+    error = None
+    if m.HasField("error_detail"):
+        error = m.error_detail.message or f"code {m.error_detail.code}"
+    return DeltaRequest(
+        type_url=m.type_url,
+        subscribe=list(m.resource_names_subscribe),
+        unsubscribe=list(m.resource_names_unsubscribe),
+        initial_versions=dict(m.initial_resource_versions),
+        nonce=m.response_nonce,
+        error=error,
+    )
+
+
+def secret(name: str, cert_pem: bytes, key_pem: bytes) -> bytes:
+    """An SDS Secret holding one certificate and its key, inline."""
+    certificate = {"certificate_chain": {"inline_bytes": cert_pem}}
+    certificate["private_key"] = {"inline_bytes": key_pem}
+    return _Secret(name=name, tls_certificate=certificate).SerializeToString()
+
+
+def delta_response(nonce: str, resources: list[tuple[str, str, bytes]]) -> bytes:
+    """A DeltaDiscoveryResponse of Secrets: (name, version, encoded Secret) each."""
+    response: Any = _DeltaResponse(system_version_info=nonce, type_url=SDS_SECRET, nonce=nonce)
+    for name, version, body in resources:
+        packed = any_pb2.Any(type_url=SDS_SECRET, value=body)
+        response.resources.append(_Resource(name=name, version=version, resource=packed))
+    data: bytes = response.SerializeToString()
+    return data
+
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "DeltaAggregatedResources"
@@ -68,7 +123,7 @@ class SecretServer:
         """Serve these, replacing older versions (a certificate's version is its digest)."""
         for data in certificates:
             if self._secrets.get(data.name, ("",))[0] != data.digest:
-                body = xds_wire.secret(data.name, data.cert_pem, data.key_pem)
+                body = secret(data.name, data.cert_pem, data.key_pem)
                 self._secrets[data.name] = (data.digest, body)
         self._wake_all()
 
@@ -147,15 +202,15 @@ class SecretServer:
         try:
             while (raw := await context.read()) is not grpc.aio.EOF:
                 try:
-                    request = xds_wire.parse_delta_request(raw)
-                except ValueError as e:
+                    request = parse_delta_request(raw)
+                except DecodeError as e:
                     log.warning("sds: unreadable request from %s: %s", stream.peer, e)
                     continue
                 self._on_request(stream, request)
         finally:
             scope.cancel()  # Envoy hung up: end the response side too
 
-    def _on_request(self, stream: _Stream, request: xds_wire.DeltaRequest) -> None:
+    def _on_request(self, stream: _Stream, request: DeltaRequest) -> None:
         if request.type_url != SDS_SECRET:
             return  # kubelbd serves only secrets over ADS
         if request.nonce:
@@ -185,4 +240,4 @@ class SecretServer:
         stream.sent.update(versions)
         stream.unanswered[nonce] = versions
         resources = [(name, version, body) for name, (version, body) in due.items()]
-        return xds_wire.delta_response(nonce, nonce, resources)
+        return delta_response(nonce, resources)

@@ -43,7 +43,7 @@ def shard_of(host: str, shards: int) -> str:
 
 def rds_file(name: str) -> str:
     """The route table file of one listener, relative to the config directory."""
-    return f"rds/{name}.json"
+    return f"rds/{name}.pb"
 
 
 def rds_path(settings: Settings, name: str) -> str:

@@ -229,6 +229,21 @@ def free_port(protocol: str) -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_both() -> int:
+    """A port free for UDP and TCP alike (CoreDNS serves a server block on both): the
+    kernel's pick for UDP says nothing of TCP, where a connection of another process may hold
+    the same number (seen: CoreDNS failing with "address already in use")."""
+    for _ in range(100):
+        port = free_port("UDP")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no port free for both UDP and TCP")
+
+
 TCP_LISTEN = "0A"
 
 
@@ -406,7 +421,7 @@ class CoreDNSContainer(EchoBasicContainer):
         ports = corefile_ports(text)
         if not ports:
             raise ValueError(f"Corefile {args[conf]}: no server block with a port")
-        host = {p: free_port("UDP") for p in ports}
+        host = {p: free_port_both() for p in ports}
         pod_ports = [EchoPort(f"{proto}{p}", proto, p) for p in ports for proto in ("UDP", "TCP")]
         rewritten = cwd / "Corefile.kubefleet"
         rewritten.write_text(rewrite_corefile(text, host))

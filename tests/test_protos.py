@@ -1,0 +1,96 @@
+"""Envoy's resources as protobuf (envoy/protos.py): every resource the goldens hold is one
+Envoy's API takes, field by field; a route table written host by host is the same message."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import any_pb2, json_format
+
+from kubelbd.envoy import protos, type_urls
+from kubelbd.envoy.publisher import Encoder
+from kubelbd.envoy.type_urls import CLUSTER, LISTENER, ROUTE_CONFIG
+
+GOLDEN = Path(__file__).parent / "golden"
+TOP = {CLUSTER, LISTENER, ROUTE_CONFIG}
+
+
+def _resources(value: Any) -> Iterator[dict[str, Any]]:
+    """Every listener, cluster and route table in `value` (not those inside another)."""
+    if isinstance(value, dict):
+        if value.get("@type") in TOP:
+            yield value
+            return
+        for v in value.values():
+            yield from _resources(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _resources(v)
+
+
+def golden_resources() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for path in sorted(GOLDEN.rglob("*.out.yaml")):
+        out += _resources(yaml.safe_load(path.read_text()))
+    return out
+
+
+def _decoded(encoded: bytes) -> Any:
+    wrapped = any_pb2.Any.FromString(encoded)
+    message = protos.message_class(wrapped.type_url)()
+    message.ParseFromString(wrapped.value)
+    return message
+
+
+def test_every_type_url_kubelbd_names_has_its_generated_class() -> None:
+    urls = [v for v in vars(type_urls).values() if str(v).startswith("type.googleapis.com/")]
+    assert len(urls) > 10
+    for url in urls:
+        assert protos.message_class(url).DESCRIPTOR.full_name == url.rpartition("/")[2]
+
+
+def test_every_golden_resource_is_one_envoys_api_takes() -> None:
+    resources = golden_resources()
+    kinds = {r["@type"] for r in resources}
+    assert kinds == TOP and len(resources) > 50
+    for r in resources:
+        # json_format refuses a field the message lacks or a value of the wrong type; and
+        # what it took reads back as what was given (the JSON mapping loses nothing).
+        message = _decoded(protos.resource(r))
+        again = json_format.MessageToDict(message, preserving_proto_field_name=True)
+        assert _decoded(protos.resource({"@type": r["@type"], **again})) == message
+
+
+def test_a_field_envoy_does_not_have_fails_in_kubelbd_with_its_path() -> None:
+    bad = {"@type": CLUSTER, "name": "a", "load_assignment": {"cluster_nam": "a"}}
+    with pytest.raises(json_format.ParseError, match=r"cluster_nam.*Cluster.load_assignment"):
+        protos.resource(bad)
+
+
+def test_a_route_table_written_host_by_host_is_the_same_message() -> None:
+    table = max(
+        (r for r in golden_resources() if r["@type"] == ROUTE_CONFIG),
+        key=lambda r: len(r.get("virtual_hosts", [])),
+    )
+    assert len(table["virtual_hosts"]) >= 3
+    hosts = protos.VirtualHosts()
+    piecewise = protos.resource(table, hosts)
+    assert _decoded(piecewise) == _decoded(protos.resource(table))
+    # A new table with one host fewer and one more: the others' bytes are reused, the
+    # message is still the one a whole encoding gives.
+    new_host = {"name": "new", "domains": ["new.test"], "routes": []}
+    changed = {**table, "virtual_hosts": [*table["virtual_hosts"][1:], new_host]}
+    assert _decoded(protos.resource(changed, hosts)) == _decoded(protos.resource(changed))
+
+
+def test_a_file_reads_back_with_its_version_and_resources() -> None:
+    cluster = {"@type": CLUSTER, "name": "a/b", "connect_timeout": "2s", "type": "STATIC"}
+    version, data = Encoder().encode("cds.pb", [cluster])
+    assert protos.version_of_file(data) == version
+    assert protos.read_file(data) == {"version_info": version, "resources": [cluster]}
+    # The same resources give the same file, remembered or not (a restart rewrites nothing).
+    assert Encoder().encode("cds.pb", [dict(cluster)]) == (version, data)
