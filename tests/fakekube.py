@@ -7,7 +7,8 @@ a 410 Gone, a kind that is not installed). Everything end to end still runs agai
 servers in e2e/; this fake keeps only what kubelbd relies on:
 
 - one resourceVersion counter per server; uid, creationTimestamp, and a generation (for
-  every group but the core one) bumped when the spec changes, never by a status write;
+  every group but the core one) bumped when anything but metadata and status changes (a
+  custom resource's `data` too), never by a status write;
 - 404 for a missing object or namespace, 409 for an existing name or a stale
   resourceVersion, 422 for a nodePort taken or out of range (a NodePort or LoadBalancer
   Service gets free nodePorts, and keeps its own on update);
@@ -52,6 +53,11 @@ NODE_PORTS = range(30000, 32768)
 REASONS = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 410: "Gone", 422: "Invalid"}
 #: metadata only the server writes (name and namespace: the URL's)
 SYSTEM_FIELDS = "name namespace uid creationTimestamp generation resourceVersion deletionTimestamp"
+
+
+def _content(obj: Obj) -> Obj:
+    """What a generation counts: everything but metadata and status."""
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,7 @@ class _Server:
             out.pop("status", None)
             if "status" in old:
                 out["status"] = copy.deepcopy(old["status"])
-            if "generation" in meta and out.get("spec") != old.get("spec"):
+            if "generation" in meta and _content(out) != _content(old):
                 meta["generation"] += 1
             self._node_ports(key, out, old)
         if out == old:

@@ -142,3 +142,33 @@ async def test_a_new_kind_needs_nothing_but_its_module_and_its_registration() ->
         # And it goes with its object, like any record.
         await tenant.delete(ROUTE_MAPS, "shop", "default")
         await until(lambda: mgmt.stored(ROUTES, "cm.default.shop", NS) is None, "deleted")
+
+
+async def test_a_status_write_to_a_referenced_object_translates_nothing_again() -> None:
+    """Our own status writes come back as events: a Gateway's at every route attached
+    would otherwise have all its routes translated again (500 at 1,000 routes). What uses
+    an object looks again when anything but its status changed."""
+    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
+    await tenant.create(NAMESPACES, namespace("default"))
+    await tenant.create(ROUTE_MAPS, configmap("defaults", port="80"))
+    await tenant.create(
+        ROUTE_MAPS, configmap("shop", {"example.com/route": ""}, host="shop.example.com",
+                              service="web", defaults="defaults")
+    )  # fmt: skip
+    sync = TenantSync(
+        "a", kubeconfig(tenant), mgmt, RecordingSink(), StatusBoard(), Settling(),
+        TenantSettings(), (*SOURCES, RouteMaps()), Connector(tenant),
+    )  # fmt: skip
+    async with running(sync.run):
+        await until(lambda: backend_port(mgmt, "cm.default.shop") == "80", "its record")
+        defaults = tenant.stored(ROUTE_MAPS, "defaults", "default")
+        assert defaults is not None
+        handle = sync._on_event(ROUTE_MAPS)  # as the watch calls it, with no await between
+        user = ("RouteMap", "default/shop")
+        sync._dirty.discard(user)
+        handle("MODIFIED", {**defaults, "status": {"seen": True}})  # the same generation
+        assert user not in sync._dirty
+        changed = {**defaults, "data": {"port": "8080"}}
+        changed["metadata"] = {**defaults["metadata"], "generation": 2}
+        handle("MODIFIED", changed)
+        assert user in sync._dirty

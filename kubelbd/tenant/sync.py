@@ -264,6 +264,7 @@ class TenantSync:
         primary = [s for s in self.sources.values() if s.resource == resource]
         dependents = {s.kind for s in self.sources.values() if resource in s.depends_on}
         referenced = any(resource in s.referenced for s in self.sources.values())
+        seen_as = f"used: {resource.group_version}/{resource.plural}"
 
         def handle(kind: str, obj: Obj) -> None:
             if resource == SECRETS:
@@ -280,12 +281,14 @@ class TenantSync:
                 return
             for source in primary:
                 self._on_source_object(source, kind, obj)
-            if dependents:
+            # Those that use it look again, unless only its status changed.
+            used = bool(dependents or referenced) and self._changed(seen_as, kind, obj)
+            if dependents and used:
                 self._resync_sources |= dependents  # which objects are ours may have changed
                 self._wake.set()
             if resource == SERVICES:
                 self._on_service(obj)
-            elif referenced:
+            elif referenced and used:
                 ns, name = split_key(key(obj))
                 # (ns, ""): every object of the kind in the namespace (References)
                 users = self.index.users(resource, (ns, name)) | self.index.users(
@@ -297,12 +300,15 @@ class TenantSync:
 
         return handle
 
-    def _on_source_object(self, source: Source, kind: str, obj: Obj) -> None:
-        k = key(obj)
-        oid = (source.kind, k)
+    def _changed(self, seen_as: str, kind: str, obj: Obj) -> bool:
+        """Whether an event may change what kubelbd makes of the object: not when only its
+        status changed. Our own status writes come back as events (a Gateway's, at every
+        route attached, would otherwise have every route of it translated again: 500 at
+        1,000 routes, most of kubelbd's time in a series of changes). Spec, labels and
+        annotations are what matter (the legacy Ingress class annotation does not bump the
+        generation); an object without a generation (a Service, a Secret) always counts."""
+        oid = (seen_as, key(obj))
         meta = obj["metadata"]
-        # Our own status writes come back as events: spec, labels and annotations are what
-        # matter (the legacy Ingress class annotation does not bump the generation).
         fingerprint = (
             meta.get("uid"), meta.get("generation"),
             str(meta.get("annotations")), str(meta.get("labels")),
@@ -310,9 +316,16 @@ class TenantSync:
         if kind == "DELETED":
             self._seen.pop(oid, None)
         elif meta.get("generation") is not None and self._seen.get(oid) == fingerprint:
-            return
+            return False
         else:
             self._seen[oid] = fingerprint
+        return True
+
+    def _on_source_object(self, source: Source, kind: str, obj: Obj) -> None:
+        if not self._changed(source.kind, kind, obj):
+            return
+        k = key(obj)
+        oid = (source.kind, k)
         current = obj if kind != "DELETED" else None
         refs = source.references(obj, self.caches) if current is not None else None
         self._twin_candidates |= self.index.update(oid, refs)
