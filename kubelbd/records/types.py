@@ -14,6 +14,7 @@ what is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Generic, Literal, NotRequired, TypeVar
 
 from annotated_types import Ge
@@ -398,7 +399,7 @@ class Record(Generic[SpecT]):
 
 @dataclass(frozen=True)
 class RouteRecord(Record[RouteSpec]):
-    @property
+    @cached_property  # a record is replaced, never changed; builds sort every route by it
     def age_key(self) -> AgeKey:
         """Oldest first; ties broken by tenant and record name, so the order is total."""
         return (self.created, self.tenant, self.name)
