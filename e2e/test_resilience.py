@@ -115,7 +115,7 @@ async def test_status_is_written_only_once_envoy_applied(
 
         async def published() -> bool:
             await mgmt.get(ROUTES, f"{ns}.held", "tenant-alpha")
-            return any(h in f.read_text() for f in tables.glob("shard.*.json"))
+            return any(h.encode() in f.read_bytes() for f in tables.glob("shard.*.pb"))
 
         await eventually(published, what="the route written and in Envoy's files")
         # Envoy has not applied it: no address on the Ingress, and the Route is not
