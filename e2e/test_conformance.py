@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 #: one of each thing kubelbd does, and the tests that found its bugs: HTTP and HTTPS
-#: listeners, matches, grants, certificate references, filters, status of the tenant's own
+#: listeners, matches, grants, certificate references, filters (paths rewritten and
+#: redirected), status of the tenant's own
 #: GatewayClass, a GRPCRoute, TLSRoutes passed through and terminated on one port, a
 #: TCPRoute and UDPRoutes (one to CoreDNS), BackendTLSPolicies (CA ConfigMaps changing,
 #: names checked, conflicts)
@@ -30,6 +31,8 @@ FAST = (
     "GatewayInvalidTLSConfiguration",
     "HTTPRouteRequestHeaderModifier",
     "HTTPRouteRedirectHostAndStatus",
+    "HTTPRouteRewritePath",
+    "HTTPRouteRedirectPath",
     "GatewayClassObservedGenerationBump",
     "GRPCExactMethodMatching",
     "TLSRouteMixedTerminationSameNamespace",

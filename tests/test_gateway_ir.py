@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 from typing import Any
 
 import pytest
@@ -126,7 +127,14 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
              {"name": "x-e", "value": "%ENVIRONMENT(HOME)%"}]}),
          # Past a million seconds: never in exponent notation.
          path("/long", timeouts={"request": 4 * 99999 * 3_600_000, "backendRequest": 1_234_567}),
-         path("/unbounded", timeouts={"request": 0, "backendRequest": 0})],
+         path("/unbounded", timeouts={"request": 0, "backendRequest": 0}),
+         # URLRewrite and a redirect's path: regex rewrites Envoy checks (the prefix escaped)
+         path("/v1.0", rewrite={"hostname": "in.example.test",
+                                "path": {"type": "ReplacePrefixMatch", "value": "/"}}),
+         path("/v2", rewrite={"path": {"type": "ReplaceFullPath", "value": "/x$1"}}),
+         path("/old", redirect={"statusCode": 302,
+                                "path": {"type": "ReplacePrefixMatch", "value": "/new"}}),
+         path("/gone", redirect={"path": {"type": "ReplaceFullPath", "value": "/"}})],
         ["http", "alt"], "2026-01-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"},
@@ -226,7 +234,34 @@ def test_an_https_listener_without_a_usable_certificate_is_not_served() -> None:
 def test_a_redirects_port_is_derived_as_gateway_api_says(
     redirect: gateway.Redirect, port: int, tls: bool, want: dict[str, Any]
 ) -> None:
-    assert envoy_gateway._redirect(redirect, port, tls) == want
+    assert envoy_gateway._redirect(redirect, port, tls, "/") == want
+
+
+@pytest.mark.parametrize(
+    ("matched", "change", "path", "want"),
+    [
+        # Gateway API's conformance cases (HTTPRouteRewritePath, HTTPRouteRedirectPath)
+        ("/prefix/one", gateway.PathChange(False, "/one"), "/prefix/one/two", "/one/two"),
+        ("/strip-prefix", gateway.PathChange(False, "/"), "/strip-prefix/three", "/three"),
+        ("/strip-prefix", gateway.PathChange(False, "/"), "/strip-prefix", "/"),
+        ("/full/one", gateway.PathChange(True, "/one"), "/full/one/two", "/one"),
+        ("/original-prefix", gateway.PathChange(False, "/replacement-prefix"),
+         "/original-prefix/lemon", "/replacement-prefix/lemon"),
+        ("/path-and-host", gateway.PathChange(False, "/replacement-prefix"),
+         "/path-and-host", "/replacement-prefix"),
+        # a trailing slash on either side replaces whole segments all the same
+        ("/a/", gateway.PathChange(False, "/b/"), "/a/c", "/b/c"),
+        ("/", gateway.PathChange(False, "/api"), "/x", "/api/x"),
+        ("/a.b", gateway.PathChange(False, "/c"), "/a.b/d", "/c/d"),  # the prefix, escaped
+    ],
+)  # fmt: skip
+def test_a_path_is_rewritten_as_gateway_api_says(
+    matched: str, change: gateway.PathChange, path: str, want: str
+) -> None:
+    """The regex Envoy is given, applied once (RE2 and Python's re agree on these)."""
+    rewrite = envoy_gateway._path_rewrite(matched, change)
+    got = re.sub(rewrite["pattern"]["regex"], rewrite["substitution"], path, count=1)
+    assert got == want
 
 
 @pytest.mark.parametrize(

@@ -303,6 +303,52 @@ def test_durations_are_read_as_gateway_api_writes_them(value: str, ms: int | Non
     assert httpfilters.duration_ms(value) == ms
 
 
+def _rewrite(path: dict[str, Any] | None = None, hostname: str | None = None) -> Obj:
+    return {"type": "URLRewrite", "urlRewrite": {"hostname": hostname, "path": path}}
+
+
+@pytest.mark.parametrize(
+    ("rule", "want"),
+    [
+        ({"filters": [_rewrite({"type": "ReplacePrefixMatch", "replacePrefixMatch": "/one"},
+                               "Example.org")]},
+         {"hostname": "example.org", "path": {"type": "ReplacePrefixMatch", "value": "/one"}}),
+        ({"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+          "filters": [_rewrite({"type": "ReplaceFullPath", "replaceFullPath": "/y"})]},
+         {"path": {"type": "ReplaceFullPath", "value": "/y"}}),
+        # Gateway API's CRD refuses these; a loosened CRD gets a problem, never a config
+        ({"matches": [{"path": {"type": "Exact", "value": "/x"}}],
+          "filters": [_rewrite({"type": "ReplacePrefixMatch", "replacePrefixMatch": "/y"})]},
+         "ReplacePrefixMatch needs every match to be a PathPrefix"),
+        ({"filters": [_rewrite(hostname="x.org"),
+                      {"type": "RequestRedirect", "requestRedirect": {}}]},
+         "a rule both redirects and rewrites"),
+        ({"filters": [_rewrite({"type": "ReplaceFullPath", "replaceFullPath": "/\\1"})]},
+         "is not one kubelbd serves"),  # Envoy would read \1 as a capture group
+        ({"filters": [_rewrite({"type": "ReplaceFullPath", "replaceFullPath": "/a b?c"})]},
+         "is not one kubelbd serves"),
+        ({"filters": [_rewrite({"type": "ReplaceFullPath"})]}, "is not one kubelbd serves"),
+        ({"filters": [_rewrite({"type": "Other", "replaceFullPath": "/"})]}, "modifier type"),
+        ({"filters": [_rewrite(hostname="*.x.org")]}, "hostname"),
+    ],
+)  # fmt: skip
+def test_a_url_rewrite_is_recorded_checked(rule: Obj, want: Any) -> None:
+    filters = httpfilters.of_rule(rule)
+    if isinstance(want, str):
+        assert filters.problem is not None and want in filters.problem.message
+        return
+    assert filters.problem is None
+    path: Any = {"path": "/", "pathType": "Prefix", "backends": []}
+    filters.apply(path)
+    assert path["rewrite"] == want
+
+
+def test_a_redirect_changes_the_path_as_it_says() -> None:
+    change = {"type": "ReplaceFullPath", "replaceFullPath": "/full"}
+    redirect = httpfilters.redirect_of({"statusCode": 301, "path": change})
+    assert redirect == {"statusCode": 301, "path": {"type": "ReplaceFullPath", "value": "/full"}}
+
+
 def test_an_object_of_any_size_makes_a_bounded_record() -> None:
     """A tenant that loosened its CRDs: 20,000 listeners, or 100 hostnames x 100 rules x 50
     matches, make records of bounded size (Envoy, etcd and the Events never see the rest)."""

@@ -18,6 +18,7 @@ backend.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from ..ir.gateway import (
@@ -29,6 +30,7 @@ from ..ir.gateway import (
     GatewayTLSListener,
     HeaderOp,
     Match,
+    PathChange,
     Redirect,
     TLSChain,
 )
@@ -80,11 +82,28 @@ REDIRECT_CODES = {
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _redirect(r: Redirect, port: int, tls: bool) -> Resource:
+def _path_rewrite(matched: str, change: PathChange) -> Resource:
+    """Envoy's regex_rewrite for Gateway API's path modifier (Envoy applies it to the path
+    alone and keeps the query string). A prefix is replaced as whole segments, as it
+    matched (`path_separated_prefix`); replaced by `/`, the slashes after it go with it."""
+    if change.full:
+        return {"pattern": {"regex": "^/.*$"}, "substitution": change.value}
+    prefix = re.escape(matched.rstrip("/"))
+    to = change.value.rstrip("/")
+    if not to:
+        return {"pattern": {"regex": f"^{prefix}/*"}, "substitution": "/"}
+    return {"pattern": {"regex": f"^{prefix}"}, "substitution": to}
+
+
+def _redirect(r: Redirect, port: int, tls: bool, matched: str) -> Resource:
     """Envoy's redirect for Gateway API's: without a port, the scheme's well-known one when
     the scheme changes, else the listener's; a port well-known for the scheme is left out of
     the Location (the Host Envoy sees has its port stripped, so it is always set here)."""
     out: Resource = {"response_code": REDIRECT_CODES[r.status]}
+    if r.path is not None and r.path.full:
+        out["path_redirect"] = r.path.value
+    elif r.path is not None:
+        out["regex_rewrite"] = _path_rewrite(matched, r.path)
     scheme = r.scheme or ("https" if tls else "http")
     if r.scheme:
         out["scheme_redirect"] = r.scheme
@@ -127,9 +146,13 @@ def _seconds(ms: int) -> str:
 
 def _route(r: GatewayRule, port: int, tls: bool, settings: Settings) -> Resource:
     if r.redirect is not None:
-        action: Resource = {"redirect": _redirect(r.redirect, port, tls)}
+        action: Resource = {"redirect": _redirect(r.redirect, port, tls, r.path)}
     else:
         action = route_action(r.target, settings, 500)
+    if "route" in action and r.host_rewrite:
+        action["route"]["host_rewrite_literal"] = r.host_rewrite
+    if "route" in action and r.path_rewrite is not None:
+        action["route"]["regex_rewrite"] = _path_rewrite(r.path, r.path_rewrite)
     if "route" in action and r.request_timeout is not None:
         action["route"]["timeout"] = _seconds(r.request_timeout)  # 0s: none
     if "route" in action and r.backend_timeout:  # 0: none, as without one

@@ -54,6 +54,7 @@ from ..records.types import (
     RouteRecord,
     TenantRecord,
 )
+from ..records.types import PathChange as RecordPathChange
 from .http import Target, cluster_name
 from .http import target as http_target
 from .l4 import L4Cluster, L4Listener, Placement
@@ -83,13 +84,22 @@ def _hash_once(self: Any) -> int:
 
 
 @dataclass(frozen=True)
+class PathChange:
+    """The path replaced whole (`full`), or the prefix it matched, by `value`."""
+
+    full: bool
+    value: str
+
+
+@dataclass(frozen=True)
 class Redirect:
-    """A redirect answered instead of forwarding (0 and "": the request's own)."""
+    """A redirect answered instead of forwarding (0, "" and None: the request's own)."""
 
     status: int
     scheme: str = ""
     hostname: str = ""
     port: int = 0
+    path: PathChange | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,9 @@ class GatewayRule:
     #: the default
     request_timeout: int | None = None
     backend_timeout: int | None = None
+    #: URLRewrite: the Host ("": the client's) and the path (None: the client's) sent on
+    host_rewrite: str = ""
+    path_rewrite: PathChange | None = None
 
     __hash__ = _hash_once  # a route's rules are kept between builds (_compiled)
 
@@ -232,15 +245,24 @@ def _matches(ms: Iterable[HeaderMatch]) -> tuple[Match, ...]:
 def _rule(route: RouteRecord, p: HTTPPath) -> GatewayRule:
     target = http_target(route, p["backends"])
     redirect = p.get("redirect")
+    rewrite = p.get("rewrite", {})
     return GatewayRule(
         p["path"], p["pathType"] == "Exact", _matches(p.get("headers", [])),
         _matches(p.get("queryParams", [])), p.get("method", ""), target,
         _header_ops(p.get("requestHeaders", {})), _header_ops(p.get("responseHeaders", {})),
         Redirect(redirect.get("statusCode", 302), redirect.get("scheme", ""),
-                 redirect.get("hostname", ""), redirect.get("port", 0))
+                 redirect.get("hostname", ""), redirect.get("port", 0),
+                 _path_change(redirect.get("path")))
         if redirect is not None else None,
         p.get("timeouts", {}).get("request"), p.get("timeouts", {}).get("backendRequest"),
+        rewrite.get("hostname", ""), _path_change(rewrite.get("path")),
     )  # fmt: skip
+
+
+def _path_change(change: RecordPathChange | None) -> PathChange | None:
+    if change is None:
+        return None
+    return PathChange(change["type"] == "ReplaceFullPath", change["value"])
 
 
 def _header_ops(f: HeaderFilter) -> tuple[HeaderOp, ...]:

@@ -113,6 +113,14 @@ class HeaderFilter(TypedDict, total=False):
     remove: list[str]
 
 
+class PathChange(TypedDict):
+    """Gateway API's HTTPPathModifier: the whole path replaced (ReplaceFullPath), or the
+    prefix the path matched (ReplacePrefixMatch, for a Prefix path only), by `value`."""
+
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    value: str
+
+
 class Redirect(TypedDict, total=False):
     """Gateway API's RequestRedirect: what the Location changes (the rest is the request's),
     and the status code."""
@@ -120,7 +128,15 @@ class Redirect(TypedDict, total=False):
     scheme: str
     hostname: str
     port: int
+    path: PathChange
     statusCode: int
+
+
+class Rewrite(TypedDict, total=False):
+    """Gateway API's URLRewrite: the Host and the path the backend gets."""
+
+    hostname: str
+    path: PathChange
 
 
 class Timeouts(TypedDict, total=False):
@@ -144,6 +160,7 @@ class HTTPPath(TypedDict):
     requestHeaders: NotRequired[HeaderFilter]
     responseHeaders: NotRequired[HeaderFilter]
     redirect: NotRequired[Redirect]
+    rewrite: NotRequired[Rewrite]
     timeouts: NotRequired[Timeouts]
 
 

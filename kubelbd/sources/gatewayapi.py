@@ -45,9 +45,9 @@ CONTROLLER = GATEWAY_CONTROLLER
 #: HTTPRoute, GRPCRoute, TLSRoute (passthrough, terminate, both on one port), TCPRoute and
 #: UDPRoute, listener isolation, 421 for a host another
 #: HTTPS listener serves, a listener on 8080, method and query parameter matches, a
-#: parentRef's port, response headers changed, redirects of scheme and port and with every
-#: status code, backends in HTTP/2 (h2c) and WebSocket, timeouts, BackendTLSPolicy (with
-#: subjectAltNames); sorted
+#: parentRef's port, response headers changed, the Host and path rewritten, redirects of
+#: scheme, port and path and with every status code, backends in HTTP/2 (h2c) and
+#: WebSocket, timeouts, BackendTLSPolicy (with subjectAltNames); sorted
 SUPPORTED_FEATURES = (
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
@@ -63,8 +63,11 @@ SUPPORTED_FEATURES = (
     "HTTPRouteBackendProtocolH2C",
     "HTTPRouteBackendProtocolWebSocket",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
     "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
     "HTTPRouteRequestTimeout",

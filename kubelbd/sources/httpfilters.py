@@ -1,13 +1,15 @@
 """An HTTPRoute rule's filters and timeouts, as the record carries them (pure): headers of
-the request and of the response changed, or a redirect answered instead of forwarding; how
-long the whole request, and each request to a backend, may take.
+the request and of the response changed, the Host and path the backend gets rewritten, or a
+redirect answered instead of forwarding; how long the whole request, and each request to a
+backend, may take.
 
 Every value is checked here for what Envoy would refuse (it would reject the whole listener
 file, every tenant's change with it): header names are HTTP tokens and never pseudo-headers
 or `host` (Envoy does not let a route rewrite those), values hold no line break or NUL, a
-redirect's hostname is a DNS name. A filter kubelbd does not serve, or one that does not
-check out, leaves the rule answering 500 (Gateway API's answer for a rule that cannot be
-served) with a problem; a tenant that loosened its CRD gets the same, never an exception.
+hostname is a DNS name, a path starts with `/` and holds no control character, space, `?`
+or `#`. A filter kubelbd does not serve, or one that does not check out, leaves the rule
+answering 500 (Gateway API's answer for a rule that cannot be served) with a problem; a
+tenant that loosened its CRD gets the same, never an exception.
 """
 
 from __future__ import annotations
@@ -17,11 +19,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..records.problems import Problem
-from ..records.types import HeaderFilter, HeaderValue, HTTPPath, Redirect, Timeouts
+from ..records.types import (
+    HeaderFilter,
+    HeaderValue,
+    HTTPPath,
+    PathChange,
+    Redirect,
+    Rewrite,
+    Timeouts,
+)
 from .common import HOST
 
 #: the filters served, by Gateway API's type names
-SERVED = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect")
+SERVED = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite")
 #: RFC 9110 token: what a header name may be
 TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,256}")
 #: headers a route may not change in Envoy
@@ -39,6 +49,7 @@ class Filters:
         self.request_headers: HeaderFilter | None = None
         self.response_headers: HeaderFilter | None = None
         self.redirect: Redirect | None = None
+        self.rewrite: Rewrite | None = None
         self.timeouts: Timeouts | None = None
         self.problem: Problem | None = None
 
@@ -50,6 +61,8 @@ class Filters:
             path["responseHeaders"] = self.response_headers
         if self.redirect is not None:
             path["redirect"] = self.redirect
+        if self.rewrite:
+            path["rewrite"] = self.rewrite
         if self.timeouts:
             path["timeouts"] = self.timeouts
 
@@ -76,7 +89,24 @@ def of_rule(rule: Mapping[str, Any]) -> Filters:
         if problem is not None:
             out.problem = problem
             return out
+    if out.redirect is not None and out.rewrite:
+        out.problem = Problem("UnsupportedValue", "a rule both redirects and rewrites")
+        return out
+    changes = [c.get("path") for c in (out.redirect, out.rewrite) if c]
+    if any(c and c["type"] == "ReplacePrefixMatch" for c in changes) and not _prefixes(rule):
+        # Gateway API's CRD refuses it; a tenant that loosened its CRD gets a problem.
+        out.problem = Problem(
+            "UnsupportedValue", "ReplacePrefixMatch needs every match to be a PathPrefix"
+        )
     return out
+
+
+def _prefixes(rule: Mapping[str, Any]) -> bool:
+    """Whether every match of the rule is a path prefix (none: "/", a prefix)."""
+    return all(
+        ((m.get("path") or {}).get("type") or "PathPrefix") == "PathPrefix"
+        for m in rule.get("matches") or [{}]
+    )
 
 
 def _one(kind: str, f: Mapping[str, Any], out: Filters) -> Problem | None:
@@ -85,6 +115,12 @@ def _one(kind: str, f: Mapping[str, Any], out: Filters) -> Problem | None:
         if isinstance(redirect, Problem):
             return redirect
         out.redirect = redirect
+        return None
+    if kind == "URLRewrite":
+        rewrite = rewrite_of(f.get("urlRewrite") or {})
+        if isinstance(rewrite, Problem):
+            return rewrite
+        out.rewrite = rewrite
         return None
     field = "requestHeaderModifier" if kind == "RequestHeaderModifier" else "responseHeaderModifier"
     headers = headers_of(f.get(field) or {})
@@ -144,11 +180,49 @@ def _values(headers: list[Mapping[str, str]]) -> list[HeaderValue] | Problem:
     return out
 
 
-def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
-    """A RequestRedirect: scheme, hostname, port and status code (a path change is not
-    served yet)."""
+#: what a path given by a filter may hold: no control character, space, `?` or `#` (Envoy
+#: would carry them into the request line or the Location), and no backslash (in a regex
+#: substitution it names a capture group: Envoy refuses one that does not exist)
+PATH = re.compile(r"/[\x21-\x22\x24-\x3e\x40-\x5b\x5d-\x7e]{0,1023}")
+
+
+def path_change_of(spec: Mapping[str, Any]) -> PathChange | Problem:
+    """An HTTPPathModifier: its type and the one value that type names."""
+    kind = spec.get("type")
+    field = {"ReplaceFullPath": "replaceFullPath", "ReplacePrefixMatch": "replacePrefixMatch"}
+    if kind not in field:
+        return Problem("UnsupportedValue", f"path modifier type {str(kind)[:32]!r}")
+    value = spec.get(field[kind])
+    if not isinstance(value, str) or not PATH.fullmatch(value):
+        return Problem("UnsupportedValue", f"path {str(value)[:64]!r} is not one kubelbd serves")
+    return {"type": kind, "value": value}
+
+
+def hostname_of(value: str) -> str | Problem:
+    host = value.lower()
+    if not HOST.fullmatch(host) or host.startswith("*"):
+        return Problem("UnsupportedValue", f"hostname {value[:253]!r}")
+    return host
+
+
+def rewrite_of(spec: Mapping[str, Any]) -> Rewrite | Problem:
+    """A URLRewrite: the Host and the path the backend gets."""
+    out: Rewrite = {}
+    if spec.get("hostname") is not None:
+        host = hostname_of(spec["hostname"])
+        if isinstance(host, Problem):
+            return host
+        out["hostname"] = host
     if spec.get("path") is not None:
-        return Problem("UnsupportedFilter", "a redirect's path is not supported")
+        path = path_change_of(spec["path"])
+        if isinstance(path, Problem):
+            return path
+        out["path"] = path
+    return out
+
+
+def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
+    """A RequestRedirect: scheme, hostname, port, path and status code."""
     out: Redirect = {"statusCode": spec.get("statusCode") or 302}
     if out["statusCode"] not in REDIRECT_CODES:
         return Problem("UnsupportedValue", f"redirect status code {out['statusCode']}")
@@ -157,14 +231,18 @@ def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
         if scheme not in ("http", "https"):
             return Problem("UnsupportedValue", f"redirect scheme {scheme[:16]!r}")
         out["scheme"] = scheme
-    hostname = spec.get("hostname")
-    if hostname is not None:
-        host = hostname.lower()
-        if not HOST.fullmatch(host) or host.startswith("*"):
-            return Problem("UnsupportedValue", f"redirect hostname {hostname[:253]!r}")
+    if spec.get("hostname") is not None:
+        host = hostname_of(spec["hostname"])
+        if isinstance(host, Problem):
+            return host
         out["hostname"] = host
     if spec.get("port") is not None:
         out["port"] = spec["port"]
+    if spec.get("path") is not None:
+        path = path_change_of(spec["path"])
+        if isinstance(path, Problem):
+            return path
+        out["path"] = path
     return out
 
 

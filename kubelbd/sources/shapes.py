@@ -321,12 +321,23 @@ class _HeaderModifier(TypedDict, total=False):
     remove: list[str] | None
 
 
+class _PathModifier(TypedDict, total=False):
+    type: Required[str]
+    replaceFullPath: str | None
+    replacePrefixMatch: str | None
+
+
 class _RequestRedirect(TypedDict, total=False):
     scheme: str | None
     hostname: str | None
     port: Port | None
     statusCode: int | None
-    path: dict[str, Any] | None
+    path: _PathModifier | None
+
+
+class _URLRewrite(TypedDict, total=False):
+    hostname: str | None
+    path: _PathModifier | None
 
 
 class _Filter(TypedDict, total=False):
@@ -334,6 +345,7 @@ class _Filter(TypedDict, total=False):
     requestHeaderModifier: _HeaderModifier | None
     responseHeaderModifier: _HeaderModifier | None
     requestRedirect: _RequestRedirect | None
+    urlRewrite: _URLRewrite | None
 
 
 class _BackendRef(TypedDict, total=False):
