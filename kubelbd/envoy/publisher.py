@@ -1,14 +1,16 @@
 """Stage 4: write Envoy's files, only those that changed, each atomically.
 
 Each file is a DiscoveryResponse in protobuf's binary form (`.pb`, envoy/protos.py: Envoy
-reads it four times faster than JSON) whose version_info is a hash of its resources, so the version
-Envoy reports back says exactly which content it applied, and a restart of kubelbd rewrites
-nothing that Envoy already has. Writes go to a temp file in the same directory, are fsynced,
-then renamed over the target: Envoy, watching for moves, never sees a half-written file.
+reads it four times faster than JSON) whose version_info is a hash of its resources, so the
+version Envoy reports back says exactly which content it applied, and a restart of kubelbd
+rewrites nothing that Envoy already has. Writes go to a temp file in the same directory,
+are fsynced, then renamed over the target: Envoy, watching for moves, never sees a
+half-written file.
 
 No private key is written here: certificates go to Envoy over kubelbd's secret server
 (kubelbd.envoy.sds). Temp files are created 0600, under a name `load` recognises: one a crash
-left behind is removed at the next start, as are certificate files an older kubelbd wrote.
+left behind is removed at the next start, as are the certificate and JSON files an older
+kubelbd wrote.
 
 Order matters because files reference each other: clusters first, then route tables, then
 listeners (a listener naming a route table file that does not exist yet is rejected).
@@ -163,7 +165,6 @@ class Publisher:
             for path in directory.glob(".*"):
                 if _is_temp(path.name):
                     _tidy(path.unlink)
-        for directory in (self.config_dir, self.config_dir / "rds", self.config_dir / "secrets"):
             for leftover in directory.glob("*.json"):
                 _tidy(leftover.unlink)
         top = [self.config_dir / "cds.pb", self.config_dir / "lds.pb"]

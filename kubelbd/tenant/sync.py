@@ -315,9 +315,9 @@ class TenantSync:
         )  # fmt: skip
         if kind == "DELETED":
             self._seen.pop(oid, None)
-        elif meta.get("generation") is not None and self._seen.get(oid) == fingerprint:
-            return False
-        else:
+        elif meta.get("generation") is not None:
+            if self._seen.get(oid) == fingerprint:
+                return False
             self._seen[oid] = fingerprint
         return True
 
