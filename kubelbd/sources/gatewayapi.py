@@ -47,11 +47,13 @@ CONTROLLER = GATEWAY_CONTROLLER
 #: HTTPS listener serves, a listener on 8080, method and query parameter matches, a
 #: parentRef's port, response headers changed, the Host and path rewritten, redirects of
 #: scheme, port and path and with every status code, backends in HTTP/2 (h2c) and
-#: WebSocket, timeouts, BackendTLSPolicy (with subjectAltNames); sorted
+#: WebSocket, timeouts, BackendTLSPolicy (with subjectAltNames), named rules (accepted:
+#: nothing in kubelbd refers to a rule by its name yet); sorted
 SUPPORTED_FEATURES = (
     "BackendTLSPolicy",
     "BackendTLSPolicySANValidation",
     "GRPCRoute",
+    "GRPCRouteNamedRouteRule",
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
@@ -65,6 +67,7 @@ SUPPORTED_FEATURES = (
     "HTTPRouteBackendTimeout",
     "HTTPRouteHostRewrite",
     "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
     "HTTPRouteParentRefPort",
     "HTTPRoutePathRedirect",
     "HTTPRoutePathRewrite",
