@@ -134,7 +134,14 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
          path("/v2", rewrite={"path": {"type": "ReplaceFullPath", "value": "/x$1"}}),
          path("/old", redirect={"statusCode": 302,
                                 "path": {"type": "ReplacePrefixMatch", "value": "/new"}}),
-         path("/gone", redirect={"path": {"type": "ReplaceFullPath", "value": "/"}})],
+         path("/gone", redirect={"path": {"type": "ReplaceFullPath", "value": "/"}}),
+         # The longest prefix Gateway API allows, rewritten and redirected: a regex of about
+         # 1,030 RE2 instructions, which Envoy 1.40 takes with no runtime limit set (older
+         # Envoys refused a program over 100 by default: this would tell)
+         path("/" + "p-" * 511 + "x", rewrite={
+             "path": {"type": "ReplacePrefixMatch", "value": "/"}}),
+         path("/" + "r." * 511 + "x", redirect={
+             "path": {"type": "ReplacePrefixMatch", "value": "/new"}})],
         ["http", "alt"], "2026-01-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"},
@@ -596,3 +603,35 @@ def test_a_build_by_tenant_is_one_build_and_rebuilds_only_the_tenant_that_change
     del gateways["b/gw.web.gateway"]  # a tenant's Gateway gone: its part goes
     one, by = both([r for r in routes if r.tenant != "b"])
     assert by == one and set(parts) == {"a", "a-b"}
+
+
+def test_a_gateway_table_keeps_its_unchanged_hosts_and_no_other_version() -> None:
+    """An unchanged host is the same object in the next table (its encoded bytes are reused);
+    a host changed is rebuilt, and the old version is not kept: a tenant editing a route
+    again and again grows nothing."""
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    placements = {g.id: Placement("127.0.200.1", ())}
+
+    def table(port_b: int) -> dict[str, Any]:
+        routes = [
+            records.route("alpha", f"apps.{h}", [{"host": f"{h}.example.test", "paths": [
+                path("/", port=port)]}], parents=[{
+                    "ref": {"name": "web"}, "gateway": "gw.web.gateway", "listeners": ["http"],
+                    "accepted": True, "reason": "Accepted", "message": ""}])
+            for h, port in (("a", 30080), ("b", port_b))
+        ]  # fmt: skip
+        out = gateway.build({g.id: g}, placements, routes, {}, NOW)
+        (gl,) = out.listeners
+        files = Renderer(ENVOY_SETTINGS).update_gateways(out)
+        assert "lds.pb" in files
+        return envoy_gateway._table(gl, gl.chains[0], ENVOY_SETTINGS, "t")
+
+    first, second = table(30081), table(30082)
+    hosts = {vh["domains"][0]: vh for vh in first["virtual_hosts"]}
+    again = {vh["domains"][0]: vh for vh in second["virtual_hosts"]}
+    assert again["a.example.test"] is hosts["a.example.test"]
+    assert again["b.example.test"] is not hosts["b.example.test"]
+    kept = [held[4] for chain in envoy_gateway._HOSTS.values() for held in chain.values()]
+    assert not any(vh is hosts["b.example.test"] for vh in kept)
+    envoy_gateway.forget_hosts(set())
+    assert envoy_gateway._HOSTS == {}

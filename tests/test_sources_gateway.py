@@ -343,6 +343,26 @@ def test_a_url_rewrite_is_recorded_checked(rule: Obj, want: Any) -> None:
     assert path["rewrite"] == want
 
 
+def test_a_grpcroute_gets_no_rewrite_and_a_path_of_any_shape_raises_nothing() -> None:
+    """A GRPCRoute's CRD has no redirects or rewrites, and its shape does not check a `path`
+    its matches do not have: a loosened CRD gets a problem, never an exception."""
+    rule: Obj = {
+        "matches": [{"method": {"service": "s"}, "path": "x"}, "not a match"],
+        "filters": [_rewrite({"type": "ReplacePrefixMatch", "replacePrefixMatch": "/y"})],
+    }
+    problem = httpfilters.of_rule(rule, httpfilters.GRPC_SERVED).problem
+    assert problem is not None and "URLRewrite is not supported" in problem.message
+    problem = httpfilters.of_rule(rule).problem  # as an HTTPRoute's: not a prefix match
+    assert problem is not None and "ReplacePrefixMatch" in problem.message
+
+
+def test_a_path_longer_than_gateway_api_allows_is_not_served() -> None:
+    problems: list[Any] = []
+    assert httproute.path_of({"path": {"value": "/" + "a" * 1023}}, problems) is not None
+    assert httproute.path_of({"path": {"value": "/" + "a" * 1024}}, problems) is None
+    assert [p.reason for p in problems] == ["InvalidPath"]
+
+
 def test_a_redirect_changes_the_path_as_it_says() -> None:
     change = {"type": "ReplaceFullPath", "replaceFullPath": "/full"}
     redirect = httpfilters.redirect_of({"statusCode": 301, "path": change})

@@ -168,9 +168,6 @@ def _route(r: GatewayRule, port: int, tls: bool, settings: Settings) -> Resource
     return named_route(route, r.target)
 
 
-#: the same object for an unchanged host: a table's file encodes only its new hosts
-#: (protos.VirtualHosts); the renderer never mutates what it returns
-@lru_cache(maxsize=65536)
 def _virtual_host(
     listener: str, host: GatewayHost, port: int, tls: bool, settings: Settings
 ) -> Resource:
@@ -254,9 +251,36 @@ def gateway_table(
     return _table(gl, chain, settings, table)
 
 
+#: chain -> domain -> (host, port, TLS, settings, its virtual host): each chain's current
+#: hosts only, so that an unchanged host keeps its object (a table's file then encodes only
+#: its new hosts: protos.VirtualHosts) while a host changed or gone is not kept (a cache of
+#: every version of every host would grow with each edit a tenant makes)
+_HOSTS: dict[str, dict[str, tuple[GatewayHost, int, bool, Settings, Resource]]] = {}
+
+
+def _virtual_hosts(
+    listener: str, chain: GatewayChain, port: int, tls: bool, settings: Settings
+) -> list[Resource]:
+    known = _HOSTS.get(listener, {})
+    kept = {}
+    for h in chain.hosts:
+        held = known.get(h.domain)
+        if held is None or held[:4] != (h, port, tls, settings):
+            held = (h, port, tls, settings, _virtual_host(listener, h, port, tls, settings))
+        kept[h.domain] = held
+    _HOSTS[listener] = kept
+    return [held[4] for held in kept.values()]
+
+
+def forget_hosts(chains: set[str]) -> None:
+    """Keep the hosts of these chains (`chain_name`) only: the others are gone."""
+    for gone in set(_HOSTS) - chains:
+        del _HOSTS[gone]
+
+
 def _table(gl: GatewayHTTPListener, chain: GatewayChain, settings: Settings, name: str) -> Resource:
     tls = bool(chain.secret)
-    vhosts = [_virtual_host(chain_name(gl, chain), h, gl.port, tls, settings) for h in chain.hosts]
+    vhosts = _virtual_hosts(chain_name(gl, chain), chain, gl.port, tls, settings)
     if tls:
         others = [c.server_name for c in gl.chains if c is not chain and c.server_name]
         vhosts += _misdirected_hosts(chain, others, {h.domain for h in chain.hosts})

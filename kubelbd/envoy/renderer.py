@@ -19,6 +19,7 @@ from .common import Resource
 from .gateway import (
     chain_name,
     chain_size,
+    forget_hosts,
     gateway_listener,
     gateway_table,
     gateway_tls_listener,
@@ -169,6 +170,7 @@ class Renderer:
                     self._gateway_table_content[table] = content
                     files[rds_file(table)] = [content]
             new.append(gateway_listener(gl, self.settings, tuple(own)))
+        forget_hosts({chain_name(gl, c) for gl in gateways.listeners for c in gl.chains})
         new += [gateway_tls_listener(x) for x in sorted(gateways.tls_listeners, key=_NAME)]
         new += [l4_listener(x) for x in sorted(gateways.l4_listeners, key=_NAME)]
         clusters = [l4_cluster(c, self.settings) for c in gateways.l4_clusters]

@@ -17,7 +17,7 @@ from . import shapes, twins
 from .base import TenantView
 
 # Envoy's own constraint on path_separated_prefix (and what any sane prefix must satisfy).
-PATH_CHARS = re.compile(r"^/[^?#\s\x00-\x1f\x7f]*$")
+PATH_CHARS = re.compile(r"^/[^?#\s\x00-\x1f\x7f]{0,1023}$")  # Gateway API's 1,024 at most
 # RFC 1123: labels of at most 63 characters, at most 253 in all.
 HOST = re.compile(
     r"^(?=.{1,253}$)(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"

@@ -122,7 +122,9 @@ class GatewaySource:
     kind = "Gateway"
     api_version = gatewayapi.API_VERSION
     resource = GATEWAYS
-    #: the GatewayClass: applied again (and its status) when anyone changes it
+    #: the GatewayClass: applied again (and its status) when anyone changes it, but for its
+    #: status alone (our own writes come back so; a status someone else wrote is put right
+    #: at the next change or resync)
     depends_on: tuple[Resource, ...] = (GATEWAY_CLASSES,)
     referenced: tuple[Resource, ...] = (REFERENCE_GRANTS,)
     record = LOADBALANCER

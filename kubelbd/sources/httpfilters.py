@@ -30,8 +30,10 @@ from ..records.types import (
 )
 from .common import HOST
 
-#: the filters served, by Gateway API's type names
+#: the filters served, by Gateway API's type names: an HTTPRoute's, and a GRPCRoute's (whose
+#: CRD has neither redirects nor rewrites)
 SERVED = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite")
+GRPC_SERVED = ("RequestHeaderModifier", "ResponseHeaderModifier")
 #: RFC 9110 token: what a header name may be
 TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,256}")
 #: headers a route may not change in Envoy
@@ -67,8 +69,8 @@ class Filters:
             path["timeouts"] = self.timeouts
 
 
-def of_rule(rule: Mapping[str, Any]) -> Filters:
-    """A rule's filters and timeouts (of the right shape), checked."""
+def of_rule(rule: Mapping[str, Any], served: tuple[str, ...] = SERVED) -> Filters:
+    """A rule's filters (those `served`) and timeouts (of the right shape), checked."""
     out = Filters()
     timeouts = timeouts_of(rule.get("timeouts") or {})
     if isinstance(timeouts, Problem):
@@ -78,7 +80,7 @@ def of_rule(rule: Mapping[str, Any]) -> Filters:
     seen: set[str] = set()
     for f in rule.get("filters") or []:
         kind = f["type"]
-        if kind not in SERVED:
+        if kind not in served:
             out.problem = Problem("UnsupportedFilter", f"filter {kind[:64]} is not supported")
             return out
         if kind in seen:
@@ -102,11 +104,13 @@ def of_rule(rule: Mapping[str, Any]) -> Filters:
 
 
 def _prefixes(rule: Mapping[str, Any]) -> bool:
-    """Whether every match of the rule is a path prefix (none: "/", a prefix)."""
-    return all(
-        ((m.get("path") or {}).get("type") or "PathPrefix") == "PathPrefix"
-        for m in rule.get("matches") or [{}]
-    )
+    """Whether every match of the rule is a path prefix (none: "/", a prefix). Read with
+    care: a GRPCRoute's shape does not check a `path` its CRD does not have."""
+    for m in rule.get("matches") or [{}]:
+        path = (m.get("path") or {}) if isinstance(m, dict) else None
+        if not isinstance(path, dict) or (path.get("type") or "PathPrefix") != "PathPrefix":
+            return False
+    return True
 
 
 def _one(kind: str, f: Mapping[str, Any], out: Filters) -> Problem | None:

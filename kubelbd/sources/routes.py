@@ -379,7 +379,8 @@ def rule_paths(
 ) -> list[HTTPPath]:
     """A rule's paths: each match as its kind's `path_of` makes it, with the rule's filters
     and timeouts, and its backends (how Envoy speaks TLS to them collected in `upstream`)."""
-    filters = httpfilters.of_rule(rule)
+    served = httpfilters.GRPC_SERVED if kind == "GRPCRoute" else httpfilters.SERVED
+    filters = httpfilters.of_rule(rule, served)
     if filters.problem is not None:
         problems.append(filters.problem)
         backends: list[Backend] = []  # served, as nothing: 500
