@@ -6,8 +6,9 @@ apply as JSON and 21 ms as protobuf (most of the JSON time is protobuf's JSON pa
 Envoy's main thread, which every file change waits for). The renderer's dicts stay the
 readable form (goldens, tests, the status page); this module turns them into messages with
 the generated classes of Envoy's API (`xds-protos`, gRPC's build of envoyproxy/data-plane-api)
-and protobuf's own JSON mapping, so a field name or value Envoy would not accept fails here,
-in kubelbd, with the field's path, instead of in Envoy.
+and protobuf's own JSON mapping, so a field Envoy does not have, or a value of the wrong
+type, fails here, in kubelbd, with the field's path, instead of in Envoy (Envoy's own rules
+on values, e.g. a regex's syntax, are the checks' before this, in sources/).
 
 protobuf's JSON mapping runs in Python (about 0.3 ms per cluster or virtual host), so the
 publisher remembers each resource's bytes (publisher.Encoder), and a route table's each
@@ -17,6 +18,7 @@ virtual host's: a table is a new dict on every change of one of its hosts, its h
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
@@ -51,6 +53,7 @@ for _module in _MODULES:
     importlib.import_module(_module)
 
 _POOL = descriptor_pool.Default()
+log = logging.getLogger(__name__)
 
 
 def message_class(type_url: str) -> type[Message]:
@@ -59,8 +62,12 @@ def message_class(type_url: str) -> type[Message]:
     return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(name))
 
 
+#: what encoding a resource Envoy's API cannot hold raises (ParseError names the field)
+Unencodable = (json_format.ParseError, ValueError, TypeError, KeyError)
+
+
 def _encode(type_url: str, fields: dict[str, Any]) -> bytes:
-    """A message of `type_url` from its JSON form; json_format.ParseError names the field."""
+    """A message of `type_url` from its JSON form; one of `Unencodable` if it is none."""
     message = json_format.ParseDict(fields, message_class(type_url)())
     return message.SerializeToString(deterministic=True)  # map order too: stable versions
 
@@ -100,7 +107,12 @@ class VirtualHosts:
         for host in hosts:
             piece = self._known.get(id(host))
             if piece is None or piece[0] is not host:
-                body = _encode("envoy.config.route.v3.VirtualHost", host)
+                try:
+                    body = _encode("envoy.config.route.v3.VirtualHost", host)
+                except Unencodable as e:
+                    # The one host left out of its table (see publisher.Encoder).
+                    log.error("virtual host %r left out: %s", str(host.get("name"))[:256], e)
+                    continue
                 piece = (host, _length_delimited(_VIRTUAL_HOSTS, body))
             kept[id(host)] = piece
             parts.append(piece[1])
