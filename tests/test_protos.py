@@ -103,7 +103,7 @@ def test_a_resource_that_cannot_be_encoded_is_left_out_not_raised(
     logged by name, never the file every tenant's change is in, nor the process."""
     good = {"@type": CLUSTER, "name": "good", "connect_timeout": "2s"}
     bad = {"@type": CLUSTER, "name": "bad", "connect_timeout": "two seconds"}
-    version, data = Encoder().encode("cds.pb", [good, bad])
+    _, data = Encoder().encode("cds.pb", [good, bad])
     assert [c["name"] for c in protos.read_file(data)["resources"]] == ["good"]
     assert "Cluster 'bad' left out" in caplog.text
     ok = {"name": "ok", "domains": ["ok.test"], "routes": []}
