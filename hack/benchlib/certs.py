@@ -150,8 +150,9 @@ class Rendering:
 
 
 def secret_file(sid: str) -> str:
-    """Where the file designs keep one certificate (kubelbd's layout before the ADS one)."""
-    return "secrets/" + sid.replace("/", ".") + ".json"
+    """Where the file designs keep one certificate (kubelbd's layout before the ADS one), in
+    the publisher's binary form (envoy/protos.py), which Envoy reads by the extension."""
+    return "secrets/" + sid.replace("/", ".") + ".pb"
 
 
 def sds_secret(p: Pair) -> dict[str, Any]:

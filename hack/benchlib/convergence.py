@@ -558,17 +558,17 @@ class EnvoyFloor:
             shard_path = self.shards[(n + i) % len(self.shards)]
             shard = shards.setdefault(shard_path, json.loads(self.baseline[shard_path]))
             shard["version_info"] = f"f{n}"
-            shard["resources"][0]["virtual_hosts"].append(
+            shard["resources"][0].setdefault("virtual_hosts", []).append(
                 {"name": host, "domains": [host],
                  "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
             )  # fmt: skip
             shard_name = shard["resources"][0]["name"]
-            for vh in f["resources"][0]["virtual_hosts"]:
+            for vh in f["resources"][0].setdefault("virtual_hosts", []):
                 if vh["name"] == shard_name:
                     vh["domains"].append(host)
                     break
             else:
-                f["resources"][0]["virtual_hosts"].insert(
+                f["resources"][0].setdefault("virtual_hosts", []).insert(
                     0,
                     {"name": shard_name, "domains": [host],
                      "routes": [{"match": {"prefix": "/"},
@@ -607,12 +607,12 @@ class EnvoyFloor:
             table = original["resources"][0]
             # Shallow copies: the unchanged hosts stay the same objects, so their bytes are
             # encoded once for the whole series, as kubelbd's own encoder does (untimed).
-            changed_table = {**table, "virtual_hosts": [*table["virtual_hosts"], vhost]}
+            changed_table = {**table, "virtual_hosts": [*table.get("virtual_hosts", []), vhost]}
             changed = {**original, "resources": [changed_table]}
             hosts = self.hosts.setdefault(path, protos.VirtualHosts())
         else:
             path, original, changed = self.dst / "lds.pb", self.lds, lds
-            manager["route_config"]["virtual_hosts"].append(vhost)
+            manager["route_config"].setdefault("virtual_hosts", []).append(vhost)
         data = _encode(changed, f"f{n}", hosts)
         restored = _encode(original, f"r{n}", hosts)
         start = time.monotonic()
