@@ -209,9 +209,8 @@ def hostname_of(value: str) -> str | Problem:
     return host
 
 
-def rewrite_of(spec: Mapping[str, Any]) -> Rewrite | Problem:
-    """A URLRewrite: the Host and the path the backend gets."""
-    out: Rewrite = {}
+def _host_and_path(spec: Mapping[str, Any], out: Redirect | Rewrite) -> Problem | None:
+    """The hostname and the path a redirect or a rewrite gives, checked, into `out`."""
     if spec.get("hostname") is not None:
         host = hostname_of(spec["hostname"])
         if isinstance(host, Problem):
@@ -222,7 +221,13 @@ def rewrite_of(spec: Mapping[str, Any]) -> Rewrite | Problem:
         if isinstance(path, Problem):
             return path
         out["path"] = path
-    return out
+    return None
+
+
+def rewrite_of(spec: Mapping[str, Any]) -> Rewrite | Problem:
+    """A URLRewrite: the Host and the path the backend gets."""
+    out: Rewrite = {}
+    return _host_and_path(spec, out) or out
 
 
 def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
@@ -235,19 +240,9 @@ def redirect_of(spec: Mapping[str, Any]) -> Redirect | Problem:
         if scheme not in ("http", "https"):
             return Problem("UnsupportedValue", f"redirect scheme {scheme[:16]!r}")
         out["scheme"] = scheme
-    if spec.get("hostname") is not None:
-        host = hostname_of(spec["hostname"])
-        if isinstance(host, Problem):
-            return host
-        out["hostname"] = host
     if spec.get("port") is not None:
         out["port"] = spec["port"]
-    if spec.get("path") is not None:
-        path = path_change_of(spec["path"])
-        if isinstance(path, Problem):
-            return path
-        out["path"] = path
-    return out
+    return _host_and_path(spec, out) or out
 
 
 #: Gateway API's duration (GEP-2257): up to four number-unit parts, e.g. 1h30m, 500ms
