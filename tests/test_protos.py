@@ -77,7 +77,7 @@ def test_a_route_table_written_host_by_host_is_the_same_message() -> None:
         key=lambda r: len(r.get("virtual_hosts", [])),
     )
     assert len(table["virtual_hosts"]) >= 3
-    hosts = protos.VirtualHosts()
+    hosts = protos.Remembered()
     piecewise = protos.resource(table, hosts)
     assert _decoded(piecewise) == _decoded(protos.resource(table))
     # A new table with one host fewer and one more: the others' bytes are reused, the

@@ -463,7 +463,7 @@ class EnvoyFloor:
         self.gateway_listener = gateway_listener  # the bench Gateway's, kept on its own port
         self.gateway_port = layout.base_port + 97
         self.tables: dict[Path, dict[str, Any]] = {}  # route table files, as copied
-        self.hosts: dict[Path, protos.VirtualHosts] = {}
+        self.hosts: dict[Path, protos.Remembered] = {}
 
     async def __aenter__(self) -> EnvoyFloor:
         layout = self.layout
@@ -609,7 +609,7 @@ class EnvoyFloor:
             # encoded once for the whole series, as kubelbd's own encoder does (untimed).
             changed_table = {**table, "virtual_hosts": [*table.get("virtual_hosts", []), vhost]}
             changed = {**original, "resources": [changed_table]}
-            hosts = self.hosts.setdefault(path, protos.VirtualHosts())
+            hosts = self.hosts.setdefault(path, protos.Remembered())
         else:
             path, original, changed = self.dst / "lds.pb", self.lds, lds
             manager["route_config"].setdefault("virtual_hosts", []).append(vhost)
@@ -660,7 +660,7 @@ def _read(path: Path) -> dict[str, Any]:
     return protos.read_file(path.read_bytes())
 
 
-def _encode(doc: dict[str, Any], version: str, hosts: protos.VirtualHosts | None = None) -> bytes:
+def _encode(doc: dict[str, Any], version: str, hosts: protos.Remembered | None = None) -> bytes:
     """A file's JSON form (`_read`) as Envoy reads it, with version `version`."""
     return protos.discovery_response(version, [protos.resource(r, hosts) for r in doc["resources"]])
 

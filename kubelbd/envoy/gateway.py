@@ -253,7 +253,7 @@ def gateway_table(
 
 #: chain -> domain -> (host, port, TLS, settings, its virtual host): each chain's current
 #: hosts only, so that an unchanged host keeps its object (a table's file then encodes only
-#: its new hosts: protos.VirtualHosts) while a host changed or gone is not kept (a cache of
+#: its new hosts: protos.Remembered) while a host changed or gone is not kept (a cache of
 #: every version of every host would grow with each edit a tenant makes)
 _HOSTS: dict[str, dict[str, tuple[GatewayHost, int, bool, Settings, Resource]]] = {}
 

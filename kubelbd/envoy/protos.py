@@ -11,14 +11,15 @@ type, fails here, in kubelbd, with the field's path, instead of in Envoy (Envoy'
 on values, e.g. a regex's syntax, are the checks' before this, in sources/).
 
 protobuf's JSON mapping runs in Python (about 0.3 ms per cluster or virtual host), so the
-publisher remembers each resource's bytes (publisher.Encoder), and a route table's each
-virtual host's: a table is a new dict on every change of one of its hosts, its hosts are not.
+publisher remembers each resource's bytes, and a route table's each virtual host's
+(`Remembered`): a table is a new dict on every change of one of its hosts, its hosts are not.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
@@ -92,35 +93,54 @@ _DiscoveryResponse = message_class("envoy.service.discovery.v3.DiscoveryResponse
 _RESOURCES = _DiscoveryResponse.DESCRIPTOR.fields_by_name["resources"].number
 
 
-class VirtualHosts:
-    """Each virtual host's bytes, remembered by identity between calls for the same table:
-    a route table's dict is new on every change, its unchanged hosts are the same objects.
-    Holding the host keeps its id from being reused by another object."""
+class Remembered:
+    """Objects' bytes, remembered by identity from one call to the next: the renderer never
+    mutates what it returns, so an unchanged resource (or a route table's unchanged host,
+    in a table that is new on every change of one of its hosts) is the same object, and its
+    bytes are reused. Only the last call's objects are kept; holding each keeps its id from
+    being reused by another object."""
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[Any, bytes]] = {}
 
-    def encode(self, hosts: list[dict[str, Any]]) -> bytes:
-        """The hosts as the repeated `virtual_hosts` field of a RouteConfiguration."""
+    def encode(
+        self,
+        items: list[dict[str, Any]],
+        encode: Callable[[dict[str, Any]], bytes],
+        what: str,
+        where: str = "",
+    ) -> list[bytes]:
+        """Each item's bytes (`encode`'s). One that cannot be encoded is left out and logged
+        (`where` it was, its type, or `what` it is without one, and its name): a gap in the
+        checks before this (tenant data reaches here checked) costs that one, not the file
+        every tenant's change is in, nor the process."""
         kept: dict[int, tuple[Any, bytes]] = {}
         parts = []
-        for host in hosts:
-            piece = self._known.get(id(host))
-            if piece is None or piece[0] is not host:
+        for item in items:
+            piece = self._known.get(id(item))
+            if piece is None or piece[0] is not item:
                 try:
-                    body = _encode("envoy.config.route.v3.VirtualHost", host)
+                    piece = (item, encode(item))
                 except Unencodable as e:
-                    # The one host left out of its table (see publisher.Encoder).
-                    log.error("virtual host %r left out: %s", str(host.get("name"))[:256], e)
+                    name = str(item.get("name", ""))[:256]
+                    log.error("%s%s %r left out: %s", where, _kind(item) or what, name, e)
                     continue
-                piece = (host, _length_delimited(_VIRTUAL_HOSTS, body))
-            kept[id(host)] = piece
+            kept[id(item)] = piece
             parts.append(piece[1])
         self._known = kept
-        return b"".join(parts)
+        return parts
 
 
-def resource(res: dict[str, Any], hosts: VirtualHosts | None = None) -> bytes:
+def _kind(item: dict[str, Any]) -> str:
+    return str(item.get("@type", "")).rpartition(".")[2]
+
+
+def _virtual_host(host: dict[str, Any]) -> bytes:
+    body = _encode("envoy.config.route.v3.VirtualHost", host)
+    return _length_delimited(_VIRTUAL_HOSTS, body)
+
+
+def resource(res: dict[str, Any], hosts: Remembered | None = None) -> bytes:
     """One resource (its `@type` and fields) as a google.protobuf.Any. A route table's
     virtual hosts go through `hosts` when given: messages concatenate, and a repeated field
     may come in any number of pieces, so the table is its other fields then its hosts."""
@@ -128,7 +148,9 @@ def resource(res: dict[str, Any], hosts: VirtualHosts | None = None) -> bytes:
     fields = {k: v for k, v in res.items() if k != "@type"}
     if type_url == ROUTE_CONFIG and hosts is not None:
         vhosts = fields.pop("virtual_hosts", [])
-        body = _encode(type_url, fields) + hosts.encode(vhosts)
+        body = _encode(type_url, fields) + b"".join(
+            hosts.encode(vhosts, _virtual_host, "virtual host")
+        )
     else:
         body = _encode(type_url, fields)
     return any_pb2.Any(type_url=type_url, value=body).SerializeToString()

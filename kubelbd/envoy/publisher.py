@@ -44,50 +44,23 @@ def version_of(body: bytes) -> str:
 
 
 class Encoder:
-    """Files' bytes, remembering each resource's bytes between calls for the same file.
-
-    The renderer memoizes resources and never mutates them, so an unchanged cluster is the
-    same object from one cluster file to the next: its bytes are reused rather than
-    encoded again (protobuf's JSON mapping costs about 0.3 ms a resource). A route table
-    is new on every change of one of its hosts, so its virtual hosts are remembered too
-    (protos.VirtualHosts). Holding the resource itself keeps its id from being reused by
-    another object.
-    """
+    """Files' bytes, each file's resources and its route table's virtual hosts remembered
+    between calls (protos.Remembered: protobuf's JSON mapping costs about 0.3 ms a
+    resource, and an unchanged one is the same object from one render to the next)."""
 
     def __init__(self) -> None:
-        self._pieces: dict[str, dict[int, tuple[Any, bytes]]] = {}
-        self._hosts: dict[str, protos.VirtualHosts] = {}
+        #: file -> (its resources, its route table's hosts)
+        self._files: dict[str, tuple[protos.Remembered, protos.Remembered]] = {}
 
     def encode(self, name: str, resources: Resources) -> tuple[str, bytes]:
         """(version, file bytes) of file `name`: the same resources always give the same
         bytes, remembered or not, so a restarted kubelbd rewrites nothing Envoy has."""
-        known = self._pieces.get(name, {})
-        hosts = self._hosts.setdefault(name, protos.VirtualHosts())
-        kept: dict[int, tuple[Any, bytes]] = {}
-        parts = []
-        for resource in resources:
-            piece = known.get(id(resource))
-            if piece is None or piece[0] is not resource:
-                try:
-                    piece = (resource, protos.resource(resource, hosts))
-                except protos.Unencodable as e:
-                    # A gap in the checks before it (tenant data reaches here checked): the
-                    # one resource is left out, not every tenant's change with the process.
-                    log.error("%s: %s %r left out: %s", name, _kind(resource), _name(resource), e)
-                    continue
-            kept[id(resource)] = piece
-            parts.append(piece[1])
-        self._pieces[name] = kept
+        known, hosts = self._files.setdefault(name, (protos.Remembered(), protos.Remembered()))
+        parts = known.encode(
+            resources, lambda r: protos.resource(r, hosts), "resource", where=f"{name}: "
+        )
         version = version_of(b"".join(parts))
         return version, protos.discovery_response(version, parts)
-
-
-def _kind(resource: dict[str, Any]) -> str:
-    return str(resource.get("@type", "")).rpartition(".")[2] or "resource"
-
-
-def _name(resource: dict[str, Any]) -> str:
-    return str(resource.get("name", ""))[:256]
 
 
 #: Temp files start with this (then the target's name and a random part): `load` removes
