@@ -16,7 +16,7 @@ from kubefleet import certs
 from kubelbd.envoy import gateway as envoy_gateway
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import gateway_table_name, rds_file
-from kubelbd.ir import gateway, gateway_parts, tls
+from kubelbd.ir import gateway, gateway_model, tls
 from kubelbd.ir.http import Delta, Model
 from kubelbd.ir.l4 import Placement
 from kubelbd.records import parse
@@ -85,7 +85,9 @@ def test_precedence_exact_longest_method_headers_then_age() -> None:
         ["http"], "2026-02-01",
     )  # fmt: skip
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older], {}, NOW)
+    out = gateway_model.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older], {}, NOW
+    )
     [listener] = out.listeners
     [chain] = listener.chains
     [host] = chain.hosts
@@ -104,7 +106,7 @@ def test_precedence_exact_longest_method_headers_then_age() -> None:
 def test_a_gateway_without_an_address_serves_nothing_but_counts_its_routes() -> None:
     route = attached("r", [path("/")], ["http"], "2026-01-01")
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
-    out = gateway.build({g.id: g}, {}, [route], {}, NOW)
+    out = gateway_model.build({g.id: g}, {}, [route], {}, NOW)
     assert out.listeners == [] and out.served == {} and out.attached == {g.id: {"http": 1}}
 
 
@@ -150,7 +152,7 @@ def test_envoy_accepts_gateway_listeners_beside_the_shared_one() -> None:
     model.apply(upserts=[route], tenants=[TenantRecord("alpha", ("127.0.1.1",))])
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(model.ir, _all(model))
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+    out = gateway_model.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     files.update(renderer.update_gateways(out))
     assert "typed_extension_protocol_options" in next(
         c for c in files["cds.pb"] if c["name"].endswith("/h2c")
@@ -175,7 +177,7 @@ def test_envoy_takes_a_gateway_listener_before_its_clusters() -> None:
     taken (a rejected listener file holds up every other listener change)."""
     route = attached("r", [path("/", port=30099)], ["http"], "2026-01-01")
     g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+    out = gateway_model.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     renderer = Renderer(ENVOY_SETTINGS)
     files = renderer.update(Model().ir, _all(Model()))  # no backend cluster at all
     files.update(renderer.update_gateways(out))
@@ -197,7 +199,9 @@ def test_envoy_accepts_https_listeners_chosen_by_sni() -> None:
             {"name": "wild", "port": 443, "protocol": "HTTPS", "hostname": "*.example.test",
              "certificates": ["gw.cert"]}])  # fmt: skip
     now = dt.datetime.now(dt.UTC)  # the certificate is valid from now on
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {sid: data}, now)
+    out = gateway_model.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {sid: data}, now
+    )
     assert [c.name for c in out.listeners[0].chains] == ["any", "shop", "wild"]
     assert out.secrets == {sid: data} and out.unserved == {}
     renderer = Renderer(ENVOY_SETTINGS)
@@ -212,7 +216,7 @@ def test_an_https_listener_without_a_usable_certificate_is_not_served() -> None:
             {"name": "b", "port": 8443, "protocol": "HTTPS", "certificates": []}])  # fmt: skip
     broken = tls.CertificateData("alpha/gw.broken", b"", b"", "tls.crt is not base64")
     route = attached("r", [path("/")], ["a", "b"], "2026-01-01")
-    out = gateway.build(
+    out = gateway_model.build(
         {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {broken.name: broken}, NOW
     )
     assert out.listeners == [] and out.secrets == {} and out.served == {}
@@ -300,7 +304,7 @@ def test_a_route_on_a_less_specific_listener_does_not_answer_for_a_more_specific
     ]
     wild = {"name": "wild", "port": 80, "protocol": "HTTP", "hostname": "*.example.test"}
     g = gw([{"name": "any", "port": 80, "protocol": "HTTP"}, wild])
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+    out = gateway_model.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     [chain] = out.listeners[0].chains
     assert {h.domain: len(h.rules) for h in chain.hosts} == {"*.example.test": 0, "bar.test": 1}
 
@@ -324,7 +328,7 @@ def test_tcp_and_udp_listeners_proxy_to_the_oldest_routes_weighted_backends() ->
     g = gw([{"name": "tcp", "port": 5432, "protocol": "TCP"},
             {"name": "udp", "port": 5432, "protocol": "UDP"}])  # fmt: skip
     tenants = {"alpha": TenantRecord("alpha", ("127.0.1.1", "127.0.1.2"))}
-    out = gateway.build(
+    out = gateway_model.build(
         {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older, dns], {}, NOW, tenants
     )
     tcp, udp = sorted(out.l4_listeners, key=lambda x: x.protocol)
@@ -374,7 +378,7 @@ def test_tls_listeners_choose_a_route_by_sni_passed_through_or_terminated() -> N
                      {"abc.example.test": [30004], "dead.example.test": []})  # fmt: skip
     tenants = {"alpha": TenantRecord("alpha", ("127.0.1.1",))}
     now = dt.datetime.now(dt.UTC)  # the certificate is valid from now on
-    out = gateway.build(
+    out = gateway_model.build(
         {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [newer, older], {sid: data}, now,
         tenants,
     )  # fmt: skip
@@ -425,7 +429,9 @@ def test_a_route_naming_the_host_precedes_an_older_one_whose_wildcard_meets_it()
     newer = attached("new", [path("/", port=30002)], ["a"], "2026-02-01")
     newer.spec["rules"][0]["host"] = "a.example.test"
     g = gw([{"name": "a", "port": 80, "protocol": "HTTP", "hostname": "a.example.test"}])
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [older, newer], {}, NOW)
+    out = gateway_model.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [older, newer], {}, NOW
+    )
     [chain] = out.listeners[0].chains
     [host] = chain.hosts
     assert host.domain == "a.example.test"
@@ -442,10 +448,12 @@ def test_a_certificate_no_filter_chain_names_is_not_served() -> None:
     g = gw([{"name": "term", "port": 8443, "protocol": "TLS", "tlsMode": "Terminate",
              "certificates": ["gw.cert"]}])  # fmt: skip
     now = dt.datetime.now(dt.UTC)
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [], {sid: data}, now)
+    out = gateway_model.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [], {sid: data}, now)
     assert out.tls_listeners == [] and out.secrets == {} and out.unserved == {}
     dead = tlsroute("dead", ["term"], "2026-01-01", {"": []})  # refused: no handshake either
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [dead], {sid: data}, now)
+    out = gateway_model.build(
+        {g.id: g}, {g.id: Placement("127.0.200.1", ())}, [dead], {sid: data}, now
+    )
     assert len(out.tls_listeners) == 1 and out.secrets == {}
 
 
@@ -470,7 +478,9 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     renderer = Renderer(settings)
     files = renderer.update(Model().ir, _all(Model()))
     big, small = _many("big", 4, ["a"]), _many("small", 3, ["b"])
-    files.update(renderer.update_gateways(gateway.build({g.id: g}, where, [big, small], {}, NOW)))
+    files.update(
+        renderer.update_gateways(gateway_model.build({g.id: g}, where, [big, small], {}, NOW))
+    )
     table = gateway_table_name("gw/alpha/gw.web.gateway/80")
     assert [f for f in files if f.startswith("rds/gateway")] == [rds_file(table)]
     listeners = {x["name"]: x for x in files["lds.pb"]}
@@ -484,11 +494,15 @@ def test_the_largest_gateway_chains_route_tables_are_files_and_a_change_keeps_th
     assert result.returncode == 0, _fails(result)
 
     bigger = _many("big", 5, ["a"])
-    changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, small], {}, NOW))
+    changed = renderer.update_gateways(
+        gateway_model.build({g.id: g}, where, [bigger, small], {}, NOW)
+    )
     assert sorted(changed) == [rds_file(table)]
     files.update(changed)
     grown = _many("small", 9, ["b"])
-    changed = renderer.update_gateways(gateway.build({g.id: g}, where, [bigger, grown], {}, NOW))
+    changed = renderer.update_gateways(
+        gateway_model.build({g.id: g}, where, [bigger, grown], {}, NOW)
+    )
     assert sorted(changed) == ["lds.pb"]  # the inline chain's listener, rewritten as before
     files.update(changed)
     result = envoy_validate(static_bootstrap(files))
@@ -510,10 +524,10 @@ def test_a_route_table_file_never_passes_to_another_chain() -> None:
     renderer = Renderer(settings)
     renderer.update(Model().ir, _all(Model()))
     first = renderer.update_gateways(
-        gateway.build({g.id: g}, where, [_many("a", 4, ["a"]), _many("b", 3, ["b"])], {}, NOW)
+        gateway_model.build({g.id: g}, where, [_many("a", 4, ["a"]), _many("b", 3, ["b"])], {}, NOW)
     )
     second = renderer.update_gateways(
-        gateway.build({g.id: g}, where, [_many("a", 1, ["a"]), _many("b", 9, ["b"])], {}, NOW)
+        gateway_model.build({g.id: g}, where, [_many("a", 1, ["a"]), _many("b", 9, ["b"])], {}, NOW)
     )
     was = {f for f in first if f.startswith("rds/gateway")}
     now = {f for f in second if f.startswith("rds/gateway")}
@@ -533,7 +547,7 @@ def test_a_route_record_replaced_is_compiled_again() -> None:
     after = attached("r", [path("/new", port=30002)], ["http"], "2026-01-01")
     assert before.id == after.id
     for route, want in ((before, "/old"), (after, "/new"), (before, "/old")):
-        out = gateway.build({g.id: g}, where, [route], {}, NOW)
+        out = gateway_model.build({g.id: g}, where, [route], {}, NOW)
         [host] = out.listeners[0].chains[0].hosts
         assert [r.path for r in host.rules] == [want]
 
@@ -548,7 +562,7 @@ def test_a_tls_listener_not_served_keeps_its_names_from_a_wildcard_neighbour() -
              "hostname": "tls.example.test", "certificates": ["gw.missing"]}])  # fmt: skip
     route = tlsroute("r", ["pass", "term"], "2026-01-01",
                      {"tls.example.test": [30001], "a.example.test": [30002]})  # fmt: skip
-    out = gateway.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+    out = gateway_model.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
     [listener] = out.tls_listeners
     assert [c.server_name for c in listener.chains] == ["a.example.test"]
     assert out.unserved[g.id]["term"].reason == "InvalidCertificateRef"
@@ -570,10 +584,10 @@ def _tenant_route(tenant: str, name: str, host: str, listeners: list[str], port:
     return records.route(tenant, f"apps.{name}", rules, "2026-01-01", parents=[parent])
 
 
-def test_a_build_by_tenant_is_one_build_and_rebuilds_only_the_tenant_that_changed() -> None:
+def test_a_build_by_tenant_is_one_build_and_keeps_the_tenants_that_did_not_change() -> None:
     """Tenants whose names sort differently with the `/` of a Gateway id (`a`, `a-b`), HTTP,
-    TCP and UDP listeners: the parts merged are what one build of them all gives, and a route
-    change on one tenant's Gateway keeps the other tenant's part as it was built."""
+    TCP and UDP listeners: the tenants' models merged are what one build of them all gives, and a
+    route change on one tenant's Gateway keeps the other tenants' listeners as they were."""
     listeners = [
         {"name": "http", "port": 80, "protocol": "HTTP"},
         {"name": "tcp", "port": 9000, "protocol": "TCP", "kinds": ["TCPRoute"]},
@@ -586,20 +600,21 @@ def test_a_build_by_tenant_is_one_build_and_rebuilds_only_the_tenant_that_change
         _tenant_route(t, f"r{i}", f"r{i}.{t}.example.test", ["http"], 30080 + i)
         for t in ("a", "a-b", "b") for i in range(3)
     ] + [_tenant_route(t, "tcp", "", ["tcp"], 31000) for t in ("a", "b")]  # fmt: skip
-    parts: dict[str, gateway_parts.Part] = {}
+    parts: dict[str, gateway_model.GatewayModel] = {}
 
     def both(rs: list[Any]) -> tuple[Any, Any]:
-        one = gateway.build(gateways, placements, rs, {}, NOW, tenants)
-        by = gateway_parts.build_by_tenant(gateways, placements, rs, {}, 0, NOW, tenants, parts)
+        one = gateway_model.build(gateways, placements, rs, {}, NOW, tenants)
+        by = gateway_model.build_by_tenant(gateways, placements, rs, {}, 0, NOW, tenants, parts)
         return one, by
 
     one, by = both(routes)
     assert by == one and [x.name for x in by.listeners] == [x.name for x in one.listeners]
-    kept = parts["a"][1]
+    kept = {x.tenant: x for x in by.listeners}
     routes[-3] = _tenant_route("b", "r2", "moved.b.example.test", ["http"], 30099)  # b's
     one, by = both(routes)
     assert by == one
-    assert parts["a"][1] is kept and parts["b"][1] is not kept
+    again = {x.tenant: x for x in by.listeners}
+    assert again["a"] is kept["a"] and again["a-b"] is kept["a-b"] and again["b"] is not kept["b"]
     del gateways["b/gw.web.gateway"]  # a tenant's Gateway gone: its part goes
     one, by = both([r for r in routes if r.tenant != "b"])
     assert by == one and set(parts) == {"a", "a-b"}
@@ -620,7 +635,7 @@ def test_a_gateway_table_keeps_its_unchanged_hosts_and_no_other_version() -> Non
                     "accepted": True, "reason": "Accepted", "message": ""}])
             for h, port in (("a", 30080), ("b", port_b))
         ]  # fmt: skip
-        out = gateway.build({g.id: g}, placements, routes, {}, NOW)
+        out = gateway_model.build({g.id: g}, placements, routes, {}, NOW)
         (gl,) = out.listeners
         files = Renderer(ENVOY_SETTINGS).update_gateways(out)
         assert "lds.pb" in files

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from kubelbd.envoy.gateway import gateway_listener, gateway_tls_listener
 from kubelbd.envoy.settings import Settings
-from kubelbd.ir import gateway, gateway_status, tls
+from kubelbd.ir import gateway_model, gateway_status, tls
 from kubelbd.ir.http import build
 from kubelbd.ir.l4 import Placement, Pool, PortRange, place
 from kubelbd.ir.l4 import build as build_l4
@@ -169,7 +169,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         if gateways:
             # Gateway API: the Gateways' listeners with their routes, and (one stage on,
             # kept here so one case reads from records to Envoy) their Envoy listeners.
-            gw = gateway.build(gateways, placements, routes, certs, now)
+            gw = gateway_model.build(gateways, placements, routes, certs, now)
             out["gateways"] = {
                 "listeners": [dataclasses.asdict(x) for x in gw.listeners],
                 "attached": gw.attached,

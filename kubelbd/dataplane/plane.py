@@ -31,7 +31,7 @@ from ..envoy.renderer import Files, Renderer
 from ..envoy.sds import SecretServer
 from ..envoy.settings import SDS_SOCKET, Settings
 from ..hub import Settling, StatusBoard
-from ..ir import gateway_parts, gateway_status
+from ..ir import gateway_model, gateway_status
 from ..ir.gateway import GatewayIR
 from ..ir.http import Model
 from ..ir.status import DNSState, Report, route_report
@@ -100,7 +100,7 @@ class DataPlane:
         self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
         self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
         self._gateway_certificates = -1  # the TLS state's version the Gateways saw
-        self._gateway_parts: dict[str, gateway_parts.Part] = {}  # each tenant's, as last built
+        self._gateway_models: dict[str, gateway_model.GatewayModel] = {}  # one per tenant, kept
         # ACME DNS-01 answers go through the server, zone and key the names are published with
         # (RFC 2136 only: through external-dns, kubelbd has no server to write answers to).
         client = self.dns.client if self.dns is not None else None
@@ -378,7 +378,7 @@ class DataPlane:
         routes = [self.model.routes[rid] for rid in sorted(self._gateway_routes)]
         before, self.gateways = (
             self.gateways,
-            gateway_parts.build_by_tenant(
+            gateway_model.build_by_tenant(
                 gateways,
                 self.l4.placements,
                 routes,
@@ -386,7 +386,7 @@ class DataPlane:
                 self.tls.version,
                 dt.datetime.now(dt.UTC),
                 self.model.tenants,
-                self._gateway_parts,
+                self._gateway_models,
             ),
         )
         # Certificates first: to the secret server, before the listener that names them.

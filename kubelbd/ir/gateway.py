@@ -21,12 +21,8 @@ module only intersects hostnames and orders the rules.
   (ir.tls.usable; whatever names it has: the Gateway's address is the tenant's alone, so
   there is nothing to take from another tenant); with none, it is not served, and says why
   (InvalidCertificateRef).
-- A TLS port is a filter chain per SNI name its routes serve (the name kept, as for HTTP, by
-  the most specific listener that takes it, and there by the oldest route), proxied to the
-  route's backends: passed through, or terminated with the listener's certificate (a
-  Passthrough and a Terminate listener may share the port). A name whose route has no
-  backend refuses the connection; a name no route serves has no chain, so Envoy closes it.
-- A TCP or UDP listener proxies to the backends of the oldest route attached to it.
+- TLS, TCP and UDP listeners are in `ir.gateway_streams`; `ir.gateway_model` assembles the
+  model from both, and keeps it between changes.
 - Within a host, the precedence of Gateway API: an Exact path, then the longest prefix, then a
   method, then the most header matches, then the most query matches, then the oldest route
   (creation time, then namespace/name), then rule order.
@@ -49,13 +45,11 @@ from ..records.types import (
     HeaderFilter,
     HeaderMatch,
     HTTPPath,
-    HTTPRule,
     LBRecord,
     RouteRecord,
-    TenantRecord,
 )
 from ..records.types import PathChange as RecordPathChange
-from .http import Target, cluster_name
+from .http import Target
 from .http import target as http_target
 from .l4 import L4Cluster, L4Listener, Placement
 from .tls import CertificateData, usable
@@ -273,7 +267,7 @@ def _header_ops(f: HeaderFilter) -> tuple[HeaderOp, ...]:
     )
 
 
-def _specificity(host: str) -> tuple[int, int]:
+def specificity(host: str) -> tuple[int, int]:
     """How specific the route hostname a rule matched by is (smaller first): Gateway API
     prefers the most characters of a non-wildcard hostname, then of any hostname."""
     wildcard = not host or host.startswith("*.")
@@ -283,7 +277,7 @@ def _specificity(host: str) -> tuple[int, int]:
 def _precedence(route: RouteRecord, host: str, index: int, r: GatewayRule) -> tuple[Any, ...]:
     ns_name = f"{route.namespace}/{route.spec['source']['name']}"
     return (
-        *_specificity(host), 0 if r.exact else 1, -len(r.path), 0 if r.method else 1,
+        *specificity(host), 0 if r.exact else 1, -len(r.path), 0 if r.method else 1,
         -len(r.headers), -len(r.query), route.created, ns_name, index,
     )  # fmt: skip
 
@@ -316,113 +310,116 @@ def _compiled(route: RouteRecord) -> list[list[Entry]]:
     return out
 
 
-def build(
+@dataclass
+class Listeners:
+    """What one tenant's Gateways make of their HTTP and HTTPS listeners before any route is
+    attached: built again whenever a Gateway, its address, the certificates or the minute
+    they are checked at changes; the routes' attachments are built against it."""
+
+    #: Gateway record id -> listener name -> (its chain, None: counted, not served; its
+    #: hostname); every Gateway has an entry, its TLS, TCP and UDP listeners none
+    chain_of: dict[str, dict[str, tuple[Chain | None, str | None]]] = field(default_factory=dict)
+    #: chain -> (server name, secret id)
+    chains: dict[Chain, tuple[str, str]] = field(default_factory=dict)
+    #: an HTTP chain -> its listeners' hostnames ("": none): which listener owns a host
+    hostnames: dict[Chain, set[str]] = field(default_factory=dict)
+    #: the chains served (their Gateway has an address), in order
+    served: list[Chain] = field(default_factory=list)
+    #: Gateway record id -> the address it is served at
+    addresses: dict[str, str] = field(default_factory=dict)
+    #: Gateway record id -> every listener's name, with no route counted yet
+    attached: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Gateway record id -> listener name -> why it is not served (its certificates)
+    unserved: dict[str, dict[str, Problem]] = field(default_factory=dict)
+
+
+def listeners_of(
     gateways: Mapping[str, LBRecord],
     placements: Mapping[str, Placement],
-    routes: Iterable[RouteRecord],
     certificates: Mapping[str, CertificateData],
     now: dt.datetime,
-    tenants: Mapping[str, TenantRecord] | None = None,
-    prune: bool = True,
-) -> GatewayIR:
-    """Every Gateway's listeners with what is attached to them. `gateways`:
-    LoadBalancer records with listeners, by id; `placements`: their addresses (a Gateway
-    without one is not served yet); `routes`: every route (those without parents are not
-    looked at); `certificates`: the management cluster's, by secret id, checked at `now`;
-    `tenants`: their node addresses, which TLS, TCP and UDP listeners proxy to."""
-    out = GatewayIR()
-    # chain -> domain -> [(precedence, rule)]
-    tables: dict[Chain, dict[str, list[Entry]]] = {}
-    #: gateway id -> listener name -> its chain (None: counted, not served)
-    chain_of: dict[str, dict[str, tuple[Chain | None, str | None]]] = {}
-    chains: dict[Chain, tuple[str, str]] = {}  # -> (server name, secret id)
-    #: an HTTP chain -> its listeners' hostnames ("": none): which listener owns a host
-    hostnames: dict[Chain, set[str]] = {}
+) -> Listeners:
+    """The HTTP and HTTPS listeners of `gateways` (LoadBalancer records with listeners, by
+    id) at `placements` (a Gateway without one is not served yet), each HTTPS one served
+    with the first of its `certificates` usable at `now`."""
+    out = Listeners()
     for gid, gw in gateways.items():
-        served = [lst for lst in gw.spec.get("listeners", []) if lst["protocol"] in HTTP]
-        chain_of[gid] = {}
+        out.chain_of[gid] = {}
         out.attached[gid] = {lst["name"]: 0 for lst in gw.spec.get("listeners", [])}
-        for lst in served:
+        if gid in placements:
+            out.addresses[gid] = placements[gid].address
+        for lst in gw.spec.get("listeners", []):
+            if lst["protocol"] not in HTTP:
+                continue
             key: Chain | None = None
             if lst["protocol"] == "HTTP":
                 key = (gid, lst["port"], "")
-                chains[key] = ("", "")
-                hostnames.setdefault(key, set()).add(lst.get("hostname", ""))
+                out.chains[key] = ("", "")
+                out.hostnames.setdefault(key, set()).add(lst.get("hostname", ""))
             else:
-                secret = _certificate(gw, lst, certificates, now, out)
+                secret = certificate_of(gw, lst, certificates, now, out.unserved)
                 if secret:
                     key = (gid, lst["port"], lst["name"])
-                    chains[key] = (lst.get("hostname", ""), secret)
-            if key is not None and gid in placements:
-                tables.setdefault(key, {})
-            chain_of[gid][lst["name"]] = (key, lst.get("hostname"))
-    routes = list(routes)  # read twice: here and for the attachments
-    for route in routes:
-        attached_to: set[str] = set()
-        named: dict[str, set[str]] = {}  # hostname -> Gateway addresses
-        for parent in route.spec.get("parents", []):
-            gid = f"{route.tenant}/{parent['gateway']}"
-            if not parent["accepted"] or gid not in chain_of:
-                continue
-            for name in parent["listeners"]:
-                if name not in out.attached[gid]:
-                    continue
-                out.attached[gid][name] += 1
-                if name not in chain_of[gid]:
-                    continue  # a TLS, TCP or UDP listener: _tls and _l4 below
-                key, hostname = chain_of[gid][name]
-                table = tables.get(key) if key is not None else None
-                if table is None:
-                    continue  # the Gateway has no address yet, or the listener no certificate
-                attached_to.add(f"{gid}/{name}")
-                for rule, entries in zip(route.spec["rules"], _compiled(route), strict=True):
-                    domain = intersect(hostname, rule["host"])
-                    if (
-                        not entries
-                        or domain is None
-                        or (key in hostnames and owner(hostnames[key], domain) != (hostname or ""))
-                    ):
-                        continue  # no host, or another listener's (listener isolation)
-                    table.setdefault(domain, []).extend(entries)
-                    if domain != ANY_HOST:
-                        named.setdefault(domain, set()).add(placements[gid].address)
-        if attached_to:
-            out.served[route.id] = sorted(attached_to)
-        if named:
-            out.hosts[route.id] = {h: sorted(a) for h, a in sorted(named.items())}
-    clusters: dict[str, L4Cluster] = {}
-    attachments = _attachments(gateways, routes)
-    _tls(gateways, placements, attachments, certificates, now, tenants or {}, clusters, out)
-    _l4(gateways, placements, attachments, tenants or {}, clusters, out)
-    out.l4_clusters = [clusters[n] for n in sorted(clusters)]
-    for where in out.served.values():
-        where.sort()
-    for key, names in hostnames.items():
-        # A listener's hostname with nothing attached answers 404 itself, rather than let a
-        # less specific listener's routes answer for its hosts.
-        if key in tables:
-            for name in names - {""}:
-                tables[key].setdefault(name, [])
-    by_port: dict[tuple[str, int], list[GatewayChain]] = {}
-    for key, table in sorted(tables.items()):
-        gid, port, name = key
-        hosts = tuple(
-            GatewayHost(domain, _ordered(entries)) for domain, entries in sorted(table.items())
-        )
-        server_name, secret = chains[key]
-        by_port.setdefault((gid, port), []).append(GatewayChain(name, server_name, secret, hosts))
-    for (gid, port), port_chains in sorted(by_port.items()):
-        name = listener_name(gid, port)
-        address = placements[gid].address
-        out.listeners.append(GatewayHTTPListener(name, address, port, tuple(port_chains)))
-    # The certificates Envoy is to hold are those a filter chain it is handed names: one
-    # served that none names is never asked for (and never reported held).
-    used = {c.secret for x in out.listeners for c in x.chains}
-    used |= {c.secret for x in out.tls_listeners for c in x.chains if c.weights}
-    out.secrets = {sid: certificates[sid] for sid in sorted(used - {""})}
-    if prune:
-        forget_compiled(routes)
+                    out.chains[key] = (lst.get("hostname", ""), secret)
+            out.chain_of[gid][lst["name"]] = (key, lst.get("hostname"))
+    out.served = sorted(k for k in out.chains if k[0] in out.addresses)
     return out
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What one route adds to its tenant's HTTP listeners."""
+
+    route: RouteRecord
+    #: (Gateway record id, listener name) of each listener it counts on (any protocol)
+    counted: tuple[tuple[str, str], ...]
+    #: "<gateway record id>/<listener>" of each HTTP listener it is served on, sorted
+    served: list[str]
+    #: (chain, domain) -> its rules' entries there
+    entries: dict[tuple[Chain, str], list[Entry]]
+    #: hostname (a name or `*.x`) -> the Gateway addresses it is served at, sorted
+    named: dict[str, list[str]]
+
+
+def attach(route: RouteRecord, listeners: Listeners) -> Attachment:
+    """The listeners `route` is attached to (the tenant side resolved its parents), and its
+    rules on each host of their chains it serves: a route host meets a listener hostname
+    (`intersect`), and the host is the listener's only if no more specific listener of the
+    port owns it (listener isolation)."""
+    counted = []
+    served: set[str] = set()
+    entries: dict[tuple[Chain, str], list[Entry]] = {}
+    named: dict[str, set[str]] = {}
+    for parent in route.spec.get("parents", []):
+        gid = f"{route.tenant}/{parent['gateway']}"
+        if not parent["accepted"] or gid not in listeners.chain_of:
+            continue
+        for name in parent["listeners"]:
+            if name not in listeners.attached[gid]:
+                continue
+            counted.append((gid, name))
+            if name not in listeners.chain_of[gid]:
+                continue  # a TLS, TCP or UDP listener: gateway_streams
+            key, hostname = listeners.chain_of[gid][name]
+            if key is None or gid not in listeners.addresses:
+                continue  # the Gateway has no address yet, or the listener no certificate
+            served.add(f"{gid}/{name}")
+            isolated = listeners.hostnames.get(key)
+            for rule, compiled in zip(route.spec["rules"], _compiled(route), strict=True):
+                domain = intersect(hostname, rule["host"])
+                if (
+                    not compiled
+                    or domain is None
+                    or (isolated is not None and owner(isolated, domain) != (hostname or ""))
+                ):
+                    continue  # no host, or another listener's (listener isolation)
+                entries.setdefault((key, domain), []).extend(compiled)
+                if domain != ANY_HOST:
+                    named.setdefault(domain, set()).add(listeners.addresses[gid])
+    return Attachment(
+        route, tuple(counted), sorted(served), entries,
+        {h: sorted(a) for h, a in sorted(named.items())},
+    )  # fmt: skip
 
 
 def forget_compiled(routes: Sequence[RouteRecord]) -> None:
@@ -434,19 +431,19 @@ def forget_compiled(routes: Sequence[RouteRecord]) -> None:
             del _COMPILED[rid]
 
 
-#: the listener protocols served as HTTP (the others are Layer 4's)
+#: the listener protocols served as HTTP (the others are gateway_streams')
 HTTP = ("HTTP", "HTTPS")
 
 
-def _certificate(
+def certificate_of(
     gw: LBRecord,
     listener: GatewayListener,
     certificates: Mapping[str, CertificateData],
     now: dt.datetime,
-    out: GatewayIR,
+    unserved: dict[str, dict[str, Problem]],
 ) -> str:
     """The id of the certificate a listener that terminates TLS is served with, or "" after
-    noting in `out.unserved` why none."""
+    noting in `unserved` why none."""
     why = "no certificateRef resolves"
     for copy in listener.get("certificates", []):
         sid = secret_id(gw.tenant, copy)
@@ -460,11 +457,11 @@ def _certificate(
             continue
         return sid
     problem = Problem("InvalidCertificateRef", why)
-    out.unserved.setdefault(gw.id, {})[listener["name"]] = problem
+    unserved.setdefault(gw.id, {})[listener["name"]] = problem
     return ""
 
 
-def _ordered(entries: list[tuple[tuple[Any, ...], GatewayRule]]) -> tuple[GatewayRule, ...]:
+def ordered(entries: Iterable[Entry]) -> tuple[GatewayRule, ...]:
     """Precedence order, without a rule an earlier one with the same match shadows."""
     seen: set[tuple[Any, ...]] = set()
     out = []
@@ -474,142 +471,3 @@ def _ordered(entries: list[tuple[tuple[Any, ...], GatewayRule]]) -> tuple[Gatewa
             seen.add(key)
             out.append(r)
     return tuple(out)
-
-
-def _attachments(
-    gateways: Mapping[str, LBRecord], routes: list[RouteRecord]
-) -> list[tuple[RouteRecord, str, str]]:
-    """(route, Gateway record id, listener name) of every accepted attachment, the oldest
-    route first."""
-    return [
-        (route, gid, name)
-        for route in sorted(routes, key=lambda r: r.age_key)
-        for parent in route.spec.get("parents", [])
-        if parent["accepted"] and (gid := f"{route.tenant}/{parent['gateway']}") in gateways
-        for name in parent["listeners"]
-    ]
-
-
-def _backends(route: RouteRecord, rule: HTTPRule, protocol: str) -> list[tuple[str, int, int]]:
-    """A Layer 4 rule's backends that resolve and carry weight: (cluster, nodePort, weight)."""
-    return [
-        (f"gw/{cluster_name(route.tenant, route.namespace, b)}/{protocol.lower()}",
-         b["nodePort"], b.get("weight", 1))
-        for b in (rule["paths"][0]["backends"] if rule["paths"] else [])
-        if "nodePort" in b and b.get("weight", 1) > 0
-    ]  # fmt: skip
-
-
-def _tls(
-    gateways: Mapping[str, LBRecord],
-    placements: Mapping[str, Placement],
-    attachments: list[tuple[RouteRecord, str, str]],
-    certificates: Mapping[str, CertificateData],
-    now: dt.datetime,
-    tenants: Mapping[str, TenantRecord],
-    clusters: dict[str, L4Cluster],
-    out: GatewayIR,
-) -> None:
-    """The Gateways' TLS listeners: a filter chain per SNI name a route attached to one of
-    them serves, each name kept for the most specific listener of the port that takes it
-    (as for HTTP) and, on it, for the route of the most specific hostname that meets it,
-    then the oldest; passed through, or terminated with the listener's certificate (without
-    one the listener is not served)."""
-    listening: dict[tuple[str, str], tuple[GatewayListener, str]] = {}  # -> (it, secret)
-    hostnames: dict[tuple[str, int], set[str]] = {}  # (gid, port) -> listener hostnames
-    for gid, gw in sorted(gateways.items()):
-        for lst in gw.spec.get("listeners", []):
-            if lst["protocol"] != "TLS":
-                continue
-            # Every listener's hostname counts for isolation, served or not: the names of
-            # one without a usable certificate are its own, not a wildcard neighbour's.
-            hostnames.setdefault((gid, lst["port"]), set()).add(lst.get("hostname", ""))
-            secret = ""
-            if lst.get("tlsMode") == "Terminate":
-                secret = _certificate(gw, lst, certificates, now, out)
-                if not secret:
-                    continue
-            if gid in placements:  # else no address yet
-                listening[(gid, lst["name"])] = (lst, secret)
-    #: (gid, port) -> SNI name -> (specificity, route, rule, listener) serving it
-    chosen: dict[tuple[str, int], dict[str, tuple[tuple[int, int], RouteRecord, HTTPRule, str]]]
-    chosen = {}
-    for route, gid, name in attachments if listening else ():
-        if (gid, name) not in listening:
-            continue
-        lst, _ = listening[(gid, name)]
-        port, hostname = lst["port"], lst.get("hostname", "")
-        for rule in route.spec["rules"]:
-            domain = intersect(hostname, rule["host"])
-            if domain is None or owner(hostnames[(gid, port)], domain) != hostname:
-                continue  # no name in common, or another listener's (listener isolation)
-            chains = chosen.setdefault((gid, port), {})
-            rank = _specificity(rule["host"])
-            if domain not in chains or rank < chains[domain][0]:
-                chains[domain] = (rank, route, rule, name)  # else an older route's
-    for (gid, port), chains in sorted(chosen.items()):
-        address = placements[gid].address
-        nodes = tenants.get(gateways[gid].tenant)
-        ordered = []
-        for domain, (_, route, rule, name) in sorted(chains.items()):
-            backends = _backends(route, rule, "TCP")
-            for cluster, node_port, _ in backends:
-                addresses = nodes.addresses if nodes else ()
-                clusters[cluster] = L4Cluster(cluster, addresses, node_port, "TCP", False, False)
-            weights = tuple((c, w) for c, _, w in backends)
-            ordered.append(TLSChain(name, domain, listening[(gid, name)][1], weights))
-            where = out.served.setdefault(route.id, [])
-            if f"{gid}/{name}" not in where:
-                where.append(f"{gid}/{name}")
-            if domain != ANY_HOST:
-                named = out.hosts.setdefault(route.id, {}).setdefault(domain, [])
-                named[:] = sorted({*named, address})
-        name = listener_name(gid, port, "/tls")
-        out.tls_listeners.append(GatewayTLSListener(name, address, port, tuple(ordered)))
-
-
-def _l4(
-    gateways: Mapping[str, LBRecord],
-    placements: Mapping[str, Placement],
-    attachments: list[tuple[RouteRecord, str, str]],
-    tenants: Mapping[str, TenantRecord],
-    clusters: dict[str, L4Cluster],
-    out: GatewayIR,
-) -> None:
-    """The Gateways' TCP and UDP listeners: each proxies to the backends of the oldest route
-    attached to it (Gateway API: the others are attached, and not served), weighted."""
-    chosen: dict[tuple[str, str], RouteRecord] = {}
-    for route, gid, name in attachments:
-        chosen.setdefault((gid, name), route)
-    for gid, gw in sorted(gateways.items()):
-        placement = placements.get(gid)
-        for lst in gw.spec.get("listeners", []):
-            winner = chosen.get((gid, lst["name"]))
-            if lst["protocol"] not in ("TCP", "UDP") or placement is None or winner is None:
-                continue
-            protocol = lst["protocol"]
-            nodes = tenants.get(gw.tenant)
-            addresses = nodes.addresses if nodes else ()
-            rules = winner.spec["rules"]
-            backends = _backends(winner, rules[0], protocol) if rules else []
-            if not backends:
-                continue  # nothing to proxy to: the port is not opened
-            if protocol == "UDP" and len(backends) > 1:
-                # Envoy's UDP proxy sends to one cluster: one of every backend, weighted.
-                name = f"gw/{gid}/{lst['port']}/udp"
-                top = max(w for _, _, w in backends)
-                # Each node's endpoint of a backend carries its weight, and Envoy refuses a
-                # cluster whose endpoint weights sum past 2^32: at most 1000 each.
-                ports = tuple((port, max(1, w * 1000 // top)) for _, port, w in backends)
-                clusters[name] = L4Cluster(name, addresses, 0, "UDP", False, False, ports)
-                weights = [(name, 1)]
-            else:
-                for name, port, _ in backends:
-                    clusters[name] = L4Cluster(name, addresses, port, protocol, False, False)
-                weights = [(name, w) for name, _, w in backends]
-            name = listener_name(gid, lst["port"], f"/{protocol.lower()}")
-            out.l4_listeners.append(
-                L4Listener(name, placement.address, lst["port"], protocol, weights[0][0], False,
-                           tuple(weights))
-            )  # fmt: skip
-            out.served.setdefault(winner.id, []).append(f"{gid}/{lst['name']}")
