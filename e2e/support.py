@@ -485,14 +485,16 @@ def _now() -> str:
 
 
 @asynccontextmanager
-async def traffic(layout: Layout, host: str) -> AsyncIterator[Traffic]:
+async def traffic(layout: Layout, host: str, clients: int = 1) -> AsyncIterator[Traffic]:
+    """Requests to `host` from `clients` concurrent clients while the block runs."""
     t = Traffic(layout, host)
-    task = asyncio.create_task(t.run())
+    tasks = [asyncio.create_task(t.run()) for _ in range(clients)]
     try:
         yield t
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def bounce_controllers(cluster: str) -> None:

@@ -16,6 +16,7 @@ from kubelbd.records.names import ROUTES, TENANTS
 
 from .support import (
     FleetHandle,
+    Traffic,
     backend,
     bounce_controllers,
     conditions,
@@ -25,6 +26,7 @@ from .support import (
     eventually,
     ingress_obj,
     lb_get,
+    ready_pods,
     rule,
     run_fleet,
     start_kubelbd,
@@ -231,3 +233,35 @@ async def test_stopped_node_leaves_rotation_without_failed_requests(
         await eventually(with_node3, what="node-3 back in the Tenant record")
     assert t.ok > 0
     assert t.failures == [], t.failures[:5]
+
+
+async def test_a_switch_to_a_service_whose_twin_is_new_fails_no_request(
+    fleet: FleetHandle, served: tuple[str, str]
+) -> None:
+    """Under load, the Ingress's backend moves to a Service no route used before: kubelbd
+    makes its NodePort twin; the route keeps sending to the old Service until the new twin's
+    NodePort leads to a pod, and the old twin goes only once Envoy no longer sends to it.
+    Not one request fails."""
+    ns, h = served
+    kube, lay = fleet.kube["alpha"], fleet.layout
+    await deploy_app(kube, ns, "next", replicas=3)
+
+    async def next_ready() -> bool:
+        assert len(await ready_pods(kube, ns, "next")) == 3
+        return True
+
+    await eventually(next_ready, what="the new Service's pods ready")
+    async with traffic(lay, h, clients=4) as t:
+        await eventually(lambda: _some(t), what="traffic flowing")
+        ing = await kube.get(INGRESSES, "steady", ns)
+        ing["spec"]["rules"][0]["http"]["paths"][0]["backend"] = backend("next")
+        await kube.patch(INGRESSES, "steady", {"spec": ing["spec"]}, ns)
+        await until_served(lay, h, check=lambda body: body["pod"].startswith("next-"))
+        switched = t.ok
+        await eventually(lambda: _some(t, switched), what="traffic after the switch")
+    assert t.failures == [], t.failures[:5]
+
+
+async def _some(t: Traffic, after: int = 0) -> bool:
+    assert t.ok > after + 20
+    return True

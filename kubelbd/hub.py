@@ -9,11 +9,16 @@ Records go one way, statuses the other, each through something defined here:
 - `StatusBoard`: the status every tenant object should show, as the data plane decided it;
   each tenant task writes its own tenant's, with its own client;
 - `Settling`: after a restart the data plane waits (briefly) for every registered tenant to
-  resync before its first publish, so Envoy is never handed a partial picture.
+  resync before its first publish, so Envoy is never handed a partial picture;
+- `Dialled`: the Services Envoy's clusters still send to, as the data plane published them;
+  a tenant task deletes a NodePort twin no object uses only once Envoy no longer does (make
+  before break: a route switched away from it may be held, and a cluster no route uses
+  lingers for requests under way).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -23,9 +28,38 @@ from .records.names import RecordKind
 from .records.status import SourceStatus
 from .records.types import RouteRecord
 
+#: a Service of a tenant: (namespace, name)
+Service = tuple[str, str]
+
+
+class Dialled:
+    """Which Services of each tenant Envoy's clusters dial (data plane -> tenant side)."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, set[Service]] = {}
+        self._wake: dict[str, Callable[[], None]] = {}
+
+    def set(self, services: dict[str, set[Service]]) -> None:
+        """What the clusters Envoy was just handed dial, by tenant; a tenant some Service of
+        which is no longer dialled is woken, to delete what waited for it."""
+        before, self._by_tenant = self._by_tenant, services
+        for tenant, was in before.items():
+            if was - services.get(tenant, set()) and tenant in self._wake:
+                self._wake[tenant]()
+
+    def dials(self, tenant: str, service: Service) -> bool:
+        return service in self._by_tenant.get(tenant, ())
+
+    def on_change(self, tenant: str, wake: Callable[[], None]) -> None:
+        """Call `wake` when a Service of the tenant is no longer dialled (one per tenant)."""
+        self._wake[tenant] = wake
+
 
 class RecordSink(Protocol):
     """The data plane's intake, as the tenant side sees it."""
+
+    #: what Envoy's clusters dial, as the data plane last published them
+    dialled: Dialled
 
     def provisional(self, record: RouteRecord) -> None:
         """A Route translated right now, whose record is being written: render it already."""

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from kubelbd.hub import Dialled
 from kubelbd.objects import MANAGED_BY, MANAGER, Obj, Resource
 from kubelbd.records.names import RecordKind, tenant_of
 from kubelbd.records.types import RouteRecord
@@ -139,6 +140,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str, Any]] = []
+        self.dialled = Dialled()
 
     def provisional(self, record: RouteRecord) -> None:
         self.seen.append(("provisional", "Route", record.id, record.spec))

@@ -167,6 +167,26 @@ async def test_records_go_with_their_ingress_and_a_twin_with_its_last_user(fleet
         assert fleet.tenant.stored(SERVICES, "web", "default") is not None
 
 
+async def test_a_twin_envoy_still_sends_to_goes_only_once_it_no_longer_does(
+    fleet: Fleet,
+) -> None:
+    """Make before break: the Ingress switched away from `web` (its route may be held until
+    the new backend answers, and the cluster lingers for requests under way), so `web`'s
+    twin stays while the data plane says Envoy dials it, and goes when it stops."""
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(SERVICES, service("next"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.twin("web") is not None, "web's twin")
+        fleet.sink.dialled.set({"a": {("default", "web")}})
+        await fleet.tenant.replace(INGRESSES, ingress("shop", "shop.example.com", "next"))
+        await until(lambda: fleet.twin("next") is not None, "next's twin")
+        await until(lambda: fleet.synced("1 routes in sync"), "a pass after the switch")
+        assert fleet.twin("web") is not None  # Envoy still sends to it
+        fleet.sink.dialled.set({"a": {("default", "next")}})
+        await until(lambda: fleet.twin("web") is None, "web's twin deleted")
+
+
 async def test_an_ingress_of_another_class_is_ignored(fleet: Fleet) -> None:
     await fleet.tenant.create(SERVICES, service("other"))
     await fleet.tenant.create(INGRESSES, ingress("theirs", "x.example.com", "other", "nginx"))

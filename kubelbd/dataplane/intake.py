@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..hub import Dialled
 from ..ir.nodes import exclusive
 from ..objects import Obj
 from ..records import parse
@@ -70,6 +71,8 @@ class Intake:
         self.confirmed: dict[str, RouteRecord] = {}
         #: conditions each record carries, as last seen: lastTransitionTime survives restarts
         self.conditions: dict[str, list[Any]] = {}
+        #: what Envoy's clusters dial (the data plane sets it once it published them)
+        self.dialled = Dialled()
 
     def uid(self, rid: str) -> str | None:
         """The uid of the route record as the API last had it (None: not stored yet)."""

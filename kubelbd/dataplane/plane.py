@@ -30,7 +30,7 @@ from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
 from ..envoy.sds import SecretServer
 from ..envoy.settings import SDS_SOCKET, Settings
-from ..hub import Settling, StatusBoard
+from ..hub import Service, Settling, StatusBoard
 from ..ir import gateway_model, gateway_status
 from ..ir.gateway import GatewayIR
 from ..ir.http import Model
@@ -42,9 +42,11 @@ from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
+from . import probe
 from .dns import DNSENDPOINT_PROVIDER, DNSPublisher, DNSSettings, combined
 from .dnsendpoints import DNSEndpointWriter
 from .gauges import StateGauges
+from .holds import Holds
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
 from .rejections import copy_rejections
@@ -53,6 +55,20 @@ from .strays import Strays
 from .tls import CHALLENGES, TLSState
 
 log = logging.getLogger(__name__)
+
+CDS = "cds.pb"  # the cluster file (envoy.renderer)
+
+
+def dialled(clusters: list[str]) -> dict[str, set[Service]]:
+    """The Services of each tenant these clusters dial, by their names
+    (`<tenant>/<namespace>/<service>/...`, a Gateway's Layer 4 ones under `gw/`)."""
+    out: dict[str, set[Service]] = {}
+    for name in clusters:
+        parts = name.removeprefix("gw/").split("/")
+        if len(parts) >= 3:
+            out.setdefault(parts[0], set()).add((parts[1], parts[2]))
+    return out
+
 
 #: how long the first publish after a start waits for the tenants to resync
 SETTLE_TIMEOUT = 10.0
@@ -89,7 +105,8 @@ class DataPlane:
         self.renderer = Renderer(settings)
         self.l4 = LoadBalancers(mgmt, l4 or L4Settings(), self._wake_up)
         self.l4.writes = leadership.leading
-        self.intake = Intake(self._wake_up, self.model.routes.get, self.l4, self._confirmed)
+        self.holds = Holds(probe.answers, self._envoy_has, self._wake_up)
+        self.intake = Intake(self._wake_up, self._current, self.l4, self._confirmed)
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
         self.dns = self._names_publisher(dns)
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
@@ -174,12 +191,27 @@ class DataPlane:
     def _wake_up(self) -> None:
         self._wake.set()
 
+    def _current(self, rid: str) -> RouteRecord | None:
+        """A route's newest version here: held (dataplane.holds), else the model's."""
+        return self.holds.record(rid) or self.model.routes.get(rid)
+
+    async def _envoy_has(self, cds: str | None, clusters: set[str]) -> None:
+        """Until Envoy has applied version `cds` of the cluster file (or a later one) and
+        warmed these clusters (their first health checks done)."""
+        if cds is not None:
+            await self.admin.wait_applied({CDS: cds}, None, required=(CDS,))
+        delay = 0.002
+        while (warming := await self.admin.warming()) is None or warming & clusters:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
     def _confirmed(self) -> None:
         """Provisional records came back written: the model takes them, their status is due."""
         confirmed, self.intake.confirmed = self.intake.confirmed, {}
         self._generation += 1
         for rec in confirmed.values():
-            self.model.confirm(rec)
+            if not self.holds.confirm(rec):
+                self.model.confirm(rec)
         if self.leadership.leading:
             self.status.due(routes=confirmed)
 
@@ -241,6 +273,7 @@ class DataPlane:
         self._informers = informers
         async with anyio.create_task_group() as tg:
             self._task_group = tg
+            self.holds.start(tg)
             tg.start_soon(self.tls.recheck)
             tg.start_soon(self._lead_while_leader)
             tg.start_soon(copy_rejections, self.admin, self.publisher.published)
@@ -323,12 +356,14 @@ class DataPlane:
         for rid in batch.deletes:
             self._withdraw(ROUTE, self.model.routes.get(rid))
         start = time.perf_counter()
-        delta = self.model.apply(batch.upserts.values(), batch.deletes, batch.tenants)
+        upserts, prepared = self.holds.take(self.model, batch.upserts, batch.deletes)
+        delta = self.model.apply(upserts.values(), batch.deletes, batch.tenants)
+        delta.clusters |= prepared.clusters | self.holds.applied(self.model).clusters
         files = self.renderer.update(self.model.ir, delta, anyio.current_time())
         removal = self.renderer.next_removal()
         if removal is not None:
             self._render_at(removal)  # an unused cluster's grace period ends
-        changed = set(batch.upserts) | batch.deletes
+        changed = set(upserts) | batch.deletes
         tls_moved = self.tls.render(self.model, changed, delta, self.renderer, files)
         l4_rendered = self.l4.dirty
         if self.l4.dirty:
@@ -339,22 +374,25 @@ class DataPlane:
         self._generation += 1
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
+        self.holds.published(self.publisher.published.get(CDS))
+        if CDS in files:
+            self.intake.dialled.set(dialled(self.renderer.cluster_names()))
         self.tls.published()
         if written:
             log.debug(
                 "rendered %d changes in %.1f ms, published %s in %.1f ms",
-                len(batch.upserts) + len(batch.deletes),
+                len(upserts) + len(batch.deletes),
                 (rendered - start) * 1000,
                 ", ".join(sorted(written)),
                 (time.perf_counter() - rendered) * 1000,
             )
-        tls_upserts = self.tls.routes & set(batch.upserts)
+        tls_upserts = self.tls.routes & set(upserts)
         lbs, self.l4.pending_status = self.l4.pending_status, set()
         for rec in self.l4.take_deleted():
             self._withdraw(LOADBALANCER, rec)
         if self.leadership.leading:  # a follower writes no status: it keeps no backlog
             self.status.due(
-                routes=delta.routes | set(batch.upserts) | tls_moved | tls_upserts | gw_routes,
+                routes=delta.routes | set(upserts) | tls_moved | tls_upserts | gw_routes,
                 lbs=lbs | gw_lbs,
                 arrivals=batch.arrivals,
             )

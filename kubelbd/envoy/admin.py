@@ -163,6 +163,15 @@ class EnvoyAdmin:
         configs = orjson.loads(body).get("configs", [])
         return configs if isinstance(configs, list) else None
 
+    async def warming(self) -> set[str] | None:
+        """The clusters Envoy is warming (waiting for their first health checks: a route to
+        one answers 503 until it is active); None when Envoy cannot be reached. Cheap: the
+        dump holds the warming clusters only."""
+        configs = await self.config_dump("dynamic_warming_clusters")
+        if configs is None:
+            return None
+        return {str((c.get("cluster") or {}).get("name", "")) for c in configs}
+
     async def wait_applied(
         self,
         published: Mapping[str, str],

@@ -207,6 +207,10 @@ class Renderer:
         self._gateway_tables = {name: gateway_table_name(name) for name in kept}
         return self._gateway_tables
 
+    def cluster_names(self) -> list[str]:
+        """Every cluster the cluster file has (one no route uses, in its grace period, too)."""
+        return [*self._clusters, *(c["name"] for c in self._l4_clusters + self._gateway_clusters)]
+
     def next_removal(self) -> float | None:
         """When the next `update` would remove unused clusters (None: none waiting)."""
         if not self._unused_since:

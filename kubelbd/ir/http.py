@@ -213,6 +213,11 @@ def _cluster_ports(route: RouteRecord) -> dict[str, Dial]:
     return out
 
 
+def _prepared(route_id: str) -> str:
+    """What holds a prepared cluster (`Model.prepare`): no route id has a `#`."""
+    return f"{route_id}#prepared"
+
+
 class Model:
     """The fleet's routing state, kept up to date change by change."""
 
@@ -267,6 +272,39 @@ class Model:
         } | {c for c in delta.clusters if c in tenant_clusters}
         return delta
 
+    def clusters_of(self, route: RouteRecord) -> set[str]:
+        """The clusters a route sends to."""
+        return set(_cluster_ports(route))
+
+    def new_clusters(self, route: RouteRecord) -> set[str]:
+        """The clusters a route sends to that the model has none of (nor Envoy, then)."""
+        return {c for c in _cluster_ports(route) if c not in self.ir.clusters}
+
+    def prepare(self, route: RouteRecord) -> Delta:
+        """Keep the clusters of a version of `route` not applied yet (its change is held
+        until its new backends answer: make before break), without its hosts: Envoy gets the
+        clusters first, and the routes still send where they did. `unprepare` lets them go."""
+        delta = Delta()
+        for name, dial in _cluster_ports(route).items():
+            refs = self._cluster_refs.setdefault(name, set())
+            if not refs:
+                delta.clusters.add(name)
+            refs.add(_prepared(route.id))
+            self._cluster_ports[name] = (route.tenant, dial)
+            self._put_cluster(name)
+        return delta
+
+    def unprepare(self, route: RouteRecord) -> Delta:
+        """The clusters `prepare` kept for this version of the route, let go (those a route
+        sends to stay)."""
+        delta = Delta()
+        for name in _cluster_ports(route):
+            refs = self._cluster_refs.get(name, set())
+            refs.discard(_prepared(route.id))
+            if not refs:
+                self._drop_cluster(name, delta)
+        return delta
+
     def confirm(self, route: RouteRecord) -> None:
         """The record of a route rendered before it was written, as written: same content
         (so every index stands), now with the generation its status reports."""
@@ -306,10 +344,13 @@ class Model:
             refs = self._cluster_refs.get(name, set())
             refs.discard(r.id)
             if not refs:
-                self._cluster_refs.pop(name, None)
-                self._cluster_ports.pop(name, None)
-                self.ir.clusters.pop(name, None)
-                delta.clusters.add(name)
+                self._drop_cluster(name, delta)
+
+    def _drop_cluster(self, name: str, delta: Delta) -> None:
+        self._cluster_refs.pop(name, None)
+        self._cluster_ports.pop(name, None)
+        self.ir.clusters.pop(name, None)
+        delta.clusters.add(name)
 
     def _put_cluster(self, name: str) -> None:
         tenant, (port, http2, tls) = self._cluster_ports[name]

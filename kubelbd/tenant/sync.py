@@ -113,6 +113,8 @@ class TenantSync:
         if len(self.sources) != len(sources):
             raise ValueError("two sources of one kind: each kind is served by one Source")
         self.health = TenantHealth(name, mgmt, sink, settings.node_address_type)
+        self._dialled = sink.dialled
+        self._dialled.on_change(name, lambda: self._wake.set())
         self.policy = for_tenant(settings.policy, name)
         self._policy_spec: object = None
         self._refused_nodes: set[tuple[str, str]] = set()  # reported with an Event already
@@ -429,7 +431,9 @@ class TenantSync:
                 tg.start_soon(self._reconcile_one, oid, limit)
         if self.limits.room_for_waiting(self.policy.limits):
             self._wake.set()  # a record went: the oldest waiting object gets its place
-        await self.caches.twins.collect(self.kube, self._twin_candidates, self._twin_in_use)
+        await self.caches.twins.collect(
+            self.kube, self._twin_candidates, self._twin_in_use, self._twin_dialled
+        )
         await self.copies.reconcile(self.caches.secrets.cache)
         await self.caches.mirrors.reconcile(self.kube)
         if self._failed:
@@ -550,6 +554,9 @@ class TenantSync:
             return True
         ns, name = split_key(k)
         return self.records.known(source.record, source.record_name(ns, name))
+
+    def _twin_dialled(self, ref: Ref) -> bool:
+        return self._dialled.dials(self.name, ref)
 
     def _twin_in_use(self, ref: Ref) -> bool:
         for source_kind, k in self.index.users(SERVICES, ref):

@@ -139,12 +139,20 @@ class Twins:
         return out
 
     async def collect(
-        self, kube: Kube, candidates: set[Ref], in_use: Callable[[Ref], bool]
+        self,
+        kube: Kube,
+        candidates: set[Ref],
+        in_use: Callable[[Ref], bool],
+        dialled: Callable[[Ref], bool],
     ) -> None:
         """Delete the twins of `candidates` (Services that lost a user) that nothing of ours
         uses any more. Each one looked at leaves the set; one whose delete failed stays, with
-        those not reached yet, for the next pass."""
+        those not reached yet, for the next pass, and so does one Envoy still sends to
+        (`dialled`: a route's switch away from it may be held until its new backend answers,
+        and a cluster lingers for the requests under way; its tenant is woken when it goes)."""
         for ns, name in sorted(candidates):
+            if not in_use((ns, name)) and dialled((ns, name)):
+                continue
             if not in_use((ns, name)):
                 twin = self.get(ns, name)
                 if twin is not None:
