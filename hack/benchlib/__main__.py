@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, convergence, dns, fleet, l4
+from . import certs, convergence, dataplane, dns, fleet, l4
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     cb.add_argument("--n", type=int, default=1000, help="certificates (one host each)")
     cb.add_argument("--runs", type=int, default=5)
     cb.add_argument("--designs", default=",".join(certs.DESIGNS), help="files, inline, ads")
+    dp = sub.add_parser("dataplane", help="a request's cost: kubelbd's Envoy, a minimal one, none")
+    dp.add_argument("--rounds", type=int, default=5)
+    dp.add_argument("--connections", type=int, default=8)
+    dp.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
@@ -49,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "dns":
         scales = [int(x) for x in args.scales.split(",")]
         asyncio.run(dns.run(convergence.ensure_fleet(), scales, args.changes))
+    elif args.cmd == "dataplane":
+        layout = convergence.ensure_fleet()
+        asyncio.run(dataplane.run(layout, args.rounds, args.connections, args.seconds))
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0
