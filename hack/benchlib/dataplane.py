@@ -1,7 +1,7 @@
 """hack/bench dataplane: what kubelbd's Envoy costs a request, against its references.
 
-One backend (an echo Deployment behind a ClusterIP Service and its Ingress in the first
-tenant), three ways to it, each loaded by the same kept load generator (wrk, Debian's
+One backend (an echo Deployment of 3 pods behind a ClusterIP Service and its Ingress in the
+first tenant), three ways to it, each loaded by the same kept load generator (wrk, Debian's
 package) with the same connections and duration, interleaved over `--rounds`:
 
 - `direct`: straight to the NodePort of the Service's twin on the first node (the floor: no
@@ -40,6 +40,7 @@ from kubelbd.sources import twins
 from .convergence import deployment, ingress, svc
 
 APP = "echo"
+REPLICAS = 3
 #: the fleet's Envoy runs with this many workers (kubelbd.envoy.process)
 CONCURRENCY = 2
 
@@ -124,7 +125,9 @@ async def run(layout: Layout, rounds: int, connections: int, seconds: int) -> No
     tmp = Path(tempfile.mkdtemp(prefix="kubelbd-bench-dp-"))
     try:
         await kube.create(NAMESPACES, {"metadata": {"name": ns}})
-        await kube.create(DEPLOYMENTS, deployment(APP), ns)
+        app = deployment(APP)
+        app["spec"]["replicas"] = REPLICAS  # a pod per node
+        await kube.create(DEPLOYMENTS, app, ns)
         await kube.create(SERVICES, svc(APP, APP), ns)
         await kube.create(INGRESSES, ingress("dp", host, APP), ns)
         kubelbd_url = f"http://127.0.0.1:{layout.envoy_http_port}/"
