@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, convergence, dataplane, dns, fleet, l4
+from . import certs, convergence, dataplane, dns, fleet, l4, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("--rounds", type=int, default=5)
     dp.add_argument("--connections", type=int, default=8)
     dp.add_argument("--seconds", type=int, default=8)
+    st = sub.add_parser("status", help="Ingresses written at once until all have their status")
+    st.add_argument("--ingresses", type=int, default=1000)
+    st.add_argument("--runs", type=int, default=5)
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "dataplane":
         layout = convergence.ensure_fleet()
         asyncio.run(dataplane.run(layout, args.rounds, args.connections, args.seconds))
+    elif args.cmd == "status":
+        asyncio.run(status.run(convergence.ensure_fleet(), args.ingresses, args.runs))
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0

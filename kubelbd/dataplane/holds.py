@@ -32,8 +32,8 @@ TIMEOUT = 10.0
 INTERVAL = 0.05
 
 Probe = Callable[[Cluster], Awaitable[bool]]
-#: waits until Envoy has applied this version of the cluster file and warmed these clusters
-EnvoyHas = Callable[[str | None, set[str]], Awaitable[None]]
+#: waits until Envoy has applied this publish (by number) and warmed these clusters
+EnvoyHas = Callable[[int, set[str]], Awaitable[None]]
 
 
 @dataclass
@@ -41,9 +41,9 @@ class _Hold:
     record: RouteRecord
     clusters: set[str]  # its clusters Envoy had none of
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    #: set once the cluster file with its clusters is published: that version of it
+    #: set once the cluster file with its clusters is published: that publish's number
     published: anyio.Event = field(default_factory=anyio.Event)
-    cds: str | None = None
+    seq: int = 0
     ready: bool = False
 
 
@@ -104,12 +104,12 @@ class Holds:
                 self._let_go.append(held.record)
         return apply, delta
 
-    def published(self, cds: str | None) -> None:
-        """The files of the render that held changes are published (`cds`: the cluster
-        file's version now): Envoy is to apply that version before they are released."""
+    def published(self, seq: int) -> None:
+        """The files of the render that held changes are published (`seq`: the number of the
+        publish now): Envoy is to apply it before they are released."""
         for held in self._holds.values():
             if not held.published.is_set():
-                held.cds = cds
+                held.seq = seq
                 held.published.set()
 
     def applied(self, model: Model) -> Delta:
@@ -142,7 +142,7 @@ class Holds:
                             break
                         await anyio.sleep(INTERVAL)
                 await held.published.wait()
-                await self._envoy_has(held.cds, held.clusters)
+                await self._envoy_has(held.seq, held.clusters)
             if waiting.cancelled_caught:
                 log.warning(
                     "route %s: backend %s did not answer in %.0f s: its change is applied anyway",

@@ -25,7 +25,7 @@ from .. import metrics
 from ..certs.acme import ACMESettings
 from ..certs.dns01 import DNS01
 from ..dns.desired import Desired, Key, desired, lb_key, route_key
-from ..envoy.admin import EnvoyAdmin
+from ..envoy.admin import EnvoyAdmin, all_applied
 from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
 from ..envoy.sds import SecretServer
@@ -57,6 +57,10 @@ from .tls import CHALLENGES, TLSState
 log = logging.getLogger(__name__)
 
 CDS = "cds.pb"  # the cluster file (envoy.renderer)
+#: at most this long a render waits for Envoy to apply the previous publish
+CATCH_UP = 0.5
+#: the names to publish in DNS are worked out at most this often
+NAMES_INTERVAL = 0.5
 
 
 def dialled(clusters: list[str]) -> dict[str, set[Service]]:
@@ -113,7 +117,11 @@ class DataPlane:
         #: moves whenever the model may have changed (a render, a confirmation): the names
         #: are worked out again only then, not on every status report (O(routes) each)
         self._generation = 0
+        #: publishes that wrote files, and the latest of them Envoy is known to have applied
+        self._publish_seq = 0
+        self._applied_seq = 0
         self._names_for: object = None
+        self._names_due = anyio.Event()  # Envoy applied a publish: the names may have moved
         self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
         self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
         self._gateway_certificates = -1  # the TLS state's version the Gateways saw
@@ -182,11 +190,28 @@ class DataPlane:
         if inputs == self._names_for:
             return
         self._names_for = inputs
-        self.dns_wanted = desired(
+        before, self.dns_wanted = self.dns_wanted, desired(
             self.model.routes, self.model.ir, self.l4.records, targets,
             self.public_address, self.dns.settings.ttl, self.gateways.hosts,
         )  # fmt: skip
         self.dns.want(self.dns_wanted.endpoints)
+        # A record's names, or why some are refused, moved: its status says so.
+        self._dns_changed({
+            key for old, new in ((before.names, self.dns_wanted.names),
+                                 (before.refused, self.dns_wanted.refused))
+            for key in old.keys() | new.keys() if old.get(key) != new.get(key)
+        })  # fmt: skip
+
+    async def _names(self) -> None:
+        """DNS follows what Envoy serves, worked out at most every NAMES_INTERVAL (on the
+        leader): `desired` takes every route (at 1,000 about a tenth of a second here), and
+        done before every status report it held up the statuses of a stream of changes by
+        seconds. What it changes in a record's DNS state is reported as it is found."""
+        while True:
+            await self._names_due.wait()
+            self._names_due = anyio.Event()
+            self._publish_names()
+            await anyio.sleep(NAMES_INTERVAL)
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -195,11 +220,10 @@ class DataPlane:
         """A route's newest version here: held (dataplane.holds), else the model's."""
         return self.holds.record(rid) or self.model.routes.get(rid)
 
-    async def _envoy_has(self, cds: str | None, clusters: set[str]) -> None:
-        """Until Envoy has applied version `cds` of the cluster file (or a later one) and
-        warmed these clusters (their first health checks done)."""
-        if cds is not None:
-            await self.admin.wait_applied({CDS: cds}, None, required=(CDS,))
+    async def _envoy_has(self, seq: int, clusters: set[str]) -> None:
+        """Until Envoy has applied publish number `seq` (or a later one) and warmed these
+        clusters (their first health checks done)."""
+        await self._until_applied(seq, None)
         delay = 0.002
         while (warming := await self.admin.warming()) is None or warming & clusters:
             await anyio.sleep(delay)
@@ -216,13 +240,30 @@ class DataPlane:
             self.status.due(routes=confirmed)
 
     async def wait_applied(self, timeout: float | None = None) -> bool:
-        """True once Envoy reports every file version kubelbd has published, then holds
-        every certificate served."""
+        """True once Envoy has applied every file as kubelbd had published them when asked
+        (or a later publish, in full), then holds every certificate served."""
         deadline = None if timeout is None else anyio.current_time() + timeout
-        if not await self.admin.wait_applied(self.publisher.published, timeout):
+        if not await self._until_applied(self._publish_seq, timeout):
             return False
         left = None if deadline is None else max(0.0, deadline - anyio.current_time())
         return await self.secrets.wait_settled(left)
+
+    async def _until_applied(self, seq: int, timeout: float | None) -> bool:
+        """Until Envoy has applied every file as publish number `seq` left them, or as a later
+        one did: not the files as they are now (under a stream of changes, Envoy would never
+        catch up with those, and no status would be written until the stream ends). Whoever
+        asks first finds out for every waiter."""
+        delay = 0.002
+        with anyio.move_on_after(timeout):
+            while self._applied_seq < seq:
+                at, published = self._publish_seq, dict(self.publisher.published)
+                if all_applied(published, await self.admin.versions()):
+                    self._applied_seq = max(self._applied_seq, at)
+                    continue
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            return True
+        return False
 
     async def file_applied(self, name: str, timeout: float) -> bool:
         """True once Envoy reports the published version of this one file applied: what the
@@ -293,6 +334,10 @@ class DataPlane:
                 len(tenants.cache),
             )
             while True:
+                # Envoy applies what it was handed before it is handed more: changes that come
+                # meanwhile go out together, and statuses follow each publish (bounded: an
+                # Envoy that does not answer holds nothing up for longer than CATCH_UP).
+                await self._until_applied(self._publish_seq, CATCH_UP)
                 await self._render_once()
                 self.first_publish.set()
                 await self._wake.wait()
@@ -332,6 +377,7 @@ class DataPlane:
                     tg.start_soon(self._issue)
                     if self.dns is not None:
                         tg.start_soon(self.dns.run)
+                        tg.start_soon(self._names)
                     tg.start_soon(self.status.run)
                     tg.start_soon(self.status.writer.run)
                     await self.leadership.until(False)
@@ -374,7 +420,9 @@ class DataPlane:
         self._generation += 1
         rendered = time.perf_counter()
         written = await self.publisher.publish(files)
-        self.holds.published(self.publisher.published.get(CDS))
+        if written:
+            self._publish_seq += 1
+        self.holds.published(self._publish_seq)
         if CDS in files:
             self.intake.dialled.set(dialled(self.renderer.cluster_names()))
         self.tls.published()
@@ -493,7 +541,7 @@ class DataPlane:
     def _reports(self, routes: set[str], lbs: set[str], applied: bool) -> list[Report]:
         """The status of these records, from the model as it is now (see ir.status)."""
         if applied:
-            self._publish_names()
+            self._names_due.set()
         out = []
         for rid in sorted(routes):
             route = self.model.routes.get(rid)

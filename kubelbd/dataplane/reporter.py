@@ -86,15 +86,21 @@ class StatusReporter:
             await self._published.wait()
             await anyio.sleep(STATUS_DELAY)
             self._published = anyio.Event()
+            # What is due now was published by now: the wait is for these publishes (those
+            # that come meanwhile are the next round's).
             arrivals, self._arrivals = self._arrivals, []
-            applied = await self._wait_applied(APPLY_TIMEOUT)
             routes, lbs = self._routes, self._lbs
+            self._routes, self._lbs = set(), set()
+            applied = await self._wait_applied(APPLY_TIMEOUT)
             if applied:
-                self._routes, self._lbs = set(), set()
                 now = time.monotonic()
                 for kind, at in arrivals:
                     metrics.applied_after(kind, now - at)
+                # Due again meanwhile: their newer state is reported once Envoy has it.
+                routes, lbs = routes - self._routes, lbs - self._lbs
             else:
+                self._routes |= routes
+                self._lbs |= lbs
                 self._arrivals[:0] = arrivals  # still waiting for Envoy
                 log.warning(
                     "Envoy has not applied the published files within %.0f s; %d statuses"

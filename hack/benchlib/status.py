@@ -1,0 +1,139 @@
+"""hack/bench status: `--ingresses` Ingresses written at once across the tenants, until every
+one has its address in its status.
+
+Each run writes them concurrently into a fresh namespace per tenant (an echo Deployment and
+Service there first, warm), notes when the last write returned, and lists the namespaces
+(watched) until every Ingress has `status.loadBalancer.ingress`; the figure is that moment
+less the last write (issue 16: at most 2 s, median over 5 runs), reported beside the writes'
+own span (first to last). The namespaces are deleted after each run, untimed, and the next
+run waits until kubelbd has withdrawn their routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+
+from kubefleet.layout import Layout
+
+from kubelbd.kube import Kube
+from kubelbd.kube.informer import Informer
+from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
+from kubelbd.records.names import ROUTES, namespace_of
+
+from .convergence import deployment, ingress, svc
+
+#: writes in flight at once per tenant (kubectl apply of a multi-document file writes one at
+#: a time; a controller writes with a few workers)
+WRITERS = 16
+POLL = 0.01
+#: KUBELBD_BENCH_SAMPLES=1: how many are addressed, each second, on stderr
+PROGRESS = os.environ.get("KUBELBD_BENCH_SAMPLES") == "1"
+
+
+async def run(layout: Layout, ingresses: int, runs: int) -> None:
+    tenants = [c.name for c in layout.tenant_clusters]
+    kube = {t: await Kube.from_file(layout.kubeconfig(t), t) for t in tenants}
+    mgmt = await Kube.from_file(layout.kubeconfig("mgmt"), "mgmt")
+    results: list[tuple[float, float]] = []
+    try:
+        for r in range(runs):
+            ns = f"bench-status-{os.getpid()}-{r}"
+            took = await _one(kube, mgmt, ns, ingresses)
+            results.append(took)
+            print(f"   run {r + 1}: writes {took[0]:.2f} s, last status {took[1]:.2f} s after "
+                  "the last write", flush=True)  # fmt: skip
+    finally:
+        for k in (*kube.values(), mgmt):
+            await k.aclose()
+    after = [b for _, b in results]
+    print(f"\n{ingresses} Ingresses over {len(tenants)} tenants, {runs} runs\n")
+    print("| | median s | max s |")
+    print("|---|---|---|")
+    writes = [a for a, _ in results]
+    print(f"| writes, first to last | {statistics.median(writes):.2f} | {max(writes):.2f} |")
+    print(f"| last status after the last write | {statistics.median(after):.2f} | "
+          f"{max(after):.2f} |")  # fmt: skip
+
+
+async def _one(kube: dict[str, Kube], mgmt: Kube, ns: str, n: int) -> tuple[float, float]:
+    tenants = sorted(kube)
+    for t in tenants:
+        await kube[t].create(NAMESPACES, {"metadata": {"name": ns}})
+        await kube[t].create(DEPLOYMENTS, deployment("echo"), ns)
+        await kube[t].create(SERVICES, svc("echo", "echo"), ns)
+    watches = [Informer(kube[t], INGRESSES, namespace=ns) for t in tenants]
+    tasks = [asyncio.create_task(w.run()) for w in watches]
+    try:
+        return await _timed(kube, mgmt, ns, n, watches)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _timed(
+    kube: dict[str, Kube], mgmt: Kube, ns: str, n: int, watches: list[Informer]
+) -> tuple[float, float]:
+    tenants = sorted(kube)
+    # Warm: the twin and cluster of the backend exist before anything is timed.
+    for t in tenants:
+        await kube[t].create(INGRESSES, ingress("warm", f"warm.{ns}.{t}.bench.test", "echo"), ns)
+    await _until_addressed(watches, 1)
+    objs = [
+        (t, ingress(f"i{i}", f"i{i}.{ns}.{t}.bench.test", "echo"))
+        for i in range(n // len(tenants))
+        for t in tenants
+    ]
+    limit = {t: asyncio.Semaphore(WRITERS) for t in tenants}
+
+    async def write(t: str, obj: Obj) -> None:
+        async with limit[t]:
+            await kube[t].create(INGRESSES, obj, ns)
+
+    start = time.monotonic()
+    await asyncio.gather(*(write(t, o) for t, o in objs))
+    last_write = time.monotonic()
+    done = await _until_addressed(watches, len(objs) // len(tenants) + 1)
+    for t in tenants:
+        await kube[t].delete(NAMESPACES, ns)
+    await _until_withdrawn(mgmt, tenants, ns)
+    return last_write - start, done - last_write
+
+
+async def _until_addressed(watches: list[Informer], each: int, timeout: float = 300) -> float:
+    """When every watched namespace has `each` Ingresses, all with an address (read from the
+    watches' caches: polling lists of a thousand objects would load the API servers under
+    test)."""
+    deadline = time.monotonic() + timeout
+    start, shown = time.monotonic(), 0.0
+    while time.monotonic() < deadline:
+        addressed = sum(
+            bool((i.get("status") or {}).get("loadBalancer", {}).get("ingress"))
+            for w in watches
+            for i in w.cache.values()
+        )
+        if addressed >= each * len(watches):
+            return time.monotonic()
+        if PROGRESS and time.monotonic() - shown >= 1:
+            shown = time.monotonic()
+            print(f"     +{shown - start:.1f} s: {addressed} addressed", file=sys.stderr)
+        await asyncio.sleep(POLL)
+    raise TimeoutError("the Ingresses were never all addressed")
+
+
+async def _until_withdrawn(mgmt: Kube, tenants: list[str], ns: str, timeout: float = 300) -> None:
+    """Until no route record of the namespace is left (kubelbd is done with the run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = 0
+        for t in tenants:
+            records, _ = await mgmt.list(ROUTES, namespace_of(t))
+            left += sum(r["metadata"]["name"].startswith(f"{ns}.") for r in records)
+        if not left:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"route records of {ns} never withdrawn")
