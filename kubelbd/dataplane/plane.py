@@ -117,8 +117,10 @@ class DataPlane:
         #: moves whenever the model may have changed (a render, a confirmation): the names
         #: are worked out again only then, not on every status report (O(routes) each)
         self._generation = 0
-        #: publishes that wrote files, and the latest of them Envoy is known to have applied
-        self._publish_seq = 0
+        #: publishes that wrote files, and the latest of them Envoy is known to have applied;
+        #: the files found on the volume at the start count as the first, which Envoy must
+        #: report applied too (a status is never written before Envoy has what it says)
+        self._publish_seq = 1
         self._applied_seq = 0
         self._names_for: object = None
         self._names_due = anyio.Event()  # Envoy applied a publish: the names may have moved
