@@ -42,6 +42,7 @@ from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
+from ..retry import Backoff
 from . import probe
 from .dns import DNSENDPOINT_PROVIDER, DNSPublisher, DNSSettings, combined
 from .dnsendpoints import DNSEndpointWriter
@@ -226,10 +227,12 @@ class DataPlane:
         """Until Envoy has applied publish number `seq` (or a later one) and warmed these
         clusters (their first health checks done)."""
         await self._until_applied(seq, None)
-        delay = 0.002
-        while (warming := await self.admin.warming()) is None or warming & clusters:
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+        backoff = Backoff(initial=0.002, maximum=0.1)
+        while True:
+            warming = await self.admin.warming()  # polled: Envoy tells no one when it is done
+            if warming is not None and not warming & clusters:
+                return
+            await anyio.sleep(backoff.next())
 
     def _confirmed(self) -> None:
         """Provisional records came back written: the model takes them, their status is due."""
@@ -255,15 +258,14 @@ class DataPlane:
         one did: not the files as they are now (under a stream of changes, Envoy would never
         catch up with those, and no status would be written until the stream ends). Whoever
         asks first finds out for every waiter."""
-        delay = 0.002
+        backoff = Backoff(initial=0.002, maximum=0.05)
         with anyio.move_on_after(timeout):
             while self._applied_seq < seq:
                 at, published = self._publish_seq, dict(self.publisher.published)
                 if all_applied(published, await self.admin.versions()):
                     self._applied_seq = max(self._applied_seq, at)
                     continue
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                await anyio.sleep(backoff.next())
             return True
         return False
 

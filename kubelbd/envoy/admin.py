@@ -14,6 +14,7 @@ import aiohttp
 import anyio
 import orjson
 
+from ..retry import Backoff
 from .settings import rds_file
 
 log = logging.getLogger(__name__)
@@ -179,11 +180,10 @@ class EnvoyAdmin:
         required: Iterable[str] = ALWAYS,
     ) -> bool:
         """True once Envoy reports `published` (file -> version) applied; False on timeout."""
-        delay = 0.002
+        backoff = Backoff(initial=0.002, maximum=0.2)
         with anyio.move_on_after(timeout):
             while True:
                 if all_applied(published, await self.versions(), required):
                     return True
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                await anyio.sleep(backoff.next())
         return False
