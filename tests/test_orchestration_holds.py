@@ -18,11 +18,12 @@ from anyio.abc import SocketStream
 
 from kubelbd.dataplane import holds
 from kubelbd.dataplane.plane import DataPlane, dialled
+from kubelbd.ir.http import Cluster, Model
 from kubelbd.objects import NAMESPACES, Obj
 from kubelbd.records import parse
 from kubelbd.records.names import ROUTES, TENANTS, labels
 from kubelbd.records.objects import record_object, tenant_object
-from kubelbd.records.types import RouteRecord
+from kubelbd.records.types import RouteRecord, TenantRecord
 
 from .fakekube import FakeKube
 from .orchestration import namespace, running, until
@@ -155,3 +156,37 @@ async def test_a_new_route_and_a_known_backend_are_never_held(tmp_path: Path) ->
 def test_the_services_envoy_dials_are_read_from_its_cluster_names() -> None:
     names = ["a/ns/web/30080", "a/ns/web/30080/h2c", "gw/a/ns/db/31000/tcp", "b/x/api/30090"]
     assert dialled(names) == {"a": {("ns", "web"), ("ns", "db")}, "b": {("x", "api")}}
+
+
+async def test_probes_in_flight_are_bounded_across_every_hold() -> None:
+    """A tenant switching many routes to backends that never answer has kubelbd probe at
+    most PROBES at once, however many changes are held."""
+    model = Model()
+    old = [
+        RouteRecord("a", f"default.r{i}", parse.route_spec(spec("old", 30000))) for i in range(40)
+    ]
+    model.apply(old, (), [TenantRecord("a", (NODE,))])
+    in_flight = 0
+    stuck = anyio.Event()  # never set: a probe that never finishes
+
+    async def never(cluster: Cluster) -> bool:
+        nonlocal in_flight
+        in_flight += 1
+        await stuck.wait()
+        return False
+
+    async def has(seq: int, clusters: set[str]) -> None:
+        return None
+
+    held = holds.Holds(never, has, lambda: None)
+    new = {
+        r.id: RouteRecord("a", r.name, parse.route_spec(spec(f"new{i}", 31000 + i)))
+        for i, r in enumerate(old)
+    }
+    async with anyio.create_task_group() as tg:
+        held.start(tg)
+        applied, _ = held.take(model, new, ())
+        assert applied == {} and all(held.record(rid) for rid in new)
+        await anyio.wait_all_tasks_blocked()  # every hold's task is in its probe, or waits for one
+        assert in_flight == holds.PROBES
+        tg.cancel_scope.cancel()

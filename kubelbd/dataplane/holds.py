@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 TIMEOUT = 10.0
 #: between two probes of a backend that does not answer yet
 INTERVAL = 0.05
+#: probes in flight at once, of every tenant (each opens a connection to every node of the
+#: backend's tenant: a tenant switching many routes to backends that never answer would
+#: otherwise have kubelbd open connections by the thousand)
+PROBES = 16
 
 Probe = Callable[[Cluster], Awaitable[bool]]
 #: waits until Envoy has applied this publish (by number) and warmed these clusters
@@ -55,6 +59,7 @@ class Holds:
         self._holds: dict[str, _Hold] = {}
         self._let_go: list[RouteRecord] = []  # released: to unprepare once applied
         self._task_group: TaskGroup | None = None
+        self._probing = anyio.Semaphore(PROBES)
 
     def start(self, task_group: TaskGroup) -> None:
         """Where the probes run (the data plane's task group)."""
@@ -129,6 +134,10 @@ class Holds:
             held.scope.cancel()
             delta.clusters |= model.unprepare(held.record).clusters
 
+    async def _probed(self, cluster: Cluster) -> bool:
+        async with self._probing:
+            return await self._probe(cluster)
+
     async def _watch(self, held: _Hold, model: Model) -> None:
         """Probe the held change's new backends until each answers and Envoy has them, or
         TIMEOUT; then let the next render apply it."""
@@ -138,7 +147,7 @@ class Holds:
                 for name in sorted(held.clusters):
                     while True:
                         cluster = model.ir.clusters.get(name)
-                        if cluster is not None and await self._probe(cluster):
+                        if cluster is not None and await self._probed(cluster):
                             break
                         await anyio.sleep(INTERVAL)
                 await held.published.wait()
