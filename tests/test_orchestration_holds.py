@@ -102,13 +102,18 @@ async def switch(mgmt: FakeKube, tmp_path: Path, node: Node) -> tuple[DataPlane,
     return dp, record_object("Route", "a", "default.shop", spec("new", node.port))
 
 
+async def switched_once_served(dp: DataPlane, mgmt: FakeKube, new: Obj) -> None:
+    """Once the old backend serves, the tenant side gives the route's new version."""
+    await until(lambda: programmed(mgmt) == "True", "served by the old backend")
+    dp.intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(new["spec"])))
+
+
 async def test_a_switch_to_a_new_backend_waits_until_it_answers(tmp_path: Path) -> None:
     mgmt = await management()
     async with Node().listening() as node:
         dp, new = await switch(mgmt, tmp_path, node)
         async with running(dp.run):
-            await until(lambda: programmed(mgmt) == "True", "served by the old backend")
-            dp.intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(new["spec"])))
+            await switched_once_served(dp, mgmt, new)
             # The new cluster goes to Envoy; the route still sends to the old one.
             await until(lambda: "cds.pb" in files_mentioning(tmp_path, "/new/"), "new cluster")
             assert b"/old/" in route_table(tmp_path) and b"/new/" not in route_table(tmp_path)
@@ -127,8 +132,7 @@ async def test_a_backend_that_never_answers_holds_the_change_a_bounded_time(
     async with Node().listening() as node:
         dp, new = await switch(mgmt, tmp_path, node)
         async with running(dp.run):
-            await until(lambda: programmed(mgmt) == "True", "served by the old backend")
-            dp.intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(new["spec"])))
+            await switched_once_served(dp, mgmt, new)
             await until(lambda: b"/new/" in route_table(tmp_path), "applied after the timeout")
     assert "a/default.shop: backend a/default/new" in caplog.text
 
