@@ -285,24 +285,14 @@ class Model:
         until its new backends answer: make before break), without its hosts: Envoy gets the
         clusters first, and the routes still send where they did. `unprepare` lets them go."""
         delta = Delta()
-        for name, dial in _cluster_ports(route).items():
-            refs = self._cluster_refs.setdefault(name, set())
-            if not refs:
-                delta.clusters.add(name)
-            refs.add(_prepared(route.id))
-            self._cluster_ports[name] = (route.tenant, dial)
-            self._put_cluster(name)
+        self._use_clusters(route, _prepared(route.id), delta)
         return delta
 
     def unprepare(self, route: RouteRecord) -> Delta:
         """The clusters `prepare` kept for this version of the route, let go (those a route
         sends to stay)."""
         delta = Delta()
-        for name in _cluster_ports(route):
-            refs = self._cluster_refs.get(name, set())
-            refs.discard(_prepared(route.id))
-            if not refs:
-                self._drop_cluster(name, delta)
+        self._let_go_clusters(route, _prepared(route.id), delta)
         return delta
 
     def confirm(self, route: RouteRecord) -> None:
@@ -320,13 +310,7 @@ class Model:
             touched.add(host)
         if CATCH_ALL in claims(r):
             hostless.add(r.tenant)
-        for name, dial in _cluster_ports(r).items():
-            refs = self._cluster_refs.setdefault(name, set())
-            if not refs:
-                delta.clusters.add(name)
-            refs.add(r.id)
-            self._cluster_ports[name] = (r.tenant, dial)
-            self._put_cluster(name)
+        self._use_clusters(r, r.id, delta)
 
     def _unindex(self, r: RouteRecord, touched: set[str], hostless: set[str], delta: Delta) -> None:
         for host in claims(r):
@@ -340,17 +324,28 @@ class Model:
             touched.add(host)
         if CATCH_ALL in claims(r):
             hostless.add(r.tenant)
+        self._let_go_clusters(r, r.id, delta)
+
+    def _use_clusters(self, r: RouteRecord, ref: str, delta: Delta) -> None:
+        """The clusters `r` sends to, held by `ref` (a route id, or a prepared version's)."""
+        for name, dial in _cluster_ports(r).items():
+            refs = self._cluster_refs.setdefault(name, set())
+            if not refs:
+                delta.clusters.add(name)
+            refs.add(ref)
+            self._cluster_ports[name] = (r.tenant, dial)
+            self._put_cluster(name)
+
+    def _let_go_clusters(self, r: RouteRecord, ref: str, delta: Delta) -> None:
+        """`ref` no longer holds the clusters `r` sends to; those nothing holds go."""
         for name in _cluster_ports(r):
             refs = self._cluster_refs.get(name, set())
-            refs.discard(r.id)
+            refs.discard(ref)
             if not refs:
-                self._drop_cluster(name, delta)
-
-    def _drop_cluster(self, name: str, delta: Delta) -> None:
-        self._cluster_refs.pop(name, None)
-        self._cluster_ports.pop(name, None)
-        self.ir.clusters.pop(name, None)
-        delta.clusters.add(name)
+                self._cluster_refs.pop(name, None)
+                self._cluster_ports.pop(name, None)
+                self.ir.clusters.pop(name, None)
+                delta.clusters.add(name)
 
     def _put_cluster(self, name: str) -> None:
         tenant, (port, http2, tls) = self._cluster_ports[name]
