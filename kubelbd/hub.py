@@ -54,6 +54,10 @@ class Dialled:
         """Call `wake` when a Service of the tenant is no longer dialled (one per tenant)."""
         self._wake[tenant] = wake
 
+    def forget(self, tenant: str) -> None:
+        """The tenant is gone: nothing of its to wake (its task is not kept by a callback)."""
+        self._wake.pop(tenant, None)
+
 
 class RecordSink(Protocol):
     """The data plane's intake, as the tenant side sees it."""

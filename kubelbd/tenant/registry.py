@@ -320,6 +320,7 @@ class Registry:
 
     async def _remove_records(self, tenant: str) -> None:
         self.board.forget_tenant(tenant)
+        self.sink.dialled.forget(tenant)
         await self.mgmt.delete(NAMESPACES, namespace_of(tenant))
 
     async def _remove_records_retrying(self, tenant: str) -> None:
