@@ -165,6 +165,8 @@ class _Server:
         self.compacted = 0
         self.held = 0
         self.failures: list[_Failure] = []
+        #: (method, resource plural) -> a gate such calls wait at until it is set (`hold`)
+        self.gates: dict[tuple[str, str], anyio.Event] = {}
         self.calls: list[Call] = []
         self._changed: anyio.Event | None = None
 
@@ -334,6 +336,9 @@ class FakeKube(Kube):
         s.calls.append(
             Call(method, res.plural, namespace or "", name or "", subresource or "", now)
         )
+        gate = s.gates.get((method, res.plural))
+        if gate is not None:
+            await gate.wait()
         for f in s.failures:
             if (
                 f.times > 0
@@ -361,6 +366,12 @@ class FakeKube(Kube):
         if given, raise ApiError(status), or ConnectionError for status 0. `times` may be
         math.inf (say, a kind that is not installed: status 404)."""
         self._server.failures.append(_Failure(method, resource, name, status, times))
+
+    def hold(self, method: str, resource: Resource) -> anyio.Event:
+        """Calls of `method` on `resource` wait (after they are counted in `calls`) until the
+        returned event is set: a write in flight, for as long as a test wants."""
+        gate = self._server.gates[(method, resource.plural)] = anyio.Event()
+        return gate
 
     def heal(self) -> None:
         """No more injected failures."""

@@ -194,7 +194,7 @@ async def test_an_ingress_of_another_class_is_ignored(fleet: Fleet) -> None:
     await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
     async with running(fleet.sync.run):
         await until(lambda: fleet.synced("1 routes in sync"), "a pass")
-        assert fleet.route("shop") is not None
+        await until(lambda: fleet.route("shop"), "its record (written after the pass)")
         assert fleet.route("theirs") is None
         assert fleet.twin("other") is None
         assert [s for s in fleet.sink.seen if "theirs" in s[2]] == []
@@ -356,6 +356,7 @@ async def test_the_tls_secrets_of_ours_are_copied_and_follow(fleet: Fleet) -> No
         assert copy["data"]["tls.crt"] == tls_secret("shop-cert", "one")["data"]["tls.crt"]
         await until(lambda: fleet.synced("1 routes in sync"), "a pass")
         assert copied("unused-cert") is None
+        await until(lambda: fleet.route("shop"), "its record (written after the pass)")
         assert fleet.route("shop")["spec"]["tls"][0]["secretName"] == "shop-cert"
 
         renewed = tls_secret("shop-cert", "two")
@@ -576,3 +577,79 @@ async def test_endpoint_slices_written_by_hand_are_mirrored_for_the_twin(fleet: 
         await until(lambda: fleet.twin("manual") is None, "the twin deleted")
         await until(lambda: mirror("manual-a") is None, "the mirror deleted")
         assert fleet.tenant.stored(ENDPOINT_SLICES, "manual-a", "default") is not None
+
+
+def route_host(fleet: Fleet, name: str) -> Any:
+    route = fleet.route(name)
+    return route["spec"]["rules"][0]["host"] if route is not None else None
+
+
+def route_writes(fleet: Fleet, name: str) -> list[str]:
+    """The host of each write of Route `name`, oldest first ("" for its deletion)."""
+    return [
+        c.obj["spec"]["rules"][0]["host"] if c.type != "DELETED" else ""
+        for c in fleet.mgmt.changes(ROUTES)
+        if c.key[-1] == f"default.{name}"
+    ]
+
+
+def applying(fleet: Fleet, name: str) -> int:
+    return sum(
+        1 for c in fleet.mgmt.calls if (c.method, c.plural, c.name) == ("apply", "routes", name)
+    )
+
+
+async def test_a_record_write_in_flight_holds_up_no_other_object(fleet: Fleet) -> None:
+    """Under a burst, each object is served once translated: a pass hands it to the data
+    plane without waiting for the records of the objects before it to be written."""
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    gate = fleet.mgmt.hold("apply", ROUTES)
+    async with running(fleet.sync.run):
+        await until(lambda: applying(fleet, "default.shop") == 1, "shop's write under way")
+        await fleet.tenant.create(INGRESSES, ingress("cart", "cart.example.com", "web"))
+        await until(lambda: fleet.sink.of("a/default.cart"), "cart handed to the data plane")
+        assert fleet.sink.of("a/default.cart")[0][0] == "provisional"
+        assert fleet.route("shop") is None  # still being written
+        gate.set()
+        await until(lambda: fleet.route("shop") and fleet.route("cart"), "both written")
+
+
+async def test_a_record_changed_or_deleted_while_written_ends_as_its_object(
+    fleet: Fleet,
+) -> None:
+    """Writes of one record never overlap: a newer translation is written after the one in
+    flight (never the other way round), and a delete waits for it (else the write could
+    land after the delete and make the record again)."""
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "v1.example.com", "web"))
+    gate = fleet.mgmt.hold("apply", ROUTES)
+    async with running(fleet.sync.run):
+        await until(lambda: applying(fleet, "default.shop") == 1, "v1's write under way")
+        rule = {**ingress("shop", "v2.example.com", "web")["spec"]["rules"][0]}
+        await fleet.tenant.patch(INGRESSES, "shop", {"spec": {"rules": [rule]}}, "default")
+        handed = [s[3]["rules"][0]["host"] for s in fleet.sink.of("a/default.shop")]
+        await until(
+            lambda: (
+                [s[3]["rules"][0]["host"] for s in fleet.sink.of("a/default.shop")]
+                == [*handed, "v2.example.com"]
+            ),
+            "v2 handed over",
+        )
+        gate.set()
+        await until(lambda: route_host(fleet, "shop") == "v2.example.com", "v2 written")
+        assert route_writes(fleet, "shop") == ["v1.example.com", "v2.example.com"]
+
+        gate = fleet.mgmt.hold("apply", ROUTES)
+        rule = {**ingress("shop", "v3.example.com", "web")["spec"]["rules"][0]}
+        await fleet.tenant.patch(INGRESSES, "shop", {"spec": {"rules": [rule]}}, "default")
+        await until(lambda: applying(fleet, "default.shop") == 3, "v3's write under way")
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "deleted", "withdrawn")
+        gate.set()
+        await until(lambda: route_writes(fleet, "shop")[-1:] == [""], "deleted")
+        await until(lambda: not fleet.sync.records.writing(ROUTE, "default.shop"), "settled")
+        assert route_writes(fleet, "shop") == [
+            "v1.example.com", "v2.example.com", "v3.example.com", "",
+        ]  # fmt: skip
+        assert fleet.route("shop") is None

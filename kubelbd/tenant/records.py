@@ -3,17 +3,27 @@
 The tenant task compares each new translation with what it wrote (the stored spec, as read
 back at start-up: a record in an older shape compares unequal and is rewritten in today's),
 writes only what changed, and hands every record to the data plane the moment it has it.
+
+A provisional record (a Route, served from its translation at once) is written in the
+background (`write_later`): a reconcile pass never waits for the management API server, so
+under a burst of new objects each is served as soon as it is translated, not after the
+records of every object translated before it are written. Writes of one record never overlap:
+a newer translation handed over while one is written is written after it, and a delete waits
+for the write in flight (`settled`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+import anyio
+import anyio.abc
+
 from ..hub import RecordSink
-from ..kube import Kube
+from ..kube import ApiError, Kube
 from ..kube.client import precise_timestamp
 from ..records.claims import with_claims, with_name_claims
 from ..records.names import KINDS, ROUTE, RecordKind, namespace_of
@@ -23,6 +33,13 @@ from ..records.types import LoadBalancerSpec, RouteRecord, RouteSpec, SpecT
 log = logging.getLogger(__name__)
 
 RecordKey = tuple[str, str]  # (record kind, name)
+
+#: how long a provisional record waits before it is written: the write costs the management
+#: API server and etcd as much CPU as Envoy needs to apply the change, and on a busy machine
+#: writing it at once delays the traffic it records
+RECORD_DELAY = 0.05
+#: background record writes in flight at once, per tenant
+WRITES_IN_FLIGHT = 8
 
 
 class TenantRecords:
@@ -35,6 +52,17 @@ class TenantRecords:
         self._handed: dict[RecordKey, RouteSpec] = {}  # provisional, not written (yet)
         #: handed to the data plane but not written (yet): withdrawn even if never written
         self.unwritten: set[RecordKey] = set()
+        #: records being written in the background -> set when that is over
+        self._writing: dict[RecordKey, anyio.Event] = {}
+        self._again: set[RecordKey] = set()  # handed anew while being written
+        self._limit = anyio.Semaphore(WRITES_IN_FLIGHT)
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """The background writes' task (`write_later`), for as long as the tenant task runs."""
+        async with anyio.create_task_group() as self._tg:
+            task_status.started()
+            await anyio.sleep_forever()
 
     async def load(self, kinds: Iterable[RecordKind]) -> None:
         written, recorded = {}, {}
@@ -102,13 +130,62 @@ class TenantRecords:
         self.unwritten.add((kind.kind, name))
         self._handed[(kind.kind, name)] = spec
 
+    def handed(self, kind: RecordKind, name: str) -> RouteSpec | None:
+        """The spec handed over (`provisional`) and not written yet."""
+        return self._handed.get((kind.kind, name))
+
+    def writing(self, kind: RecordKind, name: str) -> bool:
+        """A background write of this record is under way (or waits to start)."""
+        return (kind.kind, name) in self._writing
+
+    def write_later(self, kind: RecordKind, name: str, failed: Callable[[Exception], None]) -> None:
+        """Write the spec last handed over (`provisional`) in the background; `failed` is
+        told when the API refuses it or cannot be reached (the object is then reconciled
+        again later, which hands it over again)."""
+        key = (kind.kind, name)
+        if key in self._writing:
+            self._again.add(key)
+            return
+        assert self._tg is not None, "TenantRecords.run is not running"
+        self._writing[key] = anyio.Event()
+        self._tg.start_soon(self._write_handed, kind, name, failed)
+
+    async def settled(self, kind: RecordKind, name: str) -> None:
+        """Until no background write of this record is under way."""
+        done = self._writing.get((kind.kind, name))
+        if done is not None:
+            await done.wait()
+
+    async def _write_handed(
+        self, kind: RecordKind, name: str, failed: Callable[[Exception], None]
+    ) -> None:
+        key = (kind.kind, name)
+        try:
+            await anyio.sleep(RECORD_DELAY)
+            while True:
+                self._again.discard(key)
+                spec = self._handed.get(key)
+                if spec is None:
+                    return  # taken back, or deleted, meanwhile
+                async with self._limit:
+                    await self.write(kind, name, spec)
+                if key not in self._again:
+                    return
+        except (ApiError, ConnectionError) as e:
+            failed(e)
+        finally:
+            self._again.discard(key)
+            self._writing.pop(key).set()
+
     async def write(self, kind: RecordKind, name: str, spec: RouteSpec | LoadBalancerSpec) -> None:
         start = time.perf_counter()
         written = await self.mgmt.apply(
             kind.resource, record_object(kind.kind, self.tenant, name, spec)
         )
-        self.unwritten.discard((kind.kind, name))
-        self._handed.pop((kind.kind, name), None)
+        if self._handed.get((kind.kind, name), spec) == spec:
+            # (else a newer spec was handed over meanwhile: it stays unwritten)
+            self.unwritten.discard((kind.kind, name))
+            self._handed.pop((kind.kind, name), None)
         self.written[(kind.kind, name)] = cast(Any, spec)
         self.recorded.setdefault(
             (kind.kind, name), str(written["metadata"].get("creationTimestamp") or "")
@@ -136,6 +213,10 @@ class TenantRecords:
 
     async def delete(self, kind: RecordKind, name: str) -> None:
         self.sink.deleted(kind, self.tenant, name)
+        # A write under way finishes first (else it could land after the delete and make the
+        # record again); nothing handed over is written after it.
+        self._handed.pop((kind.kind, name), None)
+        await self.settled(kind, name)
         await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
         self.unwritten.discard((kind.kind, name))
         self._handed.pop((kind.kind, name), None)

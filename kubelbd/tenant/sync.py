@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 
 #: API calls in flight per tenant while reconciling a batch of objects
 API_CONCURRENCY = 8
-#: how long a provisional record waits before it is written (see _reconcile_object)
-RECORD_DELAY = 0.05
 
 
 @dataclass(frozen=True)
@@ -229,6 +227,7 @@ class TenantSync:
             tg.start_soon(inf.run)
         tg.start_soon(self.statuses.writer.run)
         tg.start_soon(self._retry_failed)
+        await tg.start(self.records.run)
         for inf in self.caches.all_informers():
             await inf.synced.wait()
         await self._load_records()
@@ -376,7 +375,7 @@ class TenantSync:
             self._retry_backoff.reset()
             self._retry_sleep.cancel()
             self._logged_error = ""
-            self.health.sync_succeeded(self.records.count(ROUTE))
+            self.health.sync_succeeded(self.records.held(ROUTE))
             self.settling.done(self.name)
 
     async def _retry_failed(self) -> None:
@@ -614,17 +613,26 @@ class TenantSync:
                 async with limit:
                     await self.records.write(source.record, record, result.spec)
             return
-        if self.records.same(source.record, record, result.spec) and not creating:
+        failed = partial(self._write_failed, oid)
+        if not creating and self.records.handed(source.record, record) == result.spec:
+            # Handed over already (translated again, say, for a twin made meanwhile): its
+            # write is under way, or retried now after a failure.
+            self.records.write_later(source.record, record, failed)
+            return
+        # A record being written may become what this translation says only by another
+        # write after that one: never taken back to what it held before.
+        writing = self.records.writing(source.record, record)
+        if self.records.same(source.record, record, result.spec) and not (creating or writing):
             # Back to what the record holds, after another spec was handed over and not
             # written: the data plane still has that other one.
             self.records.revert(source.record, record)
             return
         # The data plane renders from the translation at once; the record (the durable copy)
-        # is written a moment later. A failed write is retried; a restart waits for tenants
-        # to resync before its first publish, so a record lost in a crash is rewritten
-        # before it is missed.
+        # is written a moment later, in the background (TenantRecords.write_later). A failed
+        # write is retried; a restart waits for tenants to resync before its first publish,
+        # so a record lost in a crash is rewritten before it is missed.
         self.records.provisional(source.record, record, result.spec)
-        sent, served_at = result.spec, anyio.current_time()
+        sent = result.spec
         if creating:
             # The new twins' nodePorts are chosen already: Envoy gets the route and its
             # clusters while the tenant API server creates them, not after.
@@ -649,14 +657,15 @@ class TenantSync:
                 result = self._translate(source, obj, record)
                 if result.spec != sent:
                     self.records.provisional(source.record, record, result.spec)
-        if self.records.same(source.record, record, result.spec):
+        if self.records.same(source.record, record, result.spec) and not writing:
             self.records.revert(source.record, record)  # only its twins were missing
             return
-        # The record write costs the management API server and etcd as much CPU as Envoy
-        # needs to apply the change: on a busy machine, writing it at once delays the traffic
-        # it records. It waits until Envoy has most likely applied, unless more changes wait
-        # for this batch to finish.
-        with anyio.move_on_after(served_at + RECORD_DELAY - anyio.current_time()):
-            await self._wake.wait()
-        async with limit:
-            await self.records.write(source.record, record, result.spec)
+        self.records.write_later(source.record, record, failed)
+
+    def _write_failed(self, oid: ObjectId, error: Exception) -> None:
+        """A record's background write failed: its object is reconciled again after the
+        retry backoff (_retry_failed), as if its reconcile had failed."""
+        message = classify(error)[1]
+        log.warning("tenant %s: %s %s: %s", self.name, oid[0].lower(), oid[1], message)
+        self._failed[oid] = message
+        self._retry_wake.set()
