@@ -1,6 +1,6 @@
 """kubelbd.kube.status_writer.StatusWriter: the rules every status write follows (dedup,
 latest wins, backoff without holding up other keys, stale retries losing to newer wants,
-forgetting on 404, coalescing minor changes)."""
+forgetting on 404, coalescing minor changes, settling bursts)."""
 
 from __future__ import annotations
 
@@ -46,9 +46,12 @@ class Target:
         return [fp for k, fp, _ in self.writes if k == key]
 
 
-def writer(coalesce: float = 0.0) -> StatusWriter:
+def writer(coalesce: float = 0.0, settle: float = 0.0) -> StatusWriter:
     return StatusWriter(
-        "test", backoff=Backoff(initial=BACKOFF, maximum=BACKOFF), coalesce=coalesce
+        "test",
+        backoff=Backoff(initial=BACKOFF, maximum=BACKOFF),
+        coalesce=coalesce,
+        settle=settle,
     )
 
 
@@ -144,6 +147,27 @@ async def test_minor_changes_wait_for_the_interval_and_a_major_one_does_not() ->
         assert t.writes[-1][2] - t.writes[-2][2] < interval
         await w.idle.wait()
     assert t.attempts.count(("a", 2)) == t.attempts.count(("a", 4)) == 0
+
+
+async def test_a_burst_of_changes_settles_into_one_write_per_key() -> None:
+    settle = 0.2
+    w, t = writer(settle=settle), Target()
+    async with running(w.run):
+        start = anyio.current_time()
+        w.want("a", 1, t.write("a", 1))
+        w.want("b", 1, t.write("b", 1))
+        await anyio.wait_all_tasks_blocked()
+        assert t.writes == []  # nothing before the settling time
+        w.want("a", 2, t.write("a", 2))  # replaces 1; the wait does not start again
+        await until(lambda: len(t.writes) == 2, "settled writes")
+        assert t.written("a") == [2] and t.written("b") == [1]
+        assert all(settle <= at - start < 2 * settle for _, _, at in t.writes)
+        # The next change after a write settles again.
+        w.want("a", 3, t.write("a", 3))
+        await w.idle.wait()
+        assert t.written("a") == [2, 3]
+        assert t.writes[-1][2] - t.writes[0][2] >= settle
+    assert ("a", 1) not in t.attempts
 
 
 async def test_a_retry_from_before_a_forget_never_overwrites_a_newer_status() -> None:

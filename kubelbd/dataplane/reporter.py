@@ -32,6 +32,11 @@ from .arrivals import Arrival
 log = logging.getLogger(__name__)
 
 STATUS_DELAY = 0.05
+#: a record's status is written this long after it changes, with whatever changed meanwhile:
+#: a new route's "applied" and, soon after, "published in DNS" are one write, and a burst of
+#: 1,000 new routes leaves the tenants' own statuses (what their users wait for) the CPU
+#: first (StatusWriter's settle)
+RECORD_SETTLE = 2.0
 APPLY_TIMEOUT = 30.0
 #: field managers, one per kind of record (each owns the status fields it writes; a
 #: LoadBalancer's allocation has a manager of its own, see l4.py)
@@ -54,7 +59,7 @@ class StatusReporter:
         self._wait_applied = wait_applied
         self._reports = reports
         self._conditions = conditions  # as the record carried them when last seen
-        self.writer = StatusWriter("records")
+        self.writer = StatusWriter("records", settle=RECORD_SETTLE)
         self._routes: set[str] = set()
         self._lbs: set[str] = set()
         self._published = anyio.Event()
@@ -112,7 +117,11 @@ class StatusReporter:
 
     def _want(self, report: Report) -> None:
         key = f"{report.kind.kind}/{report.id}"
-        self.writer.want(key, repr(report.status), partial(self._write, key, report))
+        # A record not written yet (a route served from its translation, generation 0) has
+        # no status to write: writing it would be refused, or say an older generation saw
+        # this. Its confirmation makes it due again (DataPlane's on_confirmed).
+        if report.status.get("observedGeneration") != 0:
+            self.writer.want(key, repr(report.status), partial(self._write, key, report))
         if report.source is not None:
             self.board.want(report.tenant, report.source)
 

@@ -9,7 +9,11 @@ only gets it onto objects, with the rules every status write needs:
 - forgetting: an object that is gone (404) is dropped, and a new one of the same key is
   written afresh;
 - coalescing: a minor change (say, only a message moved) waits until `coalesce` seconds
-  after the key's last write, unless something more important comes meanwhile.
+  after the key's last write, unless something more important comes meanwhile;
+- settling: with `settle`, every status waits that long after it is first wanted, and what
+  is wanted meanwhile replaces it: a burst of changes to one key is one write. For statuses
+  people read but nothing waits on (the management cluster's records), so that in a burst
+  their writes neither double up nor compete with the statuses tenants wait for.
 
 One writer per stream of statuses (the data plane's records; each tenant's objects; each
 tenant's Tenant record); `run()` is its task.
@@ -50,12 +54,14 @@ class StatusWriter:
         timeout: float = 15.0,
         backoff: Backoff | None = None,
         coalesce: float = 0.0,
+        settle: float = 0.0,
     ) -> None:
         self.name = name
         self._limit = anyio.Semaphore(concurrency)
         self._timeout = timeout
         self._backoff = backoff or Backoff(initial=1, maximum=30)
         self._coalesce = coalesce
+        self._settle = settle
         self._wanted: dict[str, _Wanted] = {}
         self._written: dict[str, Hashable] = {}
         self._written_at: dict[str, float] = {}
@@ -80,9 +86,9 @@ class StatusWriter:
         if key not in self._writing and self._written.get(key) == fingerprint:
             self._wanted.pop(key, None)
             return
-        not_before = 0.0
+        not_before = anyio.current_time() + self._settle if self._settle else 0.0
         if minor and self._coalesce and key in self._written_at:
-            not_before = self._written_at[key] + self._coalesce
+            not_before = max(not_before, self._written_at[key] + self._coalesce)
         pending = self._wanted.get(key)
         if pending is not None:
             not_before = min(not_before, pending.not_before)
