@@ -120,7 +120,14 @@ async def _until_addressed(watches: list[Informer], each: int, timeout: float = 
             return time.monotonic()
         if PROGRESS and time.monotonic() - shown >= 1:
             shown = time.monotonic()
-            print(f"     +{shown - start:.1f} s: {addressed} addressed", file=sys.stderr)
+            missing = [
+                i["metadata"]["name"]
+                for w in watches
+                for i in w.cache.values()
+                if not (i.get("status") or {}).get("loadBalancer", {}).get("ingress")
+            ]
+            print(f"     +{shown - start:.1f} s: {addressed} addressed; waiting for "
+                  f"{', '.join(sorted(missing)[:5])}", file=sys.stderr)  # fmt: skip
         await asyncio.sleep(POLL)
     raise TimeoutError("the Ingresses were never all addressed")
 
