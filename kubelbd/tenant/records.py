@@ -105,9 +105,6 @@ class TenantRecords:
                 )
         return out
 
-    def count(self, kind: RecordKind) -> int:
-        return sum(1 for k, _ in self.written if k == kind.kind)
-
     def certificates(self, except_record: str) -> set[tuple[str, str]]:
         """(namespace, Secret name) of every certificate the tenant's Routes are served with,
         as written or handed over, but for Route `except_record`'s."""
