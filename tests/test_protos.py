@@ -87,6 +87,26 @@ def test_a_route_table_written_host_by_host_is_the_same_message() -> None:
     assert _decoded(protos.resource(changed, hosts)) == _decoded(protos.resource(changed))
 
 
+def test_every_golden_host_has_the_bytes_of_protobufs_json_mapping() -> None:
+    """A host's domains are set on the message directly (fast), not through the JSON
+    mapping: the bytes must be the same, and a domain that is no string still refused."""
+    hosts = [
+        vh
+        for r in golden_resources()
+        if r["@type"] == ROUTE_CONFIG
+        for vh in r.get("virtual_hosts", [])
+    ]
+    assert len(hosts) > 10
+    hosts.append({"name": "front", "domains": [f"h{i}.test" for i in range(200)], "routes": []})
+    for vh in hosts:
+        mapped = json_format.ParseDict(
+            vh, protos.message_class("envoy.config.route.v3.VirtualHost")()
+        )
+        assert protos._virtual_host(vh).endswith(mapped.SerializeToString(deterministic=True))
+    with pytest.raises(protos.Unencodable):
+        protos._virtual_host({"name": "n", "domains": ["a.test", 7]})
+
+
 def test_a_file_reads_back_with_its_version_and_resources() -> None:
     cluster = {"@type": CLUSTER, "name": "a/b", "connect_timeout": "2s", "type": "STATIC"}
     version, data = Encoder().encode("cds.pb", [cluster])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
@@ -135,8 +135,21 @@ def _kind(item: dict[str, Any]) -> str:
     return str(item.get("@type", "")).rpartition(".")[2]
 
 
+_VirtualHost = message_class("envoy.config.route.v3.VirtualHost")
+
+
 def _virtual_host(host: dict[str, Any]) -> bytes:
-    body = _encode("envoy.config.route.v3.VirtualHost", host)
+    """A route table's host. Its domains are set on the message directly: a shard's front
+    host lists every host of the shard (about 190 at 3,000 routes), and protobuf's JSON
+    mapping takes ~10 µs a string, most of what encoding a new host's change cost."""
+    message = json_format.ParseDict(
+        {k: v for k, v in host.items() if k != "domains"}, _VirtualHost()
+    )
+    domains = host.get("domains", [])
+    if not isinstance(domains, list):
+        raise TypeError(f"virtual host domains: a list, not {type(domains).__name__}")
+    cast(Any, message).domains.extend(domains)  # TypeError (Unencodable) unless strings
+    body = message.SerializeToString(deterministic=True)
     return _length_delimited(_VIRTUAL_HOSTS, body)
 
 
