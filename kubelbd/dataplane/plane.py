@@ -61,10 +61,11 @@ log = logging.getLogger(__name__)
 CDS = "cds.pb"  # the cluster file (envoy.renderer)
 #: at most this long a render waits for Envoy to apply the previous publish
 CATCH_UP = 0.5
-#: the names to publish in DNS are worked out at most this often, and with at most this
-#: share of the event loop: a pass takes every route (a tenth of a second at 1,000), and
-#: under a burst of changes passes every half second took a tenth of the loop's time from
-#: the statuses the tenants wait for
+#: the names to publish in DNS are worked out at most this often, and for at most this
+#: share of the time: a pass takes every route (a tenth of a second at 1,000) and holds the
+#: interpreter while it runs (in a worker thread, it still shares the GIL with the event
+#: loop); under a burst, passes every half second took a tenth of the loop's time from the
+#: statuses the tenants wait for
 NAMES_INTERVAL = 0.5
 NAMES_SHARE = 0.05
 

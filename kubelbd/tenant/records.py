@@ -216,6 +216,5 @@ class TenantRecords:
         await self.settled(kind, name)
         await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
         self.unwritten.discard((kind.kind, name))
-        self._handed.pop((kind.kind, name), None)
         self.written.pop((kind.kind, name), None)
         self.recorded.pop((kind.kind, name), None)
