@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubelbd.dns.desired import desired, lb_key, route_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubelbd.dns.desired import Desired, DesiredNames, lb_key, route_key
 from kubelbd.dns.records import Endpoint
 from kubelbd.ir.http import IR
 from kubelbd.records import parse
@@ -16,6 +19,11 @@ from kubelbd.records.types import LBRecord
 from .records import route
 
 PUBLIC = "198.51.100.7"
+
+
+def desired(*args: Any) -> Desired:
+    """A pass from nothing: what the names are, with no earlier pass kept."""
+    return DesiredNames().update(*args)
 
 
 def lb(tenant: str, name: str, names: list[str], recorded: str, **dns: Any) -> LBRecord:
@@ -198,3 +206,53 @@ def test_a_gateway_routes_names_are_published_at_its_gateways_and_meet_ingress_h
     assert out.endpoints[route_key(older.id)][0].targets == (PUBLIC,)
     refused = out.refused[route_key(newer.id)]
     assert refused.reason == "NameHeldByOtherTenant" and "shop.example.test" in refused.message
+
+
+HOSTS = ["a.test", "x.a.test", "y.x.a.test", "*.a.test", "*.x.a.test", "b.test", "*.test"]
+LB_NAMES = ["x.a.test", "db.a.test", "b.test", "z.x.a.test"]
+
+
+@st.composite
+def _step(draw: st.DrawFn) -> tuple[str, str, str, list[str], str]:
+    """One change: (kind, tenant, name, hosts or names, created)."""
+    kind = draw(st.sampled_from(["route", "lb", "gone"]))
+    tenant = draw(st.sampled_from(["a", "b", "c"]))
+    name = f"default.{draw(st.sampled_from(['one', 'two', 'three']))}"
+    pool = HOSTS if kind == "route" else LB_NAMES
+    hosts = draw(st.lists(st.sampled_from(pool), max_size=3, unique=True))
+    created = f"2026-01-{draw(st.integers(1, 9)):02d}T00:00:00Z"
+    return kind, tenant, name, hosts, created
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(_step(), min_size=1, max_size=25), public=st.sampled_from([PUBLIC, ""]))
+def test_a_pass_that_keeps_the_last_ones_answers_as_a_fresh_one(
+    steps: list[tuple[str, str, str, list[str], str]], public: str
+) -> None:
+    """DesiredNames decides again only the names a change touches: after any sequence of
+    changes (hosts moving between tenants, wildcards coming and going over other names, a
+    LoadBalancer losing its address), its answer is the one a pass from nothing gives."""
+    book = DesiredNames()
+    routes: dict[str, Any] = {}
+    hosts_of: dict[str, list[str]] = {}
+    lbs: dict[str, LBRecord] = {}
+    targets: dict[str, list[str]] = {}
+    for kind, tenant, name, hosts, created in steps:
+        rid = f"{tenant}/{name}"
+        if kind == "route":
+            routes[rid] = route(tenant, name, [rule(h) for h in hosts], created=created)
+            hosts_of[rid] = hosts
+        elif kind == "lb":
+            lbs[rid] = lb(tenant, name, hosts, created)
+            targets[rid] = ["192.0.2.1"] if hosts and created < "2026-01-08" else []
+        else:
+            routes.pop(rid, None)
+            lbs.pop(rid, None)
+        # The IR serves a route's hosts but for one another tenant holds.
+        served = {r: [h for h in hosts_of[r] if h != "b.test" or r.startswith("a/")]
+                  for r in routes}  # fmt: skip
+        conflicts = {r: [("b.test", "a")] for r in routes
+                     if "b.test" in hosts_of[r] and not r.startswith("a/")}  # fmt: skip
+        ir = IR(served=served, conflicts=conflicts)
+        args = (dict(routes), ir, dict(lbs), dict(targets), public, 60)
+        assert book.update(*args) == desired(*args)

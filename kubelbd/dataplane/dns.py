@@ -148,9 +148,14 @@ class DNSPublisher(NamesPublisher):
         (a retry is due). `owned` follows every change the server accepted."""
         wanted = self._wanted
         outcome: dict[str, DNSState] = {}
-        # Routes of one tenant sharing a host want the same record set: planned once.
+        # Routes of one tenant sharing a host want the same record set: planned once. The
+        # plan takes every name (17 ms at 3,000 once each endpoint's checks are kept, 90 ms
+        # before): in a worker thread, on a copy of what is owned, off the event loop that
+        # serves route changes meanwhile.
         unique = dict.fromkeys(e for es in wanted.values() for e in es)
-        planned = plan(self.settings.zone, list(unique), owned)
+        planned = await anyio.to_thread.run_sync(
+            plan, self.settings.zone, list(unique), dict(owned)
+        )
         for refusal in planned.refused:
             # A host outside the zone is the operator's choice of zone, not the tenant's
             # fault: a condition, no Warning Event. A name the zone cannot hold is a fault.

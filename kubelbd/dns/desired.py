@@ -75,141 +75,303 @@ def _endpoints(name: str, targets: Sequence[str], ttl: int, resource: str) -> li
     ]
 
 
-def _covering_wildcards(name: str, route_hosts: Mapping[str, _Claim]) -> list[tuple[int, _Claim]]:
-    """(depth, claim) of the served wildcard hosts covering `name` (depth 0) or one of its
-    ancestors (the depth of that ancestor below `name`)."""
-    out = []
+def _ancestors(name: str) -> list[tuple[int, str]]:
+    """(depth, wildcard) of every wildcard host that would cover `name` (depth 0) or one of
+    its ancestors (the depth of that ancestor below `name`)."""
     labels = name.split(".")
-    for depth in range(len(labels) - 1):
-        claim = route_hosts.get("*." + ".".join(labels[depth + 1 :]))
-        if claim is not None:
-            out.append((depth, claim))
-    return out
+    return [(depth, "*." + ".".join(labels[depth + 1 :])) for depth in range(len(labels) - 1)]
 
 
-def desired(
-    routes: Mapping[str, RouteRecord],
-    ir: IR,
-    lbs: Mapping[str, LBRecord],
-    lb_targets: Mapping[str, Sequence[str]],
-    public_address: str,
-    ttl: int,
-    gateway_hosts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
-) -> Desired:
-    """What to publish now. `lb_targets`: per LoadBalancer, where Envoy serves it (only those
-    Envoy serves); `ttl`: the fleet's default; `gateway_hosts`: per Gateway API route, its
-    served hostnames and the Gateway addresses each is served at (ir.gateway), which meet the
-    Ingress hosts here, one owner per name as for them."""
-    out = Desired()
-    wants: dict[str, list[tuple[_Claim, list[Endpoint]]]] = {}
-    route_hosts: dict[str, _Claim] = {}
-    served: dict[str, dict[str, Sequence[str]]] = {}
-    if public_address:
-        for rid, hosts in ir.served.items():
-            served[rid] = {h: (public_address,) for h in hosts if h and h != "*"}
-    for rid, at in (gateway_hosts or {}).items():
-        served.setdefault(rid, {}).update(at)
-    for rid, hosts_at in sorted(served.items()):
-        route = routes.get(rid)
-        if route is None:
-            continue
-        key = route_key(rid)
-        r_ttl = route.spec.get("dns", {}).get("ttl", ttl)
-        resource = f"route/{namespace_of(route.tenant)}/{route.name}"
-        for host, targets in hosts_at.items():
-            claim = (route.claim_key(host)[0], rid), key
-            route_hosts.setdefault(host, claim)
-            route_hosts[host] = min(route_hosts[host], claim)
-            wants.setdefault(host, []).append((claim, _endpoints(host, targets, r_ttl, resource)))
-    for rid, rec in lbs.items():
-        targets = lb_targets.get(rid) or ()
-        dns = rec.spec.get("dns", {})
-        if not targets or not dns.get("hostnames"):
-            continue
-        key = lb_key(rid)
+#: what a Route's wants are worked out from: the record and its spec (records compare by id
+#: and generation, and a provisional one keeps generation 0 while its spec moves), its served
+#: hosts, a Gateway API route's hostnames at their Gateways' addresses, the hosts another
+#: tenant holds
+_RouteInputs = tuple[
+    RouteRecord,
+    object,
+    tuple[str, ...],
+    Mapping[str, Sequence[str]] | None,
+    Sequence[tuple[str, str]] | None,
+]
+#: a LoadBalancer's: the record, its spec and the addresses it is served at
+_LBInputs = tuple[LBRecord, object, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class _Want:
+    """A record wants a name: by this claim, published as these record sets."""
+
+    claim: _Claim
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True)
+class _Wants:
+    """What one record asks of DNS, and what it was worked out from."""
+
+    inputs: tuple[object, ...]
+    names: dict[str, _Want]
+    problems: Sequence[ProblemSpec]
+    conflicts: Sequence[tuple[str, str]] | None
+    #: its own names (a Service's, an automatic one), which go into its status once published
+    own: Sequence[str]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """Who publishes a name, as what, and who asked for it and lost (whether to another
+    tenant)."""
+
+    published: dict[Key, tuple[Endpoint, ...]]
+    lost: dict[Key, bool]
+
+
+class DesiredNames:
+    """Which names to publish, worked out again from one pass to the next so that a pass
+    costs what changed, not the fleet: at 3,000 routes a whole pass takes a tenth of a second, and DNS waited behind it
+    (rate-limited so as not to starve the event loop) for half a second per change. A record
+    whose inputs are the ones of the last pass (the same objects: the model replaces records,
+    never changes them) keeps its wants; only the names a changed record wants or wanted, or
+    that a changed wildcard covers, are decided again, and only the records wanting those
+    names get new answers."""
+
+    def __init__(self) -> None:
+        self._settings: tuple[str, int] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._records: dict[Key, _Wants] = {}
+        self._wanting: dict[str, dict[Key, _Want]] = {}  # per name, every record wanting it
+        self._wildcards: dict[str, dict[Key, _Claim]] = {}  # per served wildcard host
+        self._outcomes: dict[str, _Outcome] = {}
+        self._out = Desired()
+
+    def update(
+        self,
+        routes: Mapping[str, RouteRecord],
+        ir: IR,
+        lbs: Mapping[str, LBRecord],
+        lb_targets: Mapping[str, Sequence[str]],
+        public_address: str,
+        ttl: int,
+        gateway_hosts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    ) -> Desired:
+        """What to publish now; the Desired returned is not changed later. `lb_targets`: per
+        LoadBalancer, where Envoy serves it (only those Envoy serves); `ttl`: the fleet's
+        default; `gateway_hosts`: per Gateway API route, its served hostnames and the Gateway
+        addresses each is served at (ir.gateway), which meet the Ingress hosts here, one owner
+        per name as for them."""
+        if self._settings != (public_address, ttl):
+            self._reset()  # every record's endpoints change
+            self._settings = (public_address, ttl)
+        gateway_hosts = gateway_hosts or {}
+        records = self._records
+        # The sweep that finds what changed is the one part that takes every record: kept to
+        # a lookup and a comparison of inputs for each (a tuple's comparison checks identity
+        # first: the same record object costs nothing to compare).
+        changed: dict[Key, _Wants | None] = {}
+        for rid, route in routes.items():
+            key = (ROUTE.kind, rid)
+            served = tuple(ir.served.get(rid, ())) if public_address else ()
+            at, conflicts = gateway_hosts.get(rid), ir.conflicts.get(rid)
+            inputs = (route, route.spec, served, at, conflicts)
+            old = records.get(key)
+            if old is None or old.inputs != inputs:
+                changed[key] = _route_wants(key, inputs, public_address, ttl)
+        for rid, rec in lbs.items():
+            key = (LOADBALANCER.kind, rid)
+            targets = tuple(lb_targets.get(rid) or ())
+            old = records.get(key)
+            lb_inputs = (rec, rec.spec, targets)
+            if old is None or old.inputs != lb_inputs:
+                changed[key] = _lb_wants(key, lb_inputs, ttl)
+        if len(records) + sum(1 for k in changed if k not in records) != len(routes) + len(lbs):
+            changed.update(
+                (key, None) for key in records
+                if (routes if key[0] == ROUTE.kind else lbs).get(key[1]) is None
+            )  # fmt: skip
+        dirty: set[str] = set()
+        wildcards: set[str] = set()
+        for key, new in changed.items():
+            old = records.pop(key, None)
+            if old is not None:
+                self._forget(key, old, dirty, wildcards)
+            if new is not None:
+                records[key] = new
+                self._learn(key, new, dirty, wildcards)
+        if wildcards:  # the names a changed wildcard covers are decided again too
+            dirty.update(
+                name for name in self._wanting
+                if any(w in wildcards for _, w in _ancestors(name))
+            )  # fmt: skip
+        # Who gets new answers: the changed records, and every record wanting a name decided
+        # again (a record stops wanting a name only by changing).
+        affected = set(changed)
+        for name in dirty:
+            if name in self._wanting:
+                self._outcomes[name] = self._decide(name)
+                affected.update(self._wanting[name])
+            else:
+                self._outcomes.pop(name, None)
+        for key in affected:
+            self._answer(key)
+        return Desired(dict(self._out.endpoints), dict(self._out.refused), dict(self._out.names))
+
+    def _forget(self, key: Key, old: _Wants, dirty: set[str], wildcards: set[str]) -> None:
+        for name in old.names:
+            dirty.add(name)
+            wanting = self._wanting[name]
+            del wanting[key]
+            if not wanting:
+                del self._wanting[name]
+            if name in self._wildcards:
+                wildcards.add(name)
+                claims = self._wildcards[name]
+                claims.pop(key, None)
+                if not claims:
+                    del self._wildcards[name]
+
+    def _learn(self, key: Key, new: _Wants, dirty: set[str], wildcards: set[str]) -> None:
+        for name, want in new.names.items():
+            dirty.add(name)
+            self._wanting.setdefault(name, {})[key] = want
+            if key[0] == ROUTE.kind and name.startswith("*."):
+                wildcards.add(name)
+                self._wildcards.setdefault(name, {})[key] = want.claim
+
+    def _decide(self, name: str) -> _Outcome:
+        """One owner for `name`: the earliest claim, unless an older wildcard of another
+        tenant keeps it. A LoadBalancer's name it serves, and any name below one it serves
+        (which would become an empty name the wildcard no longer answers for), stay with
+        that wildcard. A Route's own exact host under a wildcard is routed to that Route, so
+        its name is too."""
+        covering = [
+            (depth, min(claims.values()))
+            for depth, wildcard in _ancestors(name)
+            if (claims := self._wildcards.get(wildcard))
+        ]
+        lost: dict[Key, bool] = {}
+        kept: list[tuple[_Claim, _Want]] = []
+        for key, want in self._wanting[name].items():
+            claim = want.claim
+            if any(
+                _tenant(w[1]) != _tenant(key) and w < claim
+                and (depth > 0 or key[0] == LOADBALANCER.kind)
+                for depth, w in covering
+            ):  # fmt: skip
+                lost[key] = True
+            else:
+                kept.append((claim, want))
+        published: dict[Key, tuple[Endpoint, ...]] = {}
+        if kept:
+            kept.sort(key=lambda c: c[0])
+            (_, winner), first = kept[0]
+            if first.endpoints:
+                published[winner] = first.endpoints
+            for (_, key), _want in kept[1:]:
+                if (
+                    first.endpoints and key[0] == winner[0] == ROUTE.kind
+                    and _tenant(key) == _tenant(winner)
+                ):  # fmt: skip
+                    # Routes of one tenant share a host (Ingress merges them): the name is
+                    # published for all of them, by the first.
+                    published[key] = first.endpoints
+                else:
+                    lost[key] = _tenant(winner) != _tenant(key)
+        return _Outcome(published, lost)
+
+    def _answer(self, key: Key) -> None:
+        """`key`'s endpoints, refusal and names from the outcomes of the names it wants."""
+        out = self._out
+        wants = self._records.get(key)
+        if wants is None:
+            out.endpoints.pop(key, None)
+            out.refused.pop(key, None)
+            out.names.pop(key, None)
+            return
+        endpoints: list[Endpoint] = []
+        taken: list[tuple[str, bool]] = []
+        for name in sorted(wants.names):
+            outcome = self._outcomes[name]
+            endpoints.extend(outcome.published.get(key, ()))
+            if key in outcome.lost:
+                taken.append((name, outcome.lost[key]))
+        if endpoints:
+            out.endpoints[key] = endpoints
+        else:
+            out.endpoints.pop(key, None)
+        refused = _refusal(taken, wants.problems, wants.conflicts)
+        if refused is None:
+            out.refused.pop(key, None)
+        else:
+            out.refused[key] = refused
+        if wants.own:
+            published = {e.name for e in endpoints}
+            out.names[key] = [n for n in wants.own if n in published]
+        else:
+            out.names.pop(key, None)
+
+
+def _route_wants(key: Key, inputs: _RouteInputs, public_address: str, ttl: int) -> _Wants:
+    """What a Route asks of DNS: its served hosts at the public address, a Gateway API
+    route's at its Gateways' addresses."""
+    route, _, served, at, conflicts = inputs
+    hosts_at: dict[str, Sequence[str]] = {h: (public_address,) for h in served if h and h != "*"}
+    hosts_at.update(at or {})
+    r_ttl = route.spec.get("dns", {}).get("ttl", ttl)
+    resource = f"route/{namespace_of(route.tenant)}/{route.name}"
+    names = {
+        host: _Want(
+            ((route.claim_key(host)[0], key[1]), key),
+            tuple(_endpoints(host, targets, r_ttl, resource)),
+        )
+        for host, targets in hosts_at.items()
+    }
+    own = route.spec.get("dns", {}).get("hostnames", [])
+    return _Wants(inputs, names, route.spec.get("problems", []), conflicts, own)
+
+
+def _lb_wants(key: Key, inputs: _LBInputs, ttl: int) -> _Wants:
+    """What a LoadBalancer asks of DNS: its names at the addresses it is served at (none
+    while it is served nowhere), each claimed from when it asked for it."""
+    rec, _, targets = inputs
+    dns = rec.spec.get("dns", {})
+    names = {}
+    if targets and dns.get("hostnames"):
         resource = f"loadbalancer/{namespace_of(rec.tenant)}/{rec.name}"
         for name in dns["hostnames"]:
             since = (dns.get("claims") or {}).get(name) or rec.recorded
-            claim = (fixed_width(since) if since else "9999", rid), key
+            claim = (fixed_width(since) if since else "9999", key[1]), key
             endpoints = _endpoints(name, targets, dns.get("ttl", ttl), resource)
-            wants.setdefault(name, []).append((claim, endpoints))
-    lost: dict[Key, list[tuple[str, bool]]] = {}  # name, whether another tenant has it
-    for name, candidates in wants.items():
-        # An older wildcard of another tenant keeps a LoadBalancer's name it serves, and any
-        # name below one it serves (which would become an empty name the wildcard no longer
-        # answers for). A Route's own exact host under a wildcard is routed to that Route, so
-        # its name is too.
-        covering = _covering_wildcards(name, route_hosts)
-        kept = []
-        for claim, endpoints in candidates:
-            if any(
-                _tenant(w[1]) != _tenant(claim[1]) and w < claim
-                and (depth > 0 or claim[1][0] == LOADBALANCER.kind)
-                for depth, w in covering
-            ):  # fmt: skip
-                lost.setdefault(claim[1], []).append((name, True))
-            else:
-                kept.append((claim, endpoints))
-        candidates[:] = kept
-    for name, candidates in sorted(wants.items()):
-        if not candidates:
-            continue
-        candidates.sort(key=lambda c: c[0])
-        (_, winner), endpoints = candidates[0]
-        if endpoints:
-            out.endpoints.setdefault(winner, []).extend(endpoints)
-        for (_, key), _e in candidates[1:]:
-            if key == winner:
-                continue
-            if endpoints and key[0] == winner[0] == ROUTE.kind and _tenant(key) == _tenant(winner):
-                # Routes of one tenant share a host (Ingress merges them): the name is
-                # published for all of them, by the first.
-                out.endpoints.setdefault(key, []).extend(endpoints)
-                continue
-            lost.setdefault(key, []).append((name, _tenant(winner) != _tenant(key)))
-    for key, taken in lost.items():
+            names[name] = _Want(claim, tuple(endpoints))
+    return _Wants(inputs, names, rec.spec.get("problems", []), None, dns.get("hostnames", []))
+
+
+def _refusal(
+    taken: Sequence[tuple[str, bool]],
+    problems: Sequence[ProblemSpec],
+    conflicts: Sequence[tuple[str, str]] | None,
+) -> DNSState | None:
+    """Why some of a record's names are not published: lost to another record (`taken`:
+    the name, whether another tenant has it), or (its own condition and Event say so
+    already; DNSPublished repeats why) not allowed, or another tenant's host."""
+    if taken:
         if any(other for _, other in taken):
             reason, whose = "NameHeldByOtherTenant", "held by another tenant"
         else:
             reason, whose = "NameInUse", "held by an older object of this tenant"
         listed = ", ".join(n for n, _ in taken)
-        out.refused[key] = DNSState(False, reason, f"{listed}: {whose}; not published", warn=True)
-    for rid, route in routes.items():
-        _policy_refusals(out, route_key(rid), route.spec.get("problems", []), ir.conflicts.get(rid))
-    for rid, rec in lbs.items():
-        _policy_refusals(out, lb_key(rid), rec.spec.get("problems", []), None)
-        names = rec.spec.get("dns", {}).get("hostnames", [])
-        published = {e.name for e in out.endpoints.get(lb_key(rid), [])}
-        if names:
-            out.names[lb_key(rid)] = [n for n in names if n in published]
-    for rid, route in routes.items():
-        auto = route.spec.get("dns", {}).get("hostnames", [])
-        published = {e.name for e in out.endpoints.get(route_key(rid), [])}
-        if auto:
-            out.names[route_key(rid)] = [n for n in auto if n in published]
-    return out
+        return DNSState(False, reason, f"{listed}: {whose}; not published", warn=True)
+    not_allowed = [p.message for p in problems_of(problems) if p.reason == "HostNotAllowed"]
+    if not_allowed:
+        return DNSState(False, "NameNotAllowed", "; ".join(not_allowed) + "; not published")
+    if conflicts:
+        held = ", ".join(h for h, _ in conflicts)
+        return DNSState(
+            False, "NameHeldByOtherTenant", f"{held}: held by another tenant; not published"
+        )
+    return None
 
 
 def _tenant(key: Key) -> str:
     return key[1].split("/", 1)[0]
-
-
-def _policy_refusals(
-    out: Desired,
-    key: Key,
-    problems: Sequence[ProblemSpec],
-    conflicts: Sequence[tuple[str, str]] | None,
-) -> None:
-    """Names the record asked for and may not have: not allowed, or another tenant's (the
-    record's own condition and Event say so already; DNSPublished repeats why)."""
-    if key in out.refused:
-        return
-    not_allowed = [p.message for p in problems_of(problems) if p.reason == "HostNotAllowed"]
-    if not_allowed:
-        message = "; ".join(not_allowed) + "; not published"
-        out.refused[key] = DNSState(False, "NameNotAllowed", message)
-    elif conflicts:
-        held = ", ".join(h for h, _ in conflicts)
-        out.refused[key] = DNSState(
-            False, "NameHeldByOtherTenant", f"{held}: held by another tenant; not published"
-        )
