@@ -88,6 +88,8 @@ class StatusBoard:
         self._wanted: dict[str, dict[str, SourceStatus]] = {}
         self._changed: dict[str, set[str]] = {}
         self._wake: dict[str, anyio.Event] = {}
+        #: per tenant task, whether it has written everything it took
+        self._written: dict[str, Callable[[], bool]] = {}
 
     def want(self, tenant: str, status: SourceStatus) -> None:
         wanted = self._wanted.setdefault(tenant, {})
@@ -108,6 +110,7 @@ class StatusBoard:
         self._wanted.pop(tenant, None)
         self._changed.pop(tenant, None)
         self._wake.pop(tenant, None)
+        self._written.pop(tenant, None)
 
     def keep_final_only(self) -> None:
         """Leadership lost: forget every wanted status but the final ones (taking back an
@@ -116,10 +119,17 @@ class StatusBoard:
             self._wanted[tenant] = {k: v for k, v in wanted.items() if v.final}
             self._changed[tenant] = self._changed.get(tenant, set()) & set(self._wanted[tenant])
 
-    def subscribe(self, tenant: str) -> None:
-        """A tenant task (re)starts: everything wanted for it counts as changed."""
+    def subscribe(self, tenant: str, written: Callable[[], bool] = lambda: True) -> None:
+        """A tenant task (re)starts: everything wanted for it counts as changed. `written`:
+        whether it has written everything it took (`busy`)."""
         self._changed[tenant] = set(self._wanted.get(tenant, {}))
+        self._written[tenant] = written
         self._notify(tenant)
+
+    def busy(self) -> bool:
+        """Some tenant object's status is still to be written: what the tenants' users wait
+        for, which the management cluster's own writes let go first."""
+        return any(self._changed.values()) or not all(w() for w in self._written.values())
 
     def take(self, tenant: str) -> list[SourceStatus]:
         """What changed for `tenant` since the last take."""

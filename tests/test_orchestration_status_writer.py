@@ -1,10 +1,11 @@
 """kubelbd.kube.status_writer.StatusWriter: the rules every status write follows (dedup,
 latest wins, backoff without holding up other keys, stale retries losing to newer wants,
-forgetting on 404, coalescing minor changes, settling bursts)."""
+forgetting on 404, coalescing minor changes, settling bursts, yielding to others)."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -46,12 +47,13 @@ class Target:
         return [fp for k, fp, _ in self.writes if k == key]
 
 
-def writer(coalesce: float = 0.0, settle: float = 0.0) -> StatusWriter:
+def writer(coalesce: float = 0.0, settle: float = 0.0, **more: Any) -> StatusWriter:
     return StatusWriter(
         "test",
         backoff=Backoff(initial=BACKOFF, maximum=BACKOFF),
         coalesce=coalesce,
         settle=settle,
+        **more,
     )
 
 
@@ -168,6 +170,27 @@ async def test_a_burst_of_changes_settles_into_one_write_per_key() -> None:
         assert t.written("a") == [2, 3]
         assert t.writes[-1][2] - t.writes[0][2] >= settle
     assert ("a", 1) not in t.attempts
+
+
+async def test_a_status_due_while_others_go_first_waits_for_them_up_to_a_limit() -> None:
+    """yield_to: the records' statuses wait while tenants' statuses are still to be written
+    (a burst), and are written once they are, or once they waited `yield_max` longer."""
+    busy = True
+    w, t = writer(yield_to=lambda: busy, yield_max=5.0), Target()
+    async with running(w.run):
+        w.want("a", 1, t.write("a", 1))
+        await until(lambda: w.yielding, "the writer yields")
+        assert t.writes == []
+        busy = False
+        await until(lambda: t.written("a") == [1], "written once the others are done")
+    limit = 0.3
+    busy = True
+    w, t = writer(yield_to=lambda: busy, yield_max=limit), Target()
+    async with running(w.run):
+        start = anyio.current_time()
+        w.want("b", 1, t.write("b", 1))
+        await until(lambda: t.written("b") == [1], "written after waiting its limit")
+        assert t.writes[0][2] - start >= limit
 
 
 async def test_a_retry_from_before_a_forget_never_overwrites_a_newer_status() -> None:

@@ -27,6 +27,7 @@ from kubelbd.objects import (
 from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
 from kubelbd.records.status import Event, SourceStatus
 from kubelbd.sources import twins
+from kubelbd.tenant import records as records_module
 from kubelbd.tenant.records import TenantRecords
 from kubelbd.tenant.sync import TenantSettings, TenantSync
 
@@ -613,6 +614,29 @@ async def test_a_record_write_in_flight_holds_up_no_other_object(fleet: Fleet) -
         assert fleet.route("shop") is None  # still being written
         gate.set()
         await until(lambda: fleet.route("shop") and fleet.route("cart"), "both written")
+
+
+async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a burst, the management API server's CPU goes to what tenants wait for: a
+    record's write waits while some tenant's object statuses are still to be written (the
+    route is served from its translation meanwhile), and at most RECORD_YIELD."""
+    busy = True
+    fleet.board.subscribe("other", lambda: not busy)  # a tenant with statuses to write
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "shop.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.sink.of("a/default.shop"), "shop handed to the data plane")
+        await until(lambda: fleet.sync.records.yielding, "its write waits")
+        assert applying(fleet, "default.shop") == 0
+        busy = False
+        await until(lambda: fleet.route("shop"), "written once the statuses are out")
+        busy = True
+        monkeypatch.setattr(records_module, "RECORD_YIELD", 0.2)
+        await fleet.tenant.create(INGRESSES, ingress("cart", "cart.example.com", "web"))
+        await until(lambda: fleet.route("cart"), "written after waiting at most RECORD_YIELD")
+        assert busy
 
 
 async def test_a_record_changed_or_deleted_while_written_ends_as_its_object(

@@ -37,6 +37,10 @@ STATUS_DELAY = 0.05
 #: 1,000 new routes leaves the tenants' own statuses (what their users wait for) the CPU
 #: first (StatusWriter's settle)
 RECORD_SETTLE = 2.0
+#: and, while tenant objects' statuses are still to be written (a burst), up to this much
+#: longer: the management API server's CPU goes to nothing the tenants wait for meanwhile
+#: (StatusWriter's yield_to)
+RECORD_YIELD = 15.0
 APPLY_TIMEOUT = 30.0
 #: field managers, one per kind of record (each owns the status fields it writes; a
 #: LoadBalancer's allocation has a manager of its own, see l4.py)
@@ -59,7 +63,9 @@ class StatusReporter:
         self._wait_applied = wait_applied
         self._reports = reports
         self._conditions = conditions  # as the record carried them when last seen
-        self.writer = StatusWriter("records", settle=RECORD_SETTLE)
+        self.writer = StatusWriter(
+            "records", settle=RECORD_SETTLE, yield_to=self._busy, yield_max=RECORD_YIELD
+        )
         self._routes: set[str] = set()
         self._lbs: set[str] = set()
         self._published = anyio.Event()
@@ -81,6 +87,10 @@ class StatusReporter:
     def pending(self) -> bool:
         """Statuses or latencies waiting to be reported."""
         return bool(self._routes or self._lbs or self._arrivals)
+
+    def _busy(self) -> bool:
+        """Statuses tenants wait for are still on their way: to be reported, or written."""
+        return self.pending() or self.board.busy()
 
     def forget(self, kind: RecordKind, record_id: str) -> None:
         self.writer.forget(f"{kind.kind}/{record_id}")

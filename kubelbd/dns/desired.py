@@ -128,12 +128,12 @@ class _Outcome:
 
 class DesiredNames:
     """Which names to publish, worked out again from one pass to the next so that a pass
-    costs what changed, not the fleet: at 3,000 routes a whole pass takes a tenth of a second, and DNS waited behind it
-    (rate-limited so as not to starve the event loop) for half a second per change. A record
-    whose inputs are the ones of the last pass (the same objects: the model replaces records,
-    never changes them) keeps its wants; only the names a changed record wants or wanted, or
-    that a changed wildcard covers, are decided again, and only the records wanting those
-    names get new answers."""
+    costs what changed, not the fleet: at 3,000 routes a whole pass takes a tenth of a
+    second, and DNS waited behind it (rate-limited so as not to starve the event loop) for
+    half a second per change. A record whose inputs are the ones of the last pass (the same
+    objects: the model replaces records, never changes them) keeps its wants; only the names
+    a changed record wants or wanted, or that a changed wildcard covers, are decided again,
+    and only the records wanting those names get new answers."""
 
     def __init__(self) -> None:
         self._settings: tuple[str, int] | None = None

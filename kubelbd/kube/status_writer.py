@@ -13,7 +13,10 @@ only gets it onto objects, with the rules every status write needs:
 - settling: with `settle`, every status waits that long after it is first wanted, and what
   is wanted meanwhile replaces it: a burst of changes to one key is one write. For statuses
   people read but nothing waits on (the management cluster's records), so that in a burst
-  their writes neither double up nor compete with the statuses tenants wait for.
+  their writes neither double up nor compete with the statuses tenants wait for;
+- yielding: with `yield_to`, a status due while it says other writes go first waits, up to
+  `yield_max` more, until it says otherwise (checked every YIELD_POLL): the records' statuses
+  wait while tenant objects' statuses are still to be written.
 
 One writer per stream of statuses (the data plane's records; each tenant's objects; each
 tenant's Tenant record); `run()` is its task.
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 Write = Callable[[], Awaitable[None]]
 
+#: how often a writer that yields looks again whether it still has to
+YIELD_POLL = 0.1
+
 
 @dataclass
 class _Wanted:
@@ -55,6 +61,8 @@ class StatusWriter:
         backoff: Backoff | None = None,
         coalesce: float = 0.0,
         settle: float = 0.0,
+        yield_to: Callable[[], bool] = lambda: False,
+        yield_max: float = 0.0,
     ) -> None:
         self.name = name
         self._limit = anyio.Semaphore(concurrency)
@@ -62,6 +70,8 @@ class StatusWriter:
         self._backoff = backoff or Backoff(initial=1, maximum=30)
         self._coalesce = coalesce
         self._settle = settle
+        self._yield_to = yield_to
+        self._yield_max = yield_max
         self._wanted: dict[str, _Wanted] = {}
         self._written: dict[str, Hashable] = {}
         self._written_at: dict[str, float] = {}
@@ -75,6 +85,8 @@ class StatusWriter:
         #: set whenever the writer has nothing left to do (tests and shutdown wait on it)
         self.idle = anyio.Event()
         self.writes = 0  # successful writes, for tests and metrics
+        #: statuses are due and held back for others (yield_to)
+        self.yielding = False
 
     # ---- what callers say ------------------------------------------------------------------
 
@@ -86,7 +98,7 @@ class StatusWriter:
         if key not in self._writing and self._written.get(key) == fingerprint:
             self._wanted.pop(key, None)
             return
-        not_before = anyio.current_time() + self._settle if self._settle else 0.0
+        not_before = anyio.current_time() + self._settle
         if minor and self._coalesce and key in self._written_at:
             not_before = max(not_before, self._written_at[key] + self._coalesce)
         pending = self._wanted.get(key)
@@ -123,6 +135,14 @@ class StatusWriter:
                 self._wake = anyio.Event()
                 now = anyio.current_time()
                 due = {k: w for k, w in self._wanted.items() if w.not_before <= now}
+                self.yielding = False
+                if due and self._yield_max and self._yield_to():
+                    due = {k: w for k, w in due.items() if w.not_before + self._yield_max <= now}
+                    if not due:
+                        self.yielding = True
+                        with anyio.move_on_after(YIELD_POLL):
+                            await self._wake.wait()
+                        continue
                 if not due:
                     later = min(w.not_before for w in self._wanted.values())
                     with anyio.move_on_after(later - now):

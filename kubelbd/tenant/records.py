@@ -40,13 +40,23 @@ RecordKey = tuple[str, str]  # (record kind, name)
 RECORD_DELAY = 0.05
 #: background record writes in flight at once, per tenant
 WRITES_IN_FLIGHT = 8
+#: while tenant objects' statuses are still to be written (a burst of new objects), a
+#: record's write waits up to this long for them: the route is served from its translation
+#: meanwhile, and the management API server's CPU (a record costs it twice what the tenant
+#: status costs the tenant's) goes to what the tenants' users wait for
+RECORD_YIELD = 10.0
+#: how often a waiting write looks again
+YIELD_POLL = 0.1
 
 
 class TenantRecords:
-    def __init__(self, tenant: str, mgmt: Kube, sink: RecordSink) -> None:
+    def __init__(
+        self, tenant: str, mgmt: Kube, sink: RecordSink, busy: Callable[[], bool] = lambda: False
+    ) -> None:
         self.tenant = tenant
         self.mgmt = mgmt
         self.sink = sink
+        self._busy = busy  # statuses tenants wait for are still to be written
         self.written: dict[RecordKey, Any] = {}  # spec as stored
         self.recorded: dict[RecordKey, str] = {}  # when the management cluster stored it
         self._handed: dict[RecordKey, RouteSpec] = {}  # provisional, not written (yet)
@@ -55,6 +65,8 @@ class TenantRecords:
         #: records being written in the background -> set when that is over
         self._writing: dict[RecordKey, anyio.Event] = {}
         self._again: set[RecordKey] = set()  # handed anew while being written
+        #: writes waiting for the tenants' statuses (RECORD_YIELD)
+        self.yielding: set[RecordKey] = set()
         self._limit = anyio.Semaphore(WRITES_IN_FLIGHT)
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -159,12 +171,18 @@ class TenantRecords:
         key = (kind.kind, name)
         try:
             await anyio.sleep(RECORD_DELAY)
+            deadline = anyio.current_time() + RECORD_YIELD
             while True:
-                self._again.discard(key)
-                spec = self._handed.get(key)
-                if spec is None:
-                    return  # taken back, or deleted, meanwhile
                 async with self._limit:
+                    # Polled: the tenants' status writers tell no one when they are done.
+                    while self._busy() and anyio.current_time() < deadline:  # noqa: ASYNC110
+                        self.yielding.add(key)
+                        await anyio.sleep(YIELD_POLL)
+                    self.yielding.discard(key)
+                    self._again.discard(key)
+                    spec = self._handed.get(key)
+                    if spec is None:
+                        return  # taken back, or deleted, meanwhile
                     await self.write(kind, name, spec)
                 if key not in self._again:
                     return
@@ -172,6 +190,7 @@ class TenantRecords:
             failed(e)
         finally:
             self._again.discard(key)
+            self.yielding.discard(key)  # cancelled while waiting
             self._writing.pop(key).set()
 
     async def write(self, kind: RecordKind, name: str, spec: RouteSpec | LoadBalancerSpec) -> None:

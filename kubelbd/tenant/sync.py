@@ -118,7 +118,7 @@ class TenantSync:
         self._refused_nodes: set[tuple[str, str]] = set()  # reported with an Event already
         #: node address -> the tenant that listed it first (and keeps it; ir/nodes.py)
         self._taken: dict[str, str] = {}
-        self.records = TenantRecords(name, mgmt, sink)
+        self.records = TenantRecords(name, mgmt, sink, board.busy)
         self.limits = TenantLimits(name, self.records, self.sources, board)
         self.copies = SecretCopies(name, mgmt)
         self.index = ReverseIndex()
