@@ -106,3 +106,24 @@ async def test_errors_are_reported_and_cleared_once_listing_works_again() -> Non
     assert cleared is None and cleared_again is None
     # The same object, listed twice (no watch event in between): ADDED once, no MODIFIED.
     assert seen.events == [("ADDED", "a")]
+
+
+async def test_the_cache_keeps_no_managed_fields() -> None:
+    """No consumer reads managedFields, and they are half of an object's size in memory: the
+    cache drops them from what a list and a watch bring, and keeps the rest."""
+    fields = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]
+    kube, seen = await cluster(), Seen()
+    listed = ingress("a", "a.example.com", "web")
+    listed["metadata"].update(labels={"team": "shop"}, managedFields=fields)
+    await kube.create(INGRESSES, listed)
+    inf = informer(kube, seen)
+    async with running(inf.run):
+        await inf.synced.wait()
+        watched = ingress("b", "b.example.com", "web")
+        watched["metadata"].update(labels={"team": "shop"}, managedFields=fields)
+        await kube.create(INGRESSES, watched)
+        await until(lambda: "default/b" in inf.cache, "b watched")
+    for k in ("default/a", "default/b"):
+        meta = inf.cache[k]["metadata"]
+        assert "managedFields" not in meta and meta["labels"] == {"team": "shop"}
+    assert kube.stored(INGRESSES, "a", "default")["metadata"]["managedFields"] == fields

@@ -175,7 +175,7 @@ class TenantRecords:
             while True:
                 async with self._limit:
                     # Polled: the tenants' status writers tell no one when they are done.
-                    while self._busy() and anyio.current_time() < deadline:  # noqa: ASYNC110
+                    while self._busy() and anyio.current_time() < deadline:
                         self.yielding.add(key)
                         await anyio.sleep(YIELD_POLL)
                     self.yielding.discard(key)
