@@ -203,7 +203,9 @@ class RFC2136:
             return Unreachable(f"zone transfer from {self.address}:{self.port}: {e!r}")
         except dns.exception.DNSException as e:
             return Refused(f"zone transfer: {e!r}")
-        return self._ours(zone)
+        # Reading every name of the zone takes a while at thousands of names: not on the
+        # event loop, which serves route changes meanwhile.
+        return await anyio.to_thread.run_sync(self._ours, zone)
 
     def _ours(self, zone: dns.zone.Zone) -> dict[Key, OwnedRecord]:
         out: dict[Key, OwnedRecord] = {}
