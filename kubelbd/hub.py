@@ -126,10 +126,16 @@ class StatusBoard:
         self._written[tenant] = written
         self._notify(tenant)
 
+    def unsubscribe(self, tenant: str) -> None:
+        """The tenant task stopped (its API server unreachable, say): what waits for it makes
+        no one else wait (`busy`)."""
+        self._written.pop(tenant, None)
+
     def busy(self) -> bool:
-        """Some tenant object's status is still to be written: what the tenants' users wait
-        for, which the management cluster's own writes let go first."""
-        return any(self._changed.values()) or not all(w() for w in self._written.values())
+        """Some tenant task has an object's status still to write: what the tenants' users
+        wait for, which the management cluster's own writes let go first (for a bounded time:
+        a tenant that keeps its task busy delays no one's records for long)."""
+        return any(self._changed.get(t) or not written() for t, written in self._written.items())
 
     def take(self, tenant: str) -> list[SourceStatus]:
         """What changed for `tenant` since the last take."""

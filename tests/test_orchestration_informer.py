@@ -126,4 +126,5 @@ async def test_the_cache_keeps_no_managed_fields() -> None:
     for k in ("default/a", "default/b"):
         meta = inf.cache[k]["metadata"]
         assert "managedFields" not in meta and meta["labels"] == {"team": "shop"}
-    assert kube.stored(INGRESSES, "a", "default")["metadata"]["managedFields"] == fields
+    stored = kube.stored(INGRESSES, "a", "default")
+    assert stored is not None and stored["metadata"]["managedFields"] == fields

@@ -64,7 +64,7 @@ class StatusReporter:
         self._reports = reports
         self._conditions = conditions  # as the record carried them when last seen
         self.writer = StatusWriter(
-            "records", settle=RECORD_SETTLE, yield_to=self._busy, yield_max=RECORD_YIELD
+            "records", settle=RECORD_SETTLE, yield_to=board.busy, yield_max=RECORD_YIELD
         )
         self._routes: set[str] = set()
         self._lbs: set[str] = set()
@@ -87,10 +87,6 @@ class StatusReporter:
     def pending(self) -> bool:
         """Statuses or latencies waiting to be reported."""
         return bool(self._routes or self._lbs or self._arrivals)
-
-    def _busy(self) -> bool:
-        """Statuses tenants wait for are still on their way: to be reported, or written."""
-        return self.pending() or self.board.busy()
 
     def forget(self, kind: RecordKind, record_id: str) -> None:
         self.writer.forget(f"{kind.kind}/{record_id}")

@@ -90,10 +90,13 @@ class TenantStatuses:
     async def run(self) -> None:
         """Take what the data plane wants for this tenant, for as long as the task runs."""
         self.board.subscribe(self.tenant, lambda: self.writer.idle.is_set())
-        while True:
-            await self.board.wait(self.tenant)
-            for status in self.board.take(self.tenant):
-                self.want(status)
+        try:
+            while True:
+                await self.board.wait(self.tenant)
+                for status in self.board.take(self.tenant):
+                    self.want(status)
+        finally:
+            self.board.unsubscribe(self.tenant)
 
     def want(self, status: SourceStatus) -> None:
         source = self._sources.get(status.kind)
