@@ -630,6 +630,14 @@ async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
         await until(lambda: fleet.sink.of("a/default.shop"), "shop handed to the data plane")
         await until(lambda: fleet.sync.records.yielding, "its write waits")
         assert applying(fleet, "default.shop") == 0
+        # A record deleted while its write waits is gone at once: the delete waits for
+        # nothing (the pass that deletes it would otherwise wait out the limit).
+        await fleet.tenant.create(INGRESSES, ingress("temp", "temp.example.com", "web"))
+        await until(lambda: ("Route", "default.temp") in fleet.sync.records.yielding, "temp waits")
+        await fleet.tenant.delete(INGRESSES, "temp", "default")
+        await until(lambda: ("deleted", "Route", "a/default.temp", None) in fleet.sink.seen,
+                    "temp withdrawn", timeout=2.0)  # fmt: skip
+        assert applying(fleet, "default.temp") == 0
         busy = False
         await until(lambda: fleet.route("shop"), "written once the statuses are out")
         busy = True

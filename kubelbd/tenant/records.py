@@ -174,8 +174,10 @@ class TenantRecords:
             deadline = anyio.current_time() + RECORD_YIELD
             while True:
                 async with self._limit:
-                    # Polled: the tenants' status writers tell no one when they are done.
-                    while self._busy() and anyio.current_time() < deadline:
+                    # Polled: the tenants' status writers tell no one when they are done. A
+                    # record taken back or deleted meanwhile waits no longer (a delete waits
+                    # for this task to end).
+                    while self._busy() and anyio.current_time() < deadline and key in self._handed:
                         self.yielding.add(key)
                         await anyio.sleep(YIELD_POLL)
                     self.yielding.discard(key)
