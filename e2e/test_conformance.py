@@ -69,4 +69,19 @@ async def test_conformance(fleet: FleetHandle) -> None:
     )  # fmt: skip
     out = result.stdout.decode(errors="replace")
     passed = {t for t in FAST if f"--- PASS: TestConformance/{t} " in out}
-    assert result.returncode == 0 and passed == set(FAST), (sorted(set(FAST) - passed), out[-6000:])
+    assert result.returncode == 0 and passed == set(FAST), (
+        sorted(set(FAST) - passed),
+        failures(out),
+        out[-3000:],
+    )
+
+
+def failures(out: str) -> str:
+    """What the suite said about the subtests that failed: its log lines that name an error
+    or a failure (the output is long, and its tail alone hides why)."""
+    lines = out.splitlines()
+    said = [
+        line for line in lines
+        if "--- FAIL" in line or "Error" in line or "error" in line or "timed out" in line
+    ]  # fmt: skip
+    return "\n".join(said[-60:])
