@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, churn, convergence, dataplane, dns, fleet, l4, status
+from . import certs, churn, convergence, dataplane, dns, fleet, l4, restart, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="Ingresses written at once until all have their status")
     st.add_argument("--ingresses", type=int, default=1000)
     st.add_argument("--runs", type=int, default=5)
+    rs = sub.add_parser(
+        "restart", help="kubelbd and Envoy restarted with N routes: until all served"
+    )
+    rs.add_argument("--routes", type=int, default=10000, help="routes present across the tenants")
+    rs.add_argument("--runs", type=int, default=3)
     ch = sub.add_parser("churn", help="constant load (wrk) while things change: every failure")
     ch.add_argument("--others", type=int, default=150, help="other Ingresses that come and go")
     ch.add_argument("--node-down", type=float, default=15.0, help="seconds node-3 is stopped")
@@ -66,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(status.run(convergence.ensure_fleet(), args.ingresses, args.runs))
     elif args.cmd == "churn":
         asyncio.run(churn.run(convergence.ensure_fleet(), args.others, args.node_down))
+    elif args.cmd == "restart":
+        asyncio.run(restart.run(convergence.ensure_fleet(), args.routes, args.runs))
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0
