@@ -119,7 +119,7 @@ class StatusBoard:
             self._wanted[tenant] = {k: v for k, v in wanted.items() if v.final}
             self._changed[tenant] = self._changed.get(tenant, set()) & set(self._wanted[tenant])
 
-    def subscribe(self, tenant: str, written: Callable[[], bool] = lambda: True) -> None:
+    def subscribe(self, tenant: str, written: Callable[[], bool]) -> None:
         """A tenant task (re)starts: everything wanted for it counts as changed. `written`:
         whether it has written everything it took (`busy`)."""
         self._changed[tenant] = set(self._wanted.get(tenant, {}))

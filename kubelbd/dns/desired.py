@@ -171,7 +171,7 @@ class DesiredNames:
         # first: the same record object costs nothing to compare).
         changed: dict[Key, _Wants | None] = {}
         for rid, route in routes.items():
-            key = (ROUTE.kind, rid)
+            key = route_key(rid)
             served = tuple(ir.served.get(rid, ())) if public_address else ()
             at, conflicts = gateway_hosts.get(rid), ir.conflicts.get(rid)
             inputs = (route, route.spec, served, at, conflicts)
@@ -179,7 +179,7 @@ class DesiredNames:
             if old is None or old.inputs != inputs:
                 changed[key] = _route_wants(key, inputs, public_address, ttl)
         for rid, rec in lbs.items():
-            key = (LOADBALANCER.kind, rid)
+            key = lb_key(rid)
             targets = tuple(lb_targets.get(rid) or ())
             old = records.get(key)
             lb_inputs = (rec, rec.spec, targets)

@@ -25,6 +25,7 @@ import anyio.abc
 from ..hub import RecordSink
 from ..kube import ApiError, Kube
 from ..kube.client import precise_timestamp
+from ..kube.status_writer import YIELD_POLL
 from ..records.claims import with_claims, with_name_claims
 from ..records.names import KINDS, ROUTE, RecordKind, namespace_of
 from ..records.objects import record_object
@@ -45,8 +46,6 @@ WRITES_IN_FLIGHT = 8
 #: meanwhile, and the management API server's CPU (a record costs it twice what the tenant
 #: status costs the tenant's) goes to what the tenants' users wait for
 RECORD_YIELD = 10.0
-#: how often a waiting write looks again
-YIELD_POLL = 0.1
 
 
 class TenantRecords:
