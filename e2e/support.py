@@ -466,6 +466,8 @@ class Traffic:
         self.host = host
         self.ok = 0
         self.failures: list[str] = []
+        #: when each failure was seen (time.monotonic()), in the order of `failures`
+        self.failed_at: list[float] = []
 
     async def run(self) -> None:
         while True:
@@ -474,10 +476,14 @@ class Traffic:
                 if status == 200:
                     self.ok += 1
                 else:
-                    self.failures.append(f"{_now()} {status} {str(body)[:100]}")
+                    self._failed(f"{status} {str(body)[:100]}")
             except Exception as e:  # any failure counts
-                self.failures.append(f"{_now()} {e!r}")
+                self._failed(repr(e))
             await asyncio.sleep(0.02)
+
+    def _failed(self, what: str) -> None:
+        self.failures.append(f"{_now()} {what}")
+        self.failed_at.append(time.monotonic())
 
 
 def _now() -> str:

@@ -197,9 +197,16 @@ async def test_tenant_apiserver_down_keeps_routes_even_across_kubelbd_restart(
     await until_served(lay, again)
 
 
-async def test_stopped_node_leaves_rotation_without_failed_requests(
+async def test_a_stopped_node_fails_requests_only_until_it_leaves_rotation(
     fleet: FleetHandle, served: tuple[str, str]
 ) -> None:
+    """node-3 shuts down under load: its pods and the Node turn NotReady, then its ports close
+    a second later. kubelbd takes the node out of every cluster; from then on no request
+    fails, nor while the node comes back. Before that, a request can fail only if it was on
+    a connection to node-3 (or spliced to one of its pods) when the node closed it: the same
+    race as any server closing a kept connection, which no proxy may retry for a request it
+    has sent. So at most two (one client: one request at a time, one close of node-3's ports,
+    one of its pods), all before the node is out of the Tenant record."""
     _, h = served
     mgmt, lay = fleet.kube["mgmt"], fleet.layout
 
@@ -217,6 +224,7 @@ async def test_stopped_node_leaves_rotation_without_failed_requests(
                 return True
 
             await eventually(without_node3, what="node-3 out of the Tenant record")
+            out = time.monotonic()
             seen = set()
             for _ in range(12):
                 status, body = await lb_get(lay, h)
@@ -232,7 +240,8 @@ async def test_stopped_node_leaves_rotation_without_failed_requests(
 
         await eventually(with_node3, what="node-3 back in the Tenant record")
     assert t.ok > 0
-    assert t.failures == [], t.failures[:5]
+    assert len(t.failures) <= 2, t.failures[:5]
+    assert all(at <= out for at in t.failed_at), ("after node-3 left rotation", t.failures)
 
 
 async def test_a_switch_to_a_service_whose_twin_is_new_fails_no_request(

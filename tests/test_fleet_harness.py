@@ -1,7 +1,10 @@
-"""Pure parts of the fleet harness: addressing, PROXY v2 decoding, percentiles."""
+"""Parts of the fleet harness: addressing, PROXY v2 decoding, percentiles, the node proxy's
+relay."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 from benchlib.stats import percentile
 from kubefleet.layout import Layout, pod_listen_ip, tenant_name
 from kubefleet.nodeemu.echo import PP2_SIGNATURE, _canonical, parse_proxy_v2
+from kubefleet.nodeemu.proxy import relay_tcp
 
 
 def test_layout_addresses_follow_the_documented_scheme() -> None:
@@ -56,3 +60,30 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([7.0], 99) == 7.0
     with pytest.raises(ValueError):
         percentile([], 50)
+
+
+async def test_the_node_proxy_dials_the_next_endpoint_when_one_refuses() -> None:
+    """With iptables a refusing endpoint is a failed connect for the client, which it
+    retries elsewhere; the user-space proxy has accepted already, so it dials the next."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"pong:" + await reader.readexactly(4))
+        await writer.drain()
+        writer.close()
+
+    with socket.socket() as s:  # a port nothing listens on: connects to it are refused
+        s.bind(("127.0.0.1", 0))
+        refused = s.getsockname()
+    live = await asyncio.start_server(answer, "127.0.0.1", 0)
+    served = live.sockets[0].getsockname()[:2]
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await relay_tcp(reader, writer, refused, served)
+
+    front = await asyncio.start_server(relay, "127.0.0.1", 0)
+    async with live, front:
+        reader, writer = await asyncio.open_connection(*front.sockets[0].getsockname()[:2])
+        writer.write(b"ping")
+        async with asyncio.timeout(5):
+            assert await reader.read() == b"pong:ping"
+        writer.close()

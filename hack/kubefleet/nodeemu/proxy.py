@@ -1,8 +1,15 @@
 """kube-proxy for one emulated node: every NodePort answers on the node's IP.
 
 Like the iptables proxier, each new TCP connection or UDP flow is sent to one ready endpoint
-(round-robin here), and nothing is retried: a dead endpoint means a failed connection, exactly
-what a load balancer's health checks must cope with in a real cluster.
+(round-robin here). One difference a user-space proxy cannot avoid: it has accepted the
+client's connection before it dials the endpoint. With iptables the client's own SYN reaches
+the endpoint, so an endpoint that refuses (or never answers) is a failed *connect* for the
+client, which a load balancer retries on another node (Envoy's `connect-failure`); here the
+client is already connected and has sent its request, and a close would look like a request
+the backend dropped, which no client may safely retry. So a TCP connection whose endpoint
+cannot be reached is dialled to the next ready endpoint instead, as kube-proxy's old
+userspace mode did: the outcome a client sees is the one iptables gives it. A NodePort with
+no ready endpoint still closes the connection at once.
 """
 
 from __future__ import annotations
@@ -107,6 +114,11 @@ class KubeProxy:
 
     def pick(self, b: Binding) -> tuple[str, int] | None:
         """The next ready endpoint for a Service port, as a loopback address to dial."""
+        return next(iter(self.ranked(b)), None)
+
+    def ranked(self, b: Binding) -> list[tuple[str, int]]:
+        """Every ready endpoint for a Service port, as loopback addresses to dial, starting at
+        the next in round-robin order."""
         candidates: list[tuple[str, int]] = []
         for sl in self.slices.cache.values():
             meta = sl["metadata"]
@@ -132,14 +144,19 @@ class KubeProxy:
                 for addr in ep.get("addresses") or []:
                     candidates.append((addr, port["port"]))
         if not candidates:
-            return None
+            return []
         candidates.sort()
         counter = self._rr.setdefault((b.namespace, b.service, b.port_name), itertools.count())
-        addr, port = candidates[next(counter) % len(candidates)]
-        try:
-            return pod_listen_ip(addr), port
-        except ValueError:
-            return addr, port  # hostNetwork pods listen on their node's loopback IP
+        first = next(counter) % len(candidates)
+        return [_dialable(a) for a in candidates[first:] + candidates[:first]]
+
+
+def _dialable(endpoint: tuple[str, int]) -> tuple[str, int]:
+    addr, port = endpoint
+    try:
+        return pod_listen_ip(addr), port
+    except ValueError:
+        return addr, port  # hostNetwork pods listen on their node's loopback IP
 
 
 class _Listener:
@@ -174,22 +191,24 @@ class _Listener:
         assert task is not None
         self._tasks.add(task)
         try:
-            await relay_tcp(reader, writer, self.proxy.pick(self.binding))
+            await relay_tcp(reader, writer, *self.proxy.ranked(self.binding))
         finally:
             self._tasks.discard(task)
 
 
 async def relay_tcp(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: tuple[str, int] | None
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *targets: tuple[str, int]
 ) -> None:
-    """Splice one accepted connection to `target` (none: drop it), both ways, until both
-    sides are done; then close it."""
+    """Splice one accepted connection to the first of `targets` that takes it (none: drop
+    it), both ways, until both sides are done; then close it."""
     try:
-        if target is None:
-            return
-        try:
-            up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*target), 3)
-        except (TimeoutError, OSError):
+        for target in targets:
+            try:
+                up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*target), 3)
+                break
+            except (TimeoutError, OSError):
+                continue
+        else:
             return
         try:
             await asyncio.gather(_pipe(reader, up_w), _pipe(up_r, writer))
