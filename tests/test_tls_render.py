@@ -163,3 +163,91 @@ def test_each_https_host_is_forwarded_only_on_its_certificates_connections() -> 
     assert CERTIFICATE_HEADER in table["request_headers_to_remove"]
     result = envoy_validate(static_bootstrap(files))
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+# ---- a host changing certificates: make before break ---------------------------------------
+
+
+def _switching(secret_name: str, tenant: str = "alpha") -> RouteRecord:
+    """The route of secure.example.com, served with `secret_name`."""
+    rules = _route("secure", "secure.example.com").spec["rules"]
+    entry = {"hosts": ["secure.example.com"], "secretName": secret_name, "source": "tenant"}
+    return records.route(tenant, "default.secure", list(rules), tls=[entry])
+
+
+def _pair(sid: str, host: str = "secure.example.com", days: int = 30) -> tls.CertificateData:
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    pair = certs.issue(certs.new_ca("test-ca"), host, dns=(host,), server=True, valid_until=until)
+    return tls.CertificateData(sid, pair.cert_pem(), pair.key_pem())
+
+
+def _plan_of(
+    route: RouteRecord,
+    secrets: dict[str, tls.CertificateData],
+    previous: tls.TLSPlan | None,
+    now: dt.datetime | None = None,
+) -> tls.TLSPlan:
+    model = Model()
+    model.apply([route], (), [TenantRecord(route.tenant, ("10.0.0.1",))])
+    return tls.plan(model.ir, [route], secrets, now or dt.datetime.now(dt.UTC), previous=previous)
+
+
+def test_a_host_keeps_its_certificate_until_the_new_secret_is_there() -> None:
+    """An Ingress names another Secret: until its copy arrives (or while it is bad), the
+    host is served with the certificate it had (the route says what is wrong), not dropped
+    from HTTPS; once it is there, the host moves to it."""
+    old, new = "alpha/default.old-tls", "alpha/default.new-tls"
+    first = _plan_of(_switching("old-tls"), {old: _pair(old)}, None)
+    assert first.hosts["secure.example.com"].secret == old
+    # The route now names new-tls, whose copy is not there yet; old-tls's copy is gone too
+    # (copies follow the references): the previous plan's certificate is what is kept.
+    waiting = _plan_of(_switching("new-tls"), {}, first)
+    assert waiting.hosts["secure.example.com"].secret == old
+    assert set(waiting.secrets) == {old}
+    (problem,) = waiting.problems["alpha/default.secure"]
+    assert problem.reason == "SecretNotFound"
+    moved = _plan_of(_switching("new-tls"), {new: _pair(new)}, waiting)
+    assert moved.hosts["secure.example.com"] == tls.TLSHost(
+        "secure.example.com", new, True, formerly=old
+    )
+    assert set(moved.secrets) == {new} and not moved.problems
+    # Later plans keep what it was served with before, until its certificate changes again.
+    again = _plan_of(_switching("new-tls"), {new: _pair(new)}, moved)
+    assert again.hosts["secure.example.com"].formerly == old
+
+
+def test_a_kept_certificate_must_still_be_good_and_the_tenants_own() -> None:
+    old = "alpha/default.old-tls"
+    first = _plan_of(_switching("old-tls"), {old: _pair(old, days=1)}, None)
+    # Expired since: not kept; the host has no HTTPS until its new Secret is there.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    expired = _plan_of(_switching("new-tls"), {}, first, now=later)
+    assert "secure.example.com" not in expired.hosts and not expired.secrets
+    # The host now belongs to beta, whose Secret is not there: alpha's certificate is never
+    # served for it, nor remembered as the one before.
+    taken = _plan_of(_switching("beta-tls", tenant="beta"), {}, first)
+    assert "secure.example.com" not in taken.hosts and not taken.secrets
+    beta = "beta/default.beta-tls"
+    served = _plan_of(_switching("beta-tls", tenant="beta"), {beta: _pair(beta)}, first)
+    assert served.hosts["secure.example.com"].formerly == ""
+
+
+def test_connections_of_the_former_certificate_are_still_forwarded() -> None:
+    """After a host moves to another certificate, requests on connections made with the one
+    before (Envoy drains them) are forwarded, not answered 421; any other certificate's
+    connection still gets 421."""
+    old, new = "alpha/default.old-tls", "alpha/default.new-tls"
+    route = _switching("new-tls")
+    model, renderer = Model(), Renderer(SETTINGS)
+    renderer.update(model.ir, model.apply([route], (), [TenantRecord("alpha", ("10.0.0.1",))]))
+    plan = tls.TLSPlan(
+        hosts={"secure.example.com": tls.TLSHost("secure.example.com", new, True, old)},
+        secrets={new: _pair(new)},
+    )
+    table = renderer.update_tls(plan, {}, False)[rds_file(FRONT_TLS)][0]
+    (vh,) = [vh for vh in table["virtual_hosts"] if vh["domains"] == ["secure.example.com"]]
+    *forward, last = vh["routes"]
+    stamps = [r["match"]["headers"][0]["string_match"]["exact"] for r in forward]
+    assert stamps == [new, old]
+    assert {r["route"]["cluster"] for r in forward} == {forward[0]["route"]["cluster"]}
+    assert last["direct_response"]["status"] == 421

@@ -163,8 +163,9 @@ class TLSState:
         routes = [model.routes[r] for r in self.routes]
         self.issuers.update(tls.wanted(model.ir, routes))
         self.plan = tls.plan(
-            model.ir, routes, self.certificates, dt.datetime.now(dt.UTC), self.issuers.pending()
-        )
+            model.ir, routes, self.certificates, dt.datetime.now(dt.UTC), self.issuers.pending(),
+            previous=self.plan,
+        )  # fmt: skip
         self.secrets.put(self.plan.secrets.values())
         self._served = set(self.plan.secrets)
         files.update(

@@ -75,8 +75,10 @@ class Renderer:
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
         self._redirect: tuple[str, ...] = ()
-        self._tls_hosts: dict[str, str] = {}  # host served over HTTPS -> its secret id
-        self._https_front: tuple[dict[str, tuple[str, str]], list[str]] | None = None
+        #: host served over HTTPS -> the secret ids of the connections that may ask for it
+        #: (the one it is served with, then the one before: TLSHost.formerly)
+        self._tls_hosts: dict[str, tuple[str, ...]] = {}
+        self._https_front: tuple[dict[str, tuple[tuple[str, ...], str]], list[str]] | None = None
         self._challenges: tuple[tuple[str, str], ...] = ()
         self._https: Resource | None = None
         self._started = False
@@ -122,7 +124,9 @@ class Renderer:
         files: dict[str, list[Resource]] = {}
         redirect = tuple(sorted(h.host for h in plan.hosts.values() if h.redirect))
         answers = tuple(sorted(challenges.items()))
-        tls_hosts = {h.host: h.secret for h in plan.hosts.values()}
+        tls_hosts: dict[str, tuple[str, ...]] = {
+            h.host: tuple(filter(None, (h.secret, h.formerly))) for h in plan.hosts.values()
+        }
         if (redirect, answers, tls_hosts) != (self._redirect, self._challenges, self._tls_hosts):
             self._redirect, self._challenges, self._tls_hosts = redirect, answers, tls_hosts
             files.update(self._front_tables(catch_all))

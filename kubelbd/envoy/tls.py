@@ -59,32 +59,40 @@ def misdirected_route(message: str) -> Resource:
 NOT_THIS_CERTIFICATE = "this host is not served with this connection's certificate\n"
 
 
-def https_table(served: Mapping[str, tuple[str, str]], misdirected: Sequence[str]) -> Resource:
-    """The HTTPS front table: host → shard, for requests on the connection of the certificate
-    the host is served with (`served`: host → (secret id, shard)); 421 for any other request.
-    `misdirected`: hosts under a TLS wildcard that another route owns without a certificate
-    (Envoy's `*.` would otherwise take them to the wildcard's routes). The client's address is
-    appended to X-Forwarded-For, and the certificate stamp removed before the request goes on.
-    """
-    groups: dict[tuple[str, str, str], list[str]] = {}
-    for host, (secret, shard) in served.items():
+def https_table(
+    served: Mapping[str, tuple[tuple[str, ...], str]], misdirected: Sequence[str]
+) -> Resource:
+    """The HTTPS front table: host → shard, for requests on the connections of the
+    certificates the host may be asked for on (`served`: host → (secret ids, shard); the one
+    it is served with, then the one it was served with before, whose connections Envoy is
+    draining); 421 for any other request. `misdirected`: hosts under a TLS wildcard that
+    another route owns without a certificate (Envoy's `*.` would otherwise take them to the
+    wildcard's routes). The client's address is appended to X-Forwarded-For, and the
+    certificate stamp removed before the request goes on."""
+    groups: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
+    for host, (secrets, shard) in served.items():
         wildcard = host if host.startswith("*.") else ""  # each with its own one-label guard
-        groups.setdefault((shard, secret, wildcard), []).append(host)
+        groups.setdefault((shard, secrets, wildcard), []).append(host)
     vhosts = []
-    for (shard, secret, wildcard), hosts in sorted(groups.items()):
-        match: Resource = {
-            "prefix": "/",
-            "headers": [
-                {"name": CERTIFICATE_HEADER, "string_match": {"exact": secret}},
-                *(authority_guard(wildcard) if wildcard else []),
-            ],
-        }
-        forward = {"match": match, "route": {"cluster": shard, "timeout": "0s"}}
+    for (shard, secrets, wildcard), hosts in sorted(groups.items()):
+        forward = [
+            {
+                "match": {
+                    "prefix": "/",
+                    "headers": [
+                        {"name": CERTIFICATE_HEADER, "string_match": {"exact": secret}},
+                        *(authority_guard(wildcard) if wildcard else []),
+                    ],
+                },
+                "route": {"cluster": shard, "timeout": "0s"},
+            }
+            for secret in secrets
+        ]
         vhosts.append(
             {
-                "name": " ".join(filter(None, (shard, secret, wildcard))),
+                "name": " ".join(filter(None, (shard, *secrets, wildcard))),
                 "domains": sorted(hosts),
-                "routes": [forward, misdirected_route(NOT_THIS_CERTIFICATE)],
+                "routes": [*forward, misdirected_route(NOT_THIS_CERTIFICATE)],
             }
         )
     if misdirected:

@@ -230,6 +230,9 @@ class TLSHost:
     host: str
     secret: str  # secret id
     redirect: bool
+    #: the certificate this host was served with before `secret`, of the same tenant: the
+    #: connections made with it may still ask for the host while Envoy drains them
+    formerly: str = ""
 
 
 @dataclass
@@ -251,10 +254,22 @@ def plan(
     secrets: dict[str, CertificateData],
     now: dt.datetime,
     pending: dict[str, Problem] | None = None,
+    previous: TLSPlan | None = None,
 ) -> TLSPlan:
     """Which owned hosts get HTTPS, with which certificate; problems per route. `pending`
-    says, per secret id, why an issued certificate is not there yet (Issuing, Failed...)."""
+    says, per secret id, why an issued certificate is not there yet (Issuing, Failed...).
+
+    `previous`, the plan before this one, makes a change of certificate make-before-break:
+    - a host whose certificate cannot be served (its new Secret not copied yet, or gone,
+      or bad) keeps the one it was served with, as long as that one is of the same tenant
+      and still good for it; the route reports the problem all the same. Without this, a
+      host switching Secrets lost HTTPS until the new copy arrived (the HTTPS listener
+      itself, when it was the only TLS host);
+    - a host that moves to another certificate remembers the one before (`formerly`), so
+      requests on connections made with it are still routed while Envoy drains them,
+      rather than answered 421."""
     out = TLSPlan()
+    before = previous.hosts if previous is not None else {}
     for route in sorted(routes, key=lambda r: r.age_key):
         redirect = route.spec.get("options", {}).get("sslRedirect", "true") != "false"
         for entry in route.spec.get("tls", []):
@@ -266,12 +281,27 @@ def plan(
                 problem = check(secrets.get(sid), host, now, sid.split("/", 1)[1])
                 if problem is not None and pending and sid in pending:
                     problem = pending[sid]
+                was = before.get(host)
+                if was is not None and tenant_of_secret(was.secret) != route.tenant:
+                    was = None  # another tenant's certificate: never carried over
                 if problem is not None:
                     out.problems.setdefault(route.id, []).append(problem)
+                    kept = previous.secrets.get(was.secret) if previous and was else None
+                    if was is not None and kept is not None and check(kept, host, now, "") is None:
+                        out.hosts[host] = TLSHost(host, was.secret, redirect, was.formerly)
+                        out.secrets[was.secret] = kept
                     continue
-                out.hosts[host] = TLSHost(host, sid, redirect)
+                formerly = ""
+                if was is not None:
+                    formerly = was.formerly if was.secret == sid else was.secret
+                out.hosts[host] = TLSHost(host, sid, redirect, formerly)
                 out.secrets[sid] = secrets[sid]
     return out
+
+
+def tenant_of_secret(sid: str) -> str:
+    """The tenant of a secret id (records.names.secret_id: `<tenant>/<name>`)."""
+    return sid.split("/", 1)[0]
 
 
 # ---- certificates kubelbd has issued ---------------------------------------------------------
