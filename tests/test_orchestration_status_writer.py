@@ -285,3 +285,23 @@ async def test_a_major_change_is_not_held_back_by_a_minor_one_after_it() -> None
         w.want("a", 3, t.write("a", 3), minor=True)  # only a message moved since 2
         await until(lambda: t.written("a") == [1, 3], "written")
         assert t.writes[-1][2] - first < interval
+
+
+async def test_a_slow_write_holds_up_neither_the_writes_due_after_it_nor_its_own_key() -> None:
+    """Writes do not go in batches: while one hangs, statuses wanted after it are written;
+    a newer status for the hanging key waits for that write (one write per key at once) and
+    is written right after it."""
+    w, t = writer(), Target()
+    gate = t.gates[("slow", 1)] = anyio.Event()
+    async with running(w.run):
+        w.want("slow", 1, t.write("slow", 1))
+        await until(lambda: t.attempts == [("slow", 1)], "the slow write in flight")
+        w.want("slow", 2, t.write("slow", 2))
+        for k in ("b", "c"):
+            w.want(k, 1, t.write(k, 1))
+        await until(lambda: t.written("b") == [1] and t.written("c") == [1], "others written")
+        assert ("slow", 2) not in t.attempts  # never two writes of one key at once
+        assert not w.idle.is_set()
+        gate.set()
+        await until(lambda: t.written("slow") == [1, 2], "the newer one right after")
+        await until(w.idle.is_set, "idle once nothing is left")

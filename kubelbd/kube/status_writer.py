@@ -5,7 +5,10 @@ only gets it onto objects, with the rules every status write needs:
 
 - latest wins: a key's newer wanted status replaces one not written yet;
 - dedup: a status equal to the one last written for that key is not written again;
-- backoff: a failed write is retried after a growing delay, without holding up other keys;
+- backoff: a failed write is retried after a growing delay (its key's own), without holding
+  up other keys;
+- pipelining: each write starts as soon as one of `concurrency` slots is free; a slow write
+  holds only its own slot, never the writes due after it;
 - forgetting: an object that is gone (404) is dropped, and a new one of the same key is
   written afresh;
 - coalescing: a minor change (say, only a message moved) waits until `coalesce` seconds
@@ -67,7 +70,10 @@ class StatusWriter:
         self.name = name
         self._limit = anyio.Semaphore(concurrency)
         self._timeout = timeout
-        self._backoff = backoff or Backoff(initial=1, maximum=30)
+        #: what each failing key's own backoff starts from (one that keeps failing waits
+        #: longer, alone)
+        self._backoff_shape = backoff or Backoff(initial=1, maximum=30)
+        self._backoff: dict[str, Backoff] = {}
         self._coalesce = coalesce
         self._settle = settle
         self._yield_to = yield_to
@@ -114,6 +120,7 @@ class StatusWriter:
         self._written.pop(key, None)
         self._written_at.pop(key, None)
         self._seq.pop(key, None)
+        self._backoff.pop(key, None)
         if key in self._writing:
             self._cut.add(key)  # what that write leaves is not the new object's
 
@@ -126,15 +133,19 @@ class StatusWriter:
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             while True:
-                if not self._wanted:
-                    self.idle.set()
+                # A key being written waits for that write to end: one write per key at once,
+                # so the last one wanted is the last one written.
+                ready = {k: w for k, w in self._wanted.items() if k not in self._writing}
+                if not ready:
+                    if not self._writing:
+                        self.idle.set()
                     await self._wake.wait()
                     self._wake = anyio.Event()
                     # What woke us may be gone again (an equal status wanted, a forget).
                     continue
                 self._wake = anyio.Event()
                 now = anyio.current_time()
-                due = {k: w for k, w in self._wanted.items() if w.not_before <= now}
+                due = {k: w for k, w in ready.items() if w.not_before <= now}
                 self.yielding = False
                 if due and self._yield_max and self._yield_to():
                     due = {k: w for k, w in due.items() if w.not_before + self._yield_max <= now}
@@ -144,28 +155,34 @@ class StatusWriter:
                             await self._wake.wait()
                         continue
                 if not due:
-                    later = min(w.not_before for w in self._wanted.values())
+                    later = min(w.not_before for w in ready.values())
                     with anyio.move_on_after(later - now):
                         await self._wake.wait()
                     continue
-                for k in due:
+                for k, w in sorted(due.items()):
                     del self._wanted[k]
-                # Wanted while the same status was being written: it is there now.
-                due = {k: w for k, w in due.items() if self._written.get(k) != w.fingerprint}
-                failed: dict[str, _Wanted] = {}
-                self._writing = set(due)
-                try:
-                    async with anyio.create_task_group() as batch:
-                        for k, w in sorted(due.items()):
-                            batch.start_soon(self._write_one, k, w, failed)
-                finally:
-                    self._writing, self._cut = set(), set()
-                if failed:
-                    tg.start_soon(self._retry_later, failed, self._backoff.next())
-                else:
-                    self._backoff.reset()
+                    # Wanted while the same status was being written: it is there now.
+                    if self._written.get(k) != w.fingerprint:
+                        self._writing.add(k)
+                        tg.start_soon(self._write_one, k, w, tg)
 
-    async def _write_one(self, key: str, wanted: _Wanted, failed: dict[str, _Wanted]) -> None:
+    async def _write_one(self, key: str, wanted: _Wanted, tg: anyio.abc.TaskGroup) -> None:
+        """One status write, as soon as a slot is free: writes do not wait for each other
+        (a slow one holds its slot only), and a failed one is retried on its own backoff."""
+        try:
+            if await self._written_ok(key, wanted):
+                self._backoff.pop(key, None)
+            else:
+                shape = self._backoff_shape
+                backoff = self._backoff.setdefault(key, Backoff(shape.initial, shape.maximum))
+                tg.start_soon(self._retry_later, key, wanted, backoff.next())
+        finally:
+            self._writing.discard(key)
+            self._cut.discard(key)
+            self._wake.set()
+
+    async def _written_ok(self, key: str, wanted: _Wanted) -> bool:
+        """Write one status: whether it is done with (written, or its object gone)."""
         async with self._limit:
             try:
                 with anyio.fail_after(self._timeout):
@@ -175,32 +192,29 @@ class StatusWriter:
                     log.debug("%s: status of %s: %s; gone meanwhile", self.name, key, e)
                     if self._seq.get(key) == wanted.seq:
                         self.forget(key)  # unless a newer status (for a new object) waits
-                    return
+                    return True
                 log.warning("%s: status of %s: %s", self.name, key, e)
-                failed[key] = wanted
-                return
+                return False
             except (ConnectionError, TimeoutError) as e:
                 log.warning("%s: status of %s: %s", self.name, key, e or "timed out")
-                failed[key] = wanted
-                return
+                return False
             except Exception:
                 # A bug, or an object like no other: it must not end the process (every
                 # other status would stop with it). Logged in full, retried with backoff.
                 log.exception("%s: status of %s failed", self.name, key)
-                failed[key] = wanted
-                return
+                return False
         if key in self._cut:
-            return  # forgotten while being written: nothing to remember of it
+            return True  # forgotten while being written: nothing to remember of it
         self._written[key] = wanted.fingerprint
         self._written_at[key] = anyio.current_time()
         self.writes += 1
+        return True
 
-    async def _retry_later(self, failed: dict[str, _Wanted], delay: float) -> None:
+    async def _retry_later(self, key: str, wanted: _Wanted, delay: float) -> None:
         await anyio.sleep(delay)
-        for k, w in failed.items():
-            # Unless a newer status was wanted for the key meanwhile (it wins), or the
-            # object went away.
-            if self._seq.get(k) == w.seq:
-                self._wanted[k] = _Wanted(w.fingerprint, w.write, w.seq)
-        self.idle = anyio.Event()
-        self._wake.set()
+        # Unless a newer status was wanted for the key meanwhile (it wins), or the object
+        # went away.
+        if self._seq.get(key) == wanted.seq:
+            self._wanted[key] = _Wanted(wanted.fingerprint, wanted.write, wanted.seq)
+            self.idle = anyio.Event()
+            self._wake.set()
