@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rs.add_argument("--routes", type=int, default=10000, help="routes present across the tenants")
     rs.add_argument("--runs", type=int, default=3)
-    ch = sub.add_parser("churn", help="constant load (wrk) while things change: every failure")
+    ch = sub.add_parser("churn", help="constant load (wrk, h2load) while things change: every failure")
     ch.add_argument("--others", type=int, default=150, help="other Ingresses that come and go")
     ch.add_argument("--node-down", type=float, default=15.0, help="seconds node-3 is stopped")
     args = ap.parse_args(argv)

@@ -224,8 +224,9 @@ class Churn:
 
 
 async def run(layout: Layout, others: int, node_down: float) -> None:
-    if shutil.which("wrk") is None:
-        sys.exit("hack/bench churn: wrk is not installed (hack/install installs it)")
+    for tool in ("wrk", "h2load"):
+        if shutil.which(tool) is None:
+            sys.exit(f"hack/bench churn: {tool} is not installed (hack/install installs it)")
     tenant = layout.tenant_clusters[0].name
     kube = await Kube.from_file(layout.kubeconfig(tenant), tenant)
     ns = f"bench-churn-{os.getpid()}"
