@@ -193,9 +193,9 @@ def _plan_of(
 
 
 def test_a_host_keeps_its_certificate_until_the_new_secret_is_there() -> None:
-    """An Ingress names another Secret: until its copy arrives (or while it is bad), the
-    host is served with the certificate it had (the route says what is wrong), not dropped
-    from HTTPS; once it is there, the host moves to it."""
+    """An Ingress names another Secret: until its copy arrives, the host is served with the
+    certificate it had (the route says what is wrong), not dropped from HTTPS; once it is
+    there, the host moves to it."""
     old, new = "alpha/default.old-tls", "alpha/default.new-tls"
     first = _plan_of(_switching("old-tls"), {old: _pair(old)}, None)
     assert first.hosts["secure.example.com"].secret == old
@@ -208,12 +208,34 @@ def test_a_host_keeps_its_certificate_until_the_new_secret_is_there() -> None:
     assert problem.reason == "SecretNotFound"
     moved = _plan_of(_switching("new-tls"), {new: _pair(new)}, waiting)
     assert moved.hosts["secure.example.com"] == tls.TLSHost(
-        "secure.example.com", new, True, formerly=old
+        "secure.example.com", new, True, formerly=old, held_since=None
     )
     assert set(moved.secrets) == {new} and not moved.problems
     # Later plans keep what it was served with before, until its certificate changes again.
     again = _plan_of(_switching("new-tls"), {new: _pair(new)}, moved)
     assert again.hosts["secure.example.com"].formerly == old
+
+
+def test_a_certificate_is_kept_only_while_the_new_one_is_not_there_and_for_so_long() -> None:
+    old, new = "alpha/default.old-tls", "alpha/default.new-tls"
+    first = _plan_of(_switching("old-tls"), {old: _pair(old)}, None)
+    # The new Secret is there but bad (another host's): the tenant's mistake is reported,
+    # and the old certificate is not kept for it.
+    bad = _plan_of(_switching("new-tls"), {new: _pair(new, host="other.example.com")}, first)
+    assert "secure.example.com" not in bad.hosts and not bad.secrets
+    (problem,) = bad.problems["alpha/default.secure"]
+    assert problem.reason == "CertificateHostMismatch"
+    # The same Secret's content turned bad: the tenant replaced it; the old is not kept.
+    replaced = _plan_of(_switching("old-tls"), {old: _pair(old, host="other.example.com")}, first)
+    assert "secure.example.com" not in replaced.hosts
+    # Not there: kept, but for HOLD at most, counted from when the keeping began.
+    start = dt.datetime.now(dt.UTC)
+    kept = _plan_of(_switching("new-tls"), {}, first, now=start)
+    assert kept.hosts["secure.example.com"].held_since == start
+    still = _plan_of(_switching("new-tls"), {}, kept, now=start + tls.HOLD)
+    assert still.hosts["secure.example.com"].secret == old
+    over = _plan_of(_switching("new-tls"), {}, still, now=start + tls.HOLD * 2)
+    assert "secure.example.com" not in over.hosts and not over.secrets
 
 
 def test_a_kept_certificate_must_still_be_good_and_the_tenants_own() -> None:

@@ -233,6 +233,8 @@ class TLSHost:
     #: the certificate this host was served with before `secret`, of the same tenant: the
     #: connections made with it may still ask for the host while Envoy drains them
     formerly: str = ""
+    #: since when `secret` is kept although the route's own certificate is not there
+    held_since: dt.datetime | None = None
 
 
 @dataclass
@@ -260,11 +262,14 @@ def plan(
     says, per secret id, why an issued certificate is not there yet (Issuing, Failed...).
 
     `previous`, the plan before this one, makes a change of certificate make-before-break:
-    - a host whose certificate cannot be served (its new Secret not copied yet, or gone,
-      or bad) keeps the one it was served with, as long as that one is of the same tenant
-      and still good for it; the route reports the problem all the same. Without this, a
-      host switching Secrets lost HTTPS until the new copy arrived (the HTTPS listener
-      itself, when it was the only TLS host);
+    - a host whose certificate is not there (a new Secret's copy not arrived yet, an issued
+      one not issued yet; the copy of the one it had deleted before the record naming the
+      new one arrived: another watch, in no order) keeps the one it was served with, for at
+      most HOLD, as long as that one is of the same tenant and still good for it; the route
+      reports the problem all the same. Without this, a host switching Secrets lost HTTPS
+      until the new copy arrived (the HTTPS listener itself, when it was the only TLS host).
+      A certificate that is there but bad is never held over: whatever replaced the old
+      content, the tenant meant the old one to go;
     - a host that moves to another certificate remembers the one before (`formerly`), so
       requests on connections made with it are still routed while Envoy drains them,
       rather than answered 421."""
@@ -286,10 +291,11 @@ def plan(
                     was = None  # another tenant's certificate: never carried over
                 if problem is not None:
                     out.problems.setdefault(route.id, []).append(problem)
-                    kept = previous.secrets.get(was.secret) if previous and was else None
-                    if was is not None and kept is not None and check(kept, host, now, "") is None:
-                        out.hosts[host] = TLSHost(host, was.secret, redirect, was.formerly)
-                        out.secrets[was.secret] = kept
+                    if secrets.get(sid) is None and previous is not None and was is not None:
+                        held = _held(was, previous.secrets.get(was.secret), now, redirect)
+                        if held is not None:
+                            out.hosts[host] = held
+                            out.secrets[held.secret] = previous.secrets[held.secret]
                     continue
                 formerly = ""
                 if was is not None:
@@ -297,6 +303,20 @@ def plan(
                 out.hosts[host] = TLSHost(host, sid, redirect, formerly)
                 out.secrets[sid] = secrets[sid]
     return out
+
+
+#: how long a host keeps its certificate while the one its route names is not there
+HOLD = dt.timedelta(seconds=30)
+
+
+def _held(
+    was: TLSHost, data: CertificateData | None, now: dt.datetime, redirect: bool
+) -> TLSHost | None:
+    """`was` kept one more plan, if its certificate is still good and HOLD has not run out."""
+    since = was.held_since or now
+    if data is None or now - since > HOLD or check(data, was.host, now, "") is not None:
+        return None
+    return TLSHost(was.host, was.secret, redirect, was.formerly, since)
 
 
 def tenant_of_secret(sid: str) -> str:
