@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
 import pytest
 
 from kubelbd.dataplane.strays import Strays
@@ -30,6 +31,7 @@ from kubelbd.records.names import (
     tenant_of,
 )
 from kubelbd.records.objects import record_object, tenant_object
+from kubelbd.tenant import copies as copies_module
 from kubelbd.tenant.copies import SecretCopies
 from kubelbd.tenant.registry import Registry
 from kubelbd.tenant.sync import TenantSettings, TenantSync
@@ -176,7 +178,10 @@ async def test_the_data_plane_serves_only_records_in_their_tenants_namespace(
     assert len(lines) == 5
 
 
-async def test_the_tenant_side_keeps_and_deletes_only_its_own_copies() -> None:
+async def test_the_tenant_side_keeps_and_deletes_only_its_own_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(copies_module, "COPY_GRACE", 0.0)  # ownership here, not timing
     mgmt = FakeKube("mgmt")
     await mgmt.create(NAMESPACES, {"metadata": {"name": "tenant-a"}})
     await mgmt.create(SECRETS, tls_secret("tenant-a", "default.old", "a"))
@@ -188,6 +193,45 @@ async def test_the_tenant_side_keeps_and_deletes_only_its_own_copies() -> None:
     await copies.reconcile({})  # nothing referenced: a's own copy goes
     assert mgmt.stored(SECRETS, "default.old", "tenant-a") is None
     assert mgmt.stored(SECRETS, "default.bs", "tenant-a") is not None
+
+
+async def test_a_copy_nothing_names_goes_after_a_grace_and_a_deleted_secrets_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Ingress moves to another Secret: the old copy stays COPY_GRACE (its Route record
+    may still be on its way to a replica serving from the records), then goes without any
+    other change to wake the tenant. A tenant Secret deleted while named: its copy goes at
+    once (the tenant meant it to)."""
+    monkeypatch.setattr(copies_module, "COPY_GRACE", 0.3)
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, {"metadata": {"name": "tenant-a"}})
+    copies = SecretCopies("a", mgmt)
+    await copies.load()
+    tenant_secrets = {
+        f"default/{n}": tls_secret("default", n, "a") for n in ("old", "new", "other")
+    }
+    copies.uses("Ingress/default/web", frozenset({("default", "old")}))
+    copies.uses("Ingress/default/api", frozenset({("default", "other")}))
+    await copies.reconcile(tenant_secrets)
+    assert mgmt.stored(SECRETS, "default.old", "tenant-a") is not None
+    woken = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(copies.run, woken.set)
+        copies.uses("Ingress/default/web", frozenset({("default", "new")}))
+        await copies.reconcile(tenant_secrets)
+        assert mgmt.stored(SECRETS, "default.new", "tenant-a") is not None
+        assert mgmt.stored(SECRETS, "default.old", "tenant-a") is not None  # its grace
+        del tenant_secrets["default/other"]  # deleted by the tenant while named
+        copies.on_secret({"metadata": {"namespace": "default", "name": "other"}})
+        await copies.reconcile(tenant_secrets)
+        assert mgmt.stored(SECRETS, "default.other", "tenant-a") is None
+        assert mgmt.stored(SECRETS, "default.old", "tenant-a") is not None
+        with anyio.fail_after(5):
+            await woken.wait()  # the grace ran out: the tenant is woken
+        await copies.reconcile(tenant_secrets)
+        assert mgmt.stored(SECRETS, "default.old", "tenant-a") is None
+        assert mgmt.stored(SECRETS, "default.new", "tenant-a") is not None
+        tg.cancel_scope.cancel()
 
 
 def namespace_obj(name: str, tenant: str | None = None) -> Any:

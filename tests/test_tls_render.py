@@ -225,9 +225,12 @@ def test_a_certificate_is_kept_only_while_the_new_one_is_not_there_and_for_so_lo
     assert "secure.example.com" not in bad.hosts and not bad.secrets
     (problem,) = bad.problems["alpha/default.secure"]
     assert problem.reason == "CertificateHostMismatch"
-    # The same Secret's content turned bad: the tenant replaced it; the old is not kept.
+    # The same Secret's content turned bad, or the Secret deleted: the tenant meant the old
+    # certificate to go; it is not kept.
     replaced = _plan_of(_switching("old-tls"), {old: _pair(old, host="other.example.com")}, first)
     assert "secure.example.com" not in replaced.hosts
+    deleted = _plan_of(_switching("old-tls"), {}, first)
+    assert "secure.example.com" not in deleted.hosts and not deleted.secrets
     # Not there: kept, but for HOLD at most, counted from when the keeping began.
     start = dt.datetime.now(dt.UTC)
     kept = _plan_of(_switching("new-tls"), {}, first, now=start)

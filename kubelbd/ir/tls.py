@@ -262,14 +262,13 @@ def plan(
     says, per secret id, why an issued certificate is not there yet (Issuing, Failed...).
 
     `previous`, the plan before this one, makes a change of certificate make-before-break:
-    - a host whose certificate is not there (a new Secret's copy not arrived yet, an issued
-      one not issued yet; the copy of the one it had deleted before the record naming the
-      new one arrived: another watch, in no order) keeps the one it was served with, for at
-      most HOLD, as long as that one is of the same tenant and still good for it; the route
-      reports the problem all the same. Without this, a host switching Secrets lost HTTPS
-      until the new copy arrived (the HTTPS listener itself, when it was the only TLS host).
-      A certificate that is there but bad is never held over: whatever replaced the old
-      content, the tenant meant the old one to go;
+    - a host whose route names another certificate that is not there yet (a new Secret's
+      copy not arrived: another watch, in no order; an issued one not issued yet) keeps the
+      one it was served with, for at most HOLD, as long as that one is of the same tenant
+      and still good for it; the route reports the problem all the same. Without this, a
+      host switching Secrets lost HTTPS until the new copy arrived (the HTTPS listener
+      itself, when it was the only TLS host). Never held over: a certificate that is there
+      but bad, nor the same Secret deleted or replaced (the tenant meant the old one to go);
     - a host that moves to another certificate remembers the one before (`formerly`), so
       requests on connections made with it are still routed while Envoy drains them,
       rather than answered 421."""
@@ -291,7 +290,8 @@ def plan(
                     was = None  # another tenant's certificate: never carried over
                 if problem is not None:
                     out.problems.setdefault(route.id, []).append(problem)
-                    if secrets.get(sid) is None and previous is not None and was is not None:
+                    absent = secrets.get(sid) is None
+                    if absent and previous is not None and was is not None and was.secret != sid:
                         held = _held(was, previous.secrets.get(was.secret), now, redirect)
                         if held is not None:
                             out.hosts[host] = held

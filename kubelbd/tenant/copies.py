@@ -3,13 +3,20 @@
 Only Secrets that an object of ours names (its References.tls_secrets: for an Ingress, those
 in `spec.tls`, in its own namespace) are copied, and only into the tenant's own namespace of
 the management cluster: a tenant cannot make kubelbd read, serve or copy anything of another
-tenant's. Updates and deletions follow.
+tenant's. Updates and deletions follow: a tenant Secret deleted takes its copy with it at
+once; a copy that nothing names any more goes COPY_GRACE later, because the Route record
+still naming it may be on its way to a replica serving from the records (record writes
+yield, tenant.records.RECORD_YIELD), and a copy deleted first left that replica without a
+certificate for the host meanwhile.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+
+import anyio
 
 from ..kube import Kube
 from ..objects import SECRETS, Obj
@@ -22,8 +29,12 @@ from ..records.names import (
     tenant_of,
 )
 from ..sources.base import Ref
+from .records import RECORD_YIELD
 
 log = logging.getLogger(__name__)
+
+#: how long a copy nothing names any more is kept (above)
+COPY_GRACE = RECORD_YIELD + 5.0
 
 
 def copy_of(tenant: str, secret: Obj) -> Obj:
@@ -54,7 +65,21 @@ class SecretCopies:
         self.mgmt = mgmt
         self.refs: dict[str, frozenset[Ref]] = {}  # object id -> secrets it is served with
         self.copies: dict[str, str] = {}  # copy name -> digest of what was copied
+        #: copy name -> when nothing named it any more (anyio.current_time())
+        self.unnamed: dict[str, float] = {}
         self.dirty = True
+        self._later = anyio.Event()  # set when a copy waits out its grace
+
+    async def run(self, wake: Callable[[], None]) -> None:
+        """Mark the copies dirty and `wake` the tenant when a copy's grace has run out."""
+        while True:
+            await self._later.wait()
+            self._later = anyio.Event()
+            if self.unnamed:
+                due = min(self.unnamed.values()) + COPY_GRACE
+                await anyio.sleep(max(0.0, due - anyio.current_time()))
+                self.dirty = True
+                wake()
 
     def uses(self, object_id: str, secrets: frozenset[Ref]) -> None:
         """What one object of ours is served with now (empty: nothing, or gone)."""
@@ -108,7 +133,14 @@ class SecretCopies:
                 await self.mgmt.apply(SECRETS, copy)
                 self.copies[copy["metadata"]["name"]] = content
                 log.info("tenant %s: copied TLS Secret %s/%s", self.tenant, ns, name)
+        named = {copy_name(ns, name) for ns, name in wanted}
+        now = anyio.current_time()
+        self.unnamed = {n: t for n, t in self.unnamed.items() if n in self.copies and n not in keep}
         for name in [n for n in self.copies if n not in keep]:
+            if name not in named and now - self.unnamed.setdefault(name, now) < COPY_GRACE:
+                self._later.set()
+                continue
             await self.mgmt.delete(SECRETS, name, namespace_of(self.tenant))
             del self.copies[name]
+            self.unnamed.pop(name, None)
             log.info("tenant %s: removed the copy of TLS Secret %s", self.tenant, name)

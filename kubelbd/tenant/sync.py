@@ -227,6 +227,7 @@ class TenantSync:
             tg.start_soon(inf.run)
         tg.start_soon(self.statuses.writer.run)
         tg.start_soon(self._retry_failed)
+        tg.start_soon(self.copies.run, lambda: self._wake.set())
         await tg.start(self.records.run)
         for inf in self.caches.all_informers():
             await inf.synced.wait()
