@@ -8,6 +8,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from kubefleet import certs
 
 from kubelbd.objects import EVENTS, INGRESSES, SECRETS, Obj
@@ -240,6 +241,75 @@ async def test_rotation_keeps_established_connections(
         fleet.kube["mgmt"], "alpha", f"{ns}.rot", "CertificateReady", reason="SecretNotFound"
     )
     await served_over_plain_http(fleet.layout, host)
+
+
+async def test_a_switch_to_another_secret_under_load_fails_no_request(
+    fleet: FleetHandle, ns: str, ca: tuple[certs.KeyPair, str]
+) -> None:
+    """An Ingress names another Secret, then the first again, while clients keep connections
+    and make new ones: the host never leaves HTTPS (it keeps its certificate until the new
+    one's copy is there, which comes by another watch), and a connection made with the
+    certificate before is still answered while Envoy drains it (Connection: close, never
+    421). Before, each switch gave 421s on kept connections and refused new ones."""
+    authority, cafile = ca
+    kube = fleet.kube["alpha"]
+    host = f"{unique('switch')}.tls.test"
+    ders = {}
+    for name in ("one-tls", "two-tls"):
+        pair = certs.issue(authority, host, dns=(host,), server=True)
+        ders[name] = pair.cert.public_bytes(serialization.Encoding.DER)
+        await kube.create(SECRETS, tls_secret(name, pair), ns)
+    await tls_site(kube, ns, "switch", host, "one-tls")
+    await served_over_tls(fleet, host, cafile, "switch")
+    failures: list[str] = []
+    answered = [0]
+    stop = asyncio.Event()
+
+    def outcome(what: str, status: int) -> None:
+        if status == 200:
+            answered[0] += 1
+        else:
+            failures.append(f"{what}: {status}")
+
+    async def kept() -> None:
+        while not stop.is_set():
+            try:
+                async with KeptConnection(https_addr(fleet), host, cafile) as conn:
+                    while not stop.is_set():
+                        status, _ = await conn.get("/kept")
+                        outcome("kept", status)
+                        if conn.headers.get("connection") == "close":
+                            break
+                        await asyncio.sleep(0.01)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+                failures.append(f"kept: {e!r}")
+
+    async def fresh() -> None:
+        while not stop.is_set():
+            try:
+                status, _, _ = await https_request(https_addr(fleet), host, "/fresh", cafile)
+                outcome("fresh", status)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as e:
+                failures.append(f"fresh: {e!r}")
+            await asyncio.sleep(0.01)
+
+    clients = [asyncio.create_task(c()) for c in (kept, kept, fresh)]
+    try:
+        for secret in ("two-tls", "one-tls"):
+            before = answered[0]
+            spec = {"tls": [{"hosts": [host], "secretName": secret}]}
+            await kube.patch(INGRESSES, "switch", {"spec": spec}, ns)
+
+            async def presented(secret: str = secret, before: int = before) -> bool:
+                assert await served_certificate(fleet, host) == ders[secret], "not yet"
+                assert answered[0] > before + 20, "too few requests since the switch"
+                return True
+
+            await eventually(presented, what=f"{secret} presented, requests answered")
+    finally:
+        stop.set()
+        await asyncio.gather(*clients, return_exceptions=True)
+    assert failures == [], failures[:5]
 
 
 async def test_bad_certificates_are_refused_and_contained(
