@@ -27,6 +27,7 @@ from kubelbd.objects import (
 from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
 from kubelbd.records.status import Event, SourceStatus
 from kubelbd.sources import twins
+from kubelbd.tenant import copies
 from kubelbd.tenant import records as records_module
 from kubelbd.tenant.records import TenantRecords
 from kubelbd.tenant.sync import TenantSettings, TenantSync
@@ -339,7 +340,10 @@ def tls_secret(name: str, crt: str) -> Any:
     }
 
 
-async def test_the_tls_secrets_of_ours_are_copied_and_follow(fleet: Fleet) -> None:
+async def test_the_tls_secrets_of_ours_are_copied_and_follow(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(copies, "COPY_GRACE", 0.3)
     await fleet.tenant.create(SERVICES, service("web"))
     await fleet.tenant.create(SECRETS, tls_secret("shop-cert", "one"))
     await fleet.tenant.create(SECRETS, tls_secret("unused-cert", "x"))
@@ -364,6 +368,8 @@ async def test_the_tls_secrets_of_ours_are_copied_and_follow(fleet: Fleet) -> No
         await fleet.tenant.patch(SECRETS, "shop-cert", {"data": renewed["data"]}, "default")
         await until(lambda: (copied("shop-cert") or {}).get("data") == renewed["data"], "renewed")
 
+        # Nothing names it: it goes after its grace, the tenant woken for it (no other change
+        # comes to run a pass).
         await fleet.tenant.delete(INGRESSES, "shop", "default")
         await until(lambda: copied("shop-cert") is None, "the copy removed")
 
