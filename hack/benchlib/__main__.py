@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, churn, convergence, dataplane, dns, fleet, l4, restart, status
+from . import certs, churn, convergence, dataplane, dns, fleet, l4, memory, restart, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     rs.add_argument("--routes", type=int, default=10000, help="routes present across the tenants")
     rs.add_argument("--runs", type=int, default=3)
-    ch = sub.add_parser("churn", help="constant load (wrk, h2load) while things change: every failure")
+    ch = sub.add_parser(
+        "churn", help="constant load (wrk, h2load) while things change: every failure"
+    )
     ch.add_argument("--others", type=int, default=150, help="other Ingresses that come and go")
     ch.add_argument("--node-down", type=float, default=15.0, help="seconds node-3 is stopped")
+    mb = sub.add_parser("memory", help="what kubelbd's stages hold per route (offline)")
+    mb.add_argument("--routes", type=int, default=10000)
+    mb.add_argument(
+        "--caches", action="store_true", help="also the fleet's objects as kubelbd caches them"
+    )
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
@@ -73,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(churn.run(convergence.ensure_fleet(), args.others, args.node_down))
     elif args.cmd == "restart":
         asyncio.run(restart.run(convergence.ensure_fleet(), args.routes, args.runs))
+    elif args.cmd == "memory":
+        memory.run(args.routes, convergence.ensure_fleet() if args.caches else None)
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0
