@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, PublicKeyAlgorithmOID
 
-from ..records.names import copy_name, secret_id
+from ..records.names import copy_name, secret_id, secret_tenant
 from ..records.problems import Problem
 from ..records.types import RouteRecord, TLSEntry
 from .http import IR
@@ -286,16 +286,17 @@ def plan(
                 if problem is not None and pending and sid in pending:
                     problem = pending[sid]
                 was = before.get(host)
-                if was is not None and tenant_of_secret(was.secret) != route.tenant:
+                if was is not None and secret_tenant(was.secret) != route.tenant:
                     was = None  # another tenant's certificate: never carried over
                 if problem is not None:
                     out.problems.setdefault(route.id, []).append(problem)
                     absent = secrets.get(sid) is None
                     if absent and previous is not None and was is not None and was.secret != sid:
-                        held = _held(was, previous.secrets.get(was.secret), now, redirect)
-                        if held is not None:
+                        kept = previous.secrets.get(was.secret)
+                        held = _held(was, kept, now, redirect)
+                        if held is not None and kept is not None:
                             out.hosts[host] = held
-                            out.secrets[held.secret] = previous.secrets[held.secret]
+                            out.secrets[held.secret] = kept
                     continue
                 formerly = ""
                 if was is not None:
@@ -319,11 +320,6 @@ def _held(
     return TLSHost(was.host, was.secret, redirect, was.formerly, since)
 
 
-def tenant_of_secret(sid: str) -> str:
-    """The tenant of a secret id (records.names.secret_id: `<tenant>/<name>`)."""
-    return sid.split("/", 1)[0]
-
-
 # ---- certificates kubelbd has issued ---------------------------------------------------------
 
 
@@ -338,7 +334,7 @@ class Wanted:
 
     @property
     def tenant(self) -> str:
-        return self.secret_id.split("/", 1)[0]
+        return secret_tenant(self.secret_id)
 
     @property
     def secret_name(self) -> str:

@@ -90,6 +90,11 @@ def secret_id(tenant: str, name: str) -> str:
     return f"{tenant}/{name}"
 
 
+def secret_tenant(sid: str) -> str:
+    """The tenant of a `secret_id`."""
+    return sid.split("/", 1)[0]
+
+
 def copy_name(namespace: str, name: str) -> str:
     """The management cluster copy of a tenant Secret, in the tenant's namespace there (and
     the name an issued certificate gets): `<namespace>.<name>`."""
