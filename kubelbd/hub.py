@@ -19,7 +19,7 @@ Records go one way, statuses the other, each through something defined here:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -74,6 +74,11 @@ class RecordSink(Protocol):
         ...
 
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None: ...
+
+    def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
+        """The spec of a record as the data plane holds it from the API (None: none), which
+        the tenant side keeps instead of an equal copy of its own."""
+        ...
 
     def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
         """A provisional record will not be written after all: serve what the API holds."""

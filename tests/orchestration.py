@@ -155,5 +155,8 @@ class RecordingSink:
     def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
         self.seen.append(("reverted", kind.kind, f"{tenant}/{name}", None))
 
+    def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
+        return None
+
     def of(self, record_id: str) -> list[tuple[str, str, str, Any]]:
         return [s for s in self.seen if s[2] == record_id]

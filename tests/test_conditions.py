@@ -45,3 +45,33 @@ def test_accepted_names_the_first_problem_and_lists_all() -> None:
     )
     assert (bad["status"], bad["reason"]) == ("False", "BackendNotFound")
     assert bad["message"] == "a not found; b"
+
+
+def test_stamping_against_the_kept_transitions_is_stamping_against_the_conditions() -> None:
+    """The data plane keeps only each record's `transitions` (type, status, since) between
+    writes: stamping against them must give what stamping against the conditions gives, and
+    what a hostile or older writer left in a record's status is skipped, not kept."""
+    carried = [
+        {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "m" * 500,
+         "lastTransitionTime": "2000-01-01T00:00:00Z", "observedGeneration": 3},
+        {"type": "Accepted", "status": "False", "reason": "Bad", "message": "x",
+         "lastTransitionTime": "2000-02-02T00:00:00Z"},
+        {"type": "NoTime", "status": "True"},
+        {"type": 7, "status": "True", "lastTransitionTime": "2000-03-03T00:00:00Z"},
+        "not a condition",
+    ]  # fmt: skip
+    kept = conditions.transitions(carried)
+    assert kept == (
+        ("Programmed", "True", "2000-01-01T00:00:00Z"),
+        ("Accepted", "False", "2000-02-02T00:00:00Z"),
+    )
+    assert conditions.transitions(None) == () == conditions.transitions({"type": "x"})
+    wanted = [
+        conditions.desired("Programmed", True, "Programmed", "ok", 4),
+        conditions.desired("Accepted", True, "Accepted", "translated", 4),
+        conditions.desired("NoTime", True, "R", "m", 4),
+    ]
+    now = "2026-11-30T00:00:00Z"
+    stamped = conditions.stamp(wanted, kept, now)
+    assert stamped == conditions.stamp(wanted, carried, now)
+    assert [c["lastTransitionTime"] for c in stamped] == ["2000-01-01T00:00:00Z", now, now]

@@ -8,10 +8,15 @@ pyproject.toml pins the range these tests were last run against.
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.sslproto
 import base64
 import importlib.metadata
 import os
 import re
+import ssl
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ import aiohttp
 import pytest
 from kubefleet import certs
 
-from kubelbd.kube.transport import KubeconfigError, Transport, temp_file_cache
+from kubelbd.kube.transport import TLS_READ_BUFFER, KubeconfigError, Transport, temp_file_cache
 
 
 def b64(data: bytes) -> str:
@@ -118,3 +123,32 @@ async def test_unusable_credentials_are_a_kubeconfig_error_and_leave_no_files() 
         await Transport.from_kubeconfig(config)
     leaked = existing(set(temp_file_cache().values()) - before)
     assert leaked == []
+
+
+def test_kubelbd_imports_none_of_the_generated_models_or_apis() -> None:
+    """transport._light_import: the loader, Configuration and ApiClient, without the package's
+    __init__ (every generated model and API class: 850 modules and 36 MiB in every kubelbd
+    process). Run in a fresh interpreter, since this one may have imported anything."""
+    code = (
+        "import sys, kubelbd.app\n"
+        "from kubelbd.kube.transport import ApiClient, Configuration, kube_config\n"
+        "loaded = [m for m in sys.modules if m.startswith('kubernetes_asyncio.client.')]\n"
+        "print(len(loaded), any('.models.' in m or '.api.' in m for m in loaded))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out[1] == "False", out
+    assert int(out[0]) <= 8, out
+
+
+async def test_tls_connections_read_into_a_small_buffer() -> None:
+    """asyncio gives every TLS connection a 256 KiB read buffer; kubelbd holds one connection
+    per watch, so transport.py lowers it (`SSLProtocol.max_size`). An upgrade that renames the
+    attribute or sizes the buffer otherwise fails here."""
+    loop = asyncio.get_running_loop()
+    proto = asyncio.sslproto.SSLProtocol(
+        loop, asyncio.Protocol(), ssl.create_default_context(), loop.create_future()
+    )
+    buffer: bytearray = getattr(proto, "_ssl_buffer")  # noqa: B009 (private, pinned here)
+    assert len(buffer) == TLS_READ_BUFFER < 256 * 1024

@@ -118,6 +118,8 @@ def test_a_written_provisional_record_is_a_confirmation_not_a_render() -> None:
     assert r.wakes == 1 and r.confirmations == 1
     assert intake.take().upserts == {}
     assert intake.confirmed[RID].generation == 1
+    # The spec the tenant side handed over (and keeps) is the one kept: one copy, not two.
+    assert intake.confirmed[RID].spec is spec
     # The watch brings the same record again (and then our own status write): nothing new.
     intake.on_route("ADDED", route_obj(route_spec()))
     intake.on_route("MODIFIED", route_obj(route_spec()) | {"status": {"hosts": "x"}})

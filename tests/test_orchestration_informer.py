@@ -4,7 +4,7 @@ the events the watch missed, errors reported and then cleared."""
 from __future__ import annotations
 
 from kubelbd.kube import ApiError
-from kubelbd.kube.informer import Informer
+from kubelbd.kube.informer import LAST_APPLIED, Informer, identity_only
 from kubelbd.objects import INGRESSES, NAMESPACES, Obj
 from kubelbd.retry import Backoff
 
@@ -108,23 +108,79 @@ async def test_errors_are_reported_and_cleared_once_listing_works_again() -> Non
     assert seen.events == [("ADDED", "a")]
 
 
-async def test_the_cache_keeps_no_managed_fields() -> None:
-    """No consumer reads managedFields, and they are half of an object's size in memory: the
-    cache drops them from what a list and a watch bring, and keeps the rest."""
+async def test_the_cache_keeps_no_managed_fields_nor_kubectls_copy() -> None:
+    """No consumer reads managedFields nor the copy of the object `kubectl apply` keeps in an
+    annotation, and each is about the object's size again in memory: the cache drops them
+    from what a list and a watch bring, and keeps the rest (the other annotations too)."""
     fields = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]
+    annotations = {LAST_APPLIED: '{"kind": "Ingress"}', "team/owner": "shop"}
     kube, seen = await cluster(), Seen()
     listed = ingress("a", "a.example.com", "web")
-    listed["metadata"].update(labels={"team": "shop"}, managedFields=fields)
+    listed["metadata"].update(
+        labels={"team": "shop"}, managedFields=fields, annotations=dict(annotations)
+    )
     await kube.create(INGRESSES, listed)
     inf = informer(kube, seen)
     async with running(inf.run):
         await inf.synced.wait()
         watched = ingress("b", "b.example.com", "web")
-        watched["metadata"].update(labels={"team": "shop"}, managedFields=fields)
+        watched["metadata"].update(
+            labels={"team": "shop"}, managedFields=fields, annotations=dict(annotations)
+        )
         await kube.create(INGRESSES, watched)
         await until(lambda: "default/b" in inf.cache, "b watched")
     for k in ("default/a", "default/b"):
         meta = inf.cache[k]["metadata"]
         assert "managedFields" not in meta and meta["labels"] == {"team": "shop"}
+        assert meta["annotations"] == {"team/owner": "shop"}
     stored = kube.stored(INGRESSES, "a", "default")
     assert stored is not None and stored["metadata"]["managedFields"] == fields
+    assert stored["metadata"]["annotations"] == annotations
+
+
+async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_object() -> None:
+    """`stored=identity_only` (the data plane's record informers: the intake keeps each record
+    parsed): the handler is given every object whole, from the list and from the watch, the
+    cache keeps its identity only, and a relist still tells what changed and what went."""
+    kube = await cluster("a", "b")
+    got: list[tuple[str, Obj]] = []
+    inf = Informer(
+        kube,
+        INGRESSES,
+        lambda kind, obj: got.append((kind, obj)),
+        namespace="default",
+        label_selector="team=shop",
+        stored=identity_only,
+        backoff=Backoff(initial=0.01, maximum=0.01),
+    )
+    async with running(inf.run):
+        await inf.synced.wait()
+        assert [(k, o["spec"]["rules"][0]["host"]) for k, o in got] == [
+            ("ADDED", "a.example.com"),
+            ("ADDED", "b.example.com"),
+        ]
+        await kube.patch(INGRESSES, "a", {"spec": {"defaultBackend": None, "rules": []}}, "default")
+        await until(lambda: len(got) == 3, "the watch event")
+        assert got[2][0] == "MODIFIED" and got[2][1]["spec"]["rules"] == []
+        cached = inf.cache["default/a"]
+        assert "spec" not in cached and cached["metadata"]["labels"] == {"team": "shop"}
+        assert set(cached["metadata"]) == {
+            "name",
+            "namespace",
+            "uid",
+            "resourceVersion",
+            "generation",
+            "labels",
+        }
+        with kube.watches_held():
+            await kube.delete(INGRESSES, "b", "default")
+            await kube.patch(INGRESSES, "a", {"metadata": {"annotations": {"x": "y"}}}, "default")
+            kube.compact()
+        await until(lambda: len(got) == 5, "the relist's events")
+        relisted = sorted((k, o["metadata"]["name"]) for k, o in got[3:])
+        assert relisted == [("DELETED", "b"), ("MODIFIED", "a")]
+        modified = next(o for k, o in got[3:] if k == "MODIFIED")
+        assert modified["metadata"]["annotations"] == {"x": "y"} and "spec" in modified
+        deleted = next(o for k, o in got[3:] if k == "DELETED")
+        assert deleted["metadata"]["uid"] and deleted["metadata"]["labels"] == {"team": "shop"}
+        assert sorted(inf.cache) == ["default/a"]

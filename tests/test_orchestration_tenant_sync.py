@@ -8,6 +8,7 @@ Connector, which hands out clients of the fake tenant cluster."""
 from __future__ import annotations
 
 import base64
+import copy
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from kubelbd.objects import (
     SERVICES,
 )
 from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
+from kubelbd.records.objects import record_object
 from kubelbd.records.status import Event, SourceStatus
 from kubelbd.sources import twins
 from kubelbd.tenant import copies
@@ -498,6 +500,30 @@ async def test_a_claim_not_written_yet_keeps_its_time_on_every_try() -> None:
     records.revert(ROUTE, "d.n")
     await anyio.sleep(0.001)
     assert records.with_claims(ROUTE, "d.n", raw)["claims"] != first["claims"]
+
+
+async def test_loaded_records_keep_the_data_planes_equal_copy_of_their_spec() -> None:
+    """At start-up the data plane has parsed every record already: the tenant side keeps its
+    copy of an equal spec instead of one of its own (one copy a route, not two), and its own
+    where the two differ."""
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, namespace(NS))
+    raw: Any = {"source": {"kind": "Ingress", "namespace": "d", "name": "n", "uid": "u",
+                           "creationTimestamp": ""},
+                "rules": [{"host": "x.example.com", "paths": []}]}  # fmt: skip
+    for name in ("same", "other"):
+        await mgmt.create(ROUTES, record_object("Route", "a", name, raw))
+    held = {"same": copy.deepcopy(raw), "other": {**copy.deepcopy(raw), "rules": []}}
+
+    class DataPlane(RecordingSink):
+        def stored(self, kind: Any, tenant: str, name: str) -> Any:
+            return held.get(name) if (kind, tenant) == (ROUTE, "a") else None
+
+    records = TenantRecords("a", mgmt, DataPlane())
+    await records.load([ROUTE])
+    assert records.written[("Route", "same")] is held["same"]
+    assert records.written[("Route", "other")] == raw
+    assert records.written[("Route", "other")] is not held["other"]
 
 
 async def test_a_certificate_limit_leaves_the_newer_certificates_out(fleet: Fleet) -> None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..hub import Dialled
 from ..ir.nodes import exclusive
 from ..objects import Obj
 from ..records import parse
+from ..records.conditions import Transitions, transitions
 from ..records.names import LOADBALANCER, ROUTE, TENANT, RecordKind, tenant_of
 from ..records.types import RouteRecord, TenantRecord
 from .arrivals import Arrival, Arrivals
@@ -69,8 +70,9 @@ class Intake:
         #: records confirmed (written) without a change to render: the model takes them as
         #: they are (they carry the generation the status reports), and their status is due
         self.confirmed: dict[str, RouteRecord] = {}
-        #: conditions each record carries, as last seen: lastTransitionTime survives restarts
-        self.conditions: dict[str, list[Any]] = {}
+        #: the transitions of the conditions each record carries, as last seen:
+        #: lastTransitionTime survives restarts
+        self.conditions: dict[str, Transitions] = {}
         #: what Envoy's clusters dial (the data plane sets it once it published them)
         self.dialled = Dialled()
 
@@ -124,6 +126,16 @@ class Intake:
         elif kind == TENANT:
             self._tenant(obj)
 
+    def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
+        rid = f"{tenant}/{name}"
+        if kind == ROUTE:
+            known = self._api.get(rid)
+            return known[1].spec if known is not None else None
+        if kind == LOADBALANCER:
+            record = self.l4.records.get(rid)
+            return record.spec if record is not None else None
+        return None
+
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None:
         if kind == ROUTE:
             self._forget_route(f"{tenant}/{name}")
@@ -158,7 +170,7 @@ class Intake:
             return
         rid = f"{tenant}/{meta['name']}"
         if "status" in obj:
-            self.conditions[rid] = (obj.get("status") or {}).get("conditions") or []
+            self.conditions[rid] = transitions((obj.get("status") or {}).get("conditions"))
         generation = int(meta.get("generation") or 0)
         known = self._api.get(rid)
         if known is not None and known[0] == uid and known[1].generation >= generation:
@@ -166,11 +178,14 @@ class Intake:
         rec = self.refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
         if rec is None:
             return
-        self._api[rid] = (uid, rec)
         pending = self._upserts.get(rid) or self._current(rid)
         if pending is not None and pending.spec == rec.spec:
             # The confirmation of a provisional record: same content, now with a generation,
-            # which only the status needs; the model's indexes do not change.
+            # which only the status needs; the model's indexes do not change. It keeps the
+            # spec it was handed, which the tenant side keeps too (one copy, not two: 2 KB
+            # a route).
+            rec = replace(rec, spec=pending.spec)
+            self._api[rid] = (uid, rec)
             self._provisional.discard(rid)
             self._deletes.discard(rid)
             if rid in self._upserts:
@@ -179,6 +194,7 @@ class Intake:
                 self.confirmed[rid] = rec
             self._on_confirmed()
             return
+        self._api[rid] = (uid, rec)
         if rid in self._provisional:
             return  # an older version: the tenant side's newer one stays until written
         self._deletes.discard(rid)

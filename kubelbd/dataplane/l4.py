@@ -24,9 +24,10 @@ from ..ir.allocation import AllocationError
 from ..ir.l4 import L4Cluster, L4Listener, Placement, Pool, PortRange, build, place
 from ..ir.status import DNSState, Report, lb_report
 from ..kube import ApiError, Kube
-from ..kube.informer import EventHandler, Informer
+from ..kube.informer import EventHandler, Informer, identity_only
 from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj, labels_of
 from ..records import parse
+from ..records.conditions import Transitions, transitions
 from ..records.names import (
     L4_RECORD_LABEL,
     LOADBALANCER,
@@ -113,7 +114,7 @@ class LoadBalancers:
         self.records: dict[str, LBRecord] = {}
         self.status: dict[str, LoadBalancerStatus] = {}  # record id -> as last seen or written
         #: record id -> the conditions it carried when last seen (lastTransitionTime's base)
-        self.conditions: dict[str, list[Any]] = {}
+        self.conditions: dict[str, Transitions] = {}  # as in intake.py
         self.placements: dict[str, Placement] = {}
         self.failures: dict[str, AllocationError] = {}
         self.mgmt_services: dict[str, Obj] = {}  # record id -> management Service (service mode)
@@ -138,7 +139,7 @@ class LoadBalancers:
             if not self.writes and status != self.status.get(rid):
                 self._changed()  # a follower serves what the leader allocated, once written
             self.status[rid] = status
-            self.conditions[rid] = obj["status"].get("conditions") or []
+            self.conditions[rid] = transitions(obj["status"].get("conditions"))
         uid = obj["metadata"].get("uid", "")
         generation = int(obj["metadata"].get("generation") or 0)
         if self._seen.get(rid) == (uid, generation):
@@ -207,6 +208,7 @@ class LoadBalancers:
                 LOADBALANCERS,
                 guard("LoadBalancer", on_record),
                 label_selector=selector,
+                stored=identity_only,  # kept parsed by the intake, as Routes are
             )
         ]
         if self.settings.mode == "service":

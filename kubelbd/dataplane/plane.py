@@ -17,7 +17,6 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
@@ -37,9 +36,10 @@ from ..ir.gateway import GatewayIR
 from ..ir.http import IR, Model
 from ..ir.status import DNSState, Report, route_report
 from ..kube import ApiError, Kube
-from ..kube.informer import Informer
+from ..kube.informer import Informer, identity_only
 from ..kube.lease import Leadership
 from ..objects import CONFIGMAPS, MANAGED_BY, MANAGER, SECRETS
+from ..records.conditions import Transitions
 from ..records.names import LOADBALANCER, ROUTE, ROUTES, TENANTS, TLS_LABEL, RecordKind
 from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
@@ -310,8 +310,13 @@ class DataPlane:
         selector = f"{MANAGED_BY}={MANAGER}"
         # Selected by label, anywhere: only what is in its tenant's namespace counts (strays).
         guard = Strays().guard
+        # The intake keeps each record parsed: the cache needs only what a relist compares.
         routes = Informer(
-            self.mgmt, ROUTES, guard("Route", self.intake.on_route), label_selector=selector
+            self.mgmt,
+            ROUTES,
+            guard("Route", self.intake.on_route),
+            label_selector=selector,
+            stored=identity_only,
         )
         tenants = Informer(
             self.mgmt, TENANTS, guard("Tenant", self.intake.on_tenant), label_selector=selector
@@ -540,7 +545,7 @@ class DataPlane:
 
     # ---- status ------------------------------------------------------------------------------
 
-    def _observed_conditions(self, kind: RecordKind, record_id: str) -> list[Any] | None:
+    def _observed_conditions(self, kind: RecordKind, record_id: str) -> Transitions | None:
         """The conditions a record carried when last seen: a restart keeps their times."""
         seen = self.intake.conditions if kind == ROUTE else self.l4.conditions
         return seen.get(record_id)

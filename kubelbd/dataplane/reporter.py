@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any
 
 import anyio
 
@@ -25,6 +24,7 @@ from ..kube import Kube
 from ..kube.client import timestamp
 from ..kube.status_writer import StatusWriter
 from ..records import conditions
+from ..records.conditions import Transitions, transitions
 from ..records.names import LOADBALANCER, ROUTE, RecordKind
 from ..records.objects import status_object
 from .arrivals import Arrival
@@ -56,7 +56,7 @@ class StatusReporter:
         board: StatusBoard,
         wait_applied: Callable[[float], Awaitable[bool]],
         reports: Reports,
-        conditions: Callable[[RecordKind, str], list[Any] | None] = lambda *_: None,
+        conditions: Callable[[RecordKind, str], Transitions | None] = lambda *_: None,
     ) -> None:
         self.mgmt = mgmt
         self.board = board
@@ -69,7 +69,8 @@ class StatusReporter:
         self._routes: set[str] = set()
         self._lbs: set[str] = set()
         self._published = anyio.Event()
-        self._previous: dict[str, list[Any]] = {}
+        #: the transitions of the conditions last written, by record
+        self._previous: dict[str, Transitions] = {}
         #: changes in the files published, waiting for Envoy to apply them (watch-to-applied)
         self._arrivals: list[Arrival] = []
 
@@ -144,4 +145,4 @@ class StatusReporter:
             subresource="status",
             field_manager=MANAGERS[kind.kind],
         )
-        self._previous[key] = (written.get("status") or {}).get("conditions") or []
+        self._previous[key] = transitions((written.get("status") or {}).get("conditions"))

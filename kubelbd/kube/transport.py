@@ -10,28 +10,76 @@ here and nowhere else, and tests/test_kube_transport.py fails when an upgrade mo
 - `ApiClient.rest_client.server_hostname`: the kubeconfig's tls-server-name, for SNI;
 - `Configuration.auth_settings()`: the bearer token, refreshed by the loader (exec, files);
 - `kube_config._temp_files`: the loader's module-level cache of the temp files it writes
-  certificate data to, keyed by content, which must forget a client's files once deleted.
+  certificate data to, keyed by content, which must forget a client's files once deleted;
+- asyncio's `SSLProtocol.max_size` (not kubernetes-asyncio's, but beyond a documented API
+  too): the read buffer every TLS connection allocates, lowered (`TLS_READ_BUFFER`);
+- the modules' layout (`_light_import`): kubelbd loads the loader, `Configuration` and
+  `ApiClient` without the package's `__init__`, which imports every generated model and API
+  class (850 modules, 36 MiB of RSS in every kubelbd process, half a second at start) that
+  nothing here uses.
 
 The supported range of kubernetes-asyncio is pinned in pyproject.toml.
 """
 
 from __future__ import annotations
 
+import asyncio.sslproto
+import importlib.util
 import os
 import shutil
-import tempfile
+import sys
+import types
 import urllib.parse
 import urllib.request
 from typing import Any
 
 import aiohttp
 import anyio
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio.config import incluster_config, kube_config
 
 from ..objects import Obj
+from .keydir import private_dir
+
+
+def _light_import() -> None:
+    """Make `kubernetes_asyncio.client` a bare package holding only `Configuration` and
+    `ApiClient` (and their modules), unless the real one is already imported: its
+    `__init__` imports every generated model and API class, which kubelbd never uses
+    (client.py speaks JSON to the API server itself), and they are a third of a kubelbd
+    process's memory at rest. The generated models' package, which `api_client` imports
+    for its deserializer (never called here), is bare too."""
+    if "kubernetes_asyncio.client" in sys.modules:
+        return
+    spec = importlib.util.find_spec("kubernetes_asyncio")
+    assert spec is not None and spec.submodule_search_locations, "kubernetes-asyncio missing"
+    root = spec.submodule_search_locations[0]
+    for name, path in (
+        ("kubernetes_asyncio", root),
+        ("kubernetes_asyncio.client", os.path.join(root, "client")),
+        ("kubernetes_asyncio.client.models", os.path.join(root, "client", "models")),
+    ):
+        bare = types.ModuleType(name)
+        bare.__path__ = [path]
+        sys.modules.setdefault(name, bare)
+    client = sys.modules["kubernetes_asyncio.client"]
+    configuration = importlib.import_module("kubernetes_asyncio.client.configuration")
+    api_client = importlib.import_module("kubernetes_asyncio.client.api_client")
+    client.Configuration = configuration.Configuration  # type: ignore[attr-defined]
+    client.ApiClient = api_client.ApiClient  # type: ignore[attr-defined]
+
+
+_light_import()
+
+from kubernetes_asyncio.client.api_client import ApiClient  # noqa: E402
+from kubernetes_asyncio.client.configuration import Configuration  # noqa: E402
+from kubernetes_asyncio.config import incluster_config, kube_config  # noqa: E402
 
 CONNECTION_POOL_SIZE = 32
+
+#: the read buffer of each TLS connection: asyncio allocates 256 KiB for every one, and
+#: kubelbd keeps one connection open per watch (HTTP/1.1: about 15 per tenant), which made
+#: 4-5 MiB per tenant of buffers a TLS record (16 KiB at most) never fills
+TLS_READ_BUFFER = 64 * 1024
+asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 class KubeconfigError(Exception):
@@ -49,7 +97,7 @@ def _env_proxy(url: str) -> str | None:
 class Transport:
     """One API server's address, TLS connector and credentials."""
 
-    def __init__(self, api: k8s_client.ApiClient, tmpdir: str | None = None) -> None:
+    def __init__(self, api: ApiClient, tmpdir: str | None = None) -> None:
         self._api = api
         self._tmpdir = tmpdir
         self.host: str = api.configuration.host or ""
@@ -64,9 +112,10 @@ class Transport:
 
     @classmethod
     async def from_kubeconfig(cls, config: Obj) -> Transport:
-        """Certificate data is written by the loader to a private temp dir, removed on close."""
-        configuration = k8s_client.Configuration()
-        tmpdir = await anyio.to_thread.run_sync(tempfile.mkdtemp, "", "kubelbd-kc-")
+        """Certificate data is written by the loader to a private temp dir, removed on close
+        (or, should the process die first, by the next kubelbd process: keydir.py)."""
+        configuration = Configuration()
+        tmpdir = await anyio.to_thread.run_sync(private_dir)
         try:
             try:
                 loader = kube_config.KubeConfigLoader(
@@ -79,7 +128,7 @@ class Transport:
             try:
                 # Builds an aiohttp session, which must happen on the loop; it reads the small
                 # certificate files the loader just wrote, once per cluster connection.
-                api = k8s_client.ApiClient(configuration)
+                api = ApiClient(configuration)
             except Exception as e:  # bad certificate or key data surfaces here, from ssl
                 raise KubeconfigError(f"kubeconfig credentials are unusable: {e}") from e
         except KubeconfigError:
@@ -91,11 +140,11 @@ class Transport:
     @classmethod
     def in_cluster(cls) -> Transport:
         """The API server this pod runs under, via its service account."""
-        configuration = k8s_client.Configuration()
+        configuration = Configuration()
         incluster_config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration
         )
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(ApiClient(configuration))
 
     async def headers(self) -> dict[str, str]:
         """Authorization, with a token the loader keeps fresh."""

@@ -80,8 +80,15 @@ class TenantRecords:
         for kind in kinds:
             items, _ = await self.mgmt.list(kind.resource, namespace_of(self.tenant))
             for o in items:
-                k = (kind.kind, o["metadata"]["name"])
-                written[k] = o.get("spec") or {}
+                name = o["metadata"]["name"]
+                k = (kind.kind, name)
+                spec = o.get("spec") or {}
+                # Where the data plane has parsed the same record already (a follower that
+                # takes the lead, a tenant task started again), its equal copy is kept, not
+                # a second one (2 KB a route). At process start the tenant tasks usually
+                # list theirs first, and keep their own.
+                stored = self.sink.stored(kind, self.tenant, name)
+                written[k] = stored if stored is not None and stored == spec else spec
                 recorded[k] = str(o["metadata"].get("creationTimestamp") or "")
         self.written, self.recorded = written, recorded
 
