@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, churn, convergence, dataplane, dns, fleet, l4, memory, restart, status
+from . import certs, churn, convergence, dataplane, dns, fleet, heap, l4, memory, restart, status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     mb.add_argument(
         "--caches", action="store_true", help="also the fleet's objects as kubelbd caches them"
     )
+    hp = sub.add_parser("heap", help="a running kubelbd's live heap, by what holds it (gdb)")
+    hp.add_argument("--pid", type=int, default=0, help="default: the fleet's kubelbd")
     args = ap.parse_args(argv)
     if args.cmd == "fleet":
         fleet.bench_up(args.runs, args.tenants, args.base_port)
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(churn.run(convergence.ensure_fleet(), args.others, args.node_down))
     elif args.cmd == "restart":
         asyncio.run(restart.run(convergence.ensure_fleet(), args.routes, args.runs))
+    elif args.cmd == "heap":
+        heap.run(args.pid or fleet.kubelbd_pid())
     elif args.cmd == "memory":
         memory.run(args.routes, convergence.ensure_fleet() if args.caches else None)
     elif args.cmd == "l4":

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from kubefleet.fleet import State, proc_rss_kib
-from kubefleet.layout import ROOT
+from kubefleet.layout import ROOT, fleet_dir
 
 from .stats import summary
 
@@ -58,3 +58,11 @@ def bench_build() -> None:
         warm = time.monotonic() - start
         subprocess.run(["chmod", "-R", "u+w", d], check=False)  # the module cache is read-only
     print(f"cold build (downloads included): {cold:.0f}s; cached re-run: {warm * 1000:.0f}ms")
+
+
+def kubelbd_pid() -> int:
+    """The running fleet's kubelbd (replica 1)."""
+    state = State.load(fleet_dir() / "state.json")
+    if state is None or "kubelbd" not in state.procs or not state.procs["kubelbd"].pid:
+        raise SystemExit("no fleet with a kubelbd is running (hack/fleet up)")
+    return state.procs["kubelbd"].pid
