@@ -17,6 +17,7 @@ from kubelbd.dataplane.dns import DNSSettings
 from kubelbd.dataplane.intake import Batch, Intake
 from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
+from kubelbd.dataplane.reporter import fingerprint
 from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
@@ -467,3 +468,14 @@ async def test_a_file_envoy_rejected_holds_up_no_acme_answer(tmp_path: Path) -> 
         assert await dp.file_applied(rds_file(FRONT), 1.0)
         assert not await dp.admin.wait_applied(dp.publisher.published, 0.05)
         assert not await dp.file_applied("rds/never-published.pb", 0.05)
+
+
+def test_a_records_status_is_remembered_by_a_digest_not_whole() -> None:
+    """The status writer keeps, for every record, what it last wrote, to skip an unchanged
+    status: a 16-byte digest of it, the same for the same status, different for another."""
+    status: dict[str, Any] = {"observedGeneration": 3, "conditions": [{"type": "Programmed"}]}
+    same = {"observedGeneration": 3, "conditions": [{"type": "Programmed"}]}
+    assert fingerprint(status) == fingerprint(same)
+    assert len(fingerprint(status)) == 16 < len(repr(status))
+    for other in ({**status, "observedGeneration": 4}, {**status, "conditions": []}, {}):
+        assert fingerprint(other) != fingerprint(status)

@@ -10,6 +10,7 @@ wait lets Envoy apply the change without these writes competing for the CPU.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -47,6 +48,13 @@ APPLY_TIMEOUT = 30.0
 MANAGERS = {ROUTE.kind: "kubelbd-dataplane", LOADBALANCER.kind: "kubelbd-dataplane-report"}
 
 Reports = Callable[[set[str], set[str], bool], list[Report]]
+
+
+def fingerprint(status: object) -> bytes:
+    """What the status writer keeps of a record's status once written, to know it unchanged
+    (a dict is no key): a digest of its repr, 16 bytes, not the repr itself (~700 bytes a
+    record, kept for every record)."""
+    return hashlib.blake2b(repr(status).encode(), digest_size=16).digest()
 
 
 class StatusReporter:
@@ -128,7 +136,7 @@ class StatusReporter:
         # no status to write: writing it would be refused, or say an older generation saw
         # this. Its confirmation makes it due again (DataPlane's on_confirmed).
         if report.status.get("observedGeneration") != 0:
-            self.writer.want(key, repr(report.status), partial(self._write, key, report))
+            self.writer.want(key, fingerprint(report.status), partial(self._write, key, report))
         if report.source is not None:
             self.board.want(report.tenant, report.source)
 
