@@ -41,6 +41,7 @@ import orjson
 import yaml
 from cryptography.hazmat.primitives import serialization
 from kubefleet import certs as fleet_certs
+from kubefleet.fleet import proc_rss_kib
 
 from kubelbd.envoy import process as envoy_process
 from kubelbd.envoy.common import config_source
@@ -285,10 +286,7 @@ def inotify_limit() -> str:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_rss_kib(pid) / 1024
 
 
 def bootstrap(config_dir: Path, admin_port: int, design: str) -> Path:

@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kubefleet.fleet import proc_rss_kib
+
 PROBE = r"""
 import collections, functools, gc, os, sys, types
 
@@ -97,7 +99,7 @@ def run(pid: int) -> None:
     try:
         probe = out / "probe.py"
         probe.write_text(f"OUT_DIR = {str(out)!r}\n" + PROBE)
-        rss_before = _rss(pid)
+        rss_before = proc_rss_kib(pid) * 1024
         subprocess.run(
             ["gdb", "-p", str(pid), "-batch",
              "-ex", "call (int)PyGILState_Ensure()",
@@ -111,13 +113,6 @@ def run(pid: int) -> None:
         _report(pid, rss_before, (out / "pymalloc").read_text(), holders.read_text())
     finally:
         shutil.rmtree(out, ignore_errors=True)
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _report(pid: int, rss: int, pymalloc: str, holders: str) -> None:
