@@ -53,8 +53,15 @@ async def test_records_of_the_previous_version_keep_serving(fleet: FleetHandle) 
             INGRESSES, ingress_obj("app", [rule(h, ("/", "Prefix", backend("app")))]), ns
         )
         await until_served(lay, h)
-        record = await mgmt.get(ROUTES, f"{ns}.app", "tenant-alpha")
-        assert "backends" in record["spec"]["rules"][0]["paths"][0]
+
+        async def recorded() -> bool:
+            # A route is served before its record is written (a provisional route): wait
+            # for the record, or the stop below would leave nothing to put in the old shape.
+            record = await mgmt.get(ROUTES, f"{ns}.app", "tenant-alpha")
+            assert "backends" in record["spec"]["rules"][0]["paths"][0], record["spec"]
+            return True
+
+        await eventually(recorded, what="the route's record written")
 
         async with traffic(lay, h) as t:
             await stop_kubelbd()
