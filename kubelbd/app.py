@@ -18,7 +18,6 @@ released for the next replica.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import signal
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import anyio
 
+from . import collector
 from .config import Config, split_host_port
 from .dataplane.plane import DataPlane
 from .envoy.admin import EnvoyAdmin
@@ -104,7 +104,7 @@ async def run(cfg: Config) -> None:
         drain = None if cfg.keep_envoy or cfg.drain_seconds <= 0 else admin.drain
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, draining, drain, cfg.drain_seconds)
-            tg.start_soon(_settle_gc, dataplane.first_publish)
+            tg.start_soon(collector.settle, dataplane.first_publish)
             tg.start_soon(LeaseElector(mgmt, cfg.lease, leadership).run)
             tg.start_soon(dataplane.run)
             tg.start_soon(_while_leading, leadership, registry)
@@ -147,16 +147,6 @@ async def run(cfg: Config) -> None:
             await mgmt.aclose()
 
 
-async def _settle_gc(first_publish: anyio.Event) -> None:
-    """Keep the collector off the latency path: the caches are large and long-lived, and a
-    full collection walking them stalls the event loop for tens of milliseconds. Collect
-    young objects less often, and freeze what start-up loaded so later passes skip it."""
-    gc.set_threshold(50_000, 20, 20)
-    await first_publish.wait()
-    gc.collect()
-    gc.freeze()
-
-
 async def _while_leading(leadership: Leadership, registry: Callable[[], Registry]) -> None:
     """The tenant side, while this replica holds the Lease: a new registry each term (its
     tenant tasks resync from the tenants and the records), cancelled the moment it is lost."""
@@ -167,6 +157,7 @@ async def _while_leading(leadership: Leadership, registry: Callable[[], Registry
             await leadership.until(False)
             tg.cancel_scope.cancel()
         log.info("not the leader any more: tenant tasks stopped")
+        collector.release_frozen("a leadership term ended")
 
 
 async def _stop_on_signal(

@@ -8,11 +8,14 @@ give it a stub class (`sync`) and a Connector (`connect`)."""
 from __future__ import annotations
 
 import base64
+import gc
+import weakref
 from typing import Any, cast
 
 import anyio
 import pytest
 
+from kubelbd import collector
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.objects import EVENTS, INGRESS_CLASSES, NAMESPACES, SECRETS, SERVICES, Obj
 from kubelbd.records.names import CLEANUP_FINALIZER, ROUTES, TENANT_LABEL, TENANTS, labels
@@ -29,12 +32,15 @@ NS = "kubelb"
 
 
 class StubSync:
-    """Stands in for TenantSync: runs until cancelled, and says so."""
+    """Stands in for TenantSync: runs until cancelled, and says so. Refers to itself, as a
+    TenantSync does through its informers' callbacks."""
 
     def __init__(self, stubs: Stubs, name: str, kubeconfig: bytes) -> None:
         self.stubs = stubs
         self.name = name
         self.kubeconfig = kubeconfig
+        self.me = self
+        stubs.made.append(weakref.ref(self))
 
     def set_record(self, tenant: Obj | None) -> None:
         spec = (tenant or {}).get("spec")
@@ -59,6 +65,7 @@ class Stubs:
         self.stopped: list[str] = []
         self.policies: list[tuple[str, Any]] = []  # (tenant, Tenant spec) as handed over
         self.taken: dict[str, dict[str, str]] = {}  # tenant -> its node addresses held by others
+        self.made: list[weakref.ref[StubSync]] = []
 
     def __call__(self, name: str, kubeconfig: bytes, *rest: Any) -> StubSync:
         return StubSync(self, name, kubeconfig)
@@ -216,3 +223,27 @@ async def test_each_task_learns_which_of_its_node_addresses_another_tenant_holds
         await until(lambda: len(stubs.started) == 2, "both started")
         await until(lambda: stubs.taken.get("a") == {"10.0.0.1": "b"}, "a told")
         assert stubs.taken.get("b") == {}
+
+
+async def test_a_stopped_task_frozen_at_start_up_is_collected(setup: Setup) -> None:
+    """kubelbd freezes what start-up built (collector.py): a tenant task it stops (a new
+    kubeconfig here) is collected all the same, though it is a cycle."""
+    mgmt, stubs = setup.mgmt, setup.stubs
+    config = kubeconfig(setup.tenant)
+    await mgmt.create(SECRETS, registration("tenant-a", "a", config))
+    thresholds, published = gc.get_threshold(), anyio.Event()
+    try:
+        async with running(setup.registry.run) as tg:
+            await until(lambda: len(stubs.made) == 1 and stubs.started, "tenant a started")
+            tg.start_soon(collector.settle, published, 60.0, 0.05)
+            published.set()
+            await until(lambda: gc.get_freeze_count() > 0, "start-up frozen")
+            rotated = {"data": {"kubeconfig": base64.b64encode(config + b"\n").decode()}}
+            await mgmt.patch(SECRETS, "tenant-a", rotated, NS)
+            await until(lambda: len(stubs.started) == 2, "restarted")
+            await until(lambda: stubs.made[0]() is None, "the stopped task collected")
+            assert stubs.made[1]() is not None
+    finally:
+        collector.collect_released()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

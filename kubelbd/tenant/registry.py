@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
+from ..collector import release_frozen
 from ..hub import RecordSink, Settling, StatusBoard
 from ..ir.nodes import exclusive
 from ..kube import ApiError, Kube, KubeconfigError
@@ -98,6 +99,8 @@ class Registry:
         self.sources = sources
         self.recorder = Recorder(mgmt)
         self._running: dict[str, _Running] = {}
+        #: a tenant task stopped since the last pass: what it held is released after it
+        self._stopped = False
         self._cleaning: set[str] = set()
         self._wake = anyio.Event()
         self._invalid_reported: set[str] = set()
@@ -124,6 +127,9 @@ class Registry:
             tg.start_soon(self._collect_orphans)
             while True:
                 await self._reconcile(tg)
+                if self._stopped:  # once for every tenant task the pass stopped
+                    self._stopped = False
+                    release_frozen("tenant tasks stopped")
                 self.settling.known()
                 await self._wake.wait()
                 self._wake = anyio.Event()
@@ -237,6 +243,7 @@ class Registry:
                         await entry.sync.run()
                     except Exception:
                         log.exception("tenant %s: loop failed; restarting", entry.sync.name)
+                        release_frozen(f"tenant {entry.sync.name}: its loop failed")
                     await anyio.sleep(backoff.next())
         finally:
             entry.done.set()
@@ -249,6 +256,8 @@ class Registry:
         entry.scope.cancel()
         await entry.done.wait()
         self.settling.forget(tenant)
+        self._stopped = True
+        self._wake.set()
 
     async def _add_finalizer(self, secret: Obj) -> None:
         meta = secret["metadata"]

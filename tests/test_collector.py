@@ -1,0 +1,143 @@
+"""kubelbd.collector: what start-up froze and later dropped in a cycle is collected where it
+ends. A leadership term's registry (app._while_leading) and a stopped tenant task
+(test_orchestration_registry) are such cycles: their informers call back into them.
+
+These tests freeze the test process's own objects, as kubelbd does after its first publish,
+and always thaw them again."""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from typing import cast
+
+import anyio
+import pytest
+
+from kubelbd import collector
+from kubelbd.app import _while_leading
+from kubelbd.kube.lease import Leadership
+from kubelbd.tenant.registry import Registry
+
+from .orchestration import until
+
+
+class Cycle:
+    """Refers to itself, as a tenant task does through its informers' callbacks."""
+
+    def __init__(self) -> None:
+        self.me = self
+        self.payload = [object() for _ in range(100)]
+
+    async def run(self) -> None:
+        await anyio.sleep_forever()
+
+
+@pytest.fixture
+def frozen() -> Iterator[None]:
+    """Whatever the test makes frozen is thawed after it, and the collector's settings
+    (`settle` sets the thresholds; a release disables automatic passes until it is
+    collected) are as they were."""
+    thresholds = gc.get_threshold()
+    try:
+        yield
+    finally:
+        collector.collect_released()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        assert gc.isenabled()
+
+
+def test_a_released_cycle_is_collected_and_the_rest_frozen_again(frozen: None) -> None:
+    kept = Cycle()
+    dropped = Cycle()
+    ref = weakref.ref(dropped)
+    gc.freeze()
+    del dropped
+    gc.collect()
+    assert ref() is not None  # what the freeze costs: a frozen cycle outlives every pass
+    collector.release_frozen("a test")
+    assert not gc.isenabled()  # until the released are collected: no pass over them all
+    collector.collect_released()
+    assert ref() is None
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    assert not any(o is kept for o in gc.get_objects())  # frozen again
+
+
+def test_what_goes_soon_after_its_release_is_collected_too(frozen: None) -> None:
+    """A task group's cancelled tasks are still referenced for a moment after it ends: the
+    collection waits, or what is frozen again then is lost for good."""
+    holder = [Cycle()]
+    ref = weakref.ref(holder[0])
+    gc.freeze()
+    collector.release_frozen("a test")
+    holder.clear()
+    collector.collect_released()
+    assert ref() is None
+
+
+def test_nothing_frozen_nothing_is_frozen_by_a_release() -> None:
+    assert gc.get_freeze_count() == 0
+    collector.release_frozen("a test")
+    collector.collect_released()
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+async def test_a_leadership_terms_registry_frozen_at_start_up_is_collected_when_it_ends(
+    frozen: None,
+) -> None:
+    leadership = Leadership()
+    terms: list[weakref.ref[Cycle]] = []
+
+    def registry() -> Cycle:
+        term = Cycle()
+        terms.append(weakref.ref(term))
+        return term
+
+    published = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_while_leading, leadership, cast(Callable[[], Registry], registry))
+        leadership.set(True)
+        await until(lambda: terms, "the first term's registry")
+        # The first term began before the first publish: frozen with start-up.
+        tg.start_soon(collector.settle, published, 60.0, 0.05)
+        published.set()
+        await until(lambda: gc.get_freeze_count() > 0, "start-up frozen")
+        leadership.set(False)
+        await until(lambda: terms[0]() is None, "the ended term's registry collected")
+        leadership.set(True)
+        await until(lambda: len(terms) == 2, "a second term")
+        assert terms[1]() is not None
+        tg.cancel_scope.cancel()
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def fragment() -> list[bytearray]:
+    """Frees 100 MiB in the middle of the C heap: objects of 4 KiB (each from malloc, not
+    Python's own allocator), every 25th kept, and the last one, so none of it is at the
+    heap's top, which glibc returns by itself."""
+    made = [bytearray(4096) for _ in range(25_600)]
+    kept = made[::25] + made[-1:]
+    del made
+    return kept
+
+
+async def test_after_the_first_publish_the_c_heaps_free_memory_goes_back_to_the_kernel(
+    frozen: None,
+) -> None:
+    assert collector.malloc_trim() is not None  # glibc, as in the image
+    published = anyio.Event()
+    kept = fragment()
+    before = rss_mib()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collector.settle, published, 0.05)
+        published.set()
+        await until(lambda: rss_mib() < before - 50, "RSS down by the freed memory")
+        tg.cancel_scope.cancel()
+    assert len(kept) == 1025
