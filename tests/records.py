@@ -38,6 +38,17 @@ def route(
     return RouteRecord(tenant, name, parse.route_spec(raw), generation, created)
 
 
+def host_route(tenant: str, name: str, node_port: int) -> RouteRecord:
+    """Route `default.<name>` of `tenant`: host `<name>.example.com`, everything to one
+    backend at `node_port`."""
+    backend = {"service": f"svc{node_port}", "port": "80", "nodePort": node_port}
+    rule = {
+        "host": f"{name}.example.com",
+        "paths": [{"path": "/", "pathType": "Prefix", "backends": [backend]}],
+    }
+    return route(tenant, f"default.{name}", [rule])
+
+
 # ---- records as the management cluster stores them (for the operator's overview) ----------
 
 

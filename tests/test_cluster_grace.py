@@ -23,12 +23,7 @@ TENANTS = [TenantRecord("alpha", ("10.0.0.1", "10.0.0.2"))]
 
 
 def route(name: str, node_port: int) -> RouteRecord:
-    backend = {"service": f"svc{node_port}", "port": "80", "nodePort": node_port}
-    rule = {
-        "host": f"{name}.example.com",
-        "paths": [{"path": "/", "pathType": "Prefix", "backends": [backend]}],
-    }
-    return records.route("alpha", f"default.{name}", [rule])
+    return records.host_route("alpha", name, node_port)
 
 
 def clusters(files: dict[str, Any]) -> set[str] | None:

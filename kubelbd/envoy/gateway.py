@@ -34,7 +34,7 @@ from ..ir.gateway import (
     Redirect,
     TLSChain,
 )
-from .common import Resource, socket_address
+from .common import Resource, last_of_each, socket_address
 from .http import RETRY_POLICY, hcm, http_filter_chain, named_route, route_action, route_config
 from .l4 import tcp_proxy
 from .settings import Settings
@@ -197,7 +197,7 @@ def chain_size(chain: GatewayChain) -> int:
     return sum(len(h.rules) for h in chain.hosts)
 
 
-@lru_cache(maxsize=4096)
+@last_of_each(lambda gl, *_, **__: gl.name)
 def gateway_listener(
     gl: GatewayHTTPListener, settings: Settings, tables: tuple[tuple[str, str], ...] = ()
 ) -> Resource:
@@ -325,7 +325,7 @@ def _chain(
     return out
 
 
-@lru_cache(maxsize=4096)
+@last_of_each(lambda gl, *_, **__: gl.name)
 def gateway_tls_listener(gl: GatewayTLSListener) -> Resource:
     """A Gateway's TLS port: a filter chain per SNI name (the one for any name has no match,
     so it takes every other and none); a connection whose name has no chain is closed."""

@@ -27,11 +27,10 @@ appears or goes, or a tenant's nodes change; route-only changes never touch it.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Any
 
 from ..ir.http import BackendTLS, Cluster, PathRule, Target, VirtualHost
-from .common import Resource, config_source, health_check, socket_address
+from .common import Resource, config_source, health_check, last_of_each, socket_address
 from .settings import DEFAULT_SHARD, FRONT, Settings, rds_path, shard_names
 from .type_urls import (
     CLUSTER,
@@ -142,7 +141,6 @@ def shard_clusters(settings: Settings) -> list[Resource]:
     ]
 
 
-@lru_cache(maxsize=65536)
 def backend_cluster(c: Cluster, settings: Settings) -> Resource:
     return {
         "@type": CLUSTER,
@@ -261,7 +259,6 @@ def named_route(route: Resource, target: Target | None) -> Resource:
     return {"name": target.route, **route} if target is not None else route
 
 
-@lru_cache(maxsize=65536)
 def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) -> Resource:
     guard = authority_guard(vh.host) if vh.wildcard else None
     routes = []
@@ -317,7 +314,7 @@ def _answers(challenges: tuple[tuple[str, str], ...]) -> list[Resource]:
     ]
 
 
-@lru_cache(maxsize=4096)
+@last_of_each(lambda shard, *_, **__: shard)
 def _shard_front(
     shard: str, domains: tuple[str, ...], challenges: tuple[tuple[str, str], ...]
 ) -> Resource:
@@ -383,9 +380,3 @@ def front_table(
         {"name": "*", "domains": ["*"], "routes": [*answers, {"match": {"prefix": "/"}, **default}]}
     )
     return route_config(name, vhosts, request_headers_to_add=[CLIENT_ADDRESS])
-
-
-def shard_table(
-    shard: str, vhosts: list[VirtualHost], settings: Settings, catch_all: bool
-) -> Resource:
-    return route_config(shard, [virtual_host(v, settings, catch_all) for v in vhosts])

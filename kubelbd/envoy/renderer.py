@@ -12,7 +12,7 @@ from collections import Counter
 from operator import attrgetter
 
 from ..ir.gateway import GatewayHTTPListener, GatewayIR
-from ..ir.http import IR, Delta, VirtualHost
+from ..ir.http import IR, Cluster, Delta, VirtualHost
 from ..ir.l4 import L4Cluster, L4Listener
 from ..ir.tls import TLSPlan
 from .common import Resource
@@ -24,7 +24,14 @@ from .gateway import (
     gateway_table,
     gateway_tls_listener,
 )
-from .http import backend_cluster, front_table, listeners, shard_clusters, shard_table
+from .http import (
+    backend_cluster,
+    front_table,
+    listeners,
+    route_config,
+    shard_clusters,
+    virtual_host,
+)
 from .l4 import l4_cluster, l4_listener
 from .settings import (
     DEFAULT_SHARD,
@@ -62,8 +69,17 @@ class Renderer:
         self._shard_hosts: dict[str, dict[str, VirtualHost]] = {
             n: {} for n in shard_names(settings)
         }
+        #: each shard's hosts as rendered: host -> (its IR host, whether a catch-all existed,
+        #: its virtual host). Only the current ones: a host changed or gone is dropped, where
+        #: a cache of past versions grows with every change (and a host's rendering is the
+        #: same object until it changes, so the publisher keeps its encoded bytes).
+        self._rendered: dict[str, dict[str, tuple[VirtualHost, bool, Resource]]] = {
+            n: {} for n in shard_names(settings)
+        }
         self._catch_all = False
         self._clusters: dict[str, Resource] = {}
+        #: each cluster's IR, as its resource in `_clusters` was rendered from
+        self._cluster_ir: dict[str, Cluster] = {}
         self._unused_since: dict[str, float] = {}  # cluster -> when its last route went
         self._cds_written = -math.inf
         self._l4_listeners: list[Resource] = []
@@ -222,6 +238,14 @@ class Renderer:
         grace = self.settings.cluster_grace
         return max(min(self._unused_since.values()), self._cds_written) + grace
 
+    def _virtual_host(self, shard: str, host: str, vh: VirtualHost, catch_all: bool) -> Resource:
+        known = self._rendered[shard].get(host)
+        if known is not None and known[1] == catch_all and (known[0] is vh or known[0] == vh):
+            return known[2]
+        rendered = virtual_host(vh, self.settings, catch_all)
+        self._rendered[shard][host] = (vh, catch_all, rendered)
+        return rendered
+
     def _lds(self) -> list[Resource]:
         https = [self._https] if self._https is not None else []
         return listeners(self.settings) + https + self._l4_listeners + self._gateway_listeners
@@ -260,6 +284,7 @@ class Renderer:
                 front_dirty = True
             if vh is None:
                 hosts.pop(host, None)
+                self._rendered[shard].pop(host, None)
             else:
                 hosts[host] = vh
             dirty.add(shard)
@@ -267,6 +292,7 @@ class Renderer:
         if delta.catch_all:
             if ir.catch_all is None:
                 self._shard_hosts[DEFAULT_SHARD].pop("", None)
+                self._rendered[DEFAULT_SHARD].pop("", None)
             else:
                 self._shard_hosts[DEFAULT_SHARD][""] = ir.catch_all
             dirty.add(DEFAULT_SHARD)
@@ -279,9 +305,8 @@ class Renderer:
             self._catch_all = catch_all
         for shard in sorted(dirty):
             hosts = self._shard_hosts[shard]
-            files[rds_file(shard)] = [
-                shard_table(shard, [hosts[h] for h in sorted(hosts)], s, catch_all)
-            ]
+            vhosts = [self._virtual_host(shard, h, hosts[h], catch_all) for h in sorted(hosts)]
+            files[rds_file(shard)] = [route_config(shard, vhosts)]
         if front_dirty:
             domains = {
                 shard: sorted(hosts)
@@ -296,16 +321,17 @@ class Renderer:
             c = ir.clusters.get(name)
             if c is not None:
                 self._unused_since.pop(name, None)
-                resource = backend_cluster(c, s)
-                cds_dirty |= self._clusters.get(name) != resource
-                self._clusters[name] = resource
+                if c != self._cluster_ir.get(name):
+                    resource = backend_cluster(c, s)
+                    cds_dirty |= self._clusters.get(name) != resource
+                    self._clusters[name], self._cluster_ir[name] = resource, c
             elif name in self._clusters and name not in self._unused_since:
                 self._unused_since[name] = clock
         grace = s.cluster_grace
         due = [n for n, t in self._unused_since.items() if now is None or now - t >= grace]
         if due and (cds_dirty or now is None or now - self._cds_written >= grace):
             for name in due:
-                del self._unused_since[name], self._clusters[name]
+                del self._unused_since[name], self._clusters[name], self._cluster_ir[name]
             cds_dirty = True
         if cds_dirty:
             files["cds.pb"] = self._cds()
