@@ -75,6 +75,11 @@ class RecordSink(Protocol):
 
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None: ...
 
+    async def listed(self) -> None:
+        """Until the data plane holds the records the API had when it started (its first
+        list), so that `stored` has them."""
+        ...
+
     def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
         """The spec of a record as the data plane holds it from the API (None: none), which
         the tenant side keeps instead of an equal copy of its own."""

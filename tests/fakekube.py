@@ -429,6 +429,7 @@ class FakeKube(Kube):
         namespace: str | None = None,
         *,
         keep: Callable[[Obj], Obj] | None = None,
+        page: int = 500,
         **params: Any,
     ) -> tuple[list[Obj], str]:
         await self._call("list", res, namespace, None)

@@ -155,6 +155,9 @@ class RecordingSink:
     def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
         self.seen.append(("reverted", kind.kind, f"{tenant}/{name}", None))
 
+    async def listed(self) -> None:
+        return
+
     def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
         return None
 

@@ -3,6 +3,8 @@ the events the watch missed, errors reported and then cleared."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from kubelbd.kube import ApiError
 from kubelbd.kube.informer import LAST_APPLIED, Informer, identity_only
 from kubelbd.objects import INGRESSES, NAMESPACES, Obj
@@ -184,3 +186,28 @@ async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_o
         deleted = next(o for k, o in got[3:] if k == "DELETED")
         assert deleted["metadata"]["uid"] and deleted["metadata"]["labels"] == {"team": "shop"}
         assert sorted(inf.cache) == ["default/a"]
+
+
+class Pages(FakeKube):
+    """Remembers how the informer asked for its list."""
+
+    asked: list[tuple[Any, int]] = []
+
+    async def list(self, *args: Any, keep: Any = None, page: int = 500, **params: Any) -> Any:
+        self.asked.append((keep, page))
+        return await super().list(*args, keep=keep, page=page, **params)
+
+
+async def test_a_list_is_slimmed_page_by_page_as_it_comes() -> None:
+    """managedFields go as each page of a list comes (the client's `keep`), not once the
+    whole list is in: at start-up that was every record's whole, at once."""
+    kube = Pages("t")
+    await kube.create(NAMESPACES, namespace("default"))
+    inf = Informer(kube, INGRESSES)
+    async with running(inf.run):
+        await inf.synced.wait()
+    [(keep, page)] = kube.asked
+    assert page == 500 and keep is not None
+    obj = ingress("a", "a.example.com", "web")
+    obj["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+    assert "managedFields" not in keep(obj)["metadata"]

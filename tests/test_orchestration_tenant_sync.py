@@ -526,6 +526,50 @@ async def test_loaded_records_keep_the_data_planes_equal_copy_of_their_spec() ->
     assert records.written[("Route", "other")] is not held["other"]
 
 
+async def test_the_first_load_waits_for_the_data_planes_records_but_not_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a restart both sides list the records: the tenant side waits for the data
+    plane's, so the copies it keeps are those (20 MiB at 10,000 routes); a data plane that
+    cannot list holds it up for `LISTED_WAIT` at most."""
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, namespace(NS))
+    raw: Any = {"source": {"kind": "Ingress", "namespace": "d", "name": "n", "uid": "u",
+                           "creationTimestamp": ""},
+                "rules": [{"host": "x.example.com", "paths": []}]}  # fmt: skip
+    await mgmt.create(ROUTES, record_object("Route", "a", "same", raw))
+    held = copy.deepcopy(raw)
+
+    class DataPlane(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.all_listed = anyio.Event()
+            self.asked = False
+
+        async def listed(self) -> None:
+            self.asked = True
+            await self.all_listed.wait()
+
+        def stored(self, kind: Any, tenant: str, name: str) -> Any:
+            return held if self.all_listed.is_set() and name == "same" else None
+
+    plane = DataPlane()
+    records = TenantRecords("a", mgmt, plane)
+    async with running(lambda: records.load([ROUTE])):
+        await until(lambda: plane.asked, "the data plane asked for its records")
+        assert records.written == {}
+        assert not [c for c in mgmt.calls if (c.method, c.plural) == ("list", "routes")]
+        plane.all_listed.set()
+        await until(lambda: records.written, "loaded")
+    assert records.written[("Route", "same")] is held
+
+    monkeypatch.setattr(records_module, "LISTED_WAIT", 0.05)
+    records = TenantRecords("a", mgmt, DataPlane())
+    with anyio.fail_after(5):
+        await records.load([ROUTE])
+    assert records.written[("Route", "same")] == raw
+
+
 async def test_a_certificate_limit_leaves_the_newer_certificates_out(fleet: Fleet) -> None:
     await fleet.tenant.create(SERVICES, service("web"))
     for i, name in enumerate(("one", "two")):

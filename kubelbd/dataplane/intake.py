@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import anyio
+
 from ..hub import Dialled
 from ..ir.nodes import exclusive
 from ..objects import Obj
@@ -75,6 +77,8 @@ class Intake:
         self.conditions: dict[str, Transitions] = {}
         #: what Envoy's clusters dial (the data plane sets it once it published them)
         self.dialled = Dialled()
+        #: set once the data plane's first list of the records is in (`listed`)
+        self.all_listed = anyio.Event()
 
     def uid(self, rid: str) -> str | None:
         """The uid of the route record as the API last had it (None: not stored yet)."""
@@ -125,6 +129,9 @@ class Intake:
             self.l4.upsert(obj)
         elif kind == TENANT:
             self._tenant(obj)
+
+    async def listed(self) -> None:
+        await self.all_listed.wait()
 
     def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
         rid = f"{tenant}/{name}"

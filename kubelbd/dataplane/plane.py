@@ -347,6 +347,7 @@ class DataPlane:
                 tg.start_soon(inf.run)
             for inf in informers:
                 await inf.synced.wait()
+            self.intake.all_listed.set()
             # After a restart, let every reachable tenant resync before the first publish:
             # Envoy keeps serving the previous files meanwhile, then gets the full picture.
             # A follower has no tenant tasks: the records are all it will get.

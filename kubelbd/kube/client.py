@@ -14,7 +14,7 @@ import datetime as dt
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import aiohttp
 import anyio
@@ -88,18 +88,18 @@ class Kube:
         )
 
     @classmethod
-    async def from_kubeconfig(cls, config: Obj, name: str = "") -> Kube:
+    async def from_kubeconfig(cls, config: Obj, name: str = "") -> Self:
         """A client for `config` as it is: the loader does whatever it asks (runs its exec
         plugin, reads the files it names). A tenant's goes through parse_kubeconfig first."""
         return cls(await Transport.from_kubeconfig(config), name)
 
     @classmethod
-    async def in_cluster(cls, name: str = "") -> Kube:
+    async def in_cluster(cls, name: str = "") -> Self:
         """The API server this pod runs under, via its service account."""
         return cls(Transport.in_cluster(), name)
 
     @classmethod
-    async def from_file(cls, path: str | os.PathLike[str], name: str = "") -> Kube:
+    async def from_file(cls, path: str | os.PathLike[str], name: str = "") -> Self:
         config = await anyio.to_thread.run_sync(load_kubeconfig_file, path)
         return await cls.from_kubeconfig(config, name)
 
@@ -192,18 +192,21 @@ class Kube:
         namespace: str | None = None,
         *,
         keep: Callable[[Obj], Obj] | None = None,
+        page: int = 500,
         **params: Any,
     ) -> tuple[list[Obj], str]:
-        """Every item (following `continue`), and the list's resourceVersion; `keep`: what
-        to keep of each item, applied page by page, in smaller pages (a kind whose objects
-        may be large, up to the API server's 1.5 MiB, is never held whole)."""
+        """Every item (following `continue`, `page` at a time), and the list's
+        resourceVersion; `keep`: what to keep of each item, applied page by page, so what
+        is not kept of a page is freed before the next is read (a kind whose objects may be
+        large, up to the API server's 1.5 MiB, is listed in smaller pages and never held
+        whole)."""
         items: list[Obj] = []
-        query: dict[str, Any] = {"limit": 500 if keep is None else 50, **params}
+        query: dict[str, Any] = {"limit": page, **params}
         while True:
-            page = await self.request("GET", res.path(namespace), query)
-            found = page.get("items") or []
+            got = await self.request("GET", res.path(namespace), query)
+            found = got.get("items") or []
             items.extend(found if keep is None else (keep(o) for o in found))
-            meta = page.get("metadata") or {}
+            meta = got.get("metadata") or {}
             if not meta.get("continue"):
                 return items, meta.get("resourceVersion", "")
             query["continue"] = meta["continue"]

@@ -26,6 +26,7 @@ from ..hub import RecordSink
 from ..kube import ApiError, Kube
 from ..kube.client import precise_timestamp
 from ..kube.status_writer import YIELD_POLL
+from ..objects import Obj
 from ..records.claims import with_claims, with_name_claims
 from ..records.names import KINDS, ROUTE, RecordKind, namespace_of
 from ..records.objects import record_object
@@ -46,6 +47,18 @@ WRITES_IN_FLIGHT = 8
 #: meanwhile, and the management API server's CPU (a record costs it twice what the tenant
 #: status costs the tenant's) goes to what the tenants' users wait for
 RECORD_YIELD = 10.0
+
+
+#: seconds the first load waits for the data plane's records (`load`)
+LISTED_WAIT = 20.0
+
+
+def _read(obj: Obj) -> Obj:
+    """What `load` reads of a record, kept page by page as it is listed: the rest (its
+    managedFields and status, more than half of it) is freed before the next page comes."""
+    meta = obj.get("metadata") or {}
+    kept = {k: meta[k] for k in ("name", "creationTimestamp") if k in meta}
+    return {"metadata": kept, "spec": obj.get("spec")}
 
 
 class TenantRecords:
@@ -77,16 +90,19 @@ class TenantRecords:
 
     async def load(self, kinds: Iterable[RecordKind]) -> None:
         written, recorded = {}, {}
+        # After a restart both sides list every record; with the data plane's in first, the
+        # tenant side keeps its parsed specs instead of copies of its own (20 MiB at 10,000
+        # routes). Not for long: a data plane that cannot list must not hold up the tenant.
+        with anyio.move_on_after(LISTED_WAIT):
+            await self.sink.listed()
         for kind in kinds:
-            items, _ = await self.mgmt.list(kind.resource, namespace_of(self.tenant))
+            items, _ = await self.mgmt.list(kind.resource, namespace_of(self.tenant), keep=_read)
             for o in items:
                 name = o["metadata"]["name"]
                 k = (kind.kind, name)
                 spec = o.get("spec") or {}
-                # Where the data plane has parsed the same record already (a follower that
-                # takes the lead, a tenant task started again), its equal copy is kept, not
-                # a second one (2 KB a route). At process start the tenant tasks usually
-                # list theirs first, and keep their own.
+                # Where the data plane has parsed the same record already, its equal copy is
+                # kept, not a second one (2 KB a route).
                 stored = self.sink.stored(kind, self.tenant, name)
                 written[k] = stored if stored is not None and stored == spec else spec
                 recorded[k] = str(o["metadata"].get("creationTimestamp") or "")
