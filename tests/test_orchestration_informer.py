@@ -211,3 +211,31 @@ async def test_a_list_is_slimmed_page_by_page_as_it_comes() -> None:
     obj = ingress("a", "a.example.com", "web")
     obj["metadata"]["managedFields"] = [{"manager": "kubectl"}]
     assert "managedFields" not in keep(obj)["metadata"]
+
+
+async def test_strings_every_object_repeats_are_one_string_in_the_cache() -> None:
+    """Each parse of an API response makes its own strings: the apiVersion, kind, namespace
+    and labels that every object of a kind repeats are shared in the cache instead."""
+
+    def fresh(text: str) -> str:
+        return "".join(list(text))  # a new string object, as each parse makes
+
+    kube = FakeKube("t")
+    await kube.create(NAMESPACES, namespace("default"))
+    for name in ("a", "b"):
+        obj = ingress(name, f"{name}.example.com", "web")
+        obj["apiVersion"] = fresh("networking.k8s.io/v1")
+        obj["metadata"]["namespace"] = fresh("default")
+        obj["metadata"]["labels"] = {fresh("team"): fresh("shop")}
+        await kube.create(INGRESSES, obj)
+    a, b = kube.stored(INGRESSES, "a", "default"), kube.stored(INGRESSES, "b", "default")
+    assert a is not None and b is not None
+    assert a["metadata"]["namespace"] is not b["metadata"]["namespace"]  # as the API gave them
+    inf = Informer(kube, INGRESSES)
+    async with running(inf.run):
+        await inf.synced.wait()
+    one, two = inf.cache["default/a"], inf.cache["default/b"]
+    assert one["apiVersion"] is two["apiVersion"]
+    assert one["metadata"]["namespace"] is two["metadata"]["namespace"]
+    [(k1, v1)], [(k2, v2)] = one["metadata"]["labels"].items(), two["metadata"]["labels"].items()
+    assert k1 is k2 and v1 is v2
