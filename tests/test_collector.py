@@ -141,3 +141,17 @@ async def test_after_the_first_publish_the_c_heaps_free_memory_goes_back_to_the_
         await until(lambda: rss_mib() < before - 50, "RSS down by the freed memory")
         tg.cancel_scope.cancel()
     assert len(kept) == 1025
+
+
+def test_a_trim_is_skipped_while_the_rss_stays_where_the_last_left_it() -> None:
+    """Each trim walks the whole C heap with its lock held: not every 30 s for nothing."""
+    trims: list[int] = []
+
+    def trim(pad: int) -> int:
+        trims.append(pad)
+        return 0
+
+    now = round(rss_mib() * 2**20)
+    assert collector.trim_if_moved(trim, now) == now and trims == []
+    moved = now - 2 * collector.TRIM_STEP
+    assert collector.trim_if_moved(trim, moved) > 0 and trims == [0]

@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 from kubefleet import lb
-from kubefleet.fleet import State
+from kubefleet.fleet import State, proc_rss_kib
 from kubefleet.layout import ROOT, Layout, fleet_dir
 
 from kubelbd.envoy import protos
@@ -697,13 +697,25 @@ async def run(
         await bench.until("never.bench.test", 404)
         for scale in scales:
             await bench.fill(scale)
-            print(f"-- {bench.present} routes present", flush=True)
+            print(f"-- {bench.present} routes present; {memory(layout)}", flush=True)
             for kind in kinds:
                 rows += await measure(bench, kind)
     finally:
         await bench.close()
     print("\n| series | n | median ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
+
+
+def memory(layout: Layout) -> str:
+    """kubelbd's and its Envoy's RSS (replica 1), read once a scale is filled."""
+    state = State.load(fleet_dir() / "state.json")
+    proc = state.procs.get("kubelbd") if state is not None else None
+    try:
+        envoy = int((lb.config_dir(layout) / "envoy.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        envoy = 0
+    kubelbd = proc_rss_kib(proc.pid) / 1024 if proc is not None and proc.pid else 0.0
+    return f"kubelbd RSS {kubelbd:.0f} MiB, Envoy RSS {proc_rss_kib(envoy) / 1024:.0f} MiB"
 
 
 async def measure(bench: Bench, kind: str) -> list[str]:
