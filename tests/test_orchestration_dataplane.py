@@ -290,6 +290,11 @@ async def test_a_route_record_becomes_envoy_files_then_status_and_an_ingress_add
         # Written once: the status write coming back through the watch is not a change.
         writes = [c for c in mgmt.calls if c.plural == "routes" and c.subresource == "status"]
         assert len(writes) == 1
+        # The write seen back through the watch: its conditions kept once, not twice.
+        written = dp.status.written(ROUTE, RID)
+        assert written is not None and [c[0] for c in written][:1] == ["Accepted"]
+        await until(lambda: dp.intake.conditions.get(RID) == written, "the write seen back")
+        assert dp.intake.conditions[RID] is written
 
         # The record goes: so does its host.
         await mgmt.delete(ROUTES, "default.shop", "tenant-a")

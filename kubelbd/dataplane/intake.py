@@ -53,8 +53,12 @@ class Intake:
         current: Callable[[str], RouteRecord | None],
         l4: LoadBalancers,
         on_confirmed: Callable[[], None] = lambda: None,
+        written: Callable[[str], Transitions | None] = lambda rid: None,
     ) -> None:
         self._wake = wake
+        #: a Route's conditions as the status reporter last wrote them: what a record's own
+        #: status write comes back as, kept once, not twice (6 MiB at 10,000 routes)
+        self._written = written
         self._current = current  # the model's record of a route id
         self._on_confirmed = on_confirmed  # records in `confirmed` wait for the data plane
         self.l4 = l4
@@ -177,7 +181,9 @@ class Intake:
             return
         rid = f"{tenant}/{meta['name']}"
         if "status" in obj:
-            self.conditions[rid] = transitions((obj.get("status") or {}).get("conditions"))
+            seen = transitions((obj.get("status") or {}).get("conditions"))
+            written = self._written(rid)
+            self.conditions[rid] = written if written == seen else seen
         generation = int(meta.get("generation") or 0)
         known = self._api.get(rid)
         if known is not None and known[0] == uid and known[1].generation >= generation:

@@ -117,7 +117,9 @@ class DataPlane:
         self.l4 = LoadBalancers(mgmt, l4 or L4Settings(), self._wake_up)
         self.l4.writes = leadership.leading
         self.holds = Holds(probe.answers, self._envoy_has, self._wake_up)
-        self.intake = Intake(self._wake_up, self._current, self.l4, self._confirmed)
+        self.intake = Intake(
+            self._wake_up, self._current, self.l4, self._confirmed, self._written_conditions
+        )
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
         self.dns = self._names_publisher(dns)
         self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
@@ -157,6 +159,9 @@ class DataPlane:
         return StatusReporter(
             self.mgmt, self.board, self.wait_applied, self._reports, self._observed_conditions
         )
+
+    def _written_conditions(self, rid: str) -> Transitions | None:
+        return self.status.written(ROUTE, rid)
 
     def _names_publisher(self, dns: DNSSettings | None) -> DNSPublisher | DNSEndpointWriter | None:
         """Who publishes the names (--dns-provider): kubelbd over RFC 2136, or external-dns

@@ -97,6 +97,10 @@ class StatusReporter:
         """Statuses or latencies waiting to be reported."""
         return bool(self._routes or self._lbs or self._arrivals)
 
+    def written(self, kind: RecordKind, record_id: str) -> Transitions | None:
+        """The transitions of the conditions last written for a record, if any."""
+        return self._previous.get(f"{kind.kind}/{record_id}")
+
     def forget(self, kind: RecordKind, record_id: str) -> None:
         self.writer.forget(f"{kind.kind}/{record_id}")
         self._previous.pop(f"{kind.kind}/{record_id}", None)
