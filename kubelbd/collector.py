@@ -134,8 +134,8 @@ def malloc_trim() -> Callable[[int], int] | None:
     response being parsed) come from the C heap, and glibc gives back to the kernel only
     what is free at the heap's top: memory freed in its middle (a relist's response, a
     change's files) stays in the process, counted in its RSS, until `malloc_trim` returns
-    the free pages. At 10,000 routes that was 21 MiB of 65 MiB (`hack/bench heap`); a trim
-    with nothing to return takes well under a millisecond, in a worker thread."""
+    the free pages. At 10,000 routes that was 21 MiB of 65 MiB (`hack/bench heap`). It runs
+    in a worker thread, but holds the heap's lock while it walks it (`trim_if_moved`)."""
     try:
         trim = ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
