@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import json
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -650,3 +652,24 @@ def test_a_gateway_table_keeps_its_unchanged_hosts_and_no_other_version() -> Non
     assert not any(vh is hosts["b.example.test"] for vh in kept)
     envoy_gateway.forget_hosts(set())
     assert envoy_gateway._HOSTS == {}
+
+
+def test_the_renderer_keeps_no_past_version_of_a_gateway_chain() -> None:
+    """A Gateway chain's route count is remembered while the chain is the same object, and
+    its listener per name: a changed chain's old version is held by nothing (an lru_cache of
+    4,096 kept past chains and listeners, each with every host of the chain)."""
+    g = gw([{"name": "http", "port": 80, "protocol": "HTTP"}])
+    renderer = Renderer(ENVOY_SETTINGS)
+    renderer.update(Model().ir, _all(Model()))
+    chains = []
+    for port in (30001, 30002, 30003):  # the route's backend moved: a new chain each time
+        route = attached("r", [path("/", port=port)], ["http"], "2026-01-01")
+        out = gateway_model.build({g.id: g}, {g.id: Placement("127.0.200.1", ())}, [route], {}, NOW)
+        renderer.update_gateways(out)
+        chains.append(out.listeners[0].chains[0])
+        del out, route
+    current = chains.pop()
+    gc.collect()
+    # each old chain held by `chains`, the loop variable and the call: nothing else
+    assert [sys.getrefcount(c) for c in chains] == [3] * len(chains)
+    assert sys.getrefcount(current) > 2

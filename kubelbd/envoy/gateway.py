@@ -189,11 +189,10 @@ def chain_name(gl: GatewayHTTPListener, chain: GatewayChain) -> str:
     return f"{gl.name}/{chain.name}" if chain.name else gl.name
 
 
-@lru_cache(maxsize=4096)
 def chain_size(chain: GatewayChain) -> int:
-    """How many routes a chain's table has: what choosing it a file of its own is by
-    (remembered: the Gateway model keeps an unchanged chain's object, and a chain of 500
-    hosts took a millisecond to count on every change)."""
+    """How many routes a chain's table has: what choosing it a file of its own is by (the
+    renderer remembers it while the chain is the same object: the Gateway model keeps an
+    unchanged chain's, and a chain of 500 hosts took a millisecond to count)."""
     return sum(len(h.rules) for h in chain.hosts)
 
 

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from operator import attrgetter
 
-from ..ir.gateway import GatewayHTTPListener, GatewayIR
+from ..ir.gateway import GatewayChain, GatewayHTTPListener, GatewayIR
 from ..ir.http import IR, Cluster, Delta, VirtualHost
 from ..ir.l4 import L4Cluster, L4Listener
 from ..ir.tls import TLSPlan
@@ -87,6 +87,8 @@ class Renderer:
         #: Gateway chain name -> the route table file its routes are in (the largest chains)
         self._gateway_tables: dict[str, str] = {}
         self._gateway_table_content: dict[str, Resource] = {}
+        #: each Gateway chain's route count, by chain name, while it is the same object
+        self._chain_sizes: dict[str, tuple[GatewayChain, int]] = {}
         self._gateway_clusters: list[Resource] = []
         self._l4_clusters: list[Resource] = []
         self._domains: dict[str, list[str]] = {}
@@ -211,12 +213,17 @@ class Renderer:
         alone (`gateway_table_name`), so a name never passes from one chain to another: a
         listener Envoy still has would read the other chain's routes from it."""
         s = self.settings
-        sizes = {
-            chain_name(gl, c): (chain_size(c), gl.tenant)
-            for gl in listeners
-            for c in gl.chains
-            if chain_size(c) >= s.gateway_table_routes
-        }
+        counted: dict[str, tuple[GatewayChain, int]] = {}
+        sizes: dict[str, tuple[int, str]] = {}
+        for gl in listeners:
+            for c in gl.chains:
+                name = chain_name(gl, c)
+                known = self._chain_sizes.get(name)
+                size = known[1] if known is not None and known[0] is c else chain_size(c)
+                counted[name] = (c, size)
+                if size >= s.gateway_table_routes:
+                    sizes[name] = (size, gl.tenant)
+        self._chain_sizes = counted  # the current chains only, not their past versions
         kept = [name for name in self._gateway_tables if name in sizes]
         per_tenant = Counter(sizes[name][1] for name in kept)
         for name in sorted(set(sizes) - set(kept), key=lambda n: (-sizes[n][0], n)):
