@@ -8,7 +8,9 @@ are counted as their own holders; dataclass records are counted inline), and the
 of every `functools.lru_cache`. An object reached from two holders counts for the first.
 kubelbd freezes its start-up objects (`gc.freeze`), which hides them from the walk: the
 probe unfreezes, walks and freezes again. The process stops for the walk (seconds at 10,000
-routes); nothing in it changes.
+routes); nothing in it changes, but the pause may be longer than the fleet's Lease (15 s with
+gdb's attach), and kubelbd then loses and retakes it: a new term, whose tenant tasks list
+everything again.
 """
 
 from __future__ import annotations
