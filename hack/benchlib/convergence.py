@@ -51,6 +51,7 @@ from kubelbd.records.names import ROUTES, namespace_of
 from kubelbd.sources import twins
 from kubelbd.sources.gatewayapi import GATEWAYS, HTTPROUTES
 
+from .fleet import kubelbd_pid
 from .stats import percentile
 
 FLEET = str(ROOT / "hack" / "fleet")
@@ -708,14 +709,8 @@ async def run(
 
 def memory(layout: Layout) -> str:
     """kubelbd's and its Envoy's RSS (replica 1), read once a scale is filled."""
-    state = State.load(fleet_dir() / "state.json")
-    proc = state.procs.get("kubelbd") if state is not None else None
-    try:
-        envoy = int((lb.config_dir(layout) / "envoy.pid").read_text().strip())
-    except (FileNotFoundError, ValueError):
-        envoy = 0
-    kubelbd = proc_rss_kib(proc.pid) / 1024 if proc is not None and proc.pid else 0.0
-    return f"kubelbd RSS {kubelbd:.0f} MiB, Envoy RSS {proc_rss_kib(envoy) / 1024:.0f} MiB"
+    kubelbd, envoy = proc_rss_kib(kubelbd_pid()) / 1024, proc_rss_kib(lb.envoy_pid(layout)) / 1024
+    return f"kubelbd RSS {kubelbd:.0f} MiB, Envoy RSS {envoy:.0f} MiB"
 
 
 async def measure(bench: Bench, kind: str) -> list[str]:

@@ -541,7 +541,7 @@ class Fleet:
             raise FleetError("the fleet is not up")
         r = lb.replica_of(self, component)
         if r is not None and component == r.envoy:
-            if not lb.envoy_pid(self, r.index):
+            if not lb.envoy_pid(self.layout, r.index):
                 raise FleetError(f"{r.envoy} is not running")
             lb.stop_envoy(self, r.index)
             return
@@ -557,7 +557,7 @@ class Fleet:
             raise FleetError("the fleet is not up")
         r = lb.replica_of(self, component)
         if r is not None and component == r.envoy:
-            if lb.envoy_pid(self, r.index):
+            if lb.envoy_pid(self.layout, r.index):
                 raise FleetError(f"{r.envoy} is already running")
             if not alive(self.state.procs[r.name]):
                 # kubelbd supervises Envoy: released now, it starts when kubelbd does.
@@ -584,7 +584,7 @@ class Fleet:
         r = lb.replica_of(self, name)
         if r is None or name != r.name:
             raise FleetError(f"no replica {name!r}")
-        if lb.envoy_pid(self, r.index):
+        if lb.envoy_pid(self.layout, r.index):
             lb.stop_envoy(self, r.index)
         stop(self.state.procs[r.name])
         lb.release_envoy(self, r.index)

@@ -470,9 +470,10 @@ def wait_ready(fleet: Fleet, tenants: bool = True, replica: Replica | None = Non
         )
 
 
-def envoy_pid(fleet: Fleet, replica: int = 1) -> int:
+def envoy_pid(layout: Layout, replica: int = 1) -> int:
+    """The running Envoy of a replica (0: none, or a zombie)."""
     try:
-        pid = int((config_dir(fleet.layout, replica) / "envoy.pid").read_text().strip())
+        pid = int((config_dir(layout, replica) / "envoy.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
         return 0
     try:
@@ -491,9 +492,9 @@ def stop_envoy(fleet: Fleet, replica: int = 1) -> None:
     hold = config_dir(fleet.layout, replica) / "envoy.hold"
     hold.write_text("held by hack/fleet stop envoy\n")
     deadline = time.monotonic() + 20 + DRAIN_SECONDS
-    while envoy_pid(fleet, replica) and time.monotonic() < deadline:
+    while envoy_pid(fleet.layout, replica) and time.monotonic() < deadline:
         time.sleep(0.05)
-    pid = envoy_pid(fleet, replica)
+    pid = envoy_pid(fleet.layout, replica)
     if pid:
         os.kill(pid, signal.SIGKILL)
 
@@ -515,7 +516,7 @@ def describe(fleet: Fleet) -> list[tuple[str, int]]:
 
     out = []
     for r in fleet.layout.replica_set:
-        pid = envoy_pid(fleet, r.index)
+        pid = envoy_pid(fleet.layout, r.index)
         rss = proc_rss_kib(pid) if pid else 0
         what = "running" if pid else "stopped"
         out.append((f"  {r.envoy:<28} {what:<8} pid {pid or '-':<8} {rss // 1024:>5} MiB", rss))
@@ -525,11 +526,11 @@ def describe(fleet: Fleet) -> list[tuple[str, int]]:
 def stop_orphan(fleet: Fleet) -> None:
     """Envoy outlives kubelbd on purpose (like a sidecar); `down` must still stop it."""
     for r in fleet.layout.replica_set:
-        pid = envoy_pid(fleet, r.index)
+        pid = envoy_pid(fleet.layout, r.index)
         if pid:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while envoy_pid(fleet, r.index) and time.monotonic() < deadline:
+            while envoy_pid(fleet.layout, r.index) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if envoy_pid(fleet, r.index):
+            if envoy_pid(fleet.layout, r.index):
                 os.kill(pid, signal.SIGKILL)
