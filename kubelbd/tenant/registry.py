@@ -99,8 +99,6 @@ class Registry:
         self.sources = sources
         self.recorder = Recorder(mgmt)
         self._running: dict[str, _Running] = {}
-        #: a tenant task stopped since the last pass: what it held is released after it
-        self._stopped = False
         self._cleaning: set[str] = set()
         self._wake = anyio.Event()
         self._invalid_reported: set[str] = set()
@@ -127,9 +125,6 @@ class Registry:
             tg.start_soon(self._collect_orphans)
             while True:
                 await self._reconcile(tg)
-                if self._stopped:  # once for every tenant task the pass stopped
-                    self._stopped = False
-                    release_frozen("tenant tasks stopped")
                 self.settling.known()
                 await self._wake.wait()
                 self._wake = anyio.Event()
@@ -256,8 +251,7 @@ class Registry:
         entry.scope.cancel()
         await entry.done.wait()
         self.settling.forget(tenant)
-        self._stopped = True
-        self._wake.set()
+        release_frozen(f"tenant {tenant}: stopped")  # collected once for all stopped at once
 
     async def _add_finalizer(self, secret: Obj) -> None:
         meta = secret["metadata"]
