@@ -56,10 +56,27 @@ def sync_of(tenant: FakeKube, mgmt: FakeKube) -> TenantSync:
     )  # fmt: skip
 
 
-def accepted_generation(tenant: FakeKube) -> object:
-    cls = tenant.stored(GATEWAY_CLASSES, CLASS_NAME)
-    conditions = ((cls or {}).get("status") or {}).get("conditions") or [{}]
+async def with_own_class() -> tuple[FakeKube, FakeKube]:
+    """A tenant with a node and a GatewayClass of its own ("mine") naming kubelbd's
+    controller, and the management cluster."""
+    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
+    await tenant.create(NAMESPACES, namespace("default"))
+    await tenant.create(NODES, node("n1", "10.0.0.1"))
+    mine = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": "mine"},
+            "spec": {"controllerName": "kubelb.io/gateway-controller"}}  # fmt: skip
+    await tenant.create(GATEWAY_CLASSES, mine)
+    return tenant, mgmt
+
+
+def observed_generation(tenant: FakeKube, name: str) -> object:
+    cls = tenant.stored(GATEWAY_CLASSES, name) or {}
+    conditions = (cls.get("status") or {}).get("conditions") or [{}]
     return conditions[0].get("observedGeneration")
+
+
+def accepted_generation(tenant: FakeKube) -> object:
+    return observed_generation(tenant, CLASS_NAME)
 
 
 async def test_gateways_and_routes_become_records_and_the_class_is_accepted() -> None:
@@ -155,18 +172,10 @@ async def test_the_tenants_own_gateway_class_gets_a_status_written_once(
     # Every write at a later second: a status compared with itself would be rewritten.
     ticks = iter(range(10**6))
     monkeypatch.setattr(sync, "timestamp", lambda: f"2026-01-01T00:00:{next(ticks):06d}Z")
-    tenant, mgmt = FakeKube("a"), FakeKube("mgmt")
-    await tenant.create(NAMESPACES, namespace("default"))
-    await tenant.create(NODES, node("n1", "10.0.0.1"))
-    mine = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
-            "metadata": {"name": "mine"},
-            "spec": {"controllerName": "kubelb.io/gateway-controller"}}  # fmt: skip
-    await tenant.create(GATEWAY_CLASSES, mine)
+    tenant, mgmt = await with_own_class()
 
     def observed() -> object:
-        cls = tenant.stored(GATEWAY_CLASSES, "mine") or {}
-        conditions = (cls.get("status") or {}).get("conditions") or [{}]
-        return conditions[0].get("observedGeneration")
+        return observed_generation(tenant, "mine")
 
     def writes() -> int:
         return sum(1 for c in tenant.changes(GATEWAY_CLASSES) if c.key[-1] == "mine")
@@ -184,3 +193,34 @@ async def test_the_tenants_own_gateway_class_gets_a_status_written_once(
         assert writes() == settled
         await tenant.patch(GATEWAY_CLASSES, "mine", {"spec": {"description": "new"}})
         await until(lambda: observed() == 2, "observed at its new generation")
+
+
+async def test_a_change_while_its_kinds_statuses_are_written_is_not_lost() -> None:
+    """A resync of a kind computes the statuses it reports, then writes them one by one. A
+    change that comes meanwhile (the conformance suite patches a BackendTLSPolicy as soon as
+    it reads its status) asks for another pass: the status ends at the new generation."""
+    tenant, mgmt = await with_own_class()
+
+    def observed() -> object:
+        return observed_generation(tenant, "mine")
+
+    def applying(name: str, subresource: str) -> bool:
+        return any(
+            (c.method, c.plural, c.name, c.subresource)
+            == ("apply", GATEWAY_CLASSES.plural, name, subresource)
+            for c in tenant.calls
+        )
+
+    async with running(sync_of(tenant, mgmt).run):
+        await until(lambda: observed() == 1, "the tenant's GatewayClass accepted")
+        tenant.calls.clear()
+        gate = tenant.hold("apply", GATEWAY_CLASSES)
+        await tenant.patch(GATEWAY_CLASSES, "mine", {"spec": {"description": "2"}})
+        # The resync first applies kubelbd's own class: let it through, hold the next apply.
+        await until(lambda: applying(CLASS_NAME, ""), "the resync applying")
+        gate.set()
+        gate = tenant.hold("apply", GATEWAY_CLASSES)
+        await until(lambda: applying("mine", "status"), "generation 2's status being written")
+        await tenant.patch(GATEWAY_CLASSES, "mine", {"spec": {"description": "3"}})
+        gate.set()
+        await until(lambda: observed() == 3, "observed at the generation of the last change")

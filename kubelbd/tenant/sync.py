@@ -404,8 +404,14 @@ class TenantSync:
                 self._resync = True  # the whole resync is retried, not skipped
                 raise
         for kind in sorted(self._resync_sources):
-            await self._resync_source(self.sources[kind])
+            # Taken off before its pass: a change that comes while the pass writes (one of its
+            # statuses, computed before the change) asks for another pass, and is not lost.
             self._resync_sources.discard(kind)
+            try:
+                await self._resync_source(self.sources[kind])
+            except BaseException:
+                self._resync_sources.add(kind)
+                raise
         if self._nodes_dirty:
             self._nodes_dirty = False
             try:
@@ -461,9 +467,9 @@ class TenantSync:
     async def _full_resync(self) -> None:
         """After (re)connecting, or when which objects are ours may have changed: every
         object of every source, every twin, and every record whose object is gone."""
+        self._resync_sources.clear()  # before: a change during the resync asks for another
         for source in self.sources.values():
             await self._resync_source(source)
-        self._resync_sources.clear()
         self._twin_candidates |= self.caches.twins.all_twins()
         for kind in (ROUTE, LOADBALANCER):
             for record, (source_kind, ns, name) in sorted(self.records.sources(kind).items()):
