@@ -97,7 +97,7 @@ _RouteInputs = tuple[
 _LBInputs = tuple[LBRecord, object, tuple[str, ...]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Want:
     """A record wants a name: by this claim, published as these record sets."""
 
@@ -105,7 +105,7 @@ class _Want:
     endpoints: tuple[Endpoint, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Wants:
     """What one record asks of DNS, and what it was worked out from."""
 
@@ -117,7 +117,7 @@ class _Wants:
     own: Sequence[str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Outcome:
     """Who publishes a name, as what, and who asked for it and lost (whether to another
     tenant)."""

@@ -41,7 +41,7 @@ _MAX_LABEL = 63
 _MAX_NAME = 253
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """A record set kubelbd wants published. `resource` is external-dns's
     `<kind>/<namespace>/<name>`, written into the ownership TXT so an operator looking at the
