@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from kubelbd.kube import ApiError
 from kubelbd.kube.informer import LAST_APPLIED, Informer, identity_only
+from kubelbd.kube.packed import PackedCache
 from kubelbd.objects import INGRESSES, NAMESPACES, Obj
 from kubelbd.retry import Backoff
 
@@ -36,7 +39,7 @@ async def cluster(*names: str) -> FakeKube:
     return kube
 
 
-def informer(kube: FakeKube, seen: Seen) -> Informer:
+def informer(kube: FakeKube, seen: Seen, packed: bool = False) -> Informer:
     return Informer(
         kube,
         INGRESSES,
@@ -45,13 +48,15 @@ def informer(kube: FakeKube, seen: Seen) -> Informer:
         label_selector="team=shop",
         on_error=seen.on_error,
         backoff=Backoff(initial=0.01, maximum=0.01),
+        packed=packed,
     )
 
 
-async def test_list_then_watch_fills_the_cache_and_emits_events() -> None:
+@pytest.mark.parametrize("packed", [False, True])
+async def test_list_then_watch_fills_the_cache_and_emits_events(packed: bool) -> None:
     kube, seen = await cluster("a", "b"), Seen()
     await kube.create(INGRESSES, ingress("unlabelled", "u.example.com", "web"))
-    inf = informer(kube, seen)
+    inf = informer(kube, seen, packed)
     async with running(inf.run):
         await inf.synced.wait()
         assert sorted(inf.cache) == ["default/a", "default/b"]
@@ -66,12 +71,16 @@ async def test_list_then_watch_fills_the_cache_and_emits_events() -> None:
         assert sorted(inf.cache) == ["default/a", "default/c"]
         assert inf.cache["default/a"]["spec"]["rules"] == []
         assert inf.resource_version == kube.changes()[-1].obj["metadata"]["resourceVersion"]
+        assert isinstance(inf.cache, PackedCache) == packed
     assert seen.errors == [None]
 
 
-async def test_410_gone_relists_with_deleted_and_modified_for_what_was_missed() -> None:
+@pytest.mark.parametrize("packed", [False, True])
+async def test_410_gone_relists_with_deleted_and_modified_for_what_was_missed(
+    packed: bool,
+) -> None:
     kube, seen = await cluster("a", "b", "keep"), Seen()
-    inf = informer(kube, seen)
+    inf = informer(kube, seen, packed)
     async with running(inf.run):
         await inf.synced.wait()
         with kube.watches_held():

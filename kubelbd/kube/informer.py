@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import anyio
@@ -17,6 +17,7 @@ import anyio
 from ..objects import Obj, Resource, key
 from ..retry import Backoff
 from .client import ApiError, Kube
+from .packed import PackedCache
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Informer:
         optional: bool = False,
         keep: Callable[[Obj], Obj] | None = None,
         stored: Callable[[Obj], Obj] | None = None,
+        packed: bool = False,
     ) -> None:
         self.kube = kube
         #: what the cache keeps of each object (None: all of it), applied as it arrives
@@ -110,7 +112,9 @@ class Informer:
         self.optional = optional
         self.resource = resource
         self.namespace = namespace
-        self.cache: dict[str, Obj] = {}
+        #: each object kept as bytes, read back on every lookup (PackedCache)
+        self._packed = packed
+        self.cache: MutableMapping[str, Obj] = self._new_cache({})
         self.synced = anyio.Event()
         #: why the last list or watch failed (None once one succeeds): what a component that
         #: waits for this informer tells whoever asks why it is not ready
@@ -164,12 +168,15 @@ class Informer:
             why = "refused" if refused is not None else "not served by this API server"
             log.info("%r: %s; asking again every %.0f s", self, why, NOT_SERVED_RETRY)
         self.served = False
-        old, self.cache = self.cache, {}
+        old, self.cache = self.cache, self._new_cache({})
         for o in old.values():
             self._emit("DELETED", o)
         self._report(refused)
         self.synced.set()
         await anyio.sleep(NOT_SERVED_RETRY)
+
+    def _new_cache(self, objects: dict[str, Obj]) -> MutableMapping[str, Obj]:
+        return PackedCache(objects) if self._packed else objects
 
     def _report(self, error: Exception | None) -> None:
         self.last_error = error
@@ -190,7 +197,9 @@ class Informer:
         fresh = {key(o): o for o in items}
         old = self.cache
         stored = self._stored
-        self.cache = fresh if stored is None else {k: stored(o) for k, o in fresh.items()}
+        self.cache = self._new_cache(
+            fresh if stored is None else {k: stored(o) for k, o in fresh.items()}
+        )
         self.resource_version = rv
         self.served = True
         for k, o in fresh.items():

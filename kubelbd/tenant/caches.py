@@ -3,14 +3,14 @@ and the reverse index that says which objects of ours a change to another object
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..kube import Kube
 from ..kube.informer import ErrorHandler, EventHandler, Informer
 from ..objects import ENDPOINT_SLICES, NODES, SECRETS, SERVICES, Obj, Resource
 from ..records.policy import Policy
-from ..sources import KEPT, OPTIONAL
+from ..sources import KEPT, OPTIONAL, PACKED
 from ..sources.base import Ref, References, Source
 from .mirrors import Mirrors
 from .twins import Twins
@@ -55,6 +55,7 @@ class TenantCaches:
                 on_error=on_error(r.plural),
                 optional=r in OPTIONAL,
                 keep=KEPT.get(r),
+                packed=r in PACKED,
             )
             for r in watched(sources)
         }
@@ -75,7 +76,7 @@ class TenantCaches:
     def all_informers(self) -> list[Informer]:
         return [*self.informers.values(), self.secrets, *self.mirrors.informers()]
 
-    def cache(self, resource: Resource) -> dict[str, Obj]:
+    def cache(self, resource: Resource) -> Mapping[str, Obj]:
         return self.informers[resource].cache
 
     # ---- TenantView ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 
@@ -108,7 +108,7 @@ class SecretCopies:
         # One labelled for another tenant is nobody's (tenant_of): not ours to keep or delete.
         self.copies = {s["metadata"]["name"]: digest(s) for s in items if tenant_of(s)}
 
-    async def reconcile(self, secrets: dict[str, Obj]) -> None:
+    async def reconcile(self, secrets: Mapping[str, Obj]) -> None:
         """Copy what is referenced and changed, delete copies nothing references; `secrets`
         is the tenant's TLS Secret cache."""
         if not self.dirty:
@@ -120,7 +120,7 @@ class SecretCopies:
             self.dirty = True  # retried with the tenant's next reconcile
             raise
 
-    async def _copy_wanted(self, secrets: dict[str, Obj]) -> None:
+    async def _copy_wanted(self, secrets: Mapping[str, Obj]) -> None:
         wanted: set[Ref] = set().union(*self.refs.values()) if self.refs else set()
         keep = set()
         for ns, name in sorted(wanted):

@@ -13,7 +13,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..kube import ApiError, Kube
 from ..objects import SERVICES, Obj, key
@@ -28,7 +28,7 @@ class Twins:
     def __init__(
         self,
         tenant: str,
-        services: Callable[[], dict[str, Obj]],
+        services: Callable[[], Mapping[str, Obj]],
         node_ports: Callable[[], tuple[int, int]] = lambda: DEFAULT_NODE_PORTS,
     ) -> None:
         self.tenant = tenant
