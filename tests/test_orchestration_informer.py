@@ -200,7 +200,9 @@ async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_o
 class Pages(FakeKube):
     """Remembers how the informer asked for its list."""
 
-    asked: list[tuple[Any, int]] = []
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.asked: list[tuple[Any, int]] = []
 
     async def list(self, *args: Any, keep: Any = None, page: int = 500, **params: Any) -> Any:
         self.asked.append((keep, page))
@@ -220,6 +222,25 @@ async def test_a_list_is_slimmed_page_by_page_as_it_comes() -> None:
     obj = ingress("a", "a.example.com", "web")
     obj["metadata"]["managedFields"] = [{"manager": "kubectl"}]
     assert "managedFields" not in keep(obj)["metadata"]
+
+
+async def test_a_packed_list_packs_each_object_as_its_page_comes() -> None:
+    """A packed informer's list keeps each object packed as it comes, and only its identity
+    in the list: a relist of 10,000 Ingresses is never held as dicts at once."""
+    kube = Pages("t")
+    await kube.create(NAMESPACES, namespace("default"))
+    inf = Informer(kube, INGRESSES, packed=True)
+    async with running(inf.run):
+        await inf.synced.wait()
+        [(keep, _)] = kube.asked
+        obj = ingress("a", "a.example.com", "web")
+        obj["metadata"].update(namespace="default", uid="u1", resourceVersion="7")
+        obj["metadata"]["managedFields"] = [{"manager": "kubectl"}]
+        listed = keep(obj)
+    assert "spec" not in listed and listed["metadata"]["resourceVersion"] == "7"
+    # What a page keeps goes whole (slimmed) into the cache that list filled.
+    packed = inf.cache["default/a"]
+    assert packed["spec"] == obj["spec"] and "managedFields" not in packed["metadata"]
 
 
 async def test_strings_every_object_repeats_are_one_string_in_the_cache() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, MutableMapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -57,6 +58,13 @@ def _share(d: dict[str, Any], *fields: str) -> None:
             d[f] = sys.intern(v)
 
 
+def _pack_into(cache: PackedCache, kept: Callable[[Obj], Obj], obj: Obj) -> Obj:
+    """`kept(obj)` into `cache`; its identity is what the list goes on with."""
+    whole = kept(obj)
+    cache[key(whole)] = whole
+    return identity_only(whole)
+
+
 def identity_only(obj: Obj) -> Obj:
     """What an informer whose consumer keeps its own parsed copy of each object needs to keep
     of it (`stored=`): its identity, version and labels. That is enough to relist (versions
@@ -101,6 +109,8 @@ class Informer:
         stored: Callable[[Obj], Obj] | None = None,
         packed: bool = False,
     ) -> None:
+        if packed and stored is not None:
+            raise ValueError("an informer keeps its objects packed or as `stored`, not both")
         self.kube = kube
         #: what the cache keeps of each object (None: all of it), applied as it arrives
         self._keep = keep
@@ -186,33 +196,38 @@ class Informer:
             self._on_error(error)
 
     async def _list(self) -> None:
-        keep = self._keep
+        keep, stored = self._keep, self._stored
+        kept: Callable[[Obj], Obj] = _slim if keep is None else lambda o: keep(_slim(o))
+        packed = PackedCache() if self._packed else None
+        if packed is not None:
+            # Each object packed as its page comes, and only its identity listed: the whole
+            # list is never held as dicts (10,000 Ingresses: 34 MiB, and the arenas they
+            # were scattered over stayed with the process after it was freed).
+            kept = partial(_pack_into, packed, kept)
         items, rv = await self.kube.list(
             self.resource,
             self.namespace,
-            keep=_slim if keep is None else lambda o: keep(_slim(o)),
+            keep=kept,
             page=LIST_PAGE if keep is None else LIST_PAGE_KEPT,
             **self._params,
         )
         fresh = {key(o): o for o in items}
         old = self.cache
-        stored = self._stored
-        self.cache = self._new_cache(
-            fresh if stored is None else {k: stored(o) for k, o in fresh.items()}
-        )
+        if packed is not None:
+            self.cache = packed
+        else:
+            self.cache = fresh if stored is None else {k: stored(o) for k, o in fresh.items()}
         self.resource_version = rv
         self.served = True
         for k, o in fresh.items():
             prev = old.get(k)
-            if prev is None:
-                self._emit("ADDED", o)
-            elif prev.get("metadata", {}).get("resourceVersion") != o["metadata"].get(
-                "resourceVersion"
-            ):
-                self._emit("MODIFIED", o)
-        for k, o in old.items():
-            if k not in fresh:
-                self._emit("DELETED", o)
+            version = o["metadata"].get("resourceVersion")
+            if prev is not None and prev.get("metadata", {}).get("resourceVersion") == version:
+                continue  # unchanged
+            whole = o if packed is None else packed[k]  # the handler is given it all
+            self._emit("ADDED" if prev is None else "MODIFIED", whole)
+        for k in [k for k in old if k not in fresh]:
+            self._emit("DELETED", old[k])
         self.synced.set()
 
     async def _watch_once(self) -> None:
