@@ -8,6 +8,9 @@ restarts, each timed until every route is served again (issue 16):
 - Envoy's (killed with SIGKILL): kubelbd starts it again, and it loads the files on the
   volume; timed until a sample of the hosts (every tenant's last, and `SAMPLE` spread over
   the rest) all answer again.
+
+Each run prints kubelbd's and Envoy's RSS once both are back: a restart relists everything,
+and what the relist leaves behind is part of what a restarted kubelbd costs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from kubefleet.layout import Layout
 
 from kubelbd.objects import INGRESSES
 
-from .convergence import FLEET, Bench, ingress
+from .convergence import FLEET, Bench, ingress, memory
 
 SAMPLE = 100
 TIMEOUT = 600.0
@@ -47,7 +50,8 @@ async def run(layout: Layout, routes: int, runs: int) -> None:
             kubelbd.append(await _kubelbd(layout, bench, r))
             envoy.append(await _envoy(bench, hosts))
             print(f"   run {r + 1}: kubelbd restart → all served {kubelbd[-1]:.2f} s, "
-                  f"Envoy killed → all served {envoy[-1]:.2f} s", flush=True)  # fmt: skip
+                  f"Envoy killed → all served {envoy[-1]:.2f} s; {memory(layout)}",
+                  flush=True)  # fmt: skip
     finally:
         await bench.close()
     print(f"\n{bench.present} routes, {runs} runs\n\n| restart | median s | max s |\n|---|---|---|")
