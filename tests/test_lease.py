@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import pytest
 
 from kubelbd.kube.lease import Leadership, LeaseElector, LeaseSettings
 from kubelbd.objects import LEASES, NAMESPACES
@@ -49,7 +50,9 @@ def elector(mgmt: FakeKube, identity: str) -> tuple[LeaseElector, Leadership]:
     ), lead
 
 
-async def test_a_leader_whose_requests_hang_stops_by_its_renew_deadline() -> None:
+async def test_a_leader_whose_requests_hang_stops_by_its_renew_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     mgmt = await api()
     a, lead = elector(mgmt, "a")
     with anyio.fail_after(10):
@@ -65,6 +68,11 @@ async def test_a_leader_whose_requests_hang_stops_by_its_renew_deadline() -> Non
     # duration from when it last saw a change: no overlap.
     assert stepped_down <= RENEW_DEADLINE + 0.05
     assert stepped_down < LEASE_DURATION
+    # The log says why it stopped (the Lease still names it: "follows (leader: a)" alone
+    # reads as if nothing had happened).
+    assert any(
+        "not renewed for" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records
+    )
 
 
 async def test_a_follower_takes_a_dead_leaders_lease_only_after_the_lease_duration() -> None:

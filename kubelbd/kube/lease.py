@@ -102,6 +102,13 @@ class LeaseElector:
                 now = anyio.current_time()
                 if held != leading:
                     if held or self._taken() or now - self._renewed_at >= s.renew_deadline:
+                        if leading and not self._taken():
+                            # Why, when no one else holds it: requests too slow, or the
+                            # event loop not running this task in time (a stall, overload).
+                            log.warning("lease %s/%s: not renewed for %.1f s (renew deadline "
+                                        "%.0f s): %s stops leading", s.namespace, s.name,
+                                        now - self._renewed_at, s.renew_deadline,
+                                        s.identity)  # fmt: skip
                         self._announce(held)
                     # else: a leader that missed a renewal keeps leading until its deadline
                 elif not self.leadership.decided.is_set():
