@@ -67,9 +67,9 @@ def tenant_settings(cfg: Config) -> TenantSettings:
 
 
 async def run(cfg: Config) -> None:
-    mgmt = await (
-        Kube.from_file(cfg.kubeconfig, "mgmt") if cfg.kubeconfig else Kube.in_cluster("mgmt")
-    )
+    mgmt = await _management(cfg, "mgmt")
+    # Its own connections: a renewal never waits behind record and status writes.
+    lease_client = await _management(cfg, "mgmt")
     admin = EnvoyAdmin(cfg.envoy_admin)
     try:
         if cfg.install_crds:
@@ -105,7 +105,8 @@ async def run(cfg: Config) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, draining, drain, cfg.drain_seconds)
             tg.start_soon(collector.settle, dataplane.first_publish)
-            tg.start_soon(LeaseElector(mgmt, cfg.lease, leadership).run)
+            elector = LeaseElector(lease_client, cfg.lease, leadership, collector.collected)
+            tg.start_soon(elector.run)
             tg.start_soon(dataplane.run)
             tg.start_soon(_while_leading, leadership, registry)
             if cfg.health_listen:
@@ -145,6 +146,14 @@ async def run(cfg: Config) -> None:
         with anyio.CancelScope(shield=True):
             await admin.aclose()
             await mgmt.aclose()
+            await lease_client.aclose()
+
+
+async def _management(cfg: Config, name: str) -> Kube:
+    """A client of the management cluster, with a connection pool of its own."""
+    if cfg.kubeconfig:
+        return await Kube.from_file(cfg.kubeconfig, name)
+    return await Kube.in_cluster(name)
 
 
 async def _while_leading(leadership: Leadership, registry: Callable[[], Registry]) -> None:

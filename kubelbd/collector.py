@@ -19,6 +19,12 @@ once: for a moment after a task group ends, its cancelled tasks are still refere
 (`hack/bench heap` found a term's tenant tasks alive when it ended, frozen again and lost),
 and whatever is frozen then is lost for good. Automatic collections wait meanwhile: with a
 million objects thawed, one would be a second full pass.
+
+That collection stops the event loop for seconds (1.9-14.5 s at 10,000 routes on an overloaded
+machine), so the Lease elector waits for it (`collected`) before it tries to lead again: the
+stall falls while this replica follows, not in its next term's renewals. Every collection of
+the oldest generation is timed (a `gc.callbacks` hook), reported as a metric, and logged when it
+stalled the loop for `LONG_PAUSE` or more.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
+
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +51,19 @@ TRIM_STEP = 8 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 #: seconds from a release to its collection (`release_frozen`)
 RELEASE_DELAY = 5.0
+#: seconds a collection of the oldest generation takes before it is logged
+LONG_PAUSE = 0.5
 
 #: why things were released since the last collection, and when the first was
 _released: list[str] = []
 _released_at = 0.0
+#: those waiting (`collected`) for the released to be collected
+_waiting: list[anyio.Event] = []
+#: collections of the oldest generation since `settle` last looked: (seconds, objects
+#: collected, whether `collect_released` ran it)
+_pauses: list[tuple[float, int, bool]] = []
+_pause_started = 0.0
+_collecting_released = False  # `collect_released` logs its own, with why
 
 
 async def settle(
@@ -59,6 +76,14 @@ async def settle(
     hand what the C heap has free back to the kernel every `trim_every` (when the RSS has
     moved since the last time)."""
     gc.set_threshold(50_000, 20, 20)
+    gc.callbacks.append(_timed)
+    try:
+        await _settle(first_publish, trim_every, release_delay)
+    finally:
+        gc.callbacks.remove(_timed)
+
+
+async def _settle(first_publish: anyio.Event, trim_every: float, release_delay: float) -> None:
     await first_publish.wait()
     gc.collect()
     gc.freeze()
@@ -68,6 +93,7 @@ async def settle(
     try:
         while True:
             await anyio.sleep(tick)
+            _report_pauses()
             if _released and time.monotonic() - _released_at >= release_delay:
                 collect_released()
             if trim is not None and time.monotonic() - trimmed >= trim_every:
@@ -75,6 +101,43 @@ async def settle(
                 rss = await anyio.to_thread.run_sync(trim_if_moved, trim, rss)
     finally:
         collect_released()  # stopped between a release and its collection: gc enabled again
+
+
+def _timed(phase: str, info: dict[str, Any]) -> None:
+    """`gc.callbacks` hook: times each collection of the oldest generation. It only appends
+    to a list: a metric's lock or a log handler's could be held by the code the collection
+    interrupted."""
+    global _pause_started
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _pause_started = time.perf_counter()
+    else:
+        seconds = time.perf_counter() - _pause_started
+        _pauses.append((seconds, info["collected"], _collecting_released))
+
+
+def _report_pauses() -> None:
+    """The collections `_timed` saw, as the `kubelbd_gc_pause_seconds` metric, and a log
+    line for each that stalled the loop for `LONG_PAUSE` or more (`collect_released` logs
+    its own)."""
+    pauses = _pauses[:]
+    del _pauses[: len(pauses)]
+    for seconds, collected, released in pauses:
+        metrics.gc_paused(seconds)
+        if seconds >= LONG_PAUSE and not released:
+            log.info("a full garbage collection stopped the loop for %.0f ms (%d collected, "
+                     "%d frozen)", seconds * 1000, collected, gc.get_freeze_count())  # fmt: skip
+
+
+async def collected() -> None:
+    """Return once what `release_frozen` thawed has been collected (at once if nothing is
+    waiting for its collection)."""
+    if not _released:
+        return
+    done = anyio.Event()
+    _waiting.append(done)
+    await done.wait()
 
 
 def release_frozen(why: str) -> None:
@@ -93,18 +156,24 @@ def release_frozen(why: str) -> None:
 
 def collect_released() -> None:
     """One full collection of what `release_frozen` thawed, then the rest frozen again."""
+    global _collecting_released
     if not _released:
         return
     whys = sorted(set(_released))
     _released.clear()
     start = time.monotonic()
+    _collecting_released = True
     try:
-        collected = gc.collect()
+        freed = gc.collect()
     finally:
+        _collecting_released = False
         gc.freeze()
         gc.enable()
+        for done in _waiting:
+            done.set()
+        _waiting.clear()
     log.info("%s: collected %d objects, in %.0f ms; %d frozen again", "; ".join(whys),
-             collected, (time.monotonic() - start) * 1000, gc.get_freeze_count())  # fmt: skip
+             freed, (time.monotonic() - start) * 1000, gc.get_freeze_count())  # fmt: skip
 
 
 def trim_if_moved(trim: Callable[[int], int], rss: int) -> int:

@@ -55,9 +55,21 @@ LEADER = Gauge(
     registry=REGISTRY,
 )
 
+GC_PAUSE_SECONDS = Histogram(
+    "kubelbd_gc_pause_seconds",
+    "Collections of the interpreter's oldest generation: each stops the event loop (every"
+    " watch, write and renewal of the Lease) for as long as it takes.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+
 
 def set_leader(leader: bool) -> None:
     LEADER.set(1 if leader else 0)
+
+
+def gc_paused(seconds: float) -> None:
+    GC_PAUSE_SECONDS.observe(seconds)
 
 
 def publish_took(seconds: float) -> None:

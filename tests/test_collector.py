@@ -8,6 +8,7 @@ and always thaw them again."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import weakref
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import cast
 import anyio
 import pytest
 
-from kubelbd import collector
+from kubelbd import collector, metrics
 from kubelbd.app import _while_leading
 from kubelbd.kube.lease import Leadership
 from kubelbd.tenant.registry import Registry
@@ -76,6 +77,47 @@ def test_what_goes_soon_after_its_release_is_collected_too(frozen: None) -> None
     holder.clear()
     collector.collect_released()
     assert ref() is None
+
+
+async def test_waiting_for_the_released_ends_with_their_collection(frozen: None) -> None:
+    await collector.collected()  # nothing released: at once
+    gc.freeze()
+    collector.release_frozen("a test")
+    done = anyio.Event()
+
+    async def wait() -> None:
+        await collector.collected()
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await anyio.wait_all_tasks_blocked()
+        assert not done.is_set()
+        collector.collect_released()
+        await until(done.is_set, "the waiter woken by the collection")
+
+
+async def test_a_full_collection_is_timed_and_a_long_one_logged(
+    frozen: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector, "LONG_PAUSE", 0.0)
+    count = "kubelbd_gc_pause_seconds_count"
+    before = metrics.REGISTRY.get_sample_value(count) or 0.0
+    published = anyio.Event()
+    published.set()
+    caplog.set_level(logging.INFO, logger="kubelbd.collector")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collector.settle, published, 0.05)
+        await until(lambda: gc.get_freeze_count() > 0, "start-up frozen")
+        gc.collect()
+        await until(
+            lambda: (metrics.REGISTRY.get_sample_value(count) or 0.0) >= before + 2,
+            "the first publish's collection and ours in the metric",
+        )
+        tg.cancel_scope.cancel()
+    assert sum("a full garbage collection stopped the loop" in r.getMessage()
+               for r in caplog.records) >= 2  # fmt: skip
+    assert collector._timed not in gc.callbacks  # settle's hook goes with it
 
 
 def test_nothing_frozen_nothing_is_frozen_by_a_release() -> None:

@@ -4,6 +4,7 @@ overlaps a follower that takes an expired Lease; a released Lease passes at once
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -13,7 +14,7 @@ from kubelbd.kube.lease import Leadership, LeaseElector, LeaseSettings
 from kubelbd.objects import LEASES, NAMESPACES
 
 from .fakekube import FakeKube
-from .orchestration import namespace
+from .orchestration import namespace, until
 
 LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD = 2, 1.0, 0.1
 
@@ -35,7 +36,9 @@ async def api() -> Hanging:
     return mgmt
 
 
-def elector(mgmt: FakeKube, identity: str) -> tuple[LeaseElector, Leadership]:
+def elector(
+    mgmt: FakeKube, identity: str, may_lead: Callable[[], Awaitable[None]] | None = None
+) -> tuple[LeaseElector, Leadership]:
     lead = Leadership()
     return LeaseElector(
         mgmt,
@@ -47,6 +50,7 @@ def elector(mgmt: FakeKube, identity: str) -> tuple[LeaseElector, Leadership]:
             retry_period=RETRY_PERIOD,
         ),
         lead,
+        may_lead,
     ), lead
 
 
@@ -132,4 +136,38 @@ async def test_a_released_lease_passes_within_a_retry_period() -> None:
             lease = await mgmt.get_or_none(LEASES, "kubelbd", "kubelb")
             assert lease is not None and lease["spec"]["holderIdentity"] == "b"
             assert lease["spec"]["leaseTransitions"] == 1
+            tg.cancel_scope.cancel()
+
+
+async def test_a_replica_tries_to_lead_only_once_it_may_and_asks_no_more_while_it_leads() -> None:
+    """`may_lead` is the collection of the term a replica just lost (app.py): its stall
+    must fall while the replica follows, not in its next term's renewals."""
+    mgmt = await api()
+    gate, asked = anyio.Event(), [0]
+
+    async def may_lead() -> None:
+        asked[0] += 1
+        await gate.wait()
+
+    a, lead = elector(mgmt, "a", may_lead)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.run)
+            await until(lambda: asked[0] == 1, "the elector asking whether it may lead")
+            await anyio.wait_all_tasks_blocked()
+            assert await mgmt.get_or_none(LEASES, "kubelbd", "kubelb") is None
+            assert not lead.leading
+            gate.set()
+            await lead.until(True)
+            first = await mgmt.get_or_none(LEASES, "kubelbd", "kubelb")
+            assert first is not None
+
+            async def renewed() -> bool:
+                lease = await mgmt.get_or_none(LEASES, "kubelbd", "kubelb")
+                return (
+                    lease is not None and lease["spec"]["renewTime"] != first["spec"]["renewTime"]
+                )
+
+            await until(renewed, "a renewal")
+            assert asked[0] == 1
             tg.cancel_scope.cancel()

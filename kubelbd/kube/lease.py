@@ -15,6 +15,12 @@ so kubelbd behaves as every controller an operator already runs:
 - on shutdown the leader releases the Lease (no holder), so a rolling restart hands over at
   once instead of after a lease duration.
 
+Two things client-go does not need, for a Python process whose one event loop runs
+everything: the elector gets an API client of its own (app.py), so that a renewal never
+waits for a pooled connection behind record and status writes; and a replica that is not
+leading first waits for `may_lead` (the collection of the term it just lost: collector.py),
+which stops the loop for seconds and would otherwise fall in its next term's renewals.
+
 Not kubernetes-asyncio's `leaderelection`: it needs the generated API client (kubelbd talks
 to the API through its own, kube/client.py), runs its callbacks as bare asyncio tasks that an
 anyio cancel scope cannot reach, and calls sys.exit on a bad configuration.
@@ -23,6 +29,7 @@ anyio cancel scope cannot reach, and calls sys.exit on a bad configuration.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +80,17 @@ class LeaseSettings:
 
 
 class LeaseElector:
-    def __init__(self, mgmt: Kube, settings: LeaseSettings, leadership: Leadership) -> None:
+    def __init__(
+        self,
+        mgmt: Kube,
+        settings: LeaseSettings,
+        leadership: Leadership,
+        may_lead: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.mgmt = mgmt
         self.settings = settings
         self.leadership = leadership
+        self.may_lead = may_lead
         #: the Lease's spec as last read, and when (this replica's clock) it last changed
         self._observed: Obj | None = None
         self._observed_at = 0.0
@@ -86,8 +100,10 @@ class LeaseElector:
         s = self.settings
         try:
             while True:
-                started = anyio.current_time()
                 leading = self.leadership.leading
+                if not leading and self.may_lead is not None:
+                    await self.may_lead()
+                started = anyio.current_time()
                 # A leader's attempt may not outlast its renew deadline: a request that hangs
                 # (a dead connection) must not keep it leading while a follower takes over.
                 budget = self._renewed_at + s.renew_deadline - started if leading else None
