@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from kubelbd import collector, metrics
-from kubelbd.app import _while_leading
+from kubelbd.app import Term, _while_leading
 from kubelbd.kube.lease import Leadership
 from kubelbd.tenant.registry import Registry
 
@@ -140,7 +140,7 @@ async def test_a_leadership_terms_registry_frozen_at_start_up_is_collected_when_
 
     published = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_while_leading, leadership, cast(Callable[[], Registry], registry))
+        tg.start_soon(_while_leading, leadership, cast(Callable[[], Registry], registry), Term())
         leadership.set(True)
         await until(lambda: terms, "the first term's registry")
         # The first term began before the first publish: frozen with start-up.
@@ -152,6 +152,58 @@ async def test_a_leadership_terms_registry_frozen_at_start_up_is_collected_when_
         leadership.set(True)
         await until(lambda: len(terms) == 2, "a second term")
         assert terms[1]() is not None
+        tg.cancel_scope.cancel()
+
+
+class Stubborn(Cycle):
+    """A term's tenant side whose cancellation takes until `let_go` (under overload, once,
+    6.6 s after the Lease was lost)."""
+
+    def __init__(self, let_go: anyio.Event) -> None:
+        super().__init__()
+        self.let_go = let_go
+
+    async def run(self) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.let_go.wait()
+
+
+async def test_a_lost_term_has_ended_once_its_tenant_side_stopped_and_is_collected(
+    frozen: None,
+) -> None:
+    """What the Lease elector waits for before it tries to lead again (`Term.ended`): the
+    collection's stall must fall while the replica follows."""
+    leadership, term, let_go = Leadership(), Term(), anyio.Event()
+    terms: list[weakref.ref[Cycle]] = []
+
+    def registry() -> Cycle:
+        made = Stubborn(let_go)
+        terms.append(weakref.ref(made))
+        return made
+
+    published, ended = anyio.Event(), anyio.Event()
+
+    async def wait_for_the_end() -> None:
+        await term.ended()
+        ended.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_while_leading, leadership, cast(Callable[[], Registry], registry), term)
+        tg.start_soon(collector.settle, published, 60.0, 0.05)
+        published.set()
+        await until(lambda: gc.get_freeze_count() > 0, "start-up frozen")
+        leadership.set(True)
+        await until(lambda: terms, "the term's registry")
+        leadership.set(False)
+        tg.start_soon(wait_for_the_end)
+        await anyio.wait_all_tasks_blocked()
+        assert not ended.is_set()  # its tenant side still stopping
+        let_go.set()
+        await ended.wait()
+        assert terms[0]() is None  # collected by then
         tg.cancel_scope.cancel()
 
 

@@ -196,7 +196,8 @@ class StatusWriter:
                 log.warning("%s: status of %s: %s", self.name, key, e)
                 return False
             except (ConnectionError, TimeoutError) as e:
-                log.warning("%s: status of %s: %s", self.name, key, e or "timed out")
+                # A timeout's text is empty: say what it was.
+                log.warning("%s: status of %s: %s", self.name, key, str(e) or type(e).__name__)
                 return False
             except Exception:
                 # A bug, or an object like no other: it must not end the process (every
