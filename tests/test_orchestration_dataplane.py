@@ -17,7 +17,6 @@ from kubelbd.dataplane.dns import DNSSettings
 from kubelbd.dataplane.intake import Batch, Intake
 from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
-from kubelbd.dataplane.reporter import fingerprint
 from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
 from kubelbd.envoy.settings import FRONT, Settings, rds_file
@@ -25,6 +24,7 @@ from kubelbd.hub import Settling, StatusBoard
 from kubelbd.kube.lease import Leadership
 from kubelbd.objects import NAMESPACES, SECRETS, SERVICES, Obj
 from kubelbd.records import parse
+from kubelbd.records.conditions import fingerprint
 from kubelbd.records.names import (
     LOADBALANCERS,
     MAX_NAME,

@@ -185,6 +185,7 @@ class Bench:
         self.http = f"http://127.0.0.1:{layout.envoy_http_port}"
         self.ns = f"bench-{os.getpid()}"
         self.present = 0
+        self.services: set[int] = set()  # the fill's Services made (s<j>)
         self.fill_kind = fill_kind
         self.gateways: dict[str, str] = {}  # tenant -> its bench Gateway's http://address:80
 
@@ -273,11 +274,14 @@ class Bench:
             i = self.present
             tenant = self.tenants[i % len(self.tenants)]
             kube = self.kube[tenant]
-            if i < services * len(self.tenants):
-                await kube.create(SERVICES, svc(f"s{i}", "echo"), self.ns)
-            backing = f"s{i % (services * len(self.tenants))}"
-            if i >= services * len(self.tenants):
-                backing = f"s{(i % services) * len(self.tenants) + (i % len(self.tenants))}"
+            # Service j lives in tenant j % tenants, as does every route backed by it.
+            j = i if i < services * len(self.tenants) else (
+                (i % services) * len(self.tenants) + (i % len(self.tenants))
+            )  # fmt: skip
+            backing = f"s{j}"
+            if j not in self.services:  # made when first used: the pins took s0.. before
+                await kube.create(SERVICES, svc(backing, "echo"), self.ns)
+                self.services.add(j)
             host = f"fill{i}.{tenant}.{self.domain}"
             if self.fill_kind == "httproute":
                 await kube.create(HTTPROUTES, httproute(f"fill{i}", host, backing), self.ns)

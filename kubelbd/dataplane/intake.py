@@ -25,7 +25,7 @@ from ..hub import Dialled
 from ..ir.nodes import exclusive
 from ..objects import Obj
 from ..records import parse
-from ..records.conditions import Transitions, transitions
+from ..records.conditions import Transitions, carried_fingerprint, transitions
 from ..records.names import LOADBALANCER, ROUTE, TENANT, RecordKind, tenant_of
 from ..records.types import RouteRecord, TenantRecord
 from .arrivals import Arrival, Arrivals
@@ -79,6 +79,9 @@ class Intake:
         #: the transitions of the conditions each record carries, as last seen:
         #: lastTransitionTime survives restarts
         self.conditions: dict[str, Transitions] = {}
+        #: the status each record carries, as last seen (`carried_fingerprint`): what a new
+        #: term need not write again
+        self.statuses: dict[str, bytes] = {}
         #: what Envoy's clusters dial (the data plane sets it once it published them)
         self.dialled = Dialled()
         #: set once the data plane's first list of the records is in (`listed`)
@@ -184,6 +187,7 @@ class Intake:
             seen = transitions((obj.get("status") or {}).get("conditions"))
             written = self._written(rid)
             self.conditions[rid] = written if written == seen else seen
+            self.statuses[rid] = carried_fingerprint(obj.get("status"))
         generation = int(meta.get("generation") or 0)
         known = self._api.get(rid)
         if known is not None and known[0] == uid and known[1].generation >= generation:
@@ -236,6 +240,7 @@ class Intake:
         self._upserts.pop(rid, None)
         self._deletes.add(rid)
         self.conditions.pop(rid, None)
+        self.statuses.pop(rid, None)
         self._arrivals.arrived(ROUTE.kind, rid)
         self._wake()
 

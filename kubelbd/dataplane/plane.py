@@ -157,7 +157,12 @@ class DataPlane:
 
     def _reporter(self) -> StatusReporter:
         return StatusReporter(
-            self.mgmt, self.board, self.wait_applied, self._reports, self._observed_conditions
+            self.mgmt,
+            self.board,
+            self.wait_applied,
+            self._reports,
+            self._observed_conditions,
+            self._carried_status,
         )
 
     def _written_conditions(self, rid: str) -> Transitions | None:
@@ -550,6 +555,10 @@ class DataPlane:
         self._render_at(anyio.current_time() + L4_RETRY)
 
     # ---- status ------------------------------------------------------------------------------
+
+    def _carried_status(self, kind: RecordKind, record_id: str) -> bytes | None:
+        """The status a Route record carried when last seen, as its `carried_fingerprint`."""
+        return self.intake.statuses.get(record_id) if kind == ROUTE else None
 
     def _observed_conditions(self, kind: RecordKind, record_id: str) -> Transitions | None:
         """The conditions a record carried when last seen: a restart keeps their times."""

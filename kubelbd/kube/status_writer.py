@@ -114,6 +114,14 @@ class StatusWriter:
         self.idle = anyio.Event()
         self._wake.set()
 
+    def observed(self, key: str, fingerprint: Hashable) -> None:
+        """The object carries `fingerprint`'s status already, as read back: a `want` of the
+        same writes nothing. Heeded only while this writer has nothing of its own for the
+        key (written, being written or wanted): what it wrote itself may not have come back
+        yet, so it knows better."""
+        if key not in self._written and key not in self._writing and key not in self._wanted:
+            self._written[key] = fingerprint
+
     def forget(self, key: str) -> None:
         """The object is gone: nothing more to write, and a new one starts afresh."""
         self._wanted.pop(key, None)

@@ -8,9 +8,12 @@ condition's status does, as the API conventions ask.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
+
+import orjson
 
 from .problems import Problem
 from .types import Condition, DesiredCondition
@@ -106,3 +109,27 @@ def same(a: Sequence[Any], b: Sequence[Any], messages: bool = True) -> bool:
         )  # fmt: skip
 
     return strip(a) == strip(b)
+
+
+def fingerprint(status: object) -> bytes:
+    """What is kept of a record's status to know it unchanged (a dict is no key): a 16-byte
+    digest, not the status itself (~700 bytes a record, kept for every record). Keys sorted:
+    the same status read back from the API, in whatever order, gives the same digest."""
+    body = orjson.dumps(status, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+def carried_fingerprint(status: object) -> bytes:
+    """The `fingerprint` of the status a record carries, as it was before `stamp`: its
+    conditions without their lastTransitionTime. Equal to the fingerprint of the status the
+    data plane wants when writing that would change nothing."""
+    if not isinstance(status, dict):
+        return fingerprint(status)
+    carried = status.get("conditions")
+    if isinstance(carried, list):
+        unstamped = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, dict) else c
+            for c in carried
+        ]
+        status = {**status, "conditions": unstamped}
+    return fingerprint(status)
