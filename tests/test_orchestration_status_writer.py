@@ -305,3 +305,24 @@ async def test_a_slow_write_holds_up_neither_the_writes_due_after_it_nor_its_own
         gate.set()
         await until(lambda: t.written("slow") == [1, 2], "the newer one right after")
         await until(w.idle.is_set, "idle once nothing is left")
+
+
+async def test_a_status_the_object_carries_is_not_written_unless_the_writer_wrote_its_own() -> None:
+    """`observed`: what a new term's writer reads back on its objects. A status wanted while
+    settling and then wanted back to what the object carries writes nothing; once the
+    writer has written its own, a stale read-back cannot make it skip a write."""
+    w, t = writer(settle=0.1), Target()
+    async with running(w.run):
+        w.observed("a", 1)
+        w.want("a", 1, t.write("a", 1))  # carried already
+        w.want("b", 2, t.write("b", 2))  # a transient state, settling...
+        w.observed("b", 1)
+        w.want("b", 1, t.write("b", 1))  # ...then back to what the object carries
+        await w.idle.wait()
+        assert t.writes == []
+        w.want("a", 3, t.write("a", 3))  # a real change is written
+        await w.idle.wait()
+        w.observed("a", 1)  # the object as read before that write: stale
+        w.want("a", 1, t.write("a", 1))
+        await w.idle.wait()
+    assert t.written("a") == [3, 1] and t.written("b") == []

@@ -116,10 +116,10 @@ class StatusWriter:
 
     def observed(self, key: str, fingerprint: Hashable) -> None:
         """The object carries `fingerprint`'s status already, as read back: a `want` of the
-        same writes nothing. Heeded only while this writer has nothing of its own for the
-        key (written, being written or wanted): what it wrote itself may not have come back
-        yet, so it knows better."""
-        if key not in self._written and key not in self._writing and key not in self._wanted:
+        same writes nothing (and drops one wanted before it, not written yet). Heeded only
+        while this writer has written nothing for the key and is not writing it: what it
+        wrote itself may not have come back yet, so it knows better."""
+        if key not in self._written and key not in self._writing:
             self._written[key] = fingerprint
 
     def forget(self, key: str) -> None:
