@@ -38,7 +38,7 @@ from .envoy.settings import Settings
 from .health import serve_health
 from .hub import Settling, StatusBoard
 from .kube import Kube, crds
-from .kube.lease import Leadership, LeaseElector
+from .kube.lease import Leadership, run_in_own_thread
 from .status_page import status_page
 from .tenant.registry import Registry
 from .tenant.sync import TenantSettings
@@ -68,8 +68,6 @@ def tenant_settings(cfg: Config) -> TenantSettings:
 
 async def run(cfg: Config) -> None:
     mgmt = await _management(cfg, "mgmt")
-    # Its own connections: a renewal never waits behind record and status writes.
-    lease_client = await _management(cfg, "mgmt")
     admin = EnvoyAdmin(cfg.envoy_admin)
     try:
         if cfg.install_crds:
@@ -106,8 +104,10 @@ async def run(cfg: Config) -> None:
             tg.start_soon(_stop_on_signal, tg.cancel_scope, draining, drain, cfg.drain_seconds)
             tg.start_soon(collector.settle, dataplane.first_publish)
             term = Term()
-            elector = LeaseElector(lease_client, cfg.lease, leadership, term.ended)
-            tg.start_soon(elector.run)
+            tg.start_soon(
+                run_in_own_thread, partial(_management, cfg, "mgmt"), cfg.lease, leadership,
+                term.ended,
+            )  # fmt: skip
             tg.start_soon(dataplane.run)
             tg.start_soon(_while_leading, leadership, registry, term)
             if cfg.health_listen:
@@ -147,7 +147,6 @@ async def run(cfg: Config) -> None:
         with anyio.CancelScope(shield=True):
             await admin.aclose()
             await mgmt.aclose()
-            await lease_client.aclose()
 
 
 async def _management(cfg: Config, name: str) -> Kube:

@@ -4,13 +4,14 @@ overlaps a follower that takes an expired Lease; a released Lease passes at once
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import pytest
 
-from kubelbd.kube.lease import Leadership, LeaseElector, LeaseSettings
+from kubelbd.kube.lease import Leadership, LeaseElector, LeaseSettings, run_in_own_thread
 from kubelbd.objects import LEASES, NAMESPACES
 
 from .fakekube import FakeKube
@@ -170,4 +171,62 @@ async def test_a_replica_tries_to_lead_only_once_it_may_and_asks_no_more_while_i
 
             await until(renewed, "a renewal")
             assert asked[0] == 1
+            tg.cancel_scope.cancel()
+
+
+async def lease_spec(mgmt: FakeKube) -> dict[str, Any]:
+    lease = await mgmt.get_or_none(LEASES, "kubelbd", "kubelb")
+    return dict(lease["spec"]) if lease is not None else {}
+
+
+async def test_a_leader_on_its_own_thread_keeps_the_lease_while_the_main_loop_is_stalled() -> None:
+    """Under overload the main loop's tasks waited over 10 s for their turn: an elector
+    among them lost the Lease to no one. On its own thread and loop it renews regardless,
+    and tells the main loop when that runs again; cancelled, it releases the Lease."""
+    mgmt = await api()
+    settings = LeaseSettings(
+        "kubelb", "a", lease_duration=LEASE_DURATION, renew_deadline=RENEW_DEADLINE,
+        retry_period=RETRY_PERIOD,
+    )  # fmt: skip
+    lead = Leadership()
+
+    async def client() -> FakeKube:
+        return mgmt.client("lease")  # made on the elector's own loop, as kubelbd's is
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_in_own_thread, client, settings, lead)
+            await lead.until(True)
+            before = (await lease_spec(mgmt))["renewTime"]
+            # The main loop stalls (the thing under test, not a wait for anything): three
+            # renew deadlines without running a single task.
+            time.sleep(3 * RENEW_DEADLINE)  # noqa: ASYNC251 — the stall under test
+            await anyio.wait_all_tasks_blocked()
+            assert lead.leading
+            spec = await lease_spec(mgmt)
+            assert spec["holderIdentity"] == "a" and spec["renewTime"] != before
+            tg.cancel_scope.cancel()
+    assert not (await lease_spec(mgmt)).get("holderIdentity")  # released on the way out
+
+
+async def test_an_elector_on_its_own_thread_waits_on_the_main_loop_before_it_leads() -> None:
+    mgmt = await api()
+    settings = LeaseSettings("kubelb", "a", lease_duration=LEASE_DURATION,
+                             renew_deadline=RENEW_DEADLINE, retry_period=RETRY_PERIOD)  # fmt: skip
+    lead, gate, asked = Leadership(), anyio.Event(), [0]
+
+    async def may_lead() -> None:  # runs on the main loop
+        asked[0] += 1
+        await gate.wait()
+
+    async def client() -> FakeKube:
+        return mgmt.client("lease")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_in_own_thread, client, settings, lead, may_lead)
+            await until(lambda: asked[0] == 1, "the elector asking on the main loop")
+            assert await mgmt.get_or_none(LEASES, "kubelbd", "kubelb") is None
+            gate.set()
+            await lead.until(True)
             tg.cancel_scope.cancel()

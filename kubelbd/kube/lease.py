@@ -15,11 +15,15 @@ so kubelbd behaves as every controller an operator already runs:
 - on shutdown the leader releases the Lease (no holder), so a rolling restart hands over at
   once instead of after a lease duration.
 
-Two things client-go does not need, for a Python process whose one event loop runs
-everything: the elector gets an API client of its own (app.py), so that a renewal never
-waits for a pooled connection behind record and status writes; and a replica that is not
-leading first waits for `may_lead` (the collection of the term it just lost: collector.py),
-which stops the loop for seconds and would otherwise fall in its next term's renewals.
+Two things client-go gets from goroutines, for a Python process whose one event loop runs
+everything else: the elector runs on an event loop of its own, in a thread, with an API
+client of its own (`run_in_own_thread`), as client-go's runs beside the controllers' work
+queues: a renewal never waits behind a backlog of watch events and translations on the main
+loop, nor for a pooled connection behind record and status writes (under overload the
+main loop's tasks waited over 10 s for their turn, and the leader lost the Lease to no one,
+every few minutes). And a replica that is not leading first waits for `may_lead` (the
+collection of the term it just lost: collector.py), which stops every thread for seconds
+and would otherwise fall in its next term's renewals.
 
 Not kubernetes-asyncio's `leaderelection`: it needs the generated API client (kubelbd talks
 to the API through its own, kube/client.py), runs its callbacks as bare asyncio tasks that an
@@ -28,12 +32,16 @@ anyio cancel scope cannot reach, and calls sys.exit on a bad configuration.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from .. import metrics
 from ..objects import LEASES, Obj
@@ -45,15 +53,20 @@ log = logging.getLogger(__name__)
 class Leadership:
     """Whether this replica is the one that writes; what the leader-only tasks wait on."""
 
-    def __init__(self) -> None:
+    def __init__(self, mirror: Callable[[bool], None] | None = None) -> None:
         self.leading = False
         #: set once the first attempt to take the Lease has an answer either way
         self.decided = anyio.Event()
         self._changed = anyio.Event()
+        #: told every answer too (the elector's own copy, on its thread, tells the process's)
+        self._mirror = mirror
 
     def set(self, leading: bool) -> None:
         self.decided.set()
-        metrics.set_leader(leading)
+        if self._mirror is not None:
+            self._mirror(leading)
+        else:
+            metrics.set_leader(leading)
         if leading != self.leading:
             self.leading = leading
             self._changed.set()
@@ -223,3 +236,50 @@ class LeaseElector:
                 log.info("lease %s/%s: released by %s", s.namespace, s.name, s.identity)
         except (ApiError, OSError, TimeoutError) as e:
             log.warning("lease %s/%s: not released: %s", s.namespace, s.name, e)
+
+
+async def run_in_own_thread(
+    client: Callable[[], Awaitable[Kube]],
+    settings: LeaseSettings,
+    leadership: Leadership,
+    may_lead: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> None:
+    """A LeaseElector on an event loop of its own, in a worker thread, with the client
+    `client()` makes there (a client belongs to the loop it was made on). It sets
+    `leadership` (on this loop, as soon as this loop runs) and waits for `may_lead` (run on
+    this loop) from there. Cancelling this cancels the elector, which releases the Lease."""
+    main = asyncio.get_running_loop()
+    own: dict[str, Any] = {}
+    started, stop = threading.Event(), threading.Event()
+
+    def tell(leading: bool) -> None:
+        main.call_soon_threadsafe(leadership.set, leading)
+
+    async def ask() -> None:
+        assert may_lead is not None
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(may_lead(), main))
+
+    async def elect() -> None:
+        own["loop"], own["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        started.set()
+        if stop.is_set():
+            return
+        kube = await client()
+        try:
+            mirror = Leadership(mirror=tell)
+            await LeaseElector(kube, settings, mirror, ask if may_lead else None).run()
+        finally:
+            await kube.aclose()
+
+    def thread() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # how a stop ends it
+            asyncio.run(elect())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, thread)  # not abandoned: waited for below
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stop.set()
+            if started.is_set():
+                own["loop"].call_soon_threadsafe(own["task"].cancel)
