@@ -230,3 +230,14 @@ async def test_an_elector_on_its_own_thread_waits_on_the_main_loop_before_it_lea
             gate.set()
             await lead.until(True)
             tg.cancel_scope.cancel()
+
+
+async def test_an_elector_thread_that_cannot_make_its_client_fails_instead_of_hanging() -> None:
+    settings = LeaseSettings("kubelb", "a")
+
+    async def client() -> FakeKube:
+        raise OSError("no kubeconfig")
+
+    with anyio.fail_after(10), pytest.raises(BaseExceptionGroup) as failed:
+        await run_in_own_thread(client, settings, Leadership())
+    assert failed.group_contains(OSError, match="no kubeconfig")

@@ -282,4 +282,6 @@ async def run_in_own_thread(
         finally:
             stop.set()
             if started.is_set():
-                own["loop"].call_soon_threadsafe(own["task"].cancel)
+                # A loop that has ended already (its elector failed) takes no more calls.
+                with contextlib.suppress(RuntimeError):
+                    own["loop"].call_soon_threadsafe(own["task"].cancel)
