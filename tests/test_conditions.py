@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kubelbd.records import conditions
 from kubelbd.records.problems import Problem
+from kubelbd.records.types import DesiredCondition
 
 
 def test_same_ignores_timestamps_and_optionally_messages() -> None:
@@ -75,3 +76,33 @@ def test_stamping_against_the_kept_transitions_is_stamping_against_the_condition
     stamped = conditions.stamp(wanted, kept, now)
     assert stamped == conditions.stamp(wanted, carried, now)
     assert [c["lastTransitionTime"] for c in stamped] == ["2000-01-01T00:00:00Z", now, now]
+
+
+def test_a_carried_status_matches_the_status_it_was_written_from_in_any_key_order() -> None:
+    programmed: DesiredCondition = {"type": "Programmed", "status": "True",
+                                    "reason": "Programmed", "message": "serving",
+                                    "observedGeneration": 2}  # fmt: skip
+    wanted = {
+        "observedGeneration": 2,
+        "hosts": "shop.example.com",
+        "conditions": [programmed],
+    }
+    stamped = conditions.stamp([programmed], None, "2026-11-30T12:00:00Z")
+    # As the API gives it back: keys in its own order, times stamped.
+    carried = {"hosts": "shop.example.com", "observedGeneration": 2,
+               "conditions": [dict(reversed(list(c.items()))) for c in stamped]}  # fmt: skip
+    assert conditions.carried_fingerprint(carried) == conditions.fingerprint(wanted)
+    changed = {**carried, "observedGeneration": 3}
+    assert conditions.carried_fingerprint(changed) != conditions.fingerprint(wanted)
+
+
+def test_a_carried_status_no_one_could_have_written_matches_nothing() -> None:
+    """A record's status is anyone's to write: one nested past what orjson encodes, or not an
+    object at all, matches no status the data plane wants (it is written again)."""
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(300):
+        node["x"] = {}
+        node = node["x"]  # type: ignore[assignment]
+    assert conditions.carried_fingerprint({"conditions": [], "extra": deep}) == b""
+    assert conditions.carried_fingerprint(["not", "an", "object"]) == b""
