@@ -139,7 +139,7 @@ class StatusReporter:
             # What the record carries already is not written again by a writer that has
             # written nothing for it (a new term's, a restarted kubelbd's): every record's
             # status applied again each term was 10,000 server-side applies at 10,000 routes,
-            # on a management API server just too slow to renew the Lease.
+            # on a management API server that was already timing status applies out.
             if self._carried(report.kind, report.id) == wanted:
                 self.writer.observed(key, wanted)
             self.writer.want(key, wanted, partial(self._write, key, report))
