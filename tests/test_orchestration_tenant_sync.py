@@ -692,6 +692,46 @@ async def test_a_record_write_in_flight_holds_up_no_other_object(fleet: Fleet) -
         await until(lambda: fleet.route("shop") and fleet.route("cart"), "both written")
 
 
+async def test_records_being_deleted_hold_up_no_new_object(fleet: Fleet) -> None:
+    """A namespace's thousands of Ingresses deleted: each record is withdrawn from the data
+    plane at once and deleted in the background. The pass awaited every delete, and an
+    object created meanwhile waited minutes (5 at 10,000 routes) for the next pass."""
+    await fleet.tenant.create(SERVICES, service("web"))
+    for i in range(5):
+        await fleet.tenant.create(INGRESSES, ingress(f"old{i}", f"old{i}.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: all(fleet.route(f"old{i}") for i in range(5)), "5 records")
+        gate = fleet.mgmt.hold("delete", ROUTES)
+        for i in range(5):
+            await fleet.tenant.delete(INGRESSES, f"old{i}", "default")
+        withdrawn = {("deleted", "Route", f"a/default.old{i}", None) for i in range(5)}
+        await until(lambda: all(w in fleet.sink.seen for w in withdrawn), "all 5 withdrawn")
+        await fleet.tenant.create(INGRESSES, ingress("new", "new.example.com", "web"))
+        await until(lambda: fleet.route("new"), "the new one written, the deletes held")
+        assert all(fleet.route(f"old{i}") for i in range(5))  # their deletes are held
+        gate.set()
+        await until(lambda: not any(fleet.route(f"old{i}") for i in range(5)), "deleted")
+        await until(lambda: fleet.synced("1 routes in sync"), "the count without them")
+
+
+async def test_a_record_whose_object_comes_back_while_it_is_deleted_ends_as_the_object(
+    fleet: Fleet,
+) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "v1.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop"), "shop written")
+        gate = fleet.mgmt.hold("delete", ROUTES)
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.sync.records.deleting(ROUTE, "default.shop"), "its delete")
+        await fleet.tenant.create(INGRESSES, ingress("shop", "v2.example.com", "web"))
+        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "provisional", "v2 served")
+        gate.set()
+        await until(lambda: route_host(fleet, "shop") == "v2.example.com", "v2 written")
+        await until(lambda: not fleet.sync.records.deleting(ROUTE, "default.shop"), "settled")
+        assert route_writes(fleet, "shop")[-2:] == ["", "v2.example.com"]  # delete, then v2
+
+
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,12 @@ under a burst of new objects each is served as soon as it is translated, not aft
 records of every object translated before it are written. Writes of one record never overlap:
 a newer translation handed over while one is written is written after it, and a delete waits
 for the write in flight (`settled`).
+
+A record whose object went is withdrawn from the data plane at once and deleted in the
+background too (`delete_later`): a pass over a namespace's thousands of deleted Ingresses
+waited for each record's delete, and an object created meanwhile waited minutes for the next
+pass. A write of the same record waits for its delete, and a delete whose object came back
+meanwhile is not made (the write replaces the record).
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class TenantRecords:
         #: records being written in the background -> set when that is over
         self._writing: dict[RecordKey, anyio.Event] = {}
         self._again: set[RecordKey] = set()  # handed anew while being written
+        #: records being deleted in the background -> set when that is over
+        self._deleting: dict[RecordKey, anyio.Event] = {}
         #: writes waiting for the tenants' statuses (RECORD_YIELD)
         self.yielding: set[RecordKey] = set()
         self._limit = anyio.Semaphore(WRITES_IN_FLIGHT)
@@ -193,6 +201,9 @@ class TenantRecords:
         key = (kind.kind, name)
         try:
             await anyio.sleep(RECORD_DELAY)
+            deleting = self._deleting.get(key)
+            if deleting is not None:
+                await deleting.wait()  # the record as it was goes first
             deadline = anyio.current_time() + RECORD_YIELD
             while True:
                 async with self._limit:
@@ -250,6 +261,54 @@ class TenantRecords:
             self.sink.revert(KINDS[kind_name], self.tenant, name)
         self.unwritten.clear()
         self._handed.clear()
+
+    def delete_later(
+        self,
+        kind: RecordKind,
+        name: str,
+        failed: Callable[[Exception], None],
+        deleted: Callable[[], None] = lambda: None,
+    ) -> None:
+        """The object went: withdraw its record from the data plane now, and delete it in
+        the background, after any write of it under way. `failed` is told when the API
+        refuses or cannot be reached (the object is reconciled again later, which asks
+        again); `deleted` once the record is gone."""
+        key = (kind.kind, name)
+        self.sink.deleted(kind, self.tenant, name)
+        self._handed.pop(key, None)  # nothing handed over is written after it
+        if key in self._deleting:
+            return
+        assert self._tg is not None, "TenantRecords.run is not running"
+        self._deleting[key] = anyio.Event()
+        self._tg.start_soon(self._delete_later, kind, name, failed, deleted)
+
+    async def _delete_later(
+        self,
+        kind: RecordKind,
+        name: str,
+        failed: Callable[[Exception], None],
+        deleted: Callable[[], None],
+    ) -> None:
+        key = (kind.kind, name)
+        try:
+            await self.settled(kind, name)
+            async with self._limit:
+                if key in self._handed:
+                    return  # its object is back: the write waiting for this replaces it
+                await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
+            self.unwritten.discard(key)
+            self.written.pop(key, None)
+            self.recorded.pop(key, None)
+        except (ApiError, ConnectionError) as e:
+            failed(e)
+            return
+        finally:
+            self._deleting.pop(key).set()
+        deleted()
+
+    def deleting(self, kind: RecordKind, name: str) -> bool:
+        """A background delete of this record is under way (or waits to start)."""
+        return (kind.kind, name) in self._deleting
 
     async def delete(self, kind: RecordKind, name: str) -> None:
         self.sink.deleted(kind, self.tenant, name)
