@@ -732,6 +732,38 @@ async def test_a_record_whose_object_comes_back_while_it_is_deleted_ends_as_the_
         assert route_writes(fleet, "shop")[-2:] == ["", "v2.example.com"]  # delete, then v2
 
 
+async def test_a_record_handed_again_before_its_delete_runs_is_written_not_deleted() -> None:
+    """Deleted, then its object back before the background delete ran: the delete waits
+    only for the write in flight when it was asked for (a later write waits for it, so the
+    two waited for each other), and sees the record handed again: it is not made."""
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, namespace(NS))
+    records = TenantRecords("a", mgmt, RecordingSink())
+    failures: list[Exception] = []
+    raw: Any = {"source": {"kind": "Ingress", "namespace": "d", "name": "n", "uid": "u",
+                           "creationTimestamp": ""},
+                "rules": [{"host": "v1.example.com", "paths": []}]}  # fmt: skip
+    v2: Any = {**raw, "rules": [{"host": "v2.example.com", "paths": []}]}
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(records.run)
+            records.provisional(ROUTE, "d.n", raw)
+            records.write_later(ROUTE, "d.n", failures.append)
+            await until(lambda: ("Route", "d.n") in records.written, "v1 written")
+            records.delete_later(ROUTE, "d.n", failures.append)
+            records.provisional(ROUTE, "d.n", v2)  # before the delete's task has run
+            records.write_later(ROUTE, "d.n", failures.append)
+            await until(
+                lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
+                "both done",
+            )
+            tg.cancel_scope.cancel()
+    stored = mgmt.stored(ROUTES, "d.n", NS)
+    assert stored is not None and stored["spec"]["rules"][0]["host"] == "v2.example.com"
+    assert not any(c.method == "delete" and c.plural == "routes" for c in mgmt.calls)
+    assert failures == []
+
+
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

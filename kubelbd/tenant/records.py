@@ -14,8 +14,9 @@ for the write in flight (`settled`).
 A record whose object went is withdrawn from the data plane at once and deleted in the
 background too (`delete_later`): a pass over a namespace's thousands of deleted Ingresses
 waited for each record's delete, and an object created meanwhile waited minutes for the next
-pass. A write of the same record waits for its delete, and a delete whose object came back
-meanwhile is not made (the write replaces the record).
+pass. The order stays that of the requests: a delete waits for the write in flight when it
+was asked for, and a write asked for after it waits for the delete; a delete whose object came
+back and was handed over again meanwhile is not made (the write replaces the record).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class TenantRecords:
         self._again: set[RecordKey] = set()  # handed anew while being written
         #: records being deleted in the background -> set when that is over
         self._deleting: dict[RecordKey, anyio.Event] = {}
+        #: of those, records handed over again since their delete was asked for
+        self._revived: set[RecordKey] = set()
         #: writes waiting for the tenants' statuses (RECORD_YIELD)
         self.yielding: set[RecordKey] = set()
         self._limit = anyio.Semaphore(WRITES_IN_FLIGHT)
@@ -168,6 +171,8 @@ class TenantRecords:
         self.sink.provisional(RouteRecord(self.tenant, name, spec))
         self.unwritten.add((kind.kind, name))
         self._handed[(kind.kind, name)] = spec
+        if (kind.kind, name) in self._deleting:
+            self._revived.add((kind.kind, name))
 
     def handed(self, kind: RecordKind, name: str) -> RouteSpec | None:
         """The spec handed over (`provisional`) and not written yet."""
@@ -276,25 +281,31 @@ class TenantRecords:
         key = (kind.kind, name)
         self.sink.deleted(kind, self.tenant, name)
         self._handed.pop(key, None)  # nothing handed over is written after it
+        self._revived.discard(key)  # gone again: the latest word
         if key in self._deleting:
             return
         assert self._tg is not None, "TenantRecords.run is not running"
         self._deleting[key] = anyio.Event()
-        self._tg.start_soon(self._delete_later, kind, name, failed, deleted)
+        # Only the write in flight now goes first: one asked for later waits for this
+        # delete, and waiting for it here would have each wait for the other.
+        before = self._writing.get(key)
+        self._tg.start_soon(self._delete_later, kind, name, before, failed, deleted)
 
     async def _delete_later(
         self,
         kind: RecordKind,
         name: str,
+        before: anyio.Event | None,
         failed: Callable[[Exception], None],
         deleted: Callable[[], None],
     ) -> None:
         key = (kind.kind, name)
         try:
-            await self.settled(kind, name)
+            if before is not None:
+                await before.wait()
             async with self._limit:
-                if key in self._handed:
-                    return  # its object is back: the write waiting for this replaces it
+                if key in self._revived:
+                    return  # its object is back: its write (after this) replaces the record
                 await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
             self.unwritten.discard(key)
             self.written.pop(key, None)
@@ -303,8 +314,16 @@ class TenantRecords:
             failed(e)
             return
         finally:
+            self._revived.discard(key)
             self._deleting.pop(key).set()
         deleted()
+
+    async def deleted_first(self, kind: RecordKind, name: str) -> None:
+        """Until a background delete of this record asked for earlier is over: a write made
+        directly (a record that is not provisional) must not land before it."""
+        done = self._deleting.get((kind.kind, name))
+        if done is not None:
+            await done.wait()
 
     def deleting(self, kind: RecordKind, name: str) -> bool:
         """A background delete of this record is under way (or waits to start)."""

@@ -621,6 +621,9 @@ class TenantSync:
                     creating.append(new)
         result = self._translate(source, obj, record)
         if not source.record.provisional:
+            # Its delete asked for before it came back goes first (the record is then
+            # written again): compared before that, an equal spec would write nothing.
+            await self.records.deleted_first(source.record, record)
             if not self.records.same(source.record, record, result.spec):
                 async with limit:
                     await self.records.write(source.record, record, result.spec)
@@ -684,8 +687,8 @@ class TenantSync:
             self._wake.set()
 
     def _write_failed(self, oid: ObjectId, error: Exception) -> None:
-        """A record's background write (or delete) failed: its object is reconciled again after the
-        retry backoff (_retry_failed), as if its reconcile had failed."""
+        """A record's background write (or delete) failed: its object is reconciled again
+        after the retry backoff (_retry_failed), as if its reconcile had failed."""
         message = classify(error)[1]
         log.warning("tenant %s: %s %s: %s", self.name, oid[0].lower(), oid[1], message)
         self._failed[oid] = message
