@@ -751,6 +751,7 @@ async def test_a_record_handed_again_before_its_delete_runs_is_written_not_delet
             records.write_later(ROUTE, "d.n", failures.append)
             await until(lambda: ("Route", "d.n") in records.written, "v1 written")
             records.delete_later(ROUTE, "d.n", failures.append)
+            assert not records.same(ROUTE, "d.n", raw)  # being deleted: written again if back
             records.provisional(ROUTE, "d.n", v2)  # before the delete's task has run
             records.write_later(ROUTE, "d.n", failures.append)
             await until(

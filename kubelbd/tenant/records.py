@@ -135,7 +135,10 @@ class TenantRecords:
         return (kind.kind, name) in self.written or (kind.kind, name) in self.unwritten
 
     def same(self, kind: RecordKind, name: str, spec: Any) -> bool:
-        return bool(self.written.get((kind.kind, name)) == spec)
+        """Whether the record holds `spec`. Not one being deleted: its object is back (no
+        longer ours and ours again, say), and it must be handed over and written again."""
+        key = (kind.kind, name)
+        return key not in self._deleting and bool(self.written.get(key) == spec)
 
     def sources(self, kind: RecordKind) -> dict[str, tuple[str, str, str]]:
         """Record name -> (source kind, namespace, name) of every record of `kind` held."""
