@@ -765,6 +765,31 @@ async def test_a_record_handed_again_before_its_delete_runs_is_written_not_delet
     assert failures == []
 
 
+async def test_a_record_deleted_before_its_write_started_is_neither_written_nor_stuck() -> None:
+    """The write was asked for first (it waits its RECORD_DELAY), the delete second: the
+    delete waits for that write, which must not wait for the delete."""
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, namespace(NS))
+    records = TenantRecords("a", mgmt, RecordingSink())
+    failures: list[Exception] = []
+    raw: Any = {"source": {"kind": "Ingress", "namespace": "d", "name": "n", "uid": "u",
+                           "creationTimestamp": ""},
+                "rules": [{"host": "v1.example.com", "paths": []}]}  # fmt: skip
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(records.run)
+            records.provisional(ROUTE, "d.n", raw)
+            records.write_later(ROUTE, "d.n", failures.append)
+            records.delete_later(ROUTE, "d.n", failures.append)
+            await until(
+                lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
+                "both done",
+            )
+            tg.cancel_scope.cancel()
+    assert mgmt.stored(ROUTES, "d.n", NS) is None
+    assert failures == []
+
+
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

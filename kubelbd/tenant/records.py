@@ -195,7 +195,10 @@ class TenantRecords:
             return
         assert self._tg is not None, "TenantRecords.run is not running"
         self._writing[key] = anyio.Event()
-        self._tg.start_soon(self._write_handed, kind, name, failed)
+        # Only a delete asked for before this write goes first: one asked for later waits
+        # for this write (`delete_later`), and waiting for it here would be a deadlock.
+        after = self._deleting.get(key)
+        self._tg.start_soon(self._write_handed, kind, name, failed, after)
 
     async def settled(self, kind: RecordKind, name: str) -> None:
         """Until no background write of this record is under way."""
@@ -204,14 +207,17 @@ class TenantRecords:
             await done.wait()
 
     async def _write_handed(
-        self, kind: RecordKind, name: str, failed: Callable[[Exception], None]
+        self,
+        kind: RecordKind,
+        name: str,
+        failed: Callable[[Exception], None],
+        after: anyio.Event | None,
     ) -> None:
         key = (kind.kind, name)
         try:
             await anyio.sleep(RECORD_DELAY)
-            deleting = self._deleting.get(key)
-            if deleting is not None:
-                await deleting.wait()  # the record as it was goes first
+            if after is not None:
+                await after.wait()  # the record as it was goes first
             deadline = anyio.current_time() + RECORD_YIELD
             while True:
                 async with self._limit:
