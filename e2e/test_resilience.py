@@ -151,9 +151,11 @@ async def test_envoy_restart_serves_every_route_again(
 ) -> None:
     _, h = served
     await run_fleet("stop", "envoy")
-    with pytest.raises(OSError):
-        await lb_get(fleet.layout, h)
-    await run_fleet("start", "envoy")
+    try:
+        with pytest.raises(OSError):
+            await lb_get(fleet.layout, h)
+    finally:
+        await run_fleet("start", "envoy")  # a failure here must not leave Envoy held
     # Served from the files on the volume, with no help from kubelbd needed.
     await until_served(fleet.layout, h, timeout=10)
 

@@ -692,6 +692,104 @@ async def test_a_record_write_in_flight_holds_up_no_other_object(fleet: Fleet) -
         await until(lambda: fleet.route("shop") and fleet.route("cart"), "both written")
 
 
+async def test_records_being_deleted_hold_up_no_new_object(fleet: Fleet) -> None:
+    """A namespace's thousands of Ingresses deleted: each record is withdrawn from the data
+    plane at once and deleted in the background. The pass awaited every delete, and an
+    object created meanwhile waited minutes (5 at 10,000 routes) for the next pass."""
+    await fleet.tenant.create(SERVICES, service("web"))
+    for i in range(5):
+        await fleet.tenant.create(INGRESSES, ingress(f"old{i}", f"old{i}.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: all(fleet.route(f"old{i}") for i in range(5)), "5 records")
+        gate = fleet.mgmt.hold("delete", ROUTES)
+        for i in range(5):
+            await fleet.tenant.delete(INGRESSES, f"old{i}", "default")
+        withdrawn = {("deleted", "Route", f"a/default.old{i}", None) for i in range(5)}
+        await until(lambda: all(w in fleet.sink.seen for w in withdrawn), "all 5 withdrawn")
+        await fleet.tenant.create(INGRESSES, ingress("new", "new.example.com", "web"))
+        await until(lambda: fleet.route("new"), "the new one written, the deletes held")
+        assert all(fleet.route(f"old{i}") for i in range(5))  # their deletes are held
+        gate.set()
+        await until(lambda: not any(fleet.route(f"old{i}") for i in range(5)), "deleted")
+        await until(lambda: fleet.synced("1 routes in sync"), "the count without them")
+
+
+async def test_a_record_whose_object_comes_back_while_it_is_deleted_ends_as_the_object(
+    fleet: Fleet,
+) -> None:
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "v1.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop"), "shop written")
+        gate = fleet.mgmt.hold("delete", ROUTES)
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.sync.records.deleting(ROUTE, "default.shop"), "its delete")
+        await fleet.tenant.create(INGRESSES, ingress("shop", "v2.example.com", "web"))
+        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "provisional", "v2 served")
+        gate.set()
+        await until(lambda: route_host(fleet, "shop") == "v2.example.com", "v2 written")
+        await until(lambda: not fleet.sync.records.deleting(ROUTE, "default.shop"), "settled")
+        assert route_writes(fleet, "shop")[-2:] == ["", "v2.example.com"]  # delete, then v2
+
+
+async def _records_alone() -> tuple[FakeKube, TenantRecords, Any]:
+    """A tenant's records over a management API of their own, and a route spec for d/n."""
+    mgmt = FakeKube("mgmt")
+    await mgmt.create(NAMESPACES, namespace(NS))
+    raw: Any = {"source": {"kind": "Ingress", "namespace": "d", "name": "n", "uid": "u",
+                           "creationTimestamp": ""},
+                "rules": [{"host": "v1.example.com", "paths": []}]}  # fmt: skip
+    return mgmt, TenantRecords("a", mgmt, RecordingSink()), raw
+
+
+async def test_a_record_handed_again_before_its_delete_runs_is_written_not_deleted() -> None:
+    """Deleted, then its object back before the background delete ran: the delete waits
+    only for the write in flight when it was asked for (a later write waits for it, so the
+    two waited for each other), and sees the record handed again: it is not made."""
+    mgmt, records, raw = await _records_alone()
+    failures: list[Exception] = []
+    v2: Any = {**raw, "rules": [{"host": "v2.example.com", "paths": []}]}
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(records.run)
+            records.provisional(ROUTE, "d.n", raw)
+            records.write_later(ROUTE, "d.n", failures.append)
+            await until(lambda: ("Route", "d.n") in records.written, "v1 written")
+            records.delete_later(ROUTE, "d.n", failures.append)
+            assert not records.same(ROUTE, "d.n", raw)  # being deleted: written again if back
+            records.provisional(ROUTE, "d.n", v2)  # before the delete's task has run
+            records.write_later(ROUTE, "d.n", failures.append)
+            await until(
+                lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
+                "both done",
+            )
+            tg.cancel_scope.cancel()
+    stored = mgmt.stored(ROUTES, "d.n", NS)
+    assert stored is not None and stored["spec"]["rules"][0]["host"] == "v2.example.com"
+    assert not any(c.method == "delete" and c.plural == "routes" for c in mgmt.calls)
+    assert failures == []
+
+
+async def test_a_record_deleted_before_its_write_started_is_neither_written_nor_stuck() -> None:
+    """The write was asked for first (it waits its RECORD_DELAY), the delete second: the
+    delete waits for that write, which must not wait for the delete."""
+    mgmt, records, raw = await _records_alone()
+    failures: list[Exception] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(records.run)
+            records.provisional(ROUTE, "d.n", raw)
+            records.write_later(ROUTE, "d.n", failures.append)
+            records.delete_later(ROUTE, "d.n", failures.append)
+            await until(
+                lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
+                "both done",
+            )
+            tg.cancel_scope.cancel()
+    assert mgmt.stored(ROUTES, "d.n", NS) is None
+    assert failures == []
+
+
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -497,6 +498,19 @@ def stop_envoy(fleet: Fleet, replica: int = 1) -> None:
     pid = envoy_pid(fleet.layout, replica)
     if pid:
         os.kill(pid, signal.SIGKILL)
+    # The pid file is kubelbd's word; what callers rely on is that nothing answers on the
+    # replica's listeners any more (an Envoy the file does not name included).
+    r = fleet.layout.replica_set[replica - 1]
+    while _listening(r.http_port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{r.envoy} held, but 127.0.0.1:{r.http_port} still accepts")
+        time.sleep(0.05)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def release_envoy(fleet: Fleet, replica: int = 1) -> None:

@@ -10,6 +10,13 @@ under a burst of new objects each is served as soon as it is translated, not aft
 records of every object translated before it are written. Writes of one record never overlap:
 a newer translation handed over while one is written is written after it, and a delete waits
 for the write in flight (`settled`).
+
+A record whose object went is withdrawn from the data plane at once and deleted in the
+background too (`delete_later`): a pass over a namespace's thousands of deleted Ingresses
+waited for each record's delete, and an object created meanwhile waited minutes for the next
+pass. The order stays that of the requests: a delete waits for the write in flight when it
+was asked for, and a write asked for after it waits for the delete; a delete whose object came
+back and was handed over again meanwhile is not made (the write replaces the record).
 """
 
 from __future__ import annotations
@@ -77,6 +84,10 @@ class TenantRecords:
         #: records being written in the background -> set when that is over
         self._writing: dict[RecordKey, anyio.Event] = {}
         self._again: set[RecordKey] = set()  # handed anew while being written
+        #: records being deleted in the background -> set when that is over
+        self._deleting: dict[RecordKey, anyio.Event] = {}
+        #: of those, records handed over again since their delete was asked for
+        self._revived: set[RecordKey] = set()
         #: writes waiting for the tenants' statuses (RECORD_YIELD)
         self.yielding: set[RecordKey] = set()
         self._limit = anyio.Semaphore(WRITES_IN_FLIGHT)
@@ -124,7 +135,10 @@ class TenantRecords:
         return (kind.kind, name) in self.written or (kind.kind, name) in self.unwritten
 
     def same(self, kind: RecordKind, name: str, spec: Any) -> bool:
-        return bool(self.written.get((kind.kind, name)) == spec)
+        """Whether the record holds `spec`. Not one being deleted: its object is back (no
+        longer ours and ours again, say), and it must be handed over and written again."""
+        key = (kind.kind, name)
+        return key not in self._deleting and bool(self.written.get(key) == spec)
 
     def sources(self, kind: RecordKind) -> dict[str, tuple[str, str, str]]:
         """Record name -> (source kind, namespace, name) of every record of `kind` held."""
@@ -160,6 +174,8 @@ class TenantRecords:
         self.sink.provisional(RouteRecord(self.tenant, name, spec))
         self.unwritten.add((kind.kind, name))
         self._handed[(kind.kind, name)] = spec
+        if (kind.kind, name) in self._deleting:
+            self._revived.add((kind.kind, name))
 
     def handed(self, kind: RecordKind, name: str) -> RouteSpec | None:
         """The spec handed over (`provisional`) and not written yet."""
@@ -179,7 +195,10 @@ class TenantRecords:
             return
         assert self._tg is not None, "TenantRecords.run is not running"
         self._writing[key] = anyio.Event()
-        self._tg.start_soon(self._write_handed, kind, name, failed)
+        # Only a delete asked for before this write goes first: one asked for later waits
+        # for this write (`delete_later`), and waiting for it here would be a deadlock.
+        after = self._deleting.get(key)
+        self._tg.start_soon(self._write_handed, kind, name, failed, after)
 
     async def settled(self, kind: RecordKind, name: str) -> None:
         """Until no background write of this record is under way."""
@@ -188,11 +207,17 @@ class TenantRecords:
             await done.wait()
 
     async def _write_handed(
-        self, kind: RecordKind, name: str, failed: Callable[[Exception], None]
+        self,
+        kind: RecordKind,
+        name: str,
+        failed: Callable[[Exception], None],
+        after: anyio.Event | None,
     ) -> None:
         key = (kind.kind, name)
         try:
             await anyio.sleep(RECORD_DELAY)
+            if after is not None:
+                await after.wait()  # the record as it was goes first
             deadline = anyio.current_time() + RECORD_YIELD
             while True:
                 async with self._limit:
@@ -250,6 +275,68 @@ class TenantRecords:
             self.sink.revert(KINDS[kind_name], self.tenant, name)
         self.unwritten.clear()
         self._handed.clear()
+
+    def delete_later(
+        self,
+        kind: RecordKind,
+        name: str,
+        failed: Callable[[Exception], None],
+        deleted: Callable[[], None] = lambda: None,
+    ) -> None:
+        """The object went: withdraw its record from the data plane now, and delete it in
+        the background, after any write of it under way. `failed` is told when the API
+        refuses or cannot be reached (the object is reconciled again later, which asks
+        again); `deleted` once the record is gone."""
+        key = (kind.kind, name)
+        self.sink.deleted(kind, self.tenant, name)
+        self._handed.pop(key, None)  # nothing handed over is written after it
+        self._revived.discard(key)  # gone again: the latest word
+        if key in self._deleting:
+            return
+        assert self._tg is not None, "TenantRecords.run is not running"
+        self._deleting[key] = anyio.Event()
+        # Only the write in flight now goes first: one asked for later waits for this
+        # delete, and waiting for it here would have each wait for the other.
+        before = self._writing.get(key)
+        self._tg.start_soon(self._delete_later, kind, name, before, failed, deleted)
+
+    async def _delete_later(
+        self,
+        kind: RecordKind,
+        name: str,
+        before: anyio.Event | None,
+        failed: Callable[[Exception], None],
+        deleted: Callable[[], None],
+    ) -> None:
+        key = (kind.kind, name)
+        try:
+            if before is not None:
+                await before.wait()
+            async with self._limit:
+                if key in self._revived:
+                    return  # its object is back: its write (after this) replaces the record
+                await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
+            self.unwritten.discard(key)
+            self.written.pop(key, None)
+            self.recorded.pop(key, None)
+        except (ApiError, ConnectionError) as e:
+            failed(e)
+            return
+        finally:
+            self._revived.discard(key)
+            self._deleting.pop(key).set()
+        deleted()
+
+    async def deleted_first(self, kind: RecordKind, name: str) -> None:
+        """Until a background delete of this record asked for earlier is over: a write made
+        directly (a record that is not provisional) must not land before it."""
+        done = self._deleting.get((kind.kind, name))
+        if done is not None:
+            await done.wait()
+
+    def deleting(self, kind: RecordKind, name: str) -> bool:
+        """A background delete of this record is under way (or waits to start)."""
+        return (kind.kind, name) in self._deleting
 
     async def delete(self, kind: RecordKind, name: str) -> None:
         self.sink.deleted(kind, self.tenant, name)

@@ -606,8 +606,9 @@ class TenantSync:
             self.copies.uses(f"{source_kind}/{k}", frozenset())
             if self.records.known(source.record, record):
                 # The data plane then takes back the address it gave the object, if it stays.
-                async with limit:
-                    await self.records.delete(source.record, record)
+                self.records.delete_later(
+                    source.record, record, partial(self._write_failed, oid), self._record_gone
+                )
             return
         refs = source.references(obj, self.caches)
         self._twin_candidates |= self.index.update(oid, refs)
@@ -620,6 +621,9 @@ class TenantSync:
                     creating.append(new)
         result = self._translate(source, obj, record)
         if not source.record.provisional:
+            # Its delete asked for before it came back goes first (the record is then
+            # written again): compared before that, an equal spec would write nothing.
+            await self.records.deleted_first(source.record, record)
             if not self.records.same(source.record, record, result.spec):
                 async with limit:
                     await self.records.write(source.record, record, result.spec)
@@ -673,9 +677,18 @@ class TenantSync:
             return
         self.records.write_later(source.record, record, failed)
 
+    def _record_gone(self) -> None:
+        """A record was deleted in the background: the Tenant record's count says so (its
+        writes coalesce), and an object waiting for a place under the tenant's limits may
+        have one now."""
+        if self.health.synced[0] is True:
+            self.health.sync_succeeded(self.records.held(ROUTE))
+        if self.limits.room_for_waiting(self.policy.limits):
+            self._wake.set()
+
     def _write_failed(self, oid: ObjectId, error: Exception) -> None:
-        """A record's background write failed: its object is reconciled again after the
-        retry backoff (_retry_failed), as if its reconcile had failed."""
+        """A record's background write (or delete) failed: its object is reconciled again
+        after the retry backoff (_retry_failed), as if its reconcile had failed."""
         message = classify(error)[1]
         log.warning("tenant %s: %s %s: %s", self.name, oid[0].lower(), oid[1], message)
         self._failed[oid] = message
