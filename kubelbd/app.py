@@ -67,7 +67,7 @@ def tenant_settings(cfg: Config) -> TenantSettings:
 
 
 async def run(cfg: Config) -> None:
-    mgmt = await _management(cfg, "mgmt")
+    mgmt = await Kube.management(cfg.kubeconfig)
     admin = EnvoyAdmin(cfg.envoy_admin)
     try:
         if cfg.install_crds:
@@ -105,7 +105,7 @@ async def run(cfg: Config) -> None:
             tg.start_soon(collector.settle, dataplane.first_publish)
             term = Term()
             tg.start_soon(
-                run_in_own_thread, partial(_management, cfg, "mgmt"), cfg.lease, leadership,
+                run_in_own_thread, partial(Kube.management, cfg.kubeconfig), cfg.lease, leadership,
                 term.ended,
             )  # fmt: skip
             tg.start_soon(dataplane.run)
@@ -147,13 +147,6 @@ async def run(cfg: Config) -> None:
         with anyio.CancelScope(shield=True):
             await admin.aclose()
             await mgmt.aclose()
-
-
-async def _management(cfg: Config, name: str) -> Kube:
-    """A client of the management cluster, with a connection pool of its own."""
-    if cfg.kubeconfig:
-        return await Kube.from_file(cfg.kubeconfig, name)
-    return await Kube.in_cluster(name)
 
 
 class Term:

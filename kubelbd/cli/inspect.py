@@ -61,9 +61,7 @@ def reading_options(f: F) -> F:
 def load(kubeconfig: str | None, envoy_admin: str, tenant: str | None = None) -> Overview:
     async def read() -> Overview:
         try:
-            mgmt = await (
-                Kube.from_file(kubeconfig, "mgmt") if kubeconfig else Kube.in_cluster("mgmt")
-            )
+            mgmt = await Kube.management(kubeconfig)
         except Exception as e:  # whatever the loader raises: the operator's to fix, not a bug
             where = kubeconfig or "the pod's service account (no --kubeconfig, no $KUBECONFIG)"
             raise click.ClickException(f"cannot use {where}: {e}") from e

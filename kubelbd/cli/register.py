@@ -83,10 +83,6 @@ def _mgmt_source(path: str | None) -> str | None:
     return path
 
 
-async def _mgmt(path: str | None) -> Kube:
-    return await (Kube.from_file(path, "mgmt") if path else Kube.in_cluster("mgmt"))
-
-
 def _run(main: Callable[[], Awaitable[None]]) -> None:
     """Run `main`; what goes wrong with a cluster is a message and exit status 1, not a
     traceback."""
@@ -189,7 +185,7 @@ def register(
 
     async def main() -> None:
         async with await Kube.from_file(admin_kubeconfig, name) as tenant:
-            async with await _mgmt(mgmt_path) as mgmt:
+            async with await Kube.management(mgmt_path) as mgmt:
                 reg = Registration(name, server or tenant.host, namespace, spec, timeout)
                 await registration.register(tenant, mgmt, reg, _say)
             click.echo(
@@ -240,7 +236,7 @@ def unregister(
     mgmt_path = _mgmt_source(mgmt_kubeconfig)
 
     async def main() -> None:
-        async with await _mgmt(mgmt_path) as mgmt:
+        async with await Kube.management(mgmt_path) as mgmt:
             if admin_kubeconfig is None:
                 await registration.unregister(mgmt, None, name, namespace, _say, not force, timeout)
             else:

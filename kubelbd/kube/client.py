@@ -103,6 +103,15 @@ class Kube:
         config = await anyio.to_thread.run_sync(load_kubeconfig_file, path)
         return await cls.from_kubeconfig(config, name)
 
+    @classmethod
+    async def management(cls, kubeconfig: str | None, name: str = "mgmt") -> Self:
+        """The management cluster's API server: from `kubeconfig` when one is named (an
+        operator's machine, the fleet), else this pod's service account. Every client of it
+        is made here, so kubelbd and its CLI reach it the same way."""
+        if kubeconfig:
+            return await cls.from_file(kubeconfig, name)
+        return await cls.in_cluster(name)
+
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._session.close()
