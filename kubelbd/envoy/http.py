@@ -113,6 +113,24 @@ def listeners(settings: Settings) -> list[Resource]:
     return out
 
 
+#: No circuit breaking on the hop into a shard: every host of the shard shares its cluster, so
+#: Envoy's defaults (1,024 connections, one per request in flight over HTTP/1.1) capped all
+#: of them together, and requests beyond waited unanswered. Each backend's own cluster keeps
+#: the defaults: that is where a limit protects something.
+UNLIMITED = 2**32 - 1
+NO_CIRCUIT_BREAKING: Resource = {
+    "thresholds": [
+        {
+            "priority": "DEFAULT",
+            "max_connections": UNLIMITED,
+            "max_pending_requests": UNLIMITED,
+            "max_requests": UNLIMITED,
+            "max_retries": UNLIMITED,
+        }
+    ]
+}
+
+
 def shard_clusters(settings: Settings) -> list[Resource]:
     return [
         {
@@ -120,6 +138,7 @@ def shard_clusters(settings: Settings) -> list[Resource]:
             "name": name,
             "connect_timeout": "1s",
             "type": "STATIC",
+            "circuit_breakers": NO_CIRCUIT_BREAKING,
             "load_assignment": {
                 "cluster_name": name,
                 "endpoints": [
