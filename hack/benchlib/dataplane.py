@@ -12,7 +12,9 @@ package) with the same connections and duration, interleaved over `--rounds`:
 
 Reported per way: requests/s and wrk's p50 and p99 latency, the median over the rounds, and
 kubelbd's against the minimal Envoy's (issue 16: at least 0.95x the throughput, at most
-0.1 ms added at p50).
+0.1 ms added at p50). Also each Envoy's CPU time per request (its /proc utime + stime over
+the run, over wrk's request count): on a machine whose cores wrk, the backends and the fleet
+share, that is the steadier figure for what the proxy itself costs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kubefleet import lb
 from kubefleet.layout import Layout
 
 from kubelbd.envoy.process import envoy_binary
@@ -45,21 +48,34 @@ REPLICAS = 3
 CONCURRENCY = 2
 
 
-def wrk(url: str, host: str, connections: int, seconds: int) -> dict[str, float]:
-    """One wrk run: requests/s, p50 and p99 latency in ms, and the non-2xx/3xx answers."""
+def wrk(url: str, host: str, connections: int, seconds: int, pid: int = 0) -> dict[str, float]:
+    """One wrk run: requests/s, p50 and p99 latency in ms, the non-2xx/3xx answers, and
+    the CPU µs process `pid` used per request (0 without one)."""
+    cpu = _cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
          "-H", f"Host: {host}", url],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
+    cpu = _cpu_seconds(pid) - cpu
+    requests = int(re.search(r"^\s+(\d+) requests in", out, re.M).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
+        "cpu_us": cpu * 1e6 / requests if pid and requests else 0.0,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50": _ms(latency["50"]),
         "p99": _ms(latency["99"]),
         "errors": float(errors.group(1)) if errors else 0.0,
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` (0: none), in seconds."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(text: str) -> float:
@@ -149,13 +165,15 @@ async def run(layout: Layout, rounds: int, connections: int, seconds: int) -> No
             "kubelbd": kubelbd_url,
         }
         await _until_answers(ways["minimal"], host, 10)
+        pids = {"direct": 0, "minimal": envoy.pid, "kubelbd": lb.envoy_pid(layout)}
         runs: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
         for r in range(rounds):
             for way, url in ways.items():
-                got = await asyncio.to_thread(wrk, url, host, connections, seconds)
+                got = await asyncio.to_thread(wrk, url, host, connections, seconds, pids[way])
                 rps, p50, p99, failed = got["rps"], got["p50"], got["p99"], got["errors"]
                 print(f"   round {r + 1} {way}: {rps:.0f} req/s, p50 {p50:.2f} ms, "
-                      f"p99 {p99:.2f} ms, failed {failed:.0f}", flush=True)  # fmt: skip
+                      f"p99 {p99:.2f} ms, failed {failed:.0f}, "
+                      f"Envoy CPU {got['cpu_us']:.0f} µs a request", flush=True)  # fmt: skip
                 runs[way].append(got)
         _report(runs, connections, seconds)
     finally:
@@ -181,15 +199,21 @@ async def _until_answers(url: str, host: str, timeout: float) -> None:
 
 def _report(runs: dict[str, list[dict[str, float]]], connections: int, seconds: int) -> None:
     med: dict[str, dict[str, Any]] = {
-        way: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "errors")}
+        way: {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("rps", "p50", "p99", "errors", "cpu_us")
+        }
         for way, rs in runs.items()
     }
     print(f"\n{len(next(iter(runs.values())))} rounds, wrk {connections} connections, "
           f"{seconds} s each (medians)\n")  # fmt: skip
-    print("| way | req/s | p50 ms | p99 ms | failed |")
-    print("|---|---|---|---|---|")
+    print("| way | req/s | p50 ms | p99 ms | failed | Envoy CPU µs a request |")
+    print("|---|---|---|---|---|---|")
     for way, m in med.items():
-        print(f"| {way} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']:.0f} |")
+        cpu = f"{m['cpu_us']:.0f}" if m["cpu_us"] else "-"
+        print(f"| {way} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['errors']:.0f} "
+              f"| {cpu} |")  # fmt: skip
     k, minimal = med["kubelbd"], med["minimal"]
     print(f"\nkubelbd / minimal Envoy: {k['rps'] / minimal['rps']:.2f}x the throughput, "
-          f"{k['p50'] - minimal['p50']:+.2f} ms at p50")  # fmt: skip
+          f"{k['p50'] - minimal['p50']:+.2f} ms at p50, "
+          f"{k['cpu_us'] / minimal['cpu_us']:.2f}x the CPU a request")  # fmt: skip

@@ -46,9 +46,17 @@ from .type_urls import (
 ACME_PREFIX = "/.well-known/acme-challenge/"
 
 
-def hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) -> Resource:
+def hcm(
+    stat_prefix: str, route_config: str, settings: Settings, front: bool, into_shards: bool = False
+) -> Resource:
     """An HTTP connection manager reading its routes from one RDS file. The front listeners
-    (HTTP, HTTPS) normalize what clients send; the internal shard listeners keep it."""
+    (HTTP, HTTPS) normalize what clients send; the internal shard listeners keep it.
+    `into_shards`: its routes only hand requests to the shards, whose own routers keep the
+    backend clusters' statistics; its router keeps none per request (Envoy's dynamic stats:
+    per-cluster counters and a latency histogram of a hop inside Envoy, on every request)."""
+    router: Resource = {"@type": ROUTER}
+    if into_shards:
+        router["dynamic_stats"] = False
     out: Resource = {
         "@type": HCM,
         "stat_prefix": stat_prefix,
@@ -56,7 +64,7 @@ def hcm(stat_prefix: str, route_config: str, settings: Settings, front: bool) ->
             "route_config_name": route_config,
             "config_source": config_source(rds_path(settings, route_config)),
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": router}],
         "common_http_protocol_options": {"idle_timeout": "300s"},
         # WebSocket: the Upgrade goes on to the backend (every hop, the internal one too).
         "upgrade_configs": [{"upgrade_type": "websocket"}],
@@ -104,7 +112,7 @@ def _listener(name: str, manager: Resource, address: Resource | None) -> Resourc
 def listeners(settings: Settings) -> list[Resource]:
     front = _listener(
         FRONT,
-        hcm(FRONT, FRONT, settings, front=True),
+        hcm(FRONT, FRONT, settings, front=True, into_shards=True),
         socket_address(settings.http_address, settings.http_port),
     )
     out = [front]

@@ -128,7 +128,7 @@ def https_listener(plan: TLSPlan, settings: Settings) -> Resource | None:
         by_secret.setdefault(h.secret, []).append(h.host)
     if not by_secret or not settings.https_port:
         return None
-    manager = hcm(FRONT_TLS, FRONT_TLS, settings, front=True)
+    manager = hcm(FRONT_TLS, FRONT_TLS, settings, front=True, into_shards=True)
     chains = []
     for secret, hosts in sorted(by_secret.items()):
         chains.append(
