@@ -48,6 +48,7 @@ from ..sources import SOURCES, twins
 from ..sources.base import Ref, Source
 from ..sources.nodes import node_addresses
 from .caches import ObjectId, ReverseIndex, TenantCaches
+from .changes import ChangeFilter
 from .copies import SecretCopies
 from .health import POLICY_OK, RetryLater, TenantHealth, classify
 from .limits import TenantLimits
@@ -130,7 +131,7 @@ class TenantSync:
         self._resync_sources: set[str] = set()  # kinds whose depends_on objects changed
         self._unserved: set[str] = set()  # kinds whose tenant objects' kind is not served
         self._nodes_dirty = True
-        self._seen: dict[ObjectId, int] = {}
+        self._changes = ChangeFilter()
         self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
         self._failed: dict[ObjectId, str] = {}  # why an object's last reconcile failed
         self._retry_wake = anyio.Event()  # set: retry what failed, after _retry_backoff
@@ -284,7 +285,7 @@ class TenantSync:
             for source in primary:
                 self._on_source_object(source, kind, obj)
             # Those that use it look again, unless only its status changed.
-            used = bool(dependents or referenced) and self._changed(seen_as, kind, obj)
+            used = bool(dependents or referenced) and self._changes.changed(seen_as, kind, obj)
             if dependents and used:
                 self._resync_sources |= dependents  # which objects are ours may have changed
                 self._wake.set()
@@ -302,33 +303,8 @@ class TenantSync:
 
         return handle
 
-    def _changed(self, seen_as: str, kind: str, obj: Obj) -> bool:
-        """Whether an event may change what kubelbd makes of the object: not when only its
-        status changed. Our own status writes come back as events (a Gateway's, at every
-        route attached, would otherwise have every route of it translated again: 500 at
-        1,000 routes, most of kubelbd's time in a series of changes). Spec, labels and
-        annotations are what matter (the legacy Ingress class annotation does not bump the
-        generation); an object without a generation (a Service, a Secret) always counts.
-
-        What is kept of them is a hash (about 250 bytes less an object: 2.5 MiB at 10,000
-        routes). A collision (64 bits, salted per process) could only hide a change to that same
-        object from its own tenant."""
-        oid = (seen_as, key(obj))
-        meta = obj["metadata"]
-        fingerprint = hash((
-            meta.get("uid"), meta.get("generation"),
-            str(meta.get("annotations")), str(meta.get("labels")),
-        ))  # fmt: skip
-        if kind == "DELETED":
-            self._seen.pop(oid, None)
-        elif meta.get("generation") is not None:
-            if self._seen.get(oid) == fingerprint:
-                return False
-            self._seen[oid] = fingerprint
-        return True
-
     def _on_source_object(self, source: Source, kind: str, obj: Obj) -> None:
-        if not self._changed(source.kind, kind, obj):
+        if not self._changes.changed(source.kind, kind, obj):
             return
         k = key(obj)
         oid = (source.kind, k)
