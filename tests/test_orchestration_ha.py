@@ -9,8 +9,9 @@ from pathlib import Path
 from kubefleet import certs
 
 from kubelbd.dataplane.l4 import L4Settings
+from kubelbd.dataplane.plane import DataPlane
 from kubelbd.kube.lease import Leadership
-from kubelbd.objects import SECRETS
+from kubelbd.objects import SECRETS, Obj, Resource
 from kubelbd.records.names import LOADBALANCERS, ROUTES, TLS_LABEL, TLS_SOURCE_LABEL, labels
 from kubelbd.records.objects import record_object
 
@@ -87,8 +88,34 @@ async def test_a_new_term_keeps_issued_certificates_the_routes_want(tmp_path: Pa
     assert mgmt.stored(SECRETS, "default.shop-tls", "tenant-a") is not None
 
 
-def record_status_writes(mgmt: FakeKube) -> list[str]:
-    return [c.name for c in mgmt.calls if c.plural == ROUTES.plural and c.subresource == "status"]
+def status_writes(mgmt: FakeKube, resource: Resource) -> list[str]:
+    return [c.name for c in mgmt.calls if c.plural == resource.plural and c.subresource == "status"]
+
+
+async def writes_of_a_new_term(
+    dp: DataPlane, lead: Leadership, resource: Resource, names: list[str], new: Obj
+) -> list[str]:
+    """The record statuses a new term writes: the first term has written those of `names`
+    and seen them back on the records; it ends, and the next begins with record `new`."""
+    mgmt = dp.mgmt
+    assert isinstance(mgmt, FakeKube)
+
+    def programmed(name: str) -> bool:
+        return bool(condition_of(mgmt, resource, name, "tenant-a", "Programmed") == "True")
+
+    async with running(dp.run):
+        await until(lambda: all(programmed(n) for n in names), "the first term's statuses")
+        carried = dp.intake.statuses if resource == ROUTES else dp.l4.carried
+        await until(lambda: len(carried) == len(names), "the statuses seen on the records")
+        lead.set(False)
+        await until(lambda: not dp.l4.writes, "the term's writers stopped")
+        before = len(status_writes(mgmt, resource))
+        lead.set(True)
+        await mgmt.create(resource, new)
+        name = new["metadata"]["name"]
+        await until(lambda: programmed(name), "the new term's status of a new record")
+        await until(lambda: dp.status.writer.idle.is_set(), "the new term's writes done")
+        return status_writes(mgmt, resource)[before:]
 
 
 async def test_a_new_term_writes_no_record_status_the_records_carry_already(
@@ -97,25 +124,29 @@ async def test_a_new_term_writes_no_record_status_the_records_carry_already(
     """Every record's status applied again at each term was, at 10,000 routes, 10,000
     server-side applies on a management API server just too slow to renew the Lease."""
     mgmt = await management()
-    for i in range(5):
+    names = [f"default.r{i}" for i in range(5)]
+    for i, name in enumerate(names):
         spec = route_spec(host=f"h{i}.example.com")
-        await mgmt.create(ROUTES, record_object("Route", "a", f"default.r{i}", spec))
+        await mgmt.create(ROUTES, record_object("Route", "a", name, spec))
     lead = Leadership()
     lead.set(True)
     dp = dataplane(mgmt, tmp_path, leadership=lead)
+    new = record_object("Route", "a", "default.new", route_spec(host="new.example.com"))
+    assert await writes_of_a_new_term(dp, lead, ROUTES, names, new) == ["default.new"]
 
-    def programmed(name: str) -> bool:
-        return bool(condition_of(mgmt, ROUTES, name, "tenant-a", "Programmed") == "True")
 
-    async with running(dp.run):
-        await until(lambda: all(programmed(f"default.r{i}") for i in range(5)), "5 statuses")
-        await until(lambda: len(dp.intake.statuses) == 5, "the statuses seen on the records")
-        lead.set(False)
-        await until(lambda: not dp.l4.writes, "the term's writers stopped")
-        before = len(record_status_writes(mgmt))
-        lead.set(True)
-        spec = route_spec(host="new.example.com")
-        await mgmt.create(ROUTES, record_object("Route", "a", "default.new", spec))
-        await until(lambda: programmed("default.new"), "the new term's status of a new record")
-        await until(lambda: dp.status.writer.idle.is_set(), "the new term's writes done")
-        assert record_status_writes(mgmt)[before:] == ["default.new"]
+async def test_a_new_term_writes_no_load_balancer_status_the_records_carry_already(
+    tmp_path: Path,
+) -> None:
+    """As for Routes: the allocation is the allocator's and stays out of the comparison."""
+    mgmt = await management()
+    names = [f"default.db{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        spec = lb_spec(f"db{i}", "2026-01-02T00:00:00Z")
+        await mgmt.create(LOADBALANCERS, record_object("LoadBalancer", "a", name, spec))
+    lead = Leadership()
+    lead.set(True)
+    l4 = L4Settings(mode="pool", pool="192.0.2.0/29")
+    dp = dataplane(mgmt, tmp_path, l4=l4, leadership=lead)
+    new = record_object("LoadBalancer", "a", "default.new", lb_spec("new", "2026-01-03T00:00:00Z"))
+    assert set(await writes_of_a_new_term(dp, lead, LOADBALANCERS, names, new)) == {"default.new"}

@@ -27,7 +27,7 @@ from ..kube import ApiError, Kube
 from ..kube.informer import EventHandler, Informer, identity_only
 from ..objects import MANAGED_BY, MANAGER, SERVICES, Obj, labels_of
 from ..records import parse
-from ..records.conditions import Transitions, transitions
+from ..records.conditions import Transitions, carried_fingerprint, transitions
 from ..records.names import (
     L4_RECORD_LABEL,
     LOADBALANCER,
@@ -115,6 +115,9 @@ class LoadBalancers:
         self.status: dict[str, LoadBalancerStatus] = {}  # record id -> as last seen or written
         #: record id -> the conditions it carried when last seen (lastTransitionTime's base)
         self.conditions: dict[str, Transitions] = {}  # as in intake.py
+        #: record id -> the status it carried when last seen, less the allocation, as its
+        #: `carried_fingerprint` (as in intake.py): what a new term need not write again
+        self.carried: dict[str, bytes] = {}
         self.placements: dict[str, Placement] = {}
         self.failures: dict[str, AllocationError] = {}
         self.mgmt_services: dict[str, Obj] = {}  # record id -> management Service (service mode)
@@ -140,6 +143,7 @@ class LoadBalancers:
                 self._changed()  # a follower serves what the leader allocated, once written
             self.status[rid] = status
             self.conditions[rid] = transitions(obj["status"].get("conditions"))
+            self.carried[rid] = carried_fingerprint(_reported(obj["status"]))
         uid = obj["metadata"].get("uid", "")
         generation = int(obj["metadata"].get("generation") or 0)
         if self._seen.get(rid) == (uid, generation):
@@ -161,6 +165,7 @@ class LoadBalancers:
         self.refused.forget(rid)
         self.status.pop(rid, None)
         self.conditions.pop(rid, None)
+        self.carried.pop(rid, None)
         rec = self.records.pop(rid, None)
         if rec is not None:
             self._deleted[rid] = rec
@@ -405,6 +410,14 @@ class LoadBalancers:
         awaiting = management_service_name(rec) if self.settings.mode == "service" else None
         failure = self.failures.get(rid)
         return lb_report(rec, self.ingress_of(rid), failure, awaiting, applied, dns)
+
+
+def _reported(status: Any) -> Any:
+    """What the status reporter writes of a LoadBalancer record's status: all but the
+    allocation, which the allocator writes."""
+    if not isinstance(status, dict):
+        return status
+    return {k: v for k, v in status.items() if k not in parse.ALLOCATION_FIELDS}
 
 
 def _allocation(placement: Placement | None, mode: str) -> Any:

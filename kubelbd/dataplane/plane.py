@@ -557,8 +557,9 @@ class DataPlane:
     # ---- status ------------------------------------------------------------------------------
 
     def _carried_status(self, kind: RecordKind, record_id: str) -> bytes | None:
-        """The status a Route record carried when last seen, as its `carried_fingerprint`."""
-        return self.intake.statuses.get(record_id) if kind == ROUTE else None
+        """The status a record carried when last seen, as its `carried_fingerprint`."""
+        seen = self.intake.statuses if kind == ROUTE else self.l4.carried
+        return seen.get(record_id)
 
     def _observed_conditions(self, kind: RecordKind, record_id: str) -> Transitions | None:
         """The conditions a record carried when last seen: a restart keeps their times."""
