@@ -732,6 +732,36 @@ async def test_a_record_whose_object_comes_back_while_it_is_deleted_ends_as_the_
         assert route_writes(fleet, "shop")[-2:] == ["", "v2.example.com"]  # delete, then v2
 
 
+async def test_an_object_back_while_its_record_is_deleted_and_gone_again_leaves_no_record(
+    fleet: Fleet,
+) -> None:
+    """Back while the delete was in flight, gone again once it was done and before the write
+    of it landed: that write must not make a record nothing deletes any more."""
+    await fleet.tenant.create(SERVICES, service("web"))
+    await fleet.tenant.create(INGRESSES, ingress("shop", "v1.example.com", "web"))
+    async with running(fleet.sync.run):
+        await until(lambda: fleet.route("shop"), "shop written")
+        deletes = fleet.mgmt.hold("delete", ROUTES)
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.sync.records.deleting(ROUTE, "default.shop"), "its delete")
+        await fleet.tenant.create(INGRESSES, ingress("shop", "v2.example.com", "web"))
+        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "provisional", "v2 served")
+        writes = fleet.mgmt.hold("apply", ROUTES)
+        deletes.set()
+        await until(lambda: not fleet.sync.records.deleting(ROUTE, "default.shop"), "deleted")
+        await fleet.tenant.delete(INGRESSES, "shop", "default")
+        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "deleted", "withdrawn")
+        writes.set()
+        await until(
+            lambda: (
+                not fleet.sync.records.writing(ROUTE, "default.shop")
+                and not fleet.sync.records.deleting(ROUTE, "default.shop")
+            ),
+            "settled",
+        )
+        assert fleet.route("shop") is None
+
+
 async def _records_alone() -> tuple[FakeKube, TenantRecords, Any]:
     """A tenant's records over a management API of their own, and a route spec for d/n."""
     mgmt = FakeKube("mgmt")
@@ -788,6 +818,33 @@ async def test_a_record_deleted_before_its_write_started_is_neither_written_nor_
             tg.cancel_scope.cancel()
     assert mgmt.stored(ROUTES, "d.n", NS) is None
     assert failures == []
+
+
+async def test_a_record_whose_delete_failed_is_not_the_same_as_its_spec() -> None:
+    """Withdrawn from the data plane, and its delete refused: if its object is ours again
+    with the very same spec (a class annotation toggled, which leaves the generation), it
+    must be handed over again, not taken for the record as it stands; and it is still
+    known, so that a delete is asked for again while the object stays gone."""
+    mgmt, records, raw = await _records_alone()
+    failures: list[Exception] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(records.run)
+            await records.write(ROUTE, "d.n", raw)
+            assert records.same(ROUTE, "d.n", raw)
+            mgmt.fail("delete", ROUTES, status=500)
+            records.delete_later(ROUTE, "d.n", failures.append)
+            await until(lambda: not records.deleting(ROUTE, "d.n"), "the delete refused")
+            assert len(failures) == 1
+            assert records.known(ROUTE, "d.n")
+            assert not records.same(ROUTE, "d.n", raw)
+            records.provisional(ROUTE, "d.n", raw)  # handed over again: served
+            records.write_later(ROUTE, "d.n", failures.append)
+            await until(lambda: not records.writing(ROUTE, "d.n"), "written again")
+            assert records.same(ROUTE, "d.n", raw)
+            tg.cancel_scope.cancel()
+    assert isinstance(records.sink, RecordingSink)
+    assert records.sink.seen[-1][0] == "written"
 
 
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(

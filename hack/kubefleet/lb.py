@@ -501,8 +501,9 @@ def stop_envoy(fleet: Fleet, replica: int = 1) -> None:
     # The pid file is kubelbd's word; what callers rely on is that nothing answers on the
     # replica's listeners any more (an Envoy the file does not name included).
     r = fleet.layout.replica_set[replica - 1]
+    closing = time.monotonic() + 10  # its own time: the drain may have used up the deadline
     while _listening(r.http_port):
-        if time.monotonic() > deadline:
+        if time.monotonic() > closing:
             raise RuntimeError(f"{r.envoy} held, but 127.0.0.1:{r.http_port} still accepts")
         time.sleep(0.05)
 

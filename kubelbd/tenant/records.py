@@ -88,6 +88,9 @@ class TenantRecords:
         self._deleting: dict[RecordKey, anyio.Event] = {}
         #: of those, records handed over again since their delete was asked for
         self._revived: set[RecordKey] = set()
+        #: withdrawn from the data plane, and neither deleted from the API nor handed over
+        #: or written since (a delete under way, or one that failed): never "the same"
+        self._withdrawn: set[RecordKey] = set()
         #: writes waiting for the tenants' statuses (RECORD_YIELD)
         self.yielding: set[RecordKey] = set()
         self._limit = anyio.Semaphore(WRITES_IN_FLIGHT)
@@ -135,10 +138,13 @@ class TenantRecords:
         return (kind.kind, name) in self.written or (kind.kind, name) in self.unwritten
 
     def same(self, kind: RecordKind, name: str, spec: Any) -> bool:
-        """Whether the record holds `spec`. Not one being deleted: its object is back (no
-        longer ours and ours again, say), and it must be handed over and written again."""
+        """Whether the record holds `spec`. Not one being deleted, or whose delete failed:
+        it was withdrawn from the data plane, and its object is back (no longer ours and ours
+        again, say): it must be handed over and written again."""
         key = (kind.kind, name)
-        return key not in self._deleting and bool(self.written.get(key) == spec)
+        if key in self._deleting or key in self._withdrawn:
+            return False
+        return bool(self.written.get(key) == spec)
 
     def sources(self, kind: RecordKind) -> dict[str, tuple[str, str, str]]:
         """Record name -> (source kind, namespace, name) of every record of `kind` held."""
@@ -174,6 +180,7 @@ class TenantRecords:
         self.sink.provisional(RouteRecord(self.tenant, name, spec))
         self.unwritten.add((kind.kind, name))
         self._handed[(kind.kind, name)] = spec
+        self._withdrawn.discard((kind.kind, name))
         if (kind.kind, name) in self._deleting:
             self._revived.add((kind.kind, name))
 
@@ -256,6 +263,7 @@ class TenantRecords:
             (kind.kind, name), str(written["metadata"].get("creationTimestamp") or "")
         )
         self.sink.written(kind, written)
+        self._withdrawn.discard((kind.kind, name))
         log.debug(
             "tenant %s: %s %s written in %.1f ms",
             self.tenant, kind.kind, name, (time.perf_counter() - start) * 1000,
@@ -289,6 +297,7 @@ class TenantRecords:
         again); `deleted` once the record is gone."""
         key = (kind.kind, name)
         self.sink.deleted(kind, self.tenant, name)
+        self._withdrawn.add(key)
         self._handed.pop(key, None)  # nothing handed over is written after it
         self._revived.discard(key)  # gone again: the latest word
         if key in self._deleting:
@@ -316,7 +325,11 @@ class TenantRecords:
                 if key in self._revived:
                     return  # its object is back: its write (after this) replaces the record
                 await self.mgmt.delete(kind.resource, name, namespace_of(self.tenant))
-            self.unwritten.discard(key)
+            if key not in self._handed:
+                # (else handed over again while the delete ran: its write, waiting for this
+                # delete, is still to come, and a delete of it must still be asked for)
+                self.unwritten.discard(key)
+            self._withdrawn.discard(key)
             self.written.pop(key, None)
             self.recorded.pop(key, None)
         except (ApiError, ConnectionError) as e:
