@@ -46,6 +46,16 @@ from .type_urls import (
 ACME_PREFIX = "/.well-known/acme-challenge/"
 
 
+#: What a client may ask of one HTTP/2 connection (Envoy's edge-proxy recommendations): by
+#: default a connection may hold 2^31-1 streams, so one connection could hold as many requests
+#: in flight as a slow backend lets it, while the downstream connection limit counts it once.
+FRONT_HTTP2: Resource = {
+    "max_concurrent_streams": 100,
+    "initial_stream_window_size": 65536,
+    "initial_connection_window_size": 1048576,
+}
+
+
 def hcm(
     stat_prefix: str, route_config: str, settings: Settings, front: bool, into_shards: bool = False
 ) -> Resource:
@@ -83,6 +93,7 @@ def hcm(
                 "strip_any_host_port": True,
                 "strip_trailing_host_dot": True,
                 "request_timeout": "0s",
+                "http2_protocol_options": FRONT_HTTP2,
             }
         )
     else:
