@@ -23,12 +23,15 @@ from anyio.abc import TaskGroup
 
 from ..ir.http import Cluster, Delta, Model
 from ..records.types import RouteRecord
+from ..retry import Backoff
 
 log = logging.getLogger(__name__)
 
 #: how long a change waits at most for its new backends
 TIMEOUT = 10.0
-#: between two probes of a backend that does not answer yet
+#: between two probes of a backend that does not answer yet: soon at first (a kube-proxy
+#: programs a new NodePort within tens of milliseconds), then at most this often
+FIRST_INTERVAL = 0.005
 INTERVAL = 0.05
 #: probes in flight at once, of every tenant (each opens a connection to every node of the
 #: backend's tenant: a tenant switching many routes to backends that never answer would
@@ -145,11 +148,12 @@ class Holds:
         with held.scope:
             with anyio.move_on_after(TIMEOUT) as waiting:
                 for name in sorted(held.clusters):
+                    backoff = Backoff(initial=FIRST_INTERVAL, maximum=INTERVAL)
                     while True:
                         cluster = model.ir.clusters.get(name)
                         if cluster is not None and await self._probed(cluster):
                             break
-                        await anyio.sleep(INTERVAL)
+                        await anyio.sleep(backoff.next())
                 await held.published.wait()
                 await self._envoy_has(held.seq, held.clusters)
             if waiting.cancelled_caught:
