@@ -25,8 +25,22 @@ from anyio.from_thread import start_blocking_portal
 from kubelbd.envoy.process import EnvoyProcess, write_bootstrap
 from kubelbd.envoy.publisher import Publisher
 from kubelbd.envoy.sds import SecretServer
-from kubelbd.envoy.settings import SDS_SOCKET
+from kubelbd.envoy.settings import SDS_SOCKET, Settings
 from kubelbd.ir.tls import CertificateData
+
+
+def live_settings(config_dir: Path, shards: int) -> Settings:
+    """kubelbd's Envoy settings for a live Envoy on loopback: free ports, and health checks
+    quick enough for a test to wait on."""
+    return Settings(
+        config_dir=str(config_dir),
+        http_address="127.0.0.1",
+        http_port=free_port(),
+        https_address="127.0.0.1",
+        https_port=free_port(),
+        shards=shards,
+        health_check_interval="0.2s",
+    )
 
 
 def free_port() -> int:

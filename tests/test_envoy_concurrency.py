@@ -18,12 +18,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from kubelbd.envoy.renderer import Renderer
-from kubelbd.envoy.settings import Settings
 from kubelbd.ir.http import Model
 from kubelbd.records.types import RouteRecord, TenantRecord
 
 from . import records
-from .live_envoy import free_port, running_envoy
+from .live_envoy import live_settings, running_envoy
 from .test_properties import needs_envoy
 
 pytestmark = needs_envoy
@@ -100,15 +99,7 @@ def _routes(port: int) -> list[RouteRecord]:
 
 
 def test_a_shard_carries_more_requests_in_flight_than_one_cluster_may(tmp_path: Path) -> None:
-    settings = Settings(
-        config_dir=str(tmp_path),
-        http_address="127.0.0.1",
-        http_port=free_port(),
-        https_address="127.0.0.1",
-        https_port=free_port(),
-        shards=1,  # every host in the one shard
-        health_check_interval="0.2s",
-    )
+    settings = live_settings(tmp_path, shards=1)  # every host in the one shard
     backend = HeldBackend()
     with ExitStack() as stack:
         stack.enter_context(backend.serving())

@@ -20,7 +20,6 @@ from kubefleet import certs
 
 from kubelbd.envoy.admin import EnvoyAdmin
 from kubelbd.envoy.renderer import Renderer
-from kubelbd.envoy.settings import Settings
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
 from kubelbd.overview.envoy_facts import envoy_facts
@@ -28,7 +27,7 @@ from kubelbd.records.types import RouteRecord, TenantRecord
 from kubelbd.snapshots import ENVOY_RESOURCES
 
 from . import records
-from .live_envoy import Envoy, echo_backend, eventually, free_port, request, running_envoy
+from .live_envoy import Envoy, echo_backend, eventually, live_settings, request, running_envoy
 from .test_properties import needs_envoy
 
 pytestmark = needs_envoy
@@ -71,15 +70,7 @@ def lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LB]:
         pair = certs.issue(ca, names[0], dns=names, server=True)
         secrets[sid] = tls.CertificateData(sid, pair.cert_pem(), pair.key_pem())
     with echo_backend("alpha") as alpha_port, echo_backend("beta") as beta_port:
-        settings = Settings(
-            config_dir=str(config_dir),
-            http_address="127.0.0.1",
-            http_port=free_port(),
-            https_address="127.0.0.1",
-            https_port=free_port(),
-            shards=2,
-            health_check_interval="0.2s",
-        )
+        settings = live_settings(config_dir, shards=2)
         routes = [
             _route(
                 "alpha",

@@ -714,6 +714,17 @@ async def test_records_being_deleted_hold_up_no_new_object(fleet: Fleet) -> None
         await until(lambda: fleet.synced("1 routes in sync"), "the count without them")
 
 
+async def back_while_its_delete_is_held(fleet: Fleet) -> anyio.Event:
+    """Ingress shop (served, its record written) deleted, its record's delete held in flight,
+    and shop back as v2, served from its translation: the gate that lets the delete go on."""
+    gate = fleet.mgmt.hold("delete", ROUTES)
+    await fleet.tenant.delete(INGRESSES, "shop", "default")
+    await until(lambda: fleet.sync.records.deleting(ROUTE, "default.shop"), "its delete")
+    await fleet.tenant.create(INGRESSES, ingress("shop", "v2.example.com", "web"))
+    await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "provisional", "v2 served")
+    return gate
+
+
 async def test_a_record_whose_object_comes_back_while_it_is_deleted_ends_as_the_object(
     fleet: Fleet,
 ) -> None:
@@ -721,11 +732,7 @@ async def test_a_record_whose_object_comes_back_while_it_is_deleted_ends_as_the_
     await fleet.tenant.create(INGRESSES, ingress("shop", "v1.example.com", "web"))
     async with running(fleet.sync.run):
         await until(lambda: fleet.route("shop"), "shop written")
-        gate = fleet.mgmt.hold("delete", ROUTES)
-        await fleet.tenant.delete(INGRESSES, "shop", "default")
-        await until(lambda: fleet.sync.records.deleting(ROUTE, "default.shop"), "its delete")
-        await fleet.tenant.create(INGRESSES, ingress("shop", "v2.example.com", "web"))
-        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "provisional", "v2 served")
+        gate = await back_while_its_delete_is_held(fleet)
         gate.set()
         await until(lambda: route_host(fleet, "shop") == "v2.example.com", "v2 written")
         await until(lambda: not fleet.sync.records.deleting(ROUTE, "default.shop"), "settled")
@@ -741,11 +748,7 @@ async def test_an_object_back_while_its_record_is_deleted_and_gone_again_leaves_
     await fleet.tenant.create(INGRESSES, ingress("shop", "v1.example.com", "web"))
     async with running(fleet.sync.run):
         await until(lambda: fleet.route("shop"), "shop written")
-        deletes = fleet.mgmt.hold("delete", ROUTES)
-        await fleet.tenant.delete(INGRESSES, "shop", "default")
-        await until(lambda: fleet.sync.records.deleting(ROUTE, "default.shop"), "its delete")
-        await fleet.tenant.create(INGRESSES, ingress("shop", "v2.example.com", "web"))
-        await until(lambda: fleet.sink.of("a/default.shop")[-1][0] == "provisional", "v2 served")
+        deletes = await back_while_its_delete_is_held(fleet)
         writes = fleet.mgmt.hold("apply", ROUTES)
         deletes.set()
         await until(lambda: not fleet.sync.records.deleting(ROUTE, "default.shop"), "deleted")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import yaml
 
 from . import dns
 from .layout import ROOT, Cluster, Layout, Replica
+from .nodeemu.echobasic import port_open
 from .procs import Proc
 
 if TYPE_CHECKING:
@@ -502,16 +502,10 @@ def stop_envoy(fleet: Fleet, replica: int = 1) -> None:
     # replica's listeners any more (an Envoy the file does not name included).
     r = fleet.layout.replica_set[replica - 1]
     closing = time.monotonic() + 10  # its own time: the drain may have used up the deadline
-    while _listening(r.http_port):
+    while port_open("TCP", r.http_port):
         if time.monotonic() > closing:
             raise RuntimeError(f"{r.envoy} held, but 127.0.0.1:{r.http_port} still accepts")
         time.sleep(0.05)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def release_envoy(fleet: Fleet, replica: int = 1) -> None:
