@@ -89,6 +89,13 @@ class RecordSink(Protocol):
         """A provisional record will not be written after all: serve what the API holds."""
         ...
 
+    def withdrawn(self, kind: RecordKind, tenant: str) -> set[str]:
+        """Names of the tenant's records of `kind` withdrawn on the tenant side's word
+        (`deleted`) that the API may still hold: neither deleted there since, as far as the
+        data plane has seen, nor stored again. A tenant task stopped before its background
+        delete ran leaves them so: not served, whatever their spec."""
+        ...
+
 
 class StatusBoard:
     """The latest wanted status of every tenant object, by tenant; the tenant task of each

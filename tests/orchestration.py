@@ -141,6 +141,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str, Any]] = []
         self.dialled = Dialled()
+        #: (kind, record id) deleted and not written since, as the data plane keeps them
+        self._withdrawn: set[tuple[str, str]] = set()
 
     def provisional(self, record: RouteRecord) -> None:
         self.seen.append(("provisional", "Route", record.id, record.spec))
@@ -148,9 +150,11 @@ class RecordingSink:
     def written(self, kind: RecordKind, obj: Obj) -> None:
         rid = f"{tenant_of(obj)}/{obj['metadata']['name']}"
         self.seen.append(("written", kind.kind, rid, obj.get("spec")))
+        self._withdrawn.discard((kind.kind, rid))
 
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None:
         self.seen.append(("deleted", kind.kind, f"{tenant}/{name}", None))
+        self._withdrawn.add((kind.kind, f"{tenant}/{name}"))
 
     def revert(self, kind: RecordKind, tenant: str, name: str) -> None:
         self.seen.append(("reverted", kind.kind, f"{tenant}/{name}", None))
@@ -160,6 +164,13 @@ class RecordingSink:
 
     def stored(self, kind: RecordKind, tenant: str, name: str) -> Any:
         return None
+
+    def withdrawn(self, kind: RecordKind, tenant: str) -> set[str]:
+        return {
+            rid.removeprefix(f"{tenant}/")
+            for k, rid in self._withdrawn
+            if k == kind.kind and rid.startswith(f"{tenant}/")
+        }
 
     def of(self, record_id: str) -> list[tuple[str, str, str, Any]]:
         return [s for s in self.seen if s[2] == record_id]

@@ -26,6 +26,7 @@ from kubelbd.objects import NAMESPACES, SECRETS, SERVICES, Obj
 from kubelbd.records import parse
 from kubelbd.records.conditions import fingerprint
 from kubelbd.records.names import (
+    LOADBALANCER,
     LOADBALANCERS,
     MAX_NAME,
     ROUTE,
@@ -104,6 +105,31 @@ class Recorder:
 
 
 # ---- the intake ---------------------------------------------------------------------------------
+
+
+def test_records_withdrawn_on_the_tenant_sides_word_are_known_until_deleted_or_stored() -> None:
+    """What a stopped tenant task leaves withdrawn and undeleted (hub.RecordSink.withdrawn),
+    for the next task of the tenant: until the watch brings the record's deletion, or the
+    record is stored again (the next task writes it: it is served then)."""
+    r = Recorder()
+    intake = r.intake()
+    intake.on_route("ADDED", route_obj(route_spec()))
+    db = record_object("LoadBalancer", "a", "default.db", lb_spec("db", "2026-01-02T00:00:00Z"))
+    db["metadata"].update(uid="u2", generation=1)
+    intake.on_loadbalancer("ADDED", db)
+    assert intake.withdrawn(ROUTE, "a") == set()
+    intake.deleted(ROUTE, "a", "default.shop")
+    intake.deleted(LOADBALANCER, "a", "default.db")
+    assert intake.withdrawn(ROUTE, "a") == {"default.shop"}
+    assert intake.withdrawn(LOADBALANCER, "a") == {"default.db"}
+    assert intake.withdrawn(ROUTE, "b") == set()
+    intake.written(ROUTE, route_obj(route_spec()))  # written again: served
+    intake.on_loadbalancer("DELETED", db)  # deleted in the API
+    assert intake.withdrawn(ROUTE, "a") == set()
+    assert intake.withdrawn(LOADBALANCER, "a") == set()
+    intake.deleted(ROUTE, "a", "default.shop")
+    intake.on_route("DELETED", route_obj(route_spec()))
+    assert intake.withdrawn(ROUTE, "a") == set()
 
 
 def test_a_written_provisional_record_is_a_confirmation_not_a_render() -> None:

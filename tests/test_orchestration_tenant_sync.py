@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import copy
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -765,6 +767,17 @@ async def test_an_object_back_while_its_record_is_deleted_and_gone_again_leaves_
         assert fleet.route("shop") is None
 
 
+@asynccontextmanager
+async def _running(records: TenantRecords) -> AsyncIterator[None]:
+    """`records` with its background writes and deletes, for the block (5 s at most); they
+    are cancelled at its end, as when the tenant task stops."""
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(records.run)
+            yield
+            tg.cancel_scope.cancel()
+
+
 async def _records_alone() -> tuple[FakeKube, TenantRecords, Any]:
     """A tenant's records over a management API of their own, and a route spec for d/n."""
     mgmt = FakeKube("mgmt")
@@ -782,21 +795,18 @@ async def test_a_record_handed_again_before_its_delete_runs_is_written_not_delet
     mgmt, records, raw = await _records_alone()
     failures: list[Exception] = []
     v2: Any = {**raw, "rules": [{"host": "v2.example.com", "paths": []}]}
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            await tg.start(records.run)
-            records.provisional(ROUTE, "d.n", raw)
-            records.write_later(ROUTE, "d.n", failures.append)
-            await until(lambda: ("Route", "d.n") in records.written, "v1 written")
-            records.delete_later(ROUTE, "d.n", failures.append)
-            assert not records.same(ROUTE, "d.n", raw)  # being deleted: written again if back
-            records.provisional(ROUTE, "d.n", v2)  # before the delete's task has run
-            records.write_later(ROUTE, "d.n", failures.append)
-            await until(
-                lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
-                "both done",
-            )
-            tg.cancel_scope.cancel()
+    async with _running(records):
+        records.provisional(ROUTE, "d.n", raw)
+        records.write_later(ROUTE, "d.n", failures.append)
+        await until(lambda: ("Route", "d.n") in records.written, "v1 written")
+        records.delete_later(ROUTE, "d.n", failures.append)
+        assert not records.same(ROUTE, "d.n", raw)  # being deleted: written again if back
+        records.provisional(ROUTE, "d.n", v2)  # before the delete's task has run
+        records.write_later(ROUTE, "d.n", failures.append)
+        await until(
+            lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
+            "both done",
+        )
     stored = mgmt.stored(ROUTES, "d.n", NS)
     assert stored is not None and stored["spec"]["rules"][0]["host"] == "v2.example.com"
     assert not any(c.method == "delete" and c.plural == "routes" for c in mgmt.calls)
@@ -808,17 +818,14 @@ async def test_a_record_deleted_before_its_write_started_is_neither_written_nor_
     delete waits for that write, which must not wait for the delete."""
     mgmt, records, raw = await _records_alone()
     failures: list[Exception] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            await tg.start(records.run)
-            records.provisional(ROUTE, "d.n", raw)
-            records.write_later(ROUTE, "d.n", failures.append)
-            records.delete_later(ROUTE, "d.n", failures.append)
-            await until(
-                lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
-                "both done",
-            )
-            tg.cancel_scope.cancel()
+    async with _running(records):
+        records.provisional(ROUTE, "d.n", raw)
+        records.write_later(ROUTE, "d.n", failures.append)
+        records.delete_later(ROUTE, "d.n", failures.append)
+        await until(
+            lambda: not records.deleting(ROUTE, "d.n") and not records.writing(ROUTE, "d.n"),
+            "both done",
+        )
     assert mgmt.stored(ROUTES, "d.n", NS) is None
     assert failures == []
 
@@ -830,24 +837,45 @@ async def test_a_record_whose_delete_failed_is_not_the_same_as_its_spec() -> Non
     known, so that a delete is asked for again while the object stays gone."""
     mgmt, records, raw = await _records_alone()
     failures: list[Exception] = []
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            await tg.start(records.run)
-            await records.write(ROUTE, "d.n", raw)
-            assert records.same(ROUTE, "d.n", raw)
-            mgmt.fail("delete", ROUTES, status=500)
-            records.delete_later(ROUTE, "d.n", failures.append)
-            await until(lambda: not records.deleting(ROUTE, "d.n"), "the delete refused")
-            assert len(failures) == 1
-            assert records.known(ROUTE, "d.n")
-            assert not records.same(ROUTE, "d.n", raw)
-            records.provisional(ROUTE, "d.n", raw)  # handed over again: served
-            records.write_later(ROUTE, "d.n", failures.append)
-            await until(lambda: not records.writing(ROUTE, "d.n"), "written again")
-            assert records.same(ROUTE, "d.n", raw)
-            tg.cancel_scope.cancel()
+    async with _running(records):
+        await records.write(ROUTE, "d.n", raw)
+        assert records.same(ROUTE, "d.n", raw)
+        mgmt.fail("delete", ROUTES, status=500)
+        records.delete_later(ROUTE, "d.n", failures.append)
+        await until(lambda: not records.deleting(ROUTE, "d.n"), "the delete refused")
+        assert len(failures) == 1
+        assert records.known(ROUTE, "d.n")
+        assert not records.same(ROUTE, "d.n", raw)
+        records.provisional(ROUTE, "d.n", raw)  # handed over again: served
+        records.write_later(ROUTE, "d.n", failures.append)
+        await until(lambda: not records.writing(ROUTE, "d.n"), "written again")
+        assert records.same(ROUTE, "d.n", raw)
     assert isinstance(records.sink, RecordingSink)
     assert records.sink.seen[-1][0] == "written"
+
+
+async def test_a_record_a_stopped_task_left_withdrawn_is_not_the_same_for_the_next() -> None:
+    """The tenant task stopped while its record's delete was in flight (its kubeconfig
+    rotated, say): the record stays in the API, withdrawn from the data plane. The next task
+    of the tenant must not take it for served if its object is ours again with the very same
+    spec, and it still knows it, to delete it if the object stays gone. A kubelbd started
+    afresh serves what it lists: the same record is the same there."""
+    mgmt, records, raw = await _records_alone()
+    failures: list[Exception] = []
+    async with _running(records):
+        await records.write(ROUTE, "d.n", raw)
+        mgmt.hold("delete", ROUTES)
+        records.delete_later(ROUTE, "d.n", failures.append)
+        await until(lambda: any(c.method == "delete" for c in mgmt.calls), "in flight")
+    # the task stopped, and its delete with it
+    assert mgmt.stored(ROUTES, "d.n", NS) is not None and failures == []
+    after = TenantRecords("a", mgmt, records.sink)
+    await after.load([ROUTE])
+    assert after.known(ROUTE, "d.n")
+    assert not after.same(ROUTE, "d.n", raw)
+    restarted = TenantRecords("a", mgmt, RecordingSink())
+    await restarted.load([ROUTE])
+    assert restarted.same(ROUTE, "d.n", raw)
 
 
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(

@@ -86,6 +86,11 @@ class Intake:
         self.dialled = Dialled()
         #: set once the data plane's first list of the records is in (`listed`)
         self.all_listed = anyio.Event()
+        #: (kind, record id) withdrawn on the tenant side's word (`deleted`) and neither
+        #: deleted in the API since, as the watch tells, nor stored again: a tenant task that
+        #: stopped before its background delete ran leaves such a record in the API, not
+        #: served, and the next task must not take it for served (`withdrawn`)
+        self._withdrawn: set[tuple[str, str]] = set()
 
     def uid(self, rid: str) -> str | None:
         """The uid of the route record as the API last had it (None: not stored yet)."""
@@ -133,7 +138,7 @@ class Intake:
         if kind == ROUTE:
             self._route(obj)
         elif kind == LOADBALANCER:
-            self.l4.upsert(obj)
+            self._loadbalancer(obj)
         elif kind == TENANT:
             self._tenant(obj)
 
@@ -151,6 +156,7 @@ class Intake:
         return None
 
     def deleted(self, kind: RecordKind, tenant: str, name: str) -> None:
+        self._withdrawn.add((kind.kind, f"{tenant}/{name}"))
         if kind == ROUTE:
             self._forget_route(f"{tenant}/{name}")
         elif kind == LOADBALANCER:
@@ -172,7 +178,28 @@ class Intake:
             self._wake()
 
     def on_loadbalancer(self, kind: str, obj: Obj) -> None:
-        parse.dispatch(kind, obj, self.l4.upsert, self.l4.delete)
+        parse.dispatch(kind, obj, self._loadbalancer, self._delete_loadbalancer)
+
+    def withdrawn(self, kind: RecordKind, tenant: str) -> set[str]:
+        prefix = f"{tenant}/"
+        return {
+            rid.removeprefix(prefix)
+            for k, rid in self._withdrawn
+            if k == kind.kind and rid.startswith(prefix)
+        }
+
+    def _stored_again(self, kind: RecordKind, obj: Obj) -> None:
+        tenant = tenant_of(obj)
+        if self._withdrawn and tenant is not None:
+            self._withdrawn.discard((kind.kind, f"{tenant}/{obj['metadata']['name']}"))
+
+    def _loadbalancer(self, obj: Obj) -> None:
+        self._stored_again(LOADBALANCER, obj)
+        self.l4.upsert(obj)
+
+    def _delete_loadbalancer(self, tenant: str, name: str, uid: str | None = None) -> None:
+        self._withdrawn.discard((LOADBALANCER.kind, f"{tenant}/{name}"))
+        self.l4.delete(tenant, name, uid)
 
     # ---- records -----------------------------------------------------------------------------
 
@@ -195,6 +222,7 @@ class Intake:
         rec = self.refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
         if rec is None:
             return
+        self._withdrawn.discard((ROUTE.kind, rid))
         pending = self._upserts.get(rid) or self._current(rid)
         if pending is not None and pending.spec == rec.spec:
             # The confirmation of a provisional record: same content, now with a generation,
@@ -222,6 +250,7 @@ class Intake:
     def _delete_route(self, tenant: str, name: str, uid: str | None = None) -> None:
         """A record deleted in the API (from the watch)."""
         rid = f"{tenant}/{name}"
+        self._withdrawn.discard((ROUTE.kind, rid))
         known = self._api.get(rid)
         if known is None:
             self.refused.forget(rid)  # a record refused, now deleted: nothing to refuse

@@ -109,7 +109,9 @@ class TenantRecords:
         # routes). Not for long: a data plane that cannot list must not hold up the tenant.
         with anyio.move_on_after(LISTED_WAIT):
             await self.sink.listed()
+        withdrawn: set[RecordKey] = set()
         for kind in kinds:
+            gone = self.sink.withdrawn(kind, self.tenant)
             items, _ = await self.mgmt.list(kind.resource, namespace_of(self.tenant), keep=_read)
             for o in items:
                 name = o["metadata"]["name"]
@@ -120,7 +122,11 @@ class TenantRecords:
                 stored = self.sink.stored(kind, self.tenant, name)
                 written[k] = stored if stored is not None and stored == spec else spec
                 recorded[k] = str(o["metadata"].get("creationTimestamp") or "")
-        self.written, self.recorded = written, recorded
+                if name in gone:
+                    # An earlier task of this tenant withdrew it and stopped before deleting
+                    # it: if its object is back with the same spec, it is served again.
+                    withdrawn.add(k)
+        self.written, self.recorded, self._withdrawn = written, recorded, withdrawn
 
     def with_claims(self, kind: RecordKind, name: str, spec: SpecT) -> SpecT:
         """A spec as it is written: with when kubelbd first saw each of a Route's hosts, or
