@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -46,12 +46,12 @@ from ..records.problems import Translation
 from ..retry import Backoff
 from ..sources import SOURCES, twins
 from ..sources.base import Ref, Source
-from ..sources.nodes import node_addresses
 from .caches import ObjectId, ReverseIndex, TenantCaches
 from .changes import ChangeFilter
 from .copies import SecretCopies
 from .health import POLICY_OK, RetryLater, TenantHealth, classify
 from .limits import TenantLimits
+from .nodes import TenantNodes
 from .records import TenantRecords
 from .statuses import STATUS_MANAGER, TenantStatuses, tenant_object_status
 
@@ -116,9 +116,7 @@ class TenantSync:
         self._dialled.on_change(name, lambda: self._wake.set())
         self.policy = for_tenant(settings.policy, name)
         self._policy_spec: object = None
-        self._refused_nodes: set[tuple[str, str]] = set()  # reported with an Event already
-        #: node address -> the tenant that listed it first (and keeps it; ir/nodes.py)
-        self._taken: dict[str, str] = {}
+        self.nodes = TenantNodes(name, self.health, settings.node_address_type)
         self.records = TenantRecords(name, mgmt, sink, board.busy)
         self.limits = TenantLimits(name, self.records, self.sources, board)
         self.copies = SecretCopies(name, mgmt)
@@ -130,7 +128,6 @@ class TenantSync:
         self._resync = True  # everything: after (re)connecting
         self._resync_sources: set[str] = set()  # kinds whose depends_on objects changed
         self._unserved: set[str] = set()  # kinds whose tenant objects' kind is not served
-        self._nodes_dirty = True
         self._changes = ChangeFilter()
         self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
         self._failed: dict[ObjectId, str] = {}  # why an object's last reconcile failed
@@ -172,15 +169,13 @@ class TenantSync:
         if hasattr(self, "caches"):
             self.caches.policy = policy
         self._resync = True
-        self._nodes_dirty = True
+        self.nodes.dirty = True
         self._wake.set()
 
     def node_addresses_taken(self, taken: dict[str, str]) -> None:
         """Addresses of this tenant's nodes that another tenant listed first: the data plane
         does not use them for this one (ir/nodes.py); the Tenant record and the Nodes say so."""
-        if taken != self._taken:
-            self._taken = taken
-            self._nodes_dirty = True
+        if self.nodes.taken(taken):
             self._wake.set()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -279,7 +274,7 @@ class TenantSync:
                 self._wake.set()
                 return
             if resource == NODES:
-                self._nodes_dirty = True
+                self.nodes.dirty = True
                 self._wake.set()
                 return
             for source in primary:
@@ -392,23 +387,7 @@ class TenantSync:
             except BaseException:
                 self._resync_sources.add(kind)
                 raise
-        if self._nodes_dirty:
-            self._nodes_dirty = False
-            try:
-                found = node_addresses(
-                    self.caches.all(NODES), self.settings.node_address_type, self.policy
-                )
-                taken = [
-                    (node, f"{address} is tenant {self._taken[address]}'s, who listed it first")
-                    for node, address in found.by_node.items()
-                    if address in self._taken
-                ]
-                found = replace(found, refused=sorted([*found.refused, *taken]))
-                await self._report_refused_nodes(found.refused)
-                await self.health.set_addresses(found, set(self._taken))
-            except BaseException:
-                self._nodes_dirty = True
-                raise
+        await self.nodes.update(self.caches, self.policy, self.statuses.recorder)
         batch, self._dirty = self._dirty, set()
         batch = self.limits.admit(batch, self.policy.limits, self.caches)
         async with anyio.create_task_group() as tg:
@@ -427,22 +406,6 @@ class TenantSync:
             raise RetryLater(
                 f"{len(self._failed)} objects failed, e.g. {first[0][0]} {first[0][1]}: {first[1]}"
             )
-
-    async def _report_refused_nodes(self, refused: list[tuple[str, str]]) -> None:
-        """A Warning Event on each Node whose address is refused, once per reason; the
-        Tenant record's NodesAccepted condition lists them all."""
-        now = set(refused)
-        for name, why in sorted(now - self._refused_nodes):
-            log.warning("tenant %s: node %s: address not used: %s", self.name, name, why)
-            node = self.caches.get(NODES, "", name)
-            if node is not None and isinstance(node.get("metadata", {}).get("name"), str):
-                await self.statuses.recorder.emit(
-                    {"apiVersion": "v1", "kind": "Node", **node},
-                    "Warning",
-                    "AddressRefused",
-                    f"kubelbd does not send traffic to this node: {why}",
-                )
-        self._refused_nodes = now
 
     async def _full_resync(self) -> None:
         """After (re)connecting, or when which objects are ours may have changed: every
