@@ -49,10 +49,11 @@ from ..sources.base import Ref, Source
 from .caches import ObjectId, ReverseIndex, TenantCaches
 from .changes import ChangeFilter
 from .copies import SecretCopies
-from .health import POLICY_OK, RetryLater, TenantHealth, classify
+from .health import POLICY_OK, RetryLater, TenantHealth
 from .limits import TenantLimits
 from .nodes import TenantNodes
 from .records import TenantRecords
+from .retries import Retries
 from .statuses import STATUS_MANAGER, TenantStatuses, tenant_object_status
 
 log = logging.getLogger(__name__)
@@ -130,10 +131,7 @@ class TenantSync:
         self._unserved: set[str] = set()  # kinds whose tenant objects' kind is not served
         self._changes = ChangeFilter()
         self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
-        self._failed: dict[ObjectId, str] = {}  # why an object's last reconcile failed
-        self._retry_wake = anyio.Event()  # set: retry what failed, after _retry_backoff
-        self._retry_backoff = Backoff(maximum=30)
-        self._retry_sleep = anyio.CancelScope()
+        self.retries = Retries(name, self._reconcile_again)
         self._logged_error = ""
 
     def set_record(self, tenant: Obj | None) -> None:
@@ -222,7 +220,7 @@ class TenantSync:
         for inf in self.caches.all_informers():
             tg.start_soon(inf.run)
         tg.start_soon(self.statuses.writer.run)
-        tg.start_soon(self._retry_failed)
+        tg.start_soon(self.retries.run)
         tg.start_soon(self.copies.run, lambda: self._wake.set())
         await tg.start(self.records.run)
         for inf in self.caches.all_informers():
@@ -341,33 +339,21 @@ class TenantSync:
                     self._logged_error = message
                 if isinstance(e, RetryLater):
                     # The pass went through; what failed is retried on its own schedule.
-                    self._retry_wake.set()
+                    self.retries.soon()
                     self.settling.done(self.name)
                     continue
                 self._wake.set()
                 await anyio.sleep(backoff.next())
                 continue
             backoff.reset()
-            self._retry_backoff.reset()
-            self._retry_sleep.cancel()
+            self.retries.all_succeeded()
             self._logged_error = ""
             self.health.sync_succeeded(self.records.held(ROUTE))
             self.settling.done(self.name)
 
-    async def _retry_failed(self) -> None:
-        """Objects whose reconcile failed are tried again after a backoff, while every other
-        change goes on at once: a reconcile loop that slept out the backoff itself held all of
-        a tenant's changes behind one object the API server refused (for up to 30 s)."""
-        while True:
-            await self._retry_wake.wait()
-            self._retry_wake = anyio.Event()
-            # Cut short when everything succeeded meanwhile: a new failure then starts over
-            # at the shortest backoff rather than waiting out an old, long one.
-            with anyio.CancelScope() as self._retry_sleep:
-                await anyio.sleep(self._retry_backoff.next())
-            if self._failed:
-                self._dirty |= set(self._failed)
-                self._wake.set()
+    def _reconcile_again(self, objects: set[ObjectId]) -> None:
+        self._dirty |= objects
+        self._wake.set()
 
     async def _reconcile(self) -> None:
         assert self.kube is not None
@@ -401,10 +387,11 @@ class TenantSync:
         )
         await self.copies.reconcile(self.caches.secrets.cache)
         await self.caches.mirrors.reconcile(self.kube)
-        if self._failed:
-            first = next(iter(sorted(self._failed.items())))
+        if self.retries.failed:
+            failed = self.retries.failed
+            first = next(iter(sorted(failed.items())))
             raise RetryLater(
-                f"{len(self._failed)} objects failed, e.g. {first[0][0]} {first[0][1]}: {first[1]}"
+                f"{len(failed)} objects failed, e.g. {first[0][0]} {first[0][1]}: {first[1]}"
             )
 
     async def _full_resync(self) -> None:
@@ -528,11 +515,9 @@ class TenantSync:
         try:
             await self._reconcile_object(oid, limit)
         except (ApiError, ConnectionError) as e:
-            message = classify(e)[1]
-            log.warning("tenant %s: %s %s: %s", self.name, oid[0].lower(), oid[1], message)
-            self._failed[oid] = message
+            self.retries.fail(oid, e)
             return
-        self._failed.pop(oid, None)
+        self.retries.succeeded(oid)
 
     async def _reconcile_object(self, oid: ObjectId, limit: anyio.Semaphore) -> None:
         assert self.kube is not None
@@ -546,7 +531,10 @@ class TenantSync:
             if self.records.known(source.record, record):
                 # The data plane then takes back the address it gave the object, if it stays.
                 self.records.delete_later(
-                    source.record, record, partial(self._write_failed, oid), self._record_gone
+                    source.record,
+                    record,
+                    partial(self.retries.fail, oid, now=True),
+                    self._record_gone,
                 )
             return
         refs = source.references(obj, self.caches)
@@ -567,7 +555,7 @@ class TenantSync:
                 async with limit:
                     await self.records.write(source.record, record, result.spec)
             return
-        failed = partial(self._write_failed, oid)
+        failed = partial(self.retries.fail, oid, now=True)
         if not creating and self.records.handed(source.record, record) == result.spec:
             # Handed over already (translated again, say, for a twin made meanwhile): its
             # write is under way, or retried now after a failure.
@@ -624,11 +612,3 @@ class TenantSync:
             self.health.sync_succeeded(self.records.held(ROUTE))
         if self.limits.room_for_waiting(self.policy.limits):
             self._wake.set()
-
-    def _write_failed(self, oid: ObjectId, error: Exception) -> None:
-        """A record's background write (or delete) failed: its object is reconciled again
-        after the retry backoff (_retry_failed), as if its reconcile had failed."""
-        message = classify(error)[1]
-        log.warning("tenant %s: %s %s: %s", self.name, oid[0].lower(), oid[1], message)
-        self._failed[oid] = message
-        self._retry_wake.set()
