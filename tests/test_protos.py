@@ -3,6 +3,7 @@ Envoy's API takes, field by field; a route table written host by host is the sam
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,29 @@ def test_every_golden_host_has_the_bytes_of_protobufs_json_mapping() -> None:
         assert protos._virtual_host(vh).endswith(mapped.SerializeToString(deterministic=True))
     with pytest.raises(protos.Unencodable):
         protos._virtual_host({"name": "n", "domains": ["a.test", 7]})
+
+
+def test_small_parts_are_remembered_by_content_and_few_of_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A route table's own fields and a front host's route are encoded once, then taken
+    from memory while their JSON form is the same; the memory keeps SMALL_MEMO of them, and
+    a large part is never kept."""
+    monkeypatch.setattr(protos, "_small", type(protos._small)())
+    monkeypatch.setattr(protos, "SMALL_MEMO", 3)
+    vh = "envoy.config.route.v3.VirtualHost"
+    route = {"routes": [{"match": {"prefix": "/"}, "route": {"cluster": "shard.1"}}]}
+    first = protos._encode_small(vh, route)
+    assert first == protos._encode(vh, route)
+    assert protos._encode_small(vh, json.loads(json.dumps(route))) is first  # equal content
+    other = {"routes": [{"match": {"prefix": "/"}, "route": {"cluster": "shard.2"}}]}
+    assert protos._encode_small(vh, other) != first
+    for i in range(5):
+        protos._encode_small(vh, {"routes": [{**route["routes"][0], "match": {"prefix": f"/{i}"}}]})
+    assert len(protos._small) == 3
+    large = {"routes": [{"match": {"prefix": "/" + "x" * protos.SMALL}, "route": {"cluster": "c"}}]}
+    assert protos._encode_small(vh, large) == protos._encode(vh, large)
+    assert all(len(text) <= protos.SMALL for _, text in protos._small)
 
 
 def test_a_file_reads_back_with_its_version_and_resources() -> None:

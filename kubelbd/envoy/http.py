@@ -382,17 +382,20 @@ def front_table(
         https["port_redirect"] = redirect_port
     vhosts = []
     for shard, domains in sorted(shard_domains.items()):
-        route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
-        kept = tuple(d for d in domains if d not in moved)
+        # Every shard's hosts on every change: compared as sets (in C), not host by host
+        # (a Python loop over every host of the fleet, 2 ms a change at 3,000 routes).
+        here = moved.intersection(domains) if moved else set()
+        kept = tuple(d for d in domains if d not in here) if here else tuple(domains)
         if kept:
             vhosts.append(_shard_front(shard, kept, challenges))
-        for wildcard in sorted(d for d in domains if d in moved and d.startswith("*.")):
+        for wildcard in sorted(d for d in here if d.startswith("*.")):
             # Only the one-label names its certificate covers are redirected; deeper names
             # go on as plain HTTP would (the shard's own guard sends them to the catch-all).
             redirect_one_label = {
                 "match": {"prefix": "/", "headers": authority_guard(wildcard)},
                 "redirect": https,
             }
+            route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
             vhosts.append(
                 {
                     "name": f"redirect-to-https:{wildcard}",
@@ -409,12 +412,20 @@ def front_table(
                 "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
             }
         )
+    vhosts.append(_front_default(name, catch_all, challenges))
+    return route_config(name, vhosts, request_headers_to_add=[CLIENT_ADDRESS])
+
+
+@last_of_each(lambda table, *_, **__: table)
+def _front_default(
+    table: str, catch_all: bool, challenges: tuple[tuple[str, str], ...]
+) -> Resource:
+    """A front table's last host, for any other name: the catch-all's shard, or 404.
+    Remembered, as `_shard_front`: the same object keeps its encoded bytes."""
     default: Resource = (
         {"route": {"cluster": DEFAULT_SHARD, "timeout": "0s"}}
         if catch_all
         else {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
     )
-    vhosts.append(
-        {"name": "*", "domains": ["*"], "routes": [*answers, {"match": {"prefix": "/"}, **default}]}
-    )
-    return route_config(name, vhosts, request_headers_to_add=[CLIENT_ADDRESS])
+    routes = [*_answers(challenges), {"match": {"prefix": "/"}, **default}]
+    return {"name": "*", "domains": ["*"], "routes": routes}
