@@ -315,14 +315,15 @@ class Renderer:
                 if any(h.startswith("*.") for h in hosts):
                     dirty.add(shard)
             self._catch_all = catch_all
-        for shard in sorted(dirty):
-            hosts = self._shard_hosts[shard]
-            vhosts = [self._virtual_host(shard, h, hosts[h], catch_all) for h in sorted(hosts)]
-            files[rds_file(shard)] = [route_config(shard, vhosts)]
         # Only the shards whose hosts may have changed are sorted again (every host of the
         # fleet, sorted on each change, was a millisecond a change at 3,000 routes).
         for shard in dirty - {DEFAULT_SHARD}:
             self._domains[shard] = sorted(self._shard_hosts[shard])
+        for shard in sorted(dirty):
+            hosts = self._shard_hosts[shard]
+            order = self._domains[shard] if shard != DEFAULT_SHARD else sorted(hosts)
+            vhosts = [self._virtual_host(shard, h, hosts[h], catch_all) for h in order]
+            files[rds_file(shard)] = [route_config(shard, vhosts)]
         if front_dirty:
             files.update(self._front_tables(catch_all))
         cds_dirty = not self._started
