@@ -27,7 +27,15 @@ from kubelbd.objects import (
     SECRETS,
     SERVICES,
 )
-from kubelbd.records.names import LOADBALANCERS, ROUTE, ROUTES, TENANT_LABEL, TENANTS, TLS_LABEL
+from kubelbd.records.names import (
+    LOADBALANCER,
+    LOADBALANCERS,
+    ROUTE,
+    ROUTES,
+    TENANT_LABEL,
+    TENANTS,
+    TLS_LABEL,
+)
 from kubelbd.records.objects import record_object
 from kubelbd.records.status import Event, SourceStatus
 from kubelbd.sources import twins
@@ -876,6 +884,43 @@ async def test_a_record_a_stopped_task_left_withdrawn_is_not_the_same_for_the_ne
     restarted = TenantRecords("a", mgmt, RecordingSink())
     await restarted.load([ROUTE])
     assert restarted.same(ROUTE, "d.n", raw)
+
+
+async def test_the_records_held_are_counted_as_they_change() -> None:
+    """`held` (what a tenant's limits and its Tenant record count) is kept as records are
+    handed over, written, deleted and listed again, not counted over all of them on every
+    pass: each step agrees with counting them."""
+    mgmt, records, raw = await _records_alone()
+    failures: list[Exception] = []
+
+    def counted() -> int:
+        return len({n for k, n in (*records.written, *records.unwritten) if k == "Route"})
+
+    lb: Any = {"source": {"kind": "Service", "namespace": "d", "name": "db", "uid": "u2",
+                          "creationTimestamp": ""}, "ports": []}  # fmt: skip
+    async with _running(records):
+        records.provisional(ROUTE, "d.n", raw)
+        assert records.held(ROUTE) == counted() == 1
+        await records.write(ROUTE, "d.n", raw)
+        records.provisional(ROUTE, "d.m", raw)
+        await records.write(LOADBALANCER, "d.db", lb)
+        assert records.held(ROUTE) == counted() == 2
+        assert records.held(LOADBALANCER) == 1
+        records.revert(ROUTE, "d.m")
+        assert records.held(ROUTE) == counted() == 1
+        records.delete_later(ROUTE, "d.n", failures.append)
+        await until(lambda: not records.deleting(ROUTE, "d.n"), "deleted")
+        assert records.held(ROUTE) == counted() == 0
+        await records.write(ROUTE, "d.o", raw)
+        rewritten: Any = {**raw, "rules": []}
+        await records.write(ROUTE, "d.o", rewritten)  # written again: still one
+        assert records.held(ROUTE) == counted() == 1
+    again = TenantRecords("a", mgmt, RecordingSink())
+    await again.load([ROUTE, LOADBALANCER])
+    assert (again.held(ROUTE), again.held(LOADBALANCER)) == (1, 1)
+    await again.delete(LOADBALANCER, "d.db")
+    assert again.held(LOADBALANCER) == 0
+    assert failures == []
 
 
 async def test_record_writes_wait_while_tenants_statuses_are_due_up_to_a_limit(
