@@ -188,13 +188,10 @@ class Intake:
             if k == kind.kind and rid.startswith(prefix)
         }
 
-    def _stored_again(self, kind: RecordKind, obj: Obj) -> None:
-        tenant = tenant_of(obj)
-        if self._withdrawn and tenant is not None:
-            self._withdrawn.discard((kind.kind, f"{tenant}/{obj['metadata']['name']}"))
-
     def _loadbalancer(self, obj: Obj) -> None:
-        self._stored_again(LOADBALANCER, obj)
+        tenant = tenant_of(obj)
+        if self._withdrawn and tenant is not None:  # stored again
+            self._withdrawn.discard((LOADBALANCER.kind, f"{tenant}/{obj['metadata']['name']}"))
         self.l4.upsert(obj)
 
     def _delete_loadbalancer(self, tenant: str, name: str, uid: str | None = None) -> None:

@@ -412,20 +412,12 @@ def front_table(
                 "routes": [*answers, {"match": {"prefix": "/"}, "redirect": https}],
             }
         )
-    vhosts.append(_front_default(name, catch_all, challenges))
-    return route_config(name, vhosts, request_headers_to_add=[CLIENT_ADDRESS])
-
-
-@last_of_each(lambda table, *_, **__: table)
-def _front_default(
-    table: str, catch_all: bool, challenges: tuple[tuple[str, str], ...]
-) -> Resource:
-    """A front table's last host, for any other name: the catch-all's shard, or 404.
-    Remembered, as `_shard_front`: the same object keeps its encoded bytes."""
     default: Resource = (
         {"route": {"cluster": DEFAULT_SHARD, "timeout": "0s"}}
         if catch_all
         else {"direct_response": {"status": 404, "body": {"inline_string": "no route\n"}}}
     )
-    routes = [*_answers(challenges), {"match": {"prefix": "/"}, **default}]
-    return {"name": "*", "domains": ["*"], "routes": routes}
+    vhosts.append(
+        {"name": "*", "domains": ["*"], "routes": [*answers, {"match": {"prefix": "/"}, **default}]}
+    )
+    return route_config(name, vhosts, request_headers_to_add=[CLIENT_ADDRESS])
