@@ -88,7 +88,8 @@ async def test_a_served_route_gets_its_dnsendpoint_which_follows_the_route(
 ) -> None:
     mgmt = await management()
     dp = dataplane(mgmt, tmp_path, dns=SETTINGS)
-    assert isinstance(dp.dns, DNSEndpointWriter) and dp.tls._dns01 is None  # no DNS-01 here
+    # no DNS-01 here
+    assert isinstance(dp.names.publisher, DNSEndpointWriter) and dp.tls._dns01 is None
     async with running(dp.run):
         host = "shop.example.test"
         await mgmt.create(ROUTES, record_object("Route", "a", "default.shop", route_spec(host)))
@@ -196,7 +197,8 @@ async def test_a_start_never_deletes_a_dnsendpoint_it_still_wants(tmp_path: Path
             lambda: published(mgmt, "default.steady", "reason") == "WaitingForExternalDNS",
             "the second run's status",
         )
-        await until(lambda: second.dns is not None and second.dns.states, "a settled pass")
+        settled = second.names.publisher
+        await until(lambda: settled is not None and settled.states, "a settled pass")
     assert [c.type for c in mgmt.changes(DNSENDPOINTS)[written:]] == [], "rewritten or deleted"
 
 

@@ -303,7 +303,10 @@ class Bench:
         brings: a Gateway's attachedRoutes is written after its routes' parents) and every
         route's record is written: kubelbd serves a record before its write lands, so under
         a bulk change the statuses can be done while the record writes go on for seconds,
-        and a change timed then waits behind them."""
+        and a change timed then waits behind them. The same for the records' own statuses
+        (Programmed, as of their generation): written last, after a settling time and while
+        no tenant status waits, they went on through the first changes timed after a fill of
+        10,000."""
         deadline = time.monotonic() + timeout
         for t in self.tenants:
             while True:
@@ -313,9 +316,10 @@ class Bench:
                 listeners = ((gateway or {}).get("status") or {}).get("listeners") or []
                 attached = sum(x.get("attachedRoutes", 0) for x in listeners)
                 records, _ = await self.kube["mgmt"].list(ROUTES, namespace_of(t))
-                written = sum(r["metadata"]["name"].startswith(f"{self.ns}.") for r in records)
+                ours = [r for r in records if r["metadata"]["name"].startswith(f"{self.ns}.")]
                 if (
-                    written == len(items) + len(routes)
+                    len(ours) == len(items) + len(routes)
+                    and all(_programmed(r) for r in ours)
                     and all((i.get("status") or {}).get("loadBalancer", {}).get("ingress")
                             for i in items)
                     and all((r.get("status") or {}).get("parents") for r in routes)
@@ -404,6 +408,15 @@ class Bench:
             return await kube.get_or_none(SERVICES, service, self.ns) is None
 
         await _poll(deleted, f"{service} to be deleted")
+
+
+def _programmed(record: Obj) -> bool:
+    """Whether the record's status says Programmed for its current generation."""
+    generation = record["metadata"].get("generation")
+    return any(
+        c.get("type") == "Programmed" and c.get("observedGeneration") == generation
+        for c in (record.get("status") or {}).get("conditions") or []
+    )
 
 
 async def _poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:

@@ -14,8 +14,6 @@ import datetime as dt
 import logging
 import math
 import time
-from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import anyio
@@ -24,7 +22,7 @@ import anyio.abc
 from .. import metrics
 from ..certs.acme import ACMESettings
 from ..certs.dns01 import DNS01
-from ..dns.desired import Desired, DesiredNames, Key, lb_key, route_key
+from ..dns.desired import Key, lb_key, route_key
 from ..envoy.admin import EnvoyAdmin, all_applied
 from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
@@ -34,7 +32,7 @@ from ..hub import Service, Settling, StatusBoard
 from ..ir import gateway_model, gateway_status
 from ..ir.gateway import GatewayIR
 from ..ir.http import IR, Model
-from ..ir.status import DNSState, Report, route_report
+from ..ir.status import Report, route_report
 from ..kube import ApiError, Kube
 from ..kube.informer import Informer, identity_only
 from ..kube.lease import Leadership
@@ -45,12 +43,12 @@ from ..records.status import withdrawn
 from ..records.types import LBRecord, RouteRecord
 from ..retry import Backoff
 from . import probe
-from .dns import DNSENDPOINT_PROVIDER, DNSPublisher, DNSSettings, combined
-from .dnsendpoints import DNSEndpointWriter
+from .dns import DNSSettings
 from .gauges import StateGauges
 from .holds import Holds
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
+from .names import Names, Served
 from .rejections import copy_rejections
 from .reporter import StatusReporter
 from .strays import Strays
@@ -61,13 +59,6 @@ log = logging.getLogger(__name__)
 CDS = "cds.pb"  # the cluster file (envoy.renderer)
 #: at most this long a render waits for Envoy to apply the previous publish
 CATCH_UP = 0.5
-#: the names to publish in DNS are worked out at most this often (a burst of publishes is
-#: one pass), and for at most this share of the time: a pass holds the interpreter while it
-#: runs (in a worker thread, it still shares the GIL with the event loop). A pass costs what
-#: changed (dns.desired.DesiredNames, ~1.5 ms for one change at 3,000 routes), the first of
-#: a term every record (0.1 s at 3,000)
-NAMES_INTERVAL = 0.05
-NAMES_SHARE = 0.05
 
 
 def dialled(clusters: list[str]) -> dict[str, set[Service]]:
@@ -121,9 +112,7 @@ class DataPlane:
             self._wake_up, self._current, self.l4, self._confirmed, self._written_conditions
         )
         self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
-        self.dns = self._names_publisher(dns)
-        self.dns_wanted = Desired()  # the names of what Envoy serves, as last applied
-        self._names_book = DesiredNames()  # works them out again from what changed
+        self.names = Names(mgmt, dns, public_address, self._dns_changed, self._record_uid)
         #: moves whenever the model may have changed (a render, a confirmation): the names
         #: are worked out again only then, not on every status report (O(routes) each)
         self._generation = 0
@@ -132,15 +121,14 @@ class DataPlane:
         #: report applied too (a status is never written before Envoy has what it says)
         self._publish_seq = 1
         self._applied_seq = 0
-        self._names_for: object = None
-        self._names_due = anyio.Event()  # Envoy applied a publish: the names may have moved
         self.gateways = GatewayIR()  # the Gateways' listeners, as last rendered
         self._gateway_routes: set[str] = set()  # routes with parents (Gateway API)
         self._gateway_certificates = -1  # the TLS state's version the Gateways saw
         self._gateway_models: dict[str, gateway_model.GatewayModel] = {}  # one per tenant, kept
         # ACME DNS-01 answers go through the server, zone and key the names are published with
         # (RFC 2136 only: through external-dns, kubelbd has no server to write answers to).
-        client = self.dns.client if self.dns is not None else None
+        names = self.names.publisher
+        client = names.client if names is not None else None
         self.tls = TLSState(
             mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets,
             DNS01(client) if client is not None else None,
@@ -168,15 +156,6 @@ class DataPlane:
     def _written_conditions(self, rid: str) -> Transitions | None:
         return self.status.written(ROUTE, rid)
 
-    def _names_publisher(self, dns: DNSSettings | None) -> DNSPublisher | DNSEndpointWriter | None:
-        """Who publishes the names (--dns-provider): kubelbd over RFC 2136, or external-dns
-        from kubelbd's DNSEndpoints. The one place the data plane tells them apart."""
-        if dns is None or not dns.enabled:
-            return None
-        if dns.provider == DNSENDPOINT_PROVIDER:
-            return DNSEndpointWriter(self.mgmt, dns, self._dns_changed, self._record_uid)
-        return DNSPublisher(dns, self._dns_changed)
-
     def _record_uid(self, key: Key) -> str | None:
         """The stored record's uid (None for a route served before it is written)."""
         kind, rid = key
@@ -189,58 +168,20 @@ class DataPlane:
                 lbs={rid for kind, rid in keys if kind == LOADBALANCER.kind},
             )
 
-    def _dns_state(self, key: Key) -> DNSState | None:
-        if self.dns is None:
-            return None
-        server = self.dns.state(key)
-        # The names go into the object's status once the server has them, even when another
-        # name of the object was refused.
-        names = tuple(self.dns_wanted.names.get(key, ())) if server.published else ()
-        return replace(combined(server, self.dns_wanted.refused.get(key)), names=names)
-
-    async def _publish_names(self) -> None:
-        """Envoy applied a publish: DNS follows what it serves now. The names are worked out
-        in a worker thread, on a snapshot (the model replaces the lists and records it holds,
-        never changes them): a term's first pass takes every route, a third of a second at
-        3,000 on a loaded fleet, and on the event loop it held up every change that came
-        meanwhile (the p99 of a route change)."""
-        if self.dns is None:
-            return
-        targets = {
-            rid: [i.get("ip") or i.get("hostname", "") for i in self.l4.ingress_of(rid)]
-            for rid in self.l4.records
-        }
-        inputs = (self._generation, sorted((rid, tuple(t)) for rid, t in targets.items()))
-        if inputs == self._names_for:
-            return
-        self._names_for = inputs
+    def _served(self) -> Served:
+        """What Envoy serves now, for the names (names.Served: a snapshot)."""
         ir = self.model.ir
-        wanted = await anyio.to_thread.run_sync(partial(
-            self._names_book.update, dict(self.model.routes),
-            IR(served=dict(ir.served), conflicts=dict(ir.conflicts)), dict(self.l4.records),
-            targets, self.public_address, self.dns.settings.ttl, dict(self.gateways.hosts),
-        ))  # fmt: skip
-        before, self.dns_wanted = self.dns_wanted, wanted
-        self.dns.want(self.dns_wanted.endpoints)
-        # A record's names, or why some are refused, moved: its status says so.
-        self._dns_changed({
-            key for old, new in ((before.names, self.dns_wanted.names),
-                                 (before.refused, self.dns_wanted.refused))
-            for key in old.keys() | new.keys() if old.get(key) != new.get(key)
-        })  # fmt: skip
-
-    async def _names(self) -> None:
-        """DNS follows what Envoy serves, worked out at most every NAMES_INTERVAL, and less
-        often when a pass is long (NAMES_SHARE; on the leader): done before every status
-        report, a pass over every route held up the statuses of a stream of changes by
-        seconds. What it changes in a record's DNS state is reported as it is found."""
-        while True:
-            await self._names_due.wait()
-            self._names_due = anyio.Event()
-            start = time.perf_counter()
-            await self._publish_names()
-            took = time.perf_counter() - start
-            await anyio.sleep(max(NAMES_INTERVAL, took / NAMES_SHARE))
+        return Served(
+            self._generation,
+            dict(self.model.routes),
+            IR(served=dict(ir.served), conflicts=dict(ir.conflicts)),
+            dict(self.l4.records),
+            {
+                rid: [i.get("ip") or i.get("hostname", "") for i in self.l4.ingress_of(rid)]
+                for rid in self.l4.records
+            },
+            dict(self.gateways.hosts),
+        )
 
     def _wake_up(self) -> None:
         self._wake.set()
@@ -405,17 +346,17 @@ class DataPlane:
             self.status = self._reporter()
             self.status.due(routes=self.model.routes, lbs=self.l4.records)
             self.tls.new_term()
-            if self.dns is not None:
-                self.dns.new_term()
+            if self.names.publisher is not None:
+                self.names.publisher.new_term()
             self.l4.writes = True
             self.l4.dirty = True
             self._wake_up()
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._issue)
-                    if self.dns is not None:
-                        tg.start_soon(self.dns.run)
-                        tg.start_soon(self._names)
+                    if self.names.publisher is not None:
+                        tg.start_soon(self.names.publisher.run)
+                        tg.start_soon(self.names.run, self._served)
                     tg.start_soon(self.status.run)
                     tg.start_soon(self.status.writer.run)
                     await self.leadership.until(False)
@@ -584,16 +525,16 @@ class DataPlane:
     def _reports(self, routes: set[str], lbs: set[str], applied: bool) -> list[Report]:
         """The status of these records, from the model as it is now (see ir.status)."""
         if applied:
-            self._names_due.set()
+            self.names.due()
         out = []
         for rid in sorted(routes):
             route = self.model.routes.get(rid)
             if route is not None and "parents" in route.spec:
-                dns = self._dns_state(route_key(rid)) if rid in self.gateways.hosts else None
+                dns = self.names.state(route_key(rid)) if rid in self.gateways.hosts else None
                 out.append(gateway_status.route_report(route, self.gateways, applied, dns))
             elif route is not None:
                 problems = self.tls.plan.problems.get(rid, [])
-                dns = self._dns_state(route_key(rid))
+                dns = self.names.state(route_key(rid))
                 out.append(
                     route_report(route, self.model.ir, problems, self.public_address, applied, dns)
                 )
@@ -609,10 +550,9 @@ class DataPlane:
                 continue
             # A Service that asks for no name has no DNSPublished condition.
             named = rec is not None and (
-                bool(rec.spec.get("dns", {}).get("hostnames"))
-                or lb_key(rid) in self.dns_wanted.refused
+                bool(rec.spec.get("dns", {}).get("hostnames")) or self.names.refused(lb_key(rid))
             )
-            report = self.l4.report(rid, applied, self._dns_state(lb_key(rid)) if named else None)
+            report = self.l4.report(rid, applied, self.names.state(lb_key(rid)) if named else None)
             if report is not None:
                 out.append(report)
         return out
