@@ -15,6 +15,7 @@ from kubelbd.envoy.http import front_table
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import Settings
 from kubelbd.ir.http import Model
+from kubelbd.ir.l4 import L4Listener
 from kubelbd.records.types import RouteRecord, TenantRecord
 
 from . import records
@@ -119,3 +120,22 @@ def test_the_renderer_keeps_an_unchanged_hosts_rendering_and_no_past_ones() -> N
     # each held by `past`, the loop variable and the call: nothing else
     assert [sys.getrefcount(vh) for vh in past] == [3] * len(past)
     assert sys.getrefcount(current) > 2  # the renderer's
+
+
+def test_what_depends_on_the_settings_alone_is_the_same_object_in_every_file() -> None:
+    """The shard clusters and the static listeners are rendered once: every cluster file
+    (a new backend, a Layer 4 or Gateway change) and every listener file holds the same
+    objects, so the publisher encodes them once. Rendered anew each time, the 17 shard
+    clusters went through protobuf's JSON mapping on every cluster file (~4 ms)."""
+    model, renderer = Model(), Renderer(SETTINGS)
+    first = renderer.update(model.ir, model.apply([route("h0", 30000)], (), TENANTS))
+    second = renderer.update(model.ir, model.apply([route("h1", 30001)], ()))
+    static = [c for c in first["cds.pb"] if c["name"].startswith("shard.")]
+    assert len(static) == SETTINGS.shards + 1  # and the default shard
+    again = {c["name"]: c for c in second["cds.pb"]}
+    assert len(again) == len(first["cds.pb"]) + 1  # the new backend's cluster
+    assert all(again[c["name"]] is c for c in static)
+    l4 = L4Listener("alpha/default/db", "127.0.200.1", 5432, "TCP", "alpha/db", False)
+    after = renderer.update_l4([l4], [])["lds.pb"]  # a Layer 4 change: the listeners again
+    assert len(after) == len(first["lds.pb"]) + 1
+    assert all(any(new is old for new in after) for old in first["lds.pb"])
