@@ -31,6 +31,9 @@ from .dnsendpoints import DNSEndpointWriter
 NAMES_INTERVAL = 0.05
 NAMES_SHARE = 0.05
 
+#: per LoadBalancer, where Envoy serves it
+Targets = dict[str, list[str]]
+
 
 @dataclass(frozen=True)
 class Served:
@@ -38,12 +41,10 @@ class Served:
     model replaces the lists and records it holds, never changes them, so a shallow copy is
     a snapshot the worker thread can read while the event loop goes on."""
 
-    generation: int  # moves whenever the model may have changed
     routes: dict[str, RouteRecord]
     ir: IR
     lbs: dict[str, LBRecord]
-    #: per LoadBalancer, where Envoy serves it
-    targets: dict[str, list[str]]
+    targets: Targets
     #: per Gateway API route, its served hostnames and the Gateway addresses of each
     gateway_hosts: Mapping[str, Mapping[str, Sequence[str]]]
 
@@ -92,16 +93,24 @@ class Names:
         names = tuple(self.wanted.names.get(key, ())) if server.published else ()
         return replace(combined(server, self.wanted.refused.get(key)), names=names)
 
-    async def run(self, served: Callable[[], Served]) -> None:
+    async def run(
+        self, now: Callable[[], tuple[int, Targets]], served: Callable[[Targets], Served]
+    ) -> None:
         """Worked out at most every NAMES_INTERVAL, and less often when a pass is long
         (NAMES_SHARE; on the leader): done before every status report, a pass over every
         route held up the statuses of a stream of changes by seconds. What it changes in a
-        record's DNS state is reported as it is found."""
+        record's DNS state is reported as it is found. `now`: the model's generation (it
+        moves whenever the model may have changed) and the LoadBalancers' targets; only when
+        they moved is a snapshot taken (`served`) and the names worked out again."""
         while True:
             await self._due.wait()
             self._due = anyio.Event()
             start = time.perf_counter()
-            await self._update(served())
+            generation, targets = now()
+            inputs = (generation, sorted((rid, tuple(t)) for rid, t in targets.items()))
+            if inputs != self._inputs:
+                self._inputs = inputs
+                await self._update(served(targets))
             took = time.perf_counter() - start
             await anyio.sleep(max(NAMES_INTERVAL, took / NAMES_SHARE))
 
@@ -111,10 +120,6 @@ class Names:
         meanwhile (the p99 of a route change)."""
         if self.publisher is None:
             return
-        inputs = (served.generation, sorted((rid, tuple(t)) for rid, t in served.targets.items()))
-        if inputs == self._inputs:
-            return
-        self._inputs = inputs
         wanted = await anyio.to_thread.run_sync(partial(
             self._book.update, served.routes, served.ir, served.lbs, served.targets,
             self.public_address, self.publisher.settings.ttl, served.gateway_hosts,

@@ -48,7 +48,7 @@ from .gauges import StateGauges
 from .holds import Holds
 from .intake import Intake
 from .l4 import L4Settings, LoadBalancers
-from .names import Names, Served
+from .names import Names, Served, Targets
 from .rejections import copy_rejections
 from .reporter import StatusReporter
 from .strays import Strays
@@ -168,18 +168,22 @@ class DataPlane:
                 lbs={rid for kind, rid in keys if kind == LOADBALANCER.kind},
             )
 
-    def _served(self) -> Served:
+    def _names_inputs(self) -> tuple[int, Targets]:
+        """What the names depend on beyond the model: its generation, and where Envoy serves
+        each LoadBalancer."""
+        return self._generation, {
+            rid: [i.get("ip") or i.get("hostname", "") for i in self.l4.ingress_of(rid)]
+            for rid in self.l4.records
+        }
+
+    def _served(self, targets: Targets) -> Served:
         """What Envoy serves now, for the names (names.Served: a snapshot)."""
         ir = self.model.ir
         return Served(
-            self._generation,
             dict(self.model.routes),
             IR(served=dict(ir.served), conflicts=dict(ir.conflicts)),
             dict(self.l4.records),
-            {
-                rid: [i.get("ip") or i.get("hostname", "") for i in self.l4.ingress_of(rid)]
-                for rid in self.l4.records
-            },
+            targets,
             dict(self.gateways.hosts),
         )
 
@@ -356,7 +360,7 @@ class DataPlane:
                     tg.start_soon(self._issue)
                     if self.names.publisher is not None:
                         tg.start_soon(self.names.publisher.run)
-                        tg.start_soon(self.names.run, self._served)
+                        tg.start_soon(self.names.run, self._names_inputs, self._served)
                     tg.start_soon(self.status.run)
                     tg.start_soon(self.status.writer.run)
                     await self.leadership.until(False)
