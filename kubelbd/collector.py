@@ -53,6 +53,10 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 RELEASE_DELAY = 5.0
 #: seconds a collection of the oldest generation takes before it is logged
 LONG_PAUSE = 0.5
+#: seconds a collection of any generation takes before it is logged at debug level, with
+#: when it started: a young generation's pass over what survived since the last one (up to
+#: 20 x 50,000 objects, `settle`) can stop the loop long enough to show in a change's time
+NOTED_PAUSE = 0.01
 
 #: why things were released since the last collection, and when the first was
 _released: list[str] = []
@@ -62,6 +66,8 @@ _waiting: list[anyio.Event] = []
 #: collections of the oldest generation since `settle` last looked: (seconds, objects
 #: collected, whether `collect_released` ran it)
 _pauses: list[tuple[float, int, bool]] = []
+#: younger generations' collections of NOTED_PAUSE or more: (generation, start, seconds)
+_young_pauses: list[tuple[int, float, float]] = []
 _pause_started = 0.0
 _collecting_released = False  # `collect_released` logs its own, with why
 
@@ -104,30 +110,40 @@ async def _settle(first_publish: anyio.Event, trim_every: float, release_delay: 
 
 
 def _timed(phase: str, info: dict[str, Any]) -> None:
-    """`gc.callbacks` hook: times each collection of the oldest generation. It only appends
-    to a list: a metric's lock or a log handler's could be held by the code the collection
-    interrupted."""
+    """`gc.callbacks` hook: times each collection. It only appends to a list: a metric's
+    lock or a log handler's could be held by the code the collection interrupted."""
     global _pause_started
-    if info["generation"] != 2:
-        return
     if phase == "start":
         _pause_started = time.perf_counter()
-    else:
-        seconds = time.perf_counter() - _pause_started
+        return
+    seconds = time.perf_counter() - _pause_started
+    if info["generation"] == 2:
         _pauses.append((seconds, info["collected"], _collecting_released))
+    elif seconds >= NOTED_PAUSE:
+        _young_pauses.append((info["generation"], time.time() - seconds, seconds))
 
 
 def _report_pauses() -> None:
     """The collections `_timed` saw, as the `kubelbd_gc_pause_seconds` metric, and a log
     line for each that stalled the loop for `LONG_PAUSE` or more (`collect_released` logs
-    its own)."""
+    its own); a younger generation's of `NOTED_PAUSE` or more at debug level."""
     pauses = _pauses[:]
     del _pauses[: len(pauses)]
+    young = _young_pauses[:]
+    del _young_pauses[: len(young)]
+    for generation, started, seconds in young:
+        log.debug("a collection of generation %d stopped the loop for %.1f ms at %s",
+                  generation, seconds * 1000, _clock(started))  # fmt: skip
     for seconds, collected, released in pauses:
         metrics.gc_paused(seconds)
         if seconds >= LONG_PAUSE and not released:
             log.info("a full garbage collection stopped the loop for %.0f ms (%d collected, "
                      "%d frozen)", seconds * 1000, collected, gc.get_freeze_count())  # fmt: skip
+
+
+def _clock(at: float) -> str:
+    """`at` (time.time()) as the log lines' own clock shows it."""
+    return time.strftime("%H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
 
 
 async def collected() -> None:

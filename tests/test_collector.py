@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from typing import cast
@@ -118,6 +119,28 @@ async def test_a_full_collection_is_timed_and_a_long_one_logged(
     assert sum("a full garbage collection stopped the loop" in r.getMessage()
                for r in caplog.records) >= 2  # fmt: skip
     assert collector._timed not in gc.callbacks  # settle's hook goes with it
+
+
+async def test_a_long_collection_of_a_young_generation_is_logged_with_when_it_began(
+    frozen: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in the metric (the oldest generation's), but at debug level: a young generation's
+    pass over what survived since the last one can stop the loop long enough to matter."""
+    monkeypatch.setattr(collector, "NOTED_PAUSE", 0.0)
+    published = anyio.Event()
+    published.set()
+    caplog.set_level(logging.DEBUG, logger="kubelbd.collector")
+    noted = "a collection of generation 1 stopped the loop"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collector.settle, published, 0.05)
+        await until(lambda: gc.get_freeze_count() > 0, "start-up frozen")
+        gc.collect(1)
+        await until(
+            lambda: any(noted in r.getMessage() for r in caplog.records), "the collection logged"
+        )
+        tg.cancel_scope.cancel()
+    line = next(r.getMessage() for r in caplog.records if noted in r.getMessage())
+    assert re.search(r" at \d\d:\d\d:\d\d\.\d{3}$", line), line
 
 
 def test_nothing_frozen_nothing_is_frozen_by_a_release() -> None:

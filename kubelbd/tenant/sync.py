@@ -16,6 +16,7 @@ changes go on at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: API calls in flight per tenant while reconciling a batch of objects
 API_CONCURRENCY = 8
+#: a reconcile pass this long is logged (debug): a change that comes meanwhile waits for it
+SLOW_PASS = 0.02
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,7 @@ class TenantSync:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
+            started = time.perf_counter()
             try:
                 await self._reconcile()
             except (ApiError, ConnectionError, RetryLater) as e:
@@ -345,6 +349,9 @@ class TenantSync:
                 self._wake.set()
                 await anyio.sleep(backoff.next())
                 continue
+            took = time.perf_counter() - started
+            if took >= SLOW_PASS:
+                log.debug("tenant %s: a pass took %.1f ms", self.name, took * 1000)
             backoff.reset()
             self.retries.all_succeeded()
             self._logged_error = ""
