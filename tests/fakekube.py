@@ -167,6 +167,8 @@ class _Server:
         self.failures: list[_Failure] = []
         #: (method, resource plural) -> a gate such calls wait at until it is set (`hold`)
         self.gates: dict[tuple[str, str], anyio.Event] = {}
+        #: the same for the answers of writes already made (`hold_answers`)
+        self.answer_gates: dict[tuple[str, str], anyio.Event] = {}
         self.calls: list[Call] = []
         self._changed: anyio.Event | None = None
 
@@ -373,6 +375,13 @@ class FakeKube(Kube):
         gate = self._server.gates[(method, resource.plural)] = anyio.Event()
         return gate
 
+    def hold_answers(self, method: str, resource: Resource) -> anyio.Event:
+        """Writes by `method` on `resource` are made (and watched) at once, and their answers
+        wait until the returned event is set: the watch's event comes first, as it may from
+        a real API server."""
+        gate = self._server.answer_gates[(method, resource.plural)] = anyio.Event()
+        return gate
+
     def heal(self) -> None:
         """No more injected failures."""
         self._server.failures.clear()
@@ -477,13 +486,18 @@ class FakeKube(Kube):
             return copy.deepcopy(s.update(key, {"status": status}, "status"))
         body = {k: v for k, v in obj.items() if k != "status"}
         if old is None:
-            return copy.deepcopy(s.create(res, body, meta.get("namespace")))
-        new = copy.deepcopy(old)
-        for f in ("labels", "annotations", "finalizers", "ownerReferences"):
-            if f in meta:
-                new["metadata"][f] = copy.deepcopy(meta[f])
-        new.update({k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"})
-        return copy.deepcopy(s.update(key, new, None))
+            written = copy.deepcopy(s.create(res, body, meta.get("namespace")))
+        else:
+            new = copy.deepcopy(old)
+            for f in ("labels", "annotations", "finalizers", "ownerReferences"):
+                if f in meta:
+                    new["metadata"][f] = copy.deepcopy(meta[f])
+            new.update({k: copy.deepcopy(v) for k, v in body.items() if k != "metadata"})
+            written = copy.deepcopy(s.update(key, new, None))
+        gate = s.answer_gates.get(("apply", res.plural))
+        if gate is not None:
+            await gate.wait()
+        return written
 
     async def patch(
         self,

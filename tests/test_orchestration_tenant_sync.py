@@ -992,3 +992,23 @@ async def test_a_record_changed_or_deleted_while_written_ends_as_its_object(
             "v1.example.com", "v2.example.com", "v3.example.com", "",
         ]  # fmt: skip
         assert fleet.route("shop") is None
+
+
+async def test_a_twin_the_watch_brought_back_is_not_remembered_as_fresh(fleet: Fleet) -> None:
+    """A twin kubelbd wrote is kept aside only until its watch brings it back, also when the
+    watch's event comes before the API server's answer to the write: it stayed otherwise, a
+    whole Service per twin, until the twin changed again."""
+    answers = fleet.tenant.hold_answers("apply", SERVICES)
+    name = twins.twin_name("web")
+
+    def watched() -> Any:
+        return fleet.sync.caches.cache(SERVICES).get(f"default/{name}")
+
+    async with running(fleet.sync.run):
+        await fleet.tenant.create(SERVICES, service("web"))
+        await fleet.tenant.create(INGRESSES, ingress("shop", "a.example.com", "web"))
+        await until(lambda: hasattr(fleet.sync, "caches") and watched(), "the twin watched")
+        answers.set()
+        await until(lambda: fleet.route("shop") is not None, "shop's record")
+        await until(lambda: not fleet.sync.caches.twins.fresh, "nothing kept aside")
+        assert fleet.sync.caches.twins.get("default", "web") == watched()

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     mb.add_argument(
         "--caches", action="store_true", help="also the fleet's objects as kubelbd caches them"
     )
-    hp = sub.add_parser("heap", help="a running kubelbd's live heap, by what holds it (gdb)")
+    hp = sub.add_parser("heap", help="a running kubelbd's live heap, by what holds it (a signal)")
     hp.add_argument("--pid", type=int, default=0, help="default: the fleet's kubelbd")
     args = ap.parse_args(argv)
     if args.cmd == "fleet":

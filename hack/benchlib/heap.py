@@ -1,23 +1,24 @@
 """hack/bench heap: what a running kubelbd's live heap is, by the object that holds it.
 
-RSS says how much; this says what. gdb (Debian's) attaches to the process, takes the GIL and
-runs `PROBE` in it: pymalloc's own statistics (live blocks against the arenas they keep, the
-gap being fragmentation), then a walk from every instance of a kubelbd class, attributing
-what each of its attributes reaches (not descending into other kubelbd instances, which
-are counted as their own holders; dataclass records are counted inline), and the contents
-of every `functools.lru_cache`. An object reached from two holders counts for the first.
-kubelbd freezes its start-up objects (`gc.freeze`), which hides them from the walk: the
-probe unfreezes, walks and freezes again. The process stops for the walk (seconds at 10,000
-routes); nothing in it changes, but the pause may be longer than the fleet's Lease (15 s with
-gdb's attach), and kubelbd then loses and retakes it: a new term, whose tenant tasks list
-everything again.
+RSS says how much; this says what. The process must have been started with the hook in
+hack/heapprobe (it says how if not); SIGUSR2 then runs `PROBE` in its main thread:
+pymalloc's own statistics (live blocks against the arenas they keep, the gap being
+fragmentation), then a walk from every instance of a kubelbd class, attributing what each of
+its attributes reaches (not descending into other kubelbd instances, which are counted as
+their own holders; dataclass records are counted inline), and the contents of every
+`functools.lru_cache`. An object reached from two holders counts for the first. kubelbd
+freezes its start-up objects (`gc.freeze`), which hides them from the walk: the probe
+unfreezes, walks and freezes again. The event loop stops for the walk (seconds at 10,000
+routes); nothing in it changes.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 from kubefleet.fleet import proc_rss_kib
@@ -79,11 +80,12 @@ def _kubelbd_heap(out_dir):
         if isinstance(o, functools._lru_cache_wrapper):
             name = getattr(o, "__module__", "?") + "." + getattr(o, "__qualname__", "?")
             caches[name] += reach([r for r in gc.get_referents(o) if isinstance(r, dict)])
-    with open(os.path.join(out_dir, "holders"), "w") as f:
+    with open(os.path.join(out_dir, "holders.part"), "w") as f:
         for title, table in (("holder", by_class), ("attribute", by_attr), ("lru_cache", caches)):
             for k, size in table.most_common(25 if title == "holder" else 30):
                 if size >= 1 << 18:
                     f.write(f"{title}\t{k}\t{size}\t{count.get(k, '')}\n")
+    os.rename(os.path.join(out_dir, "holders.part"), os.path.join(out_dir, "holders"))
 
 gc.unfreeze()
 try:
@@ -95,26 +97,37 @@ finally:
 
 
 def run(pid: int) -> None:
-    if shutil.which("gdb") is None:
-        raise SystemExit("hack/bench heap needs gdb (apt-get install gdb)")
+    probe = _probe_path(pid)
     out = Path(tempfile.mkdtemp(prefix="kubelbd-heap-"))
     try:
-        probe = out / "probe.py"
         probe.write_text(f"OUT_DIR = {str(out)!r}\n" + PROBE)
+        probe.chmod(0o600)
         rss_before = proc_rss_kib(pid) * 1024
-        subprocess.run(
-            ["gdb", "-p", str(pid), "-batch",
-             "-ex", "call (int)PyGILState_Ensure()",
-             "-ex", f'call (int)PyRun_SimpleString("exec(open(\\"{probe}\\").read())")',
-             "-ex", "call (void)PyGILState_Release($1)"],
-            check=True, capture_output=True, timeout=600,
-        )  # fmt: skip
+        os.kill(pid, signal.SIGUSR2)
         holders = out / "holders"
-        if not holders.exists():
-            raise SystemExit("the probe failed: see the process's stderr (its log)")
+        deadline = time.monotonic() + 600
+        while not holders.exists():  # written last, whole: the walk takes seconds
+            if time.monotonic() > deadline:
+                raise SystemExit("no answer from the probe in 600 s: see kubelbd's log")
+            time.sleep(0.5)
         _report(pid, rss_before, (out / "pymalloc").read_text(), holders.read_text())
     finally:
+        probe.unlink(missing_ok=True)
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _probe_path(pid: int) -> Path:
+    """Where the process takes its probe from: it must have been started with the hook."""
+    env = dict(
+        kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv
+    )
+    if "KUBELBD_HEAP_PROBE" not in env or "heapprobe" not in env.get("PYTHONPATH", ""):
+        raise SystemExit(
+            f"kubelbd (pid {pid}) was started without the heap probe's hook: restart it with\n"
+            "  KUBELBD_HEAP_PROBE=$PWD/.fleet/heap-probe.py "
+            "PYTHONPATH=$PWD/hack/heapprobe hack/fleet restart kubelbd"
+        )
+    return Path(env["KUBELBD_HEAP_PROBE"])
 
 
 def _report(pid: int, rss: int, pymalloc: str, holders: str) -> None:

@@ -76,9 +76,12 @@ from kubernetes_asyncio.config import incluster_config, kube_config  # noqa: E40
 CONNECTION_POOL_SIZE = 32
 
 #: the read buffer of each TLS connection: asyncio allocates 256 KiB for every one, and
-#: kubelbd keeps one connection open per watch (HTTP/1.1: about 15 per tenant), which made
-#: 4-5 MiB per tenant of buffers a TLS record (16 KiB at most) never fills
-TLS_READ_BUFFER = 64 * 1024
+#: kubelbd keeps one connection open per watch (HTTP/1.1: about 18 per tenant), which made
+#: 4-5 MiB per tenant of buffers that a watch's events (a few KiB) never fill. One TLS
+#: record's worth (16 KiB at most): at 64 KiB, the buffers were still 11.8 MiB of kubelbd's
+#: heap with 10 tenants (188 connections); a list of megabytes takes more reads, each a few
+#: microseconds
+TLS_READ_BUFFER = 16 * 1024
 asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 

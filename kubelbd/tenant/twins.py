@@ -54,6 +54,21 @@ class Twins:
         meta = svc["metadata"]
         self.fresh.pop((meta["namespace"], meta["name"]), None)
 
+    def _remember(self, svc: Obj) -> None:
+        """The API server's answer to a write of a twin, until the watch brings it back. The
+        watch may have brought it already (an event can come before the answer): then it
+        would stay until the twin's next change, one whole Service (managedFields and all)
+        per twin, 4.3 MiB at 10,000 routes over 10 tenants."""
+        meta = svc["metadata"]
+        ref = (meta["namespace"], meta["name"])
+        cached = self._services().get(f"{ref[0]}/{ref[1]}")
+        if cached is not None and cached["metadata"].get("resourceVersion") == meta.get(
+            "resourceVersion"
+        ):
+            self.fresh.pop(ref, None)
+        else:
+            self.fresh[ref] = svc
+
     async def ensure(self, kube: Kube, namespace: str, name: str) -> Obj | None:
         """Bring the twin of a ClusterIP Service up to date. A twin that does not exist yet is
         returned instead, with its nodePorts chosen here, for `create`."""
@@ -92,7 +107,7 @@ class Twins:
                 if kept:
                     port["nodePort"] = kept
         start = time.perf_counter()
-        self.fresh[(namespace, twin_name)] = await kube.apply(SERVICES, desired)
+        self._remember(await kube.apply(SERVICES, desired))
         log.debug(
             "tenant %s: NodePort %s/%s applied in %.1f ms",
             self.tenant, namespace, twin_name, (time.perf_counter() - start) * 1000,
@@ -122,7 +137,7 @@ class Twins:
             if self.fresh.get(twin_key) is desired:
                 del self.fresh[twin_key]
             raise
-        self.fresh[twin_key] = created
+        self._remember(created)
         log.debug(
             "tenant %s: NodePort %s/%s created in %.1f ms",
             self.tenant, *twin_key, (time.perf_counter() - start) * 1000,
