@@ -106,3 +106,20 @@ def test_a_carried_status_no_one_could_have_written_matches_nothing() -> None:
         node = node["x"]  # type: ignore[assignment]
     assert conditions.carried_fingerprint({"conditions": [], "extra": deep}) == b""
     assert conditions.carried_fingerprint(["not", "an", "object"]) == b""
+
+
+def test_records_with_equal_transitions_share_one_tuple() -> None:
+    """The data plane keeps every record's transitions; records stamped in the same second in
+    the same state carry equal ones, which are kept once, not once a record."""
+
+    def carried(since: str) -> list[dict[str, str]]:
+        return [
+            {"type": "Accepted", "status": "True", "lastTransitionTime": since},
+            {"type": "Programmed", "status": "True", "lastTransitionTime": since},
+        ]
+
+    # Parsed separately, as two records' statuses are: equal, and not the same objects.
+    a, b = carried("2026-11-30T00:00:00Z"), carried("".join(["2026-11-30T", "00:00:00Z"]))
+    assert a[0]["lastTransitionTime"] is not b[0]["lastTransitionTime"]
+    assert conditions.transitions(a) is conditions.transitions(b)
+    assert conditions.transitions(carried("2026-11-30T00:00:01Z")) != conditions.transitions(a)

@@ -21,6 +21,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
 
 from ..ir.http import IR
 from ..ir.status import DNSState
@@ -110,7 +111,9 @@ class _Wants:
     """What one record asks of DNS, and what it was worked out from."""
 
     inputs: tuple[object, ...]
-    names: dict[str, _Want]
+    #: by name, sorted; pairs, not a dict: one per record, and a record wants one name or
+    #: two (a dict of one is 232 bytes, these 112)
+    names: tuple[tuple[str, _Want], ...]
     problems: Sequence[ProblemSpec]
     conflicts: Sequence[tuple[str, str]] | None
     #: its own names (a Service's, an automatic one), which go into its status once published
@@ -122,8 +125,15 @@ class _Outcome:
     """Who publishes a name, as what, and who asked for it and lost (whether to another
     tenant)."""
 
-    published: dict[Key, tuple[Endpoint, ...]]
-    lost: dict[Key, bool]
+    #: pairs, not a dict (one outcome per name, and a name mostly has one record)
+    published: tuple[tuple[Key, tuple[Endpoint, ...]], ...]
+    lost: Mapping[Key, bool]
+
+    def endpoints_of(self, key: Key) -> tuple[Endpoint, ...]:
+        return next((es for k, es in self.published if k == key), ())
+
+
+_NONE_LOST: Mapping[Key, bool] = MappingProxyType({})
 
 
 class DesiredNames:
@@ -218,7 +228,7 @@ class DesiredNames:
         return Desired(dict(self._out.endpoints), dict(self._out.refused), dict(self._out.names))
 
     def _forget(self, key: Key, old: _Wants, dirty: set[str], wildcards: set[str]) -> None:
-        for name in old.names:
+        for name, _ in old.names:
             dirty.add(name)
             wanting = self._wanting[name]
             del wanting[key]
@@ -232,7 +242,7 @@ class DesiredNames:
                     del self._wildcards[name]
 
     def _learn(self, key: Key, new: _Wants, dirty: set[str], wildcards: set[str]) -> None:
-        for name, want in new.names.items():
+        for name, want in new.names:
             dirty.add(name)
             self._wanting.setdefault(name, {})[key] = want
             if key[0] == ROUTE.kind and name.startswith("*."):
@@ -278,7 +288,7 @@ class DesiredNames:
                     published[key] = first.endpoints
                 else:
                     lost[key] = _tenant(winner) != _tenant(key)
-        return _Outcome(published, lost)
+        return _Outcome(tuple(published.items()), lost or _NONE_LOST)
 
     def _answer(self, key: Key) -> None:
         """`key`'s endpoints, refusal and names from the outcomes of the names it wants."""
@@ -291,9 +301,9 @@ class DesiredNames:
             return
         endpoints: list[Endpoint] = []
         taken: list[tuple[str, bool]] = []
-        for name in sorted(wants.names):
+        for name, _ in wants.names:
             outcome = self._outcomes[name]
-            endpoints.extend(outcome.published.get(key, ()))
+            endpoints.extend(outcome.endpoints_of(key))
             if key in outcome.lost:
                 taken.append((name, outcome.lost[key]))
         if endpoints:
@@ -328,7 +338,7 @@ def _route_wants(key: Key, inputs: _RouteInputs, public_address: str, ttl: int) 
         for host, targets in hosts_at.items()
     }
     own = route.spec.get("dns", {}).get("hostnames", [])
-    return _Wants(inputs, names, route.spec.get("problems", []), conflicts, own)
+    return _Wants(inputs, _by_name(names), route.spec.get("problems", []), conflicts, own)
 
 
 def _lb_wants(key: Key, inputs: _LBInputs, ttl: int) -> _Wants:
@@ -344,7 +354,14 @@ def _lb_wants(key: Key, inputs: _LBInputs, ttl: int) -> _Wants:
             claim = (fixed_width(since) if since else "9999", key[1]), key
             endpoints = _endpoints(name, targets, dns.get("ttl", ttl), resource)
             names[name] = _Want(claim, tuple(endpoints))
-    return _Wants(inputs, names, rec.spec.get("problems", []), None, dns.get("hostnames", []))
+    return _Wants(
+        inputs, _by_name(names), rec.spec.get("problems", []), None,
+        dns.get("hostnames", []),
+    )  # fmt: skip
+
+
+def _by_name(names: dict[str, _Want]) -> tuple[tuple[str, _Want], ...]:
+    return tuple(sorted(names.items(), key=lambda n: n[0]))
 
 
 def _refusal(

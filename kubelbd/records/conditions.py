@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 from typing import Any, Literal, cast
 
 import orjson
@@ -63,7 +64,9 @@ def transitions(carried: Any) -> Transitions:
     record's status is anyone's to write) that `stamp` needs. The data plane keeps this of
     every record, twice (as last seen, as last written): the conditions themselves were 2.3
     KB a record each time, 46 MB at 10,000 routes. Type and status are interned: a handful
-    of values, repeated on every record."""
+    of values, repeated on every record. So is the whole: records written in the same second
+    in the same state carry equal transitions (146 different ones among 10,000 records, 6 MiB
+    as one tuple each)."""
     out = []
     for c in carried if isinstance(carried, list) else ():
         if not isinstance(c, dict):
@@ -71,7 +74,13 @@ def transitions(carried: Any) -> Transitions:
         kind, status, since = c.get("type"), c.get("status"), c.get("lastTransitionTime")
         if isinstance(kind, str) and isinstance(status, str) and isinstance(since, str):
             out.append((sys.intern(kind), sys.intern(status), since))
-    return tuple(out)
+    return _shared(tuple(out))
+
+
+@lru_cache(maxsize=4096)
+def _shared(t: Transitions) -> Transitions:
+    """The first of the transitions equal to `t` still remembered."""
+    return t
 
 
 def stamp(

@@ -96,14 +96,16 @@ class ReverseIndex:
     """Which objects of ours reference which other objects, both ways."""
 
     def __init__(self) -> None:
-        self._refs: dict[ObjectId, set[tuple[Resource, Ref]]] = {}
+        #: a tuple, not a set: one per object of ours (10,000 at 10,000 routes), mostly of
+        #: one or two references, which a set holds in 216 bytes and a tuple in 56
+        self._refs: dict[ObjectId, tuple[tuple[Resource, Ref], ...]] = {}
         self._users: dict[tuple[Resource, Ref], set[ObjectId]] = {}
 
     def update(self, oid: ObjectId, refs: References | None) -> set[Ref]:
         """Set what `oid` references (None: nothing, it is gone); returns the backend Services
         it referenced before (their twins may be unused now: the object may have stopped
         using them, or stopped being ours)."""
-        old = self._refs.pop(oid, set())
+        old = self._refs.pop(oid, ())
         for ref in old:
             users = self._users.get(ref)
             if users is not None:
@@ -112,7 +114,7 @@ class ReverseIndex:
                     del self._users[ref]
         new = refs.indexed(SERVICES, SECRETS) if refs is not None else set()
         if new:
-            self._refs[oid] = new
+            self._refs[oid] = tuple(new)
         for ref in new:
             self._users.setdefault(ref, set()).add(oid)
         return {r for res, r in old if res == SERVICES}
