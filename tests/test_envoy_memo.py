@@ -139,3 +139,21 @@ def test_what_depends_on_the_settings_alone_is_the_same_object_in_every_file() -
     after = renderer.update_l4([l4], [])["lds.pb"]  # a Layer 4 change: the listeners again
     assert len(after) == len(first["lds.pb"]) + 1
     assert all(any(new is old for new in after) for old in first["lds.pb"])
+
+
+def test_hosts_that_match_everything_share_one_match() -> None:
+    """The renderer keeps every host's rendering; the match of a rule for "/" is one object
+    for all of them (as the retry policy is), and a wildcard host's, which adds its guard, is
+    a copy: the shared one is never changed."""
+    model, renderer = Model(), Renderer(SETTINGS)
+    renderer.update(model.ir, model.apply([], (), TENANTS))
+    backend = {"service": "svc30002", "port": "80", "nodePort": 30002}
+    path = {"path": "/", "pathType": "Prefix", "backends": [backend]}
+    wild = records.route("alpha", "default.wild", [{"host": "*.w.example.com", "paths": [path]}])
+    files = renderer.update(model.ir, model.apply([route("h0", 30000), route("h1", 30001)], ()))
+    files.update(renderer.update(model.ir, model.apply([wild], ())))
+    hosts = hosts_of(files)
+    h0, h1 = (hosts[f"alpha/{h}.example.com"]["routes"][0]["match"] for h in ("h0", "h1"))
+    assert h0 is h1 and h0 == {"prefix": "/"}
+    guarded = hosts["alpha/*.w.example.com"]["routes"][0]["match"]
+    assert guarded["prefix"] == "/" and guarded["headers"] and h0 == {"prefix": "/"}

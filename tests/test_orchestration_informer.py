@@ -149,10 +149,14 @@ async def test_the_cache_keeps_no_managed_fields_nor_kubectls_copy() -> None:
     assert stored["metadata"]["annotations"] == annotations
 
 
-async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_object() -> None:
+@pytest.mark.parametrize("packed", [False, True])
+async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_object(
+    packed: bool,
+) -> None:
     """`stored=identity_only` (the data plane's record informers: the intake keeps each record
     parsed): the handler is given every object whole, from the list and from the watch, the
-    cache keeps its identity only, and a relist still tells what changed and what went."""
+    cache keeps its identity only (as bytes, `packed`), and a relist still tells what changed
+    and what went."""
     kube = await cluster("a", "b")
     got: list[tuple[str, Obj]] = []
     inf = Informer(
@@ -163,9 +167,11 @@ async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_o
         label_selector="team=shop",
         stored=identity_only,
         backoff=Backoff(initial=0.01, maximum=0.01),
+        packed=packed,
     )
     async with running(inf.run):
         await inf.synced.wait()
+        assert isinstance(inf.cache, PackedCache) is packed
         assert [(k, o["spec"]["rules"][0]["host"]) for k, o in got] == [
             ("ADDED", "a.example.com"),
             ("ADDED", "b.example.com"),
@@ -195,6 +201,7 @@ async def test_stored_keeps_identity_in_the_cache_while_events_carry_the_whole_o
         deleted = next(o for k, o in got[3:] if k == "DELETED")
         assert deleted["metadata"]["uid"] and deleted["metadata"]["labels"] == {"team": "shop"}
         assert sorted(inf.cache) == ["default/a"]
+        assert isinstance(inf.cache, PackedCache) is packed  # a relist packs too
 
 
 class Pages(FakeKube):

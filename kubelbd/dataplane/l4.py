@@ -214,6 +214,7 @@ class LoadBalancers:
                 guard("LoadBalancer", on_record),
                 label_selector=selector,
                 stored=identity_only,  # kept parsed by the intake, as Routes are
+                packed=True,
             )
         ]
         if self.settings.mode == "service":

@@ -274,11 +274,16 @@ RETRY_POLICY: Resource = {
 }
 
 
+#: the match of most routes (a rule for "/", a host's fallback): one object for all of them,
+#: as RETRY_POLICY is (a dict is 232 bytes, and the renderer keeps every host's rendering)
+PREFIX_ALL: Resource = {"prefix": "/"}
+
+
 def _match(rule: PathRule) -> Resource:
     if rule.exact:
         return {"path": rule.path}
     if rule.path == "/":
-        return {"prefix": "/"}
+        return PREFIX_ALL
     return {"path_separated_prefix": rule.path}
 
 
@@ -303,15 +308,13 @@ def virtual_host(vh: VirtualHost, settings: Settings, catch_all_exists: bool) ->
     for rule in vh.rules:
         match = _match(rule)
         if guard:
-            match["headers"] = guard
+            match = {**match, "headers": guard}
         routes.append(
             named_route({"match": match, **route_action(rule.target, settings)}, rule.target)
         )
     catches_all = bool(vh.rules) and vh.rules[-1].path == "/" and not vh.rules[-1].exact
     if not catches_all:  # otherwise nothing could ever reach the fallback
-        fallback_match: Resource = {"prefix": "/"}
-        if guard:
-            fallback_match["headers"] = guard
+        fallback_match = {**PREFIX_ALL, "headers": guard} if guard else PREFIX_ALL
         routes.append(
             named_route(
                 {"match": fallback_match, **route_action(vh.fallback, settings)}, vh.fallback

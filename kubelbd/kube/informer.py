@@ -109,8 +109,6 @@ class Informer:
         stored: Callable[[Obj], Obj] | None = None,
         packed: bool = False,
     ) -> None:
-        if packed and stored is not None:
-            raise ValueError("an informer keeps its objects packed or as `stored`, not both")
         self.kube = kube
         #: what the cache keeps of each object (None: all of it), applied as it arrives
         self._keep = keep
@@ -122,7 +120,8 @@ class Informer:
         self.optional = optional
         self.resource = resource
         self.namespace = namespace
-        #: each object kept as bytes, read back on every lookup (PackedCache)
+        #: each object (or what `stored` keeps of it) kept as bytes, read back on every lookup
+        #: (PackedCache)
         self._packed = packed
         self.cache: MutableMapping[str, Obj] = self._new_cache({})
         self.synced = anyio.Event()
@@ -198,7 +197,7 @@ class Informer:
     async def _list(self) -> None:
         keep, stored = self._keep, self._stored
         kept: Callable[[Obj], Obj] = _slim if keep is None else lambda o: keep(_slim(o))
-        packed = PackedCache() if self._packed else None
+        packed = PackedCache() if self._packed and stored is None else None
         if packed is not None:
             # Each object packed as its page comes, and only its identity listed: the whole
             # list is never held as dicts (10,000 Ingresses: 34 MiB, and the arenas they
@@ -216,7 +215,9 @@ class Informer:
         if packed is not None:
             self.cache = packed
         else:
-            self.cache = fresh if stored is None else {k: stored(o) for k, o in fresh.items()}
+            self.cache = self._new_cache(
+                fresh if stored is None else {k: stored(o) for k, o in fresh.items()}
+            )
         self.resource_version = rv
         self.served = True
         for k, o in fresh.items():
