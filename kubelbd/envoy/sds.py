@@ -18,15 +18,19 @@ import contextlib
 import itertools
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
-import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
+from grpclib.const import Cardinality, Handler
+from grpclib.encoding.base import CodecBase
+from grpclib.protocol import H2Protocol
+from grpclib.server import Server, Stream
 
 from ..ir.tls import CertificateData
 from . import protos
@@ -91,6 +95,39 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "DeltaAggregatedResources"
 
 
+class _Bytes(CodecBase):
+    """Messages as their bytes both ways: kubelbd reads and builds them itself (above)."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return data
+
+
+class _Server(Server):
+    """grpclib's server, which also closes its connections when it stops: asyncio's server
+    (before Python 3.12's `close_clients`) only stops listening, and Envoy would keep its
+    stream to a secret server that is gone (a new term's, or a test's, is another one)."""
+
+    def __init__(self, handlers: list[Any], codec: CodecBase) -> None:
+        super().__init__(handlers, codec=codec)
+        self._protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> H2Protocol:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close(self) -> None:
+        super().close()
+        for protocol in list(self._protocols):
+            if hasattr(protocol, "connection"):  # made: connection_made ran
+                protocol.connection.close()
+
+
 @dataclass(eq=False)  # one per connection, compared by identity
 class _Stream:
     """One Envoy connection: what it asked for, what it was sent and what it accepted."""
@@ -114,8 +151,9 @@ class SecretServer:
         self._secrets: dict[str, tuple[str, bytes]] = {}  # name -> (version, encoded Secret)
         self._streams: set[_Stream] = set()
         self._nonces = itertools.count(1)
+        self._connections = itertools.count(1)
         self._changed = anyio.Event()
-        self._server: Any = None
+        self._server: _Server | None = None
 
     # ---- what kubelbd serves ----------------------------------------------------------------
 
@@ -161,46 +199,52 @@ class SecretServer:
 
     async def start(self) -> None:
         """Listen on the socket: readable and writable by the group (the Envoy sidecar shares
-        the volume's group), not by others."""
+        the volume's group), not by others. grpclib, not grpcio: a pure-Python server on the
+        event loop kubelbd already runs, where grpcio's import alone cost every kubelbd
+        process 22 MiB of RSS (its C core), for one stream to one Envoy."""
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # left by a previous run
-        server = grpc.aio.server()
-        handler = grpc.stream_stream_rpc_method_handler(self._delta)  # raw bytes both ways
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),)
-        )
-        server.add_insecure_port(f"unix:{self.socket_path}")
-        await server.start()
+        server = _Server([self], codec=_Bytes())
+        await server.start(path=str(self.socket_path))
         os.chmod(self.socket_path, 0o660)
         self._server = server
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.stop(grace=None)
+            self._server.close()
+            await self._server.wait_closed()
             self._server = None
 
-    async def _delta(self, requests: Any, context: Any) -> None:
+    def __mapping__(self) -> dict[str, Handler]:
+        """The one method served (grpclib's `IServable`)."""
+        return {
+            f"/{SERVICE}/{METHOD}": Handler(self._delta, Cardinality.STREAM_STREAM, bytes, bytes)
+        }
+
+    async def _delta(self, grpc_stream: Stream[bytes, bytes]) -> None:
         """One Envoy's stream: read its requests in a task, answer with what it lacks."""
-        stream = _Stream(str(context.peer()))
+        stream = _Stream(f"connection {next(self._connections)}")
         self._streams.add(stream)
         log.info("sds: envoy connected (%s)", stream.peer)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._read, context, stream, tg.cancel_scope)
+                tg.start_soon(self._read, grpc_stream, stream, tg.cancel_scope)
                 while True:
                     await stream.wake.wait()
                     stream.wake = anyio.Event()
                     response = self._response(stream)
                     if response is not None:
-                        await context.write(response)
+                        await grpc_stream.send_message(response)
         finally:
             self._streams.discard(stream)
             self._changed.set()
             log.info("sds: envoy disconnected (%s)", stream.peer)
 
-    async def _read(self, context: Any, stream: _Stream, scope: anyio.CancelScope) -> None:
+    async def _read(
+        self, grpc_stream: Stream[bytes, bytes], stream: _Stream, scope: anyio.CancelScope
+    ) -> None:
         try:
-            while (raw := await context.read()) is not grpc.aio.EOF:
+            while (raw := await grpc_stream.recv_message()) is not None:
                 try:
                     request = parse_delta_request(raw)
                 except DecodeError as e:

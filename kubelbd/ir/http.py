@@ -24,7 +24,7 @@ from ..records.claims import CATCH_ALL, claimed_hosts  # CATCH_ALL: shown as "*"
 from ..records.types import AgeKey, Backend, RouteRecord, RouteSpec, TenantRecord, UpstreamTLS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """Where matching requests go: (cluster, weight) per backend, cluster None for a backend
     that cannot be resolved; `route` names the record the rule came from."""
@@ -38,14 +38,14 @@ class Target:
         return tuple((c, w) for c, w in self.backends if c is not None and w > 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PathRule:
     path: str
     exact: bool
     target: Target
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualHost:
     tenant: str
     host: str
@@ -72,7 +72,7 @@ class BackendTLS:
         return cls(tls["hostname"], tls["caCertificates"], sans)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     tenant: str

@@ -88,7 +88,7 @@ def public_ingress(address: str) -> list[LoadBalancerIngress]:
     return [{"ip": address}] if _is_ip(address) else [{"hostname": address}]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DNSState:
     """Whether a Route's served hosts are published in DNS, and why not (kubelbd.dns)."""
 

@@ -12,14 +12,14 @@ from typing import Literal
 from .types import LoadBalancerIngress
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceStatus:
     """The status kubelbd wants on one tenant object, and the Events that explain it."""
 
