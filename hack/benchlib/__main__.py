@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("--fill", default="ingress", choices=("ingress", "httproute"),
                       help="what the routes present are")  # fmt: skip
     conv.add_argument("--burst", type=int, default=20, help="Ingresses written at once (burst)")
+    conv.add_argument("--keep", action="store_true", help="leave the routes (for `heap`)")
     l4b = sub.add_parser("l4", help="LoadBalancer Service write → first echo through Envoy")
     l4b.add_argument("--changes", type=int, default=100)
     db = sub.add_parser("dns", help="Ingress write → its name answered by the DNS server")
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         scales = [int(x) for x in args.scales.split(",")]
         layout = convergence.ensure_fleet()
         kinds = args.kinds.split(",")
-        asyncio.run(convergence.run(layout, scales, args.changes, kinds, args.burst, args.fill))
+        asyncio.run(
+            convergence.run(layout, scales, args.changes, kinds, args.burst, args.fill, args.keep)
+        )
     elif args.cmd == "certs":
         asyncio.run(certs.run(args.n, args.runs, args.designs.split(",")))
     elif args.cmd == "dns":

@@ -232,8 +232,10 @@ class Bench:
         gw = await self.kube[tenant].get(GATEWAYS, GATEWAY, self.ns)
         return f"http://{gw['status']['addresses'][0]['value']}:80"
 
-    async def close(self) -> None:
-        for t in self.tenants:
+    async def close(self, keep: bool = False) -> None:
+        """The bench's namespace deleted in every tenant (unless `keep`: its routes stay, for
+        `hack/bench heap` to look at what kubelbd holds for them)."""
+        for t in self.tenants if not keep else ():
             await self.kube[t].delete(NAMESPACES, self.ns)
         await self.session.close()
         await self.fresh.close()
@@ -707,6 +709,7 @@ async def run(
     kinds: list[str],
     burst: int = 20,
     fill: str = "ingress",
+    keep: bool = False,
 ) -> None:
     bench = Bench(layout, changes, burst, fill_kind=fill)
     await bench.open()
@@ -719,7 +722,9 @@ async def run(
             for kind in kinds:
                 rows += await measure(bench, kind)
     finally:
-        await bench.close()
+        await bench.close(keep)
+        if keep:
+            print(f"-- kept: namespace {bench.ns} in every tenant", flush=True)
     print("\n| series | n | median ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
 
