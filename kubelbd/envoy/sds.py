@@ -109,8 +109,10 @@ class _Bytes(CodecBase):
 
 class _Server(Server):
     """grpclib's server, which also closes its connections when it stops: asyncio's server
-    (before Python 3.12's `close_clients`) only stops listening, and Envoy would keep its
-    stream to a secret server that is gone (a new term's, or a test's, is another one)."""
+    (before Python 3.13's `close_clients`) only stops listening, and Envoy would keep its
+    stream to a secret server that is gone (a new term's, or a test's, is another one).
+    `_protocol_factory` is grpclib's own, not its documented API: test_sds's restart, where
+    Envoy must reconnect to the next server, fails if an upgrade moves it."""
 
     def __init__(self, handlers: list[Any], codec: CodecBase) -> None:
         super().__init__(handlers, codec=codec)
