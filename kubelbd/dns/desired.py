@@ -125,12 +125,10 @@ class _Outcome:
     """Who publishes a name, as what, and who asked for it and lost (whether to another
     tenant)."""
 
-    #: pairs, not a dict (one outcome per name, and a name mostly has one record)
-    published: tuple[tuple[Key, tuple[Endpoint, ...]], ...]
+    #: a dict, looked up by each record wanting the name: routes of one tenant sharing a
+    #: host (Ingress merges them) all publish it, and a tenant may have thousands on one
+    published: dict[Key, tuple[Endpoint, ...]]
     lost: Mapping[Key, bool]
-
-    def endpoints_of(self, key: Key) -> tuple[Endpoint, ...]:
-        return next((es for k, es in self.published if k == key), ())
 
 
 _NONE_LOST: Mapping[Key, bool] = MappingProxyType({})
@@ -288,7 +286,7 @@ class DesiredNames:
                     published[key] = first.endpoints
                 else:
                     lost[key] = _tenant(winner) != _tenant(key)
-        return _Outcome(tuple(published.items()), lost or _NONE_LOST)
+        return _Outcome(published, lost or _NONE_LOST)
 
     def _answer(self, key: Key) -> None:
         """`key`'s endpoints, refusal and names from the outcomes of the names it wants."""
@@ -303,7 +301,7 @@ class DesiredNames:
         taken: list[tuple[str, bool]] = []
         for name, _ in wants.names:
             outcome = self._outcomes[name]
-            endpoints.extend(outcome.endpoints_of(key))
+            endpoints.extend(outcome.published.get(key, ()))
             if key in outcome.lost:
                 taken.append((name, outcome.lost[key]))
         if endpoints:
