@@ -21,13 +21,23 @@ import pytest
 from kubefleet import certs
 from kubefleet.layout import ROOT, Layout
 
+from kubelbd.dataplane.reporter import RECORD_SETTLE
+from kubelbd.dataplane.reporter import RECORD_YIELD as STATUS_YIELD
 from kubelbd.kube import ApiError, Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.records.names import ROUTES, TENANTS
+from kubelbd.tenant.records import RECORD_YIELD as WRITE_YIELD
 
 T = TypeVar("T")
 
 FLEET = str(ROOT / "hack" / "fleet")
+
+#: How long a record's status may take by design while tenant objects' statuses are still to
+#: be written (on a fleet other tests keep busy, say): a Route record's write yields to them up
+#: to WRITE_YIELD, then its status settles and yields up to RECORD_SETTLE + STATUS_YIELD more.
+#: Polls of a record's status allow that, and the usual 30 s on top (a poll of 30 s alone
+#: failed when the suite's other objects kept the tenants' status writers busy).
+RECORD_STATUS_TIMEOUT = WRITE_YIELD + RECORD_SETTLE + STATUS_YIELD + 30.0
 
 
 class FleetHandle:
@@ -409,7 +419,9 @@ async def route_condition(mgmt: Kube, tenant: str, route: str, cond_type: str, *
         assert all(cond.get(k) == v for k, v in want.items()), conds
         return True
 
-    await eventually(check, what=f"{cond_type} {want} on Route {tenant}/{route}")
+    await eventually(
+        check, timeout=RECORD_STATUS_TIMEOUT, what=f"{cond_type} {want} on Route {tenant}/{route}"
+    )
 
 
 async def served_over_plain_http(layout: Layout, host: str) -> None:

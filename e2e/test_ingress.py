@@ -14,6 +14,7 @@ import pytest
 from kubelbd.objects import INGRESSES, SECRETS, SERVICES, Obj
 
 from .support import (
+    RECORD_STATUS_TIMEOUT,
     FleetHandle,
     backend,
     conditions,
@@ -192,7 +193,9 @@ async def test_backend_problems_are_reported_and_isolated(fleet: FleetHandle, ns
         assert conds.get("Accepted", {}).get("status") == "False", conds
         return conds["Accepted"]
 
-    cond = await eventually(accepted_false, what="Accepted=False on the Route")
+    cond = await eventually(
+        accepted_false, timeout=RECORD_STATUS_TIMEOUT, what="Accepted=False on the Route"
+    )
     assert "nope" in cond["message"] and "grpc" in cond["message"]
 
     async def warning_events() -> set[str]:
@@ -246,7 +249,9 @@ async def test_host_belongs_to_the_first_tenant(fleet: FleetHandle, ns: str) -> 
         assert conds.get("Conflict", {}).get("status") == "True", conds
         return conds["Conflict"]
 
-    cond = await eventually(conflict, what="Conflict=True on beta's Route")
+    cond = await eventually(
+        conflict, timeout=RECORD_STATUS_TIMEOUT, what="Conflict=True on beta's Route"
+    )
     assert h in cond["message"] and "alpha" in cond["message"]
     for _ in range(5):  # polled past pod start-up, then never beta's pod
         body = await until_served(lay, h)

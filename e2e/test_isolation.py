@@ -39,6 +39,7 @@ from kubelbd.records.names import ROUTES
 from kubelbd.records.objects import record_object
 
 from .support import (
+    RECORD_STATUS_TIMEOUT,
     FleetHandle,
     backend,
     conditions,
@@ -333,7 +334,9 @@ async def test_an_older_ingress_cannot_take_a_host_another_tenant_serves(
             assert cond.get("status") == "True" and "beta" in cond["message"], cond
             return True
 
-        await eventually(conflict, what="alpha's claim reported as a conflict")
+        await eventually(
+            conflict, timeout=RECORD_STATUS_TIMEOUT, what="alpha's claim reported as a conflict"
+        )
         for _ in range(10):
             status, body = await lb_get(lay, victim)
             assert status == 200 and from_app("victim")(body), (status, body)

@@ -16,6 +16,7 @@ from kubelbd.objects import DEPLOYMENTS, EVENTS, PODS, SERVICES, Obj
 from kubelbd.records.names import LOADBALANCERS
 
 from .support import (
+    RECORD_STATUS_TIMEOUT,
     FleetHandle,
     conditions,
     echo_deployment,
@@ -214,7 +215,11 @@ async def test_failures_are_reported_on_the_record_and_the_service(
         assert conds.get("Programmed", {}).get("reason") == "AddressNotInPool", conds
         return conds
 
-    await eventually(record_conditions, what="conditions on the LoadBalancer record")
+    await eventually(
+        record_conditions,
+        timeout=RECORD_STATUS_TIMEOUT,
+        what="conditions on the LoadBalancer record",
+    )
 
     async def events() -> bool:
         found, _ = await kube.list(EVENTS, ns, fieldSelector="involvedObject.name=sctp")
@@ -240,7 +245,9 @@ async def test_requested_address_taken_and_released_on_delete(fleet: FleetHandle
         assert conds.get("Programmed", {}).get("reason") == "AddressInUse", conds
         return True
 
-    await eventually(in_use, what="AddressInUse for the younger claim")
+    await eventually(
+        in_use, timeout=RECORD_STATUS_TIMEOUT, what="AddressInUse for the younger claim"
+    )
     # Deleting the holder releases the address; the waiting Service then gets it.
     await alpha.delete(SERVICES, "first", ns)
 

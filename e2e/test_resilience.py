@@ -15,6 +15,7 @@ from kubelbd.objects import INGRESSES, NAMESPACES
 from kubelbd.records.names import ROUTES, TENANTS
 
 from .support import (
+    RECORD_STATUS_TIMEOUT,
     FleetHandle,
     Traffic,
     backend,
@@ -142,7 +143,11 @@ async def test_status_is_written_only_once_envoy_applied(
         assert ingress["status"]["loadBalancer"]["ingress"] == [{"ip": "127.0.0.1"}]
         return True
 
-    await eventually(programmed, what="Programmed=True and the address once Envoy applied")
+    await eventually(
+        programmed,
+        timeout=RECORD_STATUS_TIMEOUT,
+        what="Programmed=True and the address once Envoy applied",
+    )
     await until_served(lay, h)
 
 
