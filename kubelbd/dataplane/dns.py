@@ -123,13 +123,16 @@ class DNSPublisher(NamesPublisher):
             settings.server, settings.zone, settings.key_name, settings.key_secret,
             settings.algorithm, settings.owner, TIMEOUT,
         )  # fmt: skip
-        #: the endpoints the last pass planned (None: the next pass plans every name)
-        self._planned: dict[Endpoint, None] | None = None
+        #: what the last pass planned from (None: the next pass plans every name)
+        self._planned: dict[Key, list[Endpoint]] | None = None
+        #: the names this pass plans again, as spelt in endpoints and canonically (None:
+        #: every name)
+        self._touched: set[str] | None = None
         #: by name, why the last passes did not publish it (refused, or the server's answer)
         self._outcomes: dict[str, DNSState] = {}
         #: names the server failed at (refused, unreachable): planned again on every pass
         self._retry: set[str] = set()
-        #: the wanted endpoints `_settle` last worked out states from
+        #: what `_settle` last worked out the records' states from
         self._settled: dict[Key, list[Endpoint]] = {}
 
     async def run(self) -> None:
@@ -166,9 +169,7 @@ class DNSPublisher(NamesPublisher):
         """Apply the plan for what is wanted now; returns whether the server failed us
         (a retry is due). `owned` follows every change the server accepted."""
         wanted = self._wanted
-        # Routes of one tenant sharing a host want the same record set: planned once.
-        unique = dict.fromkeys(e for es in wanted.values() for e in es)
-        endpoints, scope, outcome = self._scope(unique, owned)
+        endpoints, scope, outcome = self._scope(wanted, owned)
         # In a worker thread, on a copy of what is owned, off the event loop that serves
         # route changes meanwhile (every name: 17 ms at 3,000 once each endpoint's checks
         # are kept, 90 ms before).
@@ -210,46 +211,67 @@ class DNSPublisher(NamesPublisher):
         return failed
 
     def _scope(
-        self, unique: dict[Endpoint, None], owned: dict[RecordSet, OwnedRecord]
+        self, wanted: dict[Key, list[Endpoint]], owned: dict[RecordSet, OwnedRecord]
     ) -> tuple[list[Endpoint], dict[RecordSet, OwnedRecord], dict[str, DNSState]]:
         """What this pass plans: the endpoints and owned record sets at the names touched
-        since the last pass (an endpoint there came, went or changed, or the server failed
-        at it), and the outcomes of the other names, which stay what they were. Every name
-        when there is no last pass. A name's plan depends only on what is wanted and owned
-        at that name, so planning the touched ones alone gives their part of the whole.
-        `unique` is what the next pass compares with."""
-        planned, self._planned = self._planned, unique
-        if planned is None:
-            return list(unique), dict(owned), {}
-        moved = unique.keys() ^ planned.keys()
+        since the last pass, and the outcomes of the other names, which stay what they were.
+        Every name when there is no last pass. A name is touched when a record wanting it
+        came, went or has a new list of endpoints (DesiredNames keeps an unchanged record's
+        very list, so finding them costs no endpoint's hash), or when the server failed at
+        it. A name's plan depends only on what is wanted and owned at that name (its
+        canonical spelling), so planning the touched ones alone gives their part of the
+        whole. Routes of one tenant sharing a host want the same record set: planned once."""
+        last, self._planned = self._planned, wanted
+        if last is None:
+            self._touched = None
+            return list(dict.fromkeys(e for es in wanted.values() for e in es)), dict(owned), {}
+        moved: set[Endpoint] = set()
+        for key, es in wanted.items():
+            old = last.get(key)
+            if old is not es:
+                moved.update(es)
+                moved.update(old or ())
+        for key in last.keys() - wanted.keys():
+            moved.update(last[key])
         touched = {n for e in moved for n in (e.name, canonical(e.name))} | self._retry
-        if not touched:
-            return [], {}, dict(self._outcomes)
-        endpoints = [e for e in unique if e.name in touched or canonical(e.name) in touched]
-        scope = {k: r for k, r in owned.items() if k[0] in touched}
-        kept = {
-            n: s
-            for n, s in self._outcomes.items()
-            if n not in touched and canonical(n) not in touched
-        }
+        endpoints = (
+            list(dict.fromkeys(
+                e for es in wanted.values() for e in es
+                if e.name in touched or canonical(e.name) in touched
+            ))
+            if touched else []
+        )  # fmt: skip
+        scope = {k: r for k, r in owned.items() if k[0] in touched} if touched else {}
+        kept = dict(self._outcomes)
+        # An outcome is kept under an endpoint's own spelling of its name, or a change's
+        # canonical one: both go where the name is planned again.
+        for name in touched:
+            kept.pop(name, None)
+        for e in endpoints:
+            kept.pop(e.name, None)
+        self._touched = touched | {e.name for e in endpoints}
         return endpoints, scope, kept
 
     def _settle(self, wanted: dict[Key, list[Endpoint]], outcome: dict[str, DNSState]) -> None:
         """Each record's DNSPublished from its names' outcomes; the changed ones reported.
-        A record whose endpoints are the very list of the last pass (DesiredNames keeps an
-        unchanged record's) and that was published keeps its state object: spelling out
-        every record's names again was 30 ms of the event loop at 10,000 routes."""
+        A record with the very list of endpoints of the last pass, none at a name planned
+        again, keeps its state object: working out every record's state again was 30 ms of
+        the event loop at 10,000 routes, after every change."""
         states: dict[Key, DNSState] = {}
-        before, settled = self.states, self._settled
+        before, settled, touched = self.states, self._settled, self._touched
         for key, es in wanted.items():
-            if outcome:
-                problems = [outcome[e.name] for e in es if e.name in outcome]
-                if problems:
-                    states[key] = problems[0]
-                    continue
             old = before.get(key)
-            if old is not None and old.published and settled.get(key) is es:
+            if (
+                old is not None
+                and touched is not None
+                and settled.get(key) is es
+                and not any(e.name in touched for e in es)
+            ):
                 states[key] = old
+                continue
+            problems = [outcome[e.name] for e in es if e.name in outcome]
+            if problems:
+                states[key] = problems[0]
                 continue
             names = ", ".join(sorted({f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}))
             states[key] = DNSState(True, "Published", names)
