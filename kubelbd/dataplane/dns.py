@@ -259,24 +259,30 @@ class DNSPublisher(NamesPublisher):
         the event loop at 10,000 routes, after every change."""
         states: dict[Key, DNSState] = {}
         before, settled, touched = self.states, self._settled, self._touched
+        changed: set[Key] = set()
         for key, es in wanted.items():
             old = before.get(key)
-            if (
-                old is not None
-                and touched is not None
-                and settled.get(key) is es
-                and not any(e.name in touched for e in es)
-            ):
-                states[key] = old
-                continue
+            if old is not None and touched is not None and settled.get(key) is es:
+                for e in es:
+                    if e.name in touched:
+                        break
+                else:
+                    states[key] = old  # (a loop, not any(): 10,000 generators a pass)
+                    continue
             problems = [outcome[e.name] for e in es if e.name in outcome]
             if problems:
-                states[key] = problems[0]
-                continue
-            names = ", ".join(sorted({f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}))
-            states[key] = DNSState(True, "Published", names)
-        self._settled = wanted
-        self._report(states)
+                state = problems[0]
+            else:
+                names = {f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}
+                state = DNSState(True, "Published", ", ".join(sorted(names)))
+            states[key] = state
+            if state != old:
+                changed.add(key)
+        # Reported here, not by comparing every state again (`_report`): only these moved.
+        changed.update(before.keys() - states.keys())
+        self._settled, self.states = wanted, states
+        if changed:
+            self._on_states(changed)
 
     def _server_problem(self, answer: Refused | Unreachable) -> None:
         log.warning("dns: zone transfer from %s: %s", self.settings.server, _text(answer))
