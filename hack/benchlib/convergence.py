@@ -56,7 +56,7 @@ from kubelbd.sources import twins
 from kubelbd.sources.gatewayapi import GATEWAYS, HTTPROUTES
 
 from .fleet import kubelbd_pid
-from .stats import percentile
+from .stats import cpu_seconds, percentile
 
 FLEET = str(ROOT / "hack" / "fleet")
 SETTLE = 0.1  # seconds of quiet before each change and each pair of floor samples
@@ -800,14 +800,17 @@ async def measure(bench: Bench, kind: str) -> list[str]:
     nf = NodePortFloor(bench)
     count = bench.burst if kind == "burst" else 1
     listener = f"gw/{bench.tenants[0]}/{bench.ns}.{GATEWAY}.gateway/80"
+    pid, cpu = kubelbd_pid(), 0.0
     async with WatchFloor(bench) as wf, EnvoyFloor(bench.layout, listener) as ef:
         for n in range(bench.changes):
             await asyncio.sleep(SETTLE)
             started = dt.datetime.now(dt.UTC)
+            before = cpu_seconds(pid)
             if kind == "burst":
                 live.values.append(await bench.burst_change(n))
             else:
                 live.values.append(await bench.change(kind, n))
+            cpu += cpu_seconds(pid) - before
             if SAMPLES:  # where a slow one falls, to read kubelbd's log beside it
                 print(f"   sample {n}: {started:%H:%M:%S.%f} {live.values[-1] * 1000:.1f} ms",
                       file=sys.stderr, flush=True)  # fmt: skip
@@ -832,4 +835,7 @@ async def measure(bench: Bench, kind: str) -> list[str]:
         print(row, flush=True)
     print(f"   {kind} floor ({how}): {floor * 1000:.1f} ms; change / floor: {ratio:.2f}x",
           flush=True)  # fmt: skip
+    # Its whole cycle: the change, its statuses and DNS, its removal (not the floors').
+    print(f"   kubelbd CPU a {what}, its whole cycle: "
+          f"{cpu / bench.changes * 1000:.0f} ms", flush=True)  # fmt: skip
     return rows

@@ -41,6 +41,7 @@ from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.sources import twins
 
 from .convergence import deployment, ingress, svc
+from .stats import cpu_seconds
 
 APP = "echo"
 REPLICAS = 3
@@ -51,13 +52,13 @@ CONCURRENCY = 2
 def wrk(url: str, host: str, connections: int, seconds: int, pid: int = 0) -> dict[str, float]:
     """One wrk run: requests/s, p50 and p99 latency in ms, the non-2xx/3xx answers, and
     the CPU µs process `pid` used per request (0 without one)."""
-    cpu = _cpu_seconds(pid)
+    cpu = cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--latency",
          "-H", f"Host: {host}", url],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
-    cpu = _cpu_seconds(pid) - cpu
+    cpu = cpu_seconds(pid) - cpu
     requests = int(re.search(r"^\s+(\d+) requests in", out, re.M).group(1))  # type: ignore[union-attr]
     latency = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -68,14 +69,6 @@ def wrk(url: str, host: str, connections: int, seconds: int, pid: int = 0) -> di
         "p99": _ms(latency["99"]),
         "errors": float(errors.group(1)) if errors else 0.0,
     }
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (0: none), in seconds."""
-    if not pid:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(text: str) -> float:
