@@ -99,9 +99,9 @@ class NamesPublisher:
         return True
 
     def _report(self, states: dict[Key, DNSState]) -> None:
-        """These are the records' states now: the changed ones reported. A state kept from
-        the last pass is the same object (`DNSPublisher._settle`): compared by identity
-        first, as most of 10,000 are."""
+        """These are the records' states now: the changed ones reported (identity compared
+        first: one shared state, a server's failure, stands for every record). A publishing
+        pass reports what it changed itself (`DNSPublisher._settle`)."""
         before = self.states
         changed = {k for k, s in states.items() if (b := before.get(k)) is not s and b != s}
         changed.update(before.keys() - states.keys())
