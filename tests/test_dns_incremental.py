@@ -237,3 +237,19 @@ def test_an_unchanged_record_keeps_its_state_and_only_changes_are_reported() -> 
     assert len(reported) == 2
     assert p.states[("Route", "t/r8")] is not first[("Route", "t/r8")]
     assert p.states[("Route", "t/r8")] == first[("Route", "t/r8")]
+
+
+def test_a_record_that_moved_to_another_name_and_went_is_forgotten_at_both() -> None:
+    """The records wanting each name are kept from pass to pass: a record's old names must
+    let go of it when it moves, or a later pass touching them would look for a record that
+    is gone."""
+    reported: list[set[tuple[str, str]]] = []
+    p = DNSPublisher(SETTINGS, reported.append)
+    r, other = ("Route", "t/r"), ("Route", "t/other")
+    settled(p, {r: [ep(f"a.{ZONE}")]})
+    settled(p, {r: [ep(f"b.{ZONE}")]})  # moved to b
+    settled(p, {})  # and went
+    assert reported[-1] == {r} and p.states == {}
+    settled(p, {other: [ep(f"a.{ZONE}")]})  # a is touched again, by another record
+    assert reported[-1] == {other}
+    assert set(p.states) == {other} and p.states[other].published

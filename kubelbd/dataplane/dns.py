@@ -12,7 +12,7 @@ DNSPublished condition (kubelbd.ir.status.DNSState).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import anyio
@@ -132,8 +132,12 @@ class DNSPublisher(NamesPublisher):
         self._outcomes: dict[str, DNSState] = {}
         #: names the server failed at (refused, unreachable): planned again on every pass
         self._retry: set[str] = set()
-        #: what `_settle` last worked out the records' states from
-        self._settled: dict[Key, list[Endpoint]] = {}
+        #: records handed over anew since the last pass (came, or with a new list), and gone
+        self._renewed: list[Key] = []
+        self._gone: set[Key] = set()
+        #: by name (as spelt, and canonically), the records wanting it, as of the last pass:
+        #: those whose state a name planned again may change
+        self._keys_at: dict[str, set[Key]] = {}
 
     async def run(self) -> None:
         """The leader's loop: a zone transfer, then the changes, until the next wake. A term
@@ -224,15 +228,26 @@ class DNSPublisher(NamesPublisher):
         last, self._planned = self._planned, wanted
         if last is None:
             self._touched = None
+            self._keys_at = {}
+            for key, es in wanted.items():
+                self._index(key, es, True)
             return list(dict.fromkeys(e for es in wanted.values() for e in es)), dict(owned), {}
         moved: set[Endpoint] = set()
+        renewed = []
         for key, es in wanted.items():
             old = last.get(key)
             if old is not es:
+                renewed.append(key)
                 moved.update(es)
-                moved.update(old or ())
-        for key in last.keys() - wanted.keys():
+                if old:
+                    moved.update(old)
+                    self._index(key, old, False)
+                self._index(key, es, True)
+        gone = last.keys() - wanted.keys()
+        for key in gone:
             moved.update(last[key])
+            self._index(key, last[key], False)
+        self._renewed, self._gone = renewed, gone
         touched = {n for e in moved for n in (e.name, canonical(e.name))} | self._retry
         endpoints = (
             list(dict.fromkeys(
@@ -252,23 +267,43 @@ class DNSPublisher(NamesPublisher):
         self._touched = touched | {e.name for e in endpoints}
         return endpoints, scope, kept
 
+    def _index(self, key: Key, endpoints: list[Endpoint], wants: bool) -> None:
+        """`key` wants (or no longer wants) the names of `endpoints`, in both spellings."""
+        for e in endpoints:
+            for name in (e.name, canonical(e.name)):
+                keys = self._keys_at.get(name)
+                if wants:
+                    if keys is None:
+                        keys = self._keys_at[name] = set()
+                    keys.add(key)
+                elif keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del self._keys_at[name]
+
     def _settle(self, wanted: dict[Key, list[Endpoint]], outcome: dict[str, DNSState]) -> None:
         """Each record's DNSPublished from its names' outcomes; the changed ones reported.
-        A record with the very list of endpoints of the last pass, none at a name planned
-        again, keeps its state object: working out every record's state again was 30 ms of
-        the event loop at 10,000 routes, after every change."""
-        states: dict[Key, DNSState] = {}
-        before, settled, touched = self.states, self._settled, self._touched
-        changed: set[Key] = set()
-        for key, es in wanted.items():
-            old = before.get(key)
-            if old is not None and touched is not None and settled.get(key) is es:
-                for e in es:
-                    if e.name in touched:
-                        break
-                else:
-                    states[key] = old  # (a loop, not any(): 10,000 generators a pass)
-                    continue
+        Only the records handed over anew and those wanting a name planned again are worked
+        out (`_scope` found them); every other keeps its state object: every record's
+        state worked out and compared again was 30 ms of the event loop at 10,000 routes,
+        after every change. A pass that planned every name works out every record."""
+        before, touched = self.states, self._touched
+        states: dict[Key, DNSState]
+        recompute: Iterable[Key]
+        if touched is None:
+            states, recompute = {}, wanted.keys()
+            changed = set(before.keys() - wanted.keys())
+        else:
+            states, changed = dict(before), set()
+            for key in self._gone:
+                if states.pop(key, None) is not None:
+                    changed.add(key)
+            again = set(self._renewed)
+            for name in touched:
+                again.update(self._keys_at.get(name, ()))
+            recompute = again
+        for key in recompute:
+            es = wanted[key]
             problems = [outcome[e.name] for e in es if e.name in outcome]
             if problems:
                 state = problems[0]
@@ -276,11 +311,9 @@ class DNSPublisher(NamesPublisher):
                 names = {f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}
                 state = DNSState(True, "Published", ", ".join(sorted(names)))
             states[key] = state
-            if state != old:
+            if state != before.get(key):
                 changed.add(key)
-        # Reported here, not by comparing every state again (`_report`): only these moved.
-        changed.update(before.keys() - states.keys())
-        self._settled, self.states = wanted, states
+        self.states = states
         if changed:
             self._on_states(changed)
 
