@@ -58,11 +58,11 @@ def records(endpoints: list[Endpoint]) -> Wanted:
 
 def first_pass(p: DNSPublisher, wanted: Wanted, owned: dict[Key, OwnedRecord]) -> Plan:
     """A pass with no last pass (a term's first, after its zone transfer): every name."""
-    endpoints, scope, kept = p._scope(wanted, owned)
-    assert kept == {}
-    whole = plan(ZONE, endpoints, scope)
+    this = p._scope(wanted, owned)
+    assert this.kept == {}
+    whole = plan(ZONE, this.endpoints, this.owned)
     p._outcomes = refusals(whole)
-    p._settle(wanted, p._outcomes)
+    p._settle(wanted, p._outcomes, this.again, this.gone)
     return whole
 
 
@@ -81,13 +81,15 @@ def test_a_pass_after_one_change_plans_that_name_only() -> None:
     assert len(owned) == 1000
 
     added = ep(f"new.{ZONE}")
-    endpoints, scope, _ = p._scope({**wanted, **records([added])}, owned)
+    this = p._scope({**wanted, **records([added])}, owned)
+    endpoints, scope = this.endpoints, this.owned
     assert (endpoints, scope) == ([added], {})
     assert [type(c) for c in plan(ZONE, endpoints, scope).changes] == [Create]
 
     owned = applied(owned, plan(ZONE, endpoints, scope))
     fewer = dict(list(wanted.items())[1:])  # h0 and new went
-    endpoints, scope, _ = p._scope(fewer, owned)
+    this = p._scope(fewer, owned)
+    endpoints, scope = this.endpoints, this.owned
     assert endpoints == []
     assert set(scope) == {(f"h0.{ZONE}", "A"), (f"new.{ZONE}", "A")}
     deleted = plan(ZONE, endpoints, scope).changes
@@ -97,12 +99,12 @@ def test_a_pass_after_one_change_plans_that_name_only() -> None:
     ]
 
     # Nothing changed: nothing planned, and the outcomes stay what they were.
-    assert p._scope(fewer, owned)[:2] == ([], {})
+    this = p._scope(fewer, owned)
+    assert (this.endpoints, this.owned) == ([], {})
     # A record handed over with a new list of the same endpoints: its name is planned again
     # (and nothing comes of it).
     key = next(iter(fewer))
-    endpoints, _, _ = p._scope({**fewer, key: list(fewer[key])}, owned)
-    assert endpoints == fewer[key]
+    assert p._scope({**fewer, key: list(fewer[key])}, owned).endpoints == fewer[key]
 
 
 def test_a_refusal_stays_with_its_name_until_that_name_changes() -> None:
@@ -113,11 +115,11 @@ def test_a_refusal_stays_with_its_name_until_that_name_changes() -> None:
     assert p._outcomes["shop.elsewhere.test"].reason == "OutsideZone"
 
     extra = records([ep(f"more.{ZONE}")])
-    _, _, kept = p._scope({**wanted, **extra}, {})
+    kept = p._scope({**wanted, **extra}, {}).kept
     assert kept["shop.elsewhere.test"].reason == "OutsideZone"
 
     # The refused endpoint itself went: its outcome goes with it.
-    _, _, kept = p._scope({**records([fine]), **extra}, {})
+    kept = p._scope({**records([fine]), **extra}, {}).kept
     assert "shop.elsewhere.test" not in kept
 
 
@@ -126,8 +128,8 @@ def test_a_name_the_server_failed_at_is_planned_again_on_the_next_pass() -> None
     wanted = records([ep(f"a.{ZONE}"), ep(f"b.{ZONE}")])
     first_pass(p, wanted, {})
     p._retry = {f"b.{ZONE}"}  # the server refused b's create
-    endpoints, _, _ = p._scope(wanted, {(f"a.{ZONE}", "A"): owned(f"a.{ZONE}")})
-    assert endpoints == [ep(f"b.{ZONE}")]
+    this = p._scope(wanted, {(f"a.{ZONE}", "A"): owned(f"a.{ZONE}")})
+    assert this.endpoints == [ep(f"b.{ZONE}")]
 
 
 def owned(name: str) -> OwnedRecord:
@@ -191,8 +193,9 @@ def test_a_pass_plans_the_whole_plans_part_for_the_names_it_touches(
     p = publisher()
     owned = applied(owned_before, first_pass(p, w1, owned_before))
 
-    endpoints, scope, kept = p._scope(w2, owned)
-    part = plan(ZONE, endpoints, scope)
+    this = p._scope(w2, owned)
+    kept = this.kept
+    part = plan(ZONE, this.endpoints, this.owned)
     whole = plan(ZONE, list(dict.fromkeys(e for es in w2.values() for e in es)), owned)
 
     assert sorted(map(repr, part.changes)) == sorted(map(repr, whole.changes))
@@ -202,17 +205,17 @@ def test_a_pass_plans_the_whole_plans_part_for_the_names_it_touches(
 
     # And the records' states, partly kept from the first pass, are what a first pass
     # works out from the whole plan.
-    p._settle(w2, {**kept, **refusals(part)})
+    p._settle(w2, {**kept, **refusals(part)}, this.again, this.gone)
     fresh = publisher()
-    fresh._settle(w2, refusals(whole))
+    fresh._settle(w2, refusals(whole), None, set())
     assert p.states == fresh.states
 
 
 def settled(p: DNSPublisher, wanted: Wanted) -> None:
     """A pass's own part: what it plans again, then the records' states (no name here is
     refused, and the server accepts everything)."""
-    _, _, kept = p._scope(wanted, {})
-    p._settle(wanted, kept)
+    this = p._scope(wanted, {})
+    p._settle(wanted, this.kept, this.again, this.gone)
 
 
 def test_an_unchanged_record_keeps_its_state_and_only_changes_are_reported() -> None:

@@ -110,6 +110,17 @@ class NamesPublisher:
             self._on_states(changed)
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What one publishing pass plans, and which records' states it may change."""
+
+    endpoints: list[Endpoint]
+    owned: dict[RecordSet, OwnedRecord]  # what kubelbd owns at those names
+    kept: dict[str, DNSState]  # the other names' outcomes, as the last passes left them
+    again: set[Key] | None  # the records to work out again (None: every record)
+    gone: set[Key]  # the records wanted by the last pass and no longer
+
+
 class DNSPublisher(NamesPublisher):
     """The leader's RFC 2136 publishing. A pass plans only the names whose endpoints changed
     since the last pass (and those the server failed): every name, at 10,000 routes, was
@@ -125,16 +136,10 @@ class DNSPublisher(NamesPublisher):
         )  # fmt: skip
         #: what the last pass planned from (None: the next pass plans every name)
         self._planned: dict[Key, list[Endpoint]] | None = None
-        #: the names this pass plans again, as spelt in endpoints and canonically (None:
-        #: every name)
-        self._touched: set[str] | None = None
         #: by name, why the last passes did not publish it (refused, or the server's answer)
         self._outcomes: dict[str, DNSState] = {}
         #: names the server failed at (refused, unreachable): planned again on every pass
         self._retry: set[str] = set()
-        #: records handed over anew since the last pass (came, or with a new list), and gone
-        self._renewed: list[Key] = []
-        self._gone: set[Key] = set()
         #: by name (as spelt, and canonically), the records wanting it, as of the last pass:
         #: those whose state a name planned again may change
         self._keys_at: dict[str, set[Key]] = {}
@@ -173,11 +178,14 @@ class DNSPublisher(NamesPublisher):
         """Apply the plan for what is wanted now; returns whether the server failed us
         (a retry is due). `owned` follows every change the server accepted."""
         wanted = self._wanted
-        endpoints, scope, outcome = self._scope(wanted, owned)
+        this = self._scope(wanted, owned)
+        outcome = this.kept
         # In a worker thread, on a copy of what is owned, off the event loop that serves
         # route changes meanwhile (every name: 17 ms at 3,000 once each endpoint's checks
         # are kept, 90 ms before).
-        planned = await anyio.to_thread.run_sync(plan, self.settings.zone, endpoints, scope)
+        planned = await anyio.to_thread.run_sync(
+            plan, self.settings.zone, this.endpoints, this.owned
+        )
         retry: set[str] = set()
         for refusal in planned.refused:
             # A host outside the zone is the operator's choice of zone, not the tenant's
@@ -211,27 +219,28 @@ class DNSPublisher(NamesPublisher):
             log.warning("dns: %s %s: %s", type(change).__name__.lower(), name, _text(result))
             outcome[name] = _state_of(name, result)
         self._outcomes, self._retry = outcome, retry
-        self._settle(wanted, outcome)
+        self._settle(wanted, outcome, this.again, this.gone)
         return failed
 
     def _scope(
         self, wanted: dict[Key, list[Endpoint]], owned: dict[RecordSet, OwnedRecord]
-    ) -> tuple[list[Endpoint], dict[RecordSet, OwnedRecord], dict[str, DNSState]]:
-        """What this pass plans: the endpoints and owned record sets at the names touched
-        since the last pass, and the outcomes of the other names, which stay what they were.
-        Every name when there is no last pass. A name is touched when a record wanting it
-        came, went or has a new list of endpoints (DesiredNames keeps an unchanged record's
-        very list, so finding them costs no endpoint's hash), or when the server failed at
-        it. A name's plan depends only on what is wanted and owned at that name (its
-        canonical spelling), so planning the touched ones alone gives their part of the
-        whole. Routes of one tenant sharing a host want the same record set: planned once."""
+    ) -> _Pass:
+        """What this pass plans (`_Pass`): the endpoints and owned record sets at the names
+        touched since the last pass; the outcomes of the other names, which stay what they
+        were; the records whose state may change. Every name when there is no last pass. A
+        name is touched when a record wanting it came, went or has a new list of endpoints
+        (DesiredNames keeps an unchanged record's very list, so finding them costs no
+        endpoint's hash), or when the server failed at it. A name's plan depends only on
+        what is wanted and owned at that name (its canonical spelling), so planning the
+        touched ones alone gives their part of the whole. Routes of one tenant sharing a
+        host want the same record set: planned once."""
         last, self._planned = self._planned, wanted
         if last is None:
-            self._touched = None
             self._keys_at = {}
             for key, es in wanted.items():
                 self._index(key, es, True)
-            return list(dict.fromkeys(e for es in wanted.values() for e in es)), dict(owned), {}
+            every = list(dict.fromkeys(e for es in wanted.values() for e in es))
+            return _Pass(every, dict(owned), {}, None, set())
         moved: set[Endpoint] = set()
         renewed = []
         for key, es in wanted.items():
@@ -247,7 +256,6 @@ class DNSPublisher(NamesPublisher):
         for key in gone:
             moved.update(last[key])
             self._index(key, last[key], False)
-        self._renewed, self._gone = renewed, gone
         touched = {n for e in moved for n in (e.name, canonical(e.name))} | self._retry
         endpoints = (
             list(dict.fromkeys(
@@ -264,8 +272,12 @@ class DNSPublisher(NamesPublisher):
             kept.pop(name, None)
         for e in endpoints:
             kept.pop(e.name, None)
-        self._touched = touched | {e.name for e in endpoints}
-        return endpoints, scope, kept
+        # Every endpoint planned is at a touched name in one of its spellings, and the index
+        # has its record under both: the records at the touched names are all of theirs.
+        again = set(renewed)
+        for name in touched:
+            again.update(self._keys_at.get(name, ()))
+        return _Pass(endpoints, scope, kept, again, gone)
 
     def _index(self, key: Key, endpoints: list[Endpoint], wants: bool) -> None:
         """`key` wants (or no longer wants) the names of `endpoints`, in both spellings."""
@@ -281,27 +293,29 @@ class DNSPublisher(NamesPublisher):
                     if not keys:
                         del self._keys_at[name]
 
-    def _settle(self, wanted: dict[Key, list[Endpoint]], outcome: dict[str, DNSState]) -> None:
+    def _settle(
+        self,
+        wanted: dict[Key, list[Endpoint]],
+        outcome: dict[str, DNSState],
+        again: set[Key] | None,
+        gone: set[Key],
+    ) -> None:
         """Each record's DNSPublished from its names' outcomes; the changed ones reported.
-        Only the records handed over anew and those wanting a name planned again are worked
-        out (`_scope` found them); every other keeps its state object: every record's
-        state worked out and compared again was 30 ms of the event loop at 10,000 routes,
-        after every change. A pass that planned every name works out every record."""
-        before, touched = self.states, self._touched
+        Only the records `again` (`_scope`: handed over anew, or wanting a name planned
+        again; None: every record) are worked out, and those `gone` dropped; every other
+        keeps its state object: every record's state worked out and compared again was 30 ms
+        of the event loop at 10,000 routes, after every change."""
+        before = self.states
         states: dict[Key, DNSState]
         recompute: Iterable[Key]
-        if touched is None:
+        if again is None:
             states, recompute = {}, wanted.keys()
             changed = set(before.keys() - wanted.keys())
         else:
-            states, changed = dict(before), set()
-            for key in self._gone:
+            states, changed, recompute = dict(before), set(), again
+            for key in gone:
                 if states.pop(key, None) is not None:
                     changed.add(key)
-            again = set(self._renewed)
-            for name in touched:
-                again.update(self._keys_at.get(name, ()))
-            recompute = again
         for key in recompute:
             es = wanted[key]
             problems = [outcome[e.name] for e in es if e.name in outcome]
