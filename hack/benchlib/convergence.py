@@ -251,8 +251,9 @@ class Bench:
         return [c.name for c in self.layout.tenant_clusters]
 
     async def status(self, host: str, base: str = "") -> int:
-        """One request for `host`: to the shared listener on a kept connection, or to a
-        Gateway's address (`base`) on a new one (see fresh_connections)."""
+        """One request for `host`: to the shared listener on a kept connection, or to an
+        address of its own (`base`: a Gateway's, a NodePort's) on a new one (see
+        fresh_connections)."""
         try:
             url = (base or self.http) + "/"
             session = self.fresh if base else self.session
@@ -501,26 +502,11 @@ class NodePortFloor:
         service["spec"]["type"] = "NodePort"
         start = time.monotonic()
         made = await kube.create(SERVICES, service, self.bench.ns)
-        url = f"http://{node}:{made['spec']['ports'][0]['nodePort']}/"
-        while await self.answer(url) != 200:
-            if time.monotonic() > start + 30:
-                raise TimeoutError(f"{url} never answered")
-            await asyncio.sleep(0.001)
-        took = time.monotonic() - start
+        at = f"{node}:{made['spec']['ports'][0]['nodePort']}"
+        end = await self.bench.until(at, 200, timeout=30, base=f"http://{at}")
         await kube.delete(SERVICES, name, self.bench.ns)
-        await _poll(lambda: self.closed(url), f"{url} closed")
-        return took
-
-    async def answer(self, url: str) -> int:
-        try:
-            async with self.bench.fresh.get(url) as r:
-                await r.read()
-                return r.status
-        except (TimeoutError, aiohttp.ClientError):
-            return 0
-
-    async def closed(self, url: str) -> bool:
-        return await self.answer(url) == 0
+        await self.bench.until(at, 0, base=f"http://{at}")  # closed: no answer at all
+        return end - start
 
 
 class EnvoyFloor:
