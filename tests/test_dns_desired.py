@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -233,11 +234,14 @@ def test_a_pass_that_keeps_the_last_ones_answers_as_a_fresh_one(
     changes (hosts moving between tenants, wildcards coming and going over other names, a
     LoadBalancer losing its address), its answer is the one a pass from nothing gives."""
     book = DesiredNames()
+    before = Desired()
     routes: dict[str, Any] = {}
     hosts_of: dict[str, list[str]] = {}
     lbs: dict[str, LBRecord] = {}
     targets: dict[str, list[str]] = {}
-    for kind, tenant, name, hosts, created in steps:
+    ir = IR()
+    gateway_hosts: dict[str, dict[str, list[str]]] = {}
+    for step, (kind, tenant, name, hosts, created) in enumerate(steps):
         rid = f"{tenant}/{name}"
         if kind == "route":
             routes[rid] = route(tenant, name, [rule(h) for h in hosts], created=created)
@@ -248,11 +252,86 @@ def test_a_pass_that_keeps_the_last_ones_answers_as_a_fresh_one(
         else:
             routes.pop(rid, None)
             lbs.pop(rid, None)
-        # The IR serves a route's hosts but for one another tenant holds.
-        served = {r: [h for h in hosts_of[r] if h != "b.test" or r.startswith("a/")]
-                  for r in routes}  # fmt: skip
-        conflicts = {r: [("b.test", "a")] for r in routes
-                     if "b.test" in hosts_of[r] and not r.startswith("a/")}  # fmt: skip
-        ir = IR(served=served, conflicts=conflicts)
-        args = (dict(routes), ir, dict(lbs), dict(targets), public, 60)
-        assert book.update(*args) == desired(*args)
+        # The IR serves a route's hosts but b.test while tenant a holds it: a route's served
+        # hosts and conflicts move with another route's change, its own record unchanged.
+        held = any(r.startswith("a/") and "b.test" in hosts_of[r] for r in routes)
+        lost = {r for r in routes
+                if held and "b.test" in hosts_of[r] and not r.startswith("a/")}  # fmt: skip
+        served = {r: [h for h in hosts_of[r] if h != "b.test" or r not in lost] for r in routes}
+        conflicts = {r: [("b.test", "a")] for r in lost if r.startswith("b/")}
+        # Tenant c's routes are Gateway API routes too (but for b.test), at an address that
+        # moves with the LoadBalancers present.
+        address = ["127.0.200.2" if lbs else "127.0.200.1"]
+        at = {r: {h: address for h in hosts_of[r] if h != "b.test"}
+              for r in routes if r.startswith("c/")}  # fmt: skip
+        if step % 2:  # as the model does, an unchanged value is the very same object
+            served = {r: same(ir.served.get(r), hs) for r, hs in served.items()}
+            conflicts = {r: same(ir.conflicts.get(r), c) for r, c in conflicts.items()}
+            at = {r: same(gateway_hosts.get(r), h) for r, h in at.items()}
+        ir, gateway_hosts = IR(served=served, conflicts=conflicts), at
+        args = (dict(routes), ir, dict(lbs), dict(targets), public, 60, gateway_hosts)
+        out = book.update(*args)
+        assert _answers(out) == _answers(desired(*args))
+        # A record not named affected keeps its very list of endpoints (the DNS publisher
+        # looks at the named ones only), and its names and refusal.
+        if before.affected is not None or out.affected is not None:
+            assert out.affected is not None
+            for key in (before.endpoints.keys() | out.endpoints.keys()) - out.affected:
+                assert out.endpoints.get(key) is before.endpoints.get(key)
+            for key in (before.names.keys() | out.names.keys()) - out.affected:
+                assert out.names.get(key) == before.names.get(key)
+            for key in (before.refused.keys() | out.refused.keys()) - out.affected:
+                assert out.refused.get(key) == before.refused.get(key)
+        before = out
+
+
+def same(old: Any, new: Any) -> Any:
+    return old if old == new and old is not None else new
+
+
+def _answers(d: Desired) -> tuple[object, ...]:
+    """A pass's answers, without which records it says it answered again."""
+    return d.endpoints, d.refused, d.names
+
+
+@pytest.mark.parametrize("moved", ["served", "conflicts", "gateway"])
+def test_a_route_whose_record_stays_gets_new_answers_when_what_it_is_served_as_moves(
+    moved: str,
+) -> None:
+    """The sweep skips a route whose record, served hosts, hosts at Gateways and conflicts
+    are the very objects of the last pass; another route's change moves the last three
+    without touching its record, and each must be looked at."""
+    book = DesiredNames()
+    r = route("a", "default.shop", [rule("x.example.test"), rule("y.example.test")])
+    both = ["x.example.test", "y.example.test"]
+    routes = {r.id: r}
+    at = {r.id: {"y.example.test": ["127.0.200.1"]}}
+    first = book.update(routes, IR(served={r.id: both}), {}, {}, PUBLIC, 60, at)
+    served, conflicts = {r.id: both}, {}
+    if moved == "served":
+        served = {r.id: ["y.example.test"]}
+    elif moved == "conflicts":
+        conflicts = {r.id: [("held.example.test", "b")]}
+    else:
+        at = {r.id: {"y.example.test": ["127.0.200.2"]}}
+    ir = IR(served=served, conflicts=conflicts)
+    out = book.update(routes, ir, {}, {}, PUBLIC, 60, at)
+    assert _answers(out) == _answers(desired(routes, ir, {}, {}, PUBLIC, 60, at))
+    assert _answers(out) != _answers(first)
+    assert out.affected == frozenset({route_key(r.id)})
+
+
+def test_a_load_balancer_recorded_again_claims_its_names_from_then() -> None:
+    """A record deleted and written again has the same id, generation and spec, but a later
+    `recorded`, which dates its claims: an older claim of another tenant wins the name."""
+    book = DesiredNames()
+    r = route("a", "default.one", [rule("x.a.test")], created="2026-01-02T00:00:00Z")
+    ir = IR(served={r.id: ["x.a.test"]})
+    first = lb("b", "default.three", ["x.a.test"], "2026-01-01T00:00:00Z")
+    args = ({r.id: r}, ir, {first.id: first}, {first.id: ["192.0.2.1"]}, PUBLIC, 60)
+    assert lb_key(first.id) in book.update(*args).endpoints
+    again = lb("b", "default.three", ["x.a.test"], "2026-01-03T00:00:00Z")
+    args = ({r.id: r}, ir, {again.id: again}, {again.id: ["192.0.2.1"]}, PUBLIC, 60)
+    out = book.update(*args)
+    assert lb_key(again.id) not in out.endpoints
+    assert route_key(r.id) in out.endpoints

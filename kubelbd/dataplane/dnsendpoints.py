@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import anyio
 
@@ -69,9 +69,10 @@ class DNSEndpointWriter(NamesPublisher):
         #: per record, why its last write failed (until one succeeds)
         self._failed: dict[Key, DNSState] = {}
 
-    def _take(self, wanted: dict[Key, list[Endpoint]]) -> bool:
+    def _take(self, wanted: dict[Key, list[Endpoint]], affected: Collection[Key] | None) -> bool:
         """A record's uid coming (a route written after it was served) changes its object
-        too: the owner is added."""
+        too: the owner is added. Every record's object is made again (`affected` is not
+        used: a uid comes without any)."""
         objects = {k: dns_endpoint(k[0], k[1], es, self._owner_uid(k)) for k, es in wanted.items()}
         if wanted == self._wanted and objects == self._objects:
             return False
