@@ -19,6 +19,7 @@ from kubelbd.config import parse_args
 from kubelbd.dataplane.dns import DNSENDPOINT_PROVIDER, DNSSettings
 from kubelbd.dataplane.dnsendpoints import DNSEndpointWriter
 from kubelbd.dns.endpoints import DNSENDPOINTS, endpoint_name
+from kubelbd.dns.records import Endpoint
 from kubelbd.kube.lease import Leadership
 from kubelbd.objects import MANAGED_BY, MANAGER, Obj
 from kubelbd.records.names import LOADBALANCERS, ROUTES, TENANT_LABEL, labels
@@ -178,6 +179,55 @@ async def test_a_term_removes_stale_dnsendpoints_and_leaves_foreign_ones(tmp_pat
     assert taken["spec"]["endpoints"][0]["targets"] == ["192.0.2.9"], "a foreign one changed"
     assert MANAGED_BY not in taken["metadata"]["labels"]
     assert [c.type for c in mgmt.changes(DNSENDPOINTS) if c.key[3] == "by-hand"] == ["ADDED"]
+
+
+async def test_a_dnsendpoint_changed_behind_kubelbds_back_is_mended_and_no_other_rewritten(
+    tmp_path: Path,
+) -> None:
+    """A pass looks at the records that changed and the DNSEndpoints the watch saw change,
+    not at every record: an object edited, deleted or left stray mid-term is still mended,
+    and the others are not written again."""
+    mgmt = await management()
+    dp = dataplane(mgmt, tmp_path, dns=SETTINGS)
+    async with running(dp.run):
+        for name in ("fix", "calm"):
+            spec = route_spec(f"{name}.example.test")
+            await mgmt.create(ROUTES, record_object("Route", "a", f"default.{name}", spec))
+        want = [{"dnsName": "fix.example.test", "recordType": "A", "targets": [PUBLIC],
+                 "recordTTL": 30}]  # fmt: skip
+        await until(lambda: endpoints_of(mgmt, "default.fix") == want, "the DNSEndpoint")
+        await until(lambda: endpoints_of(mgmt, "default.calm"), "the other one")
+        calm = (dns_endpoint(mgmt, "default.calm") or {})["metadata"]["resourceVersion"]
+
+        edited = dns_endpoint(mgmt, "default.fix") or {}
+        edited["spec"]["endpoints"][0]["targets"] = ["192.0.2.66"]
+        await mgmt.replace(DNSENDPOINTS, edited)
+        await until(lambda: endpoints_of(mgmt, "default.fix") == want, "the edit undone")
+
+        await mgmt.delete(DNSENDPOINTS, "route.default.fix", NS)
+        await until(lambda: endpoints_of(mgmt, "default.fix") == want, "made again")
+
+        stray = foreign("route.default.stray", "stray.example.test")
+        stray["metadata"]["labels"] = labels("a")
+        await mgmt.create(DNSENDPOINTS, stray)
+        await until(lambda: dns_endpoint(mgmt, "default.stray") is None, "the stray deleted")
+    assert (dns_endpoint(mgmt, "default.calm") or {})["metadata"]["resourceVersion"] == calm
+
+
+def test_a_records_uid_coming_later_gives_its_object_an_owner_on_the_next_want() -> None:
+    """A route served before its record is written has no uid yet: its object has no owner,
+    and is made again on each `want` (whatever DesiredNames answered again) until it has."""
+    uids: dict[tuple[str, str], str] = {}
+    writer = DNSEndpointWriter(FakeKube(), SETTINGS, lambda changed: None, uids.get)
+    k = ("Route", "a/default.early")
+    wanted = {k: [Endpoint("early.example.test", "A", (PUBLIC,), 30, "route/tenant-a/x")]}
+    assert writer._take(wanted, None)
+    assert "ownerReferences" not in writer._objects[k]["metadata"]
+    uids[k] = "uid-1"
+    assert writer._take(dict(wanted), set())  # nothing answered again, but the uid came
+    (owner,) = writer._objects[k]["metadata"]["ownerReferences"]
+    assert owner["uid"] == "uid-1"
+    assert not writer._take(dict(wanted), set())  # and nothing more to do
 
 
 async def test_a_start_never_deletes_a_dnsendpoint_it_still_wants(tmp_path: Path) -> None:

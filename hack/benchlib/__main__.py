@@ -6,7 +6,20 @@ import argparse
 import asyncio
 import sys
 
-from . import certs, churn, convergence, dataplane, dns, fleet, heap, l4, memory, restart, status
+from . import (
+    certs,
+    churn,
+    convergence,
+    dataplane,
+    dns,
+    fleet,
+    heap,
+    l4,
+    memory,
+    names,
+    restart,
+    status,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     mb.add_argument(
         "--caches", action="store_true", help="also the fleet's objects as kubelbd caches them"
     )
+    nb = sub.add_parser("names", help="one change's cost in the DNS stages (offline)")
+    nb.add_argument("--routes", type=int, default=10000)
+    nb.add_argument("--changes", type=int, default=30)
     hp = sub.add_parser("heap", help="a running kubelbd's live heap, by what holds it (a signal)")
     hp.add_argument("--pid", type=int, default=0, help="default: the fleet's kubelbd")
     args = ap.parse_args(argv)
@@ -89,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         heap.run(args.pid or fleet.kubelbd_pid())
     elif args.cmd == "memory":
         memory.run(args.routes, convergence.ensure_fleet() if args.caches else None)
+    elif args.cmd == "names":
+        names.run(args.routes, args.changes)
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0
