@@ -335,3 +335,27 @@ def test_a_load_balancer_recorded_again_claims_its_names_from_then() -> None:
     out = book.update(*args)
     assert lb_key(again.id) not in out.endpoints
     assert route_key(r.id) in out.endpoints
+
+
+def test_a_pass_that_fails_midway_leaves_the_next_one_to_start_from_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a failed pass changed of the last one's (what it saw, the wants it recorded) must
+    not make the next pass skip the records it did not finish."""
+    book = DesiredNames()
+    r = route("a", "default.shop", [rule("x.example.test"), rule("y.example.test")])
+    routes = {r.id: r}
+    book.update(routes, IR(served={r.id: ["x.example.test"]}), {}, {}, PUBLIC, 60)
+    ir = IR(served={r.id: ["x.example.test", "y.example.test"]})
+    answer = DesiredNames._answer
+
+    def fails(self: DesiredNames, key: Any) -> None:
+        raise RuntimeError("midway")
+
+    monkeypatch.setattr(DesiredNames, "_answer", fails)
+    with pytest.raises(RuntimeError):
+        book.update(routes, ir, {}, {}, PUBLIC, 60)
+    monkeypatch.setattr(DesiredNames, "_answer", answer)
+    out = book.update(routes, ir, {}, {}, PUBLIC, 60)
+    assert _answers(out) == _answers(desired(routes, ir, {}, {}, PUBLIC, 60))
+    assert out.affected is None

@@ -230,6 +230,29 @@ def test_a_records_uid_coming_later_gives_its_object_an_owner_on_the_next_want()
     assert not writer._take(dict(wanted), set())  # and nothing more to do
 
 
+async def test_a_dnsendpoint_made_again_takes_the_records_uid_as_it_is_then() -> None:
+    """A record stored again (a new uid) whose names did not change is not answered again:
+    once the garbage collector deletes its DNSEndpoint (the owner is gone), the one made
+    again is owned by the new uid, not by the dead one over and over."""
+    mgmt = await management()
+    uids = {("Route", "a/default.again"): "uid-1"}
+    writer = DNSEndpointWriter(mgmt, SETTINGS, lambda changed: None, uids.get)
+    k = ("Route", "a/default.again")
+    wanted = {k: [Endpoint("again.example.test", "A", (PUBLIC,), 30, "route/tenant-a/x")]}
+
+    def owner() -> str | None:
+        obj = dns_endpoint(mgmt, "default.again")
+        return obj["metadata"]["ownerReferences"][0]["uid"] if obj else None
+
+    async with running(writer.run):
+        writer.want(wanted, None)
+        await until(lambda: owner() == "uid-1", "written, owned by uid-1")
+        uids[k] = "uid-2"
+        writer.want(dict(wanted), set())  # nothing answered again
+        await mgmt.delete(DNSENDPOINTS, "route.default.again", NS)  # the collector
+        await until(lambda: owner() == "uid-2", "made again, owned by uid-2")
+
+
 async def test_a_start_never_deletes_a_dnsendpoint_it_still_wants(tmp_path: Path) -> None:
     """Before the first status pass nothing looks wanted: a start (or a failover) must not
     delete and write again what is served all along."""

@@ -95,9 +95,7 @@ class DNSEndpointWriter(NamesPublisher):
             es, old = wanted.get(k), self._objects.get(k)
             obj = None
             if es is not None:
-                uid = self._owner_uid(k)
-                (self._uidless.discard if uid else self._uidless.add)(k)
-                obj = dns_endpoint(k[0], k[1], es, uid)
+                obj = self._made(k, es)
             else:
                 self._uidless.discard(k)
             if obj == old:
@@ -112,6 +110,12 @@ class DNSEndpointWriter(NamesPublisher):
         moved |= wanted != self._wanted
         self._wanted = wanted
         return moved
+
+    def _made(self, k: Key, endpoints: list[Endpoint]) -> Obj:
+        """`k`'s object, owned by the record's uid as it is now."""
+        uid = self._owner_uid(k)
+        (self._uidless.discard if uid else self._uidless.add)(k)
+        return dns_endpoint(k[0], k[1], endpoints, uid)
 
     def _note(self, records: Iterable[Key] = (), objects: Iterable[str] = ()) -> None:
         """The next pass looks at these records and DNSEndpoints too."""
@@ -170,6 +174,11 @@ class DNSEndpointWriter(NamesPublisher):
             if want is None:
                 continue  # no longer wanted while this pass wrote
             have = cache.get(key(want))
+            if have is None:
+                # Made with the record's uid as it is now: one deleted by the garbage
+                # collector, its owner gone (a record stored again), is not made again with
+                # the same dead owner over and over.
+                want = self._objects[k] = self._made(k, self._wanted.get(k, []))
             if have is not None and same(have, want):
                 self._failed.pop(k, None)
                 continue

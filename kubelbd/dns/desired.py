@@ -18,7 +18,8 @@ tenant, though nothing is published for those hosts in any case.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import MappingProxyType
@@ -150,6 +151,7 @@ class DesiredNames:
     and only the records wanting those names get new answers."""
 
     def __init__(self) -> None:
+        #: the public address and TTL the answers are for (None: start from nothing)
         self._settings: tuple[str, int] | None = None
         self._reset()
 
@@ -180,82 +182,94 @@ class DesiredNames:
         LoadBalancer, where Envoy serves it (only those Envoy serves); `ttl`: the fleet's
         default; `gateway_hosts`: per Gateway API route, its served hostnames and the Gateway
         addresses each is served at (ir.gateway), which meet the Ingress hosts here, one owner
-        per name as for them."""
-        if self._settings != (public_address, ttl):
-            self._reset()  # every record's endpoints change
-            self._settings = (public_address, ttl)
-        gateway_hosts = gateway_hosts or {}
-        records, seen = self._records, self._seen
-        # The sweep that finds what changed is the one part that takes every record: kept to
-        # lookups and identity checks for each (the model replaces a record, its served
-        # hosts and its conflicts when they change, never changes them): building each
-        # route's inputs and comparing them was 20-50 ms a pass at 10,000 routes, in a
-        # worker thread that holds the interpreter while the event loop serves a change.
-        # Objects not the same are compared by their content, as before.
-        served_at: Mapping[str, list[str]] = ir.served if public_address else {}
-        conflicts_of = ir.conflicts
-        changed: dict[Key, _Wants | None] = {}
-        for rid, route in routes.items():
-            objects = (route, served_at.get(rid), gateway_hosts.get(rid), conflicts_of.get(rid))
-            last = seen.get(rid)
-            if (
-                last is not None and last[0] is route and last[1] is objects[1]
-                and last[2] is objects[2] and last[3] is objects[3]
-            ):  # fmt: skip
-                continue
-            seen[rid] = objects
-            key = route_key(rid)
-            _, served, at, conflicts = objects
-            inputs = (route, route.spec, route.recorded, tuple(served or ()), at, conflicts)
-            old = records.get(key)
-            if old is None or old.inputs != inputs:
-                changed[key] = _route_wants(key, inputs, public_address, ttl)
-        for rid, rec in lbs.items():
-            key = lb_key(rid)
-            targets = tuple(lb_targets.get(rid) or ())
-            old = records.get(key)
-            lb_inputs = (rec, rec.spec, rec.recorded, targets)
-            if old is None or old.inputs != lb_inputs:
-                changed[key] = _lb_wants(key, lb_inputs, ttl)
-        if len(records) + sum(1 for k in changed if k not in records) != len(routes) + len(lbs):
-            # Some went: the routes among them by a set difference of ids (every route with
-            # wants has been seen), not a walk over every record.
-            for rid in seen.keys() - routes.keys():
-                del seen[rid]
-                changed[route_key(rid)] = None
-            changed.update((lb_key(rid), None) for rid in self._lb_ids - lbs.keys())
-        self._lb_ids = set(lbs)
-        dirty: set[str] = set()
-        wildcards: set[str] = set()
-        for key, new in changed.items():
-            old = records.pop(key, None)
-            if old is not None:
-                self._forget(key, old, dirty, wildcards)
-            if new is not None:
-                records[key] = new
-                self._learn(key, new, dirty, wildcards)
-        if wildcards:  # the names a changed wildcard covers are decided again too
-            dirty.update(
-                name for name in self._wanting
-                if any(w in wildcards for _, w in _ancestors(name))
+        per name as for them. A pass that fails leaves nothing half done: what it had
+        changed of the last pass's answers and of what it saw is dropped, and the next pass
+        starts from nothing."""
+        with self._starting_over_on_failure():
+            if self._settings != (public_address, ttl):
+                self._reset()  # every record's endpoints change
+                self._settings = (public_address, ttl)
+            gateway_hosts = gateway_hosts or {}
+            records, seen = self._records, self._seen
+            # The sweep that finds what changed is the one part that takes every record: kept
+            # to lookups and identity checks for each (the model replaces a record, its served
+            # hosts and its conflicts when they change, never changes them): building each
+            # route's inputs and comparing them was 20-50 ms a pass at 10,000 routes, in a
+            # worker thread that holds the interpreter while the event loop serves a change.
+            # Objects not the same are compared by their content, as before.
+            served_at: Mapping[str, list[str]] = ir.served if public_address else {}
+            conflicts_of = ir.conflicts
+            changed: dict[Key, _Wants | None] = {}
+            for rid, route in routes.items():
+                objects = (route, served_at.get(rid), gateway_hosts.get(rid), conflicts_of.get(rid))
+                last = seen.get(rid)
+                if (
+                    last is not None and last[0] is route and last[1] is objects[1]
+                    and last[2] is objects[2] and last[3] is objects[3]
+                ):  # fmt: skip
+                    continue
+                seen[rid] = objects
+                key = route_key(rid)
+                _, served, at, conflicts = objects
+                inputs = (route, route.spec, route.recorded, tuple(served or ()), at, conflicts)
+                old = records.get(key)
+                if old is None or old.inputs != inputs:
+                    changed[key] = _route_wants(key, inputs, public_address, ttl)
+            for rid, rec in lbs.items():
+                key = lb_key(rid)
+                targets = tuple(lb_targets.get(rid) or ())
+                old = records.get(key)
+                lb_inputs = (rec, rec.spec, rec.recorded, targets)
+                if old is None or old.inputs != lb_inputs:
+                    changed[key] = _lb_wants(key, lb_inputs, ttl)
+            if len(records) + sum(1 for k in changed if k not in records) != len(routes) + len(lbs):
+                # Some went: the routes among them by a set difference of ids (every route with
+                # wants has been seen), not a walk over every record.
+                for rid in seen.keys() - routes.keys():
+                    del seen[rid]
+                    changed[route_key(rid)] = None
+                changed.update((lb_key(rid), None) for rid in self._lb_ids - lbs.keys())
+            self._lb_ids = set(lbs)
+            dirty: set[str] = set()
+            wildcards: set[str] = set()
+            for key, new in changed.items():
+                old = records.pop(key, None)
+                if old is not None:
+                    self._forget(key, old, dirty, wildcards)
+                if new is not None:
+                    records[key] = new
+                    self._learn(key, new, dirty, wildcards)
+            if wildcards:  # the names a changed wildcard covers are decided again too
+                dirty.update(
+                    name for name in self._wanting
+                    if any(w in wildcards for _, w in _ancestors(name))
+                )  # fmt: skip
+            # Who gets new answers: the changed records, and every record wanting a name decided
+            # again (a record stops wanting a name only by changing).
+            affected = set(changed)
+            for name in dirty:
+                if name in self._wanting:
+                    self._outcomes[name] = self._decide(name)
+                    affected.update(self._wanting[name])
+                else:
+                    self._outcomes.pop(name, None)
+            for key in affected:
+                self._answer(key)
+            out = self._out
+            every, self._fresh = self._fresh, False
+            return Desired(
+                dict(out.endpoints), dict(out.refused), dict(out.names),
+                None if every else frozenset(affected),
             )  # fmt: skip
-        # Who gets new answers: the changed records, and every record wanting a name decided
-        # again (a record stops wanting a name only by changing).
-        affected = set(changed)
-        for name in dirty:
-            if name in self._wanting:
-                self._outcomes[name] = self._decide(name)
-                affected.update(self._wanting[name])
-            else:
-                self._outcomes.pop(name, None)
-        for key in affected:
-            self._answer(key)
-        out = self._out
-        every, self._fresh = self._fresh, False
-        return Desired(
-            dict(out.endpoints), dict(out.refused), dict(out.names),
-            None if every else frozenset(affected),
-        )  # fmt: skip
+
+    @contextmanager
+    def _starting_over_on_failure(self) -> Iterator[None]:
+        """A pass that fails leaves nothing half done: the next starts from nothing."""
+        try:
+            yield
+        except BaseException:
+            self._settings = None
+            raise
 
     def _forget(self, key: Key, old: _Wants, dirty: set[str], wildcards: set[str]) -> None:
         for name, _ in old.names:
