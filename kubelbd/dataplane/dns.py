@@ -102,13 +102,32 @@ class NamesPublisher:
         self._wanted = wanted
         return True
 
-    def _report(self, states: dict[Key, DNSState]) -> None:
-        """These are the records' states now: the changed ones reported (identity compared
-        first: one shared state, a server's failure, stands for every record). A publishing
-        pass reports what it changed itself (`DNSPublisher._settle`)."""
+    def _restate(
+        self,
+        keys: Iterable[Key] | None,
+        current: Collection[Key],
+        state_of: Callable[[Key], DNSState],
+    ) -> None:
+        """The states of these records worked out again (None: of every record in
+        `current`, and only theirs kept); a record not in `current` dropped; the changed
+        ones reported (identity compared first: one shared state, a server's failure, stands
+        for every record). Every other record keeps its state object: every state worked out
+        and compared again after every change was tens of milliseconds of the event loop at
+        10,000 records."""
         before = self.states
-        changed = {k for k, s in states.items() if (b := before.get(k)) is not s and b != s}
-        changed.update(before.keys() - states.keys())
+        states: dict[Key, DNSState] = {} if keys is None else dict(before)
+        changed: set[Key] = set()
+        if keys is None:
+            keys = current
+            changed.update(before.keys() - current)
+        for key in keys:
+            if key not in current:
+                if states.pop(key, None) is not None:
+                    changed.add(key)
+                continue
+            state = states[key] = state_of(key)
+            if (b := before.get(key)) is not state and b != state:
+                changed.add(key)
         self.states = states
         if changed:
             self._on_states(changed)
@@ -321,39 +340,23 @@ class DNSPublisher(NamesPublisher):
     ) -> None:
         """Each record's DNSPublished from its names' outcomes; the changed ones reported.
         Only the records `again` (`_scope`: handed over anew, or wanting a name planned
-        again; None: every record) are worked out, and those `gone` dropped; every other
-        keeps its state object: every record's state worked out and compared again was 30 ms
-        of the event loop at 10,000 routes, after every change."""
-        before = self.states
-        states: dict[Key, DNSState]
-        recompute: Iterable[Key]
-        if again is None:
-            states, recompute = {}, wanted.keys()
-            changed = set(before.keys() - wanted.keys())
-        else:
-            states, changed, recompute = dict(before), set(), again
-            for key in gone:
-                if states.pop(key, None) is not None:
-                    changed.add(key)
-        for key in recompute:
+        again; None: every record) are worked out, and those `gone` dropped."""
+
+        def state_of(key: Key) -> DNSState:
             es = wanted[key]
             problems = [outcome[e.name] for e in es if e.name in outcome]
             if problems:
-                state = problems[0]
-            else:
-                names = {f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}
-                state = DNSState(True, "Published", ", ".join(sorted(names)))
-            states[key] = state
-            if state != before.get(key):
-                changed.add(key)
-        self.states = states
-        if changed:
-            self._on_states(changed)
+                return problems[0]
+            names = {f"{e.name} {e.rtype} {' '.join(e.targets)}" for e in es}
+            return DNSState(True, "Published", ", ".join(sorted(names)))
+
+        self._restate(None if again is None else again | gone, wanted.keys(), state_of)
 
     def _server_problem(self, answer: Refused | Unreachable) -> None:
         log.warning("dns: zone transfer from %s: %s", self.settings.server, _text(answer))
         self._planned = None  # the next transfer's pass plans every name
-        self._report(dict.fromkeys(self._wanted, _state_of("", answer)))
+        failed = _state_of("", answer)
+        self._restate(None, self._wanted.keys(), lambda key: failed)
 
 
 def combined(server: DNSState, refused: DNSState | None) -> DNSState:

@@ -250,26 +250,10 @@ class DNSEndpointWriter(NamesPublisher):
         now = (informer.synced.is_set(), informer.served, str(unreadable or ""))
         if now != self._seen_informer:
             self._seen_informer, records = now, None
-        states = dict(self.states)
-        changed: set[Key] = set()
-        if records is None:
-            records = set(self._objects)
-            for k in states.keys() - records:
-                del states[k]
-                changed.add(k)
-        for k in records:
-            want = self._objects.get(k)
-            if want is None:
-                if states.pop(k, None) is not None:
-                    changed.add(k)
-                continue
-            state = self._state(k, want, informer, unreadable)
-            if state != states.get(k):
-                states[k] = state
-                changed.add(k)
-        self.states = states
-        if changed:
-            self._on_states(changed)
+        self._restate(
+            records, self._objects.keys(),
+            lambda k: self._state(k, self._objects[k], informer, unreadable),
+        )  # fmt: skip
 
     def _next_pass(self) -> tuple[set[Key] | None, set[str] | None]:
         """The records and DNSEndpoints the pass starting now looks at (None: all)."""
