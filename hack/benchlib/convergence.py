@@ -527,21 +527,12 @@ class EnvoyFloor:
         # The same kind of filesystem as kubelbd's config volume.
         self._dir = tempfile.TemporaryDirectory(prefix="bench-envoy-", dir=src.parent.parent)
         dst = self.dst = Path(self._dir.name)
-        shutil.copytree(src / "rds", dst / "rds")
         self.port, admin = layout.base_port + 95, layout.base_port + 96
         self.admin = admin
-        http = f'"port_value": {layout.envoy_http_port}'
-        copies = {}
-        for name in ("cds.pb", "lds.pb"):
-            text = json.dumps(_read(src / name)).replace(str(src), str(dst))
-            copies[name] = json.loads(text.replace(http, f'"port_value": {self.port}'))
-        self.lds = self._own_listeners(copies["lds.pb"])
-        self.cds = copies["cds.pb"]
+        self.cds, lds = config_copy(layout, dst, admin, self.port)
+        self.lds = self._own_listeners(lds)
         for name, doc in (("cds.pb", self.cds), ("lds.pb", self.lds)):
             (dst / name).write_bytes(_encode(doc, doc["version_info"]))
-        boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
-        boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
-        (dst / "bootstrap.yaml").write_text(boot)
         self.proc = await asyncio.create_subprocess_exec(
             envoy_binary(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
             "--concurrency", "2", "-l", "error",
@@ -709,6 +700,30 @@ class EnvoyFloor:
         async with self.session.get(url) as r:
             text = await r.text()
         return text.strip().rpartition(": ")[2].strip('"')
+
+
+def config_copy(
+    layout: Layout, dst: Path, admin: int, http_port: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """kubelbd's files copied into `dst` for a second Envoy: the route tables as they are,
+    the bootstrap with `admin` for its admin port, and the cluster and listener files
+    returned in their JSON form (`_read`), every path moved to `dst` and, with `http_port`,
+    the plain HTTP listener's port made that one, for the caller to change and write."""
+    src = lb.config_dir(layout)
+    shutil.copytree(src / "rds", dst / "rds")
+    moves = [(str(src), str(dst))]
+    if http_port:
+        moves.append((f'"port_value": {layout.envoy_http_port}', f'"port_value": {http_port}'))
+    docs = []
+    for name in ("cds.pb", "lds.pb"):
+        text = json.dumps(_read(src / name))
+        for old, new in moves:
+            text = text.replace(old, new)
+        docs.append(json.loads(text))
+    boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
+    boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
+    (dst / "bootstrap.yaml").write_text(boot)
+    return docs[0], docs[1]
 
 
 def _read(path: Path) -> dict[str, Any]:

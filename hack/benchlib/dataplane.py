@@ -44,7 +44,7 @@ from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.sources import twins
 
-from .convergence import _encode, _read, deployment, ingress, svc
+from .convergence import _encode, _read, config_copy, deployment, ingress, svc
 from .stats import cpu_seconds
 
 APP = "echo"
@@ -125,21 +125,14 @@ def shard_copy(layout: Layout, host: str, port: int, admin: int, dst: Path) -> P
     """Kubelbd's files copied into `dst` (on the same kind of filesystem), with one listener:
     `host`'s shard listener, on `port`; returns the copy's bootstrap. Its secrets socket is
     the copy's, where nothing listens: the plain HTTP path needs none."""
-    src = lb.config_dir(layout)
-    shutil.copytree(src / "rds", dst / "rds")
-    (dst / "cds.pb").write_bytes(
-        _encode(json.loads(json.dumps(_read(src / "cds.pb")).replace(str(src), str(dst))), "c")
-    )
-    front = _read(src / "rds" / "http.pb")["resources"][0]
+    cds, lds = config_copy(layout, dst, admin)
+    (dst / "cds.pb").write_bytes(_encode(cds, "c"))
+    front = _read(dst / "rds" / "http.pb")["resources"][0]
     shard = next(vh["name"] for vh in front["virtual_hosts"] if host in vh["domains"])
-    lds = json.loads(json.dumps(_read(src / "lds.pb")).replace(str(src), str(dst)))
     listener = next(x for x in lds["resources"] if x["name"] == shard)
     del listener["internal_listener"]
     listener["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
     (dst / "lds.pb").write_bytes(_encode({"resources": [listener]}, "l"))
-    boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
-    boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
-    (dst / "bootstrap.yaml").write_text(boot)
     return dst / "bootstrap.yaml"
 
 
