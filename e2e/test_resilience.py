@@ -108,7 +108,9 @@ async def test_status_is_written_only_once_envoy_applied(
 ) -> None:
     ns, _ = served
     kube, mgmt, lay = fleet.kube["alpha"], fleet.kube["mgmt"], fleet.layout
-    h = f"{unique('held')}.example.test"
+    # A wildcard host: its routes are in a shard's route table file, where this test can see
+    # them published (an exact host's scope is served over ADS, envoy/scopes.py).
+    h = f"*.{unique('held')}.example.test"
     await run_fleet("stop", "envoy")
     try:
         await kube.create(
@@ -161,7 +163,8 @@ async def test_envoy_restart_serves_every_route_again(
             await lb_get(fleet.layout, h)
     finally:
         await run_fleet("start", "envoy")  # a failure here must not leave Envoy held
-    # Served from the files on the volume, with no help from kubelbd needed.
+    # Served again: the files on the volume, and the host scopes kubelbd serves the new
+    # Envoy over ADS when it connects (envoy/scopes.py).
     await until_served(fleet.layout, h, timeout=10)
 
 

@@ -15,8 +15,8 @@ from .objects import SECRETS, Obj, Resource
 from .overview.snapshot import Snapshot
 from .records.names import LOADBALANCERS, ROUTES, TENANTS, TLS_LABEL, namespace_of
 
-#: the admin resources the overview reads: route tables and listeners
-ENVOY_RESOURCES = ("dynamic_route_configs", "dynamic_listeners")
+#: the admin resources the overview reads: route tables, the plain listener's scopes, listeners
+ENVOY_RESOURCES = ("dynamic_route_configs", "dynamic_scoped_route_configs", "dynamic_listeners")
 
 
 async def load_snapshot(

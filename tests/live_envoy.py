@@ -13,19 +13,19 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from kubelbd.envoy.ads import DiscoveryServer
 from kubelbd.envoy.process import EnvoyProcess, write_bootstrap
 from kubelbd.envoy.publisher import Publisher
-from kubelbd.envoy.sds import SecretServer
-from kubelbd.envoy.settings import SDS_SOCKET, Settings
+from kubelbd.envoy.settings import ADS_SOCKET, Settings
 from kubelbd.ir.tls import CertificateData
 
 
@@ -97,14 +97,15 @@ def request(
     ca_pem: bytes | None = None,
     source: str = "127.0.0.1",
     headers: dict[str, str] | None = None,
+    path: str = "/",
 ) -> Response:
-    """One HTTP/1.1 GET / to Envoy on `port` from `source`: over TLS with `sni` when given."""
+    """One HTTP/1.1 GET to Envoy on `port` from `source`: over TLS with `sni` when given."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
     sock: socket.socket = raw
     if sni is not None:
         ctx = ssl.create_default_context(cadata=(ca_pem or b"").decode() or None)
         sock = ctx.wrap_socket(raw, server_hostname=sni)
-    lines = ["GET / HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     with sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
@@ -122,15 +123,25 @@ def request(
 
 
 @dataclass
+class _Scopes:
+    """The scopes of a publish, to kubelbd's server in the portal's thread (its loop)."""
+
+    portal: BlockingPortal
+    server: DiscoveryServer
+
+    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
+        return self.portal.call(self.server.put_scopes, changes)
+
+
+@dataclass
 class Envoy:
     config_dir: Path
     admin: str
     process: subprocess.Popen[bytes]
+    publisher: Publisher
 
     def publish(self, files: dict[str, list[dict[str, Any]]]) -> None:
-        publisher = Publisher(self.config_dir)
-        publisher.load()
-        anyio.run(publisher.publish, files)
+        anyio.run(self.publisher.publish, files)
 
     def log(self) -> str:
         return (self.config_dir / "envoy.log").read_text(errors="replace")[-5000:]
@@ -146,26 +157,29 @@ def running_envoy(
     secret server, in a thread of its own), ready (admin /ready answers 200); stopped, by its
     pid, on exit."""
     with start_blocking_portal() as portal:
-        server = SecretServer(config_dir / SDS_SOCKET)
+        server = DiscoveryServer(config_dir / ADS_SOCKET)
         portal.call(server.start)
         try:
             portal.call(server.put, certificates or [])
-            with _running_envoy(config_dir, files) as envoy:
+            publisher = Publisher(config_dir)
+            publisher.scopes = _Scopes(portal, server)
+            with _running_envoy(config_dir, files, publisher) as envoy:
                 yield envoy
         finally:
             portal.call(server.stop)
 
 
 @contextmanager
-def _running_envoy(config_dir: Path, files: dict[str, list[dict[str, Any]]]) -> Iterator[Envoy]:
+def _running_envoy(
+    config_dir: Path, files: dict[str, list[dict[str, Any]]], publisher: Publisher
+) -> Iterator[Envoy]:
     admin = f"127.0.0.1:{free_port()}"
     bootstrap = write_bootstrap(config_dir, admin, "live-test")
-    publisher = Publisher(config_dir)
     anyio.run(publisher.publish, files)
     argv = EnvoyProcess(bootstrap, concurrency=1).argv()
     with (config_dir / "envoy.log").open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    envoy = Envoy(config_dir, admin, process)
+    envoy = Envoy(config_dir, admin, process, publisher)
     try:
         deadline = time.monotonic() + 30
         while not _ready(admin):

@@ -52,7 +52,7 @@ def test_a_switched_backend_keeps_its_old_cluster_for_the_grace_period() -> None
     first = clusters(p.apply(1.0, route("web", 30001)))
     assert first is not None and len(first) == 1
     switched = p.apply(10.0, route("web", 30002))
-    assert any(path.startswith("rds/") for path in switched)  # the route moves at once
+    assert any(path.startswith("scopes/") for path in switched)  # the route moves at once
     both = clusters(switched)
     assert both is not None and both > first and len(both) == 2  # the old cluster stays
     assert clusters(p.apply(10.5)) is None

@@ -216,7 +216,7 @@ def test_containers_run_restricted_as_one_user(docs: list[Doc]) -> None:
     for c in spec["containers"]:
         assert c["securityContext"] == {
             "runAsNonRoot": True,
-            "runAsUser": UID,  # the same for both: sds.sock is 0660
+            "runAsUser": UID,  # the same for both: ads.sock is 0660
             "runAsGroup": UID,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,

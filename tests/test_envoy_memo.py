@@ -90,11 +90,12 @@ def route(name: str, node_port: int) -> RouteRecord:
 
 
 def hosts_of(files: dict[str, list[Any]]) -> dict[str, Any]:
+    """The virtual hosts of the shard tables and of the hosts' scopes in `files`."""
     return {
         vh["name"]: vh
         for path, resources in files.items()
-        if path.startswith("rds/shard.")
-        for vh in resources[0]["virtual_hosts"]
+        if path.startswith(("rds/shard.", "scopes/host/")) and resources
+        for vh in resources[0].get("route_configuration", resources[0])["virtual_hosts"]
     }
 
 
@@ -112,7 +113,7 @@ def test_the_renderer_keeps_an_unchanged_hosts_rendering_and_no_past_ones() -> N
         files = renderer.update(model.ir, model.apply([route("h1", port)], ()))
         now = hosts_of(files)
         past.append(now["alpha/h1.example.com"])
-        if "alpha/h0.example.com" in now:  # h0's shard rewritten: h0 itself the same object
+        if "alpha/h0.example.com" in now:  # h0's table rewritten: h0 itself the same object
             assert now["alpha/h0.example.com"] is steady
     current = past.pop()
     del files, now, first

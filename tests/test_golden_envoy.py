@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from kubelbd.envoy.http import listeners, shard_clusters
+from kubelbd.envoy.http import shard_clusters, shard_listeners
 from kubelbd.envoy.renderer import Files, Renderer
+from kubelbd.envoy.scopes import front_listener
 from kubelbd.envoy.settings import Settings
 from kubelbd.ir.http import Delta
 from kubelbd.ir.tls import CertificateData, TLSHost, TLSPlan
@@ -57,6 +58,10 @@ def render(case: dict[str, Any]) -> Files:
     if case.get("l4"):
         files.update(renderer.update_l4(*load_l4(case["l4"])))
     return files
+
+
+def listeners(s: Settings) -> list[dict[str, Any]]:
+    return [front_listener(s), *shard_listeners(s)]
 
 
 def without_static(files: Files, s: Settings) -> dict[str, Any]:

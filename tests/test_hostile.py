@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from kubelbd.envoy import publisher
+from kubelbd.envoy.scopes import host_scope_name, scope_file
 from kubelbd.envoy.settings import shard_of
 from kubelbd.objects import INGRESS_CLASSES, INGRESSES, NODES, SERVICES, Obj, Resource, key
 from kubelbd.records import parse
@@ -227,7 +228,11 @@ def data_plane(records: Records, l4_mode: dict[str, Any]) -> dict[str, list[dict
     good = out["ir"]["vhosts"].get(GOOD_HOST)
     assert good is not None and good["tenant"] == GOOD, "the well-behaved tenant lost its host"
     files = render({"settings": {"shards": 4}, "ir": out["ir"], "l4": out["l4"]})
-    table = files[f"rds/{shard_of(GOOD_HOST, 4)}.pb"][0]
+    # Its own scope (envoy/scopes.py), or its shard's table when it has none.
+    scope = files.get(scope_file(host_scope_name(GOOD_HOST)))
+    table = (
+        scope[0]["route_configuration"] if scope else files[f"rds/{shard_of(GOOD_HOST, 4)}.pb"][0]
+    )
     assert any(vh["domains"] == [GOOD_HOST] for vh in table["virtual_hosts"])
     encoder = publisher.Encoder()
     for path, resources in files.items():

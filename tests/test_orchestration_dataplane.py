@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -18,8 +19,10 @@ from kubelbd.dataplane.intake import Batch, Intake
 from kubelbd.dataplane.l4 import L4Settings, LoadBalancers
 from kubelbd.dataplane.plane import DataPlane
 from kubelbd.envoy.admin import EnvoyAdmin
+from kubelbd.envoy.ads import DiscoveryServer
 from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
-from kubelbd.envoy.settings import FRONT, Settings, rds_file
+from kubelbd.envoy.scopes import FALLBACK, is_scope, scope_file, scope_name
+from kubelbd.envoy.settings import ADS_SOCKET, Settings
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.kube.lease import Leadership
 from kubelbd.objects import NAMESPACES, SECRETS, SERVICES, Obj
@@ -245,6 +248,25 @@ class AppliedAdmin(EnvoyAdmin):
         return {}  # it never rejects anything
 
 
+class AppliedScopes(DiscoveryServer):
+    """kubelbd's ADS server as if Envoy applied every scope the moment it is served; what it
+    serves is kept by config directory, for `files_mentioning`."""
+
+    served: ClassVar[dict[Path, dict[str, bytes]]] = {}
+
+    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
+        kept = self.served.setdefault(self.socket_path.parent, {})
+        for name, scope in changes.items():
+            if scope is None:
+                kept.pop(name, None)
+            else:
+                kept[name] = scope[1]
+        return super().put_scopes(changes)
+
+    def scopes_applied(self, generation: int | None) -> bool:
+        return True
+
+
 async def management() -> FakeKube:
     mgmt = FakeKube("mgmt")
     await mgmt.create(NAMESPACES, namespace("tenant-a", labels("a")))
@@ -274,6 +296,7 @@ def dataplane(
         l4=l4,
         leadership=leadership,
         dns=dns,
+        ads=AppliedScopes(tmp_path / ADS_SOCKET),
     )
 
 
@@ -282,11 +305,23 @@ def programmed(mgmt: FakeKube) -> Any:
 
 
 def files_mentioning(tmp_path: Path, text: str) -> list[str]:
+    """The files, and the scopes served over ADS, that hold `text`."""
+    scopes = AppliedScopes.served.get(tmp_path, {})
     return sorted(
-        str(p.relative_to(tmp_path))
-        for p in tmp_path.rglob("*.pb")
-        if text.encode() in p.read_bytes()  # strings are stored as they are
+        [
+            str(p.relative_to(tmp_path))
+            for p in tmp_path.rglob("*.pb")
+            if text.encode() in p.read_bytes()  # strings are stored as they are
+        ]
+        + [scope_file(name) for name, body in scopes.items() if text.encode() in body]
     )
+
+
+def served(tmp_path: Path, name: str) -> bytes:
+    """A file's bytes, or a scope's as served over ADS."""
+    scopes = AppliedScopes.served.get(tmp_path, {})
+    scope = scope_name(name)
+    return scopes[scope] if is_scope(name) else (tmp_path / name).read_bytes()
 
 
 async def test_a_route_record_becomes_envoy_files_then_status_and_an_ingress_address(
@@ -304,7 +339,8 @@ async def test_a_route_record_becomes_envoy_files_then_status_and_an_ingress_add
         assert condition(route, "Accepted")["status"] == "True"
         assert route["status"]["hosts"] == "shop.example.com"
         assert route["status"]["observedGeneration"] == route["metadata"]["generation"] == 1
-        assert files_mentioning(tmp_path, "shop.example.com")[0].startswith("rds/")
+        # An exact host not redirected: its own scope, no shard table.
+        assert files_mentioning(tmp_path, "shop.example.com") == ["scopes/host/shop.example.com"]
         assert "cds.pb" in files_mentioning(tmp_path, "30080")
         assert "cds.pb" in files_mentioning(tmp_path, "10.0.0.1")
         # The tenant side's part: the Ingress's address, on the board.
@@ -465,7 +501,7 @@ async def test_no_private_key_is_on_the_volume_and_what_a_crash_left_goes(
         return [p for p in tmp_path.rglob("*") if p.is_file() and data in p.read_bytes()]
 
     async with running(dp.run):
-        await until(lambda: sid in dp.secrets.names(), "the certificate served")
+        await until(lambda: sid in dp.ads.names(), "the certificate served")
         assert not left.exists() and not crashed.exists()
         key_body = pair.key_pem().split(b"\n")[1]
         assert on_the_volume(key_body) == []
@@ -474,7 +510,7 @@ async def test_no_private_key_is_on_the_volume_and_what_a_crash_left_goes(
         secret["data"] = {"tls.crt": "not base64!", "tls.key": ""}
         await mgmt.replace(SECRETS, secret)
         await until(lambda: certificate_ready() == "InvalidCertificate", "CertificateReady")
-        await until(lambda: sid not in dp.secrets.names(), "the certificate withdrawn")
+        await until(lambda: sid not in dp.ads.names(), "the certificate withdrawn")
         await until(lambda: programmed(mgmt) == "True", "plain HTTP goes on")
 
 
@@ -495,8 +531,8 @@ async def test_a_file_envoy_rejected_holds_up_no_acme_answer(tmp_path: Path) -> 
     dp = dataplane(mgmt, tmp_path)
     dp.admin = RejectingAdmin(dp.publisher)
     async with running(dp.run):
-        await until(lambda: rds_file(FRONT) in dp.publisher.published, "the front table")
-        assert await dp.file_applied(rds_file(FRONT), 1.0)
+        await until(lambda: scope_file(FALLBACK) in dp.publisher.scopes_published, "the front")
+        assert await dp.file_applied(scope_file(FALLBACK), 1.0)
         assert not await dp.admin.wait_applied(dp.publisher.published, 0.05)
         assert not await dp.file_applied("rds/never-published.pb", 0.05)
 

@@ -27,7 +27,13 @@ from kubelbd.records.types import RouteRecord, TenantRecord
 
 from .fakekube import FakeKube
 from .orchestration import namespace, running, until
-from .test_orchestration_dataplane import AppliedAdmin, dataplane, files_mentioning, programmed
+from .test_orchestration_dataplane import (
+    AppliedAdmin,
+    dataplane,
+    files_mentioning,
+    programmed,
+    served,
+)
 
 NODE = "127.0.0.1"
 
@@ -87,9 +93,10 @@ async def management() -> FakeKube:
 
 
 def route_table(tmp_path: Path) -> bytes:
-    """The route tables that name the host (its shard's, and the front table)."""
-    tables = [p for p in files_mentioning(tmp_path, "shop.example.com") if p.startswith("rds/")]
-    return b"".join((tmp_path / t).read_bytes() for t in tables)
+    """The route tables that name the host (its scope's; a shard's and a front table's)."""
+    names = files_mentioning(tmp_path, "shop.example.com")
+    tables = [p for p in names if p.startswith(("rds/", "scopes/"))]
+    return b"".join(served(tmp_path, t) for t in tables)
 
 
 async def switch(mgmt: FakeKube, tmp_path: Path, node: Node) -> tuple[DataPlane, Obj]:

@@ -34,7 +34,8 @@ from kubelbd.envoy import process as envoy_process
 from kubelbd.envoy import protos, publisher
 from kubelbd.envoy import settings as envoy_config
 from kubelbd.envoy.renderer import Renderer, render
-from kubelbd.envoy.settings import FRONT, Settings, rds_file
+from kubelbd.envoy.scopes import FALLBACK, host_scope_name, is_scope, scope_file
+from kubelbd.envoy.settings import Settings, rds_file
 from kubelbd.ir.http import IR, Delta, Model, build
 from kubelbd.ir.tls import CertificateData
 from kubelbd.records.claims import CATCH_ALL
@@ -51,8 +52,23 @@ Fleet = tuple[list[RouteRecord], list[TenantRecord]]
 
 
 def encoded(files: Files) -> dict[str, bytes]:
-    """What the publisher would write, by relative path."""
-    return {path: publisher.Encoder().encode(path, res)[1] for path, res in files.items()}
+    """What the publisher would write, by relative path, and serve over ADS, by scope (a
+    scope gone is left out: `update_disk` takes it away)."""
+    out = {}
+    for path, res in files.items():
+        if not is_scope(path):
+            out[path] = publisher.Encoder().encode(path, res)[1]
+        elif (scope := publisher.Encoder().encode_scope(path, res)) is not None:
+            out[path] = scope[1]
+    return out
+
+
+def update_disk(on_disk: dict[str, bytes], files: Files, now: float | None = None) -> None:
+    """`on_disk` as the publisher leaves it after writing `files`."""
+    on_disk.update(encoded(files))
+    for path, res in files.items():
+        if is_scope(path) and not res:
+            on_disk.pop(path, None)
 
 
 def full_render(routes: list[RouteRecord], tenants: list[TenantRecord], s: Settings) -> Files:
@@ -64,7 +80,7 @@ def route_tables(files: Files) -> dict[str, dict[str, Any]]:
     return {
         path.removeprefix("rds/").removesuffix(".pb"): resources[0]
         for path, resources in files.items()
-        if path.startswith("rds/") and path != rds_file(FRONT)
+        if path.startswith("rds/")
     }
 
 
@@ -128,7 +144,7 @@ def replay(batches: list[gen.Batch]) -> Iterator[Step]:
             tenants = list(batch.tenants)
         delta = model.apply(batch.upserts, batch.deletes, batch.tenants)
         now = number * SETTINGS.cluster_grace / 2
-        on_disk.update(encoded(renderer.update(model.ir, delta, now)))
+        update_disk(on_disk, renderer.update(model.ir, delta, now))
         note(f"after batch {number}: {delta}")
         yield Step(
             number, model, renderer, now, on_disk, dict(routes), build(routes.values(), tenants)
@@ -165,7 +181,7 @@ def test_incremental_updates_match_a_full_render(batches: list[gen.Batch]) -> No
         last = step
     # Once the grace period is over, exactly a full render's clusters.
     assert last is not None
-    last.on_disk.update(encoded(last.renderer.update(last.model.ir, Delta(), last.now + 60)))
+    update_disk(last.on_disk, last.renderer.update(last.model.ir, Delta(), last.now + 60))
     assert last.on_disk == encoded(render(last.want, SETTINGS))
 
 
@@ -237,13 +253,31 @@ def test_delta_names_what_changed(batches: list[gen.Batch]) -> None:
         assert delta.routes == _changed(status, _status(model.ir))
 
 
-def test_route_only_change_rewrites_one_shard_table() -> None:
+def test_a_change_to_an_exact_host_rewrites_its_scope_alone() -> None:
+    """A route of an exact host, new, changed or gone, is one scope: no route table file,
+    no front table (Envoy rebuilds either whole)."""
     model, renderer = Model(), Renderer(SETTINGS)
     tenants = [TenantRecord("alpha", ("10.0.0.1",))]
     renderer.update(model.ir, model.apply([_web("alpha", "2026", [ROOT_RULE])], (), tenants))
+    scope = scope_file(host_scope_name("a.example.com"))
     moved = {**ROOT_RULE, "paths": [{**ROOT_RULE["paths"][0], "path": "/shop"}]}
     files = renderer.update(model.ir, model.apply([_web("alpha", "2026", [moved])]))
-    assert set(files) == {rds_file(envoy_config.shard_of("a.example.com", SETTINGS.shards))}
+    assert set(files) == {scope}
+    other = records.route("alpha", "default.other", [{**ROOT_RULE, "host": "b.example.com"}])
+    files = renderer.update(model.ir, model.apply([other]))
+    assert set(files) == {scope_file(host_scope_name("b.example.com"))}
+    files = renderer.update(model.ir, model.apply((), [other.id]))
+    assert files == {scope_file(host_scope_name("b.example.com")): []}
+
+
+def test_route_only_change_of_a_wildcard_host_rewrites_one_shard_table() -> None:
+    model, renderer = Model(), Renderer(SETTINGS)
+    tenants = [TenantRecord("alpha", ("10.0.0.1",))]
+    wild = {**ROOT_RULE, "host": "*.a.example.com"}
+    renderer.update(model.ir, model.apply([_web("alpha", "2026", [wild])], (), tenants))
+    moved = {**wild, "paths": [{**wild["paths"][0], "path": "/shop"}]}
+    files = renderer.update(model.ir, model.apply([_web("alpha", "2026", [moved])]))
+    assert set(files) == {rds_file(envoy_config.shard_of("*.a.example.com", SETTINGS.shards))}
 
 
 # ---- 3. Envoy accepts the configuration ------------------------------------------------------
@@ -268,6 +302,12 @@ def static_bootstrap(
         for path, resources in files.items()
         if path.startswith("rds/")
     }
+    scopes = [
+        {**_typeless(r), "route_configuration": _typeless(r["route_configuration"])}
+        for path, resources in files.items()
+        if is_scope(path)
+        for r in resources
+    ]
     listeners = []
     for resource in files["lds.pb"]:
         listener = _typeless(resource)
@@ -282,6 +322,11 @@ def static_bootstrap(
                 if "rds" in hcm:  # TCP proxies have no route table
                     rds = hcm.pop("rds")
                     hcm["route_config"] = tables[rds["route_config_name"]]
+                if "scoped_routes" in hcm:  # the scopes, inline
+                    del hcm["scoped_routes"]["scoped_rds"]
+                    hcm["scoped_routes"]["scoped_route_configurations_list"] = {
+                        "scoped_route_configurations": scopes
+                    }
         listeners.append(listener)
     bootstrap: dict[str, Any] = yaml.safe_load(
         envoy_process.render_bootstrap(
@@ -464,10 +509,19 @@ def test_each_host_has_one_owner_chosen_by_age(fleet: Fleet) -> None:
         assert model.served.get(r.id, []) == served, r.id
         assert model.conflicts.get(r.id, []) == lost, r.id
 
-    # The rendered files: each host in exactly one shard table, and the front table sends it
-    # to that shard.
+    # The rendered files: each exact host in a scope of its own (no two keys hash alike here),
+    # every other in exactly one shard table, and the front table sends it to that shard.
     files = render(model, SETTINGS)
-    front = files[rds_file(FRONT)][0]
+    scoped = {
+        r["key"]["fragments"][0]["string_key"]: r["route_configuration"]["virtual_hosts"]
+        for path, rs in files.items()
+        if path.startswith("scopes/host/")
+        for r in rs
+    }
+    assert set(scoped) == {h for h in owners if h and not h.startswith("*.")}
+    for host, (vh,) in scoped.items():
+        assert vh["domains"] == [host] and vh["name"] == f"{owners[host][1]}/{host}"
+    front = files[scope_file(FALLBACK)][0]["route_configuration"]
     front_domains = [d for vh in front["virtual_hosts"] for d in vh["domains"]]
     assert len(front_domains) == len(set(front_domains))
     assert front["virtual_hosts"][-1]["domains"] == ["*"]
@@ -485,8 +539,8 @@ def test_each_host_has_one_owner_chosen_by_age(fleet: Fleet) -> None:
                 assert sent_to[domain] == shard == envoy_config.shard_of(host, SETTINGS.shards)
             else:
                 assert shard == envoy_config.DEFAULT_SHARD
-    assert set(seen) == {_display(h) for h in owners}
-    assert set(sent_to) == {h for h in owners if h}
+    assert set(seen) == {_display(h) for h in owners if h not in scoped}
+    assert set(sent_to) == {h for h in owners if h and h not in scoped}
     catch_all_route = front["virtual_hosts"][-1]["routes"][0]
     assert ("route" in catch_all_route) == (CATCH_ALL in owners)
 

@@ -8,7 +8,8 @@ from typing import Any
 from kubefleet import certs
 
 from kubelbd.envoy.renderer import Renderer
-from kubelbd.envoy.settings import FRONT, FRONT_TLS, Settings, rds_file
+from kubelbd.envoy.scopes import FALLBACK, host_scope_name, scope_file
+from kubelbd.envoy.settings import FRONT_TLS, Settings, rds_file
 from kubelbd.envoy.tls import CERTIFICATE_HEADER
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
@@ -32,6 +33,11 @@ def _route(name: str, host: str, with_tls: bool = False) -> RouteRecord:
 
 def _domains(table: dict[str, Any]) -> set[str]:
     return {d for vh in table["virtual_hosts"] if vh["name"] != "*" for d in vh["domains"]}
+
+
+def _http_front(files: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    table: dict[str, Any] = files[scope_file(FALLBACK)][0]["route_configuration"]
+    return table
 
 
 def _certificate_for(host: str) -> dict[str, tls.CertificateData]:
@@ -65,15 +71,17 @@ def test_https_front_lists_only_hosts_with_a_certificate() -> None:
         _certificate_for("secure.example.com"),
     )
     assert _domains(files[rds_file(FRONT_TLS)][0]) == {"secure.example.com"}
-    # Plain HTTP still serves the plain host and redirects the secure one.
-    http = files[rds_file(FRONT)][0]
-    assert "plain.example.com" in _domains(http)
+    # Plain HTTP still serves the plain host (in its scope) and redirects the secure one.
+    http = _http_front(files)
+    assert files[scope_file(host_scope_name("plain.example.com"))]
+    assert "plain.example.com" not in _domains(http)
     redirect = next(vh for vh in http["virtual_hosts"] if vh["name"] == "redirect-to-https")
     assert redirect["domains"] == ["secure.example.com"]
+    assert not files.get(scope_file(host_scope_name("secure.example.com")))  # taken back
 
-    # Another plain host: the HTTPS table (and Envoy's rebuild of it) stays as it is.
+    # Another plain host: its scope, and no table (nor Envoy's rebuild of one).
     more = renderer.update(model.ir, model.apply([_route("more", "more.example.com")]))
-    assert rds_file(FRONT) in more and rds_file(FRONT_TLS) not in more
+    assert set(more) == {scope_file(host_scope_name("more.example.com"))}
     # The secure host goes: the HTTPS table loses it at once, before the TLS plan catches up.
     gone = renderer.update(model.ir, model.apply((), ["alpha/default.secure"]))
     assert _domains(gone[rds_file(FRONT_TLS)][0]) == set()
@@ -104,7 +112,7 @@ def test_wildcard_redirects_only_what_the_certificate_covers() -> None:
     wild = _route("wild", "*.example.com", with_tls=True)
     tenants = [TenantRecord("alpha", ("10.0.0.1",))]
     _, _, files = _render(settings, [wild], tenants, [wild], _certificate_for("*.example.com"))
-    http = {vh["name"]: vh for vh in files[rds_file(FRONT)][0]["virtual_hosts"]}
+    http = {vh["name"]: vh for vh in _http_front(files)["virtual_hosts"]}
     vhost = http["redirect-to-https:*.example.com"]
     guarded, fallback = vhost["routes"]
     assert guarded["redirect"]["https_redirect"] and guarded["match"]["headers"]

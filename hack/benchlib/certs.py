@@ -16,7 +16,7 @@ Designs (`--designs`): `files`, one SDS file subscription per certificate (kubel
 this benchmark: each is an inotify instance); `watched-dir`, the same with the subscription's
 `watched_directory` set to the secrets directory; `inline`, the certificates inline in the
 listener (a rotation is a filter chain update); `ads`, SDS over one delta ADS gRPC stream
-from kubelbd (kubelbd.envoy.sds), what kubelbd renders. The others are derived from it. Runs
+from kubelbd (kubelbd.envoy.ads), what kubelbd renders. The others are derived from it. Runs
 interleave the designs, so a change in the machine's load touches them alike.
 """
 
@@ -44,11 +44,11 @@ from kubefleet import certs as fleet_certs
 from kubefleet.fleet import proc_rss_kib
 
 from kubelbd.envoy import process as envoy_process
+from kubelbd.envoy.ads import DiscoveryServer
 from kubelbd.envoy.common import config_source
 from kubelbd.envoy.publisher import Publisher
 from kubelbd.envoy.renderer import Files, Renderer
-from kubelbd.envoy.sds import SecretServer
-from kubelbd.envoy.settings import FRONT_TLS, SDS_SOCKET, Settings
+from kubelbd.envoy.settings import ADS_SOCKET, FRONT_TLS, Settings
 from kubelbd.envoy.type_urls import HCM, LISTENER, ROUTER, SDS_SECRET
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
@@ -359,7 +359,7 @@ async def one_run(design: str, pairs: dict[str, Pair], seed: int) -> Result:
         rendering = Rendering(settings, routes)
         files = rendering.full(pairs)
         publisher = Publisher(config_dir)
-        server = SecretServer(config_dir / SDS_SOCKET)
+        server = DiscoveryServer(config_dir / ADS_SOCKET)
         if design == "ads":
             await server.start()
             server.put(rendering.served)
@@ -389,7 +389,7 @@ async def _measure(
     pairs: dict[str, Pair],
     rendering: Rendering,
     publisher: Publisher,
-    server: SecretServer,
+    server: DiscoveryServer,
     proc: asyncio.subprocess.Process,
     rng: random.Random,
     port: int,

@@ -11,9 +11,11 @@ HTTPRoutes on those Gateways instead of Ingresses.
 
 In the same run it measures the floor:
 - watch: the tenant API server alone, from an Ingress write to the watch event for it;
-- envoy: a second Envoy, loaded with a copy of kubelbd's current files, applying the same kind
-  of change (the same files, the same sizes) from the rename until it answers 200; its files
-  are put back after each sample (untimed), so its configuration does not grow over a series.
+- envoy: a second Envoy, loaded with a copy of kubelbd's current files and of the host scopes
+  its Envoy holds (served by the bench's own ADS server), applying the same kind of change
+  (one more host scope, and for `backend` the cluster file with one more cluster) until it
+  answers 200; the copy is put back after each sample (untimed), so its configuration does
+  not grow over a series.
   For `httproute` that is the bench Gateway's routes with one more virtual host: its route
   table file when its chain has one (the largest chains do), else its listener file (routes
   inline); the copy's pool-address listeners are left out (they would share the real ones'
@@ -47,8 +49,11 @@ from kubefleet.fleet import State, proc_rss_kib
 from kubefleet.layout import ROOT, Layout, fleet_dir
 
 from kubelbd.envoy import protos
+from kubelbd.envoy.ads import DiscoveryServer
 from kubelbd.envoy.process import envoy_binary
 from kubelbd.envoy.publisher import write_atomically
+from kubelbd.envoy.scopes import host_scope, host_scope_name
+from kubelbd.envoy.settings import ADS_SOCKET
 from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.records.names import ROUTES, namespace_of
@@ -510,7 +515,7 @@ class NodePortFloor:
 
 
 class EnvoyFloor:
-    """A second Envoy on a copy of kubelbd's files: rename one changed shard+front → 200.
+    """A second Envoy on a copy of kubelbd's files and scopes: serve one more host scope → 200.
     For a `backend` change, the cluster file with one more cluster is renamed in first."""
 
     def __init__(self, layout: Layout, gateway_listener: str = "") -> None:
@@ -533,24 +538,40 @@ class EnvoyFloor:
         self.lds = self._own_listeners(lds)
         for name, doc in (("cds.pb", self.cds), ("lds.pb", self.lds)):
             (dst / name).write_bytes(_encode(doc, doc["version_info"]))
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        # kubelbd's scopes as its Envoy holds them, served by this Envoy's own ADS server
+        # (the copied bootstrap names the socket in `dst`).
+        self.ads = DiscoveryServer(dst / ADS_SOCKET)
+        await self.ads.start()
+        self.ads.put_scopes(await self._scopes_of_kubelbd())
         self.proc = await asyncio.create_subprocess_exec(
             envoy_binary(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
             "--concurrency", "2", "-l", "error",
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self.fresh = fresh_connections()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while await self.status("nothing.invalid") != 404:
             if time.monotonic() > deadline:
                 raise TimeoutError("second Envoy did not start")
             await asyncio.sleep(0.05)
-        self.front = _read(dst / "rds" / "http.pb")
-        self.shards = sorted((dst / "rds").glob("shard.[0-9]*.pb"))
-        self.baseline = {path: json.dumps(_read(path)) for path in self.shards}
         self.cluster = _some_cluster(self.cds)
         self.template = next(c for c in self.cds["resources"] if c["name"] == self.cluster)
         return self
+
+    async def _scopes_of_kubelbd(self) -> dict[str, tuple[str, bytes]]:
+        """Every scope kubelbd's Envoy holds (its admin's config dump), encoded to serve."""
+        url = (
+            f"http://127.0.0.1:{self.layout.envoy_admin_port}"
+            "/config_dump?resource=dynamic_scoped_route_configs"
+        )
+        async with self.session.get(url) as r:
+            dump = await r.json(content_type=None)
+        scopes = {}
+        for item in dump.get("configs", []):
+            for scope in item.get("scoped_route_configs", []):
+                scopes[scope["name"]] = ("copy", protos.resource(scope))
+        return scopes
 
     def _own_listeners(self, lds: dict[str, Any]) -> dict[str, Any]:
         """The copy's listeners without those on pool addresses (they would share the real
@@ -570,6 +591,7 @@ class EnvoyFloor:
         await self.fresh.close()
         self.proc.terminate()
         await self.proc.wait()
+        await self.ads.stop()
         self._dir.cleanup()
 
     async def status(self, host: str, port: int = 0) -> int:
@@ -583,9 +605,10 @@ class EnvoyFloor:
             return 0
 
     async def change(self, kind: str, count: int = 1) -> float:
-        """One change of `kind` (`burst`: `count` route changes in one write of each file),
-        timed from the first rename until every new host answers 200. The files are put back
-        afterwards, untimed, so every sample starts from kubelbd's files as they were copied."""
+        """One change of `kind` (`burst`: `count` route changes in one response), timed from
+        the new cluster file's rename (for `backend`) or the scopes' serving until every new
+        host answers 200. The scopes and files are put back afterwards, untimed, so every
+        sample starts from kubelbd's configuration as it was copied."""
         n = self.samples = self.samples + 1
         hosts = [f"floor{n}-{i}.envoy.test" for i in range(count)]
         if kind == "httproute":
@@ -598,41 +621,19 @@ class EnvoyFloor:
             new["name"] = new["load_assignment"]["cluster_name"] = target
             cds = {**self.cds, "resources": [*self.cds["resources"], new]}
             cds_bytes = _encode(cds, f"f{n}")
-        shards: dict[Path, Any] = {}
-        f = json.loads(json.dumps(self.front))
-        f["version_info"] = f"f{n}"
-        for i, host in enumerate(hosts):
-            shard_path = self.shards[(n + i) % len(self.shards)]
-            shard = shards.setdefault(shard_path, json.loads(self.baseline[shard_path]))
-            shard["version_info"] = f"f{n}"
-            shard["resources"][0].setdefault("virtual_hosts", []).append(
-                {"name": host, "domains": [host],
-                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": target}}]}
-            )  # fmt: skip
-            shard_name = shard["resources"][0]["name"]
-            for vh in f["resources"][0].setdefault("virtual_hosts", []):
-                if vh["name"] == shard_name:
-                    vh["domains"].append(host)
-                    break
-            else:
-                f["resources"][0].setdefault("virtual_hosts", []).insert(
-                    0,
-                    {"name": shard_name, "domains": [host],
-                     "routes": [{"match": {"prefix": "/"},
-                                 "route": {"cluster": shard_name, "timeout": "0s"}}]},
-                )  # fmt: skip
-        shard_bytes = {path: _encode(s, f"f{n}") for path, s in shards.items()}
-        front_bytes = _encode(f, f"f{n}")
+        scopes: dict[str, tuple[str, bytes] | None] = {}
+        for host in hosts:
+            route = {"match": {"prefix": "/"}, "route": {"cluster": target}}
+            vhost = {"name": f"floor/{host}", "domains": [host], "routes": [route]}
+            scopes[host_scope_name(host)] = (f"f{n}", protos.resource(host_scope(host, vhost)))
         start = time.monotonic()
         if cds_bytes:
             write_atomically(self.dst / "cds.pb", cds_bytes)
-        for path, data in shard_bytes.items():
-            write_atomically(path, data)
-        write_atomically(self.dst / "rds" / "http.pb", front_bytes)
+        self.ads.put_scopes(scopes)
         for host in hosts:
             await self.until(host, 200, start + 30, poll=0.001)
         took = time.monotonic() - start
-        await self.restore(n, hosts, list(shards), bool(cds_bytes))
+        await self.restore(n, hosts, list(scopes), bool(cds_bytes))
         return took
 
     async def listener_change(self, n: int, host: str) -> float:
@@ -670,12 +671,10 @@ class EnvoyFloor:
         await self.until(host, 404, time.monotonic() + 30, poll=0.005, port=self.gateway_port)
         return took
 
-    async def restore(self, n: int, hosts: list[str], shards: list[Path], cds: bool) -> None:
-        """Back to the copied files (with new versions, so Envoy reads them), and wait until
-        Envoy has them: the hosts gone, the clusters back to the copy's."""
-        for path in shards:
-            write_atomically(path, _encode(json.loads(self.baseline[path]), f"r{n}"))
-        write_atomically(self.dst / "rds" / "http.pb", _encode(self.front, f"r{n}"))
+    async def restore(self, n: int, hosts: list[str], scopes: list[str], cds: bool) -> None:
+        """Back to the copied configuration (the scopes gone, the cluster file with a new
+        version, so Envoy reads it), and wait until Envoy has it."""
+        self.ads.put_scopes(dict.fromkeys(scopes))
         if cds:
             write_atomically(self.dst / "cds.pb", _encode(self.cds, f"r{n}"))
         deadline = time.monotonic() + 30

@@ -8,11 +8,8 @@ package) with the same connections and duration, interleaved over `--rounds`:
   proxy at all);
 - `minimal`: a second Envoy, one hop (a static listener whose one route sends everything to a
   static cluster of the same NodePorts on every node), with the fleet Envoy's concurrency;
-- `kubelbd`: kubelbd's Envoy, the Ingress's host (front table -> shard listener -> cluster);
-- `shard`: a third Envoy on a copy of kubelbd's files whose one listener is the host's shard
-  listener on a port, with its route table and clusters: kubelbd's own routing of the host
-  without the hop from the front table (what a design that picks a host's table in one
-  connection manager would cost; not a way kubelbd serves).
+- `kubelbd`: kubelbd's Envoy, the Ingress's host (the plain listener's scope for the host ->
+  cluster, envoy/scopes.py; before the scopes, a front table -> shard listener hop).
 
 Reported per way: requests/s and wrk's p50 and p99 latency, the median over the rounds, and
 kubelbd's against the minimal Envoy's (issue 16: at least 0.95x the throughput, at most
@@ -44,7 +41,7 @@ from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.sources import twins
 
-from .convergence import _encode, _read, config_copy, deployment, ingress, svc
+from .convergence import deployment, ingress, svc
 from .stats import cpu_seconds
 
 APP = "echo"
@@ -121,21 +118,6 @@ def minimal_bootstrap(port: int, admin: int, nodes: list[str], node_port: int) -
     }  # fmt: skip
 
 
-def shard_copy(layout: Layout, host: str, port: int, admin: int, dst: Path) -> Path:
-    """Kubelbd's files copied into `dst` (on the same kind of filesystem), with one listener:
-    `host`'s shard listener, on `port`; returns the copy's bootstrap. Its secrets socket is
-    the copy's, where nothing listens: the plain HTTP path needs none."""
-    cds, lds = config_copy(layout, dst, admin)
-    (dst / "cds.pb").write_bytes(_encode(cds, "c"))
-    front = _read(dst / "rds" / "http.pb")["resources"][0]
-    shard = next(vh["name"] for vh in front["virtual_hosts"] if host in vh["domains"])
-    listener = next(x for x in lds["resources"] if x["name"] == shard)
-    del listener["internal_listener"]
-    listener["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": port}}
-    (dst / "lds.pb").write_bytes(_encode({"resources": [listener]}, "l"))
-    return dst / "bootstrap.yaml"
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,8 +133,6 @@ async def run(layout: Layout, rounds: int, connections: int, seconds: int) -> No
     host = f"dp.{ns}.bench.test"
     envoys: list[asyncio.subprocess.Process] = []
     tmp = Path(tempfile.mkdtemp(prefix="kubelbd-bench-dp-"))
-    # The shard copy on the same kind of filesystem as kubelbd's config volume.
-    copy = Path(tempfile.mkdtemp(prefix="bench-dp-", dir=lb.config_dir(layout).parent.parent))
     try:
         await kube.create(NAMESPACES, {"metadata": {"name": ns}})
         app = deployment(APP)
@@ -168,27 +148,19 @@ async def run(layout: Layout, rounds: int, connections: int, seconds: int) -> No
         port, admin = _free_port(), _free_port()
         config = tmp / "minimal.json"
         config.write_text(json.dumps(minimal_bootstrap(port, admin, nodes, node_port)))
-        shard_port, shard_admin = _free_port(), _free_port()
-        shard_boot = shard_copy(layout, host, shard_port, shard_admin, copy)
-        for boot in (config, shard_boot):
-            envoys.append(await asyncio.create_subprocess_exec(
-                envoy_binary(), "-c", str(boot), "--concurrency", str(CONCURRENCY),
-                "--log-level", "error", "--disable-hot-restart",
-                "--base-id", str((os.getpid() + len(envoys)) % 1000),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
+        envoys.append(await asyncio.create_subprocess_exec(
+            envoy_binary(), "-c", str(config), "--concurrency", str(CONCURRENCY),
+            "--log-level", "error", "--disable-hot-restart",
+            "--base-id", str(os.getpid() % 1000),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
         ways = {
             "direct": f"http://{nodes[0]}:{node_port}/",
             "minimal": f"http://127.0.0.1:{port}/",
-            "shard": f"http://127.0.0.1:{shard_port}/",
             "kubelbd": kubelbd_url,
         }
         await _until_answers(ways["minimal"], host, 10)
-        await _until_answers(ways["shard"], host, 30)
-        pids = {
-            "direct": 0, "minimal": envoys[0].pid, "shard": envoys[1].pid,
-            "kubelbd": lb.envoy_pid(layout),
-        }  # fmt: skip
+        pids = {"direct": 0, "minimal": envoys[0].pid, "kubelbd": lb.envoy_pid(layout)}
         runs: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
         for r in range(rounds):
             for way, url in ways.items():
@@ -203,7 +175,6 @@ async def run(layout: Layout, rounds: int, connections: int, seconds: int) -> No
         for envoy in envoys:
             envoy.terminate()
             await envoy.wait()
-        shutil.rmtree(copy, ignore_errors=True)
         await kube.delete(NAMESPACES, ns)
         await kube.aclose()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -239,7 +210,7 @@ def _report(runs: dict[str, list[dict[str, float]]], connections: int, seconds: 
               f"| {cpu} |")  # fmt: skip
     minimal = med["minimal"]
     print()
-    for way in ("kubelbd", "shard"):
+    for way in ("kubelbd",):
         m = med[way]
         print(f"{way} / minimal Envoy: {m['rps'] / minimal['rps']:.2f}x the throughput, "
               f"{m['p50'] - minimal['p50']:+.2f} ms at p50, "

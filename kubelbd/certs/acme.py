@@ -30,6 +30,7 @@ import anyio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from ..envoy.scopes import CHALLENGE_HOST
 from ..ir.tls import Wanted
 from ..kube import Kube
 from ..objects import SECRETS, Obj
@@ -147,7 +148,9 @@ class ACMEClient:
             if over_dns:
                 txt[chall.chall.validation_domain_name(name)].append(validation)
             else:
-                published[chall.chall.encode("token")] = validation
+                token = chall.chall.encode("token")
+                published[token] = validation
+                published[CHALLENGE_HOST + token] = name  # its scope answers it too
                 http_hosts.append(name)
             answers.append((chall, response))
         async with AsyncExitStack() as cleanup:

@@ -24,10 +24,11 @@ from ..certs.acme import ACMESettings
 from ..certs.dns01 import DNS01
 from ..dns.desired import Key, lb_key, route_key
 from ..envoy.admin import EnvoyAdmin, all_applied
+from ..envoy.ads import DiscoveryServer
 from ..envoy.publisher import Publisher
 from ..envoy.renderer import Files, Renderer
-from ..envoy.sds import SecretServer
-from ..envoy.settings import SDS_SOCKET, Settings
+from ..envoy.scopes import is_scope
+from ..envoy.settings import ADS_SOCKET, Settings
 from ..hub import Service, Settling, StatusBoard
 from ..ir import gateway_model, gateway_status
 from ..ir.gateway import GatewayIR
@@ -91,6 +92,7 @@ class DataPlane:
         acme: ACMESettings | None = None,
         leadership: Leadership | None = None,
         dns: DNSSettings | None = None,
+        ads: DiscoveryServer | None = None,
     ) -> None:
         self.mgmt = mgmt
         if leadership is None:  # a lone data plane (tests): it is the leader
@@ -111,7 +113,9 @@ class DataPlane:
         self.intake = Intake(
             self._wake_up, self._current, self.l4, self._confirmed, self._written_conditions
         )
-        self.secrets = SecretServer(Path(settings.config_dir) / SDS_SOCKET)
+        #: certificates and the HTTP listener's host scopes, over ADS
+        self.ads = ads or DiscoveryServer(Path(settings.config_dir) / ADS_SOCKET)
+        publisher.scopes = self.ads
         self.names = Names(mgmt, dns, public_address, self._dns_changed, self._record_uid)
         #: moves whenever the model may have changed (a render, a confirmation): the names
         #: are worked out again only then, not on every status report (O(routes) each)
@@ -130,7 +134,7 @@ class DataPlane:
         names = self.names.publisher
         client = names.client if names is not None else None
         self.tls = TLSState(
-            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.secrets,
+            mgmt, acme or ACMESettings(), self._wake_up, self.file_applied, self.ads,
             DNS01(client) if client is not None else None,
         )  # fmt: skip
         self.status = self._reporter()
@@ -224,7 +228,7 @@ class DataPlane:
         if not await self._until_applied(self._publish_seq, timeout):
             return False
         left = None if deadline is None else max(0.0, deadline - anyio.current_time())
-        return await self.secrets.wait_settled(left)
+        return await self.ads.wait_settled(left)
 
     async def _until_applied(self, seq: int, timeout: float | None) -> bool:
         """Until Envoy has applied every file as publish number `seq` left them, or as a later
@@ -235,7 +239,9 @@ class DataPlane:
         with anyio.move_on_after(timeout):
             while self._applied_seq < seq:
                 at, published = self._publish_seq, dict(self.publisher.published)
-                if all_applied(published, await self.admin.versions()):
+                scopes = self.ads.generation
+                reported = await self.admin.versions()
+                if all_applied(published, reported) and self.ads.scopes_applied(scopes):
                     self._applied_seq = max(self._applied_seq, at)
                     continue
                 await anyio.sleep(backoff.next())
@@ -246,6 +252,10 @@ class DataPlane:
         """True once Envoy reports the published version of this one file applied: what the
         ACME answers wait for, so that a file Envoy rejected elsewhere (which it never should
         be handed) holds up no tenant's certificates."""
+        if is_scope(name):
+            if name not in self.publisher.scopes_published:
+                return False
+            return await self.ads.wait_scopes(self.ads.generation, timeout)
         version = self.publisher.published.get(name)
         if version is None:
             return False
@@ -255,13 +265,13 @@ class DataPlane:
 
     async def run(self) -> None:
         await self.publisher.load_async()
-        await self.secrets.start()
+        await self.ads.start()
         try:
             with metrics.observe_state(self.gauges.snapshot):
                 await self._run()
         finally:
             with anyio.CancelScope(shield=True):
-                await self.secrets.stop()
+                await self.ads.stop()
 
     async def _run(self) -> None:
         selector = f"{MANAGED_BY}={MANAGER}"

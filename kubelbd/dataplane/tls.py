@@ -21,9 +21,9 @@ import anyio
 from ..certs.acme import ACMESettings
 from ..certs.dns01 import DNS01
 from ..certs.issuers import Issuers
+from ..envoy.ads import DiscoveryServer
 from ..envoy.renderer import Files, Renderer
-from ..envoy.sds import SecretServer
-from ..envoy.settings import FRONT, rds_file
+from ..envoy.scopes import FALLBACK, scope_file
 from ..ir import tls
 from ..ir.http import Delta, Model
 from ..kube import Kube
@@ -44,7 +44,7 @@ class TLSState:
         acme: ACMESettings,
         wake: Callable[[], None],
         file_applied: Callable[[str, float], Awaitable[bool]],
-        secrets: SecretServer,
+        secrets: DiscoveryServer,
         dns01: DNS01 | None = None,
     ) -> None:
         self._wake = wake
@@ -129,7 +129,7 @@ class TLSState:
         self.changed()
         with anyio.move_on_after(30):
             await self._challenges_published.wait()
-            return await self._file_applied(rds_file(FRONT), 30)
+            return await self._file_applied(scope_file(FALLBACK), 30)
         return False
 
     def published(self) -> None:

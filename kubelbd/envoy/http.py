@@ -31,7 +31,7 @@ from typing import Any
 
 from ..ir.http import BackendTLS, Cluster, PathRule, Target, VirtualHost
 from .common import Resource, config_source, health_check, last_of_each, socket_address
-from .settings import DEFAULT_SHARD, FRONT, Settings, rds_path, shard_names
+from .settings import DEFAULT_SHARD, Settings, rds_path, shard_names
 from .type_urls import (
     CLUSTER,
     HCM,
@@ -110,7 +110,7 @@ def http_filter_chain(manager: Resource) -> Resource:
     }
 
 
-def _listener(name: str, manager: Resource, address: Resource | None) -> Resource:
+def listener(name: str, manager: Resource, address: Resource | None) -> Resource:
     out: Resource = {"@type": LISTENER, "name": name}
     if address is None:
         out["internal_listener"] = {}
@@ -120,16 +120,12 @@ def _listener(name: str, manager: Resource, address: Resource | None) -> Resourc
     return out
 
 
-def listeners(settings: Settings) -> list[Resource]:
-    front = _listener(
-        FRONT,
-        hcm(FRONT, FRONT, settings, front=True, into_shards=True),
-        socket_address(settings.http_address, settings.http_port),
-    )
-    out = [front]
-    for name in shard_names(settings):
-        out.append(_listener(name, hcm(name.removeprefix("shard."), name, settings, False), None))
-    return out
+def shard_listeners(settings: Settings) -> list[Resource]:
+    """The shards' internal listeners (the front one is envoy/scopes.py's)."""
+    return [
+        listener(name, hcm(name.removeprefix("shard."), name, settings, False), None)
+        for name in shard_names(settings)
+    ]
 
 
 #: No circuit breaking on the hop into a shard: every host of the shard shares its cluster, so
@@ -344,7 +340,7 @@ def route_config(name: str, vhosts: list[Resource], **extra: Any) -> Resource:
     return {"@type": ROUTE_CONFIG, "name": name, "virtual_hosts": vhosts, **extra}
 
 
-def _answers(challenges: tuple[tuple[str, str], ...]) -> list[Resource]:
+def challenge_routes(challenges: tuple[tuple[str, str], ...]) -> list[Resource]:
     """The routes answering ACME HTTP-01 challenges (token, key authorization)."""
     return [
         {
@@ -364,7 +360,11 @@ def _shard_front(
     publisher's encoder remembers them by identity; at 3,000 hosts encoding every shard's
     host again was about 20 ms a change). Shared: never changed by a caller."""
     route = {"match": {"prefix": "/"}, "route": {"cluster": shard, "timeout": "0s"}}
-    return {"name": shard, "domains": list(domains), "routes": [*_answers(challenges), route]}
+    return {
+        "name": shard,
+        "domains": list(domains),
+        "routes": [*challenge_routes(challenges), route],
+    }
 
 
 def front_table(
@@ -378,7 +378,7 @@ def front_table(
     """Host → shard, for plain HTTP. Hosts served over HTTPS are redirected there instead, and
     ACME HTTP-01 challenges (token, key authorization) are answered first, for every host.
     (The HTTPS front table is `tls.https_table`.)"""
-    answers = _answers(challenges)
+    answers = challenge_routes(challenges)
     moved = set(redirect)
     https: Resource = {"https_redirect": True}
     if redirect_port != 443:

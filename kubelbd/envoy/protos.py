@@ -27,7 +27,7 @@ from typing import Any, cast
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from .type_urls import ROUTE_CONFIG
+from .type_urls import ROUTE_CONFIG, SCOPED_ROUTE
 
 #: The generated modules of every type kubelbd's resources name (type_urls.py): importing one
 #: registers its messages in the default pool, where an `@type` is looked up.
@@ -37,6 +37,8 @@ _MODULES = (
     "envoy.config.listener.v3.listener_pb2",
     "envoy.config.cluster.v3.cluster_pb2",
     "envoy.config.route.v3.route_pb2",
+    "envoy.config.route.v3.scoped_route_pb2",
+    "envoy.extensions.filters.http.lua.v3.lua_pb2",
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
@@ -104,7 +106,7 @@ def _encode_small(type_url: str, fields: dict[str, Any]) -> bytes:
     return out
 
 
-def _length_delimited(number: int, payload: bytes) -> bytes:
+def length_delimited(number: int, payload: bytes) -> bytes:
     """Field `number` of a message, holding `payload` (a string, bytes or a message)."""
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
@@ -192,7 +194,7 @@ def _virtual_host(host: dict[str, Any]) -> bytes:
     head = cast(Any, _VirtualHost)(name=host.get("name", ""), domains=domains)
     rest = {k: v for k, v in host.items() if k not in ("name", "domains")}
     body = head.SerializeToString(deterministic=True) + _encode_small(_VIRTUAL_HOST, rest)
-    return _length_delimited(_VIRTUAL_HOSTS, body)
+    return length_delimited(_VIRTUAL_HOSTS, body)
 
 
 def resource(res: dict[str, Any], hosts: Remembered | None = None) -> bytes:
@@ -202,19 +204,31 @@ def resource(res: dict[str, Any], hosts: Remembered | None = None) -> bytes:
     type_url = res["@type"]
     fields = {k: v for k, v in res.items() if k != "@type"}
     if type_url == ROUTE_CONFIG and hosts is not None:
-        vhosts = fields.pop("virtual_hosts", [])
-        body = _encode_small(type_url, fields) + b"".join(
-            hosts.encode(vhosts, _virtual_host, "virtual host")
-        )
+        body = _route_config(fields, hosts)
+    elif type_url == SCOPED_ROUTE and hosts is not None and "route_configuration" in fields:
+        # A scope's inline table likewise: its own fields, then the table's.
+        table = _route_config(dict(fields.pop("route_configuration")), hosts)
+        body = _encode_small(type_url, fields) + length_delimited(_INLINE_TABLE, table)
     else:
         body = _encode(type_url, fields)
     return any_pb2.Any(type_url=type_url, value=body).SerializeToString()
 
 
+def _route_config(fields: dict[str, Any], hosts: Remembered) -> bytes:
+    fields.pop("@type", None)  # a scope's inline table is a message, not an Any
+    vhosts = fields.pop("virtual_hosts", [])
+    return _encode_small(ROUTE_CONFIG, fields) + b"".join(
+        hosts.encode(vhosts, _virtual_host, "virtual host")
+    )
+
+
+_INLINE_TABLE = message_class(SCOPED_ROUTE).DESCRIPTOR.fields_by_name["route_configuration"].number
+
+
 def discovery_response(version: str, resources: list[bytes]) -> bytes:
     """A DiscoveryResponse (what a file holds) of encoded Anys (`resource`)."""
     head = _DiscoveryResponse(version_info=version).SerializeToString()
-    return head + b"".join(_length_delimited(_RESOURCES, r) for r in resources)
+    return head + b"".join(length_delimited(_RESOURCES, r) for r in resources)
 
 
 def read_file(data: bytes) -> dict[str, Any]:

@@ -8,7 +8,7 @@ are fsynced, then renamed over the target: Envoy, watching for moves, never sees
 half-written file.
 
 No private key is written here: certificates go to Envoy over kubelbd's secret server
-(kubelbd.envoy.sds). Temp files are created 0600, under a name `load` recognises: one a crash
+(kubelbd.envoy.ads). Temp files are created 0600, under a name `load` recognises: one a crash
 left behind is removed at the next start, as are the certificate and JSON files an older
 kubelbd wrote.
 
@@ -23,16 +23,17 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from google.protobuf.message import DecodeError
 
 from .. import metrics
 from . import protos
+from .scopes import is_scope, scope_name
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,19 @@ class Encoder:
         )
         version = version_of(b"".join(parts))
         return version, protos.discovery_response(version, parts)
+
+    def encode_scope(self, name: str, resources: Resources) -> tuple[str, bytes] | None:
+        """(version, encoded Any) of a scope (envoy/scopes.py); None when it is gone."""
+        if not resources:
+            self._files.pop(name, None)
+            return None
+        known, hosts = self._files.setdefault(name, (protos.Remembered(), protos.Remembered()))
+        parts = known.encode(
+            resources, lambda r: protos.resource(r, hosts), "resource", where=f"{name}: "
+        )
+        if not parts:
+            return None  # left out, logged
+        return version_of(parts[0]), parts[0]
 
 
 #: Temp files start with this (then the target's name and a random part): `load` removes
@@ -129,6 +143,10 @@ def _order(name: str) -> int:
     return 1
 
 
+class ScopeSink(Protocol):
+    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int: ...
+
+
 @dataclass
 class Publisher:
     config_dir: Path
@@ -140,11 +158,15 @@ class Publisher:
     #: a route change's own time. On any other filesystem they go to a worker thread.
     in_memory: bool = field(init=False, default=False)
     encoder: Encoder = field(init=False, default_factory=Encoder)
+    #: where scopes go (envoy/ads.py's server, set by the data plane): they are no files
+    scopes: ScopeSink | None = None
+    #: scope -> version served
+    scopes_published: dict[str, str] = field(default_factory=dict)
 
     def load(self) -> None:
         """Learn what a previous run left on disk, so identical content is not rewritten, and
         what kind of volume it is. Temp files a crash left are removed, and files an older
-        kubelbd wrote: certificates (one SDS file each, before kubelbd.envoy.sds: a private
+        kubelbd wrote: certificates (one SDS file each, before kubelbd.envoy.ads: a private
         key does not outlive its use) and JSON files (before protos.py), which no Envoy
         started with this kubelbd's bootstrap reads."""
         self.in_memory = on_tmpfs(self.config_dir)
@@ -170,21 +192,49 @@ class Publisher:
         """Write the given files whose content differs from disk; return {path: version} written.
         Its time is kubelbd_publish_duration_seconds when anything was written."""
         start = time.perf_counter()
-        encoded = {name: self.encoder.encode(name, res) for name, res in files.items()}
+        scopes = {name: res for name, res in files.items() if is_scope(name)}
+        encoded = {
+            name: self.encoder.encode(name, res)
+            for name, res in files.items()
+            if name not in scopes
+        }
         changed = {
             name: (version, data)
             for name, (version, data) in encoded.items()
             if self.published.get(name) != version
         }
+        scopes_changed = self._scopes_changed(scopes)
+        # Clusters and route tables first, then the scopes naming them, then the listeners.
+        first = {n: c for n, c in changed.items() if _order(n) < 2}
+        await self._write_some(first)
+        if scopes_changed and self.scopes is not None:
+            self.scopes.put_scopes({scope_name(n): s for n, s in scopes_changed.items()})
+        await self._write_some({n: c for n, c in changed.items() if n not in first})
+        for name, (version, _) in changed.items():
+            self.published[name] = version
+        if changed or scopes_changed:
+            metrics.publish_took(time.perf_counter() - start)
+        written = {name: version for name, (version, _) in changed.items()}
+        written.update((name, s[0] if s else "") for name, s in scopes_changed.items())
+        return written
+
+    def _scopes_changed(self, scopes: dict[str, Resources]) -> dict[str, tuple[str, bytes] | None]:
+        out: dict[str, tuple[str, bytes] | None] = {}
+        for name, resources in scopes.items():
+            scope = self.encoder.encode_scope(name, resources)
+            if scope is None:
+                if self.scopes_published.pop(name, None) is not None:
+                    out[name] = None
+            elif self.scopes_published.get(name) != scope[0]:
+                self.scopes_published[name] = scope[0]
+                out[name] = scope
+        return out
+
+    async def _write_some(self, changed: dict[str, tuple[str, bytes]]) -> None:
         if changed and self.in_memory:
             self._write(changed)
         elif changed:
             await anyio.to_thread.run_sync(self._write, changed)
-        for name, (version, _) in changed.items():
-            self.published[name] = version
-        if changed:
-            metrics.publish_took(time.perf_counter() - start)
-        return {name: version for name, (version, _) in changed.items()}
 
     def _write(self, changed: dict[str, tuple[str, bytes]]) -> None:
         for name in sorted(changed, key=lambda n: (_order(n), n)):

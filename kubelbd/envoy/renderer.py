@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from operator import attrgetter
 
 from ..ir.gateway import GatewayChain, GatewayHTTPListener, GatewayIR
@@ -27,12 +28,23 @@ from .gateway import (
 from .http import (
     backend_cluster,
     front_table,
-    listeners,
     route_config,
     shard_clusters,
+    shard_listeners,
     virtual_host,
 )
 from .l4 import l4_cluster, l4_listener
+from .scopes import (
+    FALLBACK,
+    Answers,
+    KeyHashes,
+    challenge_answers,
+    fallback_scope,
+    front_listener,
+    host_scope,
+    host_scope_name,
+    scope_file,
+)
 from .settings import (
     DEFAULT_SHARD,
     FRONT,
@@ -70,7 +82,7 @@ class Renderer:
         #: same objects in every file, so the publisher encodes them once too (rendered anew,
         #: the 17 shard clusters cost ~4 ms of protobuf's JSON mapping on every cluster file,
         #: most of what kubelbd added to a change to a new backend)
-        self._static_listeners = listeners(settings)
+        self._static_listeners = [front_listener(settings), *shard_listeners(settings)]
         self._static_clusters = shard_clusters(settings)
         self._shard_hosts: dict[str, dict[str, VirtualHost]] = {
             n: {} for n in shard_names(settings)
@@ -106,6 +118,13 @@ class Renderer:
         self._challenges: tuple[tuple[str, str], ...] = ()
         self._https: Resource | None = None
         self._started = False
+        #: every host's IR (the shards hold some of them, the scopes the others)
+        self._hosts: dict[str, VirtualHost] = {}
+        #: scoped host -> (its IR, its ACME answers, its scope), envoy/scopes.py
+        self._scopes: dict[str, tuple[VirtualHost, Answers, Resource]] = {}
+        self._key_hashes = KeyHashes()
+        #: host -> the ACME HTTP-01 answers (token, key authorization) its scope holds
+        self._host_answers: dict[str, Answers] = {}
 
     def _front_tables(self, catch_all: bool) -> dict[str, list[Resource]]:
         """The plain HTTP front table, and the HTTPS one if its hosts changed: it lists only
@@ -113,12 +132,11 @@ class Renderer:
         route changes leave it (and Envoy's rebuild of it) alone, and a request over TLS never
         reaches a plain-HTTP host or a host of another certificate."""
         s = self.settings
-        files = {
-            rds_file(FRONT): [
-                front_table(FRONT, self._domains, catch_all, self._redirect, self._challenges,
-                            s.https_redirect_port)
-            ]
-        }  # fmt: skip
+        front = front_table(
+            FRONT, self._domains, catch_all, self._redirect, self._challenges,
+            s.https_redirect_port,
+        )  # fmt: skip
+        files = {scope_file(FALLBACK): [fallback_scope(front)]}
         if s.https_port:
             # From the hosts with a certificate (a host is in its shard's table, by its hash),
             # not from every host of the fleet on every change.
@@ -131,12 +149,7 @@ class Renderer:
             # without a certificate; Envoy's `*.` would send them to the wildcard's routes.
             suffixes = tuple(h[1:] for h in self._tls_hosts if h.startswith("*."))
             misdirected = (
-                sorted(
-                    d
-                    for domains in self._domains.values()
-                    for d in domains
-                    if d.endswith(suffixes) and d not in self._tls_hosts
-                )
+                sorted(d for d in self._hosts if d.endswith(suffixes) and d not in self._tls_hosts)
                 if suffixes
                 else []
             )
@@ -149,15 +162,23 @@ class Renderer:
         self, plan: TLSPlan, challenges: dict[str, str], catch_all: bool
     ) -> dict[str, list[Resource]]:
         """Files TLS changed. The certificates themselves are not files: kubelbd's secret
-        server (kubelbd.envoy.sds) serves `plan.secrets`."""
+        server (kubelbd.envoy.ads) serves `plan.secrets`."""
         files: dict[str, list[Resource]] = {}
         redirect = tuple(sorted(h.host for h in plan.hosts.values() if h.redirect))
-        answers = tuple(sorted(challenges.items()))
+        answers, host_answers = challenge_answers(challenges)
         tls_hosts: dict[str, tuple[str, ...]] = {
             h.host: tuple(filter(None, (h.secret, h.formerly))) for h in plan.hosts.values()
         }
         if (redirect, answers, tls_hosts) != (self._redirect, self._challenges, self._tls_hosts):
+            moved = set(redirect).symmetric_difference(self._redirect)
+            moved |= set(tls_hosts).symmetric_difference(self._tls_hosts)
+            moved |= set(host_answers).symmetric_difference(self._host_answers)
+            moved |= {h for h, a in host_answers.items() if self._host_answers.get(h) != a}
             self._redirect, self._challenges, self._tls_hosts = redirect, answers, tls_hosts
+            self._host_answers = host_answers
+            dirty: set[str] = set()
+            self._place(moved, dirty, files)
+            self._shard_tables(dirty, catch_all, files)
             files.update(self._front_tables(catch_all))
         https = https_listener(plan, self.settings)
         if https != self._https:
@@ -264,6 +285,65 @@ class Renderer:
         self._rendered[shard][host] = (vh, catch_all, rendered)
         return rendered
 
+    def _place(self, hosts: Iterable[str], dirty: set[str], files: Files) -> bool:
+        """Where each of these hosts is served (envoy/scopes.py): an exact host, not redirected
+        to HTTPS, whose key hash no other scope holds, in a scope of its own; a wildcard, a
+        host with a certificate (the HTTPS table hands it to its shard) and a host without a
+        scope in its shard's table. Marks the shards whose table changed; True when a shard's
+        host list did (the front tables list them)."""
+        front = False
+        todo = sorted(hosts, reverse=True)  # popped from the end: the first host first
+        redirect = set(self._redirect) if todo else set()
+        while todo:
+            host = todo.pop()
+            vh = self._hosts.get(host)
+            scoped = False
+            if vh is not None and not host.startswith("*.") and host not in redirect:
+                scoped = self._key_hashes.claim(host)
+            elif (freed := self._key_hashes.release(host)) is not None:
+                todo.append(freed)
+            shard = shard_of(host, self.settings.shards)
+            table = self._shard_hosts[shard]
+            if vh is not None and (not scoped or host in self._tls_hosts):
+                front |= host not in table
+                if table.get(host) is not vh:
+                    table[host] = vh
+                    dirty.add(shard)
+            elif host in table:
+                del table[host]
+                self._rendered[shard].pop(host, None)
+                dirty.add(shard)
+                front = True
+            self._scope(host, vh if scoped else None, files)
+        return front
+
+    def _scope(self, host: str, vh: VirtualHost | None, files: Files) -> None:
+        """The host's scope as `vh` and its ACME challenges make it, if that changed."""
+        had = self._scopes.get(host)
+        name = scope_file(host_scope_name(host))
+        if vh is None:
+            if had is not None:
+                del self._scopes[host]
+                files[name] = []
+            return
+        answers = self._host_answers.get(host, ())
+        if had is not None and (had[0] is vh or had[0] == vh) and had[1] == answers:
+            return
+        scope = host_scope(host, virtual_host(vh, self.settings, False), answers)
+        self._scopes[host] = (vh, answers, scope)
+        files[name] = [scope]
+
+    def _shard_tables(self, dirty: set[str], catch_all: bool, files: Files) -> None:
+        """The route tables of these shards. Only their hosts are sorted again (every host of
+        the fleet, sorted on each change, was a millisecond a change at 3,000 routes)."""
+        for shard in dirty - {DEFAULT_SHARD}:
+            self._domains[shard] = sorted(self._shard_hosts[shard])
+        for shard in sorted(dirty):
+            hosts = self._shard_hosts[shard]
+            order = self._domains[shard] if shard != DEFAULT_SHARD else sorted(hosts)
+            vhosts = [self._virtual_host(shard, h, hosts[h], catch_all) for h in order]
+            files[rds_file(shard)] = [route_config(shard, vhosts)]
+
     def _lds(self) -> list[Resource]:
         https = [self._https] if self._https is not None else []
         return self._static_listeners + https + self._l4_listeners + self._gateway_listeners
@@ -295,17 +375,12 @@ class Renderer:
             dirty |= set(self._shard_hosts)
             files["lds.pb"] = self._lds()
         for host in delta.hosts:
-            shard = shard_of(host, s.shards)
             vh = ir.vhosts.get(host)
-            hosts = self._shard_hosts[shard]
-            if (host in hosts) != (vh is not None):
-                front_dirty = True
             if vh is None:
-                hosts.pop(host, None)
-                self._rendered[shard].pop(host, None)
+                self._hosts.pop(host, None)
             else:
-                hosts[host] = vh
-            dirty.add(shard)
+                self._hosts[host] = vh
+        front_dirty |= self._place(delta.hosts, dirty, files)
         catch_all = ir.catch_all is not None
         if delta.catch_all:
             if ir.catch_all is None:
@@ -321,15 +396,7 @@ class Renderer:
                 if any(h.startswith("*.") for h in hosts):
                     dirty.add(shard)
             self._catch_all = catch_all
-        # Only the shards whose hosts may have changed are sorted again (every host of the
-        # fleet, sorted on each change, was a millisecond a change at 3,000 routes).
-        for shard in dirty - {DEFAULT_SHARD}:
-            self._domains[shard] = sorted(self._shard_hosts[shard])
-        for shard in sorted(dirty):
-            hosts = self._shard_hosts[shard]
-            order = self._domains[shard] if shard != DEFAULT_SHARD else sorted(hosts)
-            vhosts = [self._virtual_host(shard, h, hosts[h], catch_all) for h in order]
-            files[rds_file(shard)] = [route_config(shard, vhosts)]
+        self._shard_tables(dirty, catch_all, files)
         if front_dirty:
             files.update(self._front_tables(catch_all))
         cds_dirty = not self._started

@@ -64,4 +64,4 @@ def shard_names(settings: Settings) -> list[str]:
 
 
 #: kubelbd's secret server, in the config directory (envoy/bootstrap.yaml names it)
-SDS_SOCKET = "sds.sock"
+ADS_SOCKET = "ads.sock"

@@ -1,5 +1,5 @@
 """HTTPS: one listener, a filter chain per certificate chosen by SNI, and the certificates
-themselves over SDS from kubelbd's secret server (kubelbd.envoy.sds), so rotating one never
+themselves over SDS from kubelbd's secret server (kubelbd.envoy.ads), so rotating one never
 touches the listener or its connections.
 
 A connection speaks only for the hosts served with its certificate. Every chain shares one

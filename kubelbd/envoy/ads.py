@@ -1,4 +1,7 @@
-"""The certificates, served to Envoy over one gRPC stream (delta ADS) on a Unix socket.
+"""What Envoy gets over one gRPC stream (delta ADS) on a Unix socket: the certificates, and
+the HTTP front listener's host scopes (scoped routes).
+
+Certificates:
 
 Envoy watches every file subscription with its own inotify instance, and a Linux user has 128
 by default: one SDS file per certificate made Envoy abort at about 107 certificates (and again
@@ -8,8 +11,19 @@ once and again only when it changes; a rotation is one small message that touche
 listener nor its connections (docs/benchmarks.md, "Certificates at scale", has the
 measurements against the alternatives).
 
+Host scopes (envoy/scopes.py): a route table per host, chosen in the front listener's own
+connection manager by the Host header, so a request to a host takes no hop through a shard's
+internal listener, and a change to one host is one small message Envoy applies in about a
+millisecond, whatever the number of hosts (a route table file is rebuilt whole). Files cannot
+carry them: a file subscription holds one route table. Envoy subscribes to every scope
+(wildcard); kubelbd sends each once, again when it changes, and tells Envoy which are gone.
+Which publish Envoy has applied is counted in generations: every change of the scopes is
+one, and a stream that acknowledged a response holds every scope as it was when that response
+was made (responses carry all that stream lacked).
+
 Envoy keeps what it received when the stream breaks (kubelbd restarting) and reconnects,
-telling what it holds, so a restarted kubelbd sends only what changed meanwhile.
+telling what it holds, so a restarted kubelbd sends only what changed meanwhile; scopes only
+once kubelbd has published them (`put_scopes`), so a restart never takes one away meanwhile.
 """
 
 from __future__ import annotations
@@ -34,7 +48,7 @@ from grpclib.server import Server, Stream
 
 from ..ir.tls import CertificateData
 from . import protos
-from .type_urls import SDS_SECRET
+from .type_urls import SCOPED_ROUTE, SDS_SECRET
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +95,35 @@ def secret(name: str, cert_pem: bytes, key_pem: bytes) -> bytes:
     return _Secret(name=name, tls_certificate=certificate).SerializeToString()
 
 
-def delta_response(nonce: str, resources: list[tuple[str, str, bytes]]) -> bytes:
-    """A DeltaDiscoveryResponse of Secrets: (name, version, encoded Secret) each."""
-    response: Any = _DeltaResponse(system_version_info=nonce, type_url=SDS_SECRET, nonce=nonce)
-    for name, version, body in resources:
-        packed = any_pb2.Any(type_url=SDS_SECRET, value=body)
-        response.resources.append(_Resource(name=name, version=version, resource=packed))
-    data: bytes = response.SerializeToString()
-    return data
+def delta_response(
+    nonce: str,
+    type_url: str,
+    resources: list[tuple[str, str, bytes]],
+    removed: list[str] | None = None,
+) -> bytes:
+    """A DeltaDiscoveryResponse: (name, version, encoded resource) each, and the names gone.
+    A resource's bytes are the message's own (a Secret's) or already an Any (`packed`)."""
+    response: Any = _DeltaResponse(
+        system_version_info=nonce, type_url=type_url, nonce=nonce, removed_resources=removed or []
+    )
+    head: bytes = response.SerializeToString()
+    return head + b"".join(
+        protos.length_delimited(_RESOURCES_FIELD, _resource(name, version, type_url, body))
+        for name, version, body in resources
+    )
+
+
+def _resource(name: str, version: str, type_url: str, body: bytes) -> bytes:
+    if type_url != SCOPED_ROUTE:
+        body = any_pb2.Any(type_url=type_url, value=body).SerializeToString()
+    head: bytes = _Resource(name=name, version=version).SerializeToString()
+    return head + protos.length_delimited(_ANY_FIELD, body)
+
+
+# Messages concatenate: a response is its own fields, then each resource appended as bytes
+# (a scope arrives encoded as an Any already, envoy/protos.py, and is not parsed again).
+_RESOURCES_FIELD = _DeltaResponse.DESCRIPTOR.fields_by_name["resources"].number
+_ANY_FIELD = _Resource.DESCRIPTOR.fields_by_name["resource"].number
 
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -111,7 +146,7 @@ class _Server(Server):
     """grpclib's server, which also closes its connections when it stops: asyncio's server
     (before Python 3.13's `close_clients`) only stops listening, and Envoy would keep its
     stream to a secret server that is gone (a new term's, or a test's, is another one).
-    `_protocol_factory` is grpclib's own, not its documented API: test_sds's restart, where
+    `_protocol_factory` is grpclib's own, not its documented API: test_ads's restart, where
     Envoy must reconnect to the next server, fails if an upgrade moves it."""
 
     def __init__(self, handlers: list[Any], codec: CodecBase) -> None:
@@ -135,22 +170,36 @@ class _Stream:
     """One Envoy connection: what it asked for, what it was sent and what it accepted."""
 
     peer: str
-    subscribed: set[str] = field(default_factory=set)
-    sent: dict[str, str] = field(default_factory=dict)  # name -> version Envoy has or is sent
-    unanswered: dict[str, dict[str, str]] = field(default_factory=dict)  # nonce -> sent
+    subscribed: set[str] = field(default_factory=set)  # secrets
+    sent: dict[str, str] = field(default_factory=dict)  # secret -> version Envoy has or is sent
+    #: nonce -> (type, what it carried: name -> version, None for a name removed; the scopes'
+    #: generation it brings the stream to)
+    unanswered: dict[str, tuple[str, dict[str, str | None], int]] = field(default_factory=dict)
+    #: scopes: subscribed (wildcard), what Envoy holds or is sent, what is due to it
+    scopes: bool = False
+    held: dict[str, str] = field(default_factory=dict)
+    due: set[str] = field(default_factory=set)
+    #: the scopes' generation Envoy acknowledged holding in full; a rejection stops it
+    applied: int = 0
+    rejected: bool = False
     wake: anyio.Event = field(default_factory=anyio.Event)
 
     def settled(self, secrets: Mapping[str, tuple[str, bytes]]) -> bool:
-        """Whether Envoy answered every response and holds every secret served."""
-        return not self.unanswered and all(self.sent.get(n) == v for n, (v, _) in secrets.items())
+        """Whether Envoy answered every secret response and holds every secret served."""
+        return all(kind != SDS_SECRET for kind, _, _ in self.unanswered.values()) and all(
+            self.sent.get(n) == v for n, (v, _) in secrets.items()
+        )
 
 
-class SecretServer:
-    """Holds the certificates kubelbd serves and pushes them to every connected Envoy."""
+class DiscoveryServer:
+    """Holds what kubelbd serves over ADS and pushes it to every connected Envoy."""
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self._secrets: dict[str, tuple[str, bytes]] = {}  # name -> (version, encoded Secret)
+        self._scopes: dict[str, tuple[str, bytes]] = {}  # name -> (version, encoded Any)
+        #: every change of the scopes moves it; None until the first (nothing served yet)
+        self.generation: int | None = None
         self._streams: set[_Stream] = set()
         self._nonces = itertools.count(1)
         self._connections = itertools.count(1)
@@ -186,8 +235,36 @@ class SecretServer:
 
     async def wait_settled(self, timeout: float | None) -> bool:
         """True once `settled`; False after `timeout` seconds."""
+        return await self._wait(self.settled, timeout)
+
+    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
+        """Serve these scopes ((version, encoded Any) each), stop serving those given None;
+        the generation that holds them (the first call starts serving)."""
+        self.generation = (self.generation or 0) + 1
+        for name, scope in changes.items():
+            if scope is None:
+                self._scopes.pop(name, None)
+            else:
+                self._scopes[name] = scope
+        for stream in self._streams:
+            stream.due |= changes.keys()
+        self._wake_all()
+        return self.generation
+
+    def scopes_applied(self, generation: int | None) -> bool:
+        """Whether every Envoy subscribed to the scopes holds them as of `generation` (None:
+        nothing published yet) and at least one is."""
+        if generation is None:
+            return True
+        streams = [s for s in self._streams if s.scopes]
+        return bool(streams) and all(s.applied >= generation for s in streams)
+
+    async def wait_scopes(self, generation: int | None, timeout: float | None) -> bool:
+        return await self._wait(lambda: self.scopes_applied(generation), timeout)
+
+    async def _wait(self, check: Any, timeout: float | None) -> bool:
         with anyio.move_on_after(timeout):
-            while not self.settled():
+            while not check():
                 self._changed = anyio.Event()
                 await self._changed.wait()
             return True
@@ -227,20 +304,20 @@ class SecretServer:
         """One Envoy's stream: read its requests in a task, answer with what it lacks."""
         stream = _Stream(f"connection {next(self._connections)}")
         self._streams.add(stream)
-        log.info("sds: envoy connected (%s)", stream.peer)
+        log.info("ads: envoy connected (%s)", stream.peer)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read, grpc_stream, stream, tg.cancel_scope)
                 while True:
                     await stream.wake.wait()
                     stream.wake = anyio.Event()
-                    response = self._response(stream)
-                    if response is not None:
-                        await grpc_stream.send_message(response)
+                    for response in (self._secrets_response(stream), self._scopes_response(stream)):
+                        if response is not None:
+                            await grpc_stream.send_message(response)
         finally:
             self._streams.discard(stream)
             self._changed.set()
-            log.info("sds: envoy disconnected (%s)", stream.peer)
+            log.info("ads: envoy disconnected (%s)", stream.peer)
 
     async def _read(
         self, grpc_stream: Stream[bytes, bytes], stream: _Stream, scope: anyio.CancelScope
@@ -250,29 +327,45 @@ class SecretServer:
                 try:
                     request = parse_delta_request(raw)
                 except DecodeError as e:
-                    log.warning("sds: unreadable request from %s: %s", stream.peer, e)
+                    log.warning("ads: unreadable request from %s: %s", stream.peer, e)
                     continue
                 self._on_request(stream, request)
         finally:
             scope.cancel()  # Envoy hung up: end the response side too
 
     def _on_request(self, stream: _Stream, request: DeltaRequest) -> None:
-        if request.type_url != SDS_SECRET:
-            return  # kubelbd serves only secrets over ADS
+        if request.type_url not in (SDS_SECRET, SCOPED_ROUTE):
+            return  # kubelbd serves nothing else over ADS
         if request.nonce:
-            sent = stream.unanswered.pop(request.nonce, {})
-            if request.error is not None:
-                # ir.tls checks every certificate first: this would be a gap in that check.
-                log.error("sds: envoy rejected %s: %s", ", ".join(sorted(sent)), request.error)
-        stream.sent.update(request.initial_versions)
-        stream.subscribed |= set(request.subscribe)
-        stream.subscribed -= set(request.unsubscribe)
-        for name in request.unsubscribe:
-            stream.sent.pop(name, None)
+            self._answered(stream, request)
+        if request.type_url == SDS_SECRET:
+            stream.sent.update(request.initial_versions)
+            stream.subscribed |= set(request.subscribe)
+            stream.subscribed -= set(request.unsubscribe)
+            for name in request.unsubscribe:
+                stream.sent.pop(name, None)
+        elif not stream.scopes:
+            # The first request: wildcard (Envoy asks for every scope), telling what it holds.
+            stream.scopes = True
+            stream.held = dict(request.initial_versions)
+            stream.due = set(stream.held) | set(self._scopes)
         stream.wake.set()
         self._changed.set()
 
-    def _response(self, stream: _Stream) -> bytes | None:
+    def _answered(self, stream: _Stream, request: DeltaRequest) -> None:
+        kind, sent, generation = stream.unanswered.pop(request.nonce, (request.type_url, {}, 0))
+        if request.error is None:
+            if kind == SCOPED_ROUTE and not stream.rejected:
+                stream.applied = max(stream.applied, generation)
+            return
+        # Every resource is checked before it is served (ir.tls for certificates, protos for
+        # scopes): this would be a gap in those checks. Envoy keeps what it had; the stream's
+        # scopes are not counted as applied any more, so no status says otherwise.
+        log.error("ads: envoy rejected %s: %s", ", ".join(sorted(sent)), request.error)
+        if kind == SCOPED_ROUTE:
+            stream.rejected = True
+
+    def _secrets_response(self, stream: _Stream) -> bytes | None:
         """The secrets this Envoy asked for and does not hold in their current version."""
         due = {
             name: self._secrets[name]
@@ -284,6 +377,34 @@ class SecretServer:
         nonce = str(next(self._nonces))
         versions = {name: version for name, (version, _) in due.items()}
         stream.sent.update(versions)
-        stream.unanswered[nonce] = versions
+        stream.unanswered[nonce] = (SDS_SECRET, dict(versions), 0)
         resources = [(name, version, body) for name, (version, body) in due.items()]
-        return delta_response(nonce, resources)
+        return delta_response(nonce, SDS_SECRET, resources)
+
+    def _scopes_response(self, stream: _Stream) -> bytes | None:
+        """The scopes that changed since this Envoy was last sent them, and those gone; once
+        kubelbd has published them (before, a restarted kubelbd would take every scope away)."""
+        if not stream.scopes or self.generation is None:
+            return None
+        resources: list[tuple[str, str, bytes]] = []
+        removed: list[str] = []
+        carried: dict[str, str | None] = {}
+        for name in sorted(stream.due):
+            scope = self._scopes.get(name)
+            if scope is None:
+                if stream.held.pop(name, None) is not None:
+                    removed.append(name)
+                    carried[name] = None
+            elif stream.held.get(name) != scope[0]:
+                stream.held[name] = carried[name] = scope[0]
+                resources.append((name, *scope))
+        stream.due = set()
+        waiting = any(kind == SCOPED_ROUTE for kind, _, _ in stream.unanswered.values())
+        if not carried:
+            if not waiting and not stream.rejected:
+                stream.applied = self.generation  # it holds them all already
+                self._changed.set()
+            return None
+        nonce = str(next(self._nonces))
+        stream.unanswered[nonce] = (SCOPED_ROUTE, carried, self.generation)
+        return delta_response(nonce, SCOPED_ROUTE, resources, removed)

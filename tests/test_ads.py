@@ -1,4 +1,4 @@
-"""Certificates over kubelbd's secret server (kubelbd.envoy.sds), held to a real Envoy.
+"""Certificates over kubelbd's secret server (kubelbd.envoy.ads), held to a real Envoy.
 
 `envoy --mode validate` does not read the dynamic files, so it never showed the problem this
 design solves (one inotify instance per certificate file: Envoy aborted at 108 certificates
@@ -31,9 +31,9 @@ from benchlib.certs import (
 from google.protobuf.message import DecodeError
 
 from kubelbd.envoy import process as envoy_process
+from kubelbd.envoy.ads import DiscoveryServer, parse_delta_request
 from kubelbd.envoy.publisher import Publisher
-from kubelbd.envoy.sds import SecretServer, parse_delta_request
-from kubelbd.envoy.settings import SDS_SOCKET, Settings
+from kubelbd.envoy.settings import ADS_SOCKET, Settings
 
 from .test_properties import needs_envoy
 
@@ -68,7 +68,7 @@ class Fleet:
         )  # fmt: skip
         routes = [route(i, host) for i, host in enumerate(self.pairs)]
         self.rendering = Rendering(settings, routes)
-        self.server = SecretServer(config / SDS_SOCKET)
+        self.server = DiscoveryServer(config / ADS_SOCKET)
 
     def serves(self, *hosts: str) -> bool:
         return all(handshake(self.port, h) == self.pairs[h].der for h in hosts)
@@ -137,7 +137,7 @@ async def test_a_thousand_certificates_rotate_without_touching_the_listener(
     # a rotation after that reaches it as well.
     await f.server.stop()
     assert f.serves(hosts[1])
-    restarted = SecretServer(f.server.socket_path)
+    restarted = DiscoveryServer(f.server.socket_path)
     restarted.put(f.rendering.served)
     f.server = restarted
     await restarted.start()
