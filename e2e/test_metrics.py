@@ -102,7 +102,7 @@ async def test_an_ingress_moves_the_route_count_and_the_latency_histogram(
     after = await scrape(port)
     # Every type of Envoy rejection is reported, and a healthy fleet has none new (fewer
     # only if Envoy restarted meanwhile: its counters start again).
-    for xds in ("lds", "cds", "rds", "sds"):
+    for xds in ("lds", "cds", "rds", "srds", "sds"):
         series = "kubelbd_envoy_update_rejected_total"
         assert (series, frozenset({("type", xds)})) in after
         assert value(after, series, type=xds) <= value(before, series, type=xds)

@@ -98,8 +98,8 @@ class _EnvoyRejections:
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(
             "kubelbd_envoy_update_rejected",
-            "Configuration updates Envoy rejected, per xDS type (lds, cds, rds, sds), as its"
-            " admin interface last reported them.",
+            "Configuration updates Envoy rejected, per xDS type (lds, cds, rds, srds, sds), as"
+            " its admin interface last reported them.",
             labels=["type"],
         )
         for xds, count in sorted(self.by_type.items()):

@@ -247,7 +247,7 @@ def kubeconfig(server: str) -> Obj:
 
 
 async def test_envoys_rejections_are_copied_while_files_change() -> None:
-    rejected = {"lds": 0, "rds": 0}
+    rejected = {"lds": 0, "rds": 0, "srds": 0}
     asked: list[str] = []
 
     async def stats(request: web.Request) -> web.Response:
@@ -256,6 +256,7 @@ async def test_envoys_rejections_are_copied_while_files_change() -> None:
             {"name": "listener_manager.lds.update_rejected", "value": rejected["lds"]},
             {"name": "http.shard_0.rds.shard.0.update_rejected", "value": rejected["rds"]},
             {"name": "http.shard_1.rds.shard.1.update_rejected", "value": rejected["rds"]},
+            {"name": "http.http.scoped_rds.hosts.update_rejected", "value": rejected["srds"]},
             {"name": "cluster_manager.cds.update_attempt", "value": 7},
         ]
         return web.json_response({"stats": out})
@@ -275,10 +276,11 @@ async def test_envoys_rejections_are_copied_while_files_change() -> None:
         assert "type=Counters" in asked[0] and "update_rejected" in asked[0]
         # Nothing published since: Envoy is left alone after the read that catches a late one.
         await until(lambda: len(asked) >= 2, "the second read")
-        rejected.update(lds=1, rds=2)
+        rejected.update(lds=1, rds=2, srds=3)
         published["lds.pb"] = "v2"
         await until(s.reaches(1, series, type="lds"), "an LDS rejection")
         assert await s.value(series, type="rds") == 4  # summed over route tables
+        assert await s.value(series, type="srds") == 3  # the host scopes: not route tables
         settled = len(asked)
         with anyio.move_on_after(0.2):
             await until(lambda: len(asked) > settled + 2, "more reads than needed", timeout=1)

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import math
 import time
+from collections import ChainMap
 from pathlib import Path
 
 import anyio
@@ -310,7 +311,9 @@ class DataPlane:
             self.holds.start(tg)
             tg.start_soon(self.tls.recheck)
             tg.start_soon(self._lead_while_leader)
-            tg.start_soon(copy_rejections, self.admin, self.publisher.published)
+            # Files and scopes both: a scope's rejection is read after a scope-only change.
+            published = ChainMap(self.publisher.published, self.publisher.scopes_published)
+            tg.start_soon(copy_rejections, self.admin, published)
             for inf in informers:
                 tg.start_soon(inf.run)
             for inf in informers:

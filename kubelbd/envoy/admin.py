@@ -33,18 +33,21 @@ def file_of_stat(name: str) -> str | None:
 
 
 #: xDS types whose rejections are reported (each at least as 0)
-XDS_TYPES = ("lds", "cds", "rds", "sds")
+XDS_TYPES = ("lds", "cds", "rds", "srds", "sds")
 
 
 def xds_type_of_rejection(name: str) -> str | None:
     """Map an `update_rejected` counter to its xDS type: listeners, clusters, route tables
-    (one counter per route table, summed) and secrets (one per secret)."""
+    (one counter per route table, summed), the plain listener's host scopes
+    (`http.<prefix>.scoped_rds.<name>.`) and secrets (one per secret)."""
     if not name.endswith(".update_rejected"):
         return None
     if name == "listener_manager.lds.update_rejected":
         return "lds"
     if name == "cluster_manager.cds.update_rejected":
         return "cds"
+    if name.startswith("http.") and ".scoped_rds." in name:
+        return "srds"
     if name.startswith("http.") and ".rds." in name:
         return "rds"
     if name.startswith("sds."):
