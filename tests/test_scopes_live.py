@@ -191,3 +191,32 @@ def test_a_host_whose_route_goes_is_taken_out_of_envoy(tmp_path: Path) -> None:
                 return status
 
             assert eventually(gone, 10) == 404, envoy.log()
+
+
+def test_a_path_an_exact_host_does_not_take_never_reaches_another_tenants_wildcard(
+    tmp_path: Path,
+) -> None:
+    """As through its shard's table: the exact host's table answers 404 for a path none of
+    its routes takes; the fallback scope (where a wildcard of another tenant is) is not
+    tried for it."""
+    settings = live_settings(tmp_path, shards=2)
+
+    def rule(host: str, path: str, port: int) -> dict[str, Any]:
+        backend = {"service": f"s{port}", "port": "80", "nodePort": port}
+        paths = [{"path": path, "pathType": "Prefix", "backends": [backend]}]
+        return {"host": host, "paths": paths}
+
+    with echo_backend("alpha") as alpha, echo_backend("beta") as beta:
+        routes = [
+            records.route("alpha", "default.a", [rule("a.wild.example.com", "/api", alpha)]),
+            records.route("beta", "default.w", [rule("*.wild.example.com", "/", beta)]),
+        ]
+        tenants = [TenantRecord(t, ("127.0.0.1",)) for t in ("alpha", "beta")]
+        model, renderer = Model(), Renderer(settings)
+        files = renderer.update(model.ir, model.apply(routes, (), tenants))
+        with running_envoy(tmp_path, files) as envoy:
+            out = Front(envoy, settings.http_port)
+            assert eventually(lambda: out.get("a.wild.example.com", "/api")[:2]) == (200, "alpha")
+            assert out.get("b.wild.example.com", "/other")[:2] == (200, "beta")
+            status, body, _ = out.get("a.wild.example.com", "/other")
+            assert status == 404, body
