@@ -123,7 +123,7 @@ def request(
 
 
 @dataclass
-class _Scopes:
+class Scopes:
     """The scopes of a publish, to kubelbd's server in the portal's thread (its loop)."""
 
     portal: BlockingPortal
@@ -162,7 +162,7 @@ def running_envoy(
         try:
             portal.call(server.put, certificates or [])
             publisher = Publisher(config_dir)
-            publisher.scopes = _Scopes(portal, server)
+            publisher.scopes = Scopes(portal, server)
             with _running_envoy(config_dir, files, publisher) as envoy:
                 yield envoy
         finally:

@@ -20,14 +20,24 @@ from typing import Any
 import orjson
 import pytest
 
+from kubelbd.envoy import protos
+from kubelbd.envoy.ads import RETRY_REJECTED
 from kubelbd.envoy.renderer import Renderer
-from kubelbd.envoy.scopes import CHALLENGE_HOST
+from kubelbd.envoy.scopes import CHALLENGE_HOST, host_scope
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
 from kubelbd.records.types import TenantRecord
 
 from . import records
-from .live_envoy import Envoy, echo_backend, eventually, live_settings, request, running_envoy
+from .live_envoy import (
+    Envoy,
+    Scopes,
+    echo_backend,
+    eventually,
+    live_settings,
+    request,
+    running_envoy,
+)
 from .test_properties import needs_envoy
 
 pytestmark = needs_envoy
@@ -220,3 +230,47 @@ def test_a_path_an_exact_host_does_not_take_never_reaches_another_tenants_wildca
             assert out.get("b.wild.example.com", "/other")[:2] == (200, "beta")
             status, body, _ = out.get("a.wild.example.com", "/other")
             assert status == 404, body
+
+
+def test_a_scope_envoy_rejected_is_sent_again_and_counts_only_once_accepted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scope naming a cluster Envoy has not read yet is rejected (here: its table asks
+    Envoy to check its clusters); kubelbd does not count it applied, and sends it again
+    after a while, so once the cluster is there Envoy takes it."""
+    settings = live_settings(tmp_path, shards=1)
+    with echo_backend("late") as port:
+        backend = {"service": "s", "port": "80", "nodePort": port}
+        paths = [{"path": "/", "pathType": "Prefix", "backends": [backend]}]
+        route = records.route(
+            "alpha", "default.base", [{"host": "base.example.com", "paths": paths}]
+        )
+        model, renderer = Model(), Renderer(settings)
+        files = renderer.update(
+            model.ir, model.apply([route], (), [TenantRecord("alpha", ("127.0.0.1",))])
+        )
+        with running_envoy(tmp_path, files) as envoy:
+            assert eventually(lambda: request(settings.http_port, "base.example.com").status) == 200
+            sink = envoy.publisher.scopes
+            assert isinstance(sink, Scopes)
+            late_route = {"match": {"prefix": "/"}, "route": {"cluster": "late"}}
+            vhost = {"name": "alpha/late", "domains": ["late.example.com"], "routes": [late_route]}
+            scope = host_scope("late.example.com", vhost)
+            scope["route_configuration"]["validate_clusters"] = True
+            generation = sink.put_scopes({"host/late.example.com": ("v1", protos.resource(scope))})
+
+            def rejected() -> bool:
+                assert "ads: envoy rejected host/late.example.com" in caplog.text
+                return bool(sink.portal.call(sink.server.scopes_applied, generation))
+
+            assert eventually(rejected, 10) is False
+            [cluster] = [c for c in files["cds.pb"] if str(port) in c["name"]]
+            late = {**cluster, "name": "late"}
+            late["load_assignment"] = {**cluster["load_assignment"], "cluster_name": "late"}
+            envoy.publish({**files, "cds.pb": [*files["cds.pb"], late]})
+
+            def accepted() -> None:
+                assert request(settings.http_port, "late.example.com").status == 200
+                assert sink.portal.call(sink.server.scopes_applied, generation)
+
+            eventually(accepted, 3 * RETRY_REJECTED)

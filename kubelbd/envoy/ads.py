@@ -35,6 +35,7 @@ import os
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,10 @@ _RESOURCES_FIELD = _DeltaResponse.DESCRIPTOR.fields_by_name["resources"].number
 _ANY_FIELD = _Resource.DESCRIPTOR.fields_by_name["resource"].number
 
 
+#: seconds before scopes Envoy rejected are sent again (what it rejected may name a cluster it
+#: had not read yet; a scope it rejects for good is logged at every try, not sent in a loop)
+RETRY_REJECTED = 5.0
+
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "DeltaAggregatedResources"
 
@@ -181,7 +186,9 @@ class _Stream:
     due: set[str] = field(default_factory=set)
     #: the scopes' generation Envoy acknowledged holding in full; a rejection stops it
     applied: int = 0
-    rejected: bool = False
+    #: scopes Envoy rejected and has not yet accepted since: sent again at `retry_at`
+    rejected: set[str] = field(default_factory=set)
+    retry_at: float = 0.0
     wake: anyio.Event = field(default_factory=anyio.Event)
 
     def settled(self, secrets: Mapping[str, tuple[str, bytes]]) -> bool:
@@ -309,8 +316,12 @@ class DiscoveryServer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read, grpc_stream, stream, tg.cancel_scope)
                 while True:
-                    await stream.wake.wait()
+                    with anyio.CancelScope(deadline=stream.retry_at if stream.rejected else inf):
+                        await stream.wake.wait()
                     stream.wake = anyio.Event()
+                    if stream.rejected and anyio.current_time() >= stream.retry_at:
+                        stream.due |= stream.rejected
+                        stream.retry_at = anyio.current_time() + RETRY_REJECTED
                     for response in (self._secrets_response(stream), self._scopes_response(stream)):
                         if response is not None:
                             await grpc_stream.send_message(response)
@@ -355,15 +366,22 @@ class DiscoveryServer:
     def _answered(self, stream: _Stream, request: DeltaRequest) -> None:
         kind, sent, generation = stream.unanswered.pop(request.nonce, (request.type_url, {}, 0))
         if request.error is None:
-            if kind == SCOPED_ROUTE and not stream.rejected:
-                stream.applied = max(stream.applied, generation)
+            if kind == SCOPED_ROUTE:
+                stream.rejected -= sent.keys()
+                if not stream.rejected:
+                    stream.applied = max(stream.applied, generation)
             return
         # Every resource is checked before it is served (ir.tls for certificates, protos for
         # scopes): this would be a gap in those checks. Envoy keeps what it had; the stream's
-        # scopes are not counted as applied any more, so no status says otherwise.
+        # scopes are not counted as applied until it accepts them (so no status says
+        # otherwise), and they are sent again after a while: what Envoy holds of them is no
+        # longer known.
         log.error("ads: envoy rejected %s: %s", ", ".join(sorted(sent)), request.error)
         if kind == SCOPED_ROUTE:
-            stream.rejected = True
+            stream.rejected |= sent.keys()
+            stream.retry_at = anyio.current_time() + RETRY_REJECTED
+            for name in sent:
+                stream.held.pop(name, None)
 
     def _secrets_response(self, stream: _Stream) -> bytes | None:
         """The secrets this Envoy asked for and does not hold in their current version."""
@@ -401,7 +419,7 @@ class DiscoveryServer:
         stream.due = set()
         waiting = any(kind == SCOPED_ROUTE for kind, _, _ in stream.unanswered.values())
         if not carried:
-            if not waiting and not stream.rejected:
+            if not waiting and not stream.rejected:  # (an empty set: nothing rejected)
                 stream.applied = self.generation  # it holds them all already
                 self._changed.set()
             return None

@@ -205,9 +205,9 @@ def resource(res: dict[str, Any], hosts: Remembered | None = None) -> bytes:
     fields = {k: v for k, v in res.items() if k != "@type"}
     if type_url == ROUTE_CONFIG and hosts is not None:
         body = _route_config(fields, hosts)
-    elif type_url == SCOPED_ROUTE and hosts is not None and "route_configuration" in fields:
+    elif type_url == SCOPED_ROUTE and "route_configuration" in fields:
         # A scope's inline table likewise: its own fields, then the table's.
-        table = _route_config(dict(fields.pop("route_configuration")), hosts)
+        table = _route_config(dict(fields.pop("route_configuration")), hosts or Remembered())
         body = _encode_small(type_url, fields) + length_delimited(_INLINE_TABLE, table)
     else:
         body = _encode(type_url, fields)

@@ -195,6 +195,10 @@ def fallback_scope(front: Resource) -> Resource:
 
 
 def _scope(name: str, key: str, table: Resource) -> Resource:
+    # Unchecked clusters, as a Gateway's inline routes (envoy/gateway.py): a scope reaches
+    # Envoy over ADS, which it may read before the cluster file written just before; checked,
+    # the whole response would be refused. A cluster not there yet answers 503 meanwhile.
+    table = {**table, "validate_clusters": False}
     return {
         "@type": SCOPED_ROUTE,
         "name": name,
