@@ -16,9 +16,14 @@ front table whole. A scope is found by an exact key, so it serves the hosts that
 The key is the `x-kubelbd-scope` header, which the listener sets from the Host header before
 routing (whatever the client sent in it is replaced) and removes before a request leaves
 Envoy. A request whose key matches no scope, or whose host's scope has no route for it, has no
-route: the `kubelbd.fallback` Lua filter then sets the key to the fallback scope's and has
-the route found again. The exact scopes turn that filter off for their routes, so it costs
-their requests nothing but the check.
+route: the `kubelbd.fallback` Lua filter then looks for the host's scope again by its name as
+the front table would match it (small letters, no port, no final dot) and, when that finds
+none of a scope's routes either, sets the key to the fallback scope's; the route is found
+again after each. The exact scopes' routes keep that filter out of their requests' chains
+(Envoy's per-route `FilterConfig`, `disabled`): a request an exact scope routes runs no Lua
+at all, which is what brings kubelbd's Envoy to the minimal one's cost a request
+(docs/benchmarks.md, "Scoped routes"). Their routes carry the metadata `scoped`, by which
+the filter tells a scope's route found after its name was normalized.
 
 Envoy compares keys by a 64-bit hash (xxHash64) and refuses a set of scopes in which two keys
 hash alike: a tenant could choose a host whose key collides with another's. A host whose key
@@ -37,7 +42,7 @@ import xxhash
 from .common import Resource, socket_address
 from .http import CLIENT_ADDRESS, challenge_routes, hcm, listener, route_config
 from .settings import FRONT, Settings
-from .type_urls import EARLY_HEADER_MUTATION, LUA, LUA_PER_ROUTE, SCOPED_ROUTE
+from .type_urls import EARLY_HEADER_MUTATION, FILTER_CONFIG, LUA, SCOPED_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -46,29 +51,29 @@ SCOPE_HEADER = "x-kubelbd-scope"
 FALLBACK_KEY = "~fallback"
 FALLBACK = "fallback"
 LUA_FILTER = "kubelbd.fallback"
-NORMALIZE_FILTER = "kubelbd.normalize"
 
-#: What the first Lua filter does when no route was found: the key as a host name, in small
-#: letters, without a port or a final dot (as the front table would match it), and the route
-#: looked for again.
-NORMALIZE_LUA = f"""function envoy_on_request(handle)
-  local key = handle:headers():get("{SCOPE_HEADER}")
-  if key == nil then
-    return
-  end
-  local host = string.lower(key)
-  host = string.gsub(host, ":%d+$", "")
-  host = string.gsub(host, "%.$", "")
-  if host ~= key then
-    handle:headers():replace("{SCOPE_HEADER}", host)
-    handle:clearRouteCache()
-  end
-end
-"""
+#: The route metadata (under the filter's name) of every route of an exact host's scope.
+SCOPED = "scoped"
 
-#: What the second does when there is still none: the fallback scope.
+#: What the filter does when no route was found: the key as the front table would match a
+#: host (small letters, no port, no final dot) and the route looked for again; then, unless
+#: that found a scope's route, the fallback scope's key, and the route looked for again.
 FALLBACK_LUA = f"""function envoy_on_request(handle)
-  handle:headers():replace("{SCOPE_HEADER}", "{FALLBACK_KEY}")
+  local headers = handle:headers()
+  local key = headers:get("{SCOPE_HEADER}")
+  if key ~= nil then
+    local host = string.lower(key)
+    host = string.gsub(host, ":%d+$", "")
+    host = string.gsub(host, "%.$", "")
+    if host ~= key then
+      headers:replace("{SCOPE_HEADER}", host)
+      handle:clearRouteCache()
+      if handle:metadata():get("{SCOPED}") then
+        return
+      end
+    end
+  end
+  headers:replace("{SCOPE_HEADER}", "{FALLBACK_KEY}")
   handle:clearRouteCache()
 end
 """
@@ -99,7 +104,7 @@ def front_listener(settings: Settings) -> Resource:
     del manager["rds"]
     manager["scoped_routes"] = scoped_routes()
     manager["early_header_mutation_extensions"] = [SCOPE_KEY]
-    manager["http_filters"] = [NORMALIZE, FALLBACK_FILTER, *manager["http_filters"]]
+    manager["http_filters"] = [FALLBACK_FILTER, *manager["http_filters"]]
     return listener(FRONT, manager, socket_address(settings.http_address, settings.http_port))
 
 
@@ -146,13 +151,10 @@ FALLBACK_FILTER: Resource = {
     "name": LUA_FILTER,
     "typed_config": {"@type": LUA, "default_source_code": {"inline_string": FALLBACK_LUA}},
 }
-NORMALIZE: Resource = {
-    "name": NORMALIZE_FILTER,
-    "typed_config": {"@type": LUA, "default_source_code": {"inline_string": NORMALIZE_LUA}},
-}
-
-_OFF: Resource = {"@type": LUA_PER_ROUTE, "disabled": True}
-_LUA_OFF: Resource = {NORMALIZE_FILTER: _OFF, LUA_FILTER: _OFF}
+#: On an exact scope's virtual host: the Lua filter is not made for its requests at all (a
+#: filter's own per-route `disabled` would still make it, and ask it, on every request).
+_LUA_OFF: Resource = {LUA_FILTER: {"@type": FILTER_CONFIG, "disabled": True}}
+_SCOPED_ROUTE: Resource = {"filter_metadata": {LUA_FILTER: {SCOPED: True}}}
 
 #: ACME HTTP-01 answers: (token, key authorization) each
 Answers = tuple[tuple[str, str], ...]
@@ -179,6 +181,7 @@ def host_scope(host: str, vhost: Resource, answers: Answers = ()) -> Resource:
     it), behind the answers to the ACME HTTP-01 challenges of its name, as the front table
     answers them ahead of every host's routes."""
     routes = [*challenge_routes(answers), *vhost["routes"]] if answers else vhost["routes"]
+    routes = [{**route, "metadata": _SCOPED_ROUTE} for route in routes]
     table = route_config(
         host_scope_name(host),
         [{**vhost, "routes": routes, "typed_per_filter_config": _LUA_OFF}],

@@ -37,4 +37,5 @@ PREVIOUS_HOSTS = (
 )
 SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 LUA = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"
-LUA_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute"
+#: a route's settings for any HTTP filter: `disabled` keeps the filter out of its requests' chains
+FILTER_CONFIG = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
