@@ -12,6 +12,7 @@ from typing import Any
 
 from kubelbd.envoy.common import last_of_each
 from kubelbd.envoy.http import front_table
+from kubelbd.envoy.publisher import Encoder
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.settings import Settings
 from kubelbd.ir.http import Model
@@ -89,6 +90,13 @@ def route(name: str, node_port: int) -> RouteRecord:
     return records.host_route("alpha", name, node_port)
 
 
+def wild(name: str, node_port: int) -> RouteRecord:
+    """A route of a wildcard host: a shard's table holds it (an exact host has a scope)."""
+    backend = {"service": f"svc{node_port}", "port": "80", "nodePort": node_port}
+    path = {"path": "/", "pathType": "Prefix", "backends": [backend]}
+    return records.route("alpha", f"default.{name}", [{"host": f"*.{name}.test", "paths": [path]}])
+
+
 def hosts_of(files: dict[str, list[Any]]) -> dict[str, Any]:
     """The virtual hosts of the shard tables and of the hosts' scopes in `files`."""
     return {
@@ -99,22 +107,36 @@ def hosts_of(files: dict[str, list[Any]]) -> dict[str, Any]:
     }
 
 
+def test_a_hosts_scope_is_kept_by_nothing_once_handed_over() -> None:
+    """The renderer keeps what a scope was made of, not the scope: each is new when its host
+    changes and goes to the publisher once (the encoder keeps none either, envoy/publisher.py),
+    so holding them would keep every exact host's routes twice."""
+    model, renderer = Model(), Renderer(SETTINGS)
+    renderer.update(model.ir, model.apply([], (), TENANTS))
+    files = renderer.update(model.ir, model.apply([route("h0", 30000)], ()))
+    scope = files["scopes/host/h0.example.com"][0]
+    Encoder().encode_scope("scopes/host/h0.example.com", [scope])
+    del files
+    gc.collect()
+    assert sys.getrefcount(scope) == 2  # `scope` and the call's argument
+
+
 def test_the_renderer_keeps_an_unchanged_hosts_rendering_and_no_past_ones() -> None:
-    """A host's rendering is the same object while it is unchanged (its bytes are kept by
-    the publisher); once it changes or goes, its past renderings are not kept by anything:
+    """A shard's host's rendering is the same object while it is unchanged (its bytes are kept
+    by the publisher); once it changes or goes, its past renderings are not kept by anything:
     a route changed a thousand times holds one rendering, not a thousand."""
     model, renderer = Model(), Renderer(SETTINGS)
     renderer.update(model.ir, model.apply([], (), TENANTS))
     names = [f"h{i}" for i in range(40)]
-    first = hosts_of(renderer.update(model.ir, model.apply([route(n, 30000) for n in names], ())))
-    steady = first["alpha/h0.example.com"]
+    first = hosts_of(renderer.update(model.ir, model.apply([wild(n, 30000) for n in names], ())))
+    steady = first["alpha/*.h0.test"]
     past = []
     for port in range(30001, 30021):  # h1's backend switched again and again
-        files = renderer.update(model.ir, model.apply([route("h1", port)], ()))
+        files = renderer.update(model.ir, model.apply([wild("h1", port)], ()))
         now = hosts_of(files)
-        past.append(now["alpha/h1.example.com"])
-        if "alpha/h0.example.com" in now:  # h0's table rewritten: h0 itself the same object
-            assert now["alpha/h0.example.com"] is steady
+        past.append(now["alpha/*.h1.test"])
+        if "alpha/*.h0.test" in now:  # h0's table rewritten: h0 itself the same object
+            assert now["alpha/*.h0.test"] is steady
     current = past.pop()
     del files, now, first
     gc.collect()

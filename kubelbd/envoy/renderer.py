@@ -120,8 +120,8 @@ class Renderer:
         self._started = False
         #: every host's IR (the shards hold some of them, the scopes the others)
         self._hosts: dict[str, VirtualHost] = {}
-        #: scoped host -> (its IR, its ACME answers, its scope), envoy/scopes.py
-        self._scopes: dict[str, tuple[VirtualHost, Answers, Resource]] = {}
+        #: scoped host -> (its IR, its ACME answers) as its scope was last made, envoy/scopes.py
+        self._scopes: dict[str, tuple[VirtualHost, Answers]] = {}
         self._key_hashes = KeyHashes()
         #: host -> the ACME HTTP-01 answers (token, key authorization) its scope holds
         self._host_answers: dict[str, Answers] = {}
@@ -329,9 +329,8 @@ class Renderer:
         answers = self._host_answers.get(host, ())
         if had is not None and (had[0] is vh or had[0] == vh) and had[1] == answers:
             return
-        scope = host_scope(host, virtual_host(vh, self.settings, False), answers)
-        self._scopes[host] = (vh, answers, scope)
-        files[name] = [scope]
+        self._scopes[host] = (vh, answers)
+        files[name] = [host_scope(host, virtual_host(vh, self.settings, False), answers)]
 
     def _shard_tables(self, dirty: set[str], catch_all: bool, files: Files) -> None:
         """The route tables of these shards. Only their hosts are sorted again (every host of
