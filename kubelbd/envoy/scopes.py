@@ -21,8 +21,9 @@ the front table would match it (small letters, no port, no final dot) and, when 
 none of a scope's routes either, sets the key to the fallback scope's; the route is found
 again after each. The exact scopes' routes keep that filter out of their requests' chains
 (Envoy's per-route `FilterConfig`, `disabled`): a request an exact scope routes runs no Lua
-at all, which is what brings kubelbd's Envoy to the minimal one's cost a request
-(docs/benchmarks.md, "Scoped routes"). Their routes carry the metadata `scoped`, by which
+at all, where a filter turned off by its own per-route setting is still made and asked on
+every request (about a tenth of Envoy's CPU a request, docs/benchmarks.md, "Scoped routes:
+the hop gone"). Their routes carry the metadata `scoped`, by which
 the filter tells a scope's route found after its name was normalized.
 
 Envoy compares keys by a 64-bit hash (xxHash64) and refuses a set of scopes in which two keys
