@@ -38,12 +38,12 @@ def route(
     return RouteRecord(tenant, name, parse.route_spec(raw), generation, created)
 
 
-def host_route(tenant: str, name: str, node_port: int) -> RouteRecord:
-    """Route `default.<name>` of `tenant`: host `<name>.example.com`, everything to one
-    backend at `node_port`."""
+def host_route(tenant: str, name: str, node_port: int, host: str = "") -> RouteRecord:
+    """Route `default.<name>` of `tenant`: `host` (`<name>.example.com` unless given),
+    everything to one backend at `node_port`."""
     backend = {"service": f"svc{node_port}", "port": "80", "nodePort": node_port}
     rule = {
-        "host": f"{name}.example.com",
+        "host": host or f"{name}.example.com",
         "paths": [{"path": "/", "pathType": "Prefix", "backends": [backend]}],
     }
     return route(tenant, f"default.{name}", [rule])

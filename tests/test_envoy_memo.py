@@ -92,9 +92,7 @@ def route(name: str, node_port: int) -> RouteRecord:
 
 def wild(name: str, node_port: int) -> RouteRecord:
     """A route of a wildcard host: a shard's table holds it (an exact host has a scope)."""
-    backend = {"service": f"svc{node_port}", "port": "80", "nodePort": node_port}
-    path = {"path": "/", "pathType": "Prefix", "backends": [backend]}
-    return records.route("alpha", f"default.{name}", [{"host": f"*.{name}.test", "paths": [path]}])
+    return records.host_route("alpha", name, node_port, host=f"*.{name}.example.com")
 
 
 def hosts_of(files: dict[str, list[Any]]) -> dict[str, Any]:
@@ -129,14 +127,14 @@ def test_the_renderer_keeps_an_unchanged_hosts_rendering_and_no_past_ones() -> N
     renderer.update(model.ir, model.apply([], (), TENANTS))
     names = [f"h{i}" for i in range(40)]
     first = hosts_of(renderer.update(model.ir, model.apply([wild(n, 30000) for n in names], ())))
-    steady = first["alpha/*.h0.test"]
+    steady = first["alpha/*.h0.example.com"]
     past = []
     for port in range(30001, 30021):  # h1's backend switched again and again
         files = renderer.update(model.ir, model.apply([wild("h1", port)], ()))
         now = hosts_of(files)
-        past.append(now["alpha/*.h1.test"])
-        if "alpha/*.h0.test" in now:  # h0's table rewritten: h0 itself the same object
-            assert now["alpha/*.h0.test"] is steady
+        past.append(now["alpha/*.h1.example.com"])
+        if "alpha/*.h0.example.com" in now:  # h0's table rewritten: h0 itself the same object
+            assert now["alpha/*.h0.example.com"] is steady
     current = past.pop()
     del files, now, first
     gc.collect()
@@ -170,11 +168,9 @@ def test_hosts_that_match_everything_share_one_match() -> None:
     a copy: the shared one is never changed."""
     model, renderer = Model(), Renderer(SETTINGS)
     renderer.update(model.ir, model.apply([], (), TENANTS))
-    backend = {"service": "svc30002", "port": "80", "nodePort": 30002}
-    path = {"path": "/", "pathType": "Prefix", "backends": [backend]}
-    wild = records.route("alpha", "default.wild", [{"host": "*.w.example.com", "paths": [path]}])
+    wildcard = wild("w", 30002)
     files = renderer.update(model.ir, model.apply([route("h0", 30000), route("h1", 30001)], ()))
-    files.update(renderer.update(model.ir, model.apply([wild], ())))
+    files.update(renderer.update(model.ir, model.apply([wildcard], ())))
     hosts = hosts_of(files)
     h0, h1 = (hosts[f"alpha/{h}.example.com"]["routes"][0]["match"] for h in ("h0", "h1"))
     assert h0 is h1 and h0 == {"prefix": "/"}
