@@ -32,6 +32,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -65,7 +66,10 @@ from .stats import cpu_seconds, percentile
 
 FLEET = str(ROOT / "hack" / "fleet")
 SETTLE = 0.1  # seconds of quiet before each change and each pair of floor samples
-#: KUBELBD_BENCH_SAMPLES=1: each change's start (UTC) and time on stderr
+#: KUBELBD_BENCH_SAMPLES=1: on stderr, each change's start (UTC) and time, the answers its host
+#: gave before the 200 (404: Envoy has no scope for it yet; 503: its cluster is not there or
+#: its NodePort not served yet), when Envoy took the scope and the cluster, and for `backend`
+#: the new cluster's health check and request counters
 SAMPLES = os.environ.get("KUBELBD_BENCH_SAMPLES") == "1"
 CLASS = "kubelb"
 
@@ -268,11 +272,23 @@ class Bench:
         except (TimeoutError, aiohttp.ClientError):
             return 0
 
-    async def until(self, host: str, want: int, timeout: float = 60, base: str = "") -> float:
+    async def until(
+        self,
+        host: str,
+        want: int,
+        timeout: float = 60,
+        base: str = "",
+        seen: list[tuple[int, float]] | None = None,
+    ) -> float:
+        """When `host` first answers `want`; `seen` gets each other answer as it first came
+        (its status and when), so a slow change shows which step it waited on."""
         deadline = time.monotonic() + timeout
         while True:
-            if await self.status(host, base) == want:
+            status = await self.status(host, base)
+            if status == want:
                 return time.monotonic()
+            if seen is not None and (not seen or seen[-1][0] != status):
+                seen.append((status, time.monotonic()))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{host} never answered {want}")
             # Poll at ~1 ms: tighter and the client itself eats a core of this 2-core machine.
@@ -361,15 +377,66 @@ class Bench:
             await asyncio.sleep(SETTLE)
         if kind == "httproute":
             return await self.route_change(tenant, name, host)
-        start = time.monotonic()
+        start, wall = time.monotonic(), time.time()
         await kube.create(INGRESSES, ingress(name, host, service), self.ns)
-        end = await self.until(host, 200)
+        seen: list[tuple[int, float]] = []
+        end = await self.until(host, 200, seen=seen if SAMPLES else None)
+        if SAMPLES:
+            steps = ", ".join(f"{s} at {(t - start) * 1000:.1f}" for s, t in seen)
+            applied = await self.envoy_updated(tenant, service if kind == "backend" else "")
+            print(f"   {host}: {steps or 'none'} before 200 at {(end - start) * 1000:.1f} ms; "
+                  + ", ".join(f"{what} {(t - wall) * 1000:.1f}" for what, t in applied),
+                  file=sys.stderr, flush=True)  # fmt: skip
+            if kind == "backend":
+                print(f"   {await self.cluster_stats(tenant, service)}", file=sys.stderr,
+                      flush=True)  # fmt: skip
         await self.addressed(kube, name)
         await kube.delete(INGRESSES, name, self.ns)
         await self.until(host, 404)
         if kind == "backend":
             await self.gone(kube, twins.twin_name(service))
         return end - start
+
+    async def envoy_updated(self, tenant: str, service: str) -> list[tuple[str, float]]:
+        """When kubelbd's Envoy last took its host scopes and, with `service`, when it added
+        that Service's twin's cluster (their config dump's `last_updated`, epoch seconds):
+        read right after a change's first 200, the scopes' is that change's."""
+        admin = f"http://127.0.0.1:{self.layout.envoy_admin_port}/config_dump"
+        asks = [("scopes applied", "dynamic_scoped_route_configs", "")]
+        if service:
+            prefix = re.escape(f"{tenant}/{self.ns}/{service}/") + ".*"
+            asks.append(("cluster added", "dynamic_active_clusters", prefix))
+        out = []
+        for what, resource, regex in asks:
+            params = {"resource": resource, **({"name_regex": regex} if regex else {})}
+            async with self.session.get(admin, params=params) as r:
+                configs = (await r.json()).get("configs") or [{}]
+            stamp = configs[0].get("last_updated")
+            if stamp:
+                out.append((what, dt.datetime.fromisoformat(stamp).timestamp()))
+        return out
+
+    async def cluster_stats(self, tenant: str, service: str) -> str:
+        """Envoy's non-zero health check, connection and request counters of the cluster of
+        `service`'s twin (KUBELBD_BENCH_SAMPLES=1): why its first 200 came when it did."""
+        prefix = f"cluster.{tenant}/{self.ns}/{service}/"
+        url = f"http://127.0.0.1:{self.layout.envoy_admin_port}/stats?filter={re.escape(prefix)}"
+        async with self.session.get(url) as r:
+            text = await r.text()
+        wanted = (
+            "health_check.",
+            "upstream_cx_connect",
+            "upstream_rq_",
+            "retry",
+            "outlier_detection.ejections_active",
+            "upstream_cx_destroy_remote",
+        )
+        found = [
+            line.removeprefix(prefix) for line in text.splitlines()
+            if any(w in line for w in wanted) and line.rsplit(": ", 1)[-1].isdigit()
+            and not line.endswith(": 0")
+        ]  # fmt: skip
+        return "; ".join(found) or f"no counters for {prefix}"
 
     async def route_change(self, tenant: str, name: str, host: str) -> float:
         """A new HTTPRoute on the tenant's bench Gateway until its first 200 there; untimed
