@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -316,9 +316,10 @@ async def https_request(
     cafile: str | None = None,
     timeout: float = 3.0,
     host_header: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[int, Any, dict[str, Any]]:
-    """One HTTPS request with SNI (and the same Host, unless `host_header` says otherwise);
-    (status, JSON body or text, the server's certificate)."""
+    """One HTTPS request with SNI (and the same Host, unless `host_header` says otherwise),
+    with `headers` besides; (status, JSON body or text, the server's certificate)."""
     import ssl
 
     ctx = ssl.create_default_context(cafile=cafile)
@@ -329,7 +330,9 @@ async def https_request(
         )
         try:
             cert = writer.get_extra_info("peercert") or {}
-            status, body = await _http_exchange(reader, writer, host_header or sni, path)
+            status, body = await _http_exchange(
+                reader, writer, host_header or sni, path, send=headers
+            )
             return status, body, cert
         finally:
             writer.close()
@@ -341,10 +344,13 @@ async def _http_exchange(
     host: str,
     path: str,
     headers_out: dict[str, str] | None = None,
+    send: Mapping[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """HTTP/1.1 on an open connection, which stays open for the next request; the response's
-    headers go into `headers_out`, when given."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    """HTTP/1.1 on an open connection, which stays open for the next request, with the
+    request headers `send` besides Host; the response's headers go into `headers_out`, when
+    given."""
+    more = "".join(f"{k}: {v}\r\n" for k, v in (send or {}).items())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{more}\r\n".encode())
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import datetime as dt
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kubefleet import certs
 from kubefleet.lb import config_dir
 
+from kubelbd.envoy.scopes import SCOPE_HEADER
 from kubelbd.kube import Kube
 from kubelbd.objects import (
     EVENTS,
@@ -443,10 +444,17 @@ async def test_a_record_outside_a_tenant_namespace_is_ignored(fleet: FleetHandle
 # ---- TLS ------------------------------------------------------------------------------------
 
 
-async def https(fleet: FleetHandle, sni: str, cafile: str, host: str | None = None) -> Any:
+async def https(
+    fleet: FleetHandle,
+    sni: str,
+    cafile: str,
+    host: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     status, body, cert = await https_request(
-        f"127.0.0.1:{fleet.layout.envoy_https_port}", sni, "/", cafile, host_header=host
-    )
+        f"127.0.0.1:{fleet.layout.envoy_https_port}", sni, "/", cafile, host_header=host,
+        headers=headers,
+    )  # fmt: skip
     return status, body, cert
 
 
@@ -506,7 +514,8 @@ async def test_domain_fronting_gets_421_and_backends_see_the_client(
     fleet: FleetHandle, beta_app: tuple[str, str], tmp_path: Path
 ) -> None:
     """TLS with alpha's SNI (and certificate) and beta's Host was answered by beta's backend;
-    and backends saw X-Forwarded-For 192.0.2.2 rather than the client."""
+    and backends saw X-Forwarded-For 192.0.2.2 rather than the client. Nor does a client's
+    own `x-kubelbd-scope` (the plain listener's scope key) reach a backend, over either."""
     alpha, lay = fleet.kube["alpha"], fleet.layout
     _, victim = beta_app
     async with namespace_in(fleet, "front", ["alpha"]) as ns:
@@ -528,6 +537,15 @@ async def test_domain_fronting_gets_421_and_backends_see_the_client(
         )  # fmt: skip
         assert got == 200
         assert body["headers"]["X-Forwarded-For"] == ["203.0.113.9,127.0.0.1"], body["headers"]
+        # A scope key claimed by the client picks nothing and reaches no backend.
+        got, body, _ = await http_get(
+            f"http://127.0.0.1:{lay.envoy_http_port}/", host=victim, headers={SCOPE_HEADER: own}
+        )
+        assert got == 200 and from_app("victim")(body), body
+        assert SCOPE_HEADER not in {k.lower() for k in body["headers"]}, body["headers"]
+        status, body, _ = await https(fleet, own, str(cafile), headers={SCOPE_HEADER: victim})
+        assert status == 200 and from_app("front")(body), body
+        assert SCOPE_HEADER not in {k.lower() for k in body["headers"]}, body["headers"]
 
 
 async def test_many_certificates_cost_envoy_no_inotify_instance_each(

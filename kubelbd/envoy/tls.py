@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from ..ir.tls import TLSPlan
 from .common import Resource, socket_address
 from .http import CLIENT_ADDRESS, authority_guard, hcm, http_filter_chain, route_config
+from .scopes import SCOPE_HEADER
 from .settings import FRONT_TLS, Settings
 from .type_urls import DOWNSTREAM_TLS, EARLY_HEADER_MUTATION, LISTENER, TLS_INSPECTOR
 
@@ -110,7 +111,9 @@ def https_table(
         FRONT_TLS,
         vhosts,
         request_headers_to_add=[CLIENT_ADDRESS],
-        request_headers_to_remove=[CERTIFICATE_HEADER],
+        # The plain listener's scope key means nothing here; a client's own would otherwise
+        # reach the backend as if Envoy had set it.
+        request_headers_to_remove=[CERTIFICATE_HEADER, SCOPE_HEADER],
     )
 
 
