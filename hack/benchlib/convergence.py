@@ -418,7 +418,8 @@ class Bench:
 
     async def cluster_stats(self, tenant: str, service: str) -> str:
         """Envoy's non-zero health check, connection and request counters of the cluster of
-        `service`'s twin (KUBELBD_BENCH_SAMPLES=1): why its first 200 came when it did."""
+        `service`'s twin (KUBELBD_BENCH_SAMPLES=1): why its first 200 came when it did. The
+        filter walks every stat on Envoy's main thread: asked only after a change is timed."""
         prefix = f"cluster.{tenant}/{self.ns}/{service}/"
         url = f"http://127.0.0.1:{self.layout.envoy_admin_port}/stats?filter={re.escape(prefix)}"
         async with self.session.get(url) as r:
