@@ -74,6 +74,11 @@ SAMPLES = os.environ.get("KUBELBD_BENCH_SAMPLES") == "1"
 CLASS = "kubelb"
 
 
+def envoy_admin(layout: Layout) -> str:
+    """kubelbd's Envoy's admin interface (replica 1)."""
+    return f"http://127.0.0.1:{layout.envoy_admin_port}"
+
+
 @dataclass
 class Series:
     name: str
@@ -401,7 +406,7 @@ class Bench:
         """When kubelbd's Envoy last took its host scopes and, with `service`, when it added
         that Service's twin's cluster (their config dump's `last_updated`, epoch seconds):
         read right after a change's first 200, the scopes' is that change's."""
-        admin = f"http://127.0.0.1:{self.layout.envoy_admin_port}/config_dump"
+        admin = f"{envoy_admin(self.layout)}/config_dump"
         asks = [("scopes applied", "dynamic_scoped_route_configs", "")]
         if service:
             prefix = re.escape(f"{tenant}/{self.ns}/{service}/") + ".*"
@@ -421,8 +426,8 @@ class Bench:
         `service`'s twin (KUBELBD_BENCH_SAMPLES=1): why its first 200 came when it did. The
         filter walks every stat on Envoy's main thread: asked only after a change is timed."""
         prefix = f"cluster.{tenant}/{self.ns}/{service}/"
-        url = f"http://127.0.0.1:{self.layout.envoy_admin_port}/stats?filter={re.escape(prefix)}"
-        async with self.session.get(url) as r:
+        url = f"{envoy_admin(self.layout)}/stats"
+        async with self.session.get(url, params={"filter": re.escape(prefix)}) as r:
             text = await r.text()
         wanted = (
             "health_check.",
@@ -629,10 +634,7 @@ class EnvoyFloor:
 
     async def _scopes_of_kubelbd(self) -> dict[str, tuple[str, bytes]]:
         """Every scope kubelbd's Envoy holds (its admin's config dump), encoded to serve."""
-        url = (
-            f"http://127.0.0.1:{self.layout.envoy_admin_port}"
-            "/config_dump?resource=dynamic_scoped_route_configs"
-        )
+        url = f"{envoy_admin(self.layout)}/config_dump?resource=dynamic_scoped_route_configs"
         async with self.session.get(url) as r:
             dump = await r.json(content_type=None)
         scopes = {}
