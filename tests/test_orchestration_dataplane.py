@@ -212,6 +212,29 @@ def test_a_provisional_route_outlives_older_versions_until_written_or_reverted()
     assert r.render(intake).deletes == {RID}
 
 
+def test_a_route_back_to_what_its_record_holds_is_confirmed_by_a_no_op_write() -> None:
+    """A, B, A: B was handed over while A's write was in flight, then A again. A's second
+    write changes nothing in the API, so it comes back with the generation the first one
+    had: that is the confirmation all the same, or the route stayed provisional (and its
+    record without a status) for good."""
+    r = Recorder()
+    intake = r.intake()
+    a, b = route_spec(), route_spec(node_port=30081)
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(a)))
+    r.render(intake)
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(b)))
+    r.render(intake)
+    intake.written(ROUTE, route_obj(a))  # A's write lands: older than what is served
+    assert r.confirmations == 0 and r.render(intake).upserts == {}
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(a)))
+    r.render(intake)
+    intake.written(ROUTE, route_obj(a))  # written again: the same generation
+    assert r.confirmations == 1 and intake.confirmed[RID].generation == 1
+    # Our own status write on it later (the same generation) confirms nothing more.
+    intake.on_route("MODIFIED", route_obj(a) | {"status": {"hosts": "x"}})
+    assert r.confirmations == 1
+
+
 def test_a_malformed_record_is_refused_once_with_a_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

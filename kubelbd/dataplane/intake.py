@@ -215,26 +215,18 @@ class Intake:
         generation = int(meta.get("generation") or 0)
         known = self._api.get(rid)
         if known is not None and known[0] == uid and known[1].generation >= generation:
-            return  # our own status write, or an event older than a record we already have
+            # Our own status write, or an event older than a record we already have. Or a
+            # provisional route handed back to what the record holds while another version
+            # was being written (A, B, A): its write changed nothing, so the generation did
+            # not move, and it is the confirmation all the same.
+            if rid in self._provisional and known[1].generation == generation:
+                self._confirm(rid, uid, known[1])
+            return
         rec = self.refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
         if rec is None:
             return
         self._withdrawn.discard((ROUTE.kind, rid))
-        pending = self._upserts.get(rid) or self._current(rid)
-        if pending is not None and pending.spec == rec.spec:
-            # The confirmation of a provisional record: same content, now with a generation,
-            # which only the status needs; the model's indexes do not change. It keeps the
-            # spec it was handed, which the tenant side keeps too (one copy, not two: 2 KB
-            # a route).
-            rec = replace(rec, spec=pending.spec)
-            self._api[rid] = (uid, rec)
-            self._provisional.discard(rid)
-            self._deletes.discard(rid)
-            if rid in self._upserts:
-                self._upserts[rid] = rec
-            else:
-                self.confirmed[rid] = rec
-            self._on_confirmed()
+        if self._confirm(rid, uid, rec):
             return
         self._api[rid] = (uid, rec)
         if rid in self._provisional:
@@ -243,6 +235,25 @@ class Intake:
         self._upserts[rid] = rec
         self._arrivals.arrived(ROUTE.kind, rid)
         self._wake()
+
+    def _confirm(self, rid: str, uid: str, rec: RouteRecord) -> bool:
+        """Whether the record as written is the version served: the confirmation of a
+        provisional record, with the same content, now with a generation, which only the
+        status needs (the model's indexes do not change). It keeps the spec it was handed,
+        which the tenant side keeps too (one copy, not two: 2 KB a route)."""
+        pending = self._upserts.get(rid) or self._current(rid)
+        if pending is None or pending.spec != rec.spec:
+            return False
+        rec = replace(rec, spec=pending.spec)
+        self._api[rid] = (uid, rec)
+        self._provisional.discard(rid)
+        self._deletes.discard(rid)
+        if rid in self._upserts:
+            self._upserts[rid] = rec
+        else:
+            self.confirmed[rid] = rec
+        self._on_confirmed()
+        return True
 
     def _delete_route(self, tenant: str, name: str, uid: str | None = None) -> None:
         """A record deleted in the API (from the watch)."""
