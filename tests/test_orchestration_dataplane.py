@@ -228,11 +228,33 @@ def test_a_route_back_to_what_its_record_holds_is_confirmed_by_a_no_op_write() -
     assert r.confirmations == 0 and r.render(intake).upserts == {}
     intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(a)))
     r.render(intake)
+    # Our own status write on the record (the same generation, from the watch) is not the
+    # confirmation: B may be being written, and would then replace A.
+    intake.on_route("MODIFIED", route_obj(a) | {"status": {"hosts": "x"}})
+    assert r.confirmations == 0
     intake.written(ROUTE, route_obj(a))  # written again: the same generation
     assert r.confirmations == 1 and intake.confirmed[RID].generation == 1
-    # Our own status write on it later (the same generation) confirms nothing more.
+    assert r.render(intake).upserts == {}
+
+
+def test_a_status_event_during_a_write_does_not_confirm_the_version_after_it() -> None:
+    """A written; B handed over and being written; A handed over again. The watch brings our
+    status write on A: confirming A there would have B, landing next, replace it."""
+    r = Recorder()
+    intake = r.intake()
+    a, b = route_spec(), route_spec(node_port=30081)
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(a)))
+    r.render(intake)
+    intake.written(ROUTE, route_obj(a))
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(b)))
+    r.render(intake)
+    intake.provisional(RouteRecord("a", "default.shop", parse.route_spec(a)))
+    r.render(intake)
     intake.on_route("MODIFIED", route_obj(a) | {"status": {"hosts": "x"}})
-    assert r.confirmations == 1
+    intake.written(ROUTE, route_obj(b, generation=2))  # B lands: older than what is served
+    assert r.render(intake).upserts == {}
+    intake.written(ROUTE, route_obj(a, generation=3))  # then A again
+    assert r.render(intake).upserts == {} and intake.confirmed[RID].generation == 3
 
 
 def test_a_malformed_record_is_refused_once_with_a_log_line(

@@ -136,7 +136,7 @@ class Intake:
 
     def written(self, kind: RecordKind, obj: Obj) -> None:
         if kind == ROUTE:
-            self._route(obj)
+            self._route(obj, own_write=True)
         elif kind == LOADBALANCER:
             self._loadbalancer(obj)
         elif kind == TENANT:
@@ -200,7 +200,9 @@ class Intake:
 
     # ---- records -----------------------------------------------------------------------------
 
-    def _route(self, obj: Obj) -> None:
+    def _route(self, obj: Obj, own_write: bool = False) -> None:
+        """A route record from the watch, or (`own_write`) as the tenant side's write of it
+        returned it."""
         meta = obj["metadata"]
         uid = meta.get("uid", "")
         tenant = tenant_of(obj)
@@ -215,11 +217,14 @@ class Intake:
         generation = int(meta.get("generation") or 0)
         known = self._api.get(rid)
         if known is not None and known[0] == uid and known[1].generation >= generation:
-            # Our own status write, or an event older than a record we already have. Or a
-            # provisional route handed back to what the record holds while another version
-            # was being written (A, B, A): its write changed nothing, so the generation did
-            # not move, and it is the confirmation all the same.
-            if rid in self._provisional and known[1].generation == generation:
+            # Our own status write, or an event older than a record we already have. Or the
+            # write of a provisional route handed back to what the record holds while another
+            # version was being written (A, B, A): it changed nothing, so the generation did
+            # not move, and it is the confirmation all the same. Only the write's own answer
+            # says so: the tenant side writes a record's versions one after another, so none
+            # is in flight then, where a watch event (say, our status write on A while B is
+            # being written) would confirm A just before B lands.
+            if own_write and rid in self._provisional and known[1].generation == generation:
                 self._confirm(rid, uid, known[1])
             return
         rec = self.refused.parse(ROUTE.kind, rid, lambda: parse.route_record(obj))
