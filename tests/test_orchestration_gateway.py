@@ -20,7 +20,7 @@ from kubelbd.sources.gatewayapi import (
     HTTPROUTES,
     REFERENCE_GRANTS,
 )
-from kubelbd.tenant import sync
+from kubelbd.tenant import kept
 from kubelbd.tenant.sync import TenantSettings, TenantSync
 
 from .fakekube import Connector, FakeKube, kubeconfig
@@ -171,7 +171,7 @@ async def test_the_tenants_own_gateway_class_gets_a_status_written_once(
     generation, and written again only when that changes, not on every resync."""
     # Every write at a later second: a status compared with itself would be rewritten.
     ticks = iter(range(10**6))
-    monkeypatch.setattr(sync, "timestamp", lambda: f"2026-01-01T00:00:{next(ticks):06d}Z")
+    monkeypatch.setattr(kept, "timestamp", lambda: f"2026-01-01T00:00:{next(ticks):06d}Z")
     tenant, mgmt = await with_own_class()
 
     def observed() -> object:

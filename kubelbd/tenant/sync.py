@@ -27,7 +27,6 @@ import anyio.abc
 
 from ..hub import RecordSink, Settling, StatusBoard
 from ..kube import ApiError, Kube, KubeconfigError, parse_kubeconfig
-from ..kube.client import timestamp
 from ..kube.informer import ErrorHandler, EventHandler
 from ..objects import (
     ENDPOINT_SLICES,
@@ -51,11 +50,12 @@ from .caches import ObjectId, ReverseIndex, TenantCaches
 from .changes import ChangeFilter
 from .copies import SecretCopies
 from .health import POLICY_OK, RetryLater, TenantHealth
+from .kept import KeptObjects
 from .limits import TenantLimits
 from .nodes import TenantNodes
 from .records import TenantRecords
 from .retries import Retries
-from .statuses import STATUS_MANAGER, TenantStatuses, tenant_object_status
+from .statuses import TenantStatuses
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class TenantSync:
         self._dirty: set[ObjectId] = set()
         self._resync = True  # everything: after (re)connecting
         self._resync_sources: set[str] = set()  # kinds whose depends_on objects changed
-        self._unserved: set[str] = set()  # kinds whose tenant objects' kind is not served
+        self.kept = KeptObjects(name, self.sources, self._resync_kind)
         self._changes = ChangeFilter()
         self._twin_candidates: set[Ref] = set()  # Services that may have lost their last user
         self.retries = Retries(name, self._reconcile_again)
@@ -234,8 +234,8 @@ class TenantSync:
 
     def _informer_health(self, which: str) -> ErrorHandler:
         def report(error: Exception | None) -> None:
-            if error is None and self._unserved:
-                self._served_again(which)
+            if error is None and self.kept.unserved:
+                self.kept.served_again(self.caches, which)
             if self.health.informer(which, error):
                 self.settling.done(self.name)  # nothing better to wait for: serve the records
 
@@ -421,74 +421,15 @@ class TenantSync:
     async def _resync_source(self, source: Source) -> None:
         """One source: the objects kubelbd keeps in the tenant for it, and every object of
         it that is ours or has a record translated again."""
-        for resource, obj in source.tenant_objects():
-            await self._apply_tenant_object(source, resource, obj)
-        for resource, obj in source.reported_objects(self.caches):
-            meta = obj["metadata"]
-            current = self.caches.get(resource, meta.get("namespace", ""), meta["name"])
-            if current is None:
-                continue
-            try:
-                # Against what the tenant object holds: unchanged, nothing is written.
-                await self._apply_status(resource, obj, current)
-            except ApiError as e:
-                # Gone meanwhile: its deletion resyncs the kind again. Refused: that object
-                # alone (a tenant may change its kind's schema), tried again on the next
-                # resync of the kind; the others are written all the same.
-                if not e.not_found:
-                    where = f"{meta.get('namespace', '')}/{meta['name']}"
-                    log.warning("tenant %s: status of %s %s not written: %s",
-                                self.name, obj.get("kind"), where, e)  # fmt: skip
+        assert self.kube is not None
+        await self.kept.apply(self.kube, self.caches, source)
         for k, obj in self.caches.cache(source.resource).items():
             if self._concerns_us(source, k, obj):
                 self._dirty.add((source.kind, k))
 
-    async def _apply_tenant_object(self, source: Source, resource: Resource, obj: Obj) -> None:
-        """One object kubelbd keeps in the tenant, and its status if it has one. A kind the
-        API server does not serve (a CRD not installed) is skipped, and applied once its
-        informer finds it served."""
-        assert self.kube is not None
-        informer = self.caches.informers.get(resource)
-        if informer is not None and not informer.served:
-            self._unserved.add(source.kind)
-            return
-        try:
-            applied = await self.kube.apply(
-                resource, {k: v for k, v in obj.items() if k != "status"}
-            )
-        except ApiError as e:
-            if not e.not_found:
-                raise
-            self._unserved.add(source.kind)
-            return
-        await self._apply_status(resource, obj, applied)
-
-    async def _apply_status(self, resource: Resource, obj: Obj, current: Obj) -> None:
-        """`obj`'s status, as wanted, to the status subresource of the object `current`
-        (the object as the API server last had it), unless it holds it already."""
-        assert self.kube is not None
-        status = tenant_object_status(obj.get("status"), current, timestamp())
-        if status is not None:
-            meta = {"name": obj["metadata"]["name"]}
-            if obj["metadata"].get("namespace"):
-                meta["namespace"] = obj["metadata"]["namespace"]
-            body = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta,
-                    "status": status}  # fmt: skip
-            await self.kube.apply(
-                resource, body, subresource="status", field_manager=STATUS_MANAGER
-            )
-
-    def _served_again(self, plural: str) -> None:
-        """An informer listed its kind: sources whose tenant objects were skipped while
-        their kind was not served are resynced once every kind they keep is."""
-        for kind in sorted(self._unserved):
-            resources = {r for r, _ in self.sources[kind].tenant_objects()}
-            if plural in {r.plural for r in resources} and all(
-                self.caches.informers[r].served for r in resources if r in self.caches.informers
-            ):
-                self._unserved.discard(kind)
-                self._resync_sources.add(kind)
-                self._wake.set()
+    def _resync_kind(self, kind: str) -> None:
+        self._resync_sources.add(kind)
+        self._wake.set()
 
     def _concerns_us(self, source: Source, k: str, obj: Obj | None) -> bool:
         """Whether an object (None: deleted) needs reconciling: it is ours, or it has a
