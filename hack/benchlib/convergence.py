@@ -212,7 +212,11 @@ class Bench:
             self.kube[c.name] = await Kube.from_file(self.layout.kubeconfig(c.name), c.name)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         self.fresh = fresh_connections()
-        await self.earlier_runs_gone()
+        try:
+            await self.earlier_runs_gone()
+        except BaseException:
+            await self.close(keep=True)  # nothing of this run's is made yet
+            raise
         for t in self.tenants:
             await self.kube[t].create(NAMESPACES, {"metadata": {"name": self.ns}})
             await self.kube[t].create(DEPLOYMENTS, deployment("echo"), self.ns)
@@ -230,12 +234,21 @@ class Bench:
 
     async def earlier_runs_gone(self, timeout: float = 600) -> None:
         """Until the namespaces of earlier runs are deleted: kubelbd withdrawing their routes
-        (a thousand, after a large run) would compete with the changes timed here."""
+        (a thousand, after a large run) would compete with the changes timed here. One that
+        is not being deleted (left by `--keep`, or by a run that was killed) never goes on
+        its own: that is an error at once, not a 10-minute wait."""
 
         async def gone() -> bool:
             for t in self.tenants:
                 items, _ = await self.kube[t].list(NAMESPACES)
-                if any(i["metadata"]["name"].startswith("bench-") for i in items):
+                for meta in (i["metadata"] for i in items):
+                    if not meta["name"].startswith("bench-"):
+                        continue
+                    if not meta.get("deletionTimestamp"):
+                        raise RuntimeError(
+                            f"tenant {t}: namespace {meta['name']} is left from an earlier run"
+                            " (--keep, or killed): delete it in every tenant first"
+                        )
                     return False
             return True
 
