@@ -89,8 +89,9 @@ def test_a_route_table_written_host_by_host_is_the_same_message() -> None:
 
 
 def test_every_golden_host_has_the_bytes_of_protobufs_json_mapping() -> None:
-    """A host's domains are set on the message directly (fast), not through the JSON
-    mapping: the bytes must be the same, and a domain that is no string still refused."""
+    """A host's domains, and its routes' names, are set on the message directly (fast), not
+    through the JSON mapping: the bytes must be the same, and a domain or a route name that
+    is no string, or a route field Envoy does not have, still refused."""
     hosts = [
         vh
         for r in golden_resources()
@@ -99,13 +100,17 @@ def test_every_golden_host_has_the_bytes_of_protobufs_json_mapping() -> None:
     ]
     assert len(hosts) > 10
     hosts.append({"name": "front", "domains": [f"h{i}.test" for i in range(200)], "routes": []})
+    # Fields numbered below a route's name and above it (stat_prefix, 19): in that order.
+    route = {"match": {"prefix": "/"}, "name": "a/b", "route": {"cluster": "c"}, "stat_prefix": "s"}
+    hosts.append({"name": "r", "domains": ["r.test"], "routes": [route, {"match": {"path": "/"}}]})
     for vh in hosts:
         mapped = json_format.ParseDict(
             vh, protos.message_class("envoy.config.route.v3.VirtualHost")()
         )
         assert protos._virtual_host(vh).endswith(mapped.SerializeToString(deterministic=True))
-    with pytest.raises(protos.Unencodable):
-        protos._virtual_host({"name": "n", "domains": ["a.test", 7]})
+    for bad in ({"domains": ["a.test", 7]}, {"routes": [{"name": 7}]}, {"routes": [{"x": 1}]}):
+        with pytest.raises(protos.Unencodable):
+            protos._virtual_host({"name": "n", "domains": ["a.test"], **bad})
 
 
 def test_small_parts_are_remembered_by_content_and_few_of_them(

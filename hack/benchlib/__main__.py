@@ -17,6 +17,7 @@ from . import (
     l4,
     memory,
     names,
+    render,
     restart,
     status,
 )
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     nb = sub.add_parser("names", help="one change's cost in the DNS stages (offline)")
     nb.add_argument("--routes", type=int, default=10000)
     nb.add_argument("--changes", type=int, default=30)
+    rb = sub.add_parser("render", help="one route change's cost in the pure stages (offline)")
+    rb.add_argument("--routes", type=int, default=10000)
+    rb.add_argument("--changes", type=int, default=200)
     hp = sub.add_parser("heap", help="a running kubelbd's live heap, by what holds it (a signal)")
     hp.add_argument("--pid", type=int, default=0, help="default: the fleet's kubelbd")
     args = ap.parse_args(argv)
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         memory.run(args.routes, convergence.ensure_fleet() if args.caches else None)
     elif args.cmd == "names":
         names.run(args.routes, args.changes)
+    elif args.cmd == "render":
+        render.run(args.routes, args.changes)
     elif args.cmd == "l4":
         asyncio.run(l4.run(convergence.ensure_fleet(), args.changes))
     return 0
