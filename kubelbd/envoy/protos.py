@@ -186,6 +186,14 @@ _ROUTE_FIELDS = {f.name: f.number for f in _Route.DESCRIPTOR.fields}
 _ROUTE_NAME = _ROUTE_FIELDS["name"]
 
 
+def _direct(message: type[Message], **fields: Any) -> bytes:
+    """Fields set on a message of their own, not through the JSON mapping (~10 µs a string
+    there): a name, a host's domains. TypeError (Unencodable) unless each is of its field's
+    type."""
+    data: bytes = cast(Any, message)(**fields).SerializeToString(deterministic=True)
+    return data
+
+
 def _virtual_host(host: dict[str, Any]) -> bytes:
     """A route table's host. Its name and domains are set on a message of their own, not
     through the JSON mapping: a shard's front host lists every host of the shard (about 190
@@ -199,14 +207,9 @@ def _virtual_host(host: dict[str, Any]) -> bytes:
     routes = host.get("routes", [])
     if not isinstance(routes, list):
         raise TypeError(f"virtual host routes: a list, not {type(routes).__name__}")
-    # TypeError (Unencodable) unless they are strings
-    head = cast(Any, _VirtualHost)(name=host.get("name", ""), domains=domains)
+    head = _direct(_VirtualHost, name=host.get("name", ""), domains=domains)
     rest = {k: v for k, v in host.items() if k not in ("name", "domains", "routes")}
-    body = (
-        head.SerializeToString(deterministic=True)
-        + b"".join(map(_route, routes))
-        + _encode_small(_VIRTUAL_HOST, rest)
-    )
+    body = head + b"".join(map(_route, routes)) + _encode_small(_VIRTUAL_HOST, rest)
     return length_delimited(_VIRTUAL_HOSTS, body)
 
 
@@ -219,10 +222,9 @@ def _route(route: dict[str, Any]) -> bytes:
     field Route does not have goes with the first part, whose mapping names it."""
     if not isinstance(route, dict):
         raise TypeError(f"route: a mapping, not {type(route).__name__}")
-    head = cast(Any, _Route)(name=route.get("name", ""))  # TypeError unless a string
     below = {k: v for k, v in route.items() if _ROUTE_FIELDS.get(k, 0) < _ROUTE_NAME}
     above = {k: v for k, v in route.items() if _ROUTE_FIELDS.get(k, 0) > _ROUTE_NAME}
-    body = _encode_small(_ROUTE, below) + head.SerializeToString(deterministic=True)
+    body = _encode_small(_ROUTE, below) + _direct(_Route, name=route.get("name", ""))
     if above:
         body += _encode_small(_ROUTE, above)
     return length_delimited(_ROUTES, body)
@@ -250,10 +252,8 @@ def _route_config(fields: dict[str, Any], hosts: Remembered) -> bytes:
     its own, its other fields (the same on every scope) remembered, then its hosts."""
     fields.pop("@type", None)  # a scope's inline table is a message, not an Any
     vhosts = fields.pop("virtual_hosts", [])
-    head = cast(Any, _RouteConfiguration)(name=fields.pop("name", ""))  # TypeError unless str
-    name: bytes = head.SerializeToString(deterministic=True)
     return (
-        name
+        _direct(_RouteConfiguration, name=fields.pop("name", ""))
         + _encode_small(ROUTE_CONFIG, fields)
         + b"".join(hosts.encode(vhosts, _virtual_host, "virtual host"))
     )
