@@ -126,13 +126,9 @@ async def run(cfg: Config) -> None:
                     )
                 )
             if cfg.run_envoy:
-                # Envoy needs its files to start: those of a previous run, or our first publish.
-                config = anyio.Path(cfg.config_dir)
-                have_files = (
-                    await (config / "lds.pb").exists() and await (config / "cds.pb").exists()
-                )
-                if not have_files:
-                    await dataplane.first_publish.wait()
+                # Envoy starts on our first publish: a previous run's files alone would give it
+                # no cluster (they come over the stream, which answers nothing before it).
+                await dataplane.first_publish.wait()
                 envoy = EnvoyProcess(
                     bootstrap,
                     log_path=Path(cfg.envoy_log) if cfg.envoy_log else None,

@@ -123,14 +123,15 @@ def request(
 
 
 @dataclass
-class Scopes:
-    """The scopes of a publish, to kubelbd's server in the portal's thread (its loop)."""
+class Stream:
+    """The clusters and scopes of a publish, to kubelbd's server in the portal's thread (its
+    loop)."""
 
     portal: BlockingPortal
     server: DiscoveryServer
 
-    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
-        return self.portal.call(self.server.put_scopes, changes)
+    def serve(self, type_url: str, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
+        return self.portal.call(self.server.serve, type_url, changes)
 
 
 @dataclass
@@ -162,7 +163,7 @@ def running_envoy(
         try:
             portal.call(server.put, certificates or [])
             publisher = Publisher(config_dir)
-            publisher.scopes = Scopes(portal, server)
+            publisher.stream = Stream(portal, server)
             with _running_envoy(config_dir, files, publisher) as envoy:
                 yield envoy
         finally:

@@ -95,7 +95,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[Fleet, subprocess.Popen[b
     files = f.rendering.full(f.pairs)
     await f.server.start()
     f.server.put(f.rendering.served)
-    await Publisher(config).publish(files)
+    await Publisher(config, stream=f.server).publish(files)
     bootstrap = envoy_process.write_bootstrap(config, f"127.0.0.1:{f.admin_port}", "test")
     envoy = start_envoy(bootstrap, tmp_path / "envoy.log")
     try:

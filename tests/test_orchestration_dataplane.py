@@ -23,6 +23,7 @@ from kubelbd.envoy.ads import DiscoveryServer
 from kubelbd.envoy.publisher import TEMP_PREFIX, Publisher
 from kubelbd.envoy.scopes import FALLBACK, is_scope, scope_file, scope_name
 from kubelbd.envoy.settings import ADS_SOCKET, Settings
+from kubelbd.envoy.type_urls import CLUSTER, SCOPED_ROUTE
 from kubelbd.hub import Settling, StatusBoard
 from kubelbd.kube.lease import Leadership
 from kubelbd.objects import NAMESPACES, SECRETS, SERVICES, Obj
@@ -294,21 +295,21 @@ class AppliedAdmin(EnvoyAdmin):
 
 
 class AppliedScopes(DiscoveryServer):
-    """kubelbd's ADS server as if Envoy applied every scope the moment it is served; what it
-    serves is kept by config directory, for `files_mentioning`."""
+    """kubelbd's ADS server as if Envoy applied every cluster and scope the moment it is
+    served; what it serves is kept by config directory and type, for `files_mentioning`."""
 
-    served: ClassVar[dict[Path, dict[str, bytes]]] = {}
+    served: ClassVar[dict[tuple[Path, str], dict[str, bytes]]] = {}
 
-    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
-        kept = self.served.setdefault(self.socket_path.parent, {})
-        for name, scope in changes.items():
-            if scope is None:
+    def serve(self, type_url: str, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
+        kept = self.served.setdefault((self.socket_path.parent, type_url), {})
+        for name, resource in changes.items():
+            if resource is None:
                 kept.pop(name, None)
             else:
-                kept[name] = scope[1]
-        return super().put_scopes(changes)
+                kept[name] = resource[1]
+        return super().serve(type_url, changes)
 
-    def scopes_applied(self, generation: int | None) -> bool:
+    def applied(self, generation: int | None) -> bool:
         return True
 
 
@@ -350,8 +351,10 @@ def programmed(mgmt: FakeKube) -> Any:
 
 
 def files_mentioning(tmp_path: Path, text: str) -> list[str]:
-    """The files, and the scopes served over ADS, that hold `text`."""
-    scopes = AppliedScopes.served.get(tmp_path, {})
+    """The files, and the clusters (as `cds.pb`) and scopes served over ADS, that hold
+    `text`."""
+    scopes = AppliedScopes.served.get((tmp_path, SCOPED_ROUTE), {})
+    clusters = AppliedScopes.served.get((tmp_path, CLUSTER), {}).values()
     return sorted(
         [
             str(p.relative_to(tmp_path))
@@ -359,12 +362,13 @@ def files_mentioning(tmp_path: Path, text: str) -> list[str]:
             if text.encode() in p.read_bytes()  # strings are stored as they are
         ]
         + [scope_file(name) for name, body in scopes.items() if text.encode() in body]
+        + (["cds.pb"] if any(text.encode() in body for body in clusters) else [])
     )
 
 
 def served(tmp_path: Path, name: str) -> bytes:
     """A file's bytes, or a scope's as served over ADS."""
-    scopes = AppliedScopes.served.get(tmp_path, {})
+    scopes = AppliedScopes.served.get((tmp_path, SCOPED_ROUTE), {})
     scope = scope_name(name)
     return scopes[scope] if is_scope(name) else (tmp_path / name).read_bytes()
 
@@ -560,11 +564,11 @@ async def test_no_private_key_is_on_the_volume_and_what_a_crash_left_goes(
 
 
 class RejectingAdmin(AppliedAdmin):
-    """Envoy as if it had rejected the clusters file: every other file applied."""
+    """Envoy as if it had rejected the listener file: every other file applied."""
 
     async def versions(self) -> dict[str, str]:
         out = dict(self.publisher.published)
-        out["cds.pb"] = "rejected-long-ago"
+        out["lds.pb"] = "rejected-long-ago"
         return out
 
 

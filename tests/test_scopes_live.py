@@ -24,6 +24,7 @@ from kubelbd.envoy import protos
 from kubelbd.envoy.ads import RETRY_REJECTED
 from kubelbd.envoy.renderer import Renderer
 from kubelbd.envoy.scopes import CHALLENGE_HOST, host_scope
+from kubelbd.envoy.type_urls import SCOPED_ROUTE
 from kubelbd.ir import tls
 from kubelbd.ir.http import Model
 from kubelbd.records.types import TenantRecord
@@ -31,7 +32,7 @@ from kubelbd.records.types import TenantRecord
 from . import records
 from .live_envoy import (
     Envoy,
-    Scopes,
+    Stream,
     echo_backend,
     eventually,
     live_settings,
@@ -251,17 +252,19 @@ def test_a_scope_envoy_rejected_is_sent_again_and_counts_only_once_accepted(
         )
         with running_envoy(tmp_path, files) as envoy:
             assert eventually(lambda: request(settings.http_port, "base.example.com").status) == 200
-            sink = envoy.publisher.scopes
-            assert isinstance(sink, Scopes)
+            sink = envoy.publisher.stream
+            assert isinstance(sink, Stream)
             late_route = {"match": {"prefix": "/"}, "route": {"cluster": "late"}}
             vhost = {"name": "alpha/late", "domains": ["late.example.com"], "routes": [late_route]}
             scope = host_scope("late.example.com", vhost)
             scope["route_configuration"]["validate_clusters"] = True
-            generation = sink.put_scopes({"host/late.example.com": ("v1", protos.resource(scope))})
+            generation = sink.serve(
+                SCOPED_ROUTE, {"host/late.example.com": ("v1", protos.resource(scope))}
+            )
 
             def rejected() -> bool:
                 assert "ads: envoy rejected host/late.example.com" in caplog.text
-                return bool(sink.portal.call(sink.server.scopes_applied, generation))
+                return bool(sink.portal.call(sink.server.applied, generation))
 
             assert eventually(rejected, 10) is False
             [cluster] = [c for c in files["cds.pb"] if str(port) in c["name"]]
@@ -271,6 +274,6 @@ def test_a_scope_envoy_rejected_is_sent_again_and_counts_only_once_accepted(
 
             def accepted() -> None:
                 assert request(settings.http_port, "late.example.com").status == 200
-                assert sink.portal.call(sink.server.scopes_applied, generation)
+                assert sink.portal.call(sink.server.applied, generation)
 
             eventually(accepted, 3 * RETRY_REJECTED)

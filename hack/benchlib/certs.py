@@ -289,15 +289,14 @@ def rss_mib(pid: int) -> float:
     return proc_rss_kib(pid) / 1024
 
 
-def bootstrap(config_dir: Path, admin_port: int, design: str) -> Path:
-    """kubelbd's bootstrap; the file designs have no secret server to name."""
+def bootstrap(config_dir: Path, admin_port: int) -> Path:
+    """kubelbd's bootstrap: every design gets its clusters over the stream, and the file
+    designs their certificates from files (`as_design`)."""
     boot = yaml.safe_load(
         envoy_process.render_bootstrap(
             envoy_process.TEMPLATE.read_text(), str(config_dir), f"127.0.0.1:{admin_port}", "b"
         )
     )
-    if design != "ads":
-        del boot["dynamic_resources"]["ads_config"], boot["static_resources"]
     path = config_dir / "bootstrap.json"
     path.write_bytes(orjson.dumps(boot))
     return path
@@ -358,13 +357,14 @@ async def one_run(design: str, pairs: dict[str, Pair], seed: int) -> Result:
         routes = [route(i, p.host) for i, p in enumerate(pairs.values())]
         rendering = Rendering(settings, routes)
         files = rendering.full(pairs)
-        publisher = Publisher(config_dir)
+        # The clusters go over the stream whatever the design (envoy/ads.py).
         server = DiscoveryServer(config_dir / ADS_SOCKET)
+        publisher = Publisher(config_dir, stream=server)
+        await server.start()
         if design == "ads":
-            await server.start()
             server.put(rendering.served)
         await publisher.publish(as_design(design, files, pairs, str(config_dir)))
-        boot = bootstrap(config_dir, admin_port, design)
+        boot = bootstrap(config_dir, admin_port)
         log_path = Path(tmp) / "envoy.log"
         with log_path.open("wb") as log_file:
             proc = await asyncio.create_subprocess_exec(

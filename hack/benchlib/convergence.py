@@ -55,6 +55,7 @@ from kubelbd.envoy.process import envoy_binary
 from kubelbd.envoy.publisher import write_atomically
 from kubelbd.envoy.scopes import host_scope, host_scope_name
 from kubelbd.envoy.settings import ADS_SOCKET
+from kubelbd.envoy.type_urls import CLUSTER, SCOPED_ROUTE
 from kubelbd.kube import Kube
 from kubelbd.objects import DEPLOYMENTS, INGRESSES, NAMESPACES, SERVICES, Obj
 from kubelbd.records.names import ROUTES, namespace_of
@@ -601,8 +602,9 @@ class NodePortFloor:
 
 
 class EnvoyFloor:
-    """A second Envoy on a copy of kubelbd's files and scopes: serve one more host scope → 200.
-    For a `backend` change, the cluster file with one more cluster is renamed in first."""
+    """A second Envoy on a copy of kubelbd's files, clusters and scopes: serve one more host
+    scope → 200. For a `backend` change, one more cluster is served first, on the same
+    stream (as kubelbd does, envoy/ads.py)."""
 
     def __init__(self, layout: Layout, gateway_listener: str = "") -> None:
         self.layout = layout
@@ -620,16 +622,17 @@ class EnvoyFloor:
         dst = self.dst = Path(self._dir.name)
         self.port, admin = layout.base_port + 95, layout.base_port + 96
         self.admin = admin
-        self.cds, lds = config_copy(layout, dst, admin, self.port)
+        lds = config_copy(layout, dst, admin, self.port)
         self.lds = self._own_listeners(lds)
-        for name, doc in (("cds.pb", self.cds), ("lds.pb", self.lds)):
-            (dst / name).write_bytes(_encode(doc, doc["version_info"]))
+        (dst / "lds.pb").write_bytes(_encode(self.lds, self.lds["version_info"]))
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-        # kubelbd's scopes as its Envoy holds them, served by this Envoy's own ADS server
-        # (the copied bootstrap names the socket in `dst`).
+        # kubelbd's clusters and scopes as its Envoy holds them, served by this Envoy's own
+        # ADS server (the copied bootstrap names the socket in `dst`).
         self.ads = DiscoveryServer(dst / ADS_SOCKET)
         await self.ads.start()
-        self.ads.put_scopes(await self._scopes_of_kubelbd())
+        self.clusters = await self._clusters_of_kubelbd(src, dst)
+        self.ads.serve(CLUSTER, {c["name"]: ("copy", protos.resource(c)) for c in self.clusters})
+        self.ads.serve(SCOPED_ROUTE, await self._scopes_of_kubelbd())
         self.proc = await asyncio.create_subprocess_exec(
             envoy_binary(), "-c", str(dst / "bootstrap.yaml"), "--disable-hot-restart",
             "--concurrency", "2", "-l", "error",
@@ -641,17 +644,28 @@ class EnvoyFloor:
             if time.monotonic() > deadline:
                 raise TimeoutError("second Envoy did not start")
             await asyncio.sleep(0.05)
-        self.cluster = _some_cluster(self.cds)
-        self.template = next(c for c in self.cds["resources"] if c["name"] == self.cluster)
+        self.cluster = _some_cluster(self.clusters)
+        self.template = next(c for c in self.clusters if c["name"] == self.cluster)
         return self
 
-    async def _scopes_of_kubelbd(self) -> dict[str, tuple[str, bytes]]:
-        """Every scope kubelbd's Envoy holds (its admin's config dump), encoded to serve."""
-        url = f"{envoy_admin(self.layout)}/config_dump?resource=dynamic_scoped_route_configs"
+    async def _dump(self, resource: str) -> list[dict[str, Any]]:
+        """One resource of kubelbd's Envoy's config dump."""
+        url = f"{envoy_admin(self.layout)}/config_dump?resource={resource}"
         async with self.session.get(url) as r:
             dump = await r.json(content_type=None)
-        scopes = {}
-        for item in dump.get("configs", []):
+        configs: list[dict[str, Any]] = dump.get("configs", [])
+        return configs
+
+    async def _clusters_of_kubelbd(self, src: Path, dst: Path) -> list[dict[str, Any]]:
+        """Every cluster kubelbd's Envoy holds, with its paths moved to `dst`."""
+        text = json.dumps([c["cluster"] for c in await self._dump("dynamic_active_clusters")])
+        clusters: list[dict[str, Any]] = json.loads(text.replace(str(src), str(dst)))
+        return clusters
+
+    async def _scopes_of_kubelbd(self) -> dict[str, tuple[str, bytes] | None]:
+        """Every scope kubelbd's Envoy holds (its admin's config dump), encoded to serve."""
+        scopes: dict[str, tuple[str, bytes] | None] = {}
+        for item in await self._dump("dynamic_scoped_route_configs"):
             for scope in item.get("scoped_route_configs", []):
                 scopes[scope["name"]] = ("copy", protos.resource(scope))
         return scopes
@@ -689,34 +703,33 @@ class EnvoyFloor:
 
     async def change(self, kind: str, count: int = 1) -> float:
         """One change of `kind` (`burst`: `count` route changes in one response), timed from
-        the new cluster file's rename (for `backend`) or the scopes' serving until every new
-        host answers 200. The scopes and files are put back afterwards, untimed, so every
-        sample starts from kubelbd's configuration as it was copied."""
+        the new cluster's serving (for `backend`) or the scopes' until every new host answers
+        200. The scopes and clusters are put back afterwards, untimed, so every sample starts
+        from kubelbd's configuration as it was copied."""
         n = self.samples = self.samples + 1
         hosts = [f"floor{n}-{i}.envoy.test" for i in range(count)]
         if kind == "httproute":
             return await self.listener_change(n, hosts[0])
         target = self.cluster
-        cds_bytes = b""
+        cluster: dict[str, tuple[str, bytes] | None] = {}
         if kind == "backend":
             target = f"{self.cluster}-floor{n}"
             new = json.loads(json.dumps(self.template))
             new["name"] = new["load_assignment"]["cluster_name"] = target
-            cds = {**self.cds, "resources": [*self.cds["resources"], new]}
-            cds_bytes = _encode(cds, f"f{n}")
+            cluster[target] = (f"f{n}", protos.resource(new))
         scopes: dict[str, tuple[str, bytes] | None] = {}
         for host in hosts:
             route = {"match": {"prefix": "/"}, "route": {"cluster": target}}
             vhost = {"name": f"floor/{host}", "domains": [host], "routes": [route]}
             scopes[host_scope_name(host)] = (f"f{n}", protos.resource(host_scope(host, vhost)))
         start = time.monotonic()
-        if cds_bytes:
-            write_atomically(self.dst / "cds.pb", cds_bytes)
-        self.ads.put_scopes(scopes)
+        if cluster:
+            self.ads.serve(CLUSTER, cluster)
+        self.ads.serve(SCOPED_ROUTE, scopes)
         for host in hosts:
             await self.until(host, 200, start + 30, poll=0.001)
         took = time.monotonic() - start
-        await self.restore(n, hosts, list(scopes), bool(cds_bytes))
+        await self.restore(hosts, list(scopes), list(cluster))
         return took
 
     async def listener_change(self, n: int, host: str) -> float:
@@ -754,19 +767,16 @@ class EnvoyFloor:
         await self.until(host, 404, time.monotonic() + 30, poll=0.005, port=self.gateway_port)
         return took
 
-    async def restore(self, n: int, hosts: list[str], scopes: list[str], cds: bool) -> None:
-        """Back to the copied configuration (the scopes gone, the cluster file with a new
-        version, so Envoy reads it), and wait until Envoy has it."""
-        self.ads.put_scopes(dict.fromkeys(scopes))
-        if cds:
-            write_atomically(self.dst / "cds.pb", _encode(self.cds, f"r{n}"))
+    async def restore(self, hosts: list[str], scopes: list[str], clusters: list[str]) -> None:
+        """Back to the copied configuration (the scopes and the new cluster gone), and wait
+        until Envoy has it."""
+        self.ads.serve(SCOPED_ROUTE, dict.fromkeys(scopes))
+        generation = self.ads.serve(CLUSTER, dict.fromkeys(clusters))
         deadline = time.monotonic() + 30
         for host in hosts:
             await self.until(host, 404, deadline, poll=0.005)
-        while cds and await self.cds_version() != f"r{n}":
-            if time.monotonic() > deadline:
-                raise TimeoutError("the restored cluster file was not applied")
-            await asyncio.sleep(0.005)
+        if not await self.ads.wait_applied(generation, deadline - time.monotonic()):
+            raise TimeoutError("the restored clusters were not applied")
 
     async def until(
         self, host: str, code: int, deadline: float, poll: float, port: int = 0
@@ -777,35 +787,25 @@ class EnvoyFloor:
                 raise TimeoutError(f"{host}: still no {code}")
             await asyncio.sleep(poll)
 
-    async def cds_version(self) -> str:
-        url = f"http://127.0.0.1:{self.admin}/stats?filter=cluster_manager.cds.version_text"
-        async with self.session.get(url) as r:
-            text = await r.text()
-        return text.strip().rpartition(": ")[2].strip('"')
 
-
-def config_copy(
-    layout: Layout, dst: Path, admin: int, http_port: int = 0
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def config_copy(layout: Layout, dst: Path, admin: int, http_port: int = 0) -> dict[str, Any]:
     """kubelbd's files copied into `dst` for a second Envoy: the route tables as they are,
-    the bootstrap with `admin` for its admin port, and the cluster and listener files
-    returned in their JSON form (`_read`), every path moved to `dst` and, with `http_port`,
-    the plain HTTP listener's port made that one, for the caller to change and write."""
+    the bootstrap with `admin` for its admin port, and the listener file returned in its JSON
+    form (`_read`), every path moved to `dst` and, with `http_port`, the plain HTTP
+    listener's port made that one, for the caller to change and write."""
     src = lb.config_dir(layout)
     shutil.copytree(src / "rds", dst / "rds")
     moves = [(str(src), str(dst))]
     if http_port:
         moves.append((f'"port_value": {layout.envoy_http_port}', f'"port_value": {http_port}'))
-    docs = []
-    for name in ("cds.pb", "lds.pb"):
-        text = json.dumps(_read(src / name))
-        for old, new in moves:
-            text = text.replace(old, new)
-        docs.append(json.loads(text))
+    text = json.dumps(_read(src / "lds.pb"))
+    for old, new in moves:
+        text = text.replace(old, new)
     boot = (src / "bootstrap.yaml").read_text().replace(str(src), str(dst))
     boot = boot.replace(f"port_value: {layout.envoy_admin_port}", f"port_value: {admin}")
     (dst / "bootstrap.yaml").write_text(boot)
-    return docs[0], docs[1]
+    lds: dict[str, Any] = json.loads(text)
+    return lds
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -818,11 +818,11 @@ def _encode(doc: dict[str, Any], version: str, hosts: protos.Remembered | None =
     return protos.discovery_response(version, [protos.resource(r, hosts) for r in doc["resources"]])
 
 
-def _some_cluster(cds: dict[str, Any]) -> str:
-    for c in cds["resources"]:
+def _some_cluster(clusters: list[dict[str, Any]]) -> str:
+    for c in clusters:
         if "/echo/" in c["name"] and c.get("load_assignment", {}).get("endpoints"):
             return str(c["name"])
-    raise RuntimeError("no echo cluster in cds.pb")
+    raise RuntimeError("no echo cluster in kubelbd's Envoy")
 
 
 def ensure_fleet() -> Layout:

@@ -1,11 +1,11 @@
 """The data plane loop: records → IR → Envoy files, then status once Envoy applied them.
 
-    intake (records) ─▶ ir.http.Model ─▶ envoy.Renderer ─▶ envoy.Publisher ─▶ files
+    intake (records) ─▶ ir.http.Model ─▶ envoy.Renderer ─▶ envoy.Publisher ─▶ files, stream
                           │  tls (certificates, issuers) and l4 (allocations) on the side
                           └────────────▶ status: ir.status reports, after Envoy applied
 
 Every render costs what changed: the model reports a Delta, the renderer rewrites only the
-files it touches, the publisher writes only files whose content changed.
+files it touches, the publisher hands over only files, clusters and scopes that changed.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..certs.dns01 import DNS01
 from ..dns.desired import Key, lb_key, route_key
 from ..envoy.admin import EnvoyAdmin, all_applied
 from ..envoy.ads import DiscoveryServer
-from ..envoy.publisher import Publisher
+from ..envoy.publisher import CLUSTERS, Publisher
 from ..envoy.renderer import Files, Renderer
 from ..envoy.scopes import is_scope
 from ..envoy.settings import ADS_SOCKET, Settings
@@ -58,7 +58,6 @@ from .tls import CHALLENGES, TLSState
 
 log = logging.getLogger(__name__)
 
-CDS = "cds.pb"  # the cluster file (envoy.renderer)
 #: at most this long a render waits for Envoy to apply the previous publish
 CATCH_UP = 0.5
 
@@ -114,9 +113,9 @@ class DataPlane:
         self.intake = Intake(
             self._wake_up, self._current, self.l4, self._confirmed, self._written_conditions
         )
-        #: certificates and the HTTP listener's host scopes, over ADS
+        #: certificates, clusters and the HTTP listener's host scopes, over ADS
         self.ads = ads or DiscoveryServer(Path(settings.config_dir) / ADS_SOCKET)
-        publisher.scopes = self.ads
+        publisher.stream = self.ads
         self.names = Names(mgmt, dns, public_address, self._dns_changed, self._record_uid)
         #: moves whenever the model may have changed (a render, a confirmation): the names
         #: are worked out again only then, not on every status report (O(routes) each)
@@ -240,9 +239,9 @@ class DataPlane:
         with anyio.move_on_after(timeout):
             while self._applied_seq < seq:
                 at, published = self._publish_seq, dict(self.publisher.published)
-                scopes = self.ads.generation
+                streamed = self.ads.generation
                 reported = await self.admin.versions()
-                if all_applied(published, reported) and self.ads.scopes_applied(scopes):
+                if all_applied(published, reported) and self.ads.applied(streamed):
                     self._applied_seq = max(self._applied_seq, at)
                     continue
                 await anyio.sleep(backoff.next())
@@ -256,7 +255,7 @@ class DataPlane:
         if is_scope(name):
             if name not in self.publisher.scopes_published:
                 return False
-            return await self.ads.wait_scopes(self.ads.generation, timeout)
+            return await self.ads.wait_applied(self.ads.generation, timeout)
         version = self.publisher.published.get(name)
         if version is None:
             return False
@@ -311,8 +310,10 @@ class DataPlane:
             self.holds.start(tg)
             tg.start_soon(self.tls.recheck)
             tg.start_soon(self._lead_while_leader)
-            # Files and scopes both: a scope's rejection is read after a scope-only change.
-            published = ChainMap(self.publisher.published, self.publisher.scopes_published)
+            # Files, scopes and clusters: a rejection on the stream is read after a change
+            # that wrote no file.
+            pub = self.publisher
+            published = ChainMap(pub.published, pub.scopes_published, pub.clusters)
             tg.start_soon(copy_rejections, self.admin, published)
             for inf in informers:
                 tg.start_soon(inf.run)
@@ -420,7 +421,7 @@ class DataPlane:
         if written:
             self._publish_seq += 1
         self.holds.published(self._publish_seq)
-        if CDS in files:
+        if CLUSTERS in files:
             self.intake.dialled.set(dialled(self.renderer.cluster_names()))
         self.tls.published()
         if written:

@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 def file_of_stat(name: str) -> str | None:
     """Map a version_text stat to the config file it reports on."""
-    if name == "cluster_manager.cds.version_text":
-        return "cds.pb"
     if name == "listener_manager.lds.version_text":
         return "lds.pb"
     if name.startswith("http.") and ".rds." in name and name.endswith(".version_text"):
@@ -55,8 +53,9 @@ def xds_type_of_rejection(name: str) -> str | None:
     return None
 
 
-#: files Envoy always subscribes to: their versions must be reported
-ALWAYS = ("lds.pb", "cds.pb")
+#: files Envoy always subscribes to: their versions must be reported (the clusters are no file:
+#: their acknowledgements come over the stream, envoy/ads.py)
+ALWAYS = ("lds.pb",)
 
 
 def all_applied(

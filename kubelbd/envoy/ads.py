@@ -1,5 +1,5 @@
-"""What Envoy gets over one gRPC stream (delta ADS) on a Unix socket: the certificates, and
-the HTTP front listener's host scopes (scoped routes).
+"""What Envoy gets over one gRPC stream (delta ADS) on a Unix socket: the certificates, the
+clusters, and the HTTP front listener's host scopes (scoped routes).
 
 Certificates:
 
@@ -15,15 +15,24 @@ Host scopes (envoy/scopes.py): a route table per host, chosen in the front liste
 connection manager by the Host header, so a request to a host takes no hop through a shard's
 internal listener, and a change to one host is one small message Envoy applies in about a
 millisecond, whatever the number of hosts (a route table file is rebuilt whole). Files cannot
-carry them: a file subscription holds one route table. Envoy subscribes to every scope
-(wildcard); kubelbd sends each once, again when it changes, and tells Envoy which are gone.
-Which publish Envoy has applied is counted in generations: every change of the scopes is
-one, and a stream that acknowledged a response holds every scope as it was when that response
-was made (responses carry all that stream lacked).
+carry them: a file subscription holds one route table.
+
+Clusters, likewise: a cluster file is one DiscoveryResponse that Envoy parses whole for any
+change, 50 ms for a backend's new cluster among 1,100 on a loaded machine, where one cluster
+over the stream costs what it is (docs/benchmarks.md, "Clusters over the stream").
+
+Scopes and clusters are wildcard collections: Envoy subscribes to every resource of the type;
+kubelbd sends each once, again when it changes, and tells Envoy which are gone, clusters
+before scopes (a scope may name a new cluster). Which publish Envoy has applied is counted in
+generations: every change of either is one, and a stream that acknowledged a response holds
+that type as it was when that response was made (responses carry all that stream lacked).
 
 Envoy keeps what it received when the stream breaks (kubelbd restarting) and reconnects,
-telling what it holds, so a restarted kubelbd sends only what changed meanwhile; scopes only
-once kubelbd has published them (`put_scopes`), so a restart never takes one away meanwhile.
+telling what it holds, so a restarted kubelbd sends only what changed meanwhile; a type only
+once kubelbd has published it (`serve`), so a restart never takes one away meanwhile. What
+Envoy does not keep is anything across its own restart: an Envoy that restarts while kubelbd
+is down has no cluster and no scope until kubelbd is back (with two replicas, the other
+pod's Envoy serves meanwhile; a file would have kept them, at the cost above).
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from grpclib.server import Server, Stream
 
 from ..ir.tls import CertificateData
 from . import protos
-from .type_urls import SCOPED_ROUTE, SDS_SECRET
+from .type_urls import CLUSTER, SCOPED_ROUTE, SDS_SECRET
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +112,8 @@ def delta_response(
     removed: list[str] | None = None,
 ) -> bytes:
     """A DeltaDiscoveryResponse: (name, version, encoded resource) each, and the names gone.
-    A resource's bytes are the message's own (a Secret's) or already an Any (`packed`)."""
+    A resource's bytes are the message's own (a Secret's) or already an Any (a scope's or a
+    cluster's, as envoy/protos.py encodes them)."""
     response: Any = _DeltaResponse(
         system_version_info=nonce, type_url=type_url, nonce=nonce, removed_resources=removed or []
     )
@@ -115,21 +125,27 @@ def delta_response(
 
 
 def _resource(name: str, version: str, type_url: str, body: bytes) -> bytes:
-    if type_url != SCOPED_ROUTE:
+    if type_url not in WILDCARD:
         body = any_pb2.Any(type_url=type_url, value=body).SerializeToString()
     head: bytes = _Resource(name=name, version=version).SerializeToString()
     return head + protos.length_delimited(_ANY_FIELD, body)
 
 
 # Messages concatenate: a response is its own fields, then each resource appended as bytes
-# (a scope arrives encoded as an Any already, envoy/protos.py, and is not parsed again).
+# (a scope or a cluster arrives encoded as an Any already, envoy/protos.py, and is not parsed
+# again).
 _RESOURCES_FIELD = _DeltaResponse.DESCRIPTOR.fields_by_name["resources"].number
 _ANY_FIELD = _Resource.DESCRIPTOR.fields_by_name["resource"].number
 
 
-#: seconds before scopes Envoy rejected are sent again (what it rejected may name a cluster it
-#: had not read yet; a scope it rejects for good is logged at every try, not sent in a loop)
+#: seconds before scopes or clusters Envoy rejected are sent again (what it rejected may name
+#: a cluster it had not read yet; one it rejects for good is logged at every try, not sent in
+#: a loop)
 RETRY_REJECTED = 5.0
+
+#: the types Envoy subscribes to whole (wildcard), in the order a wake sends them: a cluster
+#: before the scope that names it
+WILDCARD = (CLUSTER, SCOPED_ROUTE)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "DeltaAggregatedResources"
@@ -170,6 +186,19 @@ class _Server(Server):
                 protocol.connection.close()
 
 
+@dataclass
+class _Collection:
+    """One wildcard type on one stream: what Envoy holds or is sent, what is due to it."""
+
+    held: dict[str, str] = field(default_factory=dict)
+    due: set[str] = field(default_factory=set)
+    #: the generation Envoy acknowledged holding this type in full; a rejection stops it
+    applied: int = 0
+    #: resources Envoy rejected and has not yet accepted since: sent again at the stream's
+    #: `retry_at`
+    rejected: set[str] = field(default_factory=set)
+
+
 @dataclass(eq=False)  # one per connection, compared by identity
 class _Stream:
     """One Envoy connection: what it asked for, what it was sent and what it accepted."""
@@ -177,17 +206,11 @@ class _Stream:
     peer: str
     subscribed: set[str] = field(default_factory=set)  # secrets
     sent: dict[str, str] = field(default_factory=dict)  # secret -> version Envoy has or is sent
-    #: nonce -> (type, what it carried: name -> version, None for a name removed; the scopes'
-    #: generation it brings the stream to)
+    #: nonce -> (type, what it carried: name -> version, None for a name removed; the
+    #: generation it brings the stream's type to)
     unanswered: dict[str, tuple[str, dict[str, str | None], int]] = field(default_factory=dict)
-    #: scopes: subscribed (wildcard), what Envoy holds or is sent, what is due to it
-    scopes: bool = False
-    held: dict[str, str] = field(default_factory=dict)
-    due: set[str] = field(default_factory=set)
-    #: the scopes' generation Envoy acknowledged holding in full; a rejection stops it
-    applied: int = 0
-    #: scopes Envoy rejected and has not yet accepted since: sent again at `retry_at`
-    rejected: set[str] = field(default_factory=set)
+    #: the wildcard types Envoy subscribed to (WILDCARD), once it did
+    collections: dict[str, _Collection] = field(default_factory=dict)
     retry_at: float = 0.0
     wake: anyio.Event = field(default_factory=anyio.Event)
 
@@ -197,6 +220,9 @@ class _Stream:
             self.sent.get(n) == v for n, (v, _) in secrets.items()
         )
 
+    def rejected(self) -> bool:
+        return any(c.rejected for c in self.collections.values())
+
 
 class DiscoveryServer:
     """Holds what kubelbd serves over ADS and pushes it to every connected Envoy."""
@@ -204,8 +230,9 @@ class DiscoveryServer:
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
         self._secrets: dict[str, tuple[str, bytes]] = {}  # name -> (version, encoded Secret)
-        self._scopes: dict[str, tuple[str, bytes]] = {}  # name -> (version, encoded Any)
-        #: every change of the scopes moves it; None until the first (nothing served yet)
+        #: type -> name -> (version, encoded Any), for each WILDCARD type kubelbd has published
+        self._served: dict[str, dict[str, tuple[str, bytes]]] = {}
+        #: every change of a wildcard type moves it; None until the first (nothing served yet)
         self.generation: int | None = None
         self._streams: set[_Stream] = set()
         self._nonces = itertools.count(1)
@@ -244,30 +271,36 @@ class DiscoveryServer:
         """True once `settled`; False after `timeout` seconds."""
         return await self._wait(self.settled, timeout)
 
-    def put_scopes(self, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
-        """Serve these scopes ((version, encoded Any) each), stop serving those given None;
-        the generation that holds them (the first call starts serving)."""
+    def serve(self, type_url: str, changes: Mapping[str, tuple[str, bytes] | None]) -> int:
+        """Serve these resources of a WILDCARD type ((version, encoded Any) each), stop
+        serving those given None; the generation that holds them (the first call for a type
+        starts serving it)."""
         self.generation = (self.generation or 0) + 1
-        for name, scope in changes.items():
-            if scope is None:
-                self._scopes.pop(name, None)
+        served = self._served.setdefault(type_url, {})
+        for name, resource in changes.items():
+            if resource is None:
+                served.pop(name, None)
             else:
-                self._scopes[name] = scope
+                served[name] = resource
         for stream in self._streams:
-            stream.due |= changes.keys()
+            if type_url in stream.collections:
+                stream.collections[type_url].due |= changes.keys()
         self._wake_all()
         return self.generation
 
-    def scopes_applied(self, generation: int | None) -> bool:
-        """Whether every Envoy subscribed to the scopes holds them as of `generation` (None:
-        nothing published yet) and at least one is."""
+    def applied(self, generation: int | None) -> bool:
+        """Whether every Envoy holds every type kubelbd serves as of `generation` (None:
+        nothing published yet), and at least one subscribed to each."""
         if generation is None:
             return True
-        streams = [s for s in self._streams if s.scopes]
-        return bool(streams) and all(s.applied >= generation for s in streams)
+        for type_url in self._served:
+            streams = [s.collections[type_url] for s in self._streams if type_url in s.collections]
+            if not streams or any(c.applied < generation for c in streams):
+                return False
+        return True
 
-    async def wait_scopes(self, generation: int | None, timeout: float | None) -> bool:
-        return await self._wait(lambda: self.scopes_applied(generation), timeout)
+    async def wait_applied(self, generation: int | None, timeout: float | None) -> bool:
+        return await self._wait(lambda: self.applied(generation), timeout)
 
     async def _wait(self, check: Any, timeout: float | None) -> bool:
         with anyio.move_on_after(timeout):
@@ -316,13 +349,17 @@ class DiscoveryServer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read, grpc_stream, stream, tg.cancel_scope)
                 while True:
-                    with anyio.CancelScope(deadline=stream.retry_at if stream.rejected else inf):
+                    rejected = stream.rejected()
+                    with anyio.CancelScope(deadline=stream.retry_at if rejected else inf):
                         await stream.wake.wait()
                     stream.wake = anyio.Event()
-                    if stream.rejected and anyio.current_time() >= stream.retry_at:
-                        stream.due |= stream.rejected
+                    if rejected and anyio.current_time() >= stream.retry_at:
+                        for collection in stream.collections.values():
+                            collection.due |= collection.rejected
                         stream.retry_at = anyio.current_time() + RETRY_REJECTED
-                    for response in (self._secrets_response(stream), self._scopes_response(stream)):
+                    responses = [self._secrets_response(stream)]
+                    responses += [self._wildcard_response(stream, t) for t in WILDCARD]
+                    for response in responses:
                         if response is not None:
                             await grpc_stream.send_message(response)
         finally:
@@ -345,7 +382,7 @@ class DiscoveryServer:
             scope.cancel()  # Envoy hung up: end the response side too
 
     def _on_request(self, stream: _Stream, request: DeltaRequest) -> None:
-        if request.type_url not in (SDS_SECRET, SCOPED_ROUTE):
+        if request.type_url != SDS_SECRET and request.type_url not in WILDCARD:
             return  # kubelbd serves nothing else over ADS
         if request.nonce:
             self._answered(stream, request)
@@ -355,33 +392,34 @@ class DiscoveryServer:
             stream.subscribed -= set(request.unsubscribe)
             for name in request.unsubscribe:
                 stream.sent.pop(name, None)
-        elif not stream.scopes:
-            # The first request: wildcard (Envoy asks for every scope), telling what it holds.
-            stream.scopes = True
-            stream.held = dict(request.initial_versions)
-            stream.due = set(stream.held) | set(self._scopes)
+        elif request.type_url not in stream.collections:
+            # The first request: wildcard (Envoy asks for every one), telling what it holds.
+            held = dict(request.initial_versions)
+            served = self._served.get(request.type_url, {})
+            stream.collections[request.type_url] = _Collection(held, set(held) | set(served))
         stream.wake.set()
         self._changed.set()
 
     def _answered(self, stream: _Stream, request: DeltaRequest) -> None:
         kind, sent, generation = stream.unanswered.pop(request.nonce, (request.type_url, {}, 0))
+        collection = stream.collections.get(kind)
         if request.error is None:
-            if kind == SCOPED_ROUTE:
-                stream.rejected -= sent.keys()
-                if not stream.rejected:
-                    stream.applied = max(stream.applied, generation)
+            if collection is not None:
+                collection.rejected -= sent.keys()
+                if not collection.rejected:
+                    collection.applied = max(collection.applied, generation)
             return
         # Every resource is checked before it is served (ir.tls for certificates, protos for
-        # scopes): this would be a gap in those checks. Envoy keeps what it had; the stream's
-        # scopes are not counted as applied until it accepts them (so no status says
-        # otherwise), and they are sent again after a while: what Envoy holds of them is no
-        # longer known.
+        # scopes and clusters): this would be a gap in those checks. Envoy keeps what it had;
+        # the stream's type is not counted as applied until it accepts them (so no status
+        # says otherwise), and they are sent again after a while: what Envoy holds of them is
+        # no longer known.
         log.error("ads: envoy rejected %s: %s", ", ".join(sorted(sent)), request.error)
-        if kind == SCOPED_ROUTE:
-            stream.rejected |= sent.keys()
+        if collection is not None:
+            collection.rejected |= sent.keys()
             stream.retry_at = anyio.current_time() + RETRY_REJECTED
             for name in sent:
-                stream.held.pop(name, None)
+                collection.held.pop(name, None)
 
     def _secrets_response(self, stream: _Stream) -> bytes | None:
         """The secrets this Envoy asked for and does not hold in their current version."""
@@ -399,30 +437,33 @@ class DiscoveryServer:
         resources = [(name, version, body) for name, (version, body) in due.items()]
         return delta_response(nonce, SDS_SECRET, resources)
 
-    def _scopes_response(self, stream: _Stream) -> bytes | None:
-        """The scopes that changed since this Envoy was last sent them, and those gone; once
-        kubelbd has published them (before, a restarted kubelbd would take every scope away)."""
-        if not stream.scopes or self.generation is None:
+    def _wildcard_response(self, stream: _Stream, type_url: str) -> bytes | None:
+        """The resources of a wildcard type that changed since this Envoy was last sent them,
+        and those gone; once kubelbd has published the type (before, a restarted kubelbd would
+        take every one away)."""
+        collection = stream.collections.get(type_url)
+        served = self._served.get(type_url)
+        if collection is None or served is None or self.generation is None:
             return None
         resources: list[tuple[str, str, bytes]] = []
         removed: list[str] = []
         carried: dict[str, str | None] = {}
-        for name in sorted(stream.due):
-            scope = self._scopes.get(name)
-            if scope is None:
-                if stream.held.pop(name, None) is not None:
+        for name in sorted(collection.due):
+            resource = served.get(name)
+            if resource is None:
+                if collection.held.pop(name, None) is not None:
                     removed.append(name)
                     carried[name] = None
-            elif stream.held.get(name) != scope[0]:
-                stream.held[name] = carried[name] = scope[0]
-                resources.append((name, *scope))
-        stream.due = set()
-        waiting = any(kind == SCOPED_ROUTE for kind, _, _ in stream.unanswered.values())
+            elif collection.held.get(name) != resource[0]:
+                collection.held[name] = carried[name] = resource[0]
+                resources.append((name, *resource))
+        collection.due = set()
+        waiting = any(kind == type_url for kind, _, _ in stream.unanswered.values())
         if not carried:
-            if not waiting and not stream.rejected:  # (an empty set: nothing rejected)
-                stream.applied = self.generation  # it holds them all already
+            if not waiting and not collection.rejected:
+                collection.applied = self.generation  # it holds them all already
                 self._changed.set()
             return None
         nonce = str(next(self._nonces))
-        stream.unanswered[nonce] = (SCOPED_ROUTE, carried, self.generation)
-        return delta_response(nonce, SCOPED_ROUTE, resources, removed)
+        stream.unanswered[nonce] = (type_url, carried, self.generation)
+        return delta_response(nonce, type_url, resources, removed)

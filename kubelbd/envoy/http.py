@@ -19,9 +19,10 @@ routes, so route changes never drain a listener. The shard count is fixed rather
 tenant because every file subscription costs Envoy an inotify instance, and those are limited
 (128 per user by default).
 
-Clusters cannot be split that way: Envoy reads all of them from one CDS file and pays about
-0.1-0.2 ms per cluster on every CDS update, so CDS is rewritten only when a backend Service
-appears or goes, or a tenant's nodes change; route-only changes never touch it.
+Clusters go to Envoy each on its own over the ADS stream (envoy/publisher.py, envoy/ads.py):
+a backend Service that appears is one new cluster, a tenant's nodes that change are its
+clusters; route-only changes never touch them. The renderer still hands them over as one list
+(`cds.pb`), which the publisher splits.
 """
 
 from __future__ import annotations

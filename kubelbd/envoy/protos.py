@@ -147,6 +147,16 @@ class Remembered:
         (`where` it was, its type, or `what` it is without one, and its name): a gap in the
         checks before this (tenant data reaches here checked) costs that one, not the file
         every tenant's change is in, nor the process."""
+        return list(map(_second, self.pairs(items, encode, what, where)))
+
+    def pairs(
+        self,
+        items: list[dict[str, Any]],
+        encode: Callable[[dict[str, Any]], bytes],
+        what: str,
+        where: str = "",
+    ) -> list[tuple[dict[str, Any], bytes]]:
+        """As `encode`, each with its item: what a resource served on its own is named by."""
         # Looked up by id in C (map), not item by item in Python: a shard's table at 10,000
         # routes is 625 hosts on every change of one. An id found is the item itself: the
         # object remembered under it is held, so no other object can have its id meanwhile.
@@ -167,7 +177,7 @@ class Remembered:
                 ids, pieces = [k for k, _ in kept], [p for _, p in kept]
         done = cast(list[tuple[Any, bytes]], pieces)
         self._known = dict(zip(ids, done, strict=True))
-        return list(map(_second, done))
+        return done
 
 
 _second = itemgetter(1)
